@@ -1,0 +1,7 @@
+//! wasmgate: a gateway that serves Istio's `Gateway`, `VirtualService`,
+//! `DestinationRule`, `ServiceEntry` and `WasmPlugin` resources without Kubernetes or
+//! Envoy. Listeners are hyper; routing, fault injection and traffic splitting are Wasm
+//! components (see `wit/policy.wit`) run by the [`plugin`] host. Dependencies point one
+//! way: config model (`wasmgate-config`) <- [`plugin`] <- [`snapshot`] <- [`proxy`] <- [`cli`].
+
+pub mod plugin;

@@ -1,0 +1,122 @@
+//! The host's functions: logging, randomness and monotonic time — all a policy gets.
+//! Inside Wasm they call the host; in native `cargo test` runs they use local stand-ins
+//! (random numbers from a seedable generator, see [`crate::testing::seed_random`]).
+
+/// Log levels, as the host's `log` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Write `message` to the gateway's log at `level`.
+pub fn log(level: Level, message: &str) {
+    imp::log(level, message)
+}
+
+/// A uniformly distributed random `u64` from the host.
+pub fn random_u64() -> u64 {
+    imp::random_u64()
+}
+
+/// A uniformly distributed number in `0..bound` (`bound > 0`), without modulo bias.
+pub fn random_below(bound: u64) -> u64 {
+    if bound <= 1 {
+        return 0;
+    }
+    // Lemire's multiply-shift with rejection.
+    let threshold = bound.wrapping_neg() % bound;
+    loop {
+        let m = u128::from(random_u64()) * u128::from(bound);
+        if (m as u64) >= threshold {
+            return (m >> 64) as u64;
+        }
+    }
+}
+
+/// True with probability `percent / 100` (clamped to 0..=100). 0 never fires.
+pub fn chance(percent: f64) -> bool {
+    if percent <= 0.0 || percent.is_nan() {
+        return false;
+    }
+    if percent >= 100.0 {
+        return true;
+    }
+    // 53 random bits give a uniform float in [0, 1).
+    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    unit * 100.0 < percent
+}
+
+/// Monotonic nanoseconds since a point fixed for the host process.
+pub fn monotonic_now() -> u64 {
+    imp::monotonic_now()
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use super::Level;
+    use crate::__bindings::wasmgate::policy::host as wit;
+
+    pub fn log(level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => wit::LogLevel::Trace,
+            Level::Debug => wit::LogLevel::Debug,
+            Level::Info => wit::LogLevel::Info,
+            Level::Warn => wit::LogLevel::Warn,
+            Level::Error => wit::LogLevel::Error,
+        };
+        wit::log(level, message)
+    }
+
+    pub fn random_u64() -> u64 {
+        wit::random_u64()
+    }
+
+    pub fn monotonic_now() -> u64 {
+        wit::monotonic_now()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use super::Level;
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
+    }
+
+    pub fn seed(seed: u64) {
+        STATE.with(|s| s.set(seed));
+    }
+
+    pub fn log(level: Level, message: &str) {
+        eprintln!("[plugin {level:?}] {message}");
+    }
+
+    /// splitmix64: small, fast and good enough for tests.
+    pub fn random_u64() -> u64 {
+        STATE.with(|s| {
+            let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    }
+
+    pub fn monotonic_now() -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let start = START.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use imp::seed;

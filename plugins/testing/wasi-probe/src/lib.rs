@@ -1,0 +1,58 @@
+//! Test plugin built through wasm32-wasip1 and the preview1 adapter, so it imports WASI
+//! the way a wasm32-wasip2 plugin does. It probes what the host grants (environment,
+//! arguments, files, clocks) and answers every request with what it found, so a test can
+//! prove the sandbox: nothing but stdout/stderr, which the host sends to its log.
+
+use std::io::Write;
+
+use wasmgate_plugin_sdk::{
+    Binding, ConfigError, Decision, Policy, PluginError, RequestHead, export_policy,
+};
+
+#[derive(Debug)]
+pub struct WasiProbe {
+    report: String,
+}
+
+fn probe() -> String {
+    let env = std::env::vars().count();
+    let args = std::env::args().count();
+    let root = match std::fs::read_dir("/") {
+        Ok(_) => "readable",
+        Err(_) => "denied",
+    };
+    let passwd = match std::fs::read("/etc/passwd") {
+        Ok(_) => "readable",
+        Err(_) => "denied",
+    };
+    let cwd = match std::fs::File::create("wasi-probe.txt") {
+        Ok(_) => "writable",
+        Err(_) => "denied",
+    };
+    let clock = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(_) => "ok",
+        Err(_) => "before-epoch",
+    };
+    format!("env={env} args={args} root={root} passwd={passwd} cwd={cwd} clock={clock}")
+}
+
+impl Policy for WasiProbe {
+    fn prepare(_binding: &Binding, _config: &str) -> Result<Self, ConfigError> {
+        let report = probe();
+        println!("wasi-probe stdout: {report}");
+        let _ = std::io::stdout().flush();
+        eprintln!("wasi-probe stderr: prepared");
+        Ok(WasiProbe { report })
+    }
+
+    fn on_request(
+        &self,
+        _request: &RequestHead,
+        current: Decision,
+    ) -> Result<Option<Decision>, PluginError> {
+        let action = Decision::respond(200, self.report.clone());
+        Ok(Some(current.with_action(action)))
+    }
+}
+
+export_policy!(WasiProbe);

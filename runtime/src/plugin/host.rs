@@ -1,0 +1,246 @@
+//! What the host gives a plugin instance: the `wasmgate:policy/host` imports (log,
+//! random, monotonic time), a memory limit, and a WASI context that grants nothing —
+//! no files, environment, arguments or sockets; stdout and stderr become log lines.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::AsyncWrite;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::wasmgate::policy::{host, types};
+
+/// The data of one plugin instance's store.
+pub struct StoreState {
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    plugin: Arc<str>,
+    binding: Arc<str>,
+    random: Random,
+}
+
+impl StoreState {
+    pub fn new(plugin: &str, binding: &str, random: Random, memory_limit: usize) -> Self {
+        let plugin: Arc<str> = Arc::from(plugin);
+        let binding: Arc<str> = Arc::from(binding);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogStream::new(plugin.clone(), binding.clone(), "stdout"))
+            .stderr(LogStream::new(plugin.clone(), binding.clone(), "stderr"))
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        StoreState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .instances(64)
+                .trap_on_grow_failure(true)
+                .build(),
+            wasi,
+            table: ResourceTable::new(),
+            plugin,
+            binding,
+            random,
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for StoreState {}
+
+impl host::Host for StoreState {
+    fn log(&mut self, level: host::LogLevel, message: String) {
+        let (plugin, binding) = (&*self.plugin, &*self.binding);
+        match level {
+            host::LogLevel::Trace => tracing::trace!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+            host::LogLevel::Info => tracing::info!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+            host::LogLevel::Error => tracing::error!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+        }
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        self.random.next_u64()
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        monotonic_nanos()
+    }
+}
+
+/// Nanoseconds since the first call in this process.
+pub fn monotonic_nanos() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Add the host imports and WASI (p2, async) to `linker`.
+pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    super::bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    Ok(())
+}
+
+/// The host's random numbers: splitmix64 over an atomic counter, so it is lock-free,
+/// and a fixed seed replays the same sequence for the same order of calls.
+#[derive(Clone, Debug)]
+pub struct Random {
+    state: Arc<AtomicU64>,
+}
+
+impl Random {
+    /// Seeded when `seed` is given, otherwise from the process's hash randomness.
+    pub fn new(seed: Option<u64>) -> Self {
+        let seed = seed.unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(Instant::now().elapsed().as_nanos());
+            h.finish()
+        });
+        Random {
+            state: Arc::new(AtomicU64::new(seed)),
+        }
+    }
+
+    pub fn next_u64(&self) -> u64 {
+        let mut z = self
+            .state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// A guest's stdout or stderr: each line becomes one log event.
+struct LogStream {
+    plugin: Arc<str>,
+    binding: Arc<str>,
+    stream: &'static str,
+}
+
+impl LogStream {
+    fn new(plugin: Arc<str>, binding: Arc<str>, stream: &'static str) -> Self {
+        LogStream {
+            plugin,
+            binding,
+            stream,
+        }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineLogger {
+            plugin: self.plugin.clone(),
+            binding: self.binding.clone(),
+            stream: self.stream,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// Longest partial line kept before it is logged anyway.
+const MAX_LINE: usize = 8 << 10;
+
+struct LineLogger {
+    plugin: Arc<str>,
+    binding: Arc<str>,
+    stream: &'static str,
+    buf: Vec<u8>,
+}
+
+impl LineLogger {
+    fn emit(&mut self, upto: usize) {
+        let line: Vec<u8> = self.buf.drain(..upto).collect();
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        tracing::info!(
+            target: "wasmgate::plugin",
+            plugin = &*self.plugin,
+            binding = &*self.binding,
+            stream = self.stream,
+            "{text}"
+        );
+    }
+}
+
+impl AsyncWrite for LineLogger {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.buf.extend_from_slice(data);
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            self.emit(pos + 1);
+        }
+        if self.buf.len() > MAX_LINE {
+            let len = self.buf.len();
+            self.emit(len);
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() {
+            let len = self.buf.len();
+            self.emit(len);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let len = self.buf.len();
+            self.emit(len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Random;
+
+    #[test]
+    fn seeded_random_replays() {
+        let a = Random::new(Some(42));
+        let b = Random::new(Some(42));
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(xs[0], xs[1]);
+        assert_ne!(Random::new(Some(1)).next_u64(), Random::new(Some(2)).next_u64());
+    }
+}
