@@ -1,7 +1,7 @@
 //! Builds every crate under `plugins/` into a Wasm component so that `cargo run` and
 //! `cargo test` need no manual step. The first-party components are then embedded in the
 //! binary (`src/plugin/builtin.rs`); the rest (examples, test plugins) are left in
-//! `$OUT_DIR/plugins` for the tests.
+//! `$OUT_DIR/plugins` for the tests (core modules in `$OUT_DIR/plugins/core`).
 //!
 //! Toolchain, first that works: (1) the rustup toolchain's wasm targets; (2) Debian's
 //! `rustc-web` with `-Zbuild-std` and rustup's `rust-lld` (see docs/plugins.md);
@@ -63,7 +63,7 @@ fn run() -> Result<(), String> {
         None => root.join("target").join("wasm-plugins"),
     };
     let dest = out_dir.join("plugins");
-    fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    fs::create_dir_all(dest.join("core")).map_err(|e| format!("{}: {e}", dest.display()))?;
 
     for target in [UNKNOWN, WASIP1] {
         let packages: Vec<&Plugin> = plugins.iter().filter(|p| p.target == target).collect();
@@ -82,6 +82,10 @@ fn run() -> Result<(), String> {
             let name = plugin.dir.rsplit('/').next().unwrap_or(&plugin.dir);
             let out = dest.join(format!("{name}.wasm"));
             fs::write(&out, component).map_err(|e| format!("{}: {e}", out.display()))?;
+            // The core module too: tests load it to prove a plain
+            // `cargo build --target wasm32-unknown-unknown` output works as a plugin.
+            let core = dest.join("core").join(format!("{name}.wasm"));
+            fs::write(&core, &bytes).map_err(|e| format!("{}: {e}", core.display()))?;
         }
     }
     println!("cargo:rustc-env=WASMGATE_BUILT_PLUGINS={}", dest.display());

@@ -1,0 +1,148 @@
+//! The plugin host against real components built from `plugins/`: loading, version and
+//! import checks, the deny-all WASI sandbox, and failure isolation (a trap, a runaway
+//! loop or a memory hog in one call never harms the next).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wasmgate::plugin::types::{Action, Binding, Decision, HeaderInterest, RequestHead};
+use wasmgate::plugin::{CallError, HostSettings, PluginError, PluginHost};
+
+fn built(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("WASMGATE_BUILT_PLUGINS")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn binding() -> Binding {
+    Binding {
+        plugin: "default/test".into(),
+        virtual_service: "default/vs".into(),
+        namespace: "default".into(),
+    }
+}
+
+fn head(path: &str) -> RequestHead {
+    RequestHead {
+        id: "id-1".into(),
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "example.com".into(),
+        path: path.into(),
+        query: String::new(),
+        headers: vec![],
+        port: 8080,
+        gateway: "default/gw".into(),
+        virtual_service: "default/vs".into(),
+    }
+}
+
+fn no_route() -> Decision {
+    Decision {
+        route: None,
+        delay_ms: None,
+        action: Action::NoRoute,
+        log_fields: vec![],
+    }
+}
+
+fn host(settings: HostSettings) -> PluginHost {
+    PluginHost::new(&settings).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasip1_plugin_loads_and_is_granted_nothing() {
+    let host = host(HostSettings::default());
+    let plugin = host.compile("default/wasi-probe", &built("wasi-probe")).expect("compile");
+    let policy = host
+        .prepare(&plugin, binding(), "null".into())
+        .await
+        .expect("prepare");
+    let decision = policy
+        .on_request(&head("/"), &no_route())
+        .await
+        .expect("call")
+        .expect("a decision");
+    let Action::Respond(r) = decision.action else {
+        panic!("expected a direct response, got {:?}", decision.action)
+    };
+    let report = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(
+        report,
+        "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok",
+        "the WASI sandbox granted something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_module_is_made_into_a_component_on_load() {
+    // What `cargo build --target wasm32-unknown-unknown` leaves behind: a core module.
+    let module = built("core/add-headers");
+    assert!(!wasmgate::plugin::is_component(&module));
+    let host = host(HostSettings::default());
+    let plugin = host.compile("default/add-headers", &module).expect("compile core module");
+    host.prepare(&plugin, binding(), "{}".into()).await.expect("prepare");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_and_bad_config_are_load_errors_naming_the_plugin() {
+    let host = host(HostSettings::default());
+    let err = host.compile("default/junk", b"not wasm at all").err().expect("junk loads");
+    assert_eq!(
+        err.to_string(),
+        "default/junk: not a Wasm file (no `\\0asm` header)"
+    );
+    let mut truncated = built("add-headers");
+    truncated.truncate(truncated.len() / 2);
+    let err = host.compile("default/cut", &truncated).err().expect("truncated loads");
+    assert!(err.to_string().starts_with("default/cut: not a valid Wasm component"), "{err}");
+
+    let plugin = host.compile("default/misbehave", &built("misbehave")).expect("compile");
+    let err = host
+        .prepare(&plugin, binding(), r#"{"failPrepare": true}"#.into())
+        .await
+        .err()
+        .expect("config accepted");
+    assert!(matches!(err, PluginError::Config { .. }));
+    assert_eq!(
+        err.to_string(),
+        "default/misbehave: pluginConfig.failPrepare: asked to fail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_call_never_harms_the_next() {
+    let host = host(HostSettings {
+        call_budget: Duration::from_millis(50),
+        memory_limit: 16 << 20,
+        ..HostSettings::default()
+    });
+    let plugin = host.compile("default/misbehave", &built("misbehave")).expect("compile");
+    let policy = host
+        .prepare(&plugin, binding(), "{}".into())
+        .await
+        .expect("prepare");
+    assert!(matches!(policy.header_interest(), HeaderInterest::None));
+
+    for (path, expect) in [
+        ("/panic", "unreachable"),
+        ("/loop", "time budget"),
+        ("/alloc", "memory"),
+    ] {
+        let started = Instant::now();
+        let err = policy
+            .on_request(&head(path), &no_route())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{path} succeeded"));
+        let CallError::Trap(msg) = err else {
+            panic!("{path}: expected a trap, got {err:?}")
+        };
+        assert!(msg.contains(expect), "{path}: {msg}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{path} took too long");
+        // The very next call is served by a healthy instance.
+        let ok = policy.on_request(&head("/fine"), &no_route()).await;
+        assert!(matches!(ok, Ok(None)), "after {path}: {ok:?}");
+    }
+    let err = policy.on_request(&head("/error"), &no_route()).await;
+    assert!(matches!(err, Err(CallError::Returned(ref m)) if m == "misbehave: asked to fail"));
+}
