@@ -92,7 +92,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         rest = tail;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs =
+        u64::try_from(total / 1_000_000_000).map_err(|_| format!("invalid duration {s:?}"))?;
     // The remainder is below 10^9, so it always fits.
     let sub = u32::try_from(total % 1_000_000_000).unwrap_or(0);
     Ok(Duration::new(secs, sub))
@@ -132,8 +133,21 @@ mod tests {
     #[test]
     fn rejects_negatives_and_garbage() {
         for bad in [
-            "", "-1s", "-0", "s", "5", "1.5", "abc", "5 s", "5sec", "1d", "1h-5m", ".s", "1e3s",
-            "99999999999999999999h", "3000000h",
+            "",
+            "-1s",
+            "-0",
+            "s",
+            "5",
+            "1.5",
+            "abc",
+            "5 s",
+            "5sec",
+            "1d",
+            "1h-5m",
+            ".s",
+            "1e3s",
+            "99999999999999999999h",
+            "3000000h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -196,7 +196,10 @@ mod tests {
         };
         assert_eq!(bare.to_string(), "x.yaml: no such file");
         let two = Errors(vec![bare.clone(), bare]);
-        assert_eq!(two.to_string(), "x.yaml: no such file\nx.yaml: no such file");
+        assert_eq!(
+            two.to_string(),
+            "x.yaml: no such file\nx.yaml: no such file"
+        );
     }
 
     #[test]
@@ -205,7 +208,10 @@ mod tests {
             Kind::from_group_kind("networking.istio.io", "Gateway"),
             Some(Kind::Gateway)
         );
-        assert_eq!(Kind::from_group_kind("gateway.networking.k8s.io", "Gateway"), None);
+        assert_eq!(
+            Kind::from_group_kind("gateway.networking.k8s.io", "Gateway"),
+            None
+        );
         assert_eq!(
             Kind::from_group_kind("extensions.istio.io", "WasmPlugin"),
             Some(Kind::WasmPlugin)

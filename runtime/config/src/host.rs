@@ -88,7 +88,9 @@ pub fn validate_dns_labels(domain: &str) -> Result<(), String> {
             return Ok(());
         }
         if !is_dns_label(label) {
-            return Err(format!("domain name {domain:?} invalid (label {label:?} invalid)"));
+            return Err(format!(
+                "domain name {domain:?} invalid (label {label:?} invalid)"
+            ));
         }
     }
     Ok(())
@@ -108,7 +110,9 @@ pub fn validate_wildcard_domain(domain: &str) -> Result<(), String> {
         None => (domain, None),
     };
     if !is_wildcard_dns_label(first) {
-        return Err(format!("domain name {domain:?} invalid (label {first:?} invalid)"));
+        return Err(format!(
+            "domain name {domain:?} invalid (label {first:?} invalid)"
+        ));
     }
     match rest {
         Some(rest) => validate_dns_labels(rest),
@@ -187,8 +191,14 @@ mod tests {
 
     #[test]
     fn expands_short_names_only() {
-        assert_eq!(expand_host("reviews", "default"), "reviews.default.svc.cluster.local");
-        assert_eq!(expand_host("Reviews", "Prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(
+            expand_host("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            expand_host("Reviews", "Prod"),
+            "reviews.prod.svc.cluster.local"
+        );
         assert_eq!(expand_host("reviews.prod", "default"), "reviews.prod");
         assert_eq!(expand_host("*", "default"), "*");
         assert_eq!(expand_host("*.example.com", "default"), "*.example.com");
@@ -220,10 +230,26 @@ mod tests {
 
     #[test]
     fn wildcard_domains() {
-        for ok in ["*", "*.example.com", "example.com", "reviews", "istio.io.", "*x", "a-b.c"] {
+        for ok in [
+            "*",
+            "*.example.com",
+            "example.com",
+            "reviews",
+            "istio.io.",
+            "*x",
+            "a-b.c",
+        ] {
             assert!(validate_wildcard_domain(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "foo.*.com", "foo*.com", "a..b", "-a.com", "example.123", "a b.com"] {
+        for bad in [
+            "",
+            "foo.*.com",
+            "foo*.com",
+            "a..b",
+            "-a.com",
+            "example.123",
+            "a b.com",
+        ] {
             assert!(validate_wildcard_domain(bad).is_err(), "{bad}");
         }
         assert!(validate_wildcard_domain(&format!("{}.com", "a".repeat(300))).is_err());
@@ -236,10 +262,23 @@ mod tests {
 
     #[test]
     fn subnets() {
-        for ok in ["1.2.3.4", "1.2.3.4/16", "001:db8::", "2001:db8::/32", "1.1.1.1/32"] {
+        for ok in [
+            "1.2.3.4",
+            "1.2.3.4/16",
+            "001:db8::",
+            "2001:db8::/32",
+            "1.1.1.1/32",
+        ] {
             assert!(validate_ip_subnet(ok).is_ok(), "{ok}");
         }
-        for bad in ["1.2.3.4/99", "1.2.3/8", "foo", "1.2.3.4/", "::/129", "1.2.3.4/+8"] {
+        for bad in [
+            "1.2.3.4/99",
+            "1.2.3/8",
+            "foo",
+            "1.2.3.4/",
+            "::/129",
+            "1.2.3.4/+8",
+        ] {
             assert!(validate_ip_subnet(bad).is_err(), "{bad}");
         }
     }

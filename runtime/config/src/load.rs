@@ -1,0 +1,737 @@
+//! The loader: reads files and directories, splits them into documents, runs each
+//! document through parse (stage one), validation (stage two) and model building (stage
+//! three), then checks the set as a whole (duplicates are errors; dangling references
+//! become warnings, as `istioctl analyze` reports them). Binds nothing and compiles
+//! nothing, so `wasmgate validate` and a reload run exactly this.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::host::{expand_host, host_within};
+use crate::model::{self, Config};
+use crate::raw;
+use crate::validate::{self, Issue, Report, virtual_service::MESH};
+use crate::yaml::{FieldPath, Outline, Seg, YamlDocument, serde_failure, split_documents};
+use crate::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
+
+/// Fields whose CRD schema is `nullable`: `null` there means absent.
+const NULLABLE: [&str; 15] = [
+    "aggression",
+    "allowCredentials",
+    "consecutive5xxErrors",
+    "consecutiveGatewayErrors",
+    "consecutiveLocalOriginFailures",
+    "enabled",
+    "insecureSkipVerify",
+    "minClusterSize",
+    "minimumPercent",
+    "mirrorPercent",
+    "mirror_percent",
+    "percent",
+    "priority",
+    "retryIgnorePreviousHosts",
+    "retryRemoteLocalities",
+];
+
+/// A validated resource of any kind.
+#[derive(Debug)]
+enum Loaded {
+    Gateway(model::Gateway),
+    VirtualService(model::VirtualService),
+    DestinationRule(model::DestinationRule),
+    ServiceEntry(model::ServiceEntry),
+    WasmPlugin(model::WasmPlugin),
+}
+
+/// What came of one document.
+#[derive(Debug)]
+struct DocOutcome {
+    file: PathBuf,
+    id: Option<ResourceId>,
+    line: usize,
+    outline: Outline,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+    resource: Option<Loaded>,
+}
+
+impl DocOutcome {
+    fn error(&mut self, path: Option<String>, line: Option<usize>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line: line.or(Some(self.line)),
+            resource: self.id.clone(),
+            field: path,
+            message: message.into(),
+        });
+    }
+
+    fn warning(&mut self, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            file: self.file.clone(),
+            line: Some(self.line),
+            resource: self.id.clone(),
+            field: None,
+            message: message.into(),
+        });
+    }
+
+    fn issue(&self, issue: &Issue) -> ConfigError {
+        let line = match &issue.path {
+            Some(p) => self.outline.line_of(&p.0),
+            None => self.line,
+        };
+        ConfigError {
+            file: self.file.clone(),
+            line: Some(line),
+            resource: self.id.clone(),
+            field: issue.path.as_ref().map(ToString::to_string),
+            message: issue.message.clone(),
+        }
+    }
+}
+
+/// Splits an `apiVersion` into group and version (`v1` alone is the core group).
+fn split_api_version(api_version: &str) -> (&str, &str) {
+    api_version.rsplit_once('/').unwrap_or(("", api_version))
+}
+
+fn get_str<'a>(map: &'a serde_yaml::Mapping, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(serde_yaml::Value::as_str)
+}
+
+/// Reports `null` values under `spec`, except where the schema allows them.
+fn find_nulls(value: &serde_yaml::Value, path: &FieldPath, out: &mut Vec<FieldPath>) {
+    match value {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                let key = match k {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                if key == "pluginConfig" && !v.is_null() {
+                    continue;
+                }
+                let p = path.key(&key);
+                if v.is_null() {
+                    if !NULLABLE.contains(&key.as_str()) {
+                        out.push(p);
+                    }
+                } else {
+                    find_nulls(v, &p, out);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let p = path.index(i);
+                if v.is_null() {
+                    out.push(p);
+                } else {
+                    find_nulls(v, &p, out);
+                }
+            }
+        }
+        serde_yaml::Value::Tagged(t) => find_nulls(&t.value, path, out),
+        _ => {}
+    }
+}
+
+fn resource_from_outline(outline: &Outline) -> Option<ResourceId> {
+    let key = |k: &str| Seg::Key(k.to_string());
+    let api = outline.scalar(&[key("apiVersion")])?;
+    let kind = Kind::from_group_kind(split_api_version(&api).0, &outline.scalar(&[key("kind")])?)?;
+    Some(ResourceId {
+        kind,
+        name: outline.scalar(&[key("metadata"), key("name")])?,
+        namespace: outline
+            .scalar(&[key("metadata"), key("namespace")])
+            .unwrap_or_else(|| "default".into()),
+    })
+}
+
+fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
+    if doc.is_blank() {
+        return None;
+    }
+    let mut out = DocOutcome {
+        file: file.to_path_buf(),
+        id: None,
+        line: doc.start_line(),
+        outline: Outline::parse(doc),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        resource: None,
+    };
+    let abs = |l: usize| doc.first_line + l - 1;
+    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(v) => v,
+        Err(e) => {
+            out.id = resource_from_outline(&out.outline);
+            let f = serde_failure(&e);
+            out.error(
+                f.path,
+                f.line.map(abs),
+                format!("invalid YAML: {}", f.message),
+            );
+            return Some(out);
+        }
+    };
+    let map = match value {
+        serde_yaml::Value::Null => return None,
+        serde_yaml::Value::Mapping(m) => m,
+        _ => {
+            out.error(None, None, "expected a Kubernetes resource (a mapping with apiVersion, kind, metadata and spec)");
+            return Some(out);
+        }
+    };
+    let (Some(api_version), Some(kind_name)) = (get_str(&map, "apiVersion"), get_str(&map, "kind"))
+    else {
+        for field in ["apiVersion", "kind"] {
+            if get_str(&map, field).is_none() {
+                let line = out.outline.line_of(&[Seg::Key(field.into())]);
+                out.error(
+                    Some(field.into()),
+                    Some(line),
+                    format!("{field} is required"),
+                );
+            }
+        }
+        return Some(out);
+    };
+    let metadata = map.get("metadata").and_then(serde_yaml::Value::as_mapping);
+    let name = metadata.and_then(|m| get_str(m, "name"));
+    let namespace = metadata
+        .and_then(|m| get_str(m, "namespace"))
+        .unwrap_or("default");
+    let display_name = format!("{namespace}/{}", name.unwrap_or("<unnamed>"));
+    let (group, version) = split_api_version(api_version);
+    let Some(kind) = Kind::from_group_kind(group, kind_name) else {
+        let ours = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name);
+        match ours {
+            Some(k) if group.ends_with("istio.io") => {
+                let line = out.outline.line_of(&[Seg::Key("apiVersion".into())]);
+                out.error(
+                    Some("apiVersion".into()),
+                    Some(line),
+                    format!("{kind_name} {display_name}: {kind_name} belongs to {}, not {group}", k.group()),
+                );
+            }
+            _ if group.ends_with("istio.io") => {
+                out.warning(format!("ignored: wasmgate does not implement {kind_name} ({display_name})"));
+            }
+            _ => out.warning(format!(
+                "ignored: {api_version} {kind_name} {display_name} is not an Istio resource wasmgate implements"
+            )),
+        }
+        return Some(out);
+    };
+    out.id = name.map(|n| ResourceId {
+        kind,
+        namespace: namespace.to_string(),
+        name: n.to_string(),
+    });
+    if !kind.versions().contains(&version) {
+        let expected: Vec<String> = kind
+            .versions()
+            .iter()
+            .map(|v| format!("{}/{v}", kind.group()))
+            .collect();
+        let line = out.outline.line_of(&[Seg::Key("apiVersion".into())]);
+        out.error(
+            Some("apiVersion".into()),
+            Some(line),
+            format!(
+                "unknown apiVersion {api_version:?} for {kind}; expected one of {}",
+                expected.join(", ")
+            ),
+        );
+        return Some(out);
+    }
+    if name.is_none() {
+        let line = out
+            .outline
+            .line_of(&[Seg::Key("metadata".into()), Seg::Key("name".into())]);
+        out.error(
+            Some("metadata.name".into()),
+            Some(line),
+            format!("name is required for {kind}"),
+        );
+    }
+    match map.get("spec") {
+        None => {
+            out.error(Some("spec".into()), None, "spec is required");
+            return Some(out);
+        }
+        Some(serde_yaml::Value::Null) => {
+            let line = out.outline.line_of(&[Seg::Key("spec".into())]);
+            out.error(
+                Some("spec".into()),
+                Some(line),
+                "spec must be an object, not null",
+            );
+            return Some(out);
+        }
+        Some(spec) => {
+            let mut nulls = Vec::new();
+            find_nulls(spec, &FieldPath::root("spec"), &mut nulls);
+            for p in &nulls {
+                let line = out.outline.line_of(&p.0);
+                out.error(Some(p.to_string()), Some(line), "must not be null");
+            }
+            if !nulls.is_empty() {
+                return Some(out);
+            }
+        }
+    }
+    match kind {
+        Kind::Gateway => typed::<raw::GatewaySpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::gateway::validate,
+            Loaded::Gateway,
+        ),
+        Kind::VirtualService => typed::<raw::VirtualServiceSpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::virtual_service::validate,
+            Loaded::VirtualService,
+        ),
+        Kind::DestinationRule => typed::<raw::DestinationRuleSpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::destination_rule::validate,
+            Loaded::DestinationRule,
+        ),
+        Kind::ServiceEntry => typed::<raw::ServiceEntrySpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::service_entry::validate,
+            Loaded::ServiceEntry,
+        ),
+        Kind::WasmPlugin => typed::<raw::WasmPluginSpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::wasm_plugin::validate,
+            Loaded::WasmPlugin,
+        ),
+    }
+    Some(out)
+}
+
+/// Stage one for a known kind, then metadata checks, stage two and stage three.
+fn typed<S: DeserializeOwned, M>(
+    kind: Kind,
+    doc: &YamlDocument,
+    out: &mut DocOutcome,
+    validate: fn(&model::Meta, &S, &mut Report) -> M,
+    wrap: fn(M) -> Loaded,
+) {
+    let resource: raw::Resource<S> = match serde_yaml::from_str(&doc.text) {
+        Ok(r) => r,
+        Err(e) => {
+            let f = serde_failure(&e);
+            out.error(f.path, f.line.map(|l| doc.first_line + l - 1), f.message);
+            return;
+        }
+    };
+    let mut report = Report::default();
+    validate_metadata(&resource.metadata, &mut report);
+    // Without a name the error is already recorded; the spec is still checked.
+    let id = out.id.clone().unwrap_or_else(|| ResourceId {
+        kind,
+        namespace: "default".into(),
+        name: "unnamed".into(),
+    });
+    let meta = model::Meta {
+        id,
+        file: out.file.clone(),
+        labels: resource.metadata.labels.clone(),
+        annotations: resource.metadata.annotations.clone(),
+    };
+    let built = validate(&meta, &resource.spec, &mut report);
+    let errors: Vec<ConfigError> = report.errors.iter().map(|i| out.issue(i)).collect();
+    let warnings: Vec<ConfigWarning> = report
+        .warnings
+        .iter()
+        .map(|i| out.issue(i).into())
+        .collect();
+    out.errors.extend(errors);
+    out.warnings.extend(warnings);
+    if out.errors.is_empty() && out.id.is_some() {
+        out.resource = Some(wrap(built));
+    }
+}
+
+fn validate_metadata(meta: &raw::ObjectMeta, r: &mut Report) {
+    let p = FieldPath::root("metadata");
+    if let Some(name) = &meta.name {
+        if !crate::host::is_k8s_subdomain(name) {
+            r.err(
+                &p.key("name"),
+                format!("invalid name {name:?}: must be lowercase letters, digits, '-' and '.' (a DNS-1123 subdomain)"),
+            );
+        }
+    }
+    if let Some(ns) = &meta.namespace {
+        if !crate::host::is_k8s_label(ns) {
+            r.err(
+                &p.key("namespace"),
+                format!("invalid namespace {ns:?}: must be a DNS-1123 label"),
+            );
+        }
+    }
+    validate::validate_labels(r, &p.key("labels"), &meta.labels);
+    if meta.annotations.contains_key("istio.io/dry-run") {
+        r.err(
+            &p.key("annotations").key("istio.io/dry-run"),
+            "unsupported annotation istio.io/dry-run, please remove the annotation",
+        );
+    }
+}
+
+/// Validates one YAML text (one or more documents) on its own: syntax, schema and each
+/// resource's rules, but nothing that needs the other resources.
+pub fn validate_document(file: &Path, yaml: &str) -> Vec<ConfigError> {
+    split_documents(yaml)
+        .iter()
+        .filter_map(|d| process_document(file, d))
+        .flat_map(|o| o.errors)
+        .collect()
+}
+
+/// Loads YAML texts (in order), validates every resource and the set as a whole.
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Config, Errors> {
+    let outcomes: Vec<DocOutcome> = sources
+        .iter()
+        .flat_map(|(file, text)| {
+            split_documents(text)
+                .into_iter()
+                .filter_map(|d| process_document(file, &d))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assemble(outcomes, Vec::new())
+}
+
+/// Loads files, and directories (every `*.yaml` / `*.yml` directly inside, by name).
+pub fn load(paths: &[PathBuf]) -> Result<Config, Errors> {
+    let mut io_errors = Vec::new();
+    let mut sources = Vec::new();
+    let mut notes = Vec::new();
+    let io_error = |file: &Path, e: std::io::Error| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        resource: None,
+        field: None,
+        message: e.to_string(),
+    };
+    for path in paths {
+        let files = if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut files: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                        })
+                        .collect();
+                    files.sort();
+                    if files.is_empty() {
+                        notes.push(ConfigWarning {
+                            file: path.clone(),
+                            line: None,
+                            resource: None,
+                            field: None,
+                            message: "directory has no *.yaml or *.yml files".into(),
+                        });
+                    }
+                    files
+                }
+                Err(e) => {
+                    io_errors.push(io_error(path, e));
+                    continue;
+                }
+            }
+        } else {
+            vec![path.clone()]
+        };
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push((file, text)),
+                Err(e) => io_errors.push(io_error(&file, e)),
+            }
+        }
+    }
+    let result = load_sources(&sources);
+    match (result, io_errors.is_empty()) {
+        (Ok(mut cfg), true) => {
+            notes.append(&mut cfg.warnings);
+            cfg.warnings = notes;
+            Ok(cfg)
+        }
+        (Ok(_), false) => Err(Errors(io_errors)),
+        (Err(Errors(mut rest)), _) => {
+            io_errors.append(&mut rest);
+            Err(Errors(io_errors))
+        }
+    }
+}
+
+fn assemble(outcomes: Vec<DocOutcome>, mut warnings: Vec<ConfigWarning>) -> Result<Config, Errors> {
+    let mut errors = Vec::new();
+    let mut first_seen: BTreeMap<ResourceId, (PathBuf, usize)> = BTreeMap::new();
+    for o in &outcomes {
+        if let Some(id) = &o.id {
+            match first_seen.get(id) {
+                Some((file, line)) => errors.push(ConfigError {
+                    file: o.file.clone(),
+                    line: Some(o.line),
+                    resource: Some(id.clone()),
+                    field: None,
+                    message: format!(
+                        "duplicate resource; first defined at {}:{line}",
+                        file.display()
+                    ),
+                }),
+                None => {
+                    first_seen.insert(id.clone(), (o.file.clone(), o.line));
+                }
+            }
+        }
+        errors.extend(o.errors.iter().cloned());
+    }
+    if !errors.is_empty() {
+        return Err(Errors(errors));
+    }
+    let mut cfg = Config::default();
+    let mut outlines: BTreeMap<ResourceId, &Outline> = BTreeMap::new();
+    for o in &outcomes {
+        warnings.extend(o.warnings.iter().cloned());
+        if let Some(id) = &o.id {
+            outlines.insert(id.clone(), &o.outline);
+        }
+    }
+    for o in &outcomes {
+        match &o.resource {
+            Some(Loaded::Gateway(g)) => cfg.gateways.push(g.clone()),
+            Some(Loaded::VirtualService(v)) => cfg.virtual_services.push(v.clone()),
+            Some(Loaded::DestinationRule(d)) => cfg.destination_rules.push(d.clone()),
+            Some(Loaded::ServiceEntry(s)) => cfg.service_entries.push(s.clone()),
+            Some(Loaded::WasmPlugin(w)) => cfg.wasm_plugins.push(w.clone()),
+            None => {}
+        }
+    }
+    warnings.extend(cross_references(&cfg, &outlines));
+    cfg.warnings = warnings;
+    Ok(cfg)
+}
+
+/// `istioctl analyze`-style checks between resources; all are warnings, since Istio
+/// accepts them (the runtime answers 503 for unknown hosts and subsets).
+fn cross_references(cfg: &Config, outlines: &BTreeMap<ResourceId, &Outline>) -> Vec<ConfigWarning> {
+    let mut out = Vec::new();
+    let mut warn = |meta: &model::Meta, path: FieldPath, message: String| {
+        out.push(ConfigWarning {
+            file: meta.file.clone(),
+            line: outlines.get(&meta.id).map(|o| o.line_of(&path.0)),
+            resource: Some(meta.id.clone()),
+            field: Some(path.to_string()),
+            message,
+        });
+    };
+    let has = |kind: Kind, ns: &str, name: &str| -> bool {
+        match kind {
+            Kind::Gateway => cfg
+                .gateways
+                .iter()
+                .any(|g| g.meta.id.namespace == ns && g.meta.id.name == name),
+            Kind::VirtualService => cfg
+                .virtual_services
+                .iter()
+                .any(|v| v.meta.id.namespace == ns && v.meta.id.name == name),
+            _ => false,
+        }
+    };
+    for vs in &cfg.virtual_services {
+        let ns = vs.meta.id.namespace.as_str();
+        let spec = FieldPath::root("spec");
+        let check_gateways =
+            |list: &[String], path: FieldPath, warn: &mut dyn FnMut(FieldPath, String)| {
+                for (i, g) in list.iter().enumerate() {
+                    if g == MESH {
+                        continue;
+                    }
+                    let r = validate::virtual_service::gateway_ref(g, ns);
+                    if !has(Kind::Gateway, &r.namespace, &r.name) {
+                        warn(
+                            path.index(i),
+                            format!("gateway \"{}/{}\" not found", r.namespace, r.name),
+                        );
+                    }
+                }
+            };
+        let mut w = |p: FieldPath, m: String| warn(&vs.meta, p, m);
+        check_gateways(&vs.spec.gateways, spec.key("gateways"), &mut w);
+        for (i, h) in vs.spec.http.iter().enumerate() {
+            let hp = spec.key("http").index(i);
+            for (j, m) in h.match_.iter().enumerate() {
+                check_gateways(
+                    &m.gateways,
+                    hp.key("match").index(j).key("gateways"),
+                    &mut w,
+                );
+            }
+            for (j, d) in h.route.iter().enumerate() {
+                if let Some(dest) = &d.destination {
+                    check_destination(
+                        cfg,
+                        ns,
+                        dest,
+                        hp.key("route").index(j).key("destination"),
+                        &mut w,
+                    );
+                }
+            }
+            if let Some(m) = &h.mirror {
+                check_destination(cfg, ns, m, hp.key("mirror"), &mut w);
+            }
+            for (j, m) in h.mirrors.iter().enumerate() {
+                if let Some(dest) = &m.destination {
+                    check_destination(
+                        cfg,
+                        ns,
+                        dest,
+                        hp.key("mirrors").index(j).key("destination"),
+                        &mut w,
+                    );
+                }
+            }
+            if let Some(d) = &h.delegate {
+                let dns = if d.namespace.is_empty() {
+                    ns
+                } else {
+                    d.namespace.as_str()
+                };
+                if !has(Kind::VirtualService, dns, &d.name) {
+                    w(
+                        hp.key("delegate"),
+                        format!("delegate VirtualService \"{dns}/{}\" not found", d.name),
+                    );
+                }
+            }
+        }
+        for (field, routes) in [
+            (
+                "tcp",
+                vs.spec.tcp.iter().map(|t| &t.route).collect::<Vec<_>>(),
+            ),
+            (
+                "tls",
+                vs.spec.tls.iter().map(|t| &t.route).collect::<Vec<_>>(),
+            ),
+        ] {
+            for (i, route) in routes.iter().enumerate() {
+                for (j, d) in route.iter().enumerate() {
+                    if let Some(dest) = &d.destination {
+                        let p = spec
+                            .key(field)
+                            .index(i)
+                            .key("route")
+                            .index(j)
+                            .key("destination");
+                        check_destination(cfg, ns, dest, p, &mut w);
+                    }
+                }
+            }
+        }
+    }
+    for wp in &cfg.wasm_plugins {
+        let spec = FieldPath::root("spec");
+        let refs = wp
+            .spec
+            .target_ref
+            .iter()
+            .map(|t| (spec.key("targetRef"), t))
+            .chain(
+                wp.spec
+                    .target_refs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (spec.key("targetRefs").index(i), t)),
+            );
+        for (path, t) in refs {
+            let kind = match (t.group.as_str(), t.kind.as_str()) {
+                ("networking.istio.io", "VirtualService") => Kind::VirtualService,
+                ("networking.istio.io", "Gateway") => Kind::Gateway,
+                _ => continue,
+            };
+            if !has(kind, &wp.meta.id.namespace, &t.name) {
+                warn(
+                    &wp.meta,
+                    path,
+                    format!("{kind} \"{}/{}\" not found", wp.meta.id.namespace, t.name),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn check_destination(
+    cfg: &Config,
+    ns: &str,
+    dest: &raw::Destination,
+    path: FieldPath,
+    warn: &mut dyn FnMut(FieldPath, String),
+) {
+    let host = expand_host(&dest.host, ns);
+    let known = cfg
+        .service_entries
+        .iter()
+        .any(|se| se.hosts.iter().any(|h| host_within(&host, h)));
+    if !known {
+        warn(
+            path.key("host"),
+            format!(
+                "host {host:?} not found among ServiceEntries; requests routed there will get 503"
+            ),
+        );
+    }
+    if dest.subset.is_empty() {
+        return;
+    }
+    let rule = cfg
+        .destination_rules
+        .iter()
+        .filter(|dr| host_within(&host, &dr.host))
+        .max_by_key(|dr| (dr.host == host, dr.host.len()));
+    match rule {
+        None => warn(
+            path.key("subset"),
+            format!(
+                "subset {:?} not defined: no DestinationRule for host {host:?}; requests routed there will get 503",
+                dest.subset
+            ),
+        ),
+        Some(dr) if !dr.subsets.iter().any(|s| s.name == dest.subset) => warn(
+            path.key("subset"),
+            format!(
+                "subset {:?} not defined in DestinationRule {}/{}; requests routed there will get 503",
+                dest.subset, dr.meta.id.namespace, dr.meta.id.name
+            ),
+        ),
+        Some(_) => {}
+    }
+}

@@ -1,0 +1,307 @@
+//! Stage three: the validated model the runtime builds its snapshot from. Hosts are
+//! expanded and lowercase, enums replace strings, defaults are resolved (no `Option` means
+//! "use the default"). Parts the runtime passes on to plugins unchanged (HTTP routes, TLS
+//! settings) stay as the raw types, and each resource keeps its raw `spec` as written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::ResourceId;
+use crate::raw;
+
+/// Identity and metadata shared by every resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub id: ResourceId,
+    /// The file the resource was read from.
+    pub file: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A validated `Gateway`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    pub meta: Meta,
+    pub selector: BTreeMap<String, String>,
+    /// The servers wasmgate can serve; servers with protocols it does not implement are
+    /// left out (with a warning).
+    pub servers: Vec<Server>,
+    pub spec: raw::GatewaySpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Index in `spec.servers`, for messages (`spec.servers[2]`).
+    pub index: usize,
+    pub name: Option<String>,
+    pub port: u16,
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub hosts: Vec<GatewayHost>,
+    /// Address to bind, when set (an IP, or `unix://path` with port 0).
+    pub bind: Option<String>,
+    pub tls: Option<raw::ServerTLSSettings>,
+}
+
+/// Server protocols wasmgate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+    Grpc,
+    GrpcWeb,
+    Http2,
+    Mongo,
+    Tcp,
+    Tls,
+}
+
+impl Protocol {
+    /// HTTP in clear text (HTTP/1.1, HTTP/2, gRPC, gRPC-Web): routed with `spec.http`.
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
+    }
+
+    /// Protocols that need TLS settings on the server (HTTPS, TLS).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+
+    /// The protocol's name as Istio writes it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-WEB",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Mongo => "MONGO",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        }
+    }
+}
+
+/// A host a gateway server exposes, with the namespaces whose VirtualServices may bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayHost {
+    pub namespace: NamespaceSelector,
+    /// Lowercase; may be `*` or `*.example.com`.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceSelector {
+    Any,
+    Named(String),
+}
+
+/// A validated `VirtualService`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualService {
+    pub meta: Meta,
+    /// Expanded with [`crate::expand_host`], lowercase. Empty for a delegate.
+    pub hosts: Vec<String>,
+    /// Gateways bound (`mesh` excluded).
+    pub gateways: Vec<GatewayRef>,
+    /// Bound to the `mesh` gateway (explicitly, or because `gateways` is empty).
+    pub binds_mesh: bool,
+    pub http: Vec<raw::HTTPRoute>,
+    /// The spec as written, for re-serialising to plugins.
+    pub spec: raw::VirtualServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GatewayRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A validated `DestinationRule`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationRule {
+    pub meta: Meta,
+    /// Expanded, lowercase; may be a wildcard.
+    pub host: String,
+    pub load_balancer: LoadBalancer,
+    pub subsets: Vec<Subset>,
+    pub spec: raw::DestinationRuleSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The subset's own policy, or the rule's.
+    pub load_balancer: LoadBalancer,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LoadBalancer {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Passthrough,
+}
+
+/// A validated `ServiceEntry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub meta: Meta,
+    /// Expanded with [`crate::expand_host`] (wasmgate expands short ServiceEntry hosts
+    /// too, so `reviews` in `default` is `reviews.default.svc.cluster.local`), lowercase.
+    pub hosts: Vec<String>,
+    pub ports: Vec<ServicePort>,
+    /// As written. With `DNS`/`DNS_ROUND_ROBIN` and no endpoints, the hosts themselves are
+    /// resolved.
+    pub endpoints: Vec<Endpoint>,
+    pub resolution: Resolution,
+    pub location: Location,
+    pub spec: raw::ServiceEntrySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub number: u16,
+    pub name: String,
+    /// As written (`HTTP`, `TCP`...); empty when absent.
+    pub protocol: String,
+    pub target_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// An IP, a DNS name (DNS resolutions) or `unix:///path`.
+    pub address: String,
+    /// Port name (from `spec.ports`) to the endpoint's port for it.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    /// Load-balancing weight; 1 when absent or zero.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// Istio's default: connect to the address the client asked for.
+    #[default]
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+    /// Resolve the request's host (wildcard hosts only).
+    DynamicDns,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Location {
+    #[default]
+    MeshExternal,
+    MeshInternal,
+}
+
+/// A validated `WasmPlugin`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WasmPlugin {
+    pub meta: Meta,
+    pub source: PluginSource,
+    pub sha256: Option<String>,
+    /// `Null` when absent; otherwise a JSON object.
+    pub plugin_config: serde_json::Value,
+    pub phase: Phase,
+    pub priority: i64,
+    pub fail_strategy: FailStrategy,
+    /// VirtualServices and Gateways the plugin is bound to; empty means no `targetRef(s)`.
+    pub targets: Vec<TargetRef>,
+    /// `spec.selector.matchLabels` (workload labels), empty when absent.
+    pub selector: BTreeMap<String, String>,
+    /// Ports from `match[].ports`; empty means all ports.
+    pub ports: Vec<u16>,
+    pub spec: raw::WasmPluginSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// No scheme: a file name in the `--plugins` directory.
+    Named(String),
+    /// `file://` URL: a path on this machine.
+    File(PathBuf),
+    /// `http://`, `https://` or `oci://`: valid Istio, but wasmgate does not fetch it.
+    Remote(String),
+}
+
+/// Where a plugin runs in the filter chain; plugins run in this order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Authn,
+    Authz,
+    Stats,
+    /// Istio's `UNSPECIFIED_PHASE` (the default): after the others, before the router.
+    #[default]
+    Unspecified,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FailStrategy {
+    /// Istio's default: a failing plugin fails the request.
+    #[default]
+    FailClose,
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TargetRef {
+    pub group: String,
+    pub kind: String,
+    /// The plugin's namespace when absent.
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Everything loaded: each kind in load order, and the warnings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub gateways: Vec<Gateway>,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub wasm_plugins: Vec<WasmPlugin>,
+    pub warnings: Vec<crate::ConfigWarning>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        assert_eq!(LoadBalancer::default(), LoadBalancer::RoundRobin);
+        assert_eq!(Resolution::default(), Resolution::None);
+        assert_eq!(Location::default(), Location::MeshExternal);
+        assert_eq!(Phase::default(), Phase::Unspecified);
+        assert_eq!(FailStrategy::default(), FailStrategy::FailClose);
+    }
+
+    #[test]
+    fn phases_order_like_the_filter_chain() {
+        let mut p = vec![Phase::Unspecified, Phase::Stats, Phase::Authn, Phase::Authz];
+        p.sort();
+        assert_eq!(
+            p,
+            vec![Phase::Authn, Phase::Authz, Phase::Stats, Phase::Unspecified]
+        );
+    }
+
+    #[test]
+    fn http_protocols() {
+        assert!(Protocol::Http.is_http());
+        assert!(Protocol::GrpcWeb.is_http());
+        assert!(!Protocol::Https.is_http());
+        assert!(Protocol::Https.is_tls());
+        assert!(!Protocol::Tcp.is_http());
+    }
+}

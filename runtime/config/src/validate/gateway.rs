@@ -1,0 +1,426 @@
+//! Gateway rules (Istio's `ValidateGateway`): servers, ports, protocols, hosts, bind
+//! addresses and server TLS settings; builds [`model::Gateway`].
+
+use std::collections::BTreeSet;
+
+use super::{Report, port_u16, validate_labels, validate_port};
+use crate::host::{is_dns_label, is_ip, validate_partial_wildcard, validate_wildcard_domain};
+use crate::model::{self, GatewayHost, NamespaceSelector, Protocol};
+use crate::raw::{self, ServerTLSMode};
+use crate::yaml::FieldPath;
+
+/// What Istio's `protocol.Parse` makes of a server protocol.
+enum Parsed {
+    Supported(Protocol),
+    /// Valid Istio, not implemented by wasmgate.
+    NotImplemented,
+    Invalid,
+}
+
+fn parse_protocol(p: &str) -> Parsed {
+    match p.to_ascii_lowercase().as_str() {
+        "http" => Parsed::Supported(Protocol::Http),
+        "https" => Parsed::Supported(Protocol::Https),
+        "grpc" => Parsed::Supported(Protocol::Grpc),
+        "grpc-web" => Parsed::Supported(Protocol::GrpcWeb),
+        "http2" => Parsed::Supported(Protocol::Http2),
+        "mongo" => Parsed::Supported(Protocol::Mongo),
+        "tcp" => Parsed::Supported(Protocol::Tcp),
+        "tls" => Parsed::Supported(Protocol::Tls),
+        "udp" | "http_proxy" | "redis" | "mysql" => Parsed::NotImplemented,
+        _ => Parsed::Invalid,
+    }
+}
+
+pub(crate) fn validate(
+    meta: &model::Meta,
+    spec: &raw::GatewaySpec,
+    r: &mut Report,
+) -> model::Gateway {
+    if !is_dns_label(&meta.id.name) {
+        r.err(
+            &FieldPath::root("metadata").key("name"),
+            format!(
+                "invalid gateway name {:?}: must be a DNS label (no dots)",
+                meta.id.name
+            ),
+        );
+    }
+    let spec_path = FieldPath::root("spec");
+    validate_labels(r, &spec_path.key("selector"), &spec.selector);
+    let servers_path = spec_path.key("servers");
+    if spec.servers.is_empty() {
+        r.err(&servers_path, "gateway must have at least one server");
+    }
+    let mut port_names = BTreeSet::new();
+    let mut servers = Vec::new();
+    for (i, server) in spec.servers.iter().enumerate() {
+        let p = servers_path.index(i);
+        if let Some(port) = &server.port {
+            if !port_names.insert(port.name.clone()) {
+                r.err(
+                    &p.key("port").key("name"),
+                    format!(
+                        "port names in servers must be unique: duplicate name {}",
+                        port.name
+                    ),
+                );
+            }
+        }
+        if let Some(s) = validate_server(meta, server, &p, r) {
+            servers.push(model::Server { index: i, ..s });
+        }
+    }
+    model::Gateway {
+        meta: meta.clone(),
+        selector: spec.selector.clone(),
+        servers,
+        spec: spec.clone(),
+    }
+}
+
+fn validate_server(
+    meta: &model::Meta,
+    server: &raw::Server,
+    p: &FieldPath,
+    r: &mut Report,
+) -> Option<model::Server> {
+    let mut hosts = Vec::new();
+    if server.hosts.is_empty() {
+        r.err(
+            &p.key("hosts"),
+            "server config must contain at least one host",
+        );
+    }
+    for (i, h) in server.hosts.iter().enumerate() {
+        let hp = p.key("hosts").index(i);
+        if let Some(host) = gateway_host(h, &meta.id.namespace, &hp, r) {
+            hosts.push(host);
+        }
+    }
+    let unix_bind = server.bind.starts_with("unix://");
+    let mut protocol = None;
+    let mut port_ok = false;
+    match &server.port {
+        None => r.err(&p.key("port"), "port is required"),
+        Some(port) => {
+            let pp = p.key("port");
+            port_ok = true;
+            match parse_protocol(&port.protocol) {
+                Parsed::Supported(proto) => protocol = Some(proto),
+                Parsed::NotImplemented => r.warn(
+                    &pp.key("protocol"),
+                    format!(
+                        "server ignored: wasmgate does not implement protocol {:?}",
+                        port.protocol
+                    ),
+                ),
+                Parsed::Invalid => {
+                    port_ok = false;
+                    r.err(
+                        &pp.key("protocol"),
+                        format!(
+                            "invalid protocol {:?}, supported protocols are HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP, TLS",
+                            port.protocol
+                        ),
+                    );
+                }
+            }
+            if port.number > 0 || !unix_bind {
+                if let Err(e) = validate_port(port.number) {
+                    port_ok = false;
+                    r.err(&pp.key("number"), e);
+                }
+            }
+            if port.target_port > 0 {
+                r.err(
+                    &pp.key("targetPort"),
+                    "targetPort has no impact on Gateways",
+                );
+            }
+            if port.name.is_empty() {
+                r.err(&pp.key("name"), "port name must be set");
+            }
+            if unix_bind && port.number != 0 {
+                r.err(
+                    &pp.key("number"),
+                    "port number must be 0 for unix domain socket",
+                );
+            }
+        }
+    }
+    if let Some(path) = server.bind.strip_prefix("unix://") {
+        if let Err(e) = validate_unix_address(path) {
+            r.err(&p.key("bind"), e);
+        }
+    } else if !server.bind.is_empty() && !is_ip(&server.bind) {
+        r.err(&p.key("bind"), format!("{} is not a valid IP", server.bind));
+    }
+    if let Some(tls) = &server.tls {
+        validate_server_tls(tls, &p.key("tls"), r);
+    }
+    if let (true, Some(port)) = (port_ok, &server.port) {
+        let raw_proto = port.protocol.to_ascii_lowercase();
+        let is_tls = raw_proto == "https" || raw_proto == "tls";
+        let is_http = matches!(
+            raw_proto.as_str(),
+            "http" | "http2" | "grpc" | "grpc-web" | "http_proxy"
+        );
+        match &server.tls {
+            None if is_tls => r.err(
+                &p.key("tls"),
+                "server must have TLS settings for HTTPS/TLS protocols",
+            ),
+            Some(tls) if !is_tls => {
+                let passthrough = matches!(
+                    tls.mode(),
+                    ServerTLSMode::Passthrough | ServerTLSMode::AutoPassthrough
+                );
+                if is_http {
+                    if !passthrough
+                        || !tls.ca_certificates.is_empty()
+                        || !tls.private_key.is_empty()
+                        || !tls.server_certificate.is_empty()
+                    {
+                        r.err(
+                            &p.key("tls"),
+                            "server cannot have TLS settings for plain text HTTP ports",
+                        );
+                    }
+                } else {
+                    r.err(
+                        &p.key("tls"),
+                        "server cannot have TLS settings for non HTTPS/TLS ports",
+                    );
+                }
+            }
+            _ => {}
+        }
+        if !is_http && server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+            r.warn(
+                &p.key("tls").key("httpsRedirect"),
+                "tls.httpsRedirect should only be used with http servers",
+            );
+        }
+    }
+    if !server.default_endpoint.is_empty() {
+        r.warn(
+            &p.key("defaultEndpoint"),
+            "ignored: wasmgate does not implement defaultEndpoint",
+        );
+    }
+    let port = server.port.as_ref()?;
+    Some(model::Server {
+        index: 0,
+        name: (!server.name.is_empty()).then(|| server.name.clone()),
+        port: port_u16(port.number),
+        port_name: port.name.clone(),
+        protocol: protocol?,
+        hosts,
+        bind: (!server.bind.is_empty()).then(|| server.bind.clone()),
+        tls: server.tls.clone(),
+    })
+}
+
+/// `[namespace/]host` where the namespace is `*`, `.` or a name, and the host is a
+/// wildcard domain (or an IP) but not a short name or a partial wildcard.
+fn gateway_host(h: &str, own_ns: &str, p: &FieldPath, r: &mut Report) -> Option<GatewayHost> {
+    let (ns, host) = match h.split_once('/') {
+        Some((ns, host)) => (Some(ns), host),
+        None => (None, h),
+    };
+    let before = r.errors.len();
+    let namespace = match ns {
+        None | Some("*") => NamespaceSelector::Any,
+        Some(".") => NamespaceSelector::Named(own_ns.to_string()),
+        Some("") => {
+            r.err(
+                p,
+                "config namespace and dnsName in host entry cannot be empty",
+            );
+            NamespaceSelector::Any
+        }
+        Some(ns) => {
+            if !is_dns_label(ns) {
+                r.err(p, format!("invalid namespace value {ns:?} in gateway"));
+            }
+            NamespaceSelector::Named(ns.to_string())
+        }
+    };
+    if host.is_empty() {
+        r.err(
+            p,
+            "config namespace and dnsName in host entry cannot be empty",
+        );
+    } else {
+        if host != "*" && !host.contains('.') {
+            r.err(
+                p,
+                format!("short names (non FQDN) are not allowed: {host:?}"),
+            );
+        }
+        if let Err(e) = validate_wildcard_domain(host) {
+            if !is_ip(host) {
+                r.err(p, e);
+            }
+        }
+        r.check(p, validate_partial_wildcard(host));
+    }
+    (r.errors.len() == before).then(|| GatewayHost {
+        namespace,
+        host: host.to_ascii_lowercase(),
+    })
+}
+
+pub(crate) fn validate_unix_address(addr: &str) -> Result<(), String> {
+    if addr.is_empty() {
+        return Err("unix address must not be empty".into());
+    }
+    if addr.starts_with('@') {
+        return Ok(());
+    }
+    if !addr.starts_with('/') || addr.ends_with('/') {
+        return Err(format!("{addr} is not an absolute path to a file"));
+    }
+    Ok(())
+}
+
+fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Report) {
+    use raw::TLSProtocol;
+    if matches!(
+        tls.min_protocol_version,
+        Some(TLSProtocol::Tlsv10) | Some(TLSProtocol::Tlsv11)
+    ) && tls.cipher_suites.is_empty()
+    {
+        r.warn(
+            &p.key("minProtocolVersion"),
+            "TLS version below TLSV1_2 require setting compatible ciphers as by default they no longer include compatible ciphers",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in tls.cipher_suites.iter().enumerate() {
+        if !seen.insert(c) {
+            r.warn(
+                &p.key("cipherSuites").index(i),
+                format!("ignoring duplicate cipher suite {c}"),
+            );
+        }
+    }
+    for (field, list) in [
+        ("credentialNames", tls.credential_names.len()),
+        ("tlsCertificates", tls.tls_certificates.len()),
+    ] {
+        if list > 2 {
+            r.err(&p.key(field), format!("{field} may have at most 2 items"));
+        }
+    }
+    let mode = tls.mode();
+    if mode == ServerTLSMode::IstioMutual {
+        for (set, what) in [
+            (!tls.server_certificate.is_empty(), "server certificate"),
+            (!tls.private_key.is_empty(), "private key"),
+            (!tls.ca_certificates.is_empty(), "CA bundle"),
+            (!tls.tls_certificates.is_empty(), "tlsCertificates"),
+            (!tls.credential_name.is_empty(), "credentialName"),
+            (!tls.credential_names.is_empty(), "credentialNames"),
+        ] {
+            if set {
+                r.err(p, format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
+            }
+        }
+        return;
+    }
+    if matches!(
+        mode,
+        ServerTLSMode::Passthrough | ServerTLSMode::AutoPassthrough
+    ) && (!tls.ca_crl.is_empty()
+        || !tls.server_certificate.is_empty()
+        || !tls.private_key.is_empty()
+        || !tls.ca_certificates.is_empty()
+        || !tls.tls_certificates.is_empty()
+        || !tls.credential_name.is_empty()
+        || !tls.credential_names.is_empty())
+    {
+        r.warn(
+            p,
+            "PASSTHROUGH mode does not use certificates, they will be ignored",
+        );
+    }
+    let sources = [
+        !tls.server_certificate.is_empty() && !tls.private_key.is_empty(),
+        !tls.credential_name.is_empty(),
+        !tls.credential_names.is_empty(),
+        !tls.tls_certificates.is_empty(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if sources > 1 {
+        r.err(
+            p,
+            "only one of credentialName, credentialNames, serverCertificate/privateKey, tlsCertificates should be specified",
+        );
+    }
+    let terminating = matches!(
+        mode,
+        ServerTLSMode::Simple | ServerTLSMode::Mutual | ServerTLSMode::OptionalMutual
+    );
+    let remote_credentials = !tls.credential_name.is_empty() || !tls.credential_names.is_empty();
+    if terminating && remote_credentials {
+        // Credentials are fetched remotely; Istio checks nothing further.
+        return;
+    }
+    if terminating {
+        let what = if mode == ServerTLSMode::Simple {
+            "SIMPLE TLS"
+        } else {
+            "MUTUAL TLS"
+        };
+        if mode != ServerTLSMode::Simple && tls.ca_certificates.is_empty() {
+            r.err(
+                &p.key("caCertificates"),
+                format!("{what} requires a client CA bundle"),
+            );
+        }
+        if tls.tls_certificates.is_empty() {
+            if tls.server_certificate.is_empty() {
+                r.err(
+                    &p.key("serverCertificate"),
+                    format!("{what} requires a server certificate"),
+                );
+            }
+            if tls.private_key.is_empty() {
+                r.err(
+                    &p.key("privateKey"),
+                    format!("{what} requires a private key"),
+                );
+            }
+        }
+        for (i, c) in tls.tls_certificates.iter().enumerate() {
+            let cp = p.key("tlsCertificates").index(i);
+            if c.server_certificate.is_empty() {
+                r.err(
+                    &cp.key("serverCertificate"),
+                    format!("{what} requires a server certificate"),
+                );
+            }
+            if c.private_key.is_empty() {
+                r.err(
+                    &cp.key("privateKey"),
+                    format!("{what} requires a private key"),
+                );
+            }
+        }
+    }
+    if !tls.ca_crl.is_empty() {
+        if !tls.credential_name.is_empty() {
+            r.err(
+                &p.key("caCrl"),
+                "CRL is not supported with credentialName. CRL has to be specified in the credential",
+            );
+        }
+        if mode == ServerTLSMode::Simple {
+            r.err(&p.key("caCrl"), "CRL is not supported with SIMPLE TLS");
+        }
+    }
+}
