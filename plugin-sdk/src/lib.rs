@@ -123,6 +123,9 @@ macro_rules! export_policy {
         impl $crate::__export::Guest for __WasmgatePolicyExport {
             type Prepared = $crate::__export::Adapter<$policy>;
         }
+        // Native builds (unit tests) get no Wasm export symbols: their names are not
+        // valid in a native linker's version script.
+        #[cfg(target_arch = "wasm32")]
         $crate::__bindings::__wasmgate_export!(__WasmgatePolicyExport);
     };
 }

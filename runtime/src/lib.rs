@@ -2,6 +2,12 @@
 //! `DestinationRule`, `ServiceEntry` and `WasmPlugin` resources without Kubernetes or
 //! Envoy. Listeners are hyper; routing, fault injection and traffic splitting are Wasm
 //! components (see `wit/policy.wit`) run by the [`plugin`] host. Dependencies point one
-//! way: config model (`wasmgate-config`) <- [`plugin`] <- [`snapshot`] <- [`proxy`] <- [`cli`].
+//! way: config model (`wasmgate-config`) <- [`plugin`] <- [`snapshot`] <- [`proxy`] <-
+//! [`gateway`] / [`admin`] <- [`cli`].
 
+pub mod admin;
+pub mod cli;
+pub mod gateway;
 pub mod plugin;
+pub mod proxy;
+pub mod snapshot;

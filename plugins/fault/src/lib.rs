@@ -1,9 +1,200 @@
-//! Placeholder while the policy is written.
-use wasmgate_plugin_sdk::{Binding, ConfigError, Decision, Policy, PluginError, RequestHead, export_policy};
-#[derive(Debug)]
-pub struct Stub;
-impl Policy for Stub {
-    fn prepare(_: &Binding, _: &str) -> Result<Self, ConfigError> { Ok(Stub) }
-    fn on_request(&self, _: &RequestHead, _: Decision) -> Result<Option<Decision>, PluginError> { Ok(None) }
+//! First-party fault injection: Istio's `HTTPFaultInjection` for the route the router
+//! chose. `delay` adds `fixedDelay` (the host sleeps; the plugin never blocks) and `abort`
+//! answers `httpStatus` (or a gRPC status), each for `percentage` of requests, drawn from
+//! the host's random numbers. A fault without `percentage` never fires (Istio's rule; the
+//! deprecated integer `percent` of a delay still counts).
+//!
+//! Config: the VirtualService `spec` as JSON, the same as the router's.
+
+use wasmgate_config::parse_duration;
+use wasmgate_config::raw::{HTTPFaultInjection, VirtualServiceSpec};
+use wasmgate_plugin_sdk::host::chance;
+use wasmgate_plugin_sdk::{
+    Abort, Action, Binding, ConfigError, Decision, Policy, PluginError, RequestHead,
+    export_policy,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+struct DelayFault {
+    ms: u64,
+    percent: f64,
 }
-export_policy!(Stub);
+
+#[derive(Debug, Clone, PartialEq)]
+struct AbortFault {
+    status: u16,
+    grpc_status: Option<String>,
+    percent: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RouteFault {
+    delay: Option<DelayFault>,
+    abort: Option<AbortFault>,
+}
+
+/// Faults by route index.
+#[derive(Debug)]
+pub struct Fault {
+    routes: Vec<Option<RouteFault>>,
+}
+
+fn compile(i: usize, f: &HTTPFaultInjection) -> Result<RouteFault, ConfigError> {
+    let field = format!("http[{i}].fault");
+    let delay = match &f.delay {
+        Some(d) => {
+            let percent = d
+                .percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or((d.percent > 0).then_some(f64::from(d.percent)));
+            match (percent, &d.fixed_delay) {
+                (Some(percent), Some(text)) => {
+                    let dur = parse_duration(text).map_err(|message| ConfigError {
+                        field: format!("{field}.delay.fixedDelay"),
+                        message,
+                    })?;
+                    Some(DelayFault {
+                        ms: u64::try_from(dur.as_millis()).unwrap_or(u64::MAX),
+                        percent,
+                    })
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let abort = match &f.abort {
+        Some(a) => match a.percentage.as_ref().map(|p| p.value) {
+            Some(percent) => {
+                let (status, grpc_status) = match (a.http_status, &a.grpc_status) {
+                    (Some(s), _) => (
+                        u16::try_from(s).map_err(|_| ConfigError {
+                            field: format!("{field}.abort.httpStatus"),
+                            message: format!("{s} is not an HTTP status"),
+                        })?,
+                        None,
+                    ),
+                    // gRPC aborts travel as HTTP 200 with a grpc-status.
+                    (None, Some(g)) => (200, Some(g.clone())),
+                    (None, None) => (503, None),
+                };
+                Some(AbortFault {
+                    status,
+                    grpc_status,
+                    percent,
+                })
+            }
+            None => None,
+        },
+        None => None,
+    };
+    Ok(RouteFault { delay, abort })
+}
+
+impl Policy for Fault {
+    fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
+        let spec: VirtualServiceSpec = serde_json::from_str(config).map_err(|e| ConfigError {
+            field: String::new(),
+            message: format!("not a VirtualService spec: {e}"),
+        })?;
+        let routes = spec
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.fault.as_ref().map(|f| compile(i, f)).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok(Fault { routes })
+    }
+
+    fn on_request(
+        &self,
+        _request: &RequestHead,
+        mut current: Decision,
+    ) -> Result<Option<Decision>, PluginError> {
+        if !matches!(current.action, Action::Forward(_)) {
+            return Ok(None);
+        }
+        let Some(route) = current.route.as_ref() else {
+            return Ok(None);
+        };
+        let Some(Some(fault)) = self.routes.get(route.index as usize) else {
+            return Ok(None);
+        };
+        let mut changed = false;
+        if let Some(d) = &fault.delay
+            && chance(d.percent)
+        {
+            current.delay_ms = Some(d.ms);
+            current.log_field("fault", "delay");
+            changed = true;
+        }
+        if let Some(a) = &fault.abort
+            && chance(a.percent)
+        {
+            current.action = Action::Abort(Abort {
+                status: a.status,
+                grpc_status: a.grpc_status.clone(),
+            });
+            current.log_field("fault", "abort");
+            changed = true;
+        }
+        Ok(changed.then_some(current))
+    }
+}
+
+export_policy!(Fault);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmgate_plugin_sdk::testing::{decide, prepare, request, seed_random};
+    use wasmgate_plugin_sdk::{Destination, Forward, RouteRef};
+
+    fn routed(index: u32) -> Decision {
+        let mut d = Decision::no_route()
+            .with_action(Action::Forward(Forward::to(vec![Destination::new("a")])));
+        d.route = Some(RouteRef {
+            index,
+            name: String::new(),
+        });
+        d
+    }
+
+    const SPEC: &str = r#"{"hosts":["ratings"],"http":[
+      {"fault":{"abort":{"httpStatus":500,"percentage":{"value":100}}},"route":[{"destination":{"host":"ratings"}}]},
+      {"fault":{"delay":{"fixedDelay":"7s","percentage":{"value":100}}},"route":[{"destination":{"host":"ratings"}}]},
+      {"fault":{"abort":{"httpStatus":500}},"route":[{"destination":{"host":"ratings"}}]},
+      {"fault":{"delay":{"fixedDelay":"1s","percent":100}},"route":[{"destination":{"host":"ratings"}}]},
+      {"fault":{"abort":{"httpStatus":503,"percentage":{"value":25}}},"route":[{"destination":{"host":"ratings"}}]},
+      {"route":[{"destination":{"host":"ratings"}}]}]}"#;
+
+    #[test]
+    fn abort_delay_and_the_no_percentage_rule() {
+        let f: Fault = prepare(SPEC);
+        let req = request("GET", "/").build();
+        let d = decide(&f, &req, routed(0));
+        assert!(matches!(d.action, Action::Abort(ref a) if a.status == 500));
+        let d = decide(&f, &req, routed(1));
+        assert_eq!(d.delay_ms, Some(7000));
+        assert!(matches!(d.action, Action::Forward(_)));
+        // No percentage: never fires.
+        assert!(matches!(f.on_request(&req, routed(2)), Ok(None)));
+        // The deprecated integer percent still works for delays.
+        assert_eq!(decide(&f, &req, routed(3)).delay_ms, Some(1000));
+        // A route without a fault, and an unrouted request, are untouched.
+        assert!(matches!(f.on_request(&req, routed(5)), Ok(None)));
+        assert!(matches!(f.on_request(&req, Decision::no_route()), Ok(None)));
+    }
+
+    #[test]
+    fn percentage_is_honoured() {
+        seed_random(3);
+        let f: Fault = prepare(SPEC);
+        let req = request("GET", "/").build();
+        let aborted = (0..10_000)
+            .filter(|_| matches!(decide(&f, &req, routed(4)).action, Action::Abort(_)))
+            .count();
+        assert!((2_200..=2_800).contains(&aborted), "aborted {aborted} of 10000 at 25%");
+    }
+}

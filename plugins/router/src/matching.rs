@@ -1,0 +1,248 @@
+//! Compiled `HTTPMatchRequest`s and their evaluation against a request head.
+
+use regex::Regex;
+use wasmgate_config::raw::{HTTPMatchRequest, StringMatch};
+use wasmgate_plugin_sdk::{ConfigError, RequestHead};
+
+/// One compiled `StringMatch`.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Exact(String),
+    Prefix(String),
+    /// Anchored: the whole value must match.
+    Regex(Regex),
+    /// An empty match (`{}`): the header or parameter must be present.
+    Present,
+}
+
+impl Matcher {
+    /// Compile; `lowercase` folds exact and prefix values (for `ignoreUriCase`).
+    pub fn compile(m: &StringMatch, field: &str, lowercase: bool) -> Result<Self, ConfigError> {
+        let fold = |s: &str| {
+            if lowercase {
+                s.to_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(e), _, _) => Matcher::Exact(fold(e)),
+            (None, Some(p), _) => Matcher::Prefix(fold(p)),
+            (None, None, Some(r)) => {
+                let anchored = format!("^(?:{r})$");
+                Matcher::Regex(Regex::new(&anchored).map_err(|e| ConfigError {
+                    field: format!("{field}.regex"),
+                    message: format!("invalid regex: {e}"),
+                })?)
+            }
+            (None, None, None) => Matcher::Present,
+        })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(e) => value == e,
+            Matcher::Prefix(p) => value.starts_with(p.as_str()),
+            Matcher::Regex(r) => r.is_match(value),
+            Matcher::Present => true,
+        }
+    }
+}
+
+/// How the URI matched: a prefix match reports its length, so `rewrite.uri` can replace
+/// just the prefix (Istio's rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched {
+    pub uri_prefix_len: Option<usize>,
+}
+
+/// One compiled `HTTPMatchRequest`: every field set must match.
+#[derive(Debug)]
+pub struct CompiledMatch {
+    uri: Option<Matcher>,
+    ignore_uri_case: bool,
+    scheme: Option<Matcher>,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<(String, Matcher)>,
+    without_headers: Vec<(String, Matcher)>,
+    query_params: Vec<(String, Matcher)>,
+    port: Option<u16>,
+    /// `namespace/name`; empty means any gateway.
+    gateways: Vec<String>,
+}
+
+fn opt(m: &Option<StringMatch>, field: &str, lowercase: bool) -> Result<Option<Matcher>, ConfigError> {
+    m.as_ref()
+        .map(|m| Matcher::compile(m, field, lowercase))
+        .transpose()
+}
+
+fn map(
+    entries: &std::collections::BTreeMap<String, StringMatch>,
+    field: &str,
+    lowercase_keys: bool,
+) -> Result<Vec<(String, Matcher)>, ConfigError> {
+    entries
+        .iter()
+        .map(|(k, m)| {
+            let key = if lowercase_keys {
+                k.to_ascii_lowercase()
+            } else {
+                k.clone()
+            };
+            Ok((key, Matcher::compile(m, &format!("{field}.{k}"), false)?))
+        })
+        .collect()
+}
+
+/// `ns/name` for a gateway reference written in a VirtualService of `namespace`.
+pub fn gateway_ref(name: &str, namespace: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+impl CompiledMatch {
+    pub fn compile(m: &HTTPMatchRequest, field: &str, namespace: &str) -> Result<Self, ConfigError> {
+        Ok(CompiledMatch {
+            uri: opt(&m.uri, &format!("{field}.uri"), m.ignore_uri_case)?,
+            ignore_uri_case: m.ignore_uri_case,
+            scheme: opt(&m.scheme, &format!("{field}.scheme"), false)?,
+            method: opt(&m.method, &format!("{field}.method"), false)?,
+            authority: opt(&m.authority, &format!("{field}.authority"), false)?,
+            headers: map(&m.headers, &format!("{field}.headers"), true)?,
+            without_headers: map(&m.without_headers, &format!("{field}.withoutHeaders"), true)?,
+            query_params: map(&m.query_params, &format!("{field}.queryParams"), false)?,
+            port: u16::try_from(m.port).ok().filter(|p| *p != 0),
+            gateways: m
+                .gateways
+                .iter()
+                .map(|g| gateway_ref(g, namespace))
+                .collect(),
+        })
+    }
+
+    /// The header names this match reads.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .chain(&self.without_headers)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// Does the request satisfy every field? `query` is the parsed query string.
+    pub fn matches(&self, req: &RequestHead, query: &[(String, String)]) -> Option<Matched> {
+        let mut matched = Matched {
+            uri_prefix_len: None,
+        };
+        if let Some(uri) = &self.uri {
+            let folded;
+            let path = if self.ignore_uri_case {
+                folded = req.path.to_lowercase();
+                folded.as_str()
+            } else {
+                req.path.as_str()
+            };
+            if !uri.matches(path) {
+                return None;
+            }
+            if let Matcher::Prefix(p) = uri {
+                matched.uri_prefix_len = Some(p.len());
+            }
+        }
+        let field_ok = |m: &Option<Matcher>, value: &str| m.as_ref().is_none_or(|m| m.matches(value));
+        if !field_ok(&self.scheme, &req.scheme)
+            || !field_ok(&self.method, &req.method)
+            || !field_ok(&self.authority, &req.authority)
+        {
+            return None;
+        }
+        if let Some(port) = self.port
+            && port != req.port
+        {
+            return None;
+        }
+        if !self.gateways.is_empty() && !self.gateways.iter().any(|g| *g == req.gateway) {
+            return None;
+        }
+        for (name, m) in &self.headers {
+            match header_value(req, name) {
+                Some(v) if m.matches(&v) => {}
+                _ => return None,
+            }
+        }
+        for (name, m) in &self.without_headers {
+            let value = header_value(req, name);
+            let inner = match m {
+                Matcher::Present => value.is_some(),
+                // A missing header counts as empty.
+                _ => m.matches(value.as_deref().unwrap_or("")),
+            };
+            if inner {
+                return None;
+            }
+        }
+        for (name, m) in &self.query_params {
+            match query.iter().find(|(k, _)| k == name) {
+                Some((_, v)) if m.matches(v) => {}
+                _ => return None,
+            }
+        }
+        Some(matched)
+    }
+}
+
+/// All values of `name`, joined with `,` as Envoy does for matching.
+fn header_value(req: &RequestHead, name: &str) -> Option<String> {
+    let mut values = req.header_values(name);
+    let first = values.next()?;
+    let mut joined = first.to_string();
+    for v in values {
+        joined.push(',');
+        joined.push_str(v);
+    }
+    Some(joined)
+}
+
+/// Split a raw query string into percent-decoded (name, value) pairs.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}

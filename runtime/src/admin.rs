@@ -1,0 +1,87 @@
+//! The admin endpoint (default 127.0.0.1:15000), for probes and operators:
+//! `GET /healthz/ready` (200 once every listener is serving), `POST /reload`
+//! (rebuild from the config paths; 200, or 400 with the reasons, one per line) and
+//! `GET /routes` (ports, domains and the policy chain serving each).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+use crate::proxy::{Body, full};
+
+/// Bind the admin address now (so a busy port fails start-up) and serve in the background.
+pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on admin address {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let gateway = gateway.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| answer(gateway.clone(), req));
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz/ready") => {
+            if gateway.is_ready() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+            }
+        }
+        (&Method::POST, "/reload") => match gateway.reload().await {
+            Ok(()) => text(StatusCode::OK, "reloaded\n".into()),
+            Err(errors) => text(StatusCode::BAD_REQUEST, errors.join("\n") + "\n"),
+        },
+        (&Method::GET, "/routes") => text(StatusCode::OK, routes(&gateway)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    })
+}
+
+fn routes(gateway: &Gateway) -> String {
+    let snapshot = gateway.snapshot();
+    let mut out = String::new();
+    for (port, table) in &snapshot.ports {
+        let _ = writeln!(out, "port {port}");
+        for vhost in table.hosts.iter() {
+            let _ = writeln!(out, "  host {}", vhost.domain);
+            for chain in &vhost.chains {
+                let links: Vec<&str> = chain.links.iter().map(|l| l.policy.plugin_name()).collect();
+                let _ = writeln!(
+                    out,
+                    "    {} via {}: {}",
+                    chain.virtual_service,
+                    chain.gateway,
+                    links.join(" -> ")
+                );
+            }
+        }
+    }
+    out
+}

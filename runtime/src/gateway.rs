@@ -1,0 +1,177 @@
+//! The running gateway: loads config and plugins into a snapshot, binds one listener per
+//! Gateway server port, serves the admin endpoint, and reloads on SIGHUP or
+//! `POST /reload`. A reload builds a whole new snapshot beside the old one and swaps it
+//! only when everything (config, plugins, new listeners) is good; otherwise it logs why
+//! and the gateway keeps serving its last good config.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::plugin::{HostSettings, PluginHost};
+use crate::proxy::{ConnInfo, Shared, Upstream, handle};
+use crate::snapshot::{CompileCache, PluginSources, Snapshot};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Vec<PathBuf>,
+    pub plugins: Option<PathBuf>,
+    pub admin: SocketAddr,
+    /// Address listeners bind to unless a Gateway server sets `bind`.
+    pub listen_address: IpAddr,
+    pub host: HostSettings,
+}
+
+/// Load config and build a snapshot. Errors are complete lines (file, resource, field).
+pub async fn load(
+    options: &Options,
+    host: &PluginHost,
+    cache: &CompileCache,
+) -> Result<Snapshot, Vec<String>> {
+    let config = wasmgate_config::load(&options.config)
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let sources = PluginSources {
+        dir: options.plugins.clone(),
+    };
+    Snapshot::build(&config, host, &sources, cache)
+        .await
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    options: Options,
+    shared: Arc<Shared>,
+    cache: CompileCache,
+    listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// Load everything and bind every listener; fails with all the reasons.
+    pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
+        let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
+        let cache = CompileCache::default();
+        let snapshot = load(&options, &host, &cache).await?;
+        let gateway = Arc::new(Gateway {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                host,
+                upstream: Upstream::new(),
+            }),
+            options,
+            cache,
+            listeners: Mutex::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+        });
+        let snapshot = gateway.shared.snapshot.load_full();
+        gateway.open_listeners(&snapshot).await?;
+        gateway.ready.store(true, Ordering::SeqCst);
+        Ok(gateway)
+    }
+
+    /// True once every listener of the current snapshot is accepting.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Rebuild from the same paths; swap only if everything is good.
+    pub async fn reload(&self) -> Result<(), Vec<String>> {
+        let snapshot = match load(&self.options, &self.shared.host, &self.cache).await {
+            Ok(s) => Arc::new(s),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("reload rejected: {e}");
+                }
+                tracing::error!("reload rejected; still serving the last good configuration");
+                return Err(errors);
+            }
+        };
+        self.open_listeners(&snapshot).await?;
+        self.shared.snapshot.store(snapshot.clone());
+        let mut listeners = self.listeners.lock().await;
+        let gone: Vec<u16> = listeners
+            .keys()
+            .filter(|p| !snapshot.ports.contains_key(p))
+            .copied()
+            .collect();
+        for port in gone {
+            if let Some(task) = listeners.remove(&port) {
+                task.abort();
+                tracing::info!(port, "listener closed");
+            }
+        }
+        tracing::info!(ports = ?snapshot.ports.keys().collect::<Vec<_>>(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Bind the ports of `snapshot` that have no listener yet. All or nothing.
+    async fn open_listeners(&self, snapshot: &Snapshot) -> Result<(), Vec<String>> {
+        let mut listeners = self.listeners.lock().await;
+        let mut bound = Vec::new();
+        let mut errors = Vec::new();
+        for (port, table) in &snapshot.ports {
+            if listeners.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(table.bind.unwrap_or(self.options.listen_address), *port);
+            match TcpListener::bind(addr).await {
+                Ok(l) => bound.push((*port, l)),
+                Err(e) => errors.push(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        for (port, listener) in bound {
+            tracing::info!(port, "listening on {}", listener.local_addr().map_or_else(|_| port.to_string(), |a| a.to_string()));
+            let task = tokio::spawn(accept_loop(listener, port, self.shared.clone()));
+            listeners.insert(port, task);
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(port, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let conn = ConnInfo { port, client };
+            let service = service_fn(move |req| handle(shared.clone(), conn, req));
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(port, %client, "connection ended: {e}");
+            }
+        });
+    }
+}

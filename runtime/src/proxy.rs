@@ -1,0 +1,422 @@
+//! The data path: one hyper service per accepted connection, each request walked through
+//! the phases below against the current [`Snapshot`], and one access log line per request.
+//!
+//! ```text
+//! accept -> match port -> match host (virtual host) -> edge headers (x-request-id, xff, xfp)
+//!   -> for each VirtualService chain of the host: run policies (router, fault, split, user)
+//!        until one routes; none routes -> 404
+//!   -> decision: [delay] then forward | redirect | direct response | abort
+//!   -> forward: resolve cluster -> header ops, rewrite -> upstream (timeout, retries)
+//!   -> response header ops -> client
+//! ```
+
+mod error;
+pub mod headers;
+mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+
+pub use error::{Culprit, ProxyError};
+use error::local_response;
+use headers::{HeadParts, apply_mutation, edge_headers, request_head, strip_hop_by_hop};
+pub use upstream::Upstream;
+use upstream::{Attempted, Outbound, default_retries, send};
+
+use crate::plugin::types::{Action, Decision, Destination, Forward};
+use crate::plugin::{CallError, PluginHost};
+use crate::snapshot::{Chain, Snapshot, vhosts::normalize_host};
+
+/// Body type of every response (and of upstream requests).
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A body holding `b`.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// What every connection shares: the current snapshot and the clients.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub host: PluginHost,
+    pub upstream: Upstream,
+}
+
+/// Where a connection came in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub port: u16,
+    pub client: SocketAddr,
+}
+
+/// One access log line's worth of facts.
+#[derive(Debug, Default)]
+struct Access {
+    request_id: String,
+    virtual_service: String,
+    route: String,
+    cluster: String,
+    flags: Vec<&'static str>,
+    extra: Vec<(String, String)>,
+    attempted: Attempted,
+}
+
+/// Serve one request. Never fails: errors become responses.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let authority = authority_of(&req).unwrap_or_default();
+    let mut access = Access::default();
+    let snapshot = shared.snapshot.load_full();
+    let response = match serve(&shared, &snapshot, conn, req, &mut access).await {
+        Ok(r) => r,
+        Err(e) => {
+            access.flags.push(e.flag());
+            match e.culprit() {
+                Culprit::Client | Culprit::Gateway => {
+                    tracing::debug!(request_id = %access.request_id, "{e}")
+                }
+                Culprit::Plugin | Culprit::Upstream => {
+                    tracing::warn!(request_id = %access.request_id, "{e}")
+                }
+            }
+            e.into_response()
+        }
+    };
+    let extra: String = access
+        .extra
+        .iter()
+        .map(|(k, v)| format!(" {k}={v}"))
+        .collect();
+    tracing::info!(
+        target: "wasmgate::access",
+        "{} {} {} {} flags={} vs={} route={} cluster={} upstream={} attempts={} duration_ms={} client={} id={}{}",
+        method,
+        authority,
+        path,
+        response.status().as_u16(),
+        if access.flags.is_empty() { "-".to_string() } else { access.flags.join(",") },
+        or_dash(&access.virtual_service),
+        or_dash(&access.route),
+        or_dash(&access.cluster),
+        access.attempted.upstream.as_deref().unwrap_or("-"),
+        access.attempted.attempts,
+        started.elapsed().as_millis(),
+        conn.client.ip(),
+        or_dash(&access.request_id),
+        extra,
+    );
+    Ok(response)
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+async fn serve(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    access: &mut Access,
+) -> Result<Response<Body>, ProxyError> {
+    let authority = authority_of(&req).ok_or(ProxyError::BadRequest("no Host header"))?;
+    let host = normalize_host(&authority);
+    let table = snapshot.ports.get(&conn.port).ok_or(ProxyError::NoRoute)?;
+    let vhost = table.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
+
+    let scheme = "http";
+    let random = shared.host.random();
+    access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, random);
+
+    let (path, query) = {
+        let pq = req.uri().path_and_query();
+        (
+            pq.map_or("/", |p| p.path()).to_string(),
+            pq.and_then(|p| p.query()).unwrap_or_default().to_string(),
+        )
+    };
+    let method = req.method().as_str().to_string();
+    let mut routed: Option<(&Arc<Chain>, Decision)> = None;
+    for chain in &vhost.chains {
+        let parts = HeadParts {
+            id: &access.request_id,
+            method: &method,
+            scheme,
+            authority: &authority,
+            path: &path,
+            query: &query,
+            headers: req.headers(),
+            port: conn.port,
+        };
+        let head = request_head(&parts, &chain.interest, &chain.gateway, &chain.virtual_service);
+        let decision = run_chain(chain, &head).await?;
+        if !matches!(decision.action, Action::NoRoute) {
+            routed = Some((chain, decision));
+            break;
+        }
+    }
+    let Some((chain, decision)) = routed else {
+        return Err(ProxyError::NoRoute);
+    };
+    access.virtual_service = chain.virtual_service.clone();
+    if let Some(r) = &decision.route {
+        access.route = if r.name.is_empty() {
+            format!("http[{}]", r.index)
+        } else {
+            r.name.clone()
+        };
+    }
+    access
+        .extra
+        .extend(decision.log_fields.iter().map(|h| (h.name.clone(), h.value.clone())));
+
+    if let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0) {
+        access.flags.push("DI");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    match decision.action {
+        Action::NoRoute => Err(ProxyError::NoRoute),
+        Action::Abort(abort) => {
+            access.flags.push("FI");
+            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = local_response(status, Bytes::from_static(b"fault filter abort"));
+            if let Some(grpc) = abort.grpc_status
+                && let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc))
+            {
+                resp.headers_mut().insert("grpc-status", v);
+            }
+            Ok(resp)
+        }
+        Action::Respond(direct) => {
+            let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+            let mut resp = local_response(status, Bytes::from(direct.body));
+            for h in direct.headers {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_str(&h.value),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            Ok(resp)
+        }
+        Action::Redirect(redirect) => {
+            let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let mut resp = local_response(status, Bytes::new());
+            if let Ok(v) = HeaderValue::from_str(&redirect.location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Action::Forward(forward) => forward_upstream(shared, snapshot, chain, req, forward, access).await,
+    }
+}
+
+/// Run a chain's policies in order; stops early at a final action.
+async fn run_chain(
+    chain: &Chain,
+    head: &crate::plugin::types::RequestHead,
+) -> Result<Decision, ProxyError> {
+    let mut decision = Decision {
+        route: None,
+        delay_ms: None,
+        action: Action::NoRoute,
+        log_fields: Vec::new(),
+    };
+    for (i, link) in chain.links.iter().enumerate() {
+        if !link.ports.is_empty() && !link.ports.contains(&head.port) {
+            continue;
+        }
+        // Only the router may turn "no route" into a route; later policies see routed
+        // requests (or none at all when the router found nothing).
+        if i > 0 && matches!(decision.action, Action::NoRoute) {
+            break;
+        }
+        match link.policy.on_request(head, &decision).await {
+            Ok(Some(next)) => decision = next,
+            Ok(None) => {}
+            Err(e) if link.fail_open => {
+                tracing::warn!(plugin = link.policy.plugin_name(), "skipped (FAIL_OPEN): {e}");
+                continue;
+            }
+            Err(e) => {
+                return Err(ProxyError::Plugin {
+                    plugin: link.policy.plugin_name().to_string(),
+                    message: match e {
+                        CallError::Returned(m) | CallError::Trap(m) => m,
+                    },
+                });
+            }
+        }
+        if matches!(
+            decision.action,
+            Action::Redirect(_) | Action::Respond(_) | Action::Abort(_)
+        ) {
+            break;
+        }
+    }
+    Ok(decision)
+}
+
+/// Pick one destination by weight when several remain.
+fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
+    match forward.destinations.len() {
+        0 => None,
+        1 => forward.destinations.pop(),
+        _ => {
+            let total: u64 = forward.destinations.iter().map(|d| u64::from(d.weight)).sum();
+            let mut ticket = if total == 0 {
+                0
+            } else {
+                shared.host.random().next_u64() % total
+            };
+            let index = forward
+                .destinations
+                .iter()
+                .position(|d| {
+                    let w = u64::from(d.weight);
+                    if ticket < w {
+                        true
+                    } else {
+                        ticket -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            Some(forward.destinations.swap_remove(index))
+        }
+    }
+}
+
+async fn forward_upstream(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    chain: &Chain,
+    req: Request<Incoming>,
+    mut forward: Forward,
+    access: &mut Access,
+) -> Result<Response<Body>, ProxyError> {
+    let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
+    let host = wasmgate_config::expand_host(&destination.host, &chain.namespace);
+    let cluster = snapshot
+        .registry
+        .resolve(&host, destination.port, destination.subset.as_deref())
+        .map_err(ProxyError::NoCluster)?;
+    access.cluster = cluster.name.clone();
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(authority) = &forward.rewrite_authority
+        && let Ok(v) = HeaderValue::from_str(authority)
+    {
+        headers.insert(header::HOST, v);
+    } else if !headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        // An HTTP/2 client sent :authority only; HTTP/1.1 upstreams need Host.
+        headers.insert(header::HOST, v);
+    }
+    apply_mutation(&mut headers, &forward.request_headers);
+    apply_mutation(&mut headers, &destination.request_headers);
+    let path_and_query = match &forward.rewrite_path {
+        Some(p) => p.clone(),
+        None => parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+    };
+    let body = if body.is_end_stream() {
+        None
+    } else {
+        Some(body.boxed())
+    };
+    let out = Outbound {
+        method: parts.method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let retries = forward.retries.clone().unwrap_or_else(default_retries);
+    let timeout = forward.timeout_ms.map(Duration::from_millis);
+    let resp = send(
+        &shared.upstream,
+        &cluster,
+        shared.host.random(),
+        out,
+        timeout,
+        &retries,
+        &mut access.attempted,
+    )
+    .await?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    apply_mutation(&mut parts.headers, &forward.response_headers);
+    apply_mutation(&mut parts.headers, &destination.response_headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// gRPC status name -> numeric code, as Envoy's fault filter sends it.
+fn grpc_code(name: &str) -> String {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map_or_else(|| name.to_string(), |i| i.to_string())
+}

@@ -1,0 +1,250 @@
+//! Header work on the data path, as Envoy does it at an edge (Istio's gateways run with
+//! `use_remote_address`): `x-forwarded-for` gets the client address appended,
+//! `x-forwarded-proto` is set to the downstream scheme, `x-request-id` is kept from
+//! internal clients and generated (UUID v4) otherwise; hop-by-hop headers never cross;
+//! Istio's header operations (remove, then set, then add); and the request head a chain
+//! of policies sees.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugin::Random;
+use crate::plugin::types::{Header, HeaderMutation, RequestHead};
+use crate::snapshot::Interest;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Envoy's "internal" addresses: loopback, RFC 1918, IPv6 unique local.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4.is_loopback() || v4.is_private();
+            }
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+/// A random UUID v4, as Envoy generates for `x-request-id`.
+pub fn new_request_id(random: &Random) -> String {
+    let hi = random.next_u64();
+    let lo = random.next_u64();
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+}
+
+/// Set `x-request-id`, `x-forwarded-for` and `x-forwarded-proto` on a request from
+/// `client` that arrived over `scheme`. Returns the request id.
+pub fn edge_headers(headers: &mut HeaderMap, client: IpAddr, scheme: &str, random: &Random) -> String {
+    let keep = is_internal(client)
+        && headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.is_empty() && v.len() <= 256);
+    let id = if keep {
+        headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        let id = new_request_id(random);
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        id
+    };
+
+    let client = client.to_canonical().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev},{client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+    id
+}
+
+/// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Apply Istio header operations: remove, then set (replace), then add (append).
+/// Invalid names or values are skipped with a debug log.
+pub fn apply_mutation(headers: &mut HeaderMap, m: &HeaderMutation) {
+    for name in &m.remove {
+        headers.remove(name.as_str());
+    }
+    for h in &m.set {
+        if let Some((name, value)) = parse(h) {
+            headers.insert(name, value);
+        }
+    }
+    for h in &m.add {
+        if let Some((name, value)) = parse(h) {
+            headers.append(name, value);
+        }
+    }
+}
+
+fn parse(h: &Header) -> Option<(HeaderName, HeaderValue)> {
+    let name = HeaderName::from_bytes(h.name.as_bytes()).ok();
+    let value = HeaderValue::from_str(&h.value).ok();
+    if name.is_none() || value.is_none() {
+        tracing::debug!(name = %h.name, "policy produced an invalid header; skipped");
+    }
+    Some((name?, value?))
+}
+
+/// The parts of a request a chain sees, headers filtered by its interest.
+pub struct HeadParts<'a> {
+    pub id: &'a str,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub port: u16,
+}
+
+pub fn request_head(
+    parts: &HeadParts<'_>,
+    interest: &Interest,
+    gateway: &str,
+    virtual_service: &str,
+) -> RequestHead {
+    let pick = |name: &HeaderName, value: &HeaderValue| Header {
+        name: name.as_str().to_string(),
+        value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    };
+    let headers = match interest {
+        Interest::None => Vec::new(),
+        Interest::All => parts.headers.iter().map(|(n, v)| pick(n, v)).collect(),
+        Interest::Named(names) => names
+            .iter()
+            .flat_map(|n| {
+                parts
+                    .headers
+                    .get_all(n.as_str())
+                    .iter()
+                    .map(move |v| Header {
+                        name: n.clone(),
+                        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    })
+            })
+            .collect(),
+    };
+    RequestHead {
+        id: parts.id.to_string(),
+        method: parts.method.to_string(),
+        scheme: parts.scheme.to_string(),
+        authority: parts.authority.to_string(),
+        path: parts.path.to_string(),
+        query: parts.query.to_string(),
+        headers,
+        port: parts.port,
+        gateway: gateway.to_string(),
+        virtual_service: virtual_service.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn xff_appends_and_request_id_kept_only_from_internal_clients() {
+        let random = Random::new(Some(1));
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let id = edge_headers(&mut headers, "127.0.0.1".parse().unwrap_or(IpAddr::from([0; 4])), "http", &random);
+        assert_eq!(id, "abc");
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9,127.0.0.1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+
+        let external: IpAddr = IpAddr::from([198, 51, 100, 7]);
+        let id = edge_headers(&mut headers, external, "http", &random);
+        assert_ne!(id, "abc");
+        assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+
+    #[test]
+    fn mutation_order_is_remove_set_add() {
+        let mut headers = HeaderMap::new();
+        headers.insert("a", HeaderValue::from_static("1"));
+        headers.insert("b", HeaderValue::from_static("1"));
+        apply_mutation(
+            &mut headers,
+            &HeaderMutation {
+                set: vec![h("a", "2"), h("bad name", "x")],
+                add: vec![h("a", "3"), h("c", "1")],
+                remove: vec!["b".into(), "c".into()],
+            },
+        );
+        let a: Vec<_> = headers.get_all("a").iter().collect();
+        assert_eq!(a, ["2", "3"]);
+        assert!(headers.get("b").is_none());
+        assert_eq!(headers["c"], "1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,258 @@
+//! Sending a request upstream: pooled keep-alive connections (HTTP/1.1, or HTTP/2 with
+//! prior knowledge for `HTTP2`/`GRPC` service ports), endpoint choice per the cluster's
+//! load balancer, the route's timeout, and retries when the request has no body to
+//! replay (Istio's default: 2 retries on connect failure, refused stream and 503).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::ProxyError;
+use super::{Body, empty};
+use crate::plugin::Random;
+use crate::plugin::types::RetryPolicy;
+use crate::snapshot::Cluster;
+
+/// Connect timeout for new upstream connections (Envoy's default is 10 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The upstream HTTP clients, shared by all requests.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.enforce_http(true);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Upstream { http1, http2 }
+    }
+
+    fn client(&self, cluster: &Cluster) -> &Client<HttpConnector, Body> {
+        if cluster.http2 { &self.http2 } else { &self.http1 }
+    }
+}
+
+/// Everything needed to (re)build the upstream request.
+pub struct Outbound {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    /// `None` when the body was empty: then the request can be retried.
+    pub body: Option<Body>,
+}
+
+/// What happened upstream, for the access log.
+#[derive(Debug, Default, Clone)]
+pub struct Attempted {
+    pub upstream: Option<String>,
+    pub attempts: u32,
+}
+
+/// Istio's default retry policy, applied when a route sets none.
+pub fn default_retries() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            .into(),
+        retry_remote_localities: false,
+    }
+}
+
+struct RetryOn {
+    connect_failure: bool,
+    reset: bool,
+    five_xx: bool,
+    gateway_error: bool,
+    codes: Vec<u16>,
+}
+
+impl RetryOn {
+    fn parse(spec: &str) -> Self {
+        let mut r = RetryOn {
+            connect_failure: false,
+            reset: false,
+            five_xx: false,
+            gateway_error: false,
+            codes: Vec::new(),
+        };
+        for item in spec.split(',').map(str::trim) {
+            match item {
+                "connect-failure" => r.connect_failure = true,
+                "reset" | "refused-stream" => r.reset = true,
+                "5xx" => r.five_xx = true,
+                "gateway-error" => r.gateway_error = true,
+                // Istio's default retriable status code; "unavailable" is gRPC's 503.
+                "retriable-status-codes" | "unavailable" => r.codes.push(503),
+                other => {
+                    if let Ok(code) = other.parse::<u16>() {
+                        r.codes.push(code);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn on_error(&self, e: &ProxyError) -> bool {
+        match e {
+            ProxyError::UpstreamConnect(_) => self.connect_failure || self.five_xx || self.gateway_error,
+            ProxyError::UpstreamReset(_) => self.reset || self.five_xx,
+            _ => false,
+        }
+    }
+
+    fn on_status(&self, status: u16) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && matches!(status, 502..=504))
+            || self.codes.contains(&status)
+    }
+}
+
+/// Send `out` to an endpoint of `cluster`, retrying per `retries` when the request has
+/// no body, all within `timeout`.
+pub async fn send(
+    upstream: &Upstream,
+    cluster: &Arc<Cluster>,
+    random: &Random,
+    out: Outbound,
+    timeout: Option<Duration>,
+    retries: &RetryPolicy,
+    attempted: &mut Attempted,
+) -> Result<Response<Incoming>, ProxyError> {
+    let work = attempt_all(upstream, cluster, random, out, retries, attempted);
+    match timeout {
+        Some(limit) if !limit.is_zero() => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        _ => work.await,
+    }
+}
+
+async fn attempt_all(
+    upstream: &Upstream,
+    cluster: &Arc<Cluster>,
+    random: &Random,
+    mut out: Outbound,
+    retries: &RetryPolicy,
+    attempted: &mut Attempted,
+) -> Result<Response<Incoming>, ProxyError> {
+    let replayable = out.body.is_none();
+    let max_attempts = if replayable { 1 + retries.attempts } else { 1 };
+    let retry_on = RetryOn::parse(&retries.retry_on);
+    let per_try = retries
+        .per_try_timeout_ms
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    let first = cluster.pick(random);
+    loop {
+        attempted.attempts += 1;
+        // Later attempts move to the next endpoint.
+        let index = (first + attempted.attempts as usize - 1) % cluster.targets.len().max(1);
+        let target = &cluster.targets[index];
+        attempted.upstream = Some(target.authority());
+        let body = out.body.take().unwrap_or_else(empty);
+        let request = build(cluster, &target.authority(), &out, body)?;
+        let _in_flight = cluster.start(index);
+        let call = upstream.client(cluster).request(request);
+        let result = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(r) => r.map_err(|e| classify(&e)),
+                Err(_) => Err(ProxyError::UpstreamTimeout),
+            },
+            None => call.await.map_err(|e| classify(&e)),
+        };
+        let last = attempted.attempts >= max_attempts;
+        match result {
+            Ok(resp) => {
+                if !last && retry_on.on_status(resp.status().as_u16()) {
+                    // Drain so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                    continue;
+                }
+                return Ok(resp);
+            }
+            Err(err) => {
+                let per_try_timed_out = matches!(err, ProxyError::UpstreamTimeout);
+                if !last && (retry_on.on_error(&err) || per_try_timed_out) {
+                    continue;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+fn build(cluster: &Cluster, authority: &str, out: &Outbound, body: Body) -> Result<Request<Body>, ProxyError> {
+    let uri: Uri = format!("http://{authority}{}", out.path_and_query)
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("invalid path"))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = if cluster.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = out.headers.clone();
+    if cluster.http2 {
+        // HTTP/2 carries the host in :authority.
+        if let Some(host) = out.headers.get(header::HOST).cloned() {
+            req.headers_mut().remove(header::HOST);
+            if let Ok(a) = Uri::builder()
+                .scheme("http")
+                .authority(host.as_bytes())
+                .path_and_query(out.path_and_query.as_str())
+                .build()
+            {
+                *req.uri_mut() = a;
+            }
+        }
+    } else if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    Ok(req)
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    if e.is_connect() {
+        ProxyError::UpstreamConnect(format!("{e:#}"))
+    } else {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        ProxyError::UpstreamReset(text)
+    }
+}

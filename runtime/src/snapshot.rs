@@ -1,0 +1,497 @@
+//! An immutable, fully prepared view of one configuration: per listener port, the
+//! virtual hosts and, per VirtualService and Gateway, the chain of prepared policies
+//! (router -> fault -> traffic split -> user plugins by phase); plus the service registry.
+//! Building one loads and prepares every plugin, so a bad plugin or `pluginConfig` fails
+//! the build and the running snapshot stays in place. The proxy only reads snapshots.
+
+pub mod registry;
+pub mod vhosts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use wasmgate_config::{
+    Config, ConfigError, FailStrategy, Gateway, Meta, NamespaceSelector, PluginSource,
+    VirtualService, WasmPlugin,
+};
+
+use crate::plugin::builtin;
+use crate::plugin::types::{Binding, HeaderInterest};
+use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PreparedPolicy};
+pub use registry::{Cluster, Registry, ResolveError, Target};
+use vhosts::{HostTable, intersect};
+
+/// The namespace whose WasmPlugins without targets apply everywhere (Istio's root).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// Everything the proxy needs to serve one configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub ports: BTreeMap<u16, Arc<PortTable>>,
+    pub registry: Registry,
+}
+
+/// One listener port: the address to bind and its virtual hosts.
+#[derive(Debug)]
+pub struct PortTable {
+    pub port: u16,
+    /// From a Gateway server's `bind`; `None` means the `--listen-address`.
+    pub bind: Option<IpAddr>,
+    pub hosts: HostTable<VirtualHost>,
+}
+
+/// One domain on a port and the VirtualService chains that serve it, in order: when a
+/// chain's router finds no route the next chain is tried (Istio merges their routes).
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub domain: String,
+    pub chains: Vec<Arc<Chain>>,
+}
+
+/// The policies run for requests that reach one VirtualService through one Gateway.
+#[derive(Debug)]
+pub struct Chain {
+    /// `namespace/name` of the VirtualService.
+    pub virtual_service: String,
+    /// The VirtualService's namespace: short destination hosts expand in it.
+    pub namespace: String,
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    pub links: Vec<Link>,
+    /// The union of the links' header interests.
+    pub interest: Interest,
+}
+
+/// One policy in a chain.
+#[derive(Debug)]
+pub struct Link {
+    pub policy: PreparedPolicy,
+    /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
+    pub fail_open: bool,
+    /// WasmPlugin `match[].ports`; empty means every port.
+    pub ports: Vec<u16>,
+}
+
+/// Which request headers a chain copies into the request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    None,
+    All,
+    Named(Vec<String>),
+}
+
+impl Interest {
+    fn add(&mut self, other: &HeaderInterest) {
+        match (&mut *self, other) {
+            (Interest::All, _) | (_, HeaderInterest::None) => {}
+            (_, HeaderInterest::All) => *self = Interest::All,
+            (Interest::None, HeaderInterest::Named(names)) => {
+                *self = Interest::Named(names.iter().map(|n| n.to_ascii_lowercase()).collect());
+            }
+            (Interest::Named(have), HeaderInterest::Named(names)) => {
+                have.extend(names.iter().map(|n| n.to_ascii_lowercase()));
+            }
+        }
+        if let Interest::Named(have) = self {
+            have.sort();
+            have.dedup();
+        }
+    }
+}
+
+/// Where user plugins come from.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSources {
+    /// `--plugins DIR`: WasmPlugin `url: name.wasm` resolves here, and `router.wasm`,
+    /// `fault.wasm`, `traffic-split.wasm` here replace the embedded components.
+    pub dir: Option<PathBuf>,
+}
+
+/// Compiled components by the SHA-256 of their bytes, kept across reloads so an
+/// unchanged plugin is never compiled twice.
+#[derive(Debug, Default, Clone)]
+pub struct CompileCache {
+    compiled: Arc<DashMap<[u8; 32], CompiledPlugin>>,
+}
+
+impl CompileCache {
+    fn get_or_compile(
+        &self,
+        host: &PluginHost,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<CompiledPlugin, PluginError> {
+        let key: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(hit) = self.compiled.get(&key) {
+            return Ok(hit.clone());
+        }
+        let compiled = host.compile(name, bytes)?;
+        self.compiled.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+fn error(meta: &Meta, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: meta.file.clone(),
+        line: None,
+        resource: Some(meta.id.clone()),
+        field: (!field.is_empty()).then(|| field.to_string()),
+        message: message.into(),
+    }
+}
+
+fn ns_name(meta: &Meta) -> String {
+    format!("{}/{}", meta.id.namespace, meta.id.name)
+}
+
+impl Snapshot {
+    /// Build a snapshot: resolve Gateway x VirtualService bindings, load and prepare
+    /// every plugin. Binds no socket. All errors are returned together.
+    pub async fn build(
+        config: &Config,
+        host: &PluginHost,
+        sources: &PluginSources,
+        cache: &CompileCache,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+
+        // Which Gateways each VirtualService is served through.
+        let gateways: HashMap<(String, String), &Gateway> = config
+            .gateways
+            .iter()
+            .map(|g| ((g.meta.id.namespace.clone(), g.meta.id.name.clone()), g))
+            .collect();
+        let bound: Vec<(&VirtualService, Vec<&Gateway>)> = config
+            .virtual_services
+            .iter()
+            .map(|vs| {
+                let gws = vs
+                    .gateways
+                    .iter()
+                    .filter_map(|r| gateways.get(&(r.namespace.clone(), r.name.clone())).copied())
+                    .collect();
+                (vs, gws)
+            })
+            .filter(|(_, gws): &(_, Vec<&Gateway>)| !gws.is_empty())
+            .collect();
+
+        // Compile the first-party components (or their replacements) once.
+        let mut firsts = Vec::new();
+        for b in builtin::CHAIN {
+            let replaced = sources
+                .dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.wasm", b.name)))
+                .filter(|p| p.is_file());
+            let bytes = match &replaced {
+                Some(path) => match std::fs::read(path) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            file: path.clone(),
+                            line: None,
+                            resource: None,
+                            field: None,
+                            message: format!("cannot read: {e}"),
+                        });
+                        continue;
+                    }
+                },
+                None => b.bytes.to_vec(),
+            };
+            let name = format!("wasmgate/{}", b.name);
+            match cache.get_or_compile(host, &name, &bytes) {
+                Ok(c) => firsts.push(c),
+                Err(e) => errors.push(ConfigError {
+                    file: replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
+                    line: None,
+                    resource: None,
+                    field: None,
+                    message: e.to_string(),
+                }),
+            }
+        }
+
+        // Compile user plugins once each.
+        let mut users: Vec<(&WasmPlugin, CompiledPlugin)> = Vec::new();
+        for wp in &config.wasm_plugins {
+            match load_user_plugin(wp, host, sources, cache) {
+                Ok(c) => users.push((wp, c)),
+                Err(e) => errors.push(e),
+            }
+        }
+        users.sort_by(|(a, _), (b, _)| {
+            a.phase
+                .cmp(&b.phase)
+                .then(b.priority.cmp(&a.priority))
+                .then(a.meta.id.cmp(&b.meta.id))
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        // Prepare each (plugin, VirtualService) binding once; chains per gateway share them.
+        let mut chains: HashMap<(String, String), Arc<Chain>> = HashMap::new();
+        for (vs, gws) in &bound {
+            let vs_name = ns_name(&vs.meta);
+            let binding = |plugin: &str| Binding {
+                plugin: plugin.to_string(),
+                virtual_service: vs_name.clone(),
+                namespace: vs.meta.id.namespace.clone(),
+            };
+            let vs_json = match serde_json::to_string(&vs.spec) {
+                Ok(j) => j,
+                Err(e) => {
+                    errors.push(error(&vs.meta, "spec", format!("cannot encode: {e}")));
+                    continue;
+                }
+            };
+            let mut first_links = Vec::new();
+            for (compiled, builtin) in firsts.iter().zip(builtin::CHAIN) {
+                let config = if builtin.name == "traffic-split" {
+                    "null".to_string()
+                } else {
+                    vs_json.clone()
+                };
+                match host
+                    .prepare(compiled, binding(compiled.name()), config)
+                    .await
+                {
+                    Ok(policy) => first_links.push(Arc::new(policy)),
+                    Err(e) => errors.push(error(
+                        &vs.meta,
+                        "spec",
+                        format!("rejected by {}: {e}", compiled.name()),
+                    )),
+                }
+            }
+            let mut user_links: Vec<(&WasmPlugin, Arc<PreparedPolicy>)> = Vec::new();
+            for (wp, compiled) in &users {
+                if !gws.iter().any(|g| applies(wp, vs, g)) {
+                    continue;
+                }
+                let config = match serde_json::to_string(&wp.plugin_config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(error(&wp.meta, "spec.pluginConfig", e.to_string()));
+                        continue;
+                    }
+                };
+                match host.prepare(compiled, binding(&ns_name(&wp.meta)), config).await {
+                    Ok(p) => user_links.push((wp, Arc::new(p))),
+                    Err(PluginError::Config { field, message, .. }) => errors.push(error(
+                        &wp.meta,
+                        &format!("spec.pluginConfig{field}"),
+                        format!("{message} (for {})", vs.meta.id),
+                    )),
+                    Err(e) => errors.push(error(&wp.meta, "spec.url", e.to_string())),
+                }
+            }
+            for gw in gws {
+                let mut links: Vec<Link> = first_links
+                    .iter()
+                    .map(|p| Link {
+                        policy: (**p).clone(),
+                        fail_open: false,
+                        ports: Vec::new(),
+                    })
+                    .collect();
+                for (wp, p) in &user_links {
+                    if applies(wp, vs, gw) {
+                        links.push(Link {
+                            policy: (**p).clone(),
+                            fail_open: wp.fail_strategy == FailStrategy::FailOpen,
+                            ports: wp.ports.clone(),
+                        });
+                    }
+                }
+                let mut interest = Interest::None;
+                for l in &links {
+                    interest.add(l.policy.header_interest());
+                }
+                let chain = Chain {
+                    virtual_service: vs_name.clone(),
+                    namespace: vs.meta.id.namespace.clone(),
+                    gateway: ns_name(&gw.meta),
+                    links,
+                    interest,
+                };
+                chains.insert((vs_name.clone(), ns_name(&gw.meta)), Arc::new(chain));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let ports = build_ports(config, &bound, &chains);
+        Ok(Snapshot {
+            ports,
+            registry: Registry::new(config),
+        })
+    }
+}
+
+/// Does WasmPlugin `wp` apply to VirtualService `vs` served through Gateway `gw`?
+/// With `targetRefs`: a named VirtualService, or every VirtualService of a named
+/// Gateway. With a `selector`: Gateways whose own selector carries those labels (the
+/// WasmPlugin selects the gateway workload, as in Istio). With neither: every
+/// VirtualService in its namespace, or everywhere from the root namespace.
+pub fn applies(wp: &WasmPlugin, vs: &VirtualService, gw: &Gateway) -> bool {
+    if !wp.targets.is_empty() {
+        return wp.targets.iter().any(|t| match t.kind.as_str() {
+            "VirtualService" => {
+                t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace
+            }
+            "Gateway" => t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace,
+            _ => false,
+        });
+    }
+    let in_scope = |ns: &str| wp.meta.id.namespace == ROOT_NAMESPACE || wp.meta.id.namespace == ns;
+    if !wp.selector.is_empty() {
+        return in_scope(&gw.meta.id.namespace)
+            && wp
+                .selector
+                .iter()
+                .all(|(k, v)| gw.selector.get(k) == Some(v));
+    }
+    in_scope(&vs.meta.id.namespace)
+}
+
+fn load_user_plugin(
+    wp: &WasmPlugin,
+    host: &PluginHost,
+    sources: &PluginSources,
+    cache: &CompileCache,
+) -> Result<CompiledPlugin, ConfigError> {
+    let path = match &wp.source {
+        PluginSource::Named(name) => {
+            let Some(dir) = &sources.dir else {
+                return Err(error(
+                    &wp.meta,
+                    "spec.url",
+                    format!("{name:?} names a file in the plugins directory, but no --plugins directory was given"),
+                ));
+            };
+            let exact = dir.join(name);
+            if exact.is_file() || Path::new(name).extension().is_some() {
+                exact
+            } else {
+                dir.join(format!("{name}.wasm"))
+            }
+        }
+        PluginSource::File(path) => path.clone(),
+        PluginSource::Remote(url) => {
+            return Err(error(
+                &wp.meta,
+                "spec.url",
+                format!("{url:?}: wasmgate does not fetch remote plugins; put the file in the plugins directory and use its name"),
+            ));
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        error(
+            &wp.meta,
+            "spec.url",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if let Some(want) = &wp.sha256 {
+        let got = hex(&Sha256::digest(&bytes));
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(error(
+                &wp.meta,
+                "spec.sha256",
+                format!("{} has sha256 {got}, not {want}", path.display()),
+            ));
+        }
+    }
+    cache
+        .get_or_compile(host, &ns_name(&wp.meta), &bytes)
+        .map_err(|e| match e {
+            PluginError::Load { message, .. } => error(
+                &wp.meta,
+                "spec.url",
+                format!("{}: {message}", path.display()),
+            ),
+            other => error(&wp.meta, "spec.url", other.to_string()),
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Per HTTP listener port, the virtual hosts: each VirtualService host joined with each
+/// server host of each Gateway it is bound to on that port.
+fn build_ports(
+    config: &Config,
+    bound: &[(&VirtualService, Vec<&Gateway>)],
+    chains: &HashMap<(String, String), Arc<Chain>>,
+) -> BTreeMap<u16, Arc<PortTable>> {
+    // port -> (bind, domain -> chains in order)
+    let mut ports: BTreeMap<u16, (Option<IpAddr>, Vec<(String, Vec<Arc<Chain>>)>)> =
+        BTreeMap::new();
+    for gw in &config.gateways {
+        for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
+            let entry = ports.entry(server.port).or_insert((None, Vec::new()));
+            if entry.0.is_none() {
+                entry.0 = server.bind.as_deref().and_then(|b| b.parse().ok());
+            }
+        }
+    }
+    for (vs, gws) in bound {
+        let vs_name = ns_name(&vs.meta);
+        for gw in gws {
+            let Some(chain) = chains.get(&(vs_name.clone(), ns_name(&gw.meta))) else {
+                continue;
+            };
+            for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
+                let Some((_, domains)) = ports.get_mut(&server.port) else {
+                    continue;
+                };
+                for server_host in &server.hosts {
+                    let ns_ok = match &server_host.namespace {
+                        NamespaceSelector::Any => true,
+                        NamespaceSelector::Named(ns) => *ns == vs.meta.id.namespace,
+                    };
+                    if !ns_ok {
+                        continue;
+                    }
+                    for vs_host in &vs.hosts {
+                        let Some(domain) = intersect(vs_host, &server_host.host) else {
+                            continue;
+                        };
+                        let slot = match domains.iter().position(|(d, _)| *d == domain) {
+                            Some(i) => &mut domains[i].1,
+                            None => {
+                                domains.push((domain.clone(), Vec::new()));
+                                let last = domains.len() - 1;
+                                &mut domains[last].1
+                            }
+                        };
+                        if !slot.iter().any(|c| c.virtual_service == vs_name) {
+                            slot.push(chain.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ports
+        .into_iter()
+        .map(|(port, (bind, domains))| {
+            let hosts = HostTable::new(domains.into_iter().map(|(domain, chains)| {
+                (
+                    domain.clone(),
+                    VirtualHost { domain, chains },
+                )
+            }));
+            (port, Arc::new(PortTable { port, bind, hosts }))
+        })
+        .collect()
+}

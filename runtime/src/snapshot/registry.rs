@@ -1,0 +1,267 @@
+//! The service registry of one snapshot: ServiceEntries give hosts, ports and endpoints,
+//! DestinationRules give subsets (endpoints selected by labels) and load balancing.
+//! A destination (host, port, subset) resolves to a [`Cluster`] once and is cached for
+//! the snapshot's lifetime, so the hot path pays one map lookup.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use wasmgate_config::{Config, DestinationRule, LoadBalancer, Resolution, ServiceEntry};
+
+use crate::plugin::Random;
+
+/// Why a destination has no cluster: each becomes a 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no ServiceEntry declares host {0}")]
+    UnknownHost(String),
+    #[error("host {host} has no port {port}")]
+    UnknownPort { host: String, port: u16 },
+    #[error("host {0} has several ports; the route must name one")]
+    AmbiguousPort(String),
+    #[error("subset {subset:?} of host {host} is not defined by any DestinationRule")]
+    UnknownSubset { host: String, subset: String },
+    #[error("host {0} has no endpoints")]
+    NoEndpoints(String),
+}
+
+/// Where to connect: an address (IP or DNS name) and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// `address:port`, bracketing IPv6 addresses.
+    pub fn authority(&self) -> String {
+        if self.address.contains(':') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        }
+    }
+}
+
+/// The endpoints of one (host, port, subset) and how to choose among them.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `outbound|port|subset|host`, as Envoy names it (for logs).
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub http2: bool,
+    lb: LoadBalancer,
+    next: AtomicUsize,
+    in_flight: Vec<AtomicUsize>,
+}
+
+impl Cluster {
+    /// Choose an endpoint. Round robin by default; RANDOM and LEAST_REQUEST (power of
+    /// two choices) per the DestinationRule.
+    pub fn pick(&self, random: &Random) -> usize {
+        let n = self.targets.len();
+        if n <= 1 {
+            return 0;
+        }
+        let below = |bound: usize| (random.next_u64() % bound as u64) as usize;
+        match self.lb {
+            LoadBalancer::Random => below(n),
+            LoadBalancer::LeastRequest => {
+                let a = below(n);
+                let b = below(n);
+                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
+            }
+            LoadBalancer::RoundRobin | LoadBalancer::Passthrough => {
+                self.next.fetch_add(1, Ordering::Relaxed) % n
+            }
+        }
+    }
+
+    /// Count a request in flight to endpoint `i` until the guard drops.
+    pub fn start(self: &Arc<Self>, i: usize) -> InFlight {
+        if let Some(c) = self.in_flight.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            cluster: self.clone(),
+            index: i,
+        }
+    }
+}
+
+/// Guard from [`Cluster::start`].
+#[derive(Debug)]
+pub struct InFlight {
+    cluster: Arc<Cluster>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.in_flight.get(self.index) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type ClusterKey = (String, Option<u16>, Option<String>);
+
+/// Hosts from ServiceEntries and subsets from DestinationRules.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: HashMap<String, Arc<ServiceEntry>>,
+    wildcard_services: Vec<(String, Arc<ServiceEntry>)>,
+    rules: HashMap<String, Arc<DestinationRule>>,
+    cache: DashMap<ClusterKey, Result<Arc<Cluster>, ResolveError>>,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Self {
+        let mut registry = Registry::default();
+        for se in &config.service_entries {
+            let se = Arc::new(se.clone());
+            for host in &se.hosts {
+                if let Some(suffix) = host.strip_prefix('*') {
+                    registry
+                        .wildcard_services
+                        .push((suffix.to_string(), se.clone()));
+                } else {
+                    // First declared wins, as Istio keeps the oldest.
+                    registry
+                        .services
+                        .entry(host.clone())
+                        .or_insert_with(|| se.clone());
+                }
+            }
+        }
+        registry
+            .wildcard_services
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        for dr in &config.destination_rules {
+            registry
+                .rules
+                .entry(dr.host.clone())
+                .or_insert_with(|| Arc::new(dr.clone()));
+        }
+        registry
+    }
+
+    fn service(&self, host: &str) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(host).or_else(|| {
+            self.wildcard_services
+                .iter()
+                .find(|(suffix, _)| host.ends_with(suffix.as_str()))
+                .map(|(_, se)| se)
+        })
+    }
+
+    /// The cluster for a fully qualified `host`, optional `port` and `subset`.
+    pub fn resolve(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        subset: Option<&str>,
+    ) -> Result<Arc<Cluster>, ResolveError> {
+        let key = (host.to_string(), port, subset.map(str::to_string));
+        if let Some(hit) = self.cache.get(&key) {
+            return hit.clone();
+        }
+        let built = self.build(host, port, subset).map(Arc::new);
+        self.cache.insert(key, built.clone());
+        built
+    }
+
+    fn build(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        subset: Option<&str>,
+    ) -> Result<Cluster, ResolveError> {
+        let se = self
+            .service(host)
+            .ok_or_else(|| ResolveError::UnknownHost(host.to_string()))?;
+        let service_port = match port {
+            Some(p) => se.ports.iter().find(|sp| sp.number == p),
+            None if se.ports.len() == 1 => se.ports.first(),
+            None if se.ports.is_empty() => None,
+            None => return Err(ResolveError::AmbiguousPort(host.to_string())),
+        };
+        let port_number = match (port, service_port) {
+            (_, Some(sp)) => sp.number,
+            (Some(p), None) if se.ports.is_empty() => p,
+            (Some(p), None) => {
+                return Err(ResolveError::UnknownPort {
+                    host: host.to_string(),
+                    port: p,
+                });
+            }
+            (None, None) => 80,
+        };
+        let rule = self.rules.get(host);
+        let (labels, lb) = match subset {
+            None => (
+                BTreeMap::new(),
+                rule.map_or(LoadBalancer::RoundRobin, |r| r.load_balancer),
+            ),
+            Some(name) => {
+                let found = rule.and_then(|r| r.subsets.iter().find(|s| s.name == name));
+                let Some(s) = found else {
+                    return Err(ResolveError::UnknownSubset {
+                        host: host.to_string(),
+                        subset: name.to_string(),
+                    });
+                };
+                (s.labels.clone(), s.load_balancer)
+            }
+        };
+        let mut targets = Vec::new();
+        for ep in &se.endpoints {
+            if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
+                continue;
+            }
+            let target_port = service_port
+                .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
+                .unwrap_or(port_number);
+            targets.push(Target {
+                address: ep.address.clone(),
+                port: target_port,
+            });
+        }
+        let dns_self = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            && se.endpoints.is_empty()
+            && labels.is_empty();
+        if dns_self {
+            let target_port = service_port
+                .and_then(|sp| sp.target_port)
+                .unwrap_or(port_number);
+            targets.push(Target {
+                address: host.to_string(),
+                port: target_port,
+            });
+        }
+        if targets.is_empty() {
+            return Err(ResolveError::NoEndpoints(host.to_string()));
+        }
+        let http2 = service_port.is_some_and(|sp| {
+            matches!(
+                sp.protocol.to_ascii_uppercase().as_str(),
+                "HTTP2" | "GRPC" | "GRPC-WEB"
+            )
+        });
+        let in_flight = targets.iter().map(|_| AtomicUsize::new(0)).collect();
+        Ok(Cluster {
+            name: format!(
+                "outbound|{port_number}|{}|{host}",
+                subset.unwrap_or_default()
+            ),
+            targets,
+            http2,
+            lb,
+            next: AtomicUsize::new(0),
+            in_flight,
+        })
+    }
+}
