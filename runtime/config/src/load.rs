@@ -38,11 +38,11 @@ const NULLABLE: [&str; 15] = [
 /// A validated resource of any kind.
 #[derive(Debug)]
 enum Loaded {
-    Gateway(model::Gateway),
-    VirtualService(model::VirtualService),
-    DestinationRule(model::DestinationRule),
-    ServiceEntry(model::ServiceEntry),
-    WasmPlugin(model::WasmPlugin),
+    Gateway(Box<model::Gateway>),
+    VirtualService(Box<model::VirtualService>),
+    DestinationRule(Box<model::DestinationRule>),
+    ServiceEntry(Box<model::ServiceEntry>),
+    WasmPlugin(Box<model::WasmPlugin>),
 }
 
 /// What came of one document.
@@ -169,19 +169,35 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
         resource: None,
     };
     let abs = |l: usize| doc.first_line + l - 1;
-    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
-        Ok(v) => v,
-        Err(e) => {
-            out.id = resource_from_outline(&out.outline);
-            let f = serde_failure(&e);
-            out.error(
-                f.path,
-                f.line.map(abs),
-                format!("invalid YAML: {}", f.message),
-            );
-            return Some(out);
+    let mut doc = doc.clone();
+    let mut attempts = 0;
+    let value: serde_yaml::Value = loop {
+        match serde_yaml::from_str(&doc.text) {
+            Ok(v) => break v,
+            Err(e) => {
+                // Quoting a scalar changes no line, so positions stay right.
+                if attempts < 32 {
+                    if let Some(fixed) = crate::yaml::quote_flow_scalar(&doc.text, &e) {
+                        doc.text = fixed;
+                        attempts += 1;
+                        continue;
+                    }
+                }
+                out.id = resource_from_outline(&out.outline);
+                let f = serde_failure(&e);
+                // An error at the end of input is better shown where the unfinished
+                // construct began.
+                let end = doc.end_line();
+                let line = match f.line.map(abs) {
+                    Some(l) if l > end => f.context_line.map(abs).or(Some(end)),
+                    other => other,
+                };
+                out.error(f.path, line, format!("invalid YAML: {}", f.message));
+                return Some(out);
+            }
         }
     };
+    let doc = &doc;
     let map = match value {
         serde_yaml::Value::Null => return None,
         serde_yaml::Value::Mapping(m) => m,
@@ -215,11 +231,16 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
         let ours = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name);
         match ours {
             Some(k) if group.ends_with("istio.io") => {
+                out.id = name.map(|n| ResourceId {
+                    kind: k,
+                    namespace: namespace.to_string(),
+                    name: n.to_string(),
+                });
                 let line = out.outline.line_of(&[Seg::Key("apiVersion".into())]);
                 out.error(
                     Some("apiVersion".into()),
                     Some(line),
-                    format!("{kind_name} {display_name}: {kind_name} belongs to {}, not {group}", k.group()),
+                    format!("{kind_name} belongs to {}, not {group}", k.group()),
                 );
             }
             _ if group.ends_with("istio.io") => {
@@ -290,40 +311,38 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
         }
     }
     match kind {
-        Kind::Gateway => typed::<raw::GatewaySpec, _>(
-            kind,
-            doc,
-            &mut out,
-            validate::gateway::validate,
-            Loaded::Gateway,
-        ),
+        Kind::Gateway => {
+            typed::<raw::GatewaySpec, _>(kind, doc, &mut out, validate::gateway::validate, |m| {
+                Loaded::Gateway(Box::new(m))
+            })
+        }
         Kind::VirtualService => typed::<raw::VirtualServiceSpec, _>(
             kind,
             doc,
             &mut out,
             validate::virtual_service::validate,
-            Loaded::VirtualService,
+            |m| Loaded::VirtualService(Box::new(m)),
         ),
         Kind::DestinationRule => typed::<raw::DestinationRuleSpec, _>(
             kind,
             doc,
             &mut out,
             validate::destination_rule::validate,
-            Loaded::DestinationRule,
+            |m| Loaded::DestinationRule(Box::new(m)),
         ),
         Kind::ServiceEntry => typed::<raw::ServiceEntrySpec, _>(
             kind,
             doc,
             &mut out,
             validate::service_entry::validate,
-            Loaded::ServiceEntry,
+            |m| Loaded::ServiceEntry(Box::new(m)),
         ),
         Kind::WasmPlugin => typed::<raw::WasmPluginSpec, _>(
             kind,
             doc,
             &mut out,
             validate::wasm_plugin::validate,
-            Loaded::WasmPlugin,
+            |m| Loaded::WasmPlugin(Box::new(m)),
         ),
     }
     Some(out)
@@ -368,6 +387,9 @@ fn typed<S: DeserializeOwned, M>(
         .collect();
     out.errors.extend(errors);
     out.warnings.extend(warnings);
+    // Report in file order; the sort is stable, so one line keeps rule order.
+    out.errors.sort_by_key(|e| e.line);
+    out.warnings.sort_by_key(|w| w.line);
     if out.errors.is_empty() && out.id.is_some() {
         out.resource = Some(wrap(built));
     }
@@ -375,21 +397,21 @@ fn typed<S: DeserializeOwned, M>(
 
 fn validate_metadata(meta: &raw::ObjectMeta, r: &mut Report) {
     let p = FieldPath::root("metadata");
-    if let Some(name) = &meta.name {
-        if !crate::host::is_k8s_subdomain(name) {
-            r.err(
+    if let Some(name) = &meta.name
+        && !crate::host::is_k8s_subdomain(name)
+    {
+        r.err(
                 &p.key("name"),
                 format!("invalid name {name:?}: must be lowercase letters, digits, '-' and '.' (a DNS-1123 subdomain)"),
             );
-        }
     }
-    if let Some(ns) = &meta.namespace {
-        if !crate::host::is_k8s_label(ns) {
-            r.err(
-                &p.key("namespace"),
-                format!("invalid namespace {ns:?}: must be a DNS-1123 label"),
-            );
-        }
+    if let Some(ns) = &meta.namespace
+        && !crate::host::is_k8s_label(ns)
+    {
+        r.err(
+            &p.key("namespace"),
+            format!("invalid namespace {ns:?}: must be a DNS-1123 label"),
+        );
     }
     validate::validate_labels(r, &p.key("labels"), &meta.labels);
     if meta.annotations.contains_key("istio.io/dry-run") {
@@ -525,11 +547,11 @@ fn assemble(outcomes: Vec<DocOutcome>, mut warnings: Vec<ConfigWarning>) -> Resu
     }
     for o in &outcomes {
         match &o.resource {
-            Some(Loaded::Gateway(g)) => cfg.gateways.push(g.clone()),
-            Some(Loaded::VirtualService(v)) => cfg.virtual_services.push(v.clone()),
-            Some(Loaded::DestinationRule(d)) => cfg.destination_rules.push(d.clone()),
-            Some(Loaded::ServiceEntry(s)) => cfg.service_entries.push(s.clone()),
-            Some(Loaded::WasmPlugin(w)) => cfg.wasm_plugins.push(w.clone()),
+            Some(Loaded::Gateway(g)) => cfg.gateways.push((**g).clone()),
+            Some(Loaded::VirtualService(v)) => cfg.virtual_services.push((**v).clone()),
+            Some(Loaded::DestinationRule(d)) => cfg.destination_rules.push((**d).clone()),
+            Some(Loaded::ServiceEntry(s)) => cfg.service_entries.push((**s).clone()),
+            Some(Loaded::WasmPlugin(w)) => cfg.wasm_plugins.push((**w).clone()),
             None => {}
         }
     }

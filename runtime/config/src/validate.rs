@@ -135,10 +135,10 @@ pub(crate) fn validate_label_key(k: &str) -> Result<(), String> {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
     };
-    if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label) {
-            return Err(format!("invalid label key {k:?}"));
-        }
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label))
+    {
+        return Err(format!("invalid label key {k:?}"));
     }
     if !is_qualified_name(name) {
         return Err(format!("invalid label key {k:?}"));
@@ -241,13 +241,14 @@ pub(crate) fn validate_string_match(
         r.err(path, "only one of exact, prefix or regex may be set");
         return;
     }
-    if let Some(p) = &m.prefix {
-        if p.is_empty() && use_ == MatchUse::Value {
-            r.err(
-                &path.key("prefix"),
-                "prefix string match should not be empty",
-            );
-        }
+    if let Some(p) = &m.prefix
+        && p.is_empty()
+        && use_ == MatchUse::Value
+    {
+        r.err(
+            &path.key("prefix"),
+            "prefix string match should not be empty",
+        );
     }
     if let Some(re) = &m.regex {
         validate_regex(r, &path.key("regex"), re);

@@ -21,6 +21,18 @@ impl YamlDocument {
         })
     }
 
+    /// The absolute line of the document's last non-blank, non-comment line.
+    pub fn end_line(&self) -> usize {
+        let lines: Vec<&str> = self.text.lines().collect();
+        lines
+            .iter()
+            .rposition(|l| {
+                let t = l.trim_start();
+                !t.is_empty() && !t.starts_with('#')
+            })
+            .map_or(self.first_line, |i| self.first_line + i)
+    }
+
     /// The absolute line of the document's first non-blank, non-comment line.
     pub fn start_line(&self) -> usize {
         self.text
@@ -41,7 +53,8 @@ pub fn split_documents(text: &str) -> Vec<YamlDocument> {
     let mut current = String::new();
     let mut first_line = 1;
     let mut ended = false;
-    for (i, raw_line) in text.split('\n').enumerate() {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    for (i, raw_line) in body.split('\n').enumerate() {
         let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
         let lineno = i + 1;
         let is_marker = line == "---"
@@ -124,6 +137,8 @@ impl std::fmt::Display for FieldPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerdeFailure {
     pub line: Option<usize>,
+    /// For syntax errors, where the construct being parsed started (libyaml's context).
+    pub context_line: Option<usize>,
     pub path: Option<String>,
     pub message: String,
 }
@@ -135,9 +150,26 @@ pub struct SerdeFailure {
 pub fn serde_failure(err: &serde_yaml::Error) -> SerdeFailure {
     let mut text = err.to_string();
     let line = err.location().map(|l| l.line());
-    if let Some(loc) = err.location() {
-        let at = format!(" at line {} column {}", loc.line(), loc.column());
-        text = text.replacen(&at, "", 1);
+    let context_line = text
+        .split_once(", while ")
+        .and_then(|(_, ctx)| ctx.split_once(" at line "))
+        .and_then(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        });
+    // Positions are reported through `line`; drop them (and libyaml's context marks).
+    while let Some(i) = text.find(" at line ") {
+        let rest = &text[i + " at line ".len()..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let Some(after) = rest[digits..].strip_prefix(" column ") else {
+            break;
+        };
+        let col_digits = after.chars().take_while(char::is_ascii_digit).count();
+        let end = i + " at line ".len() + digits + " column ".len() + col_digits;
+        text.replace_range(i..end, "");
     }
     let mut path = None;
     if let Some((head, tail)) = text.split_once(": ") {
@@ -148,17 +180,18 @@ pub fn serde_failure(err: &serde_yaml::Error) -> SerdeFailure {
             text = tail.to_string();
         }
     }
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        if let Some((name, _)) = rest.split_once('`') {
-            path = Some(match path {
-                Some(p) => format!("{p}.{name}"),
-                None => name.to_string(),
-            });
-        }
+    if let Some(rest) = text.strip_prefix("unknown field `")
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        path = Some(match path {
+            Some(p) => format!("{p}.{name}"),
+            None => name.to_string(),
+        });
     }
     let message = friendlier(&text);
     SerdeFailure {
         line,
+        context_line,
         path,
         message,
     }
@@ -172,6 +205,57 @@ fn friendlier(msg: &str) -> String {
         .replace("expected u64", "expected a non-negative integer")
         .replace("expected i64", "expected an integer")
         .replace("expected f64", "expected a number")
+}
+
+/// Works around one difference between libyaml (behind serde_yaml) and the Go YAML
+/// parser Kubernetes uses: in a flow collection Go accepts a plain scalar with a `:`
+/// before a flow indicator (`[1.2.3.4, 2001:db8::]`), libyaml rejects it with "found
+/// unexpected ':'". Given such an error's position (1-based line, and the column where
+/// the scalar starts), this returns the text with that scalar double-quoted, or `None`
+/// when the error is of another kind or the scalar cannot be quoted safely.
+pub fn quote_flow_scalar(text: &str, err: &serde_yaml::Error) -> Option<String> {
+    if !err.to_string().contains("found unexpected ':'") {
+        return None;
+    }
+    let msg = err.to_string();
+    let (_, context) = msg.split_once("while scanning a plain scalar at line ")?;
+    let (line_no, rest) = context.split_once(" column ")?;
+    let line_no: usize = line_no.parse().ok()?;
+    let column: usize = rest
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let line = lines.get_mut(line_no.checked_sub(1)?)?;
+    let start = line
+        .char_indices()
+        .nth(column.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let tail = &line[start..];
+    let mut end = tail.len();
+    for (i, c) in tail.char_indices() {
+        let next = tail[i + c.len_utf8()..].chars().next();
+        if matches!(c, ',' | '[' | ']' | '{' | '}')
+            || (c == ':' && next == Some(' '))
+            || (c == ' ' && next == Some('#'))
+        {
+            end = i;
+            break;
+        }
+    }
+    let scalar = tail[..end].trim_end();
+    if !scalar.contains(':') || scalar.contains('"') || scalar.contains('\\') {
+        return None;
+    }
+    let quoted = format!(
+        "{}\"{scalar}\"{}",
+        &line[..start],
+        &line[start + scalar.len()..]
+    );
+    *line = quoted;
+    Some(lines.join("\n"))
 }
 
 /// A tolerant outline of a block-style YAML document: enough structure to find the line
@@ -653,6 +737,22 @@ spec:
     }
 
     #[test]
+    fn quotes_ipv6_in_flow_sequences() {
+        let text = "a: [1.2.3.4, 001:db8::]\nb: 1\n";
+        let err = serde_yaml::from_str::<serde_yaml::Value>(text).err();
+        let fixed = err.as_ref().and_then(|e| quote_flow_scalar(text, e));
+        assert_eq!(
+            fixed.as_deref(),
+            Some("a: [1.2.3.4, \"001:db8::\"]\nb: 1\n")
+        );
+        let other = serde_yaml::from_str::<serde_yaml::Value>("a: [").err();
+        assert_eq!(
+            other.as_ref().and_then(|e| quote_flow_scalar("a: [", e)),
+            None
+        );
+    }
+
+    #[test]
     fn serde_errors_become_paths() {
         #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -672,6 +772,7 @@ spec:
             f,
             Some(SerdeFailure {
                 line: Some(2),
+                context_line: None,
                 path: Some("spec.bogus".into()),
                 message: "unknown field `bogus`, expected `weight`".into(),
             })
@@ -682,6 +783,7 @@ spec:
             f,
             Some(SerdeFailure {
                 line: Some(2),
+                context_line: None,
                 path: Some("spec.weight".into()),
                 message: "invalid type: string \"x\", expected a 32-bit integer".into(),
             })

@@ -178,13 +178,13 @@ fn validate_traffic_policy(tp: &raw::TrafficPolicy, p: &FieldPath, r: &mut Repor
     }
     if let Some(b) = &tp.retry_budget {
         let bp = p.key("retryBudget");
-        if let Some(pc) = b.percent {
-            if !(0.0..=100.0).contains(&pc) {
-                r.err(
-                    &bp.key("percent"),
-                    format!("percent {pc} must be in range 0..=100"),
-                );
-            }
+        if let Some(pc) = b.percent
+            && !(0.0..=100.0).contains(&pc)
+        {
+            r.err(
+                &bp.key("percent"),
+                format!("percent {pc} must be in range 0..=100"),
+            );
         }
         if let Some(d) = &b.budget_interval {
             duration(r, &bp.key("budgetInterval"), d);
@@ -287,10 +287,10 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
         );
         if let Some(idle) = &t.idle_timeout {
             // 0s turns the idle timeout off.
-            if let Some(d) = duration(r, &tp.key("idleTimeout"), idle) {
-                if d.as_millis() != 0 {
-                    istio_duration(r, &tp.key("idleTimeout"), idle);
-                }
+            if let Some(d) = duration(r, &tp.key("idleTimeout"), idle)
+                && d.as_millis() != 0
+            {
+                istio_duration(r, &tp.key("idleTimeout"), idle);
             }
         }
         if let Some(ka) = &t.tcp_keepalive {
@@ -313,12 +313,12 @@ fn is_prime(x: u64) -> bool {
     if x < 4 {
         return true;
     }
-    if x % 2 == 0 {
+    if x.is_multiple_of(2) {
         return false;
     }
     let mut f = 3;
     while f * f <= x {
-        if x % f == 0 {
+        if x.is_multiple_of(f) {
             return false;
         }
         f += 2;
@@ -454,21 +454,21 @@ fn validate_load_balancer(
                 istio_duration(r, &wp.key("duration"), d);
             }
         }
-        if let Some(mp) = w.minimum_percent {
-            if !(0.0..=100.0).contains(&mp) {
-                r.err(
-                    &wp.key("minimumPercent"),
-                    format!("minimumPercent {mp} must be in range 0..=100"),
-                );
-            }
+        if let Some(mp) = w.minimum_percent
+            && !(0.0..=100.0).contains(&mp)
+        {
+            r.err(
+                &wp.key("minimumPercent"),
+                format!("minimumPercent {mp} must be in range 0..=100"),
+            );
         }
-        if let Some(a) = w.aggression {
-            if a.is_nan() || a <= 0.0 {
-                r.err(
-                    &wp.key("aggression"),
-                    format!("aggression {a} should be greater than 0"),
-                );
-            }
+        if let Some(a) = w.aggression
+            && (a.is_nan() || a <= 0.0)
+        {
+            r.err(
+                &wp.key("aggression"),
+                format!("aggression {a} should be greater than 0"),
+            );
         }
     }
     chosen
@@ -505,18 +505,17 @@ fn validate_locality(
         );
         return;
     }
-    if !l.failover.is_empty() {
-        if let Some(label) = l
+    if !l.failover.is_empty()
+        && let Some(label) = l
             .failover_priority
             .iter()
             .find(|x| TOPOLOGY_LABELS.contains(&x.as_str()))
-        {
-            r.err(
+    {
+        r.err(
                 &p.key("failoverPriority"),
                 format!("can not simultaneously set 'failover' and topology label '{label}' in 'failover_priority'"),
             );
-            return;
-        }
+        return;
     }
     let mut sources = Vec::new();
     for (i, d) in l.distribute.iter().enumerate() {

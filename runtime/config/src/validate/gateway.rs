@@ -56,16 +56,16 @@ pub(crate) fn validate(
     let mut servers = Vec::new();
     for (i, server) in spec.servers.iter().enumerate() {
         let p = servers_path.index(i);
-        if let Some(port) = &server.port {
-            if !port_names.insert(port.name.clone()) {
-                r.err(
-                    &p.key("port").key("name"),
-                    format!(
-                        "port names in servers must be unique: duplicate name {}",
-                        port.name
-                    ),
-                );
-            }
+        if let Some(port) = &server.port
+            && !port_names.insert(port.name.clone())
+        {
+            r.err(
+                &p.key("port").key("name"),
+                format!(
+                    "port names in servers must be unique: duplicate name {}",
+                    port.name
+                ),
+            );
         }
         if let Some(s) = validate_server(meta, server, &p, r) {
             servers.push(model::Server { index: i, ..s });
@@ -126,11 +126,11 @@ fn validate_server(
                     );
                 }
             }
-            if port.number > 0 || !unix_bind {
-                if let Err(e) = validate_port(port.number) {
-                    port_ok = false;
-                    r.err(&pp.key("number"), e);
-                }
+            if (port.number > 0 || !unix_bind)
+                && let Err(e) = validate_port(port.number)
+            {
+                port_ok = false;
+                r.err(&pp.key("number"), e);
             }
             if port.target_port > 0 {
                 r.err(
@@ -259,10 +259,10 @@ fn gateway_host(h: &str, own_ns: &str, p: &FieldPath, r: &mut Report) -> Option<
                 format!("short names (non FQDN) are not allowed: {host:?}"),
             );
         }
-        if let Err(e) = validate_wildcard_domain(host) {
-            if !is_ip(host) {
-                r.err(p, e);
-            }
+        if let Err(e) = validate_wildcard_domain(host)
+            && !is_ip(host)
+        {
+            r.err(p, e);
         }
         r.check(p, validate_partial_wildcard(host));
     }

@@ -80,10 +80,10 @@ pub(crate) fn validate(
             continue;
         }
         r.check(&hp, validate_wildcard_domain(h));
-        if resolution != Res::DynamicDns {
-            if let Err(e) = validate_partial_wildcard(h) {
-                r.warn(&hp, e);
-            }
+        if resolution != Res::DynamicDns
+            && let Err(e) = validate_partial_wildcard(h)
+        {
+            r.warn(&hp, e);
         }
     }
 
@@ -160,18 +160,17 @@ pub(crate) fn validate(
             }
         }
         Res::Dns | Res::DnsRoundRobin => {
-            if spec.endpoints.is_empty() {
-                if let Some((i, e)) = spec
+            if spec.endpoints.is_empty()
+                && let Some((i, e)) = spec
                     .hosts
                     .iter()
                     .enumerate()
                     .find_map(|(i, h)| validate_fqdn(h).err().map(|e| (i, e)))
-                {
-                    r.err(
+            {
+                r.err(
                         &p.key("hosts").index(i),
                         format!("hosts must be FQDN if no endpoints are provided for resolution mode {}: {e}", resolution.as_str()),
                     );
-                }
             }
             if resolution == Res::DnsRoundRobin && spec.endpoints.len() > 1 {
                 r.err(
@@ -228,17 +227,17 @@ pub(crate) fn validate(
         }
     }
 
-    if resolution != Res::None && spec.hosts.len() > 1 {
-        if let Some(i) = spec
+    if resolution != Res::None
+        && spec.hosts.len() > 1
+        && let Some(i) = spec
             .ports
             .iter()
             .position(|port| !is_http_protocol(&port.protocol) && !is_tls_protocol(&port.protocol))
-        {
-            r.err(
-                &p.key("ports").index(i),
-                "multiple hosts provided with non-HTTP, non-TLS ports",
-            );
-        }
+    {
+        r.err(
+            &p.key("ports").index(i),
+            "multiple hosts provided with non-HTTP, non-TLS ports",
+        );
     }
     validate_export_to(r, &p.key("exportTo"), ns, &spec.export_to, true, false);
 

@@ -300,16 +300,16 @@ fn validate_http_route(route: &raw::HTTPRoute, delegate_vs: bool, p: &FieldPath,
             "using deprecated setting \"mirrorPercent\", use \"mirrorPercentage\" instead",
         );
     }
-    if let Some(m) = &route.mirror_percentage {
-        if !(0.0..=100.0).contains(&m.value) {
-            r.err(
-                &p.key("mirrorPercentage").key("value"),
-                format!(
-                    "mirrorPercentage must be in range 0..=100 (it has {})",
-                    m.value
-                ),
-            );
-        }
+    if let Some(m) = &route.mirror_percentage
+        && !(0.0..=100.0).contains(&m.value)
+    {
+        r.err(
+            &p.key("mirrorPercentage").key("value"),
+            format!(
+                "mirrorPercentage must be in range 0..=100 (it has {})",
+                m.value
+            ),
+        );
     }
     if let Some(d) = &route.mirror {
         validate_destination(d, &p.key("mirror"), r);
@@ -323,16 +323,16 @@ fn validate_http_route(route: &raw::HTTPRoute, delegate_vs: bool, p: &FieldPath,
             ),
             Some(d) => validate_destination(d, &mp.key("destination"), r),
         }
-        if let Some(pc) = &m.percentage {
-            if !(0.0..=100.0).contains(&pc.value) {
-                r.err(
-                    &mp.key("percentage").key("value"),
-                    format!(
-                        "mirror percentage must be in range 0..=100 (it has {})",
-                        pc.value
-                    ),
-                );
-            }
+        if let Some(pc) = &m.percentage
+            && !(0.0..=100.0).contains(&pc.value)
+        {
+            r.err(
+                &mp.key("percentage").key("value"),
+                format!(
+                    "mirror percentage must be in range 0..=100 (it has {})",
+                    pc.value
+                ),
+            );
         }
     }
     if let Some(rd) = &route.redirect {
@@ -436,13 +436,13 @@ fn validate_cors(c: &raw::CorsPolicy, p: &FieldPath, r: &mut Report) {
             }
         }
     }
-    if let Some(d) = opt_istio_duration(r, &p.key("maxAge"), &c.max_age) {
-        if d.subsec_nanos() != 0 {
-            r.err(
-                &p.key("maxAge"),
-                "maxAge duration is accurate only to seconds precision",
-            );
-        }
+    if let Some(d) = opt_istio_duration(r, &p.key("maxAge"), &c.max_age)
+        && d.subsec_nanos() != 0
+    {
+        r.err(
+            &p.key("maxAge"),
+            "maxAge duration is accurate only to seconds precision",
+        );
     }
 }
 
@@ -671,10 +671,10 @@ fn validate_redirect(
             "invalid redirect scheme, must be \"http\" or \"https\"",
         );
     }
-    if let Some(port) = rd.port {
-        if port > 0 {
-            r.check(&p.key("port"), validate_port(port));
-        }
+    if let Some(port) = rd.port
+        && port > 0
+    {
+        r.check(&p.key("port"), validate_port(port));
     }
 }
 

@@ -86,10 +86,10 @@ pub(crate) fn validate(
             _ => {}
         }
     }
-    if let Some(cfg) = &spec.plugin_config {
-        if !cfg.is_object() {
-            r.err(&p.key("pluginConfig"), "pluginConfig must be an object");
-        }
+    if let Some(cfg) = &spec.plugin_config
+        && !cfg.is_object()
+    {
+        r.err(&p.key("pluginConfig"), "pluginConfig must be an object");
     }
     if let Some(vm) = &spec.vm_config {
         let ep = p.key("vmConfig").key("env");
