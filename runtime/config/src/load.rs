@@ -176,12 +176,12 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             Ok(v) => break v,
             Err(e) => {
                 // Quoting a scalar changes no line, so positions stay right.
-                if attempts < 32 {
-                    if let Some(fixed) = crate::yaml::quote_flow_scalar(&doc.text, &e) {
-                        doc.text = fixed;
-                        attempts += 1;
-                        continue;
-                    }
+                if attempts < 32
+                    && let Some(fixed) = crate::yaml::quote_flow_scalar(&doc.text, &e)
+                {
+                    doc.text = fixed;
+                    attempts += 1;
+                    continue;
                 }
                 out.id = resource_from_outline(&out.outline);
                 let f = serde_failure(&e);

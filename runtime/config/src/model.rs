@@ -296,6 +296,179 @@ mod tests {
         );
     }
 
+    fn load(lines: &[&str]) -> Config {
+        let yaml = lines.join("\n");
+        match crate::load_sources(&[(PathBuf::from("t.yaml"), yaml)]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn virtual_service_defaults() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: VirtualService",
+            "metadata: {name: r, namespace: prod}",
+            "spec:",
+            "  hosts: [Reviews, web.example.com]",
+            "  http: [{route: [{destination: {host: reviews}}]}]",
+        ]);
+        let vs = &c.virtual_services[0];
+        assert!(vs.binds_mesh);
+        assert!(vs.gateways.is_empty());
+        assert_eq!(
+            vs.hosts,
+            vec!["reviews.prod.svc.cluster.local", "web.example.com"]
+        );
+        assert_eq!(vs.meta.id.namespace, "prod");
+        let named = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: VirtualService",
+            "metadata: {name: r}",
+            "spec:",
+            "  hosts: [web.example.com]",
+            "  gateways: [gw, edge/gw2]",
+            "  http: [{route: [{destination: {host: web}}]}]",
+        ]);
+        let vs = &named.virtual_services[0];
+        assert!(!vs.binds_mesh);
+        let gw = |ns: &str, name: &str| GatewayRef {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        assert_eq!(vs.gateways, vec![gw("default", "gw"), gw("edge", "gw2")]);
+    }
+
+    #[test]
+    fn destination_rule_defaults() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: a}",
+            "spec:",
+            "  host: a",
+            "  subsets: [{name: v1}]",
+            "---",
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: b}",
+            "spec:",
+            "  host: b.example.com",
+            "  trafficPolicy: {loadBalancer: {simple: RANDOM}}",
+            "  subsets:",
+            "  - {name: v1}",
+            "  - {name: v2, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}",
+        ]);
+        let a = &c.destination_rules[0];
+        assert_eq!(a.host, "a.default.svc.cluster.local");
+        assert_eq!(a.load_balancer, LoadBalancer::RoundRobin);
+        assert_eq!(a.subsets[0].load_balancer, LoadBalancer::RoundRobin);
+        let b = &c.destination_rules[1];
+        assert_eq!(b.load_balancer, LoadBalancer::Random);
+        assert_eq!(
+            b.subsets[0].load_balancer,
+            LoadBalancer::Random,
+            "inherited"
+        );
+        assert_eq!(
+            b.subsets[1].load_balancer,
+            LoadBalancer::LeastRequest,
+            "own"
+        );
+    }
+
+    #[test]
+    fn service_entry_defaults() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata: {name: s, namespace: shop}",
+            "spec:",
+            "  hosts: [payments]",
+            "  ports: [{number: 80, name: http}]",
+            "  resolution: STATIC",
+            "  endpoints: [{address: 10.0.0.1}]",
+        ]);
+        let se = &c.service_entries[0];
+        assert_eq!(se.hosts, vec!["payments.shop.svc.cluster.local"]);
+        assert_eq!(se.location, Location::MeshExternal);
+        assert_eq!(se.resolution, Resolution::Static);
+        assert_eq!(se.endpoints[0].weight, 1);
+        assert_eq!(se.ports[0].target_port, None);
+        assert_eq!(se.ports[0].protocol, "");
+        let none = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata: {name: s}",
+            "spec:",
+            "  hosts: [x.example.com]",
+        ]);
+        assert_eq!(none.service_entries[0].resolution, Resolution::None);
+    }
+
+    #[test]
+    fn wasm_plugin_defaults() {
+        let c = load(&[
+            "apiVersion: extensions.istio.io/v1alpha1",
+            "kind: WasmPlugin",
+            "metadata: {name: p}",
+            "spec:",
+            "  url: auth.wasm",
+        ]);
+        let p = &c.wasm_plugins[0];
+        assert_eq!(p.source, PluginSource::Named("auth.wasm".into()));
+        assert_eq!(p.phase, Phase::Unspecified);
+        assert_eq!(p.priority, 0);
+        assert_eq!(p.fail_strategy, FailStrategy::FailClose);
+        assert_eq!(p.plugin_config, serde_json::Value::Null);
+        assert!(p.targets.is_empty() && p.ports.is_empty() && p.selector.is_empty());
+        assert_eq!(p.sha256, None);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let t = load(&[
+            "apiVersion: extensions.istio.io/v1alpha1",
+            "kind: WasmPlugin",
+            "metadata: {name: p, namespace: shop}",
+            "spec:",
+            "  url: file:///x.wasm",
+            "  targetRef: {group: networking.istio.io, kind: VirtualService, name: web}",
+        ]);
+        let p = &t.wasm_plugins[0];
+        assert_eq!(p.source, PluginSource::File("/x.wasm".into()));
+        assert_eq!(p.targets[0].namespace, "shop");
+        // The VirtualService it names is not loaded.
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn gateway_defaults() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: Gateway",
+            "metadata: {name: g, namespace: edge}",
+            "spec:",
+            "  servers:",
+            "  - port: {number: 80, name: http, protocol: http}",
+            "    hosts: [a.example.com, ./b.example.com, \"*/c.example.com\", shop/d.example.com]",
+        ]);
+        let s = &c.gateways[0].servers[0];
+        assert_eq!(s.protocol, Protocol::Http);
+        assert_eq!((s.index, s.port), (0, 80));
+        assert_eq!(s.name, None);
+        assert_eq!(s.bind, None);
+        assert_eq!(s.tls, None);
+        let ns: Vec<_> = s.hosts.iter().map(|h| h.namespace.clone()).collect();
+        assert_eq!(
+            ns,
+            vec![
+                NamespaceSelector::Any,
+                NamespaceSelector::Named("edge".into()),
+                NamespaceSelector::Any,
+                NamespaceSelector::Named("shop".into()),
+            ]
+        );
+    }
+
     #[test]
     fn http_protocols() {
         assert!(Protocol::Http.is_http());
