@@ -12,7 +12,7 @@ mod load;
 pub mod model;
 pub mod raw;
 mod validate;
-pub mod yaml;
+mod yaml;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
@@ -23,3 +23,4 @@ pub use model::{
     LoadBalancer, Location, Meta, NamespaceSelector, Phase, PluginSource, Protocol, Resolution,
     Server, ServiceEntry, ServicePort, Subset, TargetRef, VirtualService, WasmPlugin,
 };
+pub use yaml::{YamlDocument, split_documents};

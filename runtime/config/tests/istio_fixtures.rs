@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use wasmgate_config::split_documents;
 use wasmgate_config::validate_document;
-use wasmgate_config::yaml::split_documents;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

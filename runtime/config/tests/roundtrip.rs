@@ -209,7 +209,7 @@ spec:
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    let docs: Vec<String> = wasmgate_config::yaml::split_documents(text)
+    let docs: Vec<String> = wasmgate_config::split_documents(text)
         .into_iter()
         .map(|d| d.text)
         .collect();
