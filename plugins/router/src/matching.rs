@@ -28,6 +28,8 @@ impl Matcher {
         Ok(match (&m.exact, &m.prefix, &m.regex) {
             (Some(e), _, _) => Matcher::Exact(fold(e)),
             (None, Some(p), _) => Matcher::Prefix(fold(p)),
+            // Istio reads `regex: "*"` on a header as "present".
+            (None, None, Some(r)) if r == "*" => Matcher::Present,
             (None, None, Some(r)) => {
                 let anchored = format!("^(?:{r})$");
                 Matcher::Regex(Regex::new(&anchored).map_err(|e| ConfigError {

@@ -230,7 +230,10 @@ impl Registry {
                 port: target_port,
             });
         }
-        let dns_self = matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+        let dns_self = matches!(
+            se.resolution,
+            Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns
+        )
             && se.endpoints.is_empty()
             && labels.is_empty();
         if dns_self {

@@ -1,0 +1,317 @@
+//! Shared pieces of the integration tests: free loopback ports, echo upstreams (real
+//! hyper servers), a real `wasmgate` process with its log, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The repository's top folder.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+/// A file under tests/data.
+pub fn data(rel: &str) -> String {
+    let path = repo().join("tests/data").join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A built plugin component (from runtime/build.rs).
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("WASMGATE_BUILT_PLUGINS")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("wasmgate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An upstream that answers every request with JSON describing it:
+/// `{"upstream": NAME, "method", "path", "headers": {...}}`.
+pub struct Echo {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start(name: &str) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("echo addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h) = (name.to_string(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (n, h) = (n.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let mut headers = BTreeMap::new();
+                            for (k, v) in req.headers() {
+                                headers.insert(k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string());
+                            }
+                            let method = req.method().to_string();
+                            let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let json = serde_json::json!({
+                                "upstream": n, "method": method, "path": path, "headers": headers,
+                                "body": String::from_utf8_lossy(&body),
+                            });
+                            let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+                            resp.headers_mut().insert("x-upstream", n.parse().expect("header value"));
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Echo { name: name.to_string(), addr, hits, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running `wasmgate run` process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub admin: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wasmgate")
+}
+
+impl Gateway {
+    /// Start `wasmgate run --config <config> [extra...]` and wait until
+    /// `/healthz/ready` answers 200. Panics with the log if it exits first.
+    pub async fn start(config: &Path, extra: &[&str]) -> Gateway {
+        match Self::try_start(config, extra).await {
+            Ok(g) => g,
+            Err(log) => panic!("wasmgate did not become ready:\n{log}"),
+        }
+    }
+
+    /// Like [`Gateway::start`], but returns the log when it does not become ready.
+    pub async fn try_start(config: &Path, extra: &[&str]) -> Result<Gateway, String> {
+        let dir = TempDir::new("log");
+        let log = dir.path().join("wasmgate.log");
+        let admin = free_port();
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--listen-address", "127.0.0.1"])
+            .args(extra)
+            .env("WASMGATE_LOG", "info,wasmgate=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn wasmgate");
+        let mut gw = Gateway { child, admin, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(_)) = gw.child.try_wait() {
+                return Err(gw.log_text());
+            }
+            if let Ok(r) = get(admin, "admin", "/healthz/ready", &[]).await
+                && r.status == StatusCode::OK
+            {
+                return Ok(gw);
+            }
+            if Instant::now() > deadline {
+                return Err(gw.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Access log lines (target `wasmgate::access`).
+    pub fn access_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("wasmgate::access"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub async fn reload(&self) -> Reply {
+        request(self.admin, "POST", "admin", "/reload", &[], Bytes::new())
+            .await
+            .expect("admin reachable")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    /// The echo upstream's JSON, if this came from one.
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not echo JSON ({e}): {} {}", self.status, self.text()))
+    }
+
+    pub fn upstream(&self) -> Option<String> {
+        self.headers
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Full<Bytes>>> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
+}
+
+/// `GET http://127.0.0.1:{port}{path}` with `Host: {host}` and extra headers.
+pub async fn get(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    request(port, "GET", host, path, headers, Bytes::new()).await
+}
+
+pub async fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status: parts.status, headers: parts.headers, body })
+}
+
+/// A ServiceEntry for `host` with STATIC endpoints on 127.0.0.1 (port, labels).
+pub fn service_entry(name: &str, host: &str, port: u16, endpoints: &[(u16, &[(&str, &str)])]) -> String {
+    let mut eps = String::new();
+    for (p, labels) in endpoints {
+        eps.push_str(&format!("  - address: 127.0.0.1\n    ports:\n      http: {p}\n"));
+        if !labels.is_empty() {
+            eps.push_str("    labels:\n");
+            for (k, v) in *labels {
+                eps.push_str(&format!("      {k}: {v}\n"));
+            }
+        }
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts:\n  - {host}\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - number: {port}\n    name: http\n    protocol: HTTP\n  endpoints:\n{eps}"
+    )
+}
+
+/// A Gateway `name` with one HTTP server on `port` for `hosts`.
+pub fn gateway(name: &str, port: u16, hosts: &[&str]) -> String {
+    let hosts: String = hosts.iter().map(|h| format!("    - \"{h}\"\n")).collect();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\nspec:\n  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: {port}\n      name: http\n      protocol: HTTP\n    hosts:\n{hosts}"
+    )
+}
