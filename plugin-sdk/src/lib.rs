@@ -74,10 +74,15 @@ pub trait Policy: Sized + 'static {
     ) -> Result<Option<Decision>, PluginError>;
 }
 
-/// Parse a plugin's JSON config into `T`. `null` and empty text parse as `null`, so a
-/// `T` with `#[serde(default)]` accepts a WasmPlugin without `pluginConfig`.
+/// Parse a plugin's JSON config into `T`. A WasmPlugin without `pluginConfig` sends
+/// `null`, which parses as `{}` here, so a struct with `#[serde(default)]` accepts it.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let text = if text.trim().is_empty() { "null" } else { text };
+    let trimmed = text.trim();
+    let text = if trimmed.is_empty() || trimmed == "null" {
+        "{}"
+    } else {
+        text
+    };
     serde_json::from_str(text).map_err(|e| ConfigError {
         field: String::new(),
         message: e.to_string(),

@@ -1,0 +1,379 @@
+//! Gateway behaviour with the real binary: host matching, upstream failures, user
+//! plugins from a plugins directory, the WASI sandbox, failure isolation, reloads that
+//! keep the last good config, and the admin endpoint.
+
+mod support;
+
+use http::StatusCode;
+use support::{Echo, Gateway, TempDir, free_port, gateway, get, plugin_bytes, service_entry};
+
+const VS_TWO_HOSTS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: exact
+spec:
+  hosts: ["api.example.com"]
+  gateways: ["gw"]
+  http:
+  - route:
+    - destination: {host: exact-svc}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: wildcard
+spec:
+  hosts: ["*.example.com"]
+  gateways: ["gw"]
+  http:
+  - match:
+    - uri: {prefix: /only-wild}
+    route:
+    - destination: {host: wild-svc}
+"#;
+
+const VS_MERGED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop-a
+spec:
+  hosts: ["shop.example.org"]
+  gateways: ["gw"]
+  http:
+  - match:
+    - uri: {prefix: /a}
+    route:
+    - destination: {host: exact-svc}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop-b
+spec:
+  hosts: ["shop.example.org"]
+  gateways: ["gw"]
+  http:
+  - match:
+    - uri: {prefix: /b}
+    route:
+    - destination: {host: wild-svc}
+"#;
+
+/// Exact hosts shadow wildcards; unknown hosts get 404; the Host port is ignored;
+/// routes of several VirtualServices for one host merge in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_matching_follows_istio() {
+    let exact = Echo::start("exact").await;
+    let wild = Echo::start("wild").await;
+    let port = free_port();
+    let dir = TempDir::new("hosts");
+    dir.write("gw.yaml", &gateway("gw", port, &["*.example.com", "shop.example.org"]));
+    dir.write("vs.yaml", VS_TWO_HOSTS);
+    dir.write("vs-merged.yaml", VS_MERGED);
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("exact", "exact-svc", 80, &[(exact.port(), &[])]),
+            service_entry("wild", "wild-svc", 80, &[(wild.port(), &[])])
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+
+    let r = get(port, "api.example.com", "/only-wild", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("exact"), "exact host shadows the wildcard");
+    let r = get(port, "API.Example.com:8443", "/x", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("exact"), "case and port ignored");
+    let r = get(port, "www.example.com", "/only-wild/1", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("wild"));
+    let r = get(port, "www.example.com", "/other", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "wildcard VS has no route for /other");
+    let r = get(port, "example.com", "/only-wild", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "*.example.com does not cover example.com");
+    let r = get(port, "unknown.test", "/", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "unknown host");
+
+    let r = get(port, "shop.example.org", "/a", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("exact"));
+    let r = get(port, "shop.example.org", "/b", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("wild"), "second VirtualService's routes merged");
+    let r = get(port, "shop.example.org", "/c", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+const VS_FAILURES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: failures
+spec:
+  hosts: ["*"]
+  gateways: ["gw"]
+  http:
+  - match: [{uri: {prefix: /dead}}]
+    route: [{destination: {host: dead-svc}}]
+  - match: [{uri: {prefix: /noendpoints}}]
+    route: [{destination: {host: empty-svc}}]
+  - match: [{uri: {prefix: /unknownsubset}}]
+    route: [{destination: {host: live-svc, subset: v9}}]
+  - match: [{uri: {prefix: /unknownhost}}]
+    route: [{destination: {host: nowhere.example.com}}]
+  - match: [{uri: {prefix: /retry}}]
+    route: [{destination: {host: half-dead-svc}}]
+  - route: [{destination: {host: live-svc}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_502_and_503() {
+    let live = Echo::start("live").await;
+    let dead_port = free_port();
+    let port = free_port();
+    let dir = TempDir::new("failures");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write("vs.yaml", VS_FAILURES);
+    let empty = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: empty\nspec:\n  hosts: [empty-svc]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n";
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}---\n{}---\n{empty}",
+            service_entry("live", "live-svc", 80, &[(live.port(), &[("version", "v1")])]),
+            service_entry("dead", "dead-svc", 80, &[(dead_port, &[])]),
+            service_entry("half", "half-dead-svc", 80, &[(dead_port, &[]), (live.port(), &[])]),
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let r = get(port, "a", "/dead", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("connection failure"));
+    for path in ["/noendpoints", "/unknownsubset", "/unknownhost"] {
+        let r = get(port, "a", path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", r.text());
+        assert_eq!(r.text(), "no healthy upstream");
+    }
+    // Istio's default retry moves a refused connection to the next endpoint.
+    for _ in 0..4 {
+        let r = get(port, "a", "/retry", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let r = get(port, "a", "/", &[]).await.expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("live"));
+    let lines = gw.access_lines();
+    assert!(lines.iter().any(|l| l.contains(" 502 ") && l.contains("flags=UF")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(" 503 ") && l.contains("flags=UH")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(" 503 ") && l.contains("flags=NC")), "{lines:#?}");
+}
+
+fn plugin_config(dir: &TempDir, port: u16, upstream: &Echo, plugin: &str) {
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: app}\n",
+    );
+    dir.write("se.yaml", &service_entry("app", "app", 80, &[(upstream.port(), &[])]));
+    dir.write("plugin.yaml", plugin);
+}
+
+const ADD_HEADERS: &str = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: add-headers
+spec:
+  url: add-headers.wasm
+  targetRefs:
+  - {group: networking.istio.io, kind: VirtualService, name: app}
+  pluginConfig:
+    responseHeaders: {x-powered-by: wasmgate-plugin}
+    requestHeaders: {x-plugin-saw: "yes"}
+    answer: {path: /plugin/hello, status: 203, body: hello from a plugin}
+"#;
+
+/// The plugin author's path: a .wasm in the plugins directory, bound by a WasmPlugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_plugin_from_the_plugins_directory_changes_responses() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("userplugin");
+    let plugins = TempDir::new("plugins");
+    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("add-headers")).expect("copy");
+    plugin_config(&dir, port, &app, ADD_HEADERS);
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+
+    let r = get(port, "a", "/anything", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-powered-by"], "wasmgate-plugin");
+    assert_eq!(r.echo()["headers"]["x-plugin-saw"], "yes");
+    let r = get(port, "a", "/plugin/hello", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::NON_AUTHORITATIVE_INFORMATION);
+    assert_eq!(r.text(), "hello from a plugin");
+    assert_eq!(app.hits(), 1, "the plugin answered /plugin/hello itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_core_module_works_as_a_plugin_file() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("coremodule");
+    let plugins = TempDir::new("plugins");
+    // What `cargo build --target wasm32-unknown-unknown` leaves: not yet a component.
+    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("core/add-headers")).expect("copy");
+    plugin_config(&dir, port, &app, ADD_HEADERS);
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+    let r = get(port, "a", "/x", &[]).await.expect("request");
+    assert_eq!(r.headers["x-powered-by"], "wasmgate-plugin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasip1_plugin_is_sandboxed_and_its_stdout_goes_to_the_log() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("wasi");
+    let plugins = TempDir::new("plugins");
+    let path = plugins.path().join("wasi-probe.wasm");
+    std::fs::write(&path, plugin_bytes("wasi-probe")).expect("copy");
+    let plugin = format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: probe\nspec:\n  url: file://{}\n",
+        path.display()
+    );
+    plugin_config(&dir, port, &app, &plugin);
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "a", "/", &[]).await.expect("request");
+    assert_eq!(r.text(), "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok");
+    let log = gw.log_text();
+    assert!(log.contains("wasi-probe stdout: env=0"), "{log}");
+    assert!(log.contains("wasi-probe stderr: prepared"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_plugin_fails_its_request_only() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("trap");
+    let plugins = TempDir::new("plugins");
+    std::fs::write(plugins.path().join("misbehave.wasm"), plugin_bytes("misbehave")).expect("copy");
+    plugin_config(
+        &dir,
+        port,
+        &app,
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave\n",
+    );
+    let gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8"), "--plugin-time-limit-ms", "50"],
+    )
+    .await;
+    for path in ["/panic", "/loop", "/error"] {
+        let r = get(port, "a", path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        assert_eq!(r.text(), "policy failure");
+        let r = get(port, "a", "/fine", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "after {path}");
+    }
+    assert!(gw.access_lines().iter().any(|l| l.contains("flags=PF")));
+    assert!(gw.log_text().contains("ran past its time budget"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_plugin_is_skipped_when_it_fails() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("failopen");
+    let plugins = TempDir::new("plugins");
+    std::fs::write(plugins.path().join("misbehave.wasm"), plugin_bytes("misbehave")).expect("copy");
+    plugin_config(
+        &dir,
+        port,
+        &app,
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n  failStrategy: FAIL_OPEN\n",
+    );
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+    let r = get(port, "a", "/panic", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream().as_deref(), Some("app"));
+}
+
+/// A broken plugin or a bad pluginConfig stops start-up with a message naming the
+/// file, the WasmPlugin and the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_plugins_are_refused_with_their_names() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let plugins = TempDir::new("plugins");
+    std::fs::write(plugins.path().join("junk.wasm"), b"this is not wasm").expect("write");
+    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("add-headers")).expect("copy");
+    let plugins_arg = plugins.path().to_str().expect("utf-8").to_string();
+
+    let cases = [
+        (
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: junk\nspec:\n  url: junk.wasm\n",
+            "WasmPlugin default/junk: spec.url: ",
+            "not a Wasm file",
+        ),
+        (
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: missing\nspec:\n  url: missing.wasm\n",
+            "WasmPlugin default/missing: spec.url: cannot read",
+            "missing.wasm",
+        ),
+        (
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: badcfg\nspec:\n  url: add-headers.wasm\n  pluginConfig:\n    answer: {path: /x, status: 42}\n",
+            "WasmPlugin default/badcfg: spec.pluginConfig.answer.status: 42 is not an HTTP status",
+            "plugin.yaml",
+        ),
+        (
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: sha\nspec:\n  url: add-headers.wasm\n  sha256: 0000000000000000000000000000000000000000000000000000000000000000\n",
+            "WasmPlugin default/sha: spec.sha256: ",
+            "has sha256",
+        ),
+    ];
+    for (yaml, expect, also) in cases {
+        let dir = TempDir::new("broken");
+        plugin_config(&dir, port, &app, yaml);
+        let Err(log) = Gateway::try_start(dir.path(), &["--plugins", &plugins_arg]).await else {
+            panic!("started with {yaml}");
+        };
+        let line = log
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_else(|| panic!("no line with {expect:?} in:\n{log}"));
+        assert!(line.contains(also), "{line}");
+        assert!(line.contains("plugin.yaml"), "the file is named: {line}");
+    }
+}
+
+/// A bad file on reload changes nothing; a good one takes effect, new ports included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_last_good_config() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("reload");
+    plugin_config(&dir, port, &app, "");
+    let gw = Gateway::start(dir.path(), &[]).await;
+    assert_eq!(get(port, "a", "/", &[]).await.expect("request").status, StatusCode::OK);
+
+    // An unknown field: rejected, old config still served.
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: app}\n      wieght: 5\n",
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("vs.yaml"), "{}", r.text());
+    assert!(r.text().contains("VirtualService default/app"), "{}", r.text());
+    assert!(r.text().contains("wieght"), "{}", r.text());
+    assert_eq!(get(port, "a", "/", &[]).await.expect("request").status, StatusCode::OK);
+
+    // A good change: a direct response, and a second port.
+    let port2 = free_port();
+    dir.write("gw2.yaml", &gateway("gw2", port2, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw, gw2]\n  http:\n  - directResponse: {status: 200, body: {string: v2}}\n",
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(port, "a", "/", &[]).await.expect("request").text(), "v2");
+    assert_eq!(get(port2, "a", "/", &[]).await.expect("request").text(), "v2");
+}
