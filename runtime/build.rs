@@ -47,10 +47,19 @@ fn run() -> Result<(), String> {
         .to_path_buf();
     let plugins_dir = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    for watched in ["plugins", "plugin-sdk", "wit", "runtime/config/src", "Cargo.lock"] {
+    for watched in [
+        "plugins",
+        "plugin-sdk",
+        "wit",
+        "runtime/config/src",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("runtime/config/Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("runtime/config/Cargo.toml").display()
+    );
     println!("cargo:rerun-if-env-changed=WASMGATE_WASM_TOOLCHAIN");
 
     let plugins = discover(&plugins_dir)?;

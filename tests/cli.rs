@@ -26,7 +26,10 @@ fn validate(args: &[&str]) -> (i32, String, String) {
 fn validate_prints_exactly_the_golden_lines() {
     let dir = repo().join("tests/golden/validation");
     let mut checked = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("golden dir").flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -52,7 +55,11 @@ fn validate_prints_exactly_the_golden_lines() {
 fn validate_accepts_each_istio_sample() {
     // One at a time: the samples are alternative versions of the same resources.
     let dir = repo().join("tests/data/istio/samples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("samples").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("samples")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert!(files.len() >= 15);
     for file in files {
@@ -67,14 +74,21 @@ fn validate_accepts_each_istio_sample() {
     // Together they clash, and validate says where.
     let (code, stdout, _) = validate(&["--config", "tests/data/istio/samples"]);
     assert_eq!(code, 1);
-    assert!(stdout.contains("duplicate resource; first defined at"), "{stdout}");
+    assert!(
+        stdout.contains("duplicate resource; first defined at"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn validate_checks_plugin_config_when_given_plugins() {
     let dir = TempDir::new("validate-plugins");
     let plugins = TempDir::new("validate-plugins-dir");
-    std::fs::write(plugins.path().join("add-headers.wasm"), support::plugin_bytes("add-headers")).expect("copy");
+    std::fs::write(
+        plugins.path().join("add-headers.wasm"),
+        support::plugin_bytes("add-headers"),
+    )
+    .expect("copy");
     dir.write("gw.yaml", &support::gateway("gw", 8080, &["*"]));
     dir.write(
         "vs.yaml",
@@ -87,10 +101,18 @@ fn validate_checks_plugin_config_when_given_plugins() {
     let config = dir.path().to_str().expect("utf-8");
     let (code, _, _) = validate(&["--config", config]);
     assert_eq!(code, 0, "without --plugins only the YAML is checked");
-    let (code, stdout, _) = validate(&["--config", config, "--plugins", plugins.path().to_str().expect("utf-8")]);
+    let (code, stdout, _) = validate(&[
+        "--config",
+        config,
+        "--plugins",
+        plugins.path().to_str().expect("utf-8"),
+    ]);
     assert_eq!(code, 1);
     assert!(
-        stdout.starts_with(&format!("{}: WasmPlugin default/p: spec.pluginConfig: unknown field `unknownKnob`", plugin.display())),
+        stdout.starts_with(&format!(
+            "{}: WasmPlugin default/p: spec.pluginConfig: unknown field `unknownKnob`",
+            plugin.display()
+        )),
         "{stdout}"
     );
 }
@@ -111,14 +133,20 @@ fn run_refuses_a_bad_config_and_names_it() {
         .expect("run wasmgate");
     assert_eq!(out.status.code(), Some(1));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("vs.yaml:10: VirtualService default/bad: spec.http[0].match[0].uri.regex"), "{log}");
+    assert!(
+        log.contains("vs.yaml:10: VirtualService default/bad: spec.http[0].match[0].uri.regex"),
+        "{log}"
+    );
 }
 
 #[test]
 fn no_arguments_is_a_usage_error() {
     let out = Command::new(binary()).output().expect("run wasmgate");
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(binary()).args(["run"]).output().expect("run wasmgate");
+    let out = Command::new(binary())
+        .args(["run"])
+        .output()
+        .expect("run wasmgate");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }

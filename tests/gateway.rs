@@ -69,7 +69,10 @@ async fn host_matching_follows_istio() {
     let wild = Echo::start("wild").await;
     let port = free_port();
     let dir = TempDir::new("hosts");
-    dir.write("gw.yaml", &gateway("gw", port, &["*.example.com", "shop.example.org"]));
+    dir.write(
+        "gw.yaml",
+        &gateway("gw", port, &["*.example.com", "shop.example.org"]),
+    );
     dir.write("vs.yaml", VS_TWO_HOSTS);
     dir.write("vs-merged.yaml", VS_MERGED);
     dir.write(
@@ -82,24 +85,60 @@ async fn host_matching_follows_istio() {
     );
     let _gw = Gateway::start(dir.path(), &[]).await;
 
-    let r = get(port, "api.example.com", "/only-wild", &[]).await.expect("request");
-    assert_eq!(r.upstream().as_deref(), Some("exact"), "exact host shadows the wildcard");
-    let r = get(port, "API.Example.com:8443", "/x", &[]).await.expect("request");
-    assert_eq!(r.upstream().as_deref(), Some("exact"), "case and port ignored");
-    let r = get(port, "www.example.com", "/only-wild/1", &[]).await.expect("request");
+    let r = get(port, "api.example.com", "/only-wild", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.upstream().as_deref(),
+        Some("exact"),
+        "exact host shadows the wildcard"
+    );
+    let r = get(port, "API.Example.com:8443", "/x", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.upstream().as_deref(),
+        Some("exact"),
+        "case and port ignored"
+    );
+    let r = get(port, "www.example.com", "/only-wild/1", &[])
+        .await
+        .expect("request");
     assert_eq!(r.upstream().as_deref(), Some("wild"));
-    let r = get(port, "www.example.com", "/other", &[]).await.expect("request");
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "wildcard VS has no route for /other");
-    let r = get(port, "example.com", "/only-wild", &[]).await.expect("request");
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "*.example.com does not cover example.com");
+    let r = get(port, "www.example.com", "/other", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "wildcard VS has no route for /other"
+    );
+    let r = get(port, "example.com", "/only-wild", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "*.example.com does not cover example.com"
+    );
     let r = get(port, "unknown.test", "/", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::NOT_FOUND, "unknown host");
 
-    let r = get(port, "shop.example.org", "/a", &[]).await.expect("request");
+    let r = get(port, "shop.example.org", "/a", &[])
+        .await
+        .expect("request");
     assert_eq!(r.upstream().as_deref(), Some("exact"));
-    let r = get(port, "shop.example.org", "/b", &[]).await.expect("request");
-    assert_eq!(r.upstream().as_deref(), Some("wild"), "second VirtualService's routes merged");
-    let r = get(port, "shop.example.org", "/c", &[]).await.expect("request");
+    let r = get(port, "shop.example.org", "/b", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.upstream().as_deref(),
+        Some("wild"),
+        "second VirtualService's routes merged"
+    );
+    let r = get(port, "shop.example.org", "/c", &[])
+        .await
+        .expect("request");
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
@@ -138,9 +177,19 @@ async fn upstream_failures_map_to_502_and_503() {
         "se.yaml",
         &format!(
             "{}---\n{}---\n{}---\n{empty}",
-            service_entry("live", "live-svc", 80, &[(live.port(), &[("version", "v1")])]),
+            service_entry(
+                "live",
+                "live-svc",
+                80,
+                &[(live.port(), &[("version", "v1")])]
+            ),
             service_entry("dead", "dead-svc", 80, &[(dead_port, &[])]),
-            service_entry("half", "half-dead-svc", 80, &[(dead_port, &[]), (live.port(), &[])]),
+            service_entry(
+                "half",
+                "half-dead-svc",
+                80,
+                &[(dead_port, &[]), (live.port(), &[])]
+            ),
         ),
     );
     let gw = Gateway::start(dir.path(), &[]).await;
@@ -150,7 +199,12 @@ async fn upstream_failures_map_to_502_and_503() {
     assert!(r.text().contains("connection failure"));
     for path in ["/noendpoints", "/unknownsubset", "/unknownhost"] {
         let r = get(port, "a", path, &[]).await.expect("request");
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", r.text());
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            r.text()
+        );
         assert_eq!(r.text(), "no healthy upstream");
     }
     // Istio's default retry moves a refused connection to the next endpoint.
@@ -161,9 +215,24 @@ async fn upstream_failures_map_to_502_and_503() {
     let r = get(port, "a", "/", &[]).await.expect("request");
     assert_eq!(r.upstream().as_deref(), Some("live"));
     let lines = gw.access_lines();
-    assert!(lines.iter().any(|l| l.contains(" 502 ") && l.contains("flags=UF")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains(" 503 ") && l.contains("flags=UH")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains(" 503 ") && l.contains("flags=NC")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 502 ") && l.contains("flags=UF")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 503 ") && l.contains("flags=UH")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 503 ") && l.contains("flags=NC")),
+        "{lines:#?}"
+    );
 }
 
 fn plugin_config(dir: &TempDir, port: u16, upstream: &Echo, plugin: &str) {
@@ -172,7 +241,10 @@ fn plugin_config(dir: &TempDir, port: u16, upstream: &Echo, plugin: &str) {
         "vs.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: app}\n",
     );
-    dir.write("se.yaml", &service_entry("app", "app", 80, &[(upstream.port(), &[])]));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(upstream.port(), &[])]),
+    );
     dir.write("plugin.yaml", plugin);
 }
 
@@ -198,9 +270,17 @@ async fn user_plugin_from_the_plugins_directory_changes_responses() {
     let port = free_port();
     let dir = TempDir::new("userplugin");
     let plugins = TempDir::new("plugins");
-    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("add-headers")).expect("copy");
+    std::fs::write(
+        plugins.path().join("add-headers.wasm"),
+        plugin_bytes("add-headers"),
+    )
+    .expect("copy");
     plugin_config(&dir, port, &app, ADD_HEADERS);
-    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+    let _gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8")],
+    )
+    .await;
 
     let r = get(port, "a", "/anything", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::OK);
@@ -219,9 +299,17 @@ async fn a_plain_core_module_works_as_a_plugin_file() {
     let dir = TempDir::new("coremodule");
     let plugins = TempDir::new("plugins");
     // What `cargo build --target wasm32-unknown-unknown` leaves: not yet a component.
-    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("core/add-headers")).expect("copy");
+    std::fs::write(
+        plugins.path().join("add-headers.wasm"),
+        plugin_bytes("core/add-headers"),
+    )
+    .expect("copy");
     plugin_config(&dir, port, &app, ADD_HEADERS);
-    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+    let _gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8")],
+    )
+    .await;
     let r = get(port, "a", "/x", &[]).await.expect("request");
     assert_eq!(r.headers["x-powered-by"], "wasmgate-plugin");
 }
@@ -241,7 +329,10 @@ async fn wasip1_plugin_is_sandboxed_and_its_stdout_goes_to_the_log() {
     plugin_config(&dir, port, &app, &plugin);
     let gw = Gateway::start(dir.path(), &[]).await;
     let r = get(port, "a", "/", &[]).await.expect("request");
-    assert_eq!(r.text(), "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok");
+    assert_eq!(
+        r.text(),
+        "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok"
+    );
     let log = gw.log_text();
     assert!(log.contains("wasi-probe stdout: env=0"), "{log}");
     assert!(log.contains("wasi-probe stderr: prepared"), "{log}");
@@ -253,7 +344,11 @@ async fn a_trapping_plugin_fails_its_request_only() {
     let port = free_port();
     let dir = TempDir::new("trap");
     let plugins = TempDir::new("plugins");
-    std::fs::write(plugins.path().join("misbehave.wasm"), plugin_bytes("misbehave")).expect("copy");
+    std::fs::write(
+        plugins.path().join("misbehave.wasm"),
+        plugin_bytes("misbehave"),
+    )
+    .expect("copy");
     plugin_config(
         &dir,
         port,
@@ -262,7 +357,12 @@ async fn a_trapping_plugin_fails_its_request_only() {
     );
     let gw = Gateway::start(
         dir.path(),
-        &["--plugins", plugins.path().to_str().expect("utf-8"), "--plugin-time-limit-ms", "50"],
+        &[
+            "--plugins",
+            plugins.path().to_str().expect("utf-8"),
+            "--plugin-time-limit-ms",
+            "50",
+        ],
     )
     .await;
     for path in ["/panic", "/loop", "/error"] {
@@ -282,14 +382,22 @@ async fn fail_open_plugin_is_skipped_when_it_fails() {
     let port = free_port();
     let dir = TempDir::new("failopen");
     let plugins = TempDir::new("plugins");
-    std::fs::write(plugins.path().join("misbehave.wasm"), plugin_bytes("misbehave")).expect("copy");
+    std::fs::write(
+        plugins.path().join("misbehave.wasm"),
+        plugin_bytes("misbehave"),
+    )
+    .expect("copy");
     plugin_config(
         &dir,
         port,
         &app,
         "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n  failStrategy: FAIL_OPEN\n",
     );
-    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.path().to_str().expect("utf-8")]).await;
+    let _gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8")],
+    )
+    .await;
     let r = get(port, "a", "/panic", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.upstream().as_deref(), Some("app"));
@@ -303,7 +411,11 @@ async fn broken_plugins_are_refused_with_their_names() {
     let port = free_port();
     let plugins = TempDir::new("plugins");
     std::fs::write(plugins.path().join("junk.wasm"), b"this is not wasm").expect("write");
-    std::fs::write(plugins.path().join("add-headers.wasm"), plugin_bytes("add-headers")).expect("copy");
+    std::fs::write(
+        plugins.path().join("add-headers.wasm"),
+        plugin_bytes("add-headers"),
+    )
+    .expect("copy");
     let plugins_arg = plugins.path().to_str().expect("utf-8").to_string();
 
     let cases = [
@@ -351,7 +463,10 @@ async fn reload_keeps_the_last_good_config() {
     let dir = TempDir::new("reload");
     plugin_config(&dir, port, &app, "");
     let gw = Gateway::start(dir.path(), &[]).await;
-    assert_eq!(get(port, "a", "/", &[]).await.expect("request").status, StatusCode::OK);
+    assert_eq!(
+        get(port, "a", "/", &[]).await.expect("request").status,
+        StatusCode::OK
+    );
 
     // An unknown field: rejected, old config still served.
     dir.write(
@@ -361,9 +476,16 @@ async fn reload_keeps_the_last_good_config() {
     let r = gw.reload().await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().contains("vs.yaml"), "{}", r.text());
-    assert!(r.text().contains("VirtualService default/app"), "{}", r.text());
+    assert!(
+        r.text().contains("VirtualService default/app"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("wieght"), "{}", r.text());
-    assert_eq!(get(port, "a", "/", &[]).await.expect("request").status, StatusCode::OK);
+    assert_eq!(
+        get(port, "a", "/", &[]).await.expect("request").status,
+        StatusCode::OK
+    );
 
     // A good change: a direct response, and a second port.
     let port2 = free_port();
@@ -374,6 +496,12 @@ async fn reload_keeps_the_last_good_config() {
     );
     let r = gw.reload().await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(get(port, "a", "/", &[]).await.expect("request").text(), "v2");
-    assert_eq!(get(port2, "a", "/", &[]).await.expect("request").text(), "v2");
+    assert_eq!(
+        get(port, "a", "/", &[]).await.expect("request").text(),
+        "v2"
+    );
+    assert_eq!(
+        get(port2, "a", "/", &[]).await.expect("request").text(),
+        "v2"
+    );
 }

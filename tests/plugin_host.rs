@@ -52,7 +52,9 @@ fn host(settings: HostSettings) -> PluginHost {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasip1_plugin_loads_and_is_granted_nothing() {
     let host = host(HostSettings::default());
-    let plugin = host.compile("default/wasi-probe", &built("wasi-probe")).expect("compile");
+    let plugin = host
+        .compile("default/wasi-probe", &built("wasi-probe"))
+        .expect("compile");
     let policy = host
         .prepare(&plugin, binding(), "null".into())
         .await
@@ -67,8 +69,7 @@ async fn wasip1_plugin_loads_and_is_granted_nothing() {
     };
     let report = String::from_utf8_lossy(&r.body).to_string();
     assert_eq!(
-        report,
-        "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok",
+        report, "env=0 args=0 root=denied passwd=denied cwd=denied clock=ok",
         "the WASI sandbox granted something"
     );
 }
@@ -79,29 +80,42 @@ async fn a_core_module_is_made_into_a_component_on_load() {
     let module = built("core/add-headers");
     assert!(!wasmgate::plugin::is_component(&module));
     let host = host(HostSettings::default());
-    let plugin = host.compile("default/add-headers", &module).expect("compile core module");
-    host.prepare(&plugin, binding(), "{}".into()).await.expect("prepare");
+    let plugin = host
+        .compile("default/add-headers", &module)
+        .expect("compile core module");
+    host.prepare(&plugin, binding(), "{}".into())
+        .await
+        .expect("prepare");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bytes_and_bad_config_are_load_errors_naming_the_plugin() {
     let host = host(HostSettings::default());
-    let err = host.compile("default/junk", b"not wasm at all").err().expect("junk loads");
+    let err = host
+        .compile("default/junk", b"not wasm at all")
+        .expect_err("junk loads");
     assert_eq!(
         err.to_string(),
         "default/junk: not a Wasm file (no `\\0asm` header)"
     );
     let mut truncated = built("add-headers");
     truncated.truncate(truncated.len() / 2);
-    let err = host.compile("default/cut", &truncated).err().expect("truncated loads");
-    assert!(err.to_string().starts_with("default/cut: not a valid Wasm component"), "{err}");
+    let err = host
+        .compile("default/cut", &truncated)
+        .expect_err("truncated loads");
+    assert!(
+        err.to_string()
+            .starts_with("default/cut: not a valid Wasm component"),
+        "{err}"
+    );
 
-    let plugin = host.compile("default/misbehave", &built("misbehave")).expect("compile");
+    let plugin = host
+        .compile("default/misbehave", &built("misbehave"))
+        .expect("compile");
     let err = host
         .prepare(&plugin, binding(), r#"{"failPrepare": true}"#.into())
         .await
-        .err()
-        .expect("config accepted");
+        .expect_err("config accepted");
     assert!(matches!(err, PluginError::Config { .. }));
     assert_eq!(
         err.to_string(),
@@ -116,7 +130,9 @@ async fn one_bad_call_never_harms_the_next() {
         memory_limit: 16 << 20,
         ..HostSettings::default()
     });
-    let plugin = host.compile("default/misbehave", &built("misbehave")).expect("compile");
+    let plugin = host
+        .compile("default/misbehave", &built("misbehave"))
+        .expect("compile");
     let policy = host
         .prepare(&plugin, binding(), "{}".into())
         .await
@@ -138,7 +154,10 @@ async fn one_bad_call_never_harms_the_next() {
             panic!("{path}: expected a trap, got {err:?}")
         };
         assert!(msg.contains(expect), "{path}: {msg}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{path} took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} took too long"
+        );
         // The very next call is served by a healthy instance.
         let ok = policy.on_request(&head("/fine"), &no_route()).await;
         assert!(matches!(ok, Ok(None)), "after {path}: {ok:?}");

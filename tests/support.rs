@@ -106,17 +106,30 @@ impl Echo {
                             h.fetch_add(1, Ordering::SeqCst);
                             let mut headers = BTreeMap::new();
                             for (k, v) in req.headers() {
-                                headers.insert(k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string());
+                                headers.insert(
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).to_string(),
+                                );
                             }
                             let method = req.method().to_string();
-                            let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let json = serde_json::json!({
                                 "upstream": n, "method": method, "path": path, "headers": headers,
                                 "body": String::from_utf8_lossy(&body),
                             });
                             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
-                            resp.headers_mut().insert("x-upstream", n.parse().expect("header value"));
+                            resp.headers_mut()
+                                .insert("x-upstream", n.parse().expect("header value"));
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -126,7 +139,12 @@ impl Echo {
                 });
             }
         });
-        Echo { name: name.to_string(), addr, hits, task }
+        Echo {
+            name: name.to_string(),
+            addr,
+            hits,
+            task,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -184,7 +202,12 @@ impl Gateway {
             .stderr(file)
             .spawn()
             .expect("spawn wasmgate");
-        let mut gw = Gateway { child, admin, log, _dir: dir };
+        let mut gw = Gateway {
+            child,
+            admin,
+            log,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(_)) = gw.child.try_wait() {
@@ -257,12 +280,18 @@ impl Reply {
 }
 
 fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
-    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Full<Bytes>>> = std::sync::OnceLock::new();
+    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Full<Bytes>>> =
+        std::sync::OnceLock::new();
     CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
 }
 
 /// `GET http://127.0.0.1:{port}{path}` with `Host: {host}` and extra headers.
-pub async fn get(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+pub async fn get(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     request(port, "GET", host, path, headers, Bytes::new()).await
 }
 
@@ -288,14 +317,25 @@ pub async fn request(
         .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply { status: parts.status, headers: parts.headers, body })
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// A ServiceEntry for `host` with STATIC endpoints on 127.0.0.1 (port, labels).
-pub fn service_entry(name: &str, host: &str, port: u16, endpoints: &[(u16, &[(&str, &str)])]) -> String {
+pub fn service_entry(
+    name: &str,
+    host: &str,
+    port: u16,
+    endpoints: &[(u16, &[(&str, &str)])],
+) -> String {
     let mut eps = String::new();
     for (p, labels) in endpoints {
-        eps.push_str(&format!("  - address: 127.0.0.1\n    ports:\n      http: {p}\n"));
+        eps.push_str(&format!(
+            "  - address: 127.0.0.1\n    ports:\n      http: {p}\n"
+        ));
         if !labels.is_empty() {
             eps.push_str("    labels:\n");
             for (k, v) in *labels {

@@ -38,13 +38,12 @@ pub mod __bindings {
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use __bindings::wasmgate::policy::types::{
-    Abort, Action, Binding, ConfigError, Decision, DirectResponse, Forward, Header,
-    HeaderInterest, HeaderMutation, Interest, Mirror, PluginError, Redirect, RequestHead,
-    RetryPolicy, RouteRef,
-};
 /// The generated `destination` record (named so to stay clear of `std` names).
 pub use __bindings::wasmgate::policy::types::Destination;
+pub use __bindings::wasmgate::policy::types::{
+    Abort, Action, Binding, ConfigError, Decision, DirectResponse, Forward, Header, HeaderInterest,
+    HeaderMutation, Interest, Mirror, PluginError, Redirect, RequestHead, RetryPolicy, RouteRef,
+};
 pub use serde;
 pub use serde_json;
 

@@ -33,7 +33,9 @@ pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> Result<SocketAddr
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| answer(gateway.clone(), req));
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -46,7 +48,10 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     resp
 }
 
-async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    gateway: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz/ready") => {
             if gateway.is_ready() {

@@ -14,7 +14,11 @@ use crate::gateway::{Gateway, Options};
 use crate::plugin::{DEFAULT_CALL_BUDGET, DEFAULT_MEMORY_LIMIT, HostSettings};
 
 #[derive(Debug, Parser)]
-#[command(name = "wasmgate", version, about = "Istio-compatible gateway with Wasm policies")]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "Istio-compatible gateway with Wasm policies"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -151,7 +155,10 @@ async fn run(args: RunArgs) -> ExitCode {
 #[cfg(unix)]
 async fn wait_for_signals(gateway: &Gateway) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

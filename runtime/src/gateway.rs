@@ -143,7 +143,13 @@ impl Gateway {
             return Err(errors);
         }
         for (port, listener) in bound {
-            tracing::info!(port, "listening on {}", listener.local_addr().map_or_else(|_| port.to_string(), |a| a.to_string()));
+            tracing::info!(
+                port,
+                "listening on {}",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| port.to_string(), |a| a.to_string())
+            );
             let task = tokio::spawn(accept_loop(listener, port, self.shared.clone()));
             listeners.insert(port, task);
         }
@@ -169,7 +175,10 @@ async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let conn = ConnInfo { port, client };
             let service = service_fn(move |req| handle(shared.clone(), conn, req));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(port, %client, "connection ended: {e}");
             }
         });

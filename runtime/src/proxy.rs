@@ -26,8 +26,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 
-pub use error::{Culprit, ProxyError};
 use error::local_response;
+pub use error::{Culprit, ProxyError};
 use headers::{HeadParts, apply_mutation, edge_headers, request_head, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, Outbound, default_retries, send};
@@ -185,7 +185,12 @@ async fn serve(
             headers: req.headers(),
             port: conn.port,
         };
-        let head = request_head(&parts, &chain.interest, &chain.gateway, &chain.virtual_service);
+        let head = request_head(
+            &parts,
+            &chain.interest,
+            &chain.gateway,
+            &chain.virtual_service,
+        );
         let decision = run_chain(chain, &head).await?;
         if !matches!(decision.action, Action::NoRoute) {
             routed = Some((chain, decision));
@@ -203,9 +208,12 @@ async fn serve(
             r.name.clone()
         };
     }
-    access
-        .extra
-        .extend(decision.log_fields.iter().map(|h| (h.name.clone(), h.value.clone())));
+    access.extra.extend(
+        decision
+            .log_fields
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone())),
+    );
 
     if let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0) {
         access.flags.push("DI");
@@ -215,7 +223,8 @@ async fn serve(
         Action::NoRoute => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
             access.flags.push("FI");
-            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let status =
+                StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let mut resp = local_response(status, Bytes::from_static(b"fault filter abort"));
             if let Some(grpc) = abort.grpc_status
                 && let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc))
@@ -238,14 +247,17 @@ async fn serve(
             Ok(resp)
         }
         Action::Redirect(redirect) => {
-            let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let status =
+                StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let mut resp = local_response(status, Bytes::new());
             if let Ok(v) = HeaderValue::from_str(&redirect.location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             Ok(resp)
         }
-        Action::Forward(forward) => forward_upstream(shared, snapshot, chain, req, forward, access).await,
+        Action::Forward(forward) => {
+            forward_upstream(shared, snapshot, chain, req, forward, access).await
+        }
     }
 }
 
@@ -273,7 +285,10 @@ async fn run_chain(
             Ok(Some(next)) => decision = next,
             Ok(None) => {}
             Err(e) if link.fail_open => {
-                tracing::warn!(plugin = link.policy.plugin_name(), "skipped (FAIL_OPEN): {e}");
+                tracing::warn!(
+                    plugin = link.policy.plugin_name(),
+                    "skipped (FAIL_OPEN): {e}"
+                );
                 continue;
             }
             Err(e) => {
@@ -301,7 +316,11 @@ fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
         0 => None,
         1 => forward.destinations.pop(),
         _ => {
-            let total: u64 = forward.destinations.iter().map(|d| u64::from(d.weight)).sum();
+            let total: u64 = forward
+                .destinations
+                .iter()
+                .map(|d| u64::from(d.weight))
+                .sum();
             let mut ticket = if total == 0 {
                 0
             } else {

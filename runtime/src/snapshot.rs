@@ -173,7 +173,11 @@ impl Snapshot {
                 let gws = vs
                     .gateways
                     .iter()
-                    .filter_map(|r| gateways.get(&(r.namespace.clone(), r.name.clone())).copied())
+                    .filter_map(|r| {
+                        gateways
+                            .get(&(r.namespace.clone(), r.name.clone()))
+                            .copied()
+                    })
                     .collect();
                 (vs, gws)
             })
@@ -222,7 +226,7 @@ impl Snapshot {
         for wp in &config.wasm_plugins {
             match load_user_plugin(wp, host, sources, cache) {
                 Ok(c) => users.push((wp, c)),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(*e),
             }
         }
         users.sort_by(|(a, _), (b, _)| {
@@ -262,7 +266,7 @@ impl Snapshot {
                     .prepare(compiled, binding(compiled.name()), config)
                     .await
                 {
-                    Ok(policy) => first_links.push(Arc::new(policy)),
+                    Ok(policy) => first_links.push(policy),
                     Err(e) => errors.push(error(
                         &vs.meta,
                         "spec",
@@ -270,7 +274,7 @@ impl Snapshot {
                     )),
                 }
             }
-            let mut user_links: Vec<(&WasmPlugin, Arc<PreparedPolicy>)> = Vec::new();
+            let mut user_links: Vec<(&WasmPlugin, PreparedPolicy)> = Vec::new();
             for (wp, compiled) in &users {
                 if !gws.iter().any(|g| applies(wp, vs, g)) {
                     continue;
@@ -282,8 +286,11 @@ impl Snapshot {
                         continue;
                     }
                 };
-                match host.prepare(compiled, binding(&ns_name(&wp.meta)), config).await {
-                    Ok(p) => user_links.push((wp, Arc::new(p))),
+                match host
+                    .prepare(compiled, binding(&ns_name(&wp.meta)), config)
+                    .await
+                {
+                    Ok(p) => user_links.push((wp, p)),
                     Err(PluginError::Config { field, message, .. }) => errors.push(error(
                         &wp.meta,
                         &format!("spec.pluginConfig{field}"),
@@ -296,7 +303,7 @@ impl Snapshot {
                 let mut links: Vec<Link> = first_links
                     .iter()
                     .map(|p| Link {
-                        policy: (**p).clone(),
+                        policy: p.clone(),
                         fail_open: false,
                         ports: Vec::new(),
                     })
@@ -304,7 +311,7 @@ impl Snapshot {
                 for (wp, p) in &user_links {
                     if applies(wp, vs, gw) {
                         links.push(Link {
-                            policy: (**p).clone(),
+                            policy: p.clone(),
                             fail_open: wp.fail_strategy == FailStrategy::FailOpen,
                             ports: wp.ports.clone(),
                         });
@@ -344,9 +351,7 @@ impl Snapshot {
 pub fn applies(wp: &WasmPlugin, vs: &VirtualService, gw: &Gateway) -> bool {
     if !wp.targets.is_empty() {
         return wp.targets.iter().any(|t| match t.kind.as_str() {
-            "VirtualService" => {
-                t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace
-            }
+            "VirtualService" => t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace,
             "Gateway" => t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace,
             _ => false,
         });
@@ -367,15 +372,17 @@ fn load_user_plugin(
     host: &PluginHost,
     sources: &PluginSources,
     cache: &CompileCache,
-) -> Result<CompiledPlugin, ConfigError> {
+) -> Result<CompiledPlugin, Box<ConfigError>> {
     let path = match &wp.source {
         PluginSource::Named(name) => {
             let Some(dir) = &sources.dir else {
-                return Err(error(
+                return Err(Box::new(error(
                     &wp.meta,
                     "spec.url",
-                    format!("{name:?} names a file in the plugins directory, but no --plugins directory was given"),
-                ));
+                    format!(
+                        "{name:?} names a file in the plugins directory, but no --plugins directory was given"
+                    ),
+                )));
             };
             let exact = dir.join(name);
             if exact.is_file() || Path::new(name).extension().is_some() {
@@ -386,45 +393,52 @@ fn load_user_plugin(
         }
         PluginSource::File(path) => path.clone(),
         PluginSource::Remote(url) => {
-            return Err(error(
+            return Err(Box::new(error(
                 &wp.meta,
                 "spec.url",
-                format!("{url:?}: wasmgate does not fetch remote plugins; put the file in the plugins directory and use its name"),
-            ));
+                format!(
+                    "{url:?}: wasmgate does not fetch remote plugins; put the file in the plugins directory and use its name"
+                ),
+            )));
         }
     };
     let bytes = std::fs::read(&path).map_err(|e| {
-        error(
+        Box::new(error(
             &wp.meta,
             "spec.url",
             format!("cannot read {}: {e}", path.display()),
-        )
+        ))
     })?;
     if let Some(want) = &wp.sha256 {
         let got = hex(&Sha256::digest(&bytes));
         if !got.eq_ignore_ascii_case(want) {
-            return Err(error(
+            return Err(Box::new(error(
                 &wp.meta,
                 "spec.sha256",
                 format!("{} has sha256 {got}, not {want}", path.display()),
-            ));
+            )));
         }
     }
     cache
         .get_or_compile(host, &ns_name(&wp.meta), &bytes)
-        .map_err(|e| match e {
-            PluginError::Load { message, .. } => error(
-                &wp.meta,
-                "spec.url",
-                format!("{}: {message}", path.display()),
-            ),
-            other => error(&wp.meta, "spec.url", other.to_string()),
+        .map_err(|e| {
+            Box::new(match e {
+                PluginError::Load { message, .. } => error(
+                    &wp.meta,
+                    "spec.url",
+                    format!("{}: {message}", path.display()),
+                ),
+                other => error(&wp.meta, "spec.url", other.to_string()),
+            })
         })
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A port being assembled: its bind address and (domain, chains in order).
+type PortDraft = (Option<IpAddr>, Vec<(String, Vec<Arc<Chain>>)>);
 
 /// Per HTTP listener port, the virtual hosts: each VirtualService host joined with each
 /// server host of each Gateway it is bound to on that port.
@@ -433,9 +447,7 @@ fn build_ports(
     bound: &[(&VirtualService, Vec<&Gateway>)],
     chains: &HashMap<(String, String), Arc<Chain>>,
 ) -> BTreeMap<u16, Arc<PortTable>> {
-    // port -> (bind, domain -> chains in order)
-    let mut ports: BTreeMap<u16, (Option<IpAddr>, Vec<(String, Vec<Arc<Chain>>)>)> =
-        BTreeMap::new();
+    let mut ports: BTreeMap<u16, PortDraft> = BTreeMap::new();
     for gw in &config.gateways {
         for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
             let entry = ports.entry(server.port).or_insert((None, Vec::new()));
@@ -485,12 +497,11 @@ fn build_ports(
     ports
         .into_iter()
         .map(|(port, (bind, domains))| {
-            let hosts = HostTable::new(domains.into_iter().map(|(domain, chains)| {
-                (
-                    domain.clone(),
-                    VirtualHost { domain, chains },
-                )
-            }));
+            let hosts = HostTable::new(
+                domains
+                    .into_iter()
+                    .map(|(domain, chains)| (domain.clone(), VirtualHost { domain, chains })),
+            );
             (port, Arc::new(PortTable { port, bind, hosts }))
         })
         .collect()

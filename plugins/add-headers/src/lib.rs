@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use wasmgate_plugin_sdk::host::{Level, log};
 use wasmgate_plugin_sdk::{
-    Action, Binding, ConfigError, Decision, Header, Policy, PluginError, RequestHead,
+    Action, Binding, ConfigError, Decision, Header, PluginError, Policy, RequestHead,
     export_policy, parse_config,
 };
 
@@ -116,7 +116,10 @@ mod tests {
         let Action::Forward(f) = d.action else {
             panic!("not forward")
         };
-        assert_eq!(f.response_headers.set, vec![Header::new("x-powered-by", "wasmgate")]);
+        assert_eq!(
+            f.response_headers.set,
+            vec![Header::new("x-powered-by", "wasmgate")]
+        );
 
         let d = decide(&p, &request("GET", "/plugin/hello").build(), fwd);
         assert!(matches!(d.action, Action::Respond(r) if r.body == b"hi" && r.status == 200));
@@ -124,7 +127,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_config() {
-        assert!(AddHeaders::prepare(&wasmgate_plugin_sdk::testing::binding(), r#"{"nope":1}"#).is_err());
+        assert!(
+            AddHeaders::prepare(&wasmgate_plugin_sdk::testing::binding(), r#"{"nope":1}"#).is_err()
+        );
         let e = AddHeaders::prepare(
             &wasmgate_plugin_sdk::testing::binding(),
             r#"{"answer":{"path":"/","status":42}}"#,

@@ -10,8 +10,7 @@ use wasmgate_config::parse_duration;
 use wasmgate_config::raw::{HTTPFaultInjection, VirtualServiceSpec};
 use wasmgate_plugin_sdk::host::chance;
 use wasmgate_plugin_sdk::{
-    Abort, Action, Binding, ConfigError, Decision, Policy, PluginError, RequestHead,
-    export_policy,
+    Abort, Action, Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +194,9 @@ mod tests {
         let aborted = (0..10_000)
             .filter(|_| matches!(decide(&f, &req, routed(4)).action, Action::Abort(_)))
             .count();
-        assert!((2_200..=2_800).contains(&aborted), "aborted {aborted} of 10000 at 25%");
+        assert!(
+            (2_200..=2_800).contains(&aborted),
+            "aborted {aborted} of 10000 at 25%"
+        );
     }
 }

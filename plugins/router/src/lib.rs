@@ -16,7 +16,7 @@ mod route;
 
 use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Interest, Policy, PluginError, RequestHead, export_policy,
+    Binding, ConfigError, Decision, Interest, PluginError, Policy, RequestHead, export_policy,
 };
 
 pub use matching::{CompiledMatch, Matcher};

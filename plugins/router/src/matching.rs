@@ -74,7 +74,11 @@ pub struct CompiledMatch {
     gateways: Vec<String>,
 }
 
-fn opt(m: &Option<StringMatch>, field: &str, lowercase: bool) -> Result<Option<Matcher>, ConfigError> {
+fn opt(
+    m: &Option<StringMatch>,
+    field: &str,
+    lowercase: bool,
+) -> Result<Option<Matcher>, ConfigError> {
     m.as_ref()
         .map(|m| Matcher::compile(m, field, lowercase))
         .transpose()
@@ -108,7 +112,11 @@ pub fn gateway_ref(name: &str, namespace: &str) -> String {
 }
 
 impl CompiledMatch {
-    pub fn compile(m: &HTTPMatchRequest, field: &str, namespace: &str) -> Result<Self, ConfigError> {
+    pub fn compile(
+        m: &HTTPMatchRequest,
+        field: &str,
+        namespace: &str,
+    ) -> Result<Self, ConfigError> {
         Ok(CompiledMatch {
             uri: opt(&m.uri, &format!("{field}.uri"), m.ignore_uri_case)?,
             ignore_uri_case: m.ignore_uri_case,
@@ -155,7 +163,8 @@ impl CompiledMatch {
                 matched.uri_prefix_len = Some(p.len());
             }
         }
-        let field_ok = |m: &Option<Matcher>, value: &str| m.as_ref().is_none_or(|m| m.matches(value));
+        let field_ok =
+            |m: &Option<Matcher>, value: &str| m.as_ref().is_none_or(|m| m.matches(value));
         if !field_ok(&self.scheme, &req.scheme)
             || !field_ok(&self.method, &req.method)
             || !field_ok(&self.authority, &req.authority)
@@ -167,7 +176,7 @@ impl CompiledMatch {
         {
             return None;
         }
-        if !self.gateways.is_empty() && !self.gateways.iter().any(|g| *g == req.gateway) {
+        if !self.gateways.is_empty() && !self.gateways.contains(&req.gateway) {
             return None;
         }
         for (name, m) in &self.headers {

@@ -7,8 +7,8 @@ use wasmgate_config::raw::{
     RedirectPortSelection,
 };
 use wasmgate_plugin_sdk::{
-    Action, ConfigError, Decision, Destination, DirectResponse, Forward, Header,
-    HeaderMutation, Mirror, Redirect, RequestHead, RetryPolicy, RouteRef,
+    Action, ConfigError, Decision, Destination, DirectResponse, Forward, Header, HeaderMutation,
+    Mirror, Redirect, RequestHead, RetryPolicy, RouteRef,
 };
 
 use crate::matching::{CompiledMatch, Matched, Matcher};
@@ -30,7 +30,7 @@ pub struct CompiledRoute {
 #[derive(Debug)]
 enum RouteAction {
     Forward {
-        template: Forward,
+        template: Box<Forward>,
         rewrite_uri: Option<String>,
         regex_rewrite: Option<(Regex, String)>,
     },
@@ -139,22 +139,32 @@ impl CompiledRoute {
         let action = if http.delegate.is_some() {
             RouteAction::Unsupported
         } else if let Some(r) = &http.redirect {
-            let code = if r.redirect_code == 0 { 301 } else { r.redirect_code };
+            let code = if r.redirect_code == 0 {
+                301
+            } else {
+                r.redirect_code
+            };
             RouteAction::Redirect {
                 status: u16::try_from(code).map_err(|_| {
-                    config_err(format!("{field}.redirect.redirectCode"), "not an HTTP status")
+                    config_err(
+                        format!("{field}.redirect.redirectCode"),
+                        "not an HTTP status",
+                    )
                 })?,
                 uri: (!r.uri.is_empty()).then(|| r.uri.clone()),
                 prefix_rewrite: (!r.prefix_rewrite.is_empty()).then(|| r.prefix_rewrite.clone()),
                 authority: (!r.authority.is_empty()).then(|| r.authority.clone()),
                 scheme: (!r.scheme.is_empty()).then(|| r.scheme.clone()),
                 port: r.port.and_then(|p| u16::try_from(p).ok()),
-                derive_port: r.derive_port.clone(),
+                derive_port: r.derive_port,
             }
         } else if let Some(d) = &http.direct_response {
             RouteAction::Respond {
                 status: u16::try_from(d.status).map_err(|_| {
-                    config_err(format!("{field}.directResponse.status"), "not an HTTP status")
+                    config_err(
+                        format!("{field}.directResponse.status"),
+                        "not an HTTP status",
+                    )
                 })?,
                 body: d
                     .body
@@ -254,7 +264,7 @@ impl CompiledRoute {
             }
         }
         Ok(RouteAction::Forward {
-            template,
+            template: Box::new(template),
             rewrite_uri,
             regex_rewrite,
         })
@@ -311,7 +321,7 @@ impl CompiledRoute {
                 rewrite_uri,
                 regex_rewrite,
             } => {
-                let mut forward = template.clone();
+                let mut forward = (**template).clone();
                 let new_path = if let Some(uri) = rewrite_uri {
                     let rest = matched
                         .uri_prefix_len
@@ -400,7 +410,11 @@ impl Cors {
             });
         }
         for (i, m) in c.allow_origins.iter().enumerate() {
-            origins.push(Matcher::compile(m, &format!("{field}.allowOrigins[{i}]"), false)?);
+            origins.push(Matcher::compile(
+                m,
+                &format!("{field}.allowOrigins[{i}]"),
+                false,
+            )?);
         }
         Ok(Cors {
             origins,
@@ -423,10 +437,16 @@ impl Cors {
     fn preflight(&self, origin: &str) -> DirectResponse {
         let mut headers = vec![Header::new("access-control-allow-origin", origin)];
         if !self.allow_methods.is_empty() {
-            headers.push(Header::new("access-control-allow-methods", &self.allow_methods));
+            headers.push(Header::new(
+                "access-control-allow-methods",
+                &self.allow_methods,
+            ));
         }
         if !self.allow_headers.is_empty() {
-            headers.push(Header::new("access-control-allow-headers", &self.allow_headers));
+            headers.push(Header::new(
+                "access-control-allow-headers",
+                &self.allow_headers,
+            ));
         }
         if let Some(age) = self.max_age {
             headers.push(Header::new("access-control-max-age", age.to_string()));
@@ -446,9 +466,10 @@ impl Cors {
             .set
             .push(Header::new("access-control-allow-origin", origin));
         if !self.expose_headers.is_empty() {
-            response
-                .set
-                .push(Header::new("access-control-expose-headers", &self.expose_headers));
+            response.set.push(Header::new(
+                "access-control-expose-headers",
+                &self.expose_headers,
+            ));
         }
         if self.allow_credentials {
             response

@@ -5,8 +5,7 @@
 
 use wasmgate_plugin_sdk::host::random_below;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Destination, Policy, PluginError, RequestHead,
-    export_policy,
+    Binding, ConfigError, Decision, Destination, PluginError, Policy, RequestHead, export_policy,
 };
 
 /// Needs no config: it works on the decision the router made.
@@ -29,10 +28,9 @@ impl Policy for TrafficSplit {
         if forward.destinations.len() <= 1 {
             return Ok(None);
         }
-        let chosen = pick(&forward.destinations, random_below)
-            .ok_or_else(|| PluginError {
-                message: "every destination has weight 0".into(),
-            })?;
+        let chosen = pick(&forward.destinations, random_below).ok_or_else(|| PluginError {
+            message: "every destination has weight 0".into(),
+        })?;
         let kept = forward.destinations.swap_remove(chosen);
         forward.destinations = vec![kept];
         Ok(Some(current))
@@ -111,7 +109,10 @@ mod tests {
         let req = request("GET", "/").build();
         let one = forward(vec![dest("v1", 0)]);
         assert!(matches!(split.on_request(&req, one), Ok(None)));
-        assert!(matches!(split.on_request(&req, Decision::no_route()), Ok(None)));
+        assert!(matches!(
+            split.on_request(&req, Decision::no_route()),
+            Ok(None)
+        ));
         let zero = forward(vec![dest("v1", 0), dest("v2", 0)]);
         assert!(split.on_request(&req, zero).is_err());
     }

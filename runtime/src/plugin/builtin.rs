@@ -20,7 +20,11 @@ macro_rules! builtin {
 }
 
 /// Router, fault, traffic split: the chain every VirtualService starts with, in order.
-pub const CHAIN: [Builtin; 3] = [builtin!("router"), builtin!("fault"), builtin!("traffic-split")];
+pub const CHAIN: [Builtin; 3] = [
+    builtin!("router"),
+    builtin!("fault"),
+    builtin!("traffic-split"),
+];
 
 /// The embedded component called `name`, if any.
 pub fn get(name: &str) -> Option<Builtin> {

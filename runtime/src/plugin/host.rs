@@ -68,11 +68,21 @@ impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
         let (plugin, binding) = (&*self.plugin, &*self.binding);
         match level {
-            host::LogLevel::Trace => tracing::trace!(target: "wasmgate::plugin", plugin, binding, "{message}"),
-            host::LogLevel::Debug => tracing::debug!(target: "wasmgate::plugin", plugin, binding, "{message}"),
-            host::LogLevel::Info => tracing::info!(target: "wasmgate::plugin", plugin, binding, "{message}"),
-            host::LogLevel::Warn => tracing::warn!(target: "wasmgate::plugin", plugin, binding, "{message}"),
-            host::LogLevel::Error => tracing::error!(target: "wasmgate::plugin", plugin, binding, "{message}"),
+            host::LogLevel::Trace => {
+                tracing::trace!(target: "wasmgate::plugin", plugin, binding, "{message}")
+            }
+            host::LogLevel::Debug => {
+                tracing::debug!(target: "wasmgate::plugin", plugin, binding, "{message}")
+            }
+            host::LogLevel::Info => {
+                tracing::info!(target: "wasmgate::plugin", plugin, binding, "{message}")
+            }
+            host::LogLevel::Warn => {
+                tracing::warn!(target: "wasmgate::plugin", plugin, binding, "{message}")
+            }
+            host::LogLevel::Error => {
+                tracing::error!(target: "wasmgate::plugin", plugin, binding, "{message}")
+            }
         }
     }
 
@@ -241,6 +251,9 @@ mod tests {
         let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert_ne!(xs[0], xs[1]);
-        assert_ne!(Random::new(Some(1)).next_u64(), Random::new(Some(2)).next_u64());
+        assert_ne!(
+            Random::new(Some(1)).next_u64(),
+            Random::new(Some(2)).next_u64()
+        );
     }
 }

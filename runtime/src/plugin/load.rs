@@ -70,7 +70,11 @@ fn imports_module(bytes: &[u8], module: &str) -> Result<bool, String> {
 fn parse_version(name: &str) -> Option<(u64, u64, u64)> {
     let v = name.split_once('@')?.1;
     let mut parts = v.split(['.', '-', '+']).map(|p| p.parse::<u64>());
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
 }
 
 fn compatible(v: (u64, u64, u64)) -> bool {
@@ -171,8 +175,14 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse_version("wasmgate:policy/policy@0.1.0"), Some((0, 1, 0)));
-        assert_eq!(parse_version("wasmgate:policy/policy@0.1.3-rc1"), Some((0, 1, 3)));
+        assert_eq!(
+            parse_version("wasmgate:policy/policy@0.1.0"),
+            Some((0, 1, 0))
+        );
+        assert_eq!(
+            parse_version("wasmgate:policy/policy@0.1.3-rc1"),
+            Some((0, 1, 3))
+        );
         assert_eq!(parse_version("wasmgate:policy/policy"), None);
         assert!(compatible((0, 1, 7)));
         assert!(!compatible((0, 2, 0)));

@@ -106,10 +106,8 @@ pub fn local_response(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = status;
     if !body.is_empty() {
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain"),
-        );
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("wasmgate"));

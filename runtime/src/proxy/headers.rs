@@ -40,12 +40,24 @@ pub fn new_request_id(random: &Random) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
 }
 
 /// Set `x-request-id`, `x-forwarded-for` and `x-forwarded-proto` on a request from
 /// `client` that arrived over `scheme`. Returns the request id.
-pub fn edge_headers(headers: &mut HeaderMap, client: IpAddr, scheme: &str, random: &Random) -> String {
+pub fn edge_headers(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: &str,
+    random: &Random,
+) -> String {
     let keep = is_internal(client)
         && headers
             .get(&X_REQUEST_ID)
@@ -204,7 +216,12 @@ mod tests {
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        let id = edge_headers(&mut headers, "127.0.0.1".parse().unwrap_or(IpAddr::from([0; 4])), "http", &random);
+        let id = edge_headers(
+            &mut headers,
+            "127.0.0.1".parse().unwrap_or(IpAddr::from([0; 4])),
+            "http",
+            &random,
+        );
         assert_eq!(id, "abc");
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9,127.0.0.1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
@@ -239,7 +256,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));

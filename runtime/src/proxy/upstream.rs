@@ -53,7 +53,11 @@ impl Upstream {
     }
 
     fn client(&self, cluster: &Cluster) -> &Client<HttpConnector, Body> {
-        if cluster.http2 { &self.http2 } else { &self.http1 }
+        if cluster.http2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
     }
 }
 
@@ -121,7 +125,9 @@ impl RetryOn {
 
     fn on_error(&self, e: &ProxyError) -> bool {
         match e {
-            ProxyError::UpstreamConnect(_) => self.connect_failure || self.five_xx || self.gateway_error,
+            ProxyError::UpstreamConnect(_) => {
+                self.connect_failure || self.five_xx || self.gateway_error
+            }
             ProxyError::UpstreamReset(_) => self.reset || self.five_xx,
             _ => false,
         }
@@ -208,7 +214,12 @@ async fn attempt_all(
     }
 }
 
-fn build(cluster: &Cluster, authority: &str, out: &Outbound, body: Body) -> Result<Request<Body>, ProxyError> {
+fn build(
+    cluster: &Cluster,
+    authority: &str,
+    out: &Outbound,
+    body: Body,
+) -> Result<Request<Body>, ProxyError> {
     let uri: Uri = format!("http://{authority}{}", out.path_and_query)
         .parse()
         .map_err(|_| ProxyError::BadRequest("invalid path"))?;
@@ -234,10 +245,10 @@ fn build(cluster: &Cluster, authority: &str, out: &Outbound, body: Body) -> Resu
                 *req.uri_mut() = a;
             }
         }
-    } else if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            req.headers_mut().insert(header::HOST, v);
-        }
+    } else if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority)
+    {
+        req.headers_mut().insert(header::HOST, v);
     }
     Ok(req)
 }

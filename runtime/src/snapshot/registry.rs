@@ -139,7 +139,7 @@ impl Registry {
         }
         registry
             .wildcard_services
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         for dr in &config.destination_rules {
             registry
                 .rules
@@ -233,8 +233,7 @@ impl Registry {
         let dns_self = matches!(
             se.resolution,
             Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns
-        )
-            && se.endpoints.is_empty()
+        ) && se.endpoints.is_empty()
             && labels.is_empty();
         if dns_self {
             let target_port = service_port

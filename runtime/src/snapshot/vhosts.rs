@@ -155,12 +155,30 @@ mod tests {
     #[test]
     fn istio_host_intersection() {
         assert_eq!(intersect("*", "*"), Some("*".into()));
-        assert_eq!(intersect("*", "*.example.com"), Some("*.example.com".into()));
-        assert_eq!(intersect("a.example.com", "*"), Some("a.example.com".into()));
-        assert_eq!(intersect("a.example.com", "*.example.com"), Some("a.example.com".into()));
-        assert_eq!(intersect("*.example.com", "a.example.com"), Some("a.example.com".into()));
-        assert_eq!(intersect("*.b.example.com", "*.example.com"), Some("*.b.example.com".into()));
-        assert_eq!(intersect("*.example.com", "*.b.example.com"), Some("*.b.example.com".into()));
+        assert_eq!(
+            intersect("*", "*.example.com"),
+            Some("*.example.com".into())
+        );
+        assert_eq!(
+            intersect("a.example.com", "*"),
+            Some("a.example.com".into())
+        );
+        assert_eq!(
+            intersect("a.example.com", "*.example.com"),
+            Some("a.example.com".into())
+        );
+        assert_eq!(
+            intersect("*.example.com", "a.example.com"),
+            Some("a.example.com".into())
+        );
+        assert_eq!(
+            intersect("*.b.example.com", "*.example.com"),
+            Some("*.b.example.com".into())
+        );
+        assert_eq!(
+            intersect("*.example.com", "*.b.example.com"),
+            Some("*.b.example.com".into())
+        );
         assert_eq!(intersect("a.example.com", "b.example.com"), None);
         assert_eq!(intersect("*.foo.com", "*.bar.com"), None);
         assert_eq!(intersect("example.com", "*.example.com"), None);

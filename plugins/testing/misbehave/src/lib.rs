@@ -5,8 +5,7 @@
 
 use serde::Deserialize;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Policy, PluginError, RequestHead, export_policy,
-    parse_config,
+    Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy, parse_config,
 };
 
 #[derive(Debug, Default, Deserialize)]

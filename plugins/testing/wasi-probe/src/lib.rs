@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Policy, PluginError, RequestHead, export_policy,
+    Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy,
 };
 
 #[derive(Debug)]
