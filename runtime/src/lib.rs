@@ -11,3 +11,4 @@ pub mod gateway;
 pub mod plugin;
 pub mod proxy;
 pub mod snapshot;
+pub mod toolchain;

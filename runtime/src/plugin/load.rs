@@ -30,26 +30,12 @@ pub fn to_component(bytes: &[u8]) -> Result<Vec<u8>, String> {
         return Err("not a Wasm file (no `\\0asm` header)".into());
     }
     let wasi = imports_module(bytes, WASI_P1)?;
-    let mut encoder = wit_component::ComponentEncoder::default()
-        .module(bytes)
-        .map_err(|e| {
-            format!(
-                "core module without wasmgate bindings ({e}); build it with the \
-                 wasmgate-plugin-sdk crate, or make a component with `wasm-tools component new`"
-            )
-        })?
-        .validate(true);
-    if wasi {
-        encoder = encoder
-            .adapter(
-                WASI_P1,
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-            )
-            .map_err(|e| format!("adding the WASI preview1 adapter: {e:#}"))?;
-    }
-    encoder
-        .encode()
-        .map_err(|e| format!("making a component from the core module: {e:#}"))
+    crate::toolchain::componentize(bytes, wasi).map_err(|e| {
+        format!(
+            "a core module that could not be made a component ({e}); build it with the \
+             wasmgate-plugin-sdk crate, or make a component with `wasm-tools component new`"
+        )
+    })
 }
 
 fn imports_module(bytes: &[u8], module: &str) -> Result<bool, String> {
