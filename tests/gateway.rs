@@ -505,3 +505,40 @@ async fn reload_keeps_the_last_good_config() {
         "v2"
     );
 }
+
+/// `mirror` sends a copy (Host `-shadow`) and ignores its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy() {
+    let app = Echo::start("app").await;
+    let shadow = Echo::start("shadow").await;
+    let port = free_port();
+    let dir = TempDir::new("mirror");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: app}\n    mirror: {host: shadow}\n    mirrorPercentage: {value: 100}\n",
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("app", "app", 80, &[(app.port(), &[])]),
+            service_entry("shadow", "shadow", 80, &[(shadow.port(), &[])])
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "shop.test:8000", "/x", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.upstream().as_deref(), Some("app"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shadow.hits() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.hits(), 1);
+    assert_eq!(
+        shadow.last_host.lock().expect("lock").as_str(),
+        "shop.test-shadow:8000"
+    );
+    assert_eq!(app.hits(), 1);
+}

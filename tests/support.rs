@@ -84,6 +84,8 @@ pub struct Echo {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// The Host header of the last request.
+    pub last_host: Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -92,17 +94,23 @@ impl Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let addr = listener.local_addr().expect("echo addr");
         let hits = Arc::new(AtomicUsize::new(0));
-        let (n, h) = (name.to_string(), hits.clone());
+        let last_host = Arc::new(std::sync::Mutex::new(String::new()));
+        let (n, h, lh) = (name.to_string(), hits.clone(), last_host.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, h) = (n.clone(), h.clone());
+                let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h) = (n.clone(), h.clone());
+                        let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
                         async move {
+                            if let (Ok(mut last), Some(host)) =
+                                (lh.lock(), req.headers().get("host"))
+                            {
+                                *last = String::from_utf8_lossy(host.as_bytes()).to_string();
+                            }
                             h.fetch_add(1, Ordering::SeqCst);
                             let mut headers = BTreeMap::new();
                             for (k, v) in req.headers() {
@@ -143,6 +151,7 @@ impl Echo {
             name: name.to_string(),
             addr,
             hits,
+            last_host,
             task,
         }
     }

@@ -394,6 +394,9 @@ async fn forward_upstream(
         headers,
         body,
     };
+    if out.body.is_none() {
+        mirror(shared, snapshot, chain, &forward, &out);
+    }
     let retries = forward.retries.clone().unwrap_or_else(default_retries);
     let timeout = forward.timeout_ms.map(Duration::from_millis);
     let resp = send(
@@ -411,6 +414,77 @@ async fn forward_upstream(
     apply_mutation(&mut parts.headers, &forward.response_headers);
     apply_mutation(&mut parts.headers, &destination.response_headers);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Send a copy of a bodiless request to each mirror (by its percentage), with `-shadow`
+/// appended to the Host as Envoy does; the answers are dropped. Requests with a body are
+/// not mirrored: the body streams once, to the real upstream.
+fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward, out: &Outbound) {
+    for m in &forward.mirrors {
+        let roll = (shared.host.random().next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        if roll * 100.0 >= m.percentage {
+            continue;
+        }
+        let host = wasmgate_config::expand_host(&m.destination.host, &chain.namespace);
+        let cluster = match snapshot.registry.resolve(
+            &host,
+            m.destination.port,
+            m.destination.subset.as_deref(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("mirror skipped: {e}");
+                continue;
+            }
+        };
+        let mut headers = out.headers.clone();
+        if let Some(shadow) = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| match h.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("{name}-shadow:{port}")
+                }
+                _ => format!("{h}-shadow"),
+            })
+            && let Ok(v) = HeaderValue::from_str(&shadow)
+        {
+            headers.insert(header::HOST, v);
+        }
+        let copy = Outbound {
+            method: out.method.clone(),
+            path_and_query: out.path_and_query.clone(),
+            headers,
+            body: None,
+        };
+        let upstream = shared.upstream.clone();
+        let random = shared.host.random().clone();
+        tokio::spawn(async move {
+            let no_retries = crate::plugin::types::RetryPolicy {
+                attempts: 0,
+                per_try_timeout_ms: None,
+                retry_on: String::new(),
+                retry_remote_localities: false,
+            };
+            let mut attempted = Attempted::default();
+            let sent = send(
+                &upstream,
+                &cluster,
+                &random,
+                copy,
+                Some(Duration::from_secs(30)),
+                &no_retries,
+                &mut attempted,
+            )
+            .await;
+            match sent {
+                Ok(resp) => {
+                    let _ = resp.into_body().collect().await;
+                }
+                Err(e) => tracing::debug!(cluster = %cluster.name, "mirror failed: {e}"),
+            }
+        });
+    }
 }
 
 /// gRPC status name -> numeric code, as Envoy's fault filter sends it.

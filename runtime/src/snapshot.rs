@@ -449,6 +449,17 @@ fn build_ports(
 ) -> BTreeMap<u16, Arc<PortTable>> {
     let mut ports: BTreeMap<u16, PortDraft> = BTreeMap::new();
     for gw in &config.gateways {
+        for server in gw.servers.iter().filter(|s| !s.protocol.is_http()) {
+            tracing::warn!(
+                "{}: {}: spec.servers[{}].port.protocol: {} servers are not served by this \
+                 wasmgate yet (plain HTTP only); port {} ignored",
+                gw.meta.file.display(),
+                gw.meta.id,
+                server.index,
+                server.protocol.as_str(),
+                server.port
+            );
+        }
         for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
             let entry = ports.entry(server.port).or_insert((None, Vec::new()));
             if entry.0.is_none() {
