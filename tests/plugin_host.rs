@@ -55,8 +55,9 @@ async fn wasip1_plugin_loads_and_is_granted_nothing() {
     let plugin = host
         .compile("default/wasi-probe", &built("wasi-probe"))
         .expect("compile");
+    let pool = host.pool(&plugin);
     let policy = host
-        .prepare(&plugin, binding(), "null".into())
+        .prepare(&pool, "default/wasi-probe", binding(), "null".into())
         .await
         .expect("prepare");
     let decision = policy
@@ -83,7 +84,7 @@ async fn a_core_module_is_made_into_a_component_on_load() {
     let plugin = host
         .compile("default/add-headers", &module)
         .expect("compile core module");
-    host.prepare(&plugin, binding(), "{}".into())
+    host.prepare(&host.pool(&plugin), "default/test", binding(), "{}".into())
         .await
         .expect("prepare");
 }
@@ -113,7 +114,12 @@ async fn bad_bytes_and_bad_config_are_load_errors_naming_the_plugin() {
         .compile("default/misbehave", &built("misbehave"))
         .expect("compile");
     let err = host
-        .prepare(&plugin, binding(), r#"{"failPrepare": true}"#.into())
+        .prepare(
+            &host.pool(&plugin),
+            "default/misbehave",
+            binding(),
+            r#"{"failPrepare": true}"#.into(),
+        )
         .await
         .expect_err("config accepted");
     assert!(matches!(err, PluginError::Config { .. }));
@@ -134,7 +140,7 @@ async fn one_bad_call_never_harms_the_next() {
         .compile("default/misbehave", &built("misbehave"))
         .expect("compile");
     let policy = host
-        .prepare(&plugin, binding(), "{}".into())
+        .prepare(&host.pool(&plugin), "default/test", binding(), "{}".into())
         .await
         .expect("prepare");
     assert!(matches!(policy.header_interest(), HeaderInterest::None));
@@ -164,4 +170,67 @@ async fn one_bad_call_never_harms_the_next() {
     }
     let err = policy.on_request(&head("/error"), &no_route()).await;
     assert!(matches!(err, Err(CallError::Returned(ref m)) if m == "misbehave: asked to fail"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_blocked_in_a_wasi_sleep_is_stopped_at_its_budget() {
+    let host = host(HostSettings {
+        call_budget: Duration::from_millis(50),
+        ..HostSettings::default()
+    });
+    let plugin = host
+        .compile("default/wasi-probe", &built("wasi-probe"))
+        .expect("compile");
+    let policy = host
+        .prepare(
+            &host.pool(&plugin),
+            "default/wasi-probe",
+            binding(),
+            "null".into(),
+        )
+        .await
+        .expect("prepare");
+    let started = Instant::now();
+    let err = policy.on_request(&head("/sleep"), &no_route()).await;
+    assert!(
+        matches!(err, Err(CallError::Trap(ref m)) if m.contains("time budget")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(policy.on_request(&head("/"), &no_route()).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_shared_by_bindings_and_reused() {
+    let host = host(HostSettings::default());
+    let plugin = host
+        .compile("default/misbehave", &built("misbehave"))
+        .expect("compile");
+    let pool = host.pool(&plugin);
+    let mut policies = Vec::new();
+    for vs in ["a", "b", "c"] {
+        let b = Binding {
+            virtual_service: format!("default/{vs}"),
+            ..binding()
+        };
+        let p = host
+            .prepare(&pool, "default/misbehave", b, "{}".into())
+            .await;
+        policies.push(p.expect("prepare"));
+    }
+    // Many concurrent calls over three bindings: every one answers.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let policy = policies[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            policy.on_request(&head("/fine"), &no_route()).await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.expect("task"), Ok(None)));
+    }
 }

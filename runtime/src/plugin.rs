@@ -12,11 +12,15 @@ pub mod builtin;
 mod host;
 mod load;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 pub use bindings::wasmgate::policy::types;
 use bindings::{Plugin, PluginPre};
@@ -30,8 +34,8 @@ pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(100);
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 /// Epoch tick: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
-/// Idle instances kept per binding; more are dropped when returned.
-const MAX_IDLE: usize = 32;
+/// Idle instances kept per plugin and snapshot; more are dropped when returned.
+const MAX_IDLE: usize = 16;
 
 /// Errors while loading or preparing plugins. Each names the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,10 @@ pub enum CallError {
     /// The plugin trapped, ran out of time or memory; its instance was discarded.
     #[error("plugin trapped: {0}")]
     Trap(String),
+    /// No instance could be made (the instance limit is reached): the gateway is
+    /// overloaded, the plugin is not at fault.
+    #[error("no plugin instance available: {0}")]
+    Unavailable(String),
 }
 
 /// Engine, linker and shared host state. One per process; cheap to clone.
@@ -67,7 +75,9 @@ struct HostInner {
     engine: Engine,
     linker: Linker<StoreState>,
     random: Random,
-    call_budget_ticks: u64,
+    call_budget: Duration,
+    /// Budget for `prepare`, which parses a whole config (and compiles its regexes).
+    prepare_budget: Duration,
     memory_limit: usize,
 }
 
@@ -131,13 +141,13 @@ impl PluginHost {
             })
             .map_err(|e| format!("starting the epoch thread: {e}"))?;
 
-        let ticks = settings.call_budget.as_millis() / TICK.as_millis() + 1;
         Ok(PluginHost {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 random: Random::new(settings.random_seed),
-                call_budget_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+                call_budget: settings.call_budget,
+                prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
             }),
         })
@@ -174,28 +184,51 @@ impl PluginHost {
         })
     }
 
-    /// Prepare `plugin` for one binding with its JSON config: instantiates once, calls
-    /// `prepare` and `interest`, and keeps that instance as the first of the pool. A
-    /// config the plugin rejects is a [`PluginError::Config`].
+    /// A fresh pool of instances of `plugin`. A snapshot makes one per plugin and
+    /// prepares every binding of that plugin in it.
+    pub fn pool(&self, plugin: &CompiledPlugin) -> PolicyPool {
+        PolicyPool {
+            inner: Arc::new(PoolInner {
+                host: self.clone(),
+                plugin: plugin.clone(),
+                idle: Mutex::new(Vec::new()),
+                next_binding: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// Prepare one binding (plugin x VirtualService) with its JSON config in `pool`:
+    /// calls `prepare` and `interest` in an instance that is then kept as the pool's
+    /// first. A config the plugin rejects is a [`PluginError::Config`] naming `name`.
     pub async fn prepare(
         &self,
-        plugin: &CompiledPlugin,
+        pool: &PolicyPool,
+        name: &str,
         binding: types::Binding,
         config: String,
     ) -> Result<PreparedPolicy, PluginError> {
+        let id = pool.inner.next_binding.fetch_add(1, Ordering::Relaxed);
         let mut policy = PreparedPolicy {
             inner: Arc::new(PreparedInner {
-                host: self.clone(),
-                plugin: plugin.clone(),
+                pool: pool.clone(),
+                id,
+                name: name.to_string(),
                 binding,
                 config,
                 interest: types::HeaderInterest::None,
-                idle: Mutex::new(Vec::new()),
             }),
         };
-        let mut slot = policy.inner.new_slot().await.map_err(|e| match e {
+        let load_err = |message: String| PluginError::Load {
+            plugin: name.to_string(),
+            message,
+        };
+        let mut slot = match pool.inner.take() {
+            Some(slot) => slot,
+            None => pool.inner.new_slot().await.map_err(load_err)?,
+        };
+        let resource = slot.prepare(&policy.inner).await.map_err(|e| match e {
             SlotError::Config(c) => PluginError::Config {
-                plugin: plugin.name().to_string(),
+                plugin: name.to_string(),
                 field: if c.field.is_empty() {
                     String::new()
                 } else {
@@ -203,23 +236,20 @@ impl PluginHost {
                 },
                 message: c.message,
             },
-            SlotError::Other(message) => PluginError::Load {
-                plugin: plugin.name().to_string(),
-                message,
-            },
+            SlotError::Other(message) => load_err(message),
         })?;
-        let interest = slot
-            .interest(self.inner.call_budget_ticks)
+        let budget = self.inner.call_budget;
+        slot.begin(budget);
+        let guest = slot.plugin.wasmgate_policy_policy().prepared();
+        let call = guest.call_interest(&mut slot.store, resource);
+        let interest = bounded(budget, call)
             .await
-            .map_err(|e| PluginError::Load {
-                plugin: plugin.name().to_string(),
-                message: format!("interest: {e}"),
-            })?;
+            .map_err(|e| load_err(format!("interest: {e}")))?;
         // Freshly built: no other reference exists yet.
         if let Some(inner) = Arc::get_mut(&mut policy.inner) {
             inner.interest = interest.headers;
         }
-        policy.inner.put_back(slot);
+        pool.inner.put_back(slot);
         Ok(policy)
     }
 }
@@ -249,7 +279,30 @@ impl std::fmt::Debug for CompiledPlugin {
     }
 }
 
-/// One plugin prepared for one binding, with its pool of instances. Cheap to clone.
+/// Instances of one plugin, shared by all its bindings in one snapshot. Each instance
+/// prepares a binding the first time it serves it and keeps the prepared resource, so a
+/// VirtualService's config is parsed once per instance, never per request.
+#[derive(Clone)]
+pub struct PolicyPool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for PolicyPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyPool")
+            .field("plugin", &self.inner.plugin.name())
+            .finish_non_exhaustive()
+    }
+}
+
+struct PoolInner {
+    host: PluginHost,
+    plugin: CompiledPlugin,
+    idle: Mutex<Vec<Slot>>,
+    next_binding: AtomicU32,
+}
+
+/// One plugin prepared for one binding. Cheap to clone.
 #[derive(Clone)]
 pub struct PreparedPolicy {
     inner: Arc<PreparedInner>,
@@ -258,26 +311,28 @@ pub struct PreparedPolicy {
 impl std::fmt::Debug for PreparedPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedPolicy")
-            .field("plugin", &self.inner.plugin.name())
+            .field("plugin", &self.inner.name)
             .field("binding", &self.inner.binding.virtual_service)
             .finish_non_exhaustive()
     }
 }
 
 struct PreparedInner {
-    host: PluginHost,
-    plugin: CompiledPlugin,
+    pool: PolicyPool,
+    /// Index of this binding within its pool.
+    id: u32,
+    /// `ns/name` of the WasmPlugin, or `wasmgate/<builtin>`.
+    name: String,
     binding: types::Binding,
     config: String,
     interest: types::HeaderInterest,
-    idle: Mutex<Vec<Slot>>,
 }
 
-/// One live instance with the binding's prepared resource.
+/// One live instance and the bindings it has prepared.
 struct Slot {
     store: Store<StoreState>,
     plugin: Plugin,
-    prepared: ResourceAny,
+    prepared: HashMap<u32, ResourceAny>,
 }
 
 enum SlotError {
@@ -288,7 +343,7 @@ enum SlotError {
 impl PreparedPolicy {
     /// The plugin's name (`ns/name` of its WasmPlugin or `wasmgate/<builtin>`).
     pub fn plugin_name(&self) -> &str {
-        self.inner.plugin.name()
+        &self.inner.name
     }
 
     /// Which request headers this policy reads.
@@ -302,69 +357,42 @@ impl PreparedPolicy {
         request: &types::RequestHead,
         current: &types::Decision,
     ) -> Result<Option<types::Decision>, CallError> {
-        let inner = &self.inner;
-        let taken = inner.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut slot = match taken {
+        let pool = &self.inner.pool.inner;
+        let mut slot = match pool.take() {
             Some(slot) => slot,
-            None => inner.new_slot().await.map_err(|e| match e {
+            None => pool.new_slot().await.map_err(CallError::Unavailable)?,
+        };
+        let resource = match slot.prepared.get(&self.inner.id) {
+            Some(r) => *r,
+            // This instance has not served the binding yet.
+            None => slot.prepare(&self.inner).await.map_err(|e| match e {
                 SlotError::Config(c) => CallError::Trap(format!("prepare: {}", c.message)),
                 SlotError::Other(m) => CallError::Trap(m),
             })?,
         };
-        slot.store
-            .set_epoch_deadline(inner.host.inner.call_budget_ticks);
-        let policy = slot.plugin.wasmgate_policy_policy().prepared();
-        let result = policy
-            .call_on_request(&mut slot.store, slot.prepared, request, current)
-            .await;
+        let budget = pool.host.inner.call_budget;
+        slot.begin(budget);
+        let guest = slot.plugin.wasmgate_policy_policy().prepared();
+        let call = guest.call_on_request(&mut slot.store, resource, request, current);
+        let result = bounded(budget, call).await;
         match result {
             Ok(Ok(decision)) => {
-                inner.put_back(slot);
+                pool.put_back(slot);
                 Ok(decision)
             }
             Ok(Err(e)) => {
-                inner.put_back(slot);
+                pool.put_back(slot);
                 Err(CallError::Returned(e.message))
             }
-            // The instance's state is unknown after a trap: drop it.
-            Err(trap) => Err(CallError::Trap(load::describe_trap(&trap))),
+            // The instance's state is unknown after a trap: it is dropped here.
+            Err(trap) => Err(CallError::Trap(trap)),
         }
     }
 }
 
-impl PreparedInner {
-    async fn new_slot(&self) -> Result<Slot, SlotError> {
-        let host = &self.host.inner;
-        let state = StoreState::new(
-            self.plugin.name(),
-            &self.binding.virtual_service,
-            host.random.clone(),
-            host.memory_limit,
-        );
-        let mut store = Store::new(&host.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(host.call_budget_ticks);
-        let plugin = self
-            .plugin
-            .inner
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| SlotError::Other(format!("instantiating: {}", load::describe_trap(&e))))?;
-        store.set_epoch_deadline(host.call_budget_ticks);
-        let prepared = plugin
-            .wasmgate_policy_policy()
-            .prepared()
-            .call_prepare(&mut store, &self.binding, &self.config)
-            .await
-            .map_err(|e| SlotError::Other(format!("prepare trapped: {}", load::describe_trap(&e))))?
-            .map_err(SlotError::Config)?;
-        Ok(Slot {
-            store,
-            plugin,
-            prepared,
-        })
+impl PoolInner {
+    fn take(&self) -> Option<Slot> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
     }
 
     fn put_back(&self, slot: Slot) {
@@ -374,16 +402,70 @@ impl PreparedInner {
             idle.push(slot);
         }
     }
+
+    async fn new_slot(&self) -> Result<Slot, String> {
+        let host = &self.host.inner;
+        let state = StoreState::new(self.plugin.name(), host.random.clone(), host.memory_limit);
+        let mut store = Store::new(&host.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Every tick, yield to the runtime so a long call cannot hold a worker; once
+        // the call's budget is spent, stop it.
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().over_budget() {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().start_call(host.prepare_budget);
+        let plugin = self
+            .plugin
+            .inner
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("instantiating: {}", load::describe_trap(&e)))?;
+        Ok(Slot {
+            store,
+            plugin,
+            prepared: HashMap::new(),
+        })
+    }
+}
+
+/// Await one call into an instance for at most `budget`. The epoch callback stops Wasm
+/// code that runs past it; the timeout stops a call blocked in a host import (a WASI
+/// sleep). Either way the caller drops the instance.
+async fn bounded<R>(
+    budget: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<R>>,
+) -> Result<R, String> {
+    match tokio::time::timeout(budget + TICK * 4, call).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(load::describe_trap(&e)),
+        Err(_) => Err("ran past its time budget and was stopped".into()),
+    }
 }
 
 impl Slot {
-    async fn interest(&mut self, budget: u64) -> Result<types::Interest, String> {
-        self.store.set_epoch_deadline(budget);
-        self.plugin
-            .wasmgate_policy_policy()
-            .prepared()
-            .call_interest(&mut self.store, self.prepared)
+    /// Start the clock for one call.
+    fn begin(&mut self, budget: Duration) {
+        self.store.data_mut().start_call(budget);
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// Prepare `binding` in this instance and remember its resource.
+    async fn prepare(&mut self, binding: &PreparedInner) -> Result<ResourceAny, SlotError> {
+        let budget = binding.pool.inner.host.inner.prepare_budget;
+        self.begin(budget);
+        let guest = self.plugin.wasmgate_policy_policy().prepared();
+        let call = guest.call_prepare(&mut self.store, &binding.binding, &binding.config);
+        let resource = bounded(budget, call)
             .await
-            .map_err(|e| load::describe_trap(&e))
+            .map_err(|e| SlotError::Other(format!("prepare trapped: {e}")))?
+            .map_err(SlotError::Config)?;
+        self.prepared.insert(binding.id, resource);
+        Ok(resource)
     }
 }

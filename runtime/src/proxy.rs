@@ -295,7 +295,9 @@ async fn run_chain(
                 return Err(ProxyError::Plugin {
                     plugin: link.policy.plugin_name().to_string(),
                     message: match e {
-                        CallError::Returned(m) | CallError::Trap(m) => m,
+                        CallError::Returned(m) | CallError::Trap(m) | CallError::Unavailable(m) => {
+                            m
+                        }
                     },
                 });
             }

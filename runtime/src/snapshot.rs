@@ -21,7 +21,7 @@ use wasmgate_config::{
 
 use crate::plugin::builtin;
 use crate::plugin::types::{Binding, HeaderInterest};
-use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PreparedPolicy};
+use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 pub use registry::{Cluster, Registry, ResolveError, Target};
 use vhosts::{HostTable, intersect};
 
@@ -210,7 +210,10 @@ impl Snapshot {
             };
             let name = format!("wasmgate/{}", b.name);
             match cache.get_or_compile(host, &name, &bytes) {
-                Ok(c) => firsts.push(c),
+                Ok(c) => {
+                    let pool = host.pool(&c);
+                    firsts.push((c, pool));
+                }
                 Err(e) => errors.push(ConfigError {
                     file: replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
                     line: None,
@@ -222,10 +225,10 @@ impl Snapshot {
         }
 
         // Compile user plugins once each.
-        let mut users: Vec<(&WasmPlugin, CompiledPlugin)> = Vec::new();
+        let mut users: Vec<(&WasmPlugin, PolicyPool)> = Vec::new();
         for wp in &config.wasm_plugins {
             match load_user_plugin(wp, host, sources, cache) {
-                Ok(c) => users.push((wp, c)),
+                Ok(c) => users.push((wp, host.pool(&c))),
                 Err(e) => errors.push(*e),
             }
         }
@@ -256,14 +259,14 @@ impl Snapshot {
                 }
             };
             let mut first_links = Vec::new();
-            for (compiled, builtin) in firsts.iter().zip(builtin::CHAIN) {
+            for ((compiled, pool), builtin) in firsts.iter().zip(builtin::CHAIN) {
                 let config = if builtin.name == "traffic-split" {
                     "null".to_string()
                 } else {
                     vs_json.clone()
                 };
                 match host
-                    .prepare(compiled, binding(compiled.name()), config)
+                    .prepare(pool, compiled.name(), binding(compiled.name()), config)
                     .await
                 {
                     Ok(policy) => first_links.push(policy),
@@ -275,7 +278,7 @@ impl Snapshot {
                 }
             }
             let mut user_links: Vec<(&WasmPlugin, PreparedPolicy)> = Vec::new();
-            for (wp, compiled) in &users {
+            for (wp, pool) in &users {
                 if !gws.iter().any(|g| applies(wp, vs, g)) {
                     continue;
                 }
@@ -286,10 +289,8 @@ impl Snapshot {
                         continue;
                     }
                 };
-                match host
-                    .prepare(compiled, binding(&ns_name(&wp.meta)), config)
-                    .await
-                {
+                let name = ns_name(&wp.meta);
+                match host.prepare(pool, &name, binding(&name), config).await {
                     Ok(p) => user_links.push((wp, p)),
                     Err(PluginError::Config { field, message, .. }) => errors.push(error(
                         &wp.meta,

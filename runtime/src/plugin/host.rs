@@ -23,17 +23,17 @@ pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
     plugin: Arc<str>,
-    binding: Arc<str>,
     random: Random,
+    /// When the current call must end.
+    deadline: Instant,
 }
 
 impl StoreState {
-    pub fn new(plugin: &str, binding: &str, random: Random, memory_limit: usize) -> Self {
+    pub fn new(plugin: &str, random: Random, memory_limit: usize) -> Self {
         let plugin: Arc<str> = Arc::from(plugin);
-        let binding: Arc<str> = Arc::from(binding);
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream::new(plugin.clone(), binding.clone(), "stdout"))
-            .stderr(LogStream::new(plugin.clone(), binding.clone(), "stderr"))
+            .stdout(LogStream::new(plugin.clone(), "stdout"))
+            .stderr(LogStream::new(plugin.clone(), "stderr"))
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
@@ -47,9 +47,19 @@ impl StoreState {
             wasi,
             table: ResourceTable::new(),
             plugin,
-            binding,
             random,
+            deadline: Instant::now(),
         }
+    }
+
+    /// A call starts now and may run for `budget`.
+    pub fn start_call(&mut self, budget: std::time::Duration) {
+        self.deadline = Instant::now() + budget;
+    }
+
+    /// Has the current call spent its budget?
+    pub fn over_budget(&self) -> bool {
+        Instant::now() >= self.deadline
     }
 }
 
@@ -66,22 +76,22 @@ impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
-        let (plugin, binding) = (&*self.plugin, &*self.binding);
+        let plugin = &*self.plugin;
         match level {
             host::LogLevel::Trace => {
-                tracing::trace!(target: "wasmgate::plugin", plugin, binding, "{message}")
+                tracing::trace!(target: "wasmgate::plugin", plugin, "{message}")
             }
             host::LogLevel::Debug => {
-                tracing::debug!(target: "wasmgate::plugin", plugin, binding, "{message}")
+                tracing::debug!(target: "wasmgate::plugin", plugin, "{message}")
             }
             host::LogLevel::Info => {
-                tracing::info!(target: "wasmgate::plugin", plugin, binding, "{message}")
+                tracing::info!(target: "wasmgate::plugin", plugin, "{message}")
             }
             host::LogLevel::Warn => {
-                tracing::warn!(target: "wasmgate::plugin", plugin, binding, "{message}")
+                tracing::warn!(target: "wasmgate::plugin", plugin, "{message}")
             }
             host::LogLevel::Error => {
-                tracing::error!(target: "wasmgate::plugin", plugin, binding, "{message}")
+                tracing::error!(target: "wasmgate::plugin", plugin, "{message}")
             }
         }
     }
@@ -144,17 +154,12 @@ impl Random {
 /// A guest's stdout or stderr: each line becomes one log event.
 struct LogStream {
     plugin: Arc<str>,
-    binding: Arc<str>,
     stream: &'static str,
 }
 
 impl LogStream {
-    fn new(plugin: Arc<str>, binding: Arc<str>, stream: &'static str) -> Self {
-        LogStream {
-            plugin,
-            binding,
-            stream,
-        }
+    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+        LogStream { plugin, stream }
     }
 }
 
@@ -168,7 +173,6 @@ impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineLogger {
             plugin: self.plugin.clone(),
-            binding: self.binding.clone(),
             stream: self.stream,
             buf: Vec::new(),
         })
@@ -180,7 +184,6 @@ const MAX_LINE: usize = 8 << 10;
 
 struct LineLogger {
     plugin: Arc<str>,
-    binding: Arc<str>,
     stream: &'static str,
     buf: Vec<u8>,
 }
@@ -193,7 +196,6 @@ impl LineLogger {
         tracing::info!(
             target: "wasmgate::plugin",
             plugin = &*self.plugin,
-            binding = &*self.binding,
             stream = self.stream,
             "{text}"
         );

@@ -2,6 +2,7 @@
 //! the way a wasm32-wasip2 plugin does. It probes what the host grants (environment,
 //! arguments, files, clocks) and answers every request with what it found, so a test can
 //! prove the sandbox: nothing but stdout/stderr, which the host sends to its log.
+//! `/sleep` blocks in a WASI sleep, to prove the host's call deadline still holds.
 
 use std::io::Write;
 
@@ -47,9 +48,14 @@ impl Policy for WasiProbe {
 
     fn on_request(
         &self,
-        _request: &RequestHead,
+        request: &RequestHead,
         current: Decision,
     ) -> Result<Option<Decision>, PluginError> {
+        if request.path == "/sleep" {
+            // Blocks in WASI's poll: no Wasm code runs, so only the host's timeout can
+            // stop it.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+        }
         let action = Decision::respond(200, self.report.clone());
         Ok(Some(current.with_action(action)))
     }
