@@ -27,6 +27,7 @@ pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> Result<SocketAddr
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             let gateway = gateway.clone();

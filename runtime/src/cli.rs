@@ -66,10 +66,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub random_seed: Option<u64>,
     /// Longest one plugin call may run, in milliseconds.
-    #[arg(long, default_value_t = DEFAULT_CALL_BUDGET.as_millis() as u64, value_name = "MS")]
+    #[arg(long, default_value_t = DEFAULT_CALL_BUDGET.as_millis() as u64, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub plugin_time_limit_ms: u64,
     /// Largest memory one plugin instance may use, in MiB.
-    #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB")]
+    #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub plugin_memory_limit_mib: u64,
 }
 
@@ -152,7 +154,11 @@ async fn run(args: RunArgs) -> ExitCode {
         host: HostSettings {
             random_seed: args.random_seed,
             call_budget: Duration::from_millis(args.plugin_time_limit_ms),
-            memory_limit: usize::try_from(args.plugin_memory_limit_mib << 20).unwrap_or(usize::MAX),
+            memory_limit: args
+                .plugin_memory_limit_mib
+                .checked_mul(1 << 20)
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(usize::MAX),
             ..HostSettings::default()
         },
     };

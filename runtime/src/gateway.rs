@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 use crate::plugin::{HostSettings, PluginHost};
 use crate::proxy::{ConnInfo, Shared, Upstream, handle};
 use crate::snapshot::{CompileCache, PluginSources, Snapshot};
+
+/// Longest a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     cache: CompileCache,
     listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    /// One reload at a time: a later request waits, then reads the files again.
+    reloading: Mutex<()>,
     ready: AtomicBool,
 }
 
@@ -72,10 +77,12 @@ impl Gateway {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 host,
                 upstream: Upstream::new(),
+                ids: crate::plugin::Random::new(None),
             }),
             options,
             cache,
             listeners: Mutex::new(BTreeMap::new()),
+            reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
         });
         let snapshot = gateway.shared.snapshot.load_full();
@@ -96,6 +103,7 @@ impl Gateway {
 
     /// Rebuild from the same paths; swap only if everything is good.
     pub async fn reload(&self) -> Result<(), Vec<String>> {
+        let _one_at_a_time = self.reloading.lock().await;
         let snapshot = match load(&self.options, &self.shared.host, &self.cache).await {
             Ok(s) => Arc::new(s),
             Err(errors) => {
@@ -158,7 +166,16 @@ impl Gateway {
 }
 
 async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client gets this long to send a request's headers (slow-loris guard).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,

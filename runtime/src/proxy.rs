@@ -32,12 +32,15 @@ use headers::{HeadParts, apply_mutation, edge_headers, request_head, strip_hop_b
 pub use upstream::Upstream;
 use upstream::{Attempted, Outbound, default_retries, send};
 
-use crate::plugin::types::{Action, Decision, Destination, Forward};
-use crate::plugin::{CallError, PluginHost};
-use crate::snapshot::{Chain, Snapshot, vhosts::normalize_host};
+use crate::plugin::types::{Action, Decision, Destination, Forward, RequestHead};
+use crate::plugin::{CallError, PluginHost, Random};
+use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
+
+/// Errors of streamed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body type of every response (and of upstream requests).
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body holding `b`.
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -55,6 +58,9 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub host: PluginHost,
     pub upstream: Upstream,
+    /// Request ids come from their own unseeded source: seeing one id must not tell
+    /// anyone the numbers policies draw (which `--random-seed` may fix).
+    pub ids: Random,
 }
 
 /// Where a connection came in.
@@ -162,8 +168,17 @@ async fn serve(
     let vhost = table.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
 
     let scheme = "http";
-    let random = shared.host.random();
-    access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, random);
+    // Hop-by-hop headers go first, so a client's `Connection: x-forwarded-for` cannot
+    // remove what the gateway adds next.
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        // Absolute-form (and HTTP/2 :authority) wins over Host (RFC 9112 3.2.2): the
+        // upstream sees the host that was routed.
+        req.headers_mut().insert(header::HOST, v);
+    }
+    access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, &shared.ids);
 
     let (path, query) = {
         let pq = req.uri().path_and_query();
@@ -185,13 +200,7 @@ async fn serve(
             headers: req.headers(),
             port: conn.port,
         };
-        let head = request_head(
-            &parts,
-            &chain.interest,
-            &chain.gateway,
-            &chain.virtual_service,
-        );
-        let decision = run_chain(chain, &head).await?;
+        let decision = run_chain(chain, &parts).await?;
         if !matches!(decision.action, Action::NoRoute) {
             routed = Some((chain, decision));
             break;
@@ -223,15 +232,29 @@ async fn serve(
         Action::NoRoute => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
             access.flags.push("FI");
+            if let Some(grpc) = abort.grpc_status {
+                // gRPC "trailers-only": 200, application/grpc, the status in headers.
+                let mut resp = local_response(StatusCode::OK, Bytes::new());
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc)) {
+                    h.insert("grpc-status", v);
+                }
+                h.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("fault filter abort"),
+                );
+                return Ok(resp);
+            }
             let status =
                 StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut resp = local_response(status, Bytes::from_static(b"fault filter abort"));
-            if let Some(grpc) = abort.grpc_status
-                && let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc))
-            {
-                resp.headers_mut().insert("grpc-status", v);
-            }
-            Ok(resp)
+            Ok(local_response(
+                status,
+                Bytes::from_static(b"fault filter abort"),
+            ))
         }
         Action::Respond(direct) => {
             let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
@@ -261,26 +284,42 @@ async fn serve(
     }
 }
 
-/// Run a chain's policies in order; stops early at a final action.
-async fn run_chain(
-    chain: &Chain,
-    head: &crate::plugin::types::RequestHead,
-) -> Result<Decision, ProxyError> {
+/// Run a chain's policies in order. The router goes first; when it finds no route the
+/// chain ends there (the host tries the next VirtualService). Fault and traffic split only
+/// act on forwards; user plugins see every routed request, whatever the decision, and
+/// only the headers they asked for.
+async fn run_chain(chain: &Chain, parts: &HeadParts<'_>) -> Result<Decision, ProxyError> {
     let mut decision = Decision {
         route: None,
         delay_ms: None,
         action: Action::NoRoute,
         log_fields: Vec::new(),
     };
+    // Heads by interest: most links ask for the same headers (usually none).
+    let mut heads: Vec<(&Interest, RequestHead)> = Vec::with_capacity(2);
     for (i, link) in chain.links.iter().enumerate() {
-        if !link.ports.is_empty() && !link.ports.contains(&head.port) {
+        if !link.ports.is_empty() && !link.ports.contains(&parts.port) {
             continue;
         }
-        // Only the router may turn "no route" into a route; later policies see routed
-        // requests (or none at all when the router found nothing).
         if i > 0 && matches!(decision.action, Action::NoRoute) {
             break;
         }
+        if link.builtin && i > 0 && !matches!(decision.action, Action::Forward(_)) {
+            continue;
+        }
+        let head = match heads.iter().position(|(k, _)| **k == link.interest) {
+            Some(at) => &heads[at].1,
+            None => {
+                let head = request_head(
+                    parts,
+                    &link.interest,
+                    &chain.gateway,
+                    &chain.virtual_service,
+                );
+                heads.push((&link.interest, head));
+                &heads[heads.len() - 1].1
+            }
+        };
         match link.policy.on_request(head, &decision).await {
             Ok(Some(next)) => decision = next,
             Ok(None) => {}
@@ -289,24 +328,14 @@ async fn run_chain(
                     plugin = link.policy.plugin_name(),
                     "skipped (FAIL_OPEN): {e}"
                 );
-                continue;
             }
-            Err(e) => {
+            Err(CallError::Unavailable(m)) => return Err(ProxyError::Overloaded(m)),
+            Err(CallError::Returned(m) | CallError::Trap(m)) => {
                 return Err(ProxyError::Plugin {
                     plugin: link.policy.plugin_name().to_string(),
-                    message: match e {
-                        CallError::Returned(m) | CallError::Trap(m) | CallError::Unavailable(m) => {
-                            m
-                        }
-                    },
+                    message: m,
                 });
             }
-        }
-        if matches!(
-            decision.action,
-            Action::Redirect(_) | Action::Respond(_) | Action::Abort(_)
-        ) {
-            break;
         }
     }
     Ok(decision)
@@ -364,16 +393,9 @@ async fn forward_upstream(
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
     if let Some(authority) = &forward.rewrite_authority
         && let Ok(v) = HeaderValue::from_str(authority)
     {
-        headers.insert(header::HOST, v);
-    } else if !headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        // An HTTP/2 client sent :authority only; HTTP/1.1 upstreams need Host.
         headers.insert(header::HOST, v);
     }
     apply_mutation(&mut headers, &forward.request_headers);
@@ -388,7 +410,7 @@ async fn forward_upstream(
     let body = if body.is_end_stream() {
         None
     } else {
-        Some(body.boxed())
+        Some(body.map_err(BoxError::from).boxed())
     };
     let out = Outbound {
         method: parts.method,
@@ -415,7 +437,7 @@ async fn forward_upstream(
     strip_hop_by_hop(&mut parts.headers);
     apply_mutation(&mut parts.headers, &forward.response_headers);
     apply_mutation(&mut parts.headers, &destination.response_headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Send a copy of a bodiless request to each mirror (by its percentage), with `-shadow`
@@ -479,11 +501,9 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
                 &mut attempted,
             )
             .await;
-            match sent {
-                Ok(resp) => {
-                    let _ = resp.into_body().collect().await;
-                }
-                Err(e) => tracing::debug!(cluster = %cluster.name, "mirror failed: {e}"),
+            // The answer is dropped unread: a mirror never holds memory for it.
+            if let Err(e) = sent {
+                tracing::debug!(cluster = %cluster.name, "mirror failed: {e}");
             }
         });
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use wasmgate_config::{
-    Config, ConfigError, FailStrategy, Gateway, Meta, NamespaceSelector, PluginSource,
+    Config, ConfigError, FailStrategy, Gateway, Meta, NamespaceSelector, Phase, PluginSource,
     VirtualService, WasmPlugin,
 };
 
@@ -62,14 +62,16 @@ pub struct Chain {
     /// `namespace/name` of the Gateway.
     pub gateway: String,
     pub links: Vec<Link>,
-    /// The union of the links' header interests.
-    pub interest: Interest,
 }
 
 /// One policy in a chain.
 #[derive(Debug)]
 pub struct Link {
     pub policy: PreparedPolicy,
+    /// A first-party policy (router, fault, traffic split).
+    pub builtin: bool,
+    /// The request headers this policy may see: its own interest, nothing more.
+    pub interest: Interest,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
@@ -84,21 +86,33 @@ pub enum Interest {
     Named(Vec<String>),
 }
 
-impl Interest {
-    fn add(&mut self, other: &HeaderInterest) {
-        match (&mut *self, other) {
-            (Interest::All, _) | (_, HeaderInterest::None) => {}
-            (_, HeaderInterest::All) => *self = Interest::All,
-            (Interest::None, HeaderInterest::Named(names)) => {
-                *self = Interest::Named(names.iter().map(|n| n.to_ascii_lowercase()).collect());
-            }
-            (Interest::Named(have), HeaderInterest::Named(names)) => {
-                have.extend(names.iter().map(|n| n.to_ascii_lowercase()));
+impl From<&HeaderInterest> for Interest {
+    fn from(h: &HeaderInterest) -> Self {
+        match h {
+            HeaderInterest::None => Interest::None,
+            HeaderInterest::All => Interest::All,
+            HeaderInterest::Named(names) => {
+                let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+                names.sort();
+                names.dedup();
+                if names.is_empty() {
+                    Interest::None
+                } else {
+                    Interest::Named(names)
+                }
             }
         }
-        if let Interest::Named(have) = self {
-            have.sort();
-            have.dedup();
+    }
+}
+
+impl Link {
+    fn new(policy: PreparedPolicy, builtin: bool, fail_open: bool, ports: Vec<u16>) -> Self {
+        Link {
+            interest: Interest::from(policy.header_interest()),
+            policy,
+            builtin,
+            fail_open,
+            ports,
         }
     }
 }
@@ -301,33 +315,34 @@ impl Snapshot {
                 }
             }
             for gw in gws {
-                let mut links: Vec<Link> = first_links
+                let first = |p: &PreparedPolicy| Link::new(p.clone(), true, false, Vec::new());
+                let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {
+                    Link::new(
+                        p.clone(),
+                        false,
+                        wp.fail_strategy == FailStrategy::FailOpen,
+                        wp.ports.clone(),
+                    )
+                };
+                let applied: Vec<&(&WasmPlugin, PreparedPolicy)> = user_links
                     .iter()
-                    .map(|p| Link {
-                        policy: p.clone(),
-                        fail_open: false,
-                        ports: Vec::new(),
-                    })
+                    .filter(|(wp, _)| applies(wp, vs, gw))
                     .collect();
-                for (wp, p) in &user_links {
-                    if applies(wp, vs, gw) {
-                        links.push(Link {
-                            policy: p.clone(),
-                            fail_open: wp.fail_strategy == FailStrategy::FailOpen,
-                            ports: wp.ports.clone(),
-                        });
-                    }
-                }
-                let mut interest = Interest::None;
-                for l in &links {
-                    interest.add(l.policy.header_interest());
-                }
+                let early = |(wp, _): &&&(&WasmPlugin, PreparedPolicy)| {
+                    matches!(wp.phase, Phase::Authn | Phase::Authz)
+                };
+                // router, AUTHN/AUTHZ plugins, fault, traffic split, STATS/unset plugins:
+                // Istio's relative order of Wasm phases and its fault filter.
+                let mut links = Vec::new();
+                links.extend(first_links.first().map(first));
+                links.extend(applied.iter().filter(early).map(user));
+                links.extend(first_links.iter().skip(1).map(first));
+                links.extend(applied.iter().filter(|l| !early(l)).map(user));
                 let chain = Chain {
                     virtual_service: vs_name.clone(),
                     namespace: vs.meta.id.namespace.clone(),
                     gateway: ns_name(&gw.meta),
                     links,
-                    interest,
                 };
                 chains.insert((vs_name.clone(), ns_name(&gw.meta)), Arc::new(chain));
             }

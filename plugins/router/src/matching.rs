@@ -149,8 +149,9 @@ impl CompiledMatch {
             uri_prefix_len: None,
         };
         if let Some(uri) = &self.uri {
+            // Istio ignores case for exact and prefix URI matches only.
             let folded;
-            let path = if self.ignore_uri_case {
+            let path = if self.ignore_uri_case && !matches!(uri, Matcher::Regex(_)) {
                 folded = req.path.to_lowercase();
                 folded.as_str()
             } else {

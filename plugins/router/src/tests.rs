@@ -108,6 +108,17 @@ fn ignore_uri_case_for_exact_and_prefix() {
 }
 
 #[test]
+fn ignore_uri_case_leaves_regex_case_sensitive() {
+    let r = router(
+        r#"{"hosts":["a"],"http":[{"match":[{"uri":{"regex":"/Api/[a-z]+"},"ignoreUriCase":true}],
+        "route":[{"destination":{"host":"a"}}]}]}"#,
+    );
+    assert_eq!(route_of(&r, &request("GET", "/Api/users").build()), Some(0));
+    assert_eq!(route_of(&r, &request("GET", "/api/users").build()), None);
+    assert_eq!(route_of(&r, &request("GET", "/Api/USERS").build()), None);
+}
+
+#[test]
 fn without_headers_treats_missing_as_empty() {
     // Route 0 applies unless x-canary is "true"; a missing header is "" and so passes.
     let r = router(

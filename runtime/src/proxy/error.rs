@@ -33,6 +33,12 @@ pub enum ProxyError {
     UpstreamReset(String),
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// A policy rewrote the path into something that is not an origin-form path.
+    #[error("rewritten path {0:?} does not start with '/'")]
+    InvalidRewrite(String),
+    /// No plugin instance could be made: the gateway is at its instance limit.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl ProxyError {
@@ -46,6 +52,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::InvalidRewrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -60,6 +68,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "UF",
             ProxyError::UpstreamReset(_) => "UR",
             ProxyError::UpstreamTimeout => "UT",
+            ProxyError::InvalidRewrite(_) => "PF",
+            ProxyError::Overloaded(_) => "LR",
         }
     }
 
@@ -67,7 +77,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => Culprit::Client,
             ProxyError::NoRoute | ProxyError::NoCluster(_) => Culprit::Gateway,
-            ProxyError::Plugin { .. } => Culprit::Plugin,
+            ProxyError::Plugin { .. } | ProxyError::InvalidRewrite(_) => Culprit::Plugin,
+            ProxyError::Overloaded(_) => Culprit::Gateway,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamTimeout => Culprit::Upstream,
@@ -96,6 +107,8 @@ impl ProxyError {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
             ProxyError::UpstreamTimeout => "upstream request timeout",
+            ProxyError::InvalidRewrite(_) => "policy failure",
+            ProxyError::Overloaded(_) => "overloaded",
         };
         local_response(self.status(), Bytes::from_static(body.as_bytes()))
     }

@@ -78,10 +78,16 @@ pub fn edge_headers(
     };
 
     let client = client.to_canonical().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev},{client}"),
-        _ => client,
-    };
+    // Every x-forwarded-for line, in order, then the client.
+    let mut xff: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    xff.push(&client);
+    let xff = xff.join(",");
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -92,18 +98,33 @@ pub fn edge_headers(
     id
 }
 
-/// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`.
+/// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`
+/// (but never Host or the edge headers). `te: trailers` survives, as in Envoy: gRPC
+/// needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let protected = [
+        header::HOST,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_REQUEST_ID,
+    ];
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !protected.contains(name))
         .collect();
     for name in listed {
         headers.remove(name);
     }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in [
         header::CONNECTION,
         header::TE,
@@ -116,6 +137,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Apply Istio header operations: remove, then set (replace), then add (append).

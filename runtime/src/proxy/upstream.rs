@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -14,10 +15,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::ProxyError;
-use super::{Body, empty};
+use super::{Body, BoxError, empty};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
 use crate::snapshot::Cluster;
+use crate::snapshot::registry::InFlight;
 
 /// Connect timeout for new upstream connections (Envoy's default is 10 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +93,7 @@ pub fn default_retries() -> RetryPolicy {
 struct RetryOn {
     connect_failure: bool,
     reset: bool,
+    refused_stream: bool,
     five_xx: bool,
     gateway_error: bool,
     codes: Vec<u16>,
@@ -101,6 +104,7 @@ impl RetryOn {
         let mut r = RetryOn {
             connect_failure: false,
             reset: false,
+            refused_stream: false,
             five_xx: false,
             gateway_error: false,
             codes: Vec::new(),
@@ -108,7 +112,8 @@ impl RetryOn {
         for item in spec.split(',').map(str::trim) {
             match item {
                 "connect-failure" => r.connect_failure = true,
-                "reset" | "refused-stream" => r.reset = true,
+                "reset" => r.reset = true,
+                "refused-stream" => r.refused_stream = true,
                 "5xx" => r.five_xx = true,
                 "gateway-error" => r.gateway_error = true,
                 // Istio's default retriable status code; "unavailable" is gRPC's 503.
@@ -141,7 +146,8 @@ impl RetryOn {
 }
 
 /// Send `out` to an endpoint of `cluster`, retrying per `retries` when the request has
-/// no body, all within `timeout`.
+/// no body, all within `timeout` — which, as Envoy's route timeout, runs until the
+/// response body has been read, so the returned body carries the rest of it.
 pub async fn send(
     upstream: &Upstream,
     cluster: &Arc<Cluster>,
@@ -150,14 +156,25 @@ pub async fn send(
     timeout: Option<Duration>,
     retries: &RetryPolicy,
     attempted: &mut Attempted,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Body>, ProxyError> {
+    let deadline = timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| tokio::time::Instant::now() + t);
     let work = attempt_all(upstream, cluster, random, out, retries, attempted);
-    match timeout {
-        Some(limit) if !limit.is_zero() => tokio::time::timeout(limit, work)
+    let (resp, in_flight) = match deadline {
+        Some(at) => tokio::time::timeout_at(at, work)
             .await
-            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
-        _ => work.await,
-    }
+            .unwrap_or(Err(ProxyError::UpstreamTimeout))?,
+        None => work.await?,
+    };
+    Ok(resp.map(|body| {
+        UpstreamBody {
+            inner: body,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            _in_flight: in_flight,
+        }
+        .boxed()
+    }))
 }
 
 async fn attempt_all(
@@ -167,7 +184,7 @@ async fn attempt_all(
     mut out: Outbound,
     retries: &RetryPolicy,
     attempted: &mut Attempted,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
     let replayable = out.body.is_none();
     let max_attempts = if replayable { 1 + retries.attempts } else { 1 };
     let retry_on = RetryOn::parse(&retries.retry_on);
@@ -178,13 +195,19 @@ async fn attempt_all(
     let first = cluster.pick(random);
     loop {
         attempted.attempts += 1;
+        if attempted.attempts > 1 {
+            // Envoy's jittered exponential back-off: 25 ms base, 250 ms cap.
+            let ceiling = (25u64 << (attempted.attempts - 2).min(4)).min(250);
+            let ms = random.next_u64() % ceiling.max(1);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         // Later attempts move to the next endpoint.
         let index = (first + attempted.attempts as usize - 1) % cluster.targets.len().max(1);
         let target = &cluster.targets[index];
         attempted.upstream = Some(target.authority());
         let body = out.body.take().unwrap_or_else(empty);
         let request = build(cluster, &target.authority(), &out, body)?;
-        let _in_flight = cluster.start(index);
+        let in_flight = cluster.start(index);
         let call = upstream.client(cluster).request(request);
         let result = match per_try {
             Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -195,34 +218,68 @@ async fn attempt_all(
         };
         let last = attempted.attempts >= max_attempts;
         match result {
-            Ok(resp) => {
-                if !last && retry_on.on_status(resp.status().as_u16()) {
-                    // Drain so the connection can be reused.
-                    let _ = resp.into_body().collect().await;
-                    continue;
-                }
-                return Ok(resp);
-            }
-            Err(err) => {
-                let per_try_timed_out = matches!(err, ProxyError::UpstreamTimeout);
-                if !last && (retry_on.on_error(&err) || per_try_timed_out) {
-                    continue;
-                }
-                return Err(err);
-            }
+            // A retried response is dropped, not read: its connection closes.
+            Ok(resp) if !last && retry_on.on_status(resp.status().as_u16()) => continue,
+            Ok(resp) => return Ok((resp, in_flight)),
+            Err(err) if !last && retry_on.on_error(&err) => continue,
+            Err(err) => return Err(err),
         }
     }
 }
 
+/// An upstream response body: fails once the route's deadline passes, and counts as
+/// in flight (for LEAST_REQUEST) until it is done or dropped.
+struct UpstreamBody {
+    inner: Incoming,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err("upstream request timeout".into())));
+        }
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream request: the URI names the endpoint (never the client's Host), the
+/// headers carry the virtual host.
 fn build(
     cluster: &Cluster,
     authority: &str,
     out: &Outbound,
     body: Body,
 ) -> Result<Request<Body>, ProxyError> {
-    let uri: Uri = format!("http://{authority}{}", out.path_and_query)
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("invalid path"))?;
+    if !out.path_and_query.starts_with('/') {
+        return Err(ProxyError::InvalidRewrite(out.path_and_query.clone()));
+    }
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(out.path_and_query.as_str())
+        .build()
+        .map_err(|_| ProxyError::InvalidRewrite(out.path_and_query.clone()))?;
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
@@ -232,20 +289,7 @@ fn build(
         Version::HTTP_11
     };
     *req.headers_mut() = out.headers.clone();
-    if cluster.http2 {
-        // HTTP/2 carries the host in :authority.
-        if let Some(host) = out.headers.get(header::HOST).cloned() {
-            req.headers_mut().remove(header::HOST);
-            if let Ok(a) = Uri::builder()
-                .scheme("http")
-                .authority(host.as_bytes())
-                .path_and_query(out.path_and_query.as_str())
-                .build()
-            {
-                *req.uri_mut() = a;
-            }
-        }
-    } else if !req.headers().contains_key(header::HOST)
+    if !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority)
     {
         req.headers_mut().insert(header::HOST, v);

@@ -115,7 +115,9 @@ pub struct Registry {
     services: HashMap<String, Arc<ServiceEntry>>,
     wildcard_services: Vec<(String, Arc<ServiceEntry>)>,
     rules: HashMap<String, Arc<DestinationRule>>,
-    cache: DashMap<ClusterKey, Result<Arc<Cluster>, ResolveError>>,
+    /// (suffix after '*', rule), longest suffix first.
+    wildcard_rules: Vec<(String, Arc<DestinationRule>)>,
+    cache: DashMap<ClusterKey, Arc<Cluster>>,
 }
 
 impl Registry {
@@ -141,12 +143,28 @@ impl Registry {
             .wildcard_services
             .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         for dr in &config.destination_rules {
-            registry
-                .rules
-                .entry(dr.host.clone())
-                .or_insert_with(|| Arc::new(dr.clone()));
+            let rule = Arc::new(dr.clone());
+            match dr.host.strip_prefix('*') {
+                Some(suffix) => registry.wildcard_rules.push((suffix.to_string(), rule)),
+                None => {
+                    registry.rules.entry(dr.host.clone()).or_insert(rule);
+                }
+            }
         }
         registry
+            .wildcard_rules
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        registry
+    }
+
+    /// The DestinationRule for `host`: exact, else the most specific wildcard (Istio).
+    fn rule(&self, host: &str) -> Option<&Arc<DestinationRule>> {
+        self.rules.get(host).or_else(|| {
+            self.wildcard_rules
+                .iter()
+                .find(|(suffix, _)| suffix.is_empty() || host.ends_with(suffix.as_str()))
+                .map(|(_, r)| r)
+        })
     }
 
     fn service(&self, host: &str) -> Option<&Arc<ServiceEntry>> {
@@ -167,11 +185,12 @@ impl Registry {
     ) -> Result<Arc<Cluster>, ResolveError> {
         let key = (host.to_string(), port, subset.map(str::to_string));
         if let Some(hit) = self.cache.get(&key) {
-            return hit.clone();
+            return Ok(hit.clone());
         }
-        let built = self.build(host, port, subset).map(Arc::new);
-        self.cache.insert(key, built.clone());
-        built
+        // Only clusters that exist are cached, so the cache is bounded by the registry
+        // whatever destinations plugins invent; one cluster per key, even under races.
+        let built = Arc::new(self.build(host, port, subset)?);
+        Ok(self.cache.entry(key).or_insert(built).clone())
     }
 
     fn build(
@@ -200,7 +219,7 @@ impl Registry {
             }
             (None, None) => 80,
         };
-        let rule = self.rules.get(host);
+        let rule = self.rule(host);
         let (labels, lb) = match subset {
             None => (
                 BTreeMap::new(),
