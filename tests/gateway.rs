@@ -542,3 +542,59 @@ async fn mirror_sends_a_shadow_copy() {
     );
     assert_eq!(app.hits(), 1);
 }
+
+/// h2c clients are served; `HTTP2` service ports are spoken to in HTTP/2, and the
+/// connection goes to the endpoint whatever Host the client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_both_sides() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let grpcish = Echo::start_h2("h2-upstream").await;
+    let port = free_port();
+    let dir = TempDir::new("h2");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: h2svc}\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("h2svc", "h2svc", 80, &[(grpcish.port(), &[])])
+            .replace("protocol: HTTP", "protocol: HTTP2"),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+
+    // An HTTP/1.1 client whose Host names another port on this machine.
+    let r = get(port, &format!("127.0.0.1:{}", free_port()), "/x", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo()["version"], "HTTP/2.0");
+    assert_eq!(grpcish.hits(), 1, "the endpoint was dialled, not the Host");
+
+    // An h2c client (prior knowledge).
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::builder()
+        .uri(format!("http://shop.test:{port}/y"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    // Connect to loopback while :authority says shop.test.
+    let req = {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = format!("http://127.0.0.1:{port}/y").parse().expect("uri");
+        parts
+            .headers
+            .insert("host", "shop.test".parse().expect("host"));
+        http::Request::from_parts(parts, body)
+    };
+    let resp = client.request(req).await.expect("h2c request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(echo["path"], "/y");
+}

@@ -91,6 +91,15 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start(name: &str) -> Echo {
+        Self::start_with(name, false).await
+    }
+
+    /// An echo upstream that speaks HTTP/2 with prior knowledge (h2c) only.
+    pub async fn start_h2(name: &str) -> Echo {
+        Self::start_with(name, true).await
+    }
+
+    async fn start_with(name: &str, h2: bool) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let addr = listener.local_addr().expect("echo addr");
         let hits = Arc::new(AtomicUsize::new(0));
@@ -120,6 +129,7 @@ impl Echo {
                                 );
                             }
                             let method = req.method().to_string();
+                            let version = format!("{:?}", req.version());
                             let path = req
                                 .uri()
                                 .path_and_query()
@@ -133,6 +143,7 @@ impl Echo {
                                 .unwrap_or_default();
                             let json = serde_json::json!({
                                 "upstream": n, "method": method, "path": path, "headers": headers,
+                                "version": version,
                                 "body": String::from_utf8_lossy(&body),
                             });
                             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
@@ -141,9 +152,15 @@ impl Echo {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    }
                 });
             }
         });
