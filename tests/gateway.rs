@@ -598,3 +598,114 @@ async fn http2_both_sides() {
     let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(echo["path"], "/y");
 }
+
+/// Bodies stream through both ways; DNS resolution; `ns/host` Gateway hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_dns_endpoints_and_namespaced_gateway_hosts() {
+    use bytes::Bytes;
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("bodies");
+    // Only VirtualServices from namespace "shop" may bind to this server.
+    dir.write(
+        "gw.yaml",
+        &gateway("gw", port, &["shop/*"]).replace(
+            "metadata:\n  name: gw\n",
+            "metadata:\n  name: gw\n  namespace: edge\n",
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\n  namespace: shop\nspec:\n  hosts: [\"*\"]\n  gateways: [edge/gw]\n  http:\n  - route:\n    - destination: {host: app.example.internal}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: intruder\n  namespace: other\nspec:\n  hosts: [\"intruder.test\"]\n  gateways: [edge/gw]\n  http:\n  - directResponse: {status: 200, body: {string: intruder}}\n",
+    );
+    // DNS resolution: the endpoint is a name resolved when connecting.
+    dir.write(
+        "se.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\n  namespace: shop\nspec:\n  hosts: [app.example.internal]\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - address: localhost\n    ports: {{http: {}}}\n",
+            app.port()
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let text: String = body.iter().map(|b| char::from(b'a' + b % 26)).collect();
+    let r = support::request(
+        port,
+        "POST",
+        "x.test",
+        "/upload",
+        &[("content-type", "text/plain")],
+        Bytes::from(text.clone()),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let echo = r.echo();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"].as_str().map(str::len), Some(text.len()));
+    assert!(echo["body"] == text.as_str(), "body changed on the way");
+
+    let r = get(port, "intruder.test", "/", &[]).await.expect("request");
+    assert_eq!(
+        r.upstream().as_deref(),
+        Some("app"),
+        "namespace 'other' may not bind to shop/*"
+    );
+}
+
+/// Malformed or hostile requests get an error and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_do_not_hurt_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("malformed");
+    plugin_config(&dir, port, &app, "");
+    let _gw = Gateway::start(dir.path(), &[]).await;
+
+    async fn raw(port: u16, bytes: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    }
+    // HTTP/1.0 without Host.
+    let reply = raw(port, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.0 400") || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    // Garbage.
+    let reply = raw(port, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
+    assert!(reply.is_empty() || reply.contains(" 400 "), "{reply}");
+    // A 200 KiB header.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200 << 10)
+    );
+    let reply = raw(port, huge.as_bytes()).await;
+    assert!(
+        reply.is_empty() || reply.contains(" 431 ") || reply.contains(" 400 "),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
+    // A rewrite to a path injection is impossible: the client's path cannot become an authority.
+    let reply = raw(
+        port,
+        b"GET @evil.example/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        reply.contains(" 400 ") || reply.contains(" 404 ") || reply.contains(" 500 "),
+        "{reply}"
+    );
+    assert_eq!(app.hits(), 0, "{reply}");
+    // Still serving.
+    let r = get(port, "a", "/", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -24,6 +24,9 @@ use crate::snapshot::{CompileCache, PluginSources, Snapshot};
 /// Longest a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
+const MAX_HEADERS_BYTES: usize = 60 << 10;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -168,13 +171,16 @@ impl Gateway {
 async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client gets this long to send a request's headers (slow-loris guard).
+    // Envoy's default limit on request headers is 60 KiB: larger ones get 431.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADERS_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADERS_BYTES as u32)
         .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
     loop {
         let (stream, client) = match listener.accept().await {
