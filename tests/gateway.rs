@@ -709,3 +709,92 @@ async fn malformed_requests_do_not_hurt_the_gateway() {
     let r = get(port, "a", "/", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// An `Upgrade` (WebSocket-style) request is switched through to the upstream and the
+/// bytes flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_proxied() {
+    use std::convert::Infallible;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An upstream that answers Upgrade: echo with 101 and then echoes bytes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream_port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on.await {
+                                let mut io = hyper_util::rt::TokioIo::new(up);
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        let resp = http::Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .expect("response");
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+
+    let port = free_port();
+    let dir = TempDir::new("upgrade");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: ws}\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("ws", "ws", 80, &[(upstream_port, &[])]),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n == 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping through the gateway")
+        .await
+        .expect("write");
+    let mut echoed = [0u8; 24];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .expect("echo in time");
+    assert!(read.is_ok(), "{read:?}\n{}", gw.log_text());
+    assert_eq!(&echoed, b"ping through the gateway");
+}

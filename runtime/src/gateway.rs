@@ -199,7 +199,7 @@ async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
             let conn = ConnInfo { port, client };
             let service = service_fn(move |req| handle(shared.clone(), conn, req));
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(port, %client, "connection ended: {e}");

@@ -170,6 +170,7 @@ async fn serve(
     let scheme = "http";
     // Hop-by-hop headers go first, so a client's `Connection: x-forwarded-for` cannot
     // remove what the gateway adds next.
+    let upgrade = headers::upgrade_request(req.headers());
     strip_hop_by_hop(req.headers_mut());
     if let Some(a) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -279,7 +280,7 @@ async fn serve(
             Ok(resp)
         }
         Action::Forward(forward) => {
-            forward_upstream(shared, snapshot, chain, req, forward, access).await
+            forward_upstream(shared, snapshot, chain, req, upgrade, forward, access).await
         }
     }
 }
@@ -379,11 +380,14 @@ async fn forward_upstream(
     shared: &Shared,
     snapshot: &Snapshot,
     chain: &Chain,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
     mut forward: Forward,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
+    // Taken before the request is torn apart: resolves once we answer 101.
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let host = wasmgate_config::expand_host(&destination.host, &chain.namespace);
     let cluster = snapshot
         .registry
@@ -412,6 +416,10 @@ async fn forward_upstream(
     } else {
         Some(body.map_err(BoxError::from).boxed())
     };
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     let out = Outbound {
         method: parts.method,
         path_and_query,
@@ -433,10 +441,40 @@ async fn forward_upstream(
         &mut access.attempted,
     )
     .await?;
+    let mut resp = resp;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = match (switching, downstream_upgrade) {
+        (true, Some(down)) => Some((down, hyper::upgrade::on(&mut resp))),
+        _ => None,
+    };
     let (mut parts, body) = resp.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     apply_mutation(&mut parts.headers, &forward.response_headers);
     apply_mutation(&mut parts.headers, &destination.response_headers);
+    if let (Some((down, up)), Some(protocol)) = (upstream_upgrade, protocol) {
+        // 101: hand both connections to a byte pipe once each side has switched.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+        tokio::spawn(async move {
+            let (down, up) = tokio::join!(down, up);
+            match down.map_err(|e| format!("client side: {e}")).and_then(|d| {
+                up.map(|u| (d, u))
+                    .map_err(|e| format!("upstream side: {e}"))
+            }) {
+                Ok((down, up)) => {
+                    let mut down = hyper_util::rt::TokioIo::new(down);
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!("upgraded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("upgrade failed: {e}"),
+            }
+        });
+    }
     Ok(Response::from_parts(parts, body))
 }
 

@@ -98,6 +98,22 @@ pub fn edge_headers(
     id
 }
 
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade`), such
+/// as `websocket`; Istio gateways let upgrades through by default.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
 /// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`
 /// (but never Host or the edge headers). `te: trailers` survives, as in Envoy: gRPC
 /// needs it.
