@@ -798,3 +798,85 @@ async fn upgrades_are_proxied() {
     assert!(read.is_ok(), "{read:?}\n{}", gw.log_text());
     assert_eq!(&echoed, b"ping through the gateway");
 }
+
+/// SIGTERM: new connections are refused, the request in flight completes, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight() {
+    use std::convert::Infallible;
+    use tokio::sync::{Mutex, Notify};
+
+    // An upstream that says when a request arrived and answers only when released.
+    let arrived = std::sync::Arc::new(Notify::new());
+    let release = std::sync::Arc::new(Mutex::new(()));
+    let held = release.clone().lock_owned().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream_port = listener.local_addr().expect("addr").port();
+    let (a, r) = (arrived.clone(), release.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (a, r) = (a.clone(), r.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let (a, r) = (a.clone(), r.clone());
+                    async move {
+                        a.notify_one();
+                        let _released = r.lock().await;
+                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"finished"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let port = free_port();
+    let dir = TempDir::new("drain");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: app}\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(upstream_port, &[])]),
+    );
+    let mut gw = Gateway::start(dir.path(), &[]).await;
+
+    let in_flight = tokio::spawn(async move { get(port, "a", "/slow", &[]).await });
+    arrived.notified().await;
+    gw.terminate();
+    // The gateway stops accepting before it exits; the held request still completes.
+    let refused = async {
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), refused)
+        .await
+        .expect("listener closed after SIGTERM");
+    drop(held);
+    let reply = in_flight
+        .await
+        .expect("task")
+        .expect("the request in flight completes");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "finished");
+    assert_eq!(
+        gw.exited(std::time::Duration::from_secs(10)).await,
+        Some(0),
+        "{}",
+        gw.log_text()
+    );
+}

@@ -264,6 +264,27 @@ impl Gateway {
             .collect()
     }
 
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Wait up to `limit` for the process to exit; its exit code.
+    pub async fn exited(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     pub async fn reload(&self) -> Reply {
         request(self.admin, "POST", "admin", "/reload", &[], Bytes::new())
             .await

@@ -69,6 +69,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_CALL_BUDGET.as_millis() as u64, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub plugin_time_limit_ms: u64,
+    /// On SIGTERM or Ctrl-C, how long open connections may finish their requests.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub drain_seconds: u64,
     /// Largest memory one plugin instance may use, in MiB.
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -163,6 +166,7 @@ async fn run(args: RunArgs) -> ExitCode {
         },
     };
     let admin = options.admin;
+    let drain = Duration::from_secs(args.drain_seconds);
     let gateway = match Gateway::start(options).await {
         Ok(g) => g,
         Err(errors) => {
@@ -183,6 +187,8 @@ async fn run(args: RunArgs) -> ExitCode {
     tracing::info!("ready");
     wait_for_signals(&gateway).await;
     tracing::info!("shutting down");
+    gateway.shutdown(drain).await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 

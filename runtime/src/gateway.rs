@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -64,6 +65,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     cache: CompileCache,
     listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    /// Watches every connection, so shutdown can drain them; `None` once draining.
+    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
     /// One reload at a time: a later request waits, then reads the files again.
     reloading: Mutex<()>,
     ready: AtomicBool,
@@ -85,6 +88,7 @@ impl Gateway {
             options,
             cache,
             listeners: Mutex::new(BTreeMap::new()),
+            graceful: Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new()))),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
         });
@@ -135,6 +139,28 @@ impl Gateway {
         Ok(())
     }
 
+    /// Stop accepting, let open connections finish their requests (HTTP/1 connections
+    /// close after the current one, HTTP/2 ones get GOAWAY) for at most `drain`.
+    pub async fn shutdown(&self, drain: std::time::Duration) {
+        self.ready.store(false, Ordering::SeqCst);
+        for (_, task) in std::mem::take(&mut *self.listeners.lock().await) {
+            task.abort();
+        }
+        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
+        if let Some(graceful) = graceful {
+            let open = graceful.count();
+            if open > 0 {
+                tracing::info!(open, "draining connections for up to {drain:?}");
+            }
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain time over; closing the remaining connections");
+            }
+        }
+    }
+
     /// Bind the ports of `snapshot` that have no listener yet. All or nothing.
     async fn open_listeners(&self, snapshot: &Snapshot) -> Result<(), Vec<String>> {
         let mut listeners = self.listeners.lock().await;
@@ -161,14 +187,24 @@ impl Gateway {
                     .local_addr()
                     .map_or_else(|_| port.to_string(), |a| a.to_string())
             );
-            let task = tokio::spawn(accept_loop(listener, port, self.shared.clone()));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                port,
+                self.shared.clone(),
+                self.graceful.clone(),
+            ));
             listeners.insert(port, task);
         }
         Ok(())
     }
 }
 
-async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    shared: Arc<Shared>,
+    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client gets this long to send a request's headers (slow-loris guard).
     // Envoy's default limit on request headers is 60 KiB: larger ones get 431.
@@ -192,16 +228,22 @@ async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let watcher = graceful
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(GracefulShutdown::watcher));
+        let Some(watcher) = watcher else {
+            // Draining: no new connections.
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let conn = ConnInfo { port, client };
             let service = service_fn(move |req| handle(shared.clone(), conn, req));
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(served).await {
                 tracing::debug!(port, %client, "connection ended: {e}");
             }
         });
