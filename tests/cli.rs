@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{TempDir, binary, free_port, repo};
+use support::{TempDir, binary, free_port, plugins_dir, repo};
 
 fn validate(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary())
@@ -83,12 +83,7 @@ fn validate_accepts_each_istio_sample() {
 #[test]
 fn validate_checks_plugin_config_when_given_plugins() {
     let dir = TempDir::new("validate-plugins");
-    let plugins = TempDir::new("validate-plugins-dir");
-    std::fs::write(
-        plugins.path().join("add-headers.wasm"),
-        support::plugin_bytes("add-headers"),
-    )
-    .expect("copy");
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
     dir.write("gw.yaml", &support::gateway("gw", 8080, &["*"]));
     dir.write(
         "vs.yaml",
@@ -98,15 +93,10 @@ fn validate_checks_plugin_config_when_given_plugins() {
         "plugin.yaml",
         "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: p\nspec:\n  url: add-headers.wasm\n  pluginConfig: {unknownKnob: 1}\n",
     );
-    let config = dir.path().to_str().expect("utf-8");
+    let config = dir.arg();
     let (code, _, _) = validate(&["--config", config]);
     assert_eq!(code, 0, "without --plugins only the YAML is checked");
-    let (code, stdout, _) = validate(&[
-        "--config",
-        config,
-        "--plugins",
-        plugins.path().to_str().expect("utf-8"),
-    ]);
+    let (code, stdout, _) = validate(&["--config", config, "--plugins", plugins.arg()]);
     assert_eq!(code, 1);
     assert!(
         stdout.starts_with(&format!(
@@ -127,7 +117,7 @@ fn run_refuses_a_bad_config_and_names_it() {
     );
     let admin = free_port();
     let out = Command::new(binary())
-        .args(["run", "--config", dir.path().to_str().expect("utf-8")])
+        .args(["run", "--config", dir.arg()])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .output()
         .expect("run wasmgate");

@@ -5,7 +5,9 @@
 mod support;
 
 use http::StatusCode;
-use support::{Echo, Gateway, TempDir, free_port, gateway, get, plugin_bytes, service_entry};
+use support::{
+    Echo, Gateway, TempDir, free_port, gateway, get, plugin_bytes, plugins_dir, service_entry,
+};
 
 const VS_TWO_HOSTS: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -269,18 +271,9 @@ async fn user_plugin_from_the_plugins_directory_changes_responses() {
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("userplugin");
-    let plugins = TempDir::new("plugins");
-    std::fs::write(
-        plugins.path().join("add-headers.wasm"),
-        plugin_bytes("add-headers"),
-    )
-    .expect("copy");
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
     plugin_config(&dir, port, &app, ADD_HEADERS);
-    let _gw = Gateway::start(
-        dir.path(),
-        &["--plugins", plugins.path().to_str().expect("utf-8")],
-    )
-    .await;
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
 
     let r = get(port, "a", "/anything", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::OK);
@@ -297,19 +290,10 @@ async fn a_plain_core_module_works_as_a_plugin_file() {
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("coremodule");
-    let plugins = TempDir::new("plugins");
     // What `cargo build --target wasm32-unknown-unknown` leaves: not yet a component.
-    std::fs::write(
-        plugins.path().join("add-headers.wasm"),
-        plugin_bytes("core/add-headers"),
-    )
-    .expect("copy");
+    let plugins = plugins_dir(&[("add-headers.wasm", "core/add-headers")]);
     plugin_config(&dir, port, &app, ADD_HEADERS);
-    let _gw = Gateway::start(
-        dir.path(),
-        &["--plugins", plugins.path().to_str().expect("utf-8")],
-    )
-    .await;
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
     let r = get(port, "a", "/x", &[]).await.expect("request");
     assert_eq!(r.headers["x-powered-by"], "wasmgate-plugin");
 }
@@ -343,12 +327,7 @@ async fn a_trapping_plugin_fails_its_request_only() {
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("trap");
-    let plugins = TempDir::new("plugins");
-    std::fs::write(
-        plugins.path().join("misbehave.wasm"),
-        plugin_bytes("misbehave"),
-    )
-    .expect("copy");
+    let plugins = plugins_dir(&[("misbehave.wasm", "misbehave")]);
     plugin_config(
         &dir,
         port,
@@ -357,12 +336,7 @@ async fn a_trapping_plugin_fails_its_request_only() {
     );
     let gw = Gateway::start(
         dir.path(),
-        &[
-            "--plugins",
-            plugins.path().to_str().expect("utf-8"),
-            "--plugin-time-limit-ms",
-            "50",
-        ],
+        &["--plugins", plugins.arg(), "--plugin-time-limit-ms", "50"],
     )
     .await;
     for path in ["/panic", "/loop", "/error"] {
@@ -381,23 +355,14 @@ async fn fail_open_plugin_is_skipped_when_it_fails() {
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("failopen");
-    let plugins = TempDir::new("plugins");
-    std::fs::write(
-        plugins.path().join("misbehave.wasm"),
-        plugin_bytes("misbehave"),
-    )
-    .expect("copy");
+    let plugins = plugins_dir(&[("misbehave.wasm", "misbehave")]);
     plugin_config(
         &dir,
         port,
         &app,
         "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n  failStrategy: FAIL_OPEN\n",
     );
-    let _gw = Gateway::start(
-        dir.path(),
-        &["--plugins", plugins.path().to_str().expect("utf-8")],
-    )
-    .await;
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
     let r = get(port, "a", "/panic", &[]).await.expect("request");
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.upstream().as_deref(), Some("app"));
@@ -409,14 +374,9 @@ async fn fail_open_plugin_is_skipped_when_it_fails() {
 async fn broken_plugins_are_refused_with_their_names() {
     let app = Echo::start("app").await;
     let port = free_port();
-    let plugins = TempDir::new("plugins");
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
     std::fs::write(plugins.path().join("junk.wasm"), b"this is not wasm").expect("write");
-    std::fs::write(
-        plugins.path().join("add-headers.wasm"),
-        plugin_bytes("add-headers"),
-    )
-    .expect("copy");
-    let plugins_arg = plugins.path().to_str().expect("utf-8").to_string();
+    let plugins_arg = plugins.arg().to_string();
 
     let cases = [
         (

@@ -47,6 +47,15 @@ pub fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A plugins directory holding built plugins, as (file name, built plugin) pairs.
+pub fn plugins_dir(files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new("plugins");
+    for (file, built) in files {
+        std::fs::write(dir.path().join(file), plugin_bytes(built)).expect("copy plugin");
+    }
+    dir
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh folder under the system temp dir, removed on drop.
@@ -63,6 +72,11 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
     }
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {

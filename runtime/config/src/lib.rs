@@ -23,4 +23,5 @@ pub use model::{
     LoadBalancer, Location, Meta, NamespaceSelector, Phase, PluginSource, Protocol, Resolution,
     Server, ServiceEntry, ServicePort, Subset, TargetRef, VirtualService, WasmPlugin,
 };
+pub use validate::virtual_service::grpc_status_code;
 pub use yaml::{YamlDocument, split_documents};

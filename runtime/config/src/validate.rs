@@ -6,7 +6,7 @@
 pub(crate) mod destination_rule;
 pub(crate) mod gateway;
 pub(crate) mod service_entry;
-pub(crate) mod virtual_service;
+pub mod virtual_service;
 pub(crate) mod wasm_plugin;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -446,7 +446,8 @@ fn validate_cors(c: &raw::CorsPolicy, p: &FieldPath, r: &mut Report) {
     }
 }
 
-const GRPC_STATUSES: [&str; 17] = [
+/// gRPC status names, in code order (the index is the numeric code).
+pub const GRPC_STATUSES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
@@ -465,6 +466,13 @@ const GRPC_STATUSES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+
+/// The numeric code of a gRPC status name (`UNAVAILABLE` -> 14), case-insensitively.
+pub fn grpc_status_code(name: &str) -> Option<usize> {
+    GRPC_STATUSES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+}
 
 fn validate_http_status(status: i64) -> Result<(), String> {
     if (200..=599).contains(&status) {
