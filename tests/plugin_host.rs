@@ -234,3 +234,16 @@ async fn instances_are_shared_by_bindings_and_reused() {
         assert!(matches!(t.await.expect("task"), Ok(None)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_for_another_wit_version_is_refused_and_told_why() {
+    let host = host(HostSettings::default());
+    let err = host
+        .compile("default/future", &built("future-version"))
+        .expect_err("a 0.2 plugin loaded");
+    assert_eq!(
+        err.to_string(),
+        "default/future: built against wasmgate:policy@0.2.0, but this wasmgate speaks \
+         wasmgate:policy@0.1.0; rebuild it with a matching wasmgate-plugin-sdk"
+    );
+}
