@@ -867,17 +867,14 @@ fn validate_tls_route(
                 );
             }
         }
-        for (j, s) in m.destination_subnets.iter().enumerate() {
-            r.check(
-                &mp.key("destinationSubnets").index(j),
-                validate_ip_subnet(s),
-            );
-        }
-        if m.port != 0 {
-            r.check(&mp.key("port"), validate_port(m.port));
-        }
-        validate_labels(r, &mp.key("sourceLabels"), &m.source_labels);
-        validate_gateway_names(r, &mp.key("gateways"), &m.gateways);
+        validate_l4_match(
+            r,
+            &mp,
+            &m.destination_subnets,
+            m.port,
+            &m.source_labels,
+            &m.gateways,
+        );
     }
     if route.route.is_empty() {
         r.err(&p.key("route"), "TLS route is required");
@@ -888,22 +885,41 @@ fn validate_tls_route(
 fn validate_tcp_route(route: &raw::TCPRoute, p: &FieldPath, r: &mut Report) {
     for (i, m) in route.match_.iter().enumerate() {
         let mp = p.key("match").index(i);
-        for (j, s) in m.destination_subnets.iter().enumerate() {
-            r.check(
-                &mp.key("destinationSubnets").index(j),
-                validate_ip_subnet(s),
-            );
-        }
-        if m.port != 0 {
-            r.check(&mp.key("port"), validate_port(m.port));
-        }
-        validate_labels(r, &mp.key("sourceLabels"), &m.source_labels);
-        validate_gateway_names(r, &mp.key("gateways"), &m.gateways);
+        validate_l4_match(
+            r,
+            &mp,
+            &m.destination_subnets,
+            m.port,
+            &m.source_labels,
+            &m.gateways,
+        );
     }
     if route.route.is_empty() {
         r.err(&p.key("route"), "TCP route is required");
     }
     validate_route_destinations(&route.route, &p.key("route"), r);
+}
+
+/// The match fields TLS and TCP routes share.
+fn validate_l4_match(
+    r: &mut Report,
+    mp: &FieldPath,
+    destination_subnets: &[String],
+    port: u32,
+    source_labels: &std::collections::BTreeMap<String, String>,
+    gateways: &[String],
+) {
+    for (j, s) in destination_subnets.iter().enumerate() {
+        r.check(
+            &mp.key("destinationSubnets").index(j),
+            validate_ip_subnet(s),
+        );
+    }
+    if port != 0 {
+        r.check(&mp.key("port"), validate_port(port));
+    }
+    validate_labels(r, &mp.key("sourceLabels"), source_labels);
+    validate_gateway_names(r, &mp.key("gateways"), gateways);
 }
 
 /// Istio's unreachable-rule analysis (warnings): a rule after a catch-all rule, and
