@@ -30,7 +30,7 @@ use error::local_response;
 pub use error::{Culprit, ProxyError};
 use headers::{HeadParts, apply_mutation, edge_headers, request_head, strip_hop_by_hop};
 pub use upstream::Upstream;
-use upstream::{Attempted, Outbound, default_retries, send};
+use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
 use crate::plugin::types::{Action, Decision, Destination, Forward, RequestHead};
 use crate::plugin::{CallError, PluginHost, Random};
@@ -95,10 +95,18 @@ pub async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let authority = authority_of(&req).unwrap_or_default();
+    let authority = authority_of(&req);
     let mut access = Access::default();
     let snapshot = shared.snapshot.load_full();
-    let response = match serve(&shared, &snapshot, conn, req, &mut access).await {
+    let served = serve(
+        &shared,
+        &snapshot,
+        conn,
+        req,
+        authority.as_deref(),
+        &mut access,
+    );
+    let response = match served.await {
         Ok(r) => r,
         Err(e) => {
             access.flags.push(e.flag());
@@ -122,7 +130,7 @@ pub async fn handle(
         target: "wasmgate::access",
         "{} {} {} {} flags={} vs={} route={} cluster={} upstream={} attempts={} duration_ms={} client={} id={}{}",
         method,
-        authority,
+        authority.as_deref().unwrap_or_default(),
         path,
         response.status().as_u16(),
         if access.flags.is_empty() { "-".to_string() } else { access.flags.join(",") },
@@ -160,10 +168,11 @@ async fn serve(
     snapshot: &Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
+    authority: Option<&str>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
-    let authority = authority_of(&req).ok_or(ProxyError::BadRequest("no Host header"))?;
-    let host = normalize_host(&authority);
+    let authority = authority.ok_or(ProxyError::BadRequest("no Host header"))?;
+    let host = normalize_host(authority);
     let table = snapshot.ports.get(&conn.port).ok_or(ProxyError::NoRoute)?;
     let vhost = table.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
 
@@ -195,7 +204,7 @@ async fn serve(
             id: &access.request_id,
             method: &method,
             scheme,
-            authority: &authority,
+            authority,
             path: &path,
             query: &query,
             headers: req.headers(),
@@ -429,19 +438,18 @@ async fn forward_upstream(
     if out.body.is_none() {
         mirror(shared, snapshot, chain, &forward, &out);
     }
-    let retries = forward.retries.clone().unwrap_or_else(default_retries);
+    let retries = forward.retries.as_ref().unwrap_or(&DEFAULT_RETRIES);
     let timeout = forward.timeout_ms.map(Duration::from_millis);
-    let resp = send(
+    let mut resp = send(
         &shared.upstream,
         &cluster,
         shared.host.random(),
         out,
         timeout,
-        &retries,
+        retries,
         &mut access.attempted,
     )
     .await?;
-    let mut resp = resp;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = match (switching, downstream_upgrade) {
         (true, Some(down)) => Some((down, hyper::upgrade::on(&mut resp))),

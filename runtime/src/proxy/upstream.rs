@@ -79,16 +79,16 @@ pub struct Attempted {
     pub attempts: u32,
 }
 
-/// Istio's default retry policy, applied when a route sets none.
-pub fn default_retries() -> RetryPolicy {
-    RetryPolicy {
+/// Istio's default retry policy, applied when a route sets none. Built once, not per
+/// request.
+pub static DEFAULT_RETRIES: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(|| RetryPolicy {
         attempts: 2,
         per_try_timeout_ms: None,
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
             .into(),
         retry_remote_localities: false,
-    }
-}
+    });
 
 struct RetryOn {
     connect_failure: bool,

@@ -118,10 +118,6 @@ impl<T> HostTable<T> {
             .chain(self.wildcards.iter().map(|(_, v)| v))
             .chain(self.any.iter())
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcards.is_empty() && self.any.is_none()
-    }
 }
 
 #[cfg(test)]
