@@ -346,55 +346,7 @@ spec:
 
 def realistic_vs() -> str:
     """Ten rules of the kinds real VirtualServices carry; the tenth matches /bench."""
-    return """---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: shop
-spec:
-  hosts: ["*"]
-  gateways: [bench]
-  http:
-  - name: health
-    match: [{uri: {exact: /healthz}}]
-    directResponse: {status: 200, body: {string: ok}}
-  - name: login
-    match: [{uri: {prefix: /login}, method: {exact: POST}}]
-    route: [{destination: {host: origin.bench.local, subset: v1}}]
-  - name: canary-header
-    match: [{uri: {prefix: /api}, headers: {x-canary: {exact: "true"}}}]
-    route: [{destination: {host: origin.bench.local, subset: v2}}]
-  - name: api-v2
-    match: [{uri: {prefix: /api/v2}}]
-    route: [{destination: {host: origin.bench.local, subset: v2}}]
-    timeout: 5s
-  - name: api-v1
-    match: [{uri: {prefix: /api/v1}}]
-    route: [{destination: {host: origin.bench.local, subset: v1}}]
-  - name: static
-    match: [{uri: {regex: "/static/.*[.](css|js|png)"}}]
-    route: [{destination: {host: origin.bench.local}}]
-    headers: {response: {set: {cache-control: "max-age=60"}}}
-  - name: old-catalog
-    match: [{uri: {exact: /catalog}}]
-    redirect: {uri: /bench/catalog}
-  - name: debug-user
-    match: [{uri: {prefix: /bench}, headers: {end-user: {exact: debug}}}]
-    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
-    route: [{destination: {host: origin.bench.local, subset: v1}}]
-  - name: query-flag
-    match: [{uri: {prefix: /bench}, queryParams: {flag: {exact: "on"}}}]
-    route: [{destination: {host: origin.bench.local, subset: v2}}]
-  - name: bench
-    match: [{uri: {prefix: /bench}}]
-    fault:
-      delay: {fixedDelay: 1s, percentage: {value: 0}}
-      abort: {httpStatus: 500, percentage: {value: 0}}
-    route:
-    - {destination: {host: origin.bench.local, subset: v1}, weight: 90}
-    - {destination: {host: origin.bench.local, subset: v2}, weight: 10}
-    retries: {attempts: 2, retryOn: "connect-failure,refused-stream"}
-"""
+    return "---\n" + (ROOT / "bench/realistic-vs.yaml").read_text()
 
 
 def scaled_vs(routes: int) -> str:
@@ -676,6 +628,9 @@ def main() -> int:
     ap.add_argument("--plugins", type=Path,
                     help="directory holding add-headers.wasm (built if absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "target/bench/report.md")
+    ap.add_argument("--serve", action="store_true",
+                    help="start the origin and wasmgate with scenario 1's config, print the "
+                         "URL and wait (for profiling with perf or valgrind); Ctrl-C stops")
     a = ap.parse_args()
 
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
@@ -696,6 +651,11 @@ def main() -> int:
         sections = []
         try:
             b.start_origin()
+            if a.serve:
+                peer = b.start_wasmgate("wasmgate", realistic_vs())
+                print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
+                peer.proc.wait()
+                return 0
             if "1" in wanted:
                 log("scenario 1: keep-alive, the whole chain")
                 sections.append(("1. Keep-alive, wasmgate running its whole Wasm chain",

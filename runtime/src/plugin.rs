@@ -176,10 +176,18 @@ impl PluginHost {
             .instantiate_pre(&component)
             .map_err(|e| load_err(load::explain_link_error(&e)))?;
         let pre = PluginPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        // Only WASI imports can block inside the host (a sleep, a poll); our own imports
+        // return at once. Components without them need no timer per call: the epoch
+        // deadline alone stops them.
+        let may_block = component
+            .component_type()
+            .imports(&self.inner.engine)
+            .any(|(name, _)| name.starts_with("wasi:"));
         Ok(CompiledPlugin {
             inner: Arc::new(CompiledInner {
                 name: name.to_string(),
                 pre,
+                may_block,
             }),
         })
     }
@@ -263,6 +271,8 @@ pub struct CompiledPlugin {
 struct CompiledInner {
     name: String,
     pre: PluginPre<StoreState>,
+    /// Imports WASI, whose host calls may block: each call also gets a timer.
+    may_block: bool,
 }
 
 impl CompiledPlugin {
@@ -374,7 +384,11 @@ impl PreparedPolicy {
         slot.begin(budget);
         let guest = slot.plugin.wasmgate_policy_policy().prepared();
         let call = guest.call_on_request(&mut slot.store, resource, request, current);
-        let result = bounded(budget, call).await;
+        let result = if pool.plugin.inner.may_block {
+            bounded(budget, call).await
+        } else {
+            call.await.map_err(|e| load::describe_trap(&e))
+        };
         match result {
             Ok(Ok(decision)) => {
                 pool.put_back(slot);

@@ -121,6 +121,9 @@ pub async fn handle(
             e.into_response()
         }
     };
+    if !tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO) {
+        return Ok(response);
+    }
     let extra: String = access
         .extra
         .iter()
@@ -297,8 +300,8 @@ async fn serve(
 /// Run a chain's policies in order. The router goes first; when it finds no route the
 /// chain ends there (the host tries the next VirtualService). Fault and traffic split only
 /// act on forwards; user plugins see every routed request, whatever the decision, and
-/// only the headers they asked for.
-async fn run_chain(chain: &Chain, parts: &HeadParts<'_>) -> Result<Decision, ProxyError> {
+/// only the headers they asked for. Public for the benchmarks.
+pub async fn run_chain(chain: &Chain, parts: &HeadParts<'_>) -> Result<Decision, ProxyError> {
     let mut decision = Decision {
         route: None,
         delay_ms: None,

@@ -11,6 +11,7 @@
 //! rewrite, timeout, retries, mirrors), a redirect, or a direct response; CORS preflights
 //! are answered here too.
 
+mod index;
 mod matching;
 mod route;
 
@@ -26,6 +27,7 @@ pub use route::CompiledRoute;
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<CompiledRoute>,
+    index: index::RouteIndex,
     interest: Vec<String>,
 }
 
@@ -44,7 +46,12 @@ impl Policy for Router {
         }
         interest.sort();
         interest.dedup();
-        Ok(Router { routes, interest })
+        let index = index::RouteIndex::new(&routes);
+        Ok(Router {
+            routes,
+            index,
+            interest,
+        })
     }
 
     fn interest(&self) -> Interest {
@@ -57,7 +64,11 @@ impl Policy for Router {
         current: Decision,
     ) -> Result<Option<Decision>, PluginError> {
         let query = matching::parse_query(&request.query);
-        for route in &self.routes {
+        let candidates = self.index.candidates(&request.path);
+        for route in candidates
+            .iter()
+            .filter_map(|&i| self.routes.get(i as usize))
+        {
             if let Some(matched) = route.matches(request, &query) {
                 return Ok(Some(route.decide(request, matched, current)));
             }

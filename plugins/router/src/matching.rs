@@ -58,6 +58,13 @@ pub struct Matched {
     pub uri_prefix_len: Option<usize>,
 }
 
+/// A URI condition the route index can look up instead of testing route by route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriKey<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+}
+
 /// One compiled `HTTPMatchRequest`: every field set must match.
 #[derive(Debug)]
 pub struct CompiledMatch {
@@ -141,6 +148,19 @@ impl CompiledMatch {
             .iter()
             .chain(&self.without_headers)
             .map(|(k, _)| k.as_str())
+    }
+
+    /// What the path must look like for this match to fit, for the route index: `None`
+    /// when any path may (no `uri`, a regex, or `ignoreUriCase`).
+    pub fn uri_key(&self) -> Option<UriKey<'_>> {
+        if self.ignore_uri_case {
+            return None;
+        }
+        match &self.uri {
+            Some(Matcher::Exact(e)) => Some(UriKey::Exact(e)),
+            Some(Matcher::Prefix(p)) => Some(UriKey::Prefix(p)),
+            _ => None,
+        }
     }
 
     /// Does the request satisfy every field? `query` is the parsed query string.

@@ -11,7 +11,7 @@ use wasmgate_plugin_sdk::{
     Mirror, Redirect, RequestHead, RetryPolicy, RouteRef,
 };
 
-use crate::matching::{CompiledMatch, Matched, Matcher};
+use crate::matching::{CompiledMatch, Matched, Matcher, UriKey};
 
 /// Istio's retry conditions when a route sets `retries` without `retryOn`.
 const DEFAULT_RETRY_ON: &str =
@@ -282,6 +282,18 @@ impl CompiledRoute {
             names.push("access-control-request-method".into());
         }
         names
+    }
+
+    /// The URI conditions of which one must hold for this route to match; `None` when
+    /// the route may match any path.
+    pub fn uri_keys(&self) -> Option<Vec<UriKey<'_>>> {
+        if matches!(self.action, RouteAction::Unsupported) {
+            return Some(Vec::new());
+        }
+        if self.matches.is_empty() {
+            return None;
+        }
+        self.matches.iter().map(CompiledMatch::uri_key).collect()
     }
 
     /// `Some` when one of the route's matches (or its absence of matches) fits.

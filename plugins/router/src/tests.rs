@@ -361,3 +361,54 @@ fn bad_regex_is_a_config_error_with_its_field() {
     .expect_err("accepted a bad regex");
     assert_eq!(e.field, "http[0].match[0].headers.x.regex");
 }
+
+/// The index must keep Istio's first-match order across every kind of URI condition:
+/// exact, prefix, regex, ignoreUriCase, a route without `match`, and prefixes that are
+/// not on a char boundary of the path.
+#[test]
+fn route_index_keeps_first_match_order() {
+    let spec = r#"{"hosts":["*"],"http":[
+      {"match":[{"uri":{"prefix":"/a/b"}}],"route":[{"destination":{"host":"r0"}}]},
+      {"match":[{"uri":{"regex":"/a/.*"}}],"route":[{"destination":{"host":"r1"}}]},
+      {"match":[{"uri":{"exact":"/a"}},{"uri":{"prefix":"/é"}}],"route":[{"destination":{"host":"r2"}}]},
+      {"match":[{"uri":{"exact":"/CASE"},"ignoreUriCase":true}],"route":[{"destination":{"host":"r3"}}]},
+      {"match":[{"uri":{"prefix":"/"}, "method":{"exact":"POST"}}],"route":[{"destination":{"host":"r4"}}]},
+      {"match":[{"uri":{"exact":"/a/b"}}],"route":[{"destination":{"host":"r5"}}]},
+      {"route":[{"destination":{"host":"r6"}}]}
+    ]}"#;
+    let r = router(spec);
+    let cases = [
+        ("GET", "/a/b", Some(0)),
+        ("GET", "/a/bc", Some(0)),
+        ("GET", "/a/x", Some(1)),
+        ("GET", "/a", Some(2)),
+        ("GET", "/é/x", Some(2)),
+        // Prefix lengths are in bytes: "/é" is three.
+        ("GET", "/\u{e9}", Some(2)),
+        ("GET", "/case", Some(3)),
+        ("POST", "/zzz", Some(4)),
+        ("GET", "/zzz", Some(6)),
+        ("GET", "/", Some(6)),
+    ];
+    for (method, path, want) in cases {
+        assert_eq!(
+            route_of(&r, &request(method, path).build()),
+            want,
+            "{method} {path}"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_exact_routes_find_the_last() {
+    let rules: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"match":[{{"uri":{{"exact":"/svc/{i}"}}}}],"route":[{{"destination":{{"host":"s{i}"}}}}]}}"#))
+        .collect();
+    let r = router(&format!(
+        r#"{{"hosts":["*"],"http":[{}]}}"#,
+        rules.join(",")
+    ));
+    assert_eq!(route_of(&r, &request("GET", "/svc/999").build()), Some(999));
+    assert_eq!(route_of(&r, &request("GET", "/svc/0").build()), Some(0));
+    assert_eq!(route_of(&r, &request("GET", "/svc/1000").build()), None);
+}

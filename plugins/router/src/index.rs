@@ -1,0 +1,75 @@
+//! The route index: which routes could match a path, found by hash lookups instead of
+//! testing every route in turn, so a VirtualService with a thousand routes costs about
+//! what one with ten does. First-match order is kept: the candidates are tested in route
+//! order with the full matcher; the index only skips routes whose URI condition cannot
+//! hold.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::matching::UriKey;
+use crate::route::CompiledRoute;
+
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    /// Exact URI -> routes with that exact match.
+    exact: HashMap<String, Vec<u32>>,
+    /// URI prefix -> routes with that prefix match.
+    prefix: HashMap<String, Vec<u32>>,
+    /// The lengths of the prefixes in `prefix`, so a lookup tries only those.
+    prefix_lens: Vec<usize>,
+    /// Routes to test whatever the path: no `uri`, a regex, `ignoreUriCase`, no match.
+    always: Vec<u32>,
+}
+
+impl RouteIndex {
+    pub fn new(routes: &[CompiledRoute]) -> Self {
+        let mut index = RouteIndex::default();
+        let mut lens = BTreeSet::new();
+        for (i, route) in routes.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            match route.uri_keys() {
+                None => index.always.push(i),
+                Some(keys) => {
+                    for key in keys {
+                        let (map, text) = match key {
+                            UriKey::Exact(e) => (&mut index.exact, e),
+                            UriKey::Prefix(p) => {
+                                lens.insert(p.len());
+                                (&mut index.prefix, p)
+                            }
+                        };
+                        let list = map.entry(text.to_string()).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        index.prefix_lens = lens.into_iter().collect();
+        index
+    }
+
+    /// Indexes of the routes that may match `path`, ascending, without duplicates.
+    pub fn candidates(&self, path: &str) -> Vec<u32> {
+        let mut out: Vec<u32> = self.always.clone();
+        if let Some(list) = self.exact.get(path) {
+            out.extend_from_slice(list);
+        }
+        for &len in &self.prefix_lens {
+            let Some(head) = path.get(..len) else {
+                if len > path.len() {
+                    break;
+                }
+                // Not a char boundary: no prefix of this length can equal it.
+                continue;
+            };
+            if let Some(list) = self.prefix.get(head) {
+                out.extend_from_slice(list);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
