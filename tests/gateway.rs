@@ -840,3 +840,88 @@ async fn sigterm_drains_requests_in_flight() {
         gw.log_text()
     );
 }
+
+/// A restart loads compiled components from the compile cache instead of compiling;
+/// a damaged entry is compiled again and replaced, and a folder others may write is
+/// not used at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_plugins_are_cached_between_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("compilecache");
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
+    plugin_config(&dir, port, &app, ADD_HEADERS);
+    let cache = TempDir::new("compilecache-dir");
+    let cache_dir = cache.path().join("cc");
+    let cache_arg = cache_dir.to_str().expect("utf-8 path");
+    let args = ["--plugins", plugins.arg(), "--compile-cache", cache_arg];
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&cache_dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let serves = || async {
+        let r = get(port, "a", "/x", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-powered-by"], "wasmgate-plugin");
+    };
+
+    let gw = Gateway::start(dir.path(), &args).await;
+    serves().await;
+    let log = gw.log_text();
+    drop(gw);
+    // router, fault, traffic-split and the user's plugin.
+    assert_eq!(
+        log.matches("stored in the compile cache").count(),
+        4,
+        "{log}"
+    );
+    let first = entries();
+    assert_eq!(first.len(), 4, "{first:?}");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&cache_dir), 0o700);
+    assert!(first.iter().all(|p| mode(p) == 0o600));
+
+    // A restart compiles nothing.
+    let gw = Gateway::start(dir.path(), &args).await;
+    serves().await;
+    let log = gw.log_text();
+    drop(gw);
+    assert_eq!(
+        log.matches("loaded from the compile cache").count(),
+        4,
+        "{log}"
+    );
+    assert!(!log.contains("stored in the compile cache"), "{log}");
+
+    // A damaged entry is not machine code wasmtime accepts: compiled again, replaced.
+    std::fs::write(&first[0], b"not a compiled component").expect("damage an entry");
+    let gw = Gateway::start(dir.path(), &args).await;
+    serves().await;
+    let log = gw.log_text();
+    drop(gw);
+    assert_eq!(
+        log.matches("loaded from the compile cache").count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("stored in the compile cache").count(),
+        1,
+        "{log}"
+    );
+    assert!(std::fs::metadata(&first[0]).expect("entry").len() > 1000);
+
+    // A folder others can write is never trusted (nor written).
+    std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let gw = Gateway::start(dir.path(), &args).await;
+    serves().await;
+    let log = gw.log_text();
+    drop(gw);
+    assert!(!log.contains("loaded from the compile cache"), "{log}");
+    assert!(log.contains("compile cache not used"), "{log}");
+}

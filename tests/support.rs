@@ -238,6 +238,11 @@ impl Gateway {
             .args(["--listen-address", "127.0.0.1"])
             .args(extra)
             .env("WASMGATE_LOG", "info,wasmgate=debug")
+            // One compile cache for the test run, not the user's.
+            .env(
+                "XDG_CACHE_HOME",
+                concat!(env!("CARGO_TARGET_TMPDIR"), "/xdg-cache"),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// On SIGTERM or Ctrl-C, how long open connections may finish their requests.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub drain_seconds: u64,
+    /// Keep compiled plugins here so a restart skips compiling them
+    /// (default `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`); `off` disables.
+    #[arg(long, value_name = "DIR|off")]
+    pub compile_cache: Option<PathBuf>,
     /// Largest memory one plugin instance may use, in MiB.
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -162,6 +166,11 @@ async fn run(args: RunArgs) -> ExitCode {
                 .checked_mul(1 << 20)
                 .and_then(|b| usize::try_from(b).ok())
                 .unwrap_or(usize::MAX),
+            compile_cache: match args.compile_cache {
+                Some(dir) if dir.as_os_str() == "off" => None,
+                Some(dir) => Some(dir),
+                None => crate::plugin::diskcache::default_dir(),
+            },
             ..HostSettings::default()
         },
     };

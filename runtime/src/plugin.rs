@@ -9,6 +9,7 @@
 
 mod bindings;
 pub mod builtin;
+pub mod diskcache;
 mod host;
 mod load;
 
@@ -79,6 +80,7 @@ struct HostInner {
     /// Budget for `prepare`, which parses a whole config (and compiles its regexes).
     prepare_budget: Duration,
     memory_limit: usize,
+    compile_cache: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -95,6 +97,9 @@ pub struct HostSettings {
     pub memory_limit: usize,
     /// Most plugin instances alive at once, across all bindings.
     pub max_instances: u32,
+    /// Keep compiled components here between runs ([`diskcache`]); `None` compiles
+    /// every time.
+    pub compile_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for HostSettings {
@@ -104,6 +109,7 @@ impl Default for HostSettings {
             call_budget: DEFAULT_CALL_BUDGET,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             max_instances: 1000,
+            compile_cache: None,
         }
     }
 }
@@ -149,6 +155,7 @@ impl PluginHost {
                 call_budget: settings.call_budget,
                 prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
+                compile_cache: settings.compile_cache.clone(),
             }),
         })
     }
@@ -167,8 +174,12 @@ impl PluginHost {
             message,
         };
         let component_bytes = load::to_component(bytes).map_err(load_err)?;
-        let component = Component::new(&self.inner.engine, &component_bytes)
-            .map_err(|e| load_err(format!("not a valid Wasm component: {e:#}")))?;
+        let engine = &self.inner.engine;
+        let component = match &self.inner.compile_cache {
+            Some(dir) => diskcache::load_or_compile(dir, engine, &component_bytes),
+            None => Component::new(engine, &component_bytes),
+        }
+        .map_err(|e| load_err(format!("not a valid Wasm component: {e:#}")))?;
         load::check_world(&self.inner.engine, &component).map_err(load_err)?;
         let pre = self
             .inner
