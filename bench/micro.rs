@@ -217,41 +217,6 @@ async fn benches(b: Bencher) {
             current = next;
         }
     }
-    {
-        let link = &realistic.links[1];
-        let head = request_head(
-            &parts,
-            &link.interest,
-            &realistic.gateway,
-            &realistic.virtual_service,
-        );
-        let nr = no_route();
-        b.run("TMP fault with no-route decision", || async {
-            black_box(link.policy.on_request(&head, &nr).await.expect("call"));
-        })
-        .await;
-        let empty_head = wasmgate::plugin::types::RequestHead {
-            id: String::new(),
-            method: String::new(),
-            scheme: String::new(),
-            authority: String::new(),
-            path: String::new(),
-            query: String::new(),
-            headers: vec![],
-            port: 0,
-            gateway: String::new(),
-            virtual_service: String::new(),
-        };
-        b.run("TMP fault with no-route decision, empty head", || async {
-            black_box(
-                link.policy
-                    .on_request(&empty_head, &nr)
-                    .await
-                    .expect("call"),
-            );
-        })
-        .await;
-    }
     b.run("chain: router+fault+split (10 rules)", || async {
         black_box(run_chain(&realistic, &parts).await.expect("chain"));
     })

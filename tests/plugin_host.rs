@@ -243,7 +243,7 @@ async fn a_plugin_for_another_wit_version_is_refused_and_told_why() {
         .expect_err("a 0.2 plugin loaded");
     assert_eq!(
         err.to_string(),
-        "default/future: built against wasmgate:policy@0.2.0, but this wasmgate speaks \
-         wasmgate:policy@0.1.0; rebuild it with a matching wasmgate-plugin-sdk"
+        "default/future: built against wasmgate:policy@0.3.0, but this wasmgate speaks \
+         wasmgate:policy@0.2.0; rebuild it with a matching wasmgate-plugin-sdk"
     );
 }

@@ -29,6 +29,11 @@ impl Default for HeaderMutation {
 }
 
 impl HeaderMutation {
+    /// `None` when empty: what a decision carries for "no header operations".
+    pub fn non_empty(self) -> Option<Self> {
+        (!self.is_empty()).then_some(self)
+    }
+
     /// True when applying it changes nothing.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
@@ -43,9 +48,21 @@ impl Destination {
             subset: None,
             port: None,
             weight: 0,
-            request_headers: HeaderMutation::default(),
-            response_headers: HeaderMutation::default(),
+            request_headers: None,
+            response_headers: None,
         }
+    }
+
+    /// The request header operations, created empty when there are none yet.
+    pub fn request_headers_mut(&mut self) -> &mut HeaderMutation {
+        self.request_headers
+            .get_or_insert_with(HeaderMutation::default)
+    }
+
+    /// The response header operations, created empty when there are none yet.
+    pub fn response_headers_mut(&mut self) -> &mut HeaderMutation {
+        self.response_headers
+            .get_or_insert_with(HeaderMutation::default)
     }
 }
 
@@ -54,14 +71,26 @@ impl Forward {
     pub fn to(destinations: Vec<Destination>) -> Self {
         Forward {
             destinations,
-            request_headers: HeaderMutation::default(),
-            response_headers: HeaderMutation::default(),
+            request_headers: None,
+            response_headers: None,
             rewrite_path: None,
             rewrite_authority: None,
             timeout_ms: None,
             retries: None,
             mirrors: Vec::new(),
         }
+    }
+
+    /// The request header operations, created empty when there are none yet.
+    pub fn request_headers_mut(&mut self) -> &mut HeaderMutation {
+        self.request_headers
+            .get_or_insert_with(HeaderMutation::default)
+    }
+
+    /// The response header operations, created empty when there are none yet.
+    pub fn response_headers_mut(&mut self) -> &mut HeaderMutation {
+        self.response_headers
+            .get_or_insert_with(HeaderMutation::default)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.1.0` types, a
+//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.2.0` types, a
 //! [`Policy`] trait to implement, the [`export_policy!`] macro that turns it into a Wasm
 //! component export, the host functions (log, random, time), and [`testing`] helpers so a
 //! policy can be unit-tested natively with `cargo test`, no Wasm runtime involved.
@@ -48,7 +48,7 @@ pub use serde;
 pub use serde_json;
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A policy plugin: prepared once per binding (plugin x VirtualService), then asked for a
 /// decision per request.

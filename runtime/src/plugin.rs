@@ -1,5 +1,5 @@
 //! The plugin host: compiles Wasm policy components once, checks they speak
-//! `wasmgate:policy@0.1.x`, prepares them per binding (plugin x VirtualService) and runs
+//! `wasmgate:policy@0.2.x`, prepares them per binding (plugin x VirtualService) and runs
 //! them per request from a pool of ready instances. Knows nothing of listeners: the proxy
 //! hands it a request head and a decision and gets a decision back.
 //!

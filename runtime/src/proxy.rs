@@ -414,8 +414,8 @@ async fn forward_upstream(
     {
         headers.insert(header::HOST, v);
     }
-    apply_mutation(&mut headers, &forward.request_headers);
-    apply_mutation(&mut headers, &destination.request_headers);
+    apply_mutation(&mut headers, forward.request_headers.as_ref());
+    apply_mutation(&mut headers, destination.request_headers.as_ref());
     let path_and_query = match &forward.rewrite_path {
         Some(p) => p.clone(),
         None => parts
@@ -461,8 +461,8 @@ async fn forward_upstream(
     let (mut parts, body) = resp.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    apply_mutation(&mut parts.headers, &forward.response_headers);
-    apply_mutation(&mut parts.headers, &destination.response_headers);
+    apply_mutation(&mut parts.headers, forward.response_headers.as_ref());
+    apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
     if let (Some((down, up)), Some(protocol)) = (upstream_upgrade, protocol) {
         // 101: hand both connections to a byte pipe once each side has switched.
         parts

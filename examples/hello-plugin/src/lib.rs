@@ -61,7 +61,7 @@ impl Policy for Hello {
             return Ok(None);
         };
         forward
-            .response_headers
+            .response_headers_mut()
             .set
             .push(Header::new("x-greeting", &self.config.greeting));
         Ok(Some(current))
@@ -86,7 +86,8 @@ mod tests {
         let p: Hello = prepare(r#"{"greeting": "hi"}"#);
         let d = decide(&p, &request("GET", "/").build(), forwarded());
         let Action::Forward(f) = d.action else { panic!("not forwarded") };
-        assert_eq!(f.response_headers.set, vec![Header::new("x-greeting", "hi")]);
+        let headers = f.response_headers.expect("response headers");
+        assert_eq!(headers.set, vec![Header::new("x-greeting", "hi")]);
     }
 
     #[test]

@@ -80,14 +80,19 @@ impl Policy for AddHeaders {
         let Some(forward) = current.forward_mut() else {
             return Ok(None);
         };
-        forward
-            .response_headers
-            .set
-            .extend(headers(&self.config.response_headers));
-        forward
-            .request_headers
-            .set
-            .extend(headers(&self.config.request_headers));
+        // Only touched when there is something to add: `None` is free to pass on.
+        if !self.config.response_headers.is_empty() {
+            forward
+                .response_headers_mut()
+                .set
+                .extend(headers(&self.config.response_headers));
+        }
+        if !self.config.request_headers.is_empty() {
+            forward
+                .request_headers_mut()
+                .set
+                .extend(headers(&self.config.request_headers));
+        }
         Ok(Some(current))
     }
 }
@@ -117,7 +122,7 @@ mod tests {
             panic!("not forward")
         };
         assert_eq!(
-            f.response_headers.set,
+            f.response_headers.expect("response headers").set,
             vec![Header::new("x-powered-by", "wasmgate")]
         );
 

@@ -79,12 +79,13 @@ fn mutation(ops: Option<&HeaderOperations>) -> HeaderMutation {
     }
 }
 
-fn request_ops(h: Option<&Headers>) -> HeaderMutation {
-    mutation(h.and_then(|h| h.request.as_ref()))
+/// `None` when there is nothing to do: cheaper for every plugin after the router.
+fn request_ops(h: Option<&Headers>) -> Option<HeaderMutation> {
+    mutation(h.and_then(|h| h.request.as_ref())).non_empty()
 }
 
-fn response_ops(h: Option<&Headers>) -> HeaderMutation {
-    mutation(h.and_then(|h| h.response.as_ref()))
+fn response_ops(h: Option<&Headers>) -> Option<HeaderMutation> {
+    mutation(h.and_then(|h| h.response.as_ref())).non_empty()
 }
 
 fn destination(d: &RawDestination, weight: i32, headers: Option<&Headers>) -> Destination {
@@ -352,7 +353,7 @@ impl CompiledRoute {
                 };
                 forward.rewrite_path = new_path.map(|p| with_query(p, &req.query));
                 if let Some((cors, origin)) = origin {
-                    cors.actual(origin, &mut forward.response_headers);
+                    cors.actual(origin, forward.response_headers_mut());
                 }
                 Action::Forward(forward)
             }

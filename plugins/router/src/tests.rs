@@ -2,7 +2,7 @@
 
 use super::*;
 use wasmgate_plugin_sdk::testing::{decide, prepare, request};
-use wasmgate_plugin_sdk::{Action, HeaderInterest};
+use wasmgate_plugin_sdk::{Action, HeaderInterest, HeaderMutation};
 
 fn router(spec: &str) -> Router {
     prepare::<Router>(spec)
@@ -250,9 +250,19 @@ fn weighted_destinations_headers_timeout_retries() {
         (3, Some(200))
     );
     assert!(retries.retry_on.contains("connect-failure"));
-    assert_eq!(f.request_headers.set[0].name, "x-a");
-    assert_eq!(f.response_headers.remove, ["server"]);
-    assert_eq!(f.destinations[1].response_headers.add[0].value, "2");
+    let none = HeaderMutation::default();
+    assert_eq!(
+        f.request_headers.as_ref().unwrap_or(&none).set[0].name,
+        "x-a"
+    );
+    assert_eq!(
+        f.response_headers.as_ref().unwrap_or(&none).remove,
+        ["server"]
+    );
+    let dest = f.destinations[1].response_headers.as_ref().unwrap_or(&none);
+    assert_eq!(dest.add[0].value, "2");
+    // A destination without header operations carries none (free to pass on).
+    assert!(f.destinations[0].request_headers.is_none());
 }
 
 #[test]
@@ -345,6 +355,7 @@ fn cors_preflight_answered_and_actual_request_decorated() {
     };
     assert!(
         f.response_headers
+            .expect("CORS sets response headers")
             .set
             .iter()
             .any(|h| h.name == "access-control-allow-origin")

@@ -1,6 +1,6 @@
 //! Turning bytes into a checked plugin: core modules become components (with the WASI
 //! preview1 adapter when they import WASI), the component's world is compared with
-//! `wasmgate:policy@0.1.x`, and wasmtime's errors are put in words a plugin author can
+//! `wasmgate:policy@0.2.x`, and wasmtime's errors are put in words a plugin author can
 //! act on.
 
 use wasmtime::component::Component;
@@ -8,8 +8,8 @@ use wasmtime::{Engine, Trap};
 
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "wasmgate:policy";
-/// Its version: plugins built against `0.1.*` load.
-const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+/// Its version: plugins built against `0.2.*` load.
+const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
 /// True for a component (binary layer 1), false for a core module or anything else.
@@ -170,8 +170,9 @@ mod tests {
             Some((0, 1, 3))
         );
         assert_eq!(parse_version("wasmgate:policy/policy"), None);
-        assert!(compatible((0, 1, 7)));
-        assert!(!compatible((0, 2, 0)));
+        assert!(compatible((0, 2, 7)));
+        assert!(!compatible((0, 1, 0)));
+        assert!(!compatible((0, 3, 0)));
         assert!(!compatible((1, 1, 0)));
     }
 

@@ -161,9 +161,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Apply Istio header operations: remove, then set (replace), then add (append).
-/// Invalid names or values are skipped with a debug log.
-pub fn apply_mutation(headers: &mut HeaderMap, m: &HeaderMutation) {
+/// Apply Istio header operations (if any): remove, then set (replace), then add
+/// (append). Invalid names or values are skipped with a debug log.
+pub fn apply_mutation(headers: &mut HeaderMap, m: Option<&HeaderMutation>) {
+    let Some(m) = m else {
+        return;
+    };
     for name in &m.remove {
         headers.remove(name.as_str());
     }
@@ -284,11 +287,11 @@ mod tests {
         headers.insert("b", HeaderValue::from_static("1"));
         apply_mutation(
             &mut headers,
-            &HeaderMutation {
+            Some(&HeaderMutation {
                 set: vec![h("a", "2"), h("bad name", "x")],
                 add: vec![h("a", "3"), h("c", "1")],
                 remove: vec!["b".into(), "c".into()],
-            },
+            }),
         );
         let a: Vec<_> = headers.get_all("a").iter().collect();
         assert_eq!(a, ["2", "3"]);

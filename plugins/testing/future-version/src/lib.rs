@@ -1,10 +1,10 @@
 //! Test plugin built against a future major version of the policy world
-//! (`wasmgate:policy@0.2.0`), so the host's version check has something real to refuse.
+//! (`wasmgate:policy@0.3.0`), so the host's version check has something real to refuse.
 #![allow(unsafe_code)]
 
 wit_bindgen::generate!({
     inline: "
-        package wasmgate:policy@0.2.0;
+        package wasmgate:policy@0.3.0;
         interface policy {
             decide: func(path: string) -> string;
         }
