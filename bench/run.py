@@ -40,6 +40,10 @@ ORIGIN_BODY = "hello from origin\n"
 
 # ---------------------------------------------------------------- process handling
 
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: stop everything (not caught as a failed scenario)."""
+
+
 class Procs:
     """Every process the benchmark starts; all are stopped by close()."""
 
@@ -115,16 +119,18 @@ def family(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) seconds of `pids`."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def status_kib(pids: list[int], key: str) -> int:
@@ -147,6 +153,7 @@ class Run:
     p50_us: float
     p99_us: float
     cpu_us_per_req: float
+    user_us_per_req: float
     requests: int
     errors: int
 
@@ -195,7 +202,8 @@ def measure(url: str, pids: list[int], a: argparse.Namespace, conns: int,
         rps=float(rps_m.group(1)),
         p50_us=parse_latency(text, "50"),
         p99_us=parse_latency(text, "99"),
-        cpu_us_per_req=(after - before) * 1e6 / requests,
+        cpu_us_per_req=(sum(after) - sum(before)) * 1e6 / requests,
+        user_us_per_req=(after[0] - before[0]) * 1e6 / requests,
         requests=requests,
         errors=errors,
     )
@@ -490,13 +498,15 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- reporting
 
 def table(results: list[Result], baseline: dict[str, Result]) -> str:
-    lines = ["| peer | requests/s | p50 µs | p99 µs | CPU µs/request | peak RSS MiB | errors |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| peer | requests/s | p50 µs | p99 µs | CPU µs/request | of which user | peak RSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        cpu = r.cell("cpu_us_per_req", ".2f") if any(x.cpu_us_per_req for x in r.runs) else "—"
+        measured = any(x.cpu_us_per_req for x in r.runs)
+        cpu = r.cell("cpu_us_per_req", ".1f") if measured else "—"
+        user = r.cell("user_us_per_req", ".1f") if measured else "—"
         rss = f"{r.peak_rss_kib / 1024:.1f}" if r.peak_rss_kib else "—"
         lines.append(f"| {r.peer} | {r.cell('rps', '.0f')} | {r.cell('p50_us', '.0f')} | "
-                     f"{r.cell('p99_us', '.0f')} | {cpu} | {rss} | {r.errors()} |")
+                     f"{r.cell('p99_us', '.0f')} | {cpu} | {user} | {rss} | {r.errors()} |")
     wg = next((r for r in results if r.peer.startswith("wasmgate")), None)
     if wg is not None:
         lines.append("")
@@ -505,7 +515,8 @@ def table(results: list[Result], baseline: dict[str, Result]) -> str:
                 continue
             lines.append(
                 f"- wasmgate/{name}: throughput **{wg.med('rps') / peer.med('rps'):.2f}x**, "
-                f"CPU per request **{wg.med('cpu_us_per_req') / peer.med('cpu_us_per_req'):.2f}x**, "
+                f"CPU per request **{wg.med('cpu_us_per_req') / peer.med('cpu_us_per_req'):.2f}x** "
+                f"(user {wg.med('user_us_per_req') / peer.med('user_us_per_req'):.1f}x), "
                 f"p99 {wg.med('p99_us') / peer.med('p99_us'):.2f}x, "
                 f"peak RSS {wg.peak_rss_kib / max(peer.peak_rss_kib, 1):.2f}x")
     return "\n".join(lines)
@@ -651,7 +662,7 @@ def main() -> int:
         b = Bench(a, work)
         def on_signal(signum, _frame):
             b.procs.close()
-            raise SystemExit(128 + signum)
+            raise Interrupted(signum)
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         sections = []
@@ -662,33 +673,49 @@ def main() -> int:
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
                 peer.proc.wait()
                 return 0
+            def section(title: str, run) -> None:
+                # A failing scenario is reported in its section; the others still run.
+                try:
+                    sections.append((title, run()))
+                except (SystemExit, subprocess.SubprocessError, OSError) as e:
+                    log(f"{title}: FAILED: {e}")
+                    sections.append((title, f"**failed**: `{str(e).strip()[:500]}`"))
+                    b.procs.close()
+                    b.start_origin()
+
             if "1" in wanted:
                 log("scenario 1: keep-alive, the whole chain")
-                sections.append(("1. Keep-alive, wasmgate running its whole Wasm chain",
-                                 scenario_peers(b, False, a.connections)))
+                section("1. Keep-alive, wasmgate running its whole Wasm chain",
+                        lambda: scenario_peers(b, False, a.connections))
             if "2" in wanted:
                 log("scenario 2: route-table scale")
-                sections.append(("2. Route-table scale (request matches the last route)",
-                                 scenario_scale(b, a.connections)))
+                section("2. Route-table scale (request matches the last route)",
+                        lambda: scenario_scale(b, a.connections))
             if "3" in wanted:
-                plugins = a.plugins
-                if plugins is None:
-                    plugins = work / "plugins"
-                    plugins.mkdir()
-                    log("building plugins/add-headers with `wasmgate build-plugin`")
-                    subprocess.run([str(a.wasmgate), "build-plugin", str(ROOT / "plugins/add-headers"),
-                                    "--out", str(plugins),
-                                    "--target-dir", str(ROOT / "target/wasm-plugins")],
-                                   check=True, stdout=subprocess.DEVNULL)
-                log("scenario 3: one extra user plugin (1 connection)")
-                sections.append(("3. One extra user plugin (one connection: latency is service time)",
-                                 scenario_plugin(b, plugins)))
+                def plugin_scenario() -> str:
+                    plugins = a.plugins
+                    if plugins is None:
+                        plugins = work / "plugins"
+                        plugins.mkdir(exist_ok=True)
+                        log("building plugins/add-headers with `wasmgate build-plugin`")
+                        built = subprocess.run(
+                            [str(a.wasmgate), "build-plugin", str(ROOT / "plugins/add-headers"),
+                             "--out", str(plugins),
+                             "--target-dir", str(ROOT / "target/wasm-plugins")],
+                            check=True, capture_output=True, text=True)
+                        # It prints the file it wrote (named after the package).
+                        Path(built.stdout.strip().splitlines()[-1]).rename(
+                            plugins / "add-headers.wasm")
+                    log("scenario 3: one extra user plugin (1 connection)")
+                    return scenario_plugin(b, plugins)
+                section("3. One extra user plugin (one connection: latency is service time)",
+                        plugin_scenario)
             if "4" in wanted:
                 log("scenario 4: a new connection per request")
-                sections.append(("4. A new connection per request (`Connection: close`)",
-                                 scenario_peers(b, True, a.connections)))
+                section("4. A new connection per request (`Connection: close`)",
+                        lambda: scenario_peers(b, True, a.connections))
             if "idle" in wanted:
-                sections.append(("Memory at rest", idle_rss(b)))
+                section("Memory at rest", lambda: idle_rss(b))
         finally:
             b.procs.close()
 
@@ -709,4 +736,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Interrupted as stop:
+        log("interrupted; every process started was stopped")
+        sys.exit(128 + stop.args[0])
