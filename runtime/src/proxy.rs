@@ -80,6 +80,8 @@ struct Access {
     flags: Vec<&'static str>,
     extra: Vec<(String, String)>,
     attempted: Attempted,
+    /// The access log is on: fill the fields above.
+    logged: bool,
 }
 
 /// Serve one request. Never fails: errors become responses.
@@ -89,14 +91,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
+    // is several allocations per request.
+    let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO);
     let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let uri = logged.then(|| req.uri().clone());
     let authority = authority_of(&req);
-    let mut access = Access::default();
+    let mut access = Access {
+        logged,
+        ..Access::default()
+    };
     let snapshot = shared.snapshot.load_full();
     let served = serve(
         &shared,
@@ -121,9 +125,10 @@ pub async fn handle(
             e.into_response()
         }
     };
-    if !tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO) {
+    let Some(uri) = uri else {
         return Ok(response);
-    }
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let extra: String = access
         .extra
         .iter()
@@ -193,23 +198,18 @@ async fn serve(
     }
     access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, &shared.ids);
 
-    let (path, query) = {
-        let pq = req.uri().path_and_query();
-        (
-            pq.map_or("/", |p| p.path()).to_string(),
-            pq.and_then(|p| p.query()).unwrap_or_default().to_string(),
-        )
-    };
-    let method = req.method().as_str().to_string();
+    let pq = req.uri().path_and_query();
+    let path = pq.map_or("/", |p| p.path());
+    let query = pq.and_then(|p| p.query()).unwrap_or_default();
     let mut routed: Option<(&Arc<Chain>, Decision)> = None;
     for chain in &vhost.chains {
         let parts = HeadParts {
             id: &access.request_id,
-            method: &method,
+            method: req.method().as_str(),
             scheme,
             authority,
-            path: &path,
-            query: &query,
+            path,
+            query,
             headers: req.headers(),
             port: conn.port,
         };
@@ -222,20 +222,22 @@ async fn serve(
     let Some((chain, decision)) = routed else {
         return Err(ProxyError::NoRoute);
     };
-    access.virtual_service = chain.virtual_service.clone();
-    if let Some(r) = &decision.route {
-        access.route = if r.name.is_empty() {
-            format!("http[{}]", r.index)
-        } else {
-            r.name.clone()
-        };
+    if access.logged {
+        access.virtual_service = chain.virtual_service.clone();
+        if let Some(r) = &decision.route {
+            access.route = if r.name.is_empty() {
+                format!("http[{}]", r.index)
+            } else {
+                r.name.clone()
+            };
+        }
+        access.extra.extend(
+            decision
+                .log_fields
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone())),
+        );
     }
-    access.extra.extend(
-        decision
-            .log_fields
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone())),
-    );
 
     if let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0) {
         access.flags.push("DI");
@@ -405,7 +407,9 @@ async fn forward_upstream(
         .registry
         .resolve(&host, destination.port, destination.subset.as_deref())
         .map_err(ProxyError::NoCluster)?;
-    access.cluster = cluster.name.clone();
+    if access.logged {
+        access.cluster = cluster.name.clone();
+    }
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
