@@ -72,6 +72,11 @@ async fn quickstart_answers_as_its_readme_says() {
         text.contains("default/shop via default/public: wasmgate/router -> wasmgate/fault -> wasmgate/traffic-split"),
         "{text}"
     );
+    // No route of the backends has a fault or a split: only the router is bound there.
+    assert!(
+        text.contains("default/reviews-v1 via default/backend-v1: wasmgate/router\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
