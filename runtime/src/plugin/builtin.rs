@@ -19,7 +19,9 @@ macro_rules! builtin {
     };
 }
 
-/// Router, fault, traffic split: the chain every VirtualService starts with, in order.
+/// Router, fault, traffic split, in chain order. Every VirtualService gets the router;
+/// the snapshot binds fault and traffic split only where a route has a fault or several
+/// destinations.
 pub const CHAIN: [Builtin; 3] = [
     builtin!("router"),
     builtin!("fault"),
