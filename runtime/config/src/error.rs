@@ -6,7 +6,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The Istio resource kinds wasmgate implements.
+/// The resource kinds wasmgate reads: Istio's networking kinds, and the Kubernetes
+/// `Secret`s that hold TLS certificates and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Gateway,
@@ -14,16 +15,18 @@ pub enum Kind {
     DestinationRule,
     ServiceEntry,
     WasmPlugin,
+    Secret,
 }
 
 impl Kind {
     /// Every kind, in the order resources are listed in [`crate::Config`].
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WasmPlugin,
+        Kind::Secret,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -34,22 +37,38 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WasmPlugin => "WasmPlugin",
+            Kind::Secret => "Secret",
         }
     }
 
-    /// The API group the kind belongs to.
+    /// The API group the kind belongs to (`""` is Kubernetes' core group).
     pub fn group(self) -> &'static str {
         match self {
             Kind::WasmPlugin => "extensions.istio.io",
-            _ => "networking.istio.io",
+            Kind::Secret => "",
+            Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+                "networking.istio.io"
+            }
         }
     }
 
-    /// The API versions Istio serves for the kind.
+    /// The API versions served for the kind.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::WasmPlugin => &["v1alpha1"],
-            _ => &["v1", "v1beta1", "v1alpha3"],
+            Kind::Secret => &["v1"],
+            Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+                &["v1", "v1beta1", "v1alpha3"]
+            }
+        }
+    }
+
+    /// An `apiVersion` the kind accepts: `group/version`, or the bare version for the
+    /// core group (`v1`).
+    pub fn api_version(self, version: &str) -> String {
+        match self.group() {
+            "" => version.to_string(),
+            group => format!("{group}/{version}"),
         }
     }
 
@@ -216,5 +235,9 @@ mod tests {
             Kind::from_group_kind("extensions.istio.io", "WasmPlugin"),
             Some(Kind::WasmPlugin)
         );
+        assert_eq!(Kind::from_group_kind("", "Secret"), Some(Kind::Secret));
+        assert_eq!(Kind::from_group_kind("networking.istio.io", "Secret"), None);
+        assert_eq!(Kind::Secret.api_version("v1"), "v1");
+        assert_eq!(Kind::Gateway.api_version("v1"), "networking.istio.io/v1");
     }
 }

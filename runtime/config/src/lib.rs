@@ -1,10 +1,12 @@
 //! wasmgate's configuration: Istio networking resources (Gateway, VirtualService,
-//! DestinationRule, ServiceEntry, WasmPlugin) read from YAML files, validated with Istio's
-//! rules and turned into a resolved model. Three stages: [`raw`] mirrors the YAML,
+//! DestinationRule, ServiceEntry, WasmPlugin) and the Kubernetes Secrets their TLS
+//! settings name, read from YAML files, validated with Istio's rules and turned into a
+//! resolved model. Three stages: [`raw`] mirrors the YAML,
 //! validation applies Istio's checks (errors name the file, line, resource and field), and
 //! [`model`] is what the runtime builds its snapshot from. The crate knows nothing of
 //! sockets or Wasm; the router plugin (built for wasm32) depends on it for the raw types.
 
+mod credentials;
 mod duration;
 mod error;
 pub mod host;
@@ -19,9 +21,10 @@ pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;
 pub use load::{load, load_sources, validate_document};
 pub use model::{
-    Config, DestinationRule, Endpoint, FailStrategy, Gateway, GatewayHost, GatewayRef,
-    LoadBalancer, Location, Meta, NamespaceSelector, Phase, PluginSource, Protocol, Resolution,
-    Server, ServiceEntry, ServicePort, Subset, TargetRef, VirtualService, WasmPlugin,
+    ClientTls, ClientTlsMode, Config, DestinationRule, Endpoint, FailStrategy, Gateway,
+    GatewayHost, GatewayRef, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector, Pem, Phase,
+    PluginSource, Protocol, Resolution, Secret, SecretValue, Server, ServerTls, ServerTlsMode,
+    ServiceEntry, ServicePort, Subset, TargetRef, VirtualService, WasmPlugin,
 };
-pub use validate::virtual_service::grpc_status_code;
+pub use validate::virtual_service::{gateway_ref, grpc_status_code};
 pub use yaml::{YamlDocument, split_documents};

@@ -1,14 +1,16 @@
 //! The loader: reads files and directories, splits them into documents, runs each
 //! document through parse (stage one), validation (stage two) and model building (stage
-//! three), then checks the set as a whole (duplicates are errors; dangling references
-//! become warnings, as `istioctl analyze` reports them). Binds nothing and compiles
-//! nothing, so `wasmgate validate` and a reload run exactly this.
+//! three), then checks the set as a whole (duplicates are errors; TLS credentials are read
+//! from the Secrets and files they name, and a missing one is an error; dangling
+//! references become warnings, as `istioctl analyze` reports them). Binds nothing and
+//! compiles nothing, so `wasmgate validate` and a reload run exactly this.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use crate::credentials;
 use crate::host::{expand_host, host_within};
 use crate::model::{self, Config};
 use crate::raw;
@@ -43,6 +45,7 @@ enum Loaded {
     DestinationRule(Box<model::DestinationRule>),
     ServiceEntry(Box<model::ServiceEntry>),
     WasmPlugin(Box<model::WasmPlugin>),
+    Secret(Box<model::Secret>),
 }
 
 /// What came of one document.
@@ -237,10 +240,14 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
                     name: n.to_string(),
                 });
                 let line = out.outline.line_of(&[Seg::Key("apiVersion".into())]);
+                let home = match k.group() {
+                    "" => "the core API group (apiVersion: v1)",
+                    g => g,
+                };
                 out.error(
                     Some("apiVersion".into()),
                     Some(line),
-                    format!("{kind_name} belongs to {}, not {group}", k.group()),
+                    format!("{kind_name} belongs to {home}, not {group}"),
                 );
             }
             _ if group.ends_with("istio.io") => {
@@ -261,7 +268,7 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
         let expected: Vec<String> = kind
             .versions()
             .iter()
-            .map(|v| format!("{}/{v}", kind.group()))
+            .map(|v| kind.api_version(v))
             .collect();
         let line = out.outline.line_of(&[Seg::Key("apiVersion".into())]);
         out.error(
@@ -283,6 +290,18 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             Some(line),
             format!("name is required for {kind}"),
         );
+    }
+    if kind == Kind::Secret {
+        // A Secret has no spec: its data sits at the top level.
+        typed_resource(
+            kind,
+            doc,
+            &mut out,
+            validate::secret::metadata,
+            validate::secret::validate,
+            |m| Loaded::Secret(Box::new(m)),
+        );
+        return Some(out);
     }
     match map.get("spec") {
         None => {
@@ -344,11 +363,12 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             validate::wasm_plugin::validate,
             |m| Loaded::WasmPlugin(Box::new(m)),
         ),
+        Kind::Secret => {}
     }
     Some(out)
 }
 
-/// Stage one for a known kind, then metadata checks, stage two and stage three.
+/// Stage one for a kind with a `spec`, then metadata checks, stage two and stage three.
 fn typed<S: DeserializeOwned, M>(
     kind: Kind,
     doc: &YamlDocument,
@@ -356,7 +376,27 @@ fn typed<S: DeserializeOwned, M>(
     validate: fn(&model::Meta, &S, &mut Report) -> M,
     wrap: fn(M) -> Loaded,
 ) {
-    let resource: raw::Resource<S> = match serde_yaml::from_str(&doc.text) {
+    typed_resource::<raw::Resource<S>, M>(
+        kind,
+        doc,
+        out,
+        |r| &r.metadata,
+        |meta, r, report| validate(meta, &r.spec, report),
+        wrap,
+    );
+}
+
+/// Stage one for a known kind as the whole document `R`, then metadata checks, stage two
+/// and stage three.
+fn typed_resource<R: DeserializeOwned, M>(
+    kind: Kind,
+    doc: &YamlDocument,
+    out: &mut DocOutcome,
+    metadata: impl Fn(&R) -> &raw::ObjectMeta,
+    validate: impl Fn(&model::Meta, &R, &mut Report) -> M,
+    wrap: fn(M) -> Loaded,
+) {
+    let resource: R = match serde_yaml::from_str(&doc.text) {
         Ok(r) => r,
         Err(e) => {
             let f = serde_failure(&e);
@@ -364,8 +404,9 @@ fn typed<S: DeserializeOwned, M>(
             return;
         }
     };
+    let metadata = metadata(&resource);
     let mut report = Report::default();
-    validate_metadata(&resource.metadata, &mut report);
+    validate_metadata(metadata, &mut report);
     // Without a name the error is already recorded; the spec is still checked.
     let id = out.id.clone().unwrap_or_else(|| ResourceId {
         kind,
@@ -375,10 +416,10 @@ fn typed<S: DeserializeOwned, M>(
     let meta = model::Meta {
         id,
         file: out.file.clone(),
-        labels: resource.metadata.labels.clone(),
-        annotations: resource.metadata.annotations.clone(),
+        labels: metadata.labels.clone(),
+        annotations: metadata.annotations.clone(),
     };
-    let built = validate(&meta, &resource.spec, &mut report);
+    let built = validate(&meta, &resource, &mut report);
     let errors: Vec<ConfigError> = report.errors.iter().map(|i| out.issue(i)).collect();
     let warnings: Vec<ConfigWarning> = report
         .warnings
@@ -552,8 +593,37 @@ fn assemble(outcomes: Vec<DocOutcome>, mut warnings: Vec<ConfigWarning>) -> Resu
             Some(Loaded::DestinationRule(d)) => cfg.destination_rules.push((**d).clone()),
             Some(Loaded::ServiceEntry(s)) => cfg.service_entries.push((**s).clone()),
             Some(Loaded::WasmPlugin(w)) => cfg.wasm_plugins.push((**w).clone()),
+            Some(Loaded::Secret(s)) => cfg.secrets.push((**s).clone()),
             None => {}
         }
+    }
+    // Credentials need every Secret; what they cannot find is an error, reported in
+    // document order like the rest.
+    let order: BTreeMap<&ResourceId, usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.id.as_ref().map(|id| (id, i)))
+        .collect();
+    let mut found: Vec<(usize, ConfigError)> = Vec::new();
+    for (meta, report) in credentials::resolve(&mut cfg) {
+        let outline = outlines.get(&meta.id);
+        let at = |issue: &Issue| ConfigError {
+            file: meta.file.clone(),
+            line: match (&issue.path, outline) {
+                (Some(p), Some(o)) => Some(o.line_of(&p.0)),
+                _ => None,
+            },
+            resource: Some(meta.id.clone()),
+            field: issue.path.as_ref().map(ToString::to_string),
+            message: issue.message.clone(),
+        };
+        let index = order.get(&meta.id).copied().unwrap_or(usize::MAX);
+        found.extend(report.errors.iter().map(|i| (index, at(i))));
+        warnings.extend(report.warnings.iter().map(|i| at(i).into()));
+    }
+    if !found.is_empty() {
+        found.sort_by_key(|(index, e)| (*index, e.line));
+        return Err(Errors(found.into_iter().map(|(_, e)| e).collect()));
     }
     warnings.extend(cross_references(&cfg, &outlines));
     cfg.warnings = warnings;

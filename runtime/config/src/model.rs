@@ -1,7 +1,14 @@
 //! Stage three: the validated model the runtime builds its snapshot from. Hosts are
 //! expanded and lowercase, enums replace strings, defaults are resolved (no `Option` means
-//! "use the default"). Parts the runtime passes on to plugins unchanged (HTTP routes, TLS
-//! settings) stay as the raw types, and each resource keeps its raw `spec` as written.
+//! "use the default"). Parts the runtime passes on to plugins unchanged (HTTP routes)
+//! stay as the raw types, and each resource keeps its raw `spec` as written. TLS settings
+//! are resolved: certificates and keys are read from their Secrets and files ([`tls`]).
+
+mod tls;
+
+pub use tls::{
+    ClientTls, ClientTlsMode, KeyPair, Pem, Secret, SecretValue, ServerTls, ServerTlsMode,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +48,11 @@ pub struct Server {
     pub hosts: Vec<GatewayHost>,
     /// Address to bind, when set (an IP, or `unix://path` with port 0).
     pub bind: Option<String>,
-    pub tls: Option<raw::ServerTLSSettings>,
+    /// `tls.httpsRedirect` on a plain-text HTTP server: answer 301 to `https://`. Always
+    /// `false` on other servers (on HTTPS Envoy's redirect is a no-op).
+    pub https_redirect: bool,
+    /// `Some` exactly for HTTPS and TLS servers.
+    pub tls: Option<ServerTls>,
 }
 
 /// Server protocols wasmgate implements.
@@ -128,8 +139,26 @@ pub struct DestinationRule {
     /// Expanded, lowercase; may be a wildcard.
     pub host: String,
     pub load_balancer: LoadBalancer,
+    /// `trafficPolicy.tls`.
+    pub tls: Option<ClientTls>,
+    /// `trafficPolicy.portLevelSettings[].tls` by port (the first entry for a port counts,
+    /// as in Istio; entries without `tls` are left out).
+    pub port_tls: BTreeMap<u16, ClientTls>,
     pub subsets: Vec<Subset>,
     pub spec: raw::DestinationRuleSpec,
+}
+
+impl DestinationRule {
+    /// The TLS setting for traffic to `port` (of `subset`, when given), by Istio's
+    /// precedence: the subset's port-level setting, the subset's own, the rule's
+    /// port-level setting, the rule's own. `None`: plain text.
+    pub fn client_tls(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
+        let subset = subset.and_then(|name| self.subsets.iter().find(|s| s.name == name));
+        subset
+            .and_then(|s| s.port_tls.get(&port).or(s.tls.as_ref()))
+            .or_else(|| self.port_tls.get(&port))
+            .or(self.tls.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +167,11 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     /// The subset's own policy, or the rule's.
     pub load_balancer: LoadBalancer,
+    /// The subset's own `trafficPolicy.tls` (not inherited: see
+    /// [`DestinationRule::client_tls`]).
+    pub tls: Option<ClientTls>,
+    /// The subset's own `trafficPolicy.portLevelSettings[].tls` by port.
+    pub port_tls: BTreeMap<u16, ClientTls>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -270,6 +304,8 @@ pub struct Config {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub wasm_plugins: Vec<WasmPlugin>,
+    /// Every Secret loaded, referenced or not.
+    pub secrets: Vec<Secret>,
     pub warnings: Vec<crate::ConfigWarning>,
 }
 
@@ -379,6 +415,61 @@ mod tests {
     }
 
     #[test]
+    fn client_tls_precedence() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: api}",
+            "spec:",
+            "  host: api.example.com",
+            "  trafficPolicy:",
+            "    tls: {mode: SIMPLE, sni: rule}",
+            "    portLevelSettings:",
+            "    - {port: {number: 8443}, tls: {mode: SIMPLE, sni: rule-port}}",
+            "    - {port: {number: 9443}, loadBalancer: {simple: RANDOM}}",
+            "    - {port: {number: 9443}, tls: {mode: SIMPLE, sni: ignored}}",
+            "  subsets:",
+            "  - name: v1",
+            "    trafficPolicy:",
+            "      tls: {mode: SIMPLE, sni: subset}",
+            "      portLevelSettings:",
+            "      - {port: {number: 8443}, tls: {mode: DISABLE}}",
+            "  - name: v2",
+            "    trafficPolicy:",
+            "      portLevelSettings:",
+            "      - {port: {number: 7443}, tls: {mode: SIMPLE, sni: subset-port}}",
+            "  - name: v3",
+        ]);
+        let dr = &c.destination_rules[0];
+        let sni = |port: u16, subset: Option<&str>| {
+            dr.client_tls(port, subset).map(|t| match &t.sni {
+                Some(s) => s.clone(),
+                None => format!("{:?}", t.mode),
+            })
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(sni(443, None), s("rule"));
+        assert_eq!(sni(8443, None), s("rule-port"));
+        // The first entry for 9443 has no tls: the rule's own applies.
+        assert_eq!(sni(9443, None), s("rule"));
+        assert_eq!(sni(443, Some("v1")), s("subset"));
+        assert_eq!(sni(8443, Some("v1")), s("Disable"));
+        assert_eq!(sni(7443, Some("v2")), s("subset-port"));
+        assert_eq!(sni(8443, Some("v2")), s("rule-port"));
+        assert_eq!(sni(443, Some("v2")), s("rule"));
+        assert_eq!(sni(443, Some("v3")), s("rule"));
+        assert_eq!(sni(443, Some("nope")), s("rule"));
+        assert_eq!(dr.port_tls.keys().copied().collect::<Vec<_>>(), vec![8443]);
+        let plain = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: api}",
+            "spec: {host: api.example.com}",
+        ]);
+        assert_eq!(plain.destination_rules[0].client_tls(443, None), None);
+    }
+
+    #[test]
     fn service_entry_defaults() {
         let c = load(&[
             "apiVersion: networking.istio.io/v1",
@@ -457,6 +548,7 @@ mod tests {
         assert_eq!(s.name, None);
         assert_eq!(s.bind, None);
         assert_eq!(s.tls, None);
+        assert!(!s.https_redirect);
         let ns: Vec<_> = s.hosts.iter().map(|h| h.namespace.clone()).collect();
         assert_eq!(
             ns,

@@ -204,6 +204,12 @@ spec:
   targetRefs: [{group: networking.istio.io, kind: VirtualService, name: api}]
   match: [{mode: SERVER, ports: [{number: 443}]}]
   vmConfig: {env: [{name: TOKEN, valueFrom: HOST}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: api-cert}
+type: kubernetes.io/tls
+stringData: {tls.crt: "-----BEGIN CERTIFICATE-----", tls.key: "-----BEGIN PRIVATE KEY-----"}
 "#;
     let cfg = match load_sources(&[(PathBuf::from("all.yaml"), text.to_string())]) {
         Ok(c) => c,

@@ -1,15 +1,17 @@
 //! DestinationRule rules (Istio's `ValidateDestinationRule`): host, subsets, and traffic
 //! policies (load balancer, warmup, locality, connection pool, outlier detection, client
-//! TLS, port-level settings, tunnel); builds [`model::DestinationRule`].
+//! TLS, port-level settings, tunnel); builds [`model::DestinationRule`]. Client
+//! certificates and CAs are read later, once every Secret is known
+//! (`crate::credentials`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     Report, duration, istio_duration, opt_istio_duration, validate_export_to, validate_labels,
     validate_port, validate_workload_selector,
 };
 use crate::host::{expand_host, is_dns_label, is_ip, validate_fqdn, validate_wildcard_domain};
-use crate::model::{self, LoadBalancer};
+use crate::model::{self, ClientTls, LoadBalancer};
 use crate::raw::{self, ClientTLSMode, H2UpgradePolicy, SimpleLB};
 use crate::yaml::FieldPath;
 
@@ -25,10 +27,11 @@ pub(crate) fn validate(
     } else {
         r.check(&p.key("host"), validate_wildcard_domain(&spec.host));
     }
-    let load_balancer = match &spec.traffic_policy {
+    let policy = match &spec.traffic_policy {
         Some(tp) => validate_traffic_policy(tp, &p.key("trafficPolicy"), r),
-        None => LoadBalancer::default(),
+        None => Policy::default(),
     };
+    let load_balancer = policy.load_balancer;
     let mut names = BTreeSet::new();
     let mut subsets = Vec::new();
     for (i, s) in spec.subsets.iter().enumerate() {
@@ -48,21 +51,29 @@ pub(crate) fn validate(
             );
         }
         validate_labels(r, &sp.key("labels"), &s.labels);
-        let lb = match &s.traffic_policy {
+        let own = match &s.traffic_policy {
             Some(tp) => {
                 let own = validate_traffic_policy(tp, &sp.key("trafficPolicy"), r);
                 if tp.load_balancer.is_some() {
                     own
                 } else {
-                    load_balancer
+                    Policy {
+                        load_balancer,
+                        ..own
+                    }
                 }
             }
-            None => load_balancer,
+            None => Policy {
+                load_balancer,
+                ..Policy::default()
+            },
         };
         subsets.push(model::Subset {
             name: s.name.clone(),
             labels: s.labels.clone(),
-            load_balancer: lb,
+            load_balancer: own.load_balancer,
+            tls: own.tls,
+            port_tls: own.port_tls,
         });
     }
     validate_export_to(
@@ -80,13 +91,49 @@ pub(crate) fn validate(
         meta: meta.clone(),
         host: expand_host(&spec.host, ns),
         load_balancer,
+        tls: policy.tls,
+        port_tls: policy.port_tls,
         subsets,
         spec: spec.clone(),
     }
 }
 
-/// Validates a traffic policy and returns the load balancer it selects.
-fn validate_traffic_policy(tp: &raw::TrafficPolicy, p: &FieldPath, r: &mut Report) -> LoadBalancer {
+/// What one traffic policy contributes to the model.
+#[derive(Debug, Default)]
+struct Policy {
+    load_balancer: LoadBalancer,
+    tls: Option<ClientTls>,
+    port_tls: BTreeMap<u16, ClientTls>,
+}
+
+/// The port-level TLS settings that take effect, as `(index in portLevelSettings, port,
+/// settings)`: Istio uses the first entry for a port, so a later one for the same port
+/// is ignored even when the first has no `tls`.
+pub(crate) fn port_tls_settings(
+    tp: &raw::TrafficPolicy,
+) -> Vec<(usize, u16, &raw::ClientTLSSettings)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let Some(port) = pl
+            .port
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok())
+        else {
+            continue;
+        };
+        if port == 0 || !seen.insert(port) {
+            continue;
+        }
+        if let Some(t) = &pl.tls {
+            out.push((i, port, t));
+        }
+    }
+    out
+}
+
+/// Validates a traffic policy; returns its load balancer and TLS settings.
+fn validate_traffic_policy(tp: &raw::TrafficPolicy, p: &FieldPath, r: &mut Report) -> Policy {
     if tp.outlier_detection.is_none()
         && tp.connection_pool.is_none()
         && tp.load_balancer.is_none()
@@ -97,7 +144,7 @@ fn validate_traffic_policy(tp: &raw::TrafficPolicy, p: &FieldPath, r: &mut Repor
         && tp.retry_budget.is_none()
     {
         r.err(p, "traffic policy must have at least one field");
-        return LoadBalancer::default();
+        return Policy::default();
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
         r.err(p, "tunnel and proxyProtocol must not be set together");
@@ -190,7 +237,39 @@ fn validate_traffic_policy(tp: &raw::TrafficPolicy, p: &FieldPath, r: &mut Repor
             duration(r, &bp.key("budgetInterval"), d);
         }
     }
-    lb
+    Policy {
+        load_balancer: lb,
+        tls: tp.tls.as_ref().map(client_tls),
+        port_tls: port_tls_settings(tp)
+            .into_iter()
+            .map(|(_, port, t)| (port, client_tls(t)))
+            .collect(),
+    }
+}
+
+const ISTIO_MUTUAL_CLIENT: &str =
+    "ISTIO_MUTUAL needs Istio's mesh certificates; requests to this destination will fail with 503";
+
+/// The model of a client TLS setting, without its certificates (read once every Secret
+/// is loaded).
+fn client_tls(t: &raw::ClientTLSSettings) -> ClientTls {
+    let mode = match t.mode() {
+        ClientTLSMode::Disable => return ClientTls::mode_only(model::ClientTlsMode::Disable),
+        ClientTLSMode::IstioMutual => {
+            return ClientTls::mode_only(model::ClientTlsMode::IstioMutual);
+        }
+        ClientTLSMode::Simple => model::ClientTlsMode::Simple,
+        ClientTLSMode::Mutual => model::ClientTlsMode::Mutual,
+    };
+    ClientTls {
+        mode,
+        client_cert: None,
+        ca: None,
+        crl: None,
+        sni: (!t.sni.is_empty()).then(|| t.sni.clone()),
+        subject_alt_names: t.subject_alt_names.clone(),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+    }
 }
 
 fn validate_outlier(o: &raw::OutlierDetection, p: &FieldPath, r: &mut Report) {
@@ -578,6 +657,9 @@ fn validate_localities(localities: &[String]) -> Result<(), String> {
 
 fn validate_client_tls(t: &raw::ClientTLSSettings, p: &FieldPath, r: &mut Report) {
     let mode = t.mode();
+    if mode == ClientTLSMode::IstioMutual {
+        r.warn(&p.key("mode"), ISTIO_MUTUAL_CLIENT);
+    }
     if t.insecure_skip_verify == Some(true) {
         if mode == ClientTLSMode::Simple
             && (!t.ca_certificates.is_empty()

@@ -1,12 +1,14 @@
 //! Gateway rules (Istio's `ValidateGateway`): servers, ports, protocols, hosts, bind
-//! addresses and server TLS settings; builds [`model::Gateway`].
+//! addresses and server TLS settings, plus what wasmgate's TLS cannot do (mesh modes,
+//! TLS below 1.2); builds [`model::Gateway`]. Certificates are read later, once every
+//! Secret is known (`crate::credentials`).
 
 use std::collections::BTreeSet;
 
 use super::{Report, port_u16, validate_labels, validate_port};
 use crate::host::{is_dns_label, is_ip, validate_partial_wildcard, validate_wildcard_domain};
-use crate::model::{self, GatewayHost, NamespaceSelector, Protocol};
-use crate::raw::{self, ServerTLSMode};
+use crate::model::{self, GatewayHost, NamespaceSelector, Protocol, ServerTls, ServerTlsMode};
+use crate::raw::{self, ServerTLSMode, TLSProtocol};
 use crate::yaml::FieldPath;
 
 /// What Istio's `protocol.Parse` makes of a server protocol.
@@ -210,15 +212,122 @@ fn validate_server(
         );
     }
     let port = server.port.as_ref()?;
+    let protocol = protocol?;
+    // On HTTP servers only `httpsRedirect` means something (the rest is rejected above or
+    // is PASSTHROUGH, which has nothing to pass through on plain text).
+    let tls = match &server.tls {
+        Some(t) if protocol.is_tls() => server_tls(t, &p.key("tls"), r),
+        _ => None,
+    };
+    let https_redirect =
+        protocol.is_http() && server.tls.as_ref().is_some_and(|t| t.https_redirect);
     Some(model::Server {
         index: 0,
         name: (!server.name.is_empty()).then(|| server.name.clone()),
         port: port_u16(port.number),
         port_name: port.name.clone(),
-        protocol: protocol?,
+        protocol,
         hosts,
         bind: (!server.bind.is_empty()).then(|| server.bind.clone()),
-        tls: server.tls.clone(),
+        https_redirect,
+        tls,
+    })
+}
+
+const AUTO_PASSTHROUGH: &str = "AUTO_PASSTHROUGH is for multi-cluster mesh traffic (SNI-DNAT with mesh identities); wasmgate does not serve it — use PASSTHROUGH with tls routes";
+const ISTIO_MUTUAL: &str = "ISTIO_MUTUAL needs Istio's mesh certificates, which wasmgate does not have; use MUTUAL with credentialName";
+const MIN_RAISED: &str =
+    "TLS 1.2 is the lowest version wasmgate speaks; minProtocolVersion raised to TLSV1_2";
+
+/// The name Istio writes for a protocol version.
+fn version_name(v: TLSProtocol) -> &'static str {
+    match v {
+        TLSProtocol::TlsAuto => "TLS_AUTO",
+        TLSProtocol::Tlsv10 => "TLSV1_0",
+        TLSProtocol::Tlsv11 => "TLSV1_1",
+        TLSProtocol::Tlsv12 => "TLSV1_2",
+        TLSProtocol::Tlsv13 => "TLSV1_3",
+    }
+}
+
+fn version_rank(v: TLSProtocol) -> u8 {
+    match v {
+        TLSProtocol::TlsAuto => 0,
+        TLSProtocol::Tlsv10 => 10,
+        TLSProtocol::Tlsv11 => 11,
+        TLSProtocol::Tlsv12 => 12,
+        TLSProtocol::Tlsv13 => 13,
+    }
+}
+
+/// The resolved settings of an HTTPS or TLS server, without its certificates (read once
+/// every Secret is loaded). Rejects what wasmgate cannot serve.
+fn server_tls(t: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Report) -> Option<ServerTls> {
+    let mode = match t.mode() {
+        ServerTLSMode::Passthrough => return Some(ServerTls::passthrough()),
+        ServerTLSMode::AutoPassthrough => {
+            r.err(&p.key("mode"), AUTO_PASSTHROUGH);
+            return None;
+        }
+        ServerTLSMode::IstioMutual => {
+            r.err(&p.key("mode"), ISTIO_MUTUAL);
+            return None;
+        }
+        ServerTLSMode::Simple => ServerTlsMode::Simple,
+        ServerTLSMode::Mutual => ServerTlsMode::Mutual,
+        ServerTLSMode::OptionalMutual => ServerTlsMode::OptionalMutual,
+    };
+    let min_version = match t.min_protocol_version {
+        Some(TLSProtocol::Tlsv10 | TLSProtocol::Tlsv11) => {
+            r.warn(&p.key("minProtocolVersion"), MIN_RAISED);
+            Some(TLSProtocol::Tlsv12)
+        }
+        Some(TLSProtocol::TlsAuto) | None => None,
+        v => v,
+    };
+    let max_version = match t.max_protocol_version {
+        Some(v @ (TLSProtocol::Tlsv10 | TLSProtocol::Tlsv11)) => {
+            r.err(
+                &p.key("maxProtocolVersion"),
+                format!(
+                    "maxProtocolVersion {}: wasmgate's TLS library speaks TLS 1.2 and 1.3 only",
+                    version_name(v)
+                ),
+            );
+            None
+        }
+        Some(TLSProtocol::TlsAuto) | None => None,
+        v => v,
+    };
+    if let (Some(lo), Some(hi)) = (min_version, max_version)
+        && version_rank(lo) > version_rank(hi)
+    {
+        r.err(
+            &p.key("minProtocolVersion"),
+            format!(
+                "minProtocolVersion {} is higher than maxProtocolVersion {}",
+                version_name(lo),
+                version_name(hi)
+            ),
+        );
+    }
+    let mut cipher_suites: Vec<String> = Vec::new();
+    for c in &t.cipher_suites {
+        if !cipher_suites.contains(c) {
+            cipher_suites.push(c.clone());
+        }
+    }
+    Some(ServerTls {
+        mode,
+        certificates: Vec::new(),
+        client_ca: None,
+        crl: None,
+        min_version,
+        max_version,
+        cipher_suites,
+        subject_alt_names: t.subject_alt_names.clone(),
+        verify_certificate_spki: t.verify_certificate_spki.clone(),
+        verify_certificate_hash: t.verify_certificate_hash.clone(),
     })
 }
 
@@ -286,11 +395,17 @@ pub(crate) fn validate_unix_address(addr: &str) -> Result<(), String> {
 }
 
 fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Report) {
-    use raw::TLSProtocol;
+    let mode = tls.mode();
+    let terminating = matches!(
+        mode,
+        ServerTLSMode::Simple | ServerTLSMode::Mutual | ServerTLSMode::OptionalMutual
+    );
+    // A terminating server raises the version to TLS 1.2 instead (see `server_tls`).
     if matches!(
         tls.min_protocol_version,
         Some(TLSProtocol::Tlsv10) | Some(TLSProtocol::Tlsv11)
     ) && tls.cipher_suites.is_empty()
+        && !terminating
     {
         r.warn(
             &p.key("minProtocolVersion"),
@@ -314,7 +429,6 @@ fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Repo
             r.err(&p.key(field), format!("{field} may have at most 2 items"));
         }
     }
-    let mode = tls.mode();
     if mode == ServerTLSMode::IstioMutual {
         for (set, what) in [
             (!tls.server_certificate.is_empty(), "server certificate"),
@@ -361,10 +475,6 @@ fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Repo
             "only one of credentialName, credentialNames, serverCertificate/privateKey, tlsCertificates should be specified",
         );
     }
-    let terminating = matches!(
-        mode,
-        ServerTLSMode::Simple | ServerTLSMode::Mutual | ServerTLSMode::OptionalMutual
-    );
     let remote_credentials = !tls.credential_name.is_empty() || !tls.credential_names.is_empty();
     if terminating && remote_credentials {
         // Credentials are fetched remotely; Istio checks nothing further.
@@ -422,5 +532,187 @@ fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Repo
         if mode == ServerTLSMode::Simple {
             r.err(&p.key("caCrl"), "CRL is not supported with SIMPLE TLS");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::model::{Config, ServerTls, ServerTlsMode};
+    use crate::raw::TLSProtocol;
+    use crate::{ConfigError, Errors};
+
+    fn try_load(yaml: String) -> Result<Config, Errors> {
+        crate::load_sources(&[(PathBuf::from("gw.yaml"), yaml)])
+    }
+
+    /// A Gateway with one server of `protocol` and these `tls` lines, and a Secret `web`
+    /// with a certificate and key.
+    fn gateway(protocol: &str, tls: &[&str]) -> String {
+        let mut out = format!(
+            "apiVersion: networking.istio.io/v1\n\
+             kind: Gateway\n\
+             metadata: {{name: gw}}\n\
+             spec:\n  servers:\n  - port: {{number: 443, name: p, protocol: {protocol}}}\n    \
+             hosts: [web.example.com]\n    tls:\n"
+        );
+        for line in tls {
+            out.push_str(&format!("      {line}\n"));
+        }
+        out.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: web}\nstringData: {tls.crt: C, tls.key: K}\n");
+        out
+    }
+
+    fn load(protocol: &str, tls: &[&str]) -> Config {
+        try_load(gateway(protocol, tls)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(protocol: &str, tls: &[&str]) -> Vec<String> {
+        match try_load(gateway(protocol, tls)) {
+            Ok(_) => panic!("should fail: {tls:?}"),
+            Err(Errors(e)) => e.iter().map(ConfigError::to_string).collect(),
+        }
+    }
+
+    fn server_tls(c: &Config) -> ServerTls {
+        c.gateways[0].servers[0]
+            .tls
+            .clone()
+            .unwrap_or_else(|| panic!("no tls"))
+    }
+
+    #[test]
+    fn mesh_modes_are_rejected() {
+        assert_eq!(
+            errors("TLS", &["mode: AUTO_PASSTHROUGH"]),
+            vec![
+                "gw.yaml:9: Gateway default/gw: spec.servers[0].tls.mode: AUTO_PASSTHROUGH is for multi-cluster mesh traffic (SNI-DNAT with mesh identities); wasmgate does not serve it — use PASSTHROUGH with tls routes"
+            ]
+        );
+        assert_eq!(
+            errors("HTTPS", &["mode: ISTIO_MUTUAL"]),
+            vec![
+                "gw.yaml:9: Gateway default/gw: spec.servers[0].tls.mode: ISTIO_MUTUAL needs Istio's mesh certificates, which wasmgate does not have; use MUTUAL with credentialName"
+            ]
+        );
+    }
+
+    #[test]
+    fn passthrough_has_no_certificates() {
+        let c = load("TLS", &["mode: PASSTHROUGH"]);
+        assert_eq!(server_tls(&c), ServerTls::passthrough());
+        // Absent mode is PASSTHROUGH, Istio's default.
+        let c = load("TLS", &["minProtocolVersion: TLSV1_3"]);
+        assert_eq!(server_tls(&c).mode, ServerTlsMode::Passthrough);
+    }
+
+    #[test]
+    fn protocol_versions() {
+        let c = load(
+            "HTTPS",
+            &[
+                "mode: SIMPLE",
+                "credentialName: web",
+                "minProtocolVersion: TLSV1_0",
+            ],
+        );
+        let t = server_tls(&c);
+        assert_eq!(
+            (t.min_version, t.max_version),
+            (Some(TLSProtocol::Tlsv12), None)
+        );
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: TLS 1.2 is the lowest version wasmgate speaks; minProtocolVersion raised to TLSV1_2"
+            ]
+        );
+        let c = load(
+            "HTTPS",
+            &[
+                "mode: SIMPLE",
+                "credentialName: web",
+                "minProtocolVersion: TLS_AUTO",
+                "maxProtocolVersion: TLSV1_3",
+            ],
+        );
+        let t = server_tls(&c);
+        assert_eq!(
+            (t.min_version, t.max_version),
+            (None, Some(TLSProtocol::Tlsv13))
+        );
+        assert_eq!(
+            errors(
+                "HTTPS",
+                &[
+                    "mode: SIMPLE",
+                    "credentialName: web",
+                    "maxProtocolVersion: TLSV1_1"
+                ]
+            ),
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.maxProtocolVersion: maxProtocolVersion TLSV1_1: wasmgate's TLS library speaks TLS 1.2 and 1.3 only"
+            ]
+        );
+        assert_eq!(
+            errors(
+                "HTTPS",
+                &[
+                    "mode: SIMPLE",
+                    "credentialName: web",
+                    "minProtocolVersion: TLSV1_3",
+                    "maxProtocolVersion: TLSV1_2"
+                ]
+            ),
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: minProtocolVersion TLSV1_3 is higher than maxProtocolVersion TLSV1_2"
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_carried_over() {
+        let c = load(
+            "HTTPS",
+            &[
+                "mode: SIMPLE",
+                "credentialName: web",
+                "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, AES256-GCM-SHA384, ECDHE-RSA-AES128-GCM-SHA256]",
+                "subjectAltNames: [client.example.com]",
+                "verifyCertificateSpki: [abc]",
+                "verifyCertificateHash: [def]",
+            ],
+        );
+        let t = server_tls(&c);
+        assert_eq!(
+            t.cipher_suites,
+            vec!["ECDHE-RSA-AES128-GCM-SHA256", "AES256-GCM-SHA384"]
+        );
+        assert_eq!(t.subject_alt_names, vec!["client.example.com"]);
+        assert_eq!(t.verify_certificate_spki, vec!["abc"]);
+        assert_eq!(t.verify_certificate_hash, vec!["def"]);
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "the duplicate cipher: {:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn https_redirect_on_http_servers() {
+        let c = load("HTTP", &["httpsRedirect: true"]);
+        let s = &c.gateways[0].servers[0];
+        assert!(s.https_redirect);
+        assert_eq!(s.tls, None);
+        let c = load(
+            "HTTPS",
+            &["mode: SIMPLE", "credentialName: web", "httpsRedirect: true"],
+        );
+        let s = &c.gateways[0].servers[0];
+        assert!(!s.https_redirect, "a no-op on HTTPS");
+        assert!(s.tls.is_some());
     }
 }

@@ -157,7 +157,7 @@ pub(crate) fn validate(
 
 /// Resolves a gateway reference: `ns/name`, `name` (the VirtualService's namespace) or
 /// the legacy `name.ns[.svc.cluster.local]`.
-pub(crate) fn gateway_ref(g: &str, ns: &str) -> GatewayRef {
+pub fn gateway_ref(g: &str, ns: &str) -> GatewayRef {
     if let Some((gns, name)) = g.split_once('/') {
         let gns = if gns == "." { ns } else { gns };
         return GatewayRef {
