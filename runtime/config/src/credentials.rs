@@ -1003,6 +1003,18 @@ mod tests {
             e.iter()
                 .all(|e| e.field.as_deref() == Some("spec.servers[0].tls.credentialName"))
         );
+        let dr = dir.join("analyzer-destinationrule-simple-port-credentialname.yaml");
+        let text = std::fs::read_to_string(&dr).unwrap_or_default();
+        let e = match crate::load_sources(&[(PathBuf::from("dr.yaml"), text)]) {
+            Ok(_) => panic!("should fail"),
+            Err(Errors(e)) => e,
+        };
+        assert_eq!(
+            e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![
+                "dr.yaml:13: DestinationRule default/db-tls: spec.trafficPolicy.portLevelSettings[0].tls.credentialName: Secret default/db-credential not found"
+            ]
+        );
         // In the Secrets' namespace the key names decide: `cert`/`key` is fine, a lone
         // `tls.cert` is not.
         let moved = std::fs::read_to_string(&file).unwrap_or_default().replace(

@@ -409,5 +409,12 @@ mod tests {
         assert!(c.secrets[0].data.is_empty());
         assert_eq!(c.secrets[0].secret_type, "");
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // `data:` with nothing under it is null: no data.
+        let c =
+            match load("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\nstringData:\n") {
+                Ok(c) => c,
+                Err(e) => panic!("{e}"),
+            };
+        assert!(c.secrets[0].data.is_empty());
     }
 }
