@@ -58,15 +58,28 @@ async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
     let plugins = PluginSources {
         dir: Some(PathBuf::from(env!("WASMGATE_BUILT_PLUGINS"))),
     };
-    Snapshot::build(&config, host, &plugins, &CompileCache::default())
+    let listen = std::net::IpAddr::from([127, 0, 0, 1]);
+    Snapshot::build(&config, host, &plugins, &CompileCache::default(), listen)
         .await
         .expect("bench snapshot builds")
 }
 
 fn chain(snapshot: &Snapshot) -> Arc<Chain> {
-    let table = snapshot.ports.get(&PORT).expect("bench port");
-    let vhost = table.hosts.find("bench.local").expect("bench host");
+    let vhost = routes(snapshot)
+        .hosts
+        .find("bench.local")
+        .expect("bench host");
     vhost.chains[0].clone()
+}
+
+/// The virtual hosts of the bench's plain HTTP listener.
+fn routes(snapshot: &Snapshot) -> &wasmgate::snapshot::listeners::HttpRoutes {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
+    snapshot
+        .listeners
+        .get(&addr)
+        .and_then(|l| l.http_routes(None))
+        .expect("bench listener")
 }
 
 struct Request {
@@ -270,8 +283,7 @@ async fn benches(b: Bencher) {
     }
 
     b.run("virtual host lookup", || async {
-        let table = snap.ports.get(&PORT).expect("port");
-        black_box(table.hosts.find(black_box("bench.local")));
+        black_box(routes(&snap).hosts.find(black_box("bench.local")));
     })
     .await;
 }

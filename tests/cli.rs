@@ -140,3 +140,44 @@ fn no_arguments_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+/// `validate` loads certificates as `run` does: an expired certificate and a key that
+/// belongs to another certificate are errors naming the Gateway field and the Secret or
+/// file, and never print key material.
+#[test]
+fn validate_checks_certificates() {
+    let ca = support::tls::Ca::new("ca");
+    let dir = TempDir::new("validate-tls");
+    let expired = ca.expired_server(&["old.example.com"]);
+    let good = ca.server(&["new.example.com"]);
+    let key_file = dir.write("other.key", &ca.server(&["x.example.com"]).key);
+    let cert_file = dir.write("new.crt", &good.cert);
+    dir.write(
+        "tls.yaml",
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  servers:\n  - port: {{number: 443, name: https-old, protocol: HTTPS}}\n    hosts: [old.example.com]\n    tls: {{mode: SIMPLE, credentialName: old-cert}}\n  - port: {{number: 443, name: https-new, protocol: HTTPS}}\n    hosts: [new.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n",
+            support::tls::secret("old-cert", "default", Some(&expired), None),
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    let (code, stdout, _) = validate(&["--config", dir.arg()]);
+    assert_eq!(code, 1, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].ends_with(
+            "Gateway default/gw: spec.servers[0].tls.credentialName: Secret default/old-cert key tls.crt: certificate expired at 2021-01-01 00:00:00 UTC"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with(&format!(
+            "Gateway default/gw: spec.servers[1].tls.privateKey: file {}: private key does not match the certificate (file {})",
+            key_file.display(),
+            cert_file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PRIVATE KEY"));
+}

@@ -67,7 +67,7 @@ async fn quickstart_answers_as_its_readme_says() {
 
     let routes = get(gw.admin, "admin", "/routes", &[]).await.expect("admin");
     let text = routes.text();
-    assert!(text.contains(&format!("port {port}")), "{text}");
+    assert!(text.contains(&format!(":{port} HTTP\n")), "{text}");
     assert!(
         text.contains("default/shop via default/public: wasmgate/router -> wasmgate/fault -> wasmgate/traffic-split"),
         "{text}"

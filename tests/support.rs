@@ -2,6 +2,8 @@
 //! hyper servers), a real `wasmgate` process with its log, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -281,6 +283,19 @@ impl Gateway {
             .filter(|l| l.contains("wasmgate::access"))
             .map(str::to_string)
             .collect()
+    }
+
+    /// Wait up to 5 s for access lines that satisfy `done` (connection-level lines are
+    /// written when the connection closes); the lines either way.
+    pub async fn wait_for_access(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.access_lines();
+            if done(&lines) || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Send SIGTERM.

@@ -1,7 +1,8 @@
 //! The admin endpoint (default 127.0.0.1:15000), for probes and operators:
 //! `GET /healthz/ready` (200 once every listener is serving), `POST /reload`
 //! (rebuild from the config paths; 200, or 400 with the reasons, one per line) and
-//! `GET /routes` (ports, domains and the policy chain serving each).
+//! `GET /routes` (listeners, their servers and domains, and the policy chain or
+//! connection routes serving each).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,6 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
 use crate::proxy::{Body, full};
+use crate::snapshot::Serve;
+use crate::snapshot::listeners::{HttpRoutes, L4Routes, Terminated, TlsAction, TlsServer};
 
 /// Bind the admin address now (so a busy port fails start-up) and serve in the background.
 pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> Result<SocketAddr, String> {
@@ -73,21 +76,79 @@ async fn answer(
 fn routes(gateway: &Gateway) -> String {
     let snapshot = gateway.snapshot();
     let mut out = String::new();
-    for (port, table) in &snapshot.ports {
-        let _ = writeln!(out, "port {port}");
-        for vhost in table.hosts.iter() {
-            let _ = writeln!(out, "  host {}", vhost.domain);
-            for chain in &vhost.chains {
-                let links: Vec<&str> = chain.links.iter().map(|l| l.policy.plugin_name()).collect();
-                let _ = writeln!(
-                    out,
-                    "    {} via {}: {}",
-                    chain.virtual_service,
-                    chain.gateway,
-                    links.join(" -> ")
-                );
+    for (addr, listener) in &snapshot.listeners {
+        let _ = writeln!(out, "listener {addr} {}", listener.serve.kind());
+        match &listener.serve {
+            Serve::Http(routes) => write_hosts(&mut out, "  ", routes),
+            Serve::Tcp(routes) => write_l4(&mut out, "  ", routes),
+            Serve::Tls(servers) => {
+                let mut seen: Vec<*const TlsServer> = Vec::new();
+                for server in servers.iter() {
+                    if seen.contains(&Arc::as_ptr(server)) {
+                        continue;
+                    }
+                    seen.push(Arc::as_ptr(server));
+                    match &server.action {
+                        TlsAction::Passthrough(routes) => {
+                            let _ = writeln!(out, "  server {} passthrough", server.name);
+                            write_l4(&mut out, "    ", routes);
+                        }
+                        TlsAction::Terminate {
+                            then: Terminated::Http(routes),
+                            ..
+                        } => {
+                            let _ = writeln!(out, "  server {} terminates HTTPS", server.name);
+                            write_hosts(&mut out, "    ", routes);
+                        }
+                        TlsAction::Terminate {
+                            then: Terminated::Tcp(routes),
+                            ..
+                        } => {
+                            let _ = writeln!(out, "  server {} terminates TLS", server.name);
+                            write_l4(&mut out, "    ", routes);
+                        }
+                    }
+                }
             }
         }
     }
     out
+}
+
+fn write_hosts(out: &mut String, indent: &str, routes: &HttpRoutes) {
+    for vhost in routes.hosts.iter() {
+        let redirect = if vhost.https_redirect {
+            " (httpsRedirect)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{indent}host {}{redirect}", vhost.domain);
+        for chain in &vhost.chains {
+            let links: Vec<&str> = chain.links.iter().map(|l| l.policy.plugin_name()).collect();
+            let _ = writeln!(
+                out,
+                "{indent}  {} via {}: {}",
+                chain.virtual_service,
+                chain.gateway,
+                links.join(" -> ")
+            );
+        }
+    }
+}
+
+fn write_l4(out: &mut String, indent: &str, routes: &L4Routes) {
+    for r in &routes.routes {
+        let dests: Vec<String> = r
+            .destinations
+            .iter()
+            .map(|d| format!("{} (weight {})", d.host, d.weight))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{indent}{} {}: {}",
+            r.virtual_service,
+            r.route,
+            dests.join(", ")
+        );
+    }
 }

@@ -126,6 +126,13 @@ async fn validate(args: ValidateArgs) -> ExitCode {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    let tls_errors = crate::snapshot::check_tls(&config);
+    if !tls_errors.is_empty() {
+        for e in &tls_errors {
+            println!("{e}");
+        }
+        return ExitCode::from(1);
+    }
     if let Some(dir) = args.plugins {
         let options = Options {
             config: args.config,
@@ -133,6 +140,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_address: IpAddr::from([127, 0, 0, 1]),
             host: HostSettings::default(),
+            drain: Duration::ZERO,
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -173,9 +181,10 @@ async fn run(args: RunArgs) -> ExitCode {
             },
             ..HostSettings::default()
         },
+        drain: Duration::from_secs(args.drain_seconds),
     };
     let admin = options.admin;
-    let drain = Duration::from_secs(args.drain_seconds);
+    let drain = options.drain;
     let gateway = match Gateway::start(options).await {
         Ok(g) => g,
         Err(errors) => {

@@ -1,6 +1,6 @@
 //! The running gateway: loads config and plugins into a snapshot, binds one listener per
-//! Gateway server port, serves the admin endpoint, and reloads on SIGHUP or
-//! `POST /reload`. A reload builds a whole new snapshot beside the old one and swaps it
+//! socket address of its Gateway servers (bind address and port), serves the admin
+//! endpoint, and reloads on SIGHUP or `POST /reload`. A reload builds a whole new snapshot beside the old one and swaps it
 //! only when everything (config, plugins, new listeners) is good; otherwise it logs why
 //! and the gateway keeps serving its last good config.
 
@@ -9,24 +9,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
+use crate::listener::Running;
 use crate::plugin::{HostSettings, PluginHost};
-use crate::proxy::{ConnInfo, Shared, Upstream, handle};
+use crate::proxy::{Shared, Upstream};
 use crate::snapshot::{CompileCache, PluginSources, Snapshot};
-
-/// Longest a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
-const MAX_HEADERS_BYTES: usize = 60 << 10;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -37,6 +29,8 @@ pub struct Options {
     /// Address listeners bind to unless a Gateway server sets `bind`.
     pub listen_address: IpAddr,
     pub host: HostSettings,
+    /// How long a listener that a reload removes keeps serving its open connections.
+    pub drain: Duration,
 }
 
 /// Load config and build a snapshot. Errors are complete lines (file, resource, field).
@@ -53,7 +47,7 @@ pub async fn load(
     let sources = PluginSources {
         dir: options.plugins.clone(),
     };
-    Snapshot::build(&config, host, &sources, cache)
+    Snapshot::build(&config, host, &sources, cache, options.listen_address)
         .await
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
@@ -64,9 +58,8 @@ pub struct Gateway {
     options: Options,
     shared: Arc<Shared>,
     cache: CompileCache,
-    listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
-    /// Watches every connection, so shutdown can drain them; `None` once draining.
-    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+    /// One per socket address of the current snapshot.
+    listeners: Mutex<BTreeMap<SocketAddr, Running>>,
     /// One reload at a time: a later request waits, then reads the files again.
     reloading: Mutex<()>,
     ready: AtomicBool,
@@ -88,7 +81,6 @@ impl Gateway {
             options,
             cache,
             listeners: Mutex::new(BTreeMap::new()),
-            graceful: Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new()))),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
         });
@@ -108,144 +100,83 @@ impl Gateway {
         self.shared.snapshot.load_full()
     }
 
-    /// Rebuild from the same paths; swap only if everything is good.
+    /// Rebuild from the same paths; swap only if everything (config, plugins,
+    /// certificates, new sockets) is good. A listener whose address is gone drains; one
+    /// whose protocol or certificates changed keeps its socket and serves new
+    /// connections with the new settings.
     pub async fn reload(&self) -> Result<(), Vec<String>> {
         let _one_at_a_time = self.reloading.lock().await;
+        let rejected = |errors: Vec<String>| {
+            for e in &errors {
+                tracing::error!("reload rejected: {e}");
+            }
+            tracing::error!("reload rejected; still serving the last good configuration");
+            errors
+        };
         let snapshot = match load(&self.options, &self.shared.host, &self.cache).await {
             Ok(s) => Arc::new(s),
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("reload rejected: {e}");
-                }
-                tracing::error!("reload rejected; still serving the last good configuration");
-                return Err(errors);
-            }
+            Err(errors) => return Err(rejected(errors)),
         };
-        self.open_listeners(&snapshot).await?;
+        self.open_listeners(&snapshot).await.map_err(rejected)?;
         self.shared.snapshot.store(snapshot.clone());
         let mut listeners = self.listeners.lock().await;
-        let gone: Vec<u16> = listeners
+        let gone: Vec<SocketAddr> = listeners
             .keys()
-            .filter(|p| !snapshot.ports.contains_key(p))
+            .filter(|a| !snapshot.listeners.contains_key(a))
             .copied()
             .collect();
-        for port in gone {
-            if let Some(task) = listeners.remove(&port) {
-                task.abort();
-                tracing::info!(port, "listener closed");
+        for addr in gone {
+            if let Some(running) = listeners.remove(&addr) {
+                tracing::info!(%addr, "listener closed; draining its connections");
+                tokio::spawn(running.stop(self.options.drain));
             }
         }
-        tracing::info!(ports = ?snapshot.ports.keys().collect::<Vec<_>>(), "configuration reloaded");
+        tracing::info!(
+            listeners = ?snapshot.listeners.keys().collect::<Vec<_>>(),
+            "configuration reloaded"
+        );
         Ok(())
     }
 
     /// Stop accepting, let open connections finish their requests (HTTP/1 connections
     /// close after the current one, HTTP/2 ones get GOAWAY) for at most `drain`.
-    pub async fn shutdown(&self, drain: std::time::Duration) {
+    pub async fn shutdown(&self, drain: Duration) {
         self.ready.store(false, Ordering::SeqCst);
-        for (_, task) in std::mem::take(&mut *self.listeners.lock().await) {
-            task.abort();
+        let running = std::mem::take(&mut *self.listeners.lock().await);
+        let stops = running.into_values().map(|r| r.stop(drain));
+        let mut tasks = tokio::task::JoinSet::new();
+        for stop in stops {
+            tasks.spawn(stop);
         }
-        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
-        if let Some(graceful) = graceful {
-            let open = graceful.count();
-            if open > 0 {
-                tracing::info!(open, "draining connections for up to {drain:?}");
-            }
-            if tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("drain time over; closing the remaining connections");
-            }
-        }
+        while tasks.join_next().await.is_some() {}
     }
 
-    /// Bind the ports of `snapshot` that have no listener yet. All or nothing.
+    /// Bind the addresses of `snapshot` that have no listener yet. All or nothing.
     async fn open_listeners(&self, snapshot: &Snapshot) -> Result<(), Vec<String>> {
         let mut listeners = self.listeners.lock().await;
         let mut bound = Vec::new();
         let mut errors = Vec::new();
-        for (port, table) in &snapshot.ports {
-            if listeners.contains_key(port) {
+        for (addr, listener) in &snapshot.listeners {
+            if listeners.contains_key(addr) {
                 continue;
             }
-            let addr = SocketAddr::new(table.bind.unwrap_or(self.options.listen_address), *port);
             match TcpListener::bind(addr).await {
-                Ok(l) => bound.push((*port, l)),
+                Ok(l) => bound.push((*addr, l, listener.serve.kind())),
                 Err(e) => errors.push(format!("cannot listen on {addr}: {e}")),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        for (port, listener) in bound {
+        for (addr, socket, kind) in bound {
             tracing::info!(
-                port,
-                "listening on {}",
-                listener
+                "listening on {} ({kind})",
+                socket
                     .local_addr()
-                    .map_or_else(|_| port.to_string(), |a| a.to_string())
+                    .map_or_else(|_| addr.to_string(), |a| a.to_string())
             );
-            let task = tokio::spawn(accept_loop(
-                listener,
-                port,
-                self.shared.clone(),
-                self.graceful.clone(),
-            ));
-            listeners.insert(port, task);
+            listeners.insert(addr, Running::start(socket, addr, self.shared.clone()));
         }
         Ok(())
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    port: u16,
-    shared: Arc<Shared>,
-    graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
-) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // A client gets this long to send a request's headers (slow-loris guard).
-    // Envoy's default limit on request headers is 60 KiB: larger ones get 431.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADERS_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADERS_BYTES as u32)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
-    loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly.
-                tracing::warn!(port, "accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let watcher = graceful
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(GracefulShutdown::watcher));
-        let Some(watcher) = watcher else {
-            // Draining: no new connections.
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let conn = ConnInfo { port, client };
-            let service = service_fn(move |req| handle(shared.clone(), conn, req));
-            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(served).await {
-                tracing::debug!(port, %client, "connection ended: {e}");
-            }
-        });
     }
 }

@@ -8,7 +8,10 @@
 pub mod admin;
 pub mod cli;
 pub mod gateway;
+pub mod listener;
 pub mod plugin;
 pub mod proxy;
 pub mod snapshot;
+pub mod tcp;
+pub mod tls;
 pub mod toolchain;

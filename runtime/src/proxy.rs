@@ -64,10 +64,23 @@ pub struct Shared {
 }
 
 /// Where a connection came in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The listener's socket address (its key in the snapshot).
+    pub listener: SocketAddr,
     pub port: u16,
     pub client: SocketAddr,
+    /// Set when the gateway terminated TLS for this connection.
+    pub tls: Option<Arc<TlsConn>>,
+}
+
+/// What a terminated TLS connection tells every request on it.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConn {
+    /// The ClientHello's SNI: picks the server whose virtual hosts apply.
+    pub sni: Option<String>,
+    /// `x-forwarded-client-cert` for the client's certificate, when it sent one.
+    pub xfcc: Option<String>,
 }
 
 /// One access log line's worth of facts.
@@ -105,7 +118,7 @@ pub async fn handle(
     let served = serve(
         &shared,
         &snapshot,
-        conn,
+        &conn,
         req,
         authority.as_deref(),
         &mut access,
@@ -174,17 +187,24 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
 async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     authority: Option<&str>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = authority.ok_or(ProxyError::BadRequest("no Host header"))?;
     let host = normalize_host(authority);
-    let table = snapshot.ports.get(&conn.port).ok_or(ProxyError::NoRoute)?;
-    let vhost = table.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
+    let routes = snapshot
+        .listeners
+        .get(&conn.listener)
+        .and_then(|l| l.http_routes(conn.tls.as_ref().map(|t| t.sni.as_deref())))
+        .ok_or(ProxyError::NoRoute)?;
+    let vhost = routes.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
+    if vhost.https_redirect {
+        return Ok(https_redirect(authority, req.uri()));
+    }
 
-    let scheme = "http";
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
     // Hop-by-hop headers go first, so a client's `Connection: x-forwarded-for` cannot
     // remove what the gateway adds next.
     let upgrade = headers::upgrade_request(req.headers());
@@ -197,6 +217,10 @@ async fn serve(
         req.headers_mut().insert(header::HOST, v);
     }
     access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, &shared.ids);
+    headers::client_cert_header(
+        req.headers_mut(),
+        conn.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
+    );
 
     let pq = req.uri().path_and_query();
     let path = pq.map_or("/", |p| p.path());
@@ -362,29 +386,10 @@ fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
         0 => None,
         1 => forward.destinations.pop(),
         _ => {
-            let total: u64 = forward
-                .destinations
-                .iter()
-                .map(|d| u64::from(d.weight))
-                .sum();
-            let mut ticket = if total == 0 {
-                0
-            } else {
-                shared.host.random().next_u64() % total
-            };
-            let index = forward
-                .destinations
-                .iter()
-                .position(|d| {
-                    let w = u64::from(d.weight);
-                    if ticket < w {
-                        true
-                    } else {
-                        ticket -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
+            let index = shared
+                .host
+                .random()
+                .pick_weighted(forward.destinations.iter().map(|d| d.weight));
             Some(forward.destinations.swap_remove(index))
         }
     }
@@ -560,6 +565,17 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
             }
         });
     }
+}
+
+/// `httpsRedirect`: 301 to the same Host, path and query over https (Envoy's
+/// `require_tls`, which keeps the Host as the client sent it).
+fn https_redirect(authority: &str, uri: &http::Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = local_response(StatusCode::MOVED_PERMANENTLY, Bytes::new());
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// gRPC status name -> numeric code, as Envoy's fault filter sends it.

@@ -4,26 +4,27 @@
 //! Building one loads and prepares every plugin, so a bad plugin or `pluginConfig` fails
 //! the build and the running snapshot stays in place. The proxy only reads snapshots.
 
+pub mod listeners;
 pub mod registry;
 pub mod vhosts;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use wasmgate_config::{
-    Config, ConfigError, FailStrategy, Gateway, Meta, NamespaceSelector, Phase, PluginSource,
-    VirtualService, WasmPlugin,
+    Config, ConfigError, FailStrategy, Gateway, Meta, Phase, PluginSource, VirtualService,
+    WasmPlugin,
 };
 
 use crate::plugin::builtin;
 use crate::plugin::types::{Binding, HeaderInterest};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
+pub use listeners::{Listener, Serve};
 pub use registry::{Cluster, Registry, ResolveError, Target};
-use vhosts::{HostTable, intersect};
 
 /// The namespace whose WasmPlugins without targets apply everywhere (Istio's root).
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -31,25 +32,20 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 /// Everything the proxy needs to serve one configuration.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub ports: BTreeMap<u16, Arc<PortTable>>,
+    /// One per socket address (a server's `bind`, else `--listen-address`, and port).
+    pub listeners: BTreeMap<SocketAddr, Arc<Listener>>,
     pub registry: Registry,
 }
 
-/// One listener port: the address to bind and its virtual hosts.
-#[derive(Debug)]
-pub struct PortTable {
-    pub port: u16,
-    /// From a Gateway server's `bind`; `None` means the `--listen-address`.
-    pub bind: Option<IpAddr>,
-    pub hosts: HostTable<VirtualHost>,
-}
-
-/// One domain on a port and the VirtualService chains that serve it, in order: when a
-/// chain's router finds no route the next chain is tried (Istio merges their routes).
+/// One domain on a listener (or HTTPS server) and the VirtualService chains that serve
+/// it, in order: when a chain's router finds no route the next chain is tried (Istio
+/// merges their routes).
 #[derive(Debug)]
 pub struct VirtualHost {
     pub domain: String,
     pub chains: Vec<Arc<Chain>>,
+    /// The server has `tls.httpsRedirect`: every request gets a 301 to https.
+    pub https_redirect: bool,
 }
 
 /// The policies run for requests that reach one VirtualService through one Gateway.
@@ -165,12 +161,14 @@ fn ns_name(meta: &Meta) -> String {
 
 impl Snapshot {
     /// Build a snapshot: resolve Gateway x VirtualService bindings, load and prepare
-    /// every plugin. Binds no socket. All errors are returned together.
+    /// every plugin, load every server's certificates. Servers without `bind` listen on
+    /// `listen`. Binds no socket. All errors are returned together.
     pub async fn build(
         config: &Config,
         host: &PluginHost,
         sources: &PluginSources,
         cache: &CompileCache,
+        listen: IpAddr,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errors = Vec::new();
 
@@ -363,11 +361,75 @@ impl Snapshot {
             return Err(errors);
         }
 
-        let ports = build_ports(config, &bound, &chains);
+        let listeners = listeners::build(config, &bound, &chains, listen, unix_now(), &mut errors);
+        check_client_tls(config, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Snapshot {
-            ports,
+            listeners,
             registry: Registry::new(config),
         })
+    }
+}
+
+/// Seconds since the Unix epoch: when certificates must be valid.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What a snapshot build checks of certificates, keys and CAs (Gateway servers and
+/// DestinationRules), without plugins or sockets: `wasmgate validate` runs it.
+pub fn check_tls(config: &Config) -> Vec<ConfigError> {
+    let mut errors = listeners::check_server_tls(config, unix_now());
+    check_client_tls(config, &mut errors);
+    errors
+}
+
+/// Every DestinationRule's TLS origination settings must be usable (certificates,
+/// keys, CAs), so a bad one fails the build instead of every request to its host.
+fn check_client_tls(config: &Config, errors: &mut Vec<ConfigError>) {
+    for dr in &config.destination_rules {
+        let policy = |prefix: &str,
+                      tls: &Option<wasmgate_config::ClientTls>,
+                      ports: &BTreeMap<u16, wasmgate_config::ClientTls>| {
+            let mut all: Vec<(String, wasmgate_config::ClientTls)> = Vec::new();
+            if let Some(t) = tls {
+                all.push((format!("{prefix}.tls"), t.clone()));
+            }
+            for (port, t) in ports {
+                all.push((
+                    format!("{prefix}.portLevelSettings[port {port}].tls"),
+                    t.clone(),
+                ));
+            }
+            all
+        };
+        let mut all = policy("spec.trafficPolicy", &dr.tls, &dr.port_tls);
+        for (i, subset) in dr.subsets.iter().enumerate() {
+            all.extend(policy(
+                &format!("spec.subsets[{i}].trafficPolicy"),
+                &subset.tls,
+                &subset.port_tls,
+            ));
+        }
+        for (field, tls) in all {
+            if tls.mode == wasmgate_config::ClientTlsMode::IstioMutual {
+                continue;
+            }
+            if let Err(e) = crate::tls::client::client_config(&tls, false) {
+                let field = if e.field.starts_with("spec.") {
+                    e.field.clone()
+                } else if e.field.is_empty() {
+                    field
+                } else {
+                    format!("{field}.{}", e.field)
+                };
+                errors.push(error(&dr.meta, &field, e.to_string()));
+            }
+        }
     }
 }
 
@@ -463,85 +525,4 @@ fn load_user_plugin(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A port being assembled: its bind address and (domain, chains in order).
-type PortDraft = (Option<IpAddr>, Vec<(String, Vec<Arc<Chain>>)>);
-
-/// Per HTTP listener port, the virtual hosts: each VirtualService host joined with each
-/// server host of each Gateway it is bound to on that port.
-fn build_ports(
-    config: &Config,
-    bound: &[(&VirtualService, Vec<&Gateway>)],
-    chains: &HashMap<(String, String), Arc<Chain>>,
-) -> BTreeMap<u16, Arc<PortTable>> {
-    let mut ports: BTreeMap<u16, PortDraft> = BTreeMap::new();
-    for gw in &config.gateways {
-        for server in gw.servers.iter().filter(|s| !s.protocol.is_http()) {
-            tracing::warn!(
-                "{}: {}: spec.servers[{}].port.protocol: {} servers are not served by this \
-                 wasmgate yet (plain HTTP only); port {} ignored",
-                gw.meta.file.display(),
-                gw.meta.id,
-                server.index,
-                server.protocol.as_str(),
-                server.port
-            );
-        }
-        for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
-            let entry = ports.entry(server.port).or_insert((None, Vec::new()));
-            if entry.0.is_none() {
-                entry.0 = server.bind.as_deref().and_then(|b| b.parse().ok());
-            }
-        }
-    }
-    for (vs, gws) in bound {
-        let vs_name = ns_name(&vs.meta);
-        for gw in gws {
-            let Some(chain) = chains.get(&(vs_name.clone(), ns_name(&gw.meta))) else {
-                continue;
-            };
-            for server in gw.servers.iter().filter(|s| s.protocol.is_http()) {
-                let Some((_, domains)) = ports.get_mut(&server.port) else {
-                    continue;
-                };
-                for server_host in &server.hosts {
-                    let ns_ok = match &server_host.namespace {
-                        NamespaceSelector::Any => true,
-                        NamespaceSelector::Named(ns) => *ns == vs.meta.id.namespace,
-                    };
-                    if !ns_ok {
-                        continue;
-                    }
-                    for vs_host in &vs.hosts {
-                        let Some(domain) = intersect(vs_host, &server_host.host) else {
-                            continue;
-                        };
-                        let slot = match domains.iter().position(|(d, _)| *d == domain) {
-                            Some(i) => &mut domains[i].1,
-                            None => {
-                                domains.push((domain.clone(), Vec::new()));
-                                let last = domains.len() - 1;
-                                &mut domains[last].1
-                            }
-                        };
-                        if !slot.iter().any(|c| c.virtual_service == vs_name) {
-                            slot.push(chain.clone());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    ports
-        .into_iter()
-        .map(|(port, (bind, domains))| {
-            let hosts = HostTable::new(
-                domains
-                    .into_iter()
-                    .map(|(domain, chains)| (domain.clone(), VirtualHost { domain, chains })),
-            );
-            (port, Arc::new(PortTable { port, bind, hosts }))
-        })
-        .collect()
 }

@@ -149,6 +149,27 @@ impl Random {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+
+    /// An index drawn in proportion to `weights` (0 when they are all zero or empty).
+    pub fn pick_weighted(&self, weights: impl Iterator<Item = u32> + Clone) -> usize {
+        let total: u64 = weights.clone().map(u64::from).sum();
+        if total == 0 {
+            return 0;
+        }
+        let mut ticket = self.next_u64() % total;
+        weights
+            .into_iter()
+            .position(|w| {
+                let w = u64::from(w);
+                if ticket < w {
+                    true
+                } else {
+                    ticket -= w;
+                    false
+                }
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// A guest's stdout or stderr: each line becomes one log event.

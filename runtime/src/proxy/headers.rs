@@ -16,6 +16,7 @@ use crate::snapshot::Interest;
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Envoy's "internal" addresses: loopback, RFC 1918, IPv6 unique local.
 pub fn is_internal(ip: IpAddr) -> bool {
@@ -99,6 +100,15 @@ pub fn edge_headers(
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
     id
+}
+
+/// `x-forwarded-client-cert` as Istio's gateways set it (Envoy's `SANITIZE_SET`):
+/// whatever the client sent is dropped; a client certificate's details replace it.
+pub fn client_cert_header(headers: &mut HeaderMap, xfcc: Option<&str>) {
+    headers.remove(X_FORWARDED_CLIENT_CERT);
+    if let Some(v) = xfcc.and_then(|x| HeaderValue::from_str(x).ok()) {
+        headers.insert(X_FORWARDED_CLIENT_CERT, v);
+    }
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade`), such

@@ -1,7 +1,10 @@
-//! Sending a request upstream: pooled keep-alive connections (HTTP/1.1, or HTTP/2 with
-//! prior knowledge for `HTTP2`/`GRPC` service ports), endpoint choice per the cluster's
-//! load balancer, the route's timeout, and retries when the request has no body to
-//! replay (Istio's default: 2 retries on connect failure, refused stream and 503).
+//! Sending a request upstream: pooled keep-alive connections (HTTP/1.1, or HTTP/2 for
+//! `HTTP2`/`GRPC` service ports), in clear text or with TLS originated per the
+//! DestinationRule, endpoint choice per the cluster's load balancer, the route's
+//! timeout, and retries when the request has no body to replay (Istio's default: 2
+//! retries on connect failure, refused stream and 503).
+
+mod connect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +21,9 @@ use super::error::ProxyError;
 use super::{Body, BoxError, empty};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
-use crate::snapshot::Cluster;
 use crate::snapshot::registry::InFlight;
+use crate::snapshot::{Cluster, Target};
+use connect::{H2Key, H2Pool, TlsClients};
 
 /// Connect timeout for new upstream connections (Envoy's default is 10 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,8 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The upstream HTTP clients, shared by all requests.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    connector: HttpConnector,
     http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    tls1: Arc<TlsClients>,
+    http2: Arc<H2Pool>,
 }
 
 impl Default for Upstream {
@@ -42,24 +48,73 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.enforce_http(true);
+        // The TLS connector dials `https://endpoint` URIs with it too.
+        connector.enforce_http(false);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Upstream { http1, http2 }
+        Upstream {
+            connector,
+            http1,
+            tls1: Arc::new(TlsClients::default()),
+            http2: Arc::new(H2Pool::default()),
+        }
     }
 
-    fn client(&self, cluster: &Cluster) -> &Client<HttpConnector, Body> {
-        if cluster.http2 {
-            &self.http2
-        } else {
-            &self.http1
+    /// One attempt: `out` to `target` of `cluster`, over the cluster's protocol and TLS.
+    /// The socket always goes to the endpoint; the virtual host travels in `Host`
+    /// (HTTP/1.1) or `:authority` (HTTP/2), and is the SNI unless the DestinationRule
+    /// names one (Istio's auto SNI).
+    async fn call(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        out: &Outbound,
+        body: Body,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if !out.path_and_query.starts_with('/') {
+            return Err(ProxyError::InvalidRewrite(out.path_and_query.clone()));
         }
+        let endpoint = target.authority();
+        let host = out
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(&endpoint)
+            .to_string();
+        let sni = || {
+            cluster
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.clone())
+                .unwrap_or_else(|| crate::snapshot::vhosts::normalize_host(&host))
+        };
+        let scheme = if cluster.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if cluster.http2 {
+            let mut req = build(scheme, &host, out, body, Version::HTTP_2)?;
+            req.headers_mut().remove(header::HOST);
+            let key = H2Key {
+                target: endpoint,
+                tls: cluster.tls.as_ref().map(|t| (t.key, sni())),
+            };
+            return self.http2.send(key, cluster.tls.as_deref(), req).await;
+        }
+        let req = build(scheme, &endpoint, out, body, Version::HTTP_11)?;
+        let sent = match &cluster.tls {
+            None => self.http1.request(req).await,
+            Some(tls) => {
+                self.tls1
+                    .get(&self.connector, tls, &sni())
+                    .request(req)
+                    .await
+            }
+        };
+        sent.map_err(|e| classify(&e))
     }
 }
 
@@ -206,15 +261,13 @@ async fn attempt_all(
         let target = &cluster.targets[index];
         attempted.upstream = Some(target.authority());
         let body = out.body.take().unwrap_or_else(empty);
-        let request = build(cluster, &target.authority(), &out, body)?;
         let in_flight = cluster.start(index);
-        let call = upstream.client(cluster).request(request);
+        let call = upstream.call(cluster, target, &out, body);
         let result = match per_try {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(r) => r.map_err(|e| classify(&e)),
-                Err(_) => Err(ProxyError::UpstreamTimeout),
-            },
-            None => call.await.map_err(|e| classify(&e)),
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+            None => call.await,
         };
         let last = attempted.attempts >= max_attempts;
         match result {
@@ -263,19 +316,17 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// The upstream request: the URI names the endpoint (never the client's Host), the
-/// headers carry the virtual host.
+/// The upstream request to `scheme://authority/path`: for HTTP/1.1 the authority is
+/// the endpoint (the headers carry the virtual host), for HTTP/2 the virtual host.
 fn build(
-    cluster: &Cluster,
+    scheme: &str,
     authority: &str,
     out: &Outbound,
     body: Body,
+    version: Version,
 ) -> Result<Request<Body>, ProxyError> {
-    if !out.path_and_query.starts_with('/') {
-        return Err(ProxyError::InvalidRewrite(out.path_and_query.clone()));
-    }
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(out.path_and_query.as_str())
         .build()
@@ -283,11 +334,7 @@ fn build(
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = if cluster.http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
+    *req.version_mut() = version;
     *req.headers_mut() = out.headers.clone();
     if !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority)
@@ -299,15 +346,24 @@ fn build(
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
-        ProxyError::UpstreamConnect(format!("{e:#}"))
+        ProxyError::UpstreamConnect(chain(e))
     } else {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        ProxyError::UpstreamReset(text)
+        ProxyError::UpstreamReset(chain(e))
     }
+}
+
+fn classify_hyper(e: &hyper::Error) -> ProxyError {
+    ProxyError::UpstreamReset(chain(e))
+}
+
+/// An error and its sources, `: `-joined.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

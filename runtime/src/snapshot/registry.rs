@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use wasmgate_config::{Config, DestinationRule, LoadBalancer, Resolution, ServiceEntry};
 
 use crate::plugin::Random;
+use crate::tls::client::{UpstreamTls, client_config};
 
 /// Why a destination has no cluster: each becomes a 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,12 @@ pub enum ResolveError {
     UnknownSubset { host: String, subset: String },
     #[error("host {0} has no endpoints")]
     NoEndpoints(String),
+    #[error("TLS settings of DestinationRule {rule} for {host} are unusable: {message}")]
+    Tls {
+        rule: String,
+        host: String,
+        message: String,
+    },
 }
 
 /// Where to connect: an address (IP or DNS name) and port.
@@ -52,6 +59,8 @@ pub struct Cluster {
     pub name: String,
     pub targets: Vec<Target>,
     pub http2: bool,
+    /// TLS originated per the DestinationRule (`None`: clear text).
+    pub tls: Option<Arc<UpstreamTls>>,
     lb: LoadBalancer,
     next: AtomicUsize,
     in_flight: Vec<AtomicUsize>,
@@ -272,6 +281,16 @@ impl Registry {
                 "HTTP2" | "GRPC" | "GRPC-WEB"
             )
         });
+        let tls = match rule.and_then(|r| r.client_tls(port_number, subset).map(|t| (r, t))) {
+            None => None,
+            Some((r, t)) => client_config(t, http2)
+                .map_err(|e| ResolveError::Tls {
+                    rule: format!("{}/{}", r.meta.id.namespace, r.meta.id.name),
+                    host: host.to_string(),
+                    message: e.to_string(),
+                })?
+                .map(Arc::new),
+        };
         let in_flight = targets.iter().map(|_| AtomicUsize::new(0)).collect();
         Ok(Cluster {
             name: format!(
@@ -280,6 +299,7 @@ impl Registry {
             ),
             targets,
             http2,
+            tls,
             lb,
             next: AtomicUsize::new(0),
             in_flight,

@@ -79,9 +79,13 @@ impl<T> Default for HostTable<T> {
 impl<T> HostTable<T> {
     /// Build from (domain pattern, value) pairs; domains are unique.
     pub fn new(entries: impl IntoIterator<Item = (String, T)>) -> Self {
+        Self::from_shared(entries.into_iter().map(|(d, v)| (d, Arc::new(v))))
+    }
+
+    /// Like [`HostTable::new`], for values several domains share.
+    pub fn from_shared(entries: impl IntoIterator<Item = (String, Arc<T>)>) -> Self {
         let mut table = HostTable::default();
         for (domain, value) in entries {
-            let value = Arc::new(value);
             if domain == "*" {
                 table.any = Some(value);
             } else if let Some(suffix) = domain.strip_prefix('*') {

@@ -1,0 +1,258 @@
+//! Accepting connections on one socket and handing each to what its listener serves in
+//! the current snapshot: hyper for HTTP (HTTP/1.1 and HTTP/2, in clear text or after
+//! TLS), the TCP proxy for `tcp` routes and TLS passthrough. On TLS listeners the
+//! ClientHello is read first, without consuming it, so its SNI can choose between
+//! terminating (rustls, that server's certificate) and passing the bytes through.
+//! Each listener watches its own connections, so one removed by a reload drains while
+//! the others keep serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::proxy::{ConnInfo, Shared, TlsConn, handle};
+use crate::snapshot::Serve;
+use crate::snapshot::listeners::{Terminated, TlsAction};
+use crate::tcp;
+use crate::tls::client_hello::{self, Parse};
+use crate::tls::rewind::Rewind;
+use crate::tls::{cert, server::ServerTlsConfig};
+
+/// Longest a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
+const MAX_HEADERS_BYTES: usize = 60 << 10;
+
+/// Longest a client may take to send its ClientHello and finish the handshake (Envoy's
+/// listener filter timeout is 15 s).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running listener: its accept loop and the connections it watches.
+#[derive(Debug)]
+pub struct Running {
+    task: JoinHandle<()>,
+    connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+}
+
+impl Running {
+    /// Accept on `socket` for the listener at `addr` until stopped.
+    pub fn start(socket: TcpListener, addr: SocketAddr, shared: Arc<Shared>) -> Running {
+        let connections = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
+        let task = tokio::spawn(accept_loop(socket, addr, shared, connections.clone()));
+        Running { task, connections }
+    }
+
+    /// Stop accepting; open HTTP connections finish their requests (HTTP/1 closes after
+    /// the current one, HTTP/2 gets GOAWAY) for at most `drain`.
+    pub async fn stop(self, drain: Duration) {
+        self.task.abort();
+        let graceful = self.connections.lock().ok().and_then(|mut g| g.take());
+        if let Some(graceful) = graceful {
+            let open = graceful.count();
+            if open > 0 {
+                tracing::info!(open, "draining connections for up to {drain:?}");
+            }
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain time over; closing the remaining connections");
+            }
+        }
+    }
+}
+
+fn http_builder() -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A client gets this long to send a request's headers (slow-loris guard).
+    // Envoy's default limit on request headers is 60 KiB: larger ones get 431.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADERS_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADERS_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    builder
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+) {
+    let builder = http_builder();
+    loop {
+        let (stream, client) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(%addr, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let watcher = connections
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(GracefulShutdown::watcher));
+        let Some(watcher) = watcher else {
+            // Draining: no new connections.
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            listener: addr,
+            port: addr.port(),
+            client,
+            tls: None,
+        };
+        tokio::spawn(connection(
+            stream,
+            conn,
+            shared.clone(),
+            builder.clone(),
+            watcher,
+        ));
+    }
+}
+
+/// Serve one accepted connection per its listener in the current snapshot.
+async fn connection(
+    mut stream: TcpStream,
+    mut conn: ConnInfo,
+    shared: Arc<Shared>,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let snapshot = shared.snapshot.load_full();
+    let Some(listener) = snapshot.listeners.get(&conn.listener).cloned() else {
+        return;
+    };
+    drop(snapshot);
+    match &listener.serve {
+        Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, builder, watcher).await,
+        Serve::Tcp(routes) => tcp::proxy(stream, &conn, &shared, routes, None, Vec::new()).await,
+        Serve::Tls(servers) => {
+            let mut hello_bytes = Vec::new();
+            let read = tokio::time::timeout(
+                TLS_HANDSHAKE_TIMEOUT,
+                client_hello::read(&mut stream, &mut hello_bytes),
+            )
+            .await;
+            let hello = match read {
+                Ok(Ok(Parse::Complete(hello))) => hello,
+                Ok(Ok(other)) => {
+                    tracing::debug!(client = %conn.client, "not a TLS ClientHello: {other:?}");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %conn.client, "reading the ClientHello: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %conn.client, "no ClientHello in time");
+                    return;
+                }
+            };
+            let sni = hello.server_name;
+            let Some(server) = servers.find(sni.as_deref().unwrap_or_default()) else {
+                // Envoy closes a connection no filter chain matches.
+                tracing::debug!(client = %conn.client, sni = ?sni, "no server for this SNI");
+                return;
+            };
+            match &server.action {
+                TlsAction::Passthrough(routes) => {
+                    tcp::proxy(stream, &conn, &shared, routes, sni.as_deref(), hello_bytes).await;
+                }
+                TlsAction::Terminate { tls, then } => {
+                    let Some(tls_stream) =
+                        terminate(Rewind::new(hello_bytes, stream), tls, &conn).await
+                    else {
+                        return;
+                    };
+                    let xfcc = {
+                        let (_, session) = tls_stream.get_ref();
+                        session
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| cert::inspect(leaf).ok())
+                            .map(|info| cert::xfcc(&tls.local_uri_sans, &info))
+                    };
+                    conn.tls = Some(Arc::new(TlsConn { sni, xfcc }));
+                    match then {
+                        Terminated::Http(_) => {
+                            serve_http(TokioIo::new(tls_stream), conn, shared, builder, watcher)
+                                .await
+                        }
+                        Terminated::Tcp(routes) => {
+                            let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
+                            tcp::proxy(
+                                tls_stream,
+                                &conn,
+                                &shared,
+                                routes,
+                                sni.as_deref(),
+                                Vec::new(),
+                            )
+                            .await
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The TLS handshake, bounded in time; failures are the client's and logged at debug.
+async fn terminate<S>(
+    io: S,
+    tls: &ServerTlsConfig,
+    conn: &ConnInfo,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = conn.client;
+    let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
+    let served = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(served).await {
+        tracing::debug!(%client, "connection ended: {e}");
+    }
+}

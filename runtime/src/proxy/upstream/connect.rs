@@ -1,0 +1,270 @@
+//! Upstream connections that hyper-util's pooled client cannot make alone. HTTP/1.1 over
+//! TLS: a connector that dials the endpoint and runs the TLS handshake with the
+//! cluster's settings and SNI (one pooled client per settings and SNI). HTTP/2, in
+//! clear text or over TLS: one multiplexed connection per endpoint, settings and SNI,
+//! kept here, so the request's `:authority` can be the virtual host while the socket
+//! goes to the endpoint (hyper-util's client takes both from the URI).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::super::error::ProxyError;
+use super::super::{Body, BoxError};
+use crate::tls::client::UpstreamTls;
+
+/// TLS settings and the SNI to present: what a pooled connection is reusable for.
+pub type TlsKey = ([u8; 32], String);
+
+/// The name to present and verify: an IP when the SNI text is one (no SNI is sent).
+pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
+    ServerName::try_from(sni.to_string())
+        .map_err(|_| ProxyError::UpstreamConnect(format!("{sni:?} is not a valid TLS server name")))
+}
+
+/// Dial `authority` (`host:port`) within `timeout`.
+pub async fn dial(authority: &str, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| ProxyError::UpstreamConnect(format!("{authority}: connect timeout")))?
+        .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// TLS over a dialled stream; the handshake shares the connect timeout.
+pub async fn handshake(
+    tcp: TcpStream,
+    tls: &UpstreamTls,
+    sni: &str,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ProxyError> {
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let name = server_name(sni)?;
+    tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| ProxyError::UpstreamConnect(format!("{sni}: TLS handshake timeout")))?
+        .map_err(|e| ProxyError::UpstreamConnect(format!("TLS handshake with {sni}: {e}")))
+}
+
+/// hyper-util connector for HTTP/1.1 over TLS: the URI names the endpoint.
+#[derive(Clone)]
+pub struct TlsConnector {
+    tcp: HttpConnector,
+    tls: Arc<UpstreamTls>,
+    sni: String,
+}
+
+impl TlsConnector {
+    pub fn new(tcp: HttpConnector, tls: Arc<UpstreamTls>, sni: String) -> Self {
+        TlsConnector { tcp, tls, sni }
+    }
+}
+
+impl tower_service::Service<Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(BoxError::from)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri);
+        let tls = self.tls.clone();
+        let sni = self.sni.clone();
+        Box::pin(async move {
+            let tcp = connecting.await.map_err(BoxError::from)?.into_inner();
+            let stream = handshake(tcp, &tls, &sni, super::CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| BoxError::from(e.to_string()))?;
+            Ok(TlsIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A TLS connection as hyper's client reads and writes it.
+pub struct TlsIo(TokioIo<TlsStream<TcpStream>>);
+
+impl Connection for TlsIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Pooled HTTP/1.1-over-TLS clients, one per settings and SNI.
+#[derive(Debug, Default)]
+pub struct TlsClients {
+    clients: DashMap<TlsKey, Client<TlsConnector, Body>>,
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("sni", &self.sni)
+            .finish()
+    }
+}
+
+impl TlsClients {
+    /// The client for `tls` and `sni`, made on first use.
+    pub fn get(
+        &self,
+        tcp: &HttpConnector,
+        tls: &Arc<UpstreamTls>,
+        sni: &str,
+    ) -> Client<TlsConnector, Body> {
+        let key = (tls.key, sni.to_string());
+        if let Some(c) = self.clients.get(&key) {
+            return c.clone();
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(TlsConnector::new(tcp.clone(), tls.clone(), sni.to_string()));
+        self.clients.entry(key).or_insert(client).clone()
+    }
+}
+
+/// Where an HTTP/2 connection goes and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct H2Key {
+    /// The endpoint, `host:port`.
+    pub target: String,
+    pub tls: Option<TlsKey>,
+}
+
+/// One multiplexed HTTP/2 connection per key, reconnected when it closes.
+#[derive(Debug, Default)]
+pub struct H2Pool {
+    conns: DashMap<H2Key, SendRequest<Body>>,
+}
+
+impl H2Pool {
+    /// Send `req` (its URI carries the `:authority`) on the connection for `key`.
+    pub async fn send(
+        &self,
+        key: H2Key,
+        tls: Option<&UpstreamTls>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let existing = self
+            .conns
+            .get(&key)
+            .map(|s| s.clone())
+            .filter(|s| !s.is_closed());
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect(&key, tls).await?;
+                self.conns.insert(key.clone(), s.clone());
+                s
+            }
+        };
+        if sender.ready().await.is_err() {
+            self.conns.remove(&key);
+            return Err(ProxyError::UpstreamReset(format!(
+                "HTTP/2 connection to {} closed",
+                key.target
+            )));
+        }
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| super::classify_hyper(&e))
+    }
+
+    async fn connect(
+        &self,
+        key: &H2Key,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let tcp = dial(&key.target, super::CONNECT_TIMEOUT).await?;
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let handshaken = match (tls, &key.tls) {
+            (Some(tls), Some((_, sni))) => {
+                let stream = handshake(tcp, tls, sni, super::CONNECT_TIMEOUT).await?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(format!("HTTP/2 handshake: {e}")))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                    }
+                });
+                sender
+            }
+            _ => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(format!("HTTP/2 handshake: {e}")))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                    }
+                });
+                sender
+            }
+        };
+        Ok(handshaken)
+    }
+}

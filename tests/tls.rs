@@ -1,0 +1,671 @@
+//! TLS at the edge with the real binary and real handshakes (certificates made in the
+//! test with rcgen): SNI picks the server and its certificate on a shared port; SIMPLE,
+//! MUTUAL and OPTIONAL_MUTUAL; `x-forwarded-client-cert`; `httpsRedirect`; HTTP/2 by
+//! ALPN (curl too); certificates replaced by a reload while clients keep connecting;
+//! bad certificates refused with the Secret named; servers that share a port with
+//! different bind addresses and plugins.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http::StatusCode;
+use support::tls::{Ca, secret};
+use support::{Echo, Gateway, TempDir, free_port, plugins_dir, service_entry};
+
+const ALPN_BOTH: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A VirtualService in `default` bound to `istio-system/gw` for `hosts`, to `svc`.
+fn vs(name: &str, hosts: &[&str], svc: &str) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\nspec:\n  hosts: [{}]\n  gateways: [istio-system/gw]\n  http:\n  - route:\n    - destination: {{host: {svc}}}\n",
+        hosts.join(", ")
+    )
+}
+
+fn gateway_yaml(servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: istio-system\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}"
+    )
+}
+
+/// Two HTTPS servers on one port: SNI picks the certificate (one from a Secret, one
+/// from files) and the server; a Host of the other server is a 404; HTTP/2 by ALPN;
+/// x-forwarded-proto is https and a client's own x-forwarded-client-cert is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_certificate_and_server_on_a_shared_port() {
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let ca = Ca::new("test-ca");
+    let cert_a = ca.server(&["a.example.com"]);
+    let cert_b = ca.server(&["b.example.com"]);
+    let port = free_port();
+    let dir = TempDir::new("sni");
+    let b_cert = dir.write("b.crt", &cert_b.cert);
+    let b_key = dir.write("b.key", &cert_b.key);
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(&format!(
+            "  - port: {{number: {port}, name: https-a, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {{mode: SIMPLE, credentialName: a-cert}}\n  - port: {{number: {port}, name: https-b, protocol: HTTPS}}\n    hosts: [b.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n",
+            b_cert.display(),
+            b_key.display()
+        )),
+    );
+    dir.write(
+        "secret.yaml",
+        &secret("a-cert", "istio-system", Some(&cert_a), None),
+    );
+    dir.write("vs-a.yaml", &vs("a", &["a.example.com"], "a-svc"));
+    dir.write("vs-b.yaml", &vs("b", &["b.example.com"], "b-svc"));
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("a", "a-svc", 80, &[(a.port(), &[])]),
+            service_entry("b", "b-svc", 80, &[(b.port(), &[])])
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let config = ca.client_config(None, &ALPN_BOTH);
+
+    let seen = support::tls::get(
+        port,
+        config.clone(),
+        "a.example.com",
+        "a.example.com",
+        "/x",
+        &[("x-forwarded-client-cert", "By=forged")],
+    )
+    .await
+    .expect("request to a");
+    assert_eq!(seen.reply.status, StatusCode::OK, "{}", seen.reply.text());
+    assert_eq!(seen.server_names, vec!["a.example.com"]);
+    assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+    assert_eq!(seen.reply.upstream().as_deref(), Some("a"));
+    let echo = seen.reply.echo();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert!(
+        echo["headers"].get("x-forwarded-client-cert").is_none(),
+        "a client's own XFCC never reaches the upstream: {echo}"
+    );
+
+    let seen = support::tls::get(
+        port,
+        ca.client_config(None, &[b"http/1.1"]),
+        "b.example.com",
+        "b.example.com",
+        "/y",
+        &[],
+    )
+    .await
+    .expect("request to b");
+    assert_eq!(seen.server_names, vec!["b.example.com"]);
+    assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(seen.reply.upstream().as_deref(), Some("b"));
+
+    // Terminated for a.example.com, asking for b.example.com: not this server's host.
+    let seen = support::tls::get(
+        port,
+        config.clone(),
+        "a.example.com",
+        "b.example.com",
+        "/y",
+        &[],
+    )
+    .await
+    .expect("request");
+    assert_eq!(seen.reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(b.hits(), 1);
+
+    // An SNI no server has: the connection is closed, as Envoy does.
+    let refused = support::tls::get(port, config, "c.example.com", "c.example.com", "/", &[]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        !gw.log_text().contains("BEGIN PRIVATE KEY"),
+        "key material is never logged"
+    );
+}
+
+fn mutual_config(port: u16, dir: &TempDir, mode: &str, extra: &str, app: &Echo) {
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(&format!(
+            "  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [secure.example.com]\n    tls:\n      mode: {mode}\n      credentialName: secure-cert\n{extra}"
+        )),
+    );
+    dir.write("vs.yaml", &vs("secure", &["secure.example.com"], "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+}
+
+/// MUTUAL: a client without a certificate, or with one from another CA, or one
+/// without the required SAN, never reaches the upstream; one with a good certificate
+/// does, and the upstream gets Envoy's x-forwarded-client-cert for it. The client CA
+/// comes from the separate `<name>-cacert` Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_good_certificate() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("server-ca");
+    let clients = Ca::new("client-ca");
+    let other = Ca::new("other-ca");
+    let port = free_port();
+    let dir = TempDir::new("mtls");
+    mutual_config(
+        port,
+        &dir,
+        "MUTUAL",
+        "      subjectAltNames: [spiffe://cluster.local/ns/default/sa/client, trusted.example.com]\n",
+        &app,
+    );
+    dir.write(
+        "secret.yaml",
+        &format!(
+            "{}---\n{}",
+            secret(
+                "secure-cert",
+                "istio-system",
+                Some(&ca.server(&["secure.example.com"])),
+                None
+            ),
+            secret(
+                "secure-cert-cacert",
+                "istio-system",
+                None,
+                Some(&clients.pem)
+            )
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let host = "secure.example.com";
+
+    let anonymous = support::tls::get(
+        port,
+        ca.client_config(None, &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await;
+    assert!(anonymous.is_err(), "no client certificate: {anonymous:?}");
+    let stranger = other.client("stranger", &["trusted.example.com"], None);
+    let foreign = support::tls::get(
+        port,
+        ca.client_config(Some(&stranger), &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await;
+    assert!(foreign.is_err(), "certificate from another CA: {foreign:?}");
+    let unnamed = clients.client("nobody", &["nobody.example.com"], None);
+    let wrong_san = support::tls::get(
+        port,
+        ca.client_config(Some(&unnamed), &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await;
+    assert!(
+        wrong_san.is_err(),
+        "SAN not in subjectAltNames: {wrong_san:?}"
+    );
+    assert_eq!(app.hits(), 0, "refused clients never reach the upstream");
+
+    let good = clients.client(
+        "client-1",
+        &["trusted.example.com"],
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+    );
+    let seen = support::tls::get(
+        port,
+        ca.client_config(Some(&good), &[b"http/1.1"]),
+        host,
+        host,
+        "/who",
+        &[],
+    )
+    .await
+    .expect("request with a certificate");
+    assert_eq!(seen.reply.status, StatusCode::OK, "{}", seen.reply.text());
+    let echo = seen.reply.echo();
+    let xfcc = echo["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .expect("XFCC set")
+        .to_string();
+    assert!(xfcc.starts_with("Hash="), "{xfcc}");
+    assert!(
+        xfcc.ends_with(
+            ";Subject=\"CN=client-1\";URI=spiffe://cluster.local/ns/default/sa/client;DNS=trusted.example.com"
+        ),
+        "{xfcc}"
+    );
+    assert_eq!(app.hits(), 1);
+}
+
+/// OPTIONAL_MUTUAL serves clients with and without certificates; only the former get
+/// an x-forwarded-client-cert. The CA is in the same Secret (`ca.crt`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mutual_serves_both() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("ca");
+    let port = free_port();
+    let dir = TempDir::new("optional");
+    mutual_config(port, &dir, "OPTIONAL_MUTUAL", "", &app);
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "secure-cert",
+            "istio-system",
+            Some(&ca.server(&["secure.example.com"])),
+            Some(&ca.pem),
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let host = "secure.example.com";
+    let seen = support::tls::get(
+        port,
+        ca.client_config(None, &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await
+    .expect("anonymous client");
+    assert_eq!(seen.reply.status, StatusCode::OK);
+    assert!(
+        seen.reply.echo()["headers"]
+            .get("x-forwarded-client-cert")
+            .is_none()
+    );
+    let me = ca.client("me", &["me.example.com"], None);
+    let seen = support::tls::get(
+        port,
+        ca.client_config(Some(&me), &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await
+    .expect("client with a certificate");
+    let xfcc = seen.reply.echo()["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .map(str::to_string)
+        .expect("XFCC");
+    assert!(
+        xfcc.contains(";Subject=\"CN=me\";URI=;DNS=me.example.com"),
+        "{xfcc}"
+    );
+}
+
+/// `httpsRedirect: true` answers 301 to the https URL with path and query kept, for
+/// every request of the server's hosts, with or without a VirtualService; TLS
+/// protocol versions are enforced (a TLS 1.3-only server refuses a TLS 1.2 client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_and_protocol_versions() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("ca");
+    let http_port = free_port();
+    let https_port = free_port();
+    let dir = TempDir::new("redirect");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(&format!(
+            "  - port: {{number: {http_port}, name: http, protocol: HTTP}}\n    hosts: [shop.example.com]\n    tls: {{httpsRedirect: true}}\n  - port: {{number: {https_port}, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, credentialName: shop, minProtocolVersion: TLSV1_3}}\n"
+        )),
+    );
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "shop",
+            "istio-system",
+            Some(&ca.server(&["shop.example.com"])),
+            None,
+        ),
+    );
+    dir.write("vs.yaml", &vs("shop", &["shop.example.com"], "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+
+    let r = support::get(http_port, "shop.example.com", "/cart?item=1&x=%20", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        r.headers["location"],
+        "https://shop.example.com/cart?item=1&x=%20"
+    );
+    let r = support::get(http_port, "shop.example.com:8080", "/", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.headers["location"], "https://shop.example.com:8080/");
+    assert_eq!(app.hits(), 0);
+
+    let host = "shop.example.com";
+    let seen = support::tls::get(
+        https_port,
+        ca.client_config(None, &ALPN_BOTH),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await
+    .expect("TLS 1.3 client");
+    assert_eq!(seen.reply.status, StatusCode::OK);
+    let tls12_only = {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("versions")
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+        Arc::new(config)
+    };
+    let old = support::tls::get(https_port, tls12_only, host, host, "/", &[]).await;
+    assert!(
+        old.is_err(),
+        "TLS 1.2 refused by minProtocolVersion TLSV1_3: {old:?}"
+    );
+}
+
+/// curl, a client the tests do not control, speaks HTTP/2 over TLS to the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("ca");
+    let port = free_port();
+    let dir = TempDir::new("curl");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(&format!(
+            "  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [\"*.example.com\"]\n    tls: {{mode: SIMPLE, credentialName: wild}}\n"
+        )),
+    );
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "wild",
+            "istio-system",
+            Some(&ca.server(&["*.example.com"])),
+            None,
+        ),
+    );
+    dir.write("vs.yaml", &vs("web", &["web.example.com"], "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--http2", "--cacert"])
+            .arg(&ca_file)
+            .args([
+                "--resolve",
+                &format!("web.example.com:{port}:127.0.0.1"),
+                "-w",
+                "\n%{http_version} %{http_code}",
+                &format!("https://web.example.com:{port}/hello"),
+            ])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("\n2 200"), "{stdout}");
+    assert!(stdout.contains("\"path\":\"/hello\""), "{stdout}");
+}
+
+/// A certificate replaced by a reload serves new handshakes at once, while clients
+/// that keep connecting see no failure; a key that does not match its certificate, an
+/// expired certificate or a missing Secret are refused by name and the last good
+/// certificate keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_change_with_a_reload() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("ca");
+    let port = free_port();
+    let dir = TempDir::new("rotate");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(&format!(
+            "  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [app.example.com]\n    tls: {{mode: SIMPLE, credentialName: app-cert}}\n"
+        )),
+    );
+    dir.write("vs.yaml", &vs("app", &["app.example.com"], "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let first = ca.server(&["app.example.com"]);
+    dir.write(
+        "secret.yaml",
+        &secret("app-cert", "istio-system", Some(&first), None),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let config = ca.client_config(None, &[b"http/1.1"]);
+    let host = "app.example.com";
+
+    // Clients connect again and again during the rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures, served, config) = (
+            stop.clone(),
+            failures.clone(),
+            served.clone(),
+            config.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match support::tls::get(port, config.clone(), host, host, "/", &[]).await {
+                    Ok(s) if s.reply.status == StatusCode::OK => {
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        eprintln!("failed during rotation: {other:?}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let second = ca.server(&["app.example.com", "v2.example.com"]);
+    dir.write(
+        "secret.yaml",
+        &secret("app-cert", "istio-system", Some(&second), None),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = support::tls::get(port, config.clone(), host, host, "/", &[])
+        .await
+        .expect("after reload");
+    assert_eq!(seen.server_names, vec!["app.example.com", "v2.example.com"]);
+
+    // A key that belongs to another certificate.
+    let mismatched = support::tls::Leaf {
+        cert: ca.server(&["app.example.com"]).cert,
+        key: first.key.clone(),
+    };
+    dir.write(
+        "secret.yaml",
+        &secret("app-cert", "istio-system", Some(&mismatched), None),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let text = r.text();
+    assert!(
+        text.contains("Gateway istio-system/gw: spec.servers[0].tls.credentialName")
+            && text.contains("Secret istio-system/app-cert")
+            && text.contains("does not match the certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    let expired = ca.expired_server(&["app.example.com"]);
+    dir.write(
+        "secret.yaml",
+        &secret("app-cert", "istio-system", Some(&expired), None),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text().contains("certificate expired at 2021-01-01"),
+        "{}",
+        r.text()
+    );
+
+    std::fs::remove_file(dir.path().join("secret.yaml")).expect("remove");
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("app-cert"), "{}", r.text());
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("load task");
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "no client failed");
+    assert!(served.load(Ordering::SeqCst) > 5);
+    let seen = support::tls::get(port, config, host, host, "/", &[])
+        .await
+        .expect("still serving");
+    assert_eq!(
+        seen.server_names,
+        vec!["app.example.com", "v2.example.com"],
+        "the last good certificate"
+    );
+}
+
+/// Two Gateways serve one port on different bind addresses: each is its own listener,
+/// the VirtualService bound to both runs a chain per Gateway, so `match.gateways` and a
+/// WasmPlugin that targets one Gateway apply there only. A `unix://` bind is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_port_on_different_addresses() {
+    let one = Echo::start("one").await;
+    let two = Echo::start("two").await;
+    let port = free_port();
+    let dir = TempDir::new("binds");
+    let gateway_doc = |name: &str, bind: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\nspec:\n  selector: {{istio: {name}}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    bind: {bind}\n    hosts: [\"*\"]\n"
+        )
+    };
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "{}---\n{}",
+            gateway_doc("inner", "127.0.0.1"),
+            gateway_doc("outer", "127.0.0.2")
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [inner, outer]\n  http:\n  - match: [{gateways: [inner]}]\n    route: [{destination: {host: one}}]\n  - route: [{destination: {host: two}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("one", "one", 80, &[(one.port(), &[])]),
+            service_entry("two", "two", 80, &[(two.port(), &[])])
+        ),
+    );
+    dir.write(
+        "plugin.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: outer-only\nspec:\n  url: add-headers.wasm\n  targetRefs:\n  - {group: networking.istio.io, kind: Gateway, name: outer}\n  pluginConfig:\n    responseHeaders: {x-outer: \"yes\"}\n",
+    );
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+
+    let inner = support::get(port, "x.test", "/", &[]).await.expect("inner");
+    assert_eq!(inner.upstream().as_deref(), Some("one"));
+    assert!(inner.headers.get("x-outer").is_none());
+    let outer = get_at("127.0.0.2", port, "/").await;
+    assert_eq!(outer.0, StatusCode::OK);
+    assert_eq!(
+        outer.1.as_deref(),
+        Some("two"),
+        "match.gateways [inner] skipped"
+    );
+    assert_eq!(
+        outer.2.as_deref(),
+        Some("yes"),
+        "the plugin of the outer Gateway ran"
+    );
+    assert!(gw.log_text().contains("listening on 127.0.0.2:"));
+
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "{}---\n{}",
+            gateway_doc("inner", "127.0.0.1"),
+            gateway_doc("outer", "unix:///tmp/wasmgate.sock")
+                .replace(&format!("number: {port}"), "number: 0")
+        ),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .contains("Gateway default/outer: spec.servers[0].bind")
+            && r.text()
+                .contains("unix domain socket listeners are not served"),
+        "{}",
+        r.text()
+    );
+    let still = get_at("127.0.0.2", port, "/").await;
+    assert_eq!(
+        still.1.as_deref(),
+        Some("two"),
+        "the last good config serves"
+    );
+}
+
+/// GET http://{ip}:{port}{path}: (status, x-upstream, x-outer).
+async fn get_at(ip: &str, port: u16, path: &str) -> (StatusCode, Option<String>, Option<String>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "x.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let out = (resp.status(), header("x-upstream"), header("x-outer"));
+    let _ = resp.into_body().collect().await;
+    out
+}
