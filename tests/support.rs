@@ -228,6 +228,22 @@ impl Gateway {
 
     /// Like [`Gateway::start`], but returns the log when it does not become ready.
     pub async fn try_start(config: &Path, extra: &[&str]) -> Result<Gateway, String> {
+        Self::try_start_with_env(config, extra, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub async fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        match Self::try_start_with_env(config, extra, env).await {
+            Ok(g) => g,
+            Err(log) => panic!("wasmgate did not become ready:\n{log}"),
+        }
+    }
+
+    async fn try_start_with_env(
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Gateway, String> {
         let dir = TempDir::new("log");
         let log = dir.path().join("wasmgate.log");
         let admin = free_port();
@@ -245,6 +261,7 @@ impl Gateway {
                 "XDG_CACHE_HOME",
                 concat!(env!("CARGO_TARGET_TMPDIR"), "/xdg-cache"),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -559,7 +559,8 @@ async fn certificates_change_with_a_reload() {
 
 /// Two Gateways serve one port on different bind addresses: each is its own listener,
 /// the VirtualService bound to both runs a chain per Gateway, so `match.gateways` and a
-/// WasmPlugin that targets one Gateway apply there only. A `unix://` bind is refused.
+/// WasmPlugin that targets one Gateway apply there only. A reload that changes a `bind`
+/// opens the new socket and closes the old; a `unix://` bind is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_sharing_a_port_on_different_addresses() {
     let one = Echo::start("one").await;
@@ -615,6 +616,32 @@ async fn gateways_sharing_a_port_on_different_addresses() {
     );
     assert!(gw.log_text().contains("listening on 127.0.0.2:"));
 
+    // A reload moves the outer Gateway to another address: a new socket, the old one
+    // closed.
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "{}---\n{}",
+            gateway_doc("inner", "127.0.0.1"),
+            gateway_doc("outer", "127.0.0.3")
+        ),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let moved = get_at("127.0.0.3", port, "/").await;
+    assert_eq!(moved.2.as_deref(), Some("yes"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tokio::net::TcpStream::connect(("127.0.0.2", port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old address still accepts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
     dir.write(
         "gw.yaml",
         &format!(
@@ -634,7 +661,7 @@ async fn gateways_sharing_a_port_on_different_addresses() {
         "{}",
         r.text()
     );
-    let still = get_at("127.0.0.2", port, "/").await;
+    let still = get_at("127.0.0.3", port, "/").await;
     assert_eq!(
         still.1.as_deref(),
         Some("two"),

@@ -62,6 +62,14 @@ pub struct RunArgs {
     /// Address listeners bind to unless a Gateway server sets `bind`.
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub listen_address: IpAddr,
+    /// Also serve the mesh: an HTTP proxy listener on ADDR where VirtualServices bound
+    /// to `mesh` (or to no gateway) route applications' outbound requests.
+    #[arg(long, value_name = "ADDR")]
+    pub mesh_listener: Option<SocketAddr>,
+    /// The namespace of the applications using the mesh listener: short names like
+    /// `reviews` resolve in it.
+    #[arg(long, default_value = "default", value_name = "NAMESPACE")]
+    pub mesh_namespace: String,
     /// Seed the random numbers plugins get (fault percentages, traffic splits).
     #[arg(long, value_name = "N")]
     pub random_seed: Option<u64>,
@@ -139,6 +147,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             plugins: Some(dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_address: IpAddr::from([127, 0, 0, 1]),
+            mesh: None,
             host: HostSettings::default(),
             drain: Duration::ZERO,
         };
@@ -166,6 +175,12 @@ async fn run(args: RunArgs) -> ExitCode {
         plugins: args.plugins,
         admin: args.admin,
         listen_address: args.listen_address,
+        mesh: args
+            .mesh_listener
+            .map(|addr| crate::snapshot::MeshListener {
+                addr,
+                namespace: args.mesh_namespace.clone(),
+            }),
         host: HostSettings {
             random_seed: args.random_seed,
             call_budget: Duration::from_millis(args.plugin_time_limit_ms),

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use crate::listener::Running;
 use crate::plugin::{HostSettings, PluginHost};
 use crate::proxy::{Shared, Upstream};
-use crate::snapshot::{CompileCache, PluginSources, Snapshot};
+use crate::snapshot::{CompileCache, Listening, MeshListener, PluginSources, Snapshot};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Address listeners bind to unless a Gateway server sets `bind`.
     pub listen_address: IpAddr,
+    /// `--mesh-listener`: where VirtualServices bound to `mesh` serve applications.
+    pub mesh: Option<MeshListener>,
     pub host: HostSettings,
     /// How long a listener that a reload removes keeps serving its open connections.
     pub drain: Duration,
@@ -47,7 +49,11 @@ pub async fn load(
     let sources = PluginSources {
         dir: options.plugins.clone(),
     };
-    Snapshot::build(&config, host, &sources, cache, options.listen_address)
+    let listening = Listening {
+        address: options.listen_address,
+        mesh: options.mesh.clone(),
+    };
+    Snapshot::build(&config, host, &sources, cache, &listening)
         .await
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }

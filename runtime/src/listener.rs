@@ -51,12 +51,16 @@ impl Running {
         Running { task, connections }
     }
 
-    /// Stop accepting; open HTTP connections finish their requests (HTTP/1 closes after
-    /// the current one, HTTP/2 gets GOAWAY) for at most `drain`.
-    pub async fn stop(self, drain: Duration) {
+    /// Stop accepting now (the socket closes before this returns); the future lets open
+    /// HTTP connections finish their requests (HTTP/1 closes after the current one,
+    /// HTTP/2 gets GOAWAY) for at most `drain`.
+    pub fn stop(self, drain: Duration) -> impl Future<Output = ()> + Send + 'static {
         self.task.abort();
         let graceful = self.connections.lock().ok().and_then(|mut g| g.take());
-        if let Some(graceful) = graceful {
+        async move {
+            let Some(graceful) = graceful else {
+                return;
+            };
             let open = graceful.count();
             if open > 0 {
                 tracing::info!(open, "draining connections for up to {drain:?}");
@@ -145,7 +149,17 @@ async fn connection(
     drop(snapshot);
     match &listener.serve {
         Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, builder, watcher).await,
-        Serve::Tcp(routes) => tcp::proxy(stream, &conn, &shared, routes, None, Vec::new()).await,
+        Serve::Tcp(routes) => {
+            tcp::proxy(
+                stream,
+                &conn,
+                &shared,
+                routes,
+                (conn.port, None),
+                Vec::new(),
+            )
+            .await
+        }
         Serve::Tls(servers) => {
             let mut hello_bytes = Vec::new();
             let read = tokio::time::timeout(
@@ -176,7 +190,15 @@ async fn connection(
             };
             match &server.action {
                 TlsAction::Passthrough(routes) => {
-                    tcp::proxy(stream, &conn, &shared, routes, sni.as_deref(), hello_bytes).await;
+                    tcp::proxy(
+                        stream,
+                        &conn,
+                        &shared,
+                        routes,
+                        (conn.port, sni.as_deref()),
+                        hello_bytes,
+                    )
+                    .await;
                 }
                 TlsAction::Terminate { tls, then } => {
                     let Some(tls_stream) =
@@ -205,7 +227,7 @@ async fn connection(
                                 &conn,
                                 &shared,
                                 routes,
-                                sni.as_deref(),
+                                (conn.port, sni.as_deref()),
                                 Vec::new(),
                             )
                             .await

@@ -168,6 +168,15 @@ pub async fn handle(
     Ok(response)
 }
 
+/// The port of a `Host`/`:authority` value, if it has one.
+fn authority_port(authority: &str) -> Option<u16> {
+    let (_, port) = authority.rsplit_once(':')?;
+    if authority.starts_with('[') && !authority.contains("]:") {
+        return None;
+    }
+    port.parse().ok()
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
@@ -185,7 +194,7 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
 }
 
 async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
@@ -199,7 +208,19 @@ async fn serve(
         .get(&conn.listener)
         .and_then(|l| l.http_routes(conn.tls.as_ref().map(|t| t.sni.as_deref())))
         .ok_or(ProxyError::NoRoute)?;
+    if req.method() == http::Method::CONNECT {
+        // A tunnel: only the mesh listener opens them (Envoy's gateways refuse CONNECT
+        // unless configured for it).
+        let tunnels = routes.mesh.as_ref().ok_or(ProxyError::NoRoute)?;
+        return crate::tcp::connect(shared, snapshot, conn, tunnels, req);
+    }
     let vhost = routes.hosts.find(&host).ok_or(ProxyError::NoRoute)?;
+    // On the mesh listener a request is for a service's port, as a sidecar sees it.
+    let port = if routes.mesh.is_some() {
+        authority_port(authority).unwrap_or(80)
+    } else {
+        conn.port
+    };
     if vhost.https_redirect {
         return Ok(https_redirect(authority, req.uri()));
     }
@@ -235,7 +256,7 @@ async fn serve(
             path,
             query,
             headers: req.headers(),
-            port: conn.port,
+            port,
         };
         let decision = run_chain(chain, &parts).await?;
         if !matches!(decision.action, Action::NoRoute) {

@@ -5,6 +5,7 @@
 //! the build and the running snapshot stays in place. The proxy only reads snapshots.
 
 pub mod listeners;
+pub mod mesh;
 pub mod registry;
 pub mod vhosts;
 
@@ -24,6 +25,7 @@ use crate::plugin::builtin;
 use crate::plugin::types::{Binding, HeaderInterest};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 pub use listeners::{Listener, Serve};
+pub use mesh::MeshListener;
 pub use registry::{Cluster, Registry, ResolveError, Target};
 
 /// The namespace whose WasmPlugins without targets apply everywhere (Istio's root).
@@ -162,14 +164,16 @@ fn ns_name(meta: &Meta) -> String {
 impl Snapshot {
     /// Build a snapshot: resolve Gateway x VirtualService bindings, load and prepare
     /// every plugin, load every server's certificates. Servers without `bind` listen on
-    /// `listen`. Binds no socket. All errors are returned together.
+    /// `listening.address`; `listening.mesh` adds the mesh listener. Binds no socket.
+    /// All errors are returned together.
     pub async fn build(
         config: &Config,
         host: &PluginHost,
         sources: &PluginSources,
         cache: &CompileCache,
-        listen: IpAddr,
+        listening: &Listening,
     ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mesh_on = listening.mesh.is_some();
         let mut errors = Vec::new();
 
         // Which Gateways each VirtualService is served through.
@@ -193,7 +197,9 @@ impl Snapshot {
                     .collect();
                 (vs, gws)
             })
-            .filter(|(_, gws): &(_, Vec<&Gateway>)| !gws.is_empty())
+            .filter(|(vs, gws): &(&VirtualService, Vec<&Gateway>)| {
+                !gws.is_empty() || (mesh_on && vs.binds_mesh)
+            })
             .collect();
 
         // Compile the first-party components (or their replacements) once.
@@ -301,9 +307,13 @@ impl Snapshot {
                     )),
                 }
             }
+            let mut vias: Vec<Via<'_>> = gws.iter().map(|g| Via::Gateway(g)).collect();
+            if mesh_on && vs.binds_mesh {
+                vias.push(Via::Mesh);
+            }
             let mut user_links: Vec<(&WasmPlugin, PreparedPolicy)> = Vec::new();
             for (wp, pool) in &users {
-                if !gws.iter().any(|g| applies(wp, vs, g)) {
+                if !vias.iter().any(|v| applies(wp, vs, *v)) {
                     continue;
                 }
                 let config = match serde_json::to_string(&wp.plugin_config) {
@@ -324,7 +334,7 @@ impl Snapshot {
                     Err(e) => errors.push(error(&wp.meta, "spec.url", e.to_string())),
                 }
             }
-            for gw in gws {
+            for via in vias {
                 let first = |p: &PreparedPolicy| Link::new(p.clone(), true, false, Vec::new());
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {
                     Link::new(
@@ -336,7 +346,7 @@ impl Snapshot {
                 };
                 let applied: Vec<&(&WasmPlugin, PreparedPolicy)> = user_links
                     .iter()
-                    .filter(|(wp, _)| applies(wp, vs, gw))
+                    .filter(|(wp, _)| applies(wp, vs, via))
                     .collect();
                 let early = |(wp, _): &&&(&WasmPlugin, PreparedPolicy)| {
                     matches!(wp.phase, Phase::Authn | Phase::Authz)
@@ -351,17 +361,79 @@ impl Snapshot {
                 let chain = Chain {
                     virtual_service: vs_name.clone(),
                     namespace: vs.meta.id.namespace.clone(),
-                    gateway: ns_name(&gw.meta),
+                    gateway: via.name(),
                     links,
                 };
-                chains.insert((vs_name.clone(), ns_name(&gw.meta)), Arc::new(chain));
+                chains.insert((vs_name.clone(), via.name()), Arc::new(chain));
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
 
-        let listeners = listeners::build(config, &bound, &chains, listen, unix_now(), &mut errors);
+        let mut listeners = listeners::build(
+            config,
+            &bound,
+            &chains,
+            listening.address,
+            unix_now(),
+            &mut errors,
+        );
+        if let Some(mesh) = &listening.mesh {
+            // Istio's default route for every declared service no VirtualService
+            // covers: a router of its own, so the mesh listener has one path.
+            let mesh_bound: Vec<&VirtualService> = bound
+                .iter()
+                .map(|(vs, _)| *vs)
+                .filter(|vs| vs.binds_mesh)
+                .collect();
+            let mut defaults = Vec::new();
+            if let Some((router, pool)) = firsts.first() {
+                for (fqdn, se) in mesh::uncovered(config, &mesh_bound) {
+                    let spec = mesh::default_route(se, &fqdn);
+                    let json = serde_json::to_string(&spec).unwrap_or_default();
+                    let name = format!("{}/{fqdn}", mesh::MESH);
+                    let binding = Binding {
+                        plugin: router.name().to_string(),
+                        virtual_service: name.clone(),
+                        namespace: se.meta.id.namespace.clone(),
+                    };
+                    match host.prepare(pool, router.name(), binding, json).await {
+                        Ok(policy) => defaults.push((
+                            fqdn,
+                            Arc::new(Chain {
+                                virtual_service: name,
+                                namespace: se.meta.id.namespace.clone(),
+                                gateway: mesh::MESH.to_string(),
+                                links: vec![Link::new(policy, true, false, Vec::new())],
+                            }),
+                        )),
+                        Err(e) => errors.push(error(
+                            &se.meta,
+                            "spec.hosts",
+                            format!("default route for {fqdn}: {e}"),
+                        )),
+                    }
+                }
+            }
+            let routes = mesh::routes(&mesh_bound, &chains, &defaults, &mesh.namespace);
+            if listeners.contains_key(&mesh.addr) {
+                errors.push(ConfigError {
+                    file: PathBuf::from("--mesh-listener"),
+                    line: None,
+                    resource: None,
+                    field: None,
+                    message: format!("{} is also a Gateway server's address", mesh.addr),
+                });
+            }
+            listeners.insert(
+                mesh.addr,
+                Arc::new(Listener {
+                    addr: mesh.addr,
+                    serve: Serve::Http(routes),
+                }),
+            );
+        }
         check_client_tls(config, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
@@ -371,6 +443,14 @@ impl Snapshot {
             registry: Registry::new(config),
         })
     }
+}
+
+/// Where listeners go: Gateway servers without `bind` on `address`; the mesh listener,
+/// when asked for.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub address: IpAddr,
+    pub mesh: Option<MeshListener>,
 }
 
 /// Seconds since the Unix epoch: when certificates must be valid.
@@ -433,21 +513,46 @@ fn check_client_tls(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// Does WasmPlugin `wp` apply to VirtualService `vs` served through Gateway `gw`?
+/// Where a VirtualService's chain serves: through a Gateway, or on the mesh listener.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    Gateway(&'a Gateway),
+    Mesh,
+}
+
+impl Via<'_> {
+    /// `namespace/name` of the Gateway, or `mesh`: what `match.gateways` compares.
+    pub fn name(&self) -> String {
+        match self {
+            Via::Gateway(gw) => ns_name(&gw.meta),
+            Via::Mesh => mesh::MESH.to_string(),
+        }
+    }
+}
+
+/// Does WasmPlugin `wp` apply to VirtualService `vs` served through `via`?
 /// With `targetRefs`: a named VirtualService, or every VirtualService of a named
 /// Gateway. With a `selector`: Gateways whose own selector carries those labels (the
-/// WasmPlugin selects the gateway workload, as in Istio). With neither: every
-/// VirtualService in its namespace, or everywhere from the root namespace.
-pub fn applies(wp: &WasmPlugin, vs: &VirtualService, gw: &Gateway) -> bool {
+/// WasmPlugin selects the gateway workload, as in Istio; the mesh listener has no
+/// labels). With neither: every VirtualService in its namespace, or everywhere from the
+/// root namespace.
+pub fn applies(wp: &WasmPlugin, vs: &VirtualService, via: Via<'_>) -> bool {
     if !wp.targets.is_empty() {
-        return wp.targets.iter().any(|t| match t.kind.as_str() {
-            "VirtualService" => t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace,
-            "Gateway" => t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace,
+        return wp.targets.iter().any(|t| match (t.kind.as_str(), via) {
+            ("VirtualService", _) => {
+                t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace
+            }
+            ("Gateway", Via::Gateway(gw)) => {
+                t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace
+            }
             _ => false,
         });
     }
     let in_scope = |ns: &str| wp.meta.id.namespace == ROOT_NAMESPACE || wp.meta.id.namespace == ns;
     if !wp.selector.is_empty() {
+        let Via::Gateway(gw) = via else {
+            return false;
+        };
         return in_scope(&gw.meta.id.namespace)
             && wp
                 .selector

@@ -6,24 +6,124 @@
 //! the backend and sees the backend's certificate. One access line per connection with
 //! its byte counts and duration.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{ConnInfo, Shared};
-use crate::snapshot::listeners::L4Routes;
+use crate::proxy::{Body, ConnInfo, ProxyError, Shared, full};
+use crate::snapshot::Snapshot;
+use crate::snapshot::listeners::{L4Destination, L4Route, L4Routes};
+use crate::snapshot::mesh::Tunnels;
+use crate::tls::client_hello::{self, Parse};
 
 /// Envoy's default upstream connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Proxy `downstream` per `routes`; `prefix` (bytes already read from it) goes first.
+/// How long a tunnel waits for a ClientHello when a `tls` route could apply (Envoy's
+/// TLS inspector default).
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `CONNECT host:port` on the mesh listener: 200, then the tunnel is routed like a
+/// sidecar routes a connection: a `tls` route by the SNI the client sends first (read
+/// only when a `tls` route names the CONNECT host), else a `tcp` route by port, else
+/// the declared service `host` itself on `port`. Nothing declared: 404, no tunnel.
+pub fn connect(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    tunnels: &Tunnels,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let target = req
+        .uri()
+        .authority()
+        .cloned()
+        .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
+    let port = target
+        .port_u16()
+        .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
+    let host = target.host().to_ascii_lowercase();
+    let fqdn = wasmgate_config::expand_host(&host, &tunnels.namespace);
+    // A `tls` route applies when it names the host being connected to: the client then
+    // sends that name as its SNI, which picks the route.
+    let tls_possible = tunnels
+        .routes
+        .find(port, Some(&host))
+        .is_some_and(|r| r.matches.iter().any(|m| !m.sni_hosts.is_empty()));
+    let service = snapshot.registry.resolve(&fqdn, Some(port), None).is_ok();
+    if !tls_possible && !service && tunnels.routes.find(port, None).is_none() {
+        return Err(ProxyError::NoRoute);
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (shared, conn) = (shared.clone(), conn.clone());
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(client = %conn.client, "CONNECT upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut io = TokioIo::new(upgraded);
+        let mut prefix = Vec::new();
+        let mut sni = None;
+        if tls_possible {
+            let read = tokio::time::timeout(
+                CLIENT_HELLO_TIMEOUT,
+                client_hello::read(&mut io, &mut prefix),
+            )
+            .await;
+            if let Ok(Ok(Parse::Complete(hello))) = read {
+                sni = hello.server_name;
+            }
+        }
+        let snapshot = shared.snapshot.load_full();
+        let declared = snapshot
+            .listeners
+            .get(&conn.listener)
+            .and_then(|l| l.http_routes(None))
+            .and_then(|r| r.mesh.as_ref())
+            .map(|t| &t.routes);
+        // No route of a mesh VirtualService: the declared service itself.
+        let own = L4Routes {
+            routes: vec![L4Route {
+                virtual_service: String::new(),
+                route: String::new(),
+                namespace: String::new(),
+                matches: Vec::new(),
+                destinations: vec![L4Destination {
+                    host: fqdn,
+                    port: Some(port),
+                    subset: None,
+                    weight: 1,
+                }],
+            }],
+        };
+        let routes = match declared {
+            Some(r) if r.find(port, sni.as_deref()).is_some() => r,
+            _ => &own,
+        };
+        proxy(io, &conn, &shared, routes, (port, sni.as_deref()), prefix).await;
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// Proxy `downstream` per `routes` (matched with `port` and `sni`); `prefix` (bytes
+/// already read from it) goes first.
 pub async fn proxy<S>(
     mut downstream: S,
     conn: &ConnInfo,
     shared: &Shared,
     routes: &L4Routes,
-    sni: Option<&str>,
+    (port, sni): (u16, Option<&str>),
     prefix: Vec<u8>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -38,7 +138,7 @@ pub async fn proxy<S>(
         conn,
         shared,
         routes,
-        sni,
+        (port, sni),
         prefix,
         &mut line,
     )
@@ -84,13 +184,13 @@ async fn connect_and_splice<S>(
     conn: &ConnInfo,
     shared: &Shared,
     routes: &L4Routes,
-    sni: Option<&str>,
+    (port, sni): (u16, Option<&str>),
     prefix: Vec<u8>,
     line: &mut Line,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(route) = routes.find(conn.port, sni) else {
+    let Some(route) = routes.find(port, sni) else {
         line.flag = Some("NR");
         return;
     };

@@ -109,9 +109,10 @@ fn map(
         .collect()
 }
 
-/// `ns/name` for a gateway reference written in a VirtualService of `namespace`.
+/// `ns/name` for a gateway reference written in a VirtualService of `namespace`;
+/// `mesh` (the sidecars, wasmgate's mesh listener) stays as it is.
 pub fn gateway_ref(name: &str, namespace: &str) -> String {
-    if name.contains('/') {
+    if name.contains('/') || name == "mesh" {
         name.to_string()
     } else {
         format!("{namespace}/{name}")

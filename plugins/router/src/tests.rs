@@ -423,3 +423,24 @@ fn a_thousand_exact_routes_find_the_last() {
     assert_eq!(route_of(&r, &request("GET", "/svc/0").build()), Some(0));
     assert_eq!(route_of(&r, &request("GET", "/svc/1000").build()), None);
 }
+
+#[test]
+fn mesh_is_a_gateway_name_of_its_own() {
+    let r = router(
+        r#"{"hosts":["a"],"gateways":["mesh","egress"],"http":[
+          {"match":[{"gateways":["mesh"]}],"route":[{"destination":{"host":"to-egress"}}]},
+          {"match":[{"gateways":["egress"]}],"route":[{"destination":{"host":"out"}}]}]}"#,
+    );
+    assert_eq!(
+        route_of(&r, &request("GET", "/").gateway("mesh").build()),
+        Some(0)
+    );
+    assert_eq!(
+        route_of(&r, &request("GET", "/").gateway("default/egress").build()),
+        Some(1)
+    );
+    assert_eq!(
+        route_of(&r, &request("GET", "/").gateway("default/mesh").build()),
+        None
+    );
+}

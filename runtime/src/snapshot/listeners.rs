@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use wasmgate_config::raw::{L4MatchAttributes, RouteDestination};
+use wasmgate_config::raw::RouteDestination;
 use wasmgate_config::{
     Config, ConfigError, Gateway, NamespaceSelector, Protocol, Server, ServerTlsMode,
     VirtualService,
@@ -74,6 +74,9 @@ impl Serve {
 #[derive(Debug, Default)]
 pub struct HttpRoutes {
     pub hosts: HostTable<VirtualHost>,
+    /// Set on the mesh listener: routes see the port of the request's authority (the
+    /// service's port, as a sidecar does), and CONNECT opens tunnels.
+    pub mesh: Option<super::mesh::Tunnels>,
 }
 
 /// A Gateway server on a TLS listener.
@@ -393,6 +396,7 @@ fn http_routes(
         }
     }
     HttpRoutes {
+        mesh: None,
         hosts: HostTable::new(domains_out.into_iter().map(|(domain, chains, redirect)| {
             (
                 domain.clone(),
@@ -407,7 +411,7 @@ fn http_routes(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RouteKind {
+pub(super) enum RouteKind {
     Tcp,
     Tls,
 }
@@ -419,7 +423,7 @@ fn l4_routes(
     bound: &[(&VirtualService, Vec<&Gateway>)],
     kind: RouteKind,
 ) -> L4Routes {
-    let mut routes = Vec::new();
+    let mut routes: Vec<L4Route> = Vec::new();
     for (gw, server) in group {
         for (vs, gws) in bound {
             if !gws.iter().any(|g| g.meta.id == gw.meta.id) || domains(server, vs).next().is_none()
@@ -427,10 +431,7 @@ fn l4_routes(
                 continue;
             }
             let vs_name = ns_name(&vs.meta);
-            if routes
-                .iter()
-                .any(|r: &L4Route| r.virtual_service == vs_name)
-            {
+            if routes.iter().any(|r| r.virtual_service == vs_name) {
                 continue;
             }
             let own_gateway = |m: &[String]| {
@@ -440,99 +441,91 @@ fn l4_routes(
                         r.namespace == gw.meta.id.namespace && r.name == gw.meta.id.name
                     })
             };
-            let entries: Vec<(Vec<L4Match>, &Vec<RouteDestination>)> = match kind {
-                RouteKind::Tcp => vs
-                    .spec
-                    .tcp
-                    .iter()
-                    .map(|r| (l4_matches(&r.match_, &own_gateway), &r.route))
-                    .collect(),
-                RouteKind::Tls => vs
-                    .spec
-                    .tls
-                    .iter()
-                    .map(|r| {
-                        let matches = r
-                            .match_
-                            .iter()
-                            .filter(|m| own_gateway(&m.gateways))
-                            .map(|m| L4Match {
-                                port: match_port(m.port),
-                                sni_hosts: m
-                                    .sni_hosts
-                                    .iter()
-                                    .map(|h| h.to_ascii_lowercase())
-                                    .collect(),
-                            })
-                            .collect();
-                        (matches, &r.route)
-                    })
-                    .collect(),
-            };
-            let field = match kind {
-                RouteKind::Tcp => "tcp",
-                RouteKind::Tls => "tls",
-            };
-            let written = match kind {
-                RouteKind::Tcp => vs.spec.tcp.iter().map(|r| r.match_.len()).collect(),
-                RouteKind::Tls => vs
-                    .spec
-                    .tls
-                    .iter()
-                    .map(|r| r.match_.len())
-                    .collect::<Vec<_>>(),
-            };
-            for (i, (matches, dests)) in entries.into_iter().enumerate() {
-                // Every match named other Gateways: the route is not for this one.
-                if written[i] > 0 && matches.is_empty() {
-                    continue;
-                }
-                routes.push(L4Route {
-                    virtual_service: vs_name.clone(),
-                    route: format!("{field}[{i}]"),
-                    namespace: vs.meta.id.namespace.clone(),
-                    matches,
-                    destinations: dests
-                        .iter()
-                        .filter_map(|d| {
-                            let dest = d.destination.as_ref()?;
-                            Some(L4Destination {
-                                host: wasmgate_config::expand_host(
-                                    &dest.host,
-                                    &vs.meta.id.namespace,
-                                ),
-                                port: dest
-                                    .port
-                                    .as_ref()
-                                    .and_then(|p| p.number)
-                                    .and_then(|p| u16::try_from(p).ok())
-                                    .filter(|p| *p > 0),
-                                subset: (!dest.subset.is_empty()).then(|| dest.subset.clone()),
-                                weight: if dests.len() == 1 {
-                                    1
-                                } else {
-                                    d.weight.max(0) as u32
-                                },
-                            })
-                        })
-                        .collect(),
-                });
-            }
+            routes.extend(vs_l4_routes(vs, kind, &own_gateway));
         }
     }
     L4Routes { routes }
 }
 
-fn l4_matches(
-    written: &[L4MatchAttributes],
-    own_gateway: &dyn Fn(&[String]) -> bool,
-) -> Vec<L4Match> {
-    written
-        .iter()
-        .filter(|m| own_gateway(&m.gateways))
-        .map(|m| L4Match {
-            port: match_port(m.port),
-            sni_hosts: Vec::new(),
+/// The `tcp` or `tls` routes of one VirtualService whose matches `applies` accepts
+/// (by their `gateways`); a route all of whose matches name other gateways is left out.
+pub(super) fn vs_l4_routes(
+    vs: &VirtualService,
+    kind: RouteKind,
+    applies: &dyn Fn(&[String]) -> bool,
+) -> Vec<L4Route> {
+    let port = |p: u32| match_port(p);
+    let entries: Vec<(usize, Vec<L4Match>, &Vec<RouteDestination>)> = match kind {
+        RouteKind::Tcp => vs
+            .spec
+            .tcp
+            .iter()
+            .map(|r| {
+                let matches: Vec<L4Match> = r
+                    .match_
+                    .iter()
+                    .filter(|m| applies(&m.gateways))
+                    .map(|m| L4Match {
+                        port: port(m.port),
+                        sni_hosts: Vec::new(),
+                    })
+                    .collect();
+                (r.match_.len(), matches, &r.route)
+            })
+            .collect(),
+        RouteKind::Tls => vs
+            .spec
+            .tls
+            .iter()
+            .map(|r| {
+                let matches: Vec<L4Match> = r
+                    .match_
+                    .iter()
+                    .filter(|m| applies(&m.gateways))
+                    .map(|m| L4Match {
+                        port: port(m.port),
+                        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    })
+                    .collect();
+                (r.match_.len(), matches, &r.route)
+            })
+            .collect(),
+    };
+    let field = match kind {
+        RouteKind::Tcp => "tcp",
+        RouteKind::Tls => "tls",
+    };
+    let namespace = &vs.meta.id.namespace;
+    entries
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (written, matches, _))| *written == 0 || !matches.is_empty())
+        .map(|(i, (_, matches, dests))| L4Route {
+            virtual_service: ns_name(&vs.meta),
+            route: format!("{field}[{i}]"),
+            namespace: namespace.clone(),
+            matches,
+            destinations: dests
+                .iter()
+                .filter_map(|d| {
+                    let dest = d.destination.as_ref()?;
+                    Some(L4Destination {
+                        host: wasmgate_config::expand_host(&dest.host, namespace),
+                        port: dest
+                            .port
+                            .as_ref()
+                            .and_then(|p| p.number)
+                            .and_then(|p| u16::try_from(p).ok())
+                            .filter(|p| *p > 0),
+                        subset: (!dest.subset.is_empty()).then(|| dest.subset.clone()),
+                        weight: if dests.len() == 1 {
+                            1
+                        } else {
+                            u32::try_from(d.weight).unwrap_or(0)
+                        },
+                    })
+                })
+                .collect(),
         })
         .collect()
 }
