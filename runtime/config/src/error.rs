@@ -6,8 +6,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The resource kinds wasmgate reads: Istio's networking kinds, and the Kubernetes
-/// `Secret`s that hold TLS certificates and keys.
+/// The resource kinds wasmgate reads: Istio's networking kinds, the Kubernetes
+/// `Secret`s that hold TLS certificates and keys, and Kubernetes `Ingress` (with the
+/// `IngressClass`es that name its controller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Gateway,
@@ -16,17 +17,21 @@ pub enum Kind {
     ServiceEntry,
     WasmPlugin,
     Secret,
+    Ingress,
+    IngressClass,
 }
 
 impl Kind {
     /// Every kind, in the order resources are listed in [`crate::Config`].
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WasmPlugin,
         Kind::Secret,
+        Kind::Ingress,
+        Kind::IngressClass,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -38,6 +43,8 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WasmPlugin => "WasmPlugin",
             Kind::Secret => "Secret",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
         }
     }
 
@@ -46,6 +53,7 @@ impl Kind {
         match self {
             Kind::WasmPlugin => "extensions.istio.io",
             Kind::Secret => "",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io",
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 "networking.istio.io"
             }
@@ -56,7 +64,7 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::WasmPlugin => &["v1alpha1"],
-            Kind::Secret => &["v1"],
+            Kind::Secret | Kind::Ingress | Kind::IngressClass => &["v1"],
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 &["v1", "v1beta1", "v1alpha3"]
             }

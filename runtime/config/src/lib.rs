@@ -10,6 +10,7 @@ mod credentials;
 mod duration;
 mod error;
 pub mod host;
+pub mod ingress;
 mod load;
 pub mod model;
 pub mod raw;
@@ -19,7 +20,7 @@ mod yaml;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;
-pub use load::{load, load_sources, validate_document};
+pub use load::{LoadOptions, load, load_sources, load_sources_with, load_with, validate_document};
 pub use model::{
     ClientTls, ClientTlsMode, Config, DestinationRule, Endpoint, FailStrategy, Gateway,
     GatewayHost, GatewayRef, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector, Pem, Phase,

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::credentials;
 use crate::host::{expand_host, host_within};
+use crate::ingress::{self, IngressPorts};
 use crate::model::{self, Config};
 use crate::raw;
 use crate::validate::{self, Issue, Report, virtual_service::MESH};
@@ -46,6 +47,15 @@ enum Loaded {
     ServiceEntry(Box<model::ServiceEntry>),
     WasmPlugin(Box<model::WasmPlugin>),
     Secret(Box<model::Secret>),
+    Ingress(Box<model::Ingress>),
+    IngressClass(Box<model::IngressClass>),
+}
+
+/// What loading needs beyond the files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Where the Gateways generated for Kubernetes Ingresses listen.
+    pub ingress: IngressPorts,
 }
 
 /// What came of one document.
@@ -363,6 +373,18 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             validate::wasm_plugin::validate,
             |m| Loaded::WasmPlugin(Box::new(m)),
         ),
+        Kind::Ingress => {
+            typed::<raw::IngressSpec, _>(kind, doc, &mut out, validate::ingress::validate, |m| {
+                Loaded::Ingress(Box::new(m))
+            })
+        }
+        Kind::IngressClass => typed::<raw::IngressClassSpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::ingress::validate_class,
+            |m| Loaded::IngressClass(Box::new(m)),
+        ),
         Kind::Secret => {}
     }
     Some(out)
@@ -475,6 +497,14 @@ pub fn validate_document(file: &Path, yaml: &str) -> Vec<ConfigError> {
 
 /// Loads YAML texts (in order), validates every resource and the set as a whole.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Config, Errors> {
+    load_sources_with(sources, &LoadOptions::default())
+}
+
+/// [`load_sources`] with options.
+pub fn load_sources_with(
+    sources: &[(PathBuf, String)],
+    options: &LoadOptions,
+) -> Result<Config, Errors> {
     let outcomes: Vec<DocOutcome> = sources
         .iter()
         .flat_map(|(file, text)| {
@@ -484,11 +514,16 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Config, Errors> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assemble(outcomes, Vec::new())
+    assemble(outcomes, Vec::new(), options)
 }
 
 /// Loads files, and directories (every `*.yaml` / `*.yml` directly inside, by name).
 pub fn load(paths: &[PathBuf]) -> Result<Config, Errors> {
+    load_with(paths, &LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(paths: &[PathBuf], options: &LoadOptions) -> Result<Config, Errors> {
     let mut io_errors = Vec::new();
     let mut sources = Vec::new();
     let mut notes = Vec::new();
@@ -537,7 +572,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Config, Errors> {
             }
         }
     }
-    let result = load_sources(&sources);
+    let result = load_sources_with(&sources, options);
     match (result, io_errors.is_empty()) {
         (Ok(mut cfg), true) => {
             notes.append(&mut cfg.warnings);
@@ -552,7 +587,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Config, Errors> {
     }
 }
 
-fn assemble(outcomes: Vec<DocOutcome>, mut warnings: Vec<ConfigWarning>) -> Result<Config, Errors> {
+fn assemble(
+    outcomes: Vec<DocOutcome>,
+    mut warnings: Vec<ConfigWarning>,
+    options: &LoadOptions,
+) -> Result<Config, Errors> {
     let mut errors = Vec::new();
     let mut first_seen: BTreeMap<ResourceId, (PathBuf, usize)> = BTreeMap::new();
     for o in &outcomes {
@@ -594,9 +633,59 @@ fn assemble(outcomes: Vec<DocOutcome>, mut warnings: Vec<ConfigWarning>) -> Resu
             Some(Loaded::ServiceEntry(s)) => cfg.service_entries.push((**s).clone()),
             Some(Loaded::WasmPlugin(w)) => cfg.wasm_plugins.push((**w).clone()),
             Some(Loaded::Secret(s)) => cfg.secrets.push((**s).clone()),
+            Some(Loaded::Ingress(i)) => cfg.ingresses.push((**i).clone()),
+            Some(Loaded::IngressClass(c)) => cfg.ingress_classes.push((**c).clone()),
             None => {}
         }
     }
+    // Ingresses become Gateways and VirtualServices before credentials are resolved,
+    // so their TLS Secrets are found like any Gateway's.
+    let translated = ingress::translate(&cfg, options.ingress);
+    warnings.extend(translated.warnings);
+    let mut generated_errors = Vec::new();
+    for (meta, report) in &translated.issues {
+        let at = |issue: &Issue| ConfigError {
+            file: meta.file.clone(),
+            line: outlines.get(&meta.id).map(|o| o.line_of(&[])),
+            resource: Some(meta.id.clone()),
+            field: None,
+            message: format!(
+                "the generated configuration is invalid: {}{}",
+                issue
+                    .path
+                    .as_ref()
+                    .map(|p| format!("{p}: "))
+                    .unwrap_or_default(),
+                issue.message
+            ),
+        };
+        generated_errors.extend(report.errors.iter().map(at));
+        warnings.extend(report.warnings.iter().map(|i| at(i).into()));
+    }
+    for generated in translated
+        .gateways
+        .iter()
+        .map(|g| &g.meta)
+        .chain(translated.virtual_services.iter().map(|v| &v.meta))
+    {
+        if let Some((file, line)) = first_seen.get(&generated.id) {
+            generated_errors.push(ConfigError {
+                file: generated.file.clone(),
+                line: None,
+                resource: Some(generated.id.clone()),
+                field: None,
+                message: format!(
+                    "the name Istio gives a resource generated for Ingresses is taken by {}:{line}",
+                    file.display()
+                ),
+            });
+        }
+    }
+    if !generated_errors.is_empty() {
+        return Err(Errors(generated_errors));
+    }
+    cfg.gateways.extend(translated.gateways);
+    cfg.virtual_services.extend(translated.virtual_services);
     // Credentials need every Secret; what they cannot find is an error, reported in
     // document order like the rest.
     let order: BTreeMap<&ResourceId, usize> = outcomes

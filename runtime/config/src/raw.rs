@@ -9,6 +9,7 @@
 mod common;
 mod destination_rule;
 mod gateway;
+mod ingress;
 mod service_entry;
 mod virtual_service;
 mod wasm_plugin;
@@ -16,6 +17,7 @@ mod wasm_plugin;
 pub use common::*;
 pub use destination_rule::*;
 pub use gateway::*;
+pub use ingress::*;
 pub use service_entry::*;
 pub use virtual_service::*;
 pub use wasm_plugin::*;

@@ -5,6 +5,7 @@
 
 pub(crate) mod destination_rule;
 pub(crate) mod gateway;
+pub(crate) mod ingress;
 pub(crate) mod secret;
 pub(crate) mod service_entry;
 pub mod virtual_service;
