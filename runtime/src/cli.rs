@@ -62,6 +62,13 @@ pub struct RunArgs {
     /// Address listeners bind to unless a Gateway server sets `bind`.
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub listen_address: IpAddr,
+    /// The port of the Gateway generated for Kubernetes Ingresses (Istio's ingress
+    /// gateway serves them on 80).
+    #[arg(long, default_value_t = 80, value_name = "PORT")]
+    pub ingress_port: u16,
+    /// The port of the HTTPS servers generated for Ingress `tls` entries.
+    #[arg(long, default_value_t = 443, value_name = "PORT")]
+    pub ingress_https_port: u16,
     /// Also serve the mesh: an HTTP proxy listener on ADDR where VirtualServices bound
     /// to `mesh` (or to no gateway) route applications' outbound requests.
     #[arg(long, value_name = "ADDR")]
@@ -147,6 +154,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             plugins: Some(dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_address: IpAddr::from([127, 0, 0, 1]),
+            ingress: wasmgate_config::ingress::IngressPorts::default(),
             mesh: None,
             host: HostSettings::default(),
             drain: Duration::ZERO,
@@ -175,6 +183,10 @@ async fn run(args: RunArgs) -> ExitCode {
         plugins: args.plugins,
         admin: args.admin,
         listen_address: args.listen_address,
+        ingress: wasmgate_config::ingress::IngressPorts {
+            http: args.ingress_port,
+            https: args.ingress_https_port,
+        },
         mesh: args
             .mesh_listener
             .map(|addr| crate::snapshot::MeshListener {

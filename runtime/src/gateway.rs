@@ -28,6 +28,8 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Address listeners bind to unless a Gateway server sets `bind`.
     pub listen_address: IpAddr,
+    /// Where the Gateways generated for Kubernetes Ingresses listen.
+    pub ingress: wasmgate_config::ingress::IngressPorts,
     /// `--mesh-listener`: where VirtualServices bound to `mesh` serve applications.
     pub mesh: Option<MeshListener>,
     pub host: HostSettings,
@@ -41,7 +43,10 @@ pub async fn load(
     host: &PluginHost,
     cache: &CompileCache,
 ) -> Result<Snapshot, Vec<String>> {
-    let config = wasmgate_config::load(&options.config)
+    let load_options = wasmgate_config::LoadOptions {
+        ingress: options.ingress,
+    };
+    let config = wasmgate_config::load_with(&options.config, &load_options)
         .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     for w in &config.warnings {
         tracing::warn!("{w}");
