@@ -13,5 +13,6 @@ pub mod plugin;
 pub mod proxy;
 pub mod snapshot;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 pub mod toolchain;
