@@ -1,1 +1,891 @@
-//! Metrics (being written).
+//! Prometheus metrics: Istio's standard request and TCP metrics with Istio's names,
+//! labels and buckets, as an Istio gateway reports them (`reporter="source"`, the
+//! gateway as `source_workload`), and wasmgate's own (plugin calls, listeners, upstream
+//! clusters, reloads). Rendered in Prometheus' text format on the admin port.
+//!
+//! The request path pays a few atomic additions: each destination's series live in a
+//! [`RequestStats`] found once when a cluster is built (and kept across reloads, so
+//! counters never go back), and each combination of response code, flags, protocol and
+//! gRPC status takes a slot of a small lock-free table the first time it is seen. No
+//! lock, no allocation per request; label strings are made only when Prometheus scrapes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's buckets for `istio_request_bytes` and `istio_response_bytes` (1 to 10^8).
+pub const BYTES_BUCKETS: [f64; 9] = [
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
+];
+
+/// Buckets for plugin call latency, in microseconds.
+pub const CALL_BUCKETS_US: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0, 10000.0, 100000.0, 1000000.0,
+];
+
+/// Envoy's response flags, in the order Envoy prints them; each is one bit.
+pub const FLAGS: [&str; 14] = [
+    "DPE", "NR", "NC", "UH", "UF", "UR", "UT", "UO", "LR", "FI", "DI", "PF", "URX", "UC",
+];
+
+/// The bits of `flags` (unknown names are ignored).
+pub fn flag_bits<'a>(flags: impl IntoIterator<Item = &'a str>) -> u16 {
+    flags
+        .into_iter()
+        .filter_map(|f| FLAGS.iter().position(|k| *k == f))
+        .fold(0, |bits, i| bits | (1 << i))
+}
+
+fn flags_label(bits: u16) -> String {
+    let names: Vec<&str> = FLAGS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, f)| *f)
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// A cumulative histogram of fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Box<[AtomicU64]>,
+    /// Sum in thousandths of the unit (so milliseconds keep microseconds).
+    sum_milli: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_milli: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_milli
+            .fetch_add((value * 1000.0) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in self.bounds.iter().zip(self.buckets.iter()) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Where requests went, as Istio labels it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The FQDN, or `unknown` when nothing was routed.
+    pub service: String,
+    pub name: String,
+    pub namespace: String,
+    /// The subset's `version` label, or `unknown`.
+    pub version: String,
+}
+
+impl Destination {
+    pub fn unknown() -> Self {
+        Destination {
+            service: "unknown".into(),
+            name: "unknown".into(),
+            namespace: "unknown".into(),
+            version: "unknown".into(),
+        }
+    }
+
+    /// `name.ns.svc.cluster.local` gives name and namespace; other hosts are their own
+    /// name, in the namespace of the ServiceEntry that declares them.
+    pub fn new(host: &str, entry_namespace: &str, version: Option<&str>) -> Self {
+        let (name, namespace) = match host
+            .strip_suffix(".svc.cluster.local")
+            .and_then(|b| b.split_once('.'))
+        {
+            Some((name, ns)) if !ns.contains('.') => (name.to_string(), ns.to_string()),
+            _ => (host.to_string(), entry_namespace.to_string()),
+        };
+        Destination {
+            service: host.to_string(),
+            name,
+            namespace,
+            version: version.unwrap_or("unknown").to_string(),
+        }
+    }
+}
+
+/// One request's facts for Istio's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: u16,
+    pub flags: u16,
+    pub grpc: bool,
+    /// `grpc-status`, when the response carried one.
+    pub grpc_status: Option<u8>,
+}
+
+impl Outcome {
+    fn key(&self) -> u64 {
+        let grpc_status = self.grpc_status.map_or(0, |s| u64::from(s) + 1);
+        (1 << 63)
+            | u64::from(self.code)
+            | (u64::from(self.flags) << 16)
+            | (u64::from(self.grpc) << 32)
+            | (grpc_status << 33)
+    }
+
+    fn from_key(key: u64) -> Self {
+        let grpc_status = (key >> 33) & 0xff;
+        Outcome {
+            code: (key & 0xffff) as u16,
+            flags: ((key >> 16) & 0xffff) as u16,
+            grpc: (key >> 32) & 1 == 1,
+            grpc_status: (grpc_status > 0).then(|| (grpc_status - 1) as u8),
+        }
+    }
+}
+
+/// Distinct (code, flags, protocol, gRPC status) combinations kept per destination; more
+/// fold into the last slot's series (label `response_code="other"` is never needed in
+/// practice: a destination sees a handful of codes).
+const SLOTS: usize = 64;
+
+#[derive(Debug)]
+struct Series {
+    requests: AtomicU64,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: AtomicU64,
+    series: OnceLock<Box<Series>>,
+}
+
+/// The request metrics of one destination.
+#[derive(Debug)]
+pub struct RequestStats {
+    pub destination: Destination,
+    slots: Box<[Slot]>,
+    /// Connection-level (TCP and TLS passthrough) traffic.
+    pub tcp: TcpStats,
+}
+
+/// `istio_tcp_*` of one destination.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl RequestStats {
+    fn new(destination: Destination) -> Self {
+        RequestStats {
+            destination,
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            tcp: TcpStats::default(),
+        }
+    }
+
+    /// Count one request.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let series = self.series(outcome.key());
+        series.requests.fetch_add(1, Ordering::Relaxed);
+        series.duration.observe(duration_ms);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+    }
+
+    fn series(&self, key: u64) -> &Series {
+        let start = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SLOTS;
+        let mut chosen = SLOTS - 1;
+        for probe in 0..SLOTS {
+            let i = (start + probe) % SLOTS;
+            let slot = &self.slots[i];
+            let seen = slot.key.load(Ordering::Acquire);
+            if seen == key {
+                chosen = i;
+                break;
+            }
+            if seen == 0 {
+                match slot
+                    .key
+                    .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        chosen = i;
+                        break;
+                    }
+                    Err(other) if other == key => {
+                        chosen = i;
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        self.slots[chosen].series.get_or_init(|| {
+            Box::new(Series {
+                requests: AtomicU64::new(0),
+                duration: Histogram::new(&DURATION_BUCKETS_MS),
+                request_bytes: Histogram::new(&BYTES_BUCKETS),
+                response_bytes: Histogram::new(&BYTES_BUCKETS),
+            })
+        })
+    }
+}
+
+/// Per plugin binding (plugin x VirtualService): what its calls did.
+#[derive(Debug)]
+pub struct PluginStats {
+    pub plugin: String,
+    pub virtual_service: String,
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub traps: AtomicU64,
+    pub deadline_kills: AtomicU64,
+    pub memory_kills: AtomicU64,
+    pub latency_us: Histogram,
+}
+
+/// Per listener: connections and TLS handshakes.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub active: AtomicI64,
+    pub total: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub handshake_failures: AtomicU64,
+}
+
+/// Per upstream cluster (`outbound|port|subset|host`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub in_flight: AtomicI64,
+}
+
+/// Reloads and what is loaded.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Unix seconds of the last good load.
+    pub last_success: AtomicU64,
+    pub resources: std::sync::Mutex<Vec<(&'static str, u64)>>,
+}
+
+/// Every metric of the process. Series are created when first needed and live as long as
+/// the process, so counters survive reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `--metrics off`: nothing is recorded on the request path.
+    pub enabled: bool,
+    pub source_workload: String,
+    pub source_namespace: String,
+    destinations: DashMap<Destination, Arc<RequestStats>>,
+    unknown: Arc<RequestStats>,
+    plugins: DashMap<(String, String), Arc<PluginStats>>,
+    listeners: DashMap<String, Arc<ListenerStats>>,
+    clusters: DashMap<String, Arc<ClusterStats>>,
+    pub reloads: ReloadStats,
+    /// Extra families rendered as they are (tracing counters and the like).
+    extra: std::sync::Mutex<Families>,
+}
+
+/// Renderers of metric families other modules own.
+#[derive(Default)]
+struct Families(Vec<Box<dyn Fn(&mut String) + Send + Sync>>);
+
+impl std::fmt::Debug for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} metric families", self.0.len())
+    }
+}
+
+impl Metrics {
+    pub fn new(enabled: bool, source_workload: &str, source_namespace: &str) -> Self {
+        Metrics {
+            enabled,
+            source_workload: source_workload.to_string(),
+            source_namespace: source_namespace.to_string(),
+            destinations: DashMap::new(),
+            unknown: Arc::new(RequestStats::new(Destination::unknown())),
+            plugins: DashMap::new(),
+            listeners: DashMap::new(),
+            clusters: DashMap::new(),
+            reloads: ReloadStats::default(),
+            extra: std::sync::Mutex::new(Families::default()),
+        }
+    }
+
+    /// The series of a destination (created on first use; call when building clusters,
+    /// not per request).
+    pub fn destination(&self, d: Destination) -> Arc<RequestStats> {
+        if let Some(s) = self.destinations.get(&d) {
+            return s.clone();
+        }
+        self.destinations
+            .entry(d.clone())
+            .or_insert_with(|| Arc::new(RequestStats::new(d)))
+            .clone()
+    }
+
+    /// Requests that reached no destination (`destination_service="unknown"`).
+    pub fn unknown(&self) -> &Arc<RequestStats> {
+        &self.unknown
+    }
+
+    pub fn plugin(&self, plugin: &str, virtual_service: &str) -> Arc<PluginStats> {
+        let key = (plugin.to_string(), virtual_service.to_string());
+        self.plugins
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(PluginStats {
+                    plugin: plugin.to_string(),
+                    virtual_service: virtual_service.to_string(),
+                    calls: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                    traps: AtomicU64::new(0),
+                    deadline_kills: AtomicU64::new(0),
+                    memory_kills: AtomicU64::new(0),
+                    latency_us: Histogram::new(&CALL_BUCKETS_US),
+                })
+            })
+            .clone()
+    }
+
+    pub fn listener(&self, addr: &str) -> Arc<ListenerStats> {
+        self.listeners.entry(addr.to_string()).or_default().clone()
+    }
+
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        self.clusters.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Add a family rendered by `render` at every scrape.
+    pub fn add_family(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut extra) = self.extra.lock() {
+            extra.0.push(Box::new(render));
+        }
+    }
+
+    /// Everything, in Prometheus' text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        self.render_istio(&mut out);
+        self.render_own(&mut out);
+        if let Ok(extra) = self.extra.lock() {
+            for render in extra.0.iter() {
+                render(&mut out);
+            }
+        }
+        out
+    }
+
+    fn destinations_sorted(&self) -> Vec<Arc<RequestStats>> {
+        let mut all: Vec<Arc<RequestStats>> = self
+            .destinations
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        all.push(self.unknown.clone());
+        all.sort_by(|a, b| a.destination.service.cmp(&b.destination.service));
+        all
+    }
+
+    fn istio_labels(&self, d: &Destination, o: &Outcome) -> String {
+        let protocol = if o.grpc { "grpc" } else { "http" };
+        let grpc = o.grpc_status.map(|s| s.to_string()).unwrap_or_default();
+        format!(
+            "reporter=\"source\",source_workload=\"{}\",source_workload_namespace=\"{}\",\
+             source_canonical_service=\"{}\",destination_service=\"{}\",\
+             destination_service_name=\"{}\",destination_service_namespace=\"{}\",\
+             destination_version=\"{}\",destination_workload=\"unknown\",\
+             request_protocol=\"{protocol}\",response_code=\"{}\",response_flags=\"{}\",\
+             grpc_response_status=\"{grpc}\"",
+            escape(&self.source_workload),
+            escape(&self.source_namespace),
+            escape(&self.source_workload),
+            escape(&d.service),
+            escape(&d.name),
+            escape(&d.namespace),
+            escape(&d.version),
+            o.code,
+            flags_label(o.flags),
+        )
+    }
+
+    fn render_istio(&self, out: &mut String) {
+        let all = self.destinations_sorted();
+        let each = |out: &mut String, f: &dyn Fn(&mut String, &str, &Series)| {
+            for stats in &all {
+                for slot in stats.slots.iter() {
+                    let key = slot.key.load(Ordering::Acquire);
+                    let Some(series) = slot.series.get() else {
+                        continue;
+                    };
+                    let labels = self.istio_labels(&stats.destination, &Outcome::from_key(key));
+                    f(out, &labels, series);
+                }
+            }
+        };
+        header(
+            out,
+            "istio_requests_total",
+            "counter",
+            "Requests, by destination and response.",
+        );
+        each(out, &|out, labels, s| {
+            let _ = writeln!(
+                out,
+                "istio_requests_total{{{labels}}} {}",
+                s.requests.load(Ordering::Relaxed)
+            );
+        });
+        for (name, help, pick) in [
+            (
+                "istio_request_duration_milliseconds",
+                "Request duration, from the first request byte to the last response byte.",
+                (|s: &Series| &s.duration) as fn(&Series) -> &Histogram,
+            ),
+            (
+                "istio_request_bytes",
+                "Request sizes: headers and body.",
+                |s: &Series| &s.request_bytes,
+            ),
+            (
+                "istio_response_bytes",
+                "Response sizes: headers and body.",
+                |s: &Series| &s.response_bytes,
+            ),
+        ] {
+            header(out, name, "histogram", help);
+            each(out, &|out, labels, s| pick(s).render(out, name, labels));
+        }
+        let tcp: Vec<&Arc<RequestStats>> = all
+            .iter()
+            .filter(|s| s.tcp.opened.load(Ordering::Relaxed) > 0)
+            .collect();
+        if tcp.is_empty() {
+            return;
+        }
+        for (name, help, pick) in [
+            (
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened.",
+                (|t: &TcpStats| &t.opened) as fn(&TcpStats) -> &AtomicU64,
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed.",
+                |t: &TcpStats| &t.closed,
+            ),
+            (
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to clients on TCP connections.",
+                |t: &TcpStats| &t.sent,
+            ),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes received from clients on TCP connections.",
+                |t: &TcpStats| &t.received,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            for stats in &tcp {
+                let d = &stats.destination;
+                let _ = writeln!(
+                    out,
+                    "{name}{{reporter=\"source\",source_workload=\"{}\",source_workload_namespace=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",destination_version=\"{}\",request_protocol=\"tcp\",response_flags=\"-\"}} {}",
+                    escape(&self.source_workload),
+                    escape(&self.source_namespace),
+                    escape(&d.service),
+                    escape(&d.name),
+                    escape(&d.namespace),
+                    escape(&d.version),
+                    pick(&stats.tcp).load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+
+    fn render_own(&self, out: &mut String) {
+        let mut plugins: Vec<Arc<PluginStats>> =
+            self.plugins.iter().map(|e| e.value().clone()).collect();
+        plugins
+            .sort_by(|a, b| (&a.plugin, &a.virtual_service).cmp(&(&b.plugin, &b.virtual_service)));
+        let plugin_labels = |p: &PluginStats| {
+            format!(
+                "plugin=\"{}\",virtual_service=\"{}\"",
+                escape(&p.plugin),
+                escape(&p.virtual_service)
+            )
+        };
+        for (name, help, pick) in [
+            (
+                "wasmgate_plugin_calls_total",
+                "Policy calls.",
+                (|p: &PluginStats| &p.calls) as fn(&PluginStats) -> &AtomicU64,
+            ),
+            (
+                "wasmgate_plugin_errors_total",
+                "Policy calls that returned an error.",
+                |p: &PluginStats| &p.errors,
+            ),
+            (
+                "wasmgate_plugin_traps_total",
+                "Policy calls that trapped (panic, deadline, memory limit).",
+                |p: &PluginStats| &p.traps,
+            ),
+            (
+                "wasmgate_plugin_deadline_kills_total",
+                "Policy calls stopped at the time limit.",
+                |p: &PluginStats| &p.deadline_kills,
+            ),
+            (
+                "wasmgate_plugin_memory_kills_total",
+                "Policy calls stopped at the memory limit.",
+                |p: &PluginStats| &p.memory_kills,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            for p in &plugins {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{}}} {}",
+                    plugin_labels(p),
+                    pick(p).load(Ordering::Relaxed)
+                );
+            }
+        }
+        let name = "wasmgate_plugin_call_duration_microseconds";
+        header(out, name, "histogram", "Time of one policy call.");
+        for p in &plugins {
+            p.latency_us.render(out, name, &plugin_labels(p));
+        }
+
+        let mut listeners: Vec<(String, Arc<ListenerStats>)> = self
+            .listeners
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        listeners.sort_by(|a, b| a.0.cmp(&b.0));
+        header(
+            out,
+            "wasmgate_listener_connections_active",
+            "gauge",
+            "Open downstream connections.",
+        );
+        for (addr, l) in &listeners {
+            let _ = writeln!(
+                out,
+                "wasmgate_listener_connections_active{{listener=\"{addr}\"}} {}",
+                l.active.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "wasmgate_listener_connections_total",
+                "Downstream connections accepted.",
+                (|l: &ListenerStats| &l.total) as fn(&ListenerStats) -> &AtomicU64,
+            ),
+            (
+                "wasmgate_listener_tls_handshakes_total",
+                "TLS handshakes completed.",
+                |l: &ListenerStats| &l.handshakes,
+            ),
+            (
+                "wasmgate_listener_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                |l: &ListenerStats| &l.handshake_failures,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            for (addr, l) in &listeners {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{addr}\"}} {}",
+                    pick(l).load(Ordering::Relaxed)
+                );
+            }
+        }
+
+        let mut clusters: Vec<(String, Arc<ClusterStats>)> = self
+            .clusters
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        clusters.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, help, pick) in [
+            (
+                "wasmgate_upstream_requests_total",
+                "Requests sent to the cluster (attempts, retries included).",
+                (|c: &ClusterStats| &c.requests) as fn(&ClusterStats) -> &AtomicU64,
+            ),
+            (
+                "wasmgate_upstream_retries_total",
+                "Retried attempts.",
+                |c: &ClusterStats| &c.retries,
+            ),
+            (
+                "wasmgate_upstream_timeouts_total",
+                "Requests that ran out of their route or per-try timeout.",
+                |c: &ClusterStats| &c.timeouts,
+            ),
+            (
+                "wasmgate_upstream_connect_failures_total",
+                "Attempts whose connection failed.",
+                |c: &ClusterStats| &c.connect_failures,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            for (cluster, c) in &clusters {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\"}} {}",
+                    escape(cluster),
+                    pick(c).load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            out,
+            "wasmgate_upstream_requests_active",
+            "gauge",
+            "Requests in flight to the cluster.",
+        );
+        for (cluster, c) in &clusters {
+            let _ = writeln!(
+                out,
+                "wasmgate_upstream_requests_active{{cluster=\"{}\"}} {}",
+                escape(cluster),
+                c.in_flight.load(Ordering::Relaxed)
+            );
+        }
+
+        let r = &self.reloads;
+        header(
+            out,
+            "wasmgate_config_reloads_total",
+            "counter",
+            "Configuration loads, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "wasmgate_config_reloads_total{{result=\"success\"}} {}",
+            r.succeeded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "wasmgate_config_reloads_total{{result=\"failure\"}} {}",
+            r.failed.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "wasmgate_config_last_success_timestamp_seconds",
+            "gauge",
+            "When the configuration last loaded.",
+        );
+        let _ = writeln!(
+            out,
+            "wasmgate_config_last_success_timestamp_seconds {}",
+            r.last_success.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "wasmgate_config_resources",
+            "gauge",
+            "Resources in the serving configuration, by kind.",
+        );
+        if let Ok(kinds) = r.resources.lock() {
+            for (kind, n) in kinds.iter() {
+                let _ = writeln!(out, "wasmgate_config_resources{{kind=\"{kind}\"}} {n}");
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value as Prometheus' text format wants it.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_keys_round_trip() {
+        for o in [
+            Outcome {
+                code: 200,
+                flags: 0,
+                grpc: false,
+                grpc_status: None,
+            },
+            Outcome {
+                code: 503,
+                flags: flag_bits(["UF", "URX"]),
+                grpc: true,
+                grpc_status: Some(14),
+            },
+            Outcome {
+                code: 200,
+                flags: 0,
+                grpc: true,
+                grpc_status: Some(0),
+            },
+        ] {
+            assert_eq!(Outcome::from_key(o.key()), o);
+        }
+        assert_eq!(flags_label(flag_bits(["URX", "UF"])), "UF,URX");
+        assert_eq!(flags_label(0), "-");
+    }
+
+    #[test]
+    fn requests_render_with_istio_labels_and_buckets() {
+        let m = Metrics::new(true, "wasmgate", "istio-system");
+        let d = m.destination(Destination::new(
+            "reviews.default.svc.cluster.local",
+            "default",
+            Some("v2"),
+        ));
+        let ok = Outcome {
+            code: 200,
+            flags: 0,
+            grpc: false,
+            grpc_status: None,
+        };
+        d.record(ok, 3.2, 120, 4000);
+        d.record(ok, 70.0, 120, 4000);
+        m.unknown().record(
+            Outcome {
+                code: 404,
+                flags: flag_bits(["NR"]),
+                grpc: false,
+                grpc_status: None,
+            },
+            0.1,
+            80,
+            0,
+        );
+        let text = m.render();
+        assert!(text.contains("istio_requests_total{reporter=\"source\",source_workload=\"wasmgate\",source_workload_namespace=\"istio-system\",source_canonical_service=\"wasmgate\",destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",destination_service_namespace=\"default\",destination_version=\"v2\",destination_workload=\"unknown\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",grpc_response_status=\"\"} 2"), "{text}");
+        assert!(text.contains("destination_service=\"unknown\""), "{text}");
+        assert!(text.contains("response_code=\"404\",response_flags=\"NR\""));
+        assert!(text.contains("le=\"5\"} 1"), "{text}");
+        assert!(text.contains("le=\"100\"} 2"), "{text}");
+        assert!(
+            text.contains("istio_request_duration_milliseconds_sum{"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("istio_tcp_"),
+            "no TCP families without TCP traffic"
+        );
+    }
+
+    #[test]
+    fn slots_are_shared_by_concurrent_writers() {
+        let m = Arc::new(Metrics::new(true, "w", "ns"));
+        let d = m.destination(Destination::new("a.example.com", "default", None));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u16 {
+                        d.record(
+                            Outcome {
+                                code: 200 + (i + t) % 3,
+                                flags: 0,
+                                grpc: false,
+                                grpc_status: None,
+                            },
+                            1.0,
+                            1,
+                            1,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("writer");
+        }
+        let total: u64 = d
+            .slots
+            .iter()
+            .filter_map(|s| s.series.get())
+            .map(|s| s.requests.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(total, 40_000);
+        assert_eq!(
+            d.slots.iter().filter(|s| s.series.get().is_some()).count(),
+            3
+        );
+    }
+}
