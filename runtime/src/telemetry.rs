@@ -4,3 +4,4 @@
 //! only touches atomics that were allocated when the snapshot was built.
 
 pub mod metrics;
+pub mod trace;

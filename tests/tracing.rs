@@ -1,0 +1,556 @@
+//! Tracing: spans exported over OTLP/HTTP protobuf to a real collector stand-in (a hyper
+//! server on loopback that decodes every POST with the official OpenTelemetry types),
+//! batching, and collectors that are down or never answer, which must never hold up
+//! `Span::finish`. These drive `wasmgate::telemetry::trace` directly; the last test runs
+//! the gateway binary and waits for the request path to be wired.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use tokio::net::TcpListener;
+
+use support::{Echo, Gateway, TempDir, free_port, gateway, get, service_entry};
+use wasmgate::telemetry::trace::{Exporter, ExporterConfig, Settings, Tracer};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+/// What the collector saw of one POST.
+#[derive(Debug, Clone)]
+struct Post {
+    path: String,
+    content_type: String,
+    request: ExportTraceServiceRequest,
+}
+
+/// An OTLP/HTTP collector on 127.0.0.1: answers 200 with an empty
+/// `ExportTraceServiceResponse` and keeps every request, decoded.
+struct Collector {
+    addr: SocketAddr,
+    posts: Arc<Mutex<Vec<Post>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let seen = posts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let content_type = req
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let request = ExportTraceServiceRequest::decode(body)
+                                .expect("the exporter's body decodes as OTLP");
+                            if let Ok(mut posts) = seen.lock() {
+                                posts.push(Post {
+                                    path,
+                                    content_type,
+                                    request,
+                                });
+                            }
+                            let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                            let mut resp = Response::new(Full::new(Bytes::from(answer)));
+                            resp.headers_mut().insert(
+                                "content-type",
+                                HeaderValue::from_static("application/x-protobuf"),
+                            );
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Collector { addr, posts, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1/traces", self.addr)
+    }
+
+    fn posts(&self) -> Vec<Post> {
+        self.posts.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn spans(&self) -> Vec<OtlpSpan> {
+        self.posts()
+            .into_iter()
+            .flat_map(|p| p.request.resource_spans)
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect()
+    }
+
+    /// The spans once there are at least `n`, waiting up to 10 s.
+    async fn wait_for(&self, n: usize) -> Vec<OtlpSpan> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A collector that accepts connections and never reads or answers.
+async fn silent_collector() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    h
+}
+
+fn random() -> impl FnMut() -> u64 {
+    let mut state = 0x853c_49e6_748f_ea9b_u64;
+    move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn string<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attributes.iter().find(|kv| kv.key == key)?.value.as_ref()? {
+        AnyValue {
+            value: Some(any_value::Value::StringValue(s)),
+        } => Some(s),
+        _ => None,
+    }
+}
+
+fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match attributes.iter().find(|kv| kv.key == key)?.value.as_ref()? {
+        AnyValue {
+            value: Some(any_value::Value::IntValue(i)),
+        } => Some(*i),
+        _ => None,
+    }
+}
+
+fn always() -> Settings {
+    Settings {
+        sampling_percent: 100.0,
+        ..Settings::default()
+    }
+}
+
+/// Sampled spans arrive in batches, as OTLP protobuf, with the context the upstream was
+/// given; unsampled ones never leave the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_spans_reach_an_otlp_http_collector_in_batches() {
+    let collector = Collector::start().await;
+    let mut config = ExporterConfig::new(collector.url(), "istio-ingressgateway.istio-system");
+    config.max_batch = 4;
+    config.flush_interval = Duration::from_millis(50);
+    let (export, task) = Exporter::spawn(config).expect("valid endpoint");
+    let stats = export.stats().clone();
+    let settings = Settings {
+        sampling_percent: 0.0,
+        canonical_service: "istio-ingressgateway".into(),
+        ..Settings::default()
+    };
+    let tracer = Tracer::new(&settings, Some(export));
+    let mut random = random();
+
+    let sampled = format!("00-{TRACE}-{PARENT}-01");
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    let mut upstream_parents = Vec::new();
+    for i in 0..10 {
+        // Half come with a sampled traceparent: exported at 0 %; the others are not.
+        let tp = if i % 2 == 0 { &sampled } else { &unsampled };
+        let incoming = headers(&[("traceparent", tp), ("x-request-id", "keep-me")]);
+        let mut span = tracer.start(&incoming, &mut random);
+        let mut upstream = incoming.clone();
+        span.inject(&mut upstream);
+        assert_eq!(upstream["x-request-id"], "keep-me");
+        span.set_str("http.method", "GET");
+        span.set_str("http.url", &format!("http://shop.example.com/item/{i}"));
+        span.event("router", Duration::from_micros(5));
+        if span.is_sampled() {
+            upstream_parents.push(span.span_id().to_string());
+        }
+        span.finish(200);
+        // Requests without a context at 0 % are not exported either.
+        tracer.start(&headers(&[]), &mut random).finish(200);
+    }
+    let spans = collector.wait_for(5).await;
+    assert_eq!(spans.len(), 5, "only the sampled parents' spans");
+    let posts = collector.posts();
+    assert!(
+        posts.len() >= 2,
+        "5 spans in batches of 4: {} posts",
+        posts.len()
+    );
+    for post in &posts {
+        assert_eq!(post.path, "/v1/traces");
+        assert_eq!(post.content_type, "application/x-protobuf");
+        let resource = post.request.resource_spans[0]
+            .resource
+            .as_ref()
+            .expect("resource");
+        assert_eq!(
+            string(&resource.attributes, "service.name"),
+            Some("istio-ingressgateway.istio-system")
+        );
+    }
+    for (span, upstream_parent) in spans.iter().zip(&upstream_parents) {
+        assert_eq!(hex(&span.trace_id), TRACE);
+        assert_eq!(hex(&span.parent_span_id), PARENT);
+        assert_eq!(
+            &hex(&span.span_id),
+            upstream_parent,
+            "the upstream's parent is the gateway span"
+        );
+        assert_eq!(span.kind, SpanKind::Server as i32);
+        assert_eq!(string(&span.attributes, "http.method"), Some("GET"));
+        assert_eq!(int(&span.attributes, "http.status_code"), Some(200));
+        assert_eq!(
+            string(&span.attributes, "istio.canonical_service"),
+            Some("istio-ingressgateway")
+        );
+        assert_eq!(span.events.len(), 1);
+    }
+    assert_eq!(stats.exported(), 5);
+    assert_eq!(stats.dropped(), 0);
+    assert_eq!(stats.export_failures(), 0);
+
+    // The last handle gone, the task sends what it holds and ends.
+    drop(tracer);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the exporter ends with its last handle")
+        .expect("no panic");
+}
+
+/// Spans still queued when the gateway stops are sent before the task ends, without
+/// waiting for the flush interval.
+#[tokio::test]
+async fn the_last_handle_flushes_the_queue() {
+    let collector = Collector::start().await;
+    let mut config = ExporterConfig::new(format!("http://{}", collector.addr), "wasmgate");
+    config.flush_interval = Duration::from_secs(3600);
+    let (export, task) = Exporter::spawn(config).expect("valid endpoint");
+    let tracer = Tracer::new(&always(), Some(export));
+    let mut random = random();
+    for _ in 0..3 {
+        tracer.start(&headers(&[]), &mut random).finish(204);
+    }
+    drop(tracer);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("flushed on close, not after an hour")
+        .expect("no panic");
+    assert_eq!(collector.spans().len(), 3);
+    assert_eq!(
+        collector.posts()[0].path,
+        "/v1/traces",
+        "an endpoint without a path gets OTLP's"
+    );
+}
+
+/// Finish as fast as possible against a broken collector: never a wait, and every span
+/// is accounted for as dropped (queue full) or failed (lost with its batch).
+async fn finish_never_waits(endpoint: String, timeout: Duration) {
+    let mut config = ExporterConfig::new(endpoint, "wasmgate");
+    config.queue_capacity = 8;
+    config.max_batch = 4;
+    config.flush_interval = Duration::from_millis(10);
+    config.timeout = timeout;
+    let (export, _task) = Exporter::spawn(config).expect("valid endpoint");
+    let stats = export.stats().clone();
+    let tracer = Tracer::new(&always(), Some(export.clone()));
+    let mut random = random();
+    let incoming = headers(&[("user-agent", "load")]);
+    let n = 20_000u64;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let mut span = tracer.start(&incoming, &mut random);
+        span.set_str("http.method", "GET");
+        let mut upstream = incoming.clone();
+        span.inject(&mut upstream);
+        let t = Instant::now();
+        span.finish(200);
+        slowest = slowest.max(t.elapsed());
+    }
+    let total = started.elapsed();
+    assert!(
+        slowest < Duration::from_millis(50),
+        "slowest finish {slowest:?}"
+    );
+    assert!(total < Duration::from_secs(10), "{n} spans took {total:?}");
+    assert!(stats.dropped() > 0, "a full queue drops");
+
+    // The exporter drains what it holds, failing batch by batch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats.dropped() + stats.failed_spans() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stats.dropped() + stats.failed_spans(),
+        n,
+        "every span dropped or failed (dropped {}, failed {}, queued {})",
+        stats.dropped(),
+        stats.failed_spans(),
+        export.queued()
+    );
+    assert!(stats.export_failures() >= 1);
+    assert_eq!(stats.exported(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_never_blocks_finish() {
+    let port = free_port();
+    finish_never_waits(
+        format!("http://127.0.0.1:{port}/v1/traces"),
+        Duration::from_millis(500),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_never_blocks_finish() {
+    let (addr, task) = silent_collector().await;
+    let started = Instant::now();
+    finish_never_waits(
+        format!("http://{addr}/v1/traces"),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "failures came from the timeout"
+    );
+    task.abort();
+}
+
+const VS_TRACED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop
+spec:
+  hosts: ["shop.example.com"]
+  gateways: ["gw"]
+  http:
+  - name: checkout
+    route:
+    - destination: {host: backend-svc}
+"#;
+
+fn reply_header(echo: &serde_json::Value, name: &str) -> Option<String> {
+    echo["headers"][name].as_str().map(str::to_string)
+}
+
+/// `traceparent` as `(trace id, parent id, flags)`.
+fn split_traceparent(v: &str) -> (String, String, String) {
+    let parts: Vec<&str> = v.split('-').collect();
+    assert_eq!(parts.len(), 4, "{v}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+// TODO(lead): end-to-end through the binary. Un-ignore once `run` takes
+// `--otlp-endpoint URL --trace-sampling PERCENT` and proxy.rs starts, injects and
+// finishes a span per request (with one event per plugin call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the request-path wiring"]
+async fn the_gateway_span_is_the_upstream_requests_parent() {
+    let collector = Collector::start().await;
+    let backend = Echo::start("backend").await;
+    let port = free_port();
+    let dir = TempDir::new("tracing");
+    dir.write("gw.yaml", &gateway("gw", port, &["shop.example.com"]));
+    dir.write("vs.yaml", VS_TRACED);
+    dir.write(
+        "se.yaml",
+        &service_entry("backend", "backend-svc", 80, &[(backend.port(), &[])]),
+    );
+    let url = collector.url();
+    let _gw = Gateway::start(
+        dir.path(),
+        &["--otlp-endpoint", &url, "--trace-sampling", "0"],
+    )
+    .await;
+
+    // 1. A sampled traceparent at 0 %: exported, and the upstream's parent is the span.
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    let r = get(
+        port,
+        "shop.example.com",
+        "/checkout?x=1",
+        &[
+            ("traceparent", &tp),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-request-id", "keep-me"),
+        ],
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 200);
+    let echo = r.echo();
+    let upstream_tp = reply_header(&echo, "traceparent").expect("traceparent upstream");
+    let (trace_id, parent_id, flags) = split_traceparent(&upstream_tp);
+    assert_eq!(trace_id, TRACE, "same trace");
+    assert_ne!(parent_id, PARENT, "the gateway's span, not the client's");
+    assert_eq!(flags, "01");
+    assert_eq!(
+        reply_header(&echo, "tracestate").as_deref(),
+        Some("congo=t61rcWkgMzE")
+    );
+    assert_eq!(
+        reply_header(&echo, "x-request-id").as_deref(),
+        Some("keep-me")
+    );
+    assert_eq!(reply_header(&echo, "x-b3-traceid"), None, "no B3 came");
+
+    // 2. An unsampled traceparent and no context at 0 %: propagated, not exported.
+    let unsampled = format!("00-{}-{PARENT}-00", "1".repeat(32));
+    let r = get(
+        port,
+        "shop.example.com",
+        "/checkout",
+        &[("traceparent", &unsampled)],
+    )
+    .await
+    .expect("request");
+    let (t, p, f) = split_traceparent(&reply_header(&r.echo(), "traceparent").expect("tp"));
+    assert_eq!((t.as_str(), f.as_str()), ("1".repeat(32).as_str(), "00"));
+    assert_ne!(p, PARENT);
+    let r = get(port, "shop.example.com", "/checkout", &[])
+        .await
+        .expect("request");
+    let (fresh, _, f) = split_traceparent(&reply_header(&r.echo(), "traceparent").expect("tp"));
+    assert_eq!(f, "00", "1 in 100 would be sampled; 0 % samples none");
+
+    // 3. B3 multi in, B3 multi out naming the gateway span.
+    let r = get(
+        port,
+        "shop.example.com",
+        "/checkout",
+        &[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", PARENT),
+            ("x-b3-sampled", "1"),
+        ],
+    )
+    .await
+    .expect("request");
+    let echo = r.echo();
+    assert_eq!(
+        reply_header(&echo, "x-b3-traceid").as_deref(),
+        Some("a3ce929d0e0e4736")
+    );
+    assert_eq!(
+        reply_header(&echo, "x-b3-parentspanid").as_deref(),
+        Some(PARENT)
+    );
+    let b3_span = reply_header(&echo, "x-b3-spanid").expect("x-b3-spanid");
+
+    let spans = collector.wait_for(2).await;
+    assert_eq!(spans.len(), 2, "the two sampled requests only: {spans:?}");
+    let s = &spans[0];
+    assert_eq!(hex(&s.trace_id), TRACE);
+    assert_eq!(
+        hex(&s.span_id),
+        parent_id,
+        "exported span = upstream's parent"
+    );
+    assert_eq!(hex(&s.parent_span_id), PARENT);
+    assert_eq!(s.trace_state, "congo=t61rcWkgMzE");
+    assert_eq!(s.kind, SpanKind::Server as i32);
+    let a = &s.attributes;
+    assert_eq!(string(a, "http.method"), Some("GET"));
+    assert!(
+        string(a, "http.url").is_some_and(|u| u.contains("shop.example.com/checkout?x=1")),
+        "{:?}",
+        string(a, "http.url")
+    );
+    assert_eq!(int(a, "http.status_code"), Some(200));
+    assert!(string(a, "upstream_cluster").is_some_and(|c| c.contains("backend-svc")));
+    assert!(string(a, "istio.canonical_service").is_some_and(|c| !c.is_empty()));
+    assert!(string(a, "wasmgate.virtual_service").is_some_and(|v| v.contains("shop")));
+    assert_eq!(string(a, "wasmgate.route"), Some("checkout"));
+    assert_eq!(string(a, "guid:x-request-id"), Some("keep-me"));
+    assert!(
+        s.events.iter().any(|e| e.name.contains("router")),
+        "one event per plugin call: {:?}",
+        s.events
+    );
+    let b3 = &spans[1];
+    assert_eq!(
+        hex(&b3.trace_id),
+        format!("0000000000000000a3ce929d0e0e4736")
+    );
+    assert_eq!(hex(&b3.span_id), b3_span);
+    assert!(spans.iter().all(|s| hex(&s.trace_id) != fresh));
+}
