@@ -955,7 +955,13 @@ mod tests {
     fn istio_mutual_is_kept_with_a_warning() {
         let c = load(&[&rule(&["tls: {mode: ISTIO_MUTUAL}"])]);
         assert_eq!(client(&c).mode, ClientTlsMode::IstioMutual);
-        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        // (The analyzers' IST0174 about the host no ServiceEntry declares aside.)
+        let w: Vec<String> = c
+            .warnings
+            .iter()
+            .filter(|w| !w.message.starts_with("IST0"))
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             w,
             vec![

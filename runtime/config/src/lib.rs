@@ -6,6 +6,7 @@
 //! [`model`] is what the runtime builds its snapshot from. The crate knows nothing of
 //! sockets or Wasm; the router plugin (built for wasm32) depends on it for the raw types.
 
+mod analyze;
 mod credentials;
 mod duration;
 mod error;

@@ -1,8 +1,8 @@
 //! The loader: reads files and directories, splits them into documents, runs each
 //! document through parse (stage one), validation (stage two) and model building (stage
 //! three), then checks the set as a whole (duplicates are errors; TLS credentials are read
-//! from the Secrets and files they name, and a missing one is an error; dangling
-//! references become warnings, as `istioctl analyze` reports them). Binds nothing and
+//! from the Secrets and files they name, and a missing one is an error; the analyzers of
+//! `crate::analyze` report what `istioctl analyze` would, as warnings). Binds nothing and
 //! compiles nothing, so `wasmgate validate` and a reload run exactly this.
 
 use std::collections::BTreeMap;
@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use crate::credentials;
-use crate::host::{expand_host, host_within};
 use crate::ingress::{self, IngressPorts};
 use crate::model::{self, Config};
 use crate::raw;
-use crate::validate::{self, Issue, Report, virtual_service::MESH};
+use crate::validate::{self, Issue, Report};
 use crate::yaml::{FieldPath, Outline, Seg, YamlDocument, serde_failure, split_documents};
 use crate::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 
@@ -714,205 +713,8 @@ fn assemble(
         found.sort_by_key(|(index, e)| (*index, e.line));
         return Err(Errors(found.into_iter().map(|(_, e)| e).collect()));
     }
-    warnings.extend(cross_references(&cfg, &outlines));
+    // Checks between resources (`istioctl analyze`).
+    warnings.extend(crate::analyze::run(&cfg, &outlines, &order));
     cfg.warnings = warnings;
     Ok(cfg)
-}
-
-/// `istioctl analyze`-style checks between resources; all are warnings, since Istio
-/// accepts them (the runtime answers 503 for unknown hosts and subsets).
-fn cross_references(cfg: &Config, outlines: &BTreeMap<ResourceId, &Outline>) -> Vec<ConfigWarning> {
-    let mut out = Vec::new();
-    let mut warn = |meta: &model::Meta, path: FieldPath, message: String| {
-        out.push(ConfigWarning {
-            file: meta.file.clone(),
-            line: outlines.get(&meta.id).map(|o| o.line_of(&path.0)),
-            resource: Some(meta.id.clone()),
-            field: Some(path.to_string()),
-            message,
-        });
-    };
-    let has = |kind: Kind, ns: &str, name: &str| -> bool {
-        match kind {
-            Kind::Gateway => cfg
-                .gateways
-                .iter()
-                .any(|g| g.meta.id.namespace == ns && g.meta.id.name == name),
-            Kind::VirtualService => cfg
-                .virtual_services
-                .iter()
-                .any(|v| v.meta.id.namespace == ns && v.meta.id.name == name),
-            _ => false,
-        }
-    };
-    for vs in &cfg.virtual_services {
-        let ns = vs.meta.id.namespace.as_str();
-        let spec = FieldPath::root("spec");
-        let check_gateways =
-            |list: &[String], path: FieldPath, warn: &mut dyn FnMut(FieldPath, String)| {
-                for (i, g) in list.iter().enumerate() {
-                    if g == MESH {
-                        continue;
-                    }
-                    let r = validate::virtual_service::gateway_ref(g, ns);
-                    if !has(Kind::Gateway, &r.namespace, &r.name) {
-                        warn(
-                            path.index(i),
-                            format!("gateway \"{}/{}\" not found", r.namespace, r.name),
-                        );
-                    }
-                }
-            };
-        let mut w = |p: FieldPath, m: String| warn(&vs.meta, p, m);
-        check_gateways(&vs.spec.gateways, spec.key("gateways"), &mut w);
-        for (i, h) in vs.spec.http.iter().enumerate() {
-            let hp = spec.key("http").index(i);
-            for (j, m) in h.match_.iter().enumerate() {
-                check_gateways(
-                    &m.gateways,
-                    hp.key("match").index(j).key("gateways"),
-                    &mut w,
-                );
-            }
-            for (j, d) in h.route.iter().enumerate() {
-                if let Some(dest) = &d.destination {
-                    check_destination(
-                        cfg,
-                        ns,
-                        dest,
-                        hp.key("route").index(j).key("destination"),
-                        &mut w,
-                    );
-                }
-            }
-            if let Some(m) = &h.mirror {
-                check_destination(cfg, ns, m, hp.key("mirror"), &mut w);
-            }
-            for (j, m) in h.mirrors.iter().enumerate() {
-                if let Some(dest) = &m.destination {
-                    check_destination(
-                        cfg,
-                        ns,
-                        dest,
-                        hp.key("mirrors").index(j).key("destination"),
-                        &mut w,
-                    );
-                }
-            }
-            if let Some(d) = &h.delegate {
-                let dns = if d.namespace.is_empty() {
-                    ns
-                } else {
-                    d.namespace.as_str()
-                };
-                if !has(Kind::VirtualService, dns, &d.name) {
-                    w(
-                        hp.key("delegate"),
-                        format!("delegate VirtualService \"{dns}/{}\" not found", d.name),
-                    );
-                }
-            }
-        }
-        for (field, routes) in [
-            (
-                "tcp",
-                vs.spec.tcp.iter().map(|t| &t.route).collect::<Vec<_>>(),
-            ),
-            (
-                "tls",
-                vs.spec.tls.iter().map(|t| &t.route).collect::<Vec<_>>(),
-            ),
-        ] {
-            for (i, route) in routes.iter().enumerate() {
-                for (j, d) in route.iter().enumerate() {
-                    if let Some(dest) = &d.destination {
-                        let p = spec
-                            .key(field)
-                            .index(i)
-                            .key("route")
-                            .index(j)
-                            .key("destination");
-                        check_destination(cfg, ns, dest, p, &mut w);
-                    }
-                }
-            }
-        }
-    }
-    for wp in &cfg.wasm_plugins {
-        let spec = FieldPath::root("spec");
-        let refs = wp
-            .spec
-            .target_ref
-            .iter()
-            .map(|t| (spec.key("targetRef"), t))
-            .chain(
-                wp.spec
-                    .target_refs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (spec.key("targetRefs").index(i), t)),
-            );
-        for (path, t) in refs {
-            let kind = match (t.group.as_str(), t.kind.as_str()) {
-                ("networking.istio.io", "VirtualService") => Kind::VirtualService,
-                ("networking.istio.io", "Gateway") => Kind::Gateway,
-                _ => continue,
-            };
-            if !has(kind, &wp.meta.id.namespace, &t.name) {
-                warn(
-                    &wp.meta,
-                    path,
-                    format!("{kind} \"{}/{}\" not found", wp.meta.id.namespace, t.name),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn check_destination(
-    cfg: &Config,
-    ns: &str,
-    dest: &raw::Destination,
-    path: FieldPath,
-    warn: &mut dyn FnMut(FieldPath, String),
-) {
-    let host = expand_host(&dest.host, ns);
-    let known = cfg
-        .service_entries
-        .iter()
-        .any(|se| se.hosts.iter().any(|h| host_within(&host, h)));
-    if !known {
-        warn(
-            path.key("host"),
-            format!(
-                "host {host:?} not found among ServiceEntries; requests routed there will get 503"
-            ),
-        );
-    }
-    if dest.subset.is_empty() {
-        return;
-    }
-    let rule = cfg
-        .destination_rules
-        .iter()
-        .filter(|dr| host_within(&host, &dr.host))
-        .max_by_key(|dr| (dr.host == host, dr.host.len()));
-    match rule {
-        None => warn(
-            path.key("subset"),
-            format!(
-                "subset {:?} not defined: no DestinationRule for host {host:?}; requests routed there will get 503",
-                dest.subset
-            ),
-        ),
-        Some(dr) if !dr.subsets.iter().any(|s| s.name == dest.subset) => warn(
-            path.key("subset"),
-            format!(
-                "subset {:?} not defined in DestinationRule {}/{}; requests routed there will get 503",
-                dest.subset, dr.meta.id.namespace, dr.meta.id.name
-            ),
-        ),
-        Some(_) => {}
-    }
 }

@@ -3,8 +3,6 @@
 //! redirects, rewrites, retries, mirrors, CORS and header operations; builds
 //! [`model::VirtualService`].
 
-use std::collections::BTreeMap;
-
 use super::{
     MatchUse, Report, istio_duration, opt_istio_duration, validate_export_to,
     validate_gateway_names, validate_headers, validate_labels, validate_match_header_name,
@@ -128,13 +126,8 @@ pub(crate) fn validate(
         validate_tcp_route(route, &p.key("tcp").index(i), r);
     }
     validate_export_to(r, &p.key("exportTo"), ns, &spec.export_to, false, false);
-    unreachable_rules(
-        &p.key("http"),
-        spec.http.iter().map(|h| (h.name.as_str(), &h.match_)),
-        r,
-    );
-    unreachable_rules(&p.key("tcp"), spec.tcp.iter().map(|t| ("", &t.match_)), r);
-    unreachable_rules(&p.key("tls"), spec.tls.iter().map(|t| ("", &t.match_)), r);
+    // Unreachable rules and matches (Istio's warnings) are IST0130/IST0131 findings of
+    // `crate::analyze`.
 
     let mut gateways = Vec::new();
     let mut binds_mesh = spec.gateways.is_empty();
@@ -920,63 +913,6 @@ fn validate_l4_match(
     }
     validate_labels(r, &mp.key("sourceLabels"), source_labels);
     validate_gateway_names(r, &mp.key("gateways"), gateways);
-}
-
-/// Istio's unreachable-rule analysis (warnings): a rule after a catch-all rule, and
-/// matches identical to an earlier rule's.
-fn unreachable_rules<'a, M: serde::Serialize + 'a>(
-    p: &FieldPath,
-    rules: impl Iterator<Item = (&'a str, &'a Vec<M>)>,
-    r: &mut Report,
-) {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut catch_all: Option<usize> = None;
-    for (i, (name, matches)) in rules.enumerate() {
-        let rule = if name.is_empty() {
-            format!("#{i}")
-        } else {
-            format!("{name:?}")
-        };
-        let rp = p.index(i);
-        if let Some(c) = catch_all {
-            let reason = if matches.is_empty() {
-                "only the last rule can have no matches"
-            } else {
-                "route without matches defined before"
-            };
-            r.warn(
-                &rp,
-                format!("virtualService rule {rule} not used ({reason}, rule #{c})"),
-            );
-            continue;
-        }
-        if matches.is_empty() {
-            catch_all = Some(i);
-            continue;
-        }
-        let mut duplicates = 0;
-        for (j, m) in matches.iter().enumerate() {
-            let key = serde_json::to_string(m).unwrap_or_default();
-            match seen.get(&key) {
-                Some(first) => {
-                    duplicates += 1;
-                    r.warn(
-                        &rp.key("match").index(j),
-                        format!("virtualService rule {rule} match #{j} is not used (duplicate match in rule #{first})"),
-                    );
-                }
-                None => {
-                    seen.insert(key, i);
-                }
-            }
-        }
-        if duplicates == matches.len() {
-            r.warn(
-                &rp,
-                format!("virtualService rule {rule} not used (all matches used by prior rules)"),
-            );
-        }
-    }
 }
 
 #[cfg(test)]
