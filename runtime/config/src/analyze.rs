@@ -5,8 +5,11 @@
 //! Istio analyzer message it corresponds to, then Istio's wording:
 //! `IST0101: Referenced gateway not found: "bookinfo-gateway"`; what wasmgate adds (the
 //! resolved name, what happens to requests) follows in parentheses. One function per
-//! analyzer, in the submodules by the kind they look at.
+//! analyzer, in the submodules by the kind they look at. The analyzers see the
+//! resources as written; afterwards [`delegate`] replaces each `delegate` route by its
+//! delegate's routes, as Istio merges them.
 
+mod delegate;
 mod destinations;
 mod gateways;
 mod plugins;
@@ -101,6 +104,11 @@ impl<'a> Findings<'a> {
         self.push(meta, path, format!("{code}: {message}"));
     }
 
+    /// A finding Istio has no analyzer message for.
+    pub(crate) fn note(&mut self, meta: &Meta, path: &FieldPath, message: String) {
+        self.push(meta, path, message);
+    }
+
     fn push(&mut self, meta: &Meta, path: &FieldPath, message: String) {
         // Resources generated from Ingresses have no document: no line.
         let line = self.outlines.get(&meta.id).map(|o| o.line_of(&path.0));
@@ -126,9 +134,10 @@ impl<'a> Findings<'a> {
     }
 }
 
-/// Runs every analyzer on `cfg`. `order` is each resource's place among the documents.
+/// Runs every analyzer on `cfg` as loaded, then resolves `delegate` routes (which
+/// changes `cfg`). `order` is each resource's place among the documents.
 pub(crate) fn run(
-    cfg: &Config,
+    cfg: &mut Config,
     outlines: &BTreeMap<ResourceId, &Outline>,
     order: &BTreeMap<&ResourceId, usize>,
 ) -> Vec<ConfigWarning> {
@@ -148,6 +157,7 @@ pub(crate) fn run(
     routes::jwt_claim_routes(cfg, &mut f);
     plugins::target_refs(cfg, &mut f);
     plugins::selectors(cfg, &mut f);
+    delegate::merge(cfg, &mut f);
     f.into_warnings()
 }
 

@@ -2,7 +2,8 @@
 //! document through parse (stage one), validation (stage two) and model building (stage
 //! three), then checks the set as a whole (duplicates are errors; TLS credentials are read
 //! from the Secrets and files they name, and a missing one is an error; the analyzers of
-//! `crate::analyze` report what `istioctl analyze` would, as warnings). Binds nothing and
+//! `crate::analyze` report what `istioctl analyze` would, as warnings, and resolve
+//! `delegate` routes). Binds nothing and
 //! compiles nothing, so `wasmgate validate` and a reload run exactly this.
 
 use std::collections::BTreeMap;
@@ -713,8 +714,8 @@ fn assemble(
         found.sort_by_key(|(index, e)| (*index, e.line));
         return Err(Errors(found.into_iter().map(|(_, e)| e).collect()));
     }
-    // Checks between resources (`istioctl analyze`).
-    warnings.extend(crate::analyze::run(&cfg, &outlines, &order));
+    // Checks between resources (`istioctl analyze`), then `delegate` routes resolved.
+    warnings.extend(crate::analyze::run(&mut cfg, &outlines, &order));
     cfg.warnings = warnings;
     Ok(cfg)
 }

@@ -1,7 +1,8 @@
 //! Stage three: the validated model the runtime builds its snapshot from. Hosts are
 //! expanded and lowercase, enums replace strings, defaults are resolved (no `Option` means
 //! "use the default"). Parts the runtime passes on to plugins unchanged (HTTP routes)
-//! stay as the raw types, and each resource keeps its raw `spec` as written. TLS settings
+//! stay as the raw types, and each resource keeps its raw `spec` as written (but for a
+//! VirtualService's `delegate` routes, replaced by the merged routes). TLS settings
 //! are resolved: certificates and keys are read from their Secrets and files ([`tls`]).
 
 mod tls;
@@ -121,8 +122,10 @@ pub struct VirtualService {
     pub gateways: Vec<GatewayRef>,
     /// Bound to the `mesh` gateway (explicitly, or because `gateways` is empty).
     pub binds_mesh: bool,
+    /// The HTTP routes, with `delegate` routes replaced by the delegate's routes merged
+    /// into them (Istio's rules; see `crate::analyze`). Always equal to `spec.http`.
     pub http: Vec<raw::HTTPRoute>,
-    /// The spec as written, for re-serialising to plugins.
+    /// The spec as written, for re-serialising to plugins; `http` is the merged routes.
     pub spec: raw::VirtualServiceSpec,
 }
 

@@ -134,7 +134,20 @@ fn virtual_service_round_trips_losslessly() {
         Ok(v) => v,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(written, yaml_spec(KITCHEN_SINK));
+    // The route delegating to prod/child (which is not loaded) is dropped at load, as
+    // Istio drops it; everything else is as written.
+    let mut expected = yaml_spec(KITCHEN_SINK);
+    if let Some(http) = expected.get_mut("http").and_then(|h| h.as_array_mut()) {
+        http.retain(|r| r.get("delegate").is_none());
+    }
+    assert_eq!(written, expected);
+    roundtrip(&raw::HTTPRoute {
+        delegate: Some(raw::Delegate {
+            name: "child".into(),
+            namespace: "prod".into(),
+        }),
+        ..raw::HTTPRoute::default()
+    });
     // The model keeps the routes as written.
     assert_eq!(vs.http, vs.spec.http);
     assert_eq!(vs.hosts, vec!["shop.example.com", "*.shop.example.com"]);
