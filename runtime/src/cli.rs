@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// The port of the HTTPS servers generated for Ingress `tls` entries.
     #[arg(long, default_value_t = 443, value_name = "PORT")]
     pub ingress_https_port: u16,
+    /// How request paths are normalized before routing, as Istio's MeshConfig
+    /// `pathNormalization`: `base` (RFC 3986, Istio's default), `merge-slashes`,
+    /// `decode-and-merge-slashes` (also `%2F`, `%5C`), or `none`.
+    #[arg(long, value_enum, default_value = "base", value_name = "MODE")]
+    pub path_normalization: crate::proxy::normalize::PathNormalization,
+    /// Tunnel HTTP/1.1 upgrades to PROTO too (repeatable); `websocket` always is, any
+    /// other `Upgrade` is dropped and the request proxied as a plain one.
+    #[arg(long = "allow-upgrade", value_name = "PROTO")]
+    pub allow_upgrade: Vec<String>,
     /// Also serve the mesh: an HTTP proxy listener on ADDR where VirtualServices bound
     /// to `mesh` (or to no gateway) route applications' outbound requests.
     #[arg(long, value_name = "ADDR")]
@@ -158,6 +167,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             mesh: None,
             host: HostSettings::default(),
             drain: Duration::ZERO,
+            edge: crate::proxy::edge::EdgeSettings::default(),
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -209,6 +219,7 @@ async fn run(args: RunArgs) -> ExitCode {
             ..HostSettings::default()
         },
         drain: Duration::from_secs(args.drain_seconds),
+        edge: crate::proxy::edge::EdgeSettings::new(args.path_normalization, &args.allow_upgrade),
     };
     let admin = options.admin;
     let drain = options.drain;
@@ -253,7 +264,10 @@ async fn wait_for_signals(gateway: &Gateway) {
             _ = term.recv() => return,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = gateway.reload().await;
+                // `reload` logs each reason (load, plugin and bind errors) itself.
+                if let Err(errors) = gateway.reload().await {
+                    tracing::error!("SIGHUP: reload failed with {} error(s)", errors.len());
+                }
             }
         }
     }

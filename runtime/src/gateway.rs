@@ -35,6 +35,8 @@ pub struct Options {
     pub host: HostSettings,
     /// How long a listener that a reload removes keeps serving its open connections.
     pub drain: Duration,
+    /// `--path-normalization` and `--allow-upgrade`: how the request edge behaves.
+    pub edge: crate::proxy::edge::EdgeSettings,
 }
 
 /// Load config and build a snapshot. Errors are complete lines (file, resource, field).
@@ -88,6 +90,7 @@ impl Gateway {
                 host,
                 upstream: Upstream::new(),
                 ids: crate::plugin::Random::new(None),
+                edge: options.edge.clone(),
             }),
             options,
             cache,

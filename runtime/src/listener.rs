@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::proxy::{ConnInfo, Shared, TlsConn, handle};
+use crate::proxy::framing::Watched;
+use crate::proxy::{ConnInfo, Shared, TlsConn, handle, log_refused_by_hyper};
 use crate::snapshot::Serve;
 use crate::snapshot::listeners::{Terminated, TlsAction};
 use crate::tcp;
@@ -123,6 +124,7 @@ async fn accept_loop(
             port: addr.port(),
             client,
             tls: None,
+            framing: None,
         };
         tokio::spawn(connection(
             stream,
@@ -264,7 +266,7 @@ where
 
 async fn serve_http<I>(
     io: TokioIo<I>,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
     shared: Arc<Shared>,
     builder: Builder<TokioExecutor>,
     watcher: Watcher,
@@ -272,9 +274,14 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = conn.client;
+    // hyper reads through a watcher that sees the request framing hyper hides.
+    let (io, framing) = Watched::new(io.into_inner());
+    conn.framing = Some(framing);
     let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
-    let served = builder.serve_connection_with_upgrades(io, service);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(served).await {
+        // Requests hyper refuses itself (400/414/431) never reach `handle`.
+        log_refused_by_hyper(client, e.as_ref());
         tracing::debug!(%client, "connection ended: {e}");
     }
 }

@@ -2,16 +2,22 @@
 //! the phases below against the current [`Snapshot`], and one access log line per request.
 //!
 //! ```text
-//! accept -> match port -> match host (virtual host) -> edge headers (x-request-id, xff, xfp)
+//! accept -> request edge (ambiguous Host / framing -> 400, path normalized, upgrades
+//!   allowed or dropped) -> match port -> match host (virtual host)
+//!   -> edge headers (x-request-id, xff, xfp)
 //!   -> for each VirtualService chain of the host: run policies (router, fault, split, user)
 //!        until one routes; none routes -> 404
 //!   -> decision: [delay] then forward | redirect | direct response | abort
+//!      (local replies get the route's response header ops)
 //!   -> forward: resolve cluster -> header ops, rewrite -> upstream (timeout, retries)
 //!   -> response header ops -> client
 //! ```
 
+pub mod edge;
 mod error;
+pub mod framing;
 pub mod headers;
+pub mod normalize;
 mod upstream;
 
 use std::convert::Infallible;
@@ -28,11 +34,13 @@ use hyper::body::{Body as _, Incoming};
 
 use error::local_response;
 pub use error::{Culprit, ProxyError};
-use headers::{HeadParts, apply_mutation, edge_headers, request_head, strip_hop_by_hop};
+use headers::{
+    HeadParts, apply_mutation, edge_headers, request_head, single_content_type, strip_hop_by_hop,
+};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
-use crate::plugin::types::{Action, Decision, Destination, Forward, RequestHead};
+use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation, RequestHead};
 use crate::plugin::{CallError, PluginHost, Random};
 use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
 
@@ -61,6 +69,8 @@ pub struct Shared {
     /// Request ids come from their own unseeded source: seeing one id must not tell
     /// anyone the numbers policies draw (which `--random-seed` may fix).
     pub ids: Random,
+    /// Path normalization and allowed upgrades (`wasmgate run` flags).
+    pub edge: edge::EdgeSettings,
 }
 
 /// Where a connection came in.
@@ -72,6 +82,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// Set when the gateway terminated TLS for this connection.
     pub tls: Option<Arc<TlsConn>>,
+    /// HTTP connections: what the framing watcher under hyper found (`framing.rs`).
+    pub framing: Option<Arc<framing::FramingLog>>,
 }
 
 /// What a terminated TLS connection tells every request on it.
@@ -93,6 +105,8 @@ struct Access {
     flags: Vec<&'static str>,
     extra: Vec<(String, String)>,
     attempted: Attempted,
+    /// The path routed, when normalization changed the one received.
+    normalized: Option<String>,
     /// The access log is on: fill the fields above.
     logged: bool,
 }
@@ -127,6 +141,11 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             access.flags.push(e.flag());
+            if let ProxyError::BadRequest(why) = &e
+                && access.logged
+            {
+                access.extra.push(("details".into(), why.replace(' ', "_")));
+            }
             match e.culprit() {
                 Culprit::Client | Culprit::Gateway => {
                     tracing::debug!(request_id = %access.request_id, "{e}")
@@ -141,7 +160,16 @@ pub async fn handle(
     let Some(uri) = uri else {
         return Ok(response);
     };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // The path routed; the one received follows as `raw_path=` when they differ.
+    let received = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = match &access.normalized {
+        Some(p) => {
+            let raw = uri.path();
+            access.extra.push(("raw_path".into(), raw.to_string()));
+            p.as_str()
+        }
+        None => received,
+    };
     let extra: String = access
         .extra
         .iter()
@@ -166,6 +194,30 @@ pub async fn handle(
         extra,
     );
     Ok(response)
+}
+
+/// The access line of a request hyper refused before `handle` could see it: its HTTP/1
+/// parser answers invalid heads (header names or values with forbidden bytes, a bad
+/// request line, a bad `Content-Length` or `Transfer-Encoding`) with 400, oversized
+/// ones with 431 or 414, and closes the connection. Logged when that connection ends,
+/// with flag `DPE`; the method, host and path are unknown (`-`).
+pub fn log_refused_by_hyper(client: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    let Some(e) = e.downcast_ref::<hyper::Error>().filter(|e| e.is_parse()) else {
+        return;
+    };
+    let status = if !e.is_parse_too_large() {
+        400
+    } else if e.to_string().contains("URI") {
+        414
+    } else {
+        431
+    };
+    tracing::info!(
+        target: "wasmgate::access",
+        "- - - {status} flags=DPE vs=- route=- cluster=- upstream=- attempts=0 duration_ms=0 client={} id=- details={}",
+        client.ip(),
+        e.to_string().replace(' ', "_"),
+    );
 }
 
 /// The port of a `Host`/`:authority` value, if it has one.
@@ -202,6 +254,14 @@ async fn serve(
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = authority.ok_or(ProxyError::BadRequest("no Host header"))?;
+    // The request edge: nothing below sees an ambiguous request or a raw path.
+    edge::check_head(&req, conn.framing.as_deref())?;
+    if req.method() != http::Method::CONNECT
+        && edge::normalize_path(&mut req, shared.edge.path_normalization)?.is_some()
+        && access.logged
+    {
+        access.normalized = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    }
     let host = normalize_host(authority);
     let routes = snapshot
         .listeners
@@ -226,9 +286,11 @@ async fn serve(
     }
 
     let scheme = if conn.tls.is_some() { "https" } else { "http" };
+    // Only allowed protocols are tunnelled; any other `Upgrade` goes with the hop-by-hop
+    // headers and the request is proxied as a plain one.
     // Hop-by-hop headers go first, so a client's `Connection: x-forwarded-for` cannot
     // remove what the gateway adds next.
-    let upgrade = headers::upgrade_request(req.headers());
+    let upgrade = headers::upgrade_request(req.headers()).filter(|p| shared.edge.allows_upgrade(p));
     strip_hop_by_hop(req.headers_mut());
     if let Some(a) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -288,55 +350,65 @@ async fn serve(
         access.flags.push("DI");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    // The route's `headers.response` apply to the replies it makes itself too, as
+    // Envoy's `response_headers_to_add` do (a forward carries them in the decision).
+    let reply_ops: Option<&HeaderMutation> = decision
+        .route
+        .as_ref()
+        .and_then(|r| chain.reply_headers.get(usize::try_from(r.index).ok()?))
+        .and_then(Option::as_ref);
     match decision.action {
         Action::NoRoute => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
             access.flags.push("FI");
             if let Some(grpc) = abort.grpc_status {
                 // gRPC "trailers-only": 200, application/grpc, the status in headers.
-                let mut resp = local_response(StatusCode::OK, Bytes::new());
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/grpc"),
-                );
-                if let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc)) {
-                    h.insert("grpc-status", v);
-                }
-                h.insert(
-                    "grpc-message",
-                    HeaderValue::from_static("fault filter abort"),
-                );
-                return Ok(resp);
+                return Ok(local_response(StatusCode::OK, Bytes::new(), |h| {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc)) {
+                        h.insert("grpc-status", v);
+                    }
+                    h.insert(
+                        "grpc-message",
+                        HeaderValue::from_static("fault filter abort"),
+                    );
+                    apply_mutation(h, reply_ops);
+                }));
             }
             let status =
                 StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             Ok(local_response(
                 status,
                 Bytes::from_static(b"fault filter abort"),
+                |h| apply_mutation(h, reply_ops),
             ))
         }
         Action::Respond(direct) => {
             let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
-            let mut resp = local_response(status, Bytes::from(direct.body));
-            for h in direct.headers {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(h.name.as_bytes()),
-                    HeaderValue::from_str(&h.value),
-                ) {
-                    resp.headers_mut().append(n, v);
+            Ok(local_response(status, Bytes::from(direct.body), |h| {
+                for d in direct.headers {
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(d.name.as_bytes()),
+                        HeaderValue::from_str(&d.value),
+                    ) {
+                        h.append(n, v);
+                    }
                 }
-            }
-            Ok(resp)
+                apply_mutation(h, reply_ops);
+            }))
         }
         Action::Redirect(redirect) => {
             let status =
                 StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-            let mut resp = local_response(status, Bytes::new());
-            if let Ok(v) = HeaderValue::from_str(&redirect.location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(resp)
+            Ok(local_response(status, Bytes::new(), |h| {
+                if let Ok(v) = HeaderValue::from_str(&redirect.location) {
+                    h.insert(header::LOCATION, v);
+                }
+                apply_mutation(h, reply_ops);
+            }))
         }
         Action::Forward(forward) => {
             forward_upstream(shared, snapshot, chain, req, upgrade, forward, access).await
@@ -486,6 +558,13 @@ async fn forward_upstream(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = match (switching, downstream_upgrade) {
         (true, Some(down)) => Some((down, hyper::upgrade::on(&mut resp))),
+        // A switch nobody asked for (the client's `Upgrade` was not allowed, or there
+        // was none): the connection would leave HTTP behind the gateway's back.
+        (true, None) => {
+            return Err(ProxyError::UpstreamReset(
+                "upstream switched protocols without an allowed upgrade".into(),
+            ));
+        }
         _ => None,
     };
     let (mut parts, body) = resp.into_parts();
@@ -493,6 +572,7 @@ async fn forward_upstream(
     strip_hop_by_hop(&mut parts.headers);
     apply_mutation(&mut parts.headers, forward.response_headers.as_ref());
     apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
+    single_content_type(&mut parts.headers);
     if let (Some((down, up)), Some(protocol)) = (upstream_upgrade, protocol) {
         // 101: hand both connections to a byte pipe once each side has switched.
         parts
@@ -592,11 +672,11 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
 /// `require_tls`, which keeps the Host as the client sent it).
 fn https_redirect(authority: &str, uri: &http::Uri) -> Response<Body> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut resp = local_response(StatusCode::MOVED_PERMANENTLY, Bytes::new());
-    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
+    local_response(StatusCode::MOVED_PERMANENTLY, Bytes::new(), |h| {
+        if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+            h.insert(header::LOCATION, v);
+        }
+    })
 }
 
 /// gRPC status name -> numeric code, as Envoy's fault filter sends it.

@@ -22,7 +22,7 @@ use wasmgate_config::{
 };
 
 use crate::plugin::builtin;
-use crate::plugin::types::{Binding, HeaderInterest};
+use crate::plugin::types::{Binding, Header, HeaderInterest, HeaderMutation};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 pub use listeners::{Listener, Serve};
 pub use mesh::MeshListener;
@@ -60,6 +60,10 @@ pub struct Chain {
     /// `namespace/name` of the Gateway.
     pub gateway: String,
     pub links: Vec<Link>,
+    /// Each `http` route's `headers.response` operations, by index: the proxy applies
+    /// them to the replies a route makes itself (direct responses, redirects, aborts),
+    /// as Envoy applies `response_headers_to_add`; forwards carry them in the decision.
+    pub reply_headers: Vec<Option<HeaderMutation>>,
 }
 
 /// One policy in a chain.
@@ -74,6 +78,30 @@ pub struct Link {
     pub fail_open: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
     pub ports: Vec<u16>,
+}
+
+/// Each route's `headers.response` (see [`Chain::reply_headers`]).
+fn reply_headers(vs: &VirtualService) -> Vec<Option<HeaderMutation>> {
+    let pairs = |m: &std::collections::BTreeMap<String, String>| -> Vec<Header> {
+        m.iter()
+            .map(|(name, value)| Header {
+                name: name.to_ascii_lowercase(),
+                value: value.clone(),
+            })
+            .collect()
+    };
+    vs.http
+        .iter()
+        .map(|route| {
+            let ops = route.headers.as_ref()?.response.as_ref()?;
+            let m = HeaderMutation {
+                set: pairs(&ops.set),
+                add: pairs(&ops.add),
+                remove: ops.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            };
+            (!m.set.is_empty() || !m.add.is_empty() || !m.remove.is_empty()).then_some(m)
+        })
+        .collect()
 }
 
 /// Which request headers a chain copies into the request head.
@@ -363,6 +391,7 @@ impl Snapshot {
                     namespace: vs.meta.id.namespace.clone(),
                     gateway: via.name(),
                     links,
+                    reply_headers: reply_headers(vs),
                 };
                 chains.insert((vs_name.clone(), via.name()), Arc::new(chain));
             }
@@ -406,6 +435,7 @@ impl Snapshot {
                                 namespace: se.meta.id.namespace.clone(),
                                 gateway: mesh::MESH.to_string(),
                                 links: vec![Link::new(policy, true, false, Vec::new())],
+                                reply_headers: Vec::new(),
                             }),
                         )),
                         Err(e) => errors.push(error(

@@ -3,8 +3,9 @@
 //! function, [`ProxyError::into_response`], turns them into responses.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
+use super::headers::single_content_type;
 use super::{Body, full};
 use crate::snapshot::ResolveError;
 
@@ -31,8 +32,15 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("upstream reset: {0}")]
     UpstreamReset(String),
+    /// HTTP/2 `REFUSED_STREAM`: the upstream did not process the request at all.
+    #[error("upstream refused the stream: {0}")]
+    UpstreamRefused(String),
+    /// The route's timeout: no retry left in it.
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// One attempt's `perTryTimeout`; retried under `5xx`, `gateway-error`, `reset`.
+    #[error("upstream per-try timeout")]
+    UpstreamPerTryTimeout,
     /// A policy rewrote the path into something that is not an origin-form path.
     #[error("rewritten path {0:?} does not start with '/'")]
     InvalidRewrite(String),
@@ -48,10 +56,12 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
-                StatusCode::BAD_GATEWAY
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamRefused(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::InvalidRewrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -66,8 +76,8 @@ impl ProxyError {
             ProxyError::NoCluster(ResolveError::NoEndpoints(_)) => "UH",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::UpstreamConnect(_) => "UF",
-            ProxyError::UpstreamReset(_) => "UR",
-            ProxyError::UpstreamTimeout => "UT",
+            ProxyError::UpstreamReset(_) | ProxyError::UpstreamRefused(_) => "UR",
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "UT",
             ProxyError::InvalidRewrite(_) => "PF",
             ProxyError::Overloaded(_) => "LR",
         }
@@ -81,7 +91,9 @@ impl ProxyError {
             ProxyError::Overloaded(_) => Culprit::Gateway,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamTimeout => Culprit::Upstream,
+            | ProxyError::UpstreamRefused(_)
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamPerTryTimeout => Culprit::Upstream,
         }
     }
 
@@ -89,7 +101,10 @@ impl ProxyError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_)
+            ProxyError::UpstreamConnect(_)
+                | ProxyError::UpstreamReset(_)
+                | ProxyError::UpstreamRefused(_)
+                | ProxyError::UpstreamPerTryTimeout
         )
     }
 
@@ -106,23 +121,60 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
-            ProxyError::UpstreamTimeout => "upstream request timeout",
+            ProxyError::UpstreamRefused(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+            }
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => {
+                "upstream request timeout"
+            }
             ProxyError::InvalidRewrite(_) => "policy failure",
             ProxyError::Overloaded(_) => "overloaded",
         };
-        local_response(self.status(), Bytes::from_static(body.as_bytes()))
+        local_response(self.status(), Bytes::from_static(body.as_bytes()), |_| {})
     }
 }
 
-/// A response the gateway makes itself.
-pub fn local_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(full(body.clone()));
+/// A response the gateway makes itself: errors, direct responses, redirects, aborts.
+/// `headers` runs first (a direct response's headers, a `Location`, the route's
+/// `headers.response` operations); a body then gets `content-type: text/plain` only if
+/// they set none, as Envoy's local replies do, and no reply carries two content types.
+pub fn local_response(
+    status: StatusCode,
+    body: Bytes,
+    headers: impl FnOnce(&mut HeaderMap),
+) -> Response<Body> {
+    let empty = body.is_empty();
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    if !body.is_empty() {
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    let h = resp.headers_mut();
+    headers(h);
+    if !empty && !h.contains_key(header::CONTENT_TYPE) {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut()
-        .insert(header::SERVER, HeaderValue::from_static("wasmgate"));
+    single_content_type(h);
+    h.insert(header::SERVER, HeaderValue::from_static("wasmgate"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_replies_have_one_content_type() {
+        let plain = local_response(StatusCode::OK, Bytes::from_static(b"x"), |_| {});
+        assert_eq!(plain.headers()[header::CONTENT_TYPE], "text/plain");
+        let own = local_response(StatusCode::OK, Bytes::from_static(b"{}"), |h| {
+            h.append(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            h.append(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        });
+        let types: Vec<_> = own.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["application/json"], "the last one set wins");
+        let empty = local_response(StatusCode::NOT_FOUND, Bytes::new(), |_| {});
+        assert!(!empty.headers().contains_key(header::CONTENT_TYPE));
+        assert_eq!(empty.headers()[header::SERVER], "wasmgate");
+    }
 }

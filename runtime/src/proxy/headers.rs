@@ -112,7 +112,7 @@ pub fn client_cert_header(headers: &mut HeaderMap, xfcc: Option<&str>) {
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade`), such
-/// as `websocket`; Istio gateways let upgrades through by default.
+/// as `websocket`; whether it is tunnelled is the edge's call (`EdgeSettings`).
 pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -166,8 +166,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    // h2c's upgrade settings (RFC 7540 3.2.1) mean nothing past this hop.
+    headers.remove("http2-settings");
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Keep only the last `content-type` when operations left several (an `add` on top of
+/// a set one): a response has one body, so one type.
+pub fn single_content_type(headers: &mut HeaderMap) {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    if types.next().is_some()
+        && types.next().is_some()
+        && let Some(last) = headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .next_back()
+            .cloned()
+    {
+        headers.insert(header::CONTENT_TYPE, last);
     }
 }
 

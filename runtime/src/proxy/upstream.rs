@@ -145,25 +145,25 @@ pub static DEFAULT_RETRIES: std::sync::LazyLock<RetryPolicy> =
         retry_remote_localities: false,
     });
 
+/// Envoy's `retry_on` conditions (Istio's `retryOn`), parsed once per request.
+#[derive(Debug, Default, PartialEq)]
 struct RetryOn {
     connect_failure: bool,
     reset: bool,
     refused_stream: bool,
     five_xx: bool,
     gateway_error: bool,
+    /// HTTP statuses: `retriable-status-codes` (Istio's 503), `retriable-4xx` (409),
+    /// and numbers.
     codes: Vec<u16>,
+    /// gRPC statuses in the response headers: `cancelled` (1), `deadline-exceeded` (4),
+    /// `resource-exhausted` (8), `internal` (13), `unavailable` (14).
+    grpc: Vec<u32>,
 }
 
 impl RetryOn {
     fn parse(spec: &str) -> Self {
-        let mut r = RetryOn {
-            connect_failure: false,
-            reset: false,
-            refused_stream: false,
-            five_xx: false,
-            gateway_error: false,
-            codes: Vec::new(),
-        };
+        let mut r = RetryOn::default();
         for item in spec.split(',').map(str::trim) {
             match item {
                 "connect-failure" => r.connect_failure = true,
@@ -171,8 +171,14 @@ impl RetryOn {
                 "refused-stream" => r.refused_stream = true,
                 "5xx" => r.five_xx = true,
                 "gateway-error" => r.gateway_error = true,
-                // Istio's default retriable status code; "unavailable" is gRPC's 503.
-                "retriable-status-codes" | "unavailable" => r.codes.push(503),
+                // Istio's default retriable status code.
+                "retriable-status-codes" => r.codes.push(503),
+                "retriable-4xx" => r.codes.push(409),
+                "cancelled" => r.grpc.push(1),
+                "deadline-exceeded" => r.grpc.push(4),
+                "resource-exhausted" => r.grpc.push(8),
+                "internal" => r.grpc.push(13),
+                "unavailable" => r.grpc.push(14),
                 other => {
                     if let Ok(code) = other.parse::<u16>() {
                         r.codes.push(code);
@@ -183,20 +189,31 @@ impl RetryOn {
         r
     }
 
+    /// As Envoy: `5xx` and `gateway-error` count every failure to get a response (it
+    /// becomes a 502/504) as one; `reset` covers resets and per-try timeouts;
+    /// `refused-stream` an HTTP/2 REFUSED_STREAM; `connect-failure` a failed connect.
     fn on_error(&self, e: &ProxyError) -> bool {
+        let any_5xx = self.five_xx || self.gateway_error;
         match e {
-            ProxyError::UpstreamConnect(_) => {
-                self.connect_failure || self.five_xx || self.gateway_error
+            ProxyError::UpstreamConnect(_) => self.connect_failure || any_5xx,
+            ProxyError::UpstreamReset(_) | ProxyError::UpstreamPerTryTimeout => {
+                self.reset || any_5xx
             }
-            ProxyError::UpstreamReset(_) => self.reset || self.five_xx,
+            ProxyError::UpstreamRefused(_) => self.refused_stream || self.reset || any_5xx,
             _ => false,
         }
     }
 
-    fn on_status(&self, status: u16) -> bool {
+    fn on_response(&self, status: u16, headers: &HeaderMap) -> bool {
         (self.five_xx && status >= 500)
             || (self.gateway_error && matches!(status, 502..=504))
             || self.codes.contains(&status)
+            || (!self.grpc.is_empty()
+                && headers
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .is_some_and(|code| self.grpc.contains(&code)))
     }
 }
 
@@ -264,15 +281,18 @@ async fn attempt_all(
         let in_flight = cluster.start(index);
         let call = upstream.call(cluster, target, &out, body);
         let result = match per_try {
+            // A try that overruns is dropped (its connection with it) and may be retried.
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
-                .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+                .unwrap_or(Err(ProxyError::UpstreamPerTryTimeout)),
             None => call.await,
         };
         let last = attempted.attempts >= max_attempts;
         match result {
             // A retried response is dropped, not read: its connection closes.
-            Ok(resp) if !last && retry_on.on_status(resp.status().as_u16()) => continue,
+            Ok(resp) if !last && retry_on.on_response(resp.status().as_u16(), resp.headers()) => {
+                continue;
+            }
             Ok(resp) => return Ok((resp, in_flight)),
             Err(err) if !last && retry_on.on_error(&err) => continue,
             Err(err) => return Err(err),
@@ -352,8 +372,16 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     }
 }
 
+/// An HTTP/2 request's failure. REFUSED_STREAM is told by the h2 error's text ("refused
+/// stream before processing any application logic"): the `h2` crate, whose `Reason`
+/// would say it typed, is not a direct dependency.
 fn classify_hyper(e: &hyper::Error) -> ProxyError {
-    ProxyError::UpstreamReset(chain(e))
+    let text = chain(e);
+    if text.contains("refused stream") || text.contains("REFUSED_STREAM") {
+        ProxyError::UpstreamRefused(text)
+    } else {
+        ProxyError::UpstreamReset(text)
+    }
 }
 
 /// An error and its sources, `: `-joined.
@@ -366,4 +394,65 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_conditions_as_envoy() {
+        let timeout = ProxyError::UpstreamPerTryTimeout;
+        let reset = ProxyError::UpstreamReset(String::new());
+        let refused = ProxyError::UpstreamRefused(String::new());
+        let connect = ProxyError::UpstreamConnect(String::new());
+        for spec in ["5xx", "gateway-error", "reset"] {
+            let r = RetryOn::parse(spec);
+            assert!(r.on_error(&timeout), "{spec}: per-try timeout");
+            assert!(r.on_error(&reset), "{spec}: reset");
+            assert!(r.on_error(&refused), "{spec}: refused stream");
+        }
+        let r = RetryOn::parse("refused-stream");
+        assert!(r.on_error(&refused));
+        assert!(!r.on_error(&reset) && !r.on_error(&timeout) && !r.on_error(&connect));
+        let r = RetryOn::parse("connect-failure");
+        assert!(r.on_error(&connect) && !r.on_error(&timeout));
+        assert!(!RetryOn::parse("retriable-status-codes").on_error(&timeout));
+        assert!(!RetryOn::parse("5xx").on_error(&ProxyError::UpstreamTimeout));
+    }
+
+    #[test]
+    fn grpc_conditions_read_grpc_status() {
+        let grpc = |code: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-status", HeaderValue::from_static(code));
+            h
+        };
+        let none = HeaderMap::new();
+        let r = RetryOn::parse("cancelled");
+        assert!(r.on_response(200, &grpc("1")));
+        assert!(!r.on_response(200, &grpc("14")));
+        assert!(!r.on_response(503, &none), "cancelled is not a status code");
+        let r = RetryOn::parse("unavailable,deadline-exceeded,internal,resource-exhausted");
+        for code in ["14", "4", "13", "8"] {
+            assert!(r.on_response(200, &grpc(code)), "{code}");
+        }
+        assert!(!r.on_response(200, &grpc("0")));
+        // Istio's default policy still retries 503 through retriable-status-codes.
+        let r = RetryOn::parse(&DEFAULT_RETRIES.retry_on);
+        assert!(r.on_response(503, &none));
+        assert!(r.on_response(200, &grpc("1")));
+        assert!(r.on_response(200, &grpc("14")));
+        assert!(!r.on_response(502, &none));
+        let r = RetryOn::parse("retriable-4xx,429");
+        assert!(r.on_response(409, &none) && r.on_response(429, &none));
+        assert!(!r.on_response(404, &none));
+    }
+
+    #[test]
+    fn retry_on_parses_envoy_names() {
+        let r = RetryOn::parse(" 5xx , gateway-error,reset,connect-failure,refused-stream,502 ");
+        assert!(r.five_xx && r.gateway_error && r.reset && r.connect_failure && r.refused_stream);
+        assert_eq!(r.codes, [502]);
+    }
 }
