@@ -62,12 +62,16 @@ async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
         address: std::net::IpAddr::from([127, 0, 0, 1]),
         mesh: None,
     };
+    let metrics = std::sync::Arc::new(wasmgate::telemetry::metrics::Metrics::new(
+        false, "bench", "bench",
+    ));
     Snapshot::build(
         &config,
         host,
         &plugins,
         &CompileCache::default(),
         &listening,
+        &metrics,
     )
     .await
     .expect("bench snapshot builds")
@@ -210,7 +214,9 @@ async fn benches(b: Bencher) {
     let realistic = chain(&snap);
     let req = Request::get("/bench/item");
     let parts = req.parts();
-    let routed = run_chain(&realistic, &parts).await.expect("chain runs");
+    let routed = run_chain(&realistic, &parts, None)
+        .await
+        .expect("chain runs");
     assert!(
         matches!(&routed.action, Action::Forward(f) if f.destinations.len() == 1),
         "the realistic chain forwards to one destination: {routed:?}"
@@ -240,7 +246,7 @@ async fn benches(b: Bencher) {
         }
     }
     b.run("chain: router+fault+split (10 rules)", || async {
-        black_box(run_chain(&realistic, &parts).await.expect("chain"));
+        black_box(run_chain(&realistic, &parts, None).await.expect("chain"));
     })
     .await;
     b.run("request head: build (no headers)", || async {
@@ -262,7 +268,7 @@ async fn benches(b: Bencher) {
     let with_plugin = chain(&plugin);
     assert_eq!(with_plugin.links.len(), 4, "add-headers joins the chain");
     b.run("chain: + add-headers user plugin", || async {
-        black_box(run_chain(&with_plugin, &parts).await.expect("chain"));
+        black_box(run_chain(&with_plugin, &parts, None).await.expect("chain"));
     })
     .await;
     drop(plugin);
@@ -273,7 +279,7 @@ async fn benches(b: Bencher) {
         let c = chain(&snap);
         let req = Request::get(&format!("/svc/{}", n - 1));
         let parts = req.parts();
-        let d = run_chain(&c, &parts).await.expect("chain");
+        let d = run_chain(&c, &parts, None).await.expect("chain");
         assert_eq!(
             d.route.as_ref().map(|r| r.index as usize),
             Some(n - 1),

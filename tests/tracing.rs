@@ -419,11 +419,7 @@ fn split_traceparent(v: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
-// TODO(lead): end-to-end through the binary. Un-ignore once `run` takes
-// `--otlp-endpoint URL --trace-sampling PERCENT` and proxy.rs starts, injects and
-// finishes a span per request (with one event per plugin call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the request-path wiring"]
 async fn the_gateway_span_is_the_upstream_requests_parent() {
     let collector = Collector::start().await;
     let backend = Echo::start("backend").await;

@@ -2,7 +2,10 @@
 //! `GET /healthz/ready` (200 once every listener is serving), `POST /reload`
 //! (rebuild from the config paths; 200, or 400 with the reasons, one per line) and
 //! `GET /routes` (listeners, their servers and domains, and the policy chain or
-//! connection routes serving each).
+//! connection routes serving each), `GET /stats/prometheus` and `GET /metrics` (every
+//! metric in Prometheus' text format), and `GET /`, a page for people (`page`).
+
+mod page;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -69,6 +72,22 @@ async fn answer(
             Err(errors) => text(StatusCode::BAD_REQUEST, errors.join("\n") + "\n"),
         },
         (&Method::GET, "/routes") => text(StatusCode::OK, routes(&gateway)),
+        (&Method::GET, "/") => {
+            let mut resp = text(StatusCode::OK, page::render(&routes(&gateway)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::GET, "/stats/prometheus" | "/metrics") => {
+            let mut resp = text(StatusCode::OK, gateway.metrics().render());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     })
 }

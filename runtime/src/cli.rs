@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Gateways in the config.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check config files; exit 1 with one line per error.
     Validate(ValidateArgs),
     /// Build a plugin crate into a component ready for the plugins directory.
@@ -69,6 +69,24 @@ pub struct RunArgs {
     /// The port of the HTTPS servers generated for Ingress `tls` entries.
     #[arg(long, default_value_t = 443, value_name = "PORT")]
     pub ingress_https_port: u16,
+    /// Record Istio's and wasmgate's metrics (served on the admin address at
+    /// `/stats/prometheus` and `/metrics`).
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub metrics: OnOff,
+    /// Export trace spans with OTLP over HTTP/protobuf to this URL (e.g.
+    /// `http://127.0.0.1:4318/v1/traces`); without it nothing is traced.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of requests without a caller's sampling decision that are traced
+    /// (Istio's default is 1); a caller's decision always wins.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+    pub trace_sampling: f64,
+    /// This gateway's workload name: `source_workload` in Istio's metrics.
+    #[arg(long, default_value = "wasmgate", value_name = "NAME")]
+    pub workload_name: String,
+    /// This gateway's namespace: `source_workload_namespace` in Istio's metrics.
+    #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
+    pub workload_namespace: String,
     /// How request paths are normalized before routing, as Istio's MeshConfig
     /// `pathNormalization`: `base` (RFC 3986, Istio's default), `merge-slashes`,
     /// `decode-and-merge-slashes` (also `%2F`, `%5C`), or `none`.
@@ -106,6 +124,13 @@ pub struct RunArgs {
     pub plugin_memory_limit_mib: u64,
 }
 
+/// A feature switch on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// A YAML file or a directory of *.yaml/*.yml files; repeatable.
@@ -121,7 +146,7 @@ pub struct ValidateArgs {
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(args).await,
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::BuildPlugin(args) => {
             match build_plugin(&args.crate_dir, &args.out, args.target_dir.as_deref()) {
                 Ok(path) => {
@@ -168,6 +193,9 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             host: HostSettings::default(),
             drain: Duration::ZERO,
             edge: crate::proxy::edge::EdgeSettings::default(),
+            metrics: false,
+            workload: (String::new(), String::new()),
+            tracing: None,
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -177,7 +205,8 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             }
         };
         let cache = crate::snapshot::CompileCache::default();
-        if let Err(errors) = crate::gateway::load(&options, &host, &cache).await {
+        let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
+        if let Err(errors) = crate::gateway::load(&options, &host, &cache, &metrics).await {
             for e in errors {
                 println!("{e}");
             }
@@ -220,6 +249,12 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         drain: Duration::from_secs(args.drain_seconds),
         edge: crate::proxy::edge::EdgeSettings::new(args.path_normalization, &args.allow_upgrade),
+        metrics: args.metrics == OnOff::On,
+        workload: (args.workload_name.clone(), args.workload_namespace.clone()),
+        tracing: args
+            .otlp_endpoint
+            .clone()
+            .map(|url| (url, args.trace_sampling)),
     };
     let admin = options.admin;
     let drain = options.drain;

@@ -19,6 +19,8 @@ use crate::listener::Running;
 use crate::plugin::{HostSettings, PluginHost};
 use crate::proxy::{Shared, Upstream};
 use crate::snapshot::{CompileCache, Listening, MeshListener, PluginSources, Snapshot};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::{Exporter, ExporterConfig, Settings, Tracer};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -37,6 +39,12 @@ pub struct Options {
     pub drain: Duration,
     /// `--path-normalization` and `--allow-upgrade`: how the request edge behaves.
     pub edge: crate::proxy::edge::EdgeSettings,
+    /// `--metrics`: record metrics on the request path.
+    pub metrics: bool,
+    /// The gateway's own workload name and namespace (`source_workload` in metrics).
+    pub workload: (String, String),
+    /// `--otlp-endpoint` and `--trace-sampling`: tracing, when an endpoint is given.
+    pub tracing: Option<(String, f64)>,
 }
 
 /// Load config and build a snapshot. Errors are complete lines (file, resource, field).
@@ -44,6 +52,7 @@ pub async fn load(
     options: &Options,
     host: &PluginHost,
     cache: &CompileCache,
+    metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, Vec<String>> {
     let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
@@ -60,9 +69,54 @@ pub async fn load(
         address: options.listen_address,
         mesh: options.mesh.clone(),
     };
-    Snapshot::build(&config, host, &sources, cache, &listening)
+    Snapshot::build(&config, host, &sources, cache, &listening, metrics)
         .await
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+/// The tracer: spans exported to `endpoint` by a background task, the export counters
+/// on `/stats/prometheus`.
+fn tracer(
+    endpoint: &str,
+    percent: f64,
+    service: &str,
+    metrics: &Metrics,
+) -> Result<Tracer, String> {
+    let (exporter, _task) = Exporter::spawn(ExporterConfig::new(endpoint, service))
+        .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    let stats = exporter.stats().clone();
+    metrics.add_family(move |out| {
+        use std::fmt::Write as _;
+        for (name, help, value) in [
+            (
+                "wasmgate_trace_spans_exported_total",
+                "Spans the collector accepted.",
+                stats.exported(),
+            ),
+            (
+                "wasmgate_trace_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+                stats.dropped(),
+            ),
+            (
+                "wasmgate_trace_export_failures_total",
+                "Export requests that failed.",
+                stats.export_failures(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+    });
+    let settings = Settings {
+        sampling_percent: percent,
+        canonical_service: service.to_string(),
+        default_span_name: service.to_string(),
+        ..Settings::default()
+    };
+    Ok(Tracer::new(&settings, Some(exporter)))
 }
 
 /// A running gateway.
@@ -83,7 +137,18 @@ impl Gateway {
     pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
         let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
         let cache = CompileCache::default();
-        let snapshot = load(&options, &host, &cache).await?;
+        let metrics = Arc::new(Metrics::new(
+            options.metrics,
+            &options.workload.0,
+            &options.workload.1,
+        ));
+        let snapshot = load(&options, &host, &cache, &metrics).await?;
+        let tracer = match &options.tracing {
+            None => None,
+            Some((endpoint, percent)) => Some(
+                tracer(endpoint, *percent, &options.workload.0, &metrics).map_err(|e| vec![e])?,
+            ),
+        };
         let gateway = Arc::new(Gateway {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
@@ -91,6 +156,8 @@ impl Gateway {
                 upstream: Upstream::new(),
                 ids: crate::plugin::Random::new(None),
                 edge: options.edge.clone(),
+                metrics,
+                tracer,
             }),
             options,
             cache,
@@ -100,6 +167,11 @@ impl Gateway {
         });
         let snapshot = gateway.shared.snapshot.load_full();
         gateway.open_listeners(&snapshot).await?;
+        gateway
+            .shared
+            .metrics
+            .reloads
+            .serving(snapshot.resources.clone());
         gateway.ready.store(true, Ordering::SeqCst);
         Ok(gateway)
     }
@@ -107,6 +179,11 @@ impl Gateway {
     /// True once every listener of the current snapshot is accepting.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Every metric of the process.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The current snapshot.
@@ -127,11 +204,26 @@ impl Gateway {
             tracing::error!("reload rejected; still serving the last good configuration");
             errors
         };
-        let snapshot = match load(&self.options, &self.shared.host, &self.cache).await {
+        let reloads = &self.shared.metrics.reloads;
+        let loaded = load(
+            &self.options,
+            &self.shared.host,
+            &self.cache,
+            &self.shared.metrics,
+        )
+        .await;
+        let snapshot = match loaded {
             Ok(s) => Arc::new(s),
-            Err(errors) => return Err(rejected(errors)),
+            Err(errors) => {
+                reloads.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(rejected(errors));
+            }
         };
-        self.open_listeners(&snapshot).await.map_err(rejected)?;
+        if let Err(errors) = self.open_listeners(&snapshot).await {
+            reloads.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(rejected(errors));
+        }
+        reloads.serving(snapshot.resources.clone());
         self.shared.snapshot.store(snapshot.clone());
         let mut listeners = self.listeners.lock().await;
         let gone: Vec<SocketAddr> = listeners

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -23,6 +24,7 @@ use crate::proxy::{ConnInfo, Shared, TlsConn, handle, log_refused_by_hyper};
 use crate::snapshot::Serve;
 use crate::snapshot::listeners::{Terminated, TlsAction};
 use crate::tcp;
+use crate::telemetry::metrics::ListenerStats;
 use crate::tls::client_hello::{self, Parse};
 use crate::tls::rewind::Rewind;
 use crate::tls::{cert, server::ServerTlsConfig};
@@ -100,6 +102,7 @@ async fn accept_loop(
     connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
 ) {
     let builder = http_builder();
+    let stats = shared.metrics.listener(&addr.to_string());
     loop {
         let (stream, client) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -126,13 +129,19 @@ async fn accept_loop(
             tls: None,
             framing: None,
         };
-        tokio::spawn(connection(
+        let active = Active::new(&stats, shared.metrics.enabled);
+        let served = connection(
             stream,
             conn,
             shared.clone(),
             builder.clone(),
             watcher,
-        ));
+            stats.clone(),
+        );
+        tokio::spawn(async move {
+            served.await;
+            drop(active);
+        });
     }
 }
 
@@ -143,6 +152,7 @@ async fn connection(
     shared: Arc<Shared>,
     builder: Builder<TokioExecutor>,
     watcher: Watcher,
+    stats: Arc<ListenerStats>,
 ) {
     let snapshot = shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&conn.listener).cloned() else {
@@ -204,7 +214,7 @@ async fn connection(
                 }
                 TlsAction::Terminate { tls, then } => {
                     let Some(tls_stream) =
-                        terminate(Rewind::new(hello_bytes, stream), tls, &conn).await
+                        terminate(Rewind::new(hello_bytes, stream), tls, &conn, &stats).await
                     else {
                         return;
                     };
@@ -246,12 +256,13 @@ async fn terminate<S>(
     io: S,
     tls: &ServerTlsConfig,
     conn: &ConnInfo,
+    stats: &ListenerStats,
 ) -> Option<tokio_rustls::server::TlsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+    let done = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(client = %conn.client, "TLS handshake failed: {e}");
@@ -260,6 +271,35 @@ where
         Err(_) => {
             tracing::debug!(client = %conn.client, "TLS handshake timed out");
             None
+        }
+    };
+    let counter = if done.is_some() {
+        &stats.handshakes
+    } else {
+        &stats.handshake_failures
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    done
+}
+
+/// Counts a connection as open (and accepted) until dropped.
+struct Active(Option<Arc<ListenerStats>>);
+
+impl Active {
+    fn new(stats: &Arc<ListenerStats>, enabled: bool) -> Self {
+        if !enabled {
+            return Active(None);
+        }
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Active(Some(stats.clone()))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.0 {
+            stats.active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

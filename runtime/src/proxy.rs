@@ -43,6 +43,8 @@ use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation, RequestHead};
 use crate::plugin::{CallError, PluginHost, Random};
 use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
+use crate::telemetry::request::Observation;
+use crate::telemetry::trace::{Span, attr};
 
 /// Errors of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,6 +73,10 @@ pub struct Shared {
     pub ids: Random,
     /// Path normalization and allowed upgrades (`wasmgate run` flags).
     pub edge: edge::EdgeSettings,
+    /// Every metric; series live as long as the process.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Tracing (`--otlp-endpoint`): `None` costs nothing per request.
+    pub tracer: Option<crate::telemetry::trace::Tracer>,
 }
 
 /// Where a connection came in.
@@ -107,6 +113,8 @@ struct Access {
     attempted: Attempted,
     /// The path routed, when normalization changed the one received.
     normalized: Option<String>,
+    /// Metrics and the trace span (when either is on).
+    observe: Option<Observation>,
     /// The access log is on: fill the fields above.
     logged: bool,
 }
@@ -124,8 +132,15 @@ pub async fn handle(
     let method = req.method().clone();
     let uri = logged.then(|| req.uri().clone());
     let authority = authority_of(&req);
+    let span = shared
+        .tracer
+        .as_ref()
+        .map(|t| t.start(req.headers(), || shared.ids.next_u64()));
+    let observe =
+        (shared.metrics.enabled || span.is_some()).then(|| Observation::start(started, &req, span));
     let mut access = Access {
         logged,
+        observe,
         ..Access::default()
     };
     let snapshot = shared.snapshot.load_full();
@@ -156,6 +171,12 @@ pub async fn handle(
             }
             e.into_response()
         }
+    };
+    let response = match access.observe.take() {
+        Some(o) => o
+            .finish(&shared.metrics, &access.flags, response)
+            .map(BodyExt::boxed),
+        None => response,
     };
     let Some(uri) = uri else {
         return Ok(response);
@@ -304,6 +325,21 @@ async fn serve(
         req.headers_mut(),
         conn.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
     );
+    if let Some(span) = access.observe.as_mut().and_then(Observation::recording) {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        span.set_str(attr::HTTP_METHOD, req.method().as_str());
+        span.set_str(attr::HTTP_URL, &format!("{scheme}://{authority}{pq}"));
+        span.set_str(attr::HTTP_PROTOCOL, &format!("{:?}", req.version()));
+        span.set_str(attr::REQUEST_ID, &access.request_id);
+        span.set_str(attr::PEER_ADDRESS, &conn.client.ip().to_string());
+        if let Some(ua) = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            span.set_str(attr::USER_AGENT, ua);
+        }
+    }
 
     let pq = req.uri().path_and_query();
     let path = pq.map_or("/", |p| p.path());
@@ -320,7 +356,8 @@ async fn serve(
             headers: req.headers(),
             port,
         };
-        let decision = run_chain(chain, &parts).await?;
+        let span = access.observe.as_mut().and_then(Observation::recording);
+        let decision = run_chain(chain, &parts, span).await?;
         if !matches!(decision.action, Action::NoRoute) {
             routed = Some((chain, decision));
             break;
@@ -329,6 +366,24 @@ async fn serve(
     let Some((chain, decision)) = routed else {
         return Err(ProxyError::NoRoute);
     };
+    if let Some(o) = access.observe.as_mut() {
+        let index = decision
+            .route
+            .as_ref()
+            .and_then(|r| usize::try_from(r.index).ok());
+        o.route = index.and_then(|i| chain.route_stats.get(i)).cloned();
+        if let Some(span) = o.recording() {
+            span.set_str(attr::VIRTUAL_SERVICE, &chain.virtual_service);
+            if let Some(r) = &decision.route {
+                let route = if r.name.is_empty() {
+                    format!("http[{}]", r.index)
+                } else {
+                    r.name.clone()
+                };
+                span.set_str(attr::ROUTE, &route);
+            }
+        }
+    }
     if access.logged {
         access.virtual_service = chain.virtual_service.clone();
         if let Some(r) = &decision.route {
@@ -420,7 +475,11 @@ async fn serve(
 /// chain ends there (the host tries the next VirtualService). Fault and traffic split only
 /// act on forwards; user plugins see every routed request, whatever the decision, and
 /// only the headers they asked for. Public for the benchmarks.
-pub async fn run_chain(chain: &Chain, parts: &HeadParts<'_>) -> Result<Decision, ProxyError> {
+pub async fn run_chain(
+    chain: &Chain,
+    parts: &HeadParts<'_>,
+    mut span: Option<&mut Span>,
+) -> Result<Decision, ProxyError> {
     let mut decision = Decision {
         route: None,
         delay_ms: None,
@@ -452,7 +511,18 @@ pub async fn run_chain(chain: &Chain, parts: &HeadParts<'_>) -> Result<Decision,
                 &heads[heads.len() - 1].1
             }
         };
-        match link.policy.on_request(head, &decision).await {
+        let timed = (link.stats.is_some() || span.is_some()).then(Instant::now);
+        let called = link.policy.on_request(head, &decision).await;
+        if let Some(t0) = timed {
+            let took = t0.elapsed();
+            if let Some(stats) = &link.stats {
+                stats.record(&called, took);
+            }
+            if let Some(span) = span.as_deref_mut() {
+                span.event(link.policy.plugin_name(), took);
+            }
+        }
+        match called {
             Ok(Some(next)) => decision = next,
             Ok(None) => {}
             Err(e) if link.fail_open => {
@@ -511,6 +581,16 @@ async fn forward_upstream(
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
+    if let Some(o) = access.observe.as_mut() {
+        o.destination = Some(cluster.stats.clone());
+        if let Some(span) = o.span.as_mut() {
+            // The gateway's span is the parent of the upstream request.
+            span.inject(&mut headers);
+            if span.is_recording() {
+                span.set_str(attr::UPSTREAM_CLUSTER, &cluster.name);
+            }
+        }
+    }
     if let Some(authority) = &forward.rewrite_authority
         && let Ok(v) = HeaderValue::from_str(authority)
     {

@@ -24,6 +24,7 @@ use wasmgate_config::{
 use crate::plugin::builtin;
 use crate::plugin::types::{Binding, Header, HeaderInterest, HeaderMutation};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
+use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
 pub use listeners::{Listener, Serve};
 pub use mesh::MeshListener;
 pub use registry::{Cluster, Registry, ResolveError, Target};
@@ -37,6 +38,8 @@ pub struct Snapshot {
     /// One per socket address (a server's `bind`, else `--listen-address`, and port).
     pub listeners: BTreeMap<SocketAddr, Arc<Listener>>,
     pub registry: Registry,
+    /// How many resources of each kind the configuration holds (for metrics).
+    pub resources: Vec<(&'static str, u64)>,
 }
 
 /// One domain on a listener (or HTTPS server) and the VirtualService chains that serve
@@ -64,6 +67,8 @@ pub struct Chain {
     /// them to the replies a route makes itself (direct responses, redirects, aborts),
     /// as Envoy applies `response_headers_to_add`; forwards carry them in the decision.
     pub reply_headers: Vec<Option<HeaderMutation>>,
+    /// Each `http` route's metrics, by index (`wasmgate_route_*`); empty with metrics off.
+    pub route_stats: Vec<Arc<RouteStats>>,
 }
 
 /// One policy in a chain.
@@ -78,6 +83,8 @@ pub struct Link {
     pub fail_open: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
     pub ports: Vec<u16>,
+    /// Calls, failures and latency of this plugin for this VirtualService (metrics on).
+    pub stats: Option<Arc<PluginStats>>,
 }
 
 /// Each route's `headers.response` (see [`Chain::reply_headers`]).
@@ -132,13 +139,20 @@ impl From<&HeaderInterest> for Interest {
 }
 
 impl Link {
-    fn new(policy: PreparedPolicy, builtin: bool, fail_open: bool, ports: Vec<u16>) -> Self {
+    fn new(
+        policy: PreparedPolicy,
+        builtin: bool,
+        fail_open: bool,
+        ports: Vec<u16>,
+        stats: Option<Arc<PluginStats>>,
+    ) -> Self {
         Link {
             interest: Interest::from(policy.header_interest()),
             policy,
             builtin,
             fail_open,
             ports,
+            stats,
         }
     }
 }
@@ -200,6 +214,7 @@ impl Snapshot {
         sources: &PluginSources,
         cache: &CompileCache,
         listening: &Listening,
+        metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mesh_on = listening.mesh.is_some();
         let mut errors = Vec::new();
@@ -363,13 +378,20 @@ impl Snapshot {
                 }
             }
             for via in vias {
-                let first = |p: &PreparedPolicy| Link::new(p.clone(), true, false, Vec::new());
+                let stats = |p: &PreparedPolicy| {
+                    metrics
+                        .enabled
+                        .then(|| metrics.plugin(p.plugin_name(), &vs_name))
+                };
+                let first =
+                    |p: &PreparedPolicy| Link::new(p.clone(), true, false, Vec::new(), stats(p));
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {
                     Link::new(
                         p.clone(),
                         false,
                         wp.fail_strategy == FailStrategy::FailOpen,
                         wp.ports.clone(),
+                        stats(p),
                     )
                 };
                 let applied: Vec<&(&WasmPlugin, PreparedPolicy)> = user_links
@@ -392,6 +414,20 @@ impl Snapshot {
                     gateway: via.name(),
                     links,
                     reply_headers: reply_headers(vs),
+                    route_stats: vs
+                        .http
+                        .iter()
+                        .filter(|_| metrics.enabled)
+                        .enumerate()
+                        .map(|(i, r)| {
+                            let route = if r.name.is_empty() {
+                                format!("http[{i}]")
+                            } else {
+                                r.name.clone()
+                            };
+                            metrics.route(&vs_name, &route)
+                        })
+                        .collect(),
                 };
                 chains.insert((vs_name.clone(), via.name()), Arc::new(chain));
             }
@@ -429,13 +465,22 @@ impl Snapshot {
                     };
                     match host.prepare(pool, router.name(), binding, json).await {
                         Ok(policy) => defaults.push((
-                            fqdn,
+                            fqdn.clone(),
                             Arc::new(Chain {
+                                links: vec![Link::new(
+                                    policy,
+                                    true,
+                                    false,
+                                    Vec::new(),
+                                    metrics
+                                        .enabled
+                                        .then(|| metrics.plugin(router.name(), &name)),
+                                )],
                                 virtual_service: name,
                                 namespace: se.meta.id.namespace.clone(),
                                 gateway: mesh::MESH.to_string(),
-                                links: vec![Link::new(policy, true, false, Vec::new())],
                                 reply_headers: Vec::new(),
+                                route_stats: Vec::new(),
                             }),
                         )),
                         Err(e) => errors.push(error(
@@ -468,9 +513,19 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let resources = vec![
+            ("Gateway", config.gateways.len() as u64),
+            ("VirtualService", config.virtual_services.len() as u64),
+            ("DestinationRule", config.destination_rules.len() as u64),
+            ("ServiceEntry", config.service_entries.len() as u64),
+            ("WasmPlugin", config.wasm_plugins.len() as u64),
+            ("Secret", config.secrets.len() as u64),
+            ("Ingress", config.ingresses.len() as u64),
+        ];
         Ok(Snapshot {
             listeners,
-            registry: Registry::new(config),
+            registry: Registry::new(config, metrics.clone()),
+            resources,
         })
     }
 }
@@ -490,10 +545,14 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// What a snapshot build checks of certificates, keys and CAs (Gateway servers and
-/// DestinationRules), without plugins or sockets: `wasmgate validate` runs it.
+/// What a snapshot build checks of listeners (binds, protocols sharing an address),
+/// certificates, keys and CAs (Gateway servers and DestinationRules), without plugins
+/// or sockets: `wasmgate validate` runs it.
 pub fn check_tls(config: &Config) -> Vec<ConfigError> {
-    let mut errors = listeners::check_server_tls(config, unix_now());
+    // Servers without `bind` are grouped as if on one address: which one does not
+    // change whether they can share it.
+    let mut errors = listeners::check_listeners(config, IpAddr::from([0, 0, 0, 0]));
+    errors.extend(listeners::check_server_tls(config, unix_now()));
     check_client_tls(config, &mut errors);
     errors
 }

@@ -7,6 +7,7 @@
 //! its byte counts and duration.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -243,6 +244,23 @@ async fn connect_and_splice<S>(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let tcp = &cluster.stats.tcp;
+    if shared.metrics.enabled {
+        tcp.opened.fetch_add(1, Ordering::Relaxed);
+    }
+    splice(downstream, &mut upstream, prefix, line).await;
+    if shared.metrics.enabled {
+        tcp.closed.fetch_add(1, Ordering::Relaxed);
+        tcp.received.fetch_add(line.received, Ordering::Relaxed);
+        tcp.sent.fetch_add(line.sent, Ordering::Relaxed);
+    }
+}
+
+/// `prefix`, then bytes both ways until either side closes; counts into `line`.
+async fn splice<S>(downstream: &mut S, upstream: &mut TcpStream, prefix: Vec<u8>, line: &mut Line)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if !prefix.is_empty() {
         if let Err(e) = upstream.write_all(&prefix).await {
             tracing::debug!(upstream = %line.upstream, "write failed: {e}");
@@ -251,7 +269,7 @@ async fn connect_and_splice<S>(
         }
         line.received += prefix.len() as u64;
     }
-    match tokio::io::copy_bidirectional(downstream, &mut upstream).await {
+    match tokio::io::copy_bidirectional(downstream, upstream).await {
         Ok((from_client, to_client)) => {
             line.received += from_client;
             line.sent += to_client;

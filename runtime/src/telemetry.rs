@@ -4,4 +4,5 @@
 //! only touches atomics that were allocated when the snapshot was built.
 
 pub mod metrics;
+pub mod request;
 pub mod trace;

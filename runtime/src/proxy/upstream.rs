@@ -7,6 +7,7 @@
 mod connect;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -233,12 +234,22 @@ pub async fn send(
         .filter(|t| !t.is_zero())
         .map(|t| tokio::time::Instant::now() + t);
     let work = attempt_all(upstream, cluster, random, out, retries, attempted);
-    let (resp, in_flight) = match deadline {
+    let done = match deadline {
         Some(at) => tokio::time::timeout_at(at, work)
             .await
-            .unwrap_or(Err(ProxyError::UpstreamTimeout))?,
-        None => work.await?,
+            .unwrap_or(Err(ProxyError::UpstreamTimeout)),
+        None => work.await,
     };
+    let stats = &cluster.upstream_stats;
+    let (resp, in_flight) = done.inspect_err(|e| match e {
+        ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        ProxyError::UpstreamConnect(_) => {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    })?;
     Ok(resp.map(|body| {
         UpstreamBody {
             inner: body,
@@ -268,6 +279,10 @@ async fn attempt_all(
     loop {
         attempted.attempts += 1;
         if attempted.attempts > 1 {
+            cluster
+                .upstream_stats
+                .retries
+                .fetch_add(1, Ordering::Relaxed);
             // Envoy's jittered exponential back-off: 25 ms base, 250 ms cap.
             let ceiling = (25u64 << (attempted.attempts - 2).min(4)).min(250);
             let ms = random.next_u64() % ceiling.max(1);

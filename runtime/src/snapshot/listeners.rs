@@ -168,7 +168,24 @@ pub fn build(
     now: i64,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<SocketAddr, Arc<Listener>> {
-    let mut groups: BTreeMap<SocketAddr, Group<'_>> = BTreeMap::new();
+    let groups = group_servers(config, listen, errors);
+    let mut listeners = BTreeMap::new();
+    for (addr, group) in groups {
+        if let Some(serve) = build_one(addr, &group, bound, chains, now, errors) {
+            listeners.insert(addr, Arc::new(Listener { addr, serve }));
+        }
+    }
+    listeners
+}
+
+/// Gateway servers by the socket address they listen on (`bind`, else `listen`, and the
+/// port); a `unix://` or unparsable bind is an error on the server.
+fn group_servers<'a>(
+    config: &'a Config,
+    listen: IpAddr,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<SocketAddr, Group<'a>> {
+    let mut groups: BTreeMap<SocketAddr, Group<'a>> = BTreeMap::new();
     for gw in &config.gateways {
         for server in &gw.servers {
             let field = format!("spec.servers[{}].bind", server.index);
@@ -199,13 +216,38 @@ pub fn build(
                 .push((gw, server));
         }
     }
-    let mut listeners = BTreeMap::new();
-    for (addr, group) in groups {
-        if let Some(serve) = build_one(addr, &group, bound, chains, now, errors) {
-            listeners.insert(addr, Arc::new(Listener { addr, serve }));
-        }
-    }
-    listeners
+    groups
+}
+
+/// Servers of two families on one address cannot be served: the error names both.
+fn mixed_families(addr: SocketAddr, group: &Group<'_>) -> Option<ConfigError> {
+    let (first_gw, first) = group.first()?;
+    let kind = family(first);
+    let (gw, other) = group.iter().find(|(_, s)| family(s) != kind)?;
+    Some(error(
+        &gw.meta,
+        &format!("spec.servers[{}].port.protocol", other.index),
+        format!(
+            "{} cannot share {addr} with {} ({}): a listener serves plain HTTP, TLS or \
+             TCP, not a mix",
+            other.protocol.as_str(),
+            server_name(first_gw, first),
+            first.protocol.as_str(),
+        ),
+    ))
+}
+
+/// The listener checks of a snapshot build, without building one (for `wasmgate
+/// validate`): binds that cannot be served and servers that cannot share an address.
+pub fn check_listeners(config: &Config, listen: IpAddr) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let groups = group_servers(config, listen, &mut errors);
+    errors.extend(
+        groups
+            .iter()
+            .filter_map(|(addr, group)| mixed_families(*addr, group)),
+    );
+    errors
 }
 
 /// How a server is served, which decides what may share its socket.
@@ -236,20 +278,10 @@ fn build_one(
     now: i64,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Serve> {
-    let (first_gw, first) = group.first()?;
+    let (_, first) = group.first()?;
     let kind = family(first);
-    if let Some((gw, other)) = group.iter().find(|(_, s)| family(s) != kind) {
-        errors.push(error(
-            &gw.meta,
-            &format!("spec.servers[{}].port.protocol", other.index),
-            format!(
-                "{} cannot share {addr} with {} ({}): a listener serves plain HTTP, TLS or \
-                 TCP, not a mix",
-                other.protocol.as_str(),
-                server_name(first_gw, first),
-                first.protocol.as_str(),
-            ),
-        ));
+    if let Some(e) = mixed_families(addr, group) {
+        errors.push(e);
         return None;
     }
     match kind {

@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use wasmgate_config::{Config, DestinationRule, LoadBalancer, Resolution, ServiceEntry};
 
 use crate::plugin::Random;
+use crate::telemetry::metrics::{ClusterStats, Destination, Metrics, RequestStats};
 use crate::tls::client::{UpstreamTls, client_config};
 
 /// Why a destination has no cluster: each becomes a 503.
@@ -61,6 +62,10 @@ pub struct Cluster {
     pub http2: bool,
     /// TLS originated per the DestinationRule (`None`: clear text).
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Istio's request metrics of the destination (service, version).
+    pub stats: Arc<RequestStats>,
+    /// wasmgate's upstream metrics of this cluster.
+    pub upstream_stats: Arc<ClusterStats>,
     lb: LoadBalancer,
     next: AtomicUsize,
     in_flight: Vec<AtomicUsize>,
@@ -94,6 +99,10 @@ impl Cluster {
         if let Some(c) = self.in_flight.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        self.upstream_stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.upstream_stats
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         InFlight {
             cluster: self.clone(),
             index: i,
@@ -113,13 +122,17 @@ impl Drop for InFlight {
         if let Some(c) = self.cluster.in_flight.get(self.index) {
             c.fetch_sub(1, Ordering::Relaxed);
         }
+        self.cluster
+            .upstream_stats
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 type ClusterKey = (String, Option<u16>, Option<String>);
 
 /// Hosts from ServiceEntries and subsets from DestinationRules.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     services: HashMap<String, Arc<ServiceEntry>>,
     wildcard_services: Vec<(String, Arc<ServiceEntry>)>,
@@ -127,11 +140,19 @@ pub struct Registry {
     /// (suffix after '*', rule), longest suffix first.
     wildcard_rules: Vec<(String, Arc<DestinationRule>)>,
     cache: DashMap<ClusterKey, Arc<Cluster>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(config: &Config) -> Self {
-        let mut registry = Registry::default();
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let mut registry = Registry {
+            services: HashMap::new(),
+            wildcard_services: Vec::new(),
+            rules: HashMap::new(),
+            wildcard_rules: Vec::new(),
+            cache: DashMap::new(),
+            metrics,
+        };
         for se in &config.service_entries {
             let se = Arc::new(se.clone());
             for host in &se.hosts {
@@ -292,14 +313,21 @@ impl Registry {
                 .map(Arc::new),
         };
         let in_flight = targets.iter().map(|_| AtomicUsize::new(0)).collect();
+        let name = format!(
+            "outbound|{port_number}|{}|{host}",
+            subset.unwrap_or_default()
+        );
+        let metrics = &self.metrics;
+        let version = labels.get("version").map(String::as_str);
+        let stats = metrics.destination(Destination::new(host, &se.meta.id.namespace, version));
+        let upstream_stats = metrics.cluster(&name);
         Ok(Cluster {
-            name: format!(
-                "outbound|{port_number}|{}|{host}",
-                subset.unwrap_or_default()
-            ),
+            name,
             targets,
             http2,
             tls,
+            stats,
+            upstream_stats,
             lb,
             next: AtomicUsize::new(0),
             in_flight,

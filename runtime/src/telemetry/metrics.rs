@@ -34,9 +34,16 @@ pub const BYTES_BUCKETS: [f64; 9] = [
     100000000.0,
 ];
 
-/// Buckets for plugin call latency, in microseconds.
-pub const CALL_BUCKETS_US: [f64; 12] = [
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0, 10000.0, 100000.0, 1000000.0,
+/// Buckets for plugin call latency, in seconds (1 µs to 1 s).
+pub const CALL_BUCKETS_S: [f64; 12] = [
+    0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.00025, 0.001, 0.01, 0.1, 1.0,
+];
+
+/// Istio's duration buckets, in seconds, for wasmgate's own route histogram (Prometheus'
+/// base unit; only Istio's own metric keeps Istio's milliseconds).
+pub const DURATION_BUCKETS_S: [f64; 19] = [
+    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// Envoy's response flags, in the order Envoy prints them; each is one bit.
@@ -71,8 +78,8 @@ fn flags_label(bits: u16) -> String {
 pub struct Histogram {
     bounds: &'static [f64],
     buckets: Box<[AtomicU64]>,
-    /// Sum in thousandths of the unit (so milliseconds keep microseconds).
-    sum_milli: AtomicU64,
+    /// Sum in millionths of the unit (seconds keep microseconds).
+    sum_micro: AtomicU64,
     count: AtomicU64,
 }
 
@@ -81,7 +88,7 @@ impl Histogram {
         Histogram {
             bounds,
             buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_milli: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
     }
@@ -90,8 +97,8 @@ impl Histogram {
         if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_milli
-            .fetch_add((value * 1000.0) as u64, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -107,7 +114,7 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
@@ -294,7 +301,56 @@ pub struct PluginStats {
     pub traps: AtomicU64,
     pub deadline_kills: AtomicU64,
     pub memory_kills: AtomicU64,
-    pub latency_us: Histogram,
+    pub latency_s: Histogram,
+}
+
+impl PluginStats {
+    /// One call's result and time.
+    pub fn record<T>(
+        &self,
+        result: &Result<T, crate::plugin::CallError>,
+        took: std::time::Duration,
+    ) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.latency_s.observe(took.as_secs_f64());
+        match result {
+            Ok(_) => {}
+            Err(crate::plugin::CallError::Returned(_)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(crate::plugin::CallError::Trap(m)) => {
+                self.traps.fetch_add(1, Ordering::Relaxed);
+                if m.contains("time budget") {
+                    self.deadline_kills.fetch_add(1, Ordering::Relaxed);
+                } else if m.contains("out of memory") {
+                    self.memory_kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(crate::plugin::CallError::Unavailable(_)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Per VirtualService route: requests by status class and their duration (Istio's
+/// metrics have no route label; dashboards want one).
+#[derive(Debug)]
+pub struct RouteStats {
+    pub virtual_service: String,
+    /// The route's `name`, else `http[i]`.
+    pub route: String,
+    /// 1xx to 5xx.
+    pub by_class: [AtomicU64; 5],
+    pub duration_s: Histogram,
+}
+
+impl RouteStats {
+    pub fn record(&self, code: u16, duration_ms: f64) {
+        let class = usize::from((code / 100).clamp(1, 5)) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.duration_s.observe(duration_ms / 1000.0);
+    }
 }
 
 /// Per listener: connections and TLS handshakes.
@@ -326,6 +382,20 @@ pub struct ReloadStats {
     pub resources: std::sync::Mutex<Vec<(&'static str, u64)>>,
 }
 
+impl ReloadStats {
+    /// A configuration now serves: count it, stamp it, keep its resource counts.
+    pub fn serving(&self, kinds: Vec<(&'static str, u64)>) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_success.store(now, Ordering::Relaxed);
+        if let Ok(mut resources) = self.resources.lock() {
+            *resources = kinds;
+        }
+    }
+}
+
 /// Every metric of the process. Series are created when first needed and live as long as
 /// the process, so counters survive reloads.
 #[derive(Debug)]
@@ -337,6 +407,7 @@ pub struct Metrics {
     destinations: DashMap<Destination, Arc<RequestStats>>,
     unknown: Arc<RequestStats>,
     plugins: DashMap<(String, String), Arc<PluginStats>>,
+    routes: DashMap<(String, String), Arc<RouteStats>>,
     listeners: DashMap<String, Arc<ListenerStats>>,
     clusters: DashMap<String, Arc<ClusterStats>>,
     pub reloads: ReloadStats,
@@ -346,7 +417,10 @@ pub struct Metrics {
 
 /// Renderers of metric families other modules own.
 #[derive(Default)]
-struct Families(Vec<Box<dyn Fn(&mut String) + Send + Sync>>);
+struct Families(Vec<Render>);
+
+/// Writes one metric family into the exposition.
+type Render = Box<dyn Fn(&mut String) + Send + Sync>;
 
 impl std::fmt::Debug for Families {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -363,6 +437,7 @@ impl Metrics {
             destinations: DashMap::new(),
             unknown: Arc::new(RequestStats::new(Destination::unknown())),
             plugins: DashMap::new(),
+            routes: DashMap::new(),
             listeners: DashMap::new(),
             clusters: DashMap::new(),
             reloads: ReloadStats::default(),
@@ -400,7 +475,22 @@ impl Metrics {
                     traps: AtomicU64::new(0),
                     deadline_kills: AtomicU64::new(0),
                     memory_kills: AtomicU64::new(0),
-                    latency_us: Histogram::new(&CALL_BUCKETS_US),
+                    latency_s: Histogram::new(&CALL_BUCKETS_S),
+                })
+            })
+            .clone()
+    }
+
+    pub fn route(&self, virtual_service: &str, route: &str) -> Arc<RouteStats> {
+        let key = (virtual_service.to_string(), route.to_string());
+        self.routes
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(RouteStats {
+                    virtual_service: virtual_service.to_string(),
+                    route: route.to_string(),
+                    by_class: Default::default(),
+                    duration_s: Histogram::new(&DURATION_BUCKETS_S),
                 })
             })
             .clone()
@@ -610,10 +700,51 @@ impl Metrics {
                 );
             }
         }
-        let name = "wasmgate_plugin_call_duration_microseconds";
+        let name = "wasmgate_plugin_call_duration_seconds";
         header(out, name, "histogram", "Time of one policy call.");
         for p in &plugins {
-            p.latency_us.render(out, name, &plugin_labels(p));
+            p.latency_s.render(out, name, &plugin_labels(p));
+        }
+
+        let mut routes: Vec<Arc<RouteStats>> =
+            self.routes.iter().map(|e| e.value().clone()).collect();
+        routes.sort_by(|a, b| (&a.virtual_service, &a.route).cmp(&(&b.virtual_service, &b.route)));
+        let route_labels = |r: &RouteStats| {
+            format!(
+                "virtual_service=\"{}\",route=\"{}\"",
+                escape(&r.virtual_service),
+                escape(&r.route)
+            )
+        };
+        let name = "wasmgate_route_requests_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Requests a VirtualService route served, by status class.",
+        );
+        for r in &routes {
+            for (i, n) in r.by_class.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{{},response_code_class=\"{}xx\"}} {n}",
+                        route_labels(r),
+                        i + 1
+                    );
+                }
+            }
+        }
+        let name = "wasmgate_route_request_duration_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Duration of the requests a VirtualService route served.",
+        );
+        for r in &routes {
+            r.duration_s.render(out, name, &route_labels(r));
         }
 
         let mut listeners: Vec<(String, Arc<ListenerStats>)> = self
