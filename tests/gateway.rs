@@ -727,7 +727,8 @@ async fn upgrades_are_proxied() {
         "se.yaml",
         &service_entry("ws", "ws", 80, &[(upstream_port, &[])]),
     );
-    let gw = Gateway::start(dir.path(), &[]).await;
+    // Only websocket is tunnelled by default; this test's protocol is allowed by flag.
+    let gw = Gateway::start(dir.path(), &["--allow-upgrade", "echo"]).await;
 
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
