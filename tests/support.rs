@@ -254,6 +254,13 @@ impl Gateway {
             .arg(config)
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--listen-address", "127.0.0.1"])
+            // A loaded CI machine (tests run in parallel on two cores) can stall a plugin
+            // call past the 100 ms default; tests about the limit set their own.
+            .args(if extra.contains(&"--plugin-time-limit-ms") {
+                &[][..]
+            } else {
+                &["--plugin-time-limit-ms", "2000"][..]
+            })
             .args(extra)
             .env("WASMGATE_LOG", "info,wasmgate=debug")
             // One compile cache for the test run, not the user's.
