@@ -14,6 +14,7 @@ mod destinations;
 mod gateways;
 mod plugins;
 mod routes;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,6 +47,8 @@ pub(crate) enum Code {
     ConflictingGateways,
     /// IST0149 JwtClaimBasedRoutingWithoutRequestAuthN.
     JwtClaimBasedRoutingWithoutRequestAuthN,
+    /// IST0160 MultipleTelemetriesWithoutWorkloadSelectors.
+    MultipleTelemetriesWithoutWorkloadSelectors,
     /// IST0173 DestinationRuleSubsetNotSelectPods.
     DestinationRuleSubsetNotSelectPods,
     /// IST0174 UnknownDestinationRuleHost.
@@ -67,6 +70,7 @@ impl Code {
             Code::IngressRouteRulesNotAffected => "IST0140",
             Code::ConflictingGateways => "IST0145",
             Code::JwtClaimBasedRoutingWithoutRequestAuthN => "IST0149",
+            Code::MultipleTelemetriesWithoutWorkloadSelectors => "IST0160",
             Code::DestinationRuleSubsetNotSelectPods => "IST0173",
             Code::UnknownDestinationRuleHost => "IST0174",
             Code::ConflictingServiceEntryProtocol => "IST0177",
@@ -157,6 +161,8 @@ pub(crate) fn run(
     routes::jwt_claim_routes(cfg, &mut f);
     plugins::target_refs(cfg, &mut f);
     plugins::selectors(cfg, &mut f);
+    telemetry::references(cfg, &mut f);
+    telemetry::namespace_wide(cfg, &mut f);
     delegate::merge(cfg, &mut f);
     f.into_warnings()
 }

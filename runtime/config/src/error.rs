@@ -6,9 +6,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The resource kinds wasmgate reads: Istio's networking kinds, the Kubernetes
-/// `Secret`s that hold TLS certificates and keys, and Kubernetes `Ingress` (with the
-/// `IngressClass`es that name its controller).
+/// The resource kinds wasmgate reads: Istio's networking kinds, Istio's `Telemetry`, the
+/// Kubernetes `Secret`s that hold TLS certificates and keys, and Kubernetes `Ingress`
+/// (with the `IngressClass`es that name its controller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Gateway,
@@ -19,11 +19,12 @@ pub enum Kind {
     Secret,
     Ingress,
     IngressClass,
+    Telemetry,
 }
 
 impl Kind {
     /// Every kind, in the order resources are listed in [`crate::Config`].
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -32,6 +33,7 @@ impl Kind {
         Kind::Secret,
         Kind::Ingress,
         Kind::IngressClass,
+        Kind::Telemetry,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -52,6 +55,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::WasmPlugin => "extensions.istio.io",
+            Kind::Telemetry => "telemetry.istio.io",
             Kind::Secret => "",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io",
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
@@ -64,6 +68,8 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::WasmPlugin => &["v1alpha1"],
+            // Istio serves v1 (since 1.22) and v1alpha1; there is no v1beta1.
+            Kind::Telemetry => &["v1", "v1alpha1"],
             Kind::Secret | Kind::Ingress | Kind::IngressClass => &["v1"],
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 &["v1", "v1beta1", "v1alpha3"]
@@ -244,6 +250,14 @@ mod tests {
             Some(Kind::WasmPlugin)
         );
         assert_eq!(Kind::from_group_kind("", "Secret"), Some(Kind::Secret));
+        assert_eq!(
+            Kind::from_group_kind("telemetry.istio.io", "Telemetry"),
+            Some(Kind::Telemetry)
+        );
+        assert_eq!(
+            Kind::Telemetry.api_version("v1alpha1"),
+            "telemetry.istio.io/v1alpha1"
+        );
         assert_eq!(Kind::from_group_kind("networking.istio.io", "Secret"), None);
         assert_eq!(Kind::Secret.api_version("v1"), "v1");
         assert_eq!(Kind::Gateway.api_version("v1"), "networking.istio.io/v1");

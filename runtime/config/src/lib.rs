@@ -1,7 +1,7 @@
 //! wasmgate's configuration: Istio networking resources (Gateway, VirtualService,
-//! DestinationRule, ServiceEntry, WasmPlugin) and the Kubernetes Secrets their TLS
-//! settings name, read from YAML files, validated with Istio's rules and turned into a
-//! resolved model. Three stages: [`raw`] mirrors the YAML,
+//! DestinationRule, ServiceEntry, WasmPlugin), Istio's Telemetry and the Kubernetes
+//! Secrets their TLS settings name, read from YAML files, validated with Istio's rules and
+//! turned into a resolved model ([`telemetry`] merges the Telemetries that apply). Three stages: [`raw`] mirrors the YAML,
 //! validation applies Istio's checks (errors name the file, line, resource and field), and
 //! [`model`] is what the runtime builds its snapshot from. The crate knows nothing of
 //! sockets or Wasm; the router plugin (built for wasm32) depends on it for the raw types.
@@ -15,6 +15,7 @@ pub mod ingress;
 mod load;
 pub mod model;
 pub mod raw;
+pub mod telemetry;
 mod validate;
 mod yaml;
 
@@ -23,10 +24,11 @@ pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;
 pub use load::{LoadOptions, load, load_sources, load_sources_with, load_with, validate_document};
 pub use model::{
-    ClientTls, ClientTlsMode, Config, DestinationRule, Endpoint, FailStrategy, Gateway,
-    GatewayHost, GatewayRef, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector, Pem, Phase,
-    PluginSource, Protocol, Resolution, Secret, SecretValue, Server, ServerTls, ServerTlsMode,
-    ServiceEntry, ServicePort, Subset, TargetRef, VirtualService, WasmPlugin,
+    ClientTls, ClientTlsMode, Config, CustomTag, DestinationRule, Endpoint, FailStrategy, Gateway,
+    GatewayHost, GatewayRef, IstioMetric, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector,
+    Pem, Phase, PluginSource, Protocol, Resolution, Secret, SecretValue, Server, ServerTls,
+    ServerTlsMode, ServiceEntry, ServicePort, Subset, TargetRef, Telemetry, TelemetryScope,
+    TelemetrySettings, TracingOverride, VirtualService, WasmPlugin,
 };
 pub use validate::virtual_service::{gateway_ref, grpc_status_code};
 pub use yaml::{YamlDocument, split_documents};

@@ -20,12 +20,16 @@ use crate::yaml::{FieldPath, Outline, Seg, YamlDocument, serde_failure, split_do
 use crate::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 
 /// Fields whose CRD schema is `nullable`: `null` there means absent.
-const NULLABLE: [&str; 15] = [
+const NULLABLE: [&str; 21] = [
     "aggression",
     "allowCredentials",
     "consecutive5xxErrors",
     "consecutiveGatewayErrors",
     "consecutiveLocalOriginFailures",
+    "disableContextPropagation",
+    "disableSpanReporting",
+    "disabled",
+    "enableIstioTags",
     "enabled",
     "insecureSkipVerify",
     "minClusterSize",
@@ -34,8 +38,10 @@ const NULLABLE: [&str; 15] = [
     "mirror_percent",
     "percent",
     "priority",
+    "randomSamplingPercentage",
     "retryIgnorePreviousHosts",
     "retryRemoteLocalities",
+    "useRequestIdForTraceSampling",
 ];
 
 /// A validated resource of any kind.
@@ -49,6 +55,7 @@ enum Loaded {
     Secret(Box<model::Secret>),
     Ingress(Box<model::Ingress>),
     IngressClass(Box<model::IngressClass>),
+    Telemetry(Box<model::Telemetry>),
 }
 
 /// What loading needs beyond the files.
@@ -385,6 +392,13 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             validate::ingress::validate_class,
             |m| Loaded::IngressClass(Box::new(m)),
         ),
+        Kind::Telemetry => typed::<raw::TelemetrySpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::telemetry::validate,
+            |m| Loaded::Telemetry(Box::new(m)),
+        ),
         Kind::Secret => {}
     }
     Some(out)
@@ -635,6 +649,7 @@ fn assemble(
             Some(Loaded::Secret(s)) => cfg.secrets.push((**s).clone()),
             Some(Loaded::Ingress(i)) => cfg.ingresses.push((**i).clone()),
             Some(Loaded::IngressClass(c)) => cfg.ingress_classes.push((**c).clone()),
+            Some(Loaded::Telemetry(t)) => cfg.telemetries.push((**t).clone()),
             None => {}
         }
     }
@@ -716,6 +731,7 @@ fn assemble(
     }
     // Checks between resources (`istioctl analyze`), then `delegate` routes resolved.
     warnings.extend(crate::analyze::run(&mut cfg, &outlines, &order));
+    cfg.telemetry = crate::telemetry::settings(&cfg);
     cfg.warnings = warnings;
     Ok(cfg)
 }

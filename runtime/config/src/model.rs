@@ -11,7 +11,7 @@ pub use tls::{
     ClientTls, ClientTlsMode, KeyPair, Pem, Secret, SecretValue, ServerTls, ServerTlsMode,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::ResourceId;
@@ -316,6 +316,166 @@ pub struct IngressClass {
     pub controller: String,
 }
 
+/// A validated `Telemetry`: what it applies to and what it sets. Each part is `None` (or
+/// empty) where the resource leaves it to the levels above; entries for `SERVER` mode,
+/// which never applies to a gateway, are left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    pub meta: Meta,
+    pub scope: TelemetryScope,
+    /// `tracing[]`, its entries merged in order (later fields win).
+    pub tracing: Option<TracingOverride>,
+    /// Istio metrics the `metrics[].overrides` turn off (`true`) or back on (`false`),
+    /// after every override in order; `ALL_METRICS` sets each metric.
+    pub metrics: BTreeMap<IstioMetric, bool>,
+    /// `accessLogging[].disabled`: the last entry that sets it.
+    pub access_logging: Option<bool>,
+    pub spec: raw::TelemetrySpec,
+}
+
+/// Which workloads a Telemetry selects; wasmgate is one workload, serving every Gateway
+/// (see [`crate::telemetry`] for how each scope applies to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TelemetryScope {
+    /// Neither `selector` (with labels) nor `targetRefs`: namespace-wide, mesh-wide from
+    /// `istio-system`.
+    Namespace,
+    /// `selector.matchLabels`.
+    Selector(BTreeMap<String, String>),
+    /// `targetRef(s)` wasmgate can bind (networking.istio.io Gateways); kinds it cannot
+    /// (Gateway API, Service, ServiceEntry) are left out, so this may be empty: such a
+    /// Telemetry applies to nothing.
+    Targets(Vec<TargetRef>),
+}
+
+/// Tracing settings of one Telemetry, or merged: `None` leaves the field to the level
+/// above (in the end, to `--trace-sampling` and wasmgate's defaults).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TracingOverride {
+    /// `randomSamplingPercentage`, 0 to 100.
+    pub sampling: Option<f64>,
+    pub disable_span_reporting: Option<bool>,
+    /// `customTags`, by name. When present they replace the tags of the levels above
+    /// (Istio's rule); present and empty removes them.
+    pub custom_tags: Option<Vec<(String, CustomTag)>>,
+}
+
+impl TracingOverride {
+    /// Whether any field is set.
+    pub fn is_empty(&self) -> bool {
+        self.sampling.is_none()
+            && self.disable_span_reporting.is_none()
+            && self.custom_tags.is_none()
+    }
+
+    /// `other`'s fields where it sets them, else this one's.
+    pub fn overlay(&mut self, other: &TracingOverride) {
+        if other.sampling.is_some() {
+            self.sampling = other.sampling;
+        }
+        if other.disable_span_reporting.is_some() {
+            self.disable_span_reporting = other.disable_span_reporting;
+        }
+        if other.custom_tags.is_some() {
+            self.custom_tags.clone_from(&other.custom_tags);
+        }
+    }
+}
+
+/// Where a custom span tag's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomTag {
+    /// `literal.value`.
+    Literal(String),
+    /// `header.name` of the request, else `header.defaultValue`.
+    Header {
+        name: String,
+        default: Option<String>,
+    },
+    /// `environment.name` of the gateway's process, else `environment.defaultValue`.
+    Environment {
+        name: String,
+        default: Option<String>,
+    },
+}
+
+/// Istio's standard metrics (`MetricSelector.IstioMetric` but `ALL_METRICS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IstioMetric {
+    RequestCount,
+    RequestDuration,
+    RequestSize,
+    ResponseSize,
+    TcpOpenedConnections,
+    TcpClosedConnections,
+    TcpSentBytes,
+    TcpReceivedBytes,
+    GrpcRequestMessages,
+    GrpcResponseMessages,
+}
+
+impl IstioMetric {
+    /// Every metric: what `ALL_METRICS` (or an override without `metric`) means.
+    pub const ALL: [IstioMetric; 10] = [
+        IstioMetric::RequestCount,
+        IstioMetric::RequestDuration,
+        IstioMetric::RequestSize,
+        IstioMetric::ResponseSize,
+        IstioMetric::TcpOpenedConnections,
+        IstioMetric::TcpClosedConnections,
+        IstioMetric::TcpSentBytes,
+        IstioMetric::TcpReceivedBytes,
+        IstioMetric::GrpcRequestMessages,
+        IstioMetric::GrpcResponseMessages,
+    ];
+
+    /// The name in a Telemetry (`REQUEST_COUNT`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IstioMetric::RequestCount => "REQUEST_COUNT",
+            IstioMetric::RequestDuration => "REQUEST_DURATION",
+            IstioMetric::RequestSize => "REQUEST_SIZE",
+            IstioMetric::ResponseSize => "RESPONSE_SIZE",
+            IstioMetric::TcpOpenedConnections => "TCP_OPENED_CONNECTIONS",
+            IstioMetric::TcpClosedConnections => "TCP_CLOSED_CONNECTIONS",
+            IstioMetric::TcpSentBytes => "TCP_SENT_BYTES",
+            IstioMetric::TcpReceivedBytes => "TCP_RECEIVED_BYTES",
+            IstioMetric::GrpcRequestMessages => "GRPC_REQUEST_MESSAGES",
+            IstioMetric::GrpcResponseMessages => "GRPC_RESPONSE_MESSAGES",
+        }
+    }
+
+    /// The name Istio's Prometheus provider exports it as.
+    pub fn prometheus_name(self) -> &'static str {
+        match self {
+            IstioMetric::RequestCount => "istio_requests_total",
+            IstioMetric::RequestDuration => "istio_request_duration_milliseconds",
+            IstioMetric::RequestSize => "istio_request_bytes",
+            IstioMetric::ResponseSize => "istio_response_bytes",
+            IstioMetric::TcpOpenedConnections => "istio_tcp_connections_opened_total",
+            IstioMetric::TcpClosedConnections => "istio_tcp_connections_closed_total",
+            IstioMetric::TcpSentBytes => "istio_tcp_sent_bytes_total",
+            IstioMetric::TcpReceivedBytes => "istio_tcp_received_bytes_total",
+            IstioMetric::GrpcRequestMessages => "istio_request_messages_total",
+            IstioMetric::GrpcResponseMessages => "istio_response_messages_total",
+        }
+    }
+}
+
+/// What the Telemetries that apply to wasmgate add up to ([`crate::telemetry`]): one set
+/// of settings for the whole process, rebuilt at every load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetrySettings {
+    /// The Telemetries merged, most general first.
+    pub applied: Vec<ResourceId>,
+    /// `None` fields: `--trace-sampling` and wasmgate's defaults.
+    pub tracing: TracingOverride,
+    /// Metrics neither recorded nor rendered.
+    pub disabled_metrics: BTreeSet<IstioMetric>,
+    /// No access lines (`accessLogging[].disabled: true`).
+    pub access_log_disabled: bool,
+}
+
 /// Everything loaded: each kind in load order, and the warnings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -330,6 +490,9 @@ pub struct Config {
     /// `gateways` and `virtual_services` (named `...-istio-autogenerated-k8s-ingress`).
     pub ingresses: Vec<Ingress>,
     pub ingress_classes: Vec<IngressClass>,
+    pub telemetries: Vec<Telemetry>,
+    /// The Telemetries that apply, merged ([`crate::telemetry::settings`]).
+    pub telemetry: TelemetrySettings,
     pub warnings: Vec<crate::ConfigWarning>,
 }
 

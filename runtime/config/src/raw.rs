@@ -11,6 +11,7 @@ mod destination_rule;
 mod gateway;
 mod ingress;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 mod wasm_plugin;
 
@@ -19,6 +20,7 @@ pub use destination_rule::*;
 pub use gateway::*;
 pub use ingress::*;
 pub use service_entry::*;
+pub use telemetry::*;
 pub use virtual_service::*;
 pub use wasm_plugin::*;
 

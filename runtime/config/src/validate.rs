@@ -8,6 +8,7 @@ pub(crate) mod gateway;
 pub(crate) mod ingress;
 pub(crate) mod secret;
 pub(crate) mod service_entry;
+pub(crate) mod telemetry;
 pub mod virtual_service;
 pub(crate) mod wasm_plugin;
 

@@ -621,9 +621,12 @@ const CASES: &[Case] = &[
     Case {
         fixture: "analyzer-k8sgateway-selector.yaml",
         patch: &[],
-        rejected: &[],
+        rejected: &["Telemetry default/telemetry-effective"],
         errors: &[],
-        found: &[("IST0101", "WasmPlugin default/wasmplugin-ineffective")],
+        found: &[
+            ("IST0101", "WasmPlugin default/wasmplugin-ineffective"),
+            ("IST0101", "Telemetry default/telemetry-ineffective"),
+        ],
         istio: &[
             ("IST0166", "RequestAuthentication default/ra-ineffective"),
             ("IST0166", "AuthorizationPolicy default/ap-ineffective"),
@@ -636,7 +639,7 @@ const CASES: &[Case] = &[
             ("IST0166", "WasmPlugin default/wasmplugin-ineffective"),
             ("IST0166", "Telemetry default/telemetry-ineffective"),
         ],
-        why: "wasmgate implements no Kubernetes Gateway API and skips RequestAuthentication, AuthorizationPolicy and Telemetry; the WasmPlugin's selector matches no Gateway's, which is IST0101 instead",
+        why: "wasmgate implements no Kubernetes Gateway API and skips RequestAuthentication and AuthorizationPolicy; the WasmPlugin's and telemetry-ineffective's selectors match no Gateway's, which is IST0101 instead; telemetry-effective sets both selector and targetRef, which Istio's validation rejects (the analyzer test does not validate)",
     },
     Case {
         fixture: "analyzer-serviceentry-address-allocated-mesh-cfg.yaml",

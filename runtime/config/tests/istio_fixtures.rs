@@ -103,6 +103,13 @@ fn wasm_plugin_fixtures() {
 }
 
 #[test]
+fn telemetry_fixtures() {
+    check_valid("telemetry-valid.yaml", 3);
+    // Istio's messages here are the CRD's, without a field path.
+    assert_eq!(check_invalid("telemetry-invalid.yaml", 4), 0);
+}
+
+#[test]
 fn expected_fields_are_read_from_istio_messages() {
     assert_eq!(
         expected_field("spec: Required value").as_deref(),

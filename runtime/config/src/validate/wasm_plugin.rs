@@ -35,13 +35,19 @@ pub(crate) fn validate(
     }
     let mut targets = Vec::new();
     if let Some(t) = &spec.target_ref {
-        targets.extend(target(t, ns, &p.key("targetRef"), r));
+        targets.extend(target(t, ns, &p.key("targetRef"), r, PLUGIN_TARGETS));
     }
     if spec.target_refs.len() > 16 {
         r.err(&p.key("targetRefs"), "targetRefs may have at most 16 items");
     }
     for (i, t) in spec.target_refs.iter().enumerate() {
-        targets.extend(target(t, ns, &p.key("targetRefs").index(i), r));
+        targets.extend(target(
+            t,
+            ns,
+            &p.key("targetRefs").index(i),
+            r,
+            PLUGIN_TARGETS,
+        ));
     }
 
     let source = match parse_url(&spec.url) {
@@ -191,14 +197,20 @@ fn is_kind(k: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
-/// A policy target. wasmgate binds plugins to `networking.istio.io` VirtualServices and
-/// Gateways; the kinds Istio itself allows (Service, ServiceEntry, Gateway API Gateway and
+/// The networking.istio.io kinds a WasmPlugin binds to (wasmgate's addition to the
+/// kinds Istio allows).
+const PLUGIN_TARGETS: &[&str] = &["VirtualService", "Gateway"];
+
+/// A policy target. wasmgate binds policies to the `networking.istio.io` kinds in
+/// `bindable` (for WasmPlugins VirtualServices and Gateways, for Telemetry Gateways); the
+/// kinds Istio itself allows (Service, ServiceEntry, Gateway API Gateway and
 /// GatewayClass) are accepted and ignored with a warning.
-fn target(
+pub(crate) fn target(
     t: &raw::PolicyTargetReference,
     ns: &str,
     p: &FieldPath,
     r: &mut Report,
+    bindable: &[&str],
 ) -> Option<TargetRef> {
     let before = r.errors.len();
     if t.kind.is_empty() {
@@ -238,7 +250,7 @@ fn target(
         t.group.as_str()
     };
     match (group, t.kind.as_str()) {
-        ("networking.istio.io", "VirtualService" | "Gateway") => Some(TargetRef {
+        ("networking.istio.io", kind) if bindable.contains(&kind) => Some(TargetRef {
             group: t.group.clone(),
             kind: t.kind.clone(),
             namespace: ns.to_string(),
@@ -254,10 +266,24 @@ fn target(
             None
         }
         _ => {
+            let allowed: Vec<String> = bindable
+                .iter()
+                .map(|k| format!("networking.istio.io/{k}"))
+                .chain(
+                    [
+                        "core/Service",
+                        "networking.istio.io/ServiceEntry",
+                        "gateway.networking.k8s.io/Gateway",
+                        "gateway.networking.k8s.io/GatewayClass",
+                    ]
+                    .map(String::from),
+                )
+                .collect();
             r.err(
                 p,
                 format!(
-                    "targetRef must be to one of networking.istio.io/VirtualService, networking.istio.io/Gateway, core/Service, networking.istio.io/ServiceEntry, gateway.networking.k8s.io/Gateway, gateway.networking.k8s.io/GatewayClass but was {group}/{}",
+                    "targetRef must be to one of {} but was {group}/{}",
+                    allowed.join(", "),
                     t.kind
                 ),
             );
