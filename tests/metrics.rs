@@ -375,3 +375,91 @@ async fn observability_example_dashboard_queries_work() {
         }
     }
 }
+
+/// `--access-log-format json --access-log FILE`: one JSON object per line with Envoy's
+/// default fields, written when the response has gone out (so its size is known).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_lines_parse() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("access-json");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - name: everything\n    route: [{destination: {host: app}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let log = dir.path().join("access.jsonl");
+    let log_arg = log.to_str().expect("utf-8").to_string();
+    let _gw = Gateway::start(
+        dir.path(),
+        &["--access-log-format", "json", "--access-log", &log_arg],
+    )
+    .await;
+    let r = support::get(
+        port,
+        "shop.example.com",
+        "/a/../cart?x=1",
+        &[("user-agent", "test-agent/1.0"), ("x-request-id", "req-1")],
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    let body_len = r.body.len() as u64;
+    let _ = support::get(port, "shop.example.com", "/", &[("host", "x")]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let first = lines
+        .iter()
+        .find(|l| l["request_id"] == "req-1")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    for (k, v) in [
+        ("method", "GET"),
+        ("path", "/cart?x=1"),
+        ("raw_path", "/a/../cart"),
+        ("protocol", "HTTP/1.1"),
+        ("authority", "shop.example.com"),
+        ("user_agent", "test-agent/1.0"),
+        ("route_name", "everything"),
+        (
+            "upstream_cluster",
+            "outbound|80||app.default.svc.cluster.local",
+        ),
+        ("response_flags", "-"),
+    ] {
+        assert_eq!(first[k], v, "{k}: {first}");
+    }
+    assert_eq!(first["response_code"], 200);
+    assert!(
+        first["bytes_sent"].as_u64().unwrap_or(0) > body_len,
+        "{first}"
+    );
+    assert!(first["bytes_received"].as_u64().unwrap_or(0) > 0);
+    assert!(first["duration"].is_u64() && first["upstream_service_time"].is_u64());
+    assert!(
+        first["start_time"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with('Z')
+    );
+    assert!(
+        first["upstream_host"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(first.get("x_forwarded_for").is_some() && first.get("trace_id").is_some());
+}

@@ -23,8 +23,29 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a process the test starts later.
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), where upstreams
+/// that bind port 0 land, so one of those cannot take it in between; never the same
+/// port twice in one test binary.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((seed.wrapping_add(n.wrapping_mul(7_919))) % 12_000) as u16;
+        let mut given = GIVEN.lock().expect("ports");
+        if given.contains(&port) {
+            continue;
+        }
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }

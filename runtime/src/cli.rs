@@ -73,6 +73,13 @@ pub struct RunArgs {
     /// `/stats/prometheus` and `/metrics`).
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub metrics: OnOff,
+    /// Access lines: `text` (wasmgate's line, through the log) or `json` (one object per
+    /// line with Envoy's default fields).
+    #[arg(long, value_enum, default_value = "text", value_name = "text|json")]
+    pub access_log_format: crate::telemetry::access::Format,
+    /// Where access lines go: a file (appended to), `stderr`, or `off`.
+    #[arg(long, default_value = "stderr", value_name = "PATH|stderr|off")]
+    pub access_log: crate::telemetry::access::Destination,
     /// Export trace spans with OTLP over HTTP/protobuf to this URL (e.g.
     /// `http://127.0.0.1:4318/v1/traces`); without it nothing is traced.
     #[arg(long, value_name = "URL")]
@@ -196,6 +203,10 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             metrics: false,
             workload: (String::new(), String::new()),
             tracing: None,
+            access_log: (
+                crate::telemetry::access::Format::Text,
+                crate::telemetry::access::Destination::Off,
+            ),
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -255,6 +266,7 @@ async fn run(args: RunArgs) -> ExitCode {
             .otlp_endpoint
             .clone()
             .map(|url| (url, args.trace_sampling)),
+        access_log: (args.access_log_format, args.access_log.clone()),
     };
     let admin = options.admin;
     let drain = options.drain;

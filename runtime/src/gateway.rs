@@ -19,6 +19,9 @@ use crate::listener::Running;
 use crate::plugin::{HostSettings, PluginHost};
 use crate::proxy::{Shared, Upstream};
 use crate::snapshot::{CompileCache, Listening, MeshListener, PluginSources, Snapshot};
+use crate::telemetry::access::{
+    AccessLog, Destination as AccessDestination, Format as AccessFormat,
+};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{Exporter, ExporterConfig, Settings, Tracer};
 
@@ -45,6 +48,8 @@ pub struct Options {
     pub workload: (String, String),
     /// `--otlp-endpoint` and `--trace-sampling`: tracing, when an endpoint is given.
     pub tracing: Option<(String, f64)>,
+    /// `--access-log-format` and `--access-log`.
+    pub access_log: (AccessFormat, AccessDestination),
 }
 
 /// Load config and build a snapshot. Errors are complete lines (file, resource, field).
@@ -149,6 +154,9 @@ impl Gateway {
                 tracer(endpoint, *percent, &options.workload.0, &metrics).map_err(|e| vec![e])?,
             ),
         };
+        let access_log = Arc::new(
+            AccessLog::open(options.access_log.0, &options.access_log.1).map_err(|e| vec![e])?,
+        );
         let gateway = Arc::new(Gateway {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
@@ -158,6 +166,7 @@ impl Gateway {
                 edge: options.edge.clone(),
                 metrics,
                 tracer,
+                access_log,
             }),
             options,
             cache,

@@ -43,6 +43,7 @@ use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation, RequestHead};
 use crate::plugin::{CallError, PluginHost, Random};
 use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
+use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::request::Observation;
 use crate::telemetry::trace::{Span, attr};
 
@@ -77,6 +78,8 @@ pub struct Shared {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Tracing (`--otlp-endpoint`): `None` costs nothing per request.
     pub tracer: Option<crate::telemetry::trace::Tracer>,
+    /// Where access lines go (`--access-log`, `--access-log-format`).
+    pub access_log: Arc<AccessLog>,
 }
 
 /// Where a connection came in.
@@ -113,7 +116,9 @@ struct Access {
     attempted: Attempted,
     /// The path routed, when normalization changed the one received.
     normalized: Option<String>,
-    /// Metrics and the trace span (when either is on).
+    /// Time from the upstream request to its response head.
+    upstream_ms: Option<u64>,
+    /// Metrics, the trace span and the access line (when any is on).
     observe: Option<Observation>,
     /// The access log is on: fill the fields above.
     logged: bool,
@@ -128,16 +133,19 @@ pub async fn handle(
     let started = Instant::now();
     // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
     // is several allocations per request.
-    let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO);
-    let method = req.method().clone();
-    let uri = logged.then(|| req.uri().clone());
+    let logged = shared.access_log.enabled();
     let authority = authority_of(&req);
     let span = shared
         .tracer
         .as_ref()
         .map(|t| t.start(req.headers(), || shared.ids.next_u64()));
-    let observe =
-        (shared.metrics.enabled || span.is_some()).then(|| Observation::start(started, &req, span));
+    let trace_id = span
+        .as_ref()
+        .filter(|_| logged)
+        .map(|s| format!("{:032x}", s.trace_id().0));
+    let observe = (shared.metrics.enabled || span.is_some() || logged)
+        .then(|| Observation::start(started, &req, span));
+    let head = logged.then(|| RequestFacts::of(&req));
     let mut access = Access {
         logged,
         observe,
@@ -172,49 +180,103 @@ pub async fn handle(
             e.into_response()
         }
     };
-    let response = match access.observe.take() {
-        Some(o) => o
-            .finish(&shared.metrics, &access.flags, response)
-            .map(BodyExt::boxed),
-        None => response,
-    };
-    let Some(uri) = uri else {
+    let Some(observe) = access.observe.take() else {
         return Ok(response);
     };
-    // The path routed; the one received follows as `raw_path=` when they differ.
-    let received = uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = match &access.normalized {
-        Some(p) => {
-            let raw = uri.path();
-            access.extra.push(("raw_path".into(), raw.to_string()));
-            p.as_str()
+    let entry = head.map(|head| {
+        let request_bytes = observe.request_bytes();
+        access.entry(
+            head,
+            &conn,
+            authority,
+            trace_id,
+            response.status().as_u16(),
+            request_bytes,
+        )
+    });
+    let log = entry.map(|e| (shared.access_log.clone(), e));
+    Ok(observe
+        .finish(&shared.metrics, &access.flags, response, log)
+        .map(BodyExt::boxed))
+}
+
+/// What the access line keeps of a request before it is consumed.
+struct RequestFacts {
+    method: String,
+    path: String,
+    protocol: String,
+    x_forwarded_for: String,
+    user_agent: String,
+}
+
+impl RequestFacts {
+    fn of<B>(req: &Request<B>) -> Self {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        RequestFacts {
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            protocol: format!("{:?}", req.version()),
+            x_forwarded_for: header(headers::X_FORWARDED_FOR),
+            user_agent: header(header::USER_AGENT),
         }
-        None => received,
-    };
-    let extra: String = access
-        .extra
-        .iter()
-        .map(|(k, v)| format!(" {k}={v}"))
-        .collect();
-    tracing::info!(
-        target: "wasmgate::access",
-        "{} {} {} {} flags={} vs={} route={} cluster={} upstream={} attempts={} duration_ms={} client={} id={}{}",
-        method,
-        authority.as_deref().unwrap_or_default(),
-        path,
-        response.status().as_u16(),
-        if access.flags.is_empty() { "-".to_string() } else { access.flags.join(",") },
-        or_dash(&access.virtual_service),
-        or_dash(&access.route),
-        or_dash(&access.cluster),
-        access.attempted.upstream.as_deref().unwrap_or("-"),
-        access.attempted.attempts,
-        started.elapsed().as_millis(),
-        conn.client.ip(),
-        or_dash(&access.request_id),
-        extra,
-    );
-    Ok(response)
+    }
+}
+
+impl Access {
+    /// The access line's entry (sizes and duration are filled when the response ends).
+    fn entry(
+        &mut self,
+        head: RequestFacts,
+        conn: &ConnInfo,
+        authority: Option<String>,
+        trace_id: Option<String>,
+        code: u16,
+        bytes_received: u64,
+    ) -> Entry {
+        // The path routed; the one received follows as `raw_path` when they differ.
+        let (path, raw_path) = match self.normalized.take() {
+            Some(p) => {
+                let raw = head.path.split('?').next().unwrap_or_default().to_string();
+                (p, Some(raw))
+            }
+            None => (head.path, None),
+        };
+        Entry {
+            start_time: Some(std::time::SystemTime::now()),
+            method: head.method,
+            path,
+            raw_path,
+            protocol: head.protocol,
+            response_code: code,
+            response_flags: self.flags.join(","),
+            bytes_received,
+            bytes_sent: 0,
+            duration_ms: 0,
+            upstream_service_time_ms: self.upstream_ms,
+            x_forwarded_for: head.x_forwarded_for,
+            user_agent: head.user_agent,
+            request_id: std::mem::take(&mut self.request_id),
+            authority: authority.unwrap_or_default(),
+            upstream_host: self.attempted.upstream.take().unwrap_or_default(),
+            upstream_cluster: std::mem::take(&mut self.cluster),
+            route_name: std::mem::take(&mut self.route),
+            virtual_service: std::mem::take(&mut self.virtual_service),
+            trace_id: trace_id.unwrap_or_default(),
+            attempts: self.attempted.attempts,
+            client: conn.client.ip().to_string(),
+            extra: std::mem::take(&mut self.extra),
+        }
+    }
 }
 
 /// The access line of a request hyper refused before `handle` could see it: its HTTP/1
@@ -222,10 +284,17 @@ pub async fn handle(
 /// request line, a bad `Content-Length` or `Transfer-Encoding`) with 400, oversized
 /// ones with 431 or 414, and closes the connection. Logged when that connection ends,
 /// with flag `DPE`; the method, host and path are unknown (`-`).
-pub fn log_refused_by_hyper(client: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+pub fn log_refused_by_hyper(
+    log: &AccessLog,
+    client: SocketAddr,
+    e: &(dyn std::error::Error + 'static),
+) {
     let Some(e) = e.downcast_ref::<hyper::Error>().filter(|e| e.is_parse()) else {
         return;
     };
+    if !log.enabled() {
+        return;
+    }
     let status = if !e.is_parse_too_large() {
         400
     } else if e.to_string().contains("URI") {
@@ -233,12 +302,14 @@ pub fn log_refused_by_hyper(client: SocketAddr, e: &(dyn std::error::Error + 'st
     } else {
         431
     };
-    tracing::info!(
-        target: "wasmgate::access",
-        "- - - {status} flags=DPE vs=- route=- cluster=- upstream=- attempts=0 duration_ms=0 client={} id=- details={}",
-        client.ip(),
-        e.to_string().replace(' ', "_"),
-    );
+    log.request(&Entry {
+        start_time: Some(std::time::SystemTime::now()),
+        response_code: status,
+        response_flags: "DPE".into(),
+        client: client.ip().to_string(),
+        extra: vec![("details".into(), e.to_string().replace(' ', "_"))],
+        ..Entry::default()
+    });
 }
 
 /// The port of a `Host`/`:authority` value, if it has one.
@@ -248,10 +319,6 @@ fn authority_port(authority: &str) -> Option<u16> {
         return None;
     }
     port.parse().ok()
-}
-
-fn or_dash(s: &str) -> &str {
-    if s.is_empty() { "-" } else { s }
 }
 
 fn authority_of<B>(req: &Request<B>) -> Option<String> {
@@ -625,6 +692,7 @@ async fn forward_upstream(
     }
     let retries = forward.retries.as_ref().unwrap_or(&DEFAULT_RETRIES);
     let timeout = forward.timeout_ms.map(Duration::from_millis);
+    let sent_at = access.logged.then(Instant::now);
     let mut resp = send(
         &shared.upstream,
         &cluster,
@@ -635,6 +703,7 @@ async fn forward_upstream(
         &mut access.attempted,
     )
     .await?;
+    access.upstream_ms = sent_at.map(|t| t.elapsed().as_millis() as u64);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = match (switching, downstream_upgrade) {
         (true, Some(down)) => Some((down, hyper::upgrade::on(&mut resp))),

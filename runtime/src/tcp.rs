@@ -144,9 +144,12 @@ pub async fn proxy<S>(
         &mut line,
     )
     .await;
-    tracing::info!(
-        target: "wasmgate::access",
-        "TCP {} sni={} flags={} vs={} route={} cluster={} upstream={} bytes_received={} bytes_sent={} duration_ms={} client={}",
+    if !shared.access_log.enabled() {
+        return;
+    }
+    let duration_ms = started.elapsed().as_millis();
+    let text = format!(
+        "TCP {} sni={} flags={} vs={} route={} cluster={} upstream={} bytes_received={} bytes_sent={} duration_ms={duration_ms} client={}",
         conn.listener,
         line.sni,
         line.flag.unwrap_or("-"),
@@ -156,9 +159,26 @@ pub async fn proxy<S>(
         or_dash(&line.upstream),
         line.received,
         line.sent,
-        started.elapsed().as_millis(),
         conn.client.ip(),
     );
+    shared.access_log.connection(&text, || {
+        serde_json::json!({
+            "start_time": crate::telemetry::access::rfc3339(std::time::SystemTime::now()),
+            "protocol": "TCP",
+            "listener": conn.listener.to_string(),
+            "requested_server_name": (line.sni != "-").then_some(&line.sni),
+            "response_flags": line.flag.unwrap_or("-"),
+            "virtual_service": line.virtual_service,
+            "route_name": line.route,
+            "upstream_cluster": line.cluster,
+            "upstream_host": line.upstream,
+            "bytes_received": line.received,
+            "bytes_sent": line.sent,
+            "duration": duration_ms as u64,
+            "downstream_remote_address": conn.client.ip().to_string(),
+        })
+        .to_string()
+    });
 }
 
 /// One access line's facts.

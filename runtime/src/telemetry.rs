@@ -3,6 +3,7 @@
 //! and B3 context propagated and spans exported over OTLP (`trace`). The request path
 //! only touches atomics that were allocated when the snapshot was built.
 
+pub mod access;
 pub mod metrics;
 pub mod request;
 pub mod trace;

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::access::{AccessLog, Entry};
 use super::metrics::{Metrics, Outcome, RequestStats, RouteStats, flag_bits};
 use super::trace::Span;
 
@@ -66,19 +67,26 @@ impl Observation {
         self.span.as_mut().filter(|s| s.is_recording())
     }
 
+    /// Bytes of the request head and declared body.
+    pub fn request_bytes(&self) -> u64 {
+        self.request_bytes
+    }
+
     /// The response head is ready: end the span; with metrics on, record the request
-    /// when its body is done.
+    /// when its body is done; with `log`, write its access line then.
     pub fn finish<B>(
         mut self,
         metrics: &Metrics,
         flags: &[&str],
         response: Response<B>,
+        log: Option<(Arc<AccessLog>, Entry)>,
     ) -> Response<Observed<B>> {
         let status = response.status().as_u16();
         if let Some(span) = self.span.take() {
             span.finish(status);
         }
         let (parts, body) = response.into_parts();
+        let head = head_size(&parts.headers) + 16;
         let record = metrics.enabled.then(|| Record {
             destination: self
                 .destination
@@ -93,13 +101,19 @@ impl Observation {
             },
             started: self.started,
             request_bytes: self.request_bytes,
-            response_bytes: head_size(&parts.headers) + 16,
+        });
+        let log = log.map(|(log, entry)| Logged {
+            log,
+            entry,
+            started: self.started,
         });
         Response::from_parts(
             parts,
             Observed {
                 inner: body,
+                sent: head,
                 record,
+                log,
             },
         )
     }
@@ -127,26 +141,49 @@ struct Record {
     outcome: Outcome,
     started: Instant,
     request_bytes: u64,
-    response_bytes: u64,
 }
 
 impl Record {
-    fn done(self) {
+    fn done(self, response_bytes: u64) {
         let ms = self.started.elapsed().as_secs_f64() * 1000.0;
         self.destination
-            .record(self.outcome, ms, self.request_bytes, self.response_bytes);
+            .record(self.outcome, ms, self.request_bytes, response_bytes);
         if let Some(route) = &self.route {
             route.record(self.outcome.code, ms);
         }
     }
 }
 
-/// A response body that records its request's metrics once it has all gone out (or is
-/// dropped half-way, when the client leaves).
+/// An access line waiting for its response to end.
+#[derive(Debug)]
+struct Logged {
+    log: Arc<AccessLog>,
+    entry: Entry,
+    started: Instant,
+}
+
+/// A response body that records its request's metrics and writes its access line once
+/// it has all gone out (or is dropped half-way, when the client leaves).
 #[derive(Debug)]
 pub struct Observed<B> {
     inner: B,
+    /// Bytes sent so far, head included.
+    sent: u64,
     record: Option<Record>,
+    log: Option<Logged>,
+}
+
+impl<B> Observed<B> {
+    fn done(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.done(self.sent);
+        }
+        if let Some(mut l) = self.log.take() {
+            l.entry.bytes_sent = self.sent;
+            l.entry.duration_ms = l.started.elapsed().as_millis() as u64;
+            l.log.request(&l.entry);
+        }
+    }
 }
 
 impl<B> Body for Observed<B>
@@ -161,25 +198,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(record) = self.record.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        record.response_bytes += data.len() as u64;
-                    } else if let Some(trailers) = frame.trailers_ref() {
-                        record.response_bytes += head_size(trailers);
-                        if let Some(s) = grpc_status(trailers) {
-                            record.outcome.grpc_status = Some(s);
-                        }
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.sent += head_size(trailers);
+                    if let (Some(s), Some(record)) = (grpc_status(trailers), self.record.as_mut()) {
+                        record.outcome.grpc_status = Some(s);
                     }
                 }
-                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                    if let Some(r) = self.record.take() {
-                        r.done();
-                    }
-                }
-                Poll::Pending => {}
             }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.done(),
+            Poll::Pending => {}
         }
         polled
     }
@@ -195,8 +226,6 @@ where
 
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
-            r.done();
-        }
+        self.done();
     }
 }
