@@ -14,5 +14,6 @@ pub mod proxy;
 pub mod snapshot;
 pub mod tcp;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod toolchain;
