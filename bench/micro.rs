@@ -72,6 +72,7 @@ async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
         &CompileCache::default(),
         &listening,
         &metrics,
+        None,
     )
     .await
     .expect("bench snapshot builds")

@@ -2,6 +2,7 @@
 //! hyper servers), a real `wasmgate` process with its log, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod tls;
 
 use std::collections::BTreeMap;

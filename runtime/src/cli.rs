@@ -217,7 +217,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
         };
         let cache = crate::snapshot::CompileCache::default();
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
-        if let Err(errors) = crate::gateway::load(&options, &host, &cache, &metrics).await {
+        if let Err(errors) = crate::gateway::load(&options, &host, &cache, &metrics, None).await {
             for e in errors {
                 println!("{e}");
             }

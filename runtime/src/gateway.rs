@@ -2,7 +2,8 @@
 //! socket address of its Gateway servers (bind address and port), serves the admin
 //! endpoint, and reloads on SIGHUP or `POST /reload`. A reload builds a whole new snapshot beside the old one and swaps it
 //! only when everything (config, plugins, new listeners) is good; otherwise it logs why
-//! and the gateway keeps serving its last good config.
+//! and the gateway keeps serving its last good config. The span exporter is started once;
+//! each snapshot gets its own tracer (Telemetry may change sampling and tags on reload).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +24,8 @@ use crate::telemetry::access::{
     AccessLog, Destination as AccessDestination, Format as AccessFormat,
 };
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::{Exporter, ExporterConfig, Settings, Tracer};
+use crate::telemetry::overrides::{self, TraceBase};
+use crate::telemetry::trace::{Exporter, ExporterConfig};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -52,12 +54,14 @@ pub struct Options {
     pub access_log: (AccessFormat, AccessDestination),
 }
 
-/// Load config and build a snapshot. Errors are complete lines (file, resource, field).
+/// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
+/// complete lines (file, resource, field).
 pub async fn load(
     options: &Options,
     host: &PluginHost,
     cache: &CompileCache,
     metrics: &Arc<Metrics>,
+    tracing: Option<&TraceBase>,
 ) -> Result<Snapshot, Vec<String>> {
     let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
@@ -74,19 +78,14 @@ pub async fn load(
         address: options.listen_address,
         mesh: options.mesh.clone(),
     };
-    Snapshot::build(&config, host, &sources, cache, &listening, metrics)
+    Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)
         .await
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-/// The tracer: spans exported to `endpoint` by a background task, the export counters
-/// on `/stats/prometheus`.
-fn tracer(
-    endpoint: &str,
-    percent: f64,
-    service: &str,
-    metrics: &Metrics,
-) -> Result<Tracer, String> {
+/// The span exporter, one per process: spans go to `endpoint` from a background task,
+/// the export counters to `/stats/prometheus`. Every snapshot's tracer shares it.
+fn exporter(endpoint: &str, service: &str, metrics: &Metrics) -> Result<Exporter, String> {
     let (exporter, _task) = Exporter::spawn(ExporterConfig::new(endpoint, service))
         .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
     let stats = exporter.stats().clone();
@@ -115,13 +114,7 @@ fn tracer(
             );
         }
     });
-    let settings = Settings {
-        sampling_percent: percent,
-        canonical_service: service.to_string(),
-        default_span_name: service.to_string(),
-        ..Settings::default()
-    };
-    Ok(Tracer::new(&settings, Some(exporter)))
+    Ok(exporter)
 }
 
 /// A running gateway.
@@ -130,6 +123,8 @@ pub struct Gateway {
     options: Options,
     shared: Arc<Shared>,
     cache: CompileCache,
+    /// What each snapshot's tracer is built from (`--otlp-endpoint`, `--trace-sampling`).
+    tracing: TraceBase,
     /// One per socket address of the current snapshot.
     listeners: Mutex<BTreeMap<SocketAddr, Running>>,
     /// One reload at a time: a later request waits, then reads the files again.
@@ -147,13 +142,20 @@ impl Gateway {
             &options.workload.0,
             &options.workload.1,
         ));
-        let snapshot = load(&options, &host, &cache, &metrics).await?;
-        let tracer = match &options.tracing {
-            None => None,
-            Some((endpoint, percent)) => Some(
-                tracer(endpoint, *percent, &options.workload.0, &metrics).map_err(|e| vec![e])?,
-            ),
+        let service = &options.workload.0;
+        let tracing = match &options.tracing {
+            None => TraceBase {
+                exporter: None,
+                sampling_percent: 0.0,
+                service: service.clone(),
+            },
+            Some((endpoint, percent)) => TraceBase {
+                exporter: Some(exporter(endpoint, service, &metrics).map_err(|e| vec![e])?),
+                sampling_percent: *percent,
+                service: service.clone(),
+            },
         };
+        let snapshot = load(&options, &host, &cache, &metrics, Some(&tracing)).await?;
         let access_log = Arc::new(
             AccessLog::open(options.access_log.0, &options.access_log.1).map_err(|e| vec![e])?,
         );
@@ -165,17 +167,18 @@ impl Gateway {
                 ids: crate::plugin::Random::new(None),
                 edge: options.edge.clone(),
                 metrics,
-                tracer,
                 access_log,
             }),
             options,
             cache,
+            tracing,
             listeners: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
         });
         let snapshot = gateway.shared.snapshot.load_full();
         gateway.open_listeners(&snapshot).await?;
+        overrides::apply(&gateway.shared.metrics, &snapshot.telemetry);
         gateway
             .shared
             .metrics
@@ -219,6 +222,7 @@ impl Gateway {
             &self.shared.host,
             &self.cache,
             &self.shared.metrics,
+            Some(&self.tracing),
         )
         .await;
         let snapshot = match loaded {
@@ -233,6 +237,7 @@ impl Gateway {
             return Err(rejected(errors));
         }
         reloads.serving(snapshot.resources.clone());
+        overrides::apply(&self.shared.metrics, &snapshot.telemetry);
         self.shared.snapshot.store(snapshot.clone());
         let mut listeners = self.listeners.lock().await;
         let gone: Vec<SocketAddr> = listeners

@@ -315,6 +315,7 @@ async fn serve_http<I>(
 {
     let client = conn.client;
     let access_log = shared.access_log.clone();
+    let logging = shared.clone();
     // hyper reads through a watcher that sees the request framing hyper hides.
     let (io, framing) = Watched::new(io.into_inner());
     conn.framing = Some(framing);
@@ -322,7 +323,9 @@ async fn serve_http<I>(
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(served).await {
         // Requests hyper refuses itself (400/414/431) never reach `handle`.
-        log_refused_by_hyper(&access_log, client, e.as_ref());
+        if crate::telemetry::access_log_enabled(&logging) {
+            log_refused_by_hyper(&access_log, client, e.as_ref());
+        }
         tracing::debug!(%client, "connection ended: {e}");
     }
 }

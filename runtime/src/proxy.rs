@@ -76,8 +76,6 @@ pub struct Shared {
     pub edge: edge::EdgeSettings,
     /// Every metric; series live as long as the process.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// Tracing (`--otlp-endpoint`): `None` costs nothing per request.
-    pub tracer: Option<crate::telemetry::trace::Tracer>,
     /// Where access lines go (`--access-log`, `--access-log-format`).
     pub access_log: Arc<AccessLog>,
 }
@@ -133,9 +131,11 @@ pub async fn handle(
     let started = Instant::now();
     // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
     // is several allocations per request.
-    let logged = shared.access_log.enabled();
+    let logged = shared.access_log.enabled() && crate::telemetry::access_log_enabled(&shared);
     let authority = authority_of(&req);
-    let span = shared
+    // The snapshot's tracer: Telemetry may change sampling and tags at a reload.
+    let snapshot = shared.snapshot.load_full();
+    let span = snapshot
         .tracer
         .as_ref()
         .map(|t| t.start(req.headers(), || shared.ids.next_u64()));
@@ -151,7 +151,6 @@ pub async fn handle(
         observe,
         ..Access::default()
     };
-    let snapshot = shared.snapshot.load_full();
     let served = serve(
         &shared,
         &snapshot,

@@ -1,7 +1,7 @@
 //! An immutable, fully prepared view of one configuration: per listener port, the
 //! virtual hosts and, per VirtualService and Gateway, the chain of prepared policies
-//! (router -> fault -> traffic split -> user plugins by phase); plus the service registry.
-//! Building one loads and prepares every plugin, so a bad plugin or `pluginConfig` fails
+//! (router -> fault -> traffic split -> user plugins by phase); plus the service registry
+//! and the tracer its Telemetries call for. Building one loads and prepares every plugin, so a bad plugin or `pluginConfig` fails
 //! the build and the running snapshot stays in place. The proxy only reads snapshots.
 
 pub mod listeners;
@@ -25,6 +25,8 @@ use crate::plugin::builtin;
 use crate::plugin::types::{Binding, Header, HeaderInterest, HeaderMutation};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
+use crate::telemetry::overrides::{self, TraceBase};
+use crate::telemetry::trace::Tracer;
 pub use listeners::{Listener, Serve};
 pub use mesh::MeshListener;
 pub use registry::{Cluster, Registry, ResolveError, Target};
@@ -40,6 +42,11 @@ pub struct Snapshot {
     pub registry: Registry,
     /// How many resources of each kind the configuration holds (for metrics).
     pub resources: Vec<(&'static str, u64)>,
+    /// Tracing (`--otlp-endpoint`, tuned by Telemetry): `None` costs nothing per request.
+    pub tracer: Option<Tracer>,
+    /// What the Telemetries that apply add up to; the metrics and access-log switches are
+    /// set from it when the snapshot starts serving (`telemetry::overrides::apply`).
+    pub telemetry: wasmgate_config::TelemetrySettings,
 }
 
 /// One domain on a listener (or HTTPS server) and the VirtualService chains that serve
@@ -206,7 +213,8 @@ fn ns_name(meta: &Meta) -> String {
 impl Snapshot {
     /// Build a snapshot: resolve Gateway x VirtualService bindings, load and prepare
     /// every plugin, load every server's certificates. Servers without `bind` listen on
-    /// `listening.address`; `listening.mesh` adds the mesh listener. Binds no socket.
+    /// `listening.address`; `listening.mesh` adds the mesh listener. With `tracing`, the
+    /// snapshot gets a tracer tuned by the config's Telemetries. Binds no socket.
     /// All errors are returned together.
     pub async fn build(
         config: &Config,
@@ -215,6 +223,7 @@ impl Snapshot {
         cache: &CompileCache,
         listening: &Listening,
         metrics: &Arc<Metrics>,
+        tracing: Option<&TraceBase>,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mesh_on = listening.mesh.is_some();
         let mut errors = Vec::new();
@@ -521,11 +530,14 @@ impl Snapshot {
             ("WasmPlugin", config.wasm_plugins.len() as u64),
             ("Secret", config.secrets.len() as u64),
             ("Ingress", config.ingresses.len() as u64),
+            ("Telemetry", config.telemetries.len() as u64),
         ];
         Ok(Snapshot {
             listeners,
             registry: Registry::new(config, metrics.clone()),
             resources,
+            tracer: tracing.and_then(|base| overrides::tracer(base, &config.telemetry)),
+            telemetry: config.telemetry.clone(),
         })
     }
 }

@@ -144,7 +144,7 @@ pub async fn proxy<S>(
         &mut line,
     )
     .await;
-    if !shared.access_log.enabled() {
+    if !shared.access_log.enabled() || !crate::telemetry::access_log_enabled(shared) {
         return;
     }
     let duration_ms = started.elapsed().as_millis();

@@ -8,12 +8,15 @@
 //! counters never go back), and each combination of response code, flags, protocol and
 //! gRPC status takes a slot of a small lock-free table the first time it is seen. No
 //! lock, no allocation per request; label strings are made only when Prometheus scrapes.
+//! Istio's metrics a `Telemetry` turns off ([`Disabled`]) are neither recorded nor
+//! rendered until a configuration turns them back on.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
+use wasmgate_config::IstioMetric;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -120,6 +123,66 @@ impl Histogram {
     }
 }
 
+/// Istio's metrics turned off by `Telemetry` (`metrics[].overrides[].disabled`): one
+/// bit per [`IstioMetric`], shared by every series, so recording pays one relaxed load.
+/// Swapped when a configuration starts serving.
+#[derive(Debug, Clone, Default)]
+pub struct Disabled(Arc<AtomicU32>);
+
+impl Disabled {
+    fn bit(metric: IstioMetric) -> u32 {
+        IstioMetric::ALL
+            .iter()
+            .position(|m| *m == metric)
+            .map_or(0, |i| 1 << i)
+    }
+
+    fn mask(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Turn exactly these metrics off (the others on).
+    pub fn set<'a>(&self, metrics: impl IntoIterator<Item = &'a IstioMetric>) {
+        let mask = metrics.into_iter().fold(0, |m, x| m | Self::bit(*x));
+        self.0.store(mask, Ordering::Relaxed);
+    }
+
+    pub fn contains(&self, metric: IstioMetric) -> bool {
+        self.mask() & Self::bit(metric) != 0
+    }
+}
+
+/// A counter of one of Istio's TCP metrics, used like an `AtomicU64`: while a Telemetry
+/// disables its metric, additions are dropped.
+#[derive(Debug)]
+pub struct Counter {
+    value: AtomicU64,
+    bit: u32,
+    disabled: Disabled,
+}
+
+impl Counter {
+    fn new(metric: IstioMetric, disabled: &Disabled) -> Self {
+        Counter {
+            value: AtomicU64::new(0),
+            bit: Disabled::bit(metric),
+            disabled: disabled.clone(),
+        }
+    }
+
+    /// Add `n` (unless the metric is off); returns the previous value.
+    pub fn fetch_add(&self, n: u64, order: Ordering) -> u64 {
+        if self.disabled.mask() & self.bit != 0 {
+            return self.value.load(order);
+        }
+        self.value.fetch_add(n, order)
+    }
+
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.value.load(order)
+    }
+}
+
 /// Where requests went, as Istio labels it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
@@ -217,23 +280,47 @@ pub struct RequestStats {
     slots: Box<[Slot]>,
     /// Connection-level (TCP and TLS passthrough) traffic.
     pub tcp: TcpStats,
+    disabled: Disabled,
 }
 
 /// `istio_tcp_*` of one destination.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TcpStats {
-    pub opened: AtomicU64,
-    pub closed: AtomicU64,
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
+    pub opened: Counter,
+    pub closed: Counter,
+    pub sent: Counter,
+    pub received: Counter,
+}
+
+impl TcpStats {
+    fn new(disabled: &Disabled) -> Self {
+        TcpStats {
+            opened: Counter::new(IstioMetric::TcpOpenedConnections, disabled),
+            closed: Counter::new(IstioMetric::TcpClosedConnections, disabled),
+            sent: Counter::new(IstioMetric::TcpSentBytes, disabled),
+            received: Counter::new(IstioMetric::TcpReceivedBytes, disabled),
+        }
+    }
+}
+
+/// The bits of the metrics a request records.
+fn http_bits() -> [u32; 4] {
+    [
+        IstioMetric::RequestCount,
+        IstioMetric::RequestDuration,
+        IstioMetric::RequestSize,
+        IstioMetric::ResponseSize,
+    ]
+    .map(Disabled::bit)
 }
 
 impl RequestStats {
-    fn new(destination: Destination) -> Self {
+    fn new(destination: Destination, disabled: &Disabled) -> Self {
         RequestStats {
             destination,
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-            tcp: TcpStats::default(),
+            tcp: TcpStats::new(disabled),
+            disabled: disabled.clone(),
         }
     }
 
@@ -245,11 +332,25 @@ impl RequestStats {
         request_bytes: u64,
         response_bytes: u64,
     ) {
+        let off = self.disabled.mask();
+        let [count, duration, req_size, resp_size] = http_bits();
+        let all = count | duration | req_size | resp_size;
+        if off & all == all {
+            return;
+        }
         let series = self.series(outcome.key());
-        series.requests.fetch_add(1, Ordering::Relaxed);
-        series.duration.observe(duration_ms);
-        series.request_bytes.observe(request_bytes as f64);
-        series.response_bytes.observe(response_bytes as f64);
+        if off & count == 0 {
+            series.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if off & duration == 0 {
+            series.duration.observe(duration_ms);
+        }
+        if off & req_size == 0 {
+            series.request_bytes.observe(request_bytes as f64);
+        }
+        if off & resp_size == 0 {
+            series.response_bytes.observe(response_bytes as f64);
+        }
     }
 
     fn series(&self, key: u64) -> &Series {
@@ -402,6 +503,11 @@ impl ReloadStats {
 pub struct Metrics {
     /// `--metrics off`: nothing is recorded on the request path.
     pub enabled: bool,
+    /// Istio's metrics a Telemetry turned off.
+    pub disabled: Disabled,
+    /// A Telemetry's `accessLogging` turned access lines off
+    /// (`crate::telemetry::access_log_enabled`).
+    pub access_log_disabled: AtomicBool,
     pub source_workload: String,
     pub source_namespace: String,
     destinations: DashMap<Destination, Arc<RequestStats>>,
@@ -430,12 +536,15 @@ impl std::fmt::Debug for Families {
 
 impl Metrics {
     pub fn new(enabled: bool, source_workload: &str, source_namespace: &str) -> Self {
+        let disabled = Disabled::default();
         Metrics {
             enabled,
+            unknown: Arc::new(RequestStats::new(Destination::unknown(), &disabled)),
+            disabled,
+            access_log_disabled: AtomicBool::new(false),
             source_workload: source_workload.to_string(),
             source_namespace: source_namespace.to_string(),
             destinations: DashMap::new(),
-            unknown: Arc::new(RequestStats::new(Destination::unknown())),
             plugins: DashMap::new(),
             routes: DashMap::new(),
             listeners: DashMap::new(),
@@ -453,7 +562,7 @@ impl Metrics {
         }
         self.destinations
             .entry(d.clone())
-            .or_insert_with(|| Arc::new(RequestStats::new(d)))
+            .or_insert_with(|| Arc::new(RequestStats::new(d, &self.disabled)))
             .clone()
     }
 
@@ -571,68 +680,87 @@ impl Metrics {
                 }
             }
         };
-        header(
-            out,
-            "istio_requests_total",
-            "counter",
-            "Requests, by destination and response.",
-        );
-        each(out, &|out, labels, s| {
-            let _ = writeln!(
+        let on = |m: IstioMetric| !self.disabled.contains(m);
+        if on(IstioMetric::RequestCount) {
+            header(
                 out,
-                "istio_requests_total{{{labels}}} {}",
-                s.requests.load(Ordering::Relaxed)
+                "istio_requests_total",
+                "counter",
+                "Requests, by destination and response.",
             );
-        });
-        for (name, help, pick) in [
+            each(out, &|out, labels, s| {
+                let _ = writeln!(
+                    out,
+                    "istio_requests_total{{{labels}}} {}",
+                    s.requests.load(Ordering::Relaxed)
+                );
+            });
+        }
+        for (metric, name, help, pick) in [
             (
+                IstioMetric::RequestDuration,
                 "istio_request_duration_milliseconds",
                 "Request duration, from the first request byte to the last response byte.",
                 (|s: &Series| &s.duration) as fn(&Series) -> &Histogram,
             ),
             (
+                IstioMetric::RequestSize,
                 "istio_request_bytes",
                 "Request sizes: headers and body.",
                 |s: &Series| &s.request_bytes,
             ),
             (
+                IstioMetric::ResponseSize,
                 "istio_response_bytes",
                 "Response sizes: headers and body.",
                 |s: &Series| &s.response_bytes,
             ),
         ] {
+            if !on(metric) {
+                continue;
+            }
             header(out, name, "histogram", help);
             each(out, &|out, labels, s| pick(s).render(out, name, labels));
         }
+        let counters = |t: &TcpStats| {
+            [&t.opened, &t.closed, &t.sent, &t.received].map(|c| c.load(Ordering::Relaxed))
+        };
         let tcp: Vec<&Arc<RequestStats>> = all
             .iter()
-            .filter(|s| s.tcp.opened.load(Ordering::Relaxed) > 0)
+            .filter(|s| counters(&s.tcp).iter().any(|n| *n > 0))
             .collect();
         if tcp.is_empty() {
             return;
         }
-        for (name, help, pick) in [
+        for (metric, name, help, pick) in [
             (
+                IstioMetric::TcpOpenedConnections,
                 "istio_tcp_connections_opened_total",
                 "TCP connections opened.",
-                (|t: &TcpStats| &t.opened) as fn(&TcpStats) -> &AtomicU64,
+                (|t: &TcpStats| &t.opened) as fn(&TcpStats) -> &Counter,
             ),
             (
+                IstioMetric::TcpClosedConnections,
                 "istio_tcp_connections_closed_total",
                 "TCP connections closed.",
                 |t: &TcpStats| &t.closed,
             ),
             (
+                IstioMetric::TcpSentBytes,
                 "istio_tcp_sent_bytes_total",
                 "Bytes sent to clients on TCP connections.",
                 |t: &TcpStats| &t.sent,
             ),
             (
+                IstioMetric::TcpReceivedBytes,
                 "istio_tcp_received_bytes_total",
                 "Bytes received from clients on TCP connections.",
                 |t: &TcpStats| &t.received,
             ),
         ] {
+            if !on(metric) {
+                continue;
+            }
             header(out, name, "counter", help);
             for stats in &tcp {
                 let d = &stats.destination;
@@ -978,6 +1106,50 @@ mod tests {
             !text.contains("istio_tcp_"),
             "no TCP families without TCP traffic"
         );
+    }
+
+    #[test]
+    fn disabled_metrics_are_neither_recorded_nor_rendered() {
+        let m = Metrics::new(true, "wasmgate", "istio-system");
+        let d = m.destination(Destination::new("a.example.com", "default", None));
+        let ok = Outcome {
+            code: 200,
+            flags: 0,
+            grpc: false,
+            grpc_status: None,
+        };
+        m.disabled
+            .set(&[IstioMetric::RequestCount, IstioMetric::TcpSentBytes]);
+        d.record(ok, 1.0, 10, 10);
+        d.tcp.opened.fetch_add(1, Ordering::Relaxed);
+        d.tcp.sent.fetch_add(100, Ordering::Relaxed);
+        let text = m.render();
+        assert!(!text.contains("istio_requests_total"), "{text}");
+        assert!(!text.contains("istio_tcp_sent_bytes_total"), "{text}");
+        assert!(
+            text.contains("istio_request_duration_milliseconds_count{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("istio_tcp_connections_opened_total{"),
+            "{text}"
+        );
+        // Back on: only what was recorded since counts.
+        m.disabled.set(&[]);
+        d.record(ok, 1.0, 10, 10);
+        let text = m.render();
+        assert!(
+            text.contains("response_flags=\"-\",grpc_response_status=\"\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(d.tcp.sent.load(Ordering::Relaxed), 0);
+        assert!(!m.disabled.contains(IstioMetric::RequestCount));
+        // Everything off: not even a slot is taken.
+        m.disabled.set(&IstioMetric::ALL);
+        let e = m.destination(Destination::new("b.example.com", "default", None));
+        e.record(ok, 1.0, 10, 10);
+        assert!(e.slots.iter().all(|s| s.series.get().is_none()));
+        assert!(!m.render().contains("istio_"));
     }
 
     #[test]
