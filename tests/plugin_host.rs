@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use wasmgate::plugin::types::{Action, Binding, Decision, HeaderInterest, RequestHead};
+use wasmgate::plugin::types::{Action, Binding, Decision, Header, HeaderInterest, RequestHead};
 use wasmgate::plugin::{CallError, HostSettings, PluginError, PluginHost};
 
 fn built(name: &str) -> Vec<u8> {
@@ -244,6 +244,189 @@ async fn a_plugin_for_another_wit_version_is_refused_and_told_why() {
     assert_eq!(
         err.to_string(),
         "default/future: built against wasmgate:policy@0.3.0, but this wasmgate speaks \
-         wasmgate:policy@0.2.0; rebuild it with a matching wasmgate-plugin-sdk"
+         wasmgate:policy@0.2.1 (and loads plugins built against 0.2.0 to 0.2.1); rebuild it \
+         with a matching wasmgate-plugin-sdk"
     );
+}
+
+/// 0.2.1 only added the `metrics` import: a plugin built against 0.2.0 (its own copy of
+/// that WIT) links its `host@0.2.0` import to the host's 0.2.1 interface and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_previous_wit_still_loads() {
+    let bytes = built("previous-version");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("wasmgate:policy/policy@0.2.0"),
+        "not a 0.2.0 build"
+    );
+    assert!(
+        text.contains("wasmgate:policy/host@0.2.0"),
+        "imports no host function"
+    );
+    assert!(!text.contains("wasmgate:policy/metrics"));
+    let host = host(HostSettings::default());
+    let plugin = host
+        .compile("default/previous", &bytes)
+        .expect("a 0.2.0 plugin is refused");
+    let policy = host
+        .prepare(
+            &host.pool(&plugin),
+            "default/previous",
+            binding(),
+            "null".into(),
+        )
+        .await
+        .expect("prepare");
+    let decision = policy
+        .on_request(&head("/previous"), &no_route())
+        .await
+        .expect("call")
+        .expect("a decision");
+    let Action::Respond(r) = decision.action else {
+        panic!("expected a direct response, got {:?}", decision.action)
+    };
+    assert!(
+        String::from_utf8_lossy(&r.body).starts_with("built against wasmgate:policy@0.2.0 ("),
+        "{r:?}"
+    );
+    assert!(matches!(
+        policy.on_request(&head("/"), &no_route()).await,
+        Ok(None)
+    ));
+}
+
+fn with_tenant(path: &str, tenant: &str) -> RequestHead {
+    RequestHead {
+        headers: vec![Header {
+            name: "x-tenant".into(),
+            value: tenant.into(),
+        }],
+        ..head(path)
+    }
+}
+
+/// Metrics a plugin defines at `prepare`: every instance and binding defines them again
+/// and gets the same ids, so all updates land in one set of series; defining at request
+/// time is an error value; a bad update is dropped and counted, never a trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_metrics_are_shared_by_instances_and_bindings() {
+    let host = host(HostSettings::default());
+    let plugin = host
+        .compile("default/probe", &built("metrics-probe"))
+        .expect("compile");
+    let pool = host.pool(&plugin);
+    let mut policies = Vec::new();
+    for vs in ["a", "b"] {
+        let b = Binding {
+            virtual_service: format!("default/{vs}"),
+            ..binding()
+        };
+        let p = host.prepare(&pool, "default/probe", b, "null".into()).await;
+        policies.push(p.expect("prepare"));
+    }
+    // Concurrent calls need more than one instance; each prepares its bindings itself.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let policy = policies[i % 2].clone();
+        let tenant = if i % 4 < 2 { "t1" } else { "t2" };
+        tasks.push(tokio::spawn(async move {
+            policy
+                .on_request(&with_tenant("/items", tenant), &no_route())
+                .await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.expect("task"), Ok(None)));
+    }
+    let late = policies[0]
+        .on_request(&head("/define"), &no_route())
+        .await
+        .expect("call")
+        .expect("an answer");
+    let Action::Respond(r) = late.action else {
+        panic!("{late:?}")
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "metric \"late_total\": define-counter is allowed in prepare only"
+    );
+    assert!(matches!(
+        policies[1].on_request(&head("/arity"), &no_route()).await,
+        Ok(None)
+    ));
+
+    let mut text = String::new();
+    host.metrics().render(&mut text);
+    for line in [
+        "# TYPE wasmgate_plugin_requests_total counter",
+        "wasmgate_plugin_requests_total{plugin=\"default/probe\",method=\"GET\",tenant=\"t1\"} 20",
+        "wasmgate_plugin_requests_total{plugin=\"default/probe\",method=\"GET\",tenant=\"t2\"} 20",
+        "wasmgate_plugin_path_bytes_bucket{plugin=\"default/probe\",method=\"GET\",le=\"4\"} 0",
+        "wasmgate_plugin_path_bytes_bucket{plugin=\"default/probe\",method=\"GET\",le=\"16\"} 41",
+        "wasmgate_plugin_path_bytes_sum{plugin=\"default/probe\",method=\"GET\"} 246",
+        "wasmgate_plugin_path_bytes_count{plugin=\"default/probe\",method=\"GET\"} 41",
+        "wasmgate_plugin_metric_updates_dropped_total{plugin=\"default/probe\",reason=\"label_count\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains("late_total"), "{text}");
+}
+
+/// A definition the host refuses fails `prepare` with the host's reason, as any config
+/// error does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_metric_definition_is_a_config_error() {
+    let host = host(HostSettings::default());
+    let plugin = host
+        .compile("default/probe", &built("metrics-probe"))
+        .expect("compile");
+    for (config, message) in [
+        (
+            r#"{"counterName": "Requests"}"#,
+            "metric \"Requests\": a name matches [a-z_][a-z0-9_]* and has at most 64 bytes",
+        ),
+        (
+            r#"{"counterLabels": ["plugin"]}"#,
+            "metric \"requests_total\": label \"plugin\" is reserved (the host sets it)",
+        ),
+        (
+            r#"{"counterName": "calls_total"}"#,
+            "metric \"calls_total\" would collide with wasmgate_plugin_calls_total on /stats/prometheus",
+        ),
+    ] {
+        let err = host
+            .prepare(
+                &host.pool(&plugin),
+                "default/probe",
+                binding(),
+                config.into(),
+            )
+            .await
+            .expect_err(config);
+        assert_eq!(
+            err.to_string(),
+            format!("default/probe: pluginConfig: {message}")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_timing() {
+    let host = host(HostSettings::default());
+    let plugin = host.compile("default/probe", &built("metrics-probe")).expect("compile");
+    let policy = host.prepare(&host.pool(&plugin), "default/probe", binding(), "null".into()).await.expect("prepare");
+    let mut best = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        for path in ["/quiet", "/items"] {
+            let req = with_tenant(path, "t1");
+            for _ in 0..1000 { let _ = policy.on_request(&req, &no_route()).await; }
+            let n = 20_000;
+            let t = Instant::now();
+            for _ in 0..n { let _ = policy.on_request(&req, &no_route()).await; }
+            let per = t.elapsed() / n;
+            let e = best.entry(path).or_insert(per);
+            if per < *e { *e = per; }
+        }
+    }
+    eprintln!("best: {best:?}");
 }

@@ -1,7 +1,8 @@
-//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.2.0` types, a
+//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.2.1` types, a
 //! [`Policy`] trait to implement, the [`export_policy!`] macro that turns it into a Wasm
-//! component export, the host functions (log, random, time), and [`testing`] helpers so a
-//! policy can be unit-tested natively with `cargo test`, no Wasm runtime involved.
+//! component export, the host functions (log, random, time), [`metrics`] the plugin
+//! defines and updates, and [`testing`] helpers so a policy can be unit-tested natively
+//! with `cargo test`, no Wasm runtime involved.
 //!
 //! ```ignore
 //! use wasmgate_plugin_sdk::{export_policy, Binding, ConfigError, Decision, Policy,
@@ -20,6 +21,7 @@ extern crate self as wasmgate_plugin_sdk;
 
 mod decision;
 pub mod host;
+pub mod metrics;
 pub mod testing;
 
 #[doc(hidden)]
@@ -31,6 +33,9 @@ pub mod __bindings {
         export_macro_name: "__wasmgate_export",
         default_bindings_module: "wasmgate_plugin_sdk::__bindings",
         additional_derives: [PartialEq],
+        // Imports borrow their arguments: label values go to the host as `&[&str]`,
+        // without a `String` made per value.
+        ownership: Borrowing { duplicate_if_necessary: false },
         runtime_path: "wasmgate_plugin_sdk::__wit_bindgen::rt",
     });
 }
@@ -48,7 +53,7 @@ pub use serde;
 pub use serde_json;
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
 
 /// A policy plugin: prepared once per binding (plugin x VirtualService), then asked for a
 /// decision per request.

@@ -142,6 +142,7 @@ impl Gateway {
             &options.workload.0,
             &options.workload.1,
         ));
+        host.report_metrics_to(metrics.plugin_defined().clone());
         let service = &options.workload.0;
         let tracing = match &options.tracing {
             None => TraceBase {

@@ -1,6 +1,6 @@
 //! The plugin host: compiles Wasm policy components once, checks they speak
-//! `wasmgate:policy@0.2.x`, prepares them per binding (plugin x VirtualService) and runs
-//! them per request from a pool of ready instances. Knows nothing of listeners: the proxy
+//! `wasmgate:policy@0.2.1` (or 0.2.0), prepares them per binding (plugin x
+//! VirtualService) and runs them per request from a pool of ready instances. Knows nothing of listeners: the proxy
 //! hands it a request head and a decision and gets a decision back.
 //!
 //! Always on: the pooling allocator, a per-call epoch deadline, a per-instance memory
@@ -12,12 +12,14 @@ pub mod builtin;
 pub mod diskcache;
 mod host;
 mod load;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -81,6 +83,9 @@ struct HostInner {
     prepare_budget: Duration,
     memory_limit: usize,
     compile_cache: Option<std::path::PathBuf>,
+    /// Where plugin-defined metrics go: the process's, once [`PluginHost::report_metrics_to`]
+    /// is called; until then one of the host's own that nothing renders.
+    metrics: ArcSwap<metrics::Registry>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -156,8 +161,20 @@ impl PluginHost {
                 prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
                 compile_cache: settings.compile_cache.clone(),
+                metrics: ArcSwap::from_pointee(metrics::Registry::new(true)),
             }),
         })
+    }
+
+    /// Put the metrics plugins define into `registry` (the process's, which
+    /// `/stats/prometheus` renders). Bindings prepared before keep where they were.
+    pub fn report_metrics_to(&self, registry: Arc<metrics::Registry>) {
+        self.inner.metrics.store(registry);
+    }
+
+    /// Where plugin-defined metrics go.
+    pub fn metrics(&self) -> Arc<metrics::Registry> {
+        self.inner.metrics.load_full()
     }
 
     /// The host's random source (shared with the proxy for request ids).
@@ -235,6 +252,7 @@ impl PluginHost {
                 binding,
                 config,
                 interest: types::HeaderInterest::None,
+                metrics: self.inner.metrics.load().plugin(name),
             }),
         };
         let load_err = |message: String| PluginError::Load {
@@ -347,6 +365,8 @@ struct PreparedInner {
     binding: types::Binding,
     config: String,
     interest: types::HeaderInterest,
+    /// The metrics of the plugin `name`, shared with its other bindings.
+    metrics: Arc<metrics::PluginMetrics>,
 }
 
 /// One live instance and the bindings it has prepared.
@@ -393,6 +413,7 @@ impl PreparedPolicy {
         };
         let budget = pool.host.inner.call_budget;
         slot.begin(budget);
+        slot.store.data_mut().enter(&self.inner.metrics, false);
         let guest = slot.plugin.wasmgate_policy_policy().prepared();
         let call = guest.call_on_request(&mut slot.store, resource, request, current);
         let result = if pool.plugin.inner.may_block {
@@ -484,10 +505,12 @@ impl Slot {
     async fn prepare(&mut self, binding: &PreparedInner) -> Result<ResourceAny, SlotError> {
         let budget = binding.pool.inner.host.inner.prepare_budget;
         self.begin(budget);
+        self.store.data_mut().enter(&binding.metrics, true);
         let guest = self.plugin.wasmgate_policy_policy().prepared();
         let call = guest.call_prepare(&mut self.store, &binding.binding, &binding.config);
-        let resource = bounded(budget, call)
-            .await
+        let resource = bounded(budget, call).await;
+        self.store.data_mut().leave_prepare();
+        let resource = resource
             .map_err(|e| SlotError::Other(format!("prepare trapped: {e}")))?
             .map_err(SlotError::Config)?;
         self.prepared.insert(binding.id, resource);

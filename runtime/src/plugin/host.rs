@@ -1,6 +1,7 @@
 //! What the host gives a plugin instance: the `wasmgate:policy/host` imports (log,
-//! random, monotonic time), a memory limit, and a WASI context that grants nothing —
-//! no files, environment, arguments or sockets; stdout and stderr become log lines.
+//! random, monotonic time), the `wasmgate:policy/metrics` imports (into the plugin's
+//! [`PluginMetrics`]), a memory limit, and a WASI context that grants nothing — no files,
+//! environment, arguments or sockets; stdout and stderr become log lines.
 
 use std::io;
 use std::pin::Pin;
@@ -15,7 +16,8 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::wasmgate::policy::{host, types};
+use super::bindings::wasmgate::policy::{host, metrics, types};
+use super::metrics::{Definition, PluginMetrics};
 
 /// The data of one plugin instance's store.
 pub struct StoreState {
@@ -26,6 +28,11 @@ pub struct StoreState {
     random: Random,
     /// When the current call must end.
     deadline: Instant,
+    /// The metrics of the binding being called (set per call; every binding of an
+    /// instance belongs to one plugin, so this rarely changes).
+    metrics: Option<Arc<PluginMetrics>>,
+    /// In `prepare`: the only time a plugin may define metrics.
+    defining: bool,
 }
 
 impl StoreState {
@@ -49,6 +56,45 @@ impl StoreState {
             plugin,
             random,
             deadline: Instant::now(),
+            metrics: None,
+            defining: false,
+        }
+    }
+
+    /// A call for a binding whose plugin's metrics are `metrics` starts; `defining` in
+    /// `prepare`.
+    pub fn enter(&mut self, metrics: &Arc<PluginMetrics>, defining: bool) {
+        if !self
+            .metrics
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, metrics))
+        {
+            self.metrics = Some(metrics.clone());
+        }
+        self.defining = defining;
+    }
+
+    /// The current call may no longer define metrics.
+    pub fn leave_prepare(&mut self) {
+        self.defining = false;
+    }
+
+    fn define(
+        &self,
+        call: &str,
+        name: &str,
+        help: &str,
+        labels: &[String],
+        definition: Definition<'_>,
+    ) -> Result<u32, String> {
+        if !self.defining {
+            return Err(format!(
+                "metric {name:?}: {call} is allowed in prepare only"
+            ));
+        }
+        match &self.metrics {
+            Some(m) => m.define(name, help, labels, definition),
+            None => Err("no metrics for this call".into()),
         }
     }
 
@@ -102,6 +148,58 @@ impl host::Host for StoreState {
 
     fn monotonic_now(&mut self) -> u64 {
         monotonic_nanos()
+    }
+}
+
+impl metrics::Host for StoreState {
+    fn define_counter(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+    ) -> Result<metrics::MetricId, String> {
+        self.define(
+            "define-counter",
+            &name,
+            &help,
+            &label_names,
+            Definition::Counter,
+        )
+    }
+
+    fn define_histogram(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+        buckets: Vec<f64>,
+    ) -> Result<metrics::MetricId, String> {
+        self.define(
+            "define-histogram",
+            &name,
+            &help,
+            &label_names,
+            Definition::Histogram { buckets: &buckets },
+        )
+    }
+
+    fn counter_add(&mut self, metric: metrics::MetricId, label_values: Vec<String>, value: u64) {
+        if std::env::var_os("SCRATCH_NOOP").is_some() { return; }
+        if let Some(m) = &self.metrics {
+            m.counter_add(metric, label_values, value);
+        }
+    }
+
+    fn histogram_observe(
+        &mut self,
+        metric: metrics::MetricId,
+        label_values: Vec<String>,
+        value: f64,
+    ) {
+        if std::env::var_os("SCRATCH_NOOP").is_some() { return; }
+        if let Some(m) = &self.metrics {
+            m.histogram_observe(metric, label_values, value);
+        }
     }
 }
 

@@ -1,15 +1,20 @@
 //! Turning bytes into a checked plugin: core modules become components (with the WASI
 //! preview1 adapter when they import WASI), the component's world is compared with
-//! `wasmgate:policy@0.2.x`, and wasmtime's errors are put in words a plugin author can
-//! act on.
+//! `wasmgate:policy@0.2.1` (0.2.0 plugins load too: wasmtime links a 0.2.0 import to the
+//! host's 0.2.1 interface, and 0.2.1 only added an import), and wasmtime's errors are put
+//! in words a plugin author can act on.
 
 use wasmtime::component::Component;
 use wasmtime::{Engine, Trap};
 
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "wasmgate:policy";
-/// Its version: plugins built against `0.2.*` load.
-const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
+/// Its version. Plugins built against it, or an earlier step of its line down to
+/// [`OLDEST`], load; anything else is refused by name.
+const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
+/// The oldest version still loaded: 0.2.1 added the `metrics` import and changed nothing
+/// a 0.2.0 plugin uses.
+const OLDEST: (u64, u64, u64) = (0, 2, 0);
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
 /// True for a component (binary layer 1), false for a core module or anything else.
@@ -63,16 +68,24 @@ fn parse_version(name: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// Built against a version this host implements: not older than [`OLDEST`] (another
+/// line), not newer than [`WIT_VERSION`] (it may use what this host lacks).
 fn compatible(v: (u64, u64, u64)) -> bool {
-    if WIT_VERSION.0 == 0 {
-        v.0 == 0 && v.1 == WIT_VERSION.1
-    } else {
-        v.0 == WIT_VERSION.0
-    }
+    (OLDEST..=WIT_VERSION).contains(&v)
 }
 
 fn show(v: (u64, u64, u64)) -> String {
     format!("{}.{}.{}", v.0, v.1, v.2)
+}
+
+/// What this host speaks, for messages.
+fn speaks() -> String {
+    format!(
+        "{WIT_PACKAGE}@{} (and loads plugins built against {} to {})",
+        show(WIT_VERSION),
+        show(OLDEST),
+        show(WIT_VERSION)
+    )
 }
 
 /// Check the component exports `wasmgate:policy/policy` at a compatible version and
@@ -95,20 +108,19 @@ pub fn check_world(engine: &Engine, component: &Component) -> Result<(), String>
             show(WIT_VERSION)
         ));
     };
-    let wanted = show(WIT_VERSION);
+    let wanted = speaks();
     match parse_version(export) {
         Some(v) if compatible(v) => {}
         Some(v) => {
             return Err(format!(
-                "built against {WIT_PACKAGE}@{}, but this wasmgate speaks \
-                 {WIT_PACKAGE}@{wanted}; rebuild it with a matching wasmgate-plugin-sdk",
+                "built against {WIT_PACKAGE}@{}, but this wasmgate speaks {wanted}; rebuild \
+                 it with a matching wasmgate-plugin-sdk",
                 show(v)
             ));
         }
         None => {
             return Err(format!(
-                "exports `{export}` without a version; this wasmgate speaks \
-                 {WIT_PACKAGE}@{wanted}"
+                "exports `{export}` without a version; this wasmgate speaks {wanted}"
             ));
         }
     }
@@ -118,13 +130,13 @@ pub fn check_world(engine: &Engine, component: &Component) -> Result<(), String>
                 && !compatible(v)
             {
                 return Err(format!(
-                    "imports `{name}`, but this wasmgate speaks {WIT_PACKAGE}@{wanted}"
+                    "imports `{name}`, but this wasmgate speaks {wanted}"
                 ));
             }
         } else if !name.starts_with("wasi:") {
             return Err(format!(
                 "imports `{name}`, which wasmgate does not provide (plugins get \
-                 `{WIT_PACKAGE}/host` and a WASI that grants nothing)"
+                 `{WIT_PACKAGE}/host`, `{WIT_PACKAGE}/metrics` and a WASI that grants nothing)"
             ));
         }
     }
@@ -170,7 +182,12 @@ mod tests {
             Some((0, 1, 3))
         );
         assert_eq!(parse_version("wasmgate:policy/policy"), None);
-        assert!(compatible((0, 2, 7)));
+        assert!(compatible((0, 2, 0)));
+        assert!(compatible((0, 2, 1)));
+        assert!(
+            !compatible((0, 2, 2)),
+            "newer than the host: may import what it lacks"
+        );
         assert!(!compatible((0, 1, 0)));
         assert!(!compatible((0, 3, 0)));
         assert!(!compatible((1, 1, 0)));

@@ -517,6 +517,8 @@ pub struct Metrics {
     listeners: DashMap<String, Arc<ListenerStats>>,
     clusters: DashMap<String, Arc<ClusterStats>>,
     pub reloads: ReloadStats,
+    /// The metrics plugins define (`wasmgate_plugin_<name>`), handed to the plugin host.
+    plugin_defined: Arc<crate::plugin::metrics::Registry>,
     /// Extra families rendered as they are (tracing counters and the like).
     extra: std::sync::Mutex<Families>,
 }
@@ -550,6 +552,7 @@ impl Metrics {
             listeners: DashMap::new(),
             clusters: DashMap::new(),
             reloads: ReloadStats::default(),
+            plugin_defined: Arc::new(crate::plugin::metrics::Registry::new(enabled)),
             extra: std::sync::Mutex::new(Families::default()),
         }
     }
@@ -613,6 +616,12 @@ impl Metrics {
         self.clusters.entry(name.to_string()).or_default().clone()
     }
 
+    /// Where the plugin host puts the metrics plugins define
+    /// ([`crate::plugin::PluginHost::report_metrics_to`]); rendered with the rest.
+    pub fn plugin_defined(&self) -> &Arc<crate::plugin::metrics::Registry> {
+        &self.plugin_defined
+    }
+
     /// Add a family rendered by `render` at every scrape.
     pub fn add_family(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
         if let Ok(mut extra) = self.extra.lock() {
@@ -625,6 +634,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 << 10);
         self.render_istio(&mut out);
         self.render_own(&mut out);
+        self.plugin_defined.render(&mut out);
         if let Ok(extra) = self.extra.lock() {
             for render in extra.0.iter() {
                 render(&mut out);

@@ -1,0 +1,248 @@
+//! Metrics that plugins define (`wasmgate:policy/metrics`, WIT 0.2.1), through the real
+//! binary: a plugin's counter and histogram on `/stats/prometheus` as
+//! `wasmgate_plugin_<name>{plugin="<ns>/<name>",...}` with the values and labels of the
+//! requests sent, valid for `promtool`; series that survive a reload; the cap on label
+//! sets; and a plugin built against WIT 0.2.0 loading beside them.
+
+mod support;
+
+use std::process::Command;
+
+use bytes::Bytes;
+use http::StatusCode;
+use support::{Gateway, TempDir, free_port, get, plugins_dir, request};
+
+fn config(dir: &TempDir, port: u16) {
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - directResponse: {status: 200, body: {string: ok}}\n",
+    );
+    dir.write(
+        "plugins.yaml",
+        r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: probe, namespace: default}
+spec:
+  url: metrics-probe.wasm
+  targetRefs:
+  - {group: networking.istio.io, kind: VirtualService, name: app}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: previous, namespace: default}
+spec:
+  url: previous-version.wasm
+  phase: AUTHN
+  targetRefs:
+  - {group: networking.istio.io, kind: VirtualService, name: app}
+"#,
+    );
+}
+
+async fn start(tag: &str) -> (Gateway, u16, TempDir, TempDir) {
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    config(&dir, port);
+    let plugins = plugins_dir(&[
+        ("metrics-probe.wasm", "metrics-probe"),
+        ("previous-version.wasm", "previous-version"),
+    ]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    (gw, port, dir, plugins)
+}
+
+async fn send(port: u16, method: &str, path: &str, tenant: Option<&str>) -> StatusCode {
+    let headers: Vec<(&str, &str)> = tenant.map(|t| ("x-tenant", t)).into_iter().collect();
+    request(
+        port,
+        method,
+        "app.example.com",
+        path,
+        &headers,
+        Bytes::new(),
+    )
+    .await
+    .expect("request")
+    .status
+}
+
+async fn scrape(admin: u16) -> String {
+    let r = get(admin, "admin", "/stats/prometheus", &[])
+        .await
+        .expect("scrape");
+    assert_eq!(r.status, StatusCode::OK);
+    r.text()
+}
+
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l == *line), "{line} missing:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_counter_and_histogram_are_on_stats_prometheus() {
+    let (gw, port, dir, _plugins) = start("plugin-metrics").await;
+    for _ in 0..3 {
+        assert_eq!(send(port, "GET", "/items", Some("a")).await, StatusCode::OK);
+    }
+    assert_eq!(
+        send(port, "POST", "/items/42", Some("b")).await,
+        StatusCode::OK
+    );
+    assert_eq!(send(port, "GET", "/", None).await, StatusCode::OK);
+    // The 0.2.0 plugin (AUTHN, before the probe) answers this path; the probe still
+    // sees the request, as user plugins see every routed request.
+    let r = get(port, "app.example.com", "/previous", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.text().starts_with("built against wasmgate:policy@0.2.0"),
+        "{}",
+        r.text()
+    );
+    // Misuse is an error value or a dropped update, never a failed request.
+    let r = get(port, "app.example.com", "/define", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        r.text(),
+        "metric \"late_total\": define-counter is allowed in prepare only"
+    );
+    assert_eq!(send(port, "GET", "/arity", None).await, StatusCode::OK);
+
+    let text = scrape(gw.admin).await;
+    let probe = "plugin=\"default/probe\"";
+    assert_lines(
+        &text,
+        &[
+            "# HELP wasmgate_plugin_requests_total Requests the probe saw, by method and tenant.",
+            "# TYPE wasmgate_plugin_requests_total counter",
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"a\"}} 3"),
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"none\"}} 2"),
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"POST\",tenant=\"b\"}} 1"),
+            "# HELP wasmgate_plugin_path_bytes Length of the request path, in bytes.",
+            "# TYPE wasmgate_plugin_path_bytes histogram",
+            // GET: /items x3 (6 bytes), / (1), /previous (9), /arity (6).
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"1\"}} 1"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"4\"}} 1"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"16\"}} 6"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"64\"}} 6"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"+Inf\"}} 6"),
+            &format!("wasmgate_plugin_path_bytes_sum{{{probe},method=\"GET\"}} 34"),
+            &format!("wasmgate_plugin_path_bytes_count{{{probe},method=\"GET\"}} 6"),
+            &format!("wasmgate_plugin_path_bytes_count{{{probe},method=\"POST\"}} 1"),
+            &format!(
+                "wasmgate_plugin_metric_updates_dropped_total{{{probe},reason=\"label_count\"}} 1"
+            ),
+            // The plugin's calls, as for every plugin.
+            "wasmgate_plugin_calls_total{plugin=\"default/previous\",virtual_service=\"default/app\"} 8",
+        ],
+    );
+    assert!(!text.contains("late_total"), "{text}");
+
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let file = dir.write("scrape.txt", &text);
+        let check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).expect("scrape file"))
+            .output()
+            .expect("promtool");
+        // 1 is a parse error; 3 is lint advice, of which only Istio's unit may be given.
+        let advice = String::from_utf8_lossy(&check.stderr).to_string();
+        assert!(
+            matches!(check.status.code(), Some(0 | 3))
+                && advice
+                    .lines()
+                    .all(|l| l.starts_with("istio_request_duration_milliseconds use base unit")),
+            "promtool ({:?}): {}{advice}",
+            check.status.code(),
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+
+    // A reload that keeps the plugin keeps its series: the count goes on.
+    assert_eq!(gw.reload().await.status, StatusCode::OK);
+    assert_eq!(send(port, "GET", "/items", Some("a")).await, StatusCode::OK);
+    let text = scrape(gw.admin).await;
+    assert_lines(
+        &text,
+        &[&format!(
+            "wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"a\"}} 4"
+        )],
+    );
+}
+
+/// A label a client controls cannot grow the gateway: a metric keeps 100 label sets,
+/// the rest fold into one `__overflow__` series and are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_sets_beyond_the_cap_fold_into_one_series() {
+    let (gw, port, _dir, _plugins) = start("plugin-metrics-cap").await;
+    for i in 0..105 {
+        let tenant = format!("t{i}");
+        assert_eq!(send(port, "GET", "/", Some(&tenant)).await, StatusCode::OK);
+    }
+    // A tenant kept before the cap still counts on its own.
+    assert_eq!(send(port, "GET", "/", Some("t7")).await, StatusCode::OK);
+    let text = scrape(gw.admin).await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wasmgate_plugin_requests_total{"))
+        .collect();
+    assert_eq!(series.len(), 101, "{text}");
+    let probe = "plugin=\"default/probe\"";
+    assert_lines(
+        &text,
+        &[
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"t7\"}} 2"),
+            &format!(
+                "wasmgate_plugin_requests_total{{{probe},method=\"__overflow__\",tenant=\"__overflow__\"}} 5"
+            ),
+            &format!(
+                "wasmgate_plugin_metric_overflow_total{{{probe},metric=\"requests_total\"}} 5"
+            ),
+        ],
+    );
+    // Which five folded depends on arrival order only; here requests went one by one.
+    for i in 100..105 {
+        assert!(!text.contains(&format!("tenant=\"t{i}\"")), "t{i} kept");
+    }
+}
+
+/// The guide's Metrics snippets are the SDK's doctest (which `cargo test` compiles and
+/// runs), so they cannot drift from the API.
+#[test]
+fn the_guides_metrics_snippets_are_the_sdk_doctest() {
+    let read = |rel: &str| {
+        std::fs::read_to_string(support::repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let guide = read("docs/plugins.md");
+    let section = guide
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/plugins.md has a Metrics section");
+    let snippets: Vec<&str> = section
+        .split("```rust\n")
+        .skip(1)
+        .filter_map(|s| s.split("```").next())
+        .collect();
+    assert_eq!(snippets.len(), 2, "{section}");
+    let sdk = read("plugin-sdk/src/metrics.rs");
+    let doctest: String = sdk
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.starts_with("# "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for snippet in snippets {
+        assert!(
+            doctest.contains(snippet.trim_end()),
+            "not in plugin-sdk/src/metrics.rs's doctest:\n{snippet}"
+        );
+    }
+}
