@@ -409,24 +409,3 @@ async fn an_invalid_metric_definition_is_a_config_error() {
         );
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scratch_timing() {
-    let host = host(HostSettings::default());
-    let plugin = host.compile("default/probe", &built("metrics-probe")).expect("compile");
-    let policy = host.prepare(&host.pool(&plugin), "default/probe", binding(), "null".into()).await.expect("prepare");
-    let mut best = std::collections::BTreeMap::new();
-    for _ in 0..10 {
-        for path in ["/quiet", "/items"] {
-            let req = with_tenant(path, "t1");
-            for _ in 0..1000 { let _ = policy.on_request(&req, &no_route()).await; }
-            let n = 20_000;
-            let t = Instant::now();
-            for _ in 0..n { let _ = policy.on_request(&req, &no_route()).await; }
-            let per = t.elapsed() / n;
-            let e = best.entry(path).or_insert(per);
-            if per < *e { *e = per; }
-        }
-    }
-    eprintln!("best: {best:?}");
-}
