@@ -103,7 +103,7 @@ fn validate_checks_plugin_config_when_given_plugins() {
     assert_eq!(code, 1);
     assert!(
         stdout.starts_with(&format!(
-            "{}: WasmPlugin default/p: spec.pluginConfig: unknown field `unknownKnob`",
+            "{}: WasmPlugin default/p: spec.pluginConfig.unknownKnob: unknown field `unknownKnob`",
             plugin.display()
         )),
         "{stdout}"

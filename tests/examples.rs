@@ -107,11 +107,12 @@ async fn hello_plugin_builds_loads_and_runs() {
 
     let dir = TempDir::new("hello-config");
     let port = quickstart(&dir);
-    dir.write(
-        "wasmplugin.yaml",
-        &std::fs::read_to_string(repo().join("examples/hello-plugin/wasmplugin.yaml"))
-            .expect("example"),
-    );
+    let binding = std::fs::read_to_string(repo().join("examples/hello-plugin/wasmplugin.yaml"))
+        .expect("example");
+    // Configured in mixed case, sent in lowercase (and in upper case below): header
+    // names match in any case, through the SDK's `RequestHead::header`.
+    assert!(binding.contains("denyHeader: X-Block-Me"), "{binding}");
+    dir.write("wasmplugin.yaml", &binding);
     let _gw = Gateway::start(
         dir.path(),
         &["--plugins", plugins.path().to_str().expect("utf-8")],
@@ -125,6 +126,11 @@ async fn hello_plugin_builds_loads_and_runs() {
         .await
         .expect("request");
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = get(port, &host, "/reviews", &[("X-BLOCK-ME", "1")])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.text(), "blocked\n");
     // The plugin is bound to `shop` only: the backends' VirtualServices are untouched.
     let r = get(port, &host, "/hello", &[]).await.expect("request");
     assert!(
@@ -155,5 +161,5 @@ fn hello_plugin_unit_tests_pass_natively() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("test result: ok. 3 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 5 passed"), "{stdout}");
 }

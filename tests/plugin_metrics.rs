@@ -211,38 +211,3 @@ async fn label_sets_beyond_the_cap_fold_into_one_series() {
         assert!(!text.contains(&format!("tenant=\"t{i}\"")), "t{i} kept");
     }
 }
-
-/// The guide's Metrics snippets are the SDK's doctest (which `cargo test` compiles and
-/// runs), so they cannot drift from the API.
-#[test]
-fn the_guides_metrics_snippets_are_the_sdk_doctest() {
-    let read = |rel: &str| {
-        std::fs::read_to_string(support::repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    };
-    let guide = read("docs/plugins.md");
-    let section = guide
-        .split("\n## Metrics\n")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("docs/plugins.md has a Metrics section");
-    let snippets: Vec<&str> = section
-        .split("```rust\n")
-        .skip(1)
-        .filter_map(|s| s.split("```").next())
-        .collect();
-    assert_eq!(snippets.len(), 2, "{section}");
-    let sdk = read("plugin-sdk/src/metrics.rs");
-    let doctest: String = sdk
-        .lines()
-        .filter_map(|l| l.strip_prefix("//!"))
-        .map(|l| l.strip_prefix(' ').unwrap_or(l))
-        .filter(|l| !l.starts_with("# "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for snippet in snippets {
-        assert!(
-            doctest.contains(snippet.trim_end()),
-            "not in plugin-sdk/src/metrics.rs's doctest:\n{snippet}"
-        );
-    }
-}

@@ -191,20 +191,39 @@ impl Interest {
 }
 
 impl RequestHead {
-    /// The first value of header `name` (lowercase), if the policy asked for it and the
-    /// request carried it.
+    /// The first value of header `name`, if the policy asked for it and the request
+    /// carried it. Names compare case-insensitively, as HTTP's do: `header("X-Block-Me")`
+    /// finds `x-block-me`.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|h| h.name == name)
+            .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
     }
 
-    /// Every value of header `name` (lowercase), in order.
+    /// Every value of header `name` (any case), in the order the request carried them.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .filter(move |h| h.name == name)
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::request;
+
+    #[test]
+    fn header_lookup_ignores_case() {
+        let req = request("GET", "/")
+            .header("X-Block-Me", "1")
+            .header("x-block-me", "2")
+            .build();
+        assert_eq!(req.header("x-block-me"), Some("1"));
+        assert_eq!(req.header("X-BLOCK-ME"), Some("1"));
+        let all: Vec<&str> = req.header_values("X-Block-Me").collect();
+        assert_eq!(all, ["1", "2"]);
+        assert_eq!(req.header("x-block"), None);
     }
 }

@@ -4,11 +4,11 @@
 //! defines and updates, and [`testing`] helpers so a policy can be unit-tested natively
 //! with `cargo test`, no Wasm runtime involved.
 //!
-//! ```ignore
+//! ```rust,test_harness
 //! use wasmgate_plugin_sdk::{export_policy, Binding, ConfigError, Decision, Policy,
 //!     PluginError, RequestHead};
 //!
-//! struct Hello;
+//! pub struct Hello;
 //! impl Policy for Hello {
 //!     fn prepare(_: &Binding, _config: &str) -> Result<Self, ConfigError> { Ok(Hello) }
 //!     fn on_request(&self, _: &RequestHead, current: Decision)
@@ -42,6 +42,13 @@ pub mod __bindings {
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
+
+/// The plugin guide, `docs/plugins.md`: rustdoc compiles each of its Rust snippets as a
+/// doctest of this crate (`rust,test_harness` ones as a crate of their own, whose
+/// `#[test]`s run), so the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugins.md")]
+pub struct PluginGuide;
 
 /// The generated `destination` record (named so to stay clear of `std` names).
 pub use __bindings::wasmgate::policy::types::Destination;
@@ -80,6 +87,12 @@ pub trait Policy: Sized + 'static {
 
 /// Parse a plugin's JSON config into `T`. A WasmPlugin without `pluginConfig` sends
 /// `null`, which parses as `{}` here, so a struct with `#[serde(default)]` accepts it.
+///
+/// An error names the field it is about: [`ConfigError::field`] is its path inside
+/// `pluginConfig` (`rules[2].header`, empty for the whole), and the message is serde's,
+/// without a position in the JSON text (the author wrote YAML; the path says where). The
+/// gateway reports it as `WasmPlugin ns/name: spec.pluginConfig.rules[2].header: invalid
+/// type: integer `7`, expected a string`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let trimmed = text.trim();
     let text = if trimmed.is_empty() || trimmed == "null" {
@@ -87,10 +100,31 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Con
     } else {
         text
     };
-    serde_json::from_str(text).map_err(|e| ConfigError {
+    let mut json = serde_json::Deserializer::from_str(text);
+    let parsed = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        ConfigError {
+            // The root displays as ".".
+            field: if field == "." { String::new() } else { field },
+            message: without_position(e.inner()),
+        }
+    })?;
+    // Trailing text after the value, as `serde_json::from_str` refuses it.
+    json.end().map_err(|e| ConfigError {
         field: String::new(),
-        message: e.to_string(),
-    })
+        message: without_position(&e),
+    })?;
+    Ok(parsed)
+}
+
+/// serde_json's message without its ` at line L column C`.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_string(),
+        None => text,
+    }
 }
 
 #[doc(hidden)]
@@ -137,4 +171,112 @@ macro_rules! export_policy {
         #[cfg(target_arch = "wasm32")]
         $crate::__bindings::__wasmgate_export!(__WasmgatePolicyExport);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        #[serde(default)]
+        rules: Vec<Rule>,
+        #[serde(default)]
+        limits: std::collections::BTreeMap<String, u32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Rule {
+        header: String,
+    }
+
+    fn error(text: &str) -> (String, String) {
+        let e = parse_config::<Config>(text).expect_err("accepted");
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn config_errors_name_the_field_path() {
+        let (field, message) =
+            error(r#"{"rules": [{"header": "a"}, {"header": "b"}, {"header": 7}]}"#);
+        assert_eq!(field, "rules[2].header");
+        assert_eq!(message, "invalid type: integer `7`, expected a string");
+        let (field, message) = error(r#"{"limits": {"gold": -1}}"#);
+        assert_eq!(field, "limits.gold");
+        assert_eq!(message, "invalid value: integer `-1`, expected u32");
+        let (field, message) = error(r#"{"rules": [{}]}"#);
+        assert_eq!(field, "rules[0]");
+        assert_eq!(message, "missing field `header`");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_as_the_path() {
+        // As wasmgate's own config errors: `spec.http[0].route[0].wieght: unknown field`.
+        let (field, message) = error(r#"{"rules": [{"header": "a", "hedaer": "b"}]}"#);
+        assert_eq!(field, "rules[0].hedaer");
+        assert!(message.starts_with("unknown field `hedaer`"), "{message}");
+    }
+
+    #[test]
+    fn errors_about_the_whole_config_have_no_field() {
+        let (field, message) = error(r#""text""#);
+        assert_eq!(field, "");
+        assert_eq!(
+            message,
+            "invalid type: string \"text\", expected struct Config"
+        );
+        let (field, message) = error("{} x");
+        assert_eq!(field, "");
+        assert_eq!(message, "trailing characters");
+    }
+
+    /// Every fenced block of the guide is Rust that [`PluginGuide`] compiles, or says
+    /// which other language it is: rustdoc takes an untagged block for Rust, and an
+    /// `ignore`d or `no_run` one would let the guide drift.
+    #[test]
+    fn every_rust_snippet_of_the_guide_is_compiled() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/plugins.md");
+        let guide = std::fs::read_to_string(path).expect("docs/plugins.md");
+        let mut rust = 0;
+        let mut open = false;
+        for line in guide.lines() {
+            let Some(info) = line.trim_start().strip_prefix("```") else {
+                continue;
+            };
+            if open {
+                open = false;
+                continue;
+            }
+            open = true;
+            let mut attrs = info.split(',').map(str::trim);
+            match attrs.next().unwrap_or_default() {
+                "" => panic!("an untagged block: say its language ({line})"),
+                "rust" => {
+                    rust += 1;
+                    for attr in attrs {
+                        assert!(
+                            matches!(attr, "test_harness" | "should_panic" | "edition2024"),
+                            "`{attr}` keeps a snippet from being compiled or run ({line})"
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(!open, "an unclosed block");
+        assert!(rust >= 2, "{rust} Rust snippets");
+    }
+
+    #[test]
+    fn null_and_empty_parse_as_an_empty_object() {
+        for text in ["null", "", "  null\n"] {
+            let config: Config = parse_config(text).expect("empty config");
+            assert!(config.rules.is_empty());
+        }
+    }
 }

@@ -4,12 +4,12 @@
 //! ```yaml
 //! pluginConfig:
 //!   greeting: hello from my plugin      # value of the `x-greeting` response header
-//!   denyHeader: x-block-me              # requests carrying it get 403
+//!   denyHeader: X-Block-Me              # requests carrying it get 403 (any case)
 //! ```
 
 use serde::Deserialize;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Header, Interest, Policy, PluginError, RequestHead,
+    Binding, ConfigError, Decision, Header, Interest, PluginError, Policy, RequestHead,
     export_policy, parse_config,
 };
 
@@ -40,7 +40,8 @@ impl Policy for Hello {
         Ok(Hello { config })
     }
 
-    // Only the headers named here are copied into the request the plugin sees.
+    // Only the headers named here are copied into the request the plugin sees (the
+    // gateway lowercases the names; `RequestHead::header` ignores case).
     fn interest(&self) -> Interest {
         Interest::headers(self.config.deny_header.iter().cloned())
     }
@@ -55,7 +56,9 @@ impl Policy for Hello {
         if let Some(name) = &self.config.deny_header
             && request.header(name).is_some()
         {
-            return Ok(Some(current.with_action(Decision::respond(403, "blocked\n"))));
+            return Ok(Some(
+                current.with_action(Decision::respond(403, "blocked\n")),
+            ));
         }
         let Some(forward) = current.forward_mut() else {
             return Ok(None);
@@ -78,28 +81,67 @@ mod tests {
     use wasmgate_plugin_sdk::{Action, Destination, Forward};
 
     fn forwarded() -> Decision {
-        Decision::no_route().with_action(Action::Forward(Forward::to(vec![Destination::new("app")])))
+        Decision::no_route()
+            .with_action(Action::Forward(Forward::to(vec![Destination::new("app")])))
     }
 
     #[test]
     fn greets_forwarded_responses() {
         let p: Hello = prepare(r#"{"greeting": "hi"}"#);
         let d = decide(&p, &request("GET", "/").build(), forwarded());
-        let Action::Forward(f) = d.action else { panic!("not forwarded") };
+        let Action::Forward(f) = d.action else {
+            panic!("not forwarded")
+        };
         let headers = f.response_headers.expect("response headers");
         assert_eq!(headers.set, vec![Header::new("x-greeting", "hi")]);
     }
 
     #[test]
-    fn blocks_the_named_header() {
-        let p: Hello = prepare(r#"{"greeting": "hi", "denyHeader": "x-block-me"}"#);
+    fn blocks_the_named_header_in_any_case() {
+        for configured in ["x-block-me", "X-Block-Me"] {
+            let p: Hello = prepare(&format!(
+                r#"{{"greeting": "hi", "denyHeader": "{configured}"}}"#
+            ));
+            for sent in ["x-block-me", "X-BLOCK-ME"] {
+                let req = request("GET", "/").header(sent, "1").build();
+                let d = decide(&p, &req, forwarded());
+                assert!(
+                    matches!(d.action, Action::Respond(r) if r.status == 403),
+                    "{configured} / {sent}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sees_no_other_header() {
+        // `decide` passes only the headers the plugin asked for, as the gateway does:
+        // without `denyHeader` the plugin sees none, so nothing is blocked.
+        let p: Hello = prepare(r#"{"greeting": "hi"}"#);
         let req = request("GET", "/").header("x-block-me", "1").build();
-        assert!(matches!(decide(&p, &req, forwarded()).action, Action::Respond(r) if r.status == 403));
+        assert!(matches!(
+            decide(&p, &req, forwarded()).action,
+            Action::Forward(_)
+        ));
     }
 
     #[test]
     fn rejects_an_empty_greeting() {
-        let e = Hello::prepare(&wasmgate_plugin_sdk::testing::binding(), r#"{"greeting": ""}"#);
+        let e = Hello::prepare(
+            &wasmgate_plugin_sdk::testing::binding(),
+            r#"{"greeting": ""}"#,
+        );
         assert_eq!(e.expect_err("accepted").field, "greeting");
+    }
+
+    #[test]
+    fn a_bad_config_names_the_field() {
+        let e = Hello::prepare(
+            &wasmgate_plugin_sdk::testing::binding(),
+            r#"{"greeting": "hi", "denyHeader": 7}"#,
+        );
+        let e = e.expect_err("accepted");
+        assert_eq!(e.field, "denyHeader");
+        assert_eq!(e.message, "invalid type: integer `7`, expected a string");
     }
 }
