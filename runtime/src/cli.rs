@@ -129,6 +129,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub plugin_memory_limit_mib: u64,
+    /// Environment variables of wasmgate's own that WasmPlugins may pass to their plugin
+    /// with `vmConfig.env[].valueFrom: HOST` (comma-separated or repeated); without it,
+    /// `valueFrom: HOST` is a config error.
+    #[arg(
+        long = "plugin-host-env",
+        value_name = "NAME,...",
+        value_delimiter = ','
+    )]
+    pub plugin_host_env: Vec<String>,
 }
 
 /// A feature switch on the command line.
@@ -147,6 +156,15 @@ pub struct ValidateArgs {
     /// so `pluginConfig` is checked too.
     #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
+    /// Environment variables of wasmgate's own that WasmPlugins may pass to their plugin
+    /// with `vmConfig.env[].valueFrom: HOST` (comma-separated or repeated); without it,
+    /// `valueFrom: HOST` is a config error.
+    #[arg(
+        long = "plugin-host-env",
+        value_name = "NAME,...",
+        value_delimiter = ','
+    )]
+    pub plugin_host_env: Vec<String>,
 }
 
 /// Run a parsed command line to completion.
@@ -170,7 +188,11 @@ pub async fn main(cli: Cli) -> ExitCode {
 }
 
 async fn validate(args: ValidateArgs) -> ExitCode {
-    let config = match wasmgate_config::load(&args.config) {
+    let load_options = wasmgate_config::LoadOptions {
+        host_env: args.plugin_host_env.iter().cloned().collect(),
+        ..wasmgate_config::LoadOptions::default()
+    };
+    let config = match wasmgate_config::load_with(&args.config, &load_options) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
@@ -198,6 +220,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             ingress: wasmgate_config::ingress::IngressPorts::default(),
             mesh: None,
             host: HostSettings::default(),
+            plugin_host_env: args.plugin_host_env,
             drain: Duration::ZERO,
             edge: crate::proxy::edge::EdgeSettings::default(),
             metrics: false,
@@ -258,6 +281,7 @@ async fn run(args: RunArgs) -> ExitCode {
             },
             ..HostSettings::default()
         },
+        plugin_host_env: args.plugin_host_env,
         drain: Duration::from_secs(args.drain_seconds),
         edge: crate::proxy::edge::EdgeSettings::new(args.path_normalization, &args.allow_upgrade),
         metrics: args.metrics == OnOff::On,

@@ -40,6 +40,9 @@ pub struct Options {
     /// `--mesh-listener`: where VirtualServices bound to `mesh` serve applications.
     pub mesh: Option<MeshListener>,
     pub host: HostSettings,
+    /// `--plugin-host-env`: environment variables WasmPlugins may pass on with
+    /// `valueFrom: HOST`.
+    pub plugin_host_env: Vec<String>,
     /// How long a listener that a reload removes keeps serving its open connections.
     pub drain: Duration,
     /// `--path-normalization` and `--allow-upgrade`: how the request edge behaves.
@@ -65,6 +68,7 @@ pub async fn load(
 ) -> Result<Snapshot, Vec<String>> {
     let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
+        host_env: options.plugin_host_env.iter().cloned().collect(),
     };
     let config = wasmgate_config::load_with(&options.config, &load_options)
         .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;

@@ -223,12 +223,19 @@ impl PluginHost {
     /// A fresh pool of instances of `plugin`. A snapshot makes one per plugin and
     /// prepares every binding of that plugin in it.
     pub fn pool(&self, plugin: &CompiledPlugin) -> PolicyPool {
+        self.pool_with_env(plugin, Vec::new())
+    }
+
+    /// [`PluginHost::pool`] whose instances see `env` (a WasmPlugin's `vmConfig.env`) as
+    /// their WASI environment, and nothing else of the host's.
+    pub fn pool_with_env(&self, plugin: &CompiledPlugin, env: Vec<(String, String)>) -> PolicyPool {
         PolicyPool {
             inner: Arc::new(PoolInner {
                 host: self.clone(),
                 plugin: plugin.clone(),
                 idle: Mutex::new(Vec::new()),
                 next_binding: AtomicU32::new(0),
+                env,
             }),
         }
     }
@@ -339,6 +346,8 @@ struct PoolInner {
     plugin: CompiledPlugin,
     idle: Mutex<Vec<Slot>>,
     next_binding: AtomicU32,
+    /// The WASI environment of every instance (`vmConfig.env`).
+    env: Vec<(String, String)>,
 }
 
 /// One plugin prepared for one binding. Cheap to clone.
@@ -451,7 +460,12 @@ impl PoolInner {
 
     async fn new_slot(&self) -> Result<Slot, String> {
         let host = &self.host.inner;
-        let state = StoreState::new(self.plugin.name(), host.random.clone(), host.memory_limit);
+        let state = StoreState::new(
+            self.plugin.name(),
+            host.random.clone(),
+            host.memory_limit,
+            &self.env,
+        );
         let mut store = Store::new(&host.engine, state);
         store.limiter(|s| &mut s.limits);
         // Every tick, yield to the runtime so a long call cannot hold a worker; once

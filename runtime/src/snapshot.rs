@@ -17,8 +17,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use wasmgate_config::{
-    Config, ConfigError, FailStrategy, Gateway, Meta, Phase, PluginSource, VirtualService,
-    WasmPlugin,
+    Config, ConfigError, FailStrategy, Gateway, Meta, Phase, PluginMatch, PluginSource,
+    VirtualService, WasmPlugin,
 };
 
 use crate::plugin::builtin;
@@ -298,7 +298,7 @@ impl Snapshot {
         let mut users: Vec<(&WasmPlugin, PolicyPool)> = Vec::new();
         for wp in &config.wasm_plugins {
             match load_user_plugin(wp, host, sources, cache) {
-                Ok(c) => users.push((wp, host.pool(&c))),
+                Ok(c) => users.push((wp, host.pool_with_env(&c, wp.env.clone()))),
                 Err(e) => errors.push(*e),
             }
         }
@@ -399,7 +399,10 @@ impl Snapshot {
                         p.clone(),
                         false,
                         wp.fail_strategy == FailStrategy::FailOpen,
-                        wp.ports.clone(),
+                        match &wp.traffic {
+                            PluginMatch::Ports(ports) => ports.clone(),
+                            PluginMatch::Everywhere | PluginMatch::Nowhere => Vec::new(),
+                        },
                         stats(p),
                     )
                 };
@@ -631,13 +634,17 @@ impl Via<'_> {
     }
 }
 
-/// Does WasmPlugin `wp` apply to VirtualService `vs` served through `via`?
-/// With `targetRefs`: a named VirtualService, or every VirtualService of a named
+/// Does WasmPlugin `wp` apply to VirtualService `vs` served through `via`? Never when its
+/// `match` selects only SERVER mode. With `targetRefs`: a named VirtualService, or every VirtualService of a named
 /// Gateway. With a `selector`: Gateways whose own selector carries those labels (the
 /// WasmPlugin selects the gateway workload, as in Istio; the mesh listener has no
 /// labels). With neither: every VirtualService in its namespace, or everywhere from the
 /// root namespace.
 pub fn applies(wp: &WasmPlugin, vs: &VirtualService, via: Via<'_>) -> bool {
+    // Only `mode: SERVER` entries: Istio never runs it on a gateway (a CLIENT workload).
+    if wp.traffic == PluginMatch::Nowhere {
+        return false;
+    }
     if !wp.targets.is_empty() {
         return wp.targets.iter().any(|t| match (t.kind.as_str(), via) {
             ("VirtualService", _) => {

@@ -411,6 +411,7 @@ mod load_tests {
                 http: 8080,
                 https: 8443,
             },
+            ..LoadOptions::default()
         };
         match load_sources_with(&[(PathBuf::from("i.yaml"), yaml.to_string())], &options) {
             Ok(c) => c,

@@ -26,9 +26,9 @@ pub use load::{LoadOptions, load, load_sources, load_sources_with, load_with, va
 pub use model::{
     ClientTls, ClientTlsMode, Config, CustomTag, DestinationRule, Endpoint, FailStrategy, Gateway,
     GatewayHost, GatewayRef, IstioMetric, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector,
-    Pem, Phase, PluginSource, Protocol, Resolution, Secret, SecretValue, Server, ServerTls,
-    ServerTlsMode, ServiceEntry, ServicePort, Subset, TargetRef, Telemetry, TelemetryScope,
-    TelemetrySettings, TracingOverride, VirtualService, WasmPlugin,
+    Pem, Phase, PluginMatch, PluginSource, Protocol, Resolution, Secret, SecretValue, Server,
+    ServerTls, ServerTlsMode, ServiceEntry, ServicePort, Subset, TargetRef, Telemetry,
+    TelemetryScope, TelemetrySettings, TracingOverride, VirtualService, WasmPlugin,
 };
 pub use validate::virtual_service::{gateway_ref, grpc_status_code};
 pub use yaml::{YamlDocument, split_documents};

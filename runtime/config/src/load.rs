@@ -6,7 +6,7 @@
 //! `delegate` routes). Binds nothing and
 //! compiles nothing, so `wasmgate validate` and a reload run exactly this.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -59,10 +59,13 @@ enum Loaded {
 }
 
 /// What loading needs beyond the files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Where the Gateways generated for Kubernetes Ingresses listen.
     pub ingress: IngressPorts,
+    /// `--plugin-host-env`: the names of wasmgate's environment variables a WasmPlugin may
+    /// pass to its plugin with `vmConfig.env[].valueFrom: HOST`; any other is an error.
+    pub host_env: BTreeSet<String>,
 }
 
 /// What came of one document.
@@ -175,7 +178,13 @@ fn resource_from_outline(outline: &Outline) -> Option<ResourceId> {
     })
 }
 
-fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
+/// One document through stages one to three. With `options` (a load), also what this
+/// wasmgate cannot run although Istio accepts it (`validate::wasm_plugin::supported`).
+fn process_document(
+    file: &Path,
+    doc: &YamlDocument,
+    options: Option<&LoadOptions>,
+) -> Option<DocOutcome> {
     if doc.is_blank() {
         return None;
     }
@@ -373,11 +382,18 @@ fn process_document(file: &Path, doc: &YamlDocument) -> Option<DocOutcome> {
             validate::service_entry::validate,
             |m| Loaded::ServiceEntry(Box::new(m)),
         ),
-        Kind::WasmPlugin => typed::<raw::WasmPluginSpec, _>(
+        Kind::WasmPlugin => typed_resource::<raw::Resource<raw::WasmPluginSpec>, _>(
             kind,
             doc,
             &mut out,
-            validate::wasm_plugin::validate,
+            |r| &r.metadata,
+            |meta, r, report| {
+                let mut plugin = validate::wasm_plugin::validate(meta, &r.spec, report);
+                if let Some(options) = options {
+                    validate::wasm_plugin::supported(&mut plugin, options, report);
+                }
+                plugin
+            },
             |m| Loaded::WasmPlugin(Box::new(m)),
         ),
         Kind::Ingress => {
@@ -500,11 +516,13 @@ fn validate_metadata(meta: &raw::ObjectMeta, r: &mut Report) {
 }
 
 /// Validates one YAML text (one or more documents) on its own: syntax, schema and each
-/// resource's rules, but nothing that needs the other resources.
+/// resource's rules (Istio's), but nothing that needs the other resources, nor what only
+/// a load checks against how wasmgate runs (a WasmPlugin's remote url and host
+/// environment, see [`LoadOptions`]).
 pub fn validate_document(file: &Path, yaml: &str) -> Vec<ConfigError> {
     split_documents(yaml)
         .iter()
-        .filter_map(|d| process_document(file, d))
+        .filter_map(|d| process_document(file, d, None))
         .flat_map(|o| o.errors)
         .collect()
 }
@@ -524,7 +542,7 @@ pub fn load_sources_with(
         .flat_map(|(file, text)| {
             split_documents(text)
                 .into_iter()
-                .filter_map(|d| process_document(file, &d))
+                .filter_map(|d| process_document(file, &d, Some(options)))
                 .collect::<Vec<_>>()
         })
         .collect();

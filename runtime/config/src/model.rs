@@ -256,9 +256,38 @@ pub struct WasmPlugin {
     pub targets: Vec<TargetRef>,
     /// `spec.selector.matchLabels` (workload labels), empty when absent.
     pub selector: BTreeMap<String, String>,
-    /// Ports from `match[].ports`; empty means all ports.
-    pub ports: Vec<u16>,
+    /// Where it runs, from `match` (`mode` and `ports`).
+    pub traffic: PluginMatch,
+    /// `vmConfig.env` resolved: the plugin's WASI environment, in the order written.
+    /// `valueFrom: HOST` values are read from wasmgate's own environment at load, for
+    /// the names `--plugin-host-env` allows ([`crate::LoadOptions::host_env`]).
+    pub env: Vec<(String, String)>,
     pub spec: raw::WasmPluginSpec,
+}
+
+/// Where a WasmPlugin runs, from its `match` list (Istio's traffic selectors: the plugin
+/// runs where any entry matches, and everywhere without one). wasmgate is a gateway, which
+/// Istio counts as a CLIENT workload, so an entry with `mode: SERVER` never matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PluginMatch {
+    /// No `match`, or an entry that matches every port.
+    #[default]
+    Everywhere,
+    /// Only on these listener ports.
+    Ports(Vec<u16>),
+    /// Every entry selects `mode: SERVER`: the plugin runs on no listener.
+    Nowhere,
+}
+
+impl PluginMatch {
+    /// Does the plugin run on listener port `port`?
+    pub fn covers(&self, port: u16) -> bool {
+        match self {
+            PluginMatch::Everywhere => true,
+            PluginMatch::Ports(ports) => ports.contains(&port),
+            PluginMatch::Nowhere => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +296,8 @@ pub enum PluginSource {
     Named(String),
     /// `file://` URL: a path on this machine.
     File(PathBuf),
-    /// `http://`, `https://` or `oci://`: valid Istio, but wasmgate does not fetch it.
+    /// `http://` or `https://`: downloaded at load, and checked against the `sha256`
+    /// that must come with it (`oci://` is refused by validation).
     Remote(String),
 }
 
@@ -700,7 +730,8 @@ mod tests {
         assert_eq!(p.priority, 0);
         assert_eq!(p.fail_strategy, FailStrategy::FailClose);
         assert_eq!(p.plugin_config, serde_json::Value::Null);
-        assert!(p.targets.is_empty() && p.ports.is_empty() && p.selector.is_empty());
+        assert!(p.targets.is_empty() && p.selector.is_empty());
+        assert_eq!(p.traffic, PluginMatch::Everywhere);
         assert_eq!(p.sha256, None);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let t = load(&[

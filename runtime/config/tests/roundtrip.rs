@@ -216,7 +216,7 @@ spec:
   pluginConfig: {realm: shop, rules: [{path: /admin, allow: false}], limit: 1.5}
   targetRefs: [{group: networking.istio.io, kind: VirtualService, name: api}]
   match: [{mode: SERVER, ports: [{number: 443}]}]
-  vmConfig: {env: [{name: TOKEN, valueFrom: HOST}]}
+  vmConfig: {env: [{name: TOKEN, valueFrom: INLINE, value: abc}, {name: MODE, value: strict}]}
 ---
 apiVersion: v1
 kind: Secret

@@ -1,7 +1,8 @@
 //! What the host gives a plugin instance: the `wasmgate:policy/host` imports (log,
 //! random, monotonic time), the `wasmgate:policy/metrics` imports (into the plugin's
 //! [`PluginMetrics`]), a memory limit, and a WASI context that grants nothing — no files,
-//! environment, arguments or sockets; stdout and stderr become log lines.
+//! arguments or sockets, no environment but the WasmPlugin's `vmConfig.env`; stdout and
+//! stderr become log lines.
 
 use std::io;
 use std::pin::Pin;
@@ -36,9 +37,16 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    pub fn new(plugin: &str, random: Random, memory_limit: usize) -> Self {
+    /// `env`: the WasmPlugin's `vmConfig.env`, the only environment the instance sees.
+    pub fn new(
+        plugin: &str,
+        random: Random,
+        memory_limit: usize,
+        env: &[(String, String)],
+    ) -> Self {
         let plugin: Arc<str> = Arc::from(plugin);
         let wasi = WasiCtxBuilder::new()
+            .envs(env)
             .stdout(LogStream::new(plugin.clone(), "stdout"))
             .stderr(LogStream::new(plugin.clone(), "stderr"))
             .allow_ip_name_lookup(false)

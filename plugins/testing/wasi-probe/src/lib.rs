@@ -2,7 +2,8 @@
 //! the way a wasm32-wasip2 plugin does. It probes what the host grants (environment,
 //! arguments, files, clocks) and answers every request with what it found, so a test can
 //! prove the sandbox: nothing but stdout/stderr, which the host sends to its log.
-//! `/sleep` blocks in a WASI sleep, to prove the host's call deadline still holds.
+//! `/sleep` blocks in a WASI sleep, to prove the host's call deadline still holds; `/env`
+//! answers with the environment it sees (a WasmPlugin's `vmConfig.env`, and nothing else).
 
 use std::io::Write;
 
@@ -56,7 +57,15 @@ impl Policy for WasiProbe {
             // stop it.
             std::thread::sleep(std::time::Duration::from_secs(30));
         }
-        let action = Decision::respond(200, self.report.clone());
+        let report = if request.path == "/env" {
+            // The environment the host granted, one `NAME=value` per line.
+            std::env::vars()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect()
+        } else {
+            self.report.clone()
+        };
+        let action = Decision::respond(200, report);
         Ok(Some(current.with_action(action)))
     }
 }

@@ -3,11 +3,14 @@
 //! [`model::WasmPlugin`].
 
 use std::collections::BTreeSet;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 use super::{Report, port_u16, validate_port, validate_workload_selector};
-use crate::model::{self, FailStrategy, Phase, PluginSource, TargetRef};
-use crate::raw::{self, EnvValueSource, PluginPhase, PluginType};
+use crate::LoadOptions;
+use crate::model::{self, FailStrategy, Phase, PluginMatch, PluginSource, TargetRef};
+use crate::raw::{self, EnvValueSource, PluginPhase, PluginType, WorkloadMode};
 use crate::yaml::FieldPath;
 
 pub(crate) const SCHEME_MESSAGE: &str = "url must have schema one of [http, https, file, oci]";
@@ -57,12 +60,6 @@ pub(crate) fn validate(
             PluginSource::Named(String::new())
         }
     };
-    if let PluginSource::Remote(_) = source {
-        r.warn(
-            &p.key("url"),
-            "wasmgate does not fetch remote plugins; use a file name in the plugins directory or a file:// path",
-        );
-    }
     if !spec.sha256.is_empty() {
         if spec.sha256.len() != 64 {
             r.err(&p.key("sha256"), "sha256 field must be 64 characters long");
@@ -126,32 +123,7 @@ pub(crate) fn validate(
             }
         }
     }
-    let mut ports = Vec::new();
-    for (i, m) in spec.match_.iter().enumerate() {
-        let mp = p.key("match").index(i);
-        let mut seen = BTreeSet::new();
-        for (j, port) in m.ports.iter().enumerate() {
-            let pp = mp.key("ports").index(j).key("number");
-            match port.number {
-                None => r.err(&pp, "port number is required"),
-                Some(n) => {
-                    if let Err(e) = validate_port(n) {
-                        r.err(&pp, e);
-                    } else if !seen.insert(n) {
-                        r.err(&pp, format!("duplicate port number {n}"));
-                    } else if !ports.contains(&port_u16(n)) {
-                        ports.push(port_u16(n));
-                    }
-                }
-            }
-        }
-    }
-    if spec.type_ == Some(PluginType::Network) {
-        r.warn(
-            &p.key("type"),
-            "wasmgate runs HTTP plugins only; a NETWORK plugin will not work",
-        );
-    }
+    let traffic = traffic(spec, &p, r);
 
     model::WasmPlugin {
         meta: meta.clone(),
@@ -179,9 +151,153 @@ pub(crate) fn validate(
             .as_ref()
             .map(|s| s.match_labels.clone())
             .unwrap_or_default(),
-        ports,
+        traffic,
+        // Filled in by [`supported`], which knows what `--plugin-host-env` allows.
+        env: Vec::new(),
         spec: spec.clone(),
     }
+}
+
+/// `match`: Istio's rules for each entry's ports, then where the plugin runs. An entry
+/// matches when its mode does and one of its ports (or it has none). Istio's gateways are
+/// CLIENT workloads (`workloadModeForListenerClass`: a gateway listener is CLIENT; the
+/// API: "if the workload is a gateway, selects this"), and so is wasmgate's mesh
+/// listener (a sidecar's outbound side): CLIENT, CLIENT_AND_SERVER and UNDEFINED match,
+/// SERVER (inbound to a workload) never does.
+fn traffic(spec: &raw::WasmPluginSpec, p: &FieldPath, r: &mut Report) -> PluginMatch {
+    let mut ports = Vec::new();
+    let mut everywhere = spec.match_.is_empty();
+    for (i, m) in spec.match_.iter().enumerate() {
+        let mp = p.key("match").index(i);
+        let mut seen = BTreeSet::new();
+        let mut mine = Vec::new();
+        for (j, port) in m.ports.iter().enumerate() {
+            let pp = mp.key("ports").index(j).key("number");
+            match port.number {
+                None => r.err(&pp, "port number is required"),
+                Some(n) => {
+                    if let Err(e) = validate_port(n) {
+                        r.err(&pp, e);
+                    } else if !seen.insert(n) {
+                        r.err(&pp, format!("duplicate port number {n}"));
+                    } else {
+                        mine.push(port_u16(n));
+                    }
+                }
+            }
+        }
+        if m.mode == Some(WorkloadMode::Server) {
+            continue;
+        }
+        if m.ports.is_empty() {
+            everywhere = true;
+        }
+        for port in mine {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+    }
+    if everywhere {
+        PluginMatch::Everywhere
+    } else if ports.is_empty() {
+        r.warn(
+            &p.key("match"),
+            "every entry selects mode SERVER, which a gateway never is (Istio counts a \
+             gateway as a CLIENT workload): this plugin runs nowhere",
+        );
+        PluginMatch::Nowhere
+    } else {
+        PluginMatch::Ports(ports)
+    }
+}
+
+/// What Istio accepts but this wasmgate cannot run, as errors: `type: NETWORK`, an
+/// `oci://` url, an `http(s)://` url without the `sha256` that pins it, and `vmConfig.env`
+/// entries that read wasmgate's environment (`valueFrom: HOST`) without
+/// `--plugin-host-env` allowing the name. Resolves the plugin's environment. Run by every
+/// load (`run`, a reload, `validate`), not by [`crate::validate_document`], which checks
+/// Istio's rules alone.
+pub(crate) fn supported(plugin: &mut model::WasmPlugin, options: &LoadOptions, r: &mut Report) {
+    let p = FieldPath::root("spec");
+    let spec = &plugin.spec;
+    if spec.type_ == Some(PluginType::Network) {
+        r.err(
+            &p.key("type"),
+            "NETWORK plugins are not supported: wasmgate runs HTTP plugins only \
+             (components of wasmgate:policy); remove type or set it to HTTP",
+        );
+    }
+    if let PluginSource::Remote(url) = &plugin.source {
+        let scheme = url
+            .split_once("://")
+            .map_or("", |(s, _)| s)
+            .to_ascii_lowercase();
+        if scheme == "oci" {
+            r.err(
+                &p.key("url"),
+                "oci:// images are not supported: wasmgate does not pull OCI images; serve \
+                 the module over https:// with its sha256, or put it in the --plugins \
+                 directory and give its file name",
+            );
+        } else if spec.sha256.is_empty() {
+            r.err(
+                &p.key("sha256"),
+                format!(
+                    "sha256 is required with an {scheme}:// url: wasmgate runs a downloaded \
+                     module only after checking it against the sha256 it was given"
+                ),
+            );
+        }
+    }
+    let mut env = Vec::new();
+    let entries = spec.vm_config.as_ref().map_or(&[][..], |vm| &vm.env[..]);
+    for (i, e) in entries.iter().enumerate() {
+        let ep = p.key("vmConfig").key("env").index(i);
+        if e.name.contains(['=', '\0']) {
+            r.err(
+                &ep.key("name"),
+                format!(
+                    "{:?}: an environment variable name cannot hold '=' or NUL",
+                    e.name
+                ),
+            );
+            continue;
+        }
+        if e.value_from != Some(EnvValueSource::Host) {
+            env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+            continue;
+        }
+        if !options.host_env.contains(&e.name) {
+            r.err(
+                &ep.key("valueFrom"),
+                format!(
+                    "HOST: wasmgate passes its own environment variable {:?} to plugins only \
+                     when it runs with --plugin-host-env {}",
+                    e.name, e.name
+                ),
+            );
+            continue;
+        }
+        match std::env::var(&e.name) {
+            Ok(value) => env.push((e.name.clone(), value)),
+            Err(std::env::VarError::NotPresent) => r.warn(
+                &ep.key("valueFrom"),
+                format!(
+                    "HOST: {:?} is not set in wasmgate's environment; the plugin does not get it",
+                    e.name
+                ),
+            ),
+            Err(std::env::VarError::NotUnicode(_)) => r.err(
+                &ep.key("valueFrom"),
+                format!(
+                    "HOST: wasmgate's environment variable {:?} is not UTF-8",
+                    e.name
+                ),
+            ),
+        }
+    }
+    plugin.env = env;
 }
 
 fn is_group(g: &str) -> bool {
@@ -368,6 +484,197 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Config, Errors, load_sources_with};
+
+    fn load(spec: &str, options: &LoadOptions) -> Result<Config, Errors> {
+        let yaml = format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+             metadata: {{name: p}}\nspec:\n{spec}"
+        );
+        load_sources_with(&[(PathBuf::from("p.yaml"), yaml)], options)
+    }
+
+    fn traffic_of(spec: &str) -> PluginMatch {
+        match load(spec, &LoadOptions::default()) {
+            Ok(c) => c.wasm_plugins[0].traffic.clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn errors(spec: &str, options: &LoadOptions) -> Vec<String> {
+        match load(spec, options) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn match_modes_on_a_gateway() {
+        assert_eq!(traffic_of("  url: a.wasm\n"), PluginMatch::Everywhere);
+        assert_eq!(
+            traffic_of("  url: a.wasm\n  match: [{ports: [{number: 80}, {number: 81}]}]\n"),
+            PluginMatch::Ports(vec![80, 81])
+        );
+        // A gateway is a CLIENT workload: CLIENT, CLIENT_AND_SERVER and UNDEFINED match.
+        for mode in ["CLIENT", "CLIENT_AND_SERVER", "UNDEFINED"] {
+            assert_eq!(
+                traffic_of(&format!(
+                    "  url: a.wasm\n  match: [{{mode: {mode}, ports: [{{number: 80}}]}}]\n"
+                )),
+                PluginMatch::Ports(vec![80]),
+                "{mode}"
+            );
+            assert_eq!(
+                traffic_of(&format!("  url: a.wasm\n  match: [{{mode: {mode}}}]\n")),
+                PluginMatch::Everywhere,
+                "{mode}"
+            );
+        }
+        // SERVER entries never match; the others still do.
+        assert_eq!(
+            traffic_of(
+                "  url: a.wasm\n  match:\n  - {mode: SERVER, ports: [{number: 80}]}\n  \
+                 - {mode: CLIENT, ports: [{number: 81}]}\n"
+            ),
+            PluginMatch::Ports(vec![81])
+        );
+        assert_eq!(
+            traffic_of(
+                "  url: a.wasm\n  match: [{mode: SERVER}, {mode: SERVER, ports: [{number: 1}]}]\n"
+            ),
+            PluginMatch::Nowhere
+        );
+        let Ok(c) = load(
+            "  url: a.wasm\n  match: [{mode: SERVER}]\n",
+            &LoadOptions::default(),
+        ) else {
+            panic!("SERVER is valid Istio");
+        };
+        assert_eq!(
+            c.warnings[0].to_string(),
+            "p.yaml:6: WasmPlugin default/p: spec.match: every entry selects mode SERVER, which \
+             a gateway never is (Istio counts a gateway as a CLIENT workload): this plugin runs \
+             nowhere"
+        );
+    }
+
+    #[test]
+    fn what_wasmgate_cannot_run_is_an_error_naming_the_field() {
+        let none = LoadOptions::default();
+        assert_eq!(
+            errors("  url: a.wasm\n  type: NETWORK\n", &none),
+            [
+                "p.yaml:6: WasmPlugin default/p: spec.type: NETWORK plugins are not supported: \
+              wasmgate runs HTTP plugins only (components of wasmgate:policy); remove type or \
+              set it to HTTP"
+            ]
+        );
+        assert_eq!(
+            errors("  url: oci://ghcr.io/x/y:1\n", &none),
+            [
+                "p.yaml:5: WasmPlugin default/p: spec.url: oci:// images are not supported: \
+              wasmgate does not pull OCI images; serve the module over https:// with its \
+              sha256, or put it in the --plugins directory and give its file name"
+            ]
+        );
+        assert_eq!(
+            errors("  url: https://example.com/a.wasm\n", &none),
+            [
+                "p.yaml:4: WasmPlugin default/p: spec.sha256: sha256 is required with an https:// \
+              url: wasmgate runs a downloaded module only after checking it against the sha256 \
+              it was given"
+            ]
+        );
+        let sha = "0".repeat(64);
+        assert!(
+            errors(
+                &format!("  url: http://127.0.0.1:1/a.wasm\n  sha256: {sha}\n"),
+                &none
+            )
+            .is_empty()
+        );
+        // Accepted, and not applicable: nothing is pulled from an image registry.
+        assert!(
+            errors(
+                "  url: a.wasm\n  imagePullPolicy: Always\n  imagePullSecret: creds\n  type: HTTP\n",
+                &none
+            )
+            .is_empty()
+        );
+        // Istio's rules alone (the fixtures) accept all of these.
+        for spec in [
+            "{url: \"oci://ghcr.io/x/y:1\"}",
+            "{url: \"http://test\"}",
+            "{url: a.wasm, type: NETWORK}",
+            "{url: a.wasm, vmConfig: {env: [{name: HOME, valueFrom: HOST}]}}",
+        ] {
+            let doc = format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: p}}\nspec: {spec}\n"
+            );
+            assert!(
+                crate::validate_document(Path::new("p.yaml"), &doc).is_empty(),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_literals_and_allowed_host_variables() {
+        let spec = "  url: a.wasm\n  vmConfig:\n    env:\n    - {name: MODE, value: strict}\n    \
+                    - {name: EMPTY, valueFrom: INLINE}\n    - {name: PATH, valueFrom: HOST}\n";
+        assert_eq!(
+            errors(spec, &LoadOptions::default()),
+            [
+                "p.yaml:10: WasmPlugin default/p: spec.vmConfig.env[2].valueFrom: HOST: wasmgate \
+              passes its own environment variable \"PATH\" to plugins only when it runs with \
+              --plugin-host-env PATH"
+            ]
+        );
+        let allowed = LoadOptions {
+            host_env: ["PATH".to_string()].into(),
+            ..LoadOptions::default()
+        };
+        let c = match load(spec, &allowed) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(
+            c.wasm_plugins[0].env,
+            [
+                ("MODE".to_string(), "strict".to_string()),
+                ("EMPTY".to_string(), String::new()),
+                ("PATH".to_string(), path),
+            ]
+        );
+        let unset = LoadOptions {
+            host_env: ["WASMGATE_TEST_SURELY_UNSET".to_string()].into(),
+            ..LoadOptions::default()
+        };
+        let c = match load(
+            "  url: a.wasm\n  vmConfig: {env: [{name: WASMGATE_TEST_SURELY_UNSET, valueFrom: HOST}]}\n",
+            &unset,
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(c.wasm_plugins[0].env.is_empty());
+        assert!(
+            c.warnings[0]
+                .to_string()
+                .contains("is not set in wasmgate's environment")
+        );
+        assert_eq!(
+            errors(
+                "  url: a.wasm\n  vmConfig: {env: [{name: \"A=B\", value: x}]}\n",
+                &unset
+            ),
+            [
+                "p.yaml:6: WasmPlugin default/p: spec.vmConfig.env[0].name: \"A=B\": an environment \
+              variable name cannot hold '=' or NUL"
+            ]
+        );
+    }
 
     #[test]
     fn urls() {
