@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Directory of plugin .wasm files (WasmPlugin `url: name.wasm`).
     #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
+    /// How often the --plugins directory is checked for added, changed or removed .wasm
+    /// files, in milliseconds; a change reloads as SIGHUP does. 0: never.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub plugin_poll_ms: u64,
     /// Admin address: /healthz/ready, /reload, /routes.
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,
@@ -251,6 +255,15 @@ async fn validate(args: ValidateArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    // Listed before the gateway loads its plugins, so a change during start-up reloads.
+    let watch = match (&args.plugins, args.plugin_poll_ms) {
+        (Some(dir), ms) if ms > 0 => Some((
+            dir.clone(),
+            Duration::from_millis(ms),
+            crate::watch::list(dir),
+        )),
+        _ => None,
+    };
     let options = Options {
         config: args.config,
         plugins: args.plugins,
@@ -310,6 +323,9 @@ async fn run(args: RunArgs) -> ExitCode {
             tracing::error!("{e}");
             return ExitCode::from(1);
         }
+    }
+    if let Some((dir, every, seen)) = watch {
+        tokio::spawn(crate::watch::plugins(gateway.clone(), dir, every, seen));
     }
     tracing::info!("ready");
     wait_for_signals(&gateway).await;

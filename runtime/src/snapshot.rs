@@ -180,19 +180,48 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    fn get_or_compile(
+    /// The compiled component for `bytes`: from memory, or compiled on a thread of its
+    /// own at a lower priority. Compiling (Cranelift, or reading the disk cache) takes
+    /// from milliseconds to a second; on the runtime's own thread it would stall every
+    /// connection that thread serves (all of them on one core), so a reload never
+    /// compiles there.
+    async fn get_or_compile(
         &self,
         host: &PluginHost,
         name: &str,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<CompiledPlugin, PluginError> {
-        let key: [u8; 32] = Sha256::digest(bytes).into();
+        let key: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(hit) = self.compiled.get(&key) {
             return Ok(hit.clone());
         }
-        let compiled = host.compile(name, bytes)?;
+        let (worker, owned) = (host.clone(), name.to_string());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lost = |e: String| PluginError::Load {
+            plugin: name.to_string(),
+            message: format!("the compiler thread failed: {e}"),
+        };
+        std::thread::Builder::new()
+            .name("wasmgate-compile".into())
+            .spawn(move || {
+                below_requests();
+                let _ = tx.send(worker.compile(&owned, &bytes));
+            })
+            .map_err(|e| lost(e.to_string()))?;
+        let compiled = rx.await.map_err(|e| lost(e.to_string()))??;
         self.compiled.insert(key, compiled.clone());
         Ok(compiled)
+    }
+}
+
+/// Lower the calling thread's priority to nice 10 (Linux: nice is per thread), so that
+/// compiling a plugin during a reload takes the CPU the request threads leave, rather
+/// than a share equal to theirs: on a busy gateway a reload takes longer and requests do
+/// not notice it. Nice 10, not 19, so that a saturated gateway still finishes a reload.
+fn below_requests() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!("the compiler thread keeps its priority: {e}");
     }
 }
 
@@ -279,7 +308,7 @@ impl Snapshot {
                 None => b.bytes.to_vec(),
             };
             let name = format!("wasmgate/{}", b.name);
-            match cache.get_or_compile(host, &name, &bytes) {
+            match cache.get_or_compile(host, &name, bytes).await {
                 Ok(c) => {
                     let pool = host.pool(&c);
                     firsts.push((c, pool));
@@ -297,7 +326,7 @@ impl Snapshot {
         // Compile user plugins once each.
         let mut users: Vec<(&WasmPlugin, PolicyPool)> = Vec::new();
         for wp in &config.wasm_plugins {
-            match load_user_plugin(wp, host, sources, cache) {
+            match load_user_plugin(wp, host, sources, cache).await {
                 Ok(c) => users.push((wp, host.pool_with_env(&c, wp.env.clone()))),
                 Err(e) => errors.push(*e),
             }
@@ -670,7 +699,7 @@ pub fn applies(wp: &WasmPlugin, vs: &VirtualService, via: Via<'_>) -> bool {
     in_scope(&vs.meta.id.namespace)
 }
 
-fn load_user_plugin(
+async fn load_user_plugin(
     wp: &WasmPlugin,
     host: &PluginHost,
     sources: &PluginSources,
@@ -723,7 +752,8 @@ fn load_user_plugin(
         }
     }
     cache
-        .get_or_compile(host, &ns_name(&wp.meta), &bytes)
+        .get_or_compile(host, &ns_name(&wp.meta), bytes)
+        .await
         .map_err(|e| {
             Box::new(match e {
                 PluginError::Load { message, .. } => error(
