@@ -261,7 +261,7 @@ impl Gateway {
         }
     }
 
-    async fn try_start_with_env(
+    pub async fn try_start_with_env(
         config: &Path,
         extra: &[&str],
         env: &[(&str, &str)],

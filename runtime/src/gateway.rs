@@ -140,7 +140,14 @@ impl Gateway {
     /// Load everything and bind every listener; fails with all the reasons.
     pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
         let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
-        let cache = CompileCache::default();
+        // Downloaded plugins are kept beside the compiled ones.
+        let cache = CompileCache::default().with_downloads(
+            options
+                .host
+                .compile_cache
+                .as_ref()
+                .map(|dir| dir.join("downloads")),
+        );
         let metrics = Arc::new(Metrics::new(
             options.metrics,
             &options.workload.0,

@@ -4,6 +4,7 @@
 //! and the tracer its Telemetries call for. Building one loads and prepares every plugin, so a bad plugin or `pluginConfig` fails
 //! the build and the running snapshot stays in place. The proxy only reads snapshots.
 
+pub mod fetch;
 pub mod listeners;
 pub mod mesh;
 pub mod registry;
@@ -173,13 +174,30 @@ pub struct PluginSources {
 }
 
 /// Compiled components by the SHA-256 of their bytes, kept across reloads so an
-/// unchanged plugin is never compiled twice.
+/// unchanged plugin is never compiled twice (nor, for an `http(s)://` url, downloaded
+/// twice); and where downloaded modules are kept between runs.
 #[derive(Debug, Default, Clone)]
 pub struct CompileCache {
     compiled: Arc<DashMap<[u8; 32], CompiledPlugin>>,
+    downloads: Option<PathBuf>,
 }
 
 impl CompileCache {
+    /// Keep downloaded plugins in `dir` ([`fetch`]); `None`: download on every start.
+    pub fn with_downloads(mut self, dir: Option<PathBuf>) -> Self {
+        self.downloads = dir;
+        self
+    }
+
+    /// The compiled component whose bytes have the SHA-256 `sha256` (hex), if any.
+    fn by_digest(&self, sha256: &str) -> Option<CompiledPlugin> {
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(sha256.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        self.compiled.get(&key).map(|hit| hit.clone())
+    }
+
     /// The compiled component for `bytes`: from memory, or compiled on a thread of its
     /// own at a lower priority. Compiling (Cranelift, or reading the disk cache) takes
     /// from milliseconds to a second; on the runtime's own thread it would stall every
@@ -724,15 +742,7 @@ async fn load_user_plugin(
             }
         }
         PluginSource::File(path) => path.clone(),
-        PluginSource::Remote(url) => {
-            return Err(Box::new(error(
-                &wp.meta,
-                "spec.url",
-                format!(
-                    "{url:?}: wasmgate does not fetch remote plugins; put the file in the plugins directory and use its name"
-                ),
-            )));
-        }
+        PluginSource::Remote(url) => return remote_plugin(wp, url, host, cache).await,
     };
     let bytes = std::fs::read(&path).map_err(|e| {
         Box::new(error(
@@ -761,6 +771,41 @@ async fn load_user_plugin(
                     "spec.url",
                     format!("{}: {message}", path.display()),
                 ),
+                other => error(&wp.meta, "spec.url", other.to_string()),
+            })
+        })
+}
+
+/// A plugin named by an `http(s)://` url: compiled already (a reload that keeps it), or
+/// downloaded and checked against its `sha256` ([`fetch`]), then compiled.
+async fn remote_plugin(
+    wp: &WasmPlugin,
+    url: &str,
+    host: &PluginHost,
+    cache: &CompileCache,
+) -> Result<CompiledPlugin, Box<ConfigError>> {
+    // Validation refuses an http(s) url without a sha256, and an oci:// one.
+    let Some(want) = wp.sha256.as_deref().map(str::to_ascii_lowercase) else {
+        return Err(Box::new(error(
+            &wp.meta,
+            "spec.sha256",
+            "sha256 is required with an http(s) url",
+        )));
+    };
+    if let Some(hit) = cache.by_digest(&want) {
+        return Ok(hit);
+    }
+    let bytes = fetch::module(url, &want, cache.downloads.as_deref())
+        .await
+        .map_err(|e| Box::new(error(&wp.meta, "spec.url", e)))?;
+    cache
+        .get_or_compile(host, &ns_name(&wp.meta), bytes)
+        .await
+        .map_err(|e| {
+            Box::new(match e {
+                PluginError::Load { message, .. } => {
+                    error(&wp.meta, "spec.url", format!("{url}: {message}"))
+                }
                 other => error(&wp.meta, "spec.url", other.to_string()),
             })
         })
