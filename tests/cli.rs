@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use support::{TempDir, binary, free_port, plugins_dir, repo};
@@ -204,4 +205,169 @@ fn validate_checks_listeners() {
         stdout.contains("Gateway default/gw: spec.servers[1].port.protocol: TCP cannot share 0.0.0.0:8080 with Gateway default/gw spec.servers[0] (HTTP)"),
         "{stdout}"
     );
+}
+
+/// `validate --workload-namespace` says where the gateway's own Secrets are, as `run`
+/// does: a `credentialName` missing from the Gateway's namespace is looked for there.
+#[test]
+fn validate_reads_secrets_of_the_workload_namespace() {
+    let ca = support::tls::Ca::new("ca");
+    let dir = TempDir::new("validate-workload-ns");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: edge\nspec:\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [web.example.com]\n    tls: {{mode: SIMPLE, credentialName: web-cert}}\n",
+            support::tls::secret("web-cert", "gw-system", Some(&ca.server(&["web.example.com"])), None),
+        ),
+    );
+    let (code, stdout, _) = validate(&["--config", dir.arg()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("Gateway edge/gw: spec.servers[0].tls.credentialName: Secret edge/web-cert not found, nor istio-system/web-cert (the gateway workload's namespace)"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) =
+        validate(&["--config", dir.arg(), "--workload-namespace", "gw-system"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// A temp folder laid out as `(relative path, text)` pairs.
+fn tree(tag: &str, files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new(tag);
+    for (rel, text) in files {
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("a file has a folder")).expect("mkdir");
+        std::fs::write(&path, text).expect("write file");
+    }
+    dir
+}
+
+fn read_crate(dir: &std::path::Path) -> Result<wasmgate::build_plugin::PluginCrate, String> {
+    let cargo = std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from);
+    let toolchain = wasmgate::toolchain::Toolchain::Rustup { cargo };
+    wasmgate::build_plugin::PluginCrate::read(&toolchain, dir)
+}
+
+/// `build-plugin` learns the crate from `cargo metadata`, as cargo reads the manifest:
+/// fields inherited from the workspace, inline comments, TOML without spaces, a `[lib]`
+/// named apart from the package, the workspace's target folder.
+#[test]
+fn build_plugin_reads_the_crate_as_cargo_does() {
+    let ws = tree(
+        "plugin-crate",
+        &[
+            (
+                "Cargo.toml",
+                "[workspace]\nmembers = [\"member\", \"plain\"]\nresolver = \"3\"\n\n[workspace.package]\nversion = \"0.3.0\"\nedition = \"2024\"\n",
+            ),
+            (
+                "member/Cargo.toml",
+                "[package]\nname = \"inherited-probe\"   # the output is inherited-probe.wasm\nversion.workspace = true\nedition.workspace = true\n\n[lib]\nname = \"probe_artifact\" # cargo writes probe_artifact.wasm\ncrate-type = [\"cdylib\"]\n\n[package.metadata.wasmgate]\ntarget=\"wasm32-wasip1\"\n",
+            ),
+            ("member/src/lib.rs", ""),
+            (
+                "plain/Cargo.toml",
+                "[package]\nname=\"plain-probe\"\nversion.workspace=true\nedition.workspace=true\n[lib]\ncrate-type=[\"rlib\",\"cdylib\"]\n",
+            ),
+            ("plain/src/lib.rs", ""),
+        ],
+    );
+    let target_dir = ws.path().canonicalize().expect("temp dir").join("target");
+    let member = read_crate(&ws.path().join("member")).expect("member");
+    assert_eq!(member.name, "inherited-probe");
+    assert_eq!(member.target, "wasm32-wasip1");
+    assert_eq!(member.lib_name, "probe_artifact");
+    assert_eq!(member.target_dir, target_dir);
+    let plain = read_crate(&ws.path().join("plain")).expect("plain");
+    assert_eq!(
+        (plain.name.as_str(), plain.target, plain.lib_name.as_str()),
+        ("plain-probe", "wasm32-unknown-unknown", "plain_probe")
+    );
+
+    let e = read_crate(ws.path()).expect_err("a virtual manifest is no plugin");
+    assert!(e.contains("no [package] here"), "{e}");
+    assert!(e.contains("inherited-probe, plain-probe"), "{e}");
+}
+
+#[test]
+fn build_plugin_says_what_is_wrong_with_a_crate() {
+    let no_cdylib = tree(
+        "plugin-rlib",
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"rlib-only\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+            ),
+            ("src/lib.rs", ""),
+        ],
+    );
+    let e = read_crate(no_cdylib.path()).expect_err("no cdylib");
+    assert!(e.contains("crate-type = [\"cdylib\"]"), "{e}");
+    let wasip2 = tree(
+        "plugin-wasip2",
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"p2\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[lib]\ncrate-type = [\"cdylib\"]\n[package.metadata.wasmgate]\ntarget = \"wasm32-wasip2\"\n",
+            ),
+            ("src/lib.rs", ""),
+        ],
+    );
+    let e = read_crate(wasip2.path()).expect_err("wasip2");
+    assert!(
+        e.ends_with("[package.metadata.wasmgate] target = \"wasm32-wasip2\": build-plugin builds \"wasm32-unknown-unknown\" (the default) or \"wasm32-wasip1\""),
+        "{e}"
+    );
+    let broken = tree("plugin-broken", &[("Cargo.toml", "[package\nname = 1\n")]);
+    let e = read_crate(broken.path()).expect_err("not TOML");
+    assert!(e.starts_with("cargo metadata failed for "), "{e}");
+}
+
+/// The whole command on hello-plugin rewritten the ways a hand-written reading of
+/// Cargo.toml got wrong: a workspace member inheriting its fields, inline comments, no
+/// spaces around `=`, a `[lib]` named apart from the package.
+#[test]
+fn build_plugin_builds_a_workspace_member_with_its_own_lib_name() {
+    let hello = repo().join("examples/hello-plugin");
+    let read = |rel: &str| std::fs::read_to_string(hello.join(rel)).expect("hello-plugin");
+    let sdk = repo().join("plugin-sdk");
+    // The same profile and lock file as hello-plugin, so the dependencies built for
+    // tests/examples.rs in the shared target folder are reused.
+    let workspace = "[workspace]\nmembers = [\"hello\"]\nresolver = \"3\"\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[profile.release]\nopt-level = \"s\"\nlto = true\npanic = \"abort\"\nstrip = true\n";
+    let member = format!(
+        "[package]\nname = \"renamed-hello\" # written out as renamed-hello.wasm\nversion.workspace = true\nedition.workspace = true\npublish=false\n\n[lib]\nname=\"hello_artifact\"\ncrate-type=[\"cdylib\",\"rlib\"]\n\n[dependencies]\nwasmgate-plugin-sdk={{path={:?}}}\nserde={{version=\"1\",features=[\"derive\"]}}\n\n[package.metadata.wasmgate]\ntarget=\"wasm32-unknown-unknown\" # the default, spelt out\n",
+        sdk.to_str().expect("utf-8")
+    );
+    let ws = tree(
+        "plugin-member",
+        &[
+            ("Cargo.toml", workspace),
+            ("Cargo.lock", &read("Cargo.lock")),
+            ("hello/Cargo.toml", &member),
+            ("hello/src/lib.rs", &read("src/lib.rs")),
+        ],
+    );
+    let out = TempDir::new("plugin-member-out");
+    let run = Command::new(binary())
+        .args(["build-plugin"])
+        .arg(ws.path().join("hello"))
+        .arg("--out")
+        .arg(out.path())
+        .arg("--target-dir")
+        .arg(env!("WASMGATE_PLUGIN_TARGET_DIR"))
+        .output()
+        .expect("run build-plugin");
+    assert!(
+        run.status.success(),
+        "build-plugin failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let built = out.path().join("renamed-hello.wasm");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        built.display().to_string()
+    );
+    assert!(wasmgate::plugin::is_component(
+        &std::fs::read(&built).expect("built plugin")
+    ));
 }

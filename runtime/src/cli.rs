@@ -4,15 +4,15 @@
 //! valid and 1 with one line per error otherwise.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::build_plugin::build_plugin;
 use crate::gateway::{Gateway, Options};
 use crate::plugin::{DEFAULT_CALL_BUDGET, DEFAULT_MEMORY_LIMIT, HostSettings};
-use crate::toolchain::{Toolchain, WASIP1, componentize, package_name, plugin_target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -363,64 +363,4 @@ async fn wait_for_signals(gateway: &Gateway) {
 #[cfg(not(unix))]
 async fn wait_for_signals(_gateway: &Gateway) {
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Build the plugin crate in `crate_dir` for wasm32 (release) and write the component
-/// to `out/<package>.wasm`; returns that path.
-pub fn build_plugin(
-    crate_dir: &Path,
-    out: &Path,
-    target_dir: Option<&Path>,
-) -> Result<PathBuf, String> {
-    let manifest_path = crate_dir.join("Cargo.toml");
-    let manifest = std::fs::read_to_string(&manifest_path)
-        .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
-    let package = package_name(&manifest)
-        .ok_or_else(|| format!("{}: no [package] name", manifest_path.display()))?;
-    if !manifest.contains("cdylib") {
-        return Err(format!(
-            "{}: a plugin crate needs `[lib] crate-type = [\"cdylib\"]`",
-            manifest_path.display()
-        ));
-    }
-    let target = plugin_target(&manifest);
-    let forced = std::env::var("WASMGATE_WASM_TOOLCHAIN").ok();
-    let toolchain = Toolchain::detect(forced.as_deref())?;
-    let mut cmd = toolchain.cargo_build(crate_dir, target);
-    cmd.args(["--release", "--message-format=json-render-diagnostics"]);
-    if let Some(dir) = target_dir {
-        cmd.arg("--target-dir").arg(dir);
-    }
-    let output = cmd.output().map_err(|e| format!("starting cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo build failed for {}:\n{}",
-            crate_dir.display(),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    // cargo names its artifacts in its JSON messages; take our package's .wasm.
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let wasm = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| m["target"]["name"].as_str() == Some(&package.replace('-', "_")))
-        .flat_map(|m| {
-            m["filenames"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|f| f.as_str().map(PathBuf::from))
-        })
-        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
-        .ok_or_else(|| format!("cargo built no .wasm for {package}"))?;
-    let bytes = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-    let component = componentize(&bytes, target == WASIP1)
-        .map_err(|e| format!("{}: making a component: {e}", wasm.display()))?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let dest = out.join(format!("{package}.wasm"));
-    std::fs::write(&dest, component).map_err(|e| format!("{}: {e}", dest.display()))?;
-    Ok(dest)
 }

@@ -6,6 +6,7 @@
 //! [`gateway`] / [`admin`] <- [`cli`].
 
 pub mod admin;
+pub mod build_plugin;
 pub mod cli;
 pub mod gateway;
 pub mod listener;

@@ -68,9 +68,9 @@ impl Toolchain {
         Ok(Toolchain::Debian { lld })
     }
 
-    /// `cargo build --target <target>` set up for this toolchain, started in `dir`, with
-    /// the calling cargo's variables removed. The caller adds profile and packages.
-    pub fn cargo_build(&self, dir: &Path, target: &str) -> Command {
+    /// This toolchain's `cargo`, started in `dir`, with the calling cargo's variables
+    /// removed. The caller adds the subcommand.
+    pub fn cargo(&self, dir: &Path) -> Command {
         let mut cmd = match self {
             Toolchain::Rustup { cargo } => Command::new(cargo),
             Toolchain::Debian { .. } => Command::new("/usr/bin/cargo"),
@@ -88,7 +88,15 @@ impl Toolchain {
                 cmd.env_remove(key.as_ref());
             }
         }
-        cmd.current_dir(dir).args(["build", "--target", target]);
+        cmd.current_dir(dir);
+        cmd
+    }
+
+    /// `cargo build --target <target>` set up for this toolchain, started in `dir`, with
+    /// the calling cargo's variables removed. The caller adds profile and packages.
+    pub fn cargo_build(&self, dir: &Path, target: &str) -> Command {
+        let mut cmd = self.cargo(dir);
+        cmd.args(["build", "--target", target]);
         if let Toolchain::Debian { lld } = self {
             let var = format!(
                 "CARGO_TARGET_{}_LINKER",
@@ -121,7 +129,9 @@ pub fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The cargo package name in a `Cargo.toml`'s `[package]` table.
+/// The cargo package name in a `Cargo.toml`'s `[package]` table. A plain reading of the
+/// first-party manifests under `plugins/` for `build.rs` (which has no JSON parser);
+/// `wasmgate build-plugin` asks `cargo metadata` about an author's crate instead.
 pub fn package_name(manifest: &str) -> Option<String> {
     let mut in_package = false;
     for line in manifest.lines() {
@@ -137,7 +147,8 @@ pub fn package_name(manifest: &str) -> Option<String> {
 }
 
 /// The target a plugin crate asks for: `[package.metadata.wasmgate] target =
-/// "wasm32-wasip1"` means WASI; anything else builds for `wasm32-unknown-unknown`.
+/// "wasm32-wasip1"` means WASI; anything else builds for `wasm32-unknown-unknown`. For
+/// `build.rs` and the first-party manifests only, as [`package_name`].
 pub fn plugin_target(manifest: &str) -> &'static str {
     if manifest.contains("target = \"wasm32-wasip1\"") {
         WASIP1
