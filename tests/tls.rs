@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::StatusCode;
-use support::tls::{Ca, secret};
+use support::tls::{Ca, Leaf, secret};
 use support::{Echo, Gateway, TempDir, free_port, plugins_dir, service_entry};
 
 const ALPN_BOTH: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -305,6 +305,193 @@ async fn optional_mutual_serves_both() {
         xfcc.contains(";Subject=\"CN=me\";URI=;DNS=me.example.com"),
         "{xfcc}"
     );
+}
+
+/// `verifyCertificateSpki` and `verifyCertificateHash` pin client certificates on a
+/// MUTUAL server: a certificate that matches is served; another from the same CA is
+/// refused in the handshake and never reaches the upstream. With both lists, a match in
+/// either is enough (Envoy's rule). Each change is a reload, and a reload from MUTUAL
+/// to SIMPLE serves clients without a certificate on the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_pins_and_a_reload_to_simple() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("server-ca");
+    let clients = Ca::new("client-ca");
+    let pinned = clients.client("pinned", &["pinned.example.com"], None);
+    let hashed = clients.client("hashed", &["hashed.example.com"], None);
+    let other = clients.client("other", &["other.example.com"], None);
+    let port = free_port();
+    let dir = TempDir::new("pins");
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "secure-cert",
+            "istio-system",
+            Some(&ca.server(&["secure.example.com"])),
+            Some(&clients.pem),
+        ),
+    );
+    let spki = format!(
+        "      verifyCertificateSpki: [\"{}\"]\n",
+        pinned.spki_sha256()
+    );
+    mutual_config(port, &dir, "MUTUAL", &spki, &app);
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let host = "secure.example.com";
+    let call = |leaf: Option<&Leaf>| {
+        support::tls::get(
+            port,
+            ca.client_config(leaf, &[b"http/1.1"]),
+            host,
+            host,
+            "/",
+            &[],
+        )
+    };
+    let served = |r: &Result<support::tls::Seen, String>| matches!(r, Ok(s) if s.reply.status == StatusCode::OK);
+
+    let r = call(Some(&pinned)).await;
+    assert!(served(&r), "the pinned key: {r:?}");
+    let r = call(Some(&other)).await;
+    assert!(r.is_err(), "another key of the same CA: {r:?}");
+    assert_eq!(app.hits(), 1);
+
+    // The certificate's SHA-256 as openssl prints it (uppercase, colons).
+    let hash = format!(
+        "      verifyCertificateHash: [\"{}\"]\n",
+        hashed.cert_sha256()
+    );
+    mutual_config(port, &dir, "MUTUAL", &hash, &app);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(Some(&hashed)).await;
+    assert!(served(&r), "the pinned certificate: {r:?}");
+    for refused in [&pinned, &other] {
+        let r = call(Some(refused)).await;
+        assert!(r.is_err(), "not the pinned certificate: {r:?}");
+    }
+    assert_eq!(app.hits(), 2);
+
+    // Both lists: either one admits (lowercase hex without colons works too).
+    let both = format!(
+        "{spki}      verifyCertificateHash: [{}]\n",
+        hashed.cert_sha256().replace(':', "").to_lowercase()
+    );
+    mutual_config(port, &dir, "MUTUAL", &both, &app);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for admitted in [&pinned, &hashed] {
+        let r = call(Some(admitted)).await;
+        assert!(served(&r), "a match in either list: {r:?}");
+    }
+    let r = call(Some(&other)).await;
+    assert!(r.is_err(), "in neither list: {r:?}");
+    let r = call(None).await;
+    assert!(r.is_err(), "no certificate: {r:?}");
+    assert_eq!(app.hits(), 4);
+
+    // MUTUAL to SIMPLE on the same socket: clients without a certificate are served.
+    mutual_config(port, &dir, "SIMPLE", "", &app);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(None).await;
+    assert!(served(&r), "SIMPLE after the reload: {r:?}");
+    assert_eq!(app.hits(), 5);
+}
+
+/// A reload that turns a kept address from plain HTTP into HTTPS, and back, applies to
+/// the next connections on the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_switches_a_kept_address_between_http_and_https() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("ca");
+    let port = free_port();
+    let dir = TempDir::new("switch");
+    let http = gateway_yaml(&format!(
+        "  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [app.example.com]\n"
+    ));
+    let https = gateway_yaml(&format!(
+        "  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [app.example.com]\n    tls: {{mode: SIMPLE, credentialName: app-cert}}\n"
+    ));
+    dir.write("gw.yaml", &http);
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "app-cert",
+            "istio-system",
+            Some(&ca.server(&["app.example.com"])),
+            None,
+        ),
+    );
+    dir.write("vs.yaml", &vs("app", &["app.example.com"], "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let host = "app.example.com";
+    let tls = || {
+        support::tls::get(
+            port,
+            ca.client_config(None, &ALPN_BOTH),
+            host,
+            host,
+            "/",
+            &[],
+        )
+    };
+    assert_eq!(plain_get(port, host).await, Ok(StatusCode::OK));
+    assert!(tls().await.is_err());
+
+    dir.write("gw.yaml", &https);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = tls().await.expect("HTTPS after the reload");
+    assert_eq!(seen.reply.status, StatusCode::OK);
+    assert_eq!(seen.server_names, vec!["app.example.com"]);
+    assert!(
+        plain_get(port, host).await.is_err(),
+        "plain HTTP on a TLS listener"
+    );
+
+    dir.write("gw.yaml", &http);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(plain_get(port, host).await, Ok(StatusCode::OK));
+    assert!(tls().await.is_err(), "TLS on a plain HTTP listener");
+    assert_eq!(app.hits(), 3);
+    assert_eq!(
+        gw.log_text()
+            .matches(&format!("listening on 127.0.0.1:{port} "))
+            .count(),
+        1,
+        "the socket was kept"
+    );
+}
+
+/// `GET /` with `Host: host` on a new plain connection to 127.0.0.1:`port`.
+async fn plain_get(port: u16, host: &str) -> Result<StatusCode, String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/")
+        .header("host", host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), send.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
 }
 
 /// `httpsRedirect: true` answers 301 to the https URL with path and query kept, for
@@ -667,6 +854,81 @@ async fn gateways_sharing_a_port_on_different_addresses() {
         Some("two"),
         "the last good config serves"
     );
+}
+
+/// Two Gateways on one address and port over plain HTTP: the Host picks the server, and
+/// so the Gateway. A VirtualService bound to both runs once per Gateway, so
+/// `match.gateways` tells them apart and a WasmPlugin that targets one Gateway applies
+/// to its requests only; on a host both Gateways serve, the first Gateway's chain is
+/// tried first and the second's takes what it leaves (Istio merges the routes of one
+/// domain in that order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_an_address_pick_servers_by_host() {
+    let one = Echo::start("one").await;
+    let two = Echo::start("two").await;
+    let port = free_port();
+    let dir = TempDir::new("shared-http");
+    let gateway_doc = |name: &str, hosts: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\nspec:\n  selector: {{istio: {name}}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [{hosts}]\n"
+        )
+    };
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "{}---\n{}",
+            gateway_doc("alpha", "a.example.com, both.example.com"),
+            gateway_doc("beta", "b.example.com, both.example.com")
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*.example.com\"]\n  gateways: [alpha, beta]\n  http:\n  - match:\n    - {gateways: [alpha], authority: {exact: a.example.com}}\n    - {gateways: [alpha], uri: {prefix: /only-alpha}}\n    route: [{destination: {host: one}}]\n  - match: [{gateways: [beta]}]\n    route: [{destination: {host: two}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("one", "one", 80, &[(one.port(), &[])]),
+            service_entry("two", "two", 80, &[(two.port(), &[])])
+        ),
+    );
+    dir.write(
+        "plugin.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: beta-only\nspec:\n  url: add-headers.wasm\n  targetRefs:\n  - {group: networking.istio.io, kind: Gateway, name: beta}\n  pluginConfig:\n    responseHeaders: {x-beta: \"yes\"}\n",
+    );
+    let plugins = plugins_dir(&[("add-headers.wasm", "add-headers")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    assert_eq!(
+        gw.log_text()
+            .matches(&format!("listening on 127.0.0.1:{port} "))
+            .count(),
+        1,
+        "one socket for both Gateways"
+    );
+
+    // (Host, path) -> (upstream, the beta plugin ran).
+    for (host, path, upstream, beta) in [
+        ("a.example.com", "/x", "one", false),
+        ("b.example.com", "/x", "two", true),
+        ("b.example.com", "/only-alpha", "two", true),
+        ("both.example.com", "/only-alpha", "one", false),
+        ("both.example.com", "/x", "two", true),
+    ] {
+        let r = support::get(port, host, path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{host}{path}: {}", r.text());
+        assert_eq!(r.upstream().as_deref(), Some(upstream), "{host}{path}");
+        assert_eq!(
+            r.headers.get("x-beta").is_some(),
+            beta,
+            "{host}{path}: the beta Gateway's plugin"
+        );
+    }
+    // A host neither Gateway serves.
+    let r = support::get(port, "c.example.com", "/", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 /// GET http://{ip}:{port}{path}: (status, x-upstream, x-outer).

@@ -33,6 +33,29 @@ pub struct Leaf {
     pub key: String,
 }
 
+impl Leaf {
+    /// Base64 SHA-256 of the DER SubjectPublicKeyInfo, as Istio's
+    /// `verifyCertificateSpki` wants it (computed from the key, not the certificate).
+    pub fn spki_sha256(&self) -> String {
+        use rcgen::PublicKeyData;
+        use sha2::Digest;
+        let key = KeyPair::from_pem(&self.key).expect("key pem");
+        b64_bytes(&sha2::Sha256::digest(key.subject_public_key_info()))
+    }
+
+    /// SHA-256 of the DER certificate as `openssl x509 -fingerprint -sha256` prints it
+    /// (uppercase, colons), one of the forms `verifyCertificateHash` takes.
+    pub fn cert_sha256(&self) -> String {
+        use sha2::Digest;
+        let der = certs(&self.cert).remove(0);
+        sha2::Sha256::digest(der.as_ref())
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
 /// A CA that issues certificates for one test.
 pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -146,8 +169,12 @@ pub fn key(pem: &str) -> PrivateKeyDer<'static> {
 
 /// Base64 for Secret `data`.
 pub fn b64(text: &str) -> String {
+    b64_bytes(text.as_bytes())
+}
+
+/// Standard base64 with padding.
+pub fn b64_bytes(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let b = [
@@ -265,7 +292,7 @@ pub async fn get(
 }
 
 /// The DNS SANs of a DER certificate (a tiny scan, enough for test certificates).
-fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
+pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) else {
         return Vec::new();

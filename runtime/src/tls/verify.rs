@@ -15,8 +15,9 @@ use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, Sig
 
 use super::cert;
 
-/// Istio's client certificate checks on top of the CA chain; each list that is
-/// non-empty must match.
+/// Istio's client certificate checks on top of the CA chain, as Envoy applies them:
+/// `subjectAltNames` must match when given, and when `verifyCertificateSpki` or
+/// `verifyCertificateHash` are given, the certificate must match one entry of either.
 #[derive(Debug, Clone, Default)]
 pub struct ExtraChecks {
     sans: Vec<String>,
@@ -46,11 +47,15 @@ impl ExtraChecks {
         if !self.sans.is_empty() && !info.sans().any(|s| self.sans.iter().any(|w| w == s)) {
             return Err("certificate has none of the required subject alt names".into());
         }
-        if !self.spki.is_empty() && !self.spki.contains(&info.spki_sha256) {
-            return Err("certificate public key matches no verifyCertificateSpki".into());
-        }
-        if !self.hashes.is_empty() && !self.hashes.contains(&info.sha256) {
-            return Err("certificate matches no verifyCertificateHash".into());
+        // Envoy's rule: with both lists, a match in either admits the certificate.
+        let pinned = !self.spki.is_empty() || !self.hashes.is_empty();
+        if pinned && !self.spki.contains(&info.spki_sha256) && !self.hashes.contains(&info.sha256) {
+            return Err(match (self.spki.is_empty(), self.hashes.is_empty()) {
+                (false, true) => "certificate public key matches no verifyCertificateSpki",
+                (true, false) => "certificate matches no verifyCertificateHash",
+                _ => "certificate matches no verifyCertificateSpki or verifyCertificateHash",
+            }
+            .into());
         }
         Ok(())
     }
@@ -200,5 +205,74 @@ impl ServerCertVerifier for UpstreamVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// A self-signed certificate for `name`, and the base64 SHA-256 of its
+    /// SubjectPublicKeyInfo as rcgen encodes it (independent of x509-parser).
+    fn cert(name: &str) -> (CertificateDer<'static>, String) {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let c = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let spki = cert::base64(&Sha256::digest(key.subject_public_key_info()));
+        (c.der().clone(), spki)
+    }
+
+    /// `AB:CD:...`, as openssl prints fingerprints.
+    fn fingerprint(der: &CertificateDer<'_>) -> String {
+        Sha256::digest(der.as_ref())
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    #[test]
+    fn spki_and_hash_pins_admit_a_match_in_either_list() {
+        let (a, a_spki) = cert("a.example.com");
+        let (b, _) = cert("b.example.com");
+        let (c, _) = cert("c.example.com");
+        let b_hash = fingerprint(&b);
+
+        let spki = ExtraChecks::new(&[], std::slice::from_ref(&a_spki), &[]);
+        assert_eq!(spki.check(&a), Ok(()));
+        assert!(
+            spki.check(&b)
+                .is_err_and(|e| e.contains("verifyCertificateSpki"))
+        );
+
+        let hash = ExtraChecks::new(&[], &[], std::slice::from_ref(&b_hash));
+        assert_eq!(hash.check(&b), Ok(()), "colons and case do not matter");
+        assert!(
+            hash.check(&a)
+                .is_err_and(|e| e.contains("verifyCertificateHash"))
+        );
+
+        let both = ExtraChecks::new(
+            &[],
+            std::slice::from_ref(&a_spki),
+            std::slice::from_ref(&b_hash),
+        );
+        assert_eq!(both.check(&a), Ok(()));
+        assert_eq!(both.check(&b), Ok(()));
+        assert!(both.check(&c).is_err());
+
+        // subjectAltNames still apply on top of the pins.
+        let named = ExtraChecks::new(&["b.example.com".to_string()], &[a_spki], &[b_hash]);
+        assert_eq!(named.check(&b), Ok(()));
+        assert!(
+            named
+                .check(&a)
+                .is_err_and(|e| e.contains("subject alt names"))
+        );
+        assert!(ExtraChecks::default().check(&c).is_ok());
     }
 }
