@@ -141,27 +141,21 @@ fn system_roots() -> Arc<RootCertStore> {
 
 /// ring's provider, with TLS 1.2 suites limited to the `cipherSuites` given (Envoy's
 /// OpenSSL names; `[a|b]` groups allowed). TLS 1.3 suites are not configurable, as in
-/// Envoy. Names rustls does not implement are returned as warnings.
-fn provider_with_suites(names: &[String]) -> (CryptoProvider, Vec<String>) {
+/// Envoy. Names rustls does not implement are skipped here; loading the config warned
+/// about them (`wasmgate_config::raw::IMPLEMENTED_CIPHER_SUITES`).
+fn provider_with_suites(names: &[String]) -> CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     if names.is_empty() {
-        return (provider, Vec::new());
+        return provider;
     }
-    let mut warnings = Vec::new();
-    let mut wanted = Vec::new();
-    for name in names
+    let wanted: Vec<rustls::CipherSuite> = names
         .iter()
-        .flat_map(|n| n.trim_matches(|c| c == '[' || c == ']').split('|'))
-        .map(str::trim)
-    {
-        match suite_for(name) {
-            Some(Suite::Tls12(s)) => wanted.push(s),
-            Some(Suite::Tls13) => {}
-            None => warnings.push(format!(
-                "cipher suite {name} is not implemented by wasmgate's TLS library; ignored"
-            )),
-        }
-    }
+        .flat_map(|n| wasmgate_config::raw::cipher_suite_names(n))
+        .filter_map(|name| match suite_for(name) {
+            Some(Suite::Tls12(s)) => Some(s),
+            Some(Suite::Tls13) | None => None,
+        })
+        .collect();
     provider.cipher_suites.retain(|s| match s {
         rustls::SupportedCipherSuite::Tls13(_) => true,
         rustls::SupportedCipherSuite::Tls12(_) => wanted.contains(&s.suite()),
@@ -173,7 +167,7 @@ fn provider_with_suites(names: &[String]) -> (CryptoProvider, Vec<String>) {
             .position(|w| *w == s.suite())
             .unwrap_or(usize::MAX)
     });
-    (provider, warnings)
+    provider
 }
 
 enum Suite {
@@ -208,9 +202,7 @@ mod tests {
             "ECDHE-RSA-AES256-GCM-SHA384".to_string(),
             "AES128-SHA".to_string(),
         ];
-        let (provider, warnings) = provider_with_suites(&names);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("AES128-SHA"));
+        let provider = provider_with_suites(&names);
         let tls12: Vec<_> = provider
             .cipher_suites
             .iter()
@@ -234,5 +226,22 @@ mod tests {
             3,
             "TLS 1.3 suites are never filtered"
         );
+    }
+
+    /// The names the config accepts without a warning are exactly those mapped here.
+    #[test]
+    fn implemented_names_match_the_config_crate() {
+        for name in wasmgate_config::raw::IMPLEMENTED_CIPHER_SUITES {
+            assert!(suite_for(name).is_some(), "{name}");
+        }
+        for name in [
+            "AES128-SHA",
+            "ECDHE-RSA-AES128-SHA",
+            "AES256-GCM-SHA384",
+            "",
+        ] {
+            assert!(suite_for(name).is_none(), "{name}");
+            assert!(!wasmgate_config::raw::IMPLEMENTED_CIPHER_SUITES.contains(&name));
+        }
     }
 }

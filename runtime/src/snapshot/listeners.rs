@@ -306,9 +306,6 @@ fn build_one(
                             continue;
                         }
                     };
-                    for w in &built.warnings {
-                        tracing::warn!("{}: {w}", server_name(gw, server));
-                    }
                     let then = if https {
                         Terminated::Http(http_routes(&one, bound, chains))
                     } else {

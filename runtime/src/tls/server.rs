@@ -21,8 +21,6 @@ pub struct ServerTlsConfig {
     pub config: Arc<ServerConfig>,
     /// URI SANs of the server's own certificate: `By=` in `x-forwarded-client-cert`.
     pub local_uri_sans: Vec<String>,
-    /// Warnings to log (cipher suites rustls lacks and the like).
-    pub warnings: Vec<String>,
 }
 
 /// ALPN protocols offered on HTTPS servers (HTTP/2 first, as Envoy prefers).
@@ -35,10 +33,7 @@ pub fn server_config(
     alpn: &[&[u8]],
     now: i64,
 ) -> Result<ServerTlsConfig, TlsError> {
-    let mut warnings = Vec::new();
-    let (provider, suite_warnings) = provider_with_suites(&tls.cipher_suites);
-    warnings.extend(suite_warnings);
-    let provider = Arc::new(provider);
+    let provider = Arc::new(provider_with_suites(&tls.cipher_suites));
     let versions = protocol_versions(tls)?;
     let mut keys = Vec::new();
     let mut local_uri_sans = Vec::new();
@@ -132,7 +127,6 @@ pub fn server_config(
     Ok(ServerTlsConfig {
         config: Arc::new(config),
         local_uri_sans,
-        warnings,
     })
 }
 

@@ -112,6 +112,31 @@ pub struct ServerTLSSettings {
     pub insecure_skip_verify: Option<bool>,
 }
 
+/// The `cipherSuites` names (Envoy's, after OpenSSL) that wasmgate's TLS library
+/// implements: the TLS 1.2 ECDHE suites with AES-GCM or ChaCha20-Poly1305, and the TLS
+/// 1.3 suites (always on, as in Envoy). Other names (CBC and RSA key exchange suites,
+/// typos) are a warning and ignored.
+pub const IMPLEMENTED_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+/// The suite names of one `cipherSuites` entry: a name, or a group of equal preference
+/// `[a|b]` (BoringSSL's syntax, which Envoy takes).
+pub fn cipher_suite_names(entry: &str) -> impl Iterator<Item = &str> {
+    entry
+        .trim_matches(|c| c == '[' || c == ']')
+        .split('|')
+        .map(str::trim)
+}
+
 impl ServerTLSSettings {
     /// The mode with the proto default applied.
     pub fn mode(&self) -> ServerTLSMode {

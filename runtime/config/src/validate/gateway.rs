@@ -419,6 +419,21 @@ fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Repo
                 &p.key("cipherSuites").index(i),
                 format!("ignoring duplicate cipher suite {c}"),
             );
+            continue;
+        }
+        // Envoy ignores cipher suites where it does not terminate.
+        if !terminating {
+            continue;
+        }
+        for name in raw::cipher_suite_names(c) {
+            if !raw::IMPLEMENTED_CIPHER_SUITES.contains(&name) {
+                r.warn(
+                    &p.key("cipherSuites").index(i),
+                    format!(
+                        "cipher suite {name} is not implemented by wasmgate's TLS library; ignored"
+                    ),
+                );
+            }
         }
     }
     for (field, list) in [
@@ -693,12 +708,35 @@ mod tests {
         assert_eq!(t.subject_alt_names, vec!["client.example.com"]);
         assert_eq!(t.verify_certificate_spki, vec!["abc"]);
         assert_eq!(t.verify_certificate_hash, vec!["def"]);
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
         assert_eq!(
-            c.warnings.len(),
-            1,
-            "the duplicate cipher: {:?}",
-            c.warnings
+            warnings,
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.cipherSuites[1]: cipher suite AES256-GCM-SHA384 is not implemented by wasmgate's TLS library; ignored",
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.cipherSuites[2]: ignoring duplicate cipher suite ECDHE-RSA-AES128-GCM-SHA256",
+            ]
         );
+    }
+
+    #[test]
+    fn cipher_suite_groups_and_passthrough() {
+        let c = load(
+            "HTTPS",
+            &[
+                "mode: SIMPLE",
+                "credentialName: web",
+                "cipherSuites: [\"[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-AES128-SHA]\", TLS_AES_128_GCM_SHA256]",
+            ],
+        );
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warnings,
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.cipherSuites[0]: cipher suite ECDHE-ECDSA-AES128-SHA is not implemented by wasmgate's TLS library; ignored",
+            ]
+        );
+        let c = load("TLS", &["mode: PASSTHROUGH", "cipherSuites: [AES128-SHA]"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
