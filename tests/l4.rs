@@ -1,32 +1,47 @@
 //! Connection-level routing and upstream TLS with the real binary: `tcp` routes split
-//! per connection; TLS passthrough by SNI where the client verifies the backend's own
+//! per connection; `TLS` servers that terminate (SIMPLE, MUTUAL) and route with `tcp`
+//! routes; TLS passthrough by SNI where the client verifies the backend's own
 //! certificate; TLS origination (SIMPLE and MUTUAL) from DestinationRules, over
-//! HTTP/1.1 and HTTP/2 with `:authority` set to the virtual host; gRPC unary and
-//! bidirectional streaming (trailers, `grpc-status`) end to end over TLS and HTTP/2.
+//! HTTP/1.1 and HTTP/2 with `:authority` set to the virtual host, and per subset
+//! (`DISABLE`, `insecureSkipVerify`, `subjectAltNames`); gRPC unary and bidirectional
+//! streaming (trailers, `grpc-status`) end to end over TLS and HTTP/2.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use support::tls::{Ca, TlsEcho, secret};
-use support::{Gateway, TempDir, free_port};
+use support::tls::{Ca, Leaf, TlsEcho, secret};
+use support::{Echo, Gateway, TempDir, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A TCP server that answers each line with `name:line`.
 async fn tcp_echo(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    let (port, task, _) = tcp_echo_counting(name).await;
+    (port, task)
+}
+
+/// [`tcp_echo`], also counting the connections it accepts.
+async fn tcp_echo_counting(
+    name: &'static str,
+) -> (u16, tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 loop {
@@ -43,7 +58,7 @@ async fn tcp_echo(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
             });
         }
     });
-    (port, task)
+    (port, task, accepted)
 }
 
 fn tcp_service(name: &str, port: u16, backend: u16, protocol: &str) -> String {
@@ -119,6 +134,172 @@ async fn tcp_routes_split_per_connection() {
             .iter()
             .all(|l| l.contains("vs=default/split route=tcp[0]")
                 && l.contains("bytes_received=6 bytes_sent=10")),
+        "{lines:?}"
+    );
+}
+
+/// A TLS connection to 127.0.0.1:`port` with SNI `sni` and no ALPN, as a TCP client
+/// behind TLS makes it.
+async fn tls_connect(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))
+}
+
+/// Write `msg` and read the answer; an empty answer (the peer closed) is an error.
+async fn exchange<S>(s: &mut S, msg: &str) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(msg.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.flush().await.map_err(|e| format!("flush: {e}"))?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .map_err(|_| "read timed out".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    if n == 0 {
+        return Err("closed".into());
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+/// `protocol: TLS` servers that terminate route the decrypted bytes with `tcp` routes:
+/// SIMPLE and MUTUAL servers share a port (the SNI picks), the client's bytes reach a
+/// plain TCP upstream and its answers come back over TLS with the server's own
+/// certificate; MUTUAL refuses a client without a certificate (or with one from another
+/// CA) before any upstream connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_servers_terminate_then_route_tcp() {
+    let (db, _tdb, db_conns) = tcp_echo_counting("db").await;
+    let (mdb, _tmdb, mdb_conns) = tcp_echo_counting("mdb").await;
+    let ca = Ca::new("ca");
+    let clients = Ca::new("client-ca");
+    let stranger = Ca::new("stranger-ca");
+    let port = free_port();
+    let dir = TempDir::new("tls-tcp");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  servers:\n  - port: {{number: {port}, name: tls-db, protocol: TLS}}\n    hosts: [db.example.com]\n    tls: {{mode: SIMPLE, credentialName: db-cert}}\n  - port: {{number: {port}, name: tls-mdb, protocol: TLS}}\n    hosts: [mdb.example.com]\n    tls: {{mode: MUTUAL, credentialName: mdb-cert}}\n"
+        ),
+    );
+    dir.write(
+        "secret.yaml",
+        &format!(
+            "{}---\n{}",
+            secret(
+                "db-cert",
+                "default",
+                Some(&ca.server(&["db.example.com"])),
+                None
+            ),
+            secret(
+                "mdb-cert",
+                "default",
+                Some(&ca.server(&["mdb.example.com"])),
+                Some(&clients.pem)
+            )
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: db\nspec:\n  hosts: [db.example.com]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: {port}}}]\n    route: [{{destination: {{host: db.internal, port: {{number: 9000}}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: mdb\nspec:\n  hosts: [mdb.example.com]\n  gateways: [gw]\n  tcp:\n  - route: [{{destination: {{host: mdb.internal, port: {{number: 9000}}}}}}]\n"
+        ),
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            tcp_service("db", 9000, db, "TCP"),
+            tcp_service("mdb", 9000, mdb, "TCP")
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let mut s = tls_connect(port, ca.client_config(None, &[]), "db.example.com")
+        .await
+        .expect("SIMPLE handshake");
+    {
+        let (_, session) = s.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .expect("a server certificate");
+        assert_eq!(support::tls::dns_names(leaf), vec!["db.example.com"]);
+        assert_eq!(session.alpn_protocol(), None, "no ALPN on a TCP server");
+    }
+    for msg in ["one", "two"] {
+        assert_eq!(exchange(&mut s, msg).await, Ok(format!("db:{msg}")));
+    }
+    drop(s);
+    assert_eq!(db_conns.load(Ordering::SeqCst), 1);
+
+    // MUTUAL: refused without a certificate, or with one of another CA.
+    let anonymous = async {
+        let mut s = tls_connect(port, ca.client_config(None, &[]), "mdb.example.com").await?;
+        exchange(&mut s, "anonymous").await
+    }
+    .await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    let foreign: Leaf = stranger.client("stranger", &["stranger.example.com"], None);
+    let refused = async {
+        let mut s = tls_connect(
+            port,
+            ca.client_config(Some(&foreign), &[]),
+            "mdb.example.com",
+        )
+        .await?;
+        exchange(&mut s, "foreign").await
+    }
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        mdb_conns.load(Ordering::SeqCst),
+        0,
+        "no upstream connection"
+    );
+
+    let me = clients.client("me", &["me.example.com"], None);
+    let mut s = tls_connect(port, ca.client_config(Some(&me), &[]), "mdb.example.com")
+        .await
+        .expect("MUTUAL handshake");
+    assert_eq!(exchange(&mut s, "hi").await, Ok("mdb:hi".to_string()));
+    drop(s);
+    assert_eq!(mdb_conns.load(Ordering::SeqCst), 1);
+
+    let routed = |sni: &str, vs: &str| {
+        let (sni, vs) = (
+            format!("sni={sni} "),
+            format!("vs=default/{vs} route=tcp[0]"),
+        );
+        move |l: &String| l.contains(&sni) && l.contains(&vs)
+    };
+    let lines = gw
+        .wait_for_access(|l| {
+            l.iter().any(routed("db.example.com", "db"))
+                && l.iter().any(routed("mdb.example.com", "mdb"))
+        })
+        .await;
+    assert!(
+        lines.iter().any(routed("db.example.com", "db"))
+            && lines.iter().any(routed("mdb.example.com", "mdb")),
         "{lines:?}"
     );
 }
@@ -257,6 +438,114 @@ async fn upstream_tls_origination() {
         .expect("request");
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert_eq!(simple.hits(), 1);
+}
+
+/// DestinationRule TLS per subset against real upstreams: a subset's own `tls`
+/// overrides the top-level one (`DISABLE` speaks plain HTTP to a plain upstream;
+/// `insecureSkipVerify` accepts a certificate no trusted CA signed); a subset without
+/// one inherits the top level (its CA and `sni`); `subjectAltNames` replace the name
+/// check, so a certificate without them is refused (502 `UF`, the upstream's handshake
+/// fails) and one with them is accepted whatever the SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_per_subset() {
+    let ca = Ca::new("upstream-ca");
+    let rogue_ca = Ca::new("rogue-ca");
+    let secure = TlsEcho::start("secure", &ca.server(&["secure.internal.example"]), None).await;
+    let rogue = TlsEcho::start("rogue", &rogue_ca.server(&["rogue.example"]), None).await;
+    let plain = Echo::start("plain").await;
+    let port = free_port();
+    let dir = TempDir::new("upstream-subsets");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let ca_file = ca_file.display();
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"
+        ),
+    );
+    let subsets = ["secure", "plain", "skip", "rogue", "badsan", "goodsan"];
+    let routes: String = subsets
+        .iter()
+        .map(|s| {
+            format!(
+                "  - match: [{{uri: {{prefix: /{s}}}}}]\n    route: [{{destination: {{host: svc.internal, subset: {s}}}}}]\n"
+            )
+        })
+        .collect();
+    dir.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: svc\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{routes}"
+        ),
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: svc\nspec:\n  hosts: [svc.internal]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{https: {}}}, labels: {{v: secure}}}}\n  - {{address: 127.0.0.1, ports: {{https: {}}}, labels: {{v: rogue}}}}\n  - {{address: 127.0.0.1, ports: {{https: {}}}, labels: {{v: plain}}}}\n",
+            secure.port(),
+            rogue.port(),
+            plain.port()
+        ),
+    );
+    dir.write(
+        "dr.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: svc\nspec:\n  host: svc.internal\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {ca_file}, sni: secure.internal.example}}\n  subsets:\n  - {{name: secure, labels: {{v: secure}}}}\n  - name: plain\n    labels: {{v: plain}}\n    trafficPolicy: {{tls: {{mode: DISABLE}}}}\n  - name: skip\n    labels: {{v: rogue}}\n    trafficPolicy: {{tls: {{mode: SIMPLE, insecureSkipVerify: true}}}}\n  - {{name: rogue, labels: {{v: rogue}}}}\n  - name: badsan\n    labels: {{v: secure}}\n    trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: {ca_file}, subjectAltNames: [other.example]}}}}\n  - name: goodsan\n    labels: {{v: secure}}\n    trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: {ca_file}, sni: anything.example, subjectAltNames: [secure.internal.example]}}}}\n"
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let r = support::get(port, "api.example.com", "/secure", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo()["upstream"], "secure");
+    assert_eq!(
+        r.echo()["sni"],
+        "secure.internal.example",
+        "the top-level sni"
+    );
+
+    let r = support::get(port, "api.example.com", "/plain", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo()["upstream"], "plain", "DISABLE: plain HTTP");
+
+    let r = support::get(port, "api.example.com", "/skip", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo()["upstream"], "rogue", "insecureSkipVerify");
+
+    let r = support::get(port, "api.example.com", "/goodsan", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo()["upstream"], "secure");
+    assert_eq!(r.echo()["sni"], "anything.example");
+
+    let hits = (secure.hits(), rogue.hits());
+    for refused in ["/rogue", "/badsan"] {
+        let r = support::get(port, "api.example.com", refused, &[])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{refused}: {}", r.text());
+    }
+    assert_eq!(
+        (secure.hits(), rogue.hits()),
+        hits,
+        "no request got through"
+    );
+    let failed =
+        |path: &'static str| move |l: &String| l.contains(&format!(" {path} 502 flags=UF"));
+    let lines = gw
+        .wait_for_access(|l| l.iter().any(failed("/rogue")) && l.iter().any(failed("/badsan")))
+        .await;
+    assert!(
+        lines.iter().any(failed("/rogue")) && lines.iter().any(failed("/badsan")),
+        "{lines:?}"
+    );
 }
 
 /// gRPC over TLS and HTTP/2 through the gateway to an h2c `GRPC` upstream: a unary call

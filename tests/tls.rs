@@ -1,9 +1,11 @@
 //! TLS at the edge with the real binary and real handshakes (certificates made in the
 //! test with rcgen): SNI picks the server and its certificate on a shared port; SIMPLE,
 //! MUTUAL and OPTIONAL_MUTUAL; `x-forwarded-client-cert`; `httpsRedirect`; HTTP/2 by
-//! ALPN (curl too); certificates replaced by a reload while clients keep connecting;
-//! bad certificates refused with the Secret named; servers that share a port with
-//! different bind addresses and plugins.
+//! ALPN (curl too); client certificate pins (`verifyCertificateSpki`/`Hash`);
+//! certificates replaced by a reload while clients keep connecting; bad certificates
+//! refused with the Secret named; reloads that switch a kept address between HTTP and
+//! HTTPS or MUTUAL and SIMPLE; Gateways that share a port, on different bind addresses
+//! or on one (picked by Host), with per-Gateway routes and plugins.
 
 mod support;
 
