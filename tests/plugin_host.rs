@@ -409,3 +409,76 @@ async fn an_invalid_metric_definition_is_a_config_error() {
         );
     }
 }
+
+/// The SDK's native runner (`testing::decide`, through `testing::visible`) shows a
+/// policy the headers the host's request head carries: the same normalization of the
+/// interest, the same filter, the same order, for each kind of interest.
+#[test]
+fn the_sdks_testing_shows_a_policy_the_headers_the_host_passes() {
+    use wasmgate::proxy::headers::{HeadParts, request_head};
+    use wasmgate::snapshot::Interest;
+    use wasmgate_plugin_sdk as sdk;
+
+    let sent = [
+        ("X-B", "1"),
+        ("x-a", "2"),
+        ("x-b", "3"),
+        ("End-User", "jason"),
+    ];
+    let mut map = http::HeaderMap::new();
+    let mut native = sdk::testing::request("GET", "/");
+    for (name, value) in sent {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            http::HeaderValue::from_static(value),
+        );
+        native = native.header(name, value);
+    }
+    let native = native.build();
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases = [
+        (HeaderInterest::None, sdk::HeaderInterest::None),
+        (HeaderInterest::All, sdk::HeaderInterest::All),
+        (
+            HeaderInterest::Named(names(&["X-B", "end-user", "x-b", "missing"])),
+            sdk::HeaderInterest::Named(names(&["X-B", "end-user", "x-b", "missing"])),
+        ),
+        (
+            HeaderInterest::Named(Vec::new()),
+            sdk::HeaderInterest::Named(Vec::new()),
+        ),
+        (
+            HeaderInterest::Named(names(&["not a name", "", "X-A"])),
+            sdk::HeaderInterest::Named(names(&["not a name", "", "X-A"])),
+        ),
+    ];
+    for (host, theirs) in cases {
+        let parts = HeadParts {
+            id: "test-request",
+            method: "GET",
+            scheme: "http",
+            authority: "example.com",
+            path: "/",
+            query: "",
+            headers: &map,
+            port: 80,
+        };
+        let from_host: Vec<(String, String)> = request_head(
+            &parts,
+            &Interest::from(&host),
+            "default/test-gateway",
+            "default/test",
+        )
+        .headers
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect();
+        let from_sdk: Vec<(String, String)> =
+            sdk::testing::visible(&sdk::Interest { headers: theirs }, &native)
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect();
+        assert_eq!(from_sdk, from_host, "{host:?}");
+    }
+}
