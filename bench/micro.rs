@@ -5,18 +5,27 @@
 //!
 //! Under `cargo test` (no `--bench` flag) every case runs a handful of iterations, so the
 //! benchmark cannot rot unnoticed: it must still build the snapshot and route correctly.
+//!
+//! `cargo bench -p wasmgate -- metrics` times what recording one request's metrics costs
+//! (`--metrics on` against `off`, the same steps the proxy takes); `bench/run.py
+//! --scenarios metrics` shows the same on the whole gateway.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use http_body_util::BodyExt;
 use wasmgate::plugin::types::{Action, Decision};
-use wasmgate::plugin::{HostSettings, PluginHost};
+use wasmgate::plugin::{CallError, HostSettings, PluginHost};
 use wasmgate::proxy::headers::{HeadParts, request_head};
 use wasmgate::proxy::run_chain;
 use wasmgate::snapshot::{Chain, CompileCache, PluginSources, Snapshot};
+use wasmgate::telemetry::metrics::{Metrics, RequestStats};
+use wasmgate::telemetry::request::Observation;
 
 const PORT: u16 = 8080;
 
@@ -48,7 +57,8 @@ fn scaled(n: usize) -> String {
 
 const EXTRA_PLUGIN: &str = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: add-headers\nspec:\n  url: add-headers.wasm\n  phase: STATS\n  targetRefs:\n  - {group: networking.istio.io, kind: VirtualService, name: shop}\n  pluginConfig:\n    responseHeaders: {x-powered-by: wasmgate}\n";
 
-async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
+/// `metrics`: [`metrics_off`] unless a case is about metrics.
+async fn snapshot(host: &PluginHost, docs: &[String], metrics: &Arc<Metrics>) -> Snapshot {
     let sources: Vec<(PathBuf, String)> = docs
         .iter()
         .enumerate()
@@ -62,20 +72,22 @@ async fn snapshot(host: &PluginHost, docs: &[String]) -> Snapshot {
         address: std::net::IpAddr::from([127, 0, 0, 1]),
         mesh: None,
     };
-    let metrics = std::sync::Arc::new(wasmgate::telemetry::metrics::Metrics::new(
-        false, "bench", "bench",
-    ));
     Snapshot::build(
         &config,
         host,
         &plugins,
         &CompileCache::default(),
         &listening,
-        &metrics,
+        metrics,
         None,
     )
     .await
     .expect("bench snapshot builds")
+}
+
+/// `wasmgate run --metrics off`.
+fn metrics_off() -> Arc<Metrics> {
+    Arc::new(Metrics::new(false, "bench", "bench"))
 }
 
 fn chain(snapshot: &Snapshot) -> Arc<Chain> {
@@ -144,20 +156,26 @@ struct Bencher {
 }
 
 impl Bencher {
-    async fn run<F, Fut>(&self, name: &str, mut op: F)
+    /// Is the case `name` run (the command line's filter)?
+    fn selected(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    /// Times `op`; the median ns per operation (`None` under `cargo test` or filtered out).
+    async fn run<F, Fut>(&self, name: &str, mut op: F) -> Option<f64>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        if self.filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            return;
+        if !self.selected(name) {
+            return None;
         }
         if !self.full {
             for _ in 0..3 {
                 op().await;
             }
             println!("{name}: ok");
-            return;
+            return None;
         }
         // Warm up and size a sample to about 100 ms.
         let started = Instant::now();
@@ -181,12 +199,13 @@ impl Bencher {
             per_op.push(t.elapsed().as_nanos() as f64 / iters as f64);
         }
         per_op.sort_by(f64::total_cmp);
+        let median = per_op[per_op.len() / 2];
         println!(
-            "{name:<44} {:>9.0} ns/op  [{:.0}–{:.0}]",
-            per_op[per_op.len() / 2],
+            "{name:<44} {median:>9.0} ns/op  [{:.0}–{:.0}]",
             per_op[0],
             per_op[per_op.len() - 1]
         );
+        Some(median)
     }
 }
 
@@ -209,9 +228,10 @@ async fn benches(b: Bencher) {
         ..HostSettings::default()
     })
     .expect("plugin host");
+    let off = metrics_off();
 
     // One policy call through each first-party component, on the realistic config.
-    let snap = snapshot(&host, &[gateway(), REALISTIC.to_string()]).await;
+    let snap = snapshot(&host, &[gateway(), REALISTIC.to_string()], &off).await;
     let realistic = chain(&snap);
     let req = Request::get("/bench/item");
     let parts = req.parts();
@@ -264,6 +284,7 @@ async fn benches(b: Bencher) {
     let plugin = snapshot(
         &host,
         &[gateway(), REALISTIC.to_string(), EXTRA_PLUGIN.to_string()],
+        &off,
     )
     .await;
     let with_plugin = chain(&plugin);
@@ -276,7 +297,7 @@ async fn benches(b: Bencher) {
 
     // Route matching: the request matches the last of n routes.
     for n in [10usize, 100, 1000] {
-        let snap = snapshot(&host, &[gateway(), scaled(n)]).await;
+        let snap = snapshot(&host, &[gateway(), scaled(n)], &off).await;
         let c = chain(&snap);
         let req = Request::get(&format!("/svc/{}", n - 1));
         let parts = req.parts();
@@ -302,4 +323,127 @@ async fn benches(b: Bencher) {
         black_box(routes(&snap).hosts.find(black_box("bench.local")));
     })
     .await;
+
+    metrics_cases(&b, &host, &parts).await;
+}
+
+/// What `--metrics on` adds to one request of scenario 1 (router, fault, split), step
+/// by step as `proxy::handle` takes them: an [`Observation`] of the request head; each
+/// link's call timed (two clock reads) and counted in its plugin's stats, as `run_chain`
+/// does; the route's and the destination's series taken; `finish` on the response head,
+/// which wraps the body (one more box); and the body sent to its end, when Istio's
+/// request metrics and the route's are recorded. The baseline is what the response
+/// costs either way (its boxed body polled to the end); `on − off` is the price.
+async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
+    const ON: &str = "metrics on: record one request";
+    const OFF: &str = "metrics off: the same response, not recorded";
+    const CHAIN: &str = "metrics on: chain router+fault+split";
+    if ![ON, OFF, CHAIN].iter().any(|n| b.selected(n)) {
+        return;
+    }
+    let metrics = Arc::new(Metrics::new(true, "bench", "bench"));
+    let snap = snapshot(host, &[gateway(), REALISTIC.to_string()], &metrics).await;
+    let chain = chain(&snap);
+    let routed = run_chain(&chain, parts, None).await.expect("chain runs");
+    let route = routed
+        .route
+        .as_ref()
+        .and_then(|r| chain.route_stats.get(r.index as usize))
+        .cloned()
+        .expect("the route has its series");
+    let destination: Arc<RequestStats> = snap
+        .registry
+        .resolve("origin.bench.local", Some(80), Some("v1"))
+        .expect("the origin's cluster")
+        .stats
+        .clone();
+    let plugins: Vec<_> = chain
+        .links
+        .iter()
+        .map(|l| {
+            l.stats
+                .clone()
+                .expect("each link has stats with metrics on")
+        })
+        .collect();
+    assert_eq!(plugins.len(), 3, "router, fault, traffic split");
+
+    // wrk's request and the origin's response, as they cross the gateway.
+    let mut request = http::Request::new(());
+    *request.uri_mut() = http::Uri::from_static("/bench/item");
+    request
+        .headers_mut()
+        .extend(Request::get("/bench/item").headers);
+    request
+        .headers_mut()
+        .insert("host", http::HeaderValue::from_static("bench.local"));
+    let mut response = http::Response::new(());
+    for (name, value) in [
+        ("server", "nginx/1.22.1"),
+        ("date", "Wed, 02 Dec 2026 03:00:00 GMT"),
+        ("content-type", "text/plain"),
+        ("content-length", "18"),
+    ] {
+        response
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    // The head is moved in and out of each response: no allocation of the bench's own.
+    let head = RefCell::new(Some(response.into_parts().0));
+    let respond = |on: bool| {
+        let (request, head, metrics) = (&request, &head, &metrics);
+        let (route, destination, plugins) = (&route, &destination, &plugins);
+        async move {
+            // `handle` reads the clock when a request arrives, metrics on or off.
+            let started = black_box(Instant::now());
+            let parts = head.borrow_mut().take().expect("the response head");
+            let body = wasmgate::proxy::full(b"hello from origin\n".as_slice());
+            let response = http::Response::from_parts(parts, body);
+            let response = if on {
+                let mut observe = Observation::start(started, request, None);
+                for stats in plugins {
+                    let t0 = Instant::now();
+                    let called: Result<(), CallError> = Ok(());
+                    stats.record(&called, t0.elapsed());
+                }
+                observe.route = Some(route.clone());
+                observe.destination = Some(destination.clone());
+                observe
+                    .finish(metrics, &[], response, None)
+                    .map(BodyExt::boxed)
+            } else {
+                response
+            };
+            let (parts, mut body) = response.into_parts();
+            while let Some(frame) = body.frame().await {
+                black_box(frame.expect("the body"));
+            }
+            drop(body);
+            *head.borrow_mut() = Some(parts);
+        }
+    };
+    let requests = || route.by_class[1].load(Ordering::Relaxed);
+    let before = requests();
+    let on = b.run(ON, || respond(true)).await;
+    if b.selected(ON) {
+        assert!(requests() > before, "the route's 2xx counter counts");
+        assert!(
+            metrics.render().contains("destination_version=\"v1\""),
+            "Istio's series of the destination is recorded"
+        );
+    }
+    let off = b.run(OFF, || respond(false)).await;
+    if let (Some(on), Some(off)) = (on, off) {
+        println!("{:<44} {:>9.0} ns/request", "metrics: on − off", on - off);
+    }
+
+    let calls = || plugins[0].calls.load(Ordering::Relaxed);
+    let before = calls();
+    b.run(CHAIN, || async {
+        black_box(run_chain(&chain, parts, None).await.expect("chain"));
+    })
+    .await;
+    if b.selected(CHAIN) {
+        assert!(calls() > before, "the router's calls are counted");
+    }
 }

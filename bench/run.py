@@ -688,6 +688,7 @@ class Peer:
     pids: list[int]
     proc: subprocess.Popen | None
     tls_port: int = 0  # the same peer's HTTPS listener (TLS scenario)
+    admin: int = 0  # wasmgate's admin port (metrics scenario)
 
 
 class Bench:
@@ -727,7 +728,8 @@ class Bench:
         return Peer("HAProxy", port, self.pids_of(p), p)
 
     def start_wasmgate(self, name: str, vs: str, plugins: Path | None = None,
-                       extra: str = "") -> Peer:
+                       extra: str = "", flags: tuple[str, ...] = ()) -> Peer:
+        """`flags`: more `wasmgate run` options (the metrics scenario's)."""
         port = free_port()
         admin = free_port()
         conf = self.work / f"{name}.yaml"
@@ -737,10 +739,11 @@ class Bench:
                 "--admin", f"127.0.0.1:{admin}", "--listen-address", "127.0.0.1"]
         if plugins is not None:
             argv += ["--plugins", str(plugins)]
+        argv += flags
         env = dict(os.environ, WASMGATE_LOG="warn")
         p = self.procs.start(argv, log, cpus=self.a.proxy_cpu, env=env)
         wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log)
-        return Peer(name, port, self.pids_of(p), p)
+        return Peer(name, port, self.pids_of(p), p, admin=admin)
 
     # -- TLS peers: one process each, a plain listener (port) and a TLS one (tls_port)
 
@@ -858,20 +861,30 @@ class Bench:
                      tls: bool = False, env: dict | None = None) -> Result:
         """`tls`: over the peer's HTTPS listener (checked beforehand by check_https);
         `env`: wrk's environment (the TLS scenario preloads its no-resumption shim)."""
-        if tls:
-            url = f"https://127.0.0.1:{peer.tls_port}{path}"
-        else:
-            url = f"http://127.0.0.1:{peer.port}{path}"
-            self.check(url)
-        res = Result(peer.name)
+        return self.measure_peers([peer], path, conns, close, tls, env)[0]
+
+    def measure_peers(self, peers: list[Peer], path: str, conns: int, close: bool,
+                      tls: bool = False, env: dict | None = None) -> list[Result]:
+        """Several peers, all running, measured in turn run by run (A, B, A, B, …), so
+        that drift in the machine's load falls on each alike; run i of each is a pair."""
+        urls = []
+        for peer in peers:
+            if tls:
+                urls.append(f"https://127.0.0.1:{peer.tls_port}{path}")
+            else:
+                urls.append(f"http://127.0.0.1:{peer.port}{path}")
+                self.check(urls[-1])
+        results = [Result(peer.name) for peer in peers]
         for i in range(self.a.runs):
-            run = measure(url, peer.pids, self.a, conns, close, env)
-            res.runs.append(run)
-            log(f"  {peer.name:<22} run {i + 1}/{self.a.runs}: {run.rps:>9.0f} rps  "
-                f"p50 {run.p50_us:>7.0f} us  p99 {run.p99_us:>7.0f} us  "
-                f"cpu {run.cpu_us_per_req:>6.2f} us/req")
-        res.peak_rss_kib = status_kib(peer.pids, "VmHWM")
-        return res
+            for peer, url, res in zip(peers, urls, results):
+                run = measure(url, peer.pids, self.a, conns, close, env)
+                res.runs.append(run)
+                log(f"  {peer.name:<22} run {i + 1}/{self.a.runs}: {run.rps:>9.0f} rps  "
+                    f"p50 {run.p50_us:>7.0f} us  p99 {run.p99_us:>7.0f} us  "
+                    f"cpu {run.cpu_us_per_req:>6.2f} us/req")
+        for peer, res in zip(peers, results):
+            res.peak_rss_kib = status_kib(peer.pids, "VmHWM")
+        return results
 
     def direct(self) -> Peer:
         # The origin's own processes are not "the proxy": CPU/req is not reported.
@@ -1002,6 +1015,79 @@ def scenario_plugin(b: Bench, plugins: Path) -> str:
              f"p99 **{with_.med('p99_us') - without.med('p99_us'):+.1f} µs**, "
              f"CPU **{with_.med('cpu_us_per_req') - without.med('cpu_us_per_req'):+.2f} µs/request**")
     return text
+
+
+# The issue's bound on what recording a request's metrics may cost.
+METRICS_TARGET_US = 1.0
+
+
+def requests_counted(peer: Peer) -> int:
+    """The sum of istio_requests_total on the peer's admin port (0 when nothing is
+    recorded), so the scenario knows each switch did what it says."""
+    url = f"http://127.0.0.1:{peer.admin}/stats/prometheus"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except urllib.error.HTTPError:
+        return 0
+    return sum(int(float(m.group(1)))
+               for m in re.finditer(r"^istio_requests_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def scenario_metrics(b: Bench, conns: int) -> str:
+    """Scenario 1's wasmgate twice, `--metrics on` and `--metrics off`, both started
+    before either is measured and then measured in turn (on, off, on, off, …): machine
+    drift (the other work on a shared host) falls on both alike, and run i of each is a
+    pair. Access lines are off in both (`--access-log off`), so the only difference is
+    the metrics. What one request's metrics cost is on − off in CPU per request."""
+    peers: list[Peer] = []
+    try:
+        for mode in ("on", "off"):
+            peers.append(b.start_wasmgate(f"wasmgate-metrics-{mode}", realistic_vs(),
+                                          flags=("--metrics", mode, "--access-log", "off")))
+        results = b.measure_peers(peers, "/bench", conns, False)
+        counted = [requests_counted(p) for p in peers]
+    finally:
+        for p in peers:
+            b.stop(p)
+    on, off = results
+    on.peer, off.peer = "wasmgate, `--metrics on`", "wasmgate, `--metrics off`"
+    if counted[0] < sum(r.requests for r in on.runs) or counted[1]:
+        raise SystemExit(f"istio_requests_total counted {counted[0]} requests with metrics "
+                         f"on and {counted[1]} with them off: a switch did not act")
+    pairs = [x.cpu_us_per_req - y.cpu_us_per_req for x, y in zip(on.runs, off.runs)]
+    user = [x.user_us_per_req - y.user_us_per_req for x, y in zip(on.runs, off.runs)]
+    diff = statistics.median(pairs)
+    noise = max(r.cpu_us_per_req for r in off.runs) - min(r.cpu_us_per_req for r in off.runs)
+    costlier = sum(d > 0 for d in pairs)
+    if len(pairs) < 3 or noise >= METRICS_TARGET_US:
+        # A bound tighter than the rig's own spread is not something it can confirm.
+        target = (f"**not decided by this rig**: its noise ({noise:.2f} µs over "
+                  f"{len(pairs)} runs) is larger than the target or unknown; `cargo bench "
+                  f"-p wasmgate -- metrics` measures the recording itself")
+    elif diff < METRICS_TARGET_US:
+        target = "**met**"
+    else:
+        target = "**not met**"
+    visible = len(pairs) >= 3 and (abs(diff) > noise or costlier in (0, len(pairs)))
+    lines = [table(results, {}).rstrip(), "",
+             f"- istio_requests_total after the runs: {counted[0]} with metrics on (every "
+             f"request, warm-ups included), {counted[1]} with them off",
+             f"- on − off, CPU per request, pair by pair: "
+             + ", ".join(f"{d:+.2f}" for d in pairs) + f" µs ({costlier} of {len(pairs)} "
+             f"pairs costlier with metrics on)",
+             f"- on − off: **{diff:+.2f} µs** CPU per request (median of the pairs; "
+             f"user {statistics.median(user):+.2f} µs); difference of the medians "
+             f"{on.med('cpu_us_per_req') - off.med('cpu_us_per_req'):+.2f} µs; "
+             f"throughput {on.med('rps') / off.med('rps'):.3f}x, "
+             f"p99 {on.med('p99_us') - off.med('p99_us'):+.0f} µs",
+             f"- noise: `--metrics off` alone spans {noise:.2f} µs of CPU per request over "
+             f"its {len(off.runs)} runs; "
+             + ("the difference shows above it" if visible
+                else "the difference does not show above it (pairs of both signs, or "
+                     "too few runs to tell)"),
+             f"- target, under {METRICS_TARGET_US:g} µs of CPU per request: {target}"]
+    return "\n".join(lines)
 
 
 def idle_rss(b: Bench) -> str:
@@ -1158,9 +1244,11 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--proxy-cpu", default="0", help="core the proxy runs on")
     ap.add_argument("--client-cpu", default="1", help="core for wrk and the origin")
-    ap.add_argument("--scenarios", default="1,2,3,4,idle,tls",
+    ap.add_argument("--scenarios", default="1,2,3,4,metrics,idle,tls",
                     help="comma list of 1 (peers), 2 (route scale), 3 (extra plugin), "
-                         "4 (new connection per request), idle, tls (TLS with nginx and Envoy)")
+                         "4 (new connection per request), metrics (scenario 1's wasmgate "
+                         "with --metrics on and off, in turn), idle, tls (TLS with nginx "
+                         "and Envoy)")
     ap.add_argument("--tls-keys", default="p256,rsa2048",
                     help="certificate key types for the TLS scenario's handshake rows "
                          "(p256, rsa2048); keep-alive rows use the first")
@@ -1248,6 +1336,10 @@ def main() -> int:
                 log("scenario 4: a new connection per request")
                 section("4. A new connection per request (`Connection: close`)",
                         lambda: scenario_peers(b, True, a.connections))
+            if "metrics" in wanted:
+                log("scenario metrics: scenario 1's wasmgate with metrics on and off, in turn")
+                section("Metrics on and off (scenario 1's chain, measured in turn)",
+                        lambda: scenario_metrics(b, a.connections))
             if "idle" in wanted:
                 section("Memory at rest", lambda: idle_rss(b))
             if "tls" in wanted:
