@@ -463,3 +463,642 @@ async fn json_access_lines_parse() {
     );
     assert!(first.get("x_forwarded_for").is_some() && first.get("trace_id").is_some());
 }
+
+/// The value of the sample `name{...}` whose labels contain every one of `labels`
+/// (`key="value"` pairs), if the exposition has exactly one.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let set = match rest {
+                "" => "",
+                r => r.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            labels
+                .iter()
+                .all(|want| set.split(',').any(|have| have == *want))
+                .then(|| value.parse().ok())?
+        })
+        .collect();
+    match found[..] {
+        [v] => Some(v),
+        _ => None,
+    }
+}
+
+/// Scrape until `ready` holds for the exposition (metrics are recorded when a response
+/// or connection has ended, a moment after the client saw it); the last scrape.
+async fn scrape_until(admin: u16, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(admin).await;
+        if ready(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn simple_vs(name: &str, host: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {host}}}}}]\n"
+    )
+}
+
+/// A plugin that errors, panics, runs out of time and out of memory: each counted under
+/// its own family, per plugin and VirtualService; every trap drops its instance, so the
+/// next call waits for a new one (`wasmgate_plugin_instance_waits_total`), and the pool
+/// ends with one idle instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failures_and_instance_pool_are_counted() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("metrics-plugin");
+    let plugins = support::plugins_dir(&[("misbehave.wasm", "misbehave")]);
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write("vs.yaml", &simple_vs("app", "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    dir.write(
+        "plugin.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n",
+    );
+    let gw = Gateway::start(
+        dir.path(),
+        &[
+            "--plugins",
+            plugins.arg(),
+            "--plugin-time-limit-ms",
+            "200",
+            "--plugin-memory-limit-mib",
+            "16",
+        ],
+    )
+    .await;
+    // A clean call between failures, so no run of traps is long enough to trip a breaker.
+    for path in ["/error", "/panic", "/loop", "/alloc"] {
+        let r = support::get(port, "x", path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        let r = support::get(port, "x", "/fine", &[])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::OK, "after {path}");
+    }
+    let binding = [
+        "plugin=\"default/misbehave\"",
+        "virtual_service=\"default/app\"",
+    ];
+    let text = scrape_until(gw.admin, |t| {
+        sample(t, "wasmgate_plugin_calls_total", &binding) == Some(8.0)
+    })
+    .await;
+    for (family, n) in [
+        ("wasmgate_plugin_calls_total", 8.0),
+        ("wasmgate_plugin_errors_total", 1.0),
+        ("wasmgate_plugin_traps_total", 3.0),
+        ("wasmgate_plugin_deadline_kills_total", 1.0),
+        ("wasmgate_plugin_memory_kills_total", 1.0),
+        ("wasmgate_plugin_call_duration_seconds_count", 8.0),
+    ] {
+        assert_eq!(
+            sample(&text, family, &binding),
+            Some(n),
+            "{family}:\n{text}"
+        );
+    }
+    // The deadline kill took at least its 200 ms budget.
+    let spent = sample(&text, "wasmgate_plugin_call_duration_seconds_sum", &binding);
+    assert!(spent.is_some_and(|s| s >= 0.2), "{spent:?}");
+
+    let plugin = ["plugin=\"default/misbehave\""];
+    let waits = sample(&text, "wasmgate_plugin_instance_waits_total", &plugin);
+    assert!(
+        waits.is_some_and(|n| n >= 3.0),
+        "each trap's successor waited: {waits:?}\n{text}"
+    );
+    let waited = sample(
+        &text,
+        "wasmgate_plugin_instance_wait_seconds_total",
+        &plugin,
+    );
+    assert!(waited.is_some_and(|s| s > 0.0), "{waited:?}");
+    let idle = [plugin[0], "state=\"idle\""];
+    let busy = [plugin[0], "state=\"busy\""];
+    assert_eq!(
+        sample(&text, "wasmgate_plugin_instances", &idle),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wasmgate_plugin_instances", &busy),
+        Some(0.0),
+        "{text}"
+    );
+    // The router served every request from the instance its load prepared.
+    let router = ["plugin=\"wasmgate/router\""];
+    assert_eq!(
+        sample(&text, "wasmgate_plugin_instance_waits_total", &router),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+/// An upstream that answers each request `ok` and closes its connection.
+async fn closing_upstream() -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// An upstream that accepts connections and never answers.
+async fn silent_upstream() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
+
+/// Upstream clusters: a refused endpoint is retried twice (Istio's default) and counted
+/// as one connect failure; a route timeout is a timeout; connections are counted while
+/// open (a keep-alive one stays, closed ones leave); no endpoint is ever ejected. And
+/// Istio's request and response sizes are the bytes of the heads and bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_connections_and_sizes_are_counted() {
+    let app = Echo::start("app").await;
+    let (closing, _closing) = closing_upstream().await;
+    let (silent, _silent) = silent_upstream().await;
+    let port = free_port();
+    let dir = TempDir::new("metrics-upstream");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: up\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /down}}]\n    route: [{destination: {host: down}}]\n  - match: [{uri: {prefix: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: slow}}]\n  - match: [{uri: {prefix: /closing}}]\n    route: [{destination: {host: closing}}]\n  - route: [{destination: {host: app}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &[
+            service_entry("app", "app", 80, &[(app.port(), &[])]),
+            service_entry("down", "down", 80, &[(free_port(), &[])]),
+            service_entry("slow", "slow", 80, &[(silent, &[])]),
+            service_entry("closing", "closing", 80, &[(closing, &[])]),
+        ]
+        .join("---\n"),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let r = support::get(port, "x", "/down", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let started = Instant::now();
+    let r = support::get(port, "x", "/slow", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    for _ in 0..3 {
+        let r = support::get(port, "x", "/closing", &[])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), "ok");
+    }
+    let body = "x".repeat(1000);
+    let r = support::request(
+        port,
+        "POST",
+        "sizes.example.com",
+        "/sizes",
+        &[],
+        bytes::Bytes::from(body.clone()),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    // Heads count each header as `name: value\r\n`, the response's status line as 16.
+    let head = |h: &http::HeaderMap| -> usize {
+        h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+    };
+    let request_bytes = "host".len()
+        + "sizes.example.com".len()
+        + 4
+        + "content-length".len()
+        + "1000".len()
+        + 4
+        + "/sizes".len()
+        + body.len();
+    let response_bytes = head(&r.headers) + 16 + r.body.len();
+
+    let cluster = |host: &str| format!("cluster=\"outbound|80||{host}.default.svc.cluster.local\"");
+    let (down, slow, closing_c, app_c) = (
+        cluster("down"),
+        cluster("slow"),
+        cluster("closing"),
+        cluster("app"),
+    );
+    let text = scrape_until(gw.admin, |t| {
+        sample(t, "wasmgate_upstream_connections_active", &[&closing_c]) == Some(0.0)
+            && sample(
+                t,
+                "istio_request_bytes_count",
+                &["destination_service=\"app.default.svc.cluster.local\""],
+            ) == Some(1.0)
+    })
+    .await;
+    for (family, c, n) in [
+        ("wasmgate_upstream_requests_total", &down, 3.0),
+        ("wasmgate_upstream_retries_total", &down, 2.0),
+        ("wasmgate_upstream_connect_failures_total", &down, 1.0),
+        ("wasmgate_upstream_timeouts_total", &down, 0.0),
+        ("wasmgate_upstream_connections_total", &down, 0.0),
+        ("wasmgate_upstream_timeouts_total", &slow, 1.0),
+        ("wasmgate_upstream_connect_failures_total", &slow, 0.0),
+        ("wasmgate_upstream_connections_total", &closing_c, 3.0),
+        ("wasmgate_upstream_connections_active", &closing_c, 0.0),
+        ("wasmgate_upstream_connections_total", &app_c, 1.0),
+        ("wasmgate_upstream_connections_active", &app_c, 1.0),
+        ("wasmgate_upstream_ejections_total", &app_c, 0.0),
+        ("wasmgate_upstream_requests_active", &app_c, 0.0),
+    ] {
+        assert_eq!(
+            sample(&text, family, &[c]),
+            Some(n),
+            "{family}{{{c}}}:\n{text}"
+        );
+    }
+
+    let app_dest = "destination_service=\"app.default.svc.cluster.local\"";
+    for (family, n) in [
+        ("istio_request_bytes_count", 1.0),
+        ("istio_request_bytes_sum", request_bytes as f64),
+        ("istio_response_bytes_count", 1.0),
+        ("istio_response_bytes_sum", response_bytes as f64),
+    ] {
+        assert_eq!(
+            sample(&text, family, &[app_dest]),
+            Some(n),
+            "{family}:\n{text}"
+        );
+    }
+    // Istio's size buckets: a little over 1000 bytes lands in le="10000", not le="1000".
+    for (family, le, n) in [
+        ("istio_request_bytes_bucket", "le=\"1000\"", 0.0),
+        ("istio_request_bytes_bucket", "le=\"10000\"", 1.0),
+        ("istio_response_bytes_bucket", "le=\"1000\"", 0.0),
+        ("istio_response_bytes_bucket", "le=\"10000\"", 1.0),
+    ] {
+        assert_eq!(
+            sample(&text, family, &[app_dest, le]),
+            Some(n),
+            "{family} {le}:\n{text}"
+        );
+    }
+}
+
+/// TLS handshakes per listener: one that completes, one that fails (the client does not
+/// trust the certificate); a client speaking plain HTTP to the TLS port sends no
+/// ClientHello, so it is a connection but no handshake (Envoy counts it as matching no
+/// filter chain, not as a TLS error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_and_failures_are_counted() {
+    use support::tls::{Ca, secret};
+    let app = Echo::start("app").await;
+    let ca = Ca::new("metrics-ca");
+    let leaf = ca.server(&["shop.example.com"]);
+    let port = free_port();
+    let dir = TempDir::new("metrics-tls");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  servers:\n  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, credentialName: shop-cert}}\n"
+        ),
+    );
+    dir.write(
+        "secret.yaml",
+        &secret("shop-cert", "default", Some(&leaf), None),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: shop\nspec:\n  hosts: [shop.example.com]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: app}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let seen = support::tls::get(
+        port,
+        ca.client_config(None, &[b"http/1.1"]),
+        "shop.example.com",
+        "shop.example.com",
+        "/",
+        &[],
+    )
+    .await
+    .expect("TLS request");
+    assert_eq!(seen.reply.status, StatusCode::OK);
+    assert!(
+        support::get(port, "shop.example.com", "/", &[])
+            .await
+            .is_err()
+    );
+    let stranger = Ca::new("someone-else");
+    assert!(
+        support::tls::get(
+            port,
+            stranger.client_config(None, &[b"http/1.1"]),
+            "shop.example.com",
+            "shop.example.com",
+            "/",
+            &[],
+        )
+        .await
+        .is_err()
+    );
+    let listener = format!("listener=\"127.0.0.1:{port}\"");
+    let text = scrape_until(gw.admin, |t| {
+        sample(
+            t,
+            "wasmgate_listener_tls_handshake_failures_total",
+            &[&listener],
+        ) == Some(1.0)
+            && sample(t, "wasmgate_listener_connections_active", &[&listener]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_listener_tls_handshakes_total",
+            &[&listener]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_listener_tls_handshake_failures_total",
+            &[&listener]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wasmgate_listener_connections_total", &[&listener]),
+        Some(3.0),
+        "{text}"
+    );
+}
+
+/// Reloads: a bad file is a failure and leaves the last success's time; a good one is a
+/// success with a later time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_failures_and_last_success_time_are_reported() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs() as f64)
+    };
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("metrics-reload");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write("vs.yaml", &simple_vs("app", "app"));
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let before = now();
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let last = "wasmgate_config_last_success_timestamp_seconds";
+    let text = scrape(gw.admin).await;
+    let first = sample(&text, last, &[]).expect("timestamp");
+    assert!(before <= first && first <= now(), "{before} {first}");
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_config_reloads_total",
+            &["result=\"success\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_config_reloads_total",
+            &["result=\"failure\""]
+        ),
+        Some(0.0)
+    );
+
+    dir.write("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  nosuchfield: 1\n");
+    assert_eq!(gw.reload().await.status, StatusCode::BAD_REQUEST);
+    let text = scrape(gw.admin).await;
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_config_reloads_total",
+            &["result=\"failure\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_config_reloads_total",
+            &["result=\"success\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, last, &[]),
+        Some(first),
+        "a failure keeps the time"
+    );
+
+    // The timestamp has a resolution of one second: let one pass.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    dir.write("vs.yaml", &simple_vs("app", "app"));
+    assert_eq!(gw.reload().await.status, StatusCode::OK);
+    let text = scrape(gw.admin).await;
+    assert_eq!(
+        sample(
+            &text,
+            "wasmgate_config_reloads_total",
+            &["result=\"success\""]
+        ),
+        Some(2.0)
+    );
+    let second = sample(&text, last, &[]).expect("timestamp");
+    assert!(second > first && second <= now(), "{first} {second}");
+}
+
+/// Istio's TCP metrics through a real `tcp` route: bytes count while the connection is
+/// open (as they are read), the connection when it opens and when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_tcp_metrics_count_a_real_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers each read with `a:` and what it read.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend_port = backend.local_addr().expect("addr").port();
+    let _backend = tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut out = b"a:".to_vec();
+                    out.extend_from_slice(&buf[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let dir = TempDir::new("metrics-tcp");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  servers:\n  - port: {{number: {port}, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n"
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: tcp\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: {port}}}]\n    route:\n    - destination: {{host: a.internal, port: {{number: 9000}}}}\n"
+        ),
+    );
+    dir.write(
+        "se.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: a\nspec:\n  hosts: [a.internal]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {backend_port}}}}}]\n"
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    conn.write_all(b"hello\n").await.expect("write");
+    let mut reply = [0u8; 8];
+    conn.read_exact(&mut reply).await.expect("read");
+    assert_eq!(&reply, b"a:hello\n");
+
+    let dest = [
+        "reporter=\"source\"",
+        "source_workload=\"wasmgate\"",
+        "destination_service=\"a.internal\"",
+        "destination_service_name=\"a.internal\"",
+        "destination_service_namespace=\"default\"",
+        "request_protocol=\"tcp\"",
+    ];
+    // Open: the bytes are there already, the close is not.
+    let text = scrape(gw.admin).await;
+    for (family, n) in [
+        ("istio_tcp_connections_opened_total", 1.0),
+        ("istio_tcp_connections_closed_total", 0.0),
+        ("istio_tcp_received_bytes_total", 6.0),
+        ("istio_tcp_sent_bytes_total", 8.0),
+    ] {
+        assert_eq!(sample(&text, family, &dest), Some(n), "{family}:\n{text}");
+    }
+
+    conn.write_all(b"bye\n").await.expect("write");
+    let mut reply = [0u8; 6];
+    conn.read_exact(&mut reply).await.expect("read");
+    drop(conn);
+    let text = scrape_until(gw.admin, |t| {
+        sample(t, "istio_tcp_connections_closed_total", &dest) == Some(1.0)
+    })
+    .await;
+    for (family, n) in [
+        ("istio_tcp_connections_opened_total", 1.0),
+        ("istio_tcp_connections_closed_total", 1.0),
+        ("istio_tcp_received_bytes_total", 10.0),
+        ("istio_tcp_sent_bytes_total", 14.0),
+    ] {
+        assert_eq!(sample(&text, family, &dest), Some(n), "{family}:\n{text}");
+    }
+}
+
+/// `--access-log off`: requests are served and counted, and no access line is written
+/// (they are written where the metrics are recorded, so a counted request would have
+/// had its line by now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_off_writes_no_lines() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("access-off");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /app}}]\n    route: [{destination: {host: app}}]\n",
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    let gw = Gateway::start(dir.path(), &["--access-log", "off"]).await;
+    let r = support::get(port, "x", "/app", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    let r = support::get(port, "x", "/nothing", &[])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let text = scrape_until(gw.admin, |t| {
+        sample(t, "istio_requests_total", &["response_code=\"200\""]) == Some(1.0)
+            && sample(t, "istio_requests_total", &["response_code=\"404\""]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "istio_requests_total", &["response_code=\"404\""]),
+        Some(1.0),
+        "{text}"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("ready"), "the log is written: {log}");
+    assert!(gw.access_lines().is_empty(), "{log}");
+}

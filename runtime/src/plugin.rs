@@ -268,7 +268,11 @@ impl PluginHost {
         };
         let mut slot = match pool.inner.take() {
             Some(slot) => slot,
-            None => pool.inner.new_slot().await.map_err(load_err)?,
+            None => pool
+                .inner
+                .new_slot(&policy.inner.metrics)
+                .await
+                .map_err(load_err)?,
         };
         let resource = slot.prepare(&policy.inner).await.map_err(|e| match e {
             SlotError::Config(c) => PluginError::Config {
@@ -383,6 +387,8 @@ struct Slot {
     store: Store<StoreState>,
     plugin: Plugin,
     prepared: HashMap<u32, ResourceAny>,
+    /// Counts it in `wasmgate_plugin_instances` while it lives.
+    counted: metrics::Instance,
 }
 
 enum SlotError {
@@ -410,7 +416,12 @@ impl PreparedPolicy {
         let pool = &self.inner.pool.inner;
         let mut slot = match pool.take() {
             Some(slot) => slot,
-            None => pool.new_slot().await.map_err(CallError::Unavailable)?,
+            None => {
+                let waiting = std::time::Instant::now();
+                let made = pool.new_slot(&self.inner.metrics).await;
+                self.inner.metrics.waited(waiting.elapsed());
+                made.map_err(CallError::Unavailable)?
+            }
         };
         let resource = match slot.prepared.get(&self.inner.id) {
             Some(r) => *r,
@@ -447,18 +458,22 @@ impl PreparedPolicy {
 
 impl PoolInner {
     fn take(&self) -> Option<Slot> {
-        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+        let mut slot = self.idle.lock().ok().and_then(|mut idle| idle.pop())?;
+        slot.counted.set_idle(false);
+        Some(slot)
     }
 
-    fn put_back(&self, slot: Slot) {
+    fn put_back(&self, mut slot: Slot) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
+            slot.counted.set_idle(true);
             idle.push(slot);
         }
     }
 
-    async fn new_slot(&self) -> Result<Slot, String> {
+    /// A new instance, counted in the pool metrics of `metrics`' plugin.
+    async fn new_slot(&self, metrics: &Arc<metrics::PluginMetrics>) -> Result<Slot, String> {
         let host = &self.host.inner;
         let state = StoreState::new(
             self.plugin.name(),
@@ -490,6 +505,7 @@ impl PoolInner {
             store,
             plugin,
             prepared: HashMap::new(),
+            counted: metrics::Instance::new(metrics),
         })
     }
 }

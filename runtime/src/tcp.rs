@@ -4,7 +4,9 @@
 //! the bytes are spliced both ways until either side closes. For TLS passthrough the
 //! ClientHello already read is sent first, so the client completes its handshake with
 //! the backend and sees the backend's certificate. One access line per connection with
-//! its byte counts and duration.
+//! its byte counts and duration. Istio's TCP byte counters grow as bytes are read, not
+//! only when the connection closes, so a long-lived connection shows its traffic while
+//! it lasts (Envoy reports such connections periodically).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,13 +16,14 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::proxy::{Body, ConnInfo, ProxyError, Shared, full};
 use crate::snapshot::Snapshot;
 use crate::snapshot::listeners::{L4Destination, L4Route, L4Routes};
 use crate::snapshot::mesh::Tunnels;
+use crate::telemetry::metrics::{Counter, TcpStats};
 use crate::tls::client_hello::{self, Parse};
 
 /// Envoy's default upstream connect timeout.
@@ -264,21 +267,25 @@ async fn connect_and_splice<S>(
         }
     };
     let _ = upstream.set_nodelay(true);
-    let tcp = &cluster.stats.tcp;
-    if shared.metrics.enabled {
+    let tcp = shared.metrics.enabled.then_some(&cluster.stats.tcp);
+    if let Some(tcp) = tcp {
         tcp.opened.fetch_add(1, Ordering::Relaxed);
     }
-    splice(downstream, &mut upstream, prefix, line).await;
-    if shared.metrics.enabled {
+    splice(downstream, &mut upstream, prefix, line, tcp).await;
+    if let Some(tcp) = tcp {
         tcp.closed.fetch_add(1, Ordering::Relaxed);
-        tcp.received.fetch_add(line.received, Ordering::Relaxed);
-        tcp.sent.fetch_add(line.sent, Ordering::Relaxed);
     }
 }
 
-/// `prefix`, then bytes both ways until either side closes; counts into `line`.
-async fn splice<S>(downstream: &mut S, upstream: &mut TcpStream, prefix: Vec<u8>, line: &mut Line)
-where
+/// `prefix`, then bytes both ways until either side closes; counts into `line`, and
+/// into `tcp` as the bytes are read.
+async fn splice<S>(
+    downstream: &mut S,
+    upstream: &mut TcpStream,
+    prefix: Vec<u8>,
+    line: &mut Line,
+    tcp: Option<&TcpStats>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if !prefix.is_empty() {
@@ -288,15 +295,91 @@ where
             return;
         }
         line.received += prefix.len() as u64;
+        if let Some(tcp) = tcp {
+            tcp.received
+                .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+        }
     }
-    match tokio::io::copy_bidirectional(downstream, upstream).await {
-        Ok((from_client, to_client)) => {
-            line.received += from_client;
-            line.sent += to_client;
+    let mut client = Tally::new(downstream, tcp.map(|t| &t.received));
+    let mut server = Tally::new(upstream, tcp.map(|t| &t.sent));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        // A reset on either side ends the splice; what was read until then counts.
+        tracing::debug!(upstream = %line.upstream, "connection ended: {e}");
+    }
+    line.received += client.read;
+    line.sent += server.read;
+}
+
+/// A stream whose reads are counted: in `read`, and in an Istio counter as they happen
+/// (one atomic addition per read, a buffer's worth of bytes).
+struct Tally<'a, S> {
+    inner: &'a mut S,
+    read: u64,
+    counter: Option<&'a Counter>,
+}
+
+impl<'a, S> Tally<'a, S> {
+    fn new(inner: &'a mut S, counter: Option<&'a Counter>) -> Self {
+        Tally {
+            inner,
+            read: 0,
+            counter,
         }
-        Err(e) => {
-            // A reset on either side ends the splice; byte counts are then unknown.
-            tracing::debug!(upstream = %line.upstream, "connection ended: {e}");
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tally<'_, S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.read += n;
+            if let Some(c) = this.counter {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
         }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tally<'_, S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

@@ -14,8 +14,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 /// What every plugin-defined family's name starts with.
 pub const PREFIX: &str = "wasmgate_plugin_";
@@ -37,7 +38,7 @@ pub const MAX_VALUE: usize = 128;
 pub const OVERFLOW: &str = "__overflow__";
 
 /// wasmgate's own `wasmgate_plugin_*` families, whose names plugins cannot take.
-const OWN: [(&str, Kind); 8] = [
+const OWN: [(&str, Kind); 11] = [
     ("calls_total", Kind::Counter),
     ("errors_total", Kind::Counter),
     ("traps_total", Kind::Counter),
@@ -46,6 +47,10 @@ const OWN: [(&str, Kind); 8] = [
     ("call_duration_seconds", Kind::Histogram),
     ("metric_overflow_total", Kind::Counter),
     ("metric_updates_dropped_total", Kind::Counter),
+    // Gauges write one sample per series, as counters do.
+    ("instances", Kind::Counter),
+    ("instance_waits_total", Kind::Counter),
+    ("instance_wait_seconds_total", Kind::Counter),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +136,7 @@ impl Registry {
                     defined: Mutex::new(0),
                     dropped: Default::default(),
                     warned: Default::default(),
+                    pool: PoolStats::default(),
                 })
             })
             .clone()
@@ -171,6 +177,8 @@ impl Registry {
                 }
             }
         }
+
+        render_pools(out, &plugins);
 
         let name = "wasmgate_plugin_metric_overflow_total";
         header(
@@ -225,6 +233,67 @@ pub struct PluginMetrics {
     dropped: [AtomicU64; 3],
     /// The first drop of each reason is logged; later ones are only counted.
     warned: [AtomicBool; 3],
+    /// Its instance pools (one per snapshot), summed.
+    pool: PoolStats,
+}
+
+/// One plugin's instances, summed over the pools of every live snapshot (a reload's new
+/// pool and the old one its in-flight requests still use). Kept per plugin name, so the
+/// counters survive reloads. Atomics only: a call flips its instance out of and back
+/// into `idle`; the rest moves only when an instance is made or dropped.
+#[derive(Debug, Default)]
+struct PoolStats {
+    /// Instances alive: idle, or in a call.
+    live: AtomicI64,
+    /// Instances waiting in a pool for a call.
+    idle: AtomicI64,
+    /// Calls that found no idle instance and waited while one was instantiated.
+    waits: AtomicU64,
+    /// The time those waits took, in microseconds.
+    wait_micros: AtomicU64,
+}
+
+/// Counts one plugin instance in its plugin's pool gauges while it lives (held by the
+/// instance; dropping the instance drops it). Counts nothing under `--metrics off`.
+#[derive(Debug)]
+pub struct Instance {
+    metrics: Option<Arc<PluginMetrics>>,
+    idle: bool,
+}
+
+impl Instance {
+    /// A new, busy instance of the plugin of `metrics`.
+    pub fn new(metrics: &Arc<PluginMetrics>) -> Self {
+        let metrics = metrics.enabled.then(|| metrics.clone());
+        if let Some(m) = &metrics {
+            m.pool.live.fetch_add(1, Ordering::Relaxed);
+        }
+        Instance {
+            metrics,
+            idle: false,
+        }
+    }
+
+    /// The instance went back into its pool (`true`) or out of it for a call.
+    pub fn set_idle(&mut self, idle: bool) {
+        if let Some(m) = &self.metrics
+            && self.idle != idle
+        {
+            m.pool
+                .idle
+                .fetch_add(if idle { 1 } else { -1 }, Ordering::Relaxed);
+        }
+        self.idle = idle;
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.set_idle(false);
+        if let Some(m) = &self.metrics {
+            m.pool.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A definition as a plugin asks for it.
@@ -235,6 +304,17 @@ pub enum Definition<'a> {
 }
 
 impl PluginMetrics {
+    /// A call found no idle instance and waited `took` for a new one.
+    pub fn waited(&self, took: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let pool = &self.pool;
+        pool.waits.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        pool.wait_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
     /// The plugin's name (`ns/name`).
     pub fn plugin(&self) -> &str {
         &self.plugin
@@ -687,6 +767,50 @@ fn float(v: f64) -> String {
         if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
         v.to_string()
+    }
+}
+
+/// The instance pools of every plugin that has prepared a binding.
+fn render_pools(out: &mut String, plugins: &[Arc<PluginMetrics>]) {
+    let name = "wasmgate_plugin_instances";
+    header(
+        out,
+        name,
+        "gauge",
+        "Plugin instances alive, by state: idle in a pool, or busy in a call.",
+    );
+    for p in plugins {
+        let live = p.pool.live.load(Ordering::Relaxed).max(0);
+        let idle = p.pool.idle.load(Ordering::Relaxed).clamp(0, live);
+        let plugin = escape(&p.plugin);
+        let _ = writeln!(out, "{name}{{plugin=\"{plugin}\",state=\"idle\"}} {idle}");
+        let _ = writeln!(
+            out,
+            "{name}{{plugin=\"{plugin}\",state=\"busy\"}} {}",
+            live - idle
+        );
+    }
+    let name = "wasmgate_plugin_instance_waits_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Plugin calls that found no idle instance and waited while one was instantiated.",
+    );
+    for p in plugins {
+        let n = p.pool.waits.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {n}", escape(&p.plugin));
+    }
+    let name = "wasmgate_plugin_instance_wait_seconds_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Time plugin calls waited for a new instance.",
+    );
+    for p in plugins {
+        let s = p.pool.wait_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {s}", escape(&p.plugin));
     }
 }
 

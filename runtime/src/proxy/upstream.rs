@@ -24,7 +24,7 @@ use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
 use crate::snapshot::registry::InFlight;
 use crate::snapshot::{Cluster, Target};
-use connect::{H2Key, H2Pool, TlsClients};
+use connect::{Counting, H2Key, H2Pool, OPENING_FOR, TlsClients};
 
 /// Connect timeout for new upstream connections (Envoy's default is 10 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Upstream {
     connector: HttpConnector,
-    http1: Client<HttpConnector, Body>,
+    http1: Client<Counting<HttpConnector>, Body>,
     tls1: Arc<TlsClients>,
     http2: Arc<H2Pool>,
 }
@@ -54,7 +54,7 @@ impl Upstream {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
-            .build(connector.clone());
+            .build(Counting(connector.clone()));
         Upstream {
             connector,
             http1,
@@ -103,15 +103,23 @@ impl Upstream {
                 target: endpoint,
                 tls: cluster.tls.as_ref().map(|t| (t.key, sni())),
             };
-            return self.http2.send(key, cluster.tls.as_deref(), req).await;
+            return self
+                .http2
+                .send(key, cluster.tls.as_deref(), req, &cluster.upstream_stats)
+                .await;
         }
         let req = build(scheme, &endpoint, out, body, Version::HTTP_11)?;
+        // A connection the pooled client opens for this request counts for the cluster.
         let sent = match &cluster.tls {
-            None => self.http1.request(req).await,
+            None => {
+                OPENING_FOR
+                    .scope(cluster.upstream_stats.clone(), self.http1.request(req))
+                    .await
+            }
             Some(tls) => {
-                self.tls1
-                    .get(&self.connector, tls, &sni())
-                    .request(req)
+                let client = self.tls1.get(&self.connector, tls, &sni());
+                OPENING_FOR
+                    .scope(cluster.upstream_stats.clone(), client.request(req))
                     .await
             }
         };

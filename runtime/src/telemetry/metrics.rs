@@ -471,6 +471,34 @@ pub struct ClusterStats {
     pub timeouts: AtomicU64,
     pub connect_failures: AtomicU64,
     pub in_flight: AtomicI64,
+    /// Upstream connections this cluster's requests opened ([`ClusterStats::opened`]).
+    connections: AtomicU64,
+    /// Of those, the ones still open.
+    connections_active: AtomicI64,
+    /// Endpoints ejected by outlier detection. Nothing ejects yet (outlier detection is
+    /// accepted but not applied), so it stays 0; the family is there for dashboards and
+    /// alerts to be written against now.
+    pub ejections: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Count a new upstream connection as open until the guard is dropped (with the
+    /// connection).
+    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+}
+
+/// One open upstream connection, from [`ClusterStats::opened`].
+#[derive(Debug)]
+pub struct OpenConnection(Arc<ClusterStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Reloads and what is loaded.
@@ -958,6 +986,16 @@ impl Metrics {
                 "Attempts whose connection failed.",
                 |c: &ClusterStats| &c.connect_failures,
             ),
+            (
+                "wasmgate_upstream_connections_total",
+                "Upstream connections opened for the cluster's requests.",
+                |c: &ClusterStats| &c.connections,
+            ),
+            (
+                "wasmgate_upstream_ejections_total",
+                "Endpoints ejected by outlier detection (not applied yet: always 0).",
+                |c: &ClusterStats| &c.ejections,
+            ),
         ] {
             header(out, name, "counter", help);
             for (cluster, c) in &clusters {
@@ -981,6 +1019,20 @@ impl Metrics {
                 "wasmgate_upstream_requests_active{{cluster=\"{}\"}} {}",
                 escape(cluster),
                 c.in_flight.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "wasmgate_upstream_connections_active",
+            "gauge",
+            "Open upstream connections, by the cluster whose request opened them (the connection pool).",
+        );
+        for (cluster, c) in &clusters {
+            let _ = writeln!(
+                out,
+                "wasmgate_upstream_connections_active{{cluster=\"{}\"}} {}",
+                escape(cluster),
+                c.connections_active.load(Ordering::Relaxed).max(0)
             );
         }
 

@@ -3,7 +3,8 @@
 //! cluster's settings and SNI (one pooled client per settings and SNI). HTTP/2, in
 //! clear text or over TLS: one multiplexed connection per endpoint, settings and SNI,
 //! kept here, so the request's `:authority` can be the virtual host while the socket
-//! goes to the endpoint (hyper-util's client takes both from the URI).
+//! goes to the endpoint (hyper-util's client takes both from the URI). Every connection
+//! is counted, while it is open, in the pool metrics of the cluster that opened it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +25,99 @@ use tokio_rustls::client::TlsStream;
 
 use super::super::error::ProxyError;
 use super::super::{Body, BoxError};
+use crate::telemetry::metrics::{ClusterStats, OpenConnection};
 use crate::tls::client::UpstreamTls;
+
+tokio::task_local! {
+    /// The cluster a request through a pooled client is for. hyper-util's client calls
+    /// its connector (with only a URI) from the request's own future, so a connection it
+    /// opens is counted for this cluster; one taken from the pool costs nothing.
+    pub static OPENING_FOR: Arc<ClusterStats>;
+}
+
+/// A connector that counts the connections it makes in the metrics of [`OPENING_FOR`]'s
+/// cluster (none outside such a scope) for as long as they stay open.
+#[derive(Clone, Debug)]
+pub struct Counting<C>(pub C);
+
+impl<C> tower_service::Service<Uri> for Counting<C>
+where
+    C: tower_service::Service<Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = Counted<C::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let cluster = OPENING_FOR.try_with(Arc::clone).ok();
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await.map_err(Into::into)?;
+            Ok(Counted {
+                io,
+                _open: cluster.map(|c| c.opened()),
+            })
+        })
+    }
+}
+
+/// A connection counted as open until it is dropped.
+pub struct Counted<T> {
+    io: T,
+    _open: Option<OpenConnection>,
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
 
 /// TLS settings and the SNI to present: what a pooled connection is reusable for.
 pub type TlsKey = ([u8; 32], String);
@@ -149,7 +242,7 @@ impl hyper::rt::Write for TlsIo {
 /// Pooled HTTP/1.1-over-TLS clients, one per settings and SNI.
 #[derive(Debug, Default)]
 pub struct TlsClients {
-    clients: DashMap<TlsKey, Client<TlsConnector, Body>>,
+    clients: DashMap<TlsKey, Client<Counting<TlsConnector>, Body>>,
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -167,7 +260,7 @@ impl TlsClients {
         tcp: &HttpConnector,
         tls: &Arc<UpstreamTls>,
         sni: &str,
-    ) -> Client<TlsConnector, Body> {
+    ) -> Client<Counting<TlsConnector>, Body> {
         let key = (tls.key, sni.to_string());
         if let Some(c) = self.clients.get(&key) {
             return c.clone();
@@ -175,7 +268,11 @@ impl TlsClients {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
-            .build(TlsConnector::new(tcp.clone(), tls.clone(), sni.to_string()));
+            .build(Counting(TlsConnector::new(
+                tcp.clone(),
+                tls.clone(),
+                sni.to_string(),
+            )));
         self.clients.entry(key).or_insert(client).clone()
     }
 }
@@ -195,12 +292,14 @@ pub struct H2Pool {
 }
 
 impl H2Pool {
-    /// Send `req` (its URI carries the `:authority`) on the connection for `key`.
+    /// Send `req` (its URI carries the `:authority`) on the connection for `key`; a new
+    /// connection is counted for `cluster`.
     pub async fn send(
         &self,
         key: H2Key,
         tls: Option<&UpstreamTls>,
         req: Request<Body>,
+        cluster: &Arc<ClusterStats>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let existing = self
             .conns
@@ -210,7 +309,7 @@ impl H2Pool {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect(&key, tls).await?;
+                let s = self.connect(&key, tls, cluster).await?;
                 self.conns.insert(key.clone(), s.clone());
                 s
             }
@@ -232,8 +331,11 @@ impl H2Pool {
         &self,
         key: &H2Key,
         tls: Option<&UpstreamTls>,
+        cluster: &Arc<ClusterStats>,
     ) -> Result<SendRequest<Body>, ProxyError> {
         let tcp = dial(&key.target, super::CONNECT_TIMEOUT).await?;
+        // Open while the connection's task runs.
+        let open = cluster.opened();
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -246,6 +348,7 @@ impl H2Pool {
                     .await
                     .map_err(|e| ProxyError::UpstreamConnect(format!("HTTP/2 handshake: {e}")))?;
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!("upstream HTTP/2 connection ended: {e}");
                     }
@@ -258,6 +361,7 @@ impl H2Pool {
                     .await
                     .map_err(|e| ProxyError::UpstreamConnect(format!("HTTP/2 handshake: {e}")))?;
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!("upstream HTTP/2 connection ended: {e}");
                     }
