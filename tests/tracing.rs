@@ -412,3 +412,99 @@ async fn the_gateway_span_is_the_upstream_requests_parent() {
     assert_eq!(hex(&b3.span_id), b3_span);
     assert!(spans.iter().all(|s| hex(&s.trace_id) != fresh));
 }
+
+/// Requests for `PHASE` through a gateway that traces every request (100 %) to
+/// `endpoint`: each one's time (all must succeed), and the exporter's counter of failed
+/// export requests once one has failed or 10 s have passed.
+async fn traced_requests(endpoint: &str) -> (Vec<Duration>, u64) {
+    const PHASE: Duration = Duration::from_millis(3500);
+    let backend = Echo::start("backend").await;
+    let port = free_port();
+    let dir = TempDir::new("tracing-load");
+    dir.write("gw.yaml", &gateway("gw", port, &["shop.example.com"]));
+    dir.write("vs.yaml", VS_TRACED);
+    dir.write(
+        "se.yaml",
+        &service_entry("backend", "backend-svc", 80, &[(backend.port(), &[])]),
+    );
+    let gw = Gateway::start(
+        dir.path(),
+        &["--otlp-endpoint", endpoint, "--trace-sampling", "100"],
+    )
+    .await;
+    let mut times = Vec::new();
+    let started = Instant::now();
+    // Long enough for the exporter to flush (every second) and, with a silent
+    // collector, for an export to run into its 2 s timeout while requests go on.
+    while started.elapsed() < PHASE {
+        let t = Instant::now();
+        let r = get(port, "shop.example.com", "/checkout", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{endpoint}: request failed: {e}"));
+        assert_eq!(r.status, 200, "{endpoint}: {}", r.text());
+        times.push(t.elapsed());
+    }
+    let failures = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("wasmgate_trace_export_failures_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = get(gw.admin, "admin", "/stats/prometheus", &[])
+            .await
+            .expect("scrape")
+            .text();
+        if failures(&text) > 0 || Instant::now() > deadline {
+            return (times, failures(&text));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// End to end, at 100 % sampling: with the collector down (nothing listens on its port)
+/// or silent (it accepts and never answers), requests are as fast as with a healthy
+/// collector and none fails; the exports fail meanwhile, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_silent_collector_never_slows_requests() {
+    let healthy = Collector::start().await;
+    let (mut baseline, failed) = traced_requests(&healthy.url()).await;
+    assert_eq!(failed, 0, "the healthy collector takes every export");
+    assert!(
+        !healthy.spans().is_empty(),
+        "spans reached the healthy collector"
+    );
+    let base = median(&mut baseline);
+
+    let dead = format!("http://127.0.0.1:{}/v1/traces", free_port());
+    let (silent, _task) = silent_collector().await;
+    let silent = format!("http://{silent}/v1/traces");
+    for endpoint in [dead, silent] {
+        let (mut times, failed) = traced_requests(&endpoint).await;
+        assert!(failed > 0, "{endpoint}: exports were tried and failed");
+        let slowest = times.iter().max().copied().unwrap_or_default();
+        let typical = median(&mut times);
+        // Generous for a loaded machine; a request held by an export would wait for a
+        // refused connection each time, or for the 2 s export timeout.
+        assert!(
+            typical <= base * 3 + Duration::from_millis(10),
+            "{endpoint}: median {typical:?}, with a healthy collector {base:?}"
+        );
+        assert!(
+            slowest < Duration::from_millis(1500),
+            "{endpoint}: slowest request {slowest:?}"
+        );
+        assert!(
+            times.len() * 4 >= baseline.len(),
+            "{endpoint}: {} requests, {} with a healthy collector",
+            times.len(),
+            baseline.len()
+        );
+    }
+}
