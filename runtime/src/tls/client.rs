@@ -57,43 +57,45 @@ pub fn client_config(tls: &ClientTls, h2: bool) -> Result<Option<UpstreamTls>, T
             origin: String::new(),
             message: format!("no usable TLS version: {e}"),
         })?;
-    let check = if tls.insecure_skip_verify {
-        Some(UpstreamCheck::Nothing)
-    } else if !tls.subject_alt_names.is_empty() {
-        Some(UpstreamCheck::Sans {
-            roots: roots.clone(),
-            sans: tls.subject_alt_names.clone(),
-        })
-    } else {
-        None
-    };
     for san in &tls.subject_alt_names {
         digest.update(san.as_bytes());
         digest.update([0]);
     }
-    let builder = match check {
-        Some(check) => builder
+    let custom = |check| {
+        Arc::new(UpstreamVerifier::new(
+            check,
+            provider.signature_verification_algorithms,
+        ))
+    };
+    let builder = if tls.insecure_skip_verify {
+        builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(UpstreamVerifier::new(
-                check,
-                provider.signature_verification_algorithms,
-            ))),
-        None => {
-            let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
-            if let Some(crl) = &tls.crl {
-                digest.update(bytes(crl));
-                verifier = verifier.with_crls(load_crls(crl)?);
-            }
-            let verifier = verifier.build().map_err(|e| TlsError {
-                field: "caCertificates".into(),
-                origin: tls
-                    .ca
-                    .as_ref()
-                    .map(|c| c.origin.clone())
-                    .unwrap_or_default(),
-                message: format!("unusable CA: {e}"),
-            })?;
-            builder.with_webpki_verifier(verifier)
+            .with_custom_certificate_verifier(custom(UpstreamCheck::Nothing))
+    } else {
+        let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+        if let Some(crl) = &tls.crl {
+            digest.update(bytes(crl));
+            verifier = verifier.with_crls(load_crls(crl)?);
+        }
+        let webpki = verifier.build().map_err(|e| TlsError {
+            field: "caCertificates".into(),
+            origin: tls
+                .ca
+                .as_ref()
+                .map(|c| c.origin.clone())
+                .unwrap_or_default(),
+            message: format!("unusable CA: {e}"),
+        })?;
+        if tls.subject_alt_names.is_empty() {
+            builder.with_webpki_verifier(webpki)
+        } else {
+            // The CA and its CRL still apply: only the name check is replaced.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(custom(UpstreamCheck::Sans {
+                    webpki,
+                    sans: tls.subject_alt_names.clone(),
+                }))
         }
     };
     let mut config = match (&tls.mode, &tls.client_cert) {

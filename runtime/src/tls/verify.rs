@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
 use super::cert;
 
@@ -134,9 +134,10 @@ impl ClientCertVerifier for ClientChecks {
 /// name) does not apply.
 #[derive(Debug)]
 pub enum UpstreamCheck {
-    /// Chain to `roots`, then one of the DestinationRule's `subjectAltNames`.
+    /// `webpki`'s checks (the chain to the CA, validity, the `caCrl`) except the name,
+    /// then one of the DestinationRule's `subjectAltNames` instead.
     Sans {
-        roots: Arc<RootCertStore>,
+        webpki: Arc<WebPkiServerVerifier>,
         sans: Vec<String>,
     },
     /// `insecureSkipVerify: true`: any certificate (signatures are still checked).
@@ -160,21 +161,24 @@ impl ServerCertVerifier for UpstreamVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         match &self.check {
             UpstreamCheck::Nothing => Ok(ServerCertVerified::assertion()),
-            UpstreamCheck::Sans { roots, sans } => {
-                let parsed = ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &parsed,
-                    roots,
-                    intermediates,
-                    now,
-                    self.algorithms.all,
-                )?;
+            UpstreamCheck::Sans { webpki, sans } => {
+                // rustls checks the chain and its revocation before the name, so a
+                // name mismatch alone means everything else passed; the SANs replace
+                // the name check (Envoy's `match_typed_subject_alt_names`).
+                match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                    Ok(_)
+                    | Err(Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                    )) => {}
+                    Err(e) => return Err(e),
+                }
                 ExtraChecks::new(sans, &[], &[])
                     .check(end_entity)
                     .map_err(|_| {
@@ -274,5 +278,81 @@ mod tests {
                 .is_err_and(|e| e.contains("subject alt names"))
         );
         assert!(ExtraChecks::default().check(&c).is_ok());
+    }
+
+    /// An upstream verified by `subjectAltNames`: the SAN replaces the name check, but
+    /// the chain to the CA and the `caCrl` still apply.
+    #[test]
+    fn upstream_sans_keep_the_chain_and_the_crl() {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("key"),
+        )
+        .expect("ca");
+        let leaf = |serial: u64| {
+            let mut p = rcgen::CertificateParams::new(vec!["upstream.example".to_string()])
+                .expect("params");
+            p.serial_number = Some(serial.into());
+            let key = rcgen::KeyPair::generate().expect("key");
+            p.signed_by(&key, &ca).expect("leaf").der().clone()
+        };
+        let (good, revoked) = (leaf(1), leaf(2));
+        let (stranger, _) = cert("upstream.example");
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: 2u64.into(),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca)
+        .expect("crl");
+        let provider = rustls::crypto::ring::default_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("root");
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(provider.clone()),
+        )
+        .with_crls(vec![crl.der().clone()])
+        .build()
+        .expect("verifier");
+        let verifier = |sans: &[&str]| {
+            UpstreamVerifier::new(
+                UpstreamCheck::Sans {
+                    webpki: webpki.clone(),
+                    sans: sans.iter().map(|s| s.to_string()).collect(),
+                },
+                provider.signature_verification_algorithms,
+            )
+        };
+        // The SNI is not the certificate's name: the SANs decide.
+        let sni = ServerName::try_from("sni.other.example").expect("name");
+        let now = UnixTime::now();
+        let check = |v: &UpstreamVerifier, c: &CertificateDer<'_>| {
+            v.verify_server_cert(c, &[], &sni, &[], now).map(|_| ())
+        };
+        let named = verifier(&["upstream.example"]);
+        assert_eq!(check(&named, &good), Ok(()));
+        assert_eq!(
+            check(&named, &revoked),
+            Err(Error::InvalidCertificate(rustls::CertificateError::Revoked)),
+            "the caCrl applies with subjectAltNames too"
+        );
+        assert!(check(&named, &stranger).is_err(), "another CA");
+        assert_eq!(
+            check(&verifier(&["other.example"]), &good),
+            Err(Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+            ))
+        );
     }
 }
