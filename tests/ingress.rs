@@ -134,9 +134,52 @@ async fn ingress_tls_and_classes() {
         "the nginx-class Ingress"
     );
     assert!(
-        gw.log_text()
-            .contains("Ingress shop/elsewhere: skipped: class \"nginx\" is not Istio's"),
+        gw.log_text().contains(
+            "Ingress shop/elsewhere: spec.ingressClassName: skipped: class \"nginx\" is not Istio's"
+        ),
         "{}",
         gw.log_text()
     );
+}
+
+/// `defaultBackend` takes every request no rule matches (Kubernetes' meaning; Istio's
+/// controller ignores it): an unmatched path of a host the rules name, and hosts no rule
+/// names. A `*.` rule host matches as Istio's generated VirtualService does (Envoy's
+/// suffix match: one label or more, never the bare domain); an exact host beats it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_and_wildcard_hosts() {
+    let web = Echo::start("web").await;
+    let fallback = Echo::start("fallback").await;
+    let port = free_port();
+    let dir = TempDir::new("ingress-default");
+    dir.write(
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: shop\nspec:\n  defaultBackend: {service: {name: fallback, port: {number: 8000}}}\n  rules:\n  - host: \"*.example.com\"\n    http:\n      paths:\n      - {path: /app, pathType: Prefix, backend: {service: {name: web, port: {number: 8000}}}}\n  - host: exact.example.com\n    http:\n      paths:\n      - {path: /exact, pathType: Exact, backend: {service: {name: web, port: {number: 8000}}}}\n",
+    );
+    dir.write(
+        "services.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("web", "web", 8000, &[(web.port(), &[])]),
+            service_entry("fallback", "fallback", 8000, &[(fallback.port(), &[])])
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &["--ingress-port", &port.to_string()]).await;
+    for (host, path, upstream) in [
+        ("a.example.com", "/app", "web"),
+        ("a.example.com", "/app/x", "web"),
+        ("A.Example.COM:8080", "/app", "web"),
+        ("b.a.example.com", "/app", "web"),
+        ("a.example.com", "/appx", "fallback"),
+        ("a.example.com", "/", "fallback"),
+        ("example.com", "/app", "fallback"),
+        ("exact.example.com", "/exact", "web"),
+        ("exact.example.com", "/app", "fallback"),
+        ("other.org", "/app", "fallback"),
+    ] {
+        let r = support::get(port, host, path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{host}{path}");
+        assert_eq!(r.echo()["upstream"], upstream, "{host}{path}");
+        assert_eq!(r.echo()["path"], path, "{host}{path}");
+    }
 }

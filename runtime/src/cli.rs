@@ -95,7 +95,8 @@ pub struct RunArgs {
     /// This gateway's workload name: `source_workload` in Istio's metrics.
     #[arg(long, default_value = "wasmgate", value_name = "NAME")]
     pub workload_name: String,
-    /// This gateway's namespace: `source_workload_namespace` in Istio's metrics.
+    /// This gateway's namespace: `source_workload_namespace` in Istio's metrics, and where
+    /// `credentialName` Secrets are found when the Gateway's own namespace lacks them.
     #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
     pub workload_namespace: String,
     /// How request paths are normalized before routing, as Istio's MeshConfig
@@ -169,6 +170,10 @@ pub struct ValidateArgs {
         value_delimiter = ','
     )]
     pub plugin_host_env: Vec<String>,
+    /// The gateway's namespace, as `run --workload-namespace`: where `credentialName`
+    /// Secrets are found when the Gateway's own namespace lacks them.
+    #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
+    pub workload_namespace: String,
 }
 
 /// Run a parsed command line to completion.
@@ -194,6 +199,7 @@ pub async fn main(cli: Cli) -> ExitCode {
 async fn validate(args: ValidateArgs) -> ExitCode {
     let load_options = wasmgate_config::LoadOptions {
         host_env: args.plugin_host_env.iter().cloned().collect(),
+        workload_namespace: wasmgate_config::WorkloadNamespace(args.workload_namespace.clone()),
         ..wasmgate_config::LoadOptions::default()
     };
     let config = match wasmgate_config::load_with(&args.config, &load_options) {
@@ -228,7 +234,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             drain: Duration::ZERO,
             edge: crate::proxy::edge::EdgeSettings::default(),
             metrics: false,
-            workload: (String::new(), String::new()),
+            workload: (String::new(), args.workload_namespace.clone()),
             tracing: None,
             access_log: (
                 crate::telemetry::access::Format::Text,

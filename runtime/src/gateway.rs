@@ -69,6 +69,7 @@ pub async fn load(
     let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
         host_env: options.plugin_host_env.iter().cloned().collect(),
+        workload_namespace: wasmgate_config::WorkloadNamespace(options.workload.1.clone()),
     };
     let config = wasmgate_config::load_with(&options.config, &load_options)
         .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;

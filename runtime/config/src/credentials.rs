@@ -1,10 +1,10 @@
 //! The credential pass: once every document is parsed and valid, fills the certificates,
 //! keys, CA bundles and CRLs of Gateway servers ([`ServerTls`]) and DestinationRule TLS
-//! settings ([`ClientTls`]) from the Secrets they name (`credentialName`, in the
-//! resource's own namespace) and the files they name (read now, relative paths from the
-//! YAML file's directory). A missing Secret, key or file is an error on the field that
-//! named it. The loader (`load::assemble`) runs it and turns the issues into errors with
-//! file and line.
+//! settings ([`ClientTls`]) from the Secrets they name (`credentialName`: in the
+//! resource's own namespace, else in the gateway workload's, [`WorkloadNamespace`]) and
+//! the files they name (read now, relative paths from the YAML file's directory). A
+//! missing Secret, key or file is an error on the field that named it. The loader
+//! (`load::assemble`) runs it and turns the issues into errors with file and line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,31 @@ const CRL_KEYS: [&str; 2] = ["ca.crl", "crl"];
 /// The suffix of the Secret that holds the CA when the credential Secret does not.
 const CA_SUFFIX: &str = "-cacert";
 
-/// Resolves every credential in `cfg`; returns each resource's issues (only resources
-/// that have some), in Gateway then DestinationRule order.
-pub(crate) fn resolve(cfg: &mut Config) -> Vec<(model::Meta, Report)> {
+/// The namespace of the gateway workload, wasmgate itself (`--workload-namespace`,
+/// default `istio-system`): Istio's gateways read `credentialName` Secrets from their own
+/// namespace, so Secrets are looked for there after the resource's own namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadNamespace(pub String);
+
+impl Default for WorkloadNamespace {
+    fn default() -> Self {
+        WorkloadNamespace("istio-system".into())
+    }
+}
+
+impl WorkloadNamespace {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Resolves every credential in `cfg`, Secrets looked for in each resource's namespace,
+/// then in `workload`'s; returns each resource's issues (only resources that have some),
+/// in Gateway then DestinationRule order.
+pub(crate) fn resolve(
+    cfg: &mut Config,
+    workload: &WorkloadNamespace,
+) -> Vec<(model::Meta, Report)> {
     let Config {
         gateways,
         destination_rules,
@@ -41,7 +63,7 @@ pub(crate) fn resolve(cfg: &mut Config) -> Vec<(model::Meta, Report)> {
     let mut out = Vec::new();
     for g in gateways.iter_mut() {
         let mut r = Report::default();
-        let cx = Context::new(&by_name, &g.meta);
+        let cx = Context::new(&by_name, &g.meta, workload.as_str());
         let servers = FieldPath::root("spec").key("servers");
         for server in &mut g.servers {
             let (Some(tls), Some(written)) = (
@@ -66,7 +88,7 @@ pub(crate) fn resolve(cfg: &mut Config) -> Vec<(model::Meta, Report)> {
     }
     for dr in destination_rules.iter_mut() {
         let mut r = Report::default();
-        let cx = Context::new(&by_name, &dr.meta);
+        let cx = Context::new(&by_name, &dr.meta, workload.as_str());
         let spec = FieldPath::root("spec");
         if let Some(tp) = &dr.spec.traffic_policy {
             cx.policy(
@@ -99,7 +121,10 @@ pub(crate) fn resolve(cfg: &mut Config) -> Vec<(model::Meta, Report)> {
 /// Where one resource looks for its credentials.
 struct Context<'a> {
     secrets: &'a BTreeMap<(&'a str, &'a str), &'a Secret>,
+    /// The resource's namespace: looked in first.
     namespace: &'a str,
+    /// The gateway workload's namespace: looked in next.
+    workload: &'a str,
     /// Relative file paths start here: the directory of the resource's YAML file.
     dir: PathBuf,
 }
@@ -114,10 +139,15 @@ enum CaLookup<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(secrets: &'a BTreeMap<(&'a str, &'a str), &'a Secret>, meta: &'a model::Meta) -> Self {
+    fn new(
+        secrets: &'a BTreeMap<(&'a str, &'a str), &'a Secret>,
+        meta: &'a model::Meta,
+        workload: &'a str,
+    ) -> Self {
         Context {
             secrets,
             namespace: &meta.id.namespace,
+            workload,
             dir: meta
                 .file
                 .parent()
@@ -126,19 +156,50 @@ impl<'a> Context<'a> {
         }
     }
 
-    fn lookup(&self, name: &str) -> Option<&'a Secret> {
-        self.secrets.get(&(self.namespace, name)).copied()
+    fn get(&self, namespace: &str, name: &str) -> Option<&'a Secret> {
+        self.secrets.get(&(namespace, name)).copied()
     }
 
-    /// The Secret a `credentialName` names (`kubernetes://` prefix allowed); an error at
-    /// `field` when there is none.
-    fn secret(&self, name: &str, field: &FieldPath, r: &mut Report) -> Option<&'a Secret> {
-        let name = name.strip_prefix("kubernetes://").unwrap_or(name);
-        let found = self.lookup(name);
-        if found.is_none() {
-            r.err(field, format!("Secret {}/{name} not found", self.namespace));
+    /// The Secret a `credentialName` names, as Istio reads it (`kubernetes://` prefix
+    /// allowed): `name` in the resource's namespace, else in the gateway workload's;
+    /// `namespace/name` in that namespace, which must be one of the two (Istio's
+    /// gateways are refused any other). `Err` says why there is none.
+    fn lookup(&self, written: &str) -> Result<&'a Secret, String> {
+        let name = written.strip_prefix("kubernetes://").unwrap_or(written);
+        if let Some((ns, name)) = name.split_once('/') {
+            if ns != self.namespace && ns != self.workload {
+                return Err(format!(
+                    "Secret {ns}/{name} is out of reach: a gateway reads credentials only from the resource's namespace ({}) and its own ({}, --workload-namespace)",
+                    self.namespace, self.workload
+                ));
+            }
+            return self
+                .get(ns, name)
+                .ok_or_else(|| format!("Secret {ns}/{name} not found"));
         }
-        found
+        self.get(self.namespace, name)
+            .or_else(|| self.get(self.workload, name))
+            .ok_or_else(|| {
+                if self.namespace == self.workload {
+                    format!("Secret {}/{name} not found", self.namespace)
+                } else {
+                    format!(
+                        "Secret {}/{name} not found, nor {}/{name} (the gateway workload's namespace)",
+                        self.namespace, self.workload
+                    )
+                }
+            })
+    }
+
+    /// The Secret a `credentialName` names; an error at `field` when there is none.
+    fn secret(&self, name: &str, field: &FieldPath, r: &mut Report) -> Option<&'a Secret> {
+        match self.lookup(name) {
+            Ok(s) => Some(s),
+            Err(why) => {
+                r.err(field, why);
+                None
+            }
+        }
     }
 
     fn pem(secret: &Secret, key: &str, field: &FieldPath) -> Option<Pem> {
@@ -188,7 +249,9 @@ impl<'a> Context<'a> {
         if let Some(pem) = Self::first_of(home, &CA_KEYS, field) {
             return CaLookup::Found(pem, home);
         }
-        match self.lookup(&format!("{}{CA_SUFFIX}", home.meta.id.name)) {
+        // Beside the credential Secret, wherever that was found.
+        let id = &home.meta.id;
+        match self.get(&id.namespace, &format!("{}{CA_SUFFIX}", id.name)) {
             None => CaLookup::Missing,
             Some(s) => match Self::first_of(s, &CA_KEYS, field) {
                 Some(pem) => CaLookup::Found(pem, s),
@@ -208,12 +271,9 @@ impl<'a> Context<'a> {
         )
     }
 
-    fn no_ca_anywhere(&self, home: &Secret) -> String {
-        let name = &home.meta.id.name;
-        format!(
-            "Secret {ns}/{name} has no ca.crt and there is no Secret {ns}/{name}{CA_SUFFIX}",
-            ns = self.namespace
-        )
+    fn no_ca_anywhere(home: &Secret) -> String {
+        let (ns, name) = (&home.meta.id.namespace, &home.meta.id.name);
+        format!("Secret {ns}/{name} has no ca.crt and there is no Secret {ns}/{name}{CA_SUFFIX}")
     }
 
     /// Reads a file named by `field`; an error naming the path when it cannot.
@@ -333,7 +393,7 @@ impl<'a> Context<'a> {
                         &field,
                         format!(
                             "{mode_name} TLS requires a client CA: {}",
-                            self.no_ca_anywhere(s)
+                            Self::no_ca_anywhere(s)
                         ),
                     ),
                 }
@@ -407,7 +467,7 @@ impl<'a> Context<'a> {
                     &field,
                     format!(
                         "{mode_name} TLS with credentialName needs a CA to verify the server: {} (or set insecureSkipVerify)",
-                        self.no_ca_anywhere(s)
+                        Self::no_ca_anywhere(s)
                     ),
                 ),
             }
@@ -624,19 +684,37 @@ mod tests {
         assert_eq!(
             errors(&[&gateway(&["mode: SIMPLE", "credentialName: nope"])]),
             vec![
-                "tls.yaml:10: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret edge/nope not found"
+                "tls.yaml:10: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret edge/nope not found, nor istio-system/nope (the gateway workload's namespace)"
             ]
         );
-        // The Secret of another namespace does not count.
+        // The Secret of a third namespace does not count.
         let elsewhere = secret("web", &[("tls.crt", "C"), ("tls.key", "K")])
-            .replace("namespace: edge", "namespace: istio-system");
+            .replace("namespace: edge", "namespace: shop");
         assert_eq!(
             errors(&[
                 &elsewhere,
                 &gateway(&["mode: SIMPLE", "credentialName: web"])
             ]),
             vec![
-                "tls.yaml:17: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret edge/web not found"
+                "tls.yaml:17: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret edge/web not found, nor istio-system/web (the gateway workload's namespace)"
+            ]
+        );
+        assert_eq!(
+            errors(&[
+                &elsewhere,
+                &gateway(&["mode: SIMPLE", "credentialName: shop/web"])
+            ]),
+            vec![
+                "tls.yaml:17: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret shop/web is out of reach: a gateway reads credentials only from the resource's namespace (edge) and its own (istio-system, --workload-namespace)"
+            ]
+        );
+        assert_eq!(
+            errors(&[&gateway(&[
+                "mode: SIMPLE",
+                "credentialName: kubernetes://istio-system/web"
+            ])]),
+            vec![
+                "tls.yaml:10: Gateway edge/gw: spec.servers[0].tls.credentialName: Secret istio-system/web not found"
             ]
         );
         assert_eq!(
@@ -663,8 +741,78 @@ mod tests {
                 &gateway(&["mode: SIMPLE", "credentialNames:", "- a", "- b"]),
             ]),
             vec![
-                "tls.yaml:19: Gateway edge/gw: spec.servers[0].tls.credentialNames[1]: Secret edge/b not found"
+                "tls.yaml:19: Gateway edge/gw: spec.servers[0].tls.credentialNames[1]: Secret edge/b not found, nor istio-system/b (the gateway workload's namespace)"
             ]
+        );
+    }
+
+    /// Istio's gateways read Secrets from the workload's namespace: wasmgate looks there
+    /// after the Gateway's own, and `namespace/name` picks one of the two.
+    #[test]
+    fn secrets_of_the_workload_namespace() {
+        let in_ns = |ns: &str, name: &str, entries: &[(&str, &str)]| {
+            secret(name, entries).replace("namespace: edge", &format!("namespace: {ns}"))
+        };
+        let pair = [("tls.crt", "SYS"), ("tls.key", "K")];
+        // Only in istio-system: found there, CA beside it.
+        let c = load(&[
+            &in_ns("istio-system", "web", &pair),
+            &in_ns("istio-system", "web-cacert", &[("ca.crt", "CA")]),
+            &gateway(&["mode: MUTUAL", "credentialName: web"]),
+        ]);
+        let t = server_tls(&c);
+        assert_eq!(
+            t.certificates[0].cert.origin,
+            "Secret istio-system/web key tls.crt"
+        );
+        assert_eq!(
+            t.client_ca.as_ref().map(|p| p.origin.as_str()),
+            Some("Secret istio-system/web-cacert key ca.crt")
+        );
+        // The Gateway's namespace first.
+        let c = load(&[
+            &in_ns("istio-system", "web", &pair),
+            &secret("web", &[("tls.crt", "EDGE"), ("tls.key", "K")]),
+            &gateway(&["mode: SIMPLE", "credentialName: web"]),
+        ]);
+        assert_eq!(text(&server_tls(&c).certificates[0].cert), "EDGE");
+        // `namespace/name` (with or without `kubernetes://`) picks the workload's.
+        for written in ["istio-system/web", "kubernetes://istio-system/web"] {
+            let c = load(&[
+                &in_ns("istio-system", "web", &pair),
+                &secret("web", &[("tls.crt", "EDGE"), ("tls.key", "K")]),
+                &gateway(&["mode: SIMPLE", &format!("credentialName: {written}")]),
+            ]);
+            assert_eq!(
+                text(&server_tls(&c).certificates[0].cert),
+                "SYS",
+                "{written}"
+            );
+        }
+        // Another workload namespace.
+        let shop = in_ns("shop", "web", &pair);
+        let gw = gateway(&["mode: SIMPLE", "credentialName: web"]);
+        let options = crate::LoadOptions {
+            workload_namespace: WorkloadNamespace("shop".into()),
+            ..crate::LoadOptions::default()
+        };
+        let c = crate::load_sources_with(
+            &[(
+                PathBuf::from("tls.yaml"),
+                [shop.as_str(), &gw].join("---\n"),
+            )],
+            &options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text(&server_tls(&c).certificates[0].cert), "SYS");
+        // DestinationRules too (Istio: the Secret of the proxy's namespace).
+        let c = load(&[
+            &in_ns("istio-system", "up", &[("ca.crt", "CA")]),
+            &rule(&["tls: {mode: SIMPLE, credentialName: up}"]),
+        ]);
+        assert_eq!(
+            client(&c).ca.as_ref().map(|p| p.origin.as_str()),
+            Some("Secret istio-system/up key ca.crt")
         );
     }
 
@@ -700,7 +848,7 @@ mod tests {
                 ]),
             ]),
             vec![
-                "tls.yaml:18: Gateway edge/gw: spec.servers[0].tls.caCertCredentialName: Secret edge/cas not found"
+                "tls.yaml:18: Gateway edge/gw: spec.servers[0].tls.caCertCredentialName: Secret edge/cas not found, nor istio-system/cas (the gateway workload's namespace)"
             ]
         );
         // SIMPLE needs no CA.
@@ -884,7 +1032,7 @@ mod tests {
         assert_eq!(
             errors(&[&rule(&["tls: {mode: SIMPLE, credentialName: up}"])]),
             vec![
-                "tls.yaml:7: DestinationRule edge/dr: spec.trafficPolicy.tls.credentialName: Secret edge/up not found"
+                "tls.yaml:7: DestinationRule edge/dr: spec.trafficPolicy.tls.credentialName: Secret edge/up not found, nor istio-system/up (the gateway workload's namespace)"
             ]
         );
         assert_eq!(
@@ -979,9 +1127,10 @@ mod tests {
             // shared/ sits beside the repository; without it there is nothing to check.
             return;
         };
-        // The Gateways are in `default`, their Secrets in `istio-system` (Istio looks in the
-        // gateway workload's namespace; wasmgate in the Gateway's own): all four are
-        // reported, each on its credentialName.
+        // The Gateways are in `default`, their Secrets in `istio-system`, the gateway
+        // workload's namespace, where Istio looks and wasmgate looks next. There the key
+        // names decide: `cert`/`key` is fine, a lone `tls.cert` is not (the certificates
+        // themselves are checked by the runtime: `wasmgate validate`).
         let e = match crate::load_sources(&[(PathBuf::from("a.yaml"), text)]) {
             Ok(_) => panic!("should fail"),
             Err(Errors(e)) => e,
@@ -999,10 +1148,8 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                "defaultgateway-invalid-keys Secret default/invalid-key not found",
-                "defaultgateway-missing-keys Secret default/missing-key not found",
-                "defaultgateway-invalid-cert Secret default/invalid-cert not found",
-                "defaultgateway-expired Secret default/expired-secret not found",
+                "defaultgateway-missing-keys Secret istio-system/missing-key has no tls.crt (or cert) key",
+                "defaultgateway-invalid-cert Secret istio-system/invalid-cert has no tls.crt (or cert) key",
             ]
         );
         assert!(
@@ -1018,25 +1165,7 @@ mod tests {
         assert_eq!(
             e.iter().map(ToString::to_string).collect::<Vec<_>>(),
             vec![
-                "dr.yaml:13: DestinationRule default/db-tls: spec.trafficPolicy.portLevelSettings[0].tls.credentialName: Secret default/db-credential not found"
-            ]
-        );
-        // In the Secrets' namespace the key names decide: `cert`/`key` is fine, a lone
-        // `tls.cert` is not.
-        let moved = std::fs::read_to_string(&file).unwrap_or_default().replace(
-            "  name: defaultgateway-",
-            "  namespace: istio-system\n  name: defaultgateway-",
-        );
-        let e = match crate::load_sources(&[(PathBuf::from("a.yaml"), moved)]) {
-            Ok(_) => panic!("should fail"),
-            Err(Errors(e)) => e,
-        };
-        let messages: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(
-            messages,
-            vec![
-                "Secret istio-system/missing-key has no tls.crt (or cert) key",
-                "Secret istio-system/invalid-cert has no tls.crt (or cert) key",
+                "dr.yaml:13: DestinationRule default/db-tls: spec.trafficPolicy.portLevelSettings[0].tls.credentialName: Secret default/db-credential not found, nor istio-system/db-credential (the gateway workload's namespace)"
             ]
         );
     }

@@ -19,6 +19,7 @@ pub mod telemetry;
 mod validate;
 mod yaml;
 
+pub use credentials::WorkloadNamespace;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;

@@ -63,6 +63,9 @@ enum Loaded {
 pub struct LoadOptions {
     /// Where the Gateways generated for Kubernetes Ingresses listen.
     pub ingress: IngressPorts,
+    /// `--workload-namespace`: where `credentialName` Secrets are looked for after the
+    /// namespace of the resource naming them.
+    pub workload_namespace: credentials::WorkloadNamespace,
     /// `--plugin-host-env`: the names of wasmgate's environment variables a WasmPlugin may
     /// pass to its plugin with `vmConfig.env[].valueFrom: HOST`; any other is an error.
     pub host_env: BTreeSet<String>,
@@ -674,7 +677,21 @@ fn assemble(
     // Ingresses become Gateways and VirtualServices before credentials are resolved,
     // so their TLS Secrets are found like any Gateway's.
     let translated = ingress::translate(&cfg, options.ingress);
-    warnings.extend(translated.warnings);
+    for (meta, report) in &translated.notes {
+        let outline = outlines.get(&meta.id);
+        warnings.extend(report.warnings.iter().map(|issue| {
+            ConfigWarning::from(ConfigError {
+                file: meta.file.clone(),
+                line: match (&issue.path, outline) {
+                    (Some(p), Some(o)) => Some(o.line_of(&p.0)),
+                    _ => None,
+                },
+                resource: Some(meta.id.clone()),
+                field: issue.path.as_ref().map(ToString::to_string),
+                message: issue.message.clone(),
+            })
+        }));
+    }
     let mut generated_errors = Vec::new();
     for (meta, report) in &translated.issues {
         let at = |issue: &Issue| ConfigError {
@@ -727,7 +744,9 @@ fn assemble(
         .filter_map(|(i, o)| o.id.as_ref().map(|id| (id, i)))
         .collect();
     let mut found: Vec<(usize, ConfigError)> = Vec::new();
-    for (meta, report) in credentials::resolve(&mut cfg) {
+    // An Ingress's missing Secret is reported on its `tls` entry.
+    let resolved = credentials::resolve(&mut cfg, &options.workload_namespace);
+    for (meta, report) in ingress::blame(&translated.tls_sources, resolved) {
         let outline = outlines.get(&meta.id);
         let at = |issue: &Issue| ConfigError {
             file: meta.file.clone(),

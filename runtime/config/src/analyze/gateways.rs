@@ -232,20 +232,23 @@ pub(super) fn conflicting_gateways(cfg: &Config, f: &mut Findings<'_>) {
 }
 
 /// IST0138: HTTPS servers of two Gateways on one listener address serve the same
-/// certificate. A browser reuses an HTTP/2 connection for every host the certificate
+/// certificate: the same Secret (as resolved, so `web` in two namespaces may be one
+/// Secret of the workload's namespace) or the same file, as Istio compares
+/// `credentialName` and `serverCertificate` (two Secrets holding equal bytes are not
+/// compared). A browser reuses an HTTP/2 connection for every host the certificate
 /// covers, but after the handshake wasmgate answers only the hosts of the server the
 /// connection was opened for: the others get 404.
 pub(super) fn duplicate_certificates(cfg: &Config, f: &mut Findings<'_>) {
-    let certs = |s: &Server| -> Vec<Vec<u8>> {
+    fn certs(s: &Server) -> Vec<&str> {
         match (&s.tls, s.protocol) {
             (Some(tls), Protocol::Https) => tls
                 .certificates
                 .iter()
-                .map(|k| k.cert.bytes.as_bytes().to_vec())
+                .map(|k| k.cert.origin.as_str())
                 .collect(),
             _ => Vec::new(),
         }
-    };
+    }
     for gw in &cfg.gateways {
         for other in cfg.gateways.iter().filter(|o| o.meta.id != gw.meta.id) {
             let shared = gw.servers.iter().find(|s| {
