@@ -737,6 +737,8 @@ async fn upstream_failures_connections_and_sizes_are_counted() {
                 "istio_request_bytes_count",
                 &["destination_service=\"app.default.svc.cluster.local\""],
             ) == Some(1.0)
+            // A request is in flight until its response body is dropped.
+            && sample(t, "wasmgate_upstream_requests_active", &[&app_c]) == Some(0.0)
     })
     .await;
     for (family, c, n) in [

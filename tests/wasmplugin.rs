@@ -325,6 +325,16 @@ async fn env_reaches_a_wasi_plugin() {
         "plugin.yaml",
         "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: probe\nspec:\n  url: wasi-probe.wasm\n  vmConfig:\n    env:\n    - {name: MODE, value: strict}\n    - {name: WASMGATE_TEST_TOKEN, valueFrom: HOST}\n",
     );
+    // A plugin without WASI cannot read an environment: a warning says so.
+    dir.write(
+        "plain.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: plain\nspec:\n  url: add-headers.wasm\n  vmConfig: {env: [{name: MODE, value: strict}]}\n",
+    );
+    std::fs::write(
+        plugins.path().join("add-headers.wasm"),
+        plugin_bytes("add-headers"),
+    )
+    .expect("copy plugin");
     let host_env = [
         ("WASMGATE_TEST_TOKEN", "s3cret"),
         ("WASMGATE_TEST_OTHER", "no"),
@@ -340,6 +350,13 @@ async fn env_reaches_a_wasi_plugin() {
     assert_eq!(
         reply.text(),
         "MODE=strict\nWASMGATE_TEST_TOKEN=s3cret\n",
+        "{}",
+        gw.log_text()
+    );
+    assert!(
+        gw.log_text().contains(
+            "plain.yaml: WasmPlugin default/plain: spec.vmConfig.env: the plugin imports no WASI"
+        ),
         "{}",
         gw.log_text()
     );

@@ -319,6 +319,11 @@ impl CompiledPlugin {
     pub fn name(&self) -> &str {
         &self.inner.name
     }
+
+    /// Does it import WASI? Only then can it read the environment `vmConfig.env` sets.
+    pub fn imports_wasi(&self) -> bool {
+        self.inner.may_block
+    }
 }
 
 impl std::fmt::Debug for CompiledPlugin {

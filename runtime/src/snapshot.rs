@@ -345,7 +345,18 @@ impl Snapshot {
         let mut users: Vec<(&WasmPlugin, PolicyPool)> = Vec::new();
         for wp in &config.wasm_plugins {
             match load_user_plugin(wp, host, sources, cache).await {
-                Ok(c) => users.push((wp, host.pool_with_env(&c, wp.env.clone()))),
+                Ok(c) => {
+                    if !wp.env.is_empty() && !c.imports_wasi() {
+                        tracing::warn!(
+                            "{}: {}: spec.vmConfig.env: the plugin imports no WASI, so \
+                             it cannot read the environment it is given (build it for \
+                             wasm32-wasip1 or wasm32-wasip2)",
+                            wp.meta.file.display(),
+                            wp.meta.id
+                        );
+                    }
+                    users.push((wp, host.pool_with_env(&c, wp.env.clone())));
+                }
                 Err(e) => errors.push(*e),
             }
         }
