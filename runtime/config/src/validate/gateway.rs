@@ -436,6 +436,29 @@ fn validate_server_tls(tls: &raw::ServerTLSSettings, p: &FieldPath, r: &mut Repo
             }
         }
     }
+    // Envoy refuses a pin that is not a SHA-256 digest (the listener is not served); here
+    // it is an error too, since a pin that can never match would refuse every client.
+    if terminating {
+        for (i, spki) in tls.verify_certificate_spki.iter().enumerate() {
+            if !super::secret::decode_base64(spki).is_ok_and(|d| d.len() == 32) {
+                r.err(
+                    &p.key("verifyCertificateSpki").index(i),
+                    format!("{spki:?} is not a base64-encoded SHA-256 digest (44 characters)"),
+                );
+            }
+        }
+        for (i, hash) in tls.verify_certificate_hash.iter().enumerate() {
+            let digits: Vec<char> = hash.chars().filter(|c| *c != ':').collect();
+            if digits.len() != 64 || !digits.iter().all(char::is_ascii_hexdigit) {
+                r.err(
+                    &p.key("verifyCertificateHash").index(i),
+                    format!(
+                        "{hash:?} is not a hex-encoded SHA-256 digest (64 hex digits, colons allowed)"
+                    ),
+                );
+            }
+        }
+    }
     for (field, list) in [
         ("credentialNames", tls.credential_names.len()),
         ("tlsCertificates", tls.tls_certificates.len()),
@@ -696,8 +719,8 @@ mod tests {
                 "credentialName: web",
                 "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, AES256-GCM-SHA384, ECDHE-RSA-AES128-GCM-SHA256]",
                 "subjectAltNames: [client.example.com]",
-                "verifyCertificateSpki: [abc]",
-                "verifyCertificateHash: [def]",
+                &format!("verifyCertificateSpki: [{SPKI}]"),
+                &format!("verifyCertificateHash: [\"{HASH}\"]"),
             ],
         );
         let t = server_tls(&c);
@@ -706,14 +729,38 @@ mod tests {
             vec!["ECDHE-RSA-AES128-GCM-SHA256", "AES256-GCM-SHA384"]
         );
         assert_eq!(t.subject_alt_names, vec!["client.example.com"]);
-        assert_eq!(t.verify_certificate_spki, vec!["abc"]);
-        assert_eq!(t.verify_certificate_hash, vec!["def"]);
+        assert_eq!(t.verify_certificate_spki, vec![SPKI]);
+        assert_eq!(t.verify_certificate_hash, vec![HASH]);
         let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
         assert_eq!(
             warnings,
             vec![
                 "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.cipherSuites[1]: cipher suite AES256-GCM-SHA384 is not implemented by wasmgate's TLS library; ignored",
                 "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.cipherSuites[2]: ignoring duplicate cipher suite ECDHE-RSA-AES128-GCM-SHA256",
+            ]
+        );
+    }
+
+    const SPKI: &str = "2IEpPESU/mmC30tPsnOfbGKdwKdQAB3vxuOTY2Kv2nI=";
+    const HASH: &str = "DF:6F:F7:2F:E9:11:65:21:26:8F:67:78:EF:6A:1A:5E:55:20:F0:D6:4B:0C:17:4E:D7:6D:AF:88:04:17:A8:35";
+
+    #[test]
+    fn certificate_pins_must_be_sha256_digests() {
+        assert_eq!(
+            errors(
+                "HTTPS",
+                &[
+                    "mode: MUTUAL",
+                    "credentialName: web",
+                    &format!("verifyCertificateSpki: [{SPKI}, abc, \"{}\"]", &SPKI[4..]),
+                    &format!("verifyCertificateHash: [{}, \"{HASH}:00\", xyz]", HASH.replace(':', "").to_lowercase()),
+                ]
+            ),
+            vec![
+                "gw.yaml:11: Gateway default/gw: spec.servers[0].tls.verifyCertificateSpki[1]: \"abc\" is not a base64-encoded SHA-256 digest (44 characters)".to_string(),
+                format!("gw.yaml:11: Gateway default/gw: spec.servers[0].tls.verifyCertificateSpki[2]: {:?} is not a base64-encoded SHA-256 digest (44 characters)", &SPKI[4..]),
+                format!("gw.yaml:12: Gateway default/gw: spec.servers[0].tls.verifyCertificateHash[1]: \"{HASH}:00\" is not a hex-encoded SHA-256 digest (64 hex digits, colons allowed)"),
+                "gw.yaml:12: Gateway default/gw: spec.servers[0].tls.verifyCertificateHash[2]: \"xyz\" is not a hex-encoded SHA-256 digest (64 hex digits, colons allowed)".to_string(),
             ]
         );
     }
