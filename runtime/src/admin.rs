@@ -2,8 +2,9 @@
 //! `GET /healthz/ready` (200 once every listener is serving), `POST /reload`
 //! (rebuild from the config paths; 200, or 400 with the reasons, one per line) and
 //! `GET /routes` (listeners, their servers and domains, and the policy chain or
-//! connection routes serving each), `GET /stats/prometheus` and `GET /metrics` (every
-//! metric in Prometheus' text format), and `GET /`, a page for people (`page`).
+//! connection routes serving each, a quarantined plugin marked), `GET /stats/prometheus`
+//! and `GET /metrics` (every metric in Prometheus' text format), and `GET /`, a page for
+//! people (`page`).
 
 mod page;
 
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::plugin::breaker::State as BreakerState;
 use crate::proxy::{Body, full};
 use crate::snapshot::Serve;
 use crate::snapshot::listeners::{HttpRoutes, L4Routes, Terminated, TlsAction, TlsServer};
@@ -143,7 +145,20 @@ fn write_hosts(out: &mut String, indent: &str, routes: &HttpRoutes) {
         };
         let _ = writeln!(out, "{indent}host {}{redirect}", vhost.domain);
         for chain in &vhost.chains {
-            let links: Vec<&str> = chain.links.iter().map(|l| l.policy.plugin_name()).collect();
+            let links: Vec<String> = chain
+                .links
+                .iter()
+                .map(|l| {
+                    let name = l.policy.plugin_name();
+                    match l.policy.breaker().state() {
+                        BreakerState::Closed => name.to_string(),
+                        BreakerState::Open(left) => {
+                            format!("{name} (quarantined, {}s left)", left.as_secs() + 1)
+                        }
+                        BreakerState::HalfOpen => format!("{name} (quarantined, probing)"),
+                    }
+                })
+                .collect();
             let _ = writeln!(
                 out,
                 "{indent}  {} via {}: {}",

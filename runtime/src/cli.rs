@@ -123,6 +123,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_CALL_BUDGET.as_millis() as u64, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub plugin_time_limit_ms: u64,
+    /// Consecutive traps (panics, time or memory limit) of one plugin on one
+    /// VirtualService that quarantine it there; 0 never does.
+    #[arg(long, default_value_t = crate::plugin::breaker::DEFAULT_FAILURES, value_name = "N")]
+    pub plugin_breaker_failures: u32,
+    /// How long a quarantined plugin is not called before one request probes it.
+    #[arg(long, default_value_t = crate::plugin::breaker::DEFAULT_COOLDOWN.as_millis() as u64,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub plugin_breaker_cooldown_ms: u64,
     /// On SIGTERM or Ctrl-C, how long open connections may finish their requests.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub drain_seconds: u64,
@@ -288,6 +296,8 @@ async fn run(args: RunArgs) -> ExitCode {
         host: HostSettings {
             random_seed: args.random_seed,
             call_budget: Duration::from_millis(args.plugin_time_limit_ms),
+            breaker_failures: args.plugin_breaker_failures,
+            breaker_cooldown: Duration::from_millis(args.plugin_breaker_cooldown_ms),
             memory_limit: args
                 .plugin_memory_limit_mib
                 .checked_mul(1 << 20)

@@ -122,6 +122,51 @@ fn exporter(endpoint: &str, service: &str, metrics: &Metrics) -> Result<Exporter
     Ok(exporter)
 }
 
+/// `wasmgate_plugin_breaker_*`: each binding's breaker, read when rendered.
+fn breaker_metrics(host: &PluginHost, metrics: &Metrics) {
+    let host = host.clone();
+    metrics.add_family(move |out| {
+        use crate::plugin::Breaker;
+        use crate::plugin::breaker::State;
+        use std::fmt::Write as _;
+        let breakers = host.breakers();
+        let labels = |(plugin, vs): &(String, String)| {
+            format!(
+                "plugin=\"{}\",virtual_service=\"{}\"",
+                crate::telemetry::metrics::escape(plugin),
+                crate::telemetry::metrics::escape(vs)
+            )
+        };
+        type Family = (&'static str, &'static str, &'static str, fn(&Breaker) -> u64);
+        let families: [Family; 3] = [
+            (
+                "wasmgate_plugin_breaker_open",
+                "gauge",
+                "1 while the plugin is quarantined on the VirtualService (breaker open or probing).",
+                |b| u64::from(b.state() != State::Closed),
+            ),
+            (
+                "wasmgate_plugin_breaker_opened_total",
+                "counter",
+                "Times the breaker opened after consecutive traps (a failed probe counts).",
+                Breaker::opened,
+            ),
+            (
+                "wasmgate_plugin_quarantined_total",
+                "counter",
+                "Requests that did not call the plugin because its breaker was open.",
+                Breaker::skipped,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (key, breaker) in &breakers {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(key), value(breaker));
+            }
+        }
+    });
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -155,6 +200,7 @@ impl Gateway {
             &options.workload.1,
         ));
         host.report_metrics_to(metrics.plugin_defined().clone());
+        breaker_metrics(&host, &metrics);
         let service = &options.workload.0;
         let tracing = match &options.tracing {
             None => TraceBase {

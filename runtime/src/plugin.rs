@@ -6,20 +6,27 @@
 //! Always on: the pooling allocator, a per-call epoch deadline, a per-instance memory
 //! limit, and a WASI context that grants nothing (stdout/stderr go to the log). A trap
 //! discards the instance it happened in; the next request gets a fresh one.
+//!
+//! One plugin cannot starve the others: a call still running after its first slice
+//! finishes on the [`lane`] (a low-priority thread), not on a thread that serves
+//! connections, and a binding that keeps trapping is quarantined by its [`breaker`].
 
 mod bindings;
+pub mod breaker;
 pub mod builtin;
 pub mod diskcache;
 mod host;
+mod lane;
 mod load;
 pub mod metrics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -27,16 +34,20 @@ use wasmtime::{
 
 pub use bindings::wasmgate::policy::types;
 use bindings::{Plugin, PluginPre};
+pub use breaker::Breaker;
+use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
 pub use host::Random;
-use host::StoreState;
+use host::{StoreState, Tick};
+use lane::SlowLane;
 pub use load::{WIT_PACKAGE, is_component};
 
 /// How long one call into a plugin may run before it is stopped.
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(100);
 /// The largest linear memory one plugin instance may grow to.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
-/// Epoch tick: the deadline's resolution.
-const TICK: Duration = Duration::from_millis(5);
+/// Epoch tick: the deadline's resolution, and the slice a call may run on its request's
+/// thread (between one and two ticks) before it moves to the slow lane.
+const TICK: Duration = Duration::from_millis(1);
 /// Idle instances kept per plugin and snapshot; more are dropped when returned.
 const MAX_IDLE: usize = 16;
 
@@ -66,6 +77,16 @@ pub enum CallError {
     /// overloaded, the plugin is not at fault.
     #[error("no plugin instance available: {0}")]
     Unavailable(String),
+    /// Not called: the binding's breaker is open after consecutive traps.
+    #[error("quarantined after repeated traps: {0}")]
+    Quarantined(String),
+}
+
+impl CallError {
+    /// A fault of the plugin's own (trap, deadline, memory), which its breaker counts.
+    fn is_fault(&self) -> bool {
+        matches!(self, CallError::Trap(_))
+    }
 }
 
 /// Engine, linker and shared host state. One per process; cheap to clone.
@@ -83,6 +104,12 @@ struct HostInner {
     prepare_budget: Duration,
     memory_limit: usize,
     compile_cache: Option<std::path::PathBuf>,
+    /// Where calls that outlast their first slice finish.
+    lane: SlowLane,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
+    /// One breaker per binding (plugin, VirtualService), kept across reloads.
+    breakers: DashMap<(String, String), Arc<Breaker>>,
     /// Where plugin-defined metrics go: the process's, once [`PluginHost::report_metrics_to`]
     /// is called; until then one of the host's own that nothing renders.
     metrics: ArcSwap<metrics::Registry>,
@@ -105,6 +132,10 @@ pub struct HostSettings {
     /// Keep compiled components here between runs ([`diskcache`]); `None` compiles
     /// every time.
     pub compile_cache: Option<std::path::PathBuf>,
+    /// Consecutive traps of one binding that open its breaker; 0 never opens it.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps its binding out before one request probes it.
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for HostSettings {
@@ -115,6 +146,8 @@ impl Default for HostSettings {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             max_instances: 1000,
             compile_cache: None,
+            breaker_failures: DEFAULT_FAILURES,
+            breaker_cooldown: DEFAULT_COOLDOWN,
         }
     }
 }
@@ -161,6 +194,10 @@ impl PluginHost {
                 prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
                 compile_cache: settings.compile_cache.clone(),
+                lane: SlowLane::start()?,
+                breaker_failures: settings.breaker_failures,
+                breaker_cooldown: settings.breaker_cooldown,
+                breakers: DashMap::new(),
                 metrics: ArcSwap::from_pointee(metrics::Registry::new(true)),
             }),
         })
@@ -175,6 +212,18 @@ impl PluginHost {
     /// Where plugin-defined metrics go.
     pub fn metrics(&self) -> Arc<metrics::Registry> {
         self.inner.metrics.load_full()
+    }
+
+    /// Every binding's breaker, as ((plugin, VirtualService), breaker), sorted.
+    pub fn breakers(&self) -> Vec<((String, String), Arc<Breaker>)> {
+        let mut all: Vec<_> = self
+            .inner
+            .breakers
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// The host's random source (shared with the proxy for request ids).
@@ -251,6 +300,18 @@ impl PluginHost {
         config: String,
     ) -> Result<PreparedPolicy, PluginError> {
         let id = pool.inner.next_binding.fetch_add(1, Ordering::Relaxed);
+        let breaker = self
+            .inner
+            .breakers
+            .entry((name.to_string(), binding.virtual_service.clone()))
+            .or_insert_with(|| {
+                Arc::new(Breaker::new(
+                    self.inner.breaker_failures,
+                    self.inner.breaker_cooldown,
+                ))
+            })
+            .clone();
+        breaker.judge_build(Arc::as_ptr(&pool.inner.plugin.inner) as usize);
         let mut policy = PreparedPolicy {
             inner: Arc::new(PreparedInner {
                 pool: pool.clone(),
@@ -260,6 +321,8 @@ impl PluginHost {
                 config,
                 interest: types::HeaderInterest::None,
                 metrics: self.inner.metrics.load().plugin(name),
+                breaker,
+                slow: AtomicBool::new(false),
             }),
         };
         let load_err = |message: String| PluginError::Load {
@@ -385,6 +448,9 @@ struct PreparedInner {
     interest: types::HeaderInterest,
     /// The metrics of the plugin `name`, shared with its other bindings.
     metrics: Arc<metrics::PluginMetrics>,
+    breaker: Arc<Breaker>,
+    /// The last call ran past its first slice: start the next one on the slow lane.
+    slow: AtomicBool,
 }
 
 /// One live instance and the bindings it has prepared.
@@ -412,53 +478,144 @@ impl PreparedPolicy {
         &self.inner.interest
     }
 
-    /// Decide for one request. `Ok(None)` keeps `current`.
+    /// This binding's breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.inner.breaker
+    }
+
+    /// Decide for one request. `Ok(None)` keeps `current`. Copies its arguments; the
+    /// proxy uses [`PreparedPolicy::call`].
     pub async fn on_request(
         &self,
         request: &types::RequestHead,
         current: &types::Decision,
     ) -> Result<Option<types::Decision>, CallError> {
-        let pool = &self.inner.pool.inner;
-        let mut slot = match pool.take() {
-            Some(slot) => slot,
-            None => {
-                let waiting = std::time::Instant::now();
-                let made = pool.new_slot(&self.inner.metrics).await;
-                self.inner.metrics.waited(waiting.elapsed());
-                made.map_err(CallError::Unavailable)?
-            }
-        };
-        let resource = match slot.prepared.get(&self.inner.id) {
-            Some(r) => *r,
-            // This instance has not served the binding yet.
-            None => slot.prepare(&self.inner).await.map_err(|e| match e {
-                SlotError::Config(c) => CallError::Trap(format!("prepare: {}", c.message)),
-                SlotError::Other(m) => CallError::Trap(m),
-            })?,
-        };
-        let budget = pool.host.inner.call_budget;
-        slot.begin(budget);
-        slot.store.data_mut().enter(&self.inner.metrics, false);
-        let guest = slot.plugin.wasmgate_policy_policy().prepared();
-        let call = guest.call_on_request(&mut slot.store, resource, request, current);
-        let result = if pool.plugin.inner.may_block {
-            bounded(budget, call).await
-        } else {
-            call.await.map_err(|e| load::describe_trap(&e))
-        };
-        match result {
-            Ok(Ok(decision)) => {
-                pool.put_back(slot);
-                Ok(decision)
-            }
-            Ok(Err(e)) => {
-                pool.put_back(slot);
-                Err(CallError::Returned(e.message))
-            }
-            // The instance's state is unknown after a trap: it is dropped here.
-            Err(trap) => Err(CallError::Trap(trap)),
-        }
+        self.call(Arc::new(request.clone()), current.clone())
+            .await
+            .1
     }
+
+    /// Decide for one request; `current` comes back with the result. The call starts
+    /// on the caller's task and, if it runs past its first slice, finishes on the slow
+    /// lane (so it owns what it reads). An open breaker answers
+    /// [`CallError::Quarantined`] without calling.
+    pub async fn call(
+        &self,
+        request: Arc<types::RequestHead>,
+        current: types::Decision,
+    ) -> (types::Decision, Result<Option<types::Decision>, CallError>) {
+        let admit = self.inner.breaker.admit();
+        if admit == Admit::Skip {
+            let why = format!(
+                "{} for {}",
+                self.inner.name, self.inner.binding.virtual_service
+            );
+            return (current, Err(CallError::Quarantined(why)));
+        }
+        let inner = self.inner.clone();
+        let call: lane::Call<_> = Box::pin(async move {
+            let (result, ran_long) = call_once(&inner, &request, &current).await;
+            if inner.slow.load(Ordering::Relaxed) != ran_long {
+                inner.slow.store(ran_long, Ordering::Relaxed);
+            }
+            let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
+            if inner.breaker.record(admit, trapped) {
+                tracing::warn!(
+                    plugin = &*inner.name,
+                    virtual_service = &*inner.binding.virtual_service,
+                    "breaker open: calls trapped repeatedly; not called for {:?}",
+                    inner.pool.inner.host.inner.breaker_cooldown
+                );
+            } else if admit == Admit::Probe && !trapped {
+                tracing::info!(
+                    plugin = &*inner.name,
+                    virtual_service = &*inner.binding.virtual_service,
+                    "breaker closed: the probe call succeeded"
+                );
+            }
+            (current, result)
+        });
+        let inline = !self.inner.slow.load(Ordering::Relaxed);
+        let breaker = self.inner.breaker.clone();
+        let lost = move |why: String| {
+            breaker.abandon(admit);
+            let nothing = types::Decision {
+                route: None,
+                delay_ms: None,
+                action: types::Action::NoRoute,
+                log_fields: Vec::new(),
+            };
+            (nothing, Err(CallError::Trap(why)))
+        };
+        self.inner
+            .pool
+            .inner
+            .host
+            .inner
+            .lane
+            .run(call, inline, lost)
+            .await
+    }
+}
+
+/// One call into an instance of `binding`'s plugin (prepared on demand); whether it ran
+/// past its first slice.
+async fn call_once(
+    binding: &PreparedInner,
+    request: &types::RequestHead,
+    current: &types::Decision,
+) -> (Result<Option<types::Decision>, CallError>, bool) {
+    let pool = &binding.pool.inner;
+    let mut slot = match pool.take() {
+        Some(slot) => slot,
+        None => {
+            let waiting = std::time::Instant::now();
+            let made = pool.new_slot(&binding.metrics).await;
+            binding.metrics.waited(waiting.elapsed());
+            match made {
+                Ok(slot) => slot,
+                Err(e) => return (Err(CallError::Unavailable(e)), false),
+            }
+        }
+    };
+    let resource = match slot.prepared.get(&binding.id) {
+        Some(r) => *r,
+        // This instance has not served the binding yet.
+        None => match slot.prepare(binding).await {
+            Ok(r) => r,
+            Err(SlotError::Config(c)) => {
+                return (
+                    Err(CallError::Trap(format!("prepare: {}", c.message))),
+                    false,
+                );
+            }
+            Err(SlotError::Other(m)) => return (Err(CallError::Trap(m)), false),
+        },
+    };
+    let budget = pool.host.inner.call_budget;
+    slot.begin(budget);
+    slot.store.data_mut().enter(&binding.metrics, false);
+    let guest = slot.plugin.wasmgate_policy_policy().prepared();
+    let call = guest.call_on_request(&mut slot.store, resource, request, current);
+    let result = if pool.plugin.inner.may_block {
+        bounded(budget, call).await
+    } else {
+        call.await.map_err(|e| load::describe_trap(&e))
+    };
+    let ran_long = slot.store.data().ran_long();
+    let result = match result {
+        Ok(Ok(decision)) => {
+            pool.put_back(slot);
+            Ok(decision)
+        }
+        Ok(Err(e)) => {
+            pool.put_back(slot);
+            Err(CallError::Returned(e.message))
+        }
+        // The instance's state is unknown after a trap: it is dropped here.
+        Err(trap) => Err(CallError::Trap(trap)),
+    };
+    (result, ran_long)
 }
 
 impl PoolInner {
@@ -488,14 +645,14 @@ impl PoolInner {
         );
         let mut store = Store::new(&host.engine, state);
         store.limiter(|s| &mut s.limits);
-        // Every tick, yield to the runtime so a long call cannot hold a worker; once
-        // the call's budget is spent, stop it.
-        store.epoch_deadline_callback(|ctx| {
-            if ctx.data().over_budget() {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
+        // Past its first tick a call yields at every tick (on the slow lane, where it
+        // then finishes, to the other slow calls); once its budget is spent, it stops.
+        store.epoch_deadline_callback(|mut ctx| {
+            Ok(match ctx.data_mut().on_tick() {
+                Tick::Stop => UpdateDeadline::Interrupt,
+                Tick::Continue => UpdateDeadline::Continue(1),
+                Tick::Yield => UpdateDeadline::Yield(1),
+            })
         });
         store.set_epoch_deadline(1);
         store.data_mut().start_call(host.prepare_budget);

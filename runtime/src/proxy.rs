@@ -553,7 +553,8 @@ pub async fn run_chain(
         log_fields: Vec::new(),
     };
     // Heads by interest: most links ask for the same headers (usually none).
-    let mut heads: Vec<(&Interest, RequestHead)> = Vec::with_capacity(2);
+    // Shared, not copied, with a call that moves to the plugin host's slow lane.
+    let mut heads: Vec<(&Interest, Arc<RequestHead>)> = Vec::with_capacity(2);
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&parts.port) {
             continue;
@@ -565,20 +566,21 @@ pub async fn run_chain(
             continue;
         }
         let head = match heads.iter().position(|(k, _)| **k == link.interest) {
-            Some(at) => &heads[at].1,
+            Some(at) => heads[at].1.clone(),
             None => {
-                let head = request_head(
+                let head = Arc::new(request_head(
                     parts,
                     &link.interest,
                     &chain.gateway,
                     &chain.virtual_service,
-                );
-                heads.push((&link.interest, head));
-                &heads[heads.len() - 1].1
+                ));
+                heads.push((&link.interest, head.clone()));
+                head
             }
         };
         let timed = (link.stats.is_some() || span.is_some()).then(Instant::now);
-        let called = link.policy.on_request(head, &decision).await;
+        let (current, called) = link.policy.call(head, decision).await;
+        decision = current;
         if let Some(t0) = timed {
             let took = t0.elapsed();
             if let Some(stats) = &link.stats {
@@ -591,6 +593,12 @@ pub async fn run_chain(
         match called {
             Ok(Some(next)) => decision = next,
             Ok(None) => {}
+            Err(CallError::Quarantined(_)) if link.fail_open => {
+                tracing::debug!(
+                    plugin = link.policy.plugin_name(),
+                    "skipped (FAIL_OPEN): quarantined"
+                );
+            }
             Err(e) if link.fail_open => {
                 tracing::warn!(
                     plugin = link.policy.plugin_name(),
@@ -598,6 +606,11 @@ pub async fn run_chain(
                 );
             }
             Err(CallError::Unavailable(m)) => return Err(ProxyError::Overloaded(m)),
+            Err(CallError::Quarantined(_)) => {
+                return Err(ProxyError::Quarantined(
+                    link.policy.plugin_name().to_string(),
+                ));
+            }
             Err(CallError::Returned(m) | CallError::Trap(m)) => {
                 return Err(ProxyError::Plugin {
                     plugin: link.policy.plugin_name().to_string(),

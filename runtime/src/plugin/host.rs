@@ -29,6 +29,8 @@ pub struct StoreState {
     random: Random,
     /// When the current call must end.
     deadline: Instant,
+    /// Epoch ticks the current call has seen (see [`StoreState::on_tick`]).
+    ticks: u32,
     /// The metrics of the binding being called (set per call; every binding of an
     /// instance belongs to one plugin, so this rarely changes).
     metrics: Option<Arc<PluginMetrics>>,
@@ -64,6 +66,7 @@ impl StoreState {
             plugin,
             random,
             deadline: Instant::now(),
+            ticks: 0,
             metrics: None,
             defining: false,
         }
@@ -109,12 +112,35 @@ impl StoreState {
     /// A call starts now and may run for `budget`.
     pub fn start_call(&mut self, budget: std::time::Duration) {
         self.deadline = Instant::now() + budget;
+        self.ticks = 0;
     }
 
-    /// Has the current call spent its budget?
-    pub fn over_budget(&self) -> bool {
-        Instant::now() >= self.deadline
+    /// An epoch tick reached the running call: stop it once its budget is spent; let it
+    /// run through its first tick (a call that takes microseconds and happens to span a
+    /// tick must not leave its thread); yield at every later one.
+    pub fn on_tick(&mut self) -> Tick {
+        self.ticks = self.ticks.saturating_add(1);
+        if Instant::now() >= self.deadline {
+            Tick::Stop
+        } else if self.ticks == 1 {
+            Tick::Continue
+        } else {
+            Tick::Yield
+        }
     }
+
+    /// Did the current (or last) call run past its first slice?
+    pub fn ran_long(&self) -> bool {
+        self.ticks > 1
+    }
+}
+
+/// What the epoch callback does at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Continue,
+    Yield,
+    Stop,
 }
 
 impl WasiView for StoreState {

@@ -38,7 +38,7 @@ pub const MAX_VALUE: usize = 128;
 pub const OVERFLOW: &str = "__overflow__";
 
 /// wasmgate's own `wasmgate_plugin_*` families, whose names plugins cannot take.
-const OWN: [(&str, Kind); 11] = [
+const OWN: [(&str, Kind); 14] = [
     ("calls_total", Kind::Counter),
     ("errors_total", Kind::Counter),
     ("traps_total", Kind::Counter),
@@ -51,6 +51,10 @@ const OWN: [(&str, Kind); 11] = [
     ("instances", Kind::Counter),
     ("instance_waits_total", Kind::Counter),
     ("instance_wait_seconds_total", Kind::Counter),
+    // A gauge, refused to plugins as a counter name too.
+    ("breaker_open", Kind::Counter),
+    ("breaker_opened_total", Kind::Counter),
+    ("quarantined_total", Kind::Counter),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// No plugin instance could be made: the gateway is at its instance limit.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A FAIL_CLOSE plugin's breaker is open: it was not called.
+    #[error("policy {0} quarantined after repeated traps")]
+    Quarantined(String),
 }
 
 impl ProxyError {
@@ -63,7 +66,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::InvalidRewrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded(_) | ProxyError::Quarantined(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -80,6 +85,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "UT",
             ProxyError::InvalidRewrite(_) => "PF",
             ProxyError::Overloaded(_) => "LR",
+            ProxyError::Quarantined(_) => "PQ",
         }
     }
 
@@ -87,7 +93,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => Culprit::Client,
             ProxyError::NoRoute | ProxyError::NoCluster(_) => Culprit::Gateway,
-            ProxyError::Plugin { .. } | ProxyError::InvalidRewrite(_) => Culprit::Plugin,
+            ProxyError::Plugin { .. }
+            | ProxyError::InvalidRewrite(_)
+            | ProxyError::Quarantined(_) => Culprit::Plugin,
             ProxyError::Overloaded(_) => Culprit::Gateway,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)
@@ -129,6 +137,7 @@ impl ProxyError {
             }
             ProxyError::InvalidRewrite(_) => "policy failure",
             ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::Quarantined(_) => "policy unavailable",
         };
         local_response(self.status(), Bytes::from_static(body.as_bytes()), |_| {})
     }

@@ -412,6 +412,10 @@ impl PluginStats {
         result: &Result<T, crate::plugin::CallError>,
         took: std::time::Duration,
     ) {
+        // Not a call: its breaker's counters (`wasmgate_plugin_breaker_*`) say it.
+        if let Err(crate::plugin::CallError::Quarantined(_)) = result {
+            return;
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.latency_s.observe(took.as_secs_f64());
         match result {
@@ -430,6 +434,7 @@ impl PluginStats {
             Err(crate::plugin::CallError::Unavailable(_)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
+            Err(crate::plugin::CallError::Quarantined(_)) => {}
         }
     }
 }
@@ -1084,7 +1089,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A label value as Prometheus' text format wants it.
-fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape(v: &str) -> std::borrow::Cow<'_, str> {
     if v.contains(['\\', '"', '\n']) {
         v.replace('\\', "\\\\")
             .replace('"', "\\\"")

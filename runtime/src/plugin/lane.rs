@@ -1,0 +1,96 @@
+//! The slow lane: where a plugin call that runs longer than a slice finishes, so that it
+//! never holds a thread that serves connections.
+//!
+//! Why: a call runs on the task of its request. Wasm code yields at each epoch tick, but
+//! a yield only returns the thread to tokio for a moment: the spinning task wakes itself
+//! at once, and on the one-core (current-thread) runtime the run queue is then never
+//! empty, so tokio polls the sockets only every 61 task polls; with two workers the
+//! spinning task comes back through the LIFO slot. One client looping a call to the
+//! 100 ms deadline took an unrelated VirtualService from 14.6k to 1.2k requests per
+//! second (p99 6 ms to 107 ms, one core). Yielding more often does not help either: a
+//! request's work is microseconds, a slice milliseconds, so the spinning call still gets
+//! nearly all of the CPU.
+//!
+//! So every call starts on its request's task (no hand-off for the calls that take
+//! microseconds) and one that is still running after its first slice moves, as a whole
+//! future, to this lane: one thread at a low scheduling priority (nice 10) running its
+//! own current-thread runtime, where slow calls share time tick by tick. When both want
+//! the CPU, the kernel gives the threads that serve connections about nine tenths of it
+//! (nice 10 weighs 110 against nice 0's 1024); a plugin that spins gets the rest, until
+//! its deadline stops it. Not nice 19: a legitimately slow call on a machine busy with
+//! other processes would then get almost nothing before its wall-clock deadline. A binding whose last call moved starts its next
+//! call here directly (see [`super::PreparedPolicy`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+/// A boxed call, movable between threads between polls.
+pub type Call<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The lane's runtime. Its thread ends when the last handle is dropped.
+#[derive(Debug)]
+pub struct SlowLane {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SlowLane {
+    /// Start the lane's thread.
+    pub fn start() -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the slow lane: {e}"))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("wasmgate-slow".into())
+            .spawn(move || {
+                low_priority();
+                // Returns when the host (and with it `stop`) is dropped.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| format!("starting the slow lane: {e}"))?;
+        Ok(SlowLane {
+            handle,
+            _stop: stop,
+        })
+    }
+
+    /// Run `call`: here first when `inline`, for one poll (a call that does not yield
+    /// in its first slice finishes in it); on the lane otherwise. `lost` is what the
+    /// caller gets if the lane is gone or the call panicked there.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        mut call: Call<T>,
+        inline: bool,
+        lost: impl FnOnce(String) -> T,
+    ) -> T {
+        if inline {
+            let first = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+                Poll::Ready(v) => Poll::Ready(Some(v)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            if let Some(v) = first {
+                return v;
+            }
+        }
+        // Dropping the handle (the request went away) does not cancel the call: it ends
+        // at its deadline at the latest, and its outcome still counts for the breaker.
+        match self.handle.spawn(call).await {
+            Ok(v) => v,
+            Err(e) => lost(format!("slow lane: {e}")),
+        }
+    }
+}
+
+/// Nice 10 for the calling thread (Linux: nice is per thread). Failing to lower one's
+/// own priority is unusual and harmless: the lane then shares the CPU evenly.
+fn low_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!("slow lane keeps its priority: {e}");
+    }
+}
