@@ -36,6 +36,8 @@ pub struct StoreState {
     metrics: Option<Arc<PluginMetrics>>,
     /// In `prepare`: the only time a plugin may define metrics.
     defining: bool,
+    /// The plugin's log lines, shared by all its instances.
+    log_budget: Arc<LogBudget>,
 }
 
 impl StoreState {
@@ -47,10 +49,11 @@ impl StoreState {
         env: &[(String, String)],
     ) -> Self {
         let plugin: Arc<str> = Arc::from(plugin);
+        let log_budget = LogBudget::of(&plugin);
         let wasi = WasiCtxBuilder::new()
             .envs(env)
-            .stdout(LogStream::new(plugin.clone(), "stdout"))
-            .stderr(LogStream::new(plugin.clone(), "stderr"))
+            .stdout(LogStream::new(plugin.clone(), "stdout", log_budget.clone()))
+            .stderr(LogStream::new(plugin.clone(), "stderr", log_budget.clone()))
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
@@ -69,6 +72,7 @@ impl StoreState {
             ticks: 0,
             metrics: None,
             defining: false,
+            log_budget,
         }
     }
 
@@ -157,6 +161,9 @@ impl types::Host for StoreState {}
 impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
         let plugin = &*self.plugin;
+        if !self.log_budget.admit(plugin, Instant::now()) {
+            return;
+        }
         match level {
             host::LogLevel::Trace => {
                 tracing::trace!(target: "wasmgate::plugin", plugin, "{message}")
@@ -302,15 +309,78 @@ impl Random {
     }
 }
 
+/// Log lines one plugin may write per second, all its instances, its `log` import and
+/// its stdout/stderr together. Past it lines are dropped and counted; the count is
+/// logged once the next second starts. A plugin that logs on every request cannot
+/// flood the gateway's log (or its disk) at the request rate.
+pub const LOG_LINES_PER_SECOND: u32 = 100;
+
+/// One plugin's log budget: a one-second window.
+#[derive(Debug)]
+pub struct LogBudget {
+    /// (window start, lines logged in it, lines dropped in it).
+    window: std::sync::Mutex<(Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> Self {
+        LogBudget {
+            window: std::sync::Mutex::new((now, 0, 0)),
+        }
+    }
+
+    /// The budget of the plugin `plugin`, one per name for the life of the process (so
+    /// reloads and new instances share it).
+    fn of(plugin: &str) -> Arc<LogBudget> {
+        static ALL: std::sync::OnceLock<dashmap::DashMap<String, Arc<LogBudget>>> =
+            std::sync::OnceLock::new();
+        ALL.get_or_init(dashmap::DashMap::new)
+            .entry(plugin.to_string())
+            .or_insert_with(|| Arc::new(LogBudget::new(Instant::now())))
+            .clone()
+    }
+
+    /// May `plugin` log a line at `now`? Logs how many were dropped in the window that
+    /// just ended, if any.
+    fn admit(&self, plugin: &str, now: Instant) -> bool {
+        let Ok(mut w) = self.window.lock() else {
+            return true;
+        };
+        if now.duration_since(w.0) >= std::time::Duration::from_secs(1) {
+            let dropped = w.2;
+            *w = (now, 0, 0);
+            if dropped > 0 {
+                tracing::warn!(
+                    target: "wasmgate::plugin",
+                    plugin,
+                    "dropped {dropped} log lines (over {LOG_LINES_PER_SECOND} a second)"
+                );
+            }
+        }
+        if w.1 < LOG_LINES_PER_SECOND {
+            w.1 += 1;
+            true
+        } else {
+            w.2 += 1;
+            false
+        }
+    }
+}
+
 /// A guest's stdout or stderr: each line becomes one log event.
 struct LogStream {
     plugin: Arc<str>,
     stream: &'static str,
+    budget: Arc<LogBudget>,
 }
 
 impl LogStream {
-    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
-        LogStream { plugin, stream }
+    fn new(plugin: Arc<str>, stream: &'static str, budget: Arc<LogBudget>) -> Self {
+        LogStream {
+            plugin,
+            stream,
+            budget,
+        }
     }
 }
 
@@ -326,6 +396,7 @@ impl StdoutStream for LogStream {
             plugin: self.plugin.clone(),
             stream: self.stream,
             buf: Vec::new(),
+            budget: self.budget.clone(),
         })
     }
 }
@@ -337,11 +408,15 @@ struct LineLogger {
     plugin: Arc<str>,
     stream: &'static str,
     buf: Vec<u8>,
+    budget: Arc<LogBudget>,
 }
 
 impl LineLogger {
     fn emit(&mut self, upto: usize) {
         let line: Vec<u8> = self.buf.drain(..upto).collect();
+        if !self.budget.admit(&self.plugin, Instant::now()) {
+            return;
+        }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
         tracing::info!(
@@ -394,7 +469,24 @@ impl Drop for LineLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::Random;
+    use super::{LOG_LINES_PER_SECOND, LogBudget, Random};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn log_lines_past_the_budget_are_dropped_until_the_next_second() {
+        let t0 = Instant::now();
+        let budget = LogBudget::new(t0);
+        let admitted = (0..LOG_LINES_PER_SECOND * 3)
+            .filter(|_| budget.admit("ns/p", t0 + Duration::from_millis(10)))
+            .count();
+        assert_eq!(admitted, LOG_LINES_PER_SECOND as usize);
+        assert!(!budget.admit("ns/p", t0 + Duration::from_millis(999)));
+        assert!(budget.admit("ns/p", t0 + Duration::from_millis(1000)));
+        // Shared by every instance of one plugin, not across plugins.
+        assert!(Arc::ptr_eq(&LogBudget::of("ns/a"), &LogBudget::of("ns/a")));
+        assert!(!Arc::ptr_eq(&LogBudget::of("ns/a"), &LogBudget::of("ns/b")));
+    }
 
     #[test]
     fn seeded_random_replays() {
