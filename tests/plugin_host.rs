@@ -485,3 +485,26 @@ fn the_sdks_testing_shows_a_policy_the_headers_the_host_passes() {
         assert_eq!(from_sdk, from_host, "{host:?}");
     }
 }
+
+/// The host's own picks (load balancing, weighted destinations, mirrors) draw from
+/// their own sequence: they neither shift what plugins get under `--random-seed` nor
+/// reveal it.
+#[tokio::test]
+async fn plugin_randomness_is_separate_from_the_hosts_picks() {
+    let seeded = || {
+        host(HostSettings {
+            random_seed: Some(42),
+            ..HostSettings::default()
+        })
+    };
+    let (quiet, busy) = (seeded(), seeded());
+    for _ in 0..100 {
+        busy.balancing().next_u64();
+    }
+    let plugin_draws = |h: &PluginHost| (0..5).map(|_| h.random().next_u64()).collect::<Vec<_>>();
+    assert_eq!(plugin_draws(&quiet), plugin_draws(&busy));
+    assert_ne!(
+        seeded().random().next_u64(),
+        seeded().balancing().next_u64()
+    );
+}

@@ -99,6 +99,8 @@ struct HostInner {
     engine: Engine,
     linker: Linker<StoreState>,
     random: Random,
+    /// The host's own picks: load balancing, weighted destinations, mirrors.
+    balancing: Random,
     call_budget: Duration,
     /// Budget for `prepare`, which parses a whole config (and compiles its regexes).
     prepare_budget: Duration,
@@ -190,6 +192,9 @@ impl PluginHost {
                 engine,
                 linker,
                 random: Random::new(settings.random_seed),
+                // Its own sequence: what plugins draw neither shifts nor reveals the
+                // host's picks (and a seed still replays both).
+                balancing: Random::new(settings.random_seed.map(|s| s ^ 0x6a09_e667_f3bc_c908)),
                 call_budget: settings.call_budget,
                 prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
@@ -226,7 +231,13 @@ impl PluginHost {
         all
     }
 
-    /// The host's random source (shared with the proxy for request ids).
+    /// The random numbers the host draws for itself (endpoint and weighted destination
+    /// picks, mirror percentages), separate from the plugins' [`PluginHost::random`].
+    pub fn balancing(&self) -> &Random {
+        &self.inner.balancing
+    }
+
+    /// The random numbers plugins draw (`random-u64`).
     pub fn random(&self) -> &Random {
         &self.inner.random
     }

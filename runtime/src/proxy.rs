@@ -630,7 +630,7 @@ fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
         _ => {
             let index = shared
                 .host
-                .random()
+                .balancing()
                 .pick_weighted(forward.destinations.iter().map(|d| d.weight));
             Some(forward.destinations.swap_remove(index))
         }
@@ -708,7 +708,7 @@ async fn forward_upstream(
     let mut resp = send(
         &shared.upstream,
         &cluster,
-        shared.host.random(),
+        shared.host.balancing(),
         out,
         timeout,
         retries,
@@ -765,7 +765,7 @@ async fn forward_upstream(
 /// not mirrored: the body streams once, to the real upstream.
 fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward, out: &Outbound) {
     for m in &forward.mirrors {
-        let roll = (shared.host.random().next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let roll = (shared.host.balancing().next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         if roll * 100.0 >= m.percentage {
             continue;
         }
@@ -802,7 +802,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
             body: None,
         };
         let upstream = shared.upstream.clone();
-        let random = shared.host.random().clone();
+        let random = shared.host.balancing().clone();
         tokio::spawn(async move {
             let no_retries = crate::plugin::types::RetryPolicy {
                 attempts: 0,

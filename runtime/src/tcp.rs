@@ -220,7 +220,7 @@ async fn connect_and_splice<S>(
     };
     line.virtual_service = route.virtual_service.clone();
     line.route = route.route.clone();
-    let random = shared.host.random();
+    let random = shared.host.balancing();
     let Some(dest) = route
         .destinations
         .get(random.pick_weighted(route.destinations.iter().map(|d| d.weight)))
