@@ -1017,6 +1017,76 @@ def scenario_plugin(b: Bench, plugins: Path) -> str:
     return text
 
 
+# ---------------------------------------------------------------- isolation scenario
+
+# A second VirtualService whose chain runs plugins/testing/misbehave.
+MISBEHAVE_VS = """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad}
+spec:
+  hosts: [bad.bench.local]
+  gateways: [bench]
+  http:
+  - route: [{destination: {host: origin.bench.local}}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: misbehave}
+spec:
+  url: misbehave.wasm
+  targetRefs:
+  - {group: networking.istio.io, kind: VirtualService, name: bad}
+"""
+
+
+def misbehave_component(b: Bench) -> Path:
+    """plugins/testing/misbehave, built with `wasmgate build-plugin` into the temporary
+    folder."""
+    plugins = b.work / "misbehave-plugins"
+    plugins.mkdir(exist_ok=True)
+    built = subprocess.run(
+        [str(b.a.wasmgate), "build-plugin", str(ROOT / "plugins/testing/misbehave"),
+         "--out", str(plugins), "--target-dir", str(ROOT / "target/wasm-plugins")],
+        check=True, capture_output=True, text=True)
+    Path(built.stdout.strip().splitlines()[-1]).rename(plugins / "misbehave.wasm")
+    return plugins
+
+
+def scenario_isolation(b: Bench, conns: int) -> str:
+    """Scenario 1's path measured alone, then while another VirtualService of the same
+    wasmgate is sent `/loop` (spins to the 100 ms deadline) by two clients, `/alloc` and
+    `/panic` by one each (one wrk connection apiece, on the client core), with breakers
+    off: the scheduling alone isolates. Goal (issue 10): at least half the throughput,
+    at most twice the p99."""
+    plugins = misbehave_component(b)
+    peer = b.start_wasmgate("wasmgate-isolation", realistic_vs() + MISBEHAVE_VS, plugins,
+                            flags=("--plugin-breaker-failures", "0"))
+    try:
+        alone = b.measure_peer(peer, "/bench", conns, False)
+        bad = []
+        try:
+            for i, path in enumerate(("/loop", "/loop", "/alloc", "/panic")):
+                bad.append(b.procs.start(
+                    ["wrk", "-t1", "-c1", "-d3600s", "-H", "Host: bad.bench.local",
+                     f"http://127.0.0.1:{peer.port}{path}"],
+                    b.work / f"misbehave-{i}.log", cpus=b.a.client_cpu))
+            time.sleep(1)
+            beside = b.measure_peer(peer, "/bench", conns, False)
+        finally:
+            for p in bad:
+                b.procs.stop(p)
+    finally:
+        b.stop(peer)
+    alone.peer = "wasmgate, alone"
+    beside.peer = "wasmgate, beside misbehave"
+    text = table([alone, beside], {})
+    text += (f"\n\n- kept **{beside.med('rps') / alone.med('rps') * 100:.0f}%** of its "
+             f"requests per second (goal: at least 50%), p99 "
+             f"**x{beside.med('p99_us') / alone.med('p99_us'):.2f}** (goal: at most 2)")
+    return text
+
+
 # The issue's bound on what recording a request's metrics may cost.
 METRICS_TARGET_US = 1.0
 
@@ -1687,6 +1757,10 @@ def main() -> int:
                 log("scenario metrics: scenario 1's wasmgate with metrics on and off, in turn")
                 section("Metrics on and off (scenario 1's chain, measured in turn)",
                         lambda: scenario_metrics(b, a.connections))
+            if "isolation" in wanted:
+                log("scenario isolation: scenario 1's path beside a misbehaving plugin")
+                section("Isolation: scenario 1's path beside a misbehaving plugin",
+                        lambda: scenario_isolation(b, a.connections))
             if "idle" in wanted:
                 section("Memory at rest", lambda: idle_rss(b))
             if "tls" in wanted:
