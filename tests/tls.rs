@@ -960,3 +960,110 @@ async fn get_at(ip: &str, port: u16, path: &str) -> (StatusCode, Option<String>,
     let _ = resp.into_body().collect().await;
     out
 }
+
+/// A keep-alive HTTP/1.1 connection over TLS (SNI and Host `host`), for sending several
+/// requests on one handshake.
+async fn keep_alive(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("http/1.1");
+    tokio::spawn(conn);
+    send
+}
+
+async fn send_on(
+    send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: &str,
+) -> Result<StatusCode, String> {
+    send.ready().await.map_err(|e| e.to_string())?;
+    let req = http::Request::get("/")
+        .header("host", host)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.status())
+}
+
+/// A connection keeps the handshake it was accepted with, so a reload that changes a
+/// kept listener's TLS settings drains the connections accepted before it (as Envoy
+/// drains a listener whose filter chains change): a client that connected under SIMPLE
+/// cannot go on without a certificate after the server turns MUTUAL. A reload that only
+/// rotates the certificate or changes routes keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_tls_settings_drains_older_connections() {
+    let app = Echo::start("app").await;
+    let ca = Ca::new("server-ca");
+    let clients = Ca::new("client-ca");
+    let port = free_port();
+    let dir = TempDir::new("tlsdrain");
+    let host = "secure.example.com";
+    let write_secret = || {
+        dir.write(
+            "secret.yaml",
+            &secret(
+                "secure-cert",
+                "istio-system",
+                Some(&ca.server(&[host])),
+                Some(&clients.pem),
+            ),
+        )
+    };
+    write_secret();
+    mutual_config(port, &dir, "SIMPLE", "", &app);
+    let gw = Gateway::start(dir.path(), &["--drain-seconds", "5"]).await;
+    let mut old = keep_alive(port, ca.client_config(None, &[b"http/1.1"]), host).await;
+    assert_eq!(send_on(&mut old, host).await, Ok(StatusCode::OK));
+
+    // A new certificate, same settings: the connection stays.
+    write_secret();
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(send_on(&mut old, host).await, Ok(StatusCode::OK));
+
+    // SIMPLE to MUTUAL: the connection made without a certificate is closed.
+    mutual_config(port, &dir, "MUTUAL", "", &app);
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !old.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old connection is still open:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(send_on(&mut old, host).await.is_err());
+    assert!(
+        gw.log_text()
+            .contains("listener settings changed; draining the connections accepted before"),
+        "{}",
+        gw.log_text()
+    );
+    let fresh = support::tls::get(
+        port,
+        ca.client_config(None, &[b"http/1.1"]),
+        host,
+        host,
+        "/",
+        &[],
+    )
+    .await;
+    assert!(
+        fresh.is_err(),
+        "MUTUAL refuses a client without a certificate: {fresh:?}"
+    );
+    assert_eq!(app.hits(), 2);
+}

@@ -297,8 +297,19 @@ impl Gateway {
         }
         reloads.serving(snapshot.resources.clone());
         overrides::apply(&self.shared.metrics, &snapshot.telemetry);
-        self.shared.snapshot.store(snapshot.clone());
+        let previous = self.shared.snapshot.swap(snapshot.clone());
         let mut listeners = self.listeners.lock().await;
+        for (addr, running) in listeners.iter() {
+            let (Some(old), Some(new)) =
+                (previous.listeners.get(addr), snapshot.listeners.get(addr))
+            else {
+                continue;
+            };
+            if old.setup != new.setup {
+                tracing::info!(%addr, "listener settings changed; draining the connections accepted before");
+                tokio::spawn(running.renew(self.options.drain));
+            }
+        }
         let gone: Vec<SocketAddr> = listeners
             .keys()
             .filter(|a| !snapshot.listeners.contains_key(a))

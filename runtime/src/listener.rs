@@ -60,21 +60,35 @@ impl Running {
     pub fn stop(self, drain: Duration) -> impl Future<Output = ()> + Send + 'static {
         self.task.abort();
         let graceful = self.connections.lock().ok().and_then(|mut g| g.take());
-        async move {
-            let Some(graceful) = graceful else {
-                return;
-            };
-            let open = graceful.count();
-            if open > 0 {
-                tracing::info!(open, "draining connections for up to {drain:?}");
-            }
-            if tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("drain time over; closing the remaining connections");
-            }
-        }
+        drain_out(graceful, drain)
+    }
+
+    /// Keep accepting, but drain the connections accepted so far as [`Running::stop`]
+    /// does: a reload changed how this listener sets connections up (protocol, TLS
+    /// settings), and a connection keeps the handshake it was accepted with.
+    pub fn renew(&self, drain: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let graceful = self.connections.lock().ok().and_then(|mut g| {
+            g.as_mut()
+                .map(|g| std::mem::replace(g, GracefulShutdown::new()))
+        });
+        drain_out(graceful, drain)
+    }
+}
+
+/// Let the connections `graceful` watches finish their requests for at most `drain`.
+async fn drain_out(graceful: Option<GracefulShutdown>, drain: Duration) {
+    let Some(graceful) = graceful else {
+        return;
+    };
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(open, "draining connections for up to {drain:?}");
+    }
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain time over; closing the remaining connections");
     }
 }
 

@@ -576,6 +576,7 @@ impl Snapshot {
                 Arc::new(Listener {
                     addr: mesh.addr,
                     serve: Serve::Http(routes),
+                    setup: Vec::new(),
                 }),
             );
         }

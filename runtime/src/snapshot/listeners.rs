@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use wasmgate_config::raw::RouteDestination;
 use wasmgate_config::{
-    Config, ConfigError, Gateway, NamespaceSelector, Protocol, Server, ServerTlsMode,
-    VirtualService,
+    Config, ConfigError, Gateway, GatewayHost, NamespaceSelector, Pem, Protocol, SecretValue,
+    Server, ServerTls, ServerTlsMode, VirtualService,
 };
 
 use super::vhosts::{HostTable, intersect};
@@ -26,6 +26,44 @@ use crate::tls::server::{HTTP_ALPN, ServerTlsConfig, server_config};
 pub struct Listener {
     pub addr: SocketAddr,
     pub serve: Serve,
+    /// How connections accepted here are set up: each server's protocol and, for TLS
+    /// servers, the SNI hosts that pick it and its TLS settings without the certificate
+    /// and CA bytes. A reload that changes it drains the connections accepted before (as
+    /// Envoy drains a listener whose filter chains change); one that only rotates
+    /// certificates or changes routes drains nothing.
+    pub setup: Vec<Setup>,
+}
+
+/// One server's part of [`Listener::setup`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    pub protocol: Protocol,
+    pub sni_hosts: Vec<GatewayHost>,
+    pub tls: Option<ServerTls>,
+}
+
+impl Setup {
+    fn of(server: &Server) -> Setup {
+        let blank = |pem: Pem| Pem {
+            bytes: SecretValue::default(),
+            ..pem
+        };
+        let tls = server.tls.clone().map(|mut tls| {
+            tls.certificates.clear();
+            tls.client_ca = tls.client_ca.map(blank);
+            tls.crl = tls.crl.map(blank);
+            tls
+        });
+        Setup {
+            protocol: server.protocol,
+            sni_hosts: if tls.is_some() {
+                server.hosts.clone()
+            } else {
+                Vec::new()
+            },
+            tls,
+        }
+    }
 }
 
 /// What a listener does with a connection.
@@ -172,7 +210,8 @@ pub fn build(
     let mut listeners = BTreeMap::new();
     for (addr, group) in groups {
         if let Some(serve) = build_one(addr, &group, bound, chains, now, errors) {
-            listeners.insert(addr, Arc::new(Listener { addr, serve }));
+            let setup = group.iter().map(|(_, server)| Setup::of(server)).collect();
+            listeners.insert(addr, Arc::new(Listener { addr, serve, setup }));
         }
     }
     listeners
