@@ -25,7 +25,7 @@ use wasmgate::proxy::headers::{HeadParts, request_head};
 use wasmgate::proxy::run_chain;
 use wasmgate::snapshot::{Chain, CompileCache, PluginSources, Snapshot};
 use wasmgate::telemetry::metrics::{Metrics, RequestStats};
-use wasmgate::telemetry::request::Observation;
+use wasmgate::telemetry::request::{Observation, Observed};
 
 const PORT: u16 = 8080;
 
@@ -331,7 +331,7 @@ async fn benches(b: Bencher) {
 /// by step as `proxy::handle` takes them: an [`Observation`] of the request head; each
 /// link's call timed (two clock reads) and counted in its plugin's stats, as `run_chain`
 /// does; the route's and the destination's series taken; `finish` on the response head,
-/// which wraps the body (one more box); and the body sent to its end, when Istio's
+/// which wraps the body (every response is wrapped, unboxed); and the body sent to its end, when Istio's
 /// request metrics and the route's are recorded. The baseline is what the response
 /// costs either way (its boxed body polled to the end); `on − off` is the price.
 async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
@@ -408,11 +408,9 @@ async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
                 }
                 observe.route = Some(route.clone());
                 observe.destination = Some(destination.clone());
-                observe
-                    .finish(metrics, &[], response, None)
-                    .map(BodyExt::boxed)
+                observe.finish(metrics, &[], response, None)
             } else {
-                response
+                response.map(Observed::plain)
             };
             let (parts, mut body) = response.into_parts();
             while let Some(frame) = body.frame().await {

@@ -44,7 +44,7 @@ use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutatio
 use crate::plugin::{CallError, PluginHost, Random};
 use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
 use crate::telemetry::access::{AccessLog, Entry};
-use crate::telemetry::request::Observation;
+use crate::telemetry::request::{Observation, Observed};
 use crate::telemetry::trace::{Span, attr};
 
 /// Errors of streamed bodies.
@@ -127,7 +127,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Observed<Body>>, Infallible> {
     let started = Instant::now();
     // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
     // is several allocations per request.
@@ -180,7 +180,7 @@ pub async fn handle(
         }
     };
     let Some(observe) = access.observe.take() else {
-        return Ok(response);
+        return Ok(response.map(Observed::plain));
     };
     let entry = head.map(|head| {
         let request_bytes = observe.request_bytes();
@@ -194,9 +194,7 @@ pub async fn handle(
         )
     });
     let log = entry.map(|e| (shared.access_log.clone(), e));
-    Ok(observe
-        .finish(&shared.metrics, &access.flags, response, log)
-        .map(BodyExt::boxed))
+    Ok(observe.finish(&shared.metrics, &access.flags, response, log))
 }
 
 /// What the access line keeps of a request before it is consumed.

@@ -174,6 +174,17 @@ pub struct Observed<B> {
 }
 
 impl<B> Observed<B> {
+    /// `inner` as it is: nothing recorded or logged. Every response is an `Observed`, so
+    /// observing one costs no second boxing of its body.
+    pub fn plain(inner: B) -> Self {
+        Observed {
+            inner,
+            sent: 0,
+            record: None,
+            log: None,
+        }
+    }
+
     fn done(&mut self) {
         if let Some(r) = self.record.take() {
             r.done(self.sent);
