@@ -234,6 +234,13 @@ async fn twenty_swaps_under_load_fail_nothing() {
         20,
         "each swap is seen once:\n{log}"
     );
+    // Only the serving builds are kept: the three first-party components and the
+    // latest hot.wasm, not twenty.
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("configuration reloaded"))
+        .expect("a reload line");
+    assert!(last.contains("compiled=4"), "{last}");
 
     let ((quiet, n_quiet), (during, n_during)) = (p99(&took, false), p99(&took, true));
     eprintln!(

@@ -183,6 +183,26 @@ pub(crate) use native::{Phase, phase, recorded, reset};
 #[cfg(not(target_arch = "wasm32"))]
 use native as imp;
 
+/// Names of wasmgate's own `wasmgate_plugin_*` families, which a plugin cannot define
+/// (the gateway refuses them at `prepare`; so do native tests). The gateway's own test
+/// keeps this list equal to the host's.
+pub const RESERVED: [&str; 14] = [
+    "calls_total",
+    "errors_total",
+    "traps_total",
+    "deadline_kills_total",
+    "memory_kills_total",
+    "call_duration_seconds",
+    "metric_overflow_total",
+    "metric_updates_dropped_total",
+    "instances",
+    "instance_waits_total",
+    "instance_wait_seconds_total",
+    "breaker_open",
+    "breaker_opened_total",
+    "quarantined_total",
+];
+
 /// The host's rules and a per-thread record, for native tests. The rules mirror
 /// `runtime/src/plugin/metrics.rs` (the host's word is final: it also refuses a name
 /// another plugin took for another type).
@@ -198,17 +218,7 @@ mod native {
     const MAX_BUCKETS: usize = 32;
     const MAX_NAME: usize = 64;
     const MAX_HELP: usize = 256;
-    /// wasmgate's own `wasmgate_plugin_*` families.
-    const OWN: [&str; 8] = [
-        "calls_total",
-        "errors_total",
-        "traps_total",
-        "deadline_kills_total",
-        "memory_kills_total",
-        "call_duration_seconds",
-        "metric_overflow_total",
-        "metric_updates_dropped_total",
-    ];
+    use super::RESERVED as OWN;
 
     /// Which policy call is running, as [`crate::testing`] runs them.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -276,6 +276,7 @@ impl Gateway {
             errors
         };
         let reloads = &self.shared.metrics.reloads;
+        self.cache.begin();
         let loaded = load(
             &self.options,
             &self.shared.host,
@@ -298,6 +299,8 @@ impl Gateway {
         reloads.serving(snapshot.resources.clone());
         overrides::apply(&self.shared.metrics, &snapshot.telemetry);
         let previous = self.shared.snapshot.swap(snapshot.clone());
+        // Builds of replaced plugins (and of failed reloads) are not kept.
+        self.cache.keep_used();
         let mut listeners = self.listeners.lock().await;
         for (addr, running) in listeners.iter() {
             let (Some(old), Some(new)) =
@@ -323,6 +326,7 @@ impl Gateway {
         }
         tracing::info!(
             listeners = ?snapshot.listeners.keys().collect::<Vec<_>>(),
+            compiled = self.cache.len(),
             "configuration reloaded"
         );
         Ok(())

@@ -21,7 +21,7 @@ mod load;
 pub mod metrics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +80,11 @@ pub enum CallError {
     /// Not called: the binding's breaker is open after consecutive traps.
     #[error("quarantined after repeated traps: {0}")]
     Quarantined(String),
+    /// The call's task was lost (it panicked in the host, or the runtime is shutting
+    /// down), and the request's decision with it: the request cannot go on, whatever the
+    /// fail strategy.
+    #[error("plugin call lost: {0}")]
+    Lost(String),
 }
 
 impl CallError {
@@ -274,6 +279,10 @@ impl PluginHost {
         Ok(CompiledPlugin {
             inner: Arc::new(CompiledInner {
                 name: name.to_string(),
+                build: {
+                    static BUILDS: AtomicU64 = AtomicU64::new(1);
+                    BUILDS.fetch_add(1, Ordering::Relaxed)
+                },
                 pre,
                 may_block,
             }),
@@ -322,7 +331,7 @@ impl PluginHost {
                 ))
             })
             .clone();
-        breaker.judge_build(Arc::as_ptr(&pool.inner.plugin.inner) as usize);
+        breaker.judge_build(pool.inner.plugin.inner.build);
         let mut policy = PreparedPolicy {
             inner: Arc::new(PreparedInner {
                 pool: pool.clone(),
@@ -384,6 +393,9 @@ pub struct CompiledPlugin {
 
 struct CompiledInner {
     name: String,
+    /// Which compile this is, unique in the process: a breaker resets when its binding
+    /// gets another build (an address could be reused once the old build is dropped).
+    build: u64,
     pre: PluginPre<StoreState>,
     /// Imports WASI, whose host calls may block: each call also gets a timer.
     may_block: bool,
@@ -550,13 +562,15 @@ impl PreparedPolicy {
         let breaker = self.inner.breaker.clone();
         let lost = move |why: String| {
             breaker.abandon(admit);
+            // The decision went with the task; the proxy fails the request on `Lost`
+            // and never reads this one.
             let nothing = types::Decision {
                 route: None,
                 delay_ms: None,
                 action: types::Action::NoRoute,
                 log_fields: Vec::new(),
             };
-            (nothing, Err(CallError::Trap(why)))
+            (nothing, Err(CallError::Lost(why)))
         };
         self.inner
             .pool

@@ -591,6 +591,14 @@ pub async fn run_chain(
         match called {
             Ok(Some(next)) => decision = next,
             Ok(None) => {}
+            // The decision so far went with the lost call: nothing to go on with, even
+            // for a FAIL_OPEN plugin.
+            Err(CallError::Lost(m)) => {
+                return Err(ProxyError::Plugin {
+                    plugin: link.policy.plugin_name().to_string(),
+                    message: m,
+                });
+            }
             Err(CallError::Quarantined(_)) if link.fail_open => {
                 tracing::debug!(
                     plugin = link.policy.plugin_name(),

@@ -175,14 +175,48 @@ pub struct PluginSources {
 
 /// Compiled components by the SHA-256 of their bytes, kept across reloads so an
 /// unchanged plugin is never compiled twice (nor, for an `http(s)://` url, downloaded
-/// twice); and where downloaded modules are kept between runs.
+/// twice); and where downloaded modules are kept between runs. Only what the serving
+/// snapshot uses is kept: [`CompileCache::begin`] before a build, then
+/// [`CompileCache::keep_used`] once it serves, drops every other build (replaced plugins,
+/// those of failed reloads), so hot reloads do not grow the process.
 #[derive(Debug, Default, Clone)]
 pub struct CompileCache {
     compiled: Arc<DashMap<[u8; 32], CompiledPlugin>>,
+    /// The keys the build under way has asked for.
+    used: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
     downloads: Option<PathBuf>,
 }
 
 impl CompileCache {
+    /// A snapshot build starts: nothing is in use by it yet.
+    pub fn begin(&self) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The build since [`CompileCache::begin`] now serves: forget every other compiled
+    /// component.
+    pub fn keep_used(&self) {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        self.compiled.retain(|key, _| used.contains(key));
+    }
+
+    fn mark(&self, key: [u8; 32]) {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+    }
+
+    /// How many compiled components are kept.
+    pub fn len(&self) -> usize {
+        self.compiled.len()
+    }
+
+    /// Nothing compiled is kept.
+    pub fn is_empty(&self) -> bool {
+        self.compiled.is_empty()
+    }
+
     /// Keep downloaded plugins in `dir` ([`fetch`]); `None`: download on every start.
     pub fn with_downloads(mut self, dir: Option<PathBuf>) -> Self {
         self.downloads = dir;
@@ -195,7 +229,9 @@ impl CompileCache {
         for (i, byte) in key.iter_mut().enumerate() {
             *byte = u8::from_str_radix(sha256.get(i * 2..i * 2 + 2)?, 16).ok()?;
         }
-        self.compiled.get(&key).map(|hit| hit.clone())
+        let hit = self.compiled.get(&key).map(|hit| hit.clone())?;
+        self.mark(key);
+        Some(hit)
     }
 
     /// The compiled component for `bytes`: from memory, or compiled on a thread of its
@@ -210,6 +246,7 @@ impl CompileCache {
         bytes: Vec<u8>,
     ) -> Result<CompiledPlugin, PluginError> {
         let key: [u8; 32] = Sha256::digest(&bytes).into();
+        self.mark(key);
         if let Some(hit) = self.compiled.get(&key) {
             return Ok(hit.clone());
         }

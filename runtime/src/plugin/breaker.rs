@@ -6,7 +6,7 @@
 //! per binding for the life of the process, so a reload does not let a broken plugin off
 //! its quarantine; a reload that brings a different build of the plugin closes it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::host::monotonic_nanos;
@@ -53,7 +53,7 @@ pub struct Breaker {
     /// Calls not made because it was open.
     skipped: AtomicU64,
     /// Which build of the plugin it judges (the compiled plugin's address).
-    build: AtomicUsize,
+    build: AtomicU64,
 }
 
 impl Breaker {
@@ -66,12 +66,12 @@ impl Breaker {
             probing: AtomicBool::new(false),
             opened: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            build: AtomicUsize::new(0),
+            build: AtomicU64::new(0),
         }
     }
 
     /// The binding is (re)prepared for the build `build`: a different build starts closed.
-    pub fn judge_build(&self, build: usize) {
+    pub fn judge_build(&self, build: u64) {
         if self.build.swap(build, Ordering::AcqRel) != build {
             self.failures.store(0, Ordering::Relaxed);
             self.open_until.store(0, Ordering::Release);
@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_traps_and_a_probe_closes_it() {
-        let b = Breaker::new(3, Duration::from_millis(30));
+        // Long enough that a descheduled test thread does not see it half-open early.
+        let b = Breaker::new(3, Duration::from_millis(300));
         for _ in 0..2 {
             assert_eq!(b.admit(), Admit::Call);
             assert!(!b.record(Admit::Call, true));
@@ -191,7 +192,7 @@ mod tests {
         assert!(matches!(b.state(), State::Open(_)));
         assert_eq!(b.admit(), Admit::Skip);
         assert_eq!(b.skipped(), 1);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(320));
         assert_eq!(b.state(), State::HalfOpen);
         assert_eq!(b.admit(), Admit::Probe);
         // Only one probe at a time.
@@ -200,7 +201,7 @@ mod tests {
         assert!(b.record(Admit::Probe, true));
         assert_eq!(b.opened(), 2);
         assert_eq!(b.admit(), Admit::Skip);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(320));
         assert_eq!(b.admit(), Admit::Probe);
         assert!(!b.record(Admit::Probe, false));
         assert_eq!(b.state(), State::Closed);

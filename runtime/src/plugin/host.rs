@@ -164,6 +164,7 @@ impl host::Host for StoreState {
         if !self.log_budget.admit(plugin, Instant::now()) {
             return;
         }
+        let message = cut(&message);
         match level {
             host::LogLevel::Trace => {
                 tracing::trace!(target: "wasmgate::plugin", plugin, "{message}")
@@ -401,8 +402,21 @@ impl StdoutStream for LogStream {
     }
 }
 
-/// Longest partial line kept before it is logged anyway.
+/// Longest partial line kept before it is logged anyway, and the longest line (from the
+/// `log` import or stdout/stderr) written to the gateway's log: longer ones are cut.
 const MAX_LINE: usize = 8 << 10;
+
+/// `text` cut to at most [`MAX_LINE`] bytes, at a character boundary.
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_LINE {
+        return text;
+    }
+    let mut end = MAX_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 struct LineLogger {
     plugin: Arc<str>,
@@ -418,7 +432,7 @@ impl LineLogger {
             return;
         }
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\n', '\r']);
+        let text = cut(text.trim_end_matches(['\n', '\r']));
         tracing::info!(
             target: "wasmgate::plugin",
             plugin = &*self.plugin,
@@ -469,9 +483,18 @@ impl Drop for LineLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::{LOG_LINES_PER_SECOND, LogBudget, Random};
+    use super::{LOG_LINES_PER_SECOND, LogBudget, MAX_LINE, Random, cut};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn long_lines_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(MAX_LINE);
+        let kept = cut(&long);
+        assert!(kept.len() <= MAX_LINE && kept.len() > MAX_LINE - 2);
+        assert!(kept.chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn log_lines_past_the_budget_are_dropped_until_the_next_second() {

@@ -840,6 +840,16 @@ fn escape(v: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
+    /// The SDK refuses in native tests exactly the names the host refuses, so a plugin
+    /// that passes its tests is not refused at `prepare`.
+    #[test]
+    fn the_sdk_reserves_the_hosts_own_names() {
+        assert_eq!(
+            OWN.map(|(name, _)| name),
+            wasmgate_plugin_sdk::metrics::RESERVED
+        );
+    }
+
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }

@@ -431,7 +431,7 @@ impl PluginStats {
                     self.memory_kills.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Err(crate::plugin::CallError::Unavailable(_)) => {
+            Err(crate::plugin::CallError::Unavailable(_) | crate::plugin::CallError::Lost(_)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
             Err(crate::plugin::CallError::Quarantined(_)) => {}
