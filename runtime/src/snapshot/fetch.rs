@@ -33,15 +33,22 @@ pub const MAX_REDIRECTS: usize = 5;
 /// when an entry there still has that digest, otherwise downloaded, checked, and (best
 /// effort) stored in `dir`. The error says what went wrong in one line.
 pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    // Reading, hashing (up to 128 MiB) and writing block: they run on a blocking thread,
+    // never on the runtime's threads that serve connections.
     let entry = dir.map(|d| d.join(format!("{sha256}.wasm")));
-    if let Some(path) = &entry
-        && let Ok(bytes) = std::fs::read(path)
-    {
+    let (want, path) = (sha256.to_string(), entry.clone());
+    let cached = tokio::task::spawn_blocking(move || {
+        let path = path?;
+        let bytes = std::fs::read(&path).ok()?;
         // Checked like a download: a changed or truncated entry is simply fetched again.
-        if hex(&Sha256::digest(&bytes)) == sha256 {
-            tracing::debug!(url, path = %path.display(), "plugin from the download cache");
-            return Ok(bytes);
-        }
+        (hex(&Sha256::digest(&bytes)) == want).then_some((path, bytes))
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some((path, bytes)) = cached {
+        tracing::debug!(url, path = %path.display(), "plugin from the download cache");
+        return Ok(bytes);
     }
     let bytes = match tokio::time::timeout(TIMEOUT, download(url)).await {
         Ok(result) => result?,
@@ -52,20 +59,33 @@ pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u
             ));
         }
     };
-    let got = hex(&Sha256::digest(&bytes));
-    if got != sha256 {
-        return Err(format!(
-            "downloaded {url} ({} bytes) has sha256 {got}, not {sha256}; not used",
-            bytes.len()
-        ));
-    }
-    tracing::info!(url, bytes = bytes.len(), "plugin downloaded and verified");
-    if let (Some(dir), Some(path)) = (dir, &entry)
-        && let Err(e) = store(dir, path, &bytes)
-    {
-        tracing::warn!(dir = %dir.display(), "download cache not used: {e}");
-    }
-    Ok(bytes)
+    let (want, dir, owned_url) = (
+        sha256.to_string(),
+        dir.map(Path::to_path_buf),
+        url.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let got = hex(&Sha256::digest(&bytes));
+        if got != want {
+            return Err(format!(
+                "downloaded {owned_url} ({} bytes) has sha256 {got}, not {want}; not used",
+                bytes.len()
+            ));
+        }
+        tracing::info!(
+            url = owned_url,
+            bytes = bytes.len(),
+            "plugin downloaded and verified"
+        );
+        if let (Some(dir), Some(path)) = (dir, entry)
+            && let Err(e) = store(&dir, &path, &bytes)
+        {
+            tracing::warn!(dir = %dir.display(), "download cache not used: {e}");
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| format!("cannot download {url}: checking it failed: {e}"))?
 }
 
 fn hex(bytes: &[u8]) -> String {
