@@ -159,7 +159,7 @@ fn breaker_metrics(host: &PluginHost, metrics: &Metrics) {
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            crate::telemetry::metrics::header(out, name, kind, help);
             for (key, breaker) in &breakers {
                 let _ = writeln!(out, "{name}{{{}}} {}", labels(key), value(breaker));
             }

@@ -801,7 +801,7 @@ async fn load_user_plugin(
         ))
     })?;
     if let Some(want) = &wp.sha256 {
-        let got = hex(&Sha256::digest(&bytes));
+        let got = crate::tls::cert::hex(&Sha256::digest(&bytes));
         if !got.eq_ignore_ascii_case(want) {
             return Err(Box::new(error(
                 &wp.meta,
@@ -858,8 +858,4 @@ async fn remote_plugin(
                 other => error(&wp.meta, "spec.url", other.to_string()),
             })
         })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

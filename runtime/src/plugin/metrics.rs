@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use crate::telemetry::metrics::{escape, header};
+
 /// What every plugin-defined family's name starts with.
 pub const PREFIX: &str = "wasmgate_plugin_";
 /// Most metrics one plugin may define.
@@ -815,24 +817,6 @@ fn render_pools(out: &mut String, plugins: &[Arc<PluginMetrics>]) {
     for p in plugins {
         let s = p.pool.wait_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {s}", escape(&p.plugin));
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// A label value as Prometheus' text format wants it.
-fn escape(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.contains(['\\', '"', '\n']) {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        v.into()
     }
 }
 

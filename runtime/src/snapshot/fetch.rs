@@ -41,7 +41,7 @@ pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u
         let path = path?;
         let bytes = std::fs::read(&path).ok()?;
         // Checked like a download: a changed or truncated entry is simply fetched again.
-        (hex(&Sha256::digest(&bytes)) == want).then_some((path, bytes))
+        (crate::tls::cert::hex(&Sha256::digest(&bytes)) == want).then_some((path, bytes))
     })
     .await
     .ok()
@@ -65,7 +65,7 @@ pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u
         url.to_string(),
     );
     tokio::task::spawn_blocking(move || {
-        let got = hex(&Sha256::digest(&bytes));
+        let got = crate::tls::cert::hex(&Sha256::digest(&bytes));
         if got != want {
             return Err(format!(
                 "downloaded {owned_url} ({} bytes) has sha256 {got}, not {want}; not used",
@@ -86,10 +86,6 @@ pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u
     })
     .await
     .map_err(|e| format!("cannot download {url}: checking it failed: {e}"))?
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Write beside, then rename, in a private folder.

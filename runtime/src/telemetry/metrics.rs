@@ -1083,7 +1083,14 @@ impl Metrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// A family's `# HELP` and `# TYPE` lines; the help escaped as the text format wants
+/// (plugins write their own).
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help: std::borrow::Cow<'_, str> = if help.contains(['\\', '\n']) {
+        help.replace('\\', "\\\\").replace('\n', "\\n").into()
+    } else {
+        help.into()
+    };
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
