@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use super::wasm_plugin::target;
-use super::{Report, validate_workload_selector};
+use super::Report;
+use super::wasm_plugin::scope;
 use crate::model::{self, CustomTag, IstioMetric, TelemetryScope, TracingOverride};
 use crate::raw::{self, MetricName, TagOperation, TelemetryMode};
 use crate::yaml::FieldPath;
@@ -29,36 +29,14 @@ pub(crate) fn validate(
 ) -> model::Telemetry {
     let p = FieldPath::root("spec");
     let ns = &meta.id.namespace;
-    let selectors = [
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if selectors > 1 {
-        r.err(&p, "only one of targetRefs or selector can be set");
-    }
-    if let Some(s) = &spec.selector {
-        validate_workload_selector(r, &p.key("selector"), s);
-    }
-    let mut targets = Vec::new();
-    if let Some(t) = &spec.target_ref {
-        targets.extend(target(t, ns, &p.key("targetRef"), r, TELEMETRY_TARGETS));
-    }
-    if spec.target_refs.len() > 16 {
-        r.err(&p.key("targetRefs"), "targetRefs may have at most 16 items");
-    }
-    for (i, t) in spec.target_refs.iter().enumerate() {
-        targets.extend(target(
-            t,
-            ns,
-            &p.key("targetRefs").index(i),
-            r,
-            TELEMETRY_TARGETS,
-        ));
-    }
+    let targets = scope(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+        ns,
+        r,
+        TELEMETRY_TARGETS,
+    );
     let labels = spec
         .selector
         .as_ref()

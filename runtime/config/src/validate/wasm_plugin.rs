@@ -22,36 +22,14 @@ pub(crate) fn validate(
 ) -> model::WasmPlugin {
     let p = FieldPath::root("spec");
     let ns = &meta.id.namespace;
-    let selectors = [
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if selectors > 1 {
-        r.err(&p, "only one of targetRefs or selector can be set");
-    }
-    if let Some(s) = &spec.selector {
-        validate_workload_selector(r, &p.key("selector"), s);
-    }
-    let mut targets = Vec::new();
-    if let Some(t) = &spec.target_ref {
-        targets.extend(target(t, ns, &p.key("targetRef"), r, PLUGIN_TARGETS));
-    }
-    if spec.target_refs.len() > 16 {
-        r.err(&p.key("targetRefs"), "targetRefs may have at most 16 items");
-    }
-    for (i, t) in spec.target_refs.iter().enumerate() {
-        targets.extend(target(
-            t,
-            ns,
-            &p.key("targetRefs").index(i),
-            r,
-            PLUGIN_TARGETS,
-        ));
-    }
+    let targets = scope(
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+        ns,
+        r,
+        PLUGIN_TARGETS,
+    );
 
     let source = match parse_url(&spec.url) {
         Ok(s) => s,
@@ -321,6 +299,42 @@ const PLUGIN_TARGETS: &[&str] = &["VirtualService", "Gateway"];
 /// `bindable` (for WasmPlugins VirtualServices and Gateways, for Telemetry Gateways); the
 /// kinds Istio itself allows (Service, ServiceEntry, Gateway API Gateway and
 /// GatewayClass) are accepted and ignored with a warning.
+/// What a policy resource (WasmPlugin, Telemetry) applies to, as Istio checks it:
+/// `selector`, `targetRef` or at most 16 `targetRefs`, only one of them; the targets
+/// whose kind is in `bindable`.
+pub(crate) fn scope(
+    selector: Option<&raw::WorkloadSelector>,
+    target_ref: Option<&raw::PolicyTargetReference>,
+    target_refs: &[raw::PolicyTargetReference],
+    ns: &str,
+    r: &mut Report,
+    bindable: &[&str],
+) -> Vec<TargetRef> {
+    let p = FieldPath::root("spec");
+    let set = [
+        selector.is_some(),
+        target_ref.is_some(),
+        !target_refs.is_empty(),
+    ];
+    if set.iter().filter(|b| **b).count() > 1 {
+        r.err(&p, "only one of targetRefs or selector can be set");
+    }
+    if let Some(s) = selector {
+        validate_workload_selector(r, &p.key("selector"), s);
+    }
+    let mut targets = Vec::new();
+    if let Some(t) = target_ref {
+        targets.extend(target(t, ns, &p.key("targetRef"), r, bindable));
+    }
+    if target_refs.len() > 16 {
+        r.err(&p.key("targetRefs"), "targetRefs may have at most 16 items");
+    }
+    for (i, t) in target_refs.iter().enumerate() {
+        targets.extend(target(t, ns, &p.key("targetRefs").index(i), r, bindable));
+    }
+    targets
+}
+
 pub(crate) fn target(
     t: &raw::PolicyTargetReference,
     ns: &str,
