@@ -120,24 +120,7 @@ async fn prometheus_scrapes_istio_request_metrics() {
 
     let text = scrape(gw.admin).await;
     // promtool reads the exposition as Prometheus would and lints it.
-    let dir_text = dir.write("scrape.txt", &text);
-    let check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&dir_text).expect("scrape file"))
-        .output()
-        .expect("promtool");
-    // Exit 1 is a parse error; 3 is lint advice. The only advice allowed is the one
-    // Istio's own name earns: `istio_request_duration_milliseconds` keeps Istio's unit.
-    let advice = String::from_utf8_lossy(&check.stderr).to_string();
-    assert!(
-        matches!(check.status.code(), Some(0 | 3))
-            && advice
-                .lines()
-                .all(|l| l.starts_with("istio_request_duration_milliseconds use base unit")),
-        "promtool ({:?}): {}{advice}",
-        check.status.code(),
-        String::from_utf8_lossy(&check.stdout)
-    );
+    support::promtool_check(&dir, &text);
     for family in [
         "wasmgate_plugin_calls_total{plugin=\"wasmgate/router\",virtual_service=\"default/reviews\"} 11",
         "wasmgate_listener_connections_total{listener=\"127.0.0.1:",

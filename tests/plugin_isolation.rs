@@ -157,13 +157,6 @@ async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_l
     );
 }
 
-async fn prometheus(gw: &Gateway) -> String {
-    get(gw.admin, "admin", "/stats/prometheus", &[])
-        .await
-        .expect("metrics")
-        .text()
-}
-
 async fn routes(gw: &Gateway) -> String {
     get(gw.admin, "admin", "/routes", &[])
         .await
@@ -227,7 +220,7 @@ async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
         shown.contains("default/misbehave (quarantined, "),
         "{shown}"
     );
-    let metrics = prometheus(&gw).await;
+    let metrics = gw.scrape().await;
     for want in [
         format!("wasmgate_plugin_breaker_open{LABELS} 1"),
         format!("wasmgate_plugin_breaker_opened_total{LABELS} 1"),
@@ -250,7 +243,7 @@ async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
     let r = bad("/fine").await.expect("quarantined again");
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        prometheus(&gw)
+        gw.scrape()
             .await
             .contains(&format!("wasmgate_plugin_breaker_opened_total{LABELS} 2"))
     );
@@ -264,7 +257,7 @@ async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(!routes(&gw).await.contains("quarantined"));
     assert!(
-        prometheus(&gw)
+        gw.scrape()
             .await
             .contains(&format!("wasmgate_plugin_breaker_open{LABELS} 0"))
     );
@@ -326,7 +319,7 @@ async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() 
         "{:?}",
         started.elapsed()
     );
-    let metrics = prometheus(&gw).await;
+    let metrics = gw.scrape().await;
     for want in [
         format!("wasmgate_plugin_calls_total{LABELS} 2"),
         format!("wasmgate_plugin_deadline_kills_total{LABELS} 1"),

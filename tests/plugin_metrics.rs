@@ -68,14 +68,6 @@ async fn send(port: u16, method: &str, path: &str, tenant: Option<&str>) -> Stat
     .status
 }
 
-async fn scrape(admin: u16) -> String {
-    let r = get(admin, "admin", "/stats/prometheus", &[])
-        .await
-        .expect("scrape");
-    assert_eq!(r.status, StatusCode::OK);
-    r.text()
-}
-
 fn assert_lines(text: &str, lines: &[&str]) {
     for line in lines {
         assert!(text.lines().any(|l| l == *line), "{line} missing:\n{text}");
@@ -114,7 +106,7 @@ async fn a_plugins_counter_and_histogram_are_on_stats_prometheus() {
     );
     assert_eq!(send(port, "GET", "/arity", None).await, StatusCode::OK);
 
-    let text = scrape(gw.admin).await;
+    let text = gw.scrape().await;
     let probe = "plugin=\"default/probe\"";
     assert_lines(
         &text,
@@ -145,29 +137,13 @@ async fn a_plugins_counter_and_histogram_are_on_stats_prometheus() {
     assert!(!text.contains("late_total"), "{text}");
 
     if Command::new("promtool").arg("--version").output().is_ok() {
-        let file = dir.write("scrape.txt", &text);
-        let check = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&file).expect("scrape file"))
-            .output()
-            .expect("promtool");
-        // 1 is a parse error; 3 is lint advice, of which only Istio's unit may be given.
-        let advice = String::from_utf8_lossy(&check.stderr).to_string();
-        assert!(
-            matches!(check.status.code(), Some(0 | 3))
-                && advice
-                    .lines()
-                    .all(|l| l.starts_with("istio_request_duration_milliseconds use base unit")),
-            "promtool ({:?}): {}{advice}",
-            check.status.code(),
-            String::from_utf8_lossy(&check.stdout)
-        );
+        support::promtool_check(&dir, &text);
     }
 
     // A reload that keeps the plugin keeps its series: the count goes on.
     assert_eq!(gw.reload().await.status, StatusCode::OK);
     assert_eq!(send(port, "GET", "/items", Some("a")).await, StatusCode::OK);
-    let text = scrape(gw.admin).await;
+    let text = gw.scrape().await;
     assert_lines(
         &text,
         &[&format!(
@@ -187,7 +163,7 @@ async fn label_sets_beyond_the_cap_fold_into_one_series() {
     }
     // A tenant kept before the cap still counts on its own.
     assert_eq!(send(port, "GET", "/", Some("t7")).await, StatusCode::OK);
-    let text = scrape(gw.admin).await;
+    let text = gw.scrape().await;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("wasmgate_plugin_requests_total{"))

@@ -59,10 +59,7 @@ fn variant(bytes: &[u8], n: usize) -> Vec<u8> {
 
 /// `wasmgate_config_reloads_total{result=...}` from the admin port.
 async fn reloads(gw: &Gateway, result: &str) -> u64 {
-    let text = get(gw.admin, "admin", "/stats/prometheus", &[])
-        .await
-        .expect("admin reachable")
-        .text();
+    let text = gw.scrape().await;
     let series = format!("wasmgate_config_reloads_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

@@ -365,6 +365,15 @@ impl Gateway {
         None
     }
 
+    /// `/stats/prometheus` from the admin port (answered 200).
+    pub async fn scrape(&self) -> String {
+        let r = get(self.admin, "admin", "/stats/prometheus", &[])
+            .await
+            .expect("admin reachable");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.text()
+    }
+
     pub async fn reload(&self) -> Reply {
         request(self.admin, "POST", "admin", "/reload", &[], Bytes::new())
             .await
@@ -377,6 +386,28 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `promtool check metrics` on a scrape: exit 0, or 3 (lint advice) where the only advice
+/// is the one Istio's own name earns (`istio_request_duration_milliseconds` keeps Istio's
+/// unit); 1 is a parse error. `dir` holds the scrape file.
+pub fn promtool_check(dir: &TempDir, text: &str) {
+    let file = dir.write("scrape.txt", text);
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).expect("scrape file"))
+        .output()
+        .expect("promtool");
+    let advice = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(
+        matches!(check.status.code(), Some(0 | 3))
+            && advice
+                .lines()
+                .all(|l| l.starts_with("istio_request_duration_milliseconds use base unit")),
+        "promtool ({:?}): {}{advice}",
+        check.status.code(),
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 /// A response, fully read.

@@ -142,13 +142,6 @@ fn requests_total(page: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn scrape(gw: &Gateway) -> String {
-    get(gw.admin, "admin", "/stats/prometheus", &[])
-        .await
-        .expect("scrape")
-        .text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_metric_leaves_prometheus_after_a_reload() {
     let backend = Echo::start("backend").await;
@@ -162,7 +155,7 @@ async fn a_disabled_metric_leaves_prometheus_after_a_reload() {
         assert_eq!(r.status, 200);
     };
     send().await;
-    let page = scrape(&gw).await;
+    let page = gw.scrape().await;
     assert_eq!(requests_total(&page).as_deref(), Some("1"), "{page}");
 
     // istio.io's "disable REQUEST_COUNT" override, client and server.
@@ -174,7 +167,7 @@ async fn a_disabled_metric_leaves_prometheus_after_a_reload() {
     );
     reload(&gw).await;
     send().await;
-    let page = scrape(&gw).await;
+    let page = gw.scrape().await;
     assert!(!has_family(&page, "istio_requests_total"), "{page}");
     assert!(!page.contains("# TYPE istio_requests_total"), "{page}");
     assert!(
@@ -186,10 +179,10 @@ async fn a_disabled_metric_leaves_prometheus_after_a_reload() {
     // Back on: the request made while it was off was not counted.
     std::fs::remove_file(dir.path().join("telemetry.yaml")).expect("remove");
     reload(&gw).await;
-    let page = scrape(&gw).await;
+    let page = gw.scrape().await;
     assert_eq!(requests_total(&page).as_deref(), Some("1"), "{page}");
     send().await;
-    let page = scrape(&gw).await;
+    let page = gw.scrape().await;
     assert_eq!(requests_total(&page).as_deref(), Some("2"), "{page}");
 }
 

@@ -452,10 +452,7 @@ async fn traced_requests(endpoint: &str) -> (Vec<Duration>, u64) {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = get(gw.admin, "admin", "/stats/prometheus", &[])
-            .await
-            .expect("scrape")
-            .text();
+        let text = gw.scrape().await;
         if failures(&text) > 0 || Instant::now() > deadline {
             return (times, failures(&text));
         }
