@@ -1,9 +1,9 @@
 //! Conveniences on the generated WIT types: constructors for decisions and header
-//! operations, and header lookup on a request head. Used by plugin code and tests alike.
+//! operations. Used by plugin code and tests alike.
 
 use crate::{
-    Abort, Action, Decision, Destination, DirectResponse, Forward, Header, HeaderInterest,
-    HeaderMutation, Interest, Redirect, RequestHead,
+    Abort, Action, ActionKind, Decision, Destination, DirectResponse, Forward, Header,
+    HeaderMutation, Redirect,
 };
 
 impl Header {
@@ -167,63 +167,24 @@ impl Decision {
     }
 }
 
-impl Interest {
-    /// Ask for these headers (names are lowercased).
-    pub fn headers<I, S>(names: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut names: Vec<String> = names
-            .into_iter()
-            .map(|n| n.into().to_ascii_lowercase())
-            .collect();
-        names.sort();
-        names.dedup();
-        Interest {
-            headers: if names.is_empty() {
-                HeaderInterest::None
-            } else {
-                HeaderInterest::Named(names)
-            },
+impl Decision {
+    /// The decision in brief, as `request.action_kind()` gives it.
+    pub fn kind(&self) -> ActionKind {
+        match self.action {
+            Action::NoRoute => ActionKind::NoRoute,
+            Action::Forward(_) => ActionKind::Forward,
+            Action::Redirect(_) => ActionKind::Redirect,
+            Action::Respond(_) => ActionKind::Respond,
+            Action::Abort(_) => ActionKind::Abort,
         }
     }
 }
 
-impl RequestHead {
-    /// The first value of header `name`, if the policy asked for it and the request
-    /// carried it. Names compare case-insensitively, as HTTP's do: `header("X-Block-Me")`
-    /// finds `x-block-me`.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    }
-
-    /// Every value of header `name` (any case), in the order the request carried them.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::testing::request;
-
-    #[test]
-    fn header_lookup_ignores_case() {
-        let req = request("GET", "/")
-            .header("X-Block-Me", "1")
-            .header("x-block-me", "2")
-            .build();
-        assert_eq!(req.header("x-block-me"), Some("1"));
-        assert_eq!(req.header("X-BLOCK-ME"), Some("1"));
-        let all: Vec<&str> = req.header_values("X-Block-Me").collect();
-        assert_eq!(all, ["1", "2"]);
-        assert_eq!(req.header("x-block"), None);
+impl HeaderMutation {
+    /// Add `other`'s operations after this one's.
+    pub fn extend(&mut self, other: HeaderMutation) {
+        self.set.extend(other.set);
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
     }
 }

@@ -1,27 +1,38 @@
-//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.2.1` types, a
+//! The crate a wasmgate plugin author depends on: the `wasmgate:policy@0.3.0` types, a
 //! [`Policy`] trait to implement, the [`export_policy!`] macro that turns it into a Wasm
 //! component export, the host functions (log, random, time), [`metrics`] the plugin
-//! defines and updates, and [`testing`] helpers so a policy can be unit-tested natively
-//! with `cargo test`, no Wasm runtime involved.
+//! defines and updates, the capabilities an operator may grant ([`clock`], [`state`],
+//! [`outbound`]), and [`testing`] helpers so a policy can be unit-tested natively with
+//! `cargo test`, no Wasm runtime involved.
 //!
 //! ```rust,test_harness
-//! use wasmgate_plugin_sdk::{export_policy, Binding, ConfigError, Decision, Policy,
-//!     PluginError, RequestHead};
+//! use wasmgate_plugin_sdk::{export_policy, Binding, ConfigError, Edit, Policy,
+//!     PluginError, Request};
 //!
 //! pub struct Hello;
 //! impl Policy for Hello {
 //!     fn prepare(_: &Binding, _config: &str) -> Result<Self, ConfigError> { Ok(Hello) }
-//!     fn on_request(&self, _: &RequestHead, current: Decision)
-//!         -> Result<Option<Decision>, PluginError> { Ok(None) }
+//!     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+//!         let mut edit = Edit::default();
+//!         if request.header("x-hello").is_some() {
+//!             edit.set_response_header("x-hello", "world");
+//!         }
+//!         Ok(edit)
+//!     }
 //! }
 //! export_policy!(Hello);
 //! ```
 
 extern crate self as wasmgate_plugin_sdk;
 
+pub mod clock;
 mod decision;
+mod edit;
 pub mod host;
 pub mod metrics;
+pub mod outbound;
+mod request;
+pub mod state;
 pub mod testing;
 
 #[doc(hidden)]
@@ -53,36 +64,52 @@ pub struct PluginGuide;
 /// The generated `destination` record (named so to stay clear of `std` names).
 pub use __bindings::wasmgate::policy::types::Destination;
 pub use __bindings::wasmgate::policy::types::{
-    Abort, Action, Binding, ConfigError, Decision, DirectResponse, Forward, Header, HeaderInterest,
-    HeaderMutation, Interest, Mirror, PluginError, Redirect, RequestHead, RetryPolicy, RouteRef,
+    Abort, Action, ActionKind, Binding, ConfigError, Decision, DirectResponse, Edit, Forward,
+    Header, HeaderMutation, Interest, LogEntry, Mirror, PluginError, Redirect, ResponseEdit,
+    RetryPolicy, RouteRef,
 };
+pub use request::{Request, Response};
 pub use serde;
 pub use serde_json;
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.2.1";
+pub const WIT_VERSION: &str = "0.3.0";
 
-/// A policy plugin: prepared once per binding (plugin x VirtualService), then asked for a
-/// decision per request.
+/// A policy plugin: prepared once per binding (plugin x VirtualService), then called per
+/// request; with an [`Interest`] also per response and once each request is over.
 pub trait Policy: Sized + 'static {
     /// Parse and check the binding's config (`pluginConfig`, as JSON text; `null` when the
     /// WasmPlugin has none). An error rejects the whole configuration at load.
     fn prepare(binding: &Binding, config: &str) -> Result<Self, ConfigError>;
 
-    /// Which request headers [`Policy::on_request`] reads. Default: none.
+    /// What this policy takes part in beyond [`Policy::on_request`]: the response phase,
+    /// the log phase, request and response bodies. Default: nothing more.
     fn interest(&self) -> Interest {
-        Interest {
-            headers: HeaderInterest::None,
-        }
+        Interest::default()
     }
 
-    /// Decide for one request. `current` is the decision so far; return `Ok(None)` to keep
-    /// it unchanged, `Ok(Some(d))` to replace it.
-    fn on_request(
+    /// Decide for one request. Read what you need from `request` (its head, the decision
+    /// so far, properties earlier policies set) and answer with an [`Edit`]; an empty
+    /// edit (`Edit::default()`) changes nothing.
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError>;
+
+    /// Change a response before it goes to the client. Called only when
+    /// [`Policy::interest`] asks for the response phase.
+    fn on_response(
         &self,
-        request: &RequestHead,
-        current: Decision,
-    ) -> Result<Option<Decision>, PluginError>;
+        request: &Request,
+        response: &Response,
+    ) -> Result<ResponseEdit, PluginError> {
+        let _ = (request, response);
+        Ok(ResponseEdit::default())
+    }
+
+    /// The request is over: status, sizes, durations, flags. Called only when
+    /// [`Policy::interest`] asks for the log phase, after the response, off the
+    /// request's path.
+    fn on_log(&self, request: &Request, entry: &LogEntry) {
+        let _ = (request, entry);
+    }
 }
 
 /// Parse a plugin's JSON config into `T`. A WasmPlugin without `pluginConfig` sends
@@ -130,6 +157,7 @@ fn without_position(e: &serde_json::Error) -> String {
 #[doc(hidden)]
 pub mod __export {
     use super::__bindings::exports::wasmgate::policy::policy::{GuestPrepared, Prepared};
+    use super::__bindings::wasmgate::policy::types as wit;
     use super::*;
 
     /// Bridges a [`Policy`] to the generated resource trait.
@@ -144,12 +172,21 @@ pub mod __export {
             self.0.interest()
         }
 
-        fn on_request(
+        fn on_request(&self, request: &wit::Request) -> Result<Edit, PluginError> {
+            self.0.on_request(&Request::host(request))
+        }
+
+        fn on_response(
             &self,
-            request: RequestHead,
-            current: Decision,
-        ) -> Result<Option<Decision>, PluginError> {
-            self.0.on_request(&request, current)
+            request: &wit::Request,
+            response: &wit::Response,
+        ) -> Result<ResponseEdit, PluginError> {
+            self.0
+                .on_response(&Request::host(request), &Response::host(response))
+        }
+
+        fn on_log(&self, request: &wit::Request, entry: LogEntry) {
+            self.0.on_log(&Request::host(request), &entry)
         }
     }
 

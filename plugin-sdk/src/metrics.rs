@@ -1,9 +1,9 @@
 //! Metrics a policy defines once, in [`crate::Policy::prepare`], and updates per request
-//! (`wasmgate:policy/metrics`, WIT 0.2.1). The gateway shows them on `/stats/prometheus`
+//! (`wasmgate:policy/metrics`, WIT 0.3.0). The gateway shows them on `/stats/prometheus`
 //! as `wasmgate_plugin_<name>{plugin="<namespace>/<name>",<labels>}`.
 //!
 //! ```
-//! # use wasmgate_plugin_sdk::{Binding, ConfigError, Decision, PluginError, Policy, RequestHead};
+//! # use wasmgate_plugin_sdk::{Binding, ConfigError, Edit, PluginError, Policy, Request};
 //! use wasmgate_plugin_sdk::metrics::{Counter, Histogram};
 //!
 //! struct Guard {
@@ -25,14 +25,13 @@
 //!         })
 //!     }
 //!
-//!     fn on_request(&self, req: &RequestHead, current: Decision)
-//!         -> Result<Option<Decision>, PluginError> {
-//!         self.path_bytes.observe(&[&req.method], req.path.len() as f64);
-//!         if req.path.starts_with("/admin") {
+//!     fn on_request(&self, req: &Request) -> Result<Edit, PluginError> {
+//!         self.path_bytes.observe(&[req.method()], req.path().len() as f64);
+//!         if req.path().starts_with("/admin") {
 //!             self.blocked.inc(&["admin-path"]);
-//!             return Ok(Some(current.with_action(Decision::respond(403, "no"))));
+//!             return Ok(Edit::respond(403, "no"));
 //!         }
-//!         Ok(None)
+//!         Ok(Edit::keep())
 //!     }
 //! }
 //!
@@ -40,7 +39,7 @@
 //! use wasmgate_plugin_sdk::testing::{decide, prepare, recorded_metrics, request};
 //!
 //! let guard: Guard = prepare("null");
-//! decide(&guard, &request("GET", "/admin/users").build(), Decision::no_route());
+//! decide(&guard, &request("GET", "/admin/users").build());
 //! let emitted = recorded_metrics();
 //! assert_eq!(emitted.counter("blocked_total", &["admin-path"]), 1);
 //! assert_eq!(emitted.observations("path_bytes", &["GET"]), &[12.0]);

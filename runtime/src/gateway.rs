@@ -186,6 +186,9 @@ impl Gateway {
     /// Load everything and bind every listener; fails with all the reasons.
     pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
         let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
+        // Plugins' outbound calls go through this gateway once it exists.
+        let outbound = crate::proxy::outbound::PluginOutbound::new();
+        host.send_outbound_with(outbound.clone());
         // Downloaded plugins are kept beside the compiled ones.
         let cache = CompileCache::default().with_downloads(
             options
@@ -235,6 +238,7 @@ impl Gateway {
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
         });
+        outbound.attach(&gateway.shared);
         let snapshot = gateway.shared.snapshot.load_full();
         gateway.open_listeners(&snapshot).await?;
         overrides::apply(&gateway.shared.metrics, &snapshot.telemetry);

@@ -1,7 +1,8 @@
 //! The plugin host: compiles Wasm policy components once, checks they speak
-//! `wasmgate:policy@0.2.1` (or 0.2.0), prepares them per binding (plugin x
-//! VirtualService) and runs them per request from a pool of ready instances. Knows nothing of listeners: the proxy
-//! hands it a request head and a decision and gets a decision back.
+//! `wasmgate:policy@0.3.0`, prepares them per binding (plugin x VirtualService) and runs
+//! them per request from a pool of ready instances (one pool per plugin and namespace).
+//! Knows nothing of listeners: the proxy hands it a [`RequestView`] (holding the decision
+//! so far) and gets an edit back; likewise for the response and log phases.
 //!
 //! Always on: the pooling allocator, a per-call epoch deadline, a per-instance memory
 //! limit, and a WASI context that grants nothing (stdout/stderr go to the log). A trap
@@ -14,11 +15,13 @@
 mod bindings;
 pub mod breaker;
 pub mod builtin;
+pub mod context;
 pub mod diskcache;
 mod host;
 mod lane;
 mod load;
 pub mod metrics;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +30,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::component::{Component, Linker, Resource, ResourceAny};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -36,7 +39,9 @@ pub use bindings::wasmgate::policy::types;
 use bindings::{Plugin, PluginPre};
 pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
-pub use host::Random;
+pub use context::{RequestView, ResponseView};
+use context::{RequestCtx, ResponseCtx};
+pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random, authority_host, host_granted};
 use host::{StoreState, Tick};
 use lane::SlowLane;
 pub use load::{WIT_PACKAGE, is_component};
@@ -94,6 +99,35 @@ impl CallError {
     }
 }
 
+/// One outbound call a plugin makes, for the gateway to send.
+#[derive(Debug, Clone)]
+pub struct OutboundCall {
+    pub method: String,
+    /// As the plugin wrote it: `host` or `host:port`.
+    pub authority: String,
+    /// The host part, lowercase (already checked against the grants).
+    pub host: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Its answer.
+#[derive(Debug, Clone)]
+pub struct OutboundAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Who sends plugins' outbound calls (the gateway, through its upstream machinery).
+pub trait OutboundClient: Send + Sync + 'static {
+    fn call(
+        &self,
+        call: OutboundCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<OutboundAnswer, String>> + Send>>;
+}
+
 /// Engine, linker and shared host state. One per process; cheap to clone.
 #[derive(Clone)]
 pub struct PluginHost {
@@ -120,6 +154,10 @@ struct HostInner {
     /// Where plugin-defined metrics go: the process's, once [`PluginHost::report_metrics_to`]
     /// is called; until then one of the host's own that nothing renders.
     metrics: ArcSwap<metrics::Registry>,
+    /// The `state` stores, by (plugin, namespace), for the life of the process.
+    stores: state::Stores,
+    /// Where granted outbound calls go ([`PluginHost::send_outbound_with`]).
+    outbound: std::sync::RwLock<Option<Arc<dyn OutboundClient>>>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -209,8 +247,36 @@ impl PluginHost {
                 breaker_cooldown: settings.breaker_cooldown,
                 breakers: DashMap::new(),
                 metrics: ArcSwap::from_pointee(metrics::Registry::new(true)),
+                stores: state::Stores::default(),
+                outbound: std::sync::RwLock::new(None),
             }),
         })
+    }
+
+    /// Send plugins' outbound calls with `client`. Pools made before keep the one they had.
+    pub fn send_outbound_with(&self, client: Arc<dyn OutboundClient>) {
+        if let Ok(mut o) = self.inner.outbound.write() {
+            *o = Some(client);
+        }
+    }
+
+    /// What a WasmPlugin's capabilities grant its instances serving `namespace`.
+    pub fn grants(
+        &self,
+        plugin: &str,
+        namespace: &str,
+        caps: &wasmgate_config::model::Capabilities,
+    ) -> Grants {
+        Grants {
+            clock: caps.clock,
+            state: caps.state.then(|| self.inner.stores.of(plugin, namespace)),
+            outbound: caps.outbound.clone(),
+            client: if caps.outbound.is_empty() {
+                None
+            } else {
+                self.inner.outbound.read().ok().and_then(|o| o.clone())
+            },
+        }
     }
 
     /// Put the metrics plugins define into `registry` (the process's, which
@@ -276,6 +342,10 @@ impl PluginHost {
             .component_type()
             .imports(&self.inner.engine)
             .any(|(name, _)| name.starts_with("wasi:"));
+        let calls_out = component
+            .component_type()
+            .imports(&self.inner.engine)
+            .any(|(name, _)| name.starts_with(&format!("{WIT_PACKAGE}/outbound")));
         Ok(CompiledPlugin {
             inner: Arc::new(CompiledInner {
                 name: name.to_string(),
@@ -285,6 +355,7 @@ impl PluginHost {
                 },
                 pre,
                 may_block,
+                calls_out,
             }),
         })
     }
@@ -292,12 +363,19 @@ impl PluginHost {
     /// A fresh pool of instances of `plugin`. A snapshot makes one per plugin and
     /// prepares every binding of that plugin in it.
     pub fn pool(&self, plugin: &CompiledPlugin) -> PolicyPool {
-        self.pool_with_env(plugin, Vec::new())
+        self.pool_with(plugin, Vec::new(), Grants::default())
     }
 
     /// [`PluginHost::pool`] whose instances see `env` (a WasmPlugin's `vmConfig.env`) as
-    /// their WASI environment, and nothing else of the host's.
-    pub fn pool_with_env(&self, plugin: &CompiledPlugin, env: Vec<(String, String)>) -> PolicyPool {
+    /// their WASI environment, and nothing else of the host's, and may use what `grants`
+    /// allows. A WasmPlugin gets one pool per namespace it serves: no instance (and so no
+    /// guest global) is shared across namespaces.
+    pub fn pool_with(
+        &self,
+        plugin: &CompiledPlugin,
+        env: Vec<(String, String)>,
+        grants: Grants,
+    ) -> PolicyPool {
         PolicyPool {
             inner: Arc::new(PoolInner {
                 host: self.clone(),
@@ -305,6 +383,7 @@ impl PluginHost {
                 idle: Mutex::new(Vec::new()),
                 next_binding: AtomicU32::new(0),
                 env,
+                grants,
             }),
         }
     }
@@ -339,7 +418,12 @@ impl PluginHost {
                 name: name.to_string(),
                 binding,
                 config,
-                interest: types::HeaderInterest::None,
+                interest: types::Interest {
+                    response: false,
+                    log: false,
+                    request_body: None,
+                    response_body: None,
+                },
                 metrics: self.inner.metrics.load().plugin(name),
                 breaker,
                 slow: AtomicBool::new(false),
@@ -378,7 +462,7 @@ impl PluginHost {
             .map_err(|e| load_err(format!("interest: {e}")))?;
         // Freshly built: no other reference exists yet.
         if let Some(inner) = Arc::get_mut(&mut policy.inner) {
-            inner.interest = interest.headers;
+            inner.interest = interest;
         }
         pool.inner.put_back(slot);
         Ok(policy)
@@ -399,6 +483,8 @@ struct CompiledInner {
     pre: PluginPre<StoreState>,
     /// Imports WASI, whose host calls may block: each call also gets a timer.
     may_block: bool,
+    /// Imports `outbound`: a call may wait up to [`OUTBOUND_MAX`] on the host.
+    calls_out: bool,
 }
 
 impl CompiledPlugin {
@@ -443,6 +529,8 @@ struct PoolInner {
     next_binding: AtomicU32,
     /// The WASI environment of every instance (`vmConfig.env`).
     env: Vec<(String, String)>,
+    /// The capabilities every instance has.
+    grants: Grants,
 }
 
 /// One plugin prepared for one binding. Cheap to clone.
@@ -468,7 +556,7 @@ struct PreparedInner {
     name: String,
     binding: types::Binding,
     config: String,
-    interest: types::HeaderInterest,
+    interest: types::Interest,
     /// The metrics of the plugin `name`, shared with its other bindings.
     metrics: Arc<metrics::PluginMetrics>,
     breaker: Arc<Breaker>,
@@ -496,8 +584,8 @@ impl PreparedPolicy {
         &self.inner.name
     }
 
-    /// Which request headers this policy reads.
-    pub fn header_interest(&self) -> &types::HeaderInterest {
+    /// What this policy takes part in beyond `on-request`.
+    pub fn interest(&self) -> &types::Interest {
         &self.inner.interest
     }
 
@@ -506,38 +594,53 @@ impl PreparedPolicy {
         &self.inner.breaker
     }
 
-    /// Decide for one request. `Ok(None)` keeps `current`. Copies its arguments; the
-    /// proxy uses [`PreparedPolicy::call`].
-    pub async fn on_request(
-        &self,
-        request: &types::RequestHead,
-        current: &types::Decision,
-    ) -> Result<Option<types::Decision>, CallError> {
-        self.call(Arc::new(request.clone()), current.clone())
-            .await
-            .1
+    /// Decide for one request: the edit to apply to the decision in `view`.
+    pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<types::Edit, CallError> {
+        match self.call(view.clone(), Phase::Request).await? {
+            Answer::Request(edit) => Ok(edit),
+            _ => Err(CallError::Lost("a call answered for another phase".into())),
+        }
     }
 
-    /// Decide for one request; `current` comes back with the result. The call starts
-    /// on the caller's task and, if it runs past its first slice, finishes on the slow
-    /// lane (so it owns what it reads). An open breaker answers
-    /// [`CallError::Quarantined`] without calling.
-    pub async fn call(
+    /// The response phase (only for a policy whose interest asks for it).
+    pub async fn on_response(
         &self,
-        request: Arc<types::RequestHead>,
-        current: types::Decision,
-    ) -> (types::Decision, Result<Option<types::Decision>, CallError>) {
+        view: &Arc<RequestView>,
+        response: &Arc<ResponseView>,
+    ) -> Result<types::ResponseEdit, CallError> {
+        match self
+            .call(view.clone(), Phase::Response(response.clone()))
+            .await?
+        {
+            Answer::Response(edit) => Ok(edit),
+            _ => Err(CallError::Lost("a call answered for another phase".into())),
+        }
+    }
+
+    /// The log phase (only for a policy whose interest asks for it).
+    pub async fn on_log(
+        &self,
+        view: &Arc<RequestView>,
+        entry: types::LogEntry,
+    ) -> Result<(), CallError> {
+        self.call(view.clone(), Phase::Log(entry)).await.map(|_| ())
+    }
+
+    /// One call. It starts on the caller's task and, if it runs past its first slice,
+    /// finishes on the slow lane (so it owns what it reads). An open breaker answers
+    /// [`CallError::Quarantined`] without calling.
+    async fn call(&self, view: Arc<RequestView>, phase: Phase) -> Result<Answer, CallError> {
         let admit = self.inner.breaker.admit();
         if admit == Admit::Skip {
             let why = format!(
                 "{} for {}",
                 self.inner.name, self.inner.binding.virtual_service
             );
-            return (current, Err(CallError::Quarantined(why)));
+            return Err(CallError::Quarantined(why));
         }
         let inner = self.inner.clone();
         let call: lane::Call<_> = Box::pin(async move {
-            let (result, ran_long) = call_once(&inner, &request, &current).await;
+            let (result, ran_long) = call_once(&inner, view, phase).await;
             if inner.slow.load(Ordering::Relaxed) != ran_long {
                 inner.slow.store(ran_long, Ordering::Relaxed);
             }
@@ -556,21 +659,13 @@ impl PreparedPolicy {
                     "breaker closed: the probe call succeeded"
                 );
             }
-            (current, result)
+            result
         });
         let inline = !self.inner.slow.load(Ordering::Relaxed);
         let breaker = self.inner.breaker.clone();
         let lost = move |why: String| {
             breaker.abandon(admit);
-            // The decision went with the task; the proxy fails the request on `Lost`
-            // and never reads this one.
-            let nothing = types::Decision {
-                route: None,
-                delay_ms: None,
-                action: types::Action::NoRoute,
-                log_fields: Vec::new(),
-            };
-            (nothing, Err(CallError::Lost(why)))
+            Err(CallError::Lost(why))
         };
         self.inner
             .pool
@@ -583,13 +678,35 @@ impl PreparedPolicy {
     }
 }
 
+/// Which export a call is for, and what it carries beyond the request.
+enum Phase {
+    Request,
+    Response(Arc<ResponseView>),
+    Log(types::LogEntry),
+}
+
+/// What a call answered.
+enum Answer {
+    Request(types::Edit),
+    Response(types::ResponseEdit),
+    Log,
+}
+
+/// Does the policy read the body (`limit`), and is it there (whole) and within it?
+pub fn fits(limit: Option<u32>, body: Option<&bytes::Bytes>) -> bool {
+    match (limit, body) {
+        (Some(l), Some(b)) => b.len() <= l as usize,
+        _ => false,
+    }
+}
+
 /// One call into an instance of `binding`'s plugin (prepared on demand); whether it ran
 /// past its first slice.
 async fn call_once(
     binding: &PreparedInner,
-    request: &types::RequestHead,
-    current: &types::Decision,
-) -> (Result<Option<types::Decision>, CallError>, bool) {
+    view: Arc<RequestView>,
+    phase: Phase,
+) -> (Result<Answer, CallError>, bool) {
     let pool = &binding.pool.inner;
     let mut slot = match pool.take() {
         Some(slot) => slot,
@@ -620,18 +737,61 @@ async fn call_once(
     let budget = pool.host.inner.call_budget;
     slot.begin(budget);
     slot.store.data_mut().enter(&binding.metrics, false);
-    let guest = slot.plugin.wasmgate_policy_policy().prepared();
-    let call = guest.call_on_request(&mut slot.store, resource, request, current);
-    let result = if pool.plugin.inner.may_block {
-        bounded(budget, call).await
-    } else {
-        call.await.map_err(|e| load::describe_trap(&e))
+    let body = match &phase {
+        Phase::Response(_) => false,
+        _ => fits(binding.interest.request_body, view.body.as_ref()),
     };
+    let request = match slot.store.data_mut().push_request(RequestCtx { view, body }) {
+        Ok(r) => r,
+        Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), false),
+    };
+    let guest = slot.plugin.wasmgate_policy_policy().prepared();
+    // Outbound calls wait on the host; the wall-clock guard allows for them.
+    let wall = budget + if pool.plugin.inner.calls_out { OUTBOUND_MAX } else { Duration::ZERO };
+    let bounded_call = pool.plugin.inner.may_block || pool.plugin.inner.calls_out;
+    let mut response = None;
+    let result = match phase {
+        Phase::Request => {
+            let request = Resource::new_borrow(request.rep());
+            let call = guest.call_on_request(&mut slot.store, resource, request);
+            run(bounded_call, wall, call)
+                .await
+                .map(|r| r.map(Answer::Request))
+        }
+        Phase::Response(r) => {
+            let body = fits(binding.interest.response_body, r.body.as_ref());
+            match slot
+                .store
+                .data_mut()
+                .push_response(ResponseCtx { view: r, body })
+            {
+                Ok(handle) => {
+                    let borrowed = Resource::new_borrow(handle.rep());
+                    response = Some(handle);
+                    let request = Resource::new_borrow(request.rep());
+                    let call = guest.call_on_response(&mut slot.store, resource, request, borrowed);
+                    run(bounded_call, wall, call)
+                        .await
+                        .map(|r| r.map(Answer::Response))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        Phase::Log(entry) => {
+            let request = Resource::new_borrow(request.rep());
+            let call = guest.call_on_log(&mut slot.store, resource, request, &entry);
+            run(bounded_call, wall, call).await.map(|()| Ok(Answer::Log))
+        }
+    };
+    slot.store.data_mut().drop_request(request);
+    if let Some(r) = response {
+        slot.store.data_mut().drop_response(r);
+    }
     let ran_long = slot.store.data().ran_long();
     let result = match result {
-        Ok(Ok(decision)) => {
+        Ok(Ok(answer)) => {
             pool.put_back(slot);
-            Ok(decision)
+            Ok(answer)
         }
         Ok(Err(e)) => {
             pool.put_back(slot);
@@ -641,6 +801,20 @@ async fn call_once(
         Err(trap) => Err(CallError::Trap(trap)),
     };
     (result, ran_long)
+}
+
+/// Await a call: under a wall-clock guard when it may wait in the host (WASI, outbound
+/// calls), otherwise the epoch deadline alone stops it.
+async fn run<R>(
+    guarded: bool,
+    wall: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<R>>,
+) -> Result<R, String> {
+    if guarded {
+        bounded(wall, call).await
+    } else {
+        call.await.map_err(|e| load::describe_trap(&e))
+    }
 }
 
 impl PoolInner {
@@ -667,6 +841,7 @@ impl PoolInner {
             host.random.clone(),
             host.memory_limit,
             &self.env,
+            self.grants.clone(),
         );
         let mut store = Store::new(&host.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -5,19 +5,26 @@
 //! accept -> request edge (ambiguous Host / framing -> 400, path normalized, upgrades
 //!   allowed or dropped) -> match port -> match host (virtual host)
 //!   -> edge headers (x-request-id, xff, xfp)
-//!   -> for each VirtualService chain of the host: run policies (router, fault, split, user)
-//!        until one routes; none routes -> 404
-//!   -> decision: [delay] then forward | redirect | direct response | abort
-//!      (local replies get the route's response header ops)
+//!   -> body read up to the largest limit a policy asked for (body.rs), if any
+//!   -> for each VirtualService chain of the host: run policies (router, fault, split,
+//!        user) over one request view, each answering an edit (chain.rs), until one
+//!        routes; none routes -> 404
+//!   -> decision: [delay] then forward | redirect | direct response | abort (act)
+//!      (local replies get the route's and the edits' response header ops)
 //!   -> forward: resolve cluster -> header ops, rewrite -> upstream (timeout, retries)
-//!   -> response header ops -> client
+//!   -> response header ops -> response phase, when a policy asked (phases.rs)
+//!   -> client; then the log phase, when a policy asked (phases.rs)
 //! ```
 
+mod body;
+pub mod chain;
 pub mod edge;
 mod error;
 pub mod framing;
 pub mod headers;
 pub mod normalize;
+pub mod outbound;
+mod phases;
 mod upstream;
 
 use std::convert::Infallible;
@@ -34,18 +41,17 @@ use hyper::body::{Body as _, Incoming};
 
 use error::local_response;
 pub use error::{Culprit, ProxyError};
-use headers::{
-    HeadParts, apply_mutation, edge_headers, request_head, single_content_type, strip_hop_by_hop,
-};
+pub use chain::run_chain;
+use headers::{apply_mutation, edge_headers, single_content_type, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
-use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation, RequestHead};
-use crate::plugin::{CallError, PluginHost, Random};
-use crate::snapshot::{Chain, Interest, Snapshot, vhosts::normalize_host};
+use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation};
+use crate::plugin::{PluginHost, Random, RequestView};
+use crate::snapshot::{Chain, Snapshot, vhosts::normalize_host};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::request::{Observation, Observed};
-use crate::telemetry::trace::{Span, attr};
+use crate::telemetry::trace::attr;
 
 /// Errors of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -103,7 +109,7 @@ pub struct TlsConn {
 }
 
 /// One access log line's worth of facts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Access {
     request_id: String,
     virtual_service: String,
@@ -116,6 +122,9 @@ struct Access {
     normalized: Option<String>,
     /// Time from the upstream request to its response head.
     upstream_ms: Option<u64>,
+    upstream_ns: Option<u64>,
+    /// When the request's head arrived.
+    started: Instant,
     /// Metrics, the trace span and the access line (when any is on).
     observe: Option<Observation>,
     /// The access log is on: fill the fields above.
@@ -147,9 +156,19 @@ pub async fn handle(
         .then(|| Observation::start(started, &req, span));
     let head = logged.then(|| RequestFacts::of(&req));
     let mut access = Access {
-        logged,
+        request_id: String::new(),
+        virtual_service: String::new(),
+        route: String::new(),
+        cluster: String::new(),
+        flags: Vec::new(),
+        extra: Vec::new(),
+        attempted: Attempted::default(),
+        normalized: None,
+        upstream_ms: None,
+        upstream_ns: None,
+        started,
         observe,
-        ..Access::default()
+        logged,
     };
     let served = serve(
         &shared,
@@ -162,21 +181,12 @@ pub async fn handle(
     let response = match served.await {
         Ok(r) => r,
         Err(e) => {
-            access.flags.push(e.flag());
             if let ProxyError::BadRequest(why) = &e
                 && access.logged
             {
                 access.extra.push(("details".into(), why.replace(' ', "_")));
             }
-            match e.culprit() {
-                Culprit::Client | Culprit::Gateway => {
-                    tracing::debug!(request_id = %access.request_id, "{e}")
-                }
-                Culprit::Plugin | Culprit::Upstream => {
-                    tracing::warn!(request_id = %access.request_id, "{e}")
-                }
-            }
-            e.into_response()
+            failure_response(e, &mut access)
         }
     };
     let Some(observe) = access.observe.take() else {
@@ -405,30 +415,59 @@ async fn serve(
         }
     }
 
-    let pq = req.uri().path_and_query();
-    let path = pq.map_or("/", |p| p.path());
-    let query = pq.and_then(|p| p.query()).unwrap_or_default();
-    let mut routed: Option<(&Arc<Chain>, Decision)> = None;
+    // The body, read for the policies that asked (up to the largest limit of the host's
+    // chains); nothing is read for the others.
+    let mut read = None;
+    if let Some(limit) = vhost.chains.iter().filter_map(|c| c.wants.request_body).max() {
+        let got = body::read_up_to(req.body_mut(), limit)
+            .await
+            .map_err(|e| ProxyError::UpstreamReset(format!("reading the request body: {e}")))?;
+        read = Some(got);
+    }
+    let view = Arc::new(request_view(
+        &mut req,
+        &access.request_id,
+        scheme,
+        authority,
+        conn,
+        port,
+        read.as_ref().filter(|(_, over)| !over).map(|(b, _)| b.clone()),
+    ));
+    let mut routed: Option<&Arc<Chain>> = None;
     for chain in &vhost.chains {
-        let parts = HeadParts {
-            id: &access.request_id,
-            method: req.method().as_str(),
-            scheme,
-            authority,
-            path,
-            query,
-            headers: req.headers(),
-            port,
-        };
         let span = access.observe.as_mut().and_then(Observation::recording);
-        let decision = run_chain(chain, &parts, span).await?;
-        if !matches!(decision.action, Action::NoRoute) {
-            routed = Some((chain, decision));
+        run_chain(chain, &view, span).await?;
+        if !matches!(view.state().decision.action, Action::NoRoute) {
+            routed = Some(chain);
             break;
         }
     }
-    let Some((chain, decision)) = routed else {
+    let Some(chain) = routed else {
         return Err(ProxyError::NoRoute);
+    };
+    // The request goes on with its headers; the view keeps a copy only for the phases
+    // that read it later.
+    let later = chain.wants.response || chain.wants.log;
+    let (decision, reply_ops) = {
+        let mut state = view.state();
+        if later {
+            (state.decision.clone(), state.reply_ops.clone())
+        } else {
+            (
+                std::mem::replace(&mut state.decision, crate::plugin::context::no_route()),
+                std::mem::take(&mut state.reply_ops),
+            )
+        }
+    };
+    let view = if later {
+        *req.headers_mut() = view.headers.clone();
+        Some(view)
+    } else {
+        match Arc::try_unwrap(view) {
+            Ok(v) => *req.headers_mut() = v.headers,
+            Err(shared) => *req.headers_mut() = shared.headers.clone(),
+        }
+        None
     };
     if let Some(o) = access.observe.as_mut() {
         let index = decision
@@ -469,13 +508,106 @@ async fn serve(
         access.flags.push("DI");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let local = !matches!(decision.action, Action::Forward(_));
+    let made = act(shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access).await;
+    let Some(view) = view else {
+        return made;
+    };
+    // The phases after the decision see the gateway's own failures as responses too.
+    let (response, local) = match made {
+        Ok(r) => (r, local),
+        Err(e) => (failure_response(e, access), true),
+    };
+    let response = if chain.wants.response {
+        match phases::respond(chain, &view, response, local, &mut access.extra).await {
+            Ok(r) => r,
+            Err(e) => failure_response(e, access),
+        }
+    } else {
+        response
+    };
+    if !chain.wants.log {
+        return Ok(response);
+    }
+    let facts = phases::LogFacts {
+        chain: chain.clone(),
+        view,
+        started: access.started,
+        upstream_ns: access.upstream_ns,
+        flags: access.flags.join(","),
+        upstream_host: access.attempted.upstream.clone().unwrap_or_default(),
+        upstream_cluster: access.cluster.clone(),
+    };
+    Ok(phases::log_when_done(response, facts))
+}
+
+/// The request as the chain's policies see it; its headers move into the view for the
+/// time of the chain.
+fn request_view(
+    req: &mut Request<Incoming>,
+    id: &str,
+    scheme: &'static str,
+    authority: &str,
+    conn: &ConnInfo,
+    port: u16,
+    body: Option<Bytes>,
+) -> RequestView {
+    let pq = req.uri().path_and_query();
+    let path = pq.map_or("/", |p| p.path()).to_string();
+    let query = pq.and_then(|p| p.query()).unwrap_or_default().to_string();
+    RequestView::new(
+        id.to_string(),
+        req.method().clone(),
+        scheme,
+        authority.to_string(),
+        path,
+        query,
+        std::mem::take(req.headers_mut()),
+        conn.client.ip(),
+        port,
+        conn.tls.as_ref().and_then(|t| t.sni.clone()),
+        body,
+    )
+}
+
+/// A failure after the decision, as the response the client gets (with its flag logged).
+fn failure_response(e: ProxyError, access: &mut Access) -> Response<Body> {
+    access.flags.push(e.flag());
+    match e.culprit() {
+        Culprit::Client | Culprit::Gateway => {
+            tracing::debug!(request_id = %access.request_id, "{e}")
+        }
+        Culprit::Plugin | Culprit::Upstream => {
+            tracing::warn!(request_id = %access.request_id, "{e}")
+        }
+    }
+    e.into_response()
+}
+
+/// Carry out the decision: a local reply, or the request upstream.
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    chain: &Chain,
+    req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
+    decision: Decision,
+    reply_ops: &[HeaderMutation],
+    read: Option<(Bytes, bool)>,
+    access: &mut Access,
+) -> Result<Response<Body>, ProxyError> {
     // The route's `headers.response` apply to the replies it makes itself too, as
     // Envoy's `response_headers_to_add` do (a forward carries them in the decision).
-    let reply_ops: Option<&HeaderMutation> = decision
+    let route_ops: Option<&HeaderMutation> = decision
         .route
         .as_ref()
         .and_then(|r| chain.reply_headers.get(usize::try_from(r.index).ok()?))
         .and_then(Option::as_ref);
+    let ops = |h: &mut http::HeaderMap| {
+        apply_mutation(h, route_ops);
+        phases::reply_ops(h, reply_ops);
+    };
     match decision.action {
         Action::NoRoute => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
@@ -494,7 +626,7 @@ async fn serve(
                         "grpc-message",
                         HeaderValue::from_static("fault filter abort"),
                     );
-                    apply_mutation(h, reply_ops);
+                    ops(h);
                 }));
             }
             let status =
@@ -502,7 +634,7 @@ async fn serve(
             Ok(local_response(
                 status,
                 Bytes::from_static(b"fault filter abort"),
-                |h| apply_mutation(h, reply_ops),
+                ops,
             ))
         }
         Action::Respond(direct) => {
@@ -516,7 +648,7 @@ async fn serve(
                         h.append(n, v);
                     }
                 }
-                apply_mutation(h, reply_ops);
+                ops(h);
             }))
         }
         Action::Redirect(redirect) => {
@@ -526,106 +658,13 @@ async fn serve(
                 if let Ok(v) = HeaderValue::from_str(&redirect.location) {
                     h.insert(header::LOCATION, v);
                 }
-                apply_mutation(h, reply_ops);
+                ops(h);
             }))
         }
         Action::Forward(forward) => {
-            forward_upstream(shared, snapshot, chain, req, upgrade, forward, access).await
+            forward_upstream(shared, snapshot, chain, req, upgrade, forward, read, access).await
         }
     }
-}
-
-/// Run a chain's policies in order. The router goes first; when it finds no route the
-/// chain ends there (the host tries the next VirtualService). Fault and traffic split only
-/// act on forwards; user plugins see every routed request, whatever the decision, and
-/// only the headers they asked for. Public for the benchmarks.
-pub async fn run_chain(
-    chain: &Chain,
-    parts: &HeadParts<'_>,
-    mut span: Option<&mut Span>,
-) -> Result<Decision, ProxyError> {
-    let mut decision = Decision {
-        route: None,
-        delay_ms: None,
-        action: Action::NoRoute,
-        log_fields: Vec::new(),
-    };
-    // Heads by interest: most links ask for the same headers (usually none).
-    // Shared, not copied, with a call that moves to the plugin host's slow lane.
-    let mut heads: Vec<(&Interest, Arc<RequestHead>)> = Vec::with_capacity(2);
-    for (i, link) in chain.links.iter().enumerate() {
-        if !link.ports.is_empty() && !link.ports.contains(&parts.port) {
-            continue;
-        }
-        if i > 0 && matches!(decision.action, Action::NoRoute) {
-            break;
-        }
-        if link.builtin && i > 0 && !matches!(decision.action, Action::Forward(_)) {
-            continue;
-        }
-        let head = match heads.iter().position(|(k, _)| **k == link.interest) {
-            Some(at) => heads[at].1.clone(),
-            None => {
-                let head = Arc::new(request_head(
-                    parts,
-                    &link.interest,
-                    &chain.gateway,
-                    &chain.virtual_service,
-                ));
-                heads.push((&link.interest, head.clone()));
-                head
-            }
-        };
-        let timed = (link.stats.is_some() || span.is_some()).then(Instant::now);
-        let (current, called) = link.policy.call(head, decision).await;
-        decision = current;
-        if let Some(t0) = timed {
-            let took = t0.elapsed();
-            if let Some(stats) = &link.stats {
-                stats.record(&called, took);
-            }
-            if let Some(span) = span.as_deref_mut() {
-                span.event(link.policy.plugin_name(), took);
-            }
-        }
-        match called {
-            Ok(Some(next)) => decision = next,
-            Ok(None) => {}
-            // The decision so far went with the lost call: nothing to go on with, even
-            // for a FAIL_OPEN plugin.
-            Err(CallError::Lost(m)) => {
-                return Err(ProxyError::Plugin {
-                    plugin: link.policy.plugin_name().to_string(),
-                    message: m,
-                });
-            }
-            Err(CallError::Quarantined(_)) if link.fail_open => {
-                tracing::debug!(
-                    plugin = link.policy.plugin_name(),
-                    "skipped (FAIL_OPEN): quarantined"
-                );
-            }
-            Err(e) if link.fail_open => {
-                tracing::warn!(
-                    plugin = link.policy.plugin_name(),
-                    "skipped (FAIL_OPEN): {e}"
-                );
-            }
-            Err(CallError::Unavailable(m)) => return Err(ProxyError::Overloaded(m)),
-            Err(CallError::Quarantined(_)) => {
-                return Err(ProxyError::Quarantined(
-                    link.policy.plugin_name().to_string(),
-                ));
-            }
-            Err(CallError::Returned(m) | CallError::Trap(m)) => {
-                return Err(ProxyError::Plugin {
-                    plugin: link.policy.plugin_name().to_string(),
-                    message: m,
-                });
-            }
-        }
-    }
-    Ok(decision)
 }
 
 /// Pick one destination by weight when several remain.
@@ -643,6 +682,9 @@ fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
     }
 }
 
+/// Send the request upstream. `read`: the body's first bytes, already read for the
+/// policies, and whether more follows in `req`.
+#[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
     shared: &Shared,
     snapshot: &Snapshot,
@@ -650,6 +692,7 @@ async fn forward_upstream(
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
     mut forward: Forward,
+    read: Option<(Bytes, bool)>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
@@ -660,7 +703,7 @@ async fn forward_upstream(
         .registry
         .resolve(&host, destination.port, destination.subset.as_deref())
         .map_err(ProxyError::NoCluster)?;
-    if access.logged {
+    if access.logged || chain.wants.log {
         access.cluster = cluster.name.clone();
     }
 
@@ -690,10 +733,11 @@ async fn forward_upstream(
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
     };
-    let body = if body.is_end_stream() {
-        None
-    } else {
-        Some(body.map_err(BoxError::from).boxed())
+    let body = match read {
+        Some((read, over)) if over || !read.is_empty() => Some(body::resend(read, over, body)),
+        Some(_) => None,
+        None if body.is_end_stream() => None,
+        None => Some(body.map_err(BoxError::from).boxed()),
     };
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -710,7 +754,7 @@ async fn forward_upstream(
     }
     let retries = forward.retries.as_ref().unwrap_or(&DEFAULT_RETRIES);
     let timeout = forward.timeout_ms.map(Duration::from_millis);
-    let sent_at = access.logged.then(Instant::now);
+    let sent_at = (access.logged || chain.wants.log).then(Instant::now);
     let mut resp = send(
         &shared.upstream,
         &cluster,
@@ -721,7 +765,11 @@ async fn forward_upstream(
         &mut access.attempted,
     )
     .await?;
-    access.upstream_ms = sent_at.map(|t| t.elapsed().as_millis() as u64);
+    if let Some(t) = sent_at {
+        let took = t.elapsed();
+        access.upstream_ms = Some(took.as_millis() as u64);
+        access.upstream_ns = Some(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = match (switching, downstream_upgrade) {
         (true, Some(down)) => Some((down, hyper::upgrade::on(&mut resp))),

@@ -23,7 +23,7 @@ use wasmgate_config::{
 };
 
 use crate::plugin::builtin;
-use crate::plugin::types::{Binding, Header, HeaderInterest, HeaderMutation};
+use crate::plugin::types::{Binding, Header, HeaderMutation};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
 use crate::telemetry::overrides::{self, TraceBase};
@@ -77,6 +77,36 @@ pub struct Chain {
     pub reply_headers: Vec<Option<HeaderMutation>>,
     /// Each `http` route's metrics, by index (`wasmgate_route_*`); empty with metrics off.
     pub route_stats: Vec<Arc<RouteStats>>,
+    /// What the links' interests add up to (see [`Chain::wants`]).
+    pub wants: Wants,
+}
+
+/// What a chain's policies ask for beyond `on-request`: the proxy does the work (buffers
+/// a body, keeps the request for the response and log phases) only when one asks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// The largest request-body limit of any link.
+    pub request_body: Option<u32>,
+    /// The largest response-body limit of any link.
+    pub response_body: Option<u32>,
+    /// Some link has a response phase.
+    pub response: bool,
+    /// Some link has a log phase.
+    pub log: bool,
+}
+
+impl Wants {
+    fn of(links: &[Link]) -> Wants {
+        let mut w = Wants::default();
+        for l in links {
+            let i = l.policy.interest();
+            w.request_body = w.request_body.max(i.request_body);
+            w.response_body = w.response_body.max(i.response_body);
+            w.response |= i.response || i.response_body.is_some();
+            w.log |= i.log;
+        }
+        w
+    }
 }
 
 /// One policy in a chain.
@@ -85,8 +115,6 @@ pub struct Link {
     pub policy: PreparedPolicy,
     /// A first-party policy (router, fault, traffic split).
     pub builtin: bool,
-    /// The request headers this policy may see: its own interest, nothing more.
-    pub interest: Interest,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
@@ -119,33 +147,6 @@ fn reply_headers(vs: &VirtualService) -> Vec<Option<HeaderMutation>> {
         .collect()
 }
 
-/// Which request headers a chain copies into the request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Interest {
-    None,
-    All,
-    Named(Vec<String>),
-}
-
-impl From<&HeaderInterest> for Interest {
-    fn from(h: &HeaderInterest) -> Self {
-        match h {
-            HeaderInterest::None => Interest::None,
-            HeaderInterest::All => Interest::All,
-            HeaderInterest::Named(names) => {
-                let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-                names.sort();
-                names.dedup();
-                if names.is_empty() {
-                    Interest::None
-                } else {
-                    Interest::Named(names)
-                }
-            }
-        }
-    }
-}
-
 impl Link {
     fn new(
         policy: PreparedPolicy,
@@ -155,7 +156,6 @@ impl Link {
         stats: Option<Arc<PluginStats>>,
     ) -> Self {
         Link {
-            interest: Interest::from(policy.header_interest()),
             policy,
             builtin,
             fail_open,
@@ -379,7 +379,7 @@ impl Snapshot {
         }
 
         // Compile user plugins once each.
-        let mut users: Vec<(&WasmPlugin, PolicyPool)> = Vec::new();
+        let mut users: Vec<(&WasmPlugin, CompiledPlugin)> = Vec::new();
         for wp in &config.wasm_plugins {
             match load_user_plugin(wp, host, sources, cache).await {
                 Ok(c) => {
@@ -392,7 +392,7 @@ impl Snapshot {
                             wp.meta.id
                         );
                     }
-                    users.push((wp, host.pool_with_env(&c, wp.env.clone())));
+                    users.push((wp, c));
                 }
                 Err(e) => errors.push(*e),
             }
@@ -407,6 +407,9 @@ impl Snapshot {
             return Err(errors);
         }
 
+        // One pool per (WasmPlugin, namespace): instances, their globals and the plugin's
+        // state are never shared across namespaces.
+        let mut pools: HashMap<(usize, String), PolicyPool> = HashMap::new();
         // Prepare each (plugin, VirtualService) binding once; chains per gateway share them.
         let mut chains: HashMap<(String, String), Arc<Chain>> = HashMap::new();
         for (vs, gws) in &bound {
@@ -459,10 +462,18 @@ impl Snapshot {
                 vias.push(Via::Mesh);
             }
             let mut user_links: Vec<(&WasmPlugin, PreparedPolicy)> = Vec::new();
-            for (wp, pool) in &users {
+            for (at, (wp, compiled)) in users.iter().enumerate() {
                 if !vias.iter().any(|v| applies(wp, vs, *v)) {
                     continue;
                 }
+                let namespace = &vs.meta.id.namespace;
+                let pool = pools
+                    .entry((at, namespace.clone()))
+                    .or_insert_with(|| {
+                        let grants = host.grants(&ns_name(&wp.meta), namespace, &wp.capabilities);
+                        host.pool_with(compiled, wp.env.clone(), grants)
+                    })
+                    .clone();
                 let config = match serde_json::to_string(&wp.plugin_config) {
                     Ok(c) => c,
                     Err(e) => {
@@ -471,7 +482,7 @@ impl Snapshot {
                     }
                 };
                 let name = ns_name(&wp.meta);
-                match host.prepare(pool, &name, binding(&name), config).await {
+                match host.prepare(&pool, &name, binding(&name), config).await {
                     Ok(p) => user_links.push((wp, p)),
                     Err(PluginError::Config { field, message, .. }) => errors.push(error(
                         &wp.meta,
@@ -515,7 +526,9 @@ impl Snapshot {
                 links.extend(applied.iter().filter(early).map(user));
                 links.extend(first_links.iter().skip(1).map(first));
                 links.extend(applied.iter().filter(|l| !early(l)).map(user));
+                let wants = Wants::of(&links);
                 let chain = Chain {
+                    wants,
                     virtual_service: vs_name.clone(),
                     namespace: vs.meta.id.namespace.clone(),
                     gateway: via.name(),
@@ -588,6 +601,7 @@ impl Snapshot {
                                 gateway: mesh::MESH.to_string(),
                                 reply_headers: Vec::new(),
                                 route_stats: Vec::new(),
+                                wants: Wants::default(),
                             }),
                         )),
                         Err(e) => errors.push(error(

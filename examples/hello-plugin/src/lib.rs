@@ -9,8 +9,8 @@
 
 use serde::Deserialize;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Header, Interest, PluginError, Policy, RequestHead,
-    export_policy, parse_config,
+    ActionKind, Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy,
+    parse_config,
 };
 
 #[derive(Debug, Deserialize)]
@@ -40,34 +40,21 @@ impl Policy for Hello {
         Ok(Hello { config })
     }
 
-    // Only the headers named here are copied into the request the plugin sees (the
-    // gateway lowercases the names; `RequestHead::header` ignores case).
-    fn interest(&self) -> Interest {
-        Interest::headers(self.config.deny_header.iter().cloned())
-    }
-
-    // Called per request with the decision so far (the router's, after faults and
-    // traffic split). Return Ok(None) to leave it as it is.
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        mut current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
+    // Called per request. The request carries the decision so far (the router's, after
+    // faults and traffic split); answer with an edit of it. `Edit::keep()` leaves it as it
+    // is. Read only what you need: each read asks the gateway (header names ignore case).
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
         if let Some(name) = &self.config.deny_header
             && request.header(name).is_some()
         {
-            return Ok(Some(
-                current.with_action(Decision::respond(403, "blocked\n")),
-            ));
+            return Ok(Edit::respond(403, "blocked\n"));
         }
-        let Some(forward) = current.forward_mut() else {
-            return Ok(None);
-        };
-        forward
-            .response_headers_mut()
-            .set
-            .push(Header::new("x-greeting", &self.config.greeting));
-        Ok(Some(current))
+        if request.action_kind() != ActionKind::Forward {
+            return Ok(Edit::keep());
+        }
+        let mut edit = Edit::keep();
+        edit.set_response_header("x-greeting", &self.config.greeting);
+        Ok(edit)
     }
 }
 
@@ -77,8 +64,8 @@ export_policy!(Hello);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_plugin_sdk::testing::{decide, prepare, request};
-    use wasmgate_plugin_sdk::{Action, Destination, Forward};
+    use wasmgate_plugin_sdk::testing::{decide, prepare, request, run};
+    use wasmgate_plugin_sdk::{Action, Decision, Destination, Forward, Header};
 
     fn forwarded() -> Decision {
         Decision::no_route()
@@ -88,7 +75,8 @@ mod tests {
     #[test]
     fn greets_forwarded_responses() {
         let p: Hello = prepare(r#"{"greeting": "hi"}"#);
-        let d = decide(&p, &request("GET", "/").build(), forwarded());
+        // `run` applies the edit to the request's decision, as the gateway does.
+        let d = run(&p, &request("GET", "/").decision(forwarded()).build());
         let Action::Forward(f) = d.action else {
             panic!("not forwarded")
         };
@@ -103,8 +91,11 @@ mod tests {
                 r#"{{"greeting": "hi", "denyHeader": "{configured}"}}"#
             ));
             for sent in ["x-block-me", "X-BLOCK-ME"] {
-                let req = request("GET", "/").header(sent, "1").build();
-                let d = decide(&p, &req, forwarded());
+                let req = request("GET", "/")
+                    .header(sent, "1")
+                    .decision(forwarded())
+                    .build();
+                let d = run(&p, &req);
                 assert!(
                     matches!(d.action, Action::Respond(r) if r.status == 403),
                     "{configured} / {sent}"
@@ -114,15 +105,21 @@ mod tests {
     }
 
     #[test]
-    fn sees_no_other_header() {
-        // `decide` passes only the headers the plugin asked for, as the gateway does:
-        // without `denyHeader` the plugin sees none, so nothing is blocked.
+    fn blocks_nothing_without_a_deny_header() {
+        // Without `denyHeader` no header turns a request away.
         let p: Hello = prepare(r#"{"greeting": "hi"}"#);
-        let req = request("GET", "/").header("x-block-me", "1").build();
-        assert!(matches!(
-            decide(&p, &req, forwarded()).action,
-            Action::Forward(_)
-        ));
+        let req = request("GET", "/")
+            .header("x-block-me", "1")
+            .decision(forwarded())
+            .build();
+        assert!(matches!(run(&p, &req).action, Action::Forward(_)));
+    }
+
+    #[test]
+    fn leaves_requests_it_does_not_forward_alone() {
+        // Nothing routed yet (or a local answer): no greeting, the decision is kept.
+        let p: Hello = prepare(r#"{"greeting": "hi"}"#);
+        assert!(decide(&p, &request("GET", "/").build()).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use wasmgate_plugin_sdk::host::{Level, log};
 use wasmgate_plugin_sdk::{
-    Action, Binding, ConfigError, Decision, Header, PluginError, Policy, RequestHead,
+    Action, ActionKind, Binding, ConfigError, Edit, Header, PluginError, Policy, Request,
     export_policy, parse_config,
 };
 
@@ -63,37 +63,29 @@ impl Policy for AddHeaders {
         Ok(AddHeaders { config })
     }
 
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        mut current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
         if let Some(answer) = &self.config.answer
-            && request.path == answer.path
+            && request.path() == answer.path
         {
-            let mut action = Decision::respond(answer.status, answer.body.clone());
-            if let Action::Respond(r) = &mut action {
+            let mut edit = Edit::respond(answer.status, answer.body.as_str());
+            if let Some(Action::Respond(r)) = &mut edit.action {
                 r.headers = headers(&self.config.response_headers);
             }
-            return Ok(Some(current.with_action(action)));
+            return Ok(edit);
         }
-        let Some(forward) = current.forward_mut() else {
-            return Ok(None);
-        };
-        // Only touched when there is something to add: `None` is free to pass on.
-        if !self.config.response_headers.is_empty() {
-            forward
-                .response_headers_mut()
-                .set
-                .extend(headers(&self.config.response_headers));
+        // Headers go only on forwarded requests (a local reply keeps its own).
+        if request.action_kind() != ActionKind::Forward {
+            return Ok(Edit::keep());
         }
-        if !self.config.request_headers.is_empty() {
-            forward
-                .request_headers_mut()
-                .set
-                .extend(headers(&self.config.request_headers));
+        // Only set when there is something to add: `None` is free to pass on.
+        let mut edit = Edit::keep();
+        for (name, value) in &self.config.response_headers {
+            edit.set_response_header(name, value);
         }
-        Ok(Some(current))
+        for (name, value) in &self.config.request_headers {
+            edit.set_request_header(name, value);
+        }
+        Ok(edit)
     }
 }
 
@@ -106,18 +98,18 @@ export_policy!(AddHeaders);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_plugin_sdk::testing::{decide, prepare, request};
-    use wasmgate_plugin_sdk::{Destination, Forward};
+    use wasmgate_plugin_sdk::testing::{decide, prepare, request, run};
+    use wasmgate_plugin_sdk::{Decision, Destination, Forward};
 
     #[test]
     fn sets_headers_on_forward_and_answers_its_path() {
         let p: AddHeaders = prepare(
-            r#"{"responseHeaders":{"X-Powered-By":"wasmgate"},
+            r#"{"responseHeaders":{"X-Powered-By":"wasmgate"},"requestHeaders":{"x-saw":"yes"},
                 "answer":{"path":"/plugin/hello","body":"hi"}}"#,
         );
         let fwd = Decision::no_route()
             .with_action(Action::Forward(Forward::to(vec![Destination::new("a")])));
-        let d = decide(&p, &request("GET", "/x").build(), fwd.clone());
+        let d = run(&p, &request("GET", "/x").decision(fwd.clone()).build());
         let Action::Forward(f) = d.action else {
             panic!("not forward")
         };
@@ -125,9 +117,26 @@ mod tests {
             f.response_headers.expect("response headers").set,
             vec![Header::new("x-powered-by", "wasmgate")]
         );
+        assert_eq!(
+            f.request_headers.expect("request headers").set,
+            vec![Header::new("x-saw", "yes")]
+        );
 
-        let d = decide(&p, &request("GET", "/plugin/hello").build(), fwd);
-        assert!(matches!(d.action, Action::Respond(r) if r.body == b"hi" && r.status == 200));
+        let d = run(&p, &request("GET", "/plugin/hello").decision(fwd).build());
+        assert!(matches!(d.action, Action::Respond(ref r) if r.body == b"hi" && r.status == 200));
+        let Action::Respond(r) = d.action else {
+            panic!("not answered")
+        };
+        assert_eq!(r.headers, vec![Header::new("x-powered-by", "wasmgate")]);
+    }
+
+    #[test]
+    fn leaves_other_actions_alone() {
+        let p: AddHeaders = prepare(r#"{"responseHeaders":{"x-a":"1"}}"#);
+        assert!(decide(&p, &request("GET", "/x").build()).is_empty());
+        let answered = Decision::no_route().with_action(Decision::respond(403, "no"));
+        let req = request("GET", "/x").decision(answered).build();
+        assert!(decide(&p, &req).is_empty());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use wasmgate_config::parse_duration;
 use wasmgate_config::raw::{HTTPFaultInjection, VirtualServiceSpec};
 use wasmgate_plugin_sdk::host::chance;
 use wasmgate_plugin_sdk::{
-    Abort, Action, Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy,
+    Abort, Action, ActionKind, Binding, ConfigError, Edit, PluginError, Policy, Request,
+    export_policy,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,39 +107,33 @@ impl Policy for Fault {
         Ok(Fault { routes })
     }
 
-    fn on_request(
-        &self,
-        _request: &RequestHead,
-        mut current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        if !matches!(current.action, Action::Forward(_)) {
-            return Ok(None);
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        if request.action_kind() != ActionKind::Forward {
+            return Ok(Edit::keep());
         }
-        let Some(route) = current.route.as_ref() else {
-            return Ok(None);
+        let Some(index) = request.route_index() else {
+            return Ok(Edit::keep());
         };
-        let Some(Some(fault)) = self.routes.get(route.index as usize) else {
-            return Ok(None);
+        let Some(Some(fault)) = self.routes.get(index as usize) else {
+            return Ok(Edit::keep());
         };
-        let mut changed = false;
+        let mut edit = Edit::keep();
         if let Some(d) = &fault.delay
             && chance(d.percent)
         {
-            current.delay_ms = Some(d.ms);
-            current.log_field("fault", "delay");
-            changed = true;
+            edit.delay_ms = Some(d.ms);
+            edit.log_field("fault", "delay");
         }
         if let Some(a) = &fault.abort
             && chance(a.percent)
         {
-            current.action = Action::Abort(Abort {
+            edit.action = Some(Action::Abort(Abort {
                 status: a.status,
                 grpc_status: a.grpc_status.clone(),
-            });
-            current.log_field("fault", "abort");
-            changed = true;
+            }));
+            edit.log_field("fault", "abort");
         }
-        Ok(changed.then_some(current))
+        Ok(edit)
     }
 }
 
@@ -147,8 +142,8 @@ export_policy!(Fault);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_plugin_sdk::testing::{decide, prepare, request, seed_random};
-    use wasmgate_plugin_sdk::{Destination, Forward, RouteRef};
+    use wasmgate_plugin_sdk::testing::{TestRequest, decide, prepare, request, run, seed_random};
+    use wasmgate_plugin_sdk::{Decision, Destination, Forward, RouteRef};
 
     fn routed(index: u32) -> Decision {
         let mut d = Decision::no_route()
@@ -168,31 +163,40 @@ mod tests {
       {"fault":{"abort":{"httpStatus":503,"percentage":{"value":25}}},"route":[{"destination":{"host":"ratings"}}]},
       {"route":[{"destination":{"host":"ratings"}}]}]}"#;
 
+    /// A request whose decision so far is `decision`.
+    fn req(decision: Decision) -> TestRequest {
+        request("GET", "/").decision(decision).build()
+    }
+
     #[test]
     fn abort_delay_and_the_no_percentage_rule() {
         let f: Fault = prepare(SPEC);
-        let req = request("GET", "/").build();
-        let d = decide(&f, &req, routed(0));
+        let d = run(&f, &req(routed(0)));
         assert!(matches!(d.action, Action::Abort(ref a) if a.status == 500));
-        let d = decide(&f, &req, routed(1));
+        assert_eq!(d.log_fields[0].value, "abort");
+        let d = run(&f, &req(routed(1)));
         assert_eq!(d.delay_ms, Some(7000));
         assert!(matches!(d.action, Action::Forward(_)));
+        assert_eq!(d.log_fields[0].value, "delay");
         // No percentage: never fires.
-        assert!(matches!(f.on_request(&req, routed(2)), Ok(None)));
+        assert!(decide(&f, &req(routed(2))).is_empty());
         // The deprecated integer percent still works for delays.
-        assert_eq!(decide(&f, &req, routed(3)).delay_ms, Some(1000));
-        // A route without a fault, and an unrouted request, are untouched.
-        assert!(matches!(f.on_request(&req, routed(5)), Ok(None)));
-        assert!(matches!(f.on_request(&req, Decision::no_route()), Ok(None)));
+        assert_eq!(run(&f, &req(routed(3))).delay_ms, Some(1000));
+        // A route without a fault, an unrouted request, and a route that no longer
+        // forwards are untouched.
+        assert!(decide(&f, &req(routed(5))).is_empty());
+        assert!(decide(&f, &req(Decision::no_route())).is_empty());
+        let answered = routed(0).with_action(Decision::respond(200, "done"));
+        assert!(decide(&f, &req(answered)).is_empty());
     }
 
     #[test]
     fn percentage_is_honoured() {
         seed_random(3);
         let f: Fault = prepare(SPEC);
-        let req = request("GET", "/").build();
+        let req = req(routed(4));
         let aborted = (0..10_000)
-            .filter(|_| matches!(decide(&f, &req, routed(4)).action, Action::Abort(_)))
+            .filter(|_| matches!(decide(&f, &req).action, Some(Action::Abort(_))))
             .count();
         assert!(
             (2_200..=2_800).contains(&aborted),

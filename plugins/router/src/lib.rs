@@ -17,10 +17,10 @@ mod route;
 
 use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Interest, PluginError, Policy, RequestHead, export_policy,
+    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy,
 };
 
-pub use matching::{CompiledMatch, Matcher};
+pub use matching::{CompiledMatch, Matcher, RequestView};
 pub use route::CompiledRoute;
 
 /// The prepared routing table of one VirtualService.
@@ -28,7 +28,6 @@ pub use route::CompiledRoute;
 pub struct Router {
     routes: Vec<CompiledRoute>,
     index: index::RouteIndex,
-    interest: Vec<String>,
 }
 
 impl Policy for Router {
@@ -37,43 +36,29 @@ impl Policy for Router {
             field: String::new(),
             message: format!("not a VirtualService spec: {e}"),
         })?;
-        let mut routes = Vec::with_capacity(spec.http.len());
-        let mut interest = Vec::new();
-        for (i, http) in spec.http.iter().enumerate() {
-            let route = CompiledRoute::compile(i, http, &binding.namespace)?;
-            interest.extend(route.header_names());
-            routes.push(route);
-        }
-        interest.sort();
-        interest.dedup();
+        let routes = spec
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, http)| CompiledRoute::compile(i, http, &binding.namespace))
+            .collect::<Result<Vec<_>, _>>()?;
         let index = index::RouteIndex::new(&routes);
-        Ok(Router {
-            routes,
-            index,
-            interest,
-        })
+        Ok(Router { routes, index })
     }
 
-    fn interest(&self) -> Interest {
-        Interest::headers(self.interest.iter().cloned())
-    }
-
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        let query = matching::parse_query(&request.query);
-        let candidates = self.index.candidates(&request.path);
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        // What the routes read is asked of the host once, when a route first reads it.
+        let view = RequestView::new(request);
+        let candidates = self.index.candidates(view.path());
         for route in candidates
             .iter()
             .filter_map(|&i| self.routes.get(i as usize))
         {
-            if let Some(matched) = route.matches(request, &query) {
-                return Ok(Some(route.decide(request, matched, current)));
+            if let Some(matched) = route.matches(&view) {
+                return Ok(route.decide(&view, matched));
             }
         }
-        Ok(None)
+        Ok(Edit::keep())
     }
 }
 

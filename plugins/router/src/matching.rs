@@ -1,8 +1,10 @@
-//! Compiled `HTTPMatchRequest`s and their evaluation against a request head.
+//! Compiled `HTTPMatchRequest`s and their evaluation against a request.
+
+use std::cell::{OnceCell, RefCell};
 
 use regex::Regex;
 use wasmgate_config::raw::{HTTPMatchRequest, StringMatch};
-use wasmgate_plugin_sdk::{ConfigError, RequestHead};
+use wasmgate_plugin_sdk::{ConfigError, Request};
 
 /// One compiled `StringMatch`.
 #[derive(Debug, Clone)]
@@ -143,14 +145,6 @@ impl CompiledMatch {
         })
     }
 
-    /// The header names this match reads.
-    pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        self.headers
-            .iter()
-            .chain(&self.without_headers)
-            .map(|(k, _)| k.as_str())
-    }
-
     /// What the path must look like for this match to fit, for the route index: `None`
     /// when any path may (no `uri`, a regex, or `ignoreUriCase`).
     pub fn uri_key(&self) -> Option<UriKey<'_>> {
@@ -164,8 +158,8 @@ impl CompiledMatch {
         }
     }
 
-    /// Does the request satisfy every field? `query` is the parsed query string.
-    pub fn matches(&self, req: &RequestHead, query: &[(String, String)]) -> Option<Matched> {
+    /// Does the request satisfy every field?
+    pub fn matches(&self, req: &RequestView<'_>) -> Option<Matched> {
         let mut matched = Matched {
             uri_prefix_len: None,
         };
@@ -173,10 +167,10 @@ impl CompiledMatch {
             // Istio ignores case for exact and prefix URI matches only.
             let folded;
             let path = if self.ignore_uri_case && !matches!(uri, Matcher::Regex(_)) {
-                folded = req.path.to_lowercase();
+                folded = req.path().to_lowercase();
                 folded.as_str()
             } else {
-                req.path.as_str()
+                req.path()
             };
             if !uri.matches(path) {
                 return None;
@@ -185,57 +179,151 @@ impl CompiledMatch {
                 matched.uri_prefix_len = Some(p.len());
             }
         }
-        let field_ok =
-            |m: &Option<Matcher>, value: &str| m.as_ref().is_none_or(|m| m.matches(value));
-        if !field_ok(&self.scheme, &req.scheme)
-            || !field_ok(&self.method, &req.method)
-            || !field_ok(&self.authority, &req.authority)
+        if let Some(m) = &self.scheme
+            && !m.matches(req.scheme())
+        {
+            return None;
+        }
+        if let Some(m) = &self.method
+            && !m.matches(req.method())
+        {
+            return None;
+        }
+        if let Some(m) = &self.authority
+            && !m.matches(req.authority())
         {
             return None;
         }
         if let Some(port) = self.port
-            && port != req.port
+            && port != req.port()
         {
             return None;
         }
-        if !self.gateways.is_empty() && !self.gateways.contains(&req.gateway) {
+        if !self.gateways.is_empty() && !self.gateways.iter().any(|g| g == req.gateway()) {
             return None;
         }
         for (name, m) in &self.headers {
-            match header_value(req, name) {
-                Some(v) if m.matches(&v) => {}
-                _ => return None,
+            if !req.with_header(name, |v| v.is_some_and(|v| m.matches(v))) {
+                return None;
             }
         }
         for (name, m) in &self.without_headers {
-            let value = header_value(req, name);
-            let inner = match m {
+            let inner = req.with_header(name, |value| match m {
                 Matcher::Present => value.is_some(),
                 // A missing header counts as empty.
-                _ => m.matches(value.as_deref().unwrap_or("")),
-            };
+                _ => m.matches(value.unwrap_or("")),
+            });
             if inner {
                 return None;
             }
         }
-        for (name, m) in &self.query_params {
-            match query.iter().find(|(k, _)| k == name) {
-                Some((_, v)) if m.matches(v) => {}
-                _ => return None,
+        if !self.query_params.is_empty() {
+            let query = req.query_pairs();
+            for (name, m) in &self.query_params {
+                match query.iter().find(|(k, _)| k == name) {
+                    Some((_, v)) if m.matches(v) => {}
+                    _ => return None,
+                }
             }
         }
         Some(matched)
     }
 }
 
-/// All values of `name`, joined with `,` as Envoy does for matching.
-fn header_value(req: &RequestHead, name: &str) -> Option<String> {
-    let mut values = req.header_values(name);
-    let first = values.next()?;
-    let mut joined = first.to_string();
+/// The request as the routes read it. Every field is asked of the host at most once per
+/// request, however many routes test it: the SDK keeps the request line (method, path,
+/// query, authority); this keeps the rest the matches read (scheme, port, gateway, the
+/// parsed query and each header they name).
+pub struct RequestView<'r> {
+    request: &'r Request<'r>,
+    scheme: OnceCell<String>,
+    port: OnceCell<u16>,
+    gateway: OnceCell<String>,
+    query: OnceCell<Vec<(String, String)>>,
+    /// Header name (lowercase, as compiled) -> its values joined, `None` when absent.
+    headers: RefCell<Vec<(String, Option<String>)>>,
+}
+
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView")
+            .field("request", self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> RequestView<'r> {
+    pub fn new(request: &'r Request<'r>) -> Self {
+        RequestView {
+            request,
+            scheme: OnceCell::new(),
+            port: OnceCell::new(),
+            gateway: OnceCell::new(),
+            query: OnceCell::new(),
+            headers: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn request(&self) -> &Request<'r> {
+        self.request
+    }
+
+    pub fn method(&self) -> &str {
+        self.request.method()
+    }
+
+    pub fn path(&self) -> &str {
+        self.request.path()
+    }
+
+    /// The raw query string without `?`.
+    pub fn query(&self) -> &str {
+        self.request.query()
+    }
+
+    pub fn authority(&self) -> &str {
+        self.request.authority()
+    }
+
+    pub fn scheme(&self) -> &str {
+        self.scheme.get_or_init(|| self.request.scheme())
+    }
+
+    pub fn port(&self) -> u16 {
+        *self.port.get_or_init(|| self.request.port())
+    }
+
+    pub fn gateway(&self) -> &str {
+        self.gateway.get_or_init(|| self.request.gateway())
+    }
+
+    /// The query string as percent-decoded (name, value) pairs.
+    pub fn query_pairs(&self) -> &[(String, String)] {
+        self.query.get_or_init(|| parse_query(self.request.query()))
+    }
+
+    /// Call `f` with every value of header `name` (lowercase) joined with `,`, as Envoy
+    /// matches them; `None` when the request has none.
+    pub fn with_header<R>(&self, name: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let mut headers = self.headers.borrow_mut();
+        let i = match headers.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                headers.push((name.to_string(), joined(self.request.header_values(name))));
+                headers.len() - 1
+            }
+        };
+        f(headers[i].1.as_deref())
+    }
+}
+
+/// All values of a header, joined with `,` as Envoy does for matching.
+fn joined(values: Vec<String>) -> Option<String> {
+    let mut values = values.into_iter();
+    let mut joined = values.next()?;
     for v in values {
         joined.push(',');
-        joined.push_str(v);
+        joined.push_str(&v);
     }
     Some(joined)
 }

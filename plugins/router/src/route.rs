@@ -1,4 +1,4 @@
-//! One compiled HTTPRoute: its matches and the decision it makes when one matches.
+//! One compiled HTTPRoute: its matches and the edit it makes when one matches.
 
 use regex::Regex;
 use wasmgate_config::parse_duration;
@@ -7,11 +7,11 @@ use wasmgate_config::raw::{
     RedirectPortSelection,
 };
 use wasmgate_plugin_sdk::{
-    Action, ConfigError, Decision, Destination, DirectResponse, Forward, Header, HeaderMutation,
-    Mirror, Redirect, RequestHead, RetryPolicy, RouteRef,
+    Action, ConfigError, Destination, DirectResponse, Edit, Forward, Header, HeaderMutation,
+    Mirror, Redirect, RetryPolicy, RouteRef,
 };
 
-use crate::matching::{CompiledMatch, Matched, Matcher, UriKey};
+use crate::matching::{CompiledMatch, Matched, Matcher, RequestView, UriKey};
 
 /// Istio's retry conditions when a route sets `retries` without `retryOn`.
 const DEFAULT_RETRY_ON: &str =
@@ -271,20 +271,6 @@ impl CompiledRoute {
         })
     }
 
-    /// Request headers this route reads.
-    pub fn header_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .matches
-            .iter()
-            .flat_map(|m| m.header_names().map(str::to_string))
-            .collect();
-        if self.cors.is_some() {
-            names.push("origin".into());
-            names.push("access-control-request-method".into());
-        }
-        names
-    }
-
     /// The URI conditions of which one must hold for this route to match; `None` when
     /// the route may match any path.
     pub fn uri_keys(&self) -> Option<Vec<UriKey<'_>>> {
@@ -298,7 +284,7 @@ impl CompiledRoute {
     }
 
     /// `Some` when one of the route's matches (or its absence of matches) fits.
-    pub fn matches(&self, req: &RequestHead, query: &[(String, String)]) -> Option<Matched> {
+    pub fn matches(&self, req: &RequestView<'_>) -> Option<Matched> {
         if matches!(self.action, RouteAction::Unsupported) {
             return None;
         }
@@ -307,28 +293,37 @@ impl CompiledRoute {
                 uri_prefix_len: None,
             });
         }
-        self.matches.iter().find_map(|m| m.matches(req, query))
+        self.matches.iter().find_map(|m| m.matches(req))
     }
 
-    /// The decision for a request this route matched.
-    pub fn decide(&self, req: &RequestHead, matched: Matched, current: Decision) -> Decision {
-        let mut decision = current;
-        decision.route = Some(RouteRef {
-            index: self.index,
-            name: self.name.clone(),
-        });
-        let origin = self
-            .cors
-            .as_ref()
-            .and_then(|c| req.header("origin").filter(|o| c.allows(o)).map(|o| (c, o)));
-        if let Some((cors, origin)) = origin
-            && req.method == "OPTIONS"
-            && req.header("access-control-request-method").is_some()
-        {
-            decision.action = Action::Respond(cors.preflight(origin));
-            return decision;
+    /// The edit for a request this route matched: this route, and its action in place of
+    /// the decision's (delay and log fields are kept).
+    pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
+        Edit {
+            route: Some(RouteRef {
+                index: self.index,
+                name: self.name.clone(),
+            }),
+            action: Some(self.action(req, matched)),
+            ..Edit::keep()
         }
-        decision.action = match &self.action {
+    }
+
+    fn action(&self, req: &RequestView<'_>, matched: Matched) -> Action {
+        let request = req.request();
+        let origin = self.cors.as_ref().and_then(|c| {
+            request
+                .header("origin")
+                .filter(|o| c.allows(o))
+                .map(|o| (c, o))
+        });
+        if let Some((cors, origin)) = &origin
+            && req.method() == "OPTIONS"
+            && request.header("access-control-request-method").is_some()
+        {
+            return Action::Respond(cors.preflight(origin));
+        }
+        match &self.action {
             RouteAction::Forward {
                 template,
                 rewrite_uri,
@@ -338,7 +333,7 @@ impl CompiledRoute {
                 let new_path = if let Some(uri) = rewrite_uri {
                     let rest = matched
                         .uri_prefix_len
-                        .and_then(|n| req.path.get(n..))
+                        .and_then(|n| req.path().get(n..))
                         .unwrap_or("");
                     let mut p = format!("{uri}{rest}");
                     // Envoy: a prefix rewrite of "/" must not leave "//".
@@ -349,10 +344,10 @@ impl CompiledRoute {
                 } else {
                     regex_rewrite
                         .as_ref()
-                        .map(|(re, with)| re.replace_all(&req.path, with.as_str()).into_owned())
+                        .map(|(re, with)| re.replace_all(req.path(), with.as_str()).into_owned())
                 };
-                forward.rewrite_path = new_path.map(|p| with_query(p, &req.query));
-                if let Some((cors, origin)) = origin {
+                forward.rewrite_path = new_path.map(|p| with_query(p, req.query()));
+                if let Some((cors, origin)) = &origin {
                     cors.actual(origin, forward.response_headers_mut());
                 }
                 Action::Forward(forward)
@@ -369,28 +364,30 @@ impl CompiledRoute {
                 let path = match (uri, prefix_rewrite, matched.uri_prefix_len) {
                     (Some(u), _, _) => u.clone(),
                     (None, Some(p), Some(n)) => {
-                        format!("{p}{}", req.path.get(n..).unwrap_or(""))
+                        format!("{p}{}", req.path().get(n..).unwrap_or(""))
                     }
                     (None, Some(p), None) => p.clone(),
-                    (None, None, _) => req.path.clone(),
+                    (None, None, _) => req.path().to_string(),
                 };
-                let scheme = scheme.clone().unwrap_or_else(|| req.scheme.clone());
+                let scheme = scheme.as_deref().unwrap_or_else(|| req.scheme());
                 let host_only = |a: &str| match a.rsplit_once(':') {
                     Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
                     _ => a.to_string(),
                 };
-                let base = authority.clone().unwrap_or_else(|| req.authority.clone());
+                let base = authority
+                    .clone()
+                    .unwrap_or_else(|| req.authority().to_string());
                 let authority = match (port, derive_port) {
                     (Some(p), _) => format!("{}:{p}", host_only(&base)),
                     (None, Some(RedirectPortSelection::FromProtocolDefault)) => host_only(&base),
                     (None, Some(RedirectPortSelection::FromRequestPort)) => {
-                        format!("{}:{}", host_only(&base), req.port)
+                        format!("{}:{}", host_only(&base), req.port())
                     }
                     (None, None) => base,
                 };
                 Action::Redirect(Redirect {
                     status: *status,
-                    location: with_query(format!("{scheme}://{authority}{path}"), &req.query),
+                    location: with_query(format!("{scheme}://{authority}{path}"), req.query()),
                 })
             }
             RouteAction::Respond { status, body } => Action::Respond(DirectResponse {
@@ -399,8 +396,7 @@ impl CompiledRoute {
                 body: body.clone(),
             }),
             RouteAction::Unsupported => Action::NoRoute,
-        };
-        decision
+        }
     }
 }
 

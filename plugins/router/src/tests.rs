@@ -1,16 +1,16 @@
 //! Native tests of Istio's matching rules and route actions.
 
 use super::*;
-use wasmgate_plugin_sdk::testing::{decide, prepare, request};
-use wasmgate_plugin_sdk::{Action, HeaderInterest, HeaderMutation};
+use wasmgate_plugin_sdk::testing::{TestRequest, decide, prepare, request, run};
+use wasmgate_plugin_sdk::{Action, Decision, HeaderMutation, Interest};
 
 fn router(spec: &str) -> Router {
     prepare::<Router>(spec)
 }
 
 /// The route index chosen for `req`, or `None` for no route.
-fn route_of(r: &Router, req: &RequestHead) -> Option<u32> {
-    let d = decide(r, req, Decision::no_route());
+fn route_of(r: &Router, req: &TestRequest) -> Option<u32> {
+    let d = run(r, req);
     match d.action {
         Action::NoRoute => None,
         _ => d.route.map(|r| r.index),
@@ -52,7 +52,7 @@ fn bookinfo_paths_route_and_others_do_not() {
         route_of(&r, &request("GET", "/productpage?u=1").build()),
         Some(0)
     );
-    let d = decide(&r, &request("GET", "/login").build(), Decision::no_route());
+    let d = run(&r, &request("GET", "/login").build());
     let Action::Forward(f) = d.action else {
         panic!("not forward")
     };
@@ -69,7 +69,8 @@ fn header_exact_and_first_match_wins() {
         {"match":[{"headers":{"end-user":{"exact":"jason"}}}],"route":[{"destination":{"host":"ratings","subset":"v2"}}]},
         {"route":[{"destination":{"host":"ratings","subset":"v1"}}]}]}"#,
     );
-    assert!(matches!(r.interest().headers, HeaderInterest::Named(ref n) if n == &["end-user"]));
+    // Headers are read on demand: the router asks for nothing beyond the request phase.
+    assert_eq!(r.interest(), Interest::default());
     let jason = request("GET", "/").header("end-user", "jason").build();
     assert_eq!(route_of(&r, &jason), Some(0));
     assert_eq!(
@@ -95,11 +96,7 @@ fn ignore_uri_case_for_exact_and_prefix() {
         r#"{"hosts":["a"],"http":[{"match":[{"uri":{"prefix":"/Static"},"ignoreUriCase":true}],
         "rewrite":{"uri":"/assets"},"route":[{"destination":{"host":"a"}}]}]}"#,
     );
-    let d = decide(
-        &r,
-        &request("GET", "/STATIC/app.js?v=2").build(),
-        Decision::no_route(),
-    );
+    let d = run(&r, &request("GET", "/STATIC/app.js?v=2").build());
     let Action::Forward(f) = d.action else {
         panic!("not forward")
     };
@@ -236,7 +233,7 @@ fn weighted_destinations_headers_timeout_retries() {
                    {"destination":{"host":"reviews","subset":"v2"},"weight":20,
                     "headers":{"response":{"add":{"x-v":"2"}}}}]}]}"#,
     );
-    let d = decide(&r, &request("GET", "/").build(), Decision::no_route());
+    let d = run(&r, &request("GET", "/").build());
     assert_eq!(d.route.as_ref().map(|r| r.name.as_str()), Some("split"));
     let Action::Forward(f) = d.action else {
         panic!("not forward")
@@ -274,31 +271,26 @@ fn redirect_and_direct_response() {
           {"match":[{"uri":{"exact":"/hi"}}],"directResponse":{"status":418,"body":{"string":"teapot"}}},
           {"match":[{"uri":{"exact":"/b"}}],"directResponse":{"status":200,"body":{"bytes":"aGk="}}}]}"#,
     );
-    let d = decide(
+    let d = run(
         &r,
         &request("GET", "/old/x?q=1").authority("a:8080").build(),
-        Decision::no_route(),
     );
     assert!(
         matches!(d.action, Action::Redirect(ref re) if re.status == 301 && re.location == "http://b.example.com/new/x?q=1"),
         "{:?}",
         d.action
     );
-    let d = decide(
-        &r,
-        &request("GET", "/tls").authority("a:8080").build(),
-        Decision::no_route(),
-    );
+    let d = run(&r, &request("GET", "/tls").authority("a:8080").build());
     assert!(
         matches!(d.action, Action::Redirect(ref re) if re.status == 308 && re.location == "https://a/tls"),
         "{:?}",
         d.action
     );
-    let d = decide(&r, &request("GET", "/hi").build(), Decision::no_route());
+    let d = run(&r, &request("GET", "/hi").build());
     assert!(
         matches!(d.action, Action::Respond(ref re) if re.status == 418 && re.body == b"teapot")
     );
-    let d = decide(&r, &request("GET", "/b").build(), Decision::no_route());
+    let d = run(&r, &request("GET", "/b").build());
     assert!(matches!(d.action, Action::Respond(ref re) if re.body == b"hi"));
 }
 
@@ -308,11 +300,7 @@ fn regex_rewrite_uses_re2_groups() {
         r#"{"hosts":["a"],"http":[{"rewrite":{"uriRegexRewrite":{"match":"^/service/([^/]+)(/.*)$","rewrite":"\\2/instance/\\1"}},
           "route":[{"destination":{"host":"a"}}]}]}"#,
     );
-    let d = decide(
-        &r,
-        &request("GET", "/service/foo/v1/api").build(),
-        Decision::no_route(),
-    );
+    let d = run(&r, &request("GET", "/service/foo/v1/api").build());
     let Action::Forward(f) = d.action else {
         panic!("not forward")
     };
@@ -330,7 +318,7 @@ fn cors_preflight_answered_and_actual_request_decorated() {
         .header("origin", "https://ok.example")
         .header("access-control-request-method", "POST")
         .build();
-    let d = decide(&r, &pre, Decision::no_route());
+    let d = run(&r, &pre);
     let Action::Respond(resp) = d.action else {
         panic!("not answered")
     };
@@ -343,14 +331,11 @@ fn cors_preflight_answered_and_actual_request_decorated() {
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")
         .build();
-    assert!(matches!(
-        decide(&r, &bad, Decision::no_route()).action,
-        Action::Forward(_)
-    ));
+    assert!(matches!(run(&r, &bad).action, Action::Forward(_)));
     let actual = request("GET", "/")
         .header("origin", "https://ok.example")
         .build();
-    let Action::Forward(f) = decide(&r, &actual, Decision::no_route()).action else {
+    let Action::Forward(f) = run(&r, &actual).action else {
         panic!("not forward")
     };
     assert!(
@@ -442,5 +427,52 @@ fn mesh_is_a_gateway_name_of_its_own() {
     assert_eq!(
         route_of(&r, &request("GET", "/").gateway("default/mesh").build()),
         None
+    );
+}
+
+#[test]
+fn no_match_keeps_the_decision_and_a_match_keeps_delay_and_log_fields() {
+    let r = router(
+        r#"{"hosts":["a"],"http":[{"match":[{"uri":{"exact":"/a"}}],"name":"only",
+          "route":[{"destination":{"host":"a"}}]}]}"#,
+    );
+    assert!(decide(&r, &request("GET", "/b").build()).is_empty());
+    // A match sets the route and the action and nothing else: what an earlier policy put
+    // in the decision (a delay, log fields) stays.
+    let mut before = Decision::no_route();
+    before.delay_ms = Some(5);
+    before.log_field("k", "v");
+    let req = request("GET", "/a").decision(before).build();
+    let edit = decide(&r, &req);
+    assert_eq!(
+        edit.route.as_ref().map(|r| (r.index, r.name.as_str())),
+        Some((0, "only"))
+    );
+    assert!(matches!(edit.action, Some(Action::Forward(_))));
+    assert_eq!((edit.pick, edit.delay_ms), (None, None));
+    assert!(edit.request_headers.is_none() && edit.response_headers.is_none());
+    assert!(edit.log_fields.is_empty());
+    let d = run(&r, &req);
+    assert_eq!(d.delay_ms, Some(5));
+    assert_eq!(d.log_fields.len(), 1);
+    assert_eq!(d.route.map(|r| r.index), Some(0));
+}
+
+#[test]
+fn repeated_headers_match_joined_and_every_route_sees_them() {
+    // Envoy matches the values of a repeated header joined with `,`; later routes read
+    // the same header (fetched once) and a header the first route did not name.
+    let r = router(
+        r#"{"hosts":["a"],"http":[
+        {"match":[{"headers":{"x-v":{"exact":"1"}}}],"route":[{"destination":{"host":"one"}}]},
+        {"match":[{"headers":{"x-v":{"exact":"1,2"},"x-w":{"prefix":"w"}}}],"route":[{"destination":{"host":"joined"}}]},
+        {"match":[{"headers":{"x-v":{"prefix":"1"}}}],"route":[{"destination":{"host":"prefix"}}]}]}"#,
+    );
+    let req = || request("GET", "/").header("x-v", "1").header("X-V", "2");
+    assert_eq!(route_of(&r, &req().header("x-w", "wx").build()), Some(1));
+    assert_eq!(route_of(&r, &req().build()), Some(2));
+    assert_eq!(
+        route_of(&r, &request("GET", "/").header("x-v", "1").build()),
+        Some(0)
     );
 }

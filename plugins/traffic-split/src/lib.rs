@@ -5,7 +5,7 @@
 
 use wasmgate_plugin_sdk::host::random_below;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, Destination, PluginError, Policy, RequestHead, export_policy,
+    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy,
 };
 
 /// Needs no config: it works on the decision the router made.
@@ -17,36 +17,32 @@ impl Policy for TrafficSplit {
         Ok(TrafficSplit)
     }
 
-    fn on_request(
-        &self,
-        _request: &RequestHead,
-        mut current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        let Some(forward) = current.forward_mut() else {
-            return Ok(None);
-        };
-        if forward.destinations.len() <= 1 {
-            return Ok(None);
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        // Empty unless the decision forwards.
+        let weights = request.destination_weights();
+        if weights.len() <= 1 {
+            return Ok(Edit::keep());
         }
-        let chosen = pick(&forward.destinations, random_below).ok_or_else(|| PluginError {
+        let chosen = pick(&weights, random_below).ok_or_else(|| PluginError {
             message: "every destination has weight 0".into(),
         })?;
-        let kept = forward.destinations.swap_remove(chosen);
-        forward.destinations = vec![kept];
-        Ok(Some(current))
+        Ok(Edit {
+            pick: u32::try_from(chosen).ok(),
+            ..Edit::keep()
+        })
     }
 }
 
-/// Index of the destination that `draw(total)` lands on, weights as proportions.
-/// `None` when every weight is 0.
-pub fn pick(destinations: &[Destination], draw: impl FnOnce(u64) -> u64) -> Option<usize> {
-    let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
+/// Index of the destination (by its weight) that `draw(total)` lands on, weights as
+/// proportions. `None` when every weight is 0.
+pub fn pick(weights: &[u32], draw: impl FnOnce(u64) -> u64) -> Option<usize> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     if total == 0 {
         return None;
     }
     let mut ticket = draw(total);
-    for (i, d) in destinations.iter().enumerate() {
-        let w = u64::from(d.weight);
+    for (i, &w) in weights.iter().enumerate() {
+        let w = u64::from(w);
         if ticket < w {
             return Some(i);
         }
@@ -60,8 +56,10 @@ export_policy!(TrafficSplit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_plugin_sdk::testing::{decide, prepare, request, seed_random};
-    use wasmgate_plugin_sdk::{Action, Forward};
+    use wasmgate_plugin_sdk::testing::{
+        TestRequest, decide, prepare, request, run, seed_random, try_decide,
+    };
+    use wasmgate_plugin_sdk::{Action, Decision, Destination, Forward};
 
     fn dest(subset: &str, weight: u32) -> Destination {
         let mut d = Destination::new("reviews");
@@ -74,24 +72,28 @@ mod tests {
         Decision::no_route().with_action(Action::Forward(Forward::to(dests)))
     }
 
+    /// A request whose decision so far is `decision`.
+    fn req(decision: Decision) -> TestRequest {
+        request("GET", "/").decision(decision).build()
+    }
+
     #[test]
     fn weights_are_proportions_of_their_sum() {
-        let dests = [dest("v1", 4), dest("v2", 1)];
-        assert_eq!(pick(&dests, |_| 0), Some(0));
-        assert_eq!(pick(&dests, |_| 3), Some(0));
-        assert_eq!(pick(&dests, |_| 4), Some(1));
-        assert_eq!(pick(&dests, |t| t - 1), Some(1));
-        assert_eq!(pick(&[dest("v1", 0), dest("v2", 0)], |_| 0), None);
+        let weights = [4, 1];
+        assert_eq!(pick(&weights, |_| 0), Some(0));
+        assert_eq!(pick(&weights, |_| 3), Some(0));
+        assert_eq!(pick(&weights, |_| 4), Some(1));
+        assert_eq!(pick(&weights, |t| t - 1), Some(1));
+        assert_eq!(pick(&[0, 0], |_| 0), None);
     }
 
     #[test]
     fn eighty_twenty_over_many_draws() {
         seed_random(7);
         let split: TrafficSplit = prepare("null");
-        let req = request("GET", "/").build();
         let mut v1 = 0;
         for _ in 0..10_000 {
-            let d = decide(&split, &req, forward(vec![dest("v1", 80), dest("v2", 20)]));
+            let d = run(&split, &req(forward(vec![dest("v1", 80), dest("v2", 20)])));
             let Action::Forward(f) = d.action else {
                 panic!("not a forward")
             };
@@ -106,14 +108,11 @@ mod tests {
     #[test]
     fn single_destination_and_non_forward_are_left_alone() {
         let split: TrafficSplit = prepare("null");
-        let req = request("GET", "/").build();
         let one = forward(vec![dest("v1", 0)]);
-        assert!(matches!(split.on_request(&req, one), Ok(None)));
-        assert!(matches!(
-            split.on_request(&req, Decision::no_route()),
-            Ok(None)
-        ));
+        assert!(decide(&split, &req(one)).is_empty());
+        assert!(decide(&split, &req(Decision::no_route())).is_empty());
         let zero = forward(vec![dest("v1", 0), dest("v2", 0)]);
-        assert!(split.on_request(&req, zero).is_err());
+        let e = try_decide(&split, &req(zero)).expect_err("all weights 0");
+        assert_eq!(e.message, "every destination has weight 0");
     }
 }

@@ -258,11 +258,25 @@ pub struct WasmPlugin {
     pub selector: BTreeMap<String, String>,
     /// Where it runs, from `match` (`mode` and `ports`).
     pub traffic: PluginMatch,
+    /// What the `wasmgate.io/capabilities` annotation grants.
+    pub capabilities: Capabilities,
     /// `vmConfig.env` resolved: the plugin's WASI environment, in the order written.
     /// `valueFrom: HOST` values are read from wasmgate's own environment at load, for
     /// the names `--plugin-host-env` allows ([`crate::LoadOptions::host_env`]).
     pub env: Vec<(String, String)>,
     pub spec: raw::WasmPluginSpec,
+}
+
+/// Host capabilities a WasmPlugin's `wasmgate.io/capabilities` annotation grants; all
+/// denied by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `clock`: wall-clock time.
+    pub clock: bool,
+    /// `state`: the plugin's key-value store in each namespace.
+    pub state: bool,
+    /// `outbound:<host>`: HTTP calls to these hosts (lowercase, as written).
+    pub outbound: Vec<String>,
 }
 
 /// Where a WasmPlugin runs, from its `match` list (Istio's traffic selectors: the plugin

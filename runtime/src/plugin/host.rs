@@ -1,8 +1,10 @@
 //! What the host gives a plugin instance: the `wasmgate:policy/host` imports (log,
 //! random, monotonic time), the `wasmgate:policy/metrics` imports (into the plugin's
-//! [`PluginMetrics`]), a memory limit, and a WASI context that grants nothing — no files,
-//! arguments or sockets, no environment but the WasmPlugin's `vmConfig.env`; stdout and
-//! stderr become log lines.
+//! [`PluginMetrics`]), the `request`/`response` resources ([`super::context`]), the
+//! capabilities its WasmPlugin grants ([`Grants`]: wall clock, state, outbound calls;
+//! each call of one not granted returns an error saying so), a memory limit, and a WASI
+//! context that grants nothing — no files, arguments or sockets, no environment but the
+//! WasmPlugin's `vmConfig.env`; stdout and stderr become log lines.
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +19,47 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::wasmgate::policy::{host, metrics, types};
+use wasmtime::component::Resource;
+
+use super::bindings::wasmgate::policy::{clock, host, metrics, outbound, state, types};
+use super::context::{self, RequestCtx, ResponseCtx};
 use super::metrics::{Definition, PluginMetrics};
+use super::state::KvStore;
+use super::{OutboundAnswer, OutboundCall, OutboundClient};
+
+/// What one pool's instances (one WasmPlugin in one namespace) may use beyond the
+/// basics: its `wasmgate.io/capabilities`.
+#[derive(Clone, Default)]
+pub struct Grants {
+    pub clock: bool,
+    /// The store, when `state` is granted.
+    pub state: Option<Arc<KvStore>>,
+    /// Hosts granted with `outbound:<host>` (lowercase; `*.suffix` matches subdomains).
+    pub outbound: Vec<String>,
+    /// Where outbound calls go (the gateway's upstream machinery).
+    pub client: Option<Arc<dyn OutboundClient>>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("clock", &self.clock)
+            .field("state", &self.state.is_some())
+            .field("outbound", &self.outbound)
+            .finish()
+    }
+}
+
+/// The longest an outbound call may take, whatever the plugin asks.
+pub const OUTBOUND_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest outbound response body handed to a plugin.
+pub const OUTBOUND_MAX_BODY: usize = 1 << 20;
+
+fn denied(capability: &str) -> String {
+    format!(
+        "not granted: add `{capability}` to the WasmPlugin's wasmgate.io/capabilities annotation"
+    )
+}
 
 /// The data of one plugin instance's store.
 pub struct StoreState {
@@ -38,6 +79,7 @@ pub struct StoreState {
     defining: bool,
     /// The plugin's log lines, shared by all its instances.
     log_budget: Arc<LogBudget>,
+    grants: Grants,
 }
 
 impl StoreState {
@@ -47,6 +89,7 @@ impl StoreState {
         random: Random,
         memory_limit: usize,
         env: &[(String, String)],
+        grants: Grants,
     ) -> Self {
         let plugin: Arc<str> = Arc::from(plugin);
         let log_budget = LogBudget::of(&plugin);
@@ -73,7 +116,37 @@ impl StoreState {
             metrics: None,
             defining: false,
             log_budget,
+            grants,
         }
+    }
+
+    /// Put this call's request (and response) in the instance's table.
+    pub fn push_request(&mut self, ctx: RequestCtx) -> wasmtime::Result<Resource<RequestCtx>> {
+        Ok(self.table.push(ctx)?)
+    }
+
+    pub fn push_response(
+        &mut self,
+        ctx: ResponseCtx,
+    ) -> wasmtime::Result<Resource<ResponseCtx>> {
+        Ok(self.table.push(ctx)?)
+    }
+
+    /// Take them out again once the call returned.
+    pub fn drop_request(&mut self, r: Resource<RequestCtx>) {
+        let _ = self.table.delete(r);
+    }
+
+    pub fn drop_response(&mut self, r: Resource<ResponseCtx>) {
+        let _ = self.table.delete(r);
+    }
+
+    fn request(&self, r: &Resource<RequestCtx>) -> wasmtime::Result<&RequestCtx> {
+        Ok(self.table.get(r)?)
+    }
+
+    fn response(&self, r: &Resource<ResponseCtx>) -> wasmtime::Result<&ResponseCtx> {
+        Ok(self.table.get(r)?)
     }
 
     /// A call for a binding whose plugin's metrics are `metrics` starts; `defining` in
@@ -241,6 +314,292 @@ impl metrics::Host for StoreState {
             m.histogram_observe(metric, label_values, value);
         }
     }
+}
+
+impl types::HostRequest for StoreState {
+    fn id(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.id.clone())
+    }
+
+    fn method(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.method.as_str().to_string())
+    }
+
+    fn scheme(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.scheme.to_string())
+    }
+
+    fn authority(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.authority.clone())
+    }
+
+    fn path(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.path.clone())
+    }
+
+    fn query(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.query.clone())
+    }
+
+    fn query_param(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.view.query_param(&name))
+    }
+
+    fn header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.view.header(&name))
+    }
+
+    fn header_values(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(self.request(&r)?.view.header_values(&name))
+    }
+
+    fn headers(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(context::all_headers(&self.request(&r)?.view.headers))
+    }
+
+    fn client_address(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.client.to_string())
+    }
+
+    fn port(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<u16> {
+        Ok(self.request(&r)?.view.port)
+    }
+
+    fn sni(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.view.sni.clone())
+    }
+
+    fn gateway(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.state().gateway.clone())
+    }
+
+    fn virtual_service(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.state().virtual_service.clone())
+    }
+
+    fn body(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let ctx = self.request(&r)?;
+        Ok(if ctx.body {
+            Some(ctx.view.body.as_ref().map(|b| b.to_vec()).unwrap_or_default())
+        } else {
+            None
+        })
+    }
+
+    fn action_kind(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<types::ActionKind> {
+        Ok(context::kind(&self.request(&r)?.view.state().decision))
+    }
+
+    fn route_index(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<u32>> {
+        Ok(self
+            .request(&r)?
+            .view
+            .state()
+            .decision
+            .route
+            .as_ref()
+            .map(|r| r.index))
+    }
+
+    fn destination_weights(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<u32>> {
+        Ok(match &self.request(&r)?.view.state().decision.action {
+            types::Action::Forward(f) => f.destinations.iter().map(|d| d.weight).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn decision(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<types::Decision> {
+        Ok(self.request(&r)?.view.state().decision.clone())
+    }
+
+    fn property(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.view.property(&name))
+    }
+
+    fn set_property(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+        value: Option<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.request(&r)?.view.set_property(name, value))
+    }
+
+    fn drop(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<()> {
+        // The host owns every handle and deletes it after the call; a guest never owns
+        // one, so there is nothing to drop here.
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl types::HostResponse for StoreState {
+    fn status(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<u16> {
+        Ok(self.response(&r)?.view.status)
+    }
+
+    fn header(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .response(&r)?
+            .view
+            .headers
+            .get(name.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
+    }
+
+    fn headers(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(context::all_headers(&self.response(&r)?.view.headers))
+    }
+
+    fn body(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let ctx = self.response(&r)?;
+        Ok(if ctx.body {
+            Some(ctx.view.body.as_ref().map(|b| b.to_vec()).unwrap_or_default())
+        } else {
+            None
+        })
+    }
+
+    fn local(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<bool> {
+        Ok(self.response(&r)?.view.local)
+    }
+
+    fn drop(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<()> {
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl clock::Host for StoreState {
+    fn now(&mut self) -> Result<u64, String> {
+        if !self.grants.clock {
+            return Err(denied("clock"));
+        }
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+    }
+}
+
+impl StoreState {
+    fn store(&self) -> Result<&KvStore, String> {
+        self.grants.state.as_deref().ok_or_else(|| denied("state"))
+    }
+}
+
+impl state::Host for StoreState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.store()?.get(&key, Instant::now())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+        self.store()?.set(&key, value, ttl_ms, Instant::now())
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, String> {
+        self.store()?.delete(&key, Instant::now())
+    }
+
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
+        self.store()?.increment(&key, delta, ttl_ms, Instant::now())
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, String> {
+        self.store()?
+            .compare_and_swap(&key, expected.as_deref(), value, ttl_ms, Instant::now())
+    }
+}
+
+/// Is `host` (lowercase) among `grants`? `*.example.com` grants its subdomains.
+pub fn host_granted(grants: &[String], host: &str) -> bool {
+    grants.iter().any(|g| match g.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => g == host,
+    })
+}
+
+impl outbound::Host for StoreState {
+    async fn call(
+        &mut self,
+        request: outbound::OutboundRequest,
+    ) -> Result<outbound::OutboundResponse, String> {
+        let host = authority_host(&request.authority);
+        if !host_granted(&self.grants.outbound, &host) {
+            return Err(denied(&format!("outbound:{host}")));
+        }
+        let Some(client) = self.grants.client.clone() else {
+            return Err("outbound calls are not available in this gateway".into());
+        };
+        let timeout = match request.timeout_ms {
+            0 => OUTBOUND_MAX,
+            ms => std::time::Duration::from_millis(u64::from(ms)).min(OUTBOUND_MAX),
+        };
+        let started = Instant::now();
+        let call = OutboundCall {
+            method: request.method,
+            authority: request.authority,
+            host,
+            path: request.path,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+            body: request.body,
+        };
+        let answer = tokio::time::timeout(timeout, client.call(call)).await;
+        // Waiting is not running: the call's CPU budget does not count it.
+        self.deadline += started.elapsed();
+        let answer: OutboundAnswer = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("timed out after {timeout:?}")),
+        };
+        Ok(outbound::OutboundResponse {
+            status: answer.status,
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|(name, value)| types::Header { name, value })
+                .collect(),
+            body: answer.body,
+        })
+    }
+}
+
+/// The host part of an authority (`host`, `host:port`, `[v6]:port`), lowercase.
+pub fn authority_host(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    host.to_ascii_lowercase()
 }
 
 /// Nanoseconds since the first call in this process.

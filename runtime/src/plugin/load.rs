@@ -1,8 +1,8 @@
 //! Turning bytes into a checked plugin: core modules become components (with the WASI
 //! preview1 adapter when they import WASI), the component's world is compared with
-//! `wasmgate:policy@0.2.1` (0.2.0 plugins load too: wasmtime links a 0.2.0 import to the
-//! host's 0.2.1 interface, and 0.2.1 only added an import), and wasmtime's errors are put
-//! in words a plugin author can act on.
+//! `wasmgate:policy@0.3.0` (0.2 plugins are refused: 0.3 replaced the lowered request
+//! head and whole decisions with the `request` resource and edits), and wasmtime's errors
+//! are put in words a plugin author can act on.
 
 use wasmtime::component::Component;
 use wasmtime::{Engine, Trap};
@@ -11,10 +11,9 @@ use wasmtime::{Engine, Trap};
 pub const WIT_PACKAGE: &str = "wasmgate:policy";
 /// Its version. Plugins built against it, or an earlier step of its line down to
 /// [`OLDEST`], load; anything else is refused by name.
-const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
-/// The oldest version still loaded: 0.2.1 added the `metrics` import and changed nothing
-/// a 0.2.0 plugin uses.
-const OLDEST: (u64, u64, u64) = (0, 2, 0);
+const WIT_VERSION: (u64, u64, u64) = (0, 3, 0);
+/// The oldest version still loaded: 0.3.0 started a new line.
+const OLDEST: (u64, u64, u64) = (0, 3, 0);
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
 /// True for a component (binary layer 1), false for a core module or anything else.
@@ -80,12 +79,16 @@ fn show(v: (u64, u64, u64)) -> String {
 
 /// What this host speaks, for messages.
 fn speaks() -> String {
-    format!(
-        "{WIT_PACKAGE}@{} (and loads plugins built against {} to {})",
-        show(WIT_VERSION),
-        show(OLDEST),
-        show(WIT_VERSION)
-    )
+    if OLDEST == WIT_VERSION {
+        format!("{WIT_PACKAGE}@{}", show(WIT_VERSION))
+    } else {
+        format!(
+            "{WIT_PACKAGE}@{} (and loads plugins built against {} to {})",
+            show(WIT_VERSION),
+            show(OLDEST),
+            show(WIT_VERSION)
+        )
+    }
 }
 
 /// Check the component exports `wasmgate:policy/policy` at a compatible version and
@@ -136,7 +139,8 @@ pub fn check_world(engine: &Engine, component: &Component) -> Result<(), String>
         } else if !name.starts_with("wasi:") {
             return Err(format!(
                 "imports `{name}`, which wasmgate does not provide (plugins get \
-                 `{WIT_PACKAGE}/host`, `{WIT_PACKAGE}/metrics` and a WASI that grants nothing)"
+                 `{WIT_PACKAGE}/host`, `metrics`, `clock`, `state`, `outbound` and a WASI \
+                 that grants nothing)"
             ));
         }
     }
@@ -182,14 +186,14 @@ mod tests {
             Some((0, 1, 3))
         );
         assert_eq!(parse_version("wasmgate:policy/policy"), None);
-        assert!(compatible((0, 2, 0)));
-        assert!(compatible((0, 2, 1)));
+        assert!(compatible((0, 3, 0)));
         assert!(
-            !compatible((0, 2, 2)),
+            !compatible((0, 3, 1)),
             "newer than the host: may import what it lacks"
         );
+        assert!(!compatible((0, 2, 1)), "0.2 plugins must be rebuilt");
         assert!(!compatible((0, 1, 0)));
-        assert!(!compatible((0, 3, 0)));
+        assert!(!compatible((0, 4, 0)));
         assert!(!compatible((1, 1, 0)));
     }
 

@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// A FAIL_CLOSE plugin's breaker is open: it was not called.
     #[error("policy {0} quarantined after repeated traps")]
     Quarantined(String),
+    /// The request body is larger than a FAIL_CLOSE plugin's body interest allows.
+    #[error("request body over the {limit} bytes policy {plugin} reads")]
+    PayloadTooLarge { plugin: String, limit: u32 },
 }
 
 impl ProxyError {
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::Overloaded(_) | ProxyError::Quarantined(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -86,12 +90,13 @@ impl ProxyError {
             ProxyError::InvalidRewrite(_) => "PF",
             ProxyError::Overloaded(_) => "LR",
             ProxyError::Quarantined(_) => "PQ",
+            ProxyError::PayloadTooLarge { .. } => "DPE",
         }
     }
 
     pub fn culprit(&self) -> Culprit {
         match self {
-            ProxyError::BadRequest(_) => Culprit::Client,
+            ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge { .. } => Culprit::Client,
             ProxyError::NoRoute | ProxyError::NoCluster(_) => Culprit::Gateway,
             ProxyError::Plugin { .. }
             | ProxyError::InvalidRewrite(_)
@@ -138,6 +143,8 @@ impl ProxyError {
             ProxyError::InvalidRewrite(_) => "policy failure",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Quarantined(_) => "policy unavailable",
+            // Envoy's buffer filter's words.
+            ProxyError::PayloadTooLarge { .. } => "Payload Too Large",
         };
         local_response(self.status(), Bytes::from_static(body.as_bytes()), |_| {})
     }

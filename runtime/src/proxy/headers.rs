@@ -2,16 +2,14 @@
 //! `use_remote_address`): `x-forwarded-for` gets the client address appended,
 //! `x-forwarded-proto` is set to the downstream scheme, `x-request-id` is kept from
 //! internal clients and generated (UUID v4) otherwise; hop-by-hop headers never cross;
-//! Istio's header operations (remove, then set, then add); and the request head a chain
-//! of policies sees.
+//! Istio's header operations (remove, then set, then add).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::plugin::Random;
-use crate::plugin::types::{Header, HeaderMutation, RequestHead};
-use crate::snapshot::Interest;
+use crate::plugin::types::{Header, HeaderMutation};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -217,59 +215,6 @@ fn parse(h: &Header) -> Option<(HeaderName, HeaderValue)> {
         tracing::debug!(name = %h.name, "policy produced an invalid header; skipped");
     }
     Some((name?, value?))
-}
-
-/// The parts of a request a chain sees, headers filtered by its interest.
-pub struct HeadParts<'a> {
-    pub id: &'a str,
-    pub method: &'a str,
-    pub scheme: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub headers: &'a HeaderMap,
-    pub port: u16,
-}
-
-pub fn request_head(
-    parts: &HeadParts<'_>,
-    interest: &Interest,
-    gateway: &str,
-    virtual_service: &str,
-) -> RequestHead {
-    let pick = |name: &HeaderName, value: &HeaderValue| Header {
-        name: name.as_str().to_string(),
-        value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-    };
-    let headers = match interest {
-        Interest::None => Vec::new(),
-        Interest::All => parts.headers.iter().map(|(n, v)| pick(n, v)).collect(),
-        Interest::Named(names) => names
-            .iter()
-            .flat_map(|n| {
-                parts
-                    .headers
-                    .get_all(n.as_str())
-                    .iter()
-                    .map(move |v| Header {
-                        name: n.clone(),
-                        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    })
-            })
-            .collect(),
-    };
-    RequestHead {
-        id: parts.id.to_string(),
-        method: parts.method.to_string(),
-        scheme: parts.scheme.to_string(),
-        authority: parts.authority.to_string(),
-        path: parts.path.to_string(),
-        query: parts.query.to_string(),
-        headers,
-        port: parts.port,
-        gateway: gateway.to_string(),
-        virtual_service: virtual_service.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@
 use serde::Deserialize;
 use wasmgate_plugin_sdk::metrics::{Counter, Histogram};
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, HeaderInterest, Interest, PluginError, Policy, RequestHead,
-    export_policy, parse_config,
+    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy, parse_config,
 };
 
 /// The histogram's bucket bounds, in bytes.
@@ -59,39 +58,27 @@ impl Policy for Probe {
         })
     }
 
-    fn interest(&self) -> Interest {
-        Interest {
-            headers: HeaderInterest::Named(vec!["x-tenant".into()]),
-        }
-    }
-
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        let tenant = request
-            .headers
-            .iter()
-            .find(|h| h.name == "x-tenant")
-            .map_or("none", |h| h.value.as_str());
-        let method = request.method.as_str();
-        match request.path.as_str() {
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        // Read for every request, so `/quiet` differs from the others by the updates only.
+        let tenant = request.header("x-tenant");
+        let tenant = tenant.as_deref().unwrap_or("none");
+        let method = request.method();
+        let path = request.path();
+        match path {
             // Nothing emitted: the baseline for timing the updates.
-            "/quiet" => return Ok(None),
+            "/quiet" => return Ok(Edit::keep()),
             "/define" => {
                 let message = match Counter::define("late_total", "Too late.", &[]) {
                     Ok(_) => "defined".to_string(),
                     Err(e) => e.message,
                 };
-                return Ok(Some(current.with_action(Decision::respond(200, message))));
+                return Ok(Edit::respond(200, message));
             }
             "/arity" => self.requests.add(&[method], 1),
             _ => self.requests.add(&[method, tenant], 1),
         }
-        self.path_bytes
-            .observe(&[method], request.path.len() as f64);
-        Ok(None)
+        self.path_bytes.observe(&[method], path.len() as f64);
+        Ok(Edit::keep())
     }
 }
 
@@ -100,16 +87,16 @@ export_policy!(Probe);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_plugin_sdk::testing::{decide, prepare, recorded_metrics, request};
+    use wasmgate_plugin_sdk::testing::{decide, prepare, recorded_metrics, request, run};
 
     #[test]
     fn counts_requests_and_observes_path_lengths() {
         let probe: Probe = prepare("null");
         for (method, tenant) in [("GET", "a"), ("GET", "a"), ("POST", "b")] {
             let req = request(method, "/items").header("x-tenant", tenant).build();
-            decide(&probe, &req, Decision::no_route());
+            decide(&probe, &req);
         }
-        decide(&probe, &request("GET", "/").build(), Decision::no_route());
+        decide(&probe, &request("GET", "/").build());
         let m = recorded_metrics();
         assert_eq!(m.counter("requests_total", &["GET", "a"]), 2);
         assert_eq!(m.counter("requests_total", &["POST", "b"]), 1);
@@ -123,11 +110,7 @@ mod tests {
     #[test]
     fn defining_at_request_time_is_an_error_value() {
         let probe: Probe = prepare("{}");
-        let d = decide(
-            &probe,
-            &request("GET", "/define").build(),
-            Decision::no_route(),
-        );
+        let d = run(&probe, &request("GET", "/define").build());
         let wasmgate_plugin_sdk::Action::Respond(r) = d.action else {
             panic!("no answer: {d:?}")
         };
@@ -162,10 +145,6 @@ mod tests {
     #[should_panic(expected = "an update gives one value per label")]
     fn a_wrong_number_of_label_values_fails_a_native_test() {
         let probe: Probe = prepare("null");
-        decide(
-            &probe,
-            &request("GET", "/arity").build(),
-            Decision::no_route(),
-        );
+        decide(&probe, &request("GET", "/arity").build());
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy, parse_config,
+    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy, parse_config,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,12 +29,8 @@ impl Policy for Misbehave {
         Ok(Misbehave)
     }
 
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        _current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        match request.path.as_str() {
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        match request.path() {
             "/panic" => panic!("misbehave: asked to panic"),
             "/loop" => {
                 let mut n = 0u64;
@@ -52,9 +48,32 @@ impl Policy for Misbehave {
             "/error" => Err(PluginError {
                 message: "misbehave: asked to fail".into(),
             }),
-            _ => Ok(None),
+            _ => Ok(Edit::keep()),
         }
     }
 }
 
 export_policy!(Misbehave);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmgate_plugin_sdk::testing::{binding, decide, prepare, request, try_decide};
+
+    #[test]
+    fn errors_on_error_and_passes_the_rest() {
+        let p: Misbehave = prepare("null");
+        let e = try_decide(&p, &request("GET", "/error").build()).expect_err("no error");
+        assert_eq!(e.message, "misbehave: asked to fail");
+        assert!(decide(&p, &request("GET", "/fine").build()).is_empty());
+        let e = Misbehave::prepare(&binding(), r#"{"failPrepare": true}"#).expect_err("prepared");
+        assert_eq!(e.field, "failPrepare");
+    }
+
+    #[test]
+    #[should_panic(expected = "misbehave: asked to panic")]
+    fn panics_on_panic() {
+        let p: Misbehave = prepare("null");
+        decide(&p, &request("GET", "/panic").build());
+    }
+}

@@ -1,9 +1,11 @@
-//! Test plugin built against the previous step of the policy world,
-//! `wasmgate:policy@0.2.0` (`wit/policy.wit` here is that version, kept as it was), with
-//! wit-bindgen directly rather than the SDK, which follows the current WIT. A 0.2.1 host
-//! must load it: it imports `host@0.2.0` and not `metrics`. It answers `/previous`
+//! Test plugin built against the previous version of the policy world,
+//! `wasmgate:policy@0.2.1` (`wit/policy.wit` here is that version, kept as it was), with
+//! wit-bindgen directly rather than the SDK, which follows the current WIT. 0.3.0 replaced
+//! 0.2's lowered request head and whole-decision answers, so a 0.3 host must refuse it,
+//! naming both versions (the one it found, 0.2.1, and the one it speaks, 0.3.0). It
+//! imports `host@0.2.1` only (not `metrics`). Were it loaded, it would answer `/previous`
 //! itself (with a number from the host's `random-u64`, so the import is really used) and
-//! passes everything else on.
+//! pass everything else on.
 #![allow(unsafe_code)]
 
 wit_bindgen::generate!({
@@ -25,7 +27,7 @@ impl GuestPrepared for Previous {
         log(
             LogLevel::Info,
             &format!(
-                "built against 0.2.0, prepared for {}",
+                "built against 0.2.1, prepared for {}",
                 binding.virtual_service
             ),
         );
@@ -47,7 +49,7 @@ impl GuestPrepared for Previous {
             return Ok(None);
         }
         let body = format!(
-            "built against wasmgate:policy@0.2.0 ({})",
+            "built against wasmgate:policy@0.2.1 ({})",
             random_u64() % 10
         );
         Ok(Some(Decision {

@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Decision, PluginError, Policy, RequestHead, export_policy,
+    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy,
 };
 
 #[derive(Debug)]
@@ -47,17 +47,13 @@ impl Policy for WasiProbe {
         Ok(WasiProbe { report })
     }
 
-    fn on_request(
-        &self,
-        request: &RequestHead,
-        current: Decision,
-    ) -> Result<Option<Decision>, PluginError> {
-        if request.path == "/sleep" {
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        if request.path() == "/sleep" {
             // Blocks in WASI's poll: no Wasm code runs, so only the host's timeout can
             // stop it.
             std::thread::sleep(std::time::Duration::from_secs(30));
         }
-        let report = if request.path == "/env" {
+        let report = if request.path() == "/env" {
             // The environment the host granted, one `NAME=value` per line.
             std::env::vars()
                 .map(|(k, v)| format!("{k}={v}\n"))
@@ -65,8 +61,7 @@ impl Policy for WasiProbe {
         } else {
             self.report.clone()
         };
-        let action = Decision::respond(200, report);
-        Ok(Some(current.with_action(action)))
+        Ok(Edit::respond(200, report))
     }
 }
 

@@ -102,6 +102,7 @@ pub(crate) fn validate(
         }
     }
     let traffic = traffic(spec, &p, r);
+    let capabilities = capabilities(meta, r);
 
     model::WasmPlugin {
         meta: meta.clone(),
@@ -130,10 +131,56 @@ pub(crate) fn validate(
             .map(|s| s.match_labels.clone())
             .unwrap_or_default(),
         traffic,
+        capabilities,
         // Filled in by [`supported`], which knows what `--plugin-host-env` allows.
         env: Vec::new(),
         spec: spec.clone(),
     }
+}
+
+/// The annotation that grants a WasmPlugin host capabilities beyond log, random,
+/// monotonic time and metrics.
+pub const CAPABILITIES: &str = "wasmgate.io/capabilities";
+
+/// [`CAPABILITIES`]: comma- or space-separated grants, `clock`, `state` and
+/// `outbound:<host>` (repeatable; `*.example.com` grants subdomains; a call also needs a
+/// ServiceEntry that defines the host). Unknown grants and malformed hosts are errors naming the annotation.
+fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
+    let mut caps = model::Capabilities::default();
+    let Some(text) = meta.annotations.get(CAPABILITIES) else {
+        return caps;
+    };
+    let p = FieldPath::root("metadata")
+        .key("annotations")
+        .key(CAPABILITIES);
+    for grant in text.split([',', ' ', '\n', '\t']).filter(|g| !g.is_empty()) {
+        match grant.split_once(':') {
+            None if grant == "clock" => caps.clock = true,
+            None if grant == "state" => caps.state = true,
+            Some(("outbound", host)) => {
+                let host = host.to_ascii_lowercase();
+                if host.is_empty()
+                    || !host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
+                {
+                    r.err(
+                        &p,
+                        format!("outbound:{host}: not a host name (write outbound:<host>, no port or scheme)"),
+                    );
+                } else if !caps.outbound.contains(&host) {
+                    caps.outbound.push(host);
+                }
+            }
+            _ => r.err(
+                &p,
+                format!(
+                    "unknown capability {grant:?}: the grants are clock, state and outbound:<host>"
+                ),
+            ),
+        }
+    }
+    caps
 }
 
 /// `match`: Istio's rules for each entry's ports, then where the plugin runs. An entry

@@ -1,0 +1,300 @@
+//! Test plugin for the phases beyond `on-request`: the response and log phases, request
+//! and response bodies, and per-request properties. Several bindings with different
+//! names in one chain show the order the host runs them in and what each sees of the
+//! others. Config (all optional):
+//!
+//! ```json
+//! {"name": "a", "requestBody": 16, "responseBody": 64, "log": true}
+//! ```
+//!
+//! `requestBody` / `responseBody` ask the host to buffer that many bytes; `log` asks for
+//! the log phase. The response phase is always asked for. `name` defaults to `phases`.
+//!
+//! On a request it sets property `phases.<name>` to `seen`, appends its name to property
+//! `phases.order` (comma separated), and sets request header `x-phases-<name>` to the
+//! property named by request header `x-read-property` (`none` without one). When request
+//! header `x-read-body` is its name it answers 200 with the request body it got (`no
+//! body` when none);
+//! otherwise with `x-order` it answers 200 with `phases.order`.
+//!
+//! On a response it sets `x-phases-<name>-status: <status>`; when request header
+//! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
+//! otherwise, with a response-body interest and request header `x-upper`, it replaces the
+//! body with its ASCII uppercase. In the log phase it counts
+//! `phases_logged_total{name,status}`.
+
+use serde::Deserialize;
+use wasmgate_plugin_sdk::metrics::Counter;
+use wasmgate_plugin_sdk::{
+    Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, Request, Response,
+    ResponseEdit, export_policy, parse_config,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    name: String,
+    request_body: Option<u32>,
+    response_body: Option<u32>,
+    log: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "phases".into(),
+            request_body: None,
+            response_body: None,
+            log: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Phases {
+    name: String,
+    interest: Interest,
+    logged: Counter,
+}
+
+/// The property every binding appends its name to.
+pub const ORDER: &str = "phases.order";
+
+fn failed(message: String) -> PluginError {
+    PluginError { message }
+}
+
+impl Policy for Phases {
+    fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
+        let config: Config = parse_config(config)?;
+        if config.name.is_empty() {
+            return Err(ConfigError {
+                field: "name".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        let mut interest = Interest::default().with_response();
+        interest.request_body = config.request_body;
+        interest.response_body = config.response_body;
+        interest.log = config.log;
+        Ok(Phases {
+            name: config.name,
+            interest,
+            logged: Counter::define(
+                "phases_logged_total",
+                "Requests the phases probe saw in the log phase, by binding name and status.",
+                &["name", "status"],
+            )?,
+        })
+    }
+
+    fn interest(&self) -> Interest {
+        self.interest
+    }
+
+    fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        let name = &self.name;
+        request
+            .set_property(&format!("phases.{name}"), Some("seen"))
+            .map_err(failed)?;
+        let order = match request.property(ORDER) {
+            Some(before) => format!("{before},{name}"),
+            None => name.clone(),
+        };
+        request.set_property(ORDER, Some(&order)).map_err(failed)?;
+        if request.header("x-read-body").as_deref() == Some(name.as_str()) {
+            return Ok(match request.body() {
+                Some(body) => Edit::respond(200, body),
+                None => Edit::respond(200, "no body"),
+            });
+        }
+        if request.header("x-order").is_some() {
+            return Ok(Edit::respond(200, order));
+        }
+        let read = request
+            .header("x-read-property")
+            .and_then(|property| request.property(&property));
+        let mut edit = Edit::keep();
+        edit.set_request_header(
+            &format!("x-phases-{name}"),
+            read.as_deref().unwrap_or("none"),
+        );
+        Ok(edit)
+    }
+
+    fn on_response(
+        &self,
+        request: &Request,
+        response: &Response,
+    ) -> Result<ResponseEdit, PluginError> {
+        let name = &self.name;
+        let mut edit = ResponseEdit::default();
+        edit.set_header(
+            &format!("x-phases-{name}-status"),
+            &response.status().to_string(),
+        );
+        if request.header("x-replace").as_deref() == Some(name.as_str()) {
+            edit.replace(418, format!("replaced by {name}"));
+        } else if self.interest.response_body.is_some()
+            && request.header("x-upper").is_some()
+            && let Some(body) = response.body()
+        {
+            edit.body(body.to_ascii_uppercase());
+        }
+        Ok(edit)
+    }
+
+    fn on_log(&self, _request: &Request, entry: &LogEntry) {
+        self.logged
+            .inc(&[self.name.as_str(), &entry.status.to_string()]);
+    }
+}
+
+export_policy!(Phases);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmgate_plugin_sdk::testing::{
+        decide, log, log_entry, prepare, recorded_metrics, request, respond, response, run,
+    };
+    use wasmgate_plugin_sdk::{Action, Decision, Destination, Forward, Header};
+
+    fn answer(edit: &Edit) -> (u16, String) {
+        match &edit.action {
+            Some(Action::Respond(r)) => (r.status, String::from_utf8_lossy(&r.body).into()),
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    fn forwarded() -> Decision {
+        Decision::no_route().with_action(Action::Forward(Forward::to(vec![Destination::new("a")])))
+    }
+
+    #[test]
+    fn interest_follows_the_config() {
+        let p: Phases = prepare("null");
+        assert_eq!(p.interest(), Interest::default().with_response());
+        let p: Phases =
+            prepare(r#"{"name": "a", "requestBody": 16, "responseBody": 64, "log": true}"#);
+        let i = p.interest();
+        assert!(i.response && i.log);
+        assert_eq!((i.request_body, i.response_body), (Some(16), Some(64)));
+        let e = Phases::prepare(&wasmgate_plugin_sdk::testing::binding(), r#"{"name": 1}"#)
+            .expect_err("accepted");
+        assert_eq!(e.field, "name");
+    }
+
+    #[test]
+    fn properties_pass_along_the_chain_in_order() {
+        let a: Phases = prepare(r#"{"name": "a"}"#);
+        let b: Phases = prepare(r#"{"name": "b"}"#);
+        let req = request("GET", "/")
+            .header("x-read-property", ORDER)
+            .decision(forwarded())
+            .build();
+        let edit = decide(&a, &req);
+        assert_eq!(
+            edit.request_headers.map(|m| m.set),
+            Some(vec![Header::new("x-phases-a", "a")])
+        );
+        let d = run(&b, &req);
+        let Action::Forward(f) = d.action else {
+            panic!("not forwarded")
+        };
+        assert_eq!(
+            f.request_headers.map(|m| m.set),
+            Some(vec![Header::new("x-phases-b", "a,b")])
+        );
+        let props = req.properties.borrow();
+        assert_eq!(props.get("phases.a").map(String::as_str), Some("seen"));
+        assert_eq!(props.get("phases.b").map(String::as_str), Some("seen"));
+        assert_eq!(props.get(ORDER).map(String::as_str), Some("a,b"));
+    }
+
+    #[test]
+    fn reads_the_property_named_or_none() {
+        let a: Phases = prepare(r#"{"name": "a"}"#);
+        let header = |req| decide(&a, &req).request_headers.map(|m| m.set);
+        let with = |name| request("GET", "/").header("x-read-property", name);
+        let set = |value| Some(vec![Header::new("x-phases-a", value)]);
+        // Its own, set just before; one an earlier policy set; one nobody set; none asked.
+        assert_eq!(header(with("phases.a").build()), set("seen"));
+        assert_eq!(
+            header(with("claims.sub").property("claims.sub", "alice").build()),
+            set("alice")
+        );
+        assert_eq!(header(with("phases.b").build()), set("none"));
+        assert_eq!(header(request("GET", "/").build()), set("none"));
+    }
+
+    #[test]
+    fn answers_with_the_order_and_the_body() {
+        let a: Phases = prepare(r#"{"name": "a"}"#);
+        let b: Phases = prepare(r#"{"name": "b", "requestBody": 5}"#);
+        let req = request("GET", "/").header("x-order", "1").build();
+        decide(&a, &req);
+        assert_eq!(answer(&decide(&b, &req)), (200, "a,b".into()));
+        let body = |name| request("POST", "/").header("x-read-body", name);
+        assert_eq!(
+            answer(&decide(&b, &body("b").body("hello").build())),
+            (200, "hello".into())
+        );
+        // Over the limit, or without a request-body interest: no body.
+        assert_eq!(
+            answer(&decide(&b, &body("b").body("hello!").build())),
+            (200, "no body".into())
+        );
+        assert_eq!(
+            answer(&decide(&a, &body("a").body("hello").build())),
+            (200, "no body".into())
+        );
+        // Only the binding named answers.
+        assert!(decide(&a, &body("b").body("hello").build()).action.is_none());
+    }
+
+    #[test]
+    fn response_status_replace_and_uppercase() {
+        let a: Phases = prepare(r#"{"name": "a", "responseBody": 8}"#);
+        let req = request("GET", "/").build();
+        let edit = respond(&a, &req, &response(201).body("ok"));
+        assert_eq!(
+            edit.headers.map(|m| m.set),
+            Some(vec![Header::new("x-phases-a-status", "201")])
+        );
+        assert!(edit.replace.is_none() && edit.body.is_none());
+
+        let upper = request("GET", "/").header("x-upper", "1").build();
+        let edit = respond(&a, &upper, &response(200).body("shout"));
+        assert_eq!(edit.body.as_deref(), Some(&b"SHOUT"[..]));
+        // A body over the limit is not seen, so not replaced.
+        let edit = respond(&a, &upper, &response(200).body("far too long"));
+        assert!(edit.body.is_none());
+        // Without a response-body interest the body is left alone.
+        let plain: Phases = prepare(r#"{"name": "a"}"#);
+        assert!(
+            respond(&plain, &upper, &response(200).body("x"))
+                .body
+                .is_none()
+        );
+
+        let replace = request("GET", "/").header("x-replace", "a").build();
+        let edit = respond(&a, &replace, &response(200));
+        let r = edit.replace.expect("replaced");
+        assert_eq!((r.status, r.body), (418, b"replaced by a".to_vec()));
+        let other = request("GET", "/").header("x-replace", "b").build();
+        assert!(respond(&a, &other, &response(200)).replace.is_none());
+    }
+
+    #[test]
+    fn the_log_phase_counts_by_name_and_status() {
+        let a: Phases = prepare(r#"{"name": "a", "log": true}"#);
+        let req = request("GET", "/").build();
+        log(&a, &req, &log_entry(200));
+        log(&a, &req, &log_entry(200));
+        log(&a, &req, &log_entry(503));
+        let m = recorded_metrics();
+        assert_eq!(m.counter("phases_logged_total", &["a", "200"]), 2);
+        assert_eq!(m.counter("phases_logged_total", &["a", "503"]), 1);
+    }
+}

@@ -1,0 +1,355 @@
+//! What a plugin reads of a request and a response: host-owned views behind the WIT
+//! `request` and `response` resources. One [`RequestView`] serves every call of one
+//! request (its chain, then the response and log phases), so a plugin reads the same
+//! head, sees the decision so far, and sees the properties earlier plugins set; each
+//! call gets a handle of its own saying whether it may read the body.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+
+use super::types::{Action, ActionKind, Decision, Edit, Header, HeaderMutation};
+
+/// Most properties one request may carry, their longest name and value.
+pub const MAX_PROPERTIES: usize = 64;
+pub const MAX_PROPERTY_NAME: usize = 128;
+pub const MAX_PROPERTY_VALUE: usize = 4096;
+
+/// A request as the chain's plugins see it.
+#[derive(Debug)]
+pub struct RequestView {
+    pub id: String,
+    pub method: Method,
+    pub scheme: &'static str,
+    pub authority: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub client: IpAddr,
+    pub port: u16,
+    pub sni: Option<String>,
+    /// The whole request body, buffered for the plugins that asked; `None` when none
+    /// asked or it was larger than the largest limit.
+    pub body: Option<Bytes>,
+    state: Mutex<ChainState>,
+}
+
+/// What changes while the chain runs.
+#[derive(Debug)]
+pub struct ChainState {
+    pub gateway: String,
+    pub virtual_service: String,
+    pub decision: Decision,
+    /// Response header operations for a local reply (edits made while the decision was
+    /// not a forward; a forward keeps its own).
+    pub reply_ops: Vec<HeaderMutation>,
+    pub properties: Vec<(String, String)>,
+}
+
+/// The decision a chain starts from.
+pub fn no_route() -> Decision {
+    Decision {
+        route: None,
+        delay_ms: None,
+        action: Action::NoRoute,
+        log_fields: Vec::new(),
+    }
+}
+
+impl RequestView {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        method: Method,
+        scheme: &'static str,
+        authority: String,
+        path: String,
+        query: String,
+        headers: HeaderMap,
+        client: IpAddr,
+        port: u16,
+        sni: Option<String>,
+        body: Option<Bytes>,
+    ) -> Self {
+        RequestView {
+            id,
+            method,
+            scheme,
+            authority,
+            path,
+            query,
+            headers,
+            client,
+            port,
+            sni,
+            body,
+            state: Mutex::new(ChainState {
+                gateway: String::new(),
+                virtual_service: String::new(),
+                decision: no_route(),
+                reply_ops: Vec::new(),
+                properties: Vec::new(),
+            }),
+        }
+    }
+
+    /// The chain's state (never poisoned in practice: nothing panics holding it).
+    pub fn state(&self) -> MutexGuard<'_, ChainState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A chain starts: its names, and the decision back to "no route".
+    pub fn start_chain(&self, gateway: &str, virtual_service: &str) {
+        let mut s = self.state();
+        if s.gateway != gateway {
+            s.gateway = gateway.to_string();
+        }
+        if s.virtual_service != virtual_service {
+            s.virtual_service = virtual_service.to_string();
+        }
+        s.decision = no_route();
+        s.reply_ops.clear();
+    }
+
+    /// The first value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name)
+    }
+
+    pub fn property(&self, name: &str) -> Option<String> {
+        self.state()
+            .properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Set or (with `None`) remove a property, within the limits.
+    pub fn set_property(&self, name: String, value: Option<String>) -> Result<(), String> {
+        let mut s = self.state();
+        let at = s.properties.iter().position(|(n, _)| *n == name);
+        match (value, at) {
+            (None, Some(i)) => {
+                s.properties.swap_remove(i);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (Some(v), at) => {
+                if name.is_empty() || name.len() > MAX_PROPERTY_NAME {
+                    return Err(format!(
+                        "property name of {} bytes (1 to {MAX_PROPERTY_NAME})",
+                        name.len()
+                    ));
+                }
+                if v.len() > MAX_PROPERTY_VALUE {
+                    return Err(format!(
+                        "property {name:?}: {} bytes, over {MAX_PROPERTY_VALUE}",
+                        v.len()
+                    ));
+                }
+                match at {
+                    Some(i) => s.properties[i].1 = v,
+                    None if s.properties.len() >= MAX_PROPERTIES => {
+                        return Err(format!(
+                            "property {name:?}: already {MAX_PROPERTIES} properties"
+                        ));
+                    }
+                    None => s.properties.push((name, v)),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl ChainState {
+    /// Apply a policy's edit, as the WIT says (and the SDK's `Edit::apply` does): route,
+    /// action, pick, delay, then header operations (joined to a forward's own; for any
+    /// other action the response ones are kept for its local reply), then log fields.
+    pub fn apply(&mut self, edit: Edit) {
+        let d = &mut self.decision;
+        if let Some(route) = edit.route {
+            d.route = Some(route);
+        }
+        if let Some(action) = edit.action {
+            d.action = action;
+        }
+        if let (Some(i), Action::Forward(f)) = (edit.pick, &mut d.action)
+            && let Some(i) = usize::try_from(i).ok().filter(|i| *i < f.destinations.len())
+        {
+            let kept = f.destinations.swap_remove(i);
+            f.destinations.clear();
+            f.destinations.push(kept);
+        }
+        if let Some(ms) = edit.delay_ms {
+            d.delay_ms = (ms > 0).then_some(ms);
+        }
+        d.log_fields.extend(edit.log_fields);
+        match &mut d.action {
+            Action::Forward(f) => {
+                join(&mut f.request_headers, edit.request_headers);
+                join(&mut f.response_headers, edit.response_headers);
+            }
+            _ => self.reply_ops.extend(edit.response_headers),
+        }
+    }
+}
+
+fn join(into: &mut Option<HeaderMutation>, more: Option<HeaderMutation>) {
+    let Some(more) = more else { return };
+    match into {
+        Some(m) => {
+            m.set.extend(more.set);
+            m.add.extend(more.add);
+            m.remove.extend(more.remove);
+        }
+        None => *into = Some(more),
+    }
+}
+
+/// Every header of `map`, names lowercase, values as text.
+pub fn all_headers(map: &HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(n, v)| Header {
+            name: n.as_str().to_string(),
+            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        })
+        .collect()
+}
+
+/// The decision in brief.
+pub fn kind(d: &Decision) -> ActionKind {
+    match d.action {
+        Action::NoRoute => ActionKind::NoRoute,
+        Action::Forward(_) => ActionKind::Forward,
+        Action::Redirect(_) => ActionKind::Redirect,
+        Action::Respond(_) => ActionKind::Respond,
+        Action::Abort(_) => ActionKind::Abort,
+    }
+}
+
+/// A response on its way to the client, for the response phase.
+#[derive(Debug, Clone)]
+pub struct ResponseView {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// Buffered for the plugins that asked (and fit).
+    pub body: Option<Bytes>,
+    pub local: bool,
+}
+
+/// The table entry behind one call's `request` handle.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub view: Arc<RequestView>,
+    /// This plugin asked for the body and it fit.
+    pub body: bool,
+}
+
+/// The table entry behind one call's `response` handle.
+#[derive(Debug)]
+pub struct ResponseCtx {
+    pub view: Arc<ResponseView>,
+    pub body: bool,
+}
+
+/// The first value of `name` in `query`, percent-decoded (`+` is a space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .find(|(k, _)| decode(k) == name)
+        .map(|(_, v)| decode(v))
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> RequestView {
+        RequestView::new(
+            "id".into(),
+            Method::GET,
+            "http",
+            "a".into(),
+            "/".into(),
+            "a=1&b=x+y%21&b=2&c".into(),
+            HeaderMap::new(),
+            IpAddr::from([127, 0, 0, 1]),
+            80,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn query_parameters_decode_as_the_sdk_does() {
+        let v = view();
+        assert_eq!(v.query_param("b").as_deref(), Some("x y!"));
+        assert_eq!(v.query_param("c").as_deref(), Some(""));
+        assert_eq!(v.query_param("d"), None);
+        assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+    }
+
+    #[test]
+    fn properties_are_bounded() {
+        let v = view();
+        v.set_property("a".into(), Some("1".into())).expect("set");
+        v.set_property("a".into(), Some("2".into())).expect("overwrite");
+        assert_eq!(v.property("a").as_deref(), Some("2"));
+        assert!(v.set_property(String::new(), Some("x".into())).is_err());
+        assert!(
+            v.set_property("big".into(), Some("x".repeat(MAX_PROPERTY_VALUE + 1)))
+                .is_err()
+        );
+        for i in 1..MAX_PROPERTIES {
+            v.set_property(format!("p{i}"), Some(String::new()))
+                .expect("within the limit");
+        }
+        assert!(v.set_property("one-more".into(), Some(String::new())).is_err());
+        v.set_property("a".into(), None).expect("remove");
+        assert_eq!(v.property("a"), None);
+    }
+}

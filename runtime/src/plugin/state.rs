@@ -1,0 +1,272 @@
+//! The `state` capability: a key-value store per (plugin, namespace) kept by the host,
+//! shared by every instance, kept across traps and across reloads that keep the plugin.
+//! Operations on one key are atomic (a dashmap shard lock is held for each); expiry is
+//! checked on access and swept when the store is full.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+/// Longest key, largest value, most live keys per store.
+pub const MAX_KEY: usize = 256;
+pub const MAX_VALUE: usize = 64 << 10;
+pub const MAX_KEYS: usize = 10_000;
+
+#[derive(Debug)]
+struct Value {
+    bytes: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Value {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
+}
+
+/// One plugin's store in one namespace.
+#[derive(Debug, Default)]
+pub struct KvStore {
+    map: DashMap<String, Value>,
+    /// Keys held (live or expired but not yet removed), kept beside the map so a write
+    /// need not count every shard.
+    held: AtomicUsize,
+}
+
+/// Every store, by (plugin, namespace), for the life of the process.
+#[derive(Debug, Default)]
+pub struct Stores {
+    all: DashMap<(String, String), Arc<KvStore>>,
+}
+
+impl Stores {
+    /// The store of `plugin` in `namespace`, made on first use.
+    pub fn of(&self, plugin: &str, namespace: &str) -> Arc<KvStore> {
+        self.all
+            .entry((plugin.to_string(), namespace.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
+    ttl_ms.map(|ms| now + Duration::from_millis(ms.clamp(1, 10 * 365 * 86_400_000)))
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.len() > MAX_KEY {
+        return Err(format!("key of {} bytes, over {MAX_KEY}", key.len()));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!("value of {} bytes, over {MAX_VALUE}", value.len()));
+    }
+    Ok(())
+}
+
+impl KvStore {
+    pub fn get(&self, key: &str, now: Instant) -> Result<Option<Vec<u8>>, String> {
+        check_key(key)?;
+        Ok(self
+            .map
+            .get(key)
+            .filter(|v| v.live(now))
+            .map(|v| v.bytes.clone()))
+    }
+
+    /// Room for one more key, sweeping expired ones when full.
+    fn room(&self, now: Instant) -> Result<(), String> {
+        if self.held.load(Ordering::Relaxed) < MAX_KEYS {
+            return Ok(());
+        }
+        let before = self.map.len();
+        self.map.retain(|_, v| v.live(now));
+        let after = self.map.len();
+        self.held
+            .fetch_sub(before.saturating_sub(after), Ordering::Relaxed);
+        if after >= MAX_KEYS {
+            return Err(format!("the store is full ({MAX_KEYS} keys)"));
+        }
+        Ok(())
+    }
+
+    fn insert(&self, key: &str, value: Value, now: Instant) -> Result<(), String> {
+        if !self.map.contains_key(key) {
+            self.room(now)?;
+        }
+        if self.map.insert(key.to_string(), value).is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now: Instant,
+    ) -> Result<(), String> {
+        check_key(key)?;
+        check_value(&value)?;
+        let value = Value {
+            bytes: value,
+            expires: expiry(now, ttl_ms),
+        };
+        self.insert(key, value, now)
+    }
+
+    pub fn delete(&self, key: &str, now: Instant) -> Result<bool, String> {
+        check_key(key)?;
+        match self.map.remove(key) {
+            Some((_, v)) => {
+                self.held.fetch_sub(1, Ordering::Relaxed);
+                Ok(v.live(now))
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        now: Instant,
+    ) -> Result<i64, String> {
+        check_key(key)?;
+        if !self.map.contains_key(key) {
+            self.room(now)?;
+        }
+        match self.map.entry(key.to_string()) {
+            Entry::Occupied(mut e) => {
+                let v = e.get_mut();
+                if !v.live(now) {
+                    *v = Value {
+                        bytes: delta.to_le_bytes().to_vec(),
+                        expires: expiry(now, ttl_ms),
+                    };
+                    return Ok(delta);
+                }
+                let bytes: [u8; 8] = v.bytes.as_slice().try_into().map_err(|_| {
+                    format!("key {key:?} holds {} bytes, not a counter", v.bytes.len())
+                })?;
+                let n = i64::from_le_bytes(bytes).wrapping_add(delta);
+                v.bytes = n.to_le_bytes().to_vec();
+                Ok(n)
+            }
+            Entry::Vacant(e) => {
+                e.insert(Value {
+                    bytes: delta.to_le_bytes().to_vec(),
+                    expires: expiry(now, ttl_ms),
+                });
+                self.held.fetch_add(1, Ordering::Relaxed);
+                Ok(delta)
+            }
+        }
+    }
+
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+        now: Instant,
+    ) -> Result<bool, String> {
+        check_key(key)?;
+        if let Some(v) = &value {
+            check_value(v)?;
+        }
+        if value.is_some() && !self.map.contains_key(key) {
+            self.room(now)?;
+        }
+        match self.map.entry(key.to_string()) {
+            Entry::Occupied(mut e) => {
+                let current = Some(e.get()).filter(|v| v.live(now)).map(|v| &v.bytes[..]);
+                if current != expected {
+                    return Ok(false);
+                }
+                match value {
+                    Some(bytes) => {
+                        *e.get_mut() = Value {
+                            bytes,
+                            expires: expiry(now, ttl_ms),
+                        }
+                    }
+                    None => {
+                        e.remove();
+                        self.held.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(true)
+            }
+            Entry::Vacant(e) => {
+                if expected.is_some() {
+                    return Ok(false);
+                }
+                if let Some(bytes) = value {
+                    e.insert(Value {
+                        bytes,
+                        expires: expiry(now, ttl_ms),
+                    });
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_ttl_and_compare_and_swap() {
+        let s = KvStore::default();
+        let t0 = Instant::now();
+        assert_eq!(s.increment("n", 2, Some(1000), t0), Ok(2));
+        assert_eq!(s.increment("n", 3, Some(1), t0), Ok(5), "ttl kept");
+        let later = t0 + Duration::from_millis(1001);
+        assert_eq!(s.get("n", later), Ok(None), "expired");
+        assert_eq!(s.increment("n", 1, None, later), Ok(1), "a fresh counter");
+        s.set("t", b"text".to_vec(), None, t0).expect("set");
+        assert!(s.increment("t", 1, None, t0).is_err(), "not a counter");
+        assert_eq!(s.compare_and_swap("l", None, Some(b"a".to_vec()), None, t0), Ok(true));
+        assert_eq!(s.compare_and_swap("l", None, Some(b"b".to_vec()), None, t0), Ok(false));
+        assert_eq!(s.compare_and_swap("l", Some(b"a"), None, None, t0), Ok(true));
+        assert_eq!(s.get("l", t0), Ok(None));
+        assert_eq!(s.delete("t", t0), Ok(true));
+        assert_eq!(s.delete("t", t0), Ok(false));
+        assert!(s.set(&"k".repeat(MAX_KEY + 1), Vec::new(), None, t0).is_err());
+        assert!(s.set("v", vec![0; MAX_VALUE + 1], None, t0).is_err());
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_keys_until_some_expire() {
+        let s = KvStore::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_KEYS {
+            s.set(&format!("k{i}"), Vec::new(), Some(10), t0).expect("room");
+        }
+        assert!(s.set("one-more", Vec::new(), None, t0).is_err());
+        assert!(s.set("k1", b"x".to_vec(), None, t0).is_ok(), "overwrites fit");
+        let later = t0 + Duration::from_millis(20);
+        assert!(s.set("one-more", Vec::new(), None, later).is_ok(), "swept");
+    }
+
+    #[test]
+    fn stores_are_per_plugin_and_namespace() {
+        let all = Stores::default();
+        assert!(Arc::ptr_eq(&all.of("ns/p", "a"), &all.of("ns/p", "a")));
+        assert!(!Arc::ptr_eq(&all.of("ns/p", "a"), &all.of("ns/p", "b")));
+        assert!(!Arc::ptr_eq(&all.of("ns/p", "a"), &all.of("ns/q", "a")));
+    }
+}

@@ -1,0 +1,103 @@
+//! The request phase: a VirtualService's chain of policies, each reading what it needs
+//! of the request (the decision so far included) and answering with an edit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ProxyError;
+use crate::plugin::types::Action;
+use crate::plugin::{CallError, RequestView, fits};
+use crate::snapshot::Chain;
+use crate::telemetry::trace::Span;
+
+/// Run a chain's policies in order over `view` (its decision starts at "no route"). The
+/// router goes first; when it finds no route the chain ends there (the host tries the
+/// next VirtualService). Fault and traffic split only act on forwards; user plugins see
+/// every routed request, whatever the decision. A plugin whose body interest the body
+/// outgrew is skipped when it fails open and answers 413 when it fails closed. Public
+/// for the benchmarks.
+pub async fn run_chain(
+    chain: &Chain,
+    view: &Arc<RequestView>,
+    mut span: Option<&mut Span>,
+) -> Result<(), ProxyError> {
+    view.start_chain(&chain.gateway, &chain.virtual_service);
+    for (i, link) in chain.links.iter().enumerate() {
+        if !link.ports.is_empty() && !link.ports.contains(&view.port) {
+            continue;
+        }
+        if i > 0 {
+            let state = view.state();
+            match state.decision.action {
+                Action::NoRoute => break,
+                Action::Forward(_) => {}
+                _ if link.builtin => continue,
+                _ => {}
+            }
+        }
+        if let Some(limit) = link.policy.interest().request_body
+            && !fits(Some(limit), view.body.as_ref())
+        {
+            if link.fail_open {
+                tracing::debug!(
+                    plugin = link.policy.plugin_name(),
+                    "skipped (FAIL_OPEN): the request body is over {limit} bytes"
+                );
+                continue;
+            }
+            return Err(ProxyError::PayloadTooLarge {
+                plugin: link.policy.plugin_name().to_string(),
+                limit,
+            });
+        }
+        let timed = (link.stats.is_some() || span.is_some()).then(Instant::now);
+        let called = link.policy.on_request(view).await;
+        if let Some(t0) = timed {
+            let took = t0.elapsed();
+            if let Some(stats) = &link.stats {
+                stats.record(&called, took);
+            }
+            if let Some(span) = span.as_deref_mut() {
+                span.event(link.policy.plugin_name(), took);
+            }
+        }
+        match called {
+            Ok(edit) => view.state().apply(edit),
+            Err(e) => failed(link, e)?,
+        }
+    }
+    Ok(())
+}
+
+/// A failed call: skipped for a FAIL_OPEN plugin, the request's error otherwise.
+pub fn failed(link: &crate::snapshot::Link, e: CallError) -> Result<(), ProxyError> {
+    let plugin = || link.policy.plugin_name().to_string();
+    match e {
+        // The call's task was lost: nothing is known of what it did, even for a
+        // FAIL_OPEN plugin.
+        CallError::Lost(message) => Err(ProxyError::Plugin {
+            plugin: plugin(),
+            message,
+        }),
+        CallError::Quarantined(_) if link.fail_open => {
+            tracing::debug!(
+                plugin = link.policy.plugin_name(),
+                "skipped (FAIL_OPEN): quarantined"
+            );
+            Ok(())
+        }
+        e if link.fail_open => {
+            tracing::warn!(
+                plugin = link.policy.plugin_name(),
+                "skipped (FAIL_OPEN): {e}"
+            );
+            Ok(())
+        }
+        CallError::Unavailable(m) => Err(ProxyError::Overloaded(m)),
+        CallError::Quarantined(_) => Err(ProxyError::Quarantined(plugin())),
+        CallError::Returned(message) | CallError::Trap(message) => Err(ProxyError::Plugin {
+            plugin: plugin(),
+            message,
+        }),
+    }
+}

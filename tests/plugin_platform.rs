@@ -1,0 +1,355 @@
+//! The plugin platform of `wasmgate:policy@0.3.0` through the real binary, with real
+//! plugins built from `plugins/testing/`: the response phase (reverse order, header
+//! changes, a replaced response, a rewritten body), request bodies within and over a
+//! plugin's limit (413 when it fails closed, streamed on when it fails open), per-request
+//! properties, phase and priority order, the log phase, the capabilities a WasmPlugin
+//! grants (state shared by instances and kept across a trap, the wall clock, outbound
+//! calls to a loopback service and the refusal of a host not granted), isolation between
+//! namespaces, and a 0.2 plugin refused naming both versions.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use support::{Echo, Gateway, TempDir, free_port, get, plugins_dir, request, service_entry};
+
+/// A Gateway on `port` and a VirtualService `app` routing every host to `echo.internal`.
+fn routed(dir: &TempDir, port: u16, echo: &Echo) {
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "se.yaml",
+        &service_entry("echo", "echo.internal", 80, &[(echo.port(), &[])]),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: echo.internal}\n",
+    );
+}
+
+/// A WasmPlugin `name` of `url` on VirtualService `app`.
+fn plugin(name: &str, url: &str, extra: &str, config: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: {name}\n{extra}spec:\n  url: {url}\n  targetRefs:\n  - {{group: networking.istio.io, kind: VirtualService, name: app}}\n  pluginConfig: {config}\n"
+    )
+}
+
+/// `phases` bindings: `a` (AUTHN), `b` (no phase) and `c` (AUTHN, priority 10, so
+/// before `a`), with `b` reading response bodies.
+async fn phases_gateway(tag: &str) -> (Gateway, u16, Echo, TempDir, TempDir) {
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    routed(&dir, port, &echo);
+    dir.write(
+        "plugins.yaml",
+        &[
+            plugin("b", "phases.wasm", "", r#"{name: b, responseBody: 4096}"#),
+            plugin(
+                "a",
+                "phases.wasm",
+                "",
+                r#"{name: a, requestBody: 16, log: true}"#,
+            )
+            .replace("spec:\n", "spec:\n  phase: AUTHN\n"),
+            plugin("c", "phases.wasm", "", r#"{name: c}"#)
+                .replace("spec:\n", "spec:\n  phase: AUTHN\n  priority: 10\n"),
+        ]
+        .join("---\n"),
+    );
+    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    (gw, port, echo, dir, plugins)
+}
+
+fn header(reply: &support::Reply, name: &str) -> String {
+    reply
+        .headers
+        .get(name)
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phases_properties_and_order() {
+    let (gw, port, _echo, _dir, _plugins) = phases_gateway("phases").await;
+
+    // Istio's order: AUTHN by priority (c before a), then the rest (b).
+    let reply = get(port, "x", "/", &[("x-order", "1")]).await.expect("reply");
+    assert_eq!(reply.text(), "c,a,b", "{}", gw.log_text());
+
+    // A property set by one plugin is seen by a later one, not by an earlier one; each
+    // plugin's request header reaches the upstream.
+    let reply = get(port, "x", "/", &[("x-read-property", "phases.b")])
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
+    let seen = reply.echo();
+    assert_eq!(seen["headers"]["x-phases-c"], "none");
+    assert_eq!(seen["headers"]["x-phases-b"], "seen");
+    let reply = get(port, "x", "/", &[("x-read-property", "phases.c")])
+        .await
+        .expect("reply");
+    assert_eq!(reply.echo()["headers"]["x-phases-b"], "seen");
+
+    // The response phase runs in reverse: b sees the upstream's 200, then c's view.
+    for name in ["a", "b", "c"] {
+        assert_eq!(header(&reply, &format!("x-phases-{name}-status")), "200");
+    }
+    // b (last on the request, first on the response) replaces the response; a and c,
+    // after it, see the replacement.
+    let reply = get(port, "x", "/", &[("x-replace", "b")]).await.expect("reply");
+    assert_eq!(reply.status.as_u16(), 418);
+    assert_eq!(reply.text(), "replaced by b");
+    assert_eq!(header(&reply, "x-phases-b-status"), "200");
+    assert_eq!(header(&reply, "x-phases-a-status"), "418");
+    assert_eq!(header(&reply, "x-phases-c-status"), "418");
+    // A local reply goes through the response phase too.
+    let reply = get(port, "x", "/", &[("x-order", "1")]).await.expect("reply");
+    assert_eq!(header(&reply, "x-phases-c-status"), "200");
+
+    // b asked for response bodies: it rewrites the upstream's, and the length follows.
+    let reply = get(port, "x", "/", &[("x-upper", "1")]).await.expect("reply");
+    assert!(reply.text().contains("\"UPSTREAM\":\"ECHO\""), "{}", reply.text());
+    assert_eq!(
+        header(&reply, "content-length"),
+        reply.body.len().to_string()
+    );
+
+    // The log phase: a counts every request it saw, once the response is out.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = gw.scrape().await;
+        if text.contains(r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains(r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"name="b""#),
+        "b asked for no log phase: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_within_and_over_a_plugins_limit() {
+    let (gw, port, echo, dir, plugins) = phases_gateway("bodies").await;
+    let post = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        request(port, "POST", "x", "/", headers, Bytes::from_static(body.as_bytes()))
+    };
+    // Within a's 16 bytes: a reads it (and answers with it).
+    let reply = post("sixteen bytes ok", &[("x-read-body", "a")])
+        .await
+        .expect("reply");
+    assert_eq!(reply.text(), "sixteen bytes ok", "{}", gw.log_text());
+    // Over it: a fails closed, so the request gets 413 and never reaches the upstream.
+    let before = echo.hits();
+    let reply = post("seventeen bytes!!", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(echo.hits(), before);
+    // Bodies the plugins do not need go upstream whole.
+    let reply = post("fine", &[]).await.expect("reply");
+    assert_eq!(reply.echo()["body"], "fine");
+    // A response body over b's 4096 bytes fails b, which fails closed.
+    let pad = "p".repeat(5000);
+    let reply = get(port, "x", "/", &[("x-pad", &pad)]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    drop(gw);
+
+    // Failing open, a and b are skipped: the whole body streams on to the upstream and
+    // the whole answer back.
+    let text = std::fs::read_to_string(dir.path().join("plugins.yaml")).expect("read");
+    dir.write(
+        "plugins.yaml",
+        &text.replace("spec:\n", "spec:\n  failStrategy: FAIL_OPEN\n"),
+    );
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let big = "x".repeat(100_000);
+    let reply = request(
+        port,
+        "POST",
+        "x",
+        "/",
+        &[("x-read-body", "a")],
+        Bytes::from(big.clone()),
+    )
+    .await
+    .expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
+    assert_eq!(reply.echo()["body"].as_str().map(str::len), Some(big.len()));
+}
+
+/// The `stateful` plugin on `app` with these capabilities, and `other.internal` (a
+/// ServiceEntry too, but not granted) beside `auth.internal`.
+async fn stateful_gateway(tag: &str, capabilities: &str) -> (Gateway, u16, Echo, TempDir, TempDir) {
+    let echo = Echo::start("auth").await;
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    routed(&dir, port, &echo);
+    dir.write(
+        "se-auth.yaml",
+        &service_entry("auth", "auth.internal", 80, &[(echo.port(), &[])]),
+    );
+    dir.write(
+        "se-other.yaml",
+        &service_entry("other", "other.internal", 80, &[(echo.port(), &[])]),
+    );
+    let annotation = if capabilities.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations:\n    wasmgate.io/capabilities: \"{capabilities}\"\n")
+    };
+    dir.write(
+        "plugins.yaml",
+        &plugin("stateful", "stateful.wasm", &annotation, "{}"),
+    );
+    let plugins = plugins_dir(&[("stateful.wasm", "stateful")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    (gw, port, echo, dir, plugins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_shared_by_instances_and_kept_across_a_trap() {
+    let (gw, port, _echo, _dir, _plugins) =
+        stateful_gateway("state", "state, clock, outbound:auth.internal").await;
+    for n in 1..=3 {
+        let reply = get(port, "x", "/count", &[]).await.expect("reply");
+        assert_eq!(reply.text(), n.to_string(), "{}", gw.log_text());
+    }
+    // The instance traps and is dropped; the count lives in the host.
+    let reply = get(port, "x", "/panic-after-count", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let reply = get(port, "x", "/count", &[]).await.expect("reply");
+    assert_eq!(reply.text(), "5");
+    // Concurrent requests use several instances; no increment is lost.
+    let all: Vec<_> = (0..24)
+        .map(|_| tokio::spawn(async move { get(port, "x", "/count", &[]).await }))
+        .collect();
+    for one in all {
+        let reply = one.await.expect("task").expect("reply");
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let reply = get(port, "x", "/count", &[]).await.expect("reply");
+    assert_eq!(reply.text(), "30");
+    // Compare-and-swap: only the first write of an absent key wins.
+    let first = get(port, "x", "/cas?key=lock&value=me", &[]).await.expect("reply");
+    let second = get(port, "x", "/cas?key=lock&value=you", &[]).await.expect("reply");
+    assert_eq!((first.text(), second.text()), ("true".into(), "false".into()));
+    let reply = get(port, "x", "/get?key=lock", &[]).await.expect("reply");
+    assert_eq!(reply.text(), "me");
+
+    // The wall clock, granted.
+    let reply = get(port, "x", "/clock", &[]).await.expect("reply");
+    let nanos: u128 = reply.text().parse().expect("nanoseconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    assert!(now.abs_diff(nanos) < 60_000_000_000, "{nanos} vs {now}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_reach_granted_hosts_only() {
+    let (gw, port, echo, _dir, _plugins) =
+        stateful_gateway("outbound", "outbound:auth.internal").await;
+    let reply = get(port, "x", "/call?host=auth.internal&path=/check%3Fuser%3D7", &[])
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body).expect("echo JSON");
+    assert_eq!(answer["path"], "/check?user=7");
+    assert_eq!(answer["headers"]["host"], "auth.internal");
+    let hits = echo.hits();
+    // A ServiceEntry alone is not a grant.
+    let reply = get(port, "x", "/call?host=other.internal", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.text().contains("not granted"), "{}", reply.text());
+    assert_eq!(echo.hits(), hits, "the call was sent");
+    // A granted host needs a ServiceEntry as well... here state is not granted.
+    let reply = get(port, "x", "/count", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        reply.text().contains("wasmgate.io/capabilities"),
+        "{}",
+        reply.text()
+    );
+    let reply = get(port, "x", "/clock", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_share_no_state() {
+    let port = free_port();
+    let dir = TempDir::new("namespaces");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    for ns in ["team-a", "team-b"] {
+        dir.write(
+            &format!("vs-{ns}.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  hosts: [\"{ns}.example\"]\n  gateways: [default/gw]\n  http:\n  - directResponse: {{status: 200, body: {{string: ok}}}}\n"
+            ),
+        );
+    }
+    // In the root namespace: bound to every namespace's VirtualServices.
+    dir.write(
+        "plugin.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: stateful\n  namespace: istio-system\n  annotations:\n    wasmgate.io/capabilities: state\nspec:\n  url: stateful.wasm\n",
+    );
+    let plugins = plugins_dir(&[("stateful.wasm", "stateful")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    for n in 1..=3 {
+        let reply = get(port, "team-a.example", "/count", &[]).await.expect("reply");
+        assert_eq!(reply.text(), n.to_string(), "{}", gw.log_text());
+    }
+    let reply = get(port, "team-b.example", "/count", &[]).await.expect("reply");
+    assert_eq!(reply.text(), "1", "team-b saw team-a's state");
+    // A reload that keeps the plugin keeps its state.
+    assert_eq!(gw.reload().await.status, StatusCode::OK);
+    let reply = get(port, "team-a.example", "/count", &[]).await.expect("reply");
+    assert_eq!(reply.text(), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_version_plugin_and_an_unknown_grant_are_refused() {
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new("refused");
+    routed(&dir, port, &echo);
+    dir.write(
+        "plugins.yaml",
+        &plugin("old", "previous-version.wasm", "", "{}"),
+    );
+    let plugins = plugins_dir(&[
+        ("previous-version.wasm", "previous-version"),
+        ("stateful.wasm", "stateful"),
+    ]);
+    let Err(log) = Gateway::try_start(dir.path(), &["--plugins", plugins.arg()]).await else {
+        panic!("a 0.2 plugin loaded");
+    };
+    assert!(
+        log.contains("built against wasmgate:policy@0.2.1, but this wasmgate speaks wasmgate:policy@0.3.0"),
+        "{log}"
+    );
+    dir.write(
+        "plugins.yaml",
+        &plugin(
+            "greedy",
+            "stateful.wasm",
+            "  annotations:\n    wasmgate.io/capabilities: \"state, sockets\"\n",
+            "{}",
+        ),
+    );
+    let Err(log) = Gateway::try_start(dir.path(), &["--plugins", plugins.arg()]).await else {
+        panic!("an unknown capability was accepted");
+    };
+    assert!(
+        log.contains("WasmPlugin default/greedy: metadata.annotations.wasmgate.io/capabilities: unknown capability \"sockets\""),
+        "{log}"
+    );
+}
