@@ -552,16 +552,12 @@ fn request_view(
     port: u16,
     body: Option<Bytes>,
 ) -> RequestView {
-    let pq = req.uri().path_and_query();
-    let path = pq.map_or("/", |p| p.path()).to_string();
-    let query = pq.and_then(|p| p.query()).unwrap_or_default().to_string();
     RequestView::new(
         id.to_string(),
         req.method().clone(),
         scheme,
         authority.to_string(),
-        path,
-        query,
+        req.uri().clone(),
         std::mem::take(req.headers_mut()),
         conn.client.ip(),
         port,

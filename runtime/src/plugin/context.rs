@@ -24,8 +24,8 @@ pub struct RequestView {
     pub method: Method,
     pub scheme: &'static str,
     pub authority: String,
-    pub path: String,
-    pub query: String,
+    /// The request target (normalized); a clone shares its bytes.
+    pub uri: http::Uri,
     pub headers: HeaderMap,
     pub client: IpAddr,
     pub port: u16,
@@ -65,8 +65,7 @@ impl RequestView {
         method: Method,
         scheme: &'static str,
         authority: String,
-        path: String,
-        query: String,
+        uri: http::Uri,
         headers: HeaderMap,
         client: IpAddr,
         port: u16,
@@ -78,8 +77,7 @@ impl RequestView {
             method,
             scheme,
             authority,
-            path,
-            query,
+            uri,
             headers,
             client,
             port,
@@ -128,8 +126,18 @@ impl RequestView {
             .collect()
     }
 
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The query without `?`; empty when there is none.
+    pub fn query(&self) -> &str {
+        self.uri.query().unwrap_or_default()
+    }
+
     pub fn query_param(&self, name: &str) -> Option<String> {
-        query_param(&self.query, name)
+        query_param(self.query(), name)
     }
 
     pub fn property(&self, name: &str) -> Option<String> {
@@ -314,8 +322,7 @@ mod tests {
             Method::GET,
             "http",
             "a".into(),
-            "/".into(),
-            "a=1&b=x+y%21&b=2&c".into(),
+            http::Uri::from_static("/?a=1&b=x+y%21&b=2&c"),
             HeaderMap::new(),
             IpAddr::from([127, 0, 0, 1]),
             80,

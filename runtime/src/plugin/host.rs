@@ -334,11 +334,11 @@ impl types::HostRequest for StoreState {
     }
 
     fn path(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.path.clone())
+        Ok(self.request(&r)?.view.path().to_string())
     }
 
     fn query(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.query.clone())
+        Ok(self.request(&r)?.view.query().to_string())
     }
 
     fn query_param(

@@ -569,6 +569,44 @@ mod tests {
         }
     }
 
+    fn capabilities_of(annotation: &str) -> Result<model::Capabilities, Vec<String>> {
+        let yaml = format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  \
+             name: p\n  annotations:\n    wasmgate.io/capabilities: \"{annotation}\"\n\
+             spec:\n  url: a.wasm\n"
+        );
+        match load_sources_with(&[(PathBuf::from("p.yaml"), yaml)], &LoadOptions::default()) {
+            Ok(c) => Ok(c.wasm_plugins[0].capabilities.clone()),
+            Err(e) => Err(e.0.iter().map(|e| e.message.clone()).collect()),
+        }
+    }
+
+    #[test]
+    fn capabilities_are_granted_by_annotation_and_denied_by_default() {
+        let none = load("  url: a.wasm\n", &LoadOptions::default()).expect("loads");
+        assert_eq!(
+            none.wasm_plugins[0].capabilities,
+            model::Capabilities::default()
+        );
+        assert_eq!(
+            capabilities_of("clock, state outbound:Auth.internal,outbound:*.example.com"),
+            Ok(model::Capabilities {
+                clock: true,
+                state: true,
+                outbound: vec!["auth.internal".into(), "*.example.com".into()],
+            })
+        );
+        assert_eq!(
+            capabilities_of("state, sockets, outbound:http://x"),
+            Err(vec![
+                "unknown capability \"sockets\": the grants are clock, state and outbound:<host>"
+                    .to_string(),
+                "outbound:http://x: not a host name (write outbound:<host>, no port or scheme)"
+                    .to_string(),
+            ])
+        );
+    }
+
     #[test]
     fn match_modes_on_a_gateway() {
         assert_eq!(traffic_of("  url: a.wasm\n"), PluginMatch::Everywhere);
