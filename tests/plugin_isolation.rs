@@ -334,3 +334,123 @@ async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() 
             .contains("default/misbehave (quarantined, ")
     );
 }
+
+/// Past its own instance limit a plugin that fails closed answers 503 `LR`, never lets
+/// the request through unchecked; one that fails open is skipped. The other
+/// VirtualService is untouched either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_at_its_instance_limit_is_never_skipped_when_it_fails_closed() {
+    for (strategy, expected) in [
+        ("FAIL_CLOSE", StatusCode::SERVICE_UNAVAILABLE),
+        ("FAIL_OPEN", StatusCode::OK),
+    ] {
+        let port = free_port();
+        let dir = TempDir::new("instance-limit");
+        two_services(&dir, port, strategy);
+        let plugins = plugins_dir(&[("misbehave.wasm", "misbehave")]);
+        let gw = Gateway::start(
+            dir.path(),
+            &[
+                "--plugins",
+                plugins.arg(),
+                "--plugin-max-instances",
+                "1",
+                "--plugin-time-limit-ms",
+                "1000",
+            ],
+        )
+        .await;
+        // Its one instance spins until the deadline...
+        let busy = tokio::spawn(async move { get(port, "bad.example", "/loop", &[]).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ... so a second call finds no instance.
+        let reply = get(port, "bad.example", "/", &[]).await.expect("reply");
+        assert_eq!(reply.status, expected, "{strategy}: {}", gw.log_text());
+        if strategy == "FAIL_CLOSE" {
+            assert_eq!(reply.text(), "overloaded");
+            assert!(
+                gw.log_text().contains("1 instances alive, its limit (--plugin-max-instances)"),
+                "{}",
+                gw.log_text()
+            );
+        }
+        let good = get(port, "good.example", "/", &[]).await.expect("reply");
+        assert_eq!(good.status, StatusCode::OK);
+        let looped = busy.await.expect("task").expect("reply");
+        assert_eq!(looped.status, if strategy == "FAIL_CLOSE" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        });
+    }
+}
+
+/// The memory all instances of a plugin hold together is bounded: a call that would
+/// take it past `--plugin-memory-total-mib` traps, even below the per-instance limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_instances_share_one_memory_limit() {
+    let port = free_port();
+    let dir = TempDir::new("memory-total");
+    two_services(&dir, port, "FAIL_CLOSE");
+    let plugins = plugins_dir(&[("misbehave.wasm", "misbehave")]);
+    let gw = Gateway::start(
+        dir.path(),
+        &[
+            "--plugins",
+            plugins.arg(),
+            "--plugin-memory-limit-mib",
+            "256",
+            "--plugin-memory-total-mib",
+            "24",
+            "--plugin-time-limit-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let reply = get(port, "bad.example", "/alloc", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        gw.log_text()
+            .contains("the plugin's instances together would hold more than 24 MiB"),
+        "{}",
+        gw.log_text()
+    );
+    // The memory went back with the instance: the next call runs.
+    let reply = get(port, "bad.example", "/", &[]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
+}
+
+/// A plugin's calls together get `--plugin-cpu-ms-per-second`: a call that spins is
+/// stopped once the plugin has used it, well before its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_cpu_per_second_is_bounded() {
+    let port = free_port();
+    let dir = TempDir::new("cpu-budget");
+    two_services(&dir, port, "FAIL_CLOSE");
+    let plugins = plugins_dir(&[("misbehave.wasm", "misbehave")]);
+    let gw = Gateway::start(
+        dir.path(),
+        &[
+            "--plugins",
+            plugins.arg(),
+            "--plugin-cpu-ms-per-second",
+            "50",
+            "--plugin-time-limit-ms",
+            "5000",
+        ],
+    )
+    .await;
+    let t0 = Instant::now();
+    let reply = get(port, "bad.example", "/loop", &[]).await.expect("reply");
+    let took = t0.elapsed();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        gw.log_text()
+            .contains("stopped: the plugin used its CPU for this second"),
+        "{}",
+        gw.log_text()
+    );
+    // Stopped by its plugin's budget (at most two seconds' worth of ticks), not by its
+    // own 5 s deadline.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+}

@@ -142,6 +142,20 @@ pub struct RunArgs {
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub plugin_memory_limit_mib: u64,
+    /// Largest memory all instances of one plugin may hold together, in MiB: past it a
+    /// growing call traps and no new instance is made (503, or skipped when FAIL_OPEN).
+    #[arg(long, default_value_t = (crate::plugin::DEFAULT_MEMORY_TOTAL >> 20) as u64,
+          value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub plugin_memory_total_mib: u64,
+    /// Most instances one plugin may have alive at once.
+    #[arg(long, default_value_t = crate::plugin::DEFAULT_MAX_INSTANCES_PER_PLUGIN,
+          value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub plugin_max_instances: u32,
+    /// CPU one plugin may use per second, all its calls together, in milliseconds (1000
+    /// is one core); past it its calls are refused until the next second. 0: unbounded.
+    #[arg(long, default_value_t = crate::plugin::DEFAULT_CPU_PER_SECOND.as_millis() as u64,
+          value_name = "MS")]
+    pub plugin_cpu_ms_per_second: u64,
     /// Environment variables of wasmgate's own that WasmPlugins may pass to their plugin
     /// with `vmConfig.env[].valueFrom: HOST` (comma-separated or repeated); without it,
     /// `valueFrom: HOST` is a config error.
@@ -303,6 +317,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 .checked_mul(1 << 20)
                 .and_then(|b| usize::try_from(b).ok())
                 .unwrap_or(usize::MAX),
+            memory_total: args
+                .plugin_memory_total_mib
+                .checked_mul(1 << 20)
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(usize::MAX),
+            max_instances_per_plugin: args.plugin_max_instances,
+            cpu_per_second: Duration::from_millis(args.plugin_cpu_ms_per_second),
             compile_cache: match args.compile_cache {
                 Some(dir) if dir.as_os_str() == "off" => None,
                 Some(dir) => Some(dir),

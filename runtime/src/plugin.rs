@@ -14,6 +14,7 @@
 
 mod bindings;
 pub mod breaker;
+pub mod budget;
 pub mod builtin;
 pub mod context;
 pub mod diskcache;
@@ -50,6 +51,13 @@ pub use load::{WIT_PACKAGE, is_component};
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(100);
 /// The largest linear memory one plugin instance may grow to.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+/// Instances one plugin may have alive at once, by default: far more than calls run at
+/// once on a gateway's few threads, even with outbound calls waiting.
+pub const DEFAULT_MAX_INSTANCES_PER_PLUGIN: u32 = 256;
+/// Memory all instances of one plugin may hold together, by default.
+pub const DEFAULT_MEMORY_TOTAL: usize = 512 << 20;
+/// CPU one plugin may use per second, by default: one core.
+pub const DEFAULT_CPU_PER_SECOND: Duration = Duration::from_secs(1);
 /// Epoch tick: the deadline's resolution, and the slice a call may run on its request's
 /// thread (between one and two ticks) before it moves to the slow lane.
 const TICK: Duration = Duration::from_millis(1);
@@ -158,6 +166,11 @@ struct HostInner {
     stores: state::Stores,
     /// Where granted outbound calls go ([`PluginHost::send_outbound_with`]).
     outbound: std::sync::RwLock<Option<Arc<dyn OutboundClient>>>,
+    /// Each plugin's instances, memory and CPU, by name, kept across reloads.
+    budgets: DashMap<String, Arc<budget::Budget>>,
+    max_instances_per_plugin: u32,
+    memory_total: usize,
+    cpu_ticks: u32,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -172,8 +185,14 @@ pub struct HostSettings {
     pub random_seed: Option<u64>,
     pub call_budget: Duration,
     pub memory_limit: usize,
-    /// Most plugin instances alive at once, across all bindings.
+    /// Most plugin instances alive at once, across all plugins (the engine's pool).
     pub max_instances: u32,
+    /// Most instances one plugin may have alive at once (all its namespaces).
+    pub max_instances_per_plugin: u32,
+    /// Most linear memory all instances of one plugin may hold together.
+    pub memory_total: usize,
+    /// CPU one plugin's calls may use per second, all together; zero: unbounded.
+    pub cpu_per_second: Duration,
     /// Keep compiled components here between runs ([`diskcache`]); `None` compiles
     /// every time.
     pub compile_cache: Option<std::path::PathBuf>,
@@ -190,6 +209,9 @@ impl Default for HostSettings {
             call_budget: DEFAULT_CALL_BUDGET,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             max_instances: 1000,
+            max_instances_per_plugin: DEFAULT_MAX_INSTANCES_PER_PLUGIN,
+            memory_total: DEFAULT_MEMORY_TOTAL,
+            cpu_per_second: DEFAULT_CPU_PER_SECOND,
             compile_cache: None,
             breaker_failures: DEFAULT_FAILURES,
             breaker_cooldown: DEFAULT_COOLDOWN,
@@ -249,6 +271,11 @@ impl PluginHost {
                 metrics: ArcSwap::from_pointee(metrics::Registry::new(true)),
                 stores: state::Stores::default(),
                 outbound: std::sync::RwLock::new(None),
+                budgets: DashMap::new(),
+                max_instances_per_plugin: settings.max_instances_per_plugin,
+                memory_total: settings.memory_total,
+                cpu_ticks: u32::try_from(settings.cpu_per_second.as_millis() / TICK.as_millis())
+                    .unwrap_or(u32::MAX),
             }),
         })
     }
@@ -376,9 +403,22 @@ impl PluginHost {
         env: Vec<(String, String)>,
         grants: Grants,
     ) -> PolicyPool {
+        let budget = self
+            .inner
+            .budgets
+            .entry(plugin.name().to_string())
+            .or_insert_with(|| {
+                Arc::new(budget::Budget::new(
+                    self.inner.max_instances_per_plugin,
+                    self.inner.memory_total,
+                    self.inner.cpu_ticks,
+                ))
+            })
+            .clone();
         PolicyPool {
             inner: Arc::new(PoolInner {
                 host: self.clone(),
+                budget,
                 plugin: plugin.clone(),
                 idle: Mutex::new(Vec::new()),
                 next_binding: AtomicU32::new(0),
@@ -524,6 +564,8 @@ impl std::fmt::Debug for PolicyPool {
 
 struct PoolInner {
     host: PluginHost,
+    /// The plugin's instances, memory and CPU, shared with its other pools.
+    budget: Arc<budget::Budget>,
     plugin: CompiledPlugin,
     idle: Mutex<Vec<Slot>>,
     next_binding: AtomicU32,
@@ -708,6 +750,9 @@ async fn call_once(
     phase: Phase,
 ) -> (Result<Answer, CallError>, bool) {
     let pool = &binding.pool.inner;
+    if let Err(why) = pool.budget.may_run() {
+        return (Err(CallError::Unavailable(why)), false);
+    }
     let mut slot = match pool.take() {
         Some(slot) => slot,
         None => {
@@ -798,6 +843,10 @@ async fn call_once(
             Err(CallError::Returned(e.message))
         }
         // The instance's state is unknown after a trap: it is dropped here.
+        Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Trap(
+            "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)"
+                .into(),
+        )),
         Err(trap) => Err(CallError::Trap(trap)),
     };
     (result, ran_long)
@@ -836,10 +885,11 @@ impl PoolInner {
     /// A new instance, counted in the pool metrics of `metrics`' plugin.
     async fn new_slot(&self, metrics: &Arc<metrics::PluginMetrics>) -> Result<Slot, String> {
         let host = &self.host.inner;
+        let limits = self.budget.admit(host.memory_limit)?;
         let state = StoreState::new(
             self.plugin.name(),
             host.random.clone(),
-            host.memory_limit,
+            limits,
             &self.env,
             self.grants.clone(),
         );

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -23,6 +22,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::wasmgate::policy::{clock, host, metrics, outbound, state, types};
 use super::context::{self, RequestCtx, ResponseCtx};
+use super::budget::Limiter;
 use super::metrics::{Definition, PluginMetrics};
 use super::state::KvStore;
 use super::{OutboundAnswer, OutboundCall, OutboundClient};
@@ -63,7 +63,8 @@ fn denied(capability: &str) -> String {
 
 /// The data of one plugin instance's store.
 pub struct StoreState {
-    pub limits: StoreLimits,
+    /// The instance's memory, counted in its plugin's [`super::budget::Budget`].
+    pub limits: Limiter,
     wasi: WasiCtx,
     table: ResourceTable,
     plugin: Arc<str>,
@@ -72,6 +73,8 @@ pub struct StoreState {
     deadline: Instant,
     /// Epoch ticks the current call has seen (see [`StoreState::on_tick`]).
     ticks: u32,
+    /// The current call was stopped because its plugin spent its CPU for this second.
+    out_of_cpu: bool,
     /// The metrics of the binding being called (set per call; every binding of an
     /// instance belongs to one plugin, so this rarely changes).
     metrics: Option<Arc<PluginMetrics>>,
@@ -87,7 +90,7 @@ impl StoreState {
     pub fn new(
         plugin: &str,
         random: Random,
-        memory_limit: usize,
+        limits: Limiter,
         env: &[(String, String)],
         grants: Grants,
     ) -> Self {
@@ -102,17 +105,14 @@ impl StoreState {
             .allow_udp(false)
             .build();
         StoreState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(64)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits,
             wasi,
             table: ResourceTable::new(),
             plugin,
             random,
             deadline: Instant::now(),
             ticks: 0,
+            out_of_cpu: false,
             metrics: None,
             defining: false,
             log_budget,
@@ -190,6 +190,12 @@ impl StoreState {
     pub fn start_call(&mut self, budget: std::time::Duration) {
         self.deadline = Instant::now() + budget;
         self.ticks = 0;
+        self.out_of_cpu = false;
+    }
+
+    /// Was the last call stopped for its plugin's CPU per second?
+    pub fn out_of_cpu(&self) -> bool {
+        self.out_of_cpu
     }
 
     /// An epoch tick reached the running call: stop it once its budget is spent; let it
@@ -197,7 +203,10 @@ impl StoreState {
     /// tick must not leave its thread); yield at every later one.
     pub fn on_tick(&mut self) -> Tick {
         self.ticks = self.ticks.saturating_add(1);
-        if Instant::now() >= self.deadline {
+        if !self.limits.budget().tick() {
+            self.out_of_cpu = true;
+            Tick::Stop
+        } else if Instant::now() >= self.deadline {
             Tick::Stop
         } else if self.ticks == 1 {
             Tick::Continue
