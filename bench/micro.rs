@@ -6,6 +6,12 @@
 //! Under `cargo test` (no `--bench` flag) every case runs a handful of iterations, so the
 //! benchmark cannot rot unnoticed: it must still build the snapshot and route correctly.
 //!
+//! The proxy builds one [`RequestView`] per request (`proxy::request_view`: the request's
+//! headers move in, the rest is copied) and the chain runs over it; so does each chain
+//! case here, whose time includes building the view and taking the decision and the
+//! headers back out of it, as the proxy does. A single policy call is timed over a view
+//! built once, as the chain before it left it.
+//!
 //! `cargo bench -p wasmgate -- metrics` times what recording one request's metrics costs
 //! (`--metrics on` against `off`, the same steps the proxy takes); `bench/run.py
 //! --scenarios metrics` shows the same on the whole gateway.
@@ -17,11 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
+use wasmgate::plugin::context::no_route;
 use wasmgate::plugin::types::{Action, Decision};
-use wasmgate::plugin::{CallError, HostSettings, PluginHost};
-use wasmgate::proxy::headers::{HeadParts, request_head};
+use wasmgate::plugin::{CallError, HostSettings, PluginHost, RequestView};
 use wasmgate::proxy::run_chain;
 use wasmgate::snapshot::{Chain, CompileCache, PluginSources, Snapshot};
 use wasmgate::telemetry::metrics::{Metrics, RequestStats};
@@ -108,45 +114,66 @@ fn routes(snapshot: &Snapshot) -> &wasmgate::snapshot::listeners::HttpRoutes {
         .expect("bench listener")
 }
 
+/// wrk's request as the proxy holds it when the chain runs. Its headers are moved into
+/// each view and back out, as the proxy moves them: no copy of the bench's own.
 struct Request {
-    method: &'static str,
-    path: String,
-    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+    headers: RefCell<HeaderMap>,
 }
 
 impl Request {
     fn get(path: &str) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert("user-agent", http::HeaderValue::from_static("wrk"));
-        headers.insert("accept", http::HeaderValue::from_static("*/*"));
         Request {
-            method: "GET",
-            path: path.to_string(),
-            headers,
+            method: Method::GET,
+            uri: path.parse().expect("a request target"),
+            headers: RefCell::new(wrk_headers()),
         }
     }
 
-    fn parts(&self) -> HeadParts<'_> {
-        HeadParts {
-            id: "5f0b8d4e-7c1a-4d8e-9a57-3f1f2b8c9d10",
-            method: self.method,
-            scheme: "http",
-            authority: "bench.local",
-            path: &self.path,
-            query: "",
-            headers: &self.headers,
-            port: PORT,
-        }
+    /// The request's view, built as `proxy::request_view` builds one per request.
+    fn view(&self) -> Arc<RequestView> {
+        let headers = std::mem::take(&mut *self.headers.borrow_mut());
+        Arc::new(RequestView::new(
+            "5f0b8d4e-7c1a-4d8e-9a57-3f1f2b8c9d10".to_string(),
+            self.method.clone(),
+            "http",
+            "bench.local".to_string(),
+            self.uri.clone(),
+            headers,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            PORT,
+            None,
+            None,
+        ))
+    }
+
+    /// The chain is done with `view`: its decision is taken and its headers go back into
+    /// the request, as `proxy::serve` does when no later phase keeps the view.
+    fn done(&self, view: Arc<RequestView>) -> Decision {
+        let decision = std::mem::replace(&mut view.state().decision, no_route());
+        *self.headers.borrow_mut() = match Arc::try_unwrap(view) {
+            Ok(v) => v.headers,
+            Err(shared) => shared.headers.clone(),
+        };
+        decision
+    }
+
+    /// One request through `chain`, view included: what the proxy does per request
+    /// before acting on the decision.
+    async fn route(&self, chain: &Chain) -> Decision {
+        let view = self.view();
+        run_chain(chain, &view, None).await.expect("chain runs");
+        self.done(view)
     }
 }
 
-fn no_route() -> Decision {
-    Decision {
-        route: None,
-        delay_ms: None,
-        action: Action::NoRoute,
-        log_fields: Vec::new(),
-    }
+/// What wrk sends besides the request line and `Host`.
+fn wrk_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", http::HeaderValue::from_static("wrk"));
+    headers.insert("accept", http::HeaderValue::from_static("*/*"));
+    headers
 }
 
 /// Timing loop: `samples` samples of `iters` iterations each.
@@ -234,49 +261,39 @@ async fn benches(b: Bencher) {
     let snap = snapshot(&host, &[gateway(), REALISTIC.to_string()], &off).await;
     let realistic = chain(&snap);
     let req = Request::get("/bench/item");
-    let parts = req.parts();
-    let routed = run_chain(&realistic, &parts, None)
-        .await
-        .expect("chain runs");
+    let routed = req.route(&realistic).await;
     assert!(
         matches!(&routed.action, Action::Forward(f) if f.destinations.len() == 1),
         "the realistic chain forwards to one destination: {routed:?}"
     );
+    // Each policy sees the decision the links before it made: one view goes along the
+    // chain, each call timed over it before its edit is applied. A call only reads the
+    // view (the edit it returns is applied by the chain), so every iteration sees the same.
     let names = ["router", "fault", "traffic-split"];
-    let mut current = no_route();
+    let view = req.view();
+    view.start_chain(&realistic.names);
     for (link, name) in realistic.links.iter().zip(names) {
         assert!(link.policy.plugin_name().ends_with(name), "chain order");
-        let head = request_head(
-            &parts,
-            &link.interest,
-            &realistic.gateway,
-            &realistic.virtual_service,
-        );
-        let input = current.clone();
         b.run(&format!("policy call: {name}"), || async {
-            black_box(
-                link.policy
-                    .on_request(&head, &input)
-                    .await
-                    .expect("policy call"),
-            );
+            black_box(link.policy.on_request(&view).await.expect("policy call"));
         })
         .await;
-        if let Some(next) = link.policy.on_request(&head, &current).await.expect("call") {
-            current = next;
-        }
+        let edit = link.policy.on_request(&view).await.expect("call");
+        view.state().apply(edit);
     }
+    let walked = req.done(view);
+    assert!(
+        matches!(&walked.action, Action::Forward(f) if f.destinations.len() == 1)
+            && walked.route.as_ref().map(|r| r.index) == routed.route.as_ref().map(|r| r.index),
+        "the calls one by one decide as the chain does: {walked:?}"
+    );
     b.run("chain: router+fault+split (10 rules)", || async {
-        black_box(run_chain(&realistic, &parts, None).await.expect("chain"));
+        black_box(req.route(&realistic).await);
     })
     .await;
-    b.run("request head: build (no headers)", || async {
-        black_box(request_head(
-            &parts,
-            &realistic.links[0].interest,
-            &realistic.gateway,
-            &realistic.virtual_service,
-        ));
+    // The view's share of each chain case: built, its decision and headers taken back.
+    b.run("request view: build and take back", || async {
+        black_box(req.done(black_box(req.view())));
     })
     .await;
 
@@ -290,7 +307,7 @@ async fn benches(b: Bencher) {
     let with_plugin = chain(&plugin);
     assert_eq!(with_plugin.links.len(), 4, "add-headers joins the chain");
     b.run("chain: + add-headers user plugin", || async {
-        black_box(run_chain(&with_plugin, &parts, None).await.expect("chain"));
+        black_box(req.route(&with_plugin).await);
     })
     .await;
     drop(plugin);
@@ -300,23 +317,24 @@ async fn benches(b: Bencher) {
         let snap = snapshot(&host, &[gateway(), scaled(n)], &off).await;
         let c = chain(&snap);
         let req = Request::get(&format!("/svc/{}", n - 1));
-        let parts = req.parts();
-        let d = run_chain(&c, &parts, None).await.expect("chain");
+        let d = req.route(&c).await;
         assert_eq!(
             d.route.as_ref().map(|r| r.index as usize),
             Some(n - 1),
             "the last route matches"
         );
         let router = &c.links[0];
-        let head = request_head(&parts, &router.interest, &c.gateway, &c.virtual_service);
-        let empty = no_route();
+        // The router sees no route so far, as the first link of every chain does.
+        let view = req.view();
+        view.start_chain(&c.names);
         b.run(
             &format!("route matching: {n} routes (router call)"),
             || async {
-                black_box(router.policy.on_request(&head, &empty).await.expect("call"));
+                black_box(router.policy.on_request(&view).await.expect("call"));
             },
         )
         .await;
+        req.done(view);
     }
 
     b.run("virtual host lookup", || async {
@@ -324,7 +342,7 @@ async fn benches(b: Bencher) {
     })
     .await;
 
-    metrics_cases(&b, &host, &parts).await;
+    metrics_cases(&b, &host, &req).await;
 }
 
 /// What `--metrics on` adds to one request of scenario 1 (router, fault, split), step
@@ -334,7 +352,7 @@ async fn benches(b: Bencher) {
 /// which wraps the body (every response is wrapped, unboxed); and the body sent to its end, when Istio's
 /// request metrics and the route's are recorded. The baseline is what the response
 /// costs either way (its boxed body polled to the end); `on − off` is the price.
-async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
+async fn metrics_cases(b: &Bencher, host: &PluginHost, req: &Request) {
     const ON: &str = "metrics on: record one request";
     const OFF: &str = "metrics off: the same response, not recorded";
     const CHAIN: &str = "metrics on: chain router+fault+split";
@@ -344,7 +362,7 @@ async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
     let metrics = Arc::new(Metrics::new(true, "bench", "bench"));
     let snap = snapshot(host, &[gateway(), REALISTIC.to_string()], &metrics).await;
     let chain = chain(&snap);
-    let routed = run_chain(&chain, parts, None).await.expect("chain runs");
+    let routed = req.route(&chain).await;
     let route = routed
         .route
         .as_ref()
@@ -371,9 +389,7 @@ async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
     // wrk's request and the origin's response, as they cross the gateway.
     let mut request = http::Request::new(());
     *request.uri_mut() = http::Uri::from_static("/bench/item");
-    request
-        .headers_mut()
-        .extend(Request::get("/bench/item").headers);
+    request.headers_mut().extend(wrk_headers());
     request
         .headers_mut()
         .insert("host", http::HeaderValue::from_static("bench.local"));
@@ -438,7 +454,7 @@ async fn metrics_cases(b: &Bencher, host: &PluginHost, parts: &HeadParts<'_>) {
     let calls = || plugins[0].calls.load(Ordering::Relaxed);
     let before = calls();
     b.run(CHAIN, || async {
-        black_box(run_chain(&chain, parts, None).await.expect("chain"));
+        black_box(req.route(&chain).await);
     })
     .await;
     if b.selected(CHAIN) {

@@ -1,8 +1,8 @@
-//! Metrics that plugins define (`wasmgate:policy/metrics`, WIT 0.2.1), through the real
+//! Metrics that plugins define (`wasmgate:policy/metrics`, WIT 0.3.0), through the real
 //! binary: a plugin's counter and histogram on `/stats/prometheus` as
 //! `wasmgate_plugin_<name>{plugin="<ns>/<name>",...}` with the values and labels of the
-//! requests sent, valid for `promtool`; series that survive a reload; the cap on label
-//! sets; and a plugin built against WIT 0.2.0 loading beside them.
+//! requests sent, valid for `promtool`; series that survive a reload; and the cap on
+//! label sets.
 
 mod support;
 
@@ -28,15 +28,6 @@ spec:
   url: metrics-probe.wasm
   targetRefs:
   - {group: networking.istio.io, kind: VirtualService, name: app}
----
-apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata: {name: previous, namespace: default}
-spec:
-  url: previous-version.wasm
-  phase: AUTHN
-  targetRefs:
-  - {group: networking.istio.io, kind: VirtualService, name: app}
 "#,
     );
 }
@@ -45,10 +36,7 @@ async fn start(tag: &str) -> (Gateway, u16, TempDir, TempDir) {
     let port = free_port();
     let dir = TempDir::new(tag);
     config(&dir, port);
-    let plugins = plugins_dir(&[
-        ("metrics-probe.wasm", "metrics-probe"),
-        ("previous-version.wasm", "previous-version"),
-    ]);
+    let plugins = plugins_dir(&[("metrics-probe.wasm", "metrics-probe")]);
     let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
     (gw, port, dir, plugins)
 }
@@ -85,17 +73,6 @@ async fn a_plugins_counter_and_histogram_are_on_stats_prometheus() {
         StatusCode::OK
     );
     assert_eq!(send(port, "GET", "/", None).await, StatusCode::OK);
-    // The 0.2.0 plugin (AUTHN, before the probe) answers this path; the probe still
-    // sees the request, as user plugins see every routed request.
-    let r = get(port, "app.example.com", "/previous", &[])
-        .await
-        .expect("request");
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(
-        r.text().starts_with("built against wasmgate:policy@0.2.0"),
-        "{}",
-        r.text()
-    );
     // Misuse is an error value or a dropped update, never a failed request.
     let r = get(port, "app.example.com", "/define", &[])
         .await
@@ -114,24 +91,24 @@ async fn a_plugins_counter_and_histogram_are_on_stats_prometheus() {
             "# HELP wasmgate_plugin_requests_total Requests the probe saw, by method and tenant.",
             "# TYPE wasmgate_plugin_requests_total counter",
             &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"a\"}} 3"),
-            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"none\"}} 2"),
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"none\"}} 1"),
             &format!("wasmgate_plugin_requests_total{{{probe},method=\"POST\",tenant=\"b\"}} 1"),
             "# HELP wasmgate_plugin_path_bytes Length of the request path, in bytes.",
             "# TYPE wasmgate_plugin_path_bytes histogram",
-            // GET: /items x3 (6 bytes), / (1), /previous (9), /arity (6).
+            // GET: /items x3 (6 bytes), / (1), /arity (6); /define answers before observing.
             &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"1\"}} 1"),
             &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"4\"}} 1"),
-            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"16\"}} 6"),
-            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"64\"}} 6"),
-            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"+Inf\"}} 6"),
-            &format!("wasmgate_plugin_path_bytes_sum{{{probe},method=\"GET\"}} 34"),
-            &format!("wasmgate_plugin_path_bytes_count{{{probe},method=\"GET\"}} 6"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"16\"}} 5"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"64\"}} 5"),
+            &format!("wasmgate_plugin_path_bytes_bucket{{{probe},method=\"GET\",le=\"+Inf\"}} 5"),
+            &format!("wasmgate_plugin_path_bytes_sum{{{probe},method=\"GET\"}} 25"),
+            &format!("wasmgate_plugin_path_bytes_count{{{probe},method=\"GET\"}} 5"),
             &format!("wasmgate_plugin_path_bytes_count{{{probe},method=\"POST\"}} 1"),
             &format!(
                 "wasmgate_plugin_metric_updates_dropped_total{{{probe},reason=\"label_count\"}} 1"
             ),
-            // The plugin's calls, as for every plugin.
-            "wasmgate_plugin_calls_total{plugin=\"default/previous\",virtual_service=\"default/app\"} 8",
+            // The plugin's calls, as for every plugin: the seven requests above.
+            &format!("wasmgate_plugin_calls_total{{{probe},virtual_service=\"default/app\"}} 7"),
         ],
     );
     assert!(!text.contains("late_total"), "{text}");

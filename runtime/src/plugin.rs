@@ -727,7 +727,8 @@ enum Phase {
     Log(types::LogEntry),
 }
 
-/// What a call answered.
+/// What a call answered. Lives for one call on the stack: not worth a box per call.
+#[allow(clippy::large_enum_variant)]
 enum Answer {
     Request(types::Edit),
     Response(types::ResponseEdit),

@@ -24,6 +24,7 @@ use wasmgate_config::{
 
 use crate::plugin::builtin;
 use crate::plugin::types::{Binding, Header, HeaderMutation};
+use crate::plugin::context::ChainNames;
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
 use crate::telemetry::overrides::{self, TraceBase};
@@ -70,6 +71,8 @@ pub struct Chain {
     pub namespace: String,
     /// `namespace/name` of the Gateway.
     pub gateway: String,
+    /// Both names, as the chain's plugins read them.
+    pub names: Arc<ChainNames>,
     pub links: Vec<Link>,
     /// Each `http` route's `headers.response` operations, by index: the proxy applies
     /// them to the replies a route makes itself (direct responses, redirects, aborts),
@@ -529,6 +532,10 @@ impl Snapshot {
                 let wants = Wants::of(&links);
                 let chain = Chain {
                     wants,
+                    names: Arc::new(ChainNames {
+                        gateway: via.name(),
+                        virtual_service: vs_name.clone(),
+                    }),
                     virtual_service: vs_name.clone(),
                     namespace: vs.meta.id.namespace.clone(),
                     gateway: via.name(),
@@ -596,6 +603,10 @@ impl Snapshot {
                                         .enabled
                                         .then(|| metrics.plugin(router.name(), &name)),
                                 )],
+                                names: Arc::new(ChainNames {
+                                    gateway: mesh::MESH.to_string(),
+                                    virtual_service: name.clone(),
+                                }),
                                 virtual_service: name,
                                 namespace: se.meta.id.namespace.clone(),
                                 gateway: mesh::MESH.to_string(),

@@ -36,11 +36,19 @@ pub struct RequestView {
     state: Mutex<ChainState>,
 }
 
+/// Whose chain runs: shared by the chain and every request it serves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChainNames {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// `namespace/name` of the VirtualService.
+    pub virtual_service: String,
+}
+
 /// What changes while the chain runs.
 #[derive(Debug)]
 pub struct ChainState {
-    pub gateway: String,
-    pub virtual_service: String,
+    pub names: Arc<ChainNames>,
     pub decision: Decision,
     /// Response header operations for a local reply (edits made while the decision was
     /// not a forward; a forward keeps its own).
@@ -84,8 +92,7 @@ impl RequestView {
             sni,
             body,
             state: Mutex::new(ChainState {
-                gateway: String::new(),
-                virtual_service: String::new(),
+                names: Arc::default(),
                 decision: no_route(),
                 reply_ops: Vec::new(),
                 properties: Vec::new(),
@@ -99,14 +106,9 @@ impl RequestView {
     }
 
     /// A chain starts: its names, and the decision back to "no route".
-    pub fn start_chain(&self, gateway: &str, virtual_service: &str) {
+    pub fn start_chain(&self, names: &Arc<ChainNames>) {
         let mut s = self.state();
-        if s.gateway != gateway {
-            s.gateway = gateway.to_string();
-        }
-        if s.virtual_service != virtual_service {
-            s.virtual_service = virtual_service.to_string();
-        }
+        s.names = names.clone();
         s.decision = no_route();
         s.reply_ops.clear();
     }

@@ -387,11 +387,11 @@ impl types::HostRequest for StoreState {
     }
 
     fn gateway(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.state().gateway.clone())
+        Ok(self.request(&r)?.view.state().names.gateway.clone())
     }
 
     fn virtual_service(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.state().virtual_service.clone())
+        Ok(self.request(&r)?.view.state().names.virtual_service.clone())
     }
 
     fn body(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<Vec<u8>>> {

@@ -21,7 +21,7 @@ pub async fn run_chain(
     view: &Arc<RequestView>,
     mut span: Option<&mut Span>,
 ) -> Result<(), ProxyError> {
-    view.start_chain(&chain.gateway, &chain.virtual_service);
+    view.start_chain(&chain.names);
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
             continue;
