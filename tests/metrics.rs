@@ -1087,3 +1087,41 @@ async fn access_log_off_writes_no_lines() {
     assert!(log.contains("ready"), "the log is written: {log}");
     assert!(gw.access_lines().is_empty(), "{log}");
 }
+
+/// Fault injection and traffic splitting are called only for requests whose route has a
+/// fault or several destinations, as Envoy applies per-route filter config: their call
+/// counts say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_and_split_are_called_only_for_routes_that_have_them() {
+    let echo = Echo::start("app").await;
+    let port = free_port();
+    let dir = TempDir::new("per-route");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "se.yaml",
+        &format!(
+            "{}---\n{}",
+            service_entry("a", "a.internal", 80, &[(echo.port(), &[])]),
+            service_entry("b", "b.internal", 80, &[(echo.port(), &[])])
+        ),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /fault}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: a.internal}}]\n  - match: [{uri: {prefix: /split}}]\n    route:\n    - {destination: {host: a.internal}, weight: 50}\n    - {destination: {host: b.internal}, weight: 50}\n  - route: [{destination: {host: a.internal}}]\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    for (path, n, status) in [("/plain", 3, 200), ("/fault", 1, 418), ("/split", 2, 200)] {
+        for _ in 0..n {
+            let r = support::get(port, "x", path, &[]).await.expect("request");
+            assert_eq!(r.status.as_u16(), status, "{path}: {}", gw.log_text());
+        }
+    }
+    let text = gw.scrape().await;
+    for line in [
+        "wasmgate_plugin_calls_total{plugin=\"wasmgate/router\",virtual_service=\"default/app\"} 6",
+        "wasmgate_plugin_calls_total{plugin=\"wasmgate/fault\",virtual_service=\"default/app\"} 1",
+        "wasmgate_plugin_calls_total{plugin=\"wasmgate/traffic-split\",virtual_service=\"default/app\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}

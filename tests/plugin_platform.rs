@@ -200,6 +200,11 @@ async fn stateful_gateway(tag: &str, capabilities: &str) -> (Gateway, u16, Echo,
         "se-other.yaml",
         &service_entry("other", "other.internal", 80, &[(echo.port(), &[])]),
     );
+    // A short host, as Kubernetes services are named.
+    dir.write(
+        "se-short.yaml",
+        &service_entry("authz", "authz", 80, &[(echo.port(), &[])]),
+    );
     let annotation = if capabilities.is_empty() {
         String::new()
     } else {
@@ -257,7 +262,7 @@ async fn state_is_shared_by_instances_and_kept_across_a_trap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_calls_reach_granted_hosts_only() {
     let (gw, port, echo, _dir, _plugins) =
-        stateful_gateway("outbound", "outbound:auth.internal").await;
+        stateful_gateway("outbound", "outbound:auth.internal, outbound:authz").await;
     let reply = get(port, "x", "/call?host=auth.internal&path=/check%3Fuser%3D7", &[])
         .await
         .expect("reply");
@@ -265,6 +270,11 @@ async fn outbound_calls_reach_granted_hosts_only() {
     let answer: serde_json::Value = serde_json::from_slice(&reply.body).expect("echo JSON");
     assert_eq!(answer["path"], "/check?user=7");
     assert_eq!(answer["headers"]["host"], "auth.internal");
+    // A short host expands in the VirtualService's namespace, as route destinations do.
+    let reply = get(port, "x", "/call?host=authz&path=/short", &[])
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let hits = echo.hits();
     // A ServiceEntry alone is not a grant.
     let reply = get(port, "x", "/call?host=other.internal", &[]).await.expect("reply");

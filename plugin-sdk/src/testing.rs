@@ -75,6 +75,9 @@ pub struct TestRequest {
     /// The decision so far; [`run`] applies each edit to it.
     pub decision: RefCell<Decision>,
     pub properties: RefCell<BTreeMap<String, String>>,
+    /// Response header operations edits made for a local reply (the decision is not a
+    /// forward): the host applies them, in order, to the reply it makes.
+    pub reply_headers: RefCell<Vec<crate::HeaderMutation>>,
     /// The body limit of the policy being called (its interest), set by the runners.
     body_limit: Cell<Option<u32>>,
 }
@@ -110,6 +113,7 @@ pub fn request(method: &str, path_and_query: &str) -> RequestBuilder {
         body: Vec::new(),
         decision: RefCell::new(Decision::no_route()),
         properties: RefCell::new(BTreeMap::new()),
+        reply_headers: RefCell::new(Vec::new()),
         body_limit: Cell::new(None),
     })
 }
@@ -237,10 +241,16 @@ pub fn try_decide<P: Policy>(
 }
 
 /// Call `on-request` and apply the edit to the request's decision, as the host does;
-/// return the decision now. Run several policies on one request for a chain.
+/// return the decision now. Run several policies on one request for a chain. Response
+/// header operations meant for a local reply are kept in
+/// [`TestRequest::reply_headers`].
 pub fn run<P: Policy>(policy: &P, request: &TestRequest) -> Decision {
     let edit = decide(policy, request);
-    edit.apply(&mut request.decision.borrow_mut());
+    let left = edit.apply(&mut request.decision.borrow_mut());
+    request
+        .reply_headers
+        .borrow_mut()
+        .extend(left.response_headers);
     request.decision.borrow().clone()
 }
 
@@ -423,8 +433,24 @@ pub(crate) mod native {
         pub static OUTBOUND: RefCell<Option<Handler>> = RefCell::new(None);
     }
 
+    /// As the host matches grants: `outbound:*.example.com` grants its subdomains.
+    fn matches(grant: &str, capability: &str) -> bool {
+        if grant == capability {
+            return true;
+        }
+        match (
+            grant.strip_prefix("outbound:*."),
+            capability.strip_prefix("outbound:"),
+        ) {
+            (Some(suffix), Some(host)) => {
+                host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}"))
+            }
+            _ => false,
+        }
+    }
+
     fn granted(capability: &str) -> Result<(), String> {
-        if GRANTS.with(|g| g.borrow().iter().any(|c| c == capability)) {
+        if GRANTS.with(|g| g.borrow().iter().any(|c| matches(c, capability))) {
             Ok(())
         } else {
             Err(format!(
@@ -699,6 +725,34 @@ mod tests {
         assert_eq!(status(&run(&prepare::<Echo>("4"), &req())), 204);
     }
 
+    /// Sets a response header on whatever the decision is, and answers `/deny` itself.
+    struct Tag;
+
+    impl Policy for Tag {
+        fn prepare(_: &Binding, _: &str) -> Result<Self, ConfigError> {
+            Ok(Tag)
+        }
+
+        fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+            let mut edit = if request.path() == "/deny" {
+                Edit::respond(403, "no")
+            } else {
+                Edit::keep()
+            };
+            edit.set_response_header("x-tag", "1");
+            Ok(edit)
+        }
+    }
+
+    #[test]
+    fn header_operations_for_a_local_reply_are_kept() {
+        let req = request("GET", "/deny").build();
+        assert!(run(&Tag, &req).is_final());
+        let kept = req.reply_headers.borrow();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].set, vec![Header::new("x-tag", "1")]);
+    }
+
     #[test]
     fn properties_outlive_the_call() {
         let req = request("GET", "/").build();
@@ -753,6 +807,11 @@ mod tests {
         });
         let answer = crate::outbound::call(&call).expect("served");
         assert_eq!(answer.header("X-Path"), Some("/check"));
+        // As the host: a wildcard grants subdomains, not the domain itself.
+        grant(&["outbound:*.example.com"]);
+        assert!(crate::outbound::call(&call).is_ok());
+        let apex = crate::outbound::OutboundRequest::get("example.com", "/");
+        assert!(crate::outbound::call(&apex).is_err());
         set_clock(None);
         clear_state();
     }

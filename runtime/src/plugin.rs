@@ -298,6 +298,7 @@ impl PluginHost {
             clock: caps.clock,
             state: caps.state.then(|| self.inner.stores.of(plugin, namespace)),
             outbound: caps.outbound.clone(),
+            namespace: namespace.to_string(),
             client: if caps.outbound.is_empty() {
                 None
             } else {
@@ -758,7 +759,9 @@ async fn call_once(
         Some(slot) => slot,
         None => {
             let waiting = std::time::Instant::now();
-            let made = pool.new_slot(&binding.metrics).await;
+            // Boxed: rare, and its future (instantiation) is large; inline, every call's
+            // future would carry (and copy) its size.
+            let made = Box::pin(pool.new_slot(&binding.metrics)).await;
             binding.metrics.waited(waiting.elapsed());
             match made {
                 Ok(slot) => slot,
@@ -768,8 +771,8 @@ async fn call_once(
     };
     let resource = match slot.prepared.get(&binding.id) {
         Some(r) => *r,
-        // This instance has not served the binding yet.
-        None => match slot.prepare(binding).await {
+        // This instance has not served the binding yet (boxed, as above).
+        None => match Box::pin(slot.prepare(binding)).await {
             Ok(r) => r,
             Err(SlotError::Config(c)) => {
                 return (
@@ -796,12 +799,24 @@ async fn call_once(
     let wall = budget + if pool.plugin.inner.calls_out { OUTBOUND_MAX } else { Duration::ZERO };
     let bounded_call = pool.plugin.inner.may_block || pool.plugin.inner.calls_out;
     let mut response = None;
+    // Each call is awaited where it is made (not passed to a helper): a future moved into
+    // another is copied, and this one is the size of a wasmtime call.
+    macro_rules! invoke {
+        ($call:expr) => {
+            if bounded_call {
+                match tokio::time::timeout(wall + TICK * 4, $call).await {
+                    Ok(r) => r.map_err(|e| load::describe_trap(&e)),
+                    Err(_) => Err("ran past its time budget and was stopped".to_string()),
+                }
+            } else {
+                $call.await.map_err(|e| load::describe_trap(&e))
+            }
+        };
+    }
     let result = match phase {
         Phase::Request => {
-            let request = Resource::new_borrow(request.rep());
-            let call = guest.call_on_request(&mut slot.store, resource, request);
-            run(bounded_call, wall, call)
-                .await
+            let borrowed = Resource::new_borrow(request.rep());
+            invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
                 .map(|r| r.map(Answer::Request))
         }
         Phase::Response(r) => {
@@ -814,19 +829,17 @@ async fn call_once(
                 Ok(handle) => {
                     let borrowed = Resource::new_borrow(handle.rep());
                     response = Some(handle);
-                    let request = Resource::new_borrow(request.rep());
-                    let call = guest.call_on_response(&mut slot.store, resource, request, borrowed);
-                    run(bounded_call, wall, call)
-                        .await
+                    let req = Resource::new_borrow(request.rep());
+                    invoke!(guest.call_on_response(&mut slot.store, resource, req, borrowed))
                         .map(|r| r.map(Answer::Response))
                 }
                 Err(e) => Err(format!("{e:#}")),
             }
         }
         Phase::Log(entry) => {
-            let request = Resource::new_borrow(request.rep());
-            let call = guest.call_on_log(&mut slot.store, resource, request, &entry);
-            run(bounded_call, wall, call).await.map(|()| Ok(Answer::Log))
+            let borrowed = Resource::new_borrow(request.rep());
+            invoke!(guest.call_on_log(&mut slot.store, resource, borrowed, &entry))
+                .map(|()| Ok(Answer::Log))
         }
     };
     slot.store.data_mut().drop_request(request);
@@ -851,20 +864,6 @@ async fn call_once(
         Err(trap) => Err(CallError::Trap(trap)),
     };
     (result, ran_long)
-}
-
-/// Await a call: under a wall-clock guard when it may wait in the host (WASI, outbound
-/// calls), otherwise the epoch deadline alone stops it.
-async fn run<R>(
-    guarded: bool,
-    wall: Duration,
-    call: impl std::future::Future<Output = wasmtime::Result<R>>,
-) -> Result<R, String> {
-    if guarded {
-        bounded(wall, call).await
-    } else {
-        call.await.map_err(|e| load::describe_trap(&e))
-    }
 }
 
 impl PoolInner {

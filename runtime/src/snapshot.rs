@@ -118,6 +118,10 @@ pub struct Link {
     pub policy: PreparedPolicy,
     /// A first-party policy (router, fault, traffic split).
     pub builtin: bool,
+    /// Called only for requests whose matched route is marked here (by index): fault
+    /// injection for routes with a `fault`, traffic split for routes with several
+    /// destinations. `None`: every request.
+    pub routes: Option<Arc<[bool]>>,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
@@ -161,6 +165,7 @@ impl Link {
         Link {
             policy,
             builtin,
+            routes: None,
             fail_open,
             ports,
             stats,
@@ -435,12 +440,13 @@ impl Snapshot {
                 // VirtualService has something for them to do, as Envoy adds its fault
                 // filter config only where a route has one: each call not made is about
                 // 3 µs per request (docs/benchmarks.md).
-                let needed = match builtin.name {
-                    "fault" => vs.http.iter().any(|r| r.fault.is_some()),
-                    "traffic-split" => vs.http.iter().any(|r| r.route.len() > 1),
-                    _ => true,
+                // Per request, likewise, only for the routes that have one.
+                let routes: Option<Arc<[bool]>> = match builtin.name {
+                    "fault" => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
+                    "traffic-split" => Some(vs.http.iter().map(|r| r.route.len() > 1).collect()),
+                    _ => None,
                 };
-                if !needed {
+                if routes.as_ref().is_some_and(|r| !r.contains(&true)) {
                     continue;
                 }
                 let config = if builtin.name == "traffic-split" {
@@ -452,7 +458,7 @@ impl Snapshot {
                     .prepare(pool, compiled.name(), binding(compiled.name()), config)
                     .await
                 {
-                    Ok(policy) => first_links.push(policy),
+                    Ok(policy) => first_links.push((policy, routes)),
                     Err(e) => errors.push(error(
                         &vs.meta,
                         "spec",
@@ -501,8 +507,10 @@ impl Snapshot {
                         .enabled
                         .then(|| metrics.plugin(p.plugin_name(), &vs_name))
                 };
-                let first =
-                    |p: &PreparedPolicy| Link::new(p.clone(), true, false, Vec::new(), stats(p));
+                let first = |(p, routes): &(PreparedPolicy, Option<Arc<[bool]>>)| Link {
+                    routes: routes.clone(),
+                    ..Link::new(p.clone(), true, false, Vec::new(), stats(p))
+                };
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {
                     Link::new(
                         p.clone(),

@@ -38,6 +38,9 @@ pub struct Grants {
     pub outbound: Vec<String>,
     /// Where outbound calls go (the gateway's upstream machinery).
     pub client: Option<Arc<dyn OutboundClient>>,
+    /// The namespace the pool serves: a short outbound host expands in it, as a
+    /// VirtualService's destination hosts do.
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for Grants {
@@ -554,9 +557,13 @@ impl outbound::Host for StoreState {
         &mut self,
         request: outbound::OutboundRequest,
     ) -> Result<outbound::OutboundResponse, String> {
-        let host = authority_host(&request.authority);
-        if !host_granted(&self.grants.outbound, &host) {
-            return Err(denied(&format!("outbound:{host}")));
+        let written = authority_host(&request.authority);
+        // `backend` means `backend.<namespace>.svc.cluster.local`; either may be granted.
+        let host = wasmgate_config::expand_host(&written, &self.grants.namespace);
+        if !host_granted(&self.grants.outbound, &written)
+            && !host_granted(&self.grants.outbound, &host)
+        {
+            return Err(denied(&format!("outbound:{written}")));
         }
         let Some(client) = self.grants.client.clone() else {
             return Err("outbound calls are not available in this gateway".into());

@@ -34,6 +34,18 @@ pub async fn run_chain(
                 _ if link.builtin => continue,
                 _ => {}
             }
+            // Fault and split only where the matched route has something for them.
+            if let Some(routes) = &link.routes
+                && !state
+                    .decision
+                    .route
+                    .as_ref()
+                    .and_then(|r| routes.get(usize::try_from(r.index).ok()?))
+                    .copied()
+                    .unwrap_or(false)
+            {
+                continue;
+            }
         }
         if let Some(limit) = link.policy.interest().request_body
             && !fits(Some(limit), view.body.as_ref())

@@ -65,6 +65,7 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
         .registry
         .resolve(&call.host, port, None)
         .map_err(|e| format!("{}: {e}", call.authority))?;
+    // The Host the service sees: as the plugin wrote it.
     let method = Method::from_bytes(call.method.as_bytes())
         .map_err(|_| format!("{:?} is not an HTTP method", call.method))?;
     if !call.path.starts_with('/') {
