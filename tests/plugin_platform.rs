@@ -53,7 +53,7 @@ async fn phases_gateway(tag: &str) -> (Gateway, u16, Echo, TempDir, TempDir) {
                 r#"{name: a, requestBody: 16, log: true}"#,
             )
             .replace("spec:\n", "spec:\n  phase: AUTHN\n"),
-            plugin("c", "phases.wasm", "", r#"{name: c}"#)
+            plugin("c", "phases.wasm", "", r#"{name: c, log: true}"#)
                 .replace("spec:\n", "spec:\n  phase: AUTHN\n  priority: 10\n"),
         ]
         .join("---\n"),
@@ -153,6 +153,19 @@ async fn request_bodies_within_and_over_a_plugins_limit() {
     let reply = post("seventeen bytes!!", &[]).await.expect("reply");
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(echo.hits(), before);
+    // c ran before a failed the request: its log phase sees the 413 (a's does not: it
+    // never ran).
+    let logged = r#"wasmgate_plugin_phases_logged_total{plugin="default/c",name="c",status="413"} 1"#;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = gw.scrape().await;
+        if text.contains(logged) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains(logged), "{text}");
+    assert!(!text.contains(r#"name="a",status="413""#), "{text}");
     // Bodies the plugins do not need go upstream whole.
     let reply = post("fine", &[]).await.expect("reply");
     assert_eq!(reply.echo()["body"], "fine");
@@ -362,4 +375,116 @@ async fn a_previous_version_plugin_and_an_unknown_grant_are_refused() {
         log.contains("WasmPlugin default/greedy: metadata.annotations.wasmgate.io/capabilities: unknown capability \"sockets\""),
         "{log}"
     );
+}
+
+/// The response phase runs only for policies that ran on the request (a WasmPlugin's
+/// `match.ports` decides where), and it sees the gateway's own error replies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_phases_follow_the_request_phase() {
+    let (port, other) = (free_port(), free_port());
+    let dir = TempDir::new("ports");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: a, protocol: HTTP}}\n    hosts: [\"*\"]\n  - port: {{number: {other}, name: b, protocol: HTTP}}\n    hosts: [\"*\"]\n"
+        ),
+    );
+    // Nothing listens on the endpoint: the gateway answers 503 itself.
+    dir.write(
+        "se.yaml",
+        &service_entry("down", "down.internal", 80, &[(free_port(), &[])]),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: down.internal}\n",
+    );
+    dir.write(
+        "plugins.yaml",
+        &plugin("a", "phases.wasm", "", r#"{name: a}"#).replace(
+            "spec:\n",
+            &format!("spec:\n  match: [{{ports: [{{number: {other}}}]}}]\n"),
+        ),
+    );
+    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let on = get(other, "x", "/", &[]).await.expect("reply");
+    assert!(on.status.is_server_error(), "{}", gw.log_text());
+    assert_eq!(
+        header(&on, "x-phases-a-status"),
+        on.status.as_u16().to_string()
+    );
+    let off = get(port, "x", "/", &[]).await.expect("reply");
+    assert!(off.status.is_server_error());
+    assert_eq!(header(&off, "x-phases-a-status"), "", "a never ran on {port}");
+}
+
+/// An outbound call past its timeout is stopped, and its connection let go: a slow
+/// service cannot pile up the gateway's sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_call_that_times_out_lets_its_connection_go() {
+    // A service that accepts and never answers; it reports when the gateway hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow = listener.local_addr().expect("addr").port();
+    let (hung_up, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let hung_up = hung_up.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                use tokio::io::AsyncReadExt;
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = hung_up.send(());
+            });
+        }
+    });
+    let (gw, port, _echo, dir, _plugins) =
+        stateful_gateway("timeout", "outbound:slow.internal").await;
+    dir.write(
+        "se-slow.yaml",
+        &service_entry("slow", "slow.internal", 80, &[(slow, &[])]),
+    );
+    assert_eq!(gw.reload().await.status, StatusCode::OK);
+    let t0 = std::time::Instant::now();
+    let reply = get(port, "x", "/call?host=slow.internal", &[])
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(reply.text().contains("timed out"), "{}", reply.text());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the gateway kept the connection to the slow service")
+        .expect("closed");
+}
+
+/// Two WasmPlugins of one module keep their own budgets, and idle instances never
+/// count against a reload: both load, serve and reload with one instance in use each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_wasm_plugins_of_one_module_load_serve_and_reload_with_one_instance_each() {
+    let port = free_port();
+    let dir = TempDir::new("budgets");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    for ns in ["team-a", "team-b"] {
+        dir.write(
+            &format!("{ns}.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  hosts: [\"{ns}.example\"]\n  gateways: [default/gw]\n  http:\n  - directResponse: {{status: 200, body: {{string: ok}}}}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: stateful\n  namespace: {ns}\n  annotations:\n    wasmgate.io/capabilities: state\nspec:\n  url: stateful.wasm\n"
+            ),
+        );
+    }
+    let plugins = plugins_dir(&[("stateful.wasm", "stateful")]);
+    let gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.arg(), "--plugin-max-instances", "1"],
+    )
+    .await;
+    for round in 1..=2 {
+        for ns in ["team-a", "team-b"] {
+            let reply = get(port, &format!("{ns}.example"), "/count", &[])
+                .await
+                .expect("reply");
+            assert_eq!(reply.text(), round.to_string(), "{}", gw.log_text());
+        }
+        assert_eq!(gw.reload().await.status, StatusCode::OK, "{}", gw.log_text());
+    }
 }

@@ -11,7 +11,8 @@ use crate::Header;
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundRequest {
     pub method: String,
-    /// `host` or `host:port` (port 80 when absent).
+    /// `host` or `host:port`: a short host expands in the VirtualService's namespace;
+    /// without a port the ServiceEntry's only port is used.
     pub authority: String,
     /// Path and query.
     pub path: String,

@@ -113,11 +113,17 @@ pub struct OutboundCall {
     pub method: String,
     /// As the plugin wrote it: `host` or `host:port`.
     pub authority: String,
-    /// The host part, lowercase (already checked against the grants).
+    /// The host part, lowercase, expanded in the namespace (already checked against the
+    /// grants).
     pub host: String,
+    /// The port, when the authority has one.
+    pub port: Option<u16>,
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The whole exchange, response body included, must end within this; the client
+    /// stops it (and lets its connection go) at the deadline.
+    pub timeout: Duration,
 }
 
 /// Its answer.
@@ -391,15 +397,17 @@ impl PluginHost {
     /// A fresh pool of instances of `plugin`. A snapshot makes one per plugin and
     /// prepares every binding of that plugin in it.
     pub fn pool(&self, plugin: &CompiledPlugin) -> PolicyPool {
-        self.pool_with(plugin, Vec::new(), Grants::default())
+        self.pool_with(plugin.name(), plugin, Vec::new(), Grants::default())
     }
 
     /// [`PluginHost::pool`] whose instances see `env` (a WasmPlugin's `vmConfig.env`) as
     /// their WASI environment, and nothing else of the host's, and may use what `grants`
     /// allows. A WasmPlugin gets one pool per namespace it serves: no instance (and so no
-    /// guest global) is shared across namespaces.
+    /// guest global) is shared across namespaces. `name` (the WasmPlugin's `ns/name`)
+    /// keys its budgets and its log lines: two WasmPlugins of one module share nothing.
     pub fn pool_with(
         &self,
+        name: &str,
         plugin: &CompiledPlugin,
         env: Vec<(String, String)>,
         grants: Grants,
@@ -407,7 +415,7 @@ impl PluginHost {
         let budget = self
             .inner
             .budgets
-            .entry(plugin.name().to_string())
+            .entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(budget::Budget::new(
                     self.inner.max_instances_per_plugin,
@@ -419,6 +427,7 @@ impl PluginHost {
         PolicyPool {
             inner: Arc::new(PoolInner {
                 host: self.clone(),
+                name: Arc::from(name),
                 budget,
                 plugin: plugin.clone(),
                 idle: Mutex::new(Vec::new()),
@@ -565,6 +574,8 @@ impl std::fmt::Debug for PolicyPool {
 
 struct PoolInner {
     host: PluginHost,
+    /// The WasmPlugin's `ns/name` (or `wasmgate/<builtin>`).
+    name: Arc<str>,
     /// The plugin's instances, memory and CPU, shared with its other pools.
     budget: Arc<budget::Budget>,
     plugin: CompiledPlugin,
@@ -682,8 +693,18 @@ impl PreparedPolicy {
             return Err(CallError::Quarantined(why));
         }
         let inner = self.inner.clone();
+        // Set while the call waits on an outbound call: it stays on its request's task.
+        let waiting = self
+            .inner
+            .pool
+            .inner
+            .plugin
+            .inner
+            .calls_out
+            .then(|| Arc::new(AtomicBool::new(false)));
+        let flag = waiting.clone();
         let call: lane::Call<_> = Box::pin(async move {
-            let (result, ran_long) = call_once(&inner, view, phase).await;
+            let (result, ran_long) = call_once(&inner, view, phase, flag).await;
             if inner.slow.load(Ordering::Relaxed) != ran_long {
                 inner.slow.store(ran_long, Ordering::Relaxed);
             }
@@ -716,7 +737,7 @@ impl PreparedPolicy {
             .host
             .inner
             .lane
-            .run(call, inline, lost)
+            .run(call, inline, waiting.as_deref(), lost)
             .await
     }
 }
@@ -750,11 +771,17 @@ async fn call_once(
     binding: &PreparedInner,
     view: Arc<RequestView>,
     phase: Phase,
+    waiting: Option<Arc<AtomicBool>>,
 ) -> (Result<Answer, CallError>, bool) {
     let pool = &binding.pool.inner;
     if let Err(why) = pool.budget.may_run() {
         return (Err(CallError::Unavailable(why)), false);
     }
+    // Held until the call ends, whatever way it ends.
+    let _occupied = match pool.budget.occupy() {
+        Ok(o) => o,
+        Err(why) => return (Err(CallError::Unavailable(why)), false),
+    };
     let mut slot = match pool.take() {
         Some(slot) => slot,
         None => {
@@ -786,6 +813,7 @@ async fn call_once(
     let budget = pool.host.inner.call_budget;
     slot.begin(budget);
     slot.store.data_mut().enter(&binding.metrics, false);
+    slot.store.data_mut().waiting = waiting;
     let body = match &phase {
         Phase::Response(_) => false,
         _ => fits(binding.interest.request_body, view.body.as_ref()),
@@ -857,7 +885,9 @@ async fn call_once(
             Err(CallError::Returned(e.message))
         }
         // The instance's state is unknown after a trap: it is dropped here.
-        Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Trap(
+        // Not the plugin's fault (its budget was spent by all its calls together): not
+        // counted by its breaker; the instance is dropped all the same.
+        Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Unavailable(
             "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)"
                 .into(),
         )),
@@ -887,7 +917,7 @@ impl PoolInner {
         let host = &self.host.inner;
         let limits = self.budget.admit(host.memory_limit)?;
         let state = StoreState::new(
-            self.plugin.name(),
+            &self.name,
             host.random.clone(),
             limits,
             &self.env,

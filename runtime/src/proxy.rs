@@ -421,7 +421,10 @@ async fn serve(
     if let Some(limit) = vhost.chains.iter().filter_map(|c| c.wants.request_body).max() {
         let got = body::read_up_to(req.body_mut(), limit)
             .await
-            .map_err(|e| ProxyError::UpstreamReset(format!("reading the request body: {e}")))?;
+            .map_err(|e| {
+                tracing::debug!("reading the request body for plugins: {e}");
+                ProxyError::BadRequest("the request body could not be read")
+            })?;
         read = Some(got);
     }
     let view = Arc::new(request_view(
@@ -431,12 +434,23 @@ async fn serve(
         authority,
         conn,
         port,
-        read.as_ref().filter(|(_, over)| !over).map(|(b, _)| b.clone()),
+        read.as_ref().filter(|r| !r.over).map(|r| r.data.clone()),
     ));
     let mut routed: Option<&Arc<Chain>> = None;
+    // A chain that failed (a plugin that fails closed) whose policies still want the
+    // response or log phase: they see the failure's response.
+    let mut failure = None;
     for chain in &vhost.chains {
         let span = access.observe.as_mut().and_then(Observation::recording);
-        run_chain(chain, &view, span).await?;
+        match run_chain(chain, &view, span).await {
+            Ok(()) => {}
+            Err(e) if chain.wants.response || chain.wants.log => {
+                routed = Some(chain);
+                failure = Some(e);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
         if !matches!(view.state().decision.action, Action::NoRoute) {
             routed = Some(chain);
             break;
@@ -504,12 +518,17 @@ async fn serve(
         );
     }
 
-    if let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0) {
+    if failure.is_none()
+        && let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0)
+    {
         access.flags.push("DI");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let local = !matches!(decision.action, Action::Forward(_));
-    let made = act(shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access).await;
+    let made = match failure {
+        Some(e) => Err(e),
+        None => act(shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access).await,
+    };
     let Some(view) = view else {
         return made;
     };
@@ -590,7 +609,7 @@ async fn act(
     upgrade: Option<HeaderValue>,
     decision: Decision,
     reply_ops: &[HeaderMutation],
-    read: Option<(Bytes, bool)>,
+    read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     // The route's `headers.response` apply to the replies it makes itself too, as
@@ -688,7 +707,7 @@ async fn forward_upstream(
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
     mut forward: Forward,
-    read: Option<(Bytes, bool)>,
+    read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
@@ -730,7 +749,9 @@ async fn forward_upstream(
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
     };
     let body = match read {
-        Some((read, over)) if over || !read.is_empty() => Some(body::resend(read, over, body)),
+        Some(read) if read.over || !read.data.is_empty() || read.trailers.is_some() => {
+            Some(body::resend(read, body))
+        }
         Some(_) => None,
         None if body.is_end_stream() => None,
         None => Some(body.map_err(BoxError::from).boxed()),

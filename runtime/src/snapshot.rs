@@ -479,8 +479,9 @@ impl Snapshot {
                 let pool = pools
                     .entry((at, namespace.clone()))
                     .or_insert_with(|| {
-                        let grants = host.grants(&ns_name(&wp.meta), namespace, &wp.capabilities);
-                        host.pool_with(compiled, wp.env.clone(), grants)
+                        let name = ns_name(&wp.meta);
+                        let grants = host.grants(&name, namespace, &wp.capabilities);
+                        host.pool_with(&name, compiled, wp.env.clone(), grants)
                     })
                     .clone();
                 let config = match serde_json::to_string(&wp.plugin_config) {

@@ -4,9 +4,11 @@
 //! these bound a plugin that many clients call at once, so one plugin cannot take the
 //! gateway's memory or CPU from the others.
 //!
-//! - Instances: past [`Budget::max_instances`] no new one is made; the call fails as
-//!   unavailable (503 `LR` when the plugin fails closed, skipped when it fails open —
-//!   never silently skipped for FAIL_CLOSE).
+//! - Instances in use: at most `max_instances` calls of the plugin hold an instance at
+//!   once; past it the call fails as unavailable (503 `LR` when the plugin fails closed,
+//!   skipped when it fails open — never silently skipped for FAIL_CLOSE). Idle instances
+//!   kept in pools do not count (each pool keeps a few), so idle pools of one namespace,
+//!   or of a snapshot still draining after a reload, never starve another's calls.
 //! - Memory: every instance's linear memory counts against the plugin's total; a growth
 //!   past it traps that call (as the per-instance limit does), and no new instance is
 //!   made while the total is reached.
@@ -29,7 +31,10 @@ pub struct Budget {
     max_memory: usize,
     /// Ticks per second; 0: no CPU budget.
     cpu_ticks: u32,
+    /// Instances alive (busy or idle).
     instances: AtomicU32,
+    /// Instances in use by a call.
+    busy: AtomicU32,
     memory: AtomicUsize,
     /// The second (since `epoch`) the tick count is for, and the count.
     second: AtomicU64,
@@ -44,6 +49,7 @@ impl Budget {
             max_memory,
             cpu_ticks,
             instances: AtomicU32::new(0),
+            busy: AtomicU32::new(0),
             memory: AtomicUsize::new(0),
             second: AtomicU64::new(0),
             ticks: AtomicU32::new(0),
@@ -59,7 +65,8 @@ impl Budget {
         )
     }
 
-    /// Room for one more instance? Counts it if so; its [`Limiter`] gives it back.
+    /// Room for one more instance (its plugin's memory is not all held)? Counts it if
+    /// so; its [`Limiter`] gives it back.
     pub fn admit(self: &Arc<Self>, per_instance: usize) -> Result<Limiter, String> {
         if self.memory.load(Ordering::Relaxed) >= self.max_memory {
             return Err(format!(
@@ -67,22 +74,30 @@ impl Budget {
                 self.max_memory >> 20
             ));
         }
-        let admitted = self
-            .instances
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max_instances).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            return Err(format!(
-                "{} instances alive, its limit (--plugin-max-instances)",
-                self.max_instances
-            ));
-        }
+        self.instances.fetch_add(1, Ordering::Relaxed);
         Ok(Limiter {
             per_instance,
             held: 0,
+            pending: 0,
             budget: self.clone(),
         })
+    }
+
+    /// A call takes an instance: refused past the plugin's instances in use. The guard
+    /// gives it back.
+    pub fn occupy(self: &Arc<Self>) -> Result<Occupied, String> {
+        let taken = self
+            .busy
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_instances).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Occupied(self.clone())),
+            Err(_) => Err(format!(
+                "{} instances in use, its limit (--plugin-max-instances)",
+                self.max_instances
+            )),
+        }
     }
 
     fn now_second(&self) -> u64 {
@@ -128,12 +143,25 @@ impl Budget {
     }
 }
 
+/// An instance in use by one call (see [`Budget::occupy`]).
+#[derive(Debug)]
+pub struct Occupied(Arc<Budget>);
+
+impl Drop for Occupied {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One instance's memory, counted against its plugin's total; gives the instance and its
 /// memory back when the instance (its store) is dropped.
 #[derive(Debug)]
 pub struct Limiter {
     per_instance: usize,
     held: usize,
+    /// Charged by the last `memory_growing`, refunded if the grow then fails (wasmtime
+    /// asks the limiter before it checks the memory's own maximum).
+    pending: usize,
     budget: Arc<Budget>,
 }
 
@@ -174,7 +202,15 @@ impl ResourceLimiter for Limiter {
             );
         }
         self.held += more;
+        self.pending = more;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        let refund = std::mem::take(&mut self.pending);
+        self.held -= refund;
+        self.budget.memory.fetch_sub(refund, Ordering::Relaxed);
+        Err(error)
     }
 
     fn table_growing(
@@ -204,12 +240,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instances_and_memory_are_counted_together_and_given_back() {
+    fn instances_in_use_are_bounded_and_given_back() {
+        let budget = Arc::new(Budget::new(2, 10 << 20, 0));
+        let one = budget.occupy().expect("first");
+        let two = budget.occupy().expect("second");
+        assert!(budget.occupy().is_err(), "past two in use");
+        drop(one);
+        let _three = budget.occupy().expect("one was given back");
+        drop(two);
+    }
+
+    #[test]
+    fn memory_is_counted_across_instances_and_given_back() {
         let budget = Arc::new(Budget::new(2, 10 << 20, 0));
         let mut a = budget.admit(8 << 20).expect("first");
         let b = budget.admit(8 << 20).expect("second");
-        assert!(budget.admit(8 << 20).is_err(), "past two instances");
         assert!(a.memory_growing(0, 6 << 20, None).expect("fits"));
+        // A grow wasmtime then refuses (past the memory's own maximum) is refunded.
+        assert!(a.memory_growing(6 << 20, 7 << 20, None).expect("fits"));
+        assert!(a.memory_grow_failed(wasmtime::format_err!("max")).is_err());
+        assert_eq!(budget.usage(), (2, 6 << 20));
         assert!(a.memory_growing(0, 9 << 20, None).is_err(), "past the instance");
         let mut b = b;
         assert!(

@@ -54,6 +54,16 @@ pub struct ChainState {
     /// not a forward; a forward keeps its own).
     pub reply_ops: Vec<HeaderMutation>,
     pub properties: Vec<(String, String)>,
+    /// Which links of the chain (by index) ran `on-request` and answered: only they get
+    /// the response and log phases.
+    ran: u128,
+}
+
+/// The names before any chain runs: one shared value, not an allocation per request.
+fn no_names() -> Arc<ChainNames> {
+    static NONE: std::sync::LazyLock<Arc<ChainNames>> =
+        std::sync::LazyLock::new(|| Arc::new(ChainNames::default()));
+    NONE.clone()
 }
 
 /// The decision a chain starts from.
@@ -92,10 +102,11 @@ impl RequestView {
             sni,
             body,
             state: Mutex::new(ChainState {
-                names: Arc::default(),
+                names: no_names(),
                 decision: no_route(),
                 reply_ops: Vec::new(),
                 properties: Vec::new(),
+                ran: 0,
             }),
         }
     }
@@ -111,6 +122,9 @@ impl RequestView {
         s.names = names.clone();
         s.decision = no_route();
         s.reply_ops.clear();
+        // What another VirtualService's policies set is not this chain's business.
+        s.properties.clear();
+        s.ran = 0;
     }
 
     /// The first value of header `name`, as text.
@@ -189,6 +203,21 @@ impl RequestView {
 }
 
 impl ChainState {
+    /// Link `i` of the chain ran `on-request` and answered.
+    pub fn mark_ran(&mut self, i: usize) {
+        if let Some(bit) = 1u128.checked_shl(u32::try_from(i).unwrap_or(u32::MAX)) {
+            self.ran |= bit;
+        }
+    }
+
+    /// Did link `i` run? (Links past the 128th always count as run.)
+    pub fn ran(&self, i: usize) -> bool {
+        match 1u128.checked_shl(u32::try_from(i).unwrap_or(u32::MAX)) {
+            Some(bit) => self.ran & bit != 0,
+            None => true,
+        }
+    }
+
     /// Apply a policy's edit, as the WIT says (and the SDK's `Edit::apply` does): route,
     /// action, pick, delay, then header operations (joined to a forward's own; for any
     /// other action the response ones are kept for its local reply), then log fields.

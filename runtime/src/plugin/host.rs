@@ -78,6 +78,10 @@ pub struct StoreState {
     ticks: u32,
     /// The current call was stopped because its plugin spent its CPU for this second.
     out_of_cpu: bool,
+    /// How long the current call has waited on outbound calls.
+    outbound_waited: std::time::Duration,
+    /// Set while the current call waits on an outbound call (see the slow lane).
+    pub waiting: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// The metrics of the binding being called (set per call; every binding of an
     /// instance belongs to one plugin, so this rarely changes).
     metrics: Option<Arc<PluginMetrics>>,
@@ -116,6 +120,8 @@ impl StoreState {
             deadline: Instant::now(),
             ticks: 0,
             out_of_cpu: false,
+            outbound_waited: std::time::Duration::ZERO,
+            waiting: None,
             metrics: None,
             defining: false,
             log_budget,
@@ -194,6 +200,7 @@ impl StoreState {
         self.deadline = Instant::now() + budget;
         self.ticks = 0;
         self.out_of_cpu = false;
+        self.outbound_waited = std::time::Duration::ZERO;
     }
 
     /// Was the last call stopped for its plugin's CPU per second?
@@ -206,7 +213,8 @@ impl StoreState {
     /// tick must not leave its thread); yield at every later one.
     pub fn on_tick(&mut self) -> Tick {
         self.ticks = self.ticks.saturating_add(1);
-        if !self.limits.budget().tick() {
+        // `prepare` runs at load: a reload must not fail on traffic's CPU budget.
+        if !self.defining && !self.limits.budget().tick() {
             self.out_of_cpu = true;
             Tick::Stop
         } else if Instant::now() >= self.deadline {
@@ -557,7 +565,16 @@ impl outbound::Host for StoreState {
         &mut self,
         request: outbound::OutboundRequest,
     ) -> Result<outbound::OutboundResponse, String> {
-        let written = authority_host(&request.authority);
+        let authority: http::uri::Authority = match request.authority.parse() {
+            Ok(a) if !request.authority.contains('@') => a,
+            _ => {
+                return Err(format!(
+                    "{:?} is not an authority (host or host:port)",
+                    request.authority
+                ));
+            }
+        };
+        let written = authority_host(authority.as_str());
         // `backend` means `backend.<namespace>.svc.cluster.local`; either may be granted.
         let host = wasmgate_config::expand_host(&written, &self.grants.namespace);
         if !host_granted(&self.grants.outbound, &written)
@@ -568,13 +585,22 @@ impl outbound::Host for StoreState {
         let Some(client) = self.grants.client.clone() else {
             return Err("outbound calls are not available in this gateway".into());
         };
+        // At most OUTBOUND_MAX of waiting per plugin call, all its outbound calls
+        // together: past it the call would be stopped by its wall-clock guard.
+        let left = OUTBOUND_MAX.saturating_sub(self.outbound_waited);
+        if left.is_zero() {
+            return Err(format!(
+                "this call already waited {OUTBOUND_MAX:?} on outbound calls, its limit"
+            ));
+        }
         let timeout = match request.timeout_ms {
-            0 => OUTBOUND_MAX,
-            ms => std::time::Duration::from_millis(u64::from(ms)).min(OUTBOUND_MAX),
+            0 => left,
+            ms => std::time::Duration::from_millis(u64::from(ms)).min(left),
         };
         let started = Instant::now();
         let call = OutboundCall {
             method: request.method,
+            port: authority.port_u16(),
             authority: request.authority,
             host,
             path: request.path,
@@ -584,10 +610,20 @@ impl outbound::Host for StoreState {
                 .map(|h| (h.name, h.value))
                 .collect(),
             body: request.body,
+            timeout,
         };
+        let flag = self.waiting.clone();
+        if let Some(f) = &flag {
+            f.store(true, Ordering::Relaxed);
+        }
         let answer = tokio::time::timeout(timeout, client.call(call)).await;
+        if let Some(f) = &flag {
+            f.store(false, Ordering::Relaxed);
+        }
         // Waiting is not running: the call's CPU budget does not count it.
-        self.deadline += started.elapsed();
+        let waited = started.elapsed();
+        self.deadline += waited;
+        self.outbound_waited += waited;
         let answer: OutboundAnswer = match answer {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return Err(e),

@@ -59,21 +59,39 @@ impl SlowLane {
     }
 
     /// Run `call`: here first when `inline`, for one poll (a call that does not yield
-    /// in its first slice finishes in it); on the lane otherwise. `lost` is what the
-    /// caller gets if the lane is gone or the call panicked there.
+    /// in its first slice finishes in it); on the lane otherwise. While `waiting` says
+    /// the call is waiting on the host's I/O (an outbound call), it stays here: it
+    /// yielded to wait, not because it ran long. `lost` is what the caller gets if the
+    /// lane is gone or the call panicked there.
     pub async fn run<T: Send + 'static>(
         &self,
         mut call: Call<T>,
         inline: bool,
+        waiting: Option<&std::sync::atomic::AtomicBool>,
         lost: impl FnOnce(String) -> T,
     ) -> T {
         if inline {
-            let first = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-                Poll::Ready(v) => Poll::Ready(Some(v)),
-                Poll::Pending => Poll::Ready(None),
+            let mut first = true;
+            let done = std::future::poll_fn(|cx| {
+                let waits = waiting.is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed));
+                if !first && !waits {
+                    // It ran on (or yielded at a tick) after its wait: to the lane.
+                    return Poll::Ready(None);
+                }
+                first = false;
+                match call.as_mut().poll(cx) {
+                    Poll::Ready(v) => Poll::Ready(Some(v)),
+                    Poll::Pending
+                        if waiting
+                            .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed)) =>
+                    {
+                        Poll::Pending
+                    }
+                    Poll::Pending => Poll::Ready(None),
+                }
             })
             .await;
-            if let Some(v) = first {
+            if let Some(v) = done {
                 return v;
             }
         }

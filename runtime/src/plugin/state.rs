@@ -34,6 +34,10 @@ pub struct KvStore {
     /// Keys held (live or expired but not yet removed), kept beside the map so a write
     /// need not count every shard.
     held: AtomicUsize,
+    /// When a full store was last swept, in ms since `born`: at most one sweep a second,
+    /// so a full store does not make every write walk all its keys.
+    swept: std::sync::atomic::AtomicU64,
+    born: std::sync::OnceLock<Instant>,
 }
 
 /// Every store, by (plugin, namespace), for the life of the process.
@@ -80,18 +84,35 @@ impl KvStore {
             .map(|v| v.bytes.clone()))
     }
 
-    /// Room for one more key, sweeping expired ones when full.
+    /// Room for one more key, sweeping expired ones when full (at most once a second).
     fn room(&self, now: Instant) -> Result<(), String> {
         if self.held.load(Ordering::Relaxed) < MAX_KEYS {
             return Ok(());
         }
-        let before = self.map.len();
-        self.map.retain(|_, v| v.live(now));
-        let after = self.map.len();
-        self.held
-            .fetch_sub(before.saturating_sub(after), Ordering::Relaxed);
-        if after >= MAX_KEYS {
-            return Err(format!("the store is full ({MAX_KEYS} keys)"));
+        let full = || Err(format!("the store is full ({MAX_KEYS} keys)"));
+        let born = *self.born.get_or_init(|| now);
+        let at = u64::try_from(now.saturating_duration_since(born).as_millis()).unwrap_or(u64::MAX);
+        let last = self.swept.load(Ordering::Relaxed);
+        if at.saturating_sub(last) < 1000 && last != 0 {
+            return full();
+        }
+        if self
+            .swept
+            .compare_exchange(last, at.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return full();
+        }
+        // Count what the sweep itself removes: other writers may add or delete meanwhile.
+        let mut removed = 0;
+        self.map.retain(|_, v| {
+            let keep = v.live(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.held.fetch_sub(removed, Ordering::Relaxed);
+        if self.held.load(Ordering::Relaxed) >= MAX_KEYS {
+            return full();
         }
         Ok(())
     }
@@ -258,8 +279,12 @@ mod tests {
         }
         assert!(s.set("one-more", Vec::new(), None, t0).is_err());
         assert!(s.set("k1", b"x".to_vec(), None, t0).is_ok(), "overwrites fit");
+        // Expired now, but a sweep ran less than a second ago: still full.
         let later = t0 + Duration::from_millis(20);
-        assert!(s.set("one-more", Vec::new(), None, later).is_ok(), "swept");
+        assert!(s.set("one-more", Vec::new(), None, later).is_err());
+        let much_later = t0 + Duration::from_millis(1100);
+        assert!(s.set("one-more", Vec::new(), None, much_later).is_ok(), "swept");
+        assert!(s.held.load(Ordering::Relaxed) <= 2, "the sweep's removals counted");
     }
 
     #[test]

@@ -12,24 +12,87 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{Body, BoxError};
 
-/// Read `body` up to `limit` bytes: what was read, and whether there is more (then the
-/// rest is still in `body`). Trailers of a body read whole are dropped.
-pub async fn read_up_to<B>(body: &mut B, limit: u32) -> Result<(Bytes, bool), BoxError>
+/// What [`read_up_to`] read.
+#[derive(Debug, Default, Clone)]
+pub struct Read {
+    pub data: Bytes,
+    /// Trailers of a body read whole (gRPC's `grpc-status` travels in them).
+    pub trailers: Option<http::HeaderMap>,
+    /// The body is larger than the limit: the rest is still in the body read from.
+    pub over: bool,
+}
+
+/// Read `body` up to `limit` bytes (and its trailers, when it ends within them).
+pub async fn read_up_to<B>(body: &mut B, limit: u32) -> Result<Read, BoxError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let mut read = BytesMut::new();
+    let mut data = BytesMut::new();
+    let mut trailers: Option<http::HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(Into::into)?;
-        if let Ok(data) = frame.into_data() {
-            read.extend_from_slice(&data);
-            if read.len() > limit as usize {
-                return Ok((read.freeze(), true));
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit as usize {
+                    return Ok(Read {
+                        data: data.freeze(),
+                        trailers: None,
+                        over: true,
+                    });
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_with(http::HeaderMap::new).extend(t);
+                }
             }
         }
     }
-    Ok((read.freeze(), false))
+    Ok(Read {
+        data: data.freeze(),
+        trailers,
+        over: false,
+    })
+}
+
+/// A body read whole, sent again: its data, then its trailers.
+pub struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Replay {
+    pub fn new(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
+        Replay {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
+    }
+}
+
+impl HttpBody for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 /// A body whose first bytes were already read: they come first, then the rest.
@@ -84,16 +147,19 @@ where
     }
 }
 
-/// A body read by [`read_up_to`], to send on: the bytes read, then (`over`) the rest.
-pub fn resend<B>(read: Bytes, over: bool, rest: B) -> Body
+/// A body read by [`read_up_to`], to send on: the bytes read, then the rest (`over`),
+/// or then its trailers.
+pub fn resend<B>(read: Read, rest: B) -> Body
 where
     B: HttpBody<Data = Bytes> + Unpin + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    if over {
-        Prefixed::new(read, rest).boxed()
+    if read.over {
+        Prefixed::new(read.data, rest).boxed()
+    } else if read.trailers.is_some() {
+        Replay::new(read.data, read.trailers).boxed()
     } else {
-        super::full(read)
+        super::full(read.data)
     }
 }
 
@@ -105,8 +171,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_within_the_limit_is_whole_and_a_larger_one_keeps_every_byte() {
         let mut body = Full::new(Bytes::from_static(b"hello"));
-        let (read, over) = read_up_to(&mut body, 5).await.expect("read");
-        assert_eq!((read.as_ref(), over), (&b"hello"[..], false));
+        let read = read_up_to(&mut body, 5).await.expect("read");
+        assert_eq!((read.data.as_ref(), read.over), (&b"hello"[..], false));
         let mut body = Chunks(
             vec![
                 Bytes::from_static(b"hel"),
@@ -115,12 +181,30 @@ mod tests {
             ]
             .into_iter(),
         );
-        let (read, over) = read_up_to(&mut body, 4).await.expect("read");
-        assert_eq!((read.as_ref(), over), (&b"hello"[..], true));
-        let resent = resend(read, over, body);
+        let read = read_up_to(&mut body, 4).await.expect("read");
+        assert_eq!((read.data.as_ref(), read.over), (&b"hello"[..], true));
+        let resent = resend(read, body);
         assert_eq!(resent.size_hint().lower(), 5, "what was read counts");
         let all = resent.collect().await.expect("body").to_bytes();
         assert_eq!(all, "hello!");
+    }
+
+    #[tokio::test]
+    async fn trailers_of_a_body_read_whole_are_sent_again() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut body = Replay::new(Bytes::from_static(b"msg"), Some(trailers));
+        let read = read_up_to(&mut body, 10).await.expect("read");
+        assert!(!read.over);
+        let resent = resend(read, Full::new(Bytes::new()))
+            .collect()
+            .await
+            .expect("body");
+        assert_eq!(
+            resent.trailers().and_then(|t| t.get("grpc-status")),
+            Some(&http::HeaderValue::from_static("0"))
+        );
+        assert_eq!(resent.to_bytes(), "msg");
     }
 
     /// A body of these data frames.

@@ -74,7 +74,11 @@ pub async fn run_chain(
             }
         }
         match called {
-            Ok(edit) => view.state().apply(edit),
+            Ok(edit) => {
+                let mut state = view.state();
+                state.apply(edit);
+                state.mark_ran(i);
+            }
             Err(e) => failed(link, e)?,
         }
     }

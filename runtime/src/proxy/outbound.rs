@@ -47,19 +47,40 @@ impl OutboundClient for PluginOutbound {
         let runtime = self.runtime.clone();
         Box::pin(async move {
             let shared = shared.ok_or("the gateway is not serving yet")?;
-            runtime
-                .spawn(send_call(shared, call))
-                .await
-                .map_err(|e| format!("outbound call lost: {e}"))?
+            let timeout = call.timeout;
+            let task = Abort(runtime.spawn(async move {
+                tokio::time::timeout(timeout, send_call(shared, call))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
+            }));
+            task.await.map_err(|e| format!("outbound call lost: {e}"))?
         })
     }
 }
 
+/// A spawned call that is stopped when its waiter goes away (the plugin's call was
+/// stopped, or the request with it): its connection is let go at once.
+struct Abort<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for Abort<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Abort<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAnswer, String> {
-    let port = call
-        .authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let port = call.port;
     let snapshot = shared.snapshot.load_full();
     let cluster = snapshot
         .registry
@@ -107,10 +128,10 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
     .map_err(|e| e.to_string())?;
     let (parts, mut rest) = response.into_parts();
     let limit = u32::try_from(OUTBOUND_MAX_BODY).unwrap_or(u32::MAX);
-    let (read, over) = body::read_up_to(&mut rest, limit)
+    let read = body::read_up_to(&mut rest, limit)
         .await
         .map_err(|e| format!("reading the response: {e}"))?;
-    if over {
+    if read.over {
         return Err(format!("response body over {OUTBOUND_MAX_BODY} bytes"));
     }
     Ok(OutboundAnswer {
@@ -125,6 +146,6 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
                 )
             })
             .collect(),
-        body: read.to_vec(),
+        body: read.data.to_vec(),
     })
 }

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::body::{read_up_to, resend};
+use super::body::{Replay, read_up_to, resend};
 use super::error::local_response;
 use super::headers::apply_mutation;
 use super::{Body, BoxError, ProxyError, chain::failed};
@@ -32,10 +32,14 @@ pub async fn respond(
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, mut body) = response.into_parts();
     // The body, read once for every policy that asked.
+    let mut trailers = None;
     let (mut read, mut rest): (Option<Bytes>, Option<Body>) = match chain.wants.response_body {
         Some(limit) => match read_up_to(&mut body, limit).await {
-            Ok((whole, false)) => (Some(whole), None),
-            Ok((prefix, true)) => (None, Some(resend(prefix, true, body))),
+            Ok(whole) if !whole.over => {
+                trailers = whole.trailers;
+                (Some(whole.data), None)
+            }
+            Ok(prefix) => (None, Some(resend(prefix, body))),
             Err(e) => {
                 return Err(ProxyError::UpstreamReset(format!(
                     "reading the response body: {e}"
@@ -51,9 +55,10 @@ pub async fn respond(
         local,
     });
     let mut body_changed = false;
-    for link in chain.links.iter().rev() {
+    for (i, link) in chain.links.iter().enumerate().rev() {
         let interest = link.policy.interest();
-        if !(interest.response || interest.response_body.is_some()) {
+        // Only the policies that ran on the request (its port, not skipped).
+        if !(interest.response || interest.response_body.is_some()) || !view.state().ran(i) {
             continue;
         }
         if let Some(limit) = interest.response_body
@@ -115,6 +120,7 @@ pub async fn respond(
             }
             read = Some(body);
             rest = None;
+            trailers = None;
             body_changed = true;
         }
         if let Some(ops) = edit.headers {
@@ -131,6 +137,7 @@ pub async fn respond(
     let view = Arc::try_unwrap(current).unwrap_or_else(|shared| (*shared).clone());
     let mut out = Response::new(match (rest, read) {
         (Some(streaming), _) => streaming,
+        (None, Some(bytes)) if trailers.is_some() => Replay::new(bytes, trailers).boxed(),
         (None, Some(bytes)) => super::full(bytes),
         (None, None) => super::empty(),
     });
@@ -212,8 +219,8 @@ impl LogBody {
         };
         // Off the request's path: the response is already out.
         runtime.spawn(async move {
-            for link in &f.chain.links {
-                if !link.policy.interest().log {
+            for (i, link) in f.chain.links.iter().enumerate() {
+                if !link.policy.interest().log || !f.view.state().ran(i) {
                     continue;
                 }
                 if let Err(e) = link.policy.on_log(&f.view, entry.clone()).await {

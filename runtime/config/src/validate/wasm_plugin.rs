@@ -159,10 +159,12 @@ fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
             None if grant == "state" => caps.state = true,
             Some(("outbound", host)) => {
                 let host = host.to_ascii_lowercase();
-                if host.is_empty()
-                    || !host
+                // `*` only as a whole first label: `*.example.com`.
+                let name = host.strip_prefix("*.").unwrap_or(&host);
+                if name.is_empty()
+                    || !name
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
                 {
                     r.err(
                         &p,
@@ -597,11 +599,15 @@ mod tests {
             })
         );
         assert_eq!(
-            capabilities_of("state, sockets, outbound:http://x"),
+            capabilities_of("state, sockets, outbound:http://x, outbound:*, outbound:a*.b"),
             Err(vec![
                 "unknown capability \"sockets\": the grants are clock, state and outbound:<host>"
                     .to_string(),
                 "outbound:http://x: not a host name (write outbound:<host>, no port or scheme)"
+                    .to_string(),
+                "outbound:*: not a host name (write outbound:<host>, no port or scheme)"
+                    .to_string(),
+                "outbound:a*.b: not a host name (write outbound:<host>, no port or scheme)"
                     .to_string(),
             ])
         );
