@@ -76,7 +76,9 @@ async fn phases_properties_and_order() {
     let (gw, port, _echo, _dir, _plugins) = phases_gateway("phases").await;
 
     // Istio's order: AUTHN by priority (c before a), then the rest (b).
-    let reply = get(port, "x", "/", &[("x-order", "1")]).await.expect("reply");
+    let reply = get(port, "x", "/", &[("x-order", "1")])
+        .await
+        .expect("reply");
     assert_eq!(reply.text(), "c,a,b", "{}", gw.log_text());
 
     // A property set by one plugin is seen by a later one, not by an earlier one; each
@@ -99,19 +101,29 @@ async fn phases_properties_and_order() {
     }
     // b (last on the request, first on the response) replaces the response; a and c,
     // after it, see the replacement.
-    let reply = get(port, "x", "/", &[("x-replace", "b")]).await.expect("reply");
+    let reply = get(port, "x", "/", &[("x-replace", "b")])
+        .await
+        .expect("reply");
     assert_eq!(reply.status.as_u16(), 418);
     assert_eq!(reply.text(), "replaced by b");
     assert_eq!(header(&reply, "x-phases-b-status"), "200");
     assert_eq!(header(&reply, "x-phases-a-status"), "418");
     assert_eq!(header(&reply, "x-phases-c-status"), "418");
     // A local reply goes through the response phase too.
-    let reply = get(port, "x", "/", &[("x-order", "1")]).await.expect("reply");
+    let reply = get(port, "x", "/", &[("x-order", "1")])
+        .await
+        .expect("reply");
     assert_eq!(header(&reply, "x-phases-c-status"), "200");
 
     // b asked for response bodies: it rewrites the upstream's, and the length follows.
-    let reply = get(port, "x", "/", &[("x-upper", "1")]).await.expect("reply");
-    assert!(reply.text().contains("\"UPSTREAM\":\"ECHO\""), "{}", reply.text());
+    let reply = get(port, "x", "/", &[("x-upper", "1")])
+        .await
+        .expect("reply");
+    assert!(
+        reply.text().contains("\"UPSTREAM\":\"ECHO\""),
+        "{}",
+        reply.text()
+    );
     assert_eq!(
         header(&reply, "content-length"),
         reply.body.len().to_string()
@@ -121,14 +133,17 @@ async fn phases_properties_and_order() {
     let mut text = String::new();
     for _ in 0..50 {
         text = gw.scrape().await;
-        if text.contains(r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#)
-        {
+        if text.contains(
+            r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#,
+        ) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        text.contains(r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#),
+        text.contains(
+            r#"wasmgate_plugin_phases_logged_total{plugin="default/a",name="a",status="418"} 1"#
+        ),
         "{text}"
     );
     assert!(
@@ -141,7 +156,14 @@ async fn phases_properties_and_order() {
 async fn request_bodies_within_and_over_a_plugins_limit() {
     let (gw, port, echo, dir, plugins) = phases_gateway("bodies").await;
     let post = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
-        request(port, "POST", "x", "/", headers, Bytes::from_static(body.as_bytes()))
+        request(
+            port,
+            "POST",
+            "x",
+            "/",
+            headers,
+            Bytes::from_static(body.as_bytes()),
+        )
     };
     // Within a's 16 bytes: a reads it (and answers with it).
     let reply = post("sixteen bytes ok", &[("x-read-body", "a")])
@@ -155,7 +177,8 @@ async fn request_bodies_within_and_over_a_plugins_limit() {
     assert_eq!(echo.hits(), before);
     // c ran before a failed the request: its log phase sees the 413 (a's does not: it
     // never ran).
-    let logged = r#"wasmgate_plugin_phases_logged_total{plugin="default/c",name="c",status="413"} 1"#;
+    let logged =
+        r#"wasmgate_plugin_phases_logged_total{plugin="default/c",name="c",status="413"} 1"#;
     let mut text = String::new();
     for _ in 0..50 {
         text = gw.scrape().await;
@@ -171,7 +194,9 @@ async fn request_bodies_within_and_over_a_plugins_limit() {
     assert_eq!(reply.echo()["body"], "fine");
     // A response body over b's 4096 bytes fails b, which fails closed.
     let pad = "p".repeat(5000);
-    let reply = get(port, "x", "/", &[("x-pad", &pad)]).await.expect("reply");
+    let reply = get(port, "x", "/", &[("x-pad", &pad)])
+        .await
+        .expect("reply");
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     drop(gw);
 
@@ -241,7 +266,9 @@ async fn state_is_shared_by_instances_and_kept_across_a_trap() {
         assert_eq!(reply.text(), n.to_string(), "{}", gw.log_text());
     }
     // The instance traps and is dropped; the count lives in the host.
-    let reply = get(port, "x", "/panic-after-count", &[]).await.expect("reply");
+    let reply = get(port, "x", "/panic-after-count", &[])
+        .await
+        .expect("reply");
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     let reply = get(port, "x", "/count", &[]).await.expect("reply");
     assert_eq!(reply.text(), "5");
@@ -256,9 +283,16 @@ async fn state_is_shared_by_instances_and_kept_across_a_trap() {
     let reply = get(port, "x", "/count", &[]).await.expect("reply");
     assert_eq!(reply.text(), "30");
     // Compare-and-swap: only the first write of an absent key wins.
-    let first = get(port, "x", "/cas?key=lock&value=me", &[]).await.expect("reply");
-    let second = get(port, "x", "/cas?key=lock&value=you", &[]).await.expect("reply");
-    assert_eq!((first.text(), second.text()), ("true".into(), "false".into()));
+    let first = get(port, "x", "/cas?key=lock&value=me", &[])
+        .await
+        .expect("reply");
+    let second = get(port, "x", "/cas?key=lock&value=you", &[])
+        .await
+        .expect("reply");
+    assert_eq!(
+        (first.text(), second.text()),
+        ("true".into(), "false".into())
+    );
     let reply = get(port, "x", "/get?key=lock", &[]).await.expect("reply");
     assert_eq!(reply.text(), "me");
 
@@ -276,9 +310,14 @@ async fn state_is_shared_by_instances_and_kept_across_a_trap() {
 async fn outbound_calls_reach_granted_hosts_only() {
     let (gw, port, echo, _dir, _plugins) =
         stateful_gateway("outbound", "outbound:auth.internal, outbound:authz").await;
-    let reply = get(port, "x", "/call?host=auth.internal&path=/check%3Fuser%3D7", &[])
-        .await
-        .expect("reply");
+    let reply = get(
+        port,
+        "x",
+        "/call?host=auth.internal&path=/check%3Fuser%3D7",
+        &[],
+    )
+    .await
+    .expect("reply");
     assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
     let answer: serde_json::Value = serde_json::from_slice(&reply.body).expect("echo JSON");
     assert_eq!(answer["path"], "/check?user=7");
@@ -290,7 +329,9 @@ async fn outbound_calls_reach_granted_hosts_only() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let hits = echo.hits();
     // A ServiceEntry alone is not a grant.
-    let reply = get(port, "x", "/call?host=other.internal", &[]).await.expect("reply");
+    let reply = get(port, "x", "/call?host=other.internal", &[])
+        .await
+        .expect("reply");
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert!(reply.text().contains("not granted"), "{}", reply.text());
     assert_eq!(echo.hits(), hits, "the call was sent");
@@ -327,14 +368,20 @@ async fn namespaces_share_no_state() {
     let plugins = plugins_dir(&[("stateful.wasm", "stateful")]);
     let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
     for n in 1..=3 {
-        let reply = get(port, "team-a.example", "/count", &[]).await.expect("reply");
+        let reply = get(port, "team-a.example", "/count", &[])
+            .await
+            .expect("reply");
         assert_eq!(reply.text(), n.to_string(), "{}", gw.log_text());
     }
-    let reply = get(port, "team-b.example", "/count", &[]).await.expect("reply");
+    let reply = get(port, "team-b.example", "/count", &[])
+        .await
+        .expect("reply");
     assert_eq!(reply.text(), "1", "team-b saw team-a's state");
     // A reload that keeps the plugin keeps its state.
     assert_eq!(gw.reload().await.status, StatusCode::OK);
-    let reply = get(port, "team-a.example", "/count", &[]).await.expect("reply");
+    let reply = get(port, "team-a.example", "/count", &[])
+        .await
+        .expect("reply");
     assert_eq!(reply.text(), "4");
 }
 
@@ -356,7 +403,9 @@ async fn a_previous_version_plugin_and_an_unknown_grant_are_refused() {
         panic!("a 0.2 plugin loaded");
     };
     assert!(
-        log.contains("built against wasmgate:policy@0.2.1, but this wasmgate speaks wasmgate:policy@0.3.0"),
+        log.contains(
+            "built against wasmgate:policy@0.2.1, but this wasmgate speaks wasmgate:policy@0.3.0"
+        ),
         "{log}"
     );
     dir.write(
@@ -415,7 +464,11 @@ async fn later_phases_follow_the_request_phase() {
     );
     let off = get(port, "x", "/", &[]).await.expect("reply");
     assert!(off.status.is_server_error());
-    assert_eq!(header(&off, "x-phases-a-status"), "", "a never ran on {port}");
+    assert_eq!(
+        header(&off, "x-phases-a-status"),
+        "",
+        "a never ran on {port}"
+    );
 }
 
 /// An outbound call past its timeout is stopped, and its connection let go: a slow
@@ -423,7 +476,9 @@ async fn later_phases_follow_the_request_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbound_call_that_times_out_lets_its_connection_go() {
     // A service that accepts and never answers; it reports when the gateway hangs up.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let slow = listener.local_addr().expect("addr").port();
     let (hung_up, mut closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -485,6 +540,11 @@ async fn two_wasm_plugins_of_one_module_load_serve_and_reload_with_one_instance_
                 .expect("reply");
             assert_eq!(reply.text(), round.to_string(), "{}", gw.log_text());
         }
-        assert_eq!(gw.reload().await.status, StatusCode::OK, "{}", gw.log_text());
+        assert_eq!(
+            gw.reload().await.status,
+            StatusCode::OK,
+            "{}",
+            gw.log_text()
+        );
     }
 }

@@ -326,7 +326,8 @@ mod tests {
     fn header_operations_follow_the_forward_or_come_back() {
         let mut d = forward(1);
         let mut e = Edit::default();
-        e.set_request_header("X-A", "1").set_response_header("x-b", "2");
+        e.set_request_header("X-A", "1")
+            .set_response_header("x-b", "2");
         e.apply(&mut d);
         let f = d.forward_mut().expect("forward");
         assert_eq!(

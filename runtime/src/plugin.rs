@@ -40,8 +40,8 @@ pub use bindings::wasmgate::policy::types;
 use bindings::{Plugin, PluginPre};
 pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
-pub use context::{RequestView, ResponseView};
 use context::{RequestCtx, ResponseCtx};
+pub use context::{RequestView, ResponseView};
 pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random, authority_host, host_granted};
 use host::{StoreState, Tick};
 use lane::SlowLane;
@@ -818,13 +818,22 @@ async fn call_once(
         Phase::Response(_) => false,
         _ => fits(binding.interest.request_body, view.body.as_ref()),
     };
-    let request = match slot.store.data_mut().push_request(RequestCtx { view, body }) {
+    let request = match slot
+        .store
+        .data_mut()
+        .push_request(RequestCtx { view, body })
+    {
         Ok(r) => r,
         Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), false),
     };
     let guest = slot.plugin.wasmgate_policy_policy().prepared();
     // Outbound calls wait on the host; the wall-clock guard allows for them.
-    let wall = budget + if pool.plugin.inner.calls_out { OUTBOUND_MAX } else { Duration::ZERO };
+    let wall = budget
+        + if pool.plugin.inner.calls_out {
+            OUTBOUND_MAX
+        } else {
+            Duration::ZERO
+        };
     let bounded_call = pool.plugin.inner.may_block || pool.plugin.inner.calls_out;
     let mut response = None;
     // Each call is awaited where it is made (not passed to a helper): a future moved into
@@ -888,8 +897,7 @@ async fn call_once(
         // Not the plugin's fault (its budget was spent by all its calls together): not
         // counted by its breaker; the instance is dropped all the same.
         Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Unavailable(
-            "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)"
-                .into(),
+            "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)".into(),
         )),
         Err(trap) => Err(CallError::Trap(trap)),
     };

@@ -39,9 +39,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 
+pub use chain::run_chain;
 use error::local_response;
 pub use error::{Culprit, ProxyError};
-pub use chain::run_chain;
 use headers::{apply_mutation, edge_headers, single_content_type, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
@@ -418,13 +418,16 @@ async fn serve(
     // The body, read for the policies that asked (up to the largest limit of the host's
     // chains); nothing is read for the others.
     let mut read = None;
-    if let Some(limit) = vhost.chains.iter().filter_map(|c| c.wants.request_body).max() {
-        let got = body::read_up_to(req.body_mut(), limit)
-            .await
-            .map_err(|e| {
-                tracing::debug!("reading the request body for plugins: {e}");
-                ProxyError::BadRequest("the request body could not be read")
-            })?;
+    if let Some(limit) = vhost
+        .chains
+        .iter()
+        .filter_map(|c| c.wants.request_body)
+        .max()
+    {
+        let got = body::read_up_to(req.body_mut(), limit).await.map_err(|e| {
+            tracing::debug!("reading the request body for plugins: {e}");
+            ProxyError::BadRequest("the request body could not be read")
+        })?;
         read = Some(got);
     }
     let view = Arc::new(request_view(
@@ -527,7 +530,12 @@ async fn serve(
     let local = !matches!(decision.action, Action::Forward(_));
     let made = match failure {
         Some(e) => Err(e),
-        None => act(shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access).await,
+        None => {
+            act(
+                shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access,
+            )
+            .await
+        }
     };
     let Some(view) = view else {
         return made;

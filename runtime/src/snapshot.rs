@@ -23,8 +23,8 @@ use wasmgate_config::{
 };
 
 use crate::plugin::builtin;
-use crate::plugin::types::{Binding, Header, HeaderMutation};
 use crate::plugin::context::ChainNames;
+use crate::plugin::types::{Binding, Header, HeaderMutation};
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
 use crate::telemetry::overrides::{self, TraceBase};

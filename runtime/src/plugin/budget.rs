@@ -260,7 +260,10 @@ mod tests {
         assert!(a.memory_growing(6 << 20, 7 << 20, None).expect("fits"));
         assert!(a.memory_grow_failed(wasmtime::format_err!("max")).is_err());
         assert_eq!(budget.usage(), (2, 6 << 20));
-        assert!(a.memory_growing(0, 9 << 20, None).is_err(), "past the instance");
+        assert!(
+            a.memory_growing(0, 9 << 20, None).is_err(),
+            "past the instance"
+        );
         let mut b = b;
         assert!(
             b.memory_growing(0, 5 << 20, None).is_err(),

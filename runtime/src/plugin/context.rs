@@ -230,7 +230,9 @@ impl ChainState {
             d.action = action;
         }
         if let (Some(i), Action::Forward(f)) = (edit.pick, &mut d.action)
-            && let Some(i) = usize::try_from(i).ok().filter(|i| *i < f.destinations.len())
+            && let Some(i) = usize::try_from(i)
+                .ok()
+                .filter(|i| *i < f.destinations.len())
         {
             let kept = f.destinations.swap_remove(i);
             f.destinations.clear();
@@ -375,7 +377,8 @@ mod tests {
     fn properties_are_bounded() {
         let v = view();
         v.set_property("a".into(), Some("1".into())).expect("set");
-        v.set_property("a".into(), Some("2".into())).expect("overwrite");
+        v.set_property("a".into(), Some("2".into()))
+            .expect("overwrite");
         assert_eq!(v.property("a").as_deref(), Some("2"));
         assert!(v.set_property(String::new(), Some("x".into())).is_err());
         assert!(
@@ -386,7 +389,10 @@ mod tests {
             v.set_property(format!("p{i}"), Some(String::new()))
                 .expect("within the limit");
         }
-        assert!(v.set_property("one-more".into(), Some(String::new())).is_err());
+        assert!(
+            v.set_property("one-more".into(), Some(String::new()))
+                .is_err()
+        );
         v.set_property("a".into(), None).expect("remove");
         assert_eq!(v.property("a"), None);
     }

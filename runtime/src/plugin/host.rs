@@ -21,8 +21,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime::component::Resource;
 
 use super::bindings::wasmgate::policy::{clock, host, metrics, outbound, state, types};
-use super::context::{self, RequestCtx, ResponseCtx};
 use super::budget::Limiter;
+use super::context::{self, RequestCtx, ResponseCtx};
 use super::metrics::{Definition, PluginMetrics};
 use super::state::KvStore;
 use super::{OutboundAnswer, OutboundCall, OutboundClient};
@@ -134,10 +134,7 @@ impl StoreState {
         Ok(self.table.push(ctx)?)
     }
 
-    pub fn push_response(
-        &mut self,
-        ctx: ResponseCtx,
-    ) -> wasmtime::Result<Resource<ResponseCtx>> {
+    pub fn push_response(&mut self, ctx: ResponseCtx) -> wasmtime::Result<Resource<ResponseCtx>> {
         Ok(self.table.push(ctx)?)
     }
 
@@ -369,7 +366,11 @@ impl types::HostRequest for StoreState {
         Ok(self.request(&r)?.view.query_param(&name))
     }
 
-    fn header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(self.request(&r)?.view.header(&name))
     }
 
@@ -408,7 +409,13 @@ impl types::HostRequest for StoreState {
     fn body(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<Vec<u8>>> {
         let ctx = self.request(&r)?;
         Ok(if ctx.body {
-            Some(ctx.view.body.as_ref().map(|b| b.to_vec()).unwrap_or_default())
+            Some(
+                ctx.view
+                    .body
+                    .as_ref()
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default(),
+            )
         } else {
             None
         })
@@ -490,7 +497,13 @@ impl types::HostResponse for StoreState {
     fn body(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Option<Vec<u8>>> {
         let ctx = self.response(&r)?;
         Ok(if ctx.body {
-            Some(ctx.view.body.as_ref().map(|b| b.to_vec()).unwrap_or_default())
+            Some(
+                ctx.view
+                    .body
+                    .as_ref()
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default(),
+            )
         } else {
             None
         })

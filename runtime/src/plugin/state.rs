@@ -260,13 +260,25 @@ mod tests {
         assert_eq!(s.increment("n", 1, None, later), Ok(1), "a fresh counter");
         s.set("t", b"text".to_vec(), None, t0).expect("set");
         assert!(s.increment("t", 1, None, t0).is_err(), "not a counter");
-        assert_eq!(s.compare_and_swap("l", None, Some(b"a".to_vec()), None, t0), Ok(true));
-        assert_eq!(s.compare_and_swap("l", None, Some(b"b".to_vec()), None, t0), Ok(false));
-        assert_eq!(s.compare_and_swap("l", Some(b"a"), None, None, t0), Ok(true));
+        assert_eq!(
+            s.compare_and_swap("l", None, Some(b"a".to_vec()), None, t0),
+            Ok(true)
+        );
+        assert_eq!(
+            s.compare_and_swap("l", None, Some(b"b".to_vec()), None, t0),
+            Ok(false)
+        );
+        assert_eq!(
+            s.compare_and_swap("l", Some(b"a"), None, None, t0),
+            Ok(true)
+        );
         assert_eq!(s.get("l", t0), Ok(None));
         assert_eq!(s.delete("t", t0), Ok(true));
         assert_eq!(s.delete("t", t0), Ok(false));
-        assert!(s.set(&"k".repeat(MAX_KEY + 1), Vec::new(), None, t0).is_err());
+        assert!(
+            s.set(&"k".repeat(MAX_KEY + 1), Vec::new(), None, t0)
+                .is_err()
+        );
         assert!(s.set("v", vec![0; MAX_VALUE + 1], None, t0).is_err());
     }
 
@@ -275,16 +287,26 @@ mod tests {
         let s = KvStore::default();
         let t0 = Instant::now();
         for i in 0..MAX_KEYS {
-            s.set(&format!("k{i}"), Vec::new(), Some(10), t0).expect("room");
+            s.set(&format!("k{i}"), Vec::new(), Some(10), t0)
+                .expect("room");
         }
         assert!(s.set("one-more", Vec::new(), None, t0).is_err());
-        assert!(s.set("k1", b"x".to_vec(), None, t0).is_ok(), "overwrites fit");
+        assert!(
+            s.set("k1", b"x".to_vec(), None, t0).is_ok(),
+            "overwrites fit"
+        );
         // Expired now, but a sweep ran less than a second ago: still full.
         let later = t0 + Duration::from_millis(20);
         assert!(s.set("one-more", Vec::new(), None, later).is_err());
         let much_later = t0 + Duration::from_millis(1100);
-        assert!(s.set("one-more", Vec::new(), None, much_later).is_ok(), "swept");
-        assert!(s.held.load(Ordering::Relaxed) <= 2, "the sweep's removals counted");
+        assert!(
+            s.set("one-more", Vec::new(), None, much_later).is_ok(),
+            "swept"
+        );
+        assert!(
+            s.held.load(Ordering::Relaxed) <= 2,
+            "the sweep's removals counted"
+        );
     }
 
     #[test]

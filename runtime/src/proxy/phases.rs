@@ -82,7 +82,10 @@ pub async fn respond(
         if edit.body.is_some() && interest.response_body.is_none() {
             let message = "replaced the response body without a response-body interest";
             if link.fail_open {
-                tracing::warn!(plugin = link.policy.plugin_name(), "skipped (FAIL_OPEN): {message}");
+                tracing::warn!(
+                    plugin = link.policy.plugin_name(),
+                    "skipped (FAIL_OPEN): {message}"
+                );
                 continue;
             }
             return Err(ProxyError::Plugin {

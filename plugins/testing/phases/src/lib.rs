@@ -250,7 +250,11 @@ mod tests {
             (200, "no body".into())
         );
         // Only the binding named answers.
-        assert!(decide(&a, &body("b").body("hello").build()).action.is_none());
+        assert!(
+            decide(&a, &body("b").body("hello").build())
+                .action
+                .is_none()
+        );
     }
 
     #[test]
