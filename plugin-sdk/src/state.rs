@@ -2,7 +2,8 @@
 //! instances and kept across traps and reloads, when the WasmPlugin grants `state` in
 //! its `wasmgate.io/capabilities` annotation (every call returns an error otherwise).
 //!
-//! Keys at most 256 bytes, values at most 64 KiB, at most 10000 live keys; a `ttl`
+//! Keys at most 256 bytes, values at most 64 KiB, at most 10000 live keys and 16 MiB of
+//! values; a `ttl`
 //! makes a key expire that long after the write. Counters are 8-byte little-endian
 //! signed integers ([`increment`]). Natively [`crate::testing::grant`] grants it, the
 //! store lives per thread, and [`crate::testing::set_clock`] moves expiry along.

@@ -488,6 +488,7 @@ pub(crate) mod native {
         const MAX_KEY: usize = 256;
         const MAX_VALUE: usize = 64 << 10;
         const MAX_KEYS: usize = 10_000;
+        const MAX_BYTES: usize = 16 << 20;
 
         fn expiry(ttl: Option<u64>) -> Option<u64> {
             ttl.map(|ms| now().saturating_add(ms.saturating_mul(1_000_000)))
@@ -525,6 +526,17 @@ pub(crate) mod native {
             let t = now();
             STORE.with(|s| {
                 let mut s = s.borrow_mut();
+                let held: usize = s
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != key)
+                    .map(|(_, (v, _))| v.len())
+                    .sum();
+                if held + value.len() > MAX_BYTES {
+                    return Err(format!(
+                        "the store holds {} MiB of values, its limit",
+                        MAX_BYTES >> 20
+                    ));
+                }
                 if !s.contains_key(key) && s.len() >= MAX_KEYS {
                     s.retain(|_, (_, e)| e.is_none_or(|e| e > t));
                     if s.len() >= MAX_KEYS {

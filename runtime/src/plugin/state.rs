@@ -1,7 +1,8 @@
 //! The `state` capability: a key-value store per (plugin, namespace) kept by the host,
 //! shared by every instance, kept across traps and across reloads that keep the plugin.
 //! Operations on one key are atomic (a dashmap shard lock is held for each); expiry is
-//! checked on access and swept when the store is full.
+//! checked on access and swept when the store is full. Bounded: keys, values, the number
+//! of keys and the bytes of all values ([`MAX_BYTES`], 16 MiB per store).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-/// Longest key, largest value, most live keys per store.
+/// Longest key, largest value, most live keys, most value bytes per store.
 pub const MAX_KEY: usize = 256;
 pub const MAX_VALUE: usize = 64 << 10;
 pub const MAX_KEYS: usize = 10_000;
+pub const MAX_BYTES: usize = 16 << 20;
 
 #[derive(Debug)]
 struct Value {
@@ -34,6 +36,8 @@ pub struct KvStore {
     /// Keys held (live or expired but not yet removed), kept beside the map so a write
     /// need not count every shard.
     held: AtomicUsize,
+    /// Bytes of the values held (keys are bounded by their count and length).
+    bytes: AtomicUsize,
     /// When a full store was last swept, in ms since `born`: at most one sweep a second,
     /// so a full store does not make every write walk all its keys.
     swept: std::sync::atomic::AtomicU64,
@@ -104,25 +108,56 @@ impl KvStore {
             return full();
         }
         // Count what the sweep itself removes: other writers may add or delete meanwhile.
-        let mut removed = 0;
+        let (mut removed, mut freed) = (0, 0);
         self.map.retain(|_, v| {
             let keep = v.live(now);
-            removed += usize::from(!keep);
+            if !keep {
+                removed += 1;
+                freed += v.bytes.len();
+            }
             keep
         });
         self.held.fetch_sub(removed, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
         if self.held.load(Ordering::Relaxed) >= MAX_KEYS {
             return full();
         }
         Ok(())
     }
 
+    /// A value of `old` bytes becomes one of `new` bytes: refused past [`MAX_BYTES`].
+    fn resize(&self, old: usize, new: usize) -> Result<(), String> {
+        if new <= old {
+            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(new - old).filter(|t| *t <= MAX_BYTES)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                format!(
+                    "the store holds {} MiB of values, its limit",
+                    MAX_BYTES >> 20
+                )
+            })
+    }
+
     fn insert(&self, key: &str, value: Value, now: Instant) -> Result<(), String> {
         if !self.map.contains_key(key) {
             self.room(now)?;
         }
-        if self.map.insert(key.to_string(), value).is_none() {
-            self.held.fetch_add(1, Ordering::Relaxed);
+        match self.map.entry(key.to_string()) {
+            Entry::Occupied(mut e) => {
+                self.resize(e.get().bytes.len(), value.bytes.len())?;
+                *e.get_mut() = value;
+            }
+            Entry::Vacant(e) => {
+                self.resize(0, value.bytes.len())?;
+                e.insert(value);
+                self.held.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -148,6 +183,7 @@ impl KvStore {
         match self.map.remove(key) {
             Some((_, v)) => {
                 self.held.fetch_sub(1, Ordering::Relaxed);
+                self.bytes.fetch_sub(v.bytes.len(), Ordering::Relaxed);
                 Ok(v.live(now))
             }
             None => Ok(false),
@@ -169,6 +205,7 @@ impl KvStore {
             Entry::Occupied(mut e) => {
                 let v = e.get_mut();
                 if !v.live(now) {
+                    self.resize(v.bytes.len(), 8)?;
                     *v = Value {
                         bytes: delta.to_le_bytes().to_vec(),
                         expires: expiry(now, ttl_ms),
@@ -183,6 +220,7 @@ impl KvStore {
                 Ok(n)
             }
             Entry::Vacant(e) => {
+                self.resize(0, 8)?;
                 e.insert(Value {
                     bytes: delta.to_le_bytes().to_vec(),
                     expires: expiry(now, ttl_ms),
@@ -216,14 +254,16 @@ impl KvStore {
                 }
                 match value {
                     Some(bytes) => {
+                        self.resize(e.get().bytes.len(), bytes.len())?;
                         *e.get_mut() = Value {
                             bytes,
                             expires: expiry(now, ttl_ms),
                         }
                     }
                     None => {
-                        e.remove();
+                        let (_, gone) = e.remove_entry();
                         self.held.fetch_sub(1, Ordering::Relaxed);
+                        self.bytes.fetch_sub(gone.bytes.len(), Ordering::Relaxed);
                     }
                 }
                 Ok(true)
@@ -233,6 +273,7 @@ impl KvStore {
                     return Ok(false);
                 }
                 if let Some(bytes) = value {
+                    self.resize(0, bytes.len())?;
                     e.insert(Value {
                         bytes,
                         expires: expiry(now, ttl_ms),
@@ -306,6 +347,35 @@ mod tests {
         assert!(
             s.held.load(Ordering::Relaxed) <= 2,
             "the sweep's removals counted"
+        );
+    }
+
+    #[test]
+    fn the_values_a_store_holds_are_bounded_in_bytes() {
+        let s = KvStore::default();
+        let t0 = Instant::now();
+        let big = vec![0u8; MAX_VALUE];
+        let fit = MAX_BYTES / MAX_VALUE;
+        for i in 0..fit {
+            s.set(&format!("k{i}"), big.clone(), None, t0)
+                .expect("fits");
+        }
+        let err = s
+            .set("one-more", big.clone(), None, t0)
+            .expect_err("past the bytes");
+        assert!(err.contains("16 MiB"), "{err}");
+        assert!(
+            s.increment("n", 1, None, t0).is_err(),
+            "8 more bytes do not fit"
+        );
+        // Shrinking and deleting give bytes back.
+        s.set("k0", Vec::new(), None, t0).expect("shrink");
+        assert!(s.set("one-more", vec![0; MAX_VALUE - 8], None, t0).is_ok());
+        assert_eq!(s.delete("k1", t0), Ok(true));
+        assert_eq!(s.increment("n", 1, None, t0), Ok(1));
+        assert_eq!(
+            s.bytes.load(Ordering::Relaxed),
+            (fit - 2) * MAX_VALUE + (MAX_VALUE - 8) + 8
         );
     }
 
