@@ -42,7 +42,7 @@ pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
 use context::{RequestCtx, ResponseCtx};
 pub use context::{RequestView, ResponseView};
-pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random, authority_host, host_granted};
+pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random};
 use host::{StoreState, Tick};
 use lane::SlowLane;
 pub use load::{WIT_PACKAGE, is_component};

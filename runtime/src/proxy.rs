@@ -40,8 +40,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 
 pub use chain::run_chain;
-use error::local_response;
 pub use error::{Culprit, ProxyError};
+use error::{direct_response, local_response};
 use headers::{apply_mutation, edge_headers, single_content_type, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
@@ -447,7 +447,7 @@ async fn serve(
         let span = access.observe.as_mut().and_then(Observation::recording);
         match run_chain(chain, &view, span).await {
             Ok(()) => {}
-            Err(e) if chain.wants.response || chain.wants.log => {
+            Err(e) if chain.wants.later() => {
                 routed = Some(chain);
                 failure = Some(e);
                 break;
@@ -464,7 +464,7 @@ async fn serve(
     };
     // The request goes on with its headers; the view keeps a copy only for the phases
     // that read it later.
-    let later = chain.wants.response || chain.wants.log;
+    let later = chain.wants.later();
     let (decision, reply_ops) = {
         let mut state = view.state();
         if later {
@@ -660,20 +660,12 @@ async fn act(
                 ops,
             ))
         }
-        Action::Respond(direct) => {
-            let status = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
-            Ok(local_response(status, Bytes::from(direct.body), |h| {
-                for d in direct.headers {
-                    if let (Ok(n), Ok(v)) = (
-                        http::HeaderName::from_bytes(d.name.as_bytes()),
-                        HeaderValue::from_str(&d.value),
-                    ) {
-                        h.append(n, v);
-                    }
-                }
-                ops(h);
-            }))
-        }
+        Action::Respond(direct) => Ok(direct_response(
+            direct.status,
+            &direct.headers,
+            Bytes::from(direct.body),
+            ops,
+        )),
         Action::Redirect(redirect) => {
             let status =
                 StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);

@@ -99,6 +99,11 @@ pub struct Wants {
 }
 
 impl Wants {
+    /// A phase after the decision runs: the request's view is kept for it.
+    pub fn later(&self) -> bool {
+        self.response || self.log
+    }
+
     fn of(links: &[Link]) -> Wants {
         let mut w = Wants::default();
         for l in links {

@@ -129,17 +129,11 @@ impl RequestView {
 
     /// The first value of header `name`, as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        first(&self.headers, name)
     }
 
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
+        self.headers.get_all(name).iter().map(text).collect()
     }
 
     /// The path without the query.
@@ -264,12 +258,22 @@ fn join(into: &mut Option<HeaderMutation>, more: Option<HeaderMutation>) {
     }
 }
 
+/// A header value as a plugin reads it: text, with bytes that are not UTF-8 replaced.
+fn text(v: &http::HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
+/// The first value of header `name` in `map`, as text.
+pub fn first(map: &HeaderMap, name: &str) -> Option<String> {
+    map.get(name).map(text)
+}
+
 /// Every header of `map`, names lowercase, values as text.
 pub fn all_headers(map: &HeaderMap) -> Vec<Header> {
     map.iter()
         .map(|(n, v)| Header {
             name: n.as_str().to_string(),
-            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            value: text(v),
         })
         .collect()
 }

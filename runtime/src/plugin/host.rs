@@ -482,12 +482,7 @@ impl types::HostResponse for StoreState {
         r: Resource<ResponseCtx>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .response(&r)?
-            .view
-            .headers
-            .get(name.as_str())
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        Ok(context::first(&self.response(&r)?.view.headers, &name))
     }
 
     fn headers(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Vec<types::Header>> {
@@ -587,7 +582,11 @@ impl outbound::Host for StoreState {
                 ));
             }
         };
-        let written = authority_host(authority.as_str());
+        let written = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         // `backend` means `backend.<namespace>.svc.cluster.local`; either may be granted.
         let host = wasmgate_config::expand_host(&written, &self.grants.namespace);
         if !host_granted(&self.grants.outbound, &written)
@@ -652,19 +651,6 @@ impl outbound::Host for StoreState {
             body: answer.body,
         })
     }
-}
-
-/// The host part of an authority (`host`, `host:port`, `[v6]:port`), lowercase.
-pub fn authority_host(authority: &str) -> String {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        }
-    };
-    host.to_ascii_lowercase()
 }
 
 /// Nanoseconds since the first call in this process.

@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::headers::single_content_type;
+use super::headers::{append_all, single_content_type};
 use super::{Body, full};
+use crate::plugin::types::Header;
 use crate::snapshot::ResolveError;
 
 /// Who caused a failure; used in logs.
@@ -148,6 +149,21 @@ impl ProxyError {
         };
         local_response(self.status(), Bytes::from_static(body.as_bytes()), |_| {})
     }
+}
+
+/// A policy's direct response (a route's `directResponse`, a plugin's reply): its status
+/// (200 if it is not one), its headers, then `more`, as [`local_response`] makes it.
+pub fn direct_response(
+    status: u16,
+    headers: &[Header],
+    body: Bytes,
+    more: impl FnOnce(&mut HeaderMap),
+) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    local_response(status, body, |h| {
+        append_all(h, headers);
+        more(h);
+    })
 }
 
 /// A response the gateway makes itself: errors, direct responses, redirects, aborts.

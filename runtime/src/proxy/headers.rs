@@ -201,7 +201,12 @@ pub fn apply_mutation(headers: &mut HeaderMap, m: Option<&HeaderMutation>) {
             headers.insert(name, value);
         }
     }
-    for h in &m.add {
+    append_all(headers, &m.add);
+}
+
+/// Append each of `list` (a policy's headers; invalid ones are skipped with a debug log).
+pub fn append_all(headers: &mut HeaderMap, list: &[Header]) {
+    for h in list {
         if let Some((name, value)) = parse(h) {
             headers.append(name, value);
         }

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::{Replay, read_up_to, resend};
-use super::error::local_response;
+use super::error::direct_response;
 use super::headers::apply_mutation;
 use super::{Body, BoxError, ProxyError, chain::failed};
 use crate::plugin::types::{HeaderMutation, LogEntry};
@@ -96,31 +96,15 @@ pub async fn respond(
         extra.extend(edit.log_fields.into_iter().map(|h| (h.name, h.value)));
         let now = Arc::make_mut(&mut current);
         if let Some(reply) = edit.replace {
-            let mut headers = HeaderMap::new();
-            for h in reply.headers {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(h.name.as_bytes()),
-                    HeaderValue::from_str(&h.value),
-                ) {
-                    headers.append(n, v);
-                }
-            }
-            let made = local_response(
-                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
-                Bytes::new(),
-                |h| *h = headers,
-            );
             let body = Bytes::from(reply.body);
+            let (made, _) =
+                direct_response(reply.status, &reply.headers, body.clone(), |_| {}).into_parts();
             *now = ResponseView {
-                status: made.status().as_u16(),
-                headers: made.into_parts().0.headers,
+                status: made.status.as_u16(),
+                headers: made.headers,
                 body: Some(body.clone()),
                 local: true,
             };
-            if !body.is_empty() && !now.headers.contains_key(header::CONTENT_TYPE) {
-                now.headers
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            }
             read = Some(body);
             rest = None;
             trailers = None;
