@@ -421,7 +421,7 @@ async fn a_previous_version_plugin_and_an_unknown_grant_are_refused() {
         panic!("an unknown capability was accepted");
     };
     assert!(
-        log.contains("WasmPlugin default/greedy: metadata.annotations.wasmgate.io/capabilities: unknown capability \"sockets\""),
+        log.contains("plugins.yaml:6: WasmPlugin default/greedy: metadata.annotations.wasmgate.io/capabilities: unknown capability \"sockets\""),
         "{log}"
     );
 }
