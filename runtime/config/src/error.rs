@@ -6,7 +6,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The resource kinds wasmgate reads: Istio's networking kinds, Istio's `Telemetry`, the
+/// The resource kinds wasmgate reads: Istio's networking kinds, Istio's `Telemetry` and
+/// security policies (`RequestAuthentication`, `AuthorizationPolicy`), the
 /// Kubernetes `Secret`s that hold TLS certificates and keys, and Kubernetes `Ingress`
 /// (with the `IngressClass`es that name its controller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,11 +21,13 @@ pub enum Kind {
     Ingress,
     IngressClass,
     Telemetry,
+    RequestAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order resources are listed in [`crate::Config`].
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -34,6 +37,8 @@ impl Kind {
         Kind::Ingress,
         Kind::IngressClass,
         Kind::Telemetry,
+        Kind::RequestAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -48,6 +53,8 @@ impl Kind {
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
             Kind::Telemetry => "Telemetry",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -56,6 +63,7 @@ impl Kind {
         match self {
             Kind::WasmPlugin => "extensions.istio.io",
             Kind::Telemetry => "telemetry.istio.io",
+            Kind::RequestAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
             Kind::Secret => "",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io",
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
@@ -70,6 +78,7 @@ impl Kind {
             Kind::WasmPlugin => &["v1alpha1"],
             // Istio serves v1 (since 1.22) and v1alpha1; there is no v1beta1.
             Kind::Telemetry => &["v1", "v1alpha1"],
+            Kind::RequestAuthentication | Kind::AuthorizationPolicy => &["v1", "v1beta1"],
             Kind::Secret | Kind::Ingress | Kind::IngressClass => &["v1"],
             Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 &["v1", "v1beta1", "v1alpha3"]

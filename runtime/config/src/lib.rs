@@ -25,11 +25,12 @@ pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;
 pub use load::{LoadOptions, load, load_sources, load_sources_with, load_with, validate_document};
 pub use model::{
-    ClientTls, ClientTlsMode, Config, CustomTag, DestinationRule, Endpoint, FailStrategy, Gateway,
-    GatewayHost, GatewayRef, IstioMetric, KeyPair, LoadBalancer, Location, Meta, NamespaceSelector,
-    Pem, Phase, PluginMatch, PluginSource, Protocol, Resolution, Secret, SecretValue, Server,
-    ServerTls, ServerTlsMode, ServiceEntry, ServicePort, Subset, TargetRef, Telemetry,
-    TelemetryScope, TelemetrySettings, TracingOverride, VirtualService, WasmPlugin,
+    AuthorizationAction, AuthorizationPolicy, ClientTls, ClientTlsMode, Config, CustomTag,
+    DestinationRule, Endpoint, FailStrategy, Gateway, GatewayHost, GatewayRef, IstioMetric,
+    KeyPair, LoadBalancer, Location, Meta, NamespaceSelector, Pem, Phase, PluginMatch,
+    PluginSource, PolicyScope, Protocol, RequestAuthentication, Resolution, Secret, SecretValue,
+    Server, ServerTls, ServerTlsMode, ServiceEntry, ServicePort, Subset, TargetRef, Telemetry,
+    TelemetrySettings, TracingOverride, VirtualService, WasmPlugin,
 };
 pub use validate::virtual_service::{gateway_ref, grpc_status_code};
 pub use yaml::{YamlDocument, split_documents};

@@ -56,6 +56,8 @@ enum Loaded {
     Ingress(Box<model::Ingress>),
     IngressClass(Box<model::IngressClass>),
     Telemetry(Box<model::Telemetry>),
+    RequestAuthentication(Box<model::RequestAuthentication>),
+    AuthorizationPolicy(Box<model::AuthorizationPolicy>),
 }
 
 /// What loading needs beyond the files.
@@ -418,6 +420,20 @@ fn process_document(
             validate::telemetry::validate,
             |m| Loaded::Telemetry(Box::new(m)),
         ),
+        Kind::RequestAuthentication => typed::<raw::RequestAuthenticationSpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::security::validate_request_authentication,
+            |m| Loaded::RequestAuthentication(Box::new(m)),
+        ),
+        Kind::AuthorizationPolicy => typed::<raw::AuthorizationPolicySpec, _>(
+            kind,
+            doc,
+            &mut out,
+            validate::security::validate_authorization_policy,
+            |m| Loaded::AuthorizationPolicy(Box::new(m)),
+        ),
         Kind::Secret => {}
     }
     Some(out)
@@ -671,6 +687,12 @@ fn assemble(
             Some(Loaded::Ingress(i)) => cfg.ingresses.push((**i).clone()),
             Some(Loaded::IngressClass(c)) => cfg.ingress_classes.push((**c).clone()),
             Some(Loaded::Telemetry(t)) => cfg.telemetries.push((**t).clone()),
+            Some(Loaded::RequestAuthentication(ra)) => {
+                cfg.request_authentications.push((**ra).clone());
+            }
+            Some(Loaded::AuthorizationPolicy(ap)) => {
+                cfg.authorization_policies.push((**ap).clone());
+            }
             None => {}
         }
     }

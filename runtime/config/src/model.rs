@@ -13,6 +13,7 @@ pub use tls::{
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ResourceId;
 use crate::raw;
@@ -360,13 +361,58 @@ pub struct IngressClass {
     pub controller: String,
 }
 
+/// A validated `RequestAuthentication`: where it applies and its JWT rules, as written
+/// (the runtime resolves each rule's `jwksUri` into `jwks`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestAuthentication {
+    pub meta: Meta,
+    pub scope: PolicyScope,
+    pub jwt_rules: Vec<raw::JwtRule>,
+    /// Each rule's `timeout` for fetching its `jwksUri` (Istio's default: 5 s).
+    pub fetch_timeouts: Vec<Duration>,
+}
+
+/// A validated `AuthorizationPolicy`. `rules` are as written, except that
+/// `serviceAccounts` and `trustDomains` are folded into `principals` patterns (which is
+/// what Istio matches them against), so the component knows one field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizationPolicy {
+    pub meta: Meta,
+    pub scope: PolicyScope,
+    pub action: AuthorizationAction,
+    /// `None`: no `rules` (matches nothing); `Some([{}])` matches every request.
+    pub rules: Option<Vec<raw::Rule>>,
+}
+
+/// What an AuthorizationPolicy does when it matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    /// Delegates to an external authorizer; wasmgate warns and enforces nothing for it.
+    Custom,
+}
+
+impl AuthorizationAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationAction::Allow => "ALLOW",
+            AuthorizationAction::Deny => "DENY",
+            AuthorizationAction::Audit => "AUDIT",
+            AuthorizationAction::Custom => "CUSTOM",
+        }
+    }
+}
+
 /// A validated `Telemetry`: what it applies to and what it sets. Each part is `None` (or
 /// empty) where the resource leaves it to the levels above; entries for `SERVER` mode,
 /// which never applies to a gateway, are left out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Telemetry {
     pub meta: Meta,
-    pub scope: TelemetryScope,
+    pub scope: PolicyScope,
     /// `tracing[]`, its entries merged in order (later fields win).
     pub tracing: Option<TracingOverride>,
     /// Istio metrics the `metrics[].overrides` turn off (`true`) or back on (`false`),
@@ -377,10 +423,11 @@ pub struct Telemetry {
     pub spec: raw::TelemetrySpec,
 }
 
-/// Which workloads a Telemetry selects; wasmgate is one workload, serving every Gateway
-/// (see [`crate::telemetry`] for how each scope applies to it).
+/// Which workloads a policy resource (Telemetry, RequestAuthentication,
+/// AuthorizationPolicy) selects; wasmgate is one workload, serving every Gateway (see
+/// [`crate::telemetry`] and the runtime's binding for how each scope applies to it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TelemetryScope {
+pub enum PolicyScope {
     /// Neither `selector` (with labels) nor `targetRefs`: namespace-wide, mesh-wide from
     /// `istio-system`.
     Namespace,
@@ -535,6 +582,8 @@ pub struct Config {
     pub ingresses: Vec<Ingress>,
     pub ingress_classes: Vec<IngressClass>,
     pub telemetries: Vec<Telemetry>,
+    pub request_authentications: Vec<RequestAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
     /// The Telemetries that apply, merged ([`crate::telemetry::settings`]).
     pub telemetry: TelemetrySettings,
     pub warnings: Vec<crate::ConfigWarning>,

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Config, Telemetry, TelemetryScope, TelemetrySettings, TracingOverride};
+use crate::model::{Config, PolicyScope, Telemetry, TelemetrySettings, TracingOverride};
 
 /// Istio's root namespace: mesh-wide Telemetry lives here.
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -37,15 +37,15 @@ pub enum Level {
 /// Whether a workload-scoped Telemetry (`selector` or `targetRefs`) selects wasmgate.
 pub fn selects(cfg: &Config, t: &Telemetry) -> bool {
     match &t.scope {
-        TelemetryScope::Namespace => false,
-        TelemetryScope::Selector(labels) => {
+        PolicyScope::Namespace => false,
+        PolicyScope::Selector(labels) => {
             let everywhere = t.meta.id.namespace == ROOT_NAMESPACE;
             cfg.gateways.iter().any(|gw| {
                 (everywhere || gw.meta.id.namespace == t.meta.id.namespace)
                     && labels.iter().all(|(k, v)| gw.selector.get(k) == Some(v))
             })
         }
-        TelemetryScope::Targets(targets) => targets.iter().any(|r| {
+        PolicyScope::Targets(targets) => targets.iter().any(|r| {
             r.kind == "Gateway"
                 && cfg
                     .gateways
@@ -62,7 +62,7 @@ pub fn applicable(cfg: &Config) -> Vec<(&Telemetry, Level)> {
     let mut seen_namespaces = BTreeSet::new();
     let mut namespace_wide = Vec::new();
     for t in &cfg.telemetries {
-        if t.scope != TelemetryScope::Namespace {
+        if t.scope != PolicyScope::Namespace {
             continue;
         }
         let ns = t.meta.id.namespace.as_str();

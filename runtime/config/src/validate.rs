@@ -7,6 +7,7 @@ pub(crate) mod destination_rule;
 pub(crate) mod gateway;
 pub(crate) mod ingress;
 pub(crate) mod secret;
+pub(crate) mod security;
 pub(crate) mod service_entry;
 pub(crate) mod telemetry;
 pub mod virtual_service;
@@ -260,7 +261,7 @@ pub(crate) fn validate_string_match(
 
 const TCHARS: &[u8] = b"!#$%&'*+-.^_`|~";
 
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::{Code, Findings, gateway, go_list, selector_string};
-use crate::model::{Config, Telemetry, TelemetryScope};
+use crate::model::{Config, PolicyScope, Telemetry};
 use crate::telemetry::{ROOT_NAMESPACE, selects};
 use crate::yaml::FieldPath;
 
@@ -17,7 +17,7 @@ pub(super) fn references(cfg: &Config, f: &mut Findings<'_>) {
     let spec = FieldPath::root("spec");
     for t in &cfg.telemetries {
         match &t.scope {
-            TelemetryScope::Selector(labels) if !selects(cfg, t) => {
+            PolicyScope::Selector(labels) if !selects(cfg, t) => {
                 let scope = if t.meta.id.namespace == ROOT_NAMESPACE {
                     "any namespace".to_string()
                 } else {
@@ -33,7 +33,7 @@ pub(super) fn references(cfg: &Config, f: &mut Findings<'_>) {
                     ),
                 );
             }
-            TelemetryScope::Targets(_) => {
+            PolicyScope::Targets(_) => {
                 let refs = t
                     .spec
                     .target_ref
@@ -75,7 +75,7 @@ pub(super) fn references(cfg: &Config, f: &mut Findings<'_>) {
 pub(super) fn namespace_wide(cfg: &Config, f: &mut Findings<'_>) {
     let mut by_namespace: BTreeMap<&str, Vec<&Telemetry>> = BTreeMap::new();
     for t in &cfg.telemetries {
-        if t.scope == TelemetryScope::Namespace {
+        if t.scope == PolicyScope::Namespace {
             by_namespace
                 .entry(t.meta.id.namespace.as_str())
                 .or_default()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::Report;
 use super::wasm_plugin::scope;
-use crate::model::{self, CustomTag, IstioMetric, TelemetryScope, TracingOverride};
+use crate::model::{self, CustomTag, IstioMetric, PolicyScope, TracingOverride};
 use crate::raw::{self, MetricName, TagOperation, TelemetryMode};
 use crate::yaml::FieldPath;
 
@@ -44,11 +44,11 @@ pub(crate) fn validate(
         .unwrap_or_default();
     // Istio: a selector without labels and no targetRefs is namespace-wide.
     let scope = if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        TelemetryScope::Targets(targets)
+        PolicyScope::Targets(targets)
     } else if !labels.is_empty() {
-        TelemetryScope::Selector(labels)
+        PolicyScope::Selector(labels)
     } else {
-        TelemetryScope::Namespace
+        PolicyScope::Namespace
     };
 
     model::Telemetry {
@@ -420,7 +420,7 @@ mod tests {
             "istio-system",
             "  # no selector specified, applies to all workloads\n  tracing:\n  - randomSamplingPercentage: 10.00\n",
         ));
-        assert_eq!(t.scope, TelemetryScope::Namespace);
+        assert_eq!(t.scope, PolicyScope::Namespace);
         assert_eq!(t.tracing.and_then(|o| o.sampling), Some(10.0));
         assert!(w.is_empty(), "{w:?}");
 
@@ -431,7 +431,7 @@ mod tests {
         ));
         assert_eq!(
             t.scope,
-            TelemetryScope::Selector(labels(&[("service.istio.io/canonical-name", "foo")]))
+            PolicyScope::Selector(labels(&[("service.istio.io/canonical-name", "foo")]))
         );
         assert_eq!(t.tracing.and_then(|o| o.disable_span_reporting), Some(true));
         assert_eq!(
@@ -661,7 +661,7 @@ mod tests {
             "default",
             "  targetRefs:\n  - {group: gateway.networking.k8s.io, kind: Gateway, name: gw}\n  accessLogging: [{disabled: true}]\n",
         ));
-        assert_eq!(t.scope, TelemetryScope::Targets(Vec::new()));
+        assert_eq!(t.scope, PolicyScope::Targets(Vec::new()));
         assert_eq!(
             w,
             vec![

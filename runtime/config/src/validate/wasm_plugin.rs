@@ -342,7 +342,7 @@ fn is_kind(k: &str) -> bool {
 
 /// The networking.istio.io kinds a WasmPlugin binds to (wasmgate's addition to the
 /// kinds Istio allows).
-const PLUGIN_TARGETS: &[&str] = &["VirtualService", "Gateway"];
+pub(crate) const PLUGIN_TARGETS: &[&str] = &["VirtualService", "Gateway"];
 
 /// A policy target. wasmgate binds policies to the `networking.istio.io` kinds in
 /// `bindable` (for WasmPlugins VirtualServices and Gateways, for Telemetry Gateways); the
