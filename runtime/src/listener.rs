@@ -232,15 +232,20 @@ async fn connection(
                     else {
                         return;
                     };
-                    let xfcc = {
+                    let peer = {
                         let (_, session) = tls_stream.get_ref();
                         session
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .and_then(|leaf| cert::inspect(leaf).ok())
-                            .map(|info| cert::xfcc(&tls.local_uri_sans, &info))
                     };
-                    conn.tls = Some(Arc::new(TlsConn { sni, xfcc }));
+                    conn.tls = Some(Arc::new(TlsConn {
+                        sni,
+                        xfcc: peer
+                            .as_ref()
+                            .map(|info| cert::xfcc(&tls.local_uri_sans, info)),
+                        principal: peer.as_ref().and_then(cert::principal),
+                    }));
                     match then {
                         Terminated::Http(_) => {
                             serve_http(TokioIo::new(tls_stream), conn, shared, builder, watcher)

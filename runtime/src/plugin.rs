@@ -310,6 +310,7 @@ impl PluginHost {
             } else {
                 self.inner.outbound.read().ok().and_then(|o| o.clone())
             },
+            identity: false,
         }
     }
 

@@ -106,6 +106,8 @@ pub struct TlsConn {
     pub sni: Option<String>,
     /// `x-forwarded-client-cert` for the client's certificate, when it sent one.
     pub xfcc: Option<String>,
+    /// The client certificate's identity, as AuthorizationPolicy `principals` name it.
+    pub principal: Option<String>,
 }
 
 /// One access log line's worth of facts.
@@ -579,7 +581,7 @@ fn request_view(
     port: u16,
     body: Option<Bytes>,
 ) -> RequestView {
-    RequestView::new(
+    let mut view = RequestView::new(
         id.to_string(),
         req.method().clone(),
         scheme,
@@ -590,7 +592,9 @@ fn request_view(
         port,
         conn.tls.as_ref().and_then(|t| t.sni.clone()),
         body,
-    )
+    );
+    view.principal = conn.tls.as_ref().and_then(|t| t.principal.clone());
+    view
 }
 
 /// A failure after the decision, as the response the client gets (with its flag logged).

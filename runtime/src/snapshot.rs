@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod listeners;
 pub mod mesh;
 pub mod registry;
+pub mod security;
 pub mod vhosts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use wasmgate_config::{
     VirtualService, WasmPlugin,
 };
 
+use crate::plugin::Grants;
 use crate::plugin::builtin;
 use crate::plugin::context::ChainNames;
 use crate::plugin::types::{Binding, Header, HeaderMutation};
@@ -129,6 +131,10 @@ pub struct Link {
     pub routes: Option<Arc<[bool]>>,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
+    /// A security component (RequestAuthentication, AuthorizationPolicy): it sees every
+    /// routed request whatever the decision (a direct response is guarded too), and an
+    /// answer of its own (401, 403) ends the chain.
+    pub guard: bool,
     /// WasmPlugin `match[].ports`; empty means every port.
     pub ports: Vec<u16>,
     /// Calls, failures and latency of this plugin for this VirtualService (metrics on).
@@ -172,6 +178,7 @@ impl Link {
             builtin,
             routes: None,
             fail_open,
+            guard: false,
             ports,
             stats,
         }
@@ -198,6 +205,8 @@ pub struct CompileCache {
     /// The keys the build under way has asked for.
     used: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
     downloads: Option<PathBuf>,
+    /// JWKS fetched for RequestAuthentications' `jwksUri`s.
+    pub jwks: security::JwksCache,
 }
 
 impl CompileCache {
@@ -354,40 +363,38 @@ impl Snapshot {
         // Compile the first-party components (or their replacements) once.
         let mut firsts = Vec::new();
         for b in builtin::CHAIN {
-            let replaced = sources
-                .dir
-                .as_ref()
-                .map(|d| d.join(format!("{}.wasm", b.name)))
-                .filter(|p| p.is_file());
-            let bytes = match &replaced {
-                Some(path) => match std::fs::read(path) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        errors.push(ConfigError {
-                            file: path.clone(),
-                            line: None,
-                            resource: None,
-                            field: None,
-                            message: format!("cannot read: {e}"),
-                        });
-                        continue;
-                    }
-                },
-                None => b.bytes.to_vec(),
-            };
-            let name = format!("wasmgate/{}", b.name);
-            match cache.get_or_compile(host, &name, bytes).await {
+            match compile_builtin(b, host, sources, cache).await {
                 Ok(c) => {
                     let pool = host.pool(&c);
                     firsts.push((c, pool));
                 }
-                Err(e) => errors.push(ConfigError {
-                    file: replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
-                    line: None,
-                    resource: None,
-                    field: None,
-                    message: e.to_string(),
-                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        // The security components, only when a policy needs them.
+        let mut guards = security::Guards::default();
+        if !config.request_authentications.is_empty() {
+            match compile_builtin(builtin::JWT_AUTHN, host, sources, cache).await {
+                Ok(c) => {
+                    // Clock for `exp` and `nbf`; the identity properties are its alone.
+                    let grants = Grants {
+                        clock: true,
+                        identity: true,
+                        ..Grants::default()
+                    };
+                    let pool = host.pool_with(c.name(), &c, Vec::new(), grants);
+                    guards.authn = Some((c, pool));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !config.authorization_policies.is_empty() {
+            match compile_builtin(builtin::AUTHZ, host, sources, cache).await {
+                Ok(c) => {
+                    let pool = host.pool(&c);
+                    guards.authz = Some((c, pool));
+                }
+                Err(e) => errors.push(e),
             }
         }
 
@@ -529,18 +536,36 @@ impl Snapshot {
                         stats(p),
                     )
                 };
+                let guard = |p: &PreparedPolicy| Link {
+                    guard: true,
+                    ..Link::new(p.clone(), true, false, Vec::new(), stats(p))
+                };
+                let (authn, authz) = match guards.prepare(host, config, vs, via, &cache.jwks).await
+                {
+                    Ok(links) => links,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
                 let applied: Vec<&(&WasmPlugin, PreparedPolicy)> = user_links
                     .iter()
                     .filter(|(wp, _)| applies(wp, vs, via))
                     .collect();
+                let phase =
+                    |want: Phase| move |(wp, _): &&&(&WasmPlugin, PreparedPolicy)| wp.phase == want;
                 let early = |(wp, _): &&&(&WasmPlugin, PreparedPolicy)| {
                     matches!(wp.phase, Phase::Authn | Phase::Authz)
                 };
-                // router, AUTHN/AUTHZ plugins, fault, traffic split, STATS/unset plugins:
-                // Istio's relative order of Wasm phases and its fault filter.
+                // router, AUTHN plugins, JWT authentication, AUTHZ plugins, authorization,
+                // fault, traffic split, STATS/unset plugins: Istio's relative order of Wasm
+                // phases, its security filters and its fault filter.
                 let mut links = Vec::new();
                 links.extend(first_links.first().map(first));
-                links.extend(applied.iter().filter(early).map(user));
+                links.extend(applied.iter().filter(phase(Phase::Authn)).map(user));
+                links.extend(authn.as_ref().map(guard));
+                links.extend(applied.iter().filter(phase(Phase::Authz)).map(user));
+                links.extend(authz.as_ref().map(guard));
                 links.extend(first_links.iter().skip(1).map(first));
                 links.extend(applied.iter().filter(|l| !early(l)).map(user));
                 let wants = Wants::of(&links);
@@ -803,6 +828,41 @@ pub fn applies(wp: &WasmPlugin, vs: &VirtualService, via: Via<'_>) -> bool {
                 .all(|(k, v)| gw.selector.get(k) == Some(v));
     }
     in_scope(&vs.meta.id.namespace)
+}
+
+/// An embedded first-party component, or the file of the same name in `--plugins` that
+/// replaces it, compiled (once: the cache keeps it across reloads).
+async fn compile_builtin(
+    b: builtin::Builtin,
+    host: &PluginHost,
+    sources: &PluginSources,
+    cache: &CompileCache,
+) -> Result<CompiledPlugin, ConfigError> {
+    let replaced = sources
+        .dir
+        .as_ref()
+        .map(|d| d.join(format!("{}.wasm", b.name)))
+        .filter(|p| p.is_file());
+    let at = |file: PathBuf, message: String| ConfigError {
+        file,
+        line: None,
+        resource: None,
+        field: None,
+        message,
+    };
+    let bytes = match &replaced {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| at(path.clone(), format!("cannot read: {e}")))?
+        }
+        None => b.bytes.to_vec(),
+    };
+    let name = format!("wasmgate/{}", b.name);
+    cache.get_or_compile(host, &name, bytes).await.map_err(|e| {
+        at(
+            replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
+            e.to_string(),
+        )
+    })
 }
 
 async fn load_user_plugin(

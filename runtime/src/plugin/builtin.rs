@@ -28,7 +28,16 @@ pub const CHAIN: [Builtin; 3] = [
     builtin!("traffic-split"),
 ];
 
+/// The security components, bound only where a RequestAuthentication or an
+/// AuthorizationPolicy applies: JWT authentication (AUTHN), then authorization (AUTHZ).
+pub const JWT_AUTHN: Builtin = builtin!("jwt-authn");
+pub const AUTHZ: Builtin = builtin!("authz");
+
 /// The embedded component called `name`, if any.
 pub fn get(name: &str) -> Option<Builtin> {
-    CHAIN.iter().copied().find(|b| b.name == name)
+    CHAIN
+        .iter()
+        .chain([&JWT_AUTHN, &AUTHZ])
+        .copied()
+        .find(|b| b.name == name)
 }

@@ -33,7 +33,16 @@ pub struct RequestView {
     /// The whole request body, buffered for the plugins that asked; `None` when none
     /// asked or it was larger than the largest limit.
     pub body: Option<Bytes>,
+    /// The client certificate's identity (its SPIFFE URI SAN without `spiffe://`), when
+    /// the connection is mutual TLS: property `source.principal`.
+    pub principal: Option<String>,
     state: Mutex<ChainState>,
+}
+
+/// Properties only the gateway sets: the request's JWT identity (set by its
+/// RequestAuthentication component) and the peer's certificate identity.
+pub fn is_identity_property(name: &str) -> bool {
+    name.starts_with("request.auth.") || name.starts_with("source.")
 }
 
 /// Whose chain runs: shared by the chain and every request it serves.
@@ -101,6 +110,7 @@ impl RequestView {
             port,
             sni,
             body,
+            principal: None,
             state: Mutex::new(ChainState {
                 names: no_names(),
                 decision: no_route(),
@@ -151,6 +161,9 @@ impl RequestView {
     }
 
     pub fn property(&self, name: &str) -> Option<String> {
+        if name == "source.principal" {
+            return self.principal.clone();
+        }
         self.state()
             .properties
             .iter()

@@ -41,6 +41,9 @@ pub struct Grants {
     /// The namespace the pool serves: a short outbound host expands in it, as a
     /// VirtualService's destination hosts do.
     pub namespace: String,
+    /// May set the identity properties (`request.auth.*`): only the gateway's own JWT
+    /// component, so no plugin can forge the principal an AuthorizationPolicy checks.
+    pub identity: bool,
 }
 
 impl std::fmt::Debug for Grants {
@@ -461,6 +464,11 @@ impl types::HostRequest for StoreState {
         name: String,
         value: Option<String>,
     ) -> wasmtime::Result<Result<(), String>> {
+        if !self.grants.identity && super::context::is_identity_property(&name) {
+            return Ok(Err(format!(
+                "property {name:?} is the gateway's: only its RequestAuthentication sets it"
+            )));
+        }
         Ok(self.request(&r)?.view.set_property(name, value))
     }
 

@@ -75,9 +75,15 @@ pub async fn run_chain(
         }
         match called {
             Ok(edit) => {
+                // A security policy's own answer (401, 403) ends the chain, as Envoy's
+                // jwt_authn and rbac filters end theirs with a local reply.
+                let ends = link.guard && edit.action.is_some();
                 let mut state = view.state();
                 state.apply(edit);
                 state.mark_ran(i);
+                if ends {
+                    break;
+                }
             }
             Err(e) => failed(link, e)?,
         }

@@ -112,6 +112,11 @@ fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// GET `url`, following redirects; the body of the final 200.
 async fn download(url: &str) -> Result<Vec<u8>, String> {
+    download_at_most(url, MAX_BYTES).await
+}
+
+/// [`download`] of a body of at most `max_bytes`.
+pub async fn download_at_most(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
     let fail = |why: String| format!("cannot download {url}: {why}");
     let mut uri: Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
     for _ in 0..=MAX_REDIRECTS {
@@ -134,12 +139,12 @@ async fn download(url: &str) -> Result<Vec<u8>, String> {
             };
             return Err(fail(format!("the server answered {status}{via}")));
         }
-        let body = Limited::new(response.into_body(), MAX_BYTES)
+        let body = Limited::new(response.into_body(), max_bytes)
             .collect()
             .await
             .map_err(|e| {
                 fail(if e.is::<http_body_util::LengthLimitError>() {
-                    format!("larger than {} MiB", MAX_BYTES >> 20)
+                    format!("larger than {max_bytes} bytes")
                 } else {
                     format!("reading the body: {e}")
                 })

@@ -39,6 +39,19 @@ impl CertInfo {
     }
 }
 
+/// The identity Istio's `principals` match: the first SPIFFE URI SAN without
+/// `spiffe://` (`cluster.local/ns/default/sa/sleep`), else the first URI SAN, else the
+/// first DNS SAN, else the subject (Envoy's order for the peer's principal).
+pub fn principal(info: &CertInfo) -> Option<String> {
+    info.uri_sans
+        .iter()
+        .find_map(|u| u.strip_prefix("spiffe://"))
+        .map(str::to_string)
+        .or_else(|| info.uri_sans.first().cloned())
+        .or_else(|| info.dns_sans.first().cloned())
+        .or_else(|| (!info.subject.is_empty()).then(|| info.subject.clone()))
+}
+
 /// Read a DER certificate.
 pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
     let (_, cert) = X509Certificate::from_der(der.as_ref())

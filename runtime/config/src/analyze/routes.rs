@@ -298,8 +298,8 @@ pub(super) fn mesh_host_conflicts(cfg: &Config, f: &mut Findings<'_>) {
 }
 
 /// IST0149: a gateway-bound VirtualService routes on `@request.auth.claims.*`. Istio needs
-/// a RequestAuthentication on the gateway for the claims to exist; wasmgate implements
-/// none, so such a match never matches (and `withoutHeaders` on a claim always does).
+/// a RequestAuthentication on the gateway for the claims to exist; wasmgate verifies
+/// JWTs after the router (docs/security.md), so such a match never matches (and `withoutHeaders` on a claim always does).
 pub(super) fn jwt_claim_routes(cfg: &Config, f: &mut Findings<'_>) {
     for vs in &cfg.virtual_services {
         let claim = vs.spec.http.iter().enumerate().find_map(|(i, h)| {
@@ -331,7 +331,7 @@ pub(super) fn jwt_claim_routes(cfg: &Config, f: &mut Findings<'_>) {
                 &path,
                 Code::JwtClaimBasedRoutingWithoutRequestAuthN,
                 format!(
-                    "The virtual service uses the JWT claim based routing (key: {key}) but found no request authentication for the gateway ({}) pod (wasmgate). The request authentication must first be applied for the gateway pods to validate the JWT token and make the claims available for routing. (wasmgate implements no RequestAuthentication: no request carries claims)",
+                    "The virtual service uses the JWT claim based routing (key: {key}) but found no request authentication for the gateway ({}) pod (wasmgate). The request authentication must first be applied for the gateway pods to validate the JWT token and make the claims available for routing. (wasmgate verifies JWTs after routing, so its router never sees claims: this match never matches)",
                     ns_name(&gw.meta)
                 ),
             );
