@@ -123,7 +123,7 @@ impl Wants {
 #[derive(Debug)]
 pub struct Link {
     pub policy: PreparedPolicy,
-    /// A first-party policy (router, fault, traffic split).
+    /// Router, fault or traffic split: after the router they act only on forwards.
     pub builtin: bool,
     /// Called only for requests whose matched route is marked here (by index): fault
     /// injection for routes with a `fault`, traffic split for routes with several
@@ -536,9 +536,10 @@ impl Snapshot {
                         stats(p),
                     )
                 };
+                // Not `builtin`: security sees every routed request (see `Link::guard`).
                 let guard = |p: &PreparedPolicy| Link {
                     guard: true,
-                    ..Link::new(p.clone(), true, false, Vec::new(), stats(p))
+                    ..Link::new(p.clone(), false, false, Vec::new(), stats(p))
                 };
                 let (authn, authz) = match guards.prepare(host, config, vs, via, &cache.jwks).await
                 {

@@ -15,7 +15,9 @@
 //! property named by request header `x-read-property` (`none` without one). When request
 //! header `x-read-body` is its name it answers 200 with the request body it got (`no
 //! body` when none);
-//! otherwise with `x-order` it answers 200 with `phases.order`.
+//! otherwise with `x-order` it answers 200 with `phases.order`; with `x-set-property:
+//! k=v` it sets property `k` to `v` and answers 200 `set`, or 403 with the host's
+//! refusal.
 //!
 //! On a response it sets `x-phases-<name>-status: <status>`; when request header
 //! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
@@ -110,6 +112,13 @@ impl Policy for Phases {
         }
         if request.header("x-order").is_some() {
             return Ok(Edit::respond(200, order));
+        }
+        if let Some(spec) = request.header("x-set-property") {
+            let (key, value) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
+            return Ok(match request.set_property(key, Some(value)) {
+                Ok(()) => Edit::respond(200, "set"),
+                Err(e) => Edit::respond(403, e),
+            });
         }
         let read = request
             .header("x-read-property")

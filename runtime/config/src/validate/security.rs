@@ -442,7 +442,7 @@ fn condition(c: &raw::Condition, p: &FieldPath, r: &mut Report) {
         r.warn(
             &p.key("key"),
             format!(
-                "{} is not known to wasmgate's authorizer: the condition never matches",
+                "{} cannot be evaluated by wasmgate's authorizer: it fails closed (never matches in an ALLOW policy, always in DENY and AUDIT)",
                 c.key
             ),
         );
