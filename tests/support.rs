@@ -513,3 +513,85 @@ pub fn gateway(name: &str, port: u16, hosts: &[&str]) -> String {
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\nspec:\n  selector:\n    istio: ingressgateway\n  servers:\n  - port:\n      number: {port}\n      name: http\n      protocol: HTTP\n    hosts:\n{hosts}"
     )
 }
+
+/// A real `redis-server` (Debian's package) on a free loopback port, without
+/// persistence; stopped on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// `None` (and a line saying why) when redis-server is not installed.
+    pub async fn start() -> Option<RedisServer> {
+        let port = free_port();
+        let mut server = RedisServer { child: None, port };
+        if !server.run() {
+            eprintln!(
+                "skipped: Debian's redis-server is not installed (apt-get install redis-server; .ci/run does)"
+            );
+            return None;
+        }
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    fn run(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => {
+                self.child = Some(c);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop it (SIGKILL), keeping the port for [`RedisServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        assert!(self.run(), "redis-server");
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

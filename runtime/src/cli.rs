@@ -156,6 +156,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::plugin::DEFAULT_CPU_PER_SECOND.as_millis() as u64,
           value_name = "MS")]
     pub plugin_cpu_ms_per_second: u64,
+    /// Redis for `state:global` (the global rate limiter's buckets, shared by replicas):
+    /// `redis://[[user]:password@]host[:port][/db]`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<crate::plugin::redis::RedisUrl>,
+    /// Longest one Redis command may take; past it the plugin's call gets an error (the
+    /// rate limiter then follows its failStrategy: by default, allow).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub redis_timeout_ms: u64,
     /// Environment variables of wasmgate's own that WasmPlugins may pass to their plugin
     /// with `vmConfig.env[].valueFrom: HOST` (comma-separated or repeated); without it,
     /// `valueFrom: HOST` is a config error.
@@ -251,7 +259,14 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             listen_address: IpAddr::from([127, 0, 0, 1]),
             ingress: wasmgate_config::ingress::IngressPorts::default(),
             mesh: None,
-            host: HostSettings::default(),
+            // Global state is checked as if Redis were there; validating never uses it.
+            host: HostSettings {
+                redis: "redis://127.0.0.1:6379"
+                    .parse()
+                    .ok()
+                    .map(|url| (url, Duration::from_millis(1))),
+                ..HostSettings::default()
+            },
             plugin_host_env: args.plugin_host_env,
             drain: Duration::ZERO,
             edge: crate::proxy::edge::EdgeSettings::default(),
@@ -329,6 +344,10 @@ async fn run(args: RunArgs) -> ExitCode {
                 Some(dir) => Some(dir),
                 None => crate::plugin::diskcache::default_dir(),
             },
+            redis: args
+                .redis
+                .clone()
+                .map(|url| (url, Duration::from_millis(args.redis_timeout_ms.max(1)))),
             ..HostSettings::default()
         },
         plugin_host_env: args.plugin_host_env,

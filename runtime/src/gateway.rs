@@ -189,6 +189,12 @@ impl Gateway {
         // Plugins' outbound calls go through this gateway once it exists.
         let outbound = crate::proxy::outbound::PluginOutbound::new();
         host.send_outbound_with(outbound.clone());
+        if let Some(redis) = host.global_state()
+            && let Err(e) = redis.ping().await
+        {
+            // Not fatal: global state follows each plugin's failStrategy until it answers.
+            tracing::warn!("--redis: {e}; state:global calls fail until it answers");
+        }
         // Downloaded plugins are kept beside the compiled ones.
         let cache = CompileCache::default().with_downloads(
             options

@@ -22,6 +22,7 @@ mod host;
 mod lane;
 mod load;
 pub mod metrics;
+pub mod redis;
 pub mod state;
 
 use std::collections::HashMap;
@@ -172,6 +173,8 @@ struct HostInner {
     stores: state::Stores,
     /// Where granted outbound calls go ([`PluginHost::send_outbound_with`]).
     outbound: std::sync::RwLock<Option<Arc<dyn OutboundClient>>>,
+    /// `--redis`: where `state:global` stores live.
+    redis: Option<Arc<redis::Redis>>,
     /// Each plugin's instances, memory and CPU, by name, kept across reloads.
     budgets: DashMap<String, Arc<budget::Budget>>,
     max_instances_per_plugin: u32,
@@ -206,6 +209,9 @@ pub struct HostSettings {
     pub breaker_failures: u32,
     /// How long an open breaker keeps its binding out before one request probes it.
     pub breaker_cooldown: Duration,
+    /// `--redis` and `--redis-timeout-ms`: where `state:global` lives, and how long one
+    /// command may take.
+    pub redis: Option<(redis::RedisUrl, Duration)>,
 }
 
 impl Default for HostSettings {
@@ -221,6 +227,7 @@ impl Default for HostSettings {
             compile_cache: None,
             breaker_failures: DEFAULT_FAILURES,
             breaker_cooldown: DEFAULT_COOLDOWN,
+            redis: None,
         }
     }
 }
@@ -277,6 +284,12 @@ impl PluginHost {
                 metrics: ArcSwap::from_pointee(metrics::Registry::new(true)),
                 stores: state::Stores::default(),
                 outbound: std::sync::RwLock::new(None),
+                // Its connections live on the runtime that makes the host (the gateway's).
+                redis: settings
+                    .redis
+                    .clone()
+                    .zip(tokio::runtime::Handle::try_current().ok())
+                    .map(|((url, timeout), rt)| redis::Redis::new(url, timeout, rt)),
                 budgets: DashMap::new(),
                 max_instances_per_plugin: settings.max_instances_per_plugin,
                 memory_total: settings.memory_total,
@@ -293,6 +306,16 @@ impl PluginHost {
         }
     }
 
+    /// The Redis client `state:global` stores use (`--redis`).
+    pub fn global_state(&self) -> Option<Arc<redis::Redis>> {
+        self.inner.redis.clone()
+    }
+
+    /// Whether `state:global` can be granted (`--redis` was given).
+    pub fn has_global_state(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
     /// What a WasmPlugin's capabilities grant its instances serving `namespace`.
     pub fn grants(
         &self,
@@ -302,7 +325,12 @@ impl PluginHost {
     ) -> Grants {
         Grants {
             clock: caps.clock,
-            state: caps.state.then(|| self.inner.stores.of(plugin, namespace)),
+            state: caps.state.then(|| match self.inner.redis.clone() {
+                Some(redis) if caps.global_state => state::StateStore::Global(Arc::new(
+                    redis::RedisStore::new(redis, plugin, namespace),
+                )),
+                _ => state::StateStore::Local(self.inner.stores.of(plugin, namespace)),
+            }),
             outbound: caps.outbound.clone(),
             namespace: namespace.to_string(),
             client: if caps.outbound.is_empty() {
@@ -434,6 +462,8 @@ impl PluginHost {
                 idle: Mutex::new(Vec::new()),
                 next_binding: AtomicU32::new(0),
                 env,
+                waits: plugin.inner.calls_out
+                    || matches!(grants.state, Some(state::StateStore::Global(_))),
                 grants,
             }),
         }
@@ -586,6 +616,9 @@ struct PoolInner {
     env: Vec<(String, String)>,
     /// The capabilities every instance has.
     grants: Grants,
+    /// Calls may wait on the host's I/O (outbound calls, `state:global`): the wall-clock
+    /// guard allows for it, and a waiting call stays on its request's task.
+    waits: bool,
 }
 
 /// One plugin prepared for one binding. Cheap to clone.
@@ -699,9 +732,7 @@ impl PreparedPolicy {
             .inner
             .pool
             .inner
-            .plugin
-            .inner
-            .calls_out
+            .waits
             .then(|| Arc::new(AtomicBool::new(false)));
         let flag = waiting.clone();
         let call: lane::Call<_> = Box::pin(async move {
@@ -828,14 +859,14 @@ async fn call_once(
         Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), false),
     };
     let guest = slot.plugin.wasmgate_policy_policy().prepared();
-    // Outbound calls wait on the host; the wall-clock guard allows for them.
+    // Outbound calls and Redis wait on the host; the wall-clock guard allows for them.
     let wall = budget
-        + if pool.plugin.inner.calls_out {
+        + if pool.waits {
             OUTBOUND_MAX
         } else {
             Duration::ZERO
         };
-    let bounded_call = pool.plugin.inner.may_block || pool.plugin.inner.calls_out;
+    let bounded_call = pool.plugin.inner.may_block || pool.waits;
     let mut response = None;
     // Each call is awaited where it is made (not passed to a helper): a future moved into
     // another is copied, and this one is the size of a wasmtime call.

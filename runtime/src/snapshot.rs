@@ -401,6 +401,19 @@ impl Snapshot {
         // Compile user plugins once each.
         let mut users: Vec<(&WasmPlugin, CompiledPlugin)> = Vec::new();
         for wp in &config.wasm_plugins {
+            if wp.capabilities.global_state && !host.has_global_state() {
+                let field = if matches!(wp.source, PluginSource::Builtin(_)) {
+                    "spec.pluginConfig.scope"
+                } else {
+                    "metadata.annotations"
+                };
+                errors.push(error(
+                    &wp.meta,
+                    field,
+                    "global state is kept in Redis: start wasmgate with --redis redis://HOST:PORT",
+                ));
+                continue;
+            }
             match load_user_plugin(wp, host, sources, cache).await {
                 Ok(c) => {
                     if !wp.env.is_empty() && !c.imports_wasi() {
@@ -892,6 +905,22 @@ async fn load_user_plugin(
         }
         PluginSource::File(path) => path.clone(),
         PluginSource::Remote(url) => return remote_plugin(wp, url, host, cache).await,
+        PluginSource::Builtin(name) => {
+            let Some(b) = builtin::get(name) else {
+                return Err(Box::new(error(
+                    &wp.meta,
+                    "spec.url",
+                    format!("builtin://{name} is not in this build"),
+                )));
+            };
+            return compile_builtin(b, host, sources, cache).await.map_err(|e| {
+                Box::new(error(
+                    &wp.meta,
+                    "spec.url",
+                    format!("builtin://{name}: {}", e.message),
+                ))
+            });
+        }
     };
     let bytes = std::fs::read(&path).map_err(|e| {
         Box::new(error(

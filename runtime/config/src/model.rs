@@ -276,6 +276,8 @@ pub struct Capabilities {
     pub clock: bool,
     /// `state`: the plugin's key-value store in each namespace.
     pub state: bool,
+    /// `state:global`: that store is kept in Redis (`--redis`), shared by every replica.
+    pub global_state: bool,
     /// `outbound:<host>`: HTTP calls to these hosts (lowercase, as written).
     pub outbound: Vec<String>,
 }
@@ -314,6 +316,8 @@ pub enum PluginSource {
     /// `http://` or `https://`: downloaded at load, and checked against the `sha256`
     /// that must come with it (`oci://` is refused by validation).
     Remote(String),
+    /// `builtin://<name>`: a first-party component embedded in the binary.
+    Builtin(String),
 }
 
 /// Where a plugin runs in the filter chain; plugins run in this order.

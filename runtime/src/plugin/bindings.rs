@@ -8,6 +8,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: {
         "wasmgate:policy/outbound.call": async,
+        // `state:global` waits on Redis; a local store answers at once.
+        "wasmgate:policy/state": async,
         // A handle the host did not hand out is the guest's bug: trap.
         "wasmgate:policy/types": trappable,
     },

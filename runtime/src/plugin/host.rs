@@ -24,7 +24,7 @@ use super::bindings::wasmgate::policy::{clock, host, metrics, outbound, state, t
 use super::budget::Limiter;
 use super::context::{self, RequestCtx, ResponseCtx};
 use super::metrics::{Definition, PluginMetrics};
-use super::state::KvStore;
+use super::state::StateStore;
 use super::{OutboundAnswer, OutboundCall, OutboundClient};
 
 /// What one pool's instances (one WasmPlugin in one namespace) may use beyond the
@@ -33,7 +33,7 @@ use super::{OutboundAnswer, OutboundCall, OutboundClient};
 pub struct Grants {
     pub clock: bool,
     /// The store, when `state` is granted.
-    pub state: Option<Arc<KvStore>>,
+    pub state: Option<StateStore>,
     /// Hosts granted with `outbound:<host>` (lowercase; `*.suffix` matches subdomains).
     pub outbound: Vec<String>,
     /// Where outbound calls go (the gateway's upstream machinery).
@@ -534,37 +534,82 @@ impl clock::Host for StoreState {
 }
 
 impl StoreState {
-    fn store(&self) -> Result<&KvStore, String> {
-        self.grants.state.as_deref().ok_or_else(|| denied("state"))
+    fn store(&self) -> Result<StateStore, String> {
+        self.grants.state.clone().ok_or_else(|| denied("state"))
+    }
+
+    /// Wait on `op`, a call to Redis: waiting is not running, so the call's deadline
+    /// moves by the time waited, and the call stays on its request's task meanwhile.
+    async fn waited<T>(&mut self, op: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let flag = self.waiting.clone();
+        if let Some(f) = &flag {
+            f.store(true, Ordering::Relaxed);
+        }
+        let out = op.await;
+        if let Some(f) = &flag {
+            f.store(false, Ordering::Relaxed);
+        }
+        self.deadline += started.elapsed();
+        out
     }
 }
 
 impl state::Host for StoreState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.store()?.get(&key, Instant::now())
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        match self.store()? {
+            StateStore::Local(s) => s.get(&key, Instant::now()),
+            StateStore::Global(s) => self.waited(s.get(&key)).await,
+        }
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.store()?.set(&key, value, ttl_ms, Instant::now())
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), String> {
+        match self.store()? {
+            StateStore::Local(s) => s.set(&key, value, ttl_ms, Instant::now()),
+            StateStore::Global(s) => self.waited(s.set(&key, value, ttl_ms)).await,
+        }
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, String> {
-        self.store()?.delete(&key, Instant::now())
+    async fn delete(&mut self, key: String) -> Result<bool, String> {
+        match self.store()? {
+            StateStore::Local(s) => s.delete(&key, Instant::now()),
+            StateStore::Global(s) => self.waited(s.delete(&key)).await,
+        }
     }
 
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
-        self.store()?.increment(&key, delta, ttl_ms, Instant::now())
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, String> {
+        match self.store()? {
+            StateStore::Local(s) => s.increment(&key, delta, ttl_ms, Instant::now()),
+            StateStore::Global(s) => self.waited(s.increment(&key, delta, ttl_ms)).await,
+        }
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        self.store()?
-            .compare_and_swap(&key, expected.as_deref(), value, ttl_ms, Instant::now())
+        match self.store()? {
+            StateStore::Local(s) => {
+                s.compare_and_swap(&key, expected.as_deref(), value, ttl_ms, Instant::now())
+            }
+            StateStore::Global(s) => {
+                self.waited(s.compare_and_swap(&key, expected, value, ttl_ms))
+                    .await
+            }
+        }
     }
 }
 

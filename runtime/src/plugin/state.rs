@@ -44,6 +44,14 @@ pub struct KvStore {
     born: std::sync::OnceLock<Instant>,
 }
 
+/// Where a plugin's state is kept: in this process, or (`state:global`) in Redis, shared
+/// by every replica.
+#[derive(Debug, Clone)]
+pub enum StateStore {
+    Local(Arc<KvStore>),
+    Global(Arc<super::redis::RedisStore>),
+}
+
 /// Every store, by (plugin, namespace), for the life of the process.
 #[derive(Debug, Default)]
 pub struct Stores {

@@ -102,7 +102,17 @@ pub(crate) fn validate(
         }
     }
     let traffic = traffic(spec, &p, r);
-    let capabilities = capabilities(meta, r);
+    let fail_strategy = match spec.fail_strategy {
+        Some(raw::FailStrategy::FailOpen) => FailStrategy::FailOpen,
+        // The rate limiter's state store can fail (Redis down, store full): by default a
+        // request is then let through, and the failure counted.
+        None if source == PluginSource::Builtin("ratelimit".into()) => FailStrategy::FailOpen,
+        _ => FailStrategy::FailClose,
+    };
+    let mut capabilities = capabilities(meta, r);
+    if let PluginSource::Builtin(name) = &source {
+        builtin_grants(name, spec, &mut capabilities);
+    }
 
     model::WasmPlugin {
         meta: meta.clone(),
@@ -120,10 +130,7 @@ pub(crate) fn validate(
         },
         priority: i64::from(spec.priority.unwrap_or(0)),
         // FAIL_RELOAD only differs in replacing a crashed VM, which wasmgate always does.
-        fail_strategy: match spec.fail_strategy {
-            Some(raw::FailStrategy::FailOpen) => FailStrategy::FailOpen,
-            _ => FailStrategy::FailClose,
-        },
+        fail_strategy,
         targets,
         selector: spec
             .selector
@@ -145,6 +152,22 @@ pub const CAPABILITIES: &str = "wasmgate.io/capabilities";
 /// [`CAPABILITIES`]: comma- or space-separated grants, `clock`, `state` and
 /// `outbound:<host>` (repeatable; `*.example.com` grants subdomains; a call also needs a
 /// ServiceEntry that defines the host). Unknown grants and malformed hosts are errors naming the annotation.
+/// What a first-party component carries without an annotation: the rate limiter keeps
+/// its buckets in the state store (Redis, shared by replicas, with `scope: global`) and
+/// reads the clock.
+fn builtin_grants(name: &str, spec: &raw::WasmPluginSpec, caps: &mut model::Capabilities) {
+    if name == "ratelimit" {
+        caps.clock = true;
+        caps.state = true;
+        caps.global_state |= spec
+            .plugin_config
+            .as_ref()
+            .and_then(|c| c.get("scope"))
+            .and_then(serde_json::Value::as_str)
+            == Some("global");
+    }
+}
+
 fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
     let mut caps = model::Capabilities::default();
     let Some(text) = meta.annotations.get(CAPABILITIES) else {
@@ -157,6 +180,10 @@ fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
         match grant.split_once(':') {
             None if grant == "clock" => caps.clock = true,
             None if grant == "state" => caps.state = true,
+            Some(("state", "global")) => {
+                caps.state = true;
+                caps.global_state = true;
+            }
             Some(("outbound", host)) => {
                 let host = host.to_ascii_lowercase();
                 // `*` only as a whole first label: `*.example.com`.
@@ -177,7 +204,7 @@ fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
             _ => r.err(
                 &p,
                 format!(
-                    "unknown capability {grant:?}: the grants are clock, state and outbound:<host>"
+                    "unknown capability {grant:?}: the grants are clock, state, state:global and outbound:<host>"
                 ),
             ),
         }
@@ -521,9 +548,24 @@ pub(crate) fn parse_url(url: &str) -> Result<PluginSource, String> {
             }
             Ok(PluginSource::Remote(url.to_string()))
         }
+        "builtin" => {
+            let name = rest.trim_end_matches('/');
+            if BUILTINS.contains(&name) {
+                Ok(PluginSource::Builtin(name.to_string()))
+            } else {
+                Err(format!(
+                    "builtin://{name}: no such first-party component; the ones a WasmPlugin binds are {}",
+                    BUILTINS.map(|b| format!("builtin://{b}")).join(", ")
+                ))
+            }
+        }
         other => Err(format!("{SCHEME_MESSAGE}: unsupported scheme {other:?}")),
     }
 }
+
+/// The first-party components a WasmPlugin binds with `builtin://<name>` (the others —
+/// router, fault, traffic split, jwt-authn, authz — are bound by the gateway itself).
+pub const BUILTINS: [&str; 1] = ["ratelimit"];
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -601,7 +643,7 @@ mod tests {
         assert_eq!(
             capabilities_of("state, sockets, outbound:http://x, outbound:*, outbound:a*.b"),
             Err(vec![
-                "unknown capability \"sockets\": the grants are clock, state and outbound:<host>"
+                "unknown capability \"sockets\": the grants are clock, state, state:global and outbound:<host>"
                     .to_string(),
                 "outbound:http://x: not a host name (write outbound:<host>, no port or scheme)"
                     .to_string(),
