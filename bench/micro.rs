@@ -77,6 +77,7 @@ async fn snapshot(host: &PluginHost, docs: &[String], metrics: &Arc<Metrics>) ->
     let listening = wasmgate::snapshot::Listening {
         address: std::net::IpAddr::from([127, 0, 0, 1]),
         mesh: None,
+        trusted_proxies: 0,
     };
     Snapshot::build(
         &config,

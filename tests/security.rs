@@ -449,3 +449,35 @@ async fn a_bad_policy_keeps_the_last_good_config() {
         StatusCode::OK
     );
 }
+
+/// `remoteIpBlocks` read the client's address from `x-forwarded-for` as far as
+/// `--num-trusted-proxies` allows; `ipBlocks` keep to the peer.
+#[tokio::test]
+async fn remote_ip_blocks_trust_the_configured_proxies() {
+    let echo = Echo::start("echo").await;
+    let dir = TempDir::new("security-xff");
+    let port = free_port();
+    routed(&dir, port, &echo);
+    dir.write(
+        "ap.yaml",
+        &authorization_policy(
+            "deny-range",
+            "  action: DENY\n  rules:\n  - from:\n    - source: {remoteIpBlocks: [\"203.0.113.0/24\"]}\n",
+        ),
+    );
+    let xff = [("x-forwarded-for", "203.0.113.7")];
+    let trusting = Gateway::start(dir.path(), &["--num-trusted-proxies", "1"]).await;
+    let r = get(port, "a", "/", &xff).await.expect("reply");
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        get(port, "a", "/", &[]).await.expect("reply").status,
+        StatusCode::OK
+    );
+    drop(trusting);
+    // Trusting nobody (the default), the remote address is the peer's: 127.0.0.1.
+    let port = free_port();
+    routed(&dir, port, &echo);
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "a", "/", &xff).await.expect("reply");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

@@ -108,6 +108,11 @@ pub struct RunArgs {
     /// other `Upgrade` is dropped and the request proxied as a plain one.
     #[arg(long = "allow-upgrade", value_name = "PROTO")]
     pub allow_upgrade: Vec<String>,
+    /// Proxies in front of the gateway that append to `x-forwarded-for` (Istio's
+    /// `gatewayTopology.numTrustedProxies`): AuthorizationPolicy `remoteIpBlocks` and
+    /// `remote.ip` take the client's address that many entries from the right.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub num_trusted_proxies: u32,
     /// Also serve the mesh: an HTTP proxy listener on ADDR where VirtualServices bound
     /// to `mesh` (or to no gateway) route applications' outbound requests.
     #[arg(long, value_name = "ADDR")]
@@ -352,7 +357,10 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         plugin_host_env: args.plugin_host_env,
         drain: Duration::from_secs(args.drain_seconds),
-        edge: crate::proxy::edge::EdgeSettings::new(args.path_normalization, &args.allow_upgrade),
+        edge: crate::proxy::edge::EdgeSettings {
+            trusted_proxies: args.num_trusted_proxies,
+            ..crate::proxy::edge::EdgeSettings::new(args.path_normalization, &args.allow_upgrade)
+        },
         metrics: args.metrics == OnOff::On,
         workload: (args.workload_name.clone(), args.workload_namespace.clone()),
         tracing: args

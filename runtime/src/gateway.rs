@@ -82,6 +82,7 @@ pub async fn load(
     let listening = Listening {
         address: options.listen_address,
         mesh: options.mesh.clone(),
+        trusted_proxies: options.edge.trusted_proxies,
     };
     Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)
         .await

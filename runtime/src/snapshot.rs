@@ -554,7 +554,16 @@ impl Snapshot {
                     guard: true,
                     ..Link::new(p.clone(), false, false, Vec::new(), stats(p))
                 };
-                let (authn, authz) = match guards.prepare(host, config, vs, via, &cache.jwks).await
+                let (authn, authz) = match guards
+                    .prepare(
+                        host,
+                        config,
+                        vs,
+                        via,
+                        &cache.jwks,
+                        listening.trusted_proxies,
+                    )
+                    .await
                 {
                     Ok(links) => links,
                     Err(e) => {
@@ -725,6 +734,8 @@ impl Snapshot {
 pub struct Listening {
     pub address: IpAddr,
     pub mesh: Option<MeshListener>,
+    /// `--num-trusted-proxies` (for AuthorizationPolicy's `remote.ip`).
+    pub trusted_proxies: u32,
 }
 
 /// Seconds since the Unix epoch: when certificates must be valid.

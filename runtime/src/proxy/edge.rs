@@ -23,6 +23,10 @@ pub struct EdgeSettings {
     /// Upgrade protocols tunnelled, lowercase: `websocket` (Istio's default
     /// `upgradeConfigs`) and any `--allow-upgrade`.
     pub upgrades: Vec<String>,
+    /// `--num-trusted-proxies`, Istio's `gatewayTopology.numTrustedProxies`: proxies in
+    /// front of the gateway whose `x-forwarded-for` entries are trusted;
+    /// AuthorizationPolicy's `remoteIpBlocks` read the client's address there.
+    pub trusted_proxies: u32,
 }
 
 impl Default for EdgeSettings {
@@ -30,6 +34,7 @@ impl Default for EdgeSettings {
         EdgeSettings {
             path_normalization: PathNormalization::Base,
             upgrades: vec!["websocket".to_string()],
+            trusted_proxies: 0,
         }
     }
 }
@@ -47,6 +52,7 @@ impl EdgeSettings {
         EdgeSettings {
             path_normalization,
             upgrades,
+            trusted_proxies: 0,
         }
     }
 

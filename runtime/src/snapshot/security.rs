@@ -179,12 +179,6 @@ pub fn authz_config(policies: &[&AuthorizationPolicy], num_trusted_proxies: u32)
     json!({ "numTrustedProxies": num_trusted_proxies, "policies": policies }).to_string()
 }
 
-/// How many proxies in front of the gateway append to `x-forwarded-for` (Istio's
-/// `gatewayTopology.numTrustedProxies`): `remoteIpBlocks` and `remote.ip` read the
-/// client's address from there. wasmgate has no setting for it yet, so it is Istio's
-/// default: none, and the remote address is the peer's.
-pub const NUM_TRUSTED_PROXIES: u32 = 0;
-
 /// The compiled security components and their pools (`None`: no policy of that kind),
 /// and what each chain's policies prepared into.
 #[derive(Default)]
@@ -206,6 +200,7 @@ impl Guards {
         vs: &VirtualService,
         via: Via<'_>,
         jwks: &JwksCache,
+        trusted_proxies: u32,
     ) -> Result<Prepared, ConfigError> {
         let applied = Applied::of(config, vs, via);
         let (authn_key, authz_key) = applied.key();
@@ -229,7 +224,7 @@ impl Guards {
             );
         }
         if let (Some((c, pool)), false) = (&self.authz, applied.authz.is_empty()) {
-            let cfg = authz_config(&applied.authz, NUM_TRUSTED_PROXIES);
+            let cfg = authz_config(&applied.authz, trusted_proxies);
             let first = applied.authz[0];
             done.1 = Some(
                 host.prepare(pool, c.name(), binding(c.name()), cfg)
