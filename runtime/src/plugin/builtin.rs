@@ -32,12 +32,14 @@ pub const CHAIN: [Builtin; 3] = [
 /// AuthorizationPolicy applies: JWT authentication (AUTHN), then authorization (AUTHZ).
 pub const JWT_AUTHN: Builtin = builtin!("jwt-authn");
 pub const AUTHZ: Builtin = builtin!("authz");
+/// Bound by a WasmPlugin with `url: builtin://ratelimit` (Envoy's local rate limit).
+pub const RATELIMIT: Builtin = builtin!("ratelimit");
 
 /// The embedded component called `name`, if any.
 pub fn get(name: &str) -> Option<Builtin> {
     CHAIN
         .iter()
-        .chain([&JWT_AUTHN, &AUTHZ])
+        .chain([&JWT_AUTHN, &AUTHZ, &RATELIMIT])
         .copied()
         .find(|b| b.name == name)
 }
