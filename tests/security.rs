@@ -481,3 +481,131 @@ async fn remote_ip_blocks_trust_the_configured_proxies() {
     let r = get(port, "a", "/", &xff).await.expect("reply");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+/// `principals` and `namespaces` match the client certificate's SPIFFE identity on a
+/// mutual-TLS server (OPTIONAL_MUTUAL: clients without one get in to be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principals_come_from_client_certificates() {
+    use support::tls::{Ca, secret};
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new("security-mtls");
+    let host = "secure.example.com";
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: https, protocol: HTTPS}}\n    hosts: [{host}]\n    tls: {{mode: OPTIONAL_MUTUAL, credentialName: secure-cert}}\n"
+        ),
+    );
+    dir.write(
+        "se.yaml",
+        &service_entry("echo", "echo.internal", 80, &[(echo.port(), &[])]),
+    );
+    dir.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [{host}]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {{host: echo.internal}}\n"
+        ),
+    );
+    let ca = Ca::new("ca");
+    dir.write(
+        "secret.yaml",
+        &secret(
+            "secure-cert",
+            "istio-system",
+            Some(&ca.server(&[host])),
+            Some(&ca.pem),
+        ),
+    );
+    dir.write(
+        "ap.yaml",
+        &[
+            authorization_policy(
+                "allow-client",
+                "  action: ALLOW\n  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/default/sa/client\"]}\n  - from:\n    - source: {namespaces: [\"team-*\"]}\n",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let alpn: [&[u8]; 1] = [b"http/1.1"];
+    let status = |leaf: Option<support::tls::Leaf>| {
+        let config = ca.client_config(leaf.as_ref(), &alpn);
+        async move {
+            support::tls::get(port, config, host, host, "/", &[])
+                .await
+                .expect("reply")
+                .reply
+                .status
+        }
+    };
+    let client = ca.client(
+        "client",
+        &[],
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+    );
+    assert_eq!(status(Some(client)).await, StatusCode::OK);
+    let team = ca.client("t", &[], Some("spiffe://cluster.local/ns/team-a/sa/x"));
+    assert_eq!(status(Some(team)).await, StatusCode::OK);
+    let other = ca.client(
+        "other",
+        &[],
+        Some("spiffe://cluster.local/ns/default/sa/other"),
+    );
+    assert_eq!(status(Some(other)).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(None).await, StatusCode::FORBIDDEN);
+}
+
+/// Token locations and audiences: a rule reading `?token=` and a `session` cookie, with
+/// `audiences`; a token in a place no rule reads is no token at all.
+#[tokio::test]
+async fn token_locations_and_audiences() {
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new("security-locations");
+    routed(&dir, port, &echo);
+    let key = EsKey::new("k");
+    dir.write(
+        "ra.yaml",
+        &request_authentication(
+            "jwt",
+            &format!(
+                "  - issuer: shop-issuer\n    jwks: '{{\"keys\":[{}]}}'\n    audiences: [shop]\n    fromParams: [token]\n    fromCookies: [session]\n    outputPayloadToHeader: x-jwt-payload\n",
+                key.jwk()
+            ),
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let mut c = claims("shop-issuer", "dora", 600, &[]);
+    c["aud"] = serde_json::json!(["shop", "other"]);
+    let good = key.token(&c);
+    let r = get(port, "a", &format!("/p?token={good}"), &[])
+        .await
+        .expect("reply");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        r.echo()["headers"]["x-jwt-payload"].is_string(),
+        "{}",
+        r.text()
+    );
+    let cookie = format!("theme=dark; session={good}");
+    let r = get(port, "a", "/p", &[("cookie", &cookie)])
+        .await
+        .expect("reply");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    c["aud"] = serde_json::json!("elsewhere");
+    let wrong = key.token(&c);
+    let r = get(port, "a", &format!("/p?token={wrong}"), &[])
+        .await
+        .expect("reply");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::FORBIDDEN, "Audiences in Jwt are not allowed")
+    );
+    // The Authorization header is not this rule's location: nothing is verified.
+    let r = get(port, "a", "/p", &[("authorization", &bearer(&wrong))])
+        .await
+        .expect("reply");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.echo()["headers"].get("x-jwt-payload").is_none());
+}

@@ -55,10 +55,13 @@ pub fn applies(ns: &str, scope: &PolicyScope, vs: &VirtualService, via: Via<'_>)
     }
 }
 
+/// When a JWKS was fetched, and what came of it.
+type Fetched = (Instant, Result<String, String>);
+
 /// Fetched JWKS by URI, kept across reloads for [`JWKS_REFRESH`].
 #[derive(Debug, Clone, Default)]
 pub struct JwksCache {
-    fetched: Arc<Mutex<HashMap<String, (Instant, Result<String, String>)>>>,
+    fetched: Arc<Mutex<HashMap<String, Fetched>>>,
 }
 
 impl JwksCache {
@@ -87,9 +90,7 @@ impl JwksCache {
         got
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Result<String, String>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fetched>> {
         self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -637,7 +637,16 @@ mod tests {
             Ok(model::Capabilities {
                 clock: true,
                 state: true,
+                global_state: false,
                 outbound: vec!["auth.internal".into(), "*.example.com".into()],
+            })
+        );
+        assert_eq!(
+            capabilities_of("state:global"),
+            Ok(model::Capabilities {
+                state: true,
+                global_state: true,
+                ..model::Capabilities::default()
             })
         );
         assert_eq!(
@@ -852,5 +861,34 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn builtin_urls_name_first_party_components_with_their_grants() {
+        let cfg = load(
+            "  url: builtin://ratelimit\n  pluginConfig: {scope: global}\n",
+            &LoadOptions::default(),
+        )
+        .expect("loads");
+        let wp = &cfg.wasm_plugins[0];
+        assert_eq!(wp.source, PluginSource::Builtin("ratelimit".into()));
+        assert_eq!(wp.fail_strategy, FailStrategy::FailOpen);
+        assert!(wp.capabilities.clock && wp.capabilities.state && wp.capabilities.global_state);
+        let cfg = load(
+            "  url: builtin://ratelimit\n  failStrategy: FAIL_CLOSE\n",
+            &LoadOptions::default(),
+        )
+        .expect("loads");
+        assert_eq!(cfg.wasm_plugins[0].fail_strategy, FailStrategy::FailClose);
+        assert!(!cfg.wasm_plugins[0].capabilities.global_state);
+        let e = load("  url: builtin://router\n", &LoadOptions::default())
+            .err()
+            .map(|e| e.0[0].message.clone());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "builtin://router: no such first-party component; the ones a WasmPlugin binds are builtin://ratelimit"
+            )
+        );
     }
 }
