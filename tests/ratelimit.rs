@@ -236,8 +236,11 @@ async fn global_rate_limit_is_shared_by_replicas() {
     config(&d1, p1, &plugin);
     config(&d2, p2, &plugin);
     let url = redis.url();
-    let g1 = Gateway::start(d1.path(), &["--redis", &url]).await;
-    let _g2 = Gateway::start(d2.path(), &["--redis", &url]).await;
+    // A generous timeout: on a loaded machine a slow Redis answer must not fail open
+    // and blur the count (Redis stopped below refuses at once).
+    let args = ["--redis", &url, "--redis-timeout-ms", "2000"];
+    let g1 = Gateway::start(d1.path(), &args).await;
+    let _g2 = Gateway::start(d2.path(), &args).await;
     let replies = burst(&[p1, p2], 30, &[]).await;
     assert_eq!(
         passed(&replies),

@@ -341,15 +341,19 @@ async fn jwks_uri_from_file_and_http() {
     let http_key = EsKey::new("h");
     let jwks_file = dir.write("jwks.json", &format!(r#"{{"keys":[{}]}}"#, file_key.jwk()));
     let served = format!(r#"{{"keys":[{}]}}"#, http_key.jwk());
+    // Keys an identity provider published that wasmgate cannot use (a shared secret):
+    // that issuer's tokens are refused; the config still loads.
+    let odd_file = dir.write("odd.json", r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#);
     let jwks_port = serve_once_per_request(served).await;
     dir.write(
         "ra.yaml",
         &request_authentication(
             "jwt",
             &format!(
-                "  - issuer: file-issuer\n    jwksUri: \"file://{}\"\n  - issuer: http-issuer\n    jwksUri: \"http://127.0.0.1:{jwks_port}/jwks.json\"\n  - issuer: gone-issuer\n    jwksUri: \"http://127.0.0.1:{}/jwks.json\"\n    timeout: 1s\n",
+                "  - issuer: file-issuer\n    jwksUri: \"file://{}\"\n  - issuer: http-issuer\n    jwksUri: \"http://127.0.0.1:{jwks_port}/jwks.json\"\n  - issuer: gone-issuer\n    jwksUri: \"http://127.0.0.1:{}/jwks.json\"\n    timeout: 1s\n  - issuer: odd-issuer\n    jwksUri: \"file://{}\"\n",
                 jwks_file.display(),
-                free_port()
+                free_port(),
+                odd_file.display()
             ),
         ),
     );
@@ -371,6 +375,11 @@ async fn jwks_uri_from_file_and_http() {
         "{}",
         gw.log_text()
     );
+    let t = http_key.token(&claims("odd-issuer", "x", 60, &[]));
+    let r = get(port, "a", "/", &[("authorization", &bearer(&t))])
+        .await
+        .expect("reply");
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     // Without a token, requests pass (no AuthorizationPolicy).
     let r = get(port, "a", "/", &[]).await.expect("reply");
     assert_eq!(r.status, StatusCode::OK);

@@ -344,6 +344,8 @@ pub fn clear_state() {
 /// Most properties per request, their largest value and name (as the host's).
 pub const MAX_PROPERTIES: usize = 64;
 pub const MAX_PROPERTY_VALUE: usize = 4096;
+/// The gateway's identity properties (`request.auth.*`, `source.*`) may be larger.
+pub const MAX_IDENTITY_PROPERTY_VALUE: usize = 64 << 10;
 pub const MAX_PROPERTY_NAME: usize = 128;
 
 pub(crate) fn set_property(t: &TestRequest, name: &str, value: Option<&str>) -> Result<(), String> {
@@ -360,11 +362,13 @@ pub(crate) fn set_property(t: &TestRequest, name: &str, value: Option<&str>) -> 
                     name.len()
                 ));
             }
-            if v.len() > MAX_PROPERTY_VALUE {
-                return Err(format!(
-                    "property {name:?}: {} bytes, over {MAX_PROPERTY_VALUE}",
-                    v.len()
-                ));
+            let max = if name.starts_with("request.auth.") || name.starts_with("source.") {
+                MAX_IDENTITY_PROPERTY_VALUE
+            } else {
+                MAX_PROPERTY_VALUE
+            };
+            if v.len() > max {
+                return Err(format!("property {name:?}: {} bytes, over {max}", v.len()));
             }
             if !props.contains_key(name) && props.len() >= MAX_PROPERTIES {
                 return Err(format!(

@@ -62,6 +62,11 @@ struct RuleConfig {
     audiences: Option<Vec<String>>,
     /// JWKS text; `null` when the host could not fetch `jwksUri`.
     jwks: Option<String>,
+    /// The JWKS came from `jwksUri` (the host set it): keys an identity provider
+    /// published that this component cannot use fail that issuer's tokens, as a fetch
+    /// that failed does, instead of refusing the gateway's whole config.
+    #[serde(default)]
+    jwks_fetched: bool,
     from_headers: Option<Vec<FromHeader>>,
     from_params: Option<Vec<String>>,
     from_cookies: Option<Vec<String>>,
@@ -145,7 +150,7 @@ impl Policy for JwtAuthn {
                 let mut edit = Edit::keep();
                 self.sanitize(&mut edit);
                 self.forward_outputs(&good, &mut edit);
-                set_properties(request, &good);
+                set_properties(request, &good)?;
                 return Ok(edit);
             }
         };
@@ -160,10 +165,26 @@ impl Rule {
     fn compile(index: usize, r: RuleConfig) -> Result<Rule, ConfigError> {
         let jwks = match &r.jwks {
             None => None,
-            Some(text) => Some(jwks::Jwks::parse(text).map_err(|f| ConfigError {
-                field: format!("rules[{index}].jwks"),
-                message: f.text().to_string(),
-            })?),
+            Some(text) => match jwks::Jwks::parse(text) {
+                Ok(keys) => Some(keys),
+                Err(f) if r.jwks_fetched => {
+                    log(
+                        Level::Warn,
+                        &format!(
+                            "jwt-authn: the JWKS fetched for issuer {}: {}; its tokens are refused",
+                            r.issuer,
+                            f.text()
+                        ),
+                    );
+                    None
+                }
+                Err(f) => {
+                    return Err(ConfigError {
+                        field: format!("rules[{index}].jwks"),
+                        message: f.text().to_string(),
+                    });
+                }
+            },
         };
         let mut locations: Vec<Location> = Vec::new();
         for h in r.from_headers.unwrap_or_default() {
@@ -459,11 +480,11 @@ impl JwtAuthn {
 }
 
 /// The request's `request.auth.*` properties from the verified token whose issuer sorts
-/// first (as Istio picks one of several). A value over the property limit is skipped with
-/// a debug log: the request still passes.
-fn set_properties(request: &Request, good: &[Good]) {
+/// first (as Istio picks one of several). One the host refuses fails the request (the
+/// component fails closed): an authorization policy must never miss a claim.
+fn set_properties(request: &Request, good: &[Good]) -> Result<(), PluginError> {
     let Some(g) = good.iter().min_by(|a, b| a.jwt.iss.cmp(&b.jwt.iss)) else {
-        return;
+        return Ok(());
     };
     let jwt = &g.jwt;
     let audiences = serde_json::to_string(&jwt.audiences).unwrap_or_else(|_| "[]".into());
@@ -477,10 +498,13 @@ fn set_properties(request: &Request, good: &[Good]) {
         properties.push(("request.auth.presenter", azp.clone()));
     }
     for (name, value) in properties {
-        if let Err(e) = request.set_property(name, Some(&value)) {
-            log(Level::Debug, &format!("jwt-authn: {name} not set: {e}"));
-        }
+        request
+            .set_property(name, Some(&value))
+            .map_err(|e| PluginError {
+                message: format!("jwt-authn: {name} not set: {e}"),
+            })?;
     }
+    Ok(())
 }
 
 /// A claim's value as Envoy writes it into a header (`addJWTClaimToHeader`): a string

@@ -45,8 +45,11 @@
 //! which is what an absent bucket means. A limited request writes nothing. The store is
 //! one per WasmPlugin and namespace: every VirtualService the plugin is bound to in a
 //! namespace counts in the same buckets, as routes share the bucket of Envoy's
-//! filter-level config. When the store or the clock fails (not granted, full, down) the
-//! call fails with a `PluginError`, and the WasmPlugin's `failStrategy` decides.
+//! filter-level config. A local store that is full (10,000 buckets at once: a flood of
+//! distinct keys) limits the keys it has no bucket for, so a flood never buys anyone an
+//! unlimited pass, while the buckets it holds keep counting. When the store or the clock
+//! fails otherwise (not granted, Redis down) the call fails with a `PluginError`, and
+//! the WasmPlugin's `failStrategy` decides.
 
 #[cfg(test)]
 mod tests;
@@ -356,7 +359,20 @@ impl Policy for RateLimit {
             message: format!("ratelimit: {message}"),
         };
         let now_ms = clock::now().map_err(failed)? / 1_000_000;
-        let take = take_from(&HostState, &self.limits, &key, now_ms).map_err(failed)?;
+        let take = match take_from(&HostState, &self.limits, &key, now_ms) {
+            Ok(take) => take,
+            // The local store is full of buckets (many keys at once: a flood of distinct
+            // header values, say): a key without a bucket is limited, never let through
+            // unlimited, while the buckets it holds keep counting. Other failures (Redis
+            // down) follow the failStrategy.
+            Err(e) if e.contains(STORE_FULL) => Take {
+                allowed: false,
+                remaining: 0,
+                reset_secs: self.limits.fill_interval_ms.div_ceil(1000),
+                write: None,
+            },
+            Err(e) => return Err(failed(e)),
+        };
         let limit = self.limits.max_tokens.to_string();
         let remaining = take.remaining.to_string();
         let reset = take.reset_secs.to_string();
@@ -381,6 +397,9 @@ impl Policy for RateLimit {
         Ok(edit)
     }
 }
+
+/// What the host's local store answers when it holds as many keys as it may.
+const STORE_FULL: &str = "the store is full";
 
 /// The key a config names: at most one of its fields.
 fn key(spec: Option<KeySpec>) -> Result<Key, ConfigError> {

@@ -339,13 +339,17 @@ fn without_the_state_or_clock_grant_the_call_fails() {
 }
 
 #[test]
-fn a_full_store_fails_the_call() {
-    let p = limiter(&config(1, 1, "1s", r#", "key": {"header": "x-user"}"#));
-    for i in 0..10_000 {
+fn a_full_store_limits_new_keys_and_keeps_counting_the_others() {
+    let p = limiter(&config(2, 1, "1s", r#", "key": {"header": "x-user"}"#));
+    // A bucket made before the store fills keeps its count.
+    assert_eq!(status(&p, get().header("x-user", "old")), 200);
+    for i in 0..9_999 {
         state::set(&format!("other{i}"), b"", None).expect("room");
     }
-    let e = try_decide(&p, &get().header("x-user", "a").build()).expect_err("stored");
-    assert!(e.message.contains("full"), "{}", e.message);
+    // A key flood must not let a new key through unlimited (FAIL_OPEN would).
+    assert_eq!(status(&p, get().header("x-user", "new")), 429);
+    assert_eq!(status(&p, get().header("x-user", "old")), 200);
+    assert_eq!(status(&p, get().header("x-user", "old")), 429);
 }
 
 #[test]

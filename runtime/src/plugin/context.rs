@@ -16,6 +16,9 @@ use super::types::{Action, ActionKind, Decision, Edit, Header, HeaderMutation};
 pub const MAX_PROPERTIES: usize = 64;
 pub const MAX_PROPERTY_NAME: usize = 128;
 pub const MAX_PROPERTY_VALUE: usize = 4096;
+/// The identity properties (`request.auth.claims` is a token's whole payload) may be as
+/// large as a request head: a claim a policy checks is never dropped for its size.
+pub const MAX_IDENTITY_PROPERTY_VALUE: usize = 64 << 10;
 
 /// A request as the chain's plugins see it.
 #[derive(Debug)]
@@ -188,11 +191,13 @@ impl RequestView {
                         name.len()
                     ));
                 }
-                if v.len() > MAX_PROPERTY_VALUE {
-                    return Err(format!(
-                        "property {name:?}: {} bytes, over {MAX_PROPERTY_VALUE}",
-                        v.len()
-                    ));
+                let max = if is_identity_property(&name) {
+                    MAX_IDENTITY_PROPERTY_VALUE
+                } else {
+                    MAX_PROPERTY_VALUE
+                };
+                if v.len() > max {
+                    return Err(format!("property {name:?}: {} bytes, over {max}", v.len()));
                 }
                 match at {
                     Some(i) => s.properties[i].1 = v,

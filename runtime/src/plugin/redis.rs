@@ -126,44 +126,69 @@ impl Redis {
         }
     }
 
-    /// Run one command on the gateway's runtime, within the timeout.
+    /// Run one command on the gateway's runtime, within the timeout. The command runs to
+    /// its end (or its timeout) even when the caller goes away, so a connection never
+    /// goes back to its slot with a reply left unread.
     async fn command(self: &Arc<Self>, args: Vec<Vec<u8>>) -> Result<Reply, String> {
         let me = self.clone();
-        let task = self.runtime.spawn(async move {
-            match tokio::time::timeout(me.timeout, me.run(&args)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "Redis at {} gave no answer within {:?}",
-                    me.url.addr, me.timeout
-                )),
-            }
-        });
+        let task = self.runtime.spawn(async move { me.run(&args).await });
         task.await.map_err(|e| format!("Redis command lost: {e}"))?
     }
 
     async fn run(&self, args: &[Vec<u8>]) -> Result<Reply, String> {
-        let slot = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
-        let mut guard = slot.lock().await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let late = || {
+            format!(
+                "Redis at {} gave no answer within {:?}",
+                self.url.addr, self.timeout
+            )
+        };
+        // A free connection if there is one, else wait for the next in turn.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        let free = (0..n).find_map(|i| self.conns[(start + i) % n].try_lock().ok());
+        let mut guard = match free {
+            Some(g) => g,
+            None => tokio::time::timeout_at(deadline, self.conns[start % n].lock())
+                .await
+                .map_err(|_| late())?,
+        };
         if guard.is_none() {
-            *guard = Some(self.connect().await?);
+            match tokio::time::timeout_at(deadline, self.connect()).await {
+                Ok(c) => *guard = Some(c?),
+                Err(_) => {
+                    self.mark_down();
+                    return Err(late());
+                }
+            }
         }
         let Some(conn) = guard.as_mut() else {
             return Err("no connection".into());
         };
-        let result = async {
+        let exchange = async {
             conn.get_mut().write_all(&encode(args)).await?;
             read_reply(conn, 0).await
-        }
-        .await;
-        match result {
-            Ok(Ok(reply)) => Ok(reply),
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
             // A Redis error reply: the connection is fine.
-            Ok(Err(message)) => Err(format!("Redis: {message}")),
-            Err(e) => {
+            Ok(Ok(Err(message))) => Err(format!("Redis: {message}")),
+            Ok(Err(e)) => {
                 *guard = None;
                 Err(format!("Redis at {}: {e}", self.url.addr))
             }
+            // Cut off mid-exchange: the reply may still come, so the connection goes.
+            Err(_) => {
+                *guard = None;
+                Err(late())
+            }
         }
+    }
+
+    /// Connecting is not tried again for a while.
+    fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + RECONNECT_AFTER);
     }
 
     async fn connect(&self) -> Result<Conn, String> {
@@ -207,7 +232,7 @@ impl Redis {
                 Ok(c)
             }
             Err(e) => {
-                *lock() = Some(Instant::now() + RECONNECT_AFTER);
+                self.mark_down();
                 Err(format!("Redis at {}: {e}", self.url.addr))
             }
         }

@@ -22,6 +22,8 @@ use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, Prepare
 pub const JWKS_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
+/// A `jwksUri` that could not be fetched is not asked again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Does a policy of namespace `ns` with `scope` apply to `vs` served through `via`?
 /// Istio's rules with the gateway as the workload: `targetRefs` name the VirtualService
@@ -66,15 +68,21 @@ pub struct JwksCache {
 
 impl JwksCache {
     /// The JWKS at `uri` (`http(s)://` or `file://`), fetched within `timeout`, or why not.
+    /// Kept for [`JWKS_REFRESH`]; a refetch that fails keeps serving the last keys that
+    /// came (as istiod does), and a failure is not tried again for [`RETRY_AFTER`], so one
+    /// build asks an unreachable URI once, not once per VirtualService.
     async fn get(&self, uri: &str, timeout: Duration) -> Result<String, String> {
-        if let Some((at, got)) = self.lock().get(uri)
-            && at.elapsed() < JWKS_REFRESH
-            && got.is_ok()
-        {
-            return got.clone();
+        if let Some((at, got)) = self.lock().get(uri) {
+            let fresh = match got {
+                Ok(_) => at.elapsed() < JWKS_REFRESH,
+                Err(_) => at.elapsed() < RETRY_AFTER,
+            };
+            if fresh {
+                return got.clone();
+            }
         }
         let got = match uri.strip_prefix("file://") {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}")),
+            Some(path) => read_file(path),
             None => {
                 match tokio::time::timeout(timeout, fetch::download_at_most(uri, MAX_JWKS_BYTES))
                     .await
@@ -85,14 +93,38 @@ impl JwksCache {
                 }
             }
         };
-        self.lock()
-            .insert(uri.to_string(), (Instant::now(), got.clone()));
-        got
+        let mut fetched = self.lock();
+        match (&got, fetched.get(uri)) {
+            (Err(e), Some((_, Ok(last)))) => {
+                tracing::warn!("jwksUri {uri}: {e}; serving the keys fetched before");
+                let last = last.clone();
+                fetched.insert(uri.to_string(), (Instant::now(), Ok(last.clone())));
+                Ok(last)
+            }
+            _ => {
+                fetched.insert(uri.to_string(), (Instant::now(), got.clone()));
+                got
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fetched>> {
         self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A `file://` JWKS, at most [`MAX_JWKS_BYTES`].
+fn read_file(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_JWKS_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if text.len() > MAX_JWKS_BYTES {
+        return Err(format!("{path}: larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    Ok(text)
 }
 
 /// The RequestAuthentications and AuthorizationPolicies that apply to one chain.
@@ -134,7 +166,8 @@ pub async fn authn_config(policies: &[&RequestAuthentication], jwks: &JwksCache)
     for ra in policies {
         for (rule, timeout) in ra.jwt_rules.iter().zip(&ra.fetch_timeouts) {
             let mut rule = rule.clone();
-            if rule.jwks.is_none() && !rule.jwks_uri.is_empty() {
+            let fetched = rule.jwks.is_none() && !rule.jwks_uri.is_empty();
+            if fetched {
                 match jwks.get(&rule.jwks_uri, *timeout).await {
                     Ok(keys) => rule.jwks = Some(keys),
                     Err(e) => warn_fetch(&ra.meta, &rule.jwks_uri, &e),
@@ -143,6 +176,7 @@ pub async fn authn_config(policies: &[&RequestAuthentication], jwks: &JwksCache)
             let mut value = serde_json::to_value(&rule).unwrap_or_default();
             if let Some(map) = value.as_object_mut() {
                 map.insert("policy".into(), json!(ns_name(&ra.meta)));
+                map.insert("jwksFetched".into(), json!(fetched));
             }
             rules.push(value);
         }
@@ -255,5 +289,42 @@ fn refused(meta: &Meta, field: &str, e: PluginError) -> ConfigError {
         resource: Some(meta.id.clone()),
         field: Some(field.to_string()),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_refetch_keeps_the_last_keys_and_failures_are_not_retried_at_once() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, r#"{"keys":[]}"#).expect("write");
+        let uri = format!("file://{}", path.display());
+        let cache = JwksCache::default();
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            cache.get(&uri, second).await.as_deref(),
+            Ok(r#"{"keys":[]}"#)
+        );
+        // Old enough to be fetched again, and gone: the last keys keep serving.
+        let aged = Instant::now().checked_sub(JWKS_REFRESH + second);
+        if let (Some(aged), Some(entry)) = (aged, cache.lock().get_mut(&uri)) {
+            entry.0 = aged;
+        }
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(
+            cache.get(&uri, second).await.as_deref(),
+            Ok(r#"{"keys":[]}"#)
+        );
+        // Never fetched: an error, remembered for a while (the file appearing now is not
+        // read until RETRY_AFTER has passed).
+        let missing = format!("file://{}", dir.join("none.json").display());
+        assert!(cache.get(&missing, second).await.is_err());
+        std::fs::write(dir.join("none.json"), "{}").expect("write");
+        assert!(cache.get(&missing, second).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -24,7 +24,22 @@ fn policy_scope(
     ns: &str,
     r: &mut Report,
 ) -> PolicyScope {
+    let before = r.errors.len();
     let targets = scope(selector, target_ref, target_refs, ns, r, PLUGIN_TARGETS);
+    let given = usize::from(target_ref.is_some()) + target_refs.len();
+    if targets.len() < given && r.errors.len() == before {
+        // A security policy that binds nowhere would switch a DENY off unnoticed.
+        let p = FieldPath::root("spec");
+        r.err(
+            &if target_ref.is_some() {
+                p.key("targetRef")
+            } else {
+                p.key("targetRefs")
+            },
+            "wasmgate binds security policies only to networking.istio.io Gateways and \
+             VirtualServices; a policy with a target it cannot bind would not apply there",
+        );
+    }
     let labels = selector.map(|s| s.match_labels.clone()).unwrap_or_default();
     if target_ref.is_some() || !target_refs.is_empty() {
         PolicyScope::Targets(targets)
@@ -732,6 +747,15 @@ mod tests {
         assert!(
             e.iter()
                 .any(|x| x.contains("only one of targetRefs or selector can be set")),
+            "{e:?}"
+        );
+        let e = errors(
+            "AuthorizationPolicy",
+            "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]\n  action: DENY\n  rules: [{}]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("spec.targetRefs: wasmgate binds security policies only")),
             "{e:?}"
         );
         let e = errors(

@@ -149,9 +149,6 @@ pub(crate) fn validate(
 /// monotonic time and metrics.
 pub const CAPABILITIES: &str = "wasmgate.io/capabilities";
 
-/// [`CAPABILITIES`]: comma- or space-separated grants, `clock`, `state` and
-/// `outbound:<host>` (repeatable; `*.example.com` grants subdomains; a call also needs a
-/// ServiceEntry that defines the host). Unknown grants and malformed hosts are errors naming the annotation.
 /// What a first-party component carries without an annotation: the rate limiter keeps
 /// its buckets in the state store (Redis, shared by replicas, with `scope: global`) and
 /// reads the clock.
@@ -168,6 +165,10 @@ fn builtin_grants(name: &str, spec: &raw::WasmPluginSpec, caps: &mut model::Capa
     }
 }
 
+/// [`CAPABILITIES`]: comma- or space-separated grants, `clock`, `state`, `state:global`
+/// and `outbound:<host>` (repeatable; `*.example.com` grants subdomains; a call also needs
+/// a ServiceEntry that defines the host). Unknown grants and malformed hosts are errors
+/// naming the annotation.
 fn capabilities(meta: &model::Meta, r: &mut Report) -> model::Capabilities {
     let mut caps = model::Capabilities::default();
     let Some(text) = meta.annotations.get(CAPABILITIES) else {
