@@ -283,10 +283,42 @@ async fn jwt_and_authorization_at_ingress() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.text(), "Jwt issuer is not configured");
 
+    // Algorithm confusion: `none`, and HS256 (which would take the public key as the
+    // secret) are never accepted.
+    let payload = b64(claims(ISSUER, "alice", 3600, &["group1"])
+        .to_string()
+        .as_bytes());
+    for header in [
+        r#"{"alg":"none","typ":"JWT"}"#,
+        r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#,
+    ] {
+        let token = format!("{}.{payload}.{}", b64(header.as_bytes()), b64(b"sig"));
+        let r = ask("/api/x", vec![("authorization", bearer(&token))]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header}: {}", r.text());
+    }
+    // Normalized before it is matched: `/api/./blocked` is `/api/blocked`.
+    let r = ask("/api/./blocked", vec![("authorization", bearer(&good))]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = ask("/api/z/../blocked", vec![("authorization", bearer(&good))]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+
     // The second rule: EdDSA, from its own header and prefix; any path.
     let ed_token = ed.token(&claims("other-issuer", "carol", 3600, &[]));
-    let r = ask("/anything", vec![("x-token", format!("Token {ed_token}"))]).await;
+    let r = ask(
+        "/anything",
+        vec![
+            ("x-token", format!("Token {ed_token}")),
+            // A client's own claim header never reaches the upstream.
+            ("x-jwt-sub", "forged".into()),
+        ],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        r.echo()["headers"].get("x-jwt-sub").is_none(),
+        "{}",
+        r.text()
+    );
     let r = ask("/anything", vec![("authorization", bearer(&ed_token))]).await;
     assert_eq!(
         r.status,
