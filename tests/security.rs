@@ -8,7 +8,8 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use ring::rand::SystemRandom;
@@ -419,6 +420,11 @@ async fn jwks_uri_from_file_and_http() {
 
 /// A loopback HTTP/1.1 server answering every request with `body` (JSON).
 async fn serve_once_per_request(body: String) -> u16 {
+    serve_changing(Arc::new(Mutex::new(body))).await
+}
+
+/// [`serve_once_per_request`] with a body the test may change.
+async fn serve_changing(body: Arc<Mutex<String>>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -426,7 +432,7 @@ async fn serve_once_per_request(body: String) -> u16 {
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
+            let body = body.lock().map(|b| b.clone()).unwrap_or_default();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
@@ -649,4 +655,46 @@ async fn token_locations_and_audiences() {
         .expect("reply");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(r.echo()["headers"].get("x-jwt-payload").is_none());
+}
+
+/// Keys rotate: every `--jwks-refresh-seconds` the gateway fetches `jwksUri` again, so
+/// tokens signed with the new key pass and those of the retired one are refused, with
+/// no reload by hand.
+#[tokio::test]
+async fn rotated_jwks_keys_are_fetched_again() {
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new("security-rotation");
+    routed(&dir, port, &echo);
+    let (old, new) = (EsKey::new("old"), EsKey::new("new"));
+    let served = Arc::new(Mutex::new(format!(r#"{{"keys":[{}]}}"#, old.jwk())));
+    let jwks_port = serve_changing(served.clone()).await;
+    dir.write(
+        "ra.yaml",
+        &request_authentication(
+            "jwt",
+            &format!("  - issuer: rot\n    jwksUri: \"http://127.0.0.1:{jwks_port}/jwks.json\"\n"),
+        ),
+    );
+    let _gw = Gateway::start(dir.path(), &["--jwks-refresh-seconds", "1"]).await;
+    let status = |key: &EsKey| {
+        let token = key.token(&claims("rot", "x", 600, &[]));
+        async move {
+            get(port, "a", "/", &[("authorization", &bearer(&token))])
+                .await
+                .expect("reply")
+                .status
+        }
+    };
+    assert_eq!(status(&old).await, StatusCode::OK);
+    assert_eq!(status(&new).await, StatusCode::UNAUTHORIZED);
+    if let Ok(mut b) = served.lock() {
+        *b = format!(r#"{{"keys":[{}]}}"#, new.jwk());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&new).await != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the new key was never fetched");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status(&old).await, StatusCode::UNAUTHORIZED);
 }

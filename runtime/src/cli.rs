@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// `remote.ip` take the client's address that many entries from the right.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub num_trusted_proxies: u32,
+    /// How often keys named by a RequestAuthentication's `jwksUri` are fetched again (a
+    /// reload, when any config has one), in seconds; Istio's default is 20 minutes. 0:
+    /// only on reloads.
+    #[arg(long, default_value_t = 1200, value_name = "SECONDS")]
+    pub jwks_refresh_seconds: u64,
     /// Also serve the mesh: an HTTP proxy listener on ADDR where VirtualServices bound
     /// to `mesh` (or to no gateway) route applications' outbound requests.
     #[arg(long, value_name = "ADDR")]
@@ -282,6 +287,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
                 crate::telemetry::access::Format::Text,
                 crate::telemetry::access::Destination::Off,
             ),
+            jwks_refresh: crate::snapshot::security::JWKS_REFRESH,
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -368,6 +374,10 @@ async fn run(args: RunArgs) -> ExitCode {
             .clone()
             .map(|url| (url, args.trace_sampling)),
         access_log: (args.access_log_format, args.access_log.clone()),
+        jwks_refresh: match args.jwks_refresh_seconds {
+            0 => crate::snapshot::security::JWKS_REFRESH,
+            s => Duration::from_secs(s),
+        },
     };
     let admin = options.admin;
     let drain = options.drain;
@@ -390,6 +400,12 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     if let Some((dir, every, seen)) = watch {
         tokio::spawn(crate::watch::plugins(gateway.clone(), dir, every, seen));
+    }
+    if args.jwks_refresh_seconds > 0 {
+        tokio::spawn(crate::watch::jwks(
+            gateway.clone(),
+            Duration::from_secs(args.jwks_refresh_seconds),
+        ));
     }
     tracing::info!("ready");
     wait_for_signals(&gateway).await;

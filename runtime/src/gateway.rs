@@ -53,6 +53,8 @@ pub struct Options {
     pub workload: (String, String),
     /// `--otlp-endpoint` and `--trace-sampling`: tracing, when an endpoint is given.
     pub tracing: Option<(String, f64)>,
+    /// `--jwks-refresh-seconds`: how long keys fetched from a `jwksUri` are kept.
+    pub jwks_refresh: Duration,
     /// `--access-log-format` and `--access-log`.
     pub access_log: (AccessFormat, AccessDestination),
 }
@@ -197,13 +199,15 @@ impl Gateway {
             tracing::warn!("--redis: {e}; state:global calls fail until it answers");
         }
         // Downloaded plugins are kept beside the compiled ones.
-        let cache = CompileCache::default().with_downloads(
-            options
-                .host
-                .compile_cache
-                .as_ref()
-                .map(|dir| dir.join("downloads")),
-        );
+        let cache = CompileCache::default()
+            .with_jwks_refresh(options.jwks_refresh)
+            .with_downloads(
+                options
+                    .host
+                    .compile_cache
+                    .as_ref()
+                    .map(|dir| dir.join("downloads")),
+            );
         let metrics = Arc::new(Metrics::new(
             options.metrics,
             &options.workload.0,

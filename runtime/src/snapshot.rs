@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
@@ -51,6 +52,9 @@ pub struct Snapshot {
     /// What the Telemetries that apply add up to; the metrics and access-log switches are
     /// set from it when the snapshot starts serving (`telemetry::overrides::apply`).
     pub telemetry: wasmgate_config::TelemetrySettings,
+    /// A RequestAuthentication names a `jwksUri`: the gateway reloads every
+    /// `--jwks-refresh-seconds` to fetch the keys again (rotation).
+    pub fetches_jwks: bool,
 }
 
 /// One domain on a listener (or HTTPS server) and the VirtualService chains that serve
@@ -240,6 +244,12 @@ impl CompileCache {
     }
 
     /// Keep downloaded plugins in `dir` ([`fetch`]); `None`: download on every start.
+    /// JWKS fetched from a `jwksUri` are fetched again after `refresh`.
+    pub fn with_jwks_refresh(mut self, refresh: Duration) -> Self {
+        self.jwks = security::JwksCache::new(refresh);
+        self
+    }
+
     pub fn with_downloads(mut self, dir: Option<PathBuf>) -> Self {
         self.downloads = dir;
         self
@@ -724,6 +734,11 @@ impl Snapshot {
             resources,
             tracer: tracing.and_then(|base| overrides::tracer(base, &config.telemetry)),
             telemetry: config.telemetry.clone(),
+            fetches_jwks: config
+                .request_authentications
+                .iter()
+                .flat_map(|ra| &ra.jwt_rules)
+                .any(|r| r.jwks.is_none() && !r.jwks_uri.is_empty()),
         })
     }
 }

@@ -86,6 +86,25 @@ pub async fn plugins(gateway: Arc<Gateway>, dir: PathBuf, every: Duration, mut s
     }
 }
 
+/// Every `every`, while a RequestAuthentication names a `jwksUri`: reload, which fetches
+/// those keys again (an identity provider rotates them; the keys fetched before keep
+/// serving if the fetch fails).
+pub async fn jwks(gateway: Arc<Gateway>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if !gateway.snapshot().fetches_jwks {
+            continue;
+        }
+        tracing::debug!("fetching jwksUri keys again: reloading");
+        if let Err(errors) = gateway.reload().await {
+            tracing::error!("JWKS refresh: reload failed with {} error(s)", errors.len());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,8 @@ use super::{ROOT_NAMESPACE, Via, fetch, ns_name};
 use crate::plugin::types::Binding;
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 
-/// Istio refreshes remote JWKS every 20 minutes (`PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`); a
-/// reload within that keeps what was fetched.
+/// Istio refreshes remote JWKS every 20 minutes (`PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`):
+/// `--jwks-refresh-seconds`' default.
 pub const JWKS_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -60,21 +60,36 @@ pub fn applies(ns: &str, scope: &PolicyScope, vs: &VirtualService, via: Via<'_>)
 /// When a JWKS was fetched, and what came of it.
 type Fetched = (Instant, Result<String, String>);
 
-/// Fetched JWKS by URI, kept across reloads for [`JWKS_REFRESH`].
-#[derive(Debug, Clone, Default)]
+/// Fetched JWKS by URI, kept across reloads for most of the refresh interval (so the
+/// reload that interval's timer makes fetches them again).
+#[derive(Debug, Clone)]
 pub struct JwksCache {
     fetched: Arc<Mutex<HashMap<String, Fetched>>>,
+    keep: Duration,
+}
+
+impl Default for JwksCache {
+    fn default() -> Self {
+        JwksCache::new(JWKS_REFRESH)
+    }
 }
 
 impl JwksCache {
+    pub fn new(refresh: Duration) -> Self {
+        JwksCache {
+            fetched: Arc::default(),
+            keep: refresh.mul_f64(0.9),
+        }
+    }
+
     /// The JWKS at `uri` (`http(s)://` or `file://`), fetched within `timeout`, or why not.
-    /// Kept for [`JWKS_REFRESH`]; a refetch that fails keeps serving the last keys that
+    /// Kept for most of the refresh interval; a refetch that fails keeps serving the last keys that
     /// came (as istiod does), and a failure is not tried again for [`RETRY_AFTER`], so one
     /// build asks an unreachable URI once, not once per VirtualService.
     async fn get(&self, uri: &str, timeout: Duration) -> Result<String, String> {
         if let Some((at, got)) = self.lock().get(uri) {
             let fresh = match got {
-                Ok(_) => at.elapsed() < JWKS_REFRESH,
+                Ok(_) => at.elapsed() < self.keep,
                 Err(_) => at.elapsed() < RETRY_AFTER,
             };
             if fresh {
@@ -310,7 +325,7 @@ mod tests {
             Ok(r#"{"keys":[]}"#)
         );
         // Old enough to be fetched again, and gone: the last keys keep serving.
-        let aged = Instant::now().checked_sub(JWKS_REFRESH + second);
+        let aged = Instant::now().checked_sub(cache.keep + second);
         if let (Some(aged), Some(entry)) = (aged, cache.lock().get_mut(&uri)) {
             entry.0 = aged;
         }
