@@ -39,6 +39,9 @@ pub use jwt::{CLOCK_SKEW_SECONDS, Failure};
 
 /// Verified tokens kept per instance, so a repeated token costs no signature check.
 pub const CACHE_CAPACITY: usize = 256;
+/// The most tokens one request may carry (Envoy sets no bound; a request with more is
+/// refused with 401 `Jwt verification fails`).
+const MAX_TOKENS: usize = 8;
 /// Larger tokens are verified every time rather than kept (bounds the cache's memory).
 pub const CACHE_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Envoy's `MaximumUriLength`: the path in the `www-authenticate` realm is cut here.
@@ -270,6 +273,12 @@ impl JwtAuthn {
         let found = self.extract(incoming, &all);
         if found.is_empty() {
             return Ok(Outcome::NoToken);
+        }
+        // A request is no place for more tokens than this: many bad ones would cost a
+        // signature check each, and a client could push the component past its time
+        // budget (and its breaker open for everyone). Refused as a bad token is.
+        if found.len() > MAX_TOKENS {
+            return Ok(Outcome::Failed(Failure::VerificationFail));
         }
         let now = clock::now_secs().map_err(|message| PluginError {
             message: format!("jwt-authn needs the wall clock: {message}"),

@@ -753,3 +753,23 @@ fn without_the_clock_grant_a_token_is_a_plugin_error() {
     // No token needs no clock.
     assert!(decide(&p, &request("GET", "/").build()).is_empty());
 }
+
+#[test]
+fn more_tokens_than_a_request_may_carry_are_refused_unchecked() {
+    let p = policy(json!({}));
+    let token = sign("ES256", &claims());
+    let mut req = request("GET", "/");
+    for _ in 0..=MAX_TOKENS {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    let edit = decide(&p, &req.build());
+    assert!(edit.action.is_some(), "refused");
+    let mut req = request("GET", "/");
+    for _ in 0..MAX_TOKENS {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    assert!(
+        decide(&p, &req.build()).action.is_none(),
+        "as many as allowed pass"
+    );
+}
