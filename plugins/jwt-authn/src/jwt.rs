@@ -186,6 +186,10 @@ pub struct Jwt {
     pub payload_base64url: String,
     /// The decoded payload.
     pub payload: Map<String, Value>,
+    /// The payload and the audiences as the JSON texts of the `request.auth.claims` and
+    /// `request.auth.audiences` properties, made once (a cached token reuses them).
+    pub claims_json: String,
+    pub audiences_json: String,
     /// `header.payload`, the signed bytes.
     pub signed: String,
     pub signature: Vec<u8>,
@@ -268,6 +272,8 @@ impl Jwt {
             sub,
             nbf,
             exp,
+            claims_json: serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into()),
+            audiences_json: serde_json::to_string(&audiences).unwrap_or_else(|_| "[]".into()),
             audiences,
             payload_base64url: payload_b64.to_string(),
             payload,

@@ -496,19 +496,18 @@ fn set_properties(request: &Request, good: &[Good]) -> Result<(), PluginError> {
         return Ok(());
     };
     let jwt = &g.jwt;
-    let audiences = serde_json::to_string(&jwt.audiences).unwrap_or_else(|_| "[]".into());
-    let claims = serde_json::to_string(&jwt.payload).unwrap_or_else(|_| "{}".into());
+    let principal = format!("{}/{}", jwt.iss, jwt.sub);
     let mut properties = vec![
-        ("request.auth.principal", format!("{}/{}", jwt.iss, jwt.sub)),
-        ("request.auth.audiences", audiences),
-        ("request.auth.claims", claims),
+        ("request.auth.principal", principal.as_str()),
+        ("request.auth.audiences", jwt.audiences_json.as_str()),
+        ("request.auth.claims", jwt.claims_json.as_str()),
     ];
     if let Some(Value::String(azp)) = jwt.payload.get("azp") {
-        properties.push(("request.auth.presenter", azp.clone()));
+        properties.push(("request.auth.presenter", azp.as_str()));
     }
     for (name, value) in properties {
         request
-            .set_property(name, Some(&value))
+            .set_property(name, Some(value))
             .map_err(|e| PluginError {
                 message: format!("jwt-authn: {name} not set: {e}"),
             })?;
