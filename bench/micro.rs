@@ -132,6 +132,14 @@ impl Request {
         }
     }
 
+    fn with_header(self, name: &'static str, value: &str) -> Self {
+        self.headers.borrow_mut().insert(
+            name,
+            http::HeaderValue::from_str(value).expect("a header value"),
+        );
+        self
+    }
+
     /// The request's view, built as `proxy::request_view` builds one per request.
     fn view(&self) -> Arc<RequestView> {
         let headers = std::mem::take(&mut *self.headers.borrow_mut());
@@ -313,6 +321,37 @@ async fn benches(b: Bencher) {
     .await;
     drop(plugin);
 
+    // Istio's security policies: a JWT verified (ES256, cached after the first request,
+    // as every later one with the same token is) and an ALLOW policy on its principal.
+    let (jwks, token) = es256_token();
+    let secured = snapshot(
+        &host,
+        &[gateway(), REALISTIC.to_string(), security_policies(&jwks)],
+        &off,
+    )
+    .await;
+    let guarded = chain(&secured);
+    assert_eq!(guarded.links.len(), 5, "jwt-authn and authz join the chain");
+    let authed =
+        Request::get("/bench/item").with_header("authorization", &format!("Bearer {token}"));
+    let d = authed.route(&guarded).await;
+    assert!(
+        matches!(&d.action, Action::Forward(_)),
+        "the token passes: {d:?}"
+    );
+    assert!(
+        matches!(req.route(&guarded).await.action, Action::Respond(ref r) if r.status == 403),
+        "without it, 403"
+    );
+    b.run(
+        "chain: + RequestAuthentication + AuthorizationPolicy",
+        || async {
+            black_box(authed.route(&guarded).await);
+        },
+    )
+    .await;
+    drop(secured);
+
     // Route matching: the request matches the last of n routes.
     for n in [10usize, 100, 1000] {
         let snap = snapshot(&host, &[gateway(), scaled(n)], &off).await;
@@ -461,4 +500,48 @@ async fn metrics_cases(b: &Bencher, host: &PluginHost, req: &Request) {
     if b.selected(CHAIN) {
         assert!(calls() > before, "the router's calls are counted");
     }
+}
+
+/// An ES256 key made here: its JWKS and a token from it (`iss: bench`, `sub: user`).
+fn es256_token() -> (String, String) {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("key");
+    let point = pair.public_key().as_ref();
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"EC","crv":"P-256","alg":"ES256","kid":"k","x":"{}","y":"{}"}}]}}"#,
+        b64url(&point[1..33]),
+        b64url(&point[33..65])
+    );
+    let header = b64url(br#"{"alg":"ES256","typ":"JWT","kid":"k"}"#);
+    let payload = b64url(br#"{"iss":"bench","sub":"user","exp":4102444800}"#);
+    let input = format!("{header}.{payload}");
+    let sig = pair.sign(&rng, input.as_bytes()).expect("sign");
+    (jwks, format!("{input}.{}", b64url(sig.as_ref())))
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A RequestAuthentication with `jwks` inline and an ALLOW policy on its principal, both
+/// namespace-wide in the bench's namespace.
+fn security_policies(jwks: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\nspec:\n  jwtRules:\n  - issuer: bench\n    jwks: '{jwks}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: require-jwt\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{requestPrincipals: [bench/user]}}\n"
+    )
 }
