@@ -538,9 +538,13 @@ impl StoreState {
         self.grants.state.clone().ok_or_else(|| denied("state"))
     }
 
-    /// Wait on `op`, a call to Redis: waiting is not running, so the call's deadline
-    /// moves by the time waited, and the call stays on its request's task meanwhile.
-    async fn waited<T>(&mut self, op: impl std::future::Future<Output = T>) -> T {
+    /// Wait on `op`, host I/O (an outbound call, Redis): waiting is not running, so the
+    /// call's deadline moves by the time waited (returned too), and the call stays on
+    /// its request's task meanwhile.
+    async fn waited<T>(
+        &mut self,
+        op: impl std::future::Future<Output = T>,
+    ) -> (T, std::time::Duration) {
         let started = Instant::now();
         let flag = self.waiting.clone();
         if let Some(f) = &flag {
@@ -550,8 +554,9 @@ impl StoreState {
         if let Some(f) = &flag {
             f.store(false, Ordering::Relaxed);
         }
-        self.deadline += started.elapsed();
-        out
+        let waited = started.elapsed();
+        self.deadline += waited;
+        (out, waited)
     }
 }
 
@@ -559,7 +564,7 @@ impl state::Host for StoreState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         match self.store()? {
             StateStore::Local(s) => s.get(&key, Instant::now()),
-            StateStore::Global(s) => self.waited(s.get(&key)).await,
+            StateStore::Global(s) => self.waited(s.get(&key)).await.0,
         }
     }
 
@@ -571,14 +576,14 @@ impl state::Host for StoreState {
     ) -> Result<(), String> {
         match self.store()? {
             StateStore::Local(s) => s.set(&key, value, ttl_ms, Instant::now()),
-            StateStore::Global(s) => self.waited(s.set(&key, value, ttl_ms)).await,
+            StateStore::Global(s) => self.waited(s.set(&key, value, ttl_ms)).await.0,
         }
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, String> {
         match self.store()? {
             StateStore::Local(s) => s.delete(&key, Instant::now()),
-            StateStore::Global(s) => self.waited(s.delete(&key)).await,
+            StateStore::Global(s) => self.waited(s.delete(&key)).await.0,
         }
     }
 
@@ -590,7 +595,7 @@ impl state::Host for StoreState {
     ) -> Result<i64, String> {
         match self.store()? {
             StateStore::Local(s) => s.increment(&key, delta, ttl_ms, Instant::now()),
-            StateStore::Global(s) => self.waited(s.increment(&key, delta, ttl_ms)).await,
+            StateStore::Global(s) => self.waited(s.increment(&key, delta, ttl_ms)).await.0,
         }
     }
 
@@ -608,6 +613,7 @@ impl state::Host for StoreState {
             StateStore::Global(s) => {
                 self.waited(s.compare_and_swap(&key, expected, value, ttl_ms))
                     .await
+                    .0
             }
         }
     }
@@ -662,7 +668,6 @@ impl outbound::Host for StoreState {
             0 => left,
             ms => std::time::Duration::from_millis(u64::from(ms)).min(left),
         };
-        let started = Instant::now();
         let call = OutboundCall {
             method: request.method,
             port: authority.port_u16(),
@@ -677,17 +682,10 @@ impl outbound::Host for StoreState {
             body: request.body,
             timeout,
         };
-        let flag = self.waiting.clone();
-        if let Some(f) = &flag {
-            f.store(true, Ordering::Relaxed);
-        }
-        let answer = tokio::time::timeout(timeout, client.call(call)).await;
-        if let Some(f) = &flag {
-            f.store(false, Ordering::Relaxed);
-        }
         // Waiting is not running: the call's CPU budget does not count it.
-        let waited = started.elapsed();
-        self.deadline += waited;
+        let (answer, waited) = self
+            .waited(tokio::time::timeout(timeout, client.call(call)))
+            .await;
         self.outbound_waited += waited;
         let answer: OutboundAnswer = match answer {
             Ok(Ok(a)) => a,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::state::{MAX_KEY, MAX_VALUE};
+use super::state::{self, MAX_VALUE, check_key, check_value};
 
 /// Connections per gateway.
 const CONNECTIONS: usize = 8;
@@ -330,21 +330,9 @@ pub struct RedisStore {
     redis: Arc<Redis>,
 }
 
-fn check(key: &str, value: Option<&[u8]>) -> Result<(), String> {
-    if key.len() > MAX_KEY {
-        return Err(format!("key of {} bytes, over {MAX_KEY}", key.len()));
-    }
-    if let Some(v) = value
-        && v.len() > MAX_VALUE
-    {
-        return Err(format!("value of {} bytes, over {MAX_VALUE}", v.len()));
-    }
-    Ok(())
-}
-
 fn ttl_arg(ttl_ms: Option<u64>) -> Vec<u8> {
     ttl_ms
-        .map(|ms| ms.clamp(1, 10 * 365 * 86_400_000).to_string().into_bytes())
+        .map(|ms| state::ttl(ms).to_string().into_bytes())
         .unwrap_or_default()
 }
 
@@ -365,7 +353,7 @@ impl RedisStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        check(key, None)?;
+        check_key(key)?;
         match self
             .redis
             .command(vec![b"GET".to_vec(), self.key(key)])
@@ -377,7 +365,8 @@ impl RedisStore {
     }
 
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        check(key, Some(&value))?;
+        check_key(key)?;
+        check_value(&value)?;
         let mut cmd = vec![b"SET".to_vec(), self.key(key), value];
         if ttl_ms.is_some() {
             cmd.extend([b"PX".to_vec(), ttl_arg(ttl_ms)]);
@@ -389,7 +378,7 @@ impl RedisStore {
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, String> {
-        check(key, None)?;
+        check_key(key)?;
         match self
             .redis
             .command(vec![b"DEL".to_vec(), self.key(key)])
@@ -406,7 +395,7 @@ impl RedisStore {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, String> {
-        check(key, None)?;
+        check_key(key)?;
         let cmd = vec![
             b"EVAL".to_vec(),
             INCREMENT.as_bytes().to_vec(),
@@ -428,7 +417,10 @@ impl RedisStore {
         value: Option<Vec<u8>>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        check(key, value.as_deref())?;
+        check_key(key)?;
+        if let Some(v) = &value {
+            check_value(v)?;
+        }
         let flag = |b: bool| if b { b"1".to_vec() } else { b"0".to_vec() };
         let cmd = vec![
             b"EVAL".to_vec(),

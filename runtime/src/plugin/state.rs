@@ -68,18 +68,24 @@ impl Stores {
     }
 }
 
-fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
-    ttl_ms.map(|ms| now + Duration::from_millis(ms.clamp(1, 10 * 365 * 86_400_000)))
+/// A TTL as stores keep it: at least 1 ms, at most ten years.
+pub(super) fn ttl(ms: u64) -> u64 {
+    ms.clamp(1, 10 * 365 * 86_400_000)
 }
 
-fn check_key(key: &str) -> Result<(), String> {
+fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
+    ttl_ms.map(|ms| now + Duration::from_millis(ttl(ms)))
+}
+
+/// The key and value limits every store (local or `state:global`) holds to.
+pub(super) fn check_key(key: &str) -> Result<(), String> {
     if key.len() > MAX_KEY {
         return Err(format!("key of {} bytes, over {MAX_KEY}", key.len()));
     }
     Ok(())
 }
 
-fn check_value(value: &[u8]) -> Result<(), String> {
+pub(super) fn check_value(value: &[u8]) -> Result<(), String> {
     if value.len() > MAX_VALUE {
         return Err(format!("value of {} bytes, over {MAX_VALUE}", value.len()));
     }
