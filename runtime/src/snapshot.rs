@@ -846,28 +846,41 @@ pub fn applies(wp: &WasmPlugin, vs: &VirtualService, via: Via<'_>) -> bool {
         return false;
     }
     if !wp.targets.is_empty() {
-        return wp.targets.iter().any(|t| match (t.kind.as_str(), via) {
-            ("VirtualService", _) => {
-                t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace
-            }
-            ("Gateway", Via::Gateway(gw)) => {
-                t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace
-            }
-            _ => false,
-        });
+        return targeted(&wp.targets, vs, via);
     }
-    let in_scope = |ns: &str| wp.meta.id.namespace == ROOT_NAMESPACE || wp.meta.id.namespace == ns;
     if !wp.selector.is_empty() {
-        let Via::Gateway(gw) = via else {
-            return false;
-        };
-        return in_scope(&gw.meta.id.namespace)
-            && wp
-                .selector
-                .iter()
-                .all(|(k, v)| gw.selector.get(k) == Some(v));
+        return selected(&wp.meta.id.namespace, &wp.selector, via);
     }
-    in_scope(&vs.meta.id.namespace)
+    in_scope(&wp.meta.id.namespace, &vs.meta.id.namespace)
+}
+
+/// Does one of a policy's `targets` name `vs`, or the Gateway it is served through?
+pub fn targeted(targets: &[wasmgate_config::TargetRef], vs: &VirtualService, via: Via<'_>) -> bool {
+    targets.iter().any(|t| match (t.kind.as_str(), via) {
+        ("VirtualService", _) => t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace,
+        ("Gateway", Via::Gateway(gw)) => {
+            t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace
+        }
+        _ => false,
+    })
+}
+
+/// Does a policy of namespace `ns` with selector `labels` select the Gateway of `via` (its
+/// own selector carries the labels; the mesh listener has none)?
+pub fn selected(ns: &str, labels: &BTreeMap<String, String>, via: Via<'_>) -> bool {
+    match via {
+        Via::Gateway(gw) => {
+            in_scope(ns, &gw.meta.id.namespace)
+                && labels.iter().all(|(k, v)| gw.selector.get(k) == Some(v))
+        }
+        Via::Mesh => false,
+    }
+}
+
+/// A policy of namespace `ns` covers workloads in `workload_ns`, or all from the root
+/// namespace.
+pub fn in_scope(ns: &str, workload_ns: &str) -> bool {
+    ns == ROOT_NAMESPACE || ns == workload_ns
 }
 
 /// An embedded first-party component, or the file of the same name in `--plugins` that

@@ -13,7 +13,7 @@ use serde_json::json;
 use wasmgate_config::model::{AuthorizationAction, Config, PolicyScope, VirtualService};
 use wasmgate_config::{AuthorizationPolicy, ConfigError, Meta, RequestAuthentication};
 
-use super::{ROOT_NAMESPACE, Via, fetch, ns_name};
+use super::{Via, fetch, in_scope, ns_name, selected, targeted};
 use crate::plugin::types::Binding;
 use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
 
@@ -32,27 +32,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// policy covers its namespace's workloads (the Gateway's namespace, or the
 /// VirtualService's on the mesh listener), or all of them from the root namespace.
 pub fn applies(ns: &str, scope: &PolicyScope, vs: &VirtualService, via: Via<'_>) -> bool {
-    let in_scope = |workload_ns: &str| ns == ROOT_NAMESPACE || ns == workload_ns;
     match scope {
-        PolicyScope::Targets(targets) => targets.iter().any(|t| match (t.kind.as_str(), via) {
-            ("VirtualService", _) => {
-                t.name == vs.meta.id.name && t.namespace == vs.meta.id.namespace
-            }
-            ("Gateway", Via::Gateway(gw)) => {
-                t.name == gw.meta.id.name && t.namespace == gw.meta.id.namespace
-            }
-            _ => false,
-        }),
-        PolicyScope::Selector(labels) => match via {
-            Via::Gateway(gw) => {
-                in_scope(&gw.meta.id.namespace)
-                    && labels.iter().all(|(k, v)| gw.selector.get(k) == Some(v))
-            }
-            Via::Mesh => false,
-        },
+        PolicyScope::Targets(targets) => targeted(targets, vs, via),
+        PolicyScope::Selector(labels) => selected(ns, labels, via),
         PolicyScope::Namespace => match via {
-            Via::Gateway(gw) => in_scope(&gw.meta.id.namespace),
-            Via::Mesh => in_scope(&vs.meta.id.namespace),
+            Via::Gateway(gw) => in_scope(ns, &gw.meta.id.namespace),
+            Via::Mesh => in_scope(ns, &vs.meta.id.namespace),
         },
     }
 }

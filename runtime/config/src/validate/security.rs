@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::wasm_plugin::{PLUGIN_TARGETS, scope};
+use super::wasm_plugin::{PLUGIN_TARGETS, policy_scope, scope};
 use super::{Report, duration, is_token};
 use crate::model::{self, AuthorizationAction, PolicyScope};
 use crate::raw;
@@ -15,9 +15,9 @@ use crate::yaml::FieldPath;
 /// Istio's default for fetching a `jwksUri`.
 pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The scope of a policy resource: `targetRef(s)`, else `selector` labels, else its
-/// namespace (Istio: a selector without labels is namespace-wide).
-fn policy_scope(
+/// The scope of a security policy, as any policy resource's, except that a target
+/// wasmgate cannot bind is an error.
+fn security_scope(
     selector: Option<&raw::WorkloadSelector>,
     target_ref: Option<&raw::PolicyTargetReference>,
     target_refs: &[raw::PolicyTargetReference],
@@ -40,14 +40,7 @@ fn policy_scope(
              VirtualServices; a policy with a target it cannot bind would not apply there",
         );
     }
-    let labels = selector.map(|s| s.match_labels.clone()).unwrap_or_default();
-    if target_ref.is_some() || !target_refs.is_empty() {
-        PolicyScope::Targets(targets)
-    } else if !labels.is_empty() {
-        PolicyScope::Selector(labels)
-    } else {
-        PolicyScope::Namespace
-    }
+    policy_scope(selector, given > 0, targets)
 }
 
 pub(crate) fn validate_request_authentication(
@@ -56,7 +49,7 @@ pub(crate) fn validate_request_authentication(
     r: &mut Report,
 ) -> model::RequestAuthentication {
     let p = FieldPath::root("spec");
-    let scope = policy_scope(
+    let scope = security_scope(
         spec.selector.as_ref(),
         spec.target_ref.as_ref(),
         &spec.target_refs,
@@ -230,7 +223,7 @@ pub(crate) fn validate_authorization_policy(
     r: &mut Report,
 ) -> model::AuthorizationPolicy {
     let p = FieldPath::root("spec");
-    let scope = policy_scope(
+    let scope = security_scope(
         spec.selector.as_ref(),
         spec.target_ref.as_ref(),
         &spec.target_refs,

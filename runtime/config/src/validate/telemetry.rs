@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::Report;
-use super::wasm_plugin::scope;
-use crate::model::{self, CustomTag, IstioMetric, PolicyScope, TracingOverride};
+use super::wasm_plugin::{policy_scope, scope};
+use crate::model::{self, CustomTag, IstioMetric, TracingOverride};
 use crate::raw::{self, MetricName, TagOperation, TelemetryMode};
 use crate::yaml::FieldPath;
 
@@ -37,19 +37,8 @@ pub(crate) fn validate(
         r,
         TELEMETRY_TARGETS,
     );
-    let labels = spec
-        .selector
-        .as_ref()
-        .map(|s| s.match_labels.clone())
-        .unwrap_or_default();
-    // Istio: a selector without labels and no targetRefs is namespace-wide.
-    let scope = if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        PolicyScope::Targets(targets)
-    } else if !labels.is_empty() {
-        PolicyScope::Selector(labels)
-    } else {
-        PolicyScope::Namespace
-    };
+    let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+    let scope = policy_scope(spec.selector.as_ref(), targeted, targets);
 
     model::Telemetry {
         meta: meta.clone(),
@@ -375,6 +364,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::model::PolicyScope;
 
     /// Loads one Telemetry: its model and its warnings as `field: message`.
     fn load(yaml: &str) -> (model::Telemetry, Vec<String>) {

@@ -412,6 +412,24 @@ pub(crate) fn scope(
     targets
 }
 
+/// Which workloads a policy resource selects, given the `targets` [`scope`] bound:
+/// `targetRef(s)`, else `selector` labels, else its namespace (Istio: a selector
+/// without labels is namespace-wide).
+pub(crate) fn policy_scope(
+    selector: Option<&raw::WorkloadSelector>,
+    targeted: bool,
+    targets: Vec<TargetRef>,
+) -> model::PolicyScope {
+    let labels = selector.map(|s| s.match_labels.clone()).unwrap_or_default();
+    if targeted {
+        model::PolicyScope::Targets(targets)
+    } else if !labels.is_empty() {
+        model::PolicyScope::Selector(labels)
+    } else {
+        model::PolicyScope::Namespace
+    }
+}
+
 pub(crate) fn target(
     t: &raw::PolicyTargetReference,
     ns: &str,
