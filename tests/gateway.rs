@@ -889,6 +889,33 @@ async fn compiled_plugins_are_cached_between_runs() {
     assert_eq!(count(&log, "loaded from the compile cache"), 4, "{log}");
     assert_eq!(count(&log, "stored in the compile cache"), 0, "{log}");
 
+    // Pruning at start: an entry unused for longer than --compile-cache-max-age-days
+    // (default 30) goes, a recent one stays, and what a run loads is marked as used.
+    let now = std::time::SystemTime::now();
+    let days_ago = |d: u64| now - std::time::Duration::from_secs(d * 24 * 3600);
+    let set_used = |p: &std::path::Path, t: std::time::SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(t))
+            .expect("set mtime");
+    };
+    let stale = cache_dir.join(format!("{}.cwasm", "0".repeat(64)));
+    let recent = cache_dir.join(format!("{}.cwasm", "1".repeat(64)));
+    for (path, days) in [(&stale, 31), (&recent, 1)] {
+        std::fs::write(path, b"an old entry").expect("write");
+        set_used(path, days_ago(days));
+    }
+    set_used(&first[1], days_ago(10));
+    let log = run_once().await;
+    assert!(log.contains("compile cache pruned"), "{log}");
+    assert!(!stale.exists(), "an entry unused for 31 days is pruned");
+    assert!(recent.exists(), "an entry used yesterday is kept");
+    let used = std::fs::metadata(&first[1])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert!(used > days_ago(1), "a loaded entry is marked as used");
+
     // A damaged entry is not machine code wasmtime accepts: compiled again, replaced.
     std::fs::write(&first[0], b"not a compiled component").expect("damage an entry");
     let log = run_once().await;

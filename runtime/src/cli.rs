@@ -33,6 +33,21 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Build a plugin crate into a component ready for the plugins directory.
     BuildPlugin(BuildPluginArgs),
+    /// Internal: compile the component on stdin into a compile cache folder (`run`
+    /// starts this as a child process on a cache miss).
+    #[command(hide = true)]
+    CompileEntry(CompileEntryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompileEntryArgs {
+    #[arg(long, value_name = "DIR")]
+    pub cache: PathBuf,
+    /// The engine settings of the gateway that loads the entry.
+    #[arg(long)]
+    pub max_instances: u32,
+    #[arg(long)]
+    pub memory_limit_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +163,13 @@ pub struct RunArgs {
     /// (default `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`); `off` disables.
     #[arg(long, value_name = "DIR|off")]
     pub compile_cache: Option<PathBuf>,
+    /// Most the compile cache may hold, in MiB: past it the least recently used
+    /// entries are removed (never one this process uses).
+    #[arg(long, default_value_t = crate::plugin::diskcache::DEFAULT_MAX_MIB, value_name = "MIB")]
+    pub compile_cache_max_mib: u64,
+    /// Compile cache entries (and downloaded plugins) unused this long are removed.
+    #[arg(long, default_value_t = crate::plugin::diskcache::DEFAULT_MAX_AGE_DAYS, value_name = "DAYS")]
+    pub compile_cache_max_age_days: u64,
     /// Largest memory one plugin instance may use, in MiB.
     #[arg(long, default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -167,6 +189,11 @@ pub struct RunArgs {
           value_name = "MS")]
     pub plugin_cpu_ms_per_second: u64,
     /// Redis for `state:global` (the global rate limiter's buckets, shared by replicas):
+    /// Threads that accept and serve connections, each with its own runtime, accept
+    /// queue (`SO_REUSEPORT`), upstream pools and plugin instances. Default: one per
+    /// core the process may use (its CPU affinity and quota).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// `redis://[[user]:password@]host[:port][/db]`.
     #[arg(long, value_name = "URL")]
     pub redis: Option<crate::plugin::redis::RedisUrl>,
@@ -221,6 +248,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(args).await,
         Command::Run(args) => run(*args).await,
+        Command::CompileEntry(args) => compile_entry(&args),
         Command::BuildPlugin(args) => {
             match build_plugin(&args.crate_dir, &args.out, args.target_dir.as_deref()) {
                 Ok(path) => {
@@ -288,6 +316,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
                 crate::telemetry::access::Destination::Off,
             ),
             jwks_refresh: crate::snapshot::security::JWKS_REFRESH,
+            workers: 1,
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -306,6 +335,30 @@ async fn validate(args: ValidateArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `wasmgate compile-entry`: what a gateway's compile cache runs on a miss.
+fn compile_entry(args: &CompileEntryArgs) -> ExitCode {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("wasmgate compile-entry: reading the component: {e}");
+        return ExitCode::from(1);
+    }
+    let settings = HostSettings {
+        max_instances: args.max_instances,
+        memory_limit: args.memory_limit_bytes,
+        ..HostSettings::default()
+    };
+    let compiled = crate::plugin::engine(&settings)
+        .and_then(|engine| crate::plugin::diskcache::compile_into(&args.cache, &engine, &bytes));
+    match compiled {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmgate compile-entry: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -355,6 +408,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 Some(dir) => Some(dir),
                 None => crate::plugin::diskcache::default_dir(),
             },
+            compile_in_child: true,
+            compile_cache_limits: crate::plugin::diskcache::Limits {
+                max_bytes: args.compile_cache_max_mib.saturating_mul(1 << 20),
+                max_age: Duration::from_secs(
+                    args.compile_cache_max_age_days.saturating_mul(24 * 3600),
+                ),
+            },
             redis: args
                 .redis
                 .clone()
@@ -374,6 +434,9 @@ async fn run(args: RunArgs) -> ExitCode {
             .clone()
             .map(|url| (url, args.trace_sampling)),
         access_log: (args.access_log_format, args.access_log.clone()),
+        workers: args
+            .workers
+            .map_or_else(crate::workers::default_count, usize::from),
         jwks_refresh: match args.jwks_refresh_seconds {
             0 => crate::snapshot::security::JWKS_REFRESH,
             s => Duration::from_secs(s),

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::listener::Running;
@@ -26,6 +25,7 @@ use crate::telemetry::access::{
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::overrides::{self, TraceBase};
 use crate::telemetry::trace::{Exporter, ExporterConfig};
+use crate::workers::Workers;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub struct Options {
     pub jwks_refresh: Duration,
     /// `--access-log-format` and `--access-log`.
     pub access_log: (AccessFormat, AccessDestination),
+    /// `--workers`: threads serving connections, each with its own accept queue.
+    pub workers: usize,
 }
 
 /// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
@@ -125,6 +127,29 @@ fn exporter(endpoint: &str, service: &str, metrics: &Metrics) -> Result<Exporter
     Ok(exporter)
 }
 
+/// `wasmgate_worker_connections_accepted_total`: how the kernel spread connections over
+/// the workers' accept queues.
+fn worker_metrics(workers: &Workers, metrics: &Metrics) {
+    let counts = workers.accept_counts().clone();
+    metrics.add_family(move |out| {
+        use std::fmt::Write as _;
+        let name = "wasmgate_worker_connections_accepted_total";
+        crate::telemetry::metrics::header(
+            out,
+            name,
+            "counter",
+            "Downstream connections each worker accepted (--workers).",
+        );
+        for (worker, count) in counts.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{worker}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+    });
+}
+
 /// `wasmgate_plugin_breaker_*`: each binding's breaker, read when rendered.
 fn breaker_metrics(host: &PluginHost, metrics: &Metrics) {
     let host = host.clone();
@@ -178,6 +203,8 @@ pub struct Gateway {
     cache: CompileCache,
     /// What each snapshot's tracer is built from (`--otlp-endpoint`, `--trace-sampling`).
     tracing: TraceBase,
+    /// The threads that accept and serve connections (`--workers`).
+    workers: Workers,
     /// One per socket address of the current snapshot.
     listeners: Mutex<BTreeMap<SocketAddr, Running>>,
     /// One reload at a time: a later request waits, then reads the files again.
@@ -188,6 +215,8 @@ pub struct Gateway {
 impl Gateway {
     /// Load everything and bind every listener; fails with all the reasons.
     pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
+        // First: plugin pools and upstream pools keep a slot per worker.
+        let workers = Workers::start(options.workers).map_err(|e| vec![e])?;
         let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
         // Plugins' outbound calls go through this gateway once it exists.
         let outbound = crate::proxy::outbound::PluginOutbound::new();
@@ -213,6 +242,7 @@ impl Gateway {
             &options.workload.0,
             &options.workload.1,
         ));
+        worker_metrics(&workers, &metrics);
         host.report_metrics_to(metrics.plugin_defined().clone());
         breaker_metrics(&host, &metrics);
         let service = &options.workload.0;
@@ -236,7 +266,9 @@ impl Gateway {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 host,
-                upstream: Upstream::new(),
+                upstreams: (0..crate::workers::slots())
+                    .map(|_| Upstream::new())
+                    .collect(),
                 ids: crate::plugin::Random::new(None),
                 edge: options.edge.clone(),
                 metrics,
@@ -245,6 +277,7 @@ impl Gateway {
             options,
             cache,
             tracing,
+            workers,
             listeners: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -369,22 +402,26 @@ impl Gateway {
             if listeners.contains_key(addr) {
                 continue;
             }
-            match TcpListener::bind(addr).await {
-                Ok(l) => bound.push((*addr, l, listener.serve.kind())),
+            match crate::listener::bind(*addr, self.workers.len()) {
+                Ok(sockets) => bound.push((*addr, sockets, listener.serve.kind())),
                 Err(e) => errors.push(format!("cannot listen on {addr}: {e}")),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        for (addr, socket, kind) in bound {
+        for (addr, sockets, kind) in bound {
             tracing::info!(
-                "listening on {} ({kind})",
-                socket
-                    .local_addr()
-                    .map_or_else(|_| addr.to_string(), |a| a.to_string())
+                "listening on {} ({kind}, {} accept queue{})",
+                sockets
+                    .first()
+                    .and_then(|s| s.local_addr().ok())
+                    .map_or_else(|| addr.to_string(), |a| a.to_string()),
+                sockets.len(),
+                if sockets.len() == 1 { "" } else { "s" },
             );
-            listeners.insert(addr, Running::start(socket, addr, self.shared.clone()));
+            let running = Running::start(sockets, addr, self.shared.clone(), &self.workers);
+            listeners.insert(addr, running);
         }
         Ok(())
     }

@@ -19,3 +19,4 @@ pub mod time;
 pub mod tls;
 pub mod toolchain;
 pub mod watch;
+pub mod workers;

@@ -28,6 +28,7 @@ use crate::telemetry::metrics::ListenerStats;
 use crate::tls::client_hello::{self, Parse};
 use crate::tls::rewind::Rewind;
 use crate::tls::{cert, server::ServerTlsConfig};
+use crate::workers::Workers;
 
 /// Longest a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,28 +40,85 @@ const MAX_HEADERS_BYTES: usize = 60 << 10;
 /// listener filter timeout is 15 s).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A running listener: its accept loop and the connections it watches.
+/// Pending connections the kernel queues per socket before they are accepted.
+const BACKLOG: u32 = 1024;
+
+/// Bind `addr` with one listening socket per accept queue. One queue: a plain socket.
+/// Several (one per worker): `SO_REUSEPORT` sockets on the same address, each with its
+/// own queue. A probe bound without `SO_REUSEPORT` first makes an address another
+/// process holds fail with "address in use" rather than be shared with it, and fixes the
+/// port when `addr` asks for any (port 0).
+pub fn bind(addr: SocketAddr, queues: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let open = |addr: SocketAddr, shared: bool| -> std::io::Result<std::net::TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if shared {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)?.into_std()
+    };
+    if queues <= 1 {
+        return Ok(vec![open(addr, false)?]);
+    }
+    let fixed = open(addr, false)?.local_addr()?;
+    (0..queues).map(|_| open(fixed, true)).collect()
+}
+
+/// A running listener: its accept loops (one per worker) and the connections it watches.
 #[derive(Debug)]
 pub struct Running {
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
 }
 
 impl Running {
-    /// Accept on `socket` for the listener at `addr` until stopped.
-    pub fn start(socket: TcpListener, addr: SocketAddr, shared: Arc<Shared>) -> Running {
+    /// Accept for the listener at `addr` until stopped: socket `i` of `sockets` on
+    /// worker `i` (from [`bind`] with as many queues as workers).
+    pub fn start(
+        sockets: Vec<std::net::TcpListener>,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        workers: &Workers,
+    ) -> Running {
         let connections = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
-        let task = tokio::spawn(accept_loop(socket, addr, shared, connections.clone()));
-        Running { task, connections }
+        let tasks = sockets
+            .into_iter()
+            .zip(workers.handles().iter().cycle())
+            .map(|(socket, worker)| {
+                let (shared, connections) = (shared.clone(), connections.clone());
+                let counts = workers.accept_counts().clone();
+                worker.spawn(async move {
+                    // Registered with the reactor of the worker it runs on.
+                    match TcpListener::from_std(socket) {
+                        Ok(socket) => accept_loop(socket, addr, shared, connections, counts).await,
+                        Err(e) => tracing::error!(%addr, "cannot accept: {e}"),
+                    }
+                })
+            })
+            .collect();
+        Running { tasks, connections }
     }
 
-    /// Stop accepting now (the socket closes before this returns); the future lets open
-    /// HTTP connections finish their requests (HTTP/1 closes after the current one,
-    /// HTTP/2 gets GOAWAY) for at most `drain`.
+    /// Stop accepting now (each worker closes its socket as soon as it runs next); the
+    /// future waits for that, then lets open HTTP connections finish their requests
+    /// (HTTP/1 closes after the current one, HTTP/2 gets GOAWAY) for at most `drain`.
     pub fn stop(self, drain: Duration) -> impl Future<Output = ()> + Send + 'static {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         let graceful = self.connections.lock().ok().and_then(|mut g| g.take());
-        drain_out(graceful, drain)
+        let tasks = self.tasks;
+        async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+            drain_out(graceful, drain).await;
+        }
     }
 
     /// Keep accepting, but drain the connections accepted so far as [`Running::stop`]
@@ -114,6 +172,7 @@ async fn accept_loop(
     addr: SocketAddr,
     shared: Arc<Shared>,
     connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+    accepted: Arc<[std::sync::atomic::AtomicU64]>,
 ) {
     let builder = http_builder();
     let stats = shared.metrics.listener(&addr.to_string());
@@ -127,6 +186,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        Workers::accepted(&accepted);
         let watcher = connections
             .lock()
             .ok()

@@ -15,19 +15,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    // On one core (a gateway pinned with taskset or a one-CPU container) a single-threaded
-    // scheduler does the same work without cross-thread handoffs: measured in bench/ at
-    // 40 instead of 55 µs of CPU per request (docs/benchmarks.md).
-    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let built = if one_core {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    // The main thread's runtime is the control plane (admin, reloads, watchers);
+    // connections are served by the workers (`workers.rs`), one current-thread runtime
+    // each, which on one core measured 40 instead of 55 µs of CPU per request against
+    // tokio's multi-thread scheduler (docs/benchmarks.md).
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match built {
         Ok(r) => r,
         Err(e) => {

@@ -159,7 +159,7 @@ struct HostInner {
     /// Budget for `prepare`, which parses a whole config (and compiles its regexes).
     prepare_budget: Duration,
     memory_limit: usize,
-    compile_cache: Option<std::path::PathBuf>,
+    compile_cache: Option<diskcache::DiskCache>,
     /// Where calls that outlast their first slice finish.
     lane: SlowLane,
     breaker_failures: u32,
@@ -205,6 +205,11 @@ pub struct HostSettings {
     /// Keep compiled components here between runs ([`diskcache`]); `None` compiles
     /// every time.
     pub compile_cache: Option<std::path::PathBuf>,
+    /// How large and old the compile cache may grow.
+    pub compile_cache_limits: diskcache::Limits,
+    /// Compile cache misses are compiled by a child process (`wasmgate
+    /// compile-entry`), so Cranelift's memory is never this process's.
+    pub compile_in_child: bool,
     /// Consecutive traps of one binding that open its breaker; 0 never opens it.
     pub breaker_failures: u32,
     /// How long an open breaker keeps its binding out before one request probes it.
@@ -225,6 +230,8 @@ impl Default for HostSettings {
             memory_total: DEFAULT_MEMORY_TOTAL,
             cpu_per_second: DEFAULT_CPU_PER_SECOND,
             compile_cache: None,
+            compile_cache_limits: diskcache::Limits::default(),
+            compile_in_child: false,
             breaker_failures: DEFAULT_FAILURES,
             breaker_cooldown: DEFAULT_COOLDOWN,
             redis: None,
@@ -232,24 +239,31 @@ impl Default for HostSettings {
     }
 }
 
+/// The engine plugins run in: pooling allocator sized by `settings`, epoch
+/// interruption, the component model. The compile cache's child process (`wasmgate
+/// compile-entry`) builds the same one, so what it compiles loads here.
+pub fn engine(settings: &HostSettings) -> Result<Engine, String> {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(settings.max_instances)
+        .total_core_instances(settings.max_instances * 4)
+        .total_memories(settings.max_instances)
+        .total_tables(settings.max_instances * 2)
+        .total_stacks(settings.max_instances)
+        .max_memory_size(settings.memory_limit);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .wasm_component_model(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    Engine::new(&config).map_err(|e| format!("starting wasmtime: {e:#}"))
+}
+
 impl PluginHost {
     /// Build the engine (pooling allocator, epochs, async) and the linker with the
     /// host imports and a deny-all WASI. Starts the epoch ticker thread.
     pub fn new(settings: &HostSettings) -> Result<Self, String> {
-        let mut pooling = PoolingAllocationConfig::default();
-        pooling
-            .total_component_instances(settings.max_instances)
-            .total_core_instances(settings.max_instances * 4)
-            .total_memories(settings.max_instances)
-            .total_tables(settings.max_instances * 2)
-            .total_stacks(settings.max_instances)
-            .max_memory_size(settings.memory_limit);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .wasm_component_model(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(|e| format!("starting wasmtime: {e:#}"))?;
+        let engine = engine(settings)?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| format!("linking host: {e:#}"))?;
 
@@ -276,7 +290,16 @@ impl PluginHost {
                 call_budget: settings.call_budget,
                 prepare_budget: (settings.call_budget * 10).max(Duration::from_secs(1)),
                 memory_limit: settings.memory_limit,
-                compile_cache: settings.compile_cache.clone(),
+                compile_cache: settings.compile_cache.clone().map(|dir| {
+                    let child = settings.compile_in_child.then(|| {
+                        diskcache::ChildCompiler::new(
+                            &dir,
+                            settings.max_instances,
+                            settings.memory_limit,
+                        )
+                    });
+                    diskcache::DiskCache::open(dir, settings.compile_cache_limits, child.flatten())
+                }),
                 lane: SlowLane::start()?,
                 breaker_failures: settings.breaker_failures,
                 breaker_cooldown: settings.breaker_cooldown,
@@ -387,7 +410,7 @@ impl PluginHost {
         let component_bytes = load::to_component(bytes).map_err(load_err)?;
         let engine = &self.inner.engine;
         let component = match &self.inner.compile_cache {
-            Some(dir) => diskcache::load_or_compile(dir, engine, &component_bytes),
+            Some(cache) => cache.load_or_compile(engine, &component_bytes),
             None => Component::new(engine, &component_bytes),
         }
         .map_err(|e| load_err(format!("not a valid Wasm component: {e:#}")))?;
@@ -459,7 +482,9 @@ impl PluginHost {
                 name: Arc::from(name),
                 budget,
                 plugin: plugin.clone(),
-                idle: Mutex::new(Vec::new()),
+                idle: (0..crate::workers::slots())
+                    .map(|_| Mutex::new(Vec::new()))
+                    .collect(),
                 next_binding: AtomicU32::new(0),
                 env,
                 waits: plugin.inner.calls_out
@@ -610,7 +635,9 @@ struct PoolInner {
     /// The plugin's instances, memory and CPU, shared with its other pools.
     budget: Arc<budget::Budget>,
     plugin: CompiledPlugin,
-    idle: Mutex<Vec<Slot>>,
+    /// Idle instances per worker slot (`workers::slot`): a worker takes its own and
+    /// gives them back to its own, so an instance stays on one thread while it is warm.
+    idle: Box<[Mutex<Vec<Slot>>]>,
     next_binding: AtomicU32,
     /// The WASI environment of every instance (`vmConfig.env`).
     env: Vec<(String, String)>,
@@ -937,14 +964,25 @@ async fn call_once(
 }
 
 impl PoolInner {
+    /// This thread's share of the idle instances.
+    fn own_idle(&self) -> usize {
+        crate::workers::slot() % self.idle.len().max(1)
+    }
+
+    /// An idle instance: this worker's own, else one another worker (or the snapshot
+    /// build, which prepared every binding in one) left idle.
     fn take(&self) -> Option<Slot> {
-        let mut slot = self.idle.lock().ok().and_then(|mut idle| idle.pop())?;
+        let own = self.own_idle();
+        let pop = |i: usize| self.idle[i].lock().ok().and_then(|mut idle| idle.pop());
+        let mut slot = pop(own).or_else(|| {
+            (1..self.idle.len()).find_map(|step| pop((own + step) % self.idle.len()))
+        })?;
         slot.counted.set_idle(false);
         Some(slot)
     }
 
     fn put_back(&self, mut slot: Slot) {
-        if let Ok(mut idle) = self.idle.lock()
+        if let Ok(mut idle) = self.idle[self.own_idle()].lock()
             && idle.len() < MAX_IDLE
         {
             slot.counted.set_idle(true);

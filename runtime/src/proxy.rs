@@ -74,7 +74,9 @@ pub fn empty() -> Body {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub host: PluginHost,
-    pub upstream: Upstream,
+    /// Upstream connection pools, one per worker slot (`workers::slot`): a worker's
+    /// requests reuse the connections it opened, on its own runtime.
+    pub upstreams: Box<[Upstream]>,
     /// Request ids come from their own unseeded source: seeing one id must not tell
     /// anyone the numbers policies draw (which `--random-seed` may fix).
     pub ids: Random,
@@ -84,6 +86,14 @@ pub struct Shared {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Where access lines go (`--access-log`, `--access-log-format`).
     pub access_log: Arc<AccessLog>,
+}
+
+impl Shared {
+    /// This thread's upstream pools.
+    pub fn upstream(&self) -> &Upstream {
+        let slot = crate::workers::slot();
+        &self.upstreams[slot % self.upstreams.len().max(1)]
+    }
 }
 
 /// Where a connection came in.
@@ -777,7 +787,7 @@ async fn forward_upstream(
     let timeout = forward.timeout_ms.map(Duration::from_millis);
     let sent_at = (access.logged || chain.wants.log).then(Instant::now);
     let mut resp = send(
-        &shared.upstream,
+        shared.upstream(),
         &cluster,
         shared.host.balancing(),
         out,
@@ -876,7 +886,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
             headers,
             body: None,
         };
-        let upstream = shared.upstream.clone();
+        let upstream = shared.upstream().clone();
         let random = shared.host.balancing().clone();
         tokio::spawn(async move {
             let no_retries = crate::plugin::types::RetryPolicy {

@@ -8,11 +8,25 @@
 //! setting misses and recompiles. Loading compiled code trusts the file, so the folder
 //! is created private (0700) and an entry is used only while neither it nor its folder
 //! is writable by group or others; anything odd falls back to compiling.
+//!
+//! A miss is compiled by a child process when the gateway runs (`wasmgate
+//! compile-entry`, the same binary, building the same engine): it stores the entry and
+//! exits, and the gateway loads the entry as on a restart. Cranelift's working memory
+//! (tens of MiB that the allocator would keep) is then never the gateway's, so a first
+//! start is as small as a restart. If the child fails, the gateway compiles itself.
+//!
+//! The folder does not grow forever: at start and after every entry it stores, entries
+//! (and downloaded plugins in `downloads/`) not used for `--compile-cache-max-age-days`
+//! are removed, then the least recently used until the folder holds at most
+//! `--compile-cache-max-mib`. Using an entry marks it (its modification time), and
+//! entries this process has used are never removed by it, so a small limit cannot make
+//! a gateway evict what it serves.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -48,30 +62,288 @@ fn private(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The compiled component for `bytes`: from `dir` when a usable entry exists, otherwise
-/// compiled and (best effort) stored there.
-pub fn load_or_compile(dir: &Path, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-    let path = entry_path(dir, engine, bytes);
-    if private(dir) && private(&path) {
-        match deserialize(engine, &path) {
-            Ok(c) => {
-                tracing::debug!(path = %path.display(), "compiled component loaded from the compile cache");
-                return Ok(c);
-            }
+/// How large and how old the compile cache may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes the folder's entries and downloads may take together.
+    pub max_bytes: u64,
+    /// Entries unused for longer are removed.
+    pub max_age: Duration,
+}
+
+/// `--compile-cache-max-mib`'s default.
+pub const DEFAULT_MAX_MIB: u64 = 1024;
+/// `--compile-cache-max-age-days`' default.
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: DEFAULT_MAX_MIB << 20,
+            max_age: Duration::from_secs(DEFAULT_MAX_AGE_DAYS * 24 * 3600),
+        }
+    }
+}
+
+/// How to run the child process that compiles a miss into the cache.
+#[derive(Debug, Clone)]
+pub struct ChildCompiler {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl ChildCompiler {
+    /// `wasmgate compile-entry` for `dir`, with the engine settings that make its
+    /// entries loadable here; `None` when this process's binary cannot be found.
+    pub fn new(dir: &Path, max_instances: u32, memory_limit: usize) -> Option<ChildCompiler> {
+        let exe = std::env::current_exe().ok()?;
+        let args = vec![
+            "compile-entry".into(),
+            "--cache".into(),
+            dir.as_os_str().to_owned(),
+            "--max-instances".into(),
+            max_instances.to_string().into(),
+            "--memory-limit-bytes".into(),
+            memory_limit.to_string().into(),
+        ];
+        Some(ChildCompiler { exe, args })
+    }
+
+    /// Compile `bytes` into the cache in a child process; true when it says it did.
+    fn run(&self, bytes: &[u8]) -> bool {
+        use std::process::{Command, Stdio};
+        let child = Command::new(&self.exe)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
             Err(e) => {
-                tracing::debug!(path = %path.display(), "compile cache entry unusable: {e:#}")
+                tracing::warn!("compile cache: cannot start the compiler process: {e}");
+                return false;
+            }
+        };
+        let fed = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(bytes))
+            .unwrap_or(Ok(()));
+        match (fed, child.wait()) {
+            (Ok(()), Ok(status)) if status.success() => true,
+            (fed, status) => {
+                tracing::warn!(
+                    "compile cache: the compiler process failed ({}); compiling here",
+                    match (fed, status) {
+                        (Err(e), _) => e.to_string(),
+                        (_, Err(e)) => e.to_string(),
+                        (_, Ok(status)) => status.to_string(),
+                    }
+                );
+                false
             }
         }
+    }
+}
+
+/// What `wasmgate compile-entry` does: compile `bytes` with `engine` and store the
+/// entry in `dir` (nothing is loaded).
+pub fn compile_into(dir: &Path, engine: &Engine, bytes: &[u8]) -> Result<(), String> {
+    let path = entry_path(dir, engine, bytes);
+    let compiled = engine
+        .precompile_component(bytes)
+        .map_err(|e| format!("{e:#}"))?;
+    store(dir, &path, &compiled).map_err(|e| format!("{}: {e}", dir.display()))?;
+    tracing::debug!(path = %path.display(), "compiled component stored in the compile cache");
+    Ok(())
+}
+
+/// The compile cache: its folder and limits, and when this process started using it
+/// (entries used since are its own and never pruned by it).
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    pub dir: PathBuf,
+    pub limits: Limits,
+    started: SystemTime,
+    child: Option<ChildCompiler>,
+}
+
+impl DiskCache {
+    /// Use `dir` within `limits`, compiling misses in `child` when given; prunes it once now.
+    pub fn open(dir: PathBuf, limits: Limits, child: Option<ChildCompiler>) -> DiskCache {
+        let cache = DiskCache {
+            dir,
+            limits,
+            child,
+            // A little before now: an entry marked in this same second counts as ours.
+            started: SystemTime::now() - Duration::from_secs(1),
+        };
+        cache.prune();
+        cache
+    }
+
+    /// Remove what is too old, then the least recently used past the size limit.
+    /// Best effort: failures are logged at debug and skipped.
+    pub fn prune(&self) {
+        if !private(&self.dir) {
+            return;
+        }
+        let removed = prune(&self.dir, &self.limits, self.started, SystemTime::now());
+        if !removed.is_empty() {
+            tracing::info!(
+                dir = %self.dir.display(),
+                removed = removed.len(),
+                "compile cache pruned (--compile-cache-max-mib, --compile-cache-max-age-days)"
+            );
+        }
+    }
+
+    /// The compiled component for `bytes`: from the folder when a usable entry exists,
+    /// else compiled (by the child process when there is one) and stored there.
+    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+        // A folder that exists but is not private is not used at all (below).
+        let usable = private(&self.dir) || !self.dir.exists();
+        if let Some(child) = self.child.as_ref().filter(|_| usable) {
+            let path = entry_path(&self.dir, engine, bytes);
+            if let Some(found) = lookup(&self.dir, engine, &path, "loaded from the compile cache") {
+                return Ok(found);
+            }
+            if child.run(bytes) {
+                let made = "loaded as the compiler process stored it";
+                if let Some(compiled) = lookup(&self.dir, engine, &path, made) {
+                    self.prune();
+                    return Ok(compiled);
+                }
+                tracing::warn!(path = %path.display(), "compile cache: the compiler process stored no usable entry; compiling here");
+            }
+        }
+        let (component, stored) = load_or_compile(&self.dir, engine, bytes)?;
+        if stored {
+            self.prune();
+        }
+        Ok(component)
+    }
+}
+
+/// One file the cache may remove: its path, size and last use.
+struct Entry {
+    path: PathBuf,
+    bytes: u64,
+    used: SystemTime,
+}
+
+/// Entries (`*.cwasm`), downloads and leftovers of interrupted writes in `dir`.
+fn entries(dir: &Path) -> Vec<Entry> {
+    let mut found = Vec::new();
+    for folder in [dir.to_path_buf(), dir.join("downloads")] {
+        let Ok(listing) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for item in listing.flatten() {
+            let Ok(meta) = item.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let path = item.path();
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            let ours = folder != dir || name.ends_with(".cwasm") || name.ends_with(".tmp");
+            if ours {
+                found.push(Entry {
+                    path,
+                    bytes: meta.len(),
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Prune `dir` as of `now`: remove entries unused for `limits.max_age`, then the least
+/// recently used ones until at most `limits.max_bytes` remain; never one used since
+/// `started`. Returns what was removed.
+fn prune(dir: &Path, limits: &Limits, started: SystemTime, now: SystemTime) -> Vec<PathBuf> {
+    let mut all = entries(dir);
+    all.sort_by_key(|e| e.used);
+    let mut total: u64 = all.iter().map(|e| e.bytes).sum();
+    let mut removed = Vec::new();
+    for entry in all {
+        if entry.used >= started {
+            continue;
+        }
+        let old = now
+            .duration_since(entry.used)
+            .is_ok_and(|age| age > limits.max_age);
+        if !old && total <= limits.max_bytes {
+            continue;
+        }
+        match std::fs::remove_file(&entry.path) {
+            Ok(()) => {
+                total = total.saturating_sub(entry.bytes);
+                removed.push(entry.path);
+            }
+            Err(e) => tracing::debug!(path = %entry.path.display(), "not pruned: {e}"),
+        }
+    }
+    removed
+}
+
+/// Mark an entry used now (its modification time), so pruning keeps it longest. The
+/// caller checked that `path` is a private file, not a link.
+fn touch(path: &Path) {
+    let marked = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = marked {
+        tracing::debug!(path = %path.display(), "compile cache entry not marked as used: {e}");
+    }
+}
+
+/// The compiled component for `bytes`: from `dir` when a usable entry exists, otherwise
+/// compiled and (best effort) stored there; and whether a new entry was stored.
+pub fn load_or_compile(
+    dir: &Path,
+    engine: &Engine,
+    bytes: &[u8],
+) -> wasmtime::Result<(Component, bool)> {
+    let path = entry_path(dir, engine, bytes);
+    if let Some(found) = lookup(dir, engine, &path, "loaded from the compile cache") {
+        return Ok((found, false));
     }
     let compiled = engine.precompile_component(bytes)?;
-    match store(dir, &path, &compiled) {
+    let stored = match store(dir, &path, &compiled) {
         Ok(()) => {
-            tracing::debug!(path = %path.display(), "compiled component stored in the compile cache")
+            tracing::debug!(path = %path.display(), "compiled component stored in the compile cache");
+            true
         }
-        Err(e) => tracing::warn!(dir = %dir.display(), "compile cache not used: {e}"),
-    }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "compile cache not used: {e}");
+            false
+        }
+    };
     // From the bytes just produced, not from the file: nothing on disk is trusted here.
-    deserialize_bytes(engine, &compiled)
+    Ok((deserialize_bytes(engine, &compiled)?, stored))
+}
+
+/// The entry at `path`, when it is private and wasmtime accepts it; marked as used.
+/// `how` ends the debug line that says so.
+fn lookup(dir: &Path, engine: &Engine, path: &Path, how: &str) -> Option<Component> {
+    if !(private(dir) && private(path)) {
+        return None;
+    }
+    match deserialize(engine, path) {
+        Ok(c) => {
+            tracing::debug!(path = %path.display(), "compiled component {how}");
+            touch(path);
+            Some(c)
+        }
+        Err(e) => {
+            tracing::debug!(path = %path.display(), "compile cache entry unusable: {e:#}");
+            None
+        }
+    }
 }
 
 fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
@@ -131,6 +403,62 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         assert!(private(&dir));
         assert!(!private(&dir.join("missing")));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn pruning_removes_the_old_then_the_least_recently_used_but_never_its_own() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-prune-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("downloads")).expect("mkdir");
+        let now = SystemTime::now();
+        let days = |d: u64| now - Duration::from_secs(d * 24 * 3600);
+        let file = |name: &str, kib: usize, used: SystemTime| {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![0u8; kib << 10]).expect("write");
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(used))
+                .expect("mtime");
+        };
+        file("old.cwasm", 10, days(40));
+        file("downloads/old-plugin", 10, days(31));
+        file(".x.cwasm.1.tmp", 10, days(45));
+        file("lru.cwasm", 400, days(3));
+        file("recent.cwasm", 400, days(1));
+        file("ours.cwasm", 400, now);
+        file("notes.txt", 10, days(400)); // not the cache's: left alone
+        let limits = Limits {
+            max_bytes: 900 << 10,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+        };
+        let started = now - Duration::from_secs(60);
+        let mut removed: Vec<String> = prune(&dir, &limits, started, now)
+            .iter()
+            .map(|p| p.strip_prefix(&dir).expect("in dir").display().to_string())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                ".x.cwasm.1.tmp",
+                "downloads/old-plugin",
+                "lru.cwasm",
+                "old.cwasm"
+            ]
+        );
+        for kept in ["recent.cwasm", "ours.cwasm", "notes.txt"] {
+            assert!(dir.join(kept).exists(), "{kept}");
+        }
+        // Under a limit smaller than what this process uses, its own entries stay.
+        let tiny = Limits {
+            max_bytes: 1,
+            ..limits
+        };
+        let removed = prune(&dir, &tiny, started, now);
+        assert_eq!(removed, [dir.join("recent.cwasm")]);
+        assert!(dir.join("ours.cwasm").exists());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -116,7 +116,7 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
         retry_remote_localities: false,
     };
     let response = send(
-        &shared.upstream,
+        shared.upstream(),
         &cluster,
         shared.host.balancing(),
         out,
