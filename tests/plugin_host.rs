@@ -41,10 +41,10 @@ fn view_with(path: &str, headers: &[(&str, &str)]) -> Arc<RequestView> {
         );
     }
     let view = RequestView::new(
-        "id-1".into(),
+        HeaderValue::from_static("id-1"),
         Method::GET,
         "http",
-        "example.com".into(),
+        HeaderValue::from_static("example.com"),
         path.parse().expect("a request target"),
         map,
         IpAddr::from([127, 0, 0, 1]),

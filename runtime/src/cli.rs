@@ -361,19 +361,11 @@ fn compile_entry(args: &CompileEntryArgs) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    // Listed before the gateway loads its plugins, so a change during start-up reloads.
-    let watch = match (&args.plugins, args.plugin_poll_ms) {
-        (Some(dir), ms) if ms > 0 => Some((
-            dir.clone(),
-            Duration::from_millis(ms),
-            crate::watch::list(dir),
-        )),
-        _ => None,
-    };
-    let options = Options {
-        config: args.config,
-        plugins: args.plugins,
+/// What `wasmgate run` with `args` runs (also how tests start a gateway in-process).
+pub fn run_options(args: &RunArgs) -> Options {
+    Options {
+        config: args.config.clone(),
+        plugins: args.plugins.clone(),
         admin: args.admin,
         listen_address: args.listen_address,
         ingress: wasmgate_config::ingress::IngressPorts {
@@ -403,7 +395,7 @@ async fn run(args: RunArgs) -> ExitCode {
                 .unwrap_or(usize::MAX),
             max_instances_per_plugin: args.plugin_max_instances,
             cpu_per_second: Duration::from_millis(args.plugin_cpu_ms_per_second),
-            compile_cache: match args.compile_cache {
+            compile_cache: match args.compile_cache.clone() {
                 Some(dir) if dir.as_os_str() == "off" => None,
                 Some(dir) => Some(dir),
                 None => crate::plugin::diskcache::default_dir(),
@@ -421,7 +413,7 @@ async fn run(args: RunArgs) -> ExitCode {
                 .map(|url| (url, Duration::from_millis(args.redis_timeout_ms.max(1)))),
             ..HostSettings::default()
         },
-        plugin_host_env: args.plugin_host_env,
+        plugin_host_env: args.plugin_host_env.clone(),
         drain: Duration::from_secs(args.drain_seconds),
         edge: crate::proxy::edge::EdgeSettings {
             trusted_proxies: args.num_trusted_proxies,
@@ -441,7 +433,20 @@ async fn run(args: RunArgs) -> ExitCode {
             0 => crate::snapshot::security::JWKS_REFRESH,
             s => Duration::from_secs(s),
         },
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    // Listed before the gateway loads its plugins, so a change during start-up reloads.
+    let watch = match (&args.plugins, args.plugin_poll_ms) {
+        (Some(dir), ms) if ms > 0 => Some((
+            dir.clone(),
+            Duration::from_millis(ms),
+            crate::watch::list(dir),
+        )),
+        _ => None,
     };
+    let options = run_options(&args);
     let admin = options.admin;
     let drain = options.drain;
     let gateway = match Gateway::start(options).await {

@@ -292,6 +292,7 @@ impl Gateway {
             .reloads
             .serving(snapshot.resources.clone());
         gateway.ready.store(true, Ordering::SeqCst);
+        crate::memory::give_back();
         Ok(gateway)
     }
 
@@ -337,6 +338,7 @@ impl Gateway {
             Ok(s) => Arc::new(s),
             Err(errors) => {
                 reloads.failed.fetch_add(1, Ordering::Relaxed);
+                crate::memory::give_back();
                 return Err(rejected(errors));
             }
         };
@@ -377,6 +379,10 @@ impl Gateway {
             compiled = self.cache.len(),
             "configuration reloaded"
         );
+        // The previous snapshot is freed as its last requests finish; what the build
+        // used is free now.
+        drop(previous);
+        crate::memory::give_back();
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod build_plugin;
 pub mod cli;
 pub mod gateway;
 pub mod listener;
+pub mod memory;
 pub mod plugin;
 pub mod proxy;
 pub mod snapshot;

@@ -48,7 +48,7 @@ use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
 use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation};
 use crate::plugin::{PluginHost, Random, RequestView};
-use crate::snapshot::{Chain, Snapshot, vhosts::normalize_host};
+use crate::snapshot::{Chain, Snapshot, vhosts::normalized_host};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::request::{Observation, Observed};
 use crate::telemetry::trace::attr;
@@ -123,7 +123,7 @@ pub struct TlsConn {
 /// One access log line's worth of facts.
 #[derive(Debug)]
 struct Access {
-    request_id: String,
+    request_id: headers::RequestId,
     virtual_service: String,
     route: String,
     cluster: String,
@@ -168,7 +168,7 @@ pub async fn handle(
         .then(|| Observation::start(started, &req, span));
     let head = logged.then(|| RequestFacts::of(&req));
     let mut access = Access {
-        request_id: String::new(),
+        request_id: headers::RequestId::default(),
         virtual_service: String::new(),
         route: String::new(),
         cluster: String::new(),
@@ -187,7 +187,7 @@ pub async fn handle(
         &snapshot,
         &conn,
         req,
-        authority.as_deref(),
+        authority.as_ref(),
         &mut access,
     );
     let response = match served.await {
@@ -209,7 +209,10 @@ pub async fn handle(
         access.entry(
             head,
             &conn,
-            authority,
+            authority
+                .as_ref()
+                .and_then(|a| a.to_str().ok())
+                .map(str::to_string),
             trace_id,
             response.status().as_u16(),
             request_bytes,
@@ -284,9 +287,15 @@ impl Access {
             upstream_service_time_ms: self.upstream_ms,
             x_forwarded_for: head.x_forwarded_for,
             user_agent: head.user_agent,
-            request_id: std::mem::take(&mut self.request_id),
+            request_id: self.request_id.as_str().to_string(),
             authority: authority.unwrap_or_default(),
-            upstream_host: self.attempted.upstream.take().unwrap_or_default(),
+            upstream_host: self
+                .attempted
+                .upstream
+                .take()
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
             upstream_cluster: std::mem::take(&mut self.cluster),
             route_name: std::mem::take(&mut self.route),
             virtual_service: std::mem::take(&mut self.virtual_service),
@@ -340,16 +349,17 @@ fn authority_port(authority: &str) -> Option<u16> {
     port.parse().ok()
 }
 
-fn authority_of<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+/// The request's authority: the URI's (HTTP/2, absolute form), else `Host` (shared with
+/// the header, not copied). `None` when there is none or it is not text.
+fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
 }
 
 async fn serve(
@@ -357,10 +367,12 @@ async fn serve(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    authority: Option<&str>,
+    authority: Option<&HeaderValue>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
-    let authority = authority.ok_or(ProxyError::BadRequest("no Host header"))?;
+    // `authority_of` keeps only values that are text.
+    let authority_value = authority.ok_or(ProxyError::BadRequest("no Host header"))?;
+    let authority = authority_value.to_str().unwrap_or_default();
     // The request edge: nothing below sees an ambiguous request or a raw path.
     edge::check_head(&req, conn.framing.as_deref())?;
     if req.method() != http::Method::CONNECT
@@ -369,7 +381,7 @@ async fn serve(
     {
         access.normalized = req.uri().path_and_query().map(|p| p.as_str().to_string());
     }
-    let host = normalize_host(authority);
+    let host = normalized_host(authority);
     let routes = snapshot
         .listeners
         .get(&conn.listener)
@@ -416,7 +428,7 @@ async fn serve(
         span.set_str(attr::HTTP_METHOD, req.method().as_str());
         span.set_str(attr::HTTP_URL, &format!("{scheme}://{authority}{pq}"));
         span.set_str(attr::HTTP_PROTOCOL, &format!("{:?}", req.version()));
-        span.set_str(attr::REQUEST_ID, &access.request_id);
+        span.set_str(attr::REQUEST_ID, access.request_id.as_str());
         span.set_str(attr::PEER_ADDRESS, &conn.client.ip().to_string());
         if let Some(ua) = req
             .headers()
@@ -444,9 +456,13 @@ async fn serve(
     }
     let view = Arc::new(request_view(
         &mut req,
-        &access.request_id,
+        access
+            .request_id
+            .value()
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("")),
         scheme,
-        authority,
+        authority_value.clone(),
         conn,
         port,
         read.as_ref().filter(|r| !r.over).map(|r| r.data.clone()),
@@ -574,7 +590,12 @@ async fn serve(
         started: access.started,
         upstream_ns: access.upstream_ns,
         flags: access.flags.join(","),
-        upstream_host: access.attempted.upstream.clone().unwrap_or_default(),
+        upstream_host: access
+            .attempted
+            .upstream
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
         upstream_cluster: access.cluster.clone(),
     };
     Ok(phases::log_when_done(response, facts))
@@ -584,18 +605,18 @@ async fn serve(
 /// time of the chain.
 fn request_view(
     req: &mut Request<Incoming>,
-    id: &str,
+    id: HeaderValue,
     scheme: &'static str,
-    authority: &str,
+    authority: HeaderValue,
     conn: &ConnInfo,
     port: u16,
     body: Option<Bytes>,
 ) -> RequestView {
     let mut view = RequestView::new(
-        id.to_string(),
+        id,
         req.method().clone(),
         scheme,
-        authority.to_string(),
+        authority,
         req.uri().clone(),
         std::mem::take(req.headers_mut()),
         conn.client.ip(),
@@ -727,7 +748,7 @@ async fn forward_upstream(
     let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
     // Taken before the request is torn apart: resolves once we answer 101.
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let host = wasmgate_config::expand_host(&destination.host, &chain.namespace);
+    let host = wasmgate_config::host::expanded(&destination.host, &chain.namespace);
     let cluster = snapshot
         .registry
         .resolve(&host, destination.port, destination.subset.as_deref())
@@ -756,11 +777,13 @@ async fn forward_upstream(
     apply_mutation(&mut headers, forward.request_headers.as_ref());
     apply_mutation(&mut headers, destination.request_headers.as_ref());
     let path_and_query = match &forward.rewrite_path {
-        Some(p) => p.clone(),
+        Some(p) => http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p.clone()))
+            .map_err(|_| ProxyError::InvalidRewrite(p.clone()))?,
         None => parts
             .uri
             .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
     let body = match read {
         Some(read) if read.over || !read.data.is_empty() || read.trailers.is_some() => {
@@ -854,7 +877,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
         if roll * 100.0 >= m.percentage {
             continue;
         }
-        let host = wasmgate_config::expand_host(&m.destination.host, &chain.namespace);
+        let host = wasmgate_config::host::expanded(&m.destination.host, &chain.namespace);
         let cluster = match snapshot.registry.resolve(
             &host,
             m.destination.port,

@@ -247,7 +247,7 @@ async fn connect_and_splice<S>(
         line.flag = Some("UH");
         return;
     };
-    line.upstream = target.authority();
+    line.upstream = target.authority().to_string();
     let _in_flight = cluster.start(index);
     let connected = tokio::time::timeout(
         CONNECT_TIMEOUT,

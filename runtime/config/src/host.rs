@@ -20,6 +20,18 @@ pub fn expand_host(host: &str, namespace: &str) -> String {
     format!("{host}.{}.{CLUSTER_DOMAIN}", namespace.to_ascii_lowercase())
 }
 
+/// [`expand_host`], borrowing `host` when it needs no change (lowercase and fully
+/// qualified, a wildcard or an IP address): what the data path calls per request.
+pub fn expanded<'a>(host: &'a str, namespace: &str) -> std::borrow::Cow<'a, str> {
+    let unchanged = !host.bytes().any(|b| b.is_ascii_uppercase())
+        && (host.contains('.') || host.starts_with('*') || host.is_empty() || is_ip(host));
+    if unchanged {
+        std::borrow::Cow::Borrowed(host)
+    } else {
+        std::borrow::Cow::Owned(expand_host(host, namespace))
+    }
+}
+
 /// A DNS-1123 label as Istio checks it (letters of either case, digits, inner hyphens;
 /// at most 63 characters).
 pub fn is_dns_label(s: &str) -> bool {
@@ -206,6 +218,29 @@ mod tests {
         assert_eq!(expand_host("EXAMPLE.com", "default"), "example.com");
         assert_eq!(expand_host("::1", "default"), "::1");
         assert_eq!(expand_host("10.0.0.1", "default"), "10.0.0.1");
+    }
+
+    #[test]
+    fn expanded_borrows_what_needs_no_change_and_agrees_with_expand_host() {
+        for (host, ns) in [
+            ("reviews", "default"),
+            ("Reviews", "Prod"),
+            ("reviews.prod", "default"),
+            ("EXAMPLE.com", "default"),
+            ("*.example.com", "default"),
+            ("::1", "default"),
+            ("10.0.0.1", "default"),
+        ] {
+            assert_eq!(expanded(host, ns), expand_host(host, ns), "{host}");
+        }
+        assert!(matches!(
+            expanded("reviews.prod.svc.cluster.local", "x"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            expanded("reviews", "x"),
+            std::borrow::Cow::Owned(_)
+        ));
     }
 
     #[test]

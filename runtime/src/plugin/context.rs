@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 use super::types::{Action, ActionKind, Decision, Edit, Header, HeaderMutation};
 
@@ -23,10 +23,12 @@ pub const MAX_IDENTITY_PROPERTY_VALUE: usize = 64 << 10;
 /// A request as the chain's plugins see it.
 #[derive(Debug)]
 pub struct RequestView {
-    pub id: String,
+    /// `x-request-id` (shares the header's bytes).
+    pub id: HeaderValue,
     pub method: Method,
     pub scheme: &'static str,
-    pub authority: String,
+    /// `Host` or `:authority` (shares the header's bytes).
+    pub authority: HeaderValue,
     /// The request target (normalized); a clone shares its bytes.
     pub uri: http::Uri,
     pub headers: HeaderMap,
@@ -91,10 +93,10 @@ pub fn no_route() -> Decision {
 impl RequestView {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: String,
+        id: HeaderValue,
         method: Method,
         scheme: &'static str,
-        authority: String,
+        authority: HeaderValue,
         uri: http::Uri,
         headers: HeaderMap,
         client: IpAddr,
@@ -373,10 +375,10 @@ mod tests {
 
     fn view() -> RequestView {
         RequestView::new(
-            "id".into(),
+            HeaderValue::from_static("id"),
             Method::GET,
             "http",
-            "a".into(),
+            HeaderValue::from_static("a"),
             http::Uri::from_static("/?a=1&b=x+y%21&b=2&c"),
             HeaderMap::new(),
             IpAddr::from([127, 0, 0, 1]),

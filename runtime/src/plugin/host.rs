@@ -336,9 +336,14 @@ impl metrics::Host for StoreState {
     }
 }
 
+/// A header value the gateway checked is text, as a string.
+fn text(value: &http::HeaderValue) -> String {
+    value.to_str().unwrap_or_default().to_string()
+}
+
 impl types::HostRequest for StoreState {
     fn id(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.id.clone())
+        Ok(text(&self.request(&r)?.view.id))
     }
 
     fn method(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
@@ -350,7 +355,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn authority(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.view.authority.clone())
+        Ok(text(&self.request(&r)?.view.authority))
     }
 
     fn path(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {

@@ -29,8 +29,34 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
-/// A random UUID v4, as Envoy generates for `x-request-id`.
-pub fn new_request_id(random: &Random) -> String {
+/// A request's id: the `x-request-id` value the request carries (made here or kept
+/// from the client), shared by the header, the policies and the access line.
+#[derive(Debug, Clone, Default)]
+pub struct RequestId(Option<HeaderValue>);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// The header value (a clone shares its bytes).
+    pub fn value(&self) -> Option<&HeaderValue> {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A random UUID v4, as Envoy generates for `x-request-id`, formatted by hand (this
+/// runs on every request; `format!` per byte showed up in profiles).
+fn new_request_id(random: &Random) -> [u8; 36] {
     let hi = random.next_u64();
     let lo = random.next_u64();
     let mut b = [0u8; 16];
@@ -38,59 +64,78 @@ pub fn new_request_id(random: &Random) -> String {
     b[8..].copy_from_slice(&lo.to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    // Formatted by hand: this runs on every request and `format!` per byte showed up in
-    // profiles.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
+    let mut out = [0u8; 36];
+    let mut at = 0;
     for (i, x) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            out[at] = b'-';
+            at += 1;
         }
-        out.push(char::from(HEX[usize::from(x >> 4)]));
-        out.push(char::from(HEX[usize::from(x & 0x0f)]));
+        out[at] = HEX[usize::from(x >> 4)];
+        out[at + 1] = HEX[usize::from(x & 0x0f)];
+        at += 2;
     }
     out
 }
 
 /// Set `x-request-id`, `x-forwarded-for` and `x-forwarded-proto` on a request from
-/// `client` that arrived over `scheme`. Returns the request id.
+/// `client` that arrived over `scheme`. Returns the request id. One allocation for the
+/// forwarded-for value, one for a new id.
 pub fn edge_headers(
     headers: &mut HeaderMap,
     client: IpAddr,
     scheme: &str,
     random: &Random,
-) -> String {
-    let keep = is_internal(client)
-        && headers
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.is_empty() && v.len() <= 256);
-    let id = if keep {
-        headers
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    } else {
-        let id = new_request_id(random);
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            headers.insert(X_REQUEST_ID, v);
+) -> RequestId {
+    let kept = headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| is_internal(client) && !v.is_empty() && v.len() <= 256 && v.to_str().is_ok())
+        .cloned();
+    let id = match kept {
+        Some(value) => RequestId(Some(value)),
+        None => {
+            // Owned by one shared allocation, so the copies below are reference counts.
+            let made =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(new_request_id(random)))
+                    .ok();
+            if let Some(v) = &made {
+                headers.insert(X_REQUEST_ID, v.clone());
+            }
+            RequestId(made)
         }
-        id
     };
 
-    let client = client.to_canonical().to_string();
     // Every x-forwarded-for line, in order, then the client.
-    let mut xff: Vec<&str> = headers
+    let mut client_text = [0u8; 64];
+    let client_len = {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut client_text[..]);
+        let _ = write!(cursor, "{}", client.to_canonical());
+        usize::try_from(cursor.position()).unwrap_or(0)
+    };
+    let client_text = &client_text[..client_len];
+    let earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    xff.push(&client);
-    let xff = xff.join(",");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+        .filter(|v| !v.is_empty());
+    let mut xff = Vec::new();
+    for line in earlier {
+        if xff.is_empty() {
+            xff.reserve(line.len() + 1 + client_text.len());
+        }
+        xff.extend_from_slice(line.as_bytes());
+        xff.push(b',');
+    }
+    let value = if xff.is_empty() {
+        HeaderValue::from_bytes(client_text)
+    } else {
+        xff.extend_from_slice(client_text);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
@@ -246,16 +291,32 @@ mod tests {
             "http",
             &random,
         );
-        assert_eq!(id, "abc");
+        assert_eq!(id.as_str(), "abc");
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9,127.0.0.1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
 
         let external: IpAddr = IpAddr::from([198, 51, 100, 7]);
         let id = edge_headers(&mut headers, external, "http", &random);
+        let id = id.as_str();
         assert_ne!(id, "abc");
-        assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+        assert_eq!(headers[&X_REQUEST_ID], id);
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert_eq!(
+            headers[&X_FORWARDED_FOR],
+            "203.0.113.9,127.0.0.1,198.51.100.7"
+        );
+
+        // No earlier x-forwarded-for: the client alone; IPv4-mapped IPv6 as IPv4.
+        let mut headers = HeaderMap::new();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let made = edge_headers(&mut headers, mapped, "https", &random);
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_REQUEST_ID], made.as_str());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        edge_headers(&mut headers, v6, "http", &random);
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1,2001:db8::1");
     }
 
     #[test]

@@ -103,9 +103,11 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
     let host = HeaderValue::from_str(&call.authority)
         .map_err(|_| format!("{:?} is not an authority", call.authority))?;
     headers.insert(header::HOST, host);
+    let path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(call.path.clone()))
+        .map_err(|_| format!("path {:?} is not a valid path", call.path))?;
     let out = Outbound {
         method,
-        path_and_query: call.path,
+        path_and_query,
         headers,
         body: (!call.body.is_empty()).then(|| full(Bytes::from(call.body))),
     };

@@ -72,43 +72,57 @@ impl Upstream {
         cluster: &Cluster,
         target: &Target,
         out: &Outbound,
+        headers: HeaderMap,
         body: Body,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if !out.path_and_query.starts_with('/') {
-            return Err(ProxyError::InvalidRewrite(out.path_and_query.clone()));
+        if !out.path_and_query.as_str().starts_with('/') {
+            return Err(ProxyError::InvalidRewrite(
+                out.path_and_query.as_str().to_string(),
+            ));
         }
-        let endpoint = target.authority();
-        let host = out
-            .headers
+        let endpoint: &str = target.authority();
+        // The virtual host: `:authority` over HTTP/2, and the SNI unless the
+        // DestinationRule names one (Istio's auto SNI). Owned only where needed.
+        let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or(&endpoint)
-            .to_string();
-        let sni = || {
-            cluster
-                .tls
-                .as_ref()
-                .and_then(|t| t.sni.clone())
-                .unwrap_or_else(|| crate::snapshot::vhosts::normalize_host(&host))
-        };
+            .unwrap_or(endpoint);
+        let sni = cluster.tls.as_ref().map(|t| {
+            t.sni
+                .clone()
+                .unwrap_or_else(|| crate::snapshot::vhosts::normalize_host(host))
+        });
         let scheme = if cluster.tls.is_some() {
             "https"
         } else {
             "http"
         };
         if cluster.http2 {
-            let mut req = build(scheme, &host, out, body, Version::HTTP_2)?;
-            req.headers_mut().remove(header::HOST);
+            let host = host.to_string();
             let key = H2Key {
-                target: endpoint,
-                tls: cluster.tls.as_ref().map(|t| (t.key, sni())),
+                target: endpoint.to_string(),
+                tls: cluster
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.key, sni.unwrap_or_default())),
             };
+            let mut req = build(scheme, None, &host, out, headers, body, Version::HTTP_2)?;
+            req.headers_mut().remove(header::HOST);
             return self
                 .http2
                 .send(key, cluster.tls.as_deref(), req, &cluster.upstream_stats)
                 .await;
         }
-        let req = build(scheme, &endpoint, out, body, Version::HTTP_11)?;
+        let authority = target.uri_authority().cloned();
+        let req = build(
+            scheme,
+            authority,
+            endpoint,
+            out,
+            headers,
+            body,
+            Version::HTTP_11,
+        )?;
         // A connection the pooled client opens for this request counts for the cluster.
         let sent = match &cluster.tls {
             None => {
@@ -117,7 +131,9 @@ impl Upstream {
                     .await
             }
             Some(tls) => {
-                let client = self.tls1.get(&self.connector, tls, &sni());
+                let client =
+                    self.tls1
+                        .get(&self.connector, tls, sni.as_deref().unwrap_or_default());
                 OPENING_FOR
                     .scope(cluster.upstream_stats.clone(), client.request(req))
                     .await
@@ -130,7 +146,8 @@ impl Upstream {
 /// Everything needed to (re)build the upstream request.
 pub struct Outbound {
     pub method: Method,
-    pub path_and_query: String,
+    /// Shared with the downstream request's URI when not rewritten: cloned, not copied.
+    pub path_and_query: http::uri::PathAndQuery,
     pub headers: HeaderMap,
     /// `None` when the body was empty: then the request can be retried.
     pub body: Option<Body>,
@@ -139,7 +156,7 @@ pub struct Outbound {
 /// What happened upstream, for the access log.
 #[derive(Debug, Default, Clone)]
 pub struct Attempted {
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub attempts: u32,
 }
 
@@ -163,11 +180,30 @@ struct RetryOn {
     five_xx: bool,
     gateway_error: bool,
     /// HTTP statuses: `retriable-status-codes` (Istio's 503), `retriable-4xx` (409),
-    /// and numbers.
-    codes: Vec<u16>,
-    /// gRPC statuses in the response headers: `cancelled` (1), `deadline-exceeded` (4),
-    /// `resource-exhausted` (8), `internal` (13), `unavailable` (14).
-    grpc: Vec<u32>,
+    /// and numbers (a set: parsing runs per request and allocates nothing).
+    codes: StatusSet,
+    /// gRPC statuses in the response headers, one bit each: `cancelled` (1),
+    /// `deadline-exceeded` (4), `resource-exhausted` (8), `internal` (13),
+    /// `unavailable` (14).
+    grpc: u32,
+}
+
+/// A set of HTTP status codes (0 to 1023), one bit each.
+#[derive(Debug, Default, PartialEq)]
+struct StatusSet([u64; 16]);
+
+impl StatusSet {
+    fn insert(&mut self, code: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(code / 64)) {
+            *word |= 1 << (code % 64);
+        }
+    }
+
+    fn contains(&self, code: u16) -> bool {
+        self.0
+            .get(usize::from(code / 64))
+            .is_some_and(|word| word & (1 << (code % 64)) != 0)
+    }
 }
 
 impl RetryOn {
@@ -181,16 +217,16 @@ impl RetryOn {
                 "5xx" => r.five_xx = true,
                 "gateway-error" => r.gateway_error = true,
                 // Istio's default retriable status code.
-                "retriable-status-codes" => r.codes.push(503),
-                "retriable-4xx" => r.codes.push(409),
-                "cancelled" => r.grpc.push(1),
-                "deadline-exceeded" => r.grpc.push(4),
-                "resource-exhausted" => r.grpc.push(8),
-                "internal" => r.grpc.push(13),
-                "unavailable" => r.grpc.push(14),
+                "retriable-status-codes" => r.codes.insert(503),
+                "retriable-4xx" => r.codes.insert(409),
+                "cancelled" => r.grpc |= 1 << 1,
+                "deadline-exceeded" => r.grpc |= 1 << 4,
+                "resource-exhausted" => r.grpc |= 1 << 8,
+                "internal" => r.grpc |= 1 << 13,
+                "unavailable" => r.grpc |= 1 << 14,
                 other => {
                     if let Ok(code) = other.parse::<u16>() {
-                        r.codes.push(code);
+                        r.codes.insert(code);
                     }
                 }
             }
@@ -216,13 +252,13 @@ impl RetryOn {
     fn on_response(&self, status: u16, headers: &HeaderMap) -> bool {
         (self.five_xx && status >= 500)
             || (self.gateway_error && matches!(status, 502..=504))
-            || self.codes.contains(&status)
-            || (!self.grpc.is_empty()
+            || self.codes.contains(status)
+            || (self.grpc != 0
                 && headers
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u32>().ok())
-                    .is_some_and(|code| self.grpc.contains(&code)))
+                    .is_some_and(|code| code < 32 && self.grpc & (1 << code) != 0))
     }
 }
 
@@ -299,10 +335,16 @@ async fn attempt_all(
         // Later attempts move to the next endpoint.
         let index = (first + attempted.attempts as usize - 1) % cluster.targets.len().max(1);
         let target = &cluster.targets[index];
-        attempted.upstream = Some(target.authority());
+        attempted.upstream = Some(target.authority().clone());
         let body = out.body.take().unwrap_or_else(empty);
         let in_flight = cluster.start(index);
-        let call = upstream.call(cluster, target, &out, body);
+        // The last attempt takes the headers; earlier ones send a copy.
+        let headers = if attempted.attempts >= max_attempts {
+            std::mem::take(&mut out.headers)
+        } else {
+            out.headers.clone()
+        };
+        let call = upstream.call(cluster, target, &out, headers, body);
         let result = match per_try {
             // A try that overruns is dropped (its connection with it) and may be retried.
             Some(limit) => tokio::time::timeout(limit, call)
@@ -361,24 +403,30 @@ impl hyper::body::Body for UpstreamBody {
 
 /// The upstream request to `scheme://authority/path`: for HTTP/1.1 the authority is
 /// the endpoint (the headers carry the virtual host), for HTTP/2 the virtual host.
+/// `parsed` is `authority` already parsed, when the caller keeps one (an endpoint's).
 fn build(
     scheme: &str,
+    parsed: Option<http::uri::Authority>,
     authority: &str,
     out: &Outbound,
+    headers: HeaderMap,
     body: Body,
     version: Version,
 ) -> Result<Request<Body>, ProxyError> {
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(out.path_and_query.as_str())
+    let uri = Uri::builder().scheme(scheme);
+    let uri = match parsed {
+        Some(parsed) => uri.authority(parsed),
+        None => uri.authority(authority),
+    };
+    let uri = uri
+        .path_and_query(out.path_and_query.clone())
         .build()
-        .map_err(|_| ProxyError::InvalidRewrite(out.path_and_query.clone()))?;
+        .map_err(|_| ProxyError::InvalidRewrite(out.path_and_query.as_str().to_string()))?;
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = out.headers.clone();
+    *req.headers_mut() = headers;
     if !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority)
     {
@@ -476,6 +524,9 @@ mod tests {
     fn retry_on_parses_envoy_names() {
         let r = RetryOn::parse(" 5xx , gateway-error,reset,connect-failure,refused-stream,502 ");
         assert!(r.five_xx && r.gateway_error && r.reset && r.connect_failure && r.refused_stream);
-        assert_eq!(r.codes, [502]);
+        let mut codes = StatusSet::default();
+        codes.insert(502);
+        assert_eq!(r.codes, codes);
+        assert!(!r.codes.contains(503) && !r.codes.contains(2000));
     }
 }

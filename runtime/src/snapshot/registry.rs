@@ -40,18 +40,102 @@ pub enum ResolveError {
 pub struct Target {
     pub address: String,
     pub port: u16,
+    /// `address:port` (IPv6 bracketed), made once: requests share it.
+    authority: Arc<str>,
+    /// The same as a URI authority, when it is one.
+    uri_authority: Option<http::uri::Authority>,
 }
 
 impl Target {
-    /// `address:port`, bracketing IPv6 addresses.
-    pub fn authority(&self) -> String {
-        if self.address.contains(':') {
-            format!("[{}]:{}", self.address, self.port)
+    pub fn new(address: String, port: u16) -> Target {
+        let authority: Arc<str> = if address.contains(':') {
+            format!("[{address}]:{port}").into()
         } else {
-            format!("{}:{}", self.address, self.port)
+            format!("{address}:{port}").into()
+        };
+        let uri_authority = http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            authority.as_bytes(),
+        ))
+        .ok();
+        Target {
+            address,
+            port,
+            authority,
+            uri_authority,
         }
     }
+
+    /// `address:port`, bracketing IPv6 addresses.
+    pub fn authority(&self) -> &Arc<str> {
+        &self.authority
+    }
+
+    /// [`Target::authority`] as a URI authority (cloned without copying).
+    pub fn uri_authority(&self) -> Option<&http::uri::Authority> {
+        self.uri_authority.as_ref()
+    }
 }
+
+/// The cluster cache's key. Looked up by borrowed parts ([`KeyParts`]), so finding a
+/// cached cluster allocates nothing.
+#[derive(Debug)]
+struct ClusterKey {
+    host: String,
+    port: Option<u16>,
+    subset: Option<String>,
+}
+
+/// A (host, port, subset) however it is held.
+trait KeyParts {
+    fn parts(&self) -> (&str, Option<u16>, Option<&str>);
+}
+
+impl KeyParts for ClusterKey {
+    fn parts(&self) -> (&str, Option<u16>, Option<&str>) {
+        (&self.host, self.port, self.subset.as_deref())
+    }
+}
+
+impl KeyParts for (&str, Option<u16>, Option<&str>) {
+    fn parts(&self) -> (&str, Option<u16>, Option<&str>) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for ClusterKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+// The owned key hashes and compares as its borrowed form does, as `Borrow` requires.
+impl std::hash::Hash for ClusterKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for ClusterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for ClusterKey {}
 
 /// The endpoints of one (host, port, subset) and how to choose among them.
 #[derive(Debug)]
@@ -128,8 +212,6 @@ impl Drop for InFlight {
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-type ClusterKey = (String, Option<u16>, Option<String>);
 
 /// Hosts from ServiceEntries and subsets from DestinationRules.
 #[derive(Debug)]
@@ -213,10 +295,15 @@ impl Registry {
         port: Option<u16>,
         subset: Option<&str>,
     ) -> Result<Arc<Cluster>, ResolveError> {
-        let key = (host.to_string(), port, subset.map(str::to_string));
-        if let Some(hit) = self.cache.get(&key) {
+        let parts = (host, port, subset);
+        if let Some(hit) = self.cache.get(&parts as &dyn KeyParts) {
             return Ok(hit.clone());
         }
+        let key = ClusterKey {
+            host: host.to_string(),
+            port,
+            subset: subset.map(str::to_string),
+        };
         // Only clusters that exist are cached, so the cache is bounded by the registry
         // whatever destinations plugins invent; one cluster per key, even under races.
         let built = Arc::new(self.build(host, port, subset)?);
@@ -274,10 +361,7 @@ impl Registry {
             let target_port = service_port
                 .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
                 .unwrap_or(port_number);
-            targets.push(Target {
-                address: ep.address.clone(),
-                port: target_port,
-            });
+            targets.push(Target::new(ep.address.clone(), target_port));
         }
         let dns_self = matches!(
             se.resolution,
@@ -288,10 +372,7 @@ impl Registry {
             let target_port = service_port
                 .and_then(|sp| sp.target_port)
                 .unwrap_or(port_number);
-            targets.push(Target {
-                address: host.to_string(),
-                port: target_port,
-            });
+            targets.push(Target::new(host.to_string(), target_port));
         }
         if targets.is_empty() {
             return Err(ResolveError::NoEndpoints(host.to_string()));

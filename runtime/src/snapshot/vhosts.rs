@@ -8,6 +8,12 @@ use std::sync::Arc;
 
 /// Strip the port and a trailing dot from a `Host` value and lowercase it.
 pub fn normalize_host(authority: &str) -> String {
+    normalized_host(authority).into_owned()
+}
+
+/// [`normalize_host`], borrowing from `authority` when it is already lowercase (what
+/// the request path calls).
+pub fn normalized_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // [v6]:port
         match rest.split_once(']') {
@@ -20,7 +26,12 @@ pub fn normalize_host(authority: &str) -> String {
             _ => authority,
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// Does pattern `pattern` (`*`, `*.suffix` or exact) match the concrete `host`?
@@ -134,6 +145,10 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("bookinfo"), "bookinfo");
+        assert!(matches!(
+            normalized_host("shop.example.com:80"),
+            std::borrow::Cow::Borrowed("shop.example.com")
+        ));
     }
 
     #[test]

@@ -74,8 +74,17 @@ pub struct Counted<T> {
 }
 
 impl<T: Connection> Connection for Counted<T> {
+    /// What the connection is, without the connector's `HttpInfo` extra: hyper-util
+    /// copies an extra into every response's extensions (three allocations per
+    /// request), and nothing here reads it.
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let inner = self.io.connected();
+        let plain = Connected::new().proxy(inner.is_proxied());
+        if inner.is_negotiated_h2() {
+            plain.negotiated_h2()
+        } else {
+            plain
+        }
     }
 }
 
