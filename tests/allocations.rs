@@ -39,7 +39,9 @@ fn note_site() {
     IN_TRACE.with(|t| t.set(false));
 }
 
-// SAFETY: every call is passed to the system allocator unchanged; only counted.
+// SAFETY: every call is passed to the system allocator unchanged. Besides counting,
+// `note_site` (only with WASMGATE_ALLOCATION_SITES) captures a backtrace and takes a
+// mutex; it guards against its own allocations re-entering it with a thread-local.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
@@ -50,6 +52,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        note_site();
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -213,10 +216,12 @@ fn allocations_per_request(port: u16, path: &str) -> f64 {
     }
     let n = 2000;
     let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut ok = 0;
     for _ in 0..n {
-        client.exchange(&request);
+        ok += u32::from(client.exchange(&request) == 200);
     }
     let after = ALLOCATIONS.load(Ordering::Relaxed);
+    assert_eq!(ok, n, "{path}: every measured request is answered 200");
     if std::env::var_os("WASMGATE_ALLOCATION_SITES").is_some() {
         TRACING.store(true, Ordering::SeqCst);
         client.exchange(&request);

@@ -875,8 +875,15 @@ async fn compiled_plugins_are_cached_between_runs() {
     let count = |log: &str, what: &str| log.matches(what).count();
 
     let log = run_once().await;
-    // router, fault, traffic-split and the user's plugin.
+    // router, fault, traffic-split and the user's plugin, each compiled by the child
+    // process (`wasmgate compile-entry`) and loaded as it stored it.
     assert_eq!(count(&log, "stored in the compile cache"), 4, "{log}");
+    assert_eq!(
+        count(&log, "loaded as the compiler process stored it"),
+        4,
+        "{log}"
+    );
+    assert!(!log.contains("compiling here"), "{log}");
     let first = entries();
     assert_eq!(first.len(), 4, "{first:?}");
     let mode =

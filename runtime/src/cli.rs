@@ -48,6 +48,10 @@ pub struct CompileEntryArgs {
     pub max_instances: u32,
     #[arg(long)]
     pub memory_limit_bytes: usize,
+    /// The entry's file name the gateway will look for: a different binary (an upgrade
+    /// since the gateway started) computes another and stores nothing.
+    #[arg(long)]
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -188,12 +192,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::plugin::DEFAULT_CPU_PER_SECOND.as_millis() as u64,
           value_name = "MS")]
     pub plugin_cpu_ms_per_second: u64,
-    /// Redis for `state:global` (the global rate limiter's buckets, shared by replicas):
     /// Threads that accept and serve connections, each with its own runtime, accept
     /// queue (`SO_REUSEPORT`), upstream pools and plugin instances. Default: one per
     /// core the process may use (its CPU affinity and quota).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Redis for `state:global` (the global rate limiter's buckets, shared by replicas):
     /// `redis://[[user]:password@]host[:port][/db]`.
     #[arg(long, value_name = "URL")]
     pub redis: Option<crate::plugin::redis::RedisUrl>,
@@ -350,8 +354,9 @@ fn compile_entry(args: &CompileEntryArgs) -> ExitCode {
         memory_limit: args.memory_limit_bytes,
         ..HostSettings::default()
     };
-    let compiled = crate::plugin::engine(&settings)
-        .and_then(|engine| crate::plugin::diskcache::compile_into(&args.cache, &engine, &bytes));
+    let compiled = crate::plugin::engine(&settings).and_then(|engine| {
+        crate::plugin::diskcache::compile_into(&args.cache, &engine, &bytes, args.expect.as_deref())
+    });
     match compiled {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -217,9 +217,14 @@ impl Gateway {
     pub async fn start(options: Options) -> Result<Arc<Gateway>, Vec<String>> {
         // First: plugin pools and upstream pools keep a slot per worker.
         let workers = Workers::start(options.workers).map_err(|e| vec![e])?;
-        let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
-        // Plugins' outbound calls go through this gateway once it exists.
-        let outbound = crate::proxy::outbound::PluginOutbound::new();
+        // Redis and plugins' outbound calls live on the I/O thread (`workers::io_thread`).
+        let io = crate::workers::io_thread().map_err(|e| vec![e])?;
+        let (host, outbound) = {
+            let _on_io = io.enter();
+            let host = PluginHost::new(&options.host).map_err(|e| vec![e])?;
+            // Plugins' outbound calls go through this gateway once it exists.
+            (host, crate::proxy::outbound::PluginOutbound::new())
+        };
         host.send_outbound_with(outbound.clone());
         if let Some(redis) = host.global_state()
             && let Err(e) = redis.ping().await
@@ -292,6 +297,7 @@ impl Gateway {
             .reloads
             .serving(snapshot.resources.clone());
         gateway.ready.store(true, Ordering::SeqCst);
+        gateway.shared.host.prune_compile_cache();
         crate::memory::give_back();
         Ok(gateway)
     }

@@ -371,6 +371,14 @@ impl PluginHost {
         self.inner.metrics.store(registry);
     }
 
+    /// Prune the compile cache (when there is one): after the first load, so what the
+    /// gateway serves is marked as used first.
+    pub fn prune_compile_cache(&self) {
+        if let Some(cache) = &self.inner.compile_cache {
+            cache.prune();
+        }
+    }
+
     /// Where plugin-defined metrics go.
     pub fn metrics(&self) -> Arc<metrics::Registry> {
         self.inner.metrics.load_full()
@@ -982,8 +990,10 @@ impl PoolInner {
     }
 
     fn put_back(&self, mut slot: Slot) {
+        // MAX_IDLE for the pool in all, shared out over the slots (at least two each).
+        let per_slot = (MAX_IDLE / self.idle.len().max(1)).max(2);
         if let Ok(mut idle) = self.idle[self.own_idle()].lock()
-            && idle.len() < MAX_IDLE
+            && idle.len() < per_slot
         {
             slot.counted.set_idle(true);
             idle.push(slot);

@@ -777,8 +777,11 @@ async fn forward_upstream(
     apply_mutation(&mut headers, forward.request_headers.as_ref());
     apply_mutation(&mut headers, destination.request_headers.as_ref());
     let path_and_query = match &forward.rewrite_path {
-        Some(p) => http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p.clone()))
-            .map_err(|_| ProxyError::InvalidRewrite(p.clone()))?,
+        Some(p) if p.starts_with('/') => {
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p.clone()))
+                .map_err(|_| ProxyError::InvalidRewrite(p.clone()))?
+        }
+        Some(p) => return Err(ProxyError::InvalidRewrite(p.clone())),
         None => parts
             .uri
             .path_and_query()

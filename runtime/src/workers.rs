@@ -4,10 +4,13 @@
 //! accept queue and the kernel spreads new connections across them), and a connection
 //! lives on the worker that accepted it, with that worker's upstream connection pools
 //! (`Shared::upstream`) and its own idle instances of each plugin (`PolicyPool`). A
-//! request never changes thread; nothing is handed across threads per request.
+//! request stays on its worker; only a plugin's Redis commands and outbound calls (the
+//! I/O thread, [`io_thread`]) and calls that moved to the plugin host's slow lane cross
+//! threads.
 //!
 //! The main thread's runtime is the control plane: the admin endpoint, reloads, the
-//! watchers, the span exporter, Redis and the plugins' outbound calls. Per-worker state
+//! watchers, the span exporter. Redis and the plugins' outbound calls have a thread of
+//! their own, so a reload's work never delays them. Per-worker state
 //! is kept in [`slots`] slots: one per worker and a last one for every other thread.
 
 use std::cell::Cell;
@@ -43,6 +46,44 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// A thread running a current-thread runtime until the process exits; `index`: the
+/// worker it is, if it is one.
+fn runtime_thread(name: String, index: Option<usize>) -> Result<Handle, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some(index) = index {
+                INDEX.with(|i| i.set(index));
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(runtime.handle().clone()));
+            // Runs the tasks spawned onto this thread until the process exits.
+            runtime.block_on(std::future::pending::<()>());
+        })
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    match rx.recv() {
+        Ok(Ok(handle)) => Ok(handle),
+        Ok(Err(e)) => Err(format!("cannot start {name}: {e}")),
+        Err(_) => Err(format!("{name} stopped while starting")),
+    }
+}
+
+/// The I/O thread: Redis commands and plugins' outbound calls run here, so they never
+/// wait behind a reload's work on the control thread (parsing, preparing bindings).
+pub fn io_thread() -> Result<Handle, String> {
+    runtime_thread("wasmgate-io".into(), None)
+}
+
 /// The running workers: a runtime handle each. Their threads live as long as the process.
 #[derive(Debug)]
 pub struct Workers {
@@ -56,34 +97,9 @@ impl Workers {
     /// many as the first did, so per-worker slots always match.
     pub fn start(count: usize) -> Result<Workers, String> {
         let count = *COUNT.get_or_init(|| count.max(1));
-        let mut handles = Vec::with_capacity(count);
-        for index in 0..count {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name(format!("wasmgate-worker-{index}"))
-                .spawn(move || {
-                    INDEX.with(|i| i.set(index));
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Ok(runtime.handle().clone()));
-                    // Runs the tasks spawned onto this worker until the process exits.
-                    runtime.block_on(std::future::pending::<()>());
-                })
-                .map_err(|e| format!("cannot start worker {index}: {e}"))?;
-            match rx.recv() {
-                Ok(Ok(handle)) => handles.push(handle),
-                Ok(Err(e)) => return Err(format!("cannot start worker {index}: {e}")),
-                Err(_) => return Err(format!("worker {index} stopped while starting")),
-            }
-        }
+        let handles = (0..count)
+            .map(|index| runtime_thread(format!("wasmgate-worker-{index}"), Some(index)))
+            .collect::<Result<Vec<_>, _>>()?;
         let accepted = (0..count).map(|_| AtomicU64::new(0)).collect();
         Ok(Workers { handles, accepted })
     }

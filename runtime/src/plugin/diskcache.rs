@@ -18,9 +18,12 @@
 //! The folder does not grow forever: at start and after every entry it stores, entries
 //! (and downloaded plugins in `downloads/`) not used for `--compile-cache-max-age-days`
 //! are removed, then the least recently used until the folder holds at most
-//! `--compile-cache-max-mib`. Using an entry marks it (its modification time), and
-//! entries this process has used are never removed by it, so a small limit cannot make
-//! a gateway evict what it serves.
+//! `--compile-cache-max-mib`. Using an entry (or a download) marks it (its modification
+//! time), and entries this process has used are never removed by it, so a small limit
+//! cannot make a gateway evict what it serves; the start-up pruning runs once the first
+//! configuration has loaded. Another gateway sharing the folder can remove an entry
+//! this one last used before it started: this one keeps running the code it mapped and
+//! compiles again only if a reload needs the entry.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -96,7 +99,13 @@ impl ChildCompiler {
     /// `wasmgate compile-entry` for `dir`, with the engine settings that make its
     /// entries loadable here; `None` when this process's binary cannot be found.
     pub fn new(dir: &Path, max_instances: u32, memory_limit: usize) -> Option<ChildCompiler> {
-        let exe = std::env::current_exe().ok()?;
+        // This very binary even if its file was replaced (an upgrade) since it started.
+        let own = PathBuf::from("/proc/self/exe");
+        let exe = if own.exists() {
+            own
+        } else {
+            std::env::current_exe().ok()?
+        };
         let args = vec![
             "compile-entry".into(),
             "--cache".into(),
@@ -109,14 +118,16 @@ impl ChildCompiler {
         Some(ChildCompiler { exe, args })
     }
 
-    /// Compile `bytes` into the cache in a child process; true when it says it did.
-    fn run(&self, bytes: &[u8]) -> bool {
+    /// Compile `bytes` into the cache at `entry` in a child process; true when it says
+    /// it did.
+    fn run(&self, bytes: &[u8], entry: &Path) -> bool {
         use std::process::{Command, Stdio};
-        let child = Command::new(&self.exe)
-            .args(&self.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn();
+        let mut command = Command::new(&self.exe);
+        command.args(&self.args);
+        if let Some(name) = entry.file_name() {
+            command.arg("--expect").arg(name);
+        }
+        let child = command.stdin(Stdio::piped()).stdout(Stdio::null()).spawn();
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
@@ -147,9 +158,25 @@ impl ChildCompiler {
 }
 
 /// What `wasmgate compile-entry` does: compile `bytes` with `engine` and store the
-/// entry in `dir` (nothing is loaded).
-pub fn compile_into(dir: &Path, engine: &Engine, bytes: &[u8]) -> Result<(), String> {
+/// entry in `dir` (nothing is loaded). `expect`: the entry's file name the gateway
+/// computed; another one means another binary, and nothing is stored.
+pub fn compile_into(
+    dir: &Path,
+    engine: &Engine,
+    bytes: &[u8],
+    expect: Option<&str>,
+) -> Result<(), String> {
     let path = entry_path(dir, engine, bytes);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if expect.is_some_and(|e| e != name) {
+        return Err(
+            "this binary is not the gateway's (its entries are named differently); nothing stored"
+                .into(),
+        );
+    }
     let compiled = engine
         .precompile_component(bytes)
         .map_err(|e| format!("{e:#}"))?;
@@ -169,17 +196,17 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
-    /// Use `dir` within `limits`, compiling misses in `child` when given; prunes it once now.
+    /// Use `dir` within `limits`, compiling misses in `child` when given. Nothing is
+    /// pruned until the gateway has loaded (and so marked) what it serves: see
+    /// [`DiskCache::prune`].
     pub fn open(dir: PathBuf, limits: Limits, child: Option<ChildCompiler>) -> DiskCache {
-        let cache = DiskCache {
+        DiskCache {
             dir,
             limits,
             child,
             // A little before now: an entry marked in this same second counts as ours.
             started: SystemTime::now() - Duration::from_secs(1),
-        };
-        cache.prune();
-        cache
+        }
     }
 
     /// Remove what is too old, then the least recently used past the size limit.
@@ -208,7 +235,7 @@ impl DiskCache {
             if let Some(found) = lookup(&self.dir, engine, &path, "loaded from the compile cache") {
                 return Ok(found);
             }
-            if child.run(bytes) {
+            if child.run(bytes, &path) {
                 let made = "loaded as the compiler process stored it";
                 if let Some(compiled) = lookup(&self.dir, engine, &path, made) {
                     self.prune();
@@ -290,8 +317,8 @@ fn prune(dir: &Path, limits: &Limits, started: SystemTime, now: SystemTime) -> V
 }
 
 /// Mark an entry used now (its modification time), so pruning keeps it longest. The
-/// caller checked that `path` is a private file, not a link.
-fn touch(path: &Path) {
+/// caller checked that `path` is a private file, not a link (or wrote it itself).
+pub fn touch(path: &Path) {
     let marked = std::fs::OpenOptions::new()
         .write(true)
         .open(path)

@@ -1,7 +1,8 @@
 //! Plugins' outbound calls (the `outbound` capability), sent the way routed traffic is:
 //! the host is looked up among the current snapshot's ServiceEntries (an unknown host is
 //! an error), an endpoint is picked, DestinationRule TLS applies, and the request runs
-//! on the gateway's own runtime (never on the plugin host's slow lane). The plugin host
+//! on the gateway's I/O thread (`workers::io_thread`; never on the plugin host's slow
+//! lane, nor behind a reload on the control thread). The plugin host
 //! has already checked the grant and bounds the wait.
 
 use std::sync::{Arc, OnceLock, Weak};

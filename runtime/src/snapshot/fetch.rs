@@ -48,6 +48,8 @@ pub async fn module(url: &str, sha256: &str, dir: Option<&Path>) -> Result<Vec<u
     .flatten();
     if let Some((path, bytes)) = cached {
         tracing::debug!(url, path = %path.display(), "plugin from the download cache");
+        // Used now: the compile cache's pruning keeps it.
+        crate::plugin::diskcache::touch(&path);
         return Ok(bytes);
     }
     let bytes = match tokio::time::timeout(TIMEOUT, download(url)).await {
