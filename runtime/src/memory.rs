@@ -3,7 +3,8 @@
 //! glibc's allocator keeps (measured: 123 MiB RSS at rest after loading, 49 MiB after
 //! `malloc_trim`). So after each start and reload the gateway asks the allocator to
 //! return free pages to the system; it costs a few milliseconds on the control thread,
-//! never on a request.
+//! not on a request's (a worker allocating meanwhile may wait briefly for the arena
+//! `malloc_trim` holds, once per reload).
 
 /// Return the allocator's free memory to the system (glibc; elsewhere nothing to do).
 pub fn give_back() {
