@@ -9,7 +9,11 @@ use std::time::Duration;
 use support::{Echo, Gateway, TempDir, free_port, gateway, service_entry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn config(dir: &TempDir, port: u16, app: &Echo) {
+/// An origin and a config folder routing every host on a free port to it.
+async fn setup(tag: &str) -> (Echo, TempDir, u16) {
+    let app = Echo::start("app").await;
+    let dir = TempDir::new(tag);
+    let port = free_port();
     dir.write("gw.yaml", &gateway("gw", port, &["*"]));
     dir.write(
         "se.yaml",
@@ -19,6 +23,7 @@ fn config(dir: &TempDir, port: u16, app: &Echo) {
         "vs.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: app}}]\n",
     );
+    (app, dir, port)
 }
 
 /// One request on a connection of its own; the status line.
@@ -53,10 +58,7 @@ fn accepted(metrics: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_workers_and_all_served() {
-    let app = Echo::start("app").await;
-    let dir = TempDir::new("workers");
-    let port = free_port();
-    config(&dir, port, &app);
+    let (app, dir, port) = setup("workers").await;
     let gw = Gateway::start(dir.path(), &["--workers", "3"]).await;
     assert!(
         gw.log_text().contains("3 accept queues"),
@@ -83,10 +85,7 @@ async fn connections_are_spread_over_the_workers_and_all_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_held_by_another_gateway_is_not_shared() {
-    let app = Echo::start("app").await;
-    let dir = TempDir::new("workers-busy");
-    let port = free_port();
-    config(&dir, port, &app);
+    let (_app, dir, port) = setup("workers-busy").await;
     let first = Gateway::start(dir.path(), &["--workers", "2"]).await;
     // Its sockets have SO_REUSEPORT; a second gateway must still be refused the port
     // rather than silently take half of its connections.
@@ -106,10 +105,7 @@ async fn a_port_held_by_another_gateway_is_not_shared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_serves_as_before() {
-    let app = Echo::start("app").await;
-    let dir = TempDir::new("workers-one");
-    let port = free_port();
-    config(&dir, port, &app);
+    let (_app, dir, port) = setup("workers-one").await;
     let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
     assert!(
         gw.log_text().contains("1 accept queue)"),

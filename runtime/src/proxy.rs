@@ -289,13 +289,7 @@ impl Access {
             user_agent: head.user_agent,
             request_id: self.request_id.as_str().to_string(),
             authority: authority.unwrap_or_default(),
-            upstream_host: self
-                .attempted
-                .upstream
-                .take()
-                .as_deref()
-                .unwrap_or_default()
-                .to_string(),
+            upstream_host: self.attempted.upstream_host(),
             upstream_cluster: std::mem::take(&mut self.cluster),
             route_name: std::mem::take(&mut self.route),
             virtual_service: std::mem::take(&mut self.virtual_service),
@@ -590,12 +584,7 @@ async fn serve(
         started: access.started,
         upstream_ns: access.upstream_ns,
         flags: access.flags.join(","),
-        upstream_host: access
-            .attempted
-            .upstream
-            .as_deref()
-            .unwrap_or_default()
-            .to_string(),
+        upstream_host: access.attempted.upstream_host(),
         upstream_cluster: access.cluster.clone(),
     };
     Ok(phases::log_when_done(response, facts))

@@ -13,23 +13,25 @@ pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 /// `reviews.default.svc.cluster.local`. Everything else is returned unchanged. The result
 /// is lowercase, since host names are case-insensitive.
 pub fn expand_host(host: &str, namespace: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    if host.contains('.') || host.starts_with('*') || host.is_empty() || is_ip(&host) {
-        return host;
-    }
-    format!("{host}.{}.{CLUSTER_DOMAIN}", namespace.to_ascii_lowercase())
+    expanded(host, namespace).into_owned()
 }
 
 /// [`expand_host`], borrowing `host` when it needs no change (lowercase and fully
 /// qualified, a wildcard or an IP address): what the data path calls per request.
 pub fn expanded<'a>(host: &'a str, namespace: &str) -> std::borrow::Cow<'a, str> {
-    let unchanged = !host.bytes().any(|b| b.is_ascii_uppercase())
-        && (host.contains('.') || host.starts_with('*') || host.is_empty() || is_ip(host));
-    if unchanged {
-        std::borrow::Cow::Borrowed(host)
-    } else {
-        std::borrow::Cow::Owned(expand_host(host, namespace))
+    use std::borrow::Cow;
+    let qualified = |h: &str| h.contains('.') || h.starts_with('*') || h.is_empty() || is_ip(h);
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) && qualified(host) {
+        return Cow::Borrowed(host);
     }
+    let host = host.to_ascii_lowercase();
+    if qualified(&host) {
+        return Cow::Owned(host);
+    }
+    Cow::Owned(format!(
+        "{host}.{}.{CLUSTER_DOMAIN}",
+        namespace.to_ascii_lowercase()
+    ))
 }
 
 /// A DNS-1123 label as Istio checks it (letters of either case, digits, inner hyphens;

@@ -228,23 +228,23 @@ impl DiskCache {
     /// The compiled component for `bytes`: from the folder when a usable entry exists,
     /// else compiled (by the child process when there is one) and stored there.
     pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-        // A folder that exists but is not private is not used at all (below).
-        let usable = private(&self.dir) || !self.dir.exists();
-        if let Some(child) = self.child.as_ref().filter(|_| usable) {
-            let path = entry_path(&self.dir, engine, bytes);
-            if let Some(found) = lookup(&self.dir, engine, &path, "loaded from the compile cache") {
-                return Ok(found);
-            }
-            if child.run(bytes, &path) {
-                let made = "loaded as the compiler process stored it";
-                if let Some(compiled) = lookup(&self.dir, engine, &path, made) {
-                    self.prune();
-                    return Ok(compiled);
-                }
-                tracing::warn!(path = %path.display(), "compile cache: the compiler process stored no usable entry; compiling here");
-            }
+        let path = entry_path(&self.dir, engine, bytes);
+        if let Some(found) = lookup(&self.dir, engine, &path, "loaded from the compile cache") {
+            return Ok(found);
         }
-        let (component, stored) = load_or_compile(&self.dir, engine, bytes)?;
+        // A folder that exists but is not private is not used at all (nor written).
+        let usable = private(&self.dir) || !self.dir.exists();
+        if let Some(child) = self.child.as_ref().filter(|_| usable)
+            && child.run(bytes, &path)
+        {
+            let made = "loaded as the compiler process stored it";
+            if let Some(compiled) = lookup(&self.dir, engine, &path, made) {
+                self.prune();
+                return Ok(compiled);
+            }
+            tracing::warn!(path = %path.display(), "compile cache: the compiler process stored no usable entry; compiling here");
+        }
+        let (component, stored) = compile_and_store(&self.dir, &path, engine, bytes)?;
         if stored {
             self.prune();
         }
@@ -328,19 +328,16 @@ pub fn touch(path: &Path) {
     }
 }
 
-/// The compiled component for `bytes`: from `dir` when a usable entry exists, otherwise
-/// compiled and (best effort) stored there; and whether a new entry was stored.
-pub fn load_or_compile(
+/// Compile `bytes` here and (best effort) store the entry at `path` in `dir`; whether
+/// it was stored.
+fn compile_and_store(
     dir: &Path,
+    path: &Path,
     engine: &Engine,
     bytes: &[u8],
 ) -> wasmtime::Result<(Component, bool)> {
-    let path = entry_path(dir, engine, bytes);
-    if let Some(found) = lookup(dir, engine, &path, "loaded from the compile cache") {
-        return Ok((found, false));
-    }
     let compiled = engine.precompile_component(bytes)?;
-    let stored = match store(dir, &path, &compiled) {
+    let stored = match store(dir, path, &compiled) {
         Ok(()) => {
             tracing::debug!(path = %path.display(), "compiled component stored in the compile cache");
             true

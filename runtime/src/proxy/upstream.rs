@@ -160,6 +160,13 @@ pub struct Attempted {
     pub attempts: u32,
 }
 
+impl Attempted {
+    /// The endpoint last tried, for the access line (empty when none was).
+    pub fn upstream_host(&self) -> String {
+        self.upstream.as_deref().unwrap_or_default().to_string()
+    }
+}
+
 /// Istio's default retry policy, applied when a route sets none. Built once, not per
 /// request.
 pub static DEFAULT_RETRIES: std::sync::LazyLock<RetryPolicy> =
