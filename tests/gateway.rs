@@ -163,6 +163,9 @@ spec:
     route: [{destination: {host: nowhere.example.com}}]
   - match: [{uri: {prefix: /retry}}]
     route: [{destination: {host: half-dead-svc}}]
+  - match: [{uri: {prefix: /relative}}]
+    rewrite: {uri: "rel"}
+    route: [{destination: {host: live-svc}}]
   - route: [{destination: {host: live-svc}}]
 "#;
 
@@ -214,9 +217,21 @@ async fn upstream_failures_map_to_502_and_503() {
         let r = get(port, "a", "/retry", &[]).await.expect("request");
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
+    // A rewrite that leaves no absolute path is the gateway's failure, before any
+    // upstream attempt: 500, flag PF.
+    let hits = live.hits();
+    let r = get(port, "a", "/relative/x", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+    assert_eq!(live.hits(), hits, "nothing reached the upstream");
     let r = get(port, "a", "/", &[]).await.expect("request");
     assert_eq!(r.upstream().as_deref(), Some("live"));
     let lines = gw.access_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("/relative/x 500 ")
+            && l.contains("flags=PF")
+            && l.contains("attempts=0")),
+        "{lines:#?}"
+    );
     assert!(
         lines
             .iter()
