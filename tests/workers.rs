@@ -117,3 +117,17 @@ async fn one_worker_serves_as_before() {
     }
     assert_eq!(accepted(&gw.scrape().await), vec![5]);
 }
+
+#[test]
+fn a_worker_count_out_of_range_is_refused_by_name() {
+    for bad in ["0", "1025", "many"] {
+        let out = std::process::Command::new(support::binary())
+            .args(["run", "--config", "/nonexistent", "--workers", bad])
+            .output()
+            .expect("run wasmgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--workers"), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "{bad}: {stderr}");
+    }
+}
