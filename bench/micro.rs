@@ -78,6 +78,7 @@ async fn snapshot(host: &PluginHost, docs: &[String], metrics: &Arc<Metrics>) ->
         address: std::net::IpAddr::from([127, 0, 0, 1]),
         mesh: None,
         trusted_proxies: 0,
+        registry: Default::default(),
     };
     Snapshot::build(
         &config,

@@ -117,11 +117,14 @@ impl Drop for TempDir {
 }
 
 /// An upstream that answers every request with JSON describing it:
-/// `{"upstream": NAME, "method", "path", "headers": {...}}`.
+/// `{"upstream": NAME, "method", "path", "headers": {...}}`. A request header
+/// `x-echo-delay-ms` delays the answer; [`Echo::status`] (0: 200) sets its status.
 pub struct Echo {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// The status every answer gets (0: 200 OK).
+    pub status: Arc<std::sync::atomic::AtomicU16>,
     /// The Host header of the last request.
     pub last_host: Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
@@ -141,24 +144,39 @@ impl Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let addr = listener.local_addr().expect("echo addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let last_host = Arc::new(std::sync::Mutex::new(String::new()));
-        let (n, h, lh) = (name.to_string(), hits.clone(), last_host.clone());
+        let (n, h, lh, st) = (
+            name.to_string(),
+            hits.clone(),
+            last_host.clone(),
+            status.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                let (n, h, lh, st) = (n.clone(), h.clone(), lh.clone(), st.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                        let (n, h, lh, st) = (n.clone(), h.clone(), lh.clone(), st.clone());
                         async move {
+                            // Counted on arrival, before any delay.
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let delay = req
+                                .headers()
+                                .get("x-echo-delay-ms")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
+                            if let Some(ms) = delay {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             if let (Ok(mut last), Some(host)) =
                                 (lh.lock(), req.headers().get("host"))
                             {
                                 *last = String::from_utf8_lossy(host.as_bytes()).to_string();
                             }
-                            h.fetch_add(1, Ordering::SeqCst);
                             let mut headers = BTreeMap::new();
                             for (k, v) in req.headers() {
                                 headers.insert(
@@ -185,6 +203,11 @@ impl Echo {
                                 "body": String::from_utf8_lossy(&body),
                             });
                             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+                            let code = st.load(Ordering::SeqCst);
+                            if code != 0 {
+                                *resp.status_mut() =
+                                    StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                            }
                             resp.headers_mut()
                                 .insert("x-upstream", n.parse().expect("header value"));
                             Ok::<_, Infallible>(resp)
@@ -206,6 +229,7 @@ impl Echo {
             name: name.to_string(),
             addr,
             hits,
+            status,
             last_host,
             task,
         }
@@ -342,6 +366,11 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Send SIGTERM.

@@ -214,6 +214,63 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub plugin_host_env: Vec<String>,
+    /// Downstream connections open at once, all listeners; more are closed as soon as
+    /// they are accepted. Default: half the open-files limit (raised to its hard limit
+    /// at start) less a reserve, as each proxied connection also holds an upstream one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Downstream connections open at once on one listener (default: no bound of its
+    /// own; `--max-connections` holds).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_listener: Option<u64>,
+    /// A request body that sends nothing this long is ended: 408 `SI` before the
+    /// response started (Envoy's `stream_idle_timeout`).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_idle_timeout_seconds: u64,
+    /// An upgraded connection (WebSocket), CONNECT tunnel, TCP route or TLS passthrough
+    /// that moves no byte either way this long is closed (Envoy's TCP proxy
+    /// `idle_timeout`).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tunnel_idle_timeout_seconds: u64,
+    /// Mirror requests in flight at once; further mirrors are dropped and counted.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_mirrors: usize,
+    /// The longest delay a route's fault or a plugin may ask; longer ones are cut to it.
+    #[arg(long, default_value_t = 300_000, value_name = "MS")]
+    pub max_delay_ms: u64,
+    /// Upstream connections in use per cluster when its DestinationRule sets no
+    /// `tcp.maxConnections`; requests past it wait for one.
+    #[arg(long, default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_upstream_connections: u32,
+    /// Clusters kept resolved for hosts only wildcard ServiceEntries declare (as many as
+    /// clients name); past it such hosts are resolved for each request instead of kept.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_clusters: usize,
+}
+
+impl RunArgs {
+    /// The bounds of `limits.rs` these flags set.
+    fn limits(&self) -> crate::limits::Settings {
+        let max_connections = match self.max_connections {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => crate::limits::connections_for(crate::limits::raise_open_files_limit()),
+        };
+        crate::limits::Settings {
+            max_connections,
+            max_connections_per_listener: self
+                .max_connections_per_listener
+                .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            stream_idle: Duration::from_secs(self.stream_idle_timeout_seconds),
+            tunnel_idle: Duration::from_secs(self.tunnel_idle_timeout_seconds),
+            max_mirrors: self.max_mirrors,
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            max_upstream_connections: self.max_upstream_connections,
+            max_clusters: self.max_clusters,
+        }
+    }
 }
 
 /// A feature switch on the command line.
@@ -321,6 +378,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             ),
             jwks_refresh: crate::snapshot::security::JWKS_REFRESH,
             workers: 1,
+            limits: crate::limits::Settings::default(),
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -434,6 +492,7 @@ pub fn run_options(args: &RunArgs) -> Options {
         workers: args
             .workers
             .map_or_else(crate::workers::default_count, usize::from),
+        limits: args.limits(),
         jwks_refresh: match args.jwks_refresh_seconds {
             0 => crate::snapshot::security::JWKS_REFRESH,
             s => Duration::from_secs(s),

@@ -59,6 +59,8 @@ pub struct Options {
     pub access_log: (AccessFormat, AccessDestination),
     /// `--workers`: threads serving connections, each with its own accept queue.
     pub workers: usize,
+    /// `--max-connections` and the other bounds (`limits.rs`).
+    pub limits: crate::limits::Settings,
 }
 
 /// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
@@ -87,6 +89,10 @@ pub async fn load(
         address: options.listen_address,
         mesh: options.mesh.clone(),
         trusted_proxies: options.edge.trusted_proxies,
+        registry: crate::snapshot::registry::Bounds {
+            max_connections: options.limits.max_upstream_connections,
+            max_clusters: options.limits.max_clusters,
+        },
     };
     Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)
         .await
@@ -127,10 +133,74 @@ fn exporter(endpoint: &str, service: &str, metrics: &Metrics) -> Result<Exporter
     Ok(exporter)
 }
 
+/// The bounds' counts: connections open and refused, mirrors dropped, delays cut.
+fn limit_metrics(limits: &Arc<crate::limits::Limits>, metrics: &Metrics) {
+    let limits = limits.clone();
+    metrics.add_family(move |out| {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering;
+        let open = "wasmgate_downstream_connections_open";
+        crate::telemetry::metrics::header(
+            out,
+            open,
+            "gauge",
+            "Downstream connections open, all listeners (bounded by --max-connections).",
+        );
+        let _ = writeln!(out, "{open} {}", limits.connections_open());
+        for (name, help, value) in [
+            (
+                "wasmgate_downstream_connections_refused_total",
+                "Connections closed at accept: --max-connections or --max-connections-per-listener reached.",
+                &limits.connections_refused,
+            ),
+            (
+                "wasmgate_mirrors_dropped_total",
+                "Mirror requests not sent: --max-mirrors were in flight.",
+                &limits.mirrors_dropped,
+            ),
+            (
+                "wasmgate_delays_capped_total",
+                "Delays (faults, plugins) cut to --max-delay-ms.",
+                &limits.delays_capped,
+            ),
+        ] {
+            crate::telemetry::metrics::header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+    });
+}
+
 /// `wasmgate_worker_connections_accepted_total`: how the kernel spread connections over
 /// the workers' accept queues.
 fn worker_metrics(workers: &Workers, metrics: &Metrics) {
     let counts = workers.accept_counts().clone();
+    // The workers' runtimes and this (the control plane's): tasks alive in each.
+    let mut runtimes: Vec<(String, tokio::runtime::Handle)> = workers
+        .handles()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i.to_string(), h.clone()))
+        .collect();
+    if let Ok(own) = tokio::runtime::Handle::try_current() {
+        runtimes.push(("control".into(), own));
+    }
+    metrics.add_family(move |out| {
+        use std::fmt::Write as _;
+        let name = "wasmgate_runtime_tasks_alive";
+        crate::telemetry::metrics::header(
+            out,
+            name,
+            "gauge",
+            "Tasks alive in each runtime (workers and the control plane): a leak shows here.",
+        );
+        for (runtime, handle) in &runtimes {
+            let _ = writeln!(
+                out,
+                "{name}{{runtime=\"{runtime}\"}} {}",
+                handle.metrics().num_alive_tasks()
+            );
+        }
+    });
     metrics.add_family(move |out| {
         use std::fmt::Write as _;
         let name = "wasmgate_worker_connections_accepted_total";
@@ -248,6 +318,8 @@ impl Gateway {
             &options.workload.1,
         ));
         worker_metrics(&workers, &metrics);
+        let limits = Arc::new(crate::limits::Limits::new(options.limits.clone()));
+        limit_metrics(&limits, &metrics);
         host.report_metrics_to(metrics.plugin_defined().clone());
         breaker_metrics(&host, &metrics);
         let service = &options.workload.0;
@@ -274,7 +346,8 @@ impl Gateway {
                 upstreams: (0..crate::workers::slots())
                     .map(|_| Upstream::new())
                     .collect(),
-                ids: crate::plugin::Random::new(None),
+                ids: crate::entropy::OsRandom,
+                limits: limits.clone(),
                 edge: options.edge.clone(),
                 metrics,
                 access_log,

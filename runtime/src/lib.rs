@@ -8,7 +8,10 @@
 pub mod admin;
 pub mod build_plugin;
 pub mod cli;
+pub mod cluster;
+pub mod entropy;
 pub mod gateway;
+pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod plugin;

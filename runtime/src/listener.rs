@@ -86,16 +86,21 @@ impl Running {
         workers: &Workers,
     ) -> Running {
         let connections = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
+        // Connections open on this listener, across its workers.
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks = sockets
             .into_iter()
             .zip(workers.handles().iter().cycle())
             .map(|(socket, worker)| {
                 let (shared, connections) = (shared.clone(), connections.clone());
                 let counts = workers.accept_counts().clone();
+                let open = open.clone();
                 worker.spawn(async move {
                     // Registered with the reactor of the worker it runs on.
                     match TcpListener::from_std(socket) {
-                        Ok(socket) => accept_loop(socket, addr, shared, connections, counts).await,
+                        Ok(socket) => {
+                            accept_loop(socket, addr, shared, connections, counts, open).await
+                        }
                         Err(e) => tracing::error!(%addr, "cannot accept: {e}"),
                     }
                 })
@@ -173,6 +178,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     connections: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
     accepted: Arc<[std::sync::atomic::AtomicU64]>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let builder = http_builder();
     let stats = shared.metrics.listener(&addr.to_string());
@@ -187,6 +193,13 @@ async fn accept_loop(
             }
         };
         Workers::accepted(&accepted);
+        // Over `--max-connections` (or the listener's share): closed at once, before
+        // anything is read or allocated for it, while open connections go on.
+        let Some(place) = shared.limits.connection(&open) else {
+            drop(stream);
+            continue;
+        };
+        let place = Arc::new(place);
         let watcher = connections
             .lock()
             .ok()
@@ -202,6 +215,7 @@ async fn accept_loop(
             client,
             tls: None,
             framing: None,
+            place: Some(place.clone()),
         };
         let active = Active::new(&stats, shared.metrics.enabled);
         let served = connection(
@@ -215,6 +229,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             served.await;
             drop(active);
+            drop(place);
         });
     }
 }

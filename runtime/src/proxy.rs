@@ -47,7 +47,7 @@ pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
 use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation};
-use crate::plugin::{PluginHost, Random, RequestView};
+use crate::plugin::{PluginHost, RequestView};
 use crate::snapshot::{Chain, Snapshot, vhosts::normalized_host};
 use crate::telemetry::access::{AccessLog, Entry};
 use crate::telemetry::request::{Observation, Observed};
@@ -77,9 +77,12 @@ pub struct Shared {
     /// Upstream connection pools, one per worker slot (`workers::slot`): a worker's
     /// requests reuse the connections it opened, on its own runtime.
     pub upstreams: Box<[Upstream]>,
-    /// Request ids come from their own unseeded source: seeing one id must not tell
-    /// anyone the numbers policies draw (which `--random-seed` may fix).
-    pub ids: Random,
+    /// Request and trace ids come from the operating system's randomness: seeing one
+    /// id must not tell anyone other ids or the numbers policies draw (which
+    /// `--random-seed` may fix).
+    pub ids: crate::entropy::OsRandom,
+    /// Bounds on connections, quiet bodies and tunnels, mirrors and delays.
+    pub limits: Arc<crate::limits::Limits>,
     /// Path normalization and allowed upgrades (`wasmgate run` flags).
     pub edge: edge::EdgeSettings,
     /// Every metric; series live as long as the process.
@@ -107,6 +110,9 @@ pub struct ConnInfo {
     pub tls: Option<Arc<TlsConn>>,
     /// HTTP connections: what the framing watcher under hyper found (`framing.rs`).
     pub framing: Option<Arc<framing::FramingLog>>,
+    /// The connection's place under `--max-connections`: held by the connection and by
+    /// any tunnel (upgrade, CONNECT) it turns into, so a tunnel keeps counting.
+    pub place: Option<Arc<crate::limits::Held>>,
 }
 
 /// What a terminated TLS connection tells every request on it.
@@ -442,9 +448,15 @@ async fn serve(
         .filter_map(|c| c.wants.request_body)
         .max()
     {
-        let got = body::read_up_to(req.body_mut(), limit).await.map_err(|e| {
+        let idle = shared.limits.settings.stream_idle;
+        let mut quiet = body::Idle::new(req.body_mut(), idle, None);
+        let got = body::read_up_to(&mut quiet, limit).await.map_err(|e| {
             tracing::debug!("reading the request body for plugins: {e}");
-            ProxyError::BadRequest("the request body could not be read")
+            if e.is::<body::StreamIdle>() {
+                ProxyError::StreamIdle(e.to_string())
+            } else {
+                ProxyError::BadRequest("the request body could not be read")
+            }
         })?;
         read = Some(got);
     }
@@ -547,14 +559,14 @@ async fn serve(
         && let Some(ms) = decision.delay_ms.filter(|ms| *ms > 0)
     {
         access.flags.push("DI");
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tokio::time::sleep(shared.limits.delay(Duration::from_millis(ms))).await;
     }
     let local = !matches!(decision.action, Action::Forward(_));
     let made = match failure {
         Some(e) => Err(e),
         None => {
             act(
-                shared, snapshot, chain, req, upgrade, decision, &reply_ops, read, access,
+                shared, snapshot, conn, chain, req, upgrade, decision, &reply_ops, read, access,
             )
             .await
         }
@@ -636,6 +648,7 @@ fn failure_response(e: ProxyError, access: &mut Access) -> Response<Body> {
 async fn act(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
+    conn: &ConnInfo,
     chain: &Chain,
     req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
@@ -701,7 +714,10 @@ async fn act(
             }))
         }
         Action::Forward(forward) => {
-            forward_upstream(shared, snapshot, chain, req, upgrade, forward, read, access).await
+            forward_upstream(
+                shared, snapshot, conn, chain, req, upgrade, forward, read, access,
+            )
+            .await
         }
     }
 }
@@ -727,6 +743,7 @@ fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
 async fn forward_upstream(
     shared: &Shared,
     snapshot: &Snapshot,
+    conn: &ConnInfo,
     chain: &Chain,
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
@@ -777,18 +794,40 @@ async fn forward_upstream(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
+    // A body still streaming from the client goes quiet at most the stream idle time,
+    // until the response starts.
+    let idle = shared.limits.settings.stream_idle;
+    let streaming = match &read {
+        Some(read) => read.over,
+        None => !body.is_end_stream(),
+    };
+    let answered = streaming.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let quiet = |body| body::Idle::new(body, idle, answered.clone());
     let body = match read {
-        Some(read) if read.over || !read.data.is_empty() || read.trailers.is_some() => {
+        Some(read) if read.over => Some(body::resend(read, quiet(body))),
+        Some(read) if !read.data.is_empty() || read.trailers.is_some() => {
             Some(body::resend(read, body))
         }
         Some(_) => None,
         None if body.is_end_stream() => None,
-        None => Some(body.map_err(BoxError::from).boxed()),
+        None => Some(quiet(body).boxed()),
     };
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
+    let hashed = cluster
+        .hash_key()
+        .map(|key| {
+            crate::cluster::hash::request_hash(
+                key,
+                &headers,
+                path_and_query.query(),
+                conn.client,
+                conn.listener,
+            )
+        })
+        .unwrap_or_default();
     let out = Outbound {
         method: parts.method,
         path_and_query,
@@ -801,16 +840,24 @@ async fn forward_upstream(
     let retries = forward.retries.as_ref().unwrap_or(&DEFAULT_RETRIES);
     let timeout = forward.timeout_ms.map(Duration::from_millis);
     let sent_at = (access.logged || chain.wants.log).then(Instant::now);
-    let mut resp = send(
+    let resp = send(
         shared.upstream(),
         &cluster,
         shared.host.balancing(),
+        hashed.hash,
         out,
         timeout,
         retries,
         &mut access.attempted,
     )
-    .await?;
+    .await;
+    if access.attempted.retry_overflow {
+        access.flags.push("UO");
+    }
+    let mut resp = resp?;
+    if let Some(a) = &answered {
+        a.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(t) = sent_at {
         let took = t.elapsed();
         access.upstream_ms = Some(took.as_millis() as u64);
@@ -828,19 +875,29 @@ async fn forward_upstream(
         }
         _ => None,
     };
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     apply_mutation(&mut parts.headers, forward.response_headers.as_ref());
     apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
     single_content_type(&mut parts.headers);
+    if let Some(cookie) = hashed.set_cookie {
+        // The consistent-hash cookie the client did not have yet.
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     if let (Some((down, up)), Some(protocol)) = (upstream_upgrade, protocol) {
         // 101: hand both connections to a byte pipe once each side has switched.
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
+        let idle = shared.limits.settings.tunnel_idle;
+        // The tunnel keeps the connection's place and the upstream exchange's slots
+        // (the 101's body holds them) until it ends; the client's 101 has no body.
+        let place = conn.place.clone();
+        let held = std::mem::replace(&mut body, empty());
         tokio::spawn(async move {
+            let _held = (place, held);
             let (down, up) = tokio::join!(down, up);
             match down.map_err(|e| format!("client side: {e}")).and_then(|d| {
                 up.map(|u| (d, u))
@@ -849,7 +906,7 @@ async fn forward_upstream(
                 Ok((down, up)) => {
                     let mut down = hyper_util::rt::TokioIo::new(down);
                     let mut up = hyper_util::rt::TokioIo::new(up);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    if let Err(e) = crate::tcp::pipe(&mut down, &mut up, idle).await {
                         tracing::debug!("upgraded connection ended: {e}");
                     }
                 }
@@ -880,6 +937,11 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
                 tracing::debug!("mirror skipped: {e}");
                 continue;
             }
+        };
+        // Past `--max-mirrors` in flight, the copy is not sent (and is counted).
+        let Some(place) = shared.limits.mirror() else {
+            tracing::debug!(cluster = %cluster.name, "mirror dropped: --max-mirrors in flight");
+            continue;
         };
         let mut headers = out.headers.clone();
         if let Some(shadow) = headers
@@ -915,6 +977,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
                 &upstream,
                 &cluster,
                 &random,
+                None,
                 copy,
                 Some(Duration::from_secs(30)),
                 &no_retries,
@@ -925,6 +988,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
             if let Err(e) = sent {
                 tracing::debug!(cluster = %cluster.name, "mirror failed: {e}");
             }
+            drop(place);
         });
     }
 }

@@ -24,6 +24,7 @@ use wasmgate_config::{
     VirtualService, WasmPlugin,
 };
 
+pub use crate::cluster::{Cluster, Target};
 use crate::plugin::Grants;
 use crate::plugin::builtin;
 use crate::plugin::context::ChainNames;
@@ -34,7 +35,7 @@ use crate::telemetry::overrides::{self, TraceBase};
 use crate::telemetry::trace::Tracer;
 pub use listeners::{Listener, Serve};
 pub use mesh::MeshListener;
-pub use registry::{Cluster, Registry, ResolveError, Target};
+pub use registry::{Registry, ResolveError};
 
 /// The namespace whose WasmPlugins without targets apply everywhere (Istio's root).
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -730,7 +731,7 @@ impl Snapshot {
         ];
         Ok(Snapshot {
             listeners,
-            registry: Registry::new(config, metrics.clone()),
+            registry: Registry::new(config, metrics.clone(), listening.registry),
             resources,
             tracer: tracing.and_then(|base| overrides::tracer(base, &config.telemetry)),
             telemetry: config.telemetry.clone(),
@@ -751,6 +752,9 @@ pub struct Listening {
     pub mesh: Option<MeshListener>,
     /// `--num-trusted-proxies` (for AuthorizationPolicy's `remote.ip`).
     pub trusted_proxies: u32,
+    /// `--max-upstream-connections` and `--max-clusters`: what the registry's clusters
+    /// default to and how many it keeps.
+    pub registry: registry::Bounds,
 }
 
 /// Seconds since the Unix epoch: when certificates must be valid.

@@ -26,9 +26,6 @@ use crate::snapshot::mesh::Tunnels;
 use crate::telemetry::metrics::{Counter, TcpStats};
 use crate::tls::client_hello::{self, Parse};
 
-/// Envoy's default upstream connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a tunnel waits for a ClientHello when a `tls` route could apply (Envoy's
 /// TLS inspector default).
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -242,15 +239,25 @@ async fn connect_and_splice<S>(
     };
     drop(snapshot);
     line.cluster = cluster.name.clone();
-    let index = cluster.pick(random);
-    let Some(target) = cluster.targets.get(index) else {
+    let Some((index, target)) = cluster
+        .pick(random, None)
+        .and_then(|i| Some((i, cluster.targets.get(i)?)))
+    else {
         line.flag = Some("UH");
         return;
     };
     line.upstream = target.authority().to_string();
+    // `maxConnections` bounds TCP connections too; there is no line to wait in.
+    let _connection = match cluster.connection_now() {
+        Ok(slot) => slot,
+        Err(_) => {
+            line.flag = Some("UO");
+            return;
+        }
+    };
     let _in_flight = cluster.start(index);
     let connected = tokio::time::timeout(
-        CONNECT_TIMEOUT,
+        cluster.pool.connect_timeout,
         TcpStream::connect((target.address.as_str(), target.port)),
     )
     .await;
@@ -258,20 +265,28 @@ async fn connect_and_splice<S>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(upstream = %line.upstream, "connect failed: {e}");
+            cluster.report(index, crate::cluster::Outcome::ConnectFailure);
             line.flag = Some("UF");
             return;
         }
         Err(_) => {
+            cluster.report(index, crate::cluster::Outcome::ConnectFailure);
             line.flag = Some("UF");
             return;
         }
     };
+    cluster.report(index, crate::cluster::Outcome::Connected);
     let _ = upstream.set_nodelay(true);
+    if let Some(ka) = &cluster.pool.tcp_keepalive {
+        use std::os::fd::AsFd;
+        crate::cluster::set_keepalive(upstream.as_fd(), ka);
+    }
     let tcp = shared.metrics.enabled.then_some(&cluster.stats.tcp);
     if let Some(tcp) = tcp {
         tcp.opened.fetch_add(1, Ordering::Relaxed);
     }
-    splice(downstream, &mut upstream, prefix, line, tcp).await;
+    let idle = shared.limits.settings.tunnel_idle;
+    splice(downstream, &mut upstream, prefix, line, tcp, idle).await;
     if let Some(tcp) = tcp {
         tcp.closed.fetch_add(1, Ordering::Relaxed);
     }
@@ -285,6 +300,7 @@ async fn splice<S>(
     prefix: Vec<u8>,
     line: &mut Line,
     tcp: Option<&TcpStats>,
+    idle: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -302,12 +318,104 @@ async fn splice<S>(
     }
     let mut client = Tally::new(downstream, tcp.map(|t| &t.received));
     let mut server = Tally::new(upstream, tcp.map(|t| &t.sent));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        // A reset on either side ends the splice; what was read until then counts.
+    if let Err(e) = pipe(&mut client, &mut server, idle).await {
+        // A reset on either side, or the idle timeout, ends the splice; what was read
+        // until then counts.
         tracing::debug!(upstream = %line.upstream, "connection ended: {e}");
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            line.flag = Some("SI");
+        }
     }
     line.received += client.read;
     line.sent += server.read;
+}
+
+/// Bytes both ways between `a` and `b` until either side closes, or until nothing has
+/// moved either way for `idle` (then an error of kind `TimedOut`): the one loop every
+/// tunnel (TCP routes, TLS passthrough, CONNECT, upgraded HTTP connections) runs.
+pub async fn pipe<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    // Milliseconds since `base` of the last read on either side.
+    let base = tokio::time::Instant::now();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let mut a = Quiet {
+        inner: a,
+        base,
+        last: &last,
+    };
+    let mut b = Quiet {
+        inner: b,
+        base,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let seen = || base + Duration::from_millis(last.load(Ordering::Relaxed));
+    loop {
+        let deadline = seen() + idle;
+        tokio::select! {
+            done = &mut copy => return done.map(|_| ()),
+            () = tokio::time::sleep_until(deadline) => {
+                if seen() + idle <= tokio::time::Instant::now() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("idle for {idle:?}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// One side of a [`pipe`]: notes when it last read anything.
+struct Quiet<'a, S> {
+    inner: &'a mut S,
+    base: tokio::time::Instant,
+    last: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Quiet<'_, S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(this.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.last.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Quiet<'_, S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// A stream whose reads are counted: in `read`, and in an Istio counter as they happen

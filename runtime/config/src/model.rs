@@ -6,6 +6,7 @@
 //! are resolved: certificates and keys are read from their Secrets and files ([`tls`]).
 
 mod tls;
+pub mod traffic;
 
 pub use tls::{
     ClientTls, ClientTlsMode, KeyPair, Pem, Secret, SecretValue, ServerTls, ServerTlsMode,
@@ -154,14 +155,38 @@ pub struct DestinationRule {
 
 impl DestinationRule {
     /// The TLS setting for traffic to `port` (of `subset`, when given), by Istio's
-    /// precedence: the subset's port-level setting, the subset's own, the rule's
-    /// port-level setting, the rule's own. `None`: plain text.
+    /// merge ([`traffic`]): a `portLevelSettings` entry for the port replaces the level's
+    /// `tls` (an entry without `tls` means plain text), and a subset's setting replaces
+    /// the rule's. `None`: plain text.
     pub fn client_tls(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
-        let subset = subset.and_then(|name| self.subsets.iter().find(|s| s.name == name));
-        subset
-            .and_then(|s| s.port_tls.get(&port).or(s.tls.as_ref()))
-            .or_else(|| self.port_tls.get(&port))
-            .or(self.tls.as_ref())
+        let has_entry = |tp: Option<&raw::TrafficPolicy>| {
+            tp.is_some_and(|tp| {
+                tp.port_level_settings
+                    .iter()
+                    .any(|pl| pl.port.and_then(|p| p.number) == Some(u32::from(port)))
+            })
+        };
+        let rule = if has_entry(self.spec.traffic_policy.as_ref()) {
+            self.port_tls.get(&port)
+        } else {
+            self.tls.as_ref()
+        };
+        let Some(name) = subset else {
+            return rule;
+        };
+        let Some(own) = self.subsets.iter().find(|s| s.name == name) else {
+            return rule;
+        };
+        let raw_own = self
+            .spec
+            .subsets
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.traffic_policy.as_ref());
+        if has_entry(raw_own) {
+            return own.port_tls.get(&port);
+        }
+        own.tls.as_ref().or(rule)
     }
 }
 
@@ -699,6 +724,48 @@ mod tests {
     }
 
     #[test]
+    fn traffic_policy_fields_not_carried_out_warn() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: a}",
+            "spec:",
+            "  host: a",
+            "  trafficPolicy:",
+            "    connectionPool:",
+            "      tcp: {maxConnections: 1, connectTimeout: 1s, maxConnectionDuration: 1h}",
+            "      http: {maxRequestsPerConnection: 5, http2MaxRequests: 3}",
+            "    loadBalancer:",
+            "      consistentHash: {httpHeaderName: x-user}",
+            "      localityLbSetting: {enabled: true}",
+            "    outlierDetection: {consecutive5xxErrors: 2}",
+        ]);
+        let fields: Vec<String> = c
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .filter(|w| w.contains("not applied"))
+            .collect();
+        assert_eq!(fields.len(), 3, "{fields:#?}");
+        for field in [
+            "maxConnectionDuration",
+            "maxRequestsPerConnection",
+            "localityLbSetting",
+        ] {
+            assert!(
+                fields.iter().any(|w| w.contains(field)),
+                "{field}: {fields:#?}"
+            );
+        }
+        assert!(
+            !c.warnings
+                .iter()
+                .any(|w| w.to_string().contains("consistentHash")),
+            "consistent hashing is carried out"
+        );
+    }
+
+    #[test]
     fn client_tls_precedence() {
         let c = load(&[
             "apiVersion: networking.istio.io/v1",
@@ -734,8 +801,9 @@ mod tests {
         let s = |v: &str| Some(v.to_string());
         assert_eq!(sni(443, None), s("rule"));
         assert_eq!(sni(8443, None), s("rule-port"));
-        // The first entry for 9443 has no tls: the rule's own applies.
-        assert_eq!(sni(9443, None), s("rule"));
+        // The first entry for 9443 has no tls: as in Istio, a port-level entry replaces
+        // the rule's settings whole, so traffic to 9443 is plain text.
+        assert_eq!(sni(9443, None), None);
         assert_eq!(sni(443, Some("v1")), s("subset"));
         assert_eq!(sni(8443, Some("v1")), s("Disable"));
         assert_eq!(sni(7443, Some("v2")), s("subset-port"));

@@ -147,6 +147,105 @@ where
     }
 }
 
+/// What a request body that went quiet fails with (`--stream-idle-timeout-seconds`).
+#[derive(Debug)]
+pub struct StreamIdle(pub std::time::Duration);
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{STREAM_IDLE}: nothing arrived for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StreamIdle {}
+
+/// The words [`StreamIdle`] starts with, to tell it in an error's chain.
+pub const STREAM_IDLE: &str = "request body idle timeout";
+
+/// A downstream request body that fails with [`StreamIdle`] when no frame arrives for
+/// `limit`: a client that stops sending halfway holds neither its request nor an
+/// upstream connection for longer. The clock starts when the body is first polled (time
+/// spent waiting for a connection is not the client's), its timer is reset lazily (when
+/// it fires early), not per frame, and it stops once `answered` is set: when the
+/// response has started, a stream whose client sends rarely (gRPC streaming) is the
+/// route's to time out, not this.
+pub struct Idle<B> {
+    inner: B,
+    limit: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    answered: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl<B> Idle<B> {
+    pub fn new(
+        inner: B,
+        limit: std::time::Duration,
+        answered: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
+        Idle {
+            inner,
+            limit,
+            last: tokio::time::Instant::now(),
+            timer: None,
+            answered,
+        }
+    }
+}
+
+impl<B> HttpBody for Idle<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last = tokio::time::Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this
+            .answered
+            .as_ref()
+            .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            this.timer = None;
+            return Poll::Pending;
+        }
+        let limit = this.limit;
+        let timer = this.timer.get_or_insert_with(|| {
+            // The first wait: the clock starts now.
+            this.last = tokio::time::Instant::now();
+            Box::pin(tokio::time::sleep_until(this.last + limit))
+        });
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = this.last + limit;
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(Some(Err(StreamIdle(limit).into())));
+            }
+            // A frame came since the timer was set: wait from that one.
+            timer.as_mut().reset(due);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body read by [`read_up_to`], to send on: the bytes read, then the rest (`over`),
 /// or then its trailers.
 pub fn resend<B>(read: Read, rest: B) -> Body

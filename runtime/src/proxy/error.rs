@@ -51,6 +51,18 @@ pub enum ProxyError {
     /// A FAIL_CLOSE plugin's breaker is open: it was not called.
     #[error("policy {0} quarantined after repeated traps")]
     Quarantined(String),
+    /// A circuit breaker of the cluster refused the request (Envoy's overflow).
+    #[error("cluster circuit breaker {0} overflowed")]
+    Overflow(crate::cluster::Overflow),
+    /// The request body sent nothing for `--stream-idle-timeout-seconds`.
+    #[error("{0}")]
+    StreamIdle(String),
+    /// The request body failed while it was sent upstream (the client went away).
+    #[error("request body failed: {0}")]
+    DownstreamBody(String),
+    /// Outlier detection ejected every endpoint of the cluster.
+    #[error("every endpoint of the cluster is ejected")]
+    NoHealthyUpstream,
     /// The request body is larger than a FAIL_CLOSE plugin's body interest allows.
     #[error("request body over the {limit} bytes policy {plugin} reads")]
     PayloadTooLarge { plugin: String, limit: u32 },
@@ -70,10 +82,13 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::InvalidRewrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Overloaded(_) | ProxyError::Quarantined(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Overloaded(_)
+            | ProxyError::Quarantined(_)
+            | ProxyError::Overflow(_)
+            | ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::StreamIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::DownstreamBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -91,13 +106,21 @@ impl ProxyError {
             ProxyError::InvalidRewrite(_) => "PF",
             ProxyError::Overloaded(_) => "LR",
             ProxyError::Quarantined(_) => "PQ",
+            ProxyError::Overflow(_) => "UO",
+            ProxyError::NoHealthyUpstream => "UH",
             ProxyError::PayloadTooLarge { .. } => "DPE",
+            ProxyError::StreamIdle(_) => "SI",
+            // Envoy's flag for a downstream connection that ended mid-request.
+            ProxyError::DownstreamBody(_) => "DC",
         }
     }
 
     pub fn culprit(&self) -> Culprit {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge { .. } => Culprit::Client,
+            ProxyError::BadRequest(_)
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::StreamIdle(_)
+            | ProxyError::DownstreamBody(_) => Culprit::Client,
             ProxyError::NoRoute | ProxyError::NoCluster(_) => Culprit::Gateway,
             ProxyError::Plugin { .. }
             | ProxyError::InvalidRewrite(_)
@@ -107,7 +130,9 @@ impl ProxyError {
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamPerTryTimeout => Culprit::Upstream,
+            | ProxyError::UpstreamPerTryTimeout
+            | ProxyError::Overflow(_)
+            | ProxyError::NoHealthyUpstream => Culprit::Upstream,
         }
     }
 
@@ -128,7 +153,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad request",
             ProxyError::NoRoute => "",
             ProxyError::Plugin { .. } => "policy failure",
-            ProxyError::NoCluster(_) => "no healthy upstream",
+            ProxyError::NoCluster(_) | ProxyError::NoHealthyUpstream => "no healthy upstream",
+            ProxyError::Overflow(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
             ProxyError::UpstreamConnect(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
             }
@@ -146,8 +174,17 @@ impl ProxyError {
             ProxyError::Quarantined(_) => "policy unavailable",
             // Envoy's buffer filter's words.
             ProxyError::PayloadTooLarge { .. } => "Payload Too Large",
+            // Envoy's words for its stream idle timeout.
+            ProxyError::StreamIdle(_) => "stream timeout",
+            ProxyError::DownstreamBody(_) => "bad request",
         };
-        local_response(self.status(), Bytes::from_static(body.as_bytes()), |_| {})
+        let overflow = matches!(self, ProxyError::Overflow(_));
+        local_response(self.status(), Bytes::from_static(body.as_bytes()), |h| {
+            if overflow {
+                // Envoy marks a breaker's refusal so clients and proxies can tell.
+                h.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            }
+        })
     }
 }
 

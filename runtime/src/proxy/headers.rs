@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::plugin::Random;
+use crate::entropy::OsRandom;
 use crate::plugin::types::{Header, HeaderMutation};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -56,7 +56,7 @@ impl std::fmt::Display for RequestId {
 
 /// A random UUID v4, as Envoy generates for `x-request-id`, formatted by hand (this
 /// runs on every request; `format!` per byte showed up in profiles).
-fn new_request_id(random: &Random) -> [u8; 36] {
+fn new_request_id(random: &OsRandom) -> [u8; 36] {
     let hi = random.next_u64();
     let lo = random.next_u64();
     let mut b = [0u8; 16];
@@ -86,7 +86,7 @@ pub fn edge_headers(
     headers: &mut HeaderMap,
     client: IpAddr,
     scheme: &str,
-    random: &Random,
+    random: &OsRandom,
 ) -> RequestId {
     let kept = headers
         .get(&X_REQUEST_ID)
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn xff_appends_and_request_id_kept_only_from_internal_clients() {
-        let random = Random::new(Some(1));
+        let random = OsRandom;
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));

@@ -122,6 +122,7 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
         shared.upstream(),
         &cluster,
         shared.host.balancing(),
+        None,
         out,
         None,
         &no_retries,

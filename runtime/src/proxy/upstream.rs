@@ -20,22 +20,33 @@ use hyper_util::rt::TokioExecutor;
 
 use super::error::ProxyError;
 use super::{Body, BoxError, empty};
+use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, RetrySlot, Target};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
-use crate::snapshot::registry::InFlight;
-use crate::snapshot::{Cluster, Target};
 use connect::{Counting, H2Key, H2Pool, OPENING_FOR, TlsClients};
 
-/// Connect timeout for new upstream connections (Envoy's default is 10 s).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled HTTP/1.1 connection may stay idle when the DestinationRule sets
+/// no `idleTimeout` (Envoy's default is an hour; upstream servers close theirs sooner).
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// The upstream HTTP clients, shared by all requests.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     connector: HttpConnector,
     http1: Client<Counting<HttpConnector>, Body>,
+    /// Clear-text HTTP/1.1 pools of clusters with their own `idleTimeout`, by it.
+    http1_idle: Arc<dashmap::DashMap<Duration, Client<Counting<HttpConnector>, Body>>>,
     tls1: Arc<TlsClients>,
     http2: Arc<H2Pool>,
+}
+
+/// The idle timeout of a cluster's pooled connections.
+fn pool_idle(cluster: &Cluster) -> Duration {
+    if cluster.pool.idle_timeout == wasmgate_config::model::traffic::DEFAULT_IDLE_TIMEOUT {
+        POOL_IDLE
+    } else {
+        cluster.pool.idle_timeout
+    }
 }
 
 impl Default for Upstream {
@@ -48,16 +59,15 @@ impl Upstream {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Each cluster's `connectTimeout` applies in `Counting`.
+        connector.set_connect_timeout(None);
         // The TLS connector dials `https://endpoint` URIs with it too.
         connector.enforce_http(false);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(Counting(connector.clone()));
+        let http1 = http1_client(&connector, POOL_IDLE);
         Upstream {
             connector,
             http1,
+            http1_idle: Arc::default(),
             tls1: Arc::new(TlsClients::default()),
             http2: Arc::new(H2Pool::default()),
         }
@@ -69,7 +79,7 @@ impl Upstream {
     /// names one (Istio's auto SNI).
     async fn call(
         &self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         target: &Target,
         out: &Outbound,
         headers: HeaderMap,
@@ -108,13 +118,10 @@ impl Upstream {
             };
             let mut req = build(scheme, None, &host, out, headers, body, Version::HTTP_2)?;
             req.headers_mut().remove(header::HOST);
-            return self
-                .http2
-                .send(key, cluster.tls.as_deref(), req, &cluster.upstream_stats)
-                .await;
+            return self.http2.send(key, req, cluster).await;
         }
         let authority = target.uri_authority().cloned();
-        let req = build(
+        let mut req = build(
             scheme,
             authority,
             endpoint,
@@ -123,24 +130,57 @@ impl Upstream {
             body,
             Version::HTTP_11,
         )?;
+        if cluster.pool.max_requests_per_connection == 1
+            && !req.headers().contains_key(header::UPGRADE)
+        {
+            // One request per connection: hyper closes it after the response.
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // A connection the pooled client opens for this request counts for the cluster.
+        let idle = pool_idle(cluster);
         let sent = match &cluster.tls {
-            None => {
+            None if idle == POOL_IDLE => {
                 OPENING_FOR
-                    .scope(cluster.upstream_stats.clone(), self.http1.request(req))
+                    .scope(cluster.clone(), self.http1.request(req))
+                    .await
+            }
+            None => {
+                let client = self
+                    .http1_idle
+                    .entry(idle)
+                    .or_insert_with(|| http1_client(&self.connector, idle))
+                    .clone();
+                OPENING_FOR
+                    .scope(cluster.clone(), client.request(req))
                     .await
             }
             Some(tls) => {
-                let client =
-                    self.tls1
-                        .get(&self.connector, tls, sni.as_deref().unwrap_or_default());
+                let client = self.tls1.get(
+                    &self.connector,
+                    tls,
+                    sni.as_deref().unwrap_or_default(),
+                    idle,
+                );
                 OPENING_FOR
-                    .scope(cluster.upstream_stats.clone(), client.request(req))
+                    .scope(cluster.clone(), client.request(req))
                     .await
             }
         };
         sent.map_err(|e| classify(&e))
     }
+}
+
+/// A pooled clear-text HTTP/1.1 client whose idle connections close after `idle`.
+fn http1_client(
+    connector: &HttpConnector,
+    idle: Duration,
+) -> Client<Counting<HttpConnector>, Body> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_max_idle_per_host(1024)
+        .build(Counting(connector.clone()))
 }
 
 /// Everything needed to (re)build the upstream request.
@@ -158,6 +198,11 @@ pub struct Outbound {
 pub struct Attempted {
     pub upstream: Option<Arc<str>>,
     pub attempts: u32,
+    /// The endpoint (index in its cluster) of the attempt in flight, until its outcome
+    /// is reported to outlier detection.
+    in_flight: Option<usize>,
+    /// A retry was wanted but `maxRetries` retries were in flight (flag `UO`).
+    pub retry_overflow: bool,
 }
 
 impl Attempted {
@@ -272,10 +317,12 @@ impl RetryOn {
 /// Send `out` to an endpoint of `cluster`, retrying per `retries` when the request has
 /// no body, all within `timeout` — which, as Envoy's route timeout, runs until the
 /// response body has been read, so the returned body carries the rest of it.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     upstream: &Upstream,
     cluster: &Arc<Cluster>,
     random: &Random,
+    hash: Option<u64>,
     out: Outbound,
     timeout: Option<Duration>,
     retries: &RetryPolicy,
@@ -284,7 +331,7 @@ pub async fn send(
     let deadline = timeout
         .filter(|t| !t.is_zero())
         .map(|t| tokio::time::Instant::now() + t);
-    let work = attempt_all(upstream, cluster, random, out, retries, attempted);
+    let work = attempt_all(upstream, cluster, random, hash, out, retries, attempted);
     let done = match deadline {
         Some(at) => tokio::time::timeout_at(at, work)
             .await
@@ -292,7 +339,12 @@ pub async fn send(
         None => work.await,
     };
     let stats = &cluster.upstream_stats;
-    let (resp, in_flight) = done.inspect_err(|e| match e {
+    if let (Err(ProxyError::UpstreamTimeout), Some(i)) = (&done, attempted.in_flight.take()) {
+        // The route's timeout ended an attempt in flight (not a wait for a connection
+        // or a back-off): that endpoint timed out.
+        cluster.report(i, Outcome::Timeout);
+    }
+    let (resp, held) = done.inspect_err(|e| match e {
         ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => {
             stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
@@ -305,20 +357,32 @@ pub async fn send(
         UpstreamBody {
             inner: body,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-            _in_flight: in_flight,
+            _held: held,
         }
         .boxed()
     }))
+}
+
+/// What an upstream exchange holds until its response body is done: its place in the
+/// cluster's counts and circuit breakers.
+#[derive(Debug)]
+struct Held {
+    _in_flight: InFlight,
+    _admitted: Admitted,
+    _connection: Option<ConnectionSlot>,
+    _retry: Option<RetrySlot>,
 }
 
 async fn attempt_all(
     upstream: &Upstream,
     cluster: &Arc<Cluster>,
     random: &Random,
+    hash: Option<u64>,
     mut out: Outbound,
     retries: &RetryPolicy,
     attempted: &mut Attempted,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, Held), ProxyError> {
+    let admitted = cluster.admit().map_err(ProxyError::Overflow)?;
     let replayable = out.body.is_none();
     let max_attempts = if replayable { 1 + retries.attempts } else { 1 };
     let retry_on = RetryOn::parse(&retries.retry_on);
@@ -326,7 +390,10 @@ async fn attempt_all(
         .per_try_timeout_ms
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
-    let first = cluster.pick(random);
+    let mut index = cluster
+        .pick(random, hash)
+        .ok_or(ProxyError::NoHealthyUpstream)?;
+    let mut retry: Option<RetrySlot> = None;
     loop {
         attempted.attempts += 1;
         if attempted.attempts > 1 {
@@ -338,11 +405,19 @@ async fn attempt_all(
             let ceiling = (25u64 << (attempted.attempts - 2).min(4)).min(250);
             let ms = random.next_u64() % ceiling.max(1);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            // Later attempts move to the next endpoint that is not ejected.
+            index = cluster
+                .next_after(index)
+                .ok_or(ProxyError::NoHealthyUpstream)?;
         }
-        // Later attempts move to the next endpoint.
-        let index = (first + attempted.attempts as usize - 1) % cluster.targets.len().max(1);
         let target = &cluster.targets[index];
         attempted.upstream = Some(target.authority().clone());
+        // HTTP/1.1: one connection per request in flight, within `maxConnections`.
+        let connection = if cluster.http2 {
+            None
+        } else {
+            cluster.connection().await.map_err(ProxyError::Overflow)?
+        };
         let body = out.body.take().unwrap_or_else(empty);
         let in_flight = cluster.start(index);
         // The last attempt takes the headers; earlier ones send a copy.
@@ -352,6 +427,7 @@ async fn attempt_all(
             out.headers.clone()
         };
         let call = upstream.call(cluster, target, &out, headers, body);
+        attempted.in_flight = Some(index);
         let result = match per_try {
             // A try that overruns is dropped (its connection with it) and may be retried.
             Some(limit) => tokio::time::timeout(limit, call)
@@ -359,25 +435,58 @@ async fn attempt_all(
                 .unwrap_or(Err(ProxyError::UpstreamPerTryTimeout)),
             None => call.await,
         };
-        let last = attempted.attempts >= max_attempts;
-        match result {
-            // A retried response is dropped, not read: its connection closes.
-            Ok(resp) if !last && retry_on.on_response(resp.status().as_u16(), resp.headers()) => {
-                continue;
+        let outcome = match &result {
+            Ok(resp) => Some(Outcome::Response(resp.status().as_u16())),
+            Err(ProxyError::UpstreamConnect(_)) => Some(Outcome::ConnectFailure),
+            Err(ProxyError::UpstreamReset(_) | ProxyError::UpstreamRefused(_)) => {
+                Some(Outcome::Reset)
             }
-            Ok(resp) => return Ok((resp, in_flight)),
-            Err(err) if !last && retry_on.on_error(&err) => continue,
-            Err(err) => return Err(err),
+            Err(ProxyError::UpstreamPerTryTimeout) => Some(Outcome::Timeout),
+            Err(_) => None,
+        };
+        attempted.in_flight = None;
+        if let Some(outcome) = outcome {
+            cluster.report(index, outcome);
         }
+        let last = attempted.attempts >= max_attempts;
+        let wanted = !last
+            && match &result {
+                Ok(resp) => retry_on.on_response(resp.status().as_u16(), resp.headers()),
+                Err(err) => retry_on.on_error(err),
+            };
+        if wanted {
+            // A retried response is dropped, not read: its connection closes. This
+            // request's previous retry is over: its slot goes back first.
+            retry = None;
+            match cluster.retry() {
+                Some(slot) => {
+                    retry = Some(slot);
+                    continue;
+                }
+                // Past `maxRetries`, Envoy passes on what it has and flags `UO`.
+                None => attempted.retry_overflow = true,
+            }
+        }
+        return result.map(|resp| {
+            (
+                resp,
+                Held {
+                    _in_flight: in_flight,
+                    _admitted: admitted,
+                    _connection: connection,
+                    _retry: retry,
+                },
+            )
+        });
     }
 }
 
 /// An upstream response body: fails once the route's deadline passes, and counts as
-/// in flight (for LEAST_REQUEST) until it is done or dropped.
+/// in flight (for LEAST_REQUEST and the circuit breakers) until it is done or dropped.
 struct UpstreamBody {
     inner: Incoming,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    _in_flight: InFlight,
+    _held: Held,
 }
 
 impl hyper::body::Body for UpstreamBody {
@@ -443,11 +552,30 @@ fn build(
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let text = chain(e);
     if e.is_connect() {
-        ProxyError::UpstreamConnect(chain(e))
+        ProxyError::UpstreamConnect(text)
+    } else if text.contains(super::body::STREAM_IDLE) {
+        // The client's body went quiet, not the upstream.
+        ProxyError::StreamIdle(text)
+    } else if from_request_body(e) {
+        // The client's body failed (it went away mid-upload): not the upstream's doing.
+        ProxyError::DownstreamBody(text)
     } else {
-        ProxyError::UpstreamReset(chain(e))
+        ProxyError::UpstreamReset(text)
     }
+}
+
+/// Whether hyper failed because the request body it was sending failed.
+fn from_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_user();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An HTTP/2 request's failure. REFUSED_STREAM is told by the h2 error's text ("refused

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
-use wasmgate_config::{Config, DestinationRule, LoadBalancer, Resolution, ServiceEntry};
+use wasmgate_config::model::traffic::{ClusterPolicy, cluster_policy};
+use wasmgate_config::{Config, DestinationRule, Resolution, ServiceEntry};
 
-use crate::plugin::Random;
-use crate::telemetry::metrics::{ClusterStats, Destination, Metrics, RequestStats};
-use crate::tls::client::{UpstreamTls, client_config};
+use crate::cluster::{Cluster, Parts, Target};
+use crate::telemetry::metrics::{Destination, Metrics};
+use crate::tls::client::client_config;
 
 /// Why a destination has no cluster: each becomes a 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,47 +34,6 @@ pub enum ResolveError {
         host: String,
         message: String,
     },
-}
-
-/// Where to connect: an address (IP or DNS name) and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub address: String,
-    pub port: u16,
-    /// `address:port` (IPv6 bracketed), made once: requests share it.
-    authority: Arc<str>,
-    /// The same as a URI authority, when it is one.
-    uri_authority: Option<http::uri::Authority>,
-}
-
-impl Target {
-    pub fn new(address: String, port: u16) -> Target {
-        let authority: Arc<str> = if address.contains(':') {
-            format!("[{address}]:{port}").into()
-        } else {
-            format!("{address}:{port}").into()
-        };
-        let uri_authority = http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
-            authority.as_bytes(),
-        ))
-        .ok();
-        Target {
-            address,
-            port,
-            authority,
-            uri_authority,
-        }
-    }
-
-    /// `address:port`, bracketing IPv6 addresses.
-    pub fn authority(&self) -> &Arc<str> {
-        &self.authority
-    }
-
-    /// [`Target::authority`] as a URI authority (cloned without copying).
-    pub fn uri_authority(&self) -> Option<&http::uri::Authority> {
-        self.uri_authority.as_ref()
-    }
 }
 
 /// The cluster cache's key. Looked up by borrowed parts ([`KeyParts`]), so finding a
@@ -137,82 +97,6 @@ impl PartialEq for ClusterKey {
 
 impl Eq for ClusterKey {}
 
-/// The endpoints of one (host, port, subset) and how to choose among them.
-#[derive(Debug)]
-pub struct Cluster {
-    /// `outbound|port|subset|host`, as Envoy names it (for logs).
-    pub name: String,
-    pub targets: Vec<Target>,
-    pub http2: bool,
-    /// TLS originated per the DestinationRule (`None`: clear text).
-    pub tls: Option<Arc<UpstreamTls>>,
-    /// Istio's request metrics of the destination (service, version).
-    pub stats: Arc<RequestStats>,
-    /// wasmgate's upstream metrics of this cluster.
-    pub upstream_stats: Arc<ClusterStats>,
-    lb: LoadBalancer,
-    next: AtomicUsize,
-    in_flight: Vec<AtomicUsize>,
-}
-
-impl Cluster {
-    /// Choose an endpoint. Round robin by default; RANDOM and LEAST_REQUEST (power of
-    /// two choices) per the DestinationRule.
-    pub fn pick(&self, random: &Random) -> usize {
-        let n = self.targets.len();
-        if n <= 1 {
-            return 0;
-        }
-        let below = |bound: usize| (random.next_u64() % bound as u64) as usize;
-        match self.lb {
-            LoadBalancer::Random => below(n),
-            LoadBalancer::LeastRequest => {
-                let a = below(n);
-                let b = below(n);
-                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
-                if load(b) < load(a) { b } else { a }
-            }
-            LoadBalancer::RoundRobin | LoadBalancer::Passthrough => {
-                self.next.fetch_add(1, Ordering::Relaxed) % n
-            }
-        }
-    }
-
-    /// Count a request in flight to endpoint `i` until the guard drops.
-    pub fn start(self: &Arc<Self>, i: usize) -> InFlight {
-        if let Some(c) = self.in_flight.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.upstream_stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.upstream_stats
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            cluster: self.clone(),
-            index: i,
-        }
-    }
-}
-
-/// Guard from [`Cluster::start`].
-#[derive(Debug)]
-pub struct InFlight {
-    cluster: Arc<Cluster>,
-    index: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(c) = self.cluster.in_flight.get(self.index) {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.cluster
-            .upstream_stats
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Hosts from ServiceEntries and subsets from DestinationRules.
 #[derive(Debug)]
 pub struct Registry {
@@ -222,18 +106,44 @@ pub struct Registry {
     /// (suffix after '*', rule), longest suffix first.
     wildcard_rules: Vec<(String, Arc<DestinationRule>)>,
     cache: DashMap<ClusterKey, Arc<Cluster>>,
+    /// Of those, clusters of hosts only a wildcard ServiceEntry declares.
+    wildcard_cached: AtomicUsize,
     metrics: Arc<Metrics>,
+    bounds: Bounds,
+}
+
+/// What the registry's clusters default to, and how many it keeps (`limits.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// `tcp.maxConnections` of a cluster whose DestinationRule sets none.
+    pub max_connections: u32,
+    /// Clusters kept resolved for hosts only a wildcard ServiceEntry declares (as many
+    /// as clients name); past it such a cluster is resolved for its request and not
+    /// kept. Exact hosts are always kept: the config bounds them.
+    pub max_clusters: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        let s = crate::limits::Settings::default();
+        Bounds {
+            max_connections: s.max_upstream_connections,
+            max_clusters: s.max_clusters,
+        }
+    }
 }
 
 impl Registry {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, bounds: Bounds) -> Self {
         let mut registry = Registry {
             services: HashMap::new(),
             wildcard_services: Vec::new(),
             rules: HashMap::new(),
             wildcard_rules: Vec::new(),
             cache: DashMap::new(),
+            wildcard_cached: AtomicUsize::new(0),
             metrics,
+            bounds,
         };
         for se in &config.service_entries {
             let se = Arc::new(se.clone());
@@ -279,12 +189,14 @@ impl Registry {
         })
     }
 
-    fn service(&self, host: &str) -> Option<&Arc<ServiceEntry>> {
-        self.services.get(host).or_else(|| {
+    /// The ServiceEntry declaring `host`, and the wildcard suffix it matched (`None`
+    /// for an exact host).
+    fn service(&self, host: &str) -> Option<(&Arc<ServiceEntry>, Option<&str>)> {
+        self.services.get(host).map(|se| (se, None)).or_else(|| {
             self.wildcard_services
                 .iter()
                 .find(|(suffix, _)| host.ends_with(suffix.as_str()))
-                .map(|(_, se)| se)
+                .map(|(suffix, se)| (se, Some(suffix.as_str())))
         })
     }
 
@@ -306,8 +218,22 @@ impl Registry {
         };
         // Only clusters that exist are cached, so the cache is bounded by the registry
         // whatever destinations plugins invent; one cluster per key, even under races.
+        // Hosts of a wildcard ServiceEntry are as many as clients name: past
+        // `--max-clusters` they are resolved per request and not kept.
         let built = Arc::new(self.build(host, port, subset)?);
-        Ok(self.cache.entry(key).or_insert(built).clone())
+        let invented = !self.services.contains_key(host);
+        if invented && self.wildcard_cached.load(Ordering::Relaxed) >= self.bounds.max_clusters {
+            return Ok(built);
+        }
+        match self.cache.entry(key) {
+            dashmap::Entry::Occupied(kept) => Ok(kept.get().clone()),
+            dashmap::Entry::Vacant(slot) => {
+                if invented {
+                    self.wildcard_cached.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(slot.insert(built).clone())
+            }
+        }
     }
 
     fn build(
@@ -316,7 +242,7 @@ impl Registry {
         port: Option<u16>,
         subset: Option<&str>,
     ) -> Result<Cluster, ResolveError> {
-        let se = self
+        let (se, wildcard) = self
             .service(host)
             .ok_or_else(|| ResolveError::UnknownHost(host.to_string()))?;
         let service_port = match port {
@@ -337,11 +263,8 @@ impl Registry {
             (None, None) => 80,
         };
         let rule = self.rule(host);
-        let (labels, lb) = match subset {
-            None => (
-                BTreeMap::new(),
-                rule.map_or(LoadBalancer::RoundRobin, |r| r.load_balancer),
-            ),
+        let labels = match subset {
+            None => BTreeMap::new(),
             Some(name) => {
                 let found = rule.and_then(|r| r.subsets.iter().find(|s| s.name == name));
                 let Some(s) = found else {
@@ -350,9 +273,15 @@ impl Registry {
                         subset: name.to_string(),
                     });
                 };
-                (s.labels.clone(), s.load_balancer)
+                s.labels.clone()
             }
         };
+        let mut policy = rule.map_or_else(ClusterPolicy::default, |r| {
+            cluster_policy(&r.spec, port_number, subset)
+        });
+        if policy.pool.max_connections == u32::MAX {
+            policy.pool.max_connections = self.bounds.max_connections;
+        }
         let mut targets = Vec::new();
         for ep in &se.endpoints {
             if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
@@ -361,7 +290,7 @@ impl Registry {
             let target_port = service_port
                 .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
                 .unwrap_or(port_number);
-            targets.push(Target::new(ep.address.clone(), target_port));
+            targets.push((Target::new(ep.address.clone(), target_port), ep.weight));
         }
         let dns_self = matches!(
             se.resolution,
@@ -372,7 +301,7 @@ impl Registry {
             let target_port = service_port
                 .and_then(|sp| sp.target_port)
                 .unwrap_or(port_number);
-            targets.push(Target::new(host.to_string(), target_port));
+            targets.push((Target::new(host.to_string(), target_port), 1));
         }
         if targets.is_empty() {
             return Err(ResolveError::NoEndpoints(host.to_string()));
@@ -393,25 +322,30 @@ impl Registry {
                 })?
                 .map(Arc::new),
         };
-        let in_flight = targets.iter().map(|_| AtomicUsize::new(0)).collect();
+        // A wildcard ServiceEntry is one cluster, named for its wildcard as Istio names
+        // it, so its hosts share one set of series however many clients invent.
+        let named: std::borrow::Cow<'_, str> = match wildcard {
+            Some(suffix) => format!("*{suffix}").into(),
+            None => host.into(),
+        };
         let name = format!(
-            "outbound|{port_number}|{}|{host}",
+            "outbound|{port_number}|{}|{named}",
             subset.unwrap_or_default()
         );
         let metrics = &self.metrics;
         let version = labels.get("version").map(String::as_str);
-        let stats = metrics.destination(Destination::new(host, &se.meta.id.namespace, version));
+        let stats = metrics.destination(Destination::new(&named, &se.meta.id.namespace, version));
         let upstream_stats = metrics.cluster(&name);
-        Ok(Cluster {
-            name,
-            targets,
-            http2,
-            tls,
-            stats,
-            upstream_stats,
-            lb,
-            next: AtomicUsize::new(0),
-            in_flight,
-        })
+        Ok(Cluster::new(
+            Parts {
+                name,
+                targets,
+                http2,
+                tls,
+                stats,
+                upstream_stats,
+            },
+            policy,
+        ))
     }
 }

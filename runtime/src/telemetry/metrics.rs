@@ -480,10 +480,12 @@ pub struct ClusterStats {
     connections: AtomicU64,
     /// Of those, the ones still open.
     connections_active: AtomicI64,
-    /// Endpoints ejected by outlier detection. Nothing ejects yet (outlier detection is
-    /// accepted but not applied), so it stays 0; the family is there for dashboards and
-    /// alerts to be written against now.
+    /// Endpoints ejected by outlier detection.
     pub ejections: AtomicU64,
+    /// Requests refused by the cluster's circuit breakers (503 `UO`).
+    pub overflows: AtomicU64,
+    /// Retries not made because `maxRetries` were in flight.
+    pub retry_overflows: AtomicU64,
 }
 
 impl ClusterStats {
@@ -998,8 +1000,18 @@ impl Metrics {
             ),
             (
                 "wasmgate_upstream_ejections_total",
-                "Endpoints ejected by outlier detection (not applied yet: always 0).",
+                "Endpoints ejected by outlier detection.",
                 |c: &ClusterStats| &c.ejections,
+            ),
+            (
+                "wasmgate_upstream_overflows_total",
+                "Requests refused by the cluster's circuit breakers (503 UO).",
+                |c: &ClusterStats| &c.overflows,
+            ),
+            (
+                "wasmgate_upstream_retry_overflows_total",
+                "Retries not made because maxRetries retries were in flight.",
+                |c: &ClusterStats| &c.retry_overflows,
             ),
         ] {
             header(out, name, "counter", help);

@@ -309,6 +309,9 @@ fn validate_outlier(o: &raw::OutlierDetection, p: &FieldPath, r: &mut Report) {
     }
 }
 
+/// How a warning starts for a setting wasmgate accepts but does not carry out.
+const NOT_APPLIED: &str = "accepted but not applied by wasmgate yet";
+
 fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &mut Report) {
     if c.http.is_none() && c.tcp.is_none() {
         r.err(p, "connection pool must have at least one field");
@@ -328,6 +331,18 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
             }
         }
         opt_istio_duration(r, &hp.key("idleTimeout"), &h.idle_timeout);
+        if h.max_requests_per_connection > 1 {
+            r.warn(
+                &hp.key("maxRequestsPerConnection"),
+                format!("{NOT_APPLIED}: HTTP/1.1 connections are reused without a count (1, one request per connection, is applied)"),
+            );
+        }
+        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) || h.use_client_protocol {
+            r.warn(
+                &hp,
+                format!("{NOT_APPLIED}: h2UpgradePolicy UPGRADE and useClientProtocol; the ServiceEntry port's protocol decides (HTTP2/GRPC: HTTP/2, else HTTP/1.1)"),
+            );
+        }
         if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol {
             r.err(
                 &hp.key("useClientProtocol"),
@@ -359,11 +374,18 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
             );
         }
         opt_istio_duration(r, &tp.key("connectTimeout"), &t.connect_timeout);
-        opt_istio_duration(
+        if opt_istio_duration(
             r,
             &tp.key("maxConnectionDuration"),
             &t.max_connection_duration,
-        );
+        )
+        .is_some()
+        {
+            r.warn(
+                &tp.key("maxConnectionDuration"),
+                format!("{NOT_APPLIED}: upstream connections are not aged out"),
+            );
+        }
         if let Some(idle) = &t.idle_timeout {
             // 0s turns the idle timeout off.
             if let Some(d) = duration(r, &tp.key("idleTimeout"), idle)
@@ -423,10 +445,6 @@ fn validate_load_balancer(
     if let Some(ch) = &lb.consistent_hash {
         let cp = p.key("consistentHash");
         chosen = LoadBalancer::RoundRobin;
-        r.warn(
-            &cp,
-            "wasmgate does not implement consistentHash; using ROUND_ROBIN",
-        );
         let keys = [
             ch.http_header_name.is_some(),
             ch.http_cookie.is_some(),
@@ -494,6 +512,10 @@ fn validate_load_balancer(
     }
     if let Some(l) = &lb.locality_lb_setting {
         validate_locality(l, has_outlier, &p.key("localityLbSetting"), r);
+        r.warn(
+            &p.key("localityLbSetting"),
+            format!("{NOT_APPLIED}: endpoints are balanced without regard to locality"),
+        );
     }
     if let Some(z) = &lb.zone_aware_lb_setting {
         let zp = p.key("zoneAwareLbSetting");
@@ -520,6 +542,12 @@ fn validate_load_balancer(
                 "minClusterSize must be at least 1",
             );
         }
+    }
+    if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
+        r.warn(
+            p,
+            format!("{NOT_APPLIED}: warmup; new endpoints get their full share at once"),
+        );
     }
     if lb.warmup.is_some() && lb.warmup_duration_secs.is_some() {
         r.err(p, "only one of warmupDurationSecs or warmup can be set");

@@ -25,18 +25,23 @@ use tokio_rustls::client::TlsStream;
 
 use super::super::error::ProxyError;
 use super::super::{Body, BoxError};
-use crate::telemetry::metrics::{ClusterStats, OpenConnection};
+use wasmgate_config::model::traffic::DEFAULT_CONNECT_TIMEOUT;
+
+use crate::cluster::Cluster;
+use crate::telemetry::metrics::OpenConnection;
 use crate::tls::client::UpstreamTls;
 
 tokio::task_local! {
     /// The cluster a request through a pooled client is for. hyper-util's client calls
     /// its connector (with only a URI) from the request's own future, so a connection it
-    /// opens is counted for this cluster; one taken from the pool costs nothing.
-    pub static OPENING_FOR: Arc<ClusterStats>;
+    /// opens is counted for this cluster, within its `connectTimeout` and with its TCP
+    /// keepalive; one taken from the pool costs nothing.
+    pub static OPENING_FOR: Arc<Cluster>;
 }
 
-/// A connector that counts the connections it makes in the metrics of [`OPENING_FOR`]'s
-/// cluster (none outside such a scope) for as long as they stay open.
+/// A connector that makes connections as [`OPENING_FOR`]'s cluster asks (connect
+/// timeout, TCP keepalive) and counts them in its metrics for as long as they stay
+/// open. Outside such a scope: Istio's default 10 s connect timeout, nothing counted.
 #[derive(Clone, Debug)]
 pub struct Counting<C>(pub C);
 
@@ -45,6 +50,7 @@ where
     C: tower_service::Service<Uri> + Send,
     C::Future: Send + 'static,
     C::Error: Into<BoxError>,
+    C::Response: Socket,
 {
     type Response = Counted<C::Response>;
     type Error = BoxError;
@@ -58,12 +64,42 @@ where
         let cluster = OPENING_FOR.try_with(Arc::clone).ok();
         let connecting = self.0.call(uri);
         Box::pin(async move {
-            let io = connecting.await.map_err(Into::into)?;
+            let limit = cluster
+                .as_ref()
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |c| c.pool.connect_timeout);
+            let io = tokio::time::timeout(limit, connecting)
+                .await
+                .map_err(|_| BoxError::from("connect timeout"))?
+                .map_err(Into::into)?;
+            if let Some(ka) = cluster.as_ref().and_then(|c| c.pool.tcp_keepalive)
+                && let Some(fd) = io.socket()
+            {
+                crate::cluster::set_keepalive(fd, &ka);
+            }
             Ok(Counted {
                 io,
-                _open: cluster.map(|c| c.opened()),
+                _open: cluster.map(|c| c.upstream_stats.opened()),
             })
         })
+    }
+}
+
+/// A connection whose socket the connector can reach (for TCP keepalive).
+pub trait Socket {
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
+}
+
+impl Socket for TokioIo<TcpStream> {
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.inner().as_fd())
+    }
+}
+
+impl Socket for TlsIo {
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.0.inner().get_ref().0.as_fd())
     }
 }
 
@@ -131,6 +167,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
 /// TLS settings and the SNI to present: what a pooled connection is reusable for.
 pub type TlsKey = ([u8; 32], String);
 
+/// A TLS client pool: its settings and SNI, and its idle timeout.
+type TlsPoolKey = (TlsKey, Duration);
+
 /// The name to present and verify: an IP when the SNI text is one (no SNI is sent).
 pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
     ServerName::try_from(sni.to_string())
@@ -191,7 +230,7 @@ impl tower_service::Service<Uri> for TlsConnector {
         let sni = self.sni.clone();
         Box::pin(async move {
             let tcp = connecting.await.map_err(BoxError::from)?.into_inner();
-            let stream = handshake(tcp, &tls, &sni, super::CONNECT_TIMEOUT)
+            let stream = handshake(tcp, &tls, &sni, DEFAULT_CONNECT_TIMEOUT)
                 .await
                 .map_err(|e| BoxError::from(e.to_string()))?;
             Ok(TlsIo(TokioIo::new(stream)))
@@ -251,7 +290,7 @@ impl hyper::rt::Write for TlsIo {
 /// Pooled HTTP/1.1-over-TLS clients, one per settings and SNI.
 #[derive(Debug, Default)]
 pub struct TlsClients {
-    clients: DashMap<TlsKey, Client<Counting<TlsConnector>, Body>>,
+    clients: DashMap<TlsPoolKey, Client<Counting<TlsConnector>, Body>>,
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -263,19 +302,22 @@ impl std::fmt::Debug for TlsConnector {
 }
 
 impl TlsClients {
-    /// The client for `tls` and `sni`, made on first use.
+    /// The client for `tls` and `sni` whose idle connections close after `idle`, made
+    /// on first use.
     pub fn get(
         &self,
         tcp: &HttpConnector,
         tls: &Arc<UpstreamTls>,
         sni: &str,
+        idle: Duration,
     ) -> Client<Counting<TlsConnector>, Body> {
-        let key = (tls.key, sni.to_string());
+        let key = ((tls.key, sni.to_string()), idle);
         if let Some(c) = self.clients.get(&key) {
             return c.clone();
         }
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(idle)
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(Counting(TlsConnector::new(
                 tcp.clone(),
@@ -306,9 +348,8 @@ impl H2Pool {
     pub async fn send(
         &self,
         key: H2Key,
-        tls: Option<&UpstreamTls>,
         req: Request<Body>,
-        cluster: &Arc<ClusterStats>,
+        cluster: &Cluster,
     ) -> Result<Response<Incoming>, ProxyError> {
         let existing = self
             .conns
@@ -318,7 +359,7 @@ impl H2Pool {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect(&key, tls, cluster).await?;
+                let s = self.connect(&key, cluster).await?;
                 self.conns.insert(key.clone(), s.clone());
                 s
             }
@@ -339,19 +380,24 @@ impl H2Pool {
     async fn connect(
         &self,
         key: &H2Key,
-        tls: Option<&UpstreamTls>,
-        cluster: &Arc<ClusterStats>,
+        cluster: &Cluster,
     ) -> Result<SendRequest<Body>, ProxyError> {
-        let tcp = dial(&key.target, super::CONNECT_TIMEOUT).await?;
+        let timeout = cluster.pool.connect_timeout;
+        let tls = cluster.tls.as_deref();
+        let tcp = dial(&key.target, timeout).await?;
+        if let Some(ka) = &cluster.pool.tcp_keepalive {
+            use std::os::fd::AsFd;
+            crate::cluster::set_keepalive(tcp.as_fd(), ka);
+        }
         // Open while the connection's task runs.
-        let open = cluster.opened();
+        let open = cluster.upstream_stats.opened();
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let handshaken = match (tls, &key.tls) {
             (Some(tls), Some((_, sni))) => {
-                let stream = handshake(tcp, tls, sni, super::CONNECT_TIMEOUT).await?;
+                let stream = handshake(tcp, tls, sni, timeout).await?;
                 let (sender, conn) = builder
                     .handshake(TokioIo::new(stream))
                     .await

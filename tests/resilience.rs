@@ -1,0 +1,362 @@
+//! DestinationRule traffic policies carried out: circuit breakers (503 `UO`), outlier
+//! detection, endpoint weights, consistent hashing and the connect timeout, each
+//! against real upstreams on loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Echo, Gateway, Reply, TempDir, free_port, gateway, get};
+
+/// A ServiceEntry `app` over `endpoints` (port, weight).
+fn weighted_service(endpoints: &[(u16, u32)]) -> String {
+    let mut eps = String::new();
+    for (port, weight) in endpoints {
+        eps.push_str(&format!(
+            "  - address: 127.0.0.1\n    ports: {{http: {port}}}\n    weight: {weight}\n"
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
+    )
+}
+
+/// A config folder: a Gateway on a free port, `app` over `endpoints`, a route to it
+/// (with `route_extra` under the route), and a DestinationRule with `policy` as its
+/// `trafficPolicy`.
+fn config(tag: &str, endpoints: &[(u16, u32)], route_extra: &str, policy: &str) -> (TempDir, u16) {
+    let dir = TempDir::new(tag);
+    let port = free_port();
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write("se.yaml", &weighted_service(endpoints));
+    dir.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: app}}}}]\n{route_extra}"
+        ),
+    );
+    dir.write(
+        "dr.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n{policy}"
+        ),
+    );
+    (dir, port)
+}
+
+/// The metric line's value, 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn upstream(r: &Result<Reply, String>) -> String {
+    r.as_ref()
+        .ok()
+        .and_then(|r| r.upstream())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_limit_queues_then_overflows_with_503_uo() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config(
+        "cb-conn",
+        &[(app.port(), 1)],
+        "",
+        "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let slow = [("x-echo-delay-ms", "1500")];
+    let first = tokio::spawn(async move { get(port, "a", "/1", &slow).await });
+    // The first holds the only connection once it has reached the upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.hits() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Of two more, one waits in line and the other finds no room.
+    let second = tokio::spawn(async move { get(port, "a", "/2", &slow).await });
+    let third = tokio::spawn(async move { get(port, "a", "/3", &slow).await });
+    let replies = [
+        first.await.expect("task").expect("first"),
+        second.await.expect("task").expect("second"),
+        third.await.expect("task").expect("third"),
+    ];
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(refused.len(), 1, "{statuses:?}");
+    assert_eq!(replies[0].status, 200, "{statuses:?}");
+    let overflow = refused[0];
+    assert_eq!(overflow.headers["x-envoy-overloaded"], "true");
+    assert_eq!(
+        overflow.text(),
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
+    let lines = gw
+        .wait_for_access(|l| l.iter().filter(|l| l.contains("GET a /")).count() >= 3)
+        .await;
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" 503 flags=UO "))
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+    let text = gw.scrape().await;
+    assert_eq!(
+        metric(&text, "wasmgate_upstream_overflows_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(app.hits(), 2, "the one in line was served after the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_limit_overflows_and_frees_its_slots() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config(
+        "cb-req",
+        &[(app.port(), 1)],
+        "",
+        "    connectionPool:\n      http: {http2MaxRequests: 2}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let slow = [("x-echo-delay-ms", "600")];
+    let a = tokio::spawn(async move { get(port, "a", "/a", &slow).await });
+    let b = tokio::spawn(async move { get(port, "a", "/b", &slow).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = get(port, "a", "/c", &slow).await.expect("answered");
+    assert_eq!(c.status, 503);
+    assert_eq!(c.headers["x-envoy-overloaded"], "true");
+    assert_eq!(a.await.expect("task").expect("a").status, 200);
+    assert_eq!(b.await.expect("task").expect("b").status, 200);
+    // Both slots came back with the responses.
+    for _ in 0..3 {
+        assert_eq!(get(port, "a", "/d", &[]).await.expect("d").status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_limit_skips_retries_and_flags_uo() {
+    let app = Echo::start("app").await;
+    app.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let (dir, port) = config(
+        "cb-retry",
+        &[(app.port(), 1)],
+        "    retries: {attempts: 2, retryOn: 5xx}\n",
+        "    connectionPool:\n      http: {maxRetries: 1}\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let slow = [("x-echo-delay-ms", "400")];
+    let a = tokio::spawn(async move { get(port, "a", "/a", &slow).await });
+    let b = tokio::spawn(async move { get(port, "a", "/b", &slow).await });
+    let (a, b) = (a.await.expect("task"), b.await.expect("task"));
+    assert_eq!(a.expect("a").status, 503);
+    assert_eq!(
+        b.expect("b").status,
+        503,
+        "the upstream's own answer passes on"
+    );
+    // One request retried twice (one retry at a time is its own); the other found the
+    // one retry slot taken and was answered with what it had: 3 + 1 attempts, not 6.
+    assert_eq!(app.hits(), 4);
+    let lines = gw
+        .wait_for_access(|l| l.iter().filter(|l| l.contains(" 503 ")).count() >= 2)
+        .await;
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("flags=UO")).count(),
+        1,
+        "{lines:#?}"
+    );
+    let text = gw.scrape().await;
+    assert_eq!(
+        metric(&text, "wasmgate_upstream_retry_overflows_total"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
+    let good = Echo::start("good").await;
+    let bad = Echo::start("bad").await;
+    bad.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let (dir, port) = config(
+        "outlier",
+        &[(good.port(), 1), (bad.port(), 1)],
+        "    retries: {attempts: 0}\n",
+        "    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 100ms\n      baseEjectionTime: 3s\n      maxEjectionPercent: 50\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    for _ in 0..20 {
+        get(port, "a", "/", &[]).await.expect("answered");
+    }
+    assert_eq!(bad.hits(), 2, "ejected after two 5xx in a row");
+    assert_eq!(good.hits(), 18);
+    let text = gw.scrape().await;
+    assert_eq!(metric(&text, "wasmgate_upstream_ejections_total"), 1.0);
+    // Healthy again, it comes back once its ejection time is up.
+    bad.status.store(0, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    for _ in 0..10 {
+        get(port, "a", "/", &[]).await.expect("answered");
+    }
+    assert!(bad.hits() >= 5, "back in rotation: {}", bad.hits());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_ejection_percent_is_envoys_rule() {
+    // The same failing endpoint of two, under the default cap (10 %) and under 50 %.
+    let mut seen = Vec::new();
+    for (tag, cap) in [
+        ("outlier-cap10", ""),
+        ("outlier-cap50", ", maxEjectionPercent: 50"),
+    ] {
+        let good = Echo::start("good").await;
+        let bad = Echo::start("bad").await;
+        bad.status.store(500, std::sync::atomic::Ordering::SeqCst);
+        let (dir, port) = config(
+            tag,
+            &[(good.port(), 1), (bad.port(), 1)],
+            "    retries: {attempts: 0}\n",
+            &format!("    outlierDetection: {{consecutive5xxErrors: 1{cap}}}\n"),
+        );
+        let gw = Gateway::start(dir.path(), &[]).await;
+        for _ in 0..10 {
+            get(port, "a", "/", &[]).await.expect("answered");
+        }
+        let ejections = metric(&gw.scrape().await, "wasmgate_upstream_ejections_total");
+        seen.push((bad.hits(), ejections));
+    }
+    // Ejecting one of two is 50 %: past the default 10 %, so never (Envoy's rule);
+    // within 50 %, at the first 5xx.
+    assert_eq!(seen, [(5, 0.0), (1, 1.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_weights_share_round_robin() {
+    let heavy = Echo::start("heavy").await;
+    let light = Echo::start("light").await;
+    let (dir, port) = config(
+        "weights",
+        &[(heavy.port(), 3), (light.port(), 1)],
+        "",
+        "    loadBalancer: {simple: ROUND_ROBIN}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    for _ in 0..40 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!((heavy.hits(), light.hits()), (30, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consistent_hash_keeps_a_key_on_one_endpoint() {
+    let echoes = [
+        Echo::start("e0").await,
+        Echo::start("e1").await,
+        Echo::start("e2").await,
+    ];
+    let eps: Vec<(u16, u32)> = echoes.iter().map(|e| (e.port(), 1)).collect();
+    let (dir, port) = config(
+        "hash",
+        &eps,
+        "",
+        "    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n    portLevelSettings:\n    - port: {number: 81}\n      loadBalancer: {simple: RANDOM}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let first = upstream(&get(port, "a", "/", &[("x-user", &user)]).await);
+        assert!(!first.is_empty());
+        for _ in 0..4 {
+            let again = upstream(&get(port, "a", "/", &[("x-user", &user)]).await);
+            assert_eq!(again, first, "{user} stays on one endpoint");
+        }
+        owners.insert(first);
+    }
+    assert_eq!(
+        owners.len(),
+        3,
+        "keys spread over every endpoint: {owners:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hash_cookie_is_given_once_and_followed() {
+    let echoes = [
+        Echo::start("e0").await,
+        Echo::start("e1").await,
+        Echo::start("e2").await,
+    ];
+    let eps: Vec<(u16, u32)> = echoes.iter().map(|e| (e.port(), 1)).collect();
+    let (dir, port) = config(
+        "cookie",
+        &eps,
+        "",
+        "    loadBalancer:\n      consistentHash:\n        maglev: {tableSize: 1009}\n        httpCookie: {name: affinity, path: /, ttl: 120s}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let first = get(port, "a", "/", &[]).await.expect("first");
+    let set = first.headers["set-cookie"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert!(
+        set.starts_with("affinity=\"") && set.ends_with("; Max-Age=120; Path=/; HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    let owner = first.upstream().unwrap_or_default();
+    for _ in 0..10 {
+        let r = get(port, "a", "/", &[("cookie", &cookie)])
+            .await
+            .expect("r");
+        assert!(!r.headers.contains_key("set-cookie"), "given once");
+        assert_eq!(r.upstream().unwrap_or_default(), owner);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connect_timeout_bounds_a_silent_endpoint() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a
+    // connect to it hangs until the client gives up.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let silent = socket.listen(0).expect("listen");
+    let addr = silent.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let (dir, port) = config(
+        "connect-timeout",
+        &[(addr.port(), 1)],
+        "    retries: {attempts: 0}\n",
+        "    connectionPool:\n      tcp: {connectTimeout: 300ms}\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let started = Instant::now();
+    let r = get(port, "a", "/", &[]).await.expect("answered");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 300 ms connect timeout, not the default 10 s: {:?}",
+        started.elapsed()
+    );
+    let lines = gw.wait_for_access(|l| !l.is_empty()).await;
+    assert!(lines.iter().any(|l| l.contains("flags=UF")), "{lines:#?}");
+    drop(silent);
+}
