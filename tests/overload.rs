@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Echo, Gateway, TempDir, free_port, gateway, get, plugins_dir, service_entry};
+use support::{
+    Echo, Gateway, TempDir, free_port, gateway, get, metric, plugins_dir, service_entry,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,14 +28,6 @@ fn config(tag: &str, upstream_port: u16, vs: &str) -> (TempDir, u16) {
     );
     dir.write("vs.yaml", vs);
     (dir, port)
-}
-
-/// The sum of a metric's lines.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Send `request` on `stream` and read one response head (to the blank line).

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Echo, Gateway, Reply, TempDir, free_port, gateway, get};
+use support::{Echo, Gateway, Reply, TempDir, free_port, gateway, get, metric};
 
 /// A ServiceEntry `app` over `endpoints` (port, weight).
 fn weighted_service(endpoints: &[(u16, u32)]) -> String {
@@ -42,14 +42,6 @@ fn config(tag: &str, endpoints: &[(u16, u32)], route_extra: &str, policy: &str) 
         ),
     );
     (dir, port)
-}
-
-/// The metric line's value, 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn upstream(r: &Result<Reply, String>) -> String {

@@ -535,6 +535,14 @@ pub fn service_entry(
     )
 }
 
+/// The sum of a Prometheus text's lines for metric `name` (0 when it has none).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A Gateway `name` with one HTTP server on `port` for `hosts`.
 pub fn gateway(name: &str, port: u16, hosts: &[&str]) -> String {
     let hosts: String = hosts.iter().map(|h| format!("    - \"{h}\"\n")).collect();

@@ -152,14 +152,18 @@ impl Limits {
     }
 }
 
-/// One more on `count` if that stays within `max`.
-fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<One> {
+/// One more on `count` if that stays within `max`; whether it was added.
+pub fn within(count: &AtomicUsize, max: usize) -> bool {
     count
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         })
-        .ok()
-        .map(|_| One(count.clone()))
+        .is_ok()
+}
+
+/// One more on `count` if that stays within `max`, given back when dropped.
+pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<One> {
+    within(count, max).then(|| One(count.clone()))
 }
 
 /// One unit of a count, given back on drop.

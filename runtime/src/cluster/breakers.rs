@@ -6,9 +6,11 @@
 //! past `maxRetries` is not made. Counts are the gateway's, across its workers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+
+use crate::limits::{One, take, within};
 use wasmgate_config::model::traffic::PoolLimits;
 
 /// Which limit refused a request.
@@ -34,8 +36,8 @@ pub struct Breakers {
     max_requests: u32,
     max_pending: u32,
     max_retries: u32,
-    requests: Arc<AtomicU32>,
-    retries: Arc<AtomicU32>,
+    requests: Arc<AtomicUsize>,
+    retries: Arc<AtomicUsize>,
     /// Connections in use and their limit; `None` when unlimited.
     connections: Option<Arc<Connections>>,
 }
@@ -45,8 +47,8 @@ pub struct Breakers {
 #[derive(Debug)]
 struct Connections {
     max: u32,
-    in_use: AtomicU32,
-    waiting: AtomicU32,
+    in_use: AtomicUsize,
+    waiting: AtomicUsize,
     freed: Notify,
 }
 
@@ -57,8 +59,8 @@ impl Breakers {
         let connections = (limit_connections && limits.max_connections < u32::MAX).then(|| {
             Arc::new(Connections {
                 max: limits.max_connections,
-                in_use: AtomicU32::new(0),
-                waiting: AtomicU32::new(0),
+                in_use: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
                 freed: Notify::new(),
             })
         });
@@ -66,8 +68,8 @@ impl Breakers {
             max_requests: limits.max_requests,
             max_pending: limits.max_pending_requests,
             max_retries: limits.max_retries,
-            requests: Arc::new(AtomicU32::new(0)),
-            retries: Arc::new(AtomicU32::new(0)),
+            requests: Arc::new(AtomicUsize::new(0)),
+            retries: Arc::new(AtomicUsize::new(0)),
             connections,
         }
     }
@@ -76,7 +78,7 @@ impl Breakers {
         if self.max_requests == u32::MAX {
             return Ok(Admitted(None));
         }
-        take(&self.requests, self.max_requests)
+        take(&self.requests, bound(self.max_requests))
             .map(|c| Admitted(Some(c)))
             .ok_or(Overflow::Requests)
     }
@@ -90,7 +92,7 @@ impl Breakers {
         }
         // Wait in line, if the line has room; the place is given back however the wait
         // ends (a slot, or the request dropped by its timeout or its client).
-        if take_raw(&c.waiting, self.max_pending).is_none() {
+        if !within(&c.waiting, bound(self.max_pending)) {
             return Err(Overflow::Pending);
         }
         let _in_line = InLine(c.clone());
@@ -117,13 +119,13 @@ impl Breakers {
         if self.max_retries == u32::MAX {
             return Some(RetrySlot(None));
         }
-        take(&self.retries, self.max_retries).map(|c| RetrySlot(Some(c)))
+        take(&self.retries, bound(self.max_retries)).map(|c| RetrySlot(Some(c)))
     }
 }
 
 impl Connections {
     fn try_take(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        take_raw(&self.in_use, self.max).map(|()| ConnectionSlot(self.clone()))
+        within(&self.in_use, bound(self.max)).then(|| ConnectionSlot(self.clone()))
     }
 }
 
@@ -136,37 +138,18 @@ impl Drop for InLine {
     }
 }
 
-/// One more on `count` if that stays within `max`.
-fn take_raw(count: &AtomicU32, max: u32) -> Option<()> {
-    count
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| ())
-}
-
-fn take(count: &Arc<AtomicU32>, max: u32) -> Option<Held> {
-    take_raw(count, max).map(|()| Held(count.clone()))
-}
-
-/// One unit of a count, given back on drop.
-#[derive(Debug)]
-struct Held(Arc<AtomicU32>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+/// A limit from the DestinationRule, as a count's bound.
+fn bound(limit: u32) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 /// A request in flight (`http2MaxRequests`), until dropped.
 #[derive(Debug)]
-pub struct Admitted(#[allow(dead_code)] Option<Held>);
+pub struct Admitted(#[allow(dead_code)] Option<One>);
 
 /// A retry in flight (`maxRetries`), until dropped.
 #[derive(Debug)]
-pub struct RetrySlot(#[allow(dead_code)] Option<Held>);
+pub struct RetrySlot(#[allow(dead_code)] Option<One>);
 
 /// A connection in use (`maxConnections`), until dropped: then one waiting request, if
 /// any, is woken to take it.
