@@ -79,6 +79,10 @@ async fn snapshot(host: &PluginHost, docs: &[String], metrics: &Arc<Metrics>) ->
         mesh: None,
         trusted_proxies: 0,
         registry: Default::default(),
+        seat: wasmgate::snapshot::registry::Seat {
+            namespace: "istio-system".into(),
+            locality: String::new(),
+        },
     };
     Snapshot::build(
         &config,

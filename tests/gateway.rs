@@ -876,8 +876,14 @@ async fn compiled_plugins_are_cached_between_runs() {
         let mut v: Vec<_> = std::fs::read_dir(&cache_dir)
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
         v.sort();
         v
+    };
+    let tag_of = |p: &std::path::Path| {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".tag");
+        std::path::PathBuf::from(name)
     };
     // Start, check a request gets through the plugins, stop; the log tells the rest.
     let run_once = || async {
@@ -905,6 +911,9 @@ async fn compiled_plugins_are_cached_between_runs() {
         |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
     assert_eq!(mode(&cache_dir), 0o700);
     assert!(first.iter().all(|p| mode(p) == 0o600));
+    // Each entry has its tag beside it, and the folder its key, private too.
+    assert!(first.iter().all(|p| mode(&tag_of(p)) == 0o600));
+    assert_eq!(mode(&cache_dir.join(".key")), 0o600);
 
     // A restart compiles nothing.
     let log = run_once().await;
@@ -945,9 +954,154 @@ async fn compiled_plugins_are_cached_between_runs() {
     assert_eq!(count(&log, "stored in the compile cache"), 1, "{log}");
     assert!(std::fs::metadata(&first[0]).expect("entry").len() > 1000);
 
+    // An entry swapped for another valid one, tag and all (wasmtime would run it): its
+    // tag names the other entry, so it is compiled again and replaced.
+    let before = std::fs::read(&first[2]).expect("entry");
+    std::fs::copy(&first[3], &first[2]).expect("swap entry");
+    std::fs::copy(tag_of(&first[3]), tag_of(&first[2])).expect("swap tag");
+    let log = run_once().await;
+    assert_eq!(count(&log, "loaded from the compile cache"), 3, "{log}");
+    assert_eq!(count(&log, "stored in the compile cache"), 1, "{log}");
+    assert_eq!(std::fs::read(&first[2]).expect("entry"), before);
+
+    // An entry that is a link (to a valid entry) is not followed.
+    std::fs::remove_file(&first[1]).expect("remove");
+    std::os::unix::fs::symlink(&first[0], &first[1]).expect("symlink");
+    let log = run_once().await;
+    assert_eq!(count(&log, "loaded from the compile cache"), 3, "{log}");
+
     // A folder others can write is never trusted (nor written).
     std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let log = run_once().await;
     assert_eq!(count(&log, "loaded from the compile cache"), 0, "{log}");
     assert!(log.contains("compile cache not used"), "{log}");
+}
+
+/// A ServiceEntry in namespace `app` for `svc.app.test` with endpoints `a` (version v1)
+/// and `b` (version v2), and what else `extra` adds.
+fn app_service(a: &Echo, b: &Echo) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc, namespace: app}}\nspec:\n  hosts: [svc.app.test]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v1}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v2}}}}\n",
+        a.port(),
+        b.port()
+    )
+}
+
+/// A VirtualService of namespace `app` for `host` through `default/gw` to `dest`.
+fn app_route(name: &str, host: &str, export_to: &str, dest: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: app}}\nspec:\n  hosts: [{host}]\n  gateways: [default/gw]\n  exportTo: {export_to}\n  http:\n  - route: [{{destination: {dest}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_to_decides_what_this_gateway_sees() {
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let port = free_port();
+    let dir = TempDir::new("export-to");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write("svc.yaml", &app_service(&a, &b));
+    dir.write(
+        "hidden.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: hidden, namespace: app}}\nspec:\n  hosts: [hidden.app.test]\n  exportTo: [\"~\"]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n",
+            a.port()
+        ),
+    );
+    let svc = "{host: svc.app.test}";
+    dir.write(
+        "vs.yaml",
+        &[
+            app_route("public", "public.test", "[]", svc),
+            app_route("private", "private.test", "[\".\"]", svc),
+            app_route("named", "named.test", "[istio-system]", svc),
+            app_route("star", "star.test", "[\"*\"]", svc),
+            app_route("hidden", "hidden.test", "[]", "{host: hidden.app.test}"),
+        ]
+        .join("---\n"),
+    );
+    let status =
+        |host: &'static str| async move { get(port, host, "/", &[]).await.expect("answer").status };
+
+    // The gateway's namespace is istio-system (the default of --workload-namespace).
+    let gw = Gateway::start(dir.path(), &[]).await;
+    assert_eq!(status("public.test").await, StatusCode::OK);
+    assert_eq!(status("star.test").await, StatusCode::OK);
+    assert_eq!(status("named.test").await, StatusCode::OK);
+    // Exported only to its own namespace: not this gateway's route.
+    assert_eq!(status("private.test").await, StatusCode::NOT_FOUND);
+    // `~`: the ServiceEntry is seen by no proxy, so its host is unknown here.
+    let hidden = status("hidden.test").await;
+    assert_eq!(hidden, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        a.hits() + b.hits(),
+        3,
+        "only the three visible routes reached upstream"
+    );
+    drop(gw);
+
+    // A gateway in namespace `app` sees the private route and not the one named for
+    // istio-system.
+    let _gw = Gateway::start(dir.path(), &["--workload-namespace", "app"]).await;
+    assert_eq!(status("private.test").await, StatusCode::OK);
+    assert_eq!(status("named.test").await, StatusCode::NOT_FOUND);
+    assert_eq!(status("public.test").await, StatusCode::OK);
+}
+
+/// A DestinationRule of `namespace` for svc.app.test whose subset `pick` selects
+/// endpoints of `version`.
+fn pick_rule(namespace: &str, version: &str, export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: pick, namespace: {namespace}}}\nspec:\n  host: svc.app.test\n  exportTo: {export_to}\n  subsets: [{{name: pick, labels: {{version: {version}}}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rules_apply_in_istios_namespace_order() {
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let port = free_port();
+    let dir = TempDir::new("dr-order");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write("svc.yaml", &app_service(&a, &b));
+    dir.write(
+        "vs.yaml",
+        &app_route("r", "\"*\"", "[]", "{host: svc.app.test, subset: pick}"),
+    );
+    let root_and_service = [
+        pick_rule("istio-system", "v1", "[]"),
+        pick_rule("app", "v2", "[]"),
+        // Another namespace's rule never applies to this service.
+        pick_rule("other", "v1", "[]"),
+    ]
+    .join("---\n");
+    dir.write("dr.yaml", &root_and_service);
+    let upstream = || async {
+        get(port, "x.test", "/", &[])
+            .await
+            .expect("answer")
+            .upstream()
+            .unwrap_or_default()
+    };
+
+    // In istio-system, the gateway's own namespace's rule wins.
+    let gw = Gateway::start(dir.path(), &[]).await;
+    assert_eq!(upstream().await, "a");
+    drop(gw);
+    // In namespace `edge`: the service's namespace's rule before the root's.
+    let gw = Gateway::start(dir.path(), &["--workload-namespace", "edge"]).await;
+    assert_eq!(upstream().await, "b");
+    drop(gw);
+    // The service's rule kept to its namespace: the root namespace's applies.
+    dir.write(
+        "dr.yaml",
+        &[
+            pick_rule("istio-system", "v1", "[]"),
+            pick_rule("app", "v2", "[\".\"]"),
+        ]
+        .join("---\n"),
+    );
+    let _gw = Gateway::start(dir.path(), &["--workload-namespace", "edge"]).await;
+    assert_eq!(upstream().await, "a");
 }

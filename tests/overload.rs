@@ -171,6 +171,54 @@ async fn a_body_that_goes_quiet_gets_408() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trickled_body_is_cut_at_the_request_timeout() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config("trickle-body", app.port(), VS);
+    // The idle bound (default 300 s) never fires: a byte comes every 200 ms.
+    let gw = Gateway::start(dir.path(), &["--request-timeout-seconds", "2"]).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .expect("head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let lines = gw
+        .wait_for_access(|l| l.iter().any(|x| x.contains("/upload")))
+        .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("POST a /upload 408 flags=-")),
+        "{lines:#?}"
+    );
+}
+
 /// An upstream that switches every request to a byte echo (`101`, then what it reads
 /// comes back).
 async fn upgrade_echo() -> (u16, tokio::task::JoinHandle<()>) {

@@ -352,3 +352,78 @@ async fn connect_timeout_bounds_a_silent_endpoint() {
     assert!(lines.iter().any(|l| l.contains("flags=UF")), "{lines:#?}");
     drop(silent);
 }
+
+/// A ServiceEntry `app` over `endpoints` (port, locality).
+fn located_service(endpoints: &[(u16, &str)]) -> String {
+    let mut eps = String::new();
+    for (port, locality) in endpoints {
+        eps.push_str(&format!(
+            "  - address: 127.0.0.1\n    ports: {{http: {port}}}\n    locality: {locality}\n"
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
+    )
+}
+
+/// Endpoints near (this gateway's zone), in the region, and in another region.
+async fn three_places(tag: &str, policy: &str) -> (Echo, Echo, Echo, TempDir, u16) {
+    let near = Echo::start("near").await;
+    let region = Echo::start("region").await;
+    let far = Echo::start("far").await;
+    let (dir, port) = config(tag, &[], "    retries: {attempts: 0}\n", policy);
+    dir.write(
+        "se.yaml",
+        &located_service(&[
+            (near.port(), "us-west/zone1/a"),
+            (region.port(), "us-west/zone2/a"),
+            (far.port(), "us-east/zone1/a"),
+        ]),
+    );
+    (near, region, far, dir, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locality_failover_keeps_traffic_near_until_it_fails() {
+    let (near, region, far, dir, port) = three_places(
+        "locality-failover",
+        "    outlierDetection: {consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n",
+    )
+    .await;
+    let here = ["--locality", "us-west/zone1/a"];
+    let gw = Gateway::start(dir.path(), &here).await;
+    for _ in 0..20 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!((near.hits(), region.hits(), far.hits()), (20, 0, 0));
+    // The near endpoint fails once and is ejected: its region takes over, not the far one.
+    near.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(port, "a", "/", &[]).await.expect("answer").status, 503);
+    for _ in 0..10 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!((near.hits(), region.hits(), far.hits()), (21, 10, 0));
+    drop(gw);
+    // Without --locality, or without outlier detection, there are no priorities.
+    near.status.store(0, std::sync::atomic::Ordering::SeqCst);
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    for _ in 0..30 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!((near.hits(), region.hits(), far.hits()), (31, 20, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locality_distribute_shares_traffic_by_locality() {
+    let (near, region, far, dir, port) = three_places(
+        "locality-distribute",
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        distribute:\n        - from: us-west/zone1/*\n          to: {\"us-west/zone1/*\": 80, \"us-west/zone2/*\": 20}\n",
+    )
+    .await;
+    let _gw = Gateway::start(dir.path(), &["--locality", "us-west/zone1/a"]).await;
+    for _ in 0..100 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    // 80 % to this zone, 20 % to the other zone, nothing to a locality not named.
+    assert_eq!((near.hits(), region.hits(), far.hits()), (80, 20, 0));
+}

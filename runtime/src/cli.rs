@@ -114,8 +114,9 @@ pub struct RunArgs {
     /// This gateway's workload name: `source_workload` in Istio's metrics.
     #[arg(long, default_value = "wasmgate", value_name = "NAME")]
     pub workload_name: String,
-    /// This gateway's namespace: `source_workload_namespace` in Istio's metrics, and where
-    /// `credentialName` Secrets are found when the Gateway's own namespace lacks them.
+    /// This gateway's namespace: `source_workload_namespace` in Istio's metrics, where
+    /// `credentialName` Secrets are found when the Gateway's own namespace lacks them,
+    /// and the namespace `exportTo` is read against (docs/istio.md).
     #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
     pub workload_namespace: String,
     /// How request paths are normalized before routing, as Istio's MeshConfig
@@ -145,6 +146,11 @@ pub struct RunArgs {
     /// `reviews` resolve in it.
     #[arg(long, default_value = "default", value_name = "NAMESPACE")]
     pub mesh_namespace: String,
+    /// Where this gateway runs, as `region/zone/subzone` (Istio's locality; a ServiceEntry
+    /// endpoint's `locality` is written alike). With it, DestinationRules with outlier
+    /// detection fail over by locality, and `localityLbSetting.distribute` applies.
+    #[arg(long, default_value = "", value_name = "REGION/ZONE/SUBZONE")]
+    pub locality: String,
     /// Seed the random numbers plugins get (fault percentages, traffic splits).
     #[arg(long, value_name = "N")]
     pub random_seed: Option<u64>,
@@ -228,6 +234,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_idle_timeout_seconds: u64,
+    /// A request must be received whole (headers and body) this long after its head
+    /// arrived, unless the response started first: else 408 (Envoy's `request_timeout`,
+    /// as its edge guide sets it). 0: no bound (long uploads over slow links).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub request_timeout_seconds: u64,
     /// An upgraded connection (WebSocket), CONNECT tunnel, TCP route or TLS passthrough
     /// that moves no byte either way this long is closed (Envoy's TCP proxy
     /// `idle_timeout`).
@@ -264,6 +275,8 @@ impl RunArgs {
                 .max_connections_per_listener
                 .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             stream_idle: Duration::from_secs(self.stream_idle_timeout_seconds),
+            request_timeout: (self.request_timeout_seconds > 0)
+                .then(|| Duration::from_secs(self.request_timeout_seconds)),
             tunnel_idle: Duration::from_secs(self.tunnel_idle_timeout_seconds),
             max_mirrors: self.max_mirrors,
             max_delay: Duration::from_millis(self.max_delay_ms),
@@ -379,6 +392,7 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             jwks_refresh: crate::snapshot::security::JWKS_REFRESH,
             workers: 1,
             limits: crate::limits::Settings::default(),
+            locality: String::new(),
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -493,6 +507,7 @@ pub fn run_options(args: &RunArgs) -> Options {
             .workers
             .map_or_else(crate::workers::default_count, usize::from),
         limits: args.limits(),
+        locality: args.locality.clone(),
         jwks_refresh: match args.jwks_refresh_seconds {
             0 => crate::snapshot::security::JWKS_REFRESH,
             s => Duration::from_secs(s),

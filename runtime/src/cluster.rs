@@ -9,6 +9,7 @@ mod balance;
 mod breakers;
 pub mod hash;
 mod outlier;
+mod priority;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +73,8 @@ pub struct Parts {
     pub name: String,
     /// Endpoints and their load-balancing weights (at least 1).
     pub targets: Vec<(Target, u32)>,
+    /// Each endpoint's priority level (locality failover); `None`: one level.
+    pub levels: Option<Vec<u8>>,
     pub http2: bool,
     pub tls: Option<Arc<UpstreamTls>>,
     pub stats: Arc<RequestStats>,
@@ -96,6 +99,8 @@ pub struct Cluster {
     /// What a consistent hash reads from a request, when the cluster hashes.
     hash_key: Option<HashKey>,
     balancer: balance::Balancer,
+    /// Locality failover's priority levels, when there are several.
+    levels: Option<priority::Levels>,
     breakers: breakers::Breakers,
     outlier: Option<outlier::Detector>,
     in_flight: Vec<AtomicUsize>,
@@ -110,6 +115,10 @@ impl Cluster {
             Balancer::Simple(_) => None,
         };
         let balancer = balance::Balancer::new(&policy.balancer, &targets, &weights);
+        let levels = parts
+            .levels
+            .as_deref()
+            .map(|of| priority::Levels::new(of, &policy.balancer, &targets, &weights));
         let limit_connections = !parts.http2;
         Cluster {
             name: parts.name,
@@ -126,6 +135,7 @@ impl Cluster {
             pool: policy.pool,
             hash_key,
             balancer,
+            levels,
         }
     }
 
@@ -145,6 +155,11 @@ impl Cluster {
                 .get(i)
                 .map_or(0, |c| c.load(Ordering::Relaxed))
         };
+        if let Some(levels) = &self.levels {
+            let outlier = self.usable_outlier();
+            let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
+            return levels.pick(random, hash, &load, &healthy);
+        }
         let Some(outlier) = self.usable_outlier() else {
             return Some(self.balancer.pick(random, hash, &load, |_| true));
         };

@@ -61,6 +61,9 @@ pub struct Options {
     pub workers: usize,
     /// `--max-connections` and the other bounds (`limits.rs`).
     pub limits: crate::limits::Settings,
+    /// `--locality`: where this gateway is (`region/zone/subzone`), for
+    /// locality-aware load balancing; empty when not given.
+    pub locality: String,
 }
 
 /// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
@@ -92,6 +95,10 @@ pub async fn load(
         registry: crate::snapshot::registry::Bounds {
             max_connections: options.limits.max_upstream_connections,
             max_clusters: options.limits.max_clusters,
+        },
+        seat: crate::snapshot::registry::Seat {
+            namespace: options.workload.1.clone(),
+            locality: options.locality.clone(),
         },
     };
     Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)

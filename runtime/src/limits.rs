@@ -24,6 +24,10 @@ pub struct Settings {
     /// `--stream-idle-timeout-seconds`: a request body that sends nothing this long is
     /// ended (408 before the response started). Envoy's `stream_idle_timeout`, 5 min.
     pub stream_idle: Duration,
+    /// `--request-timeout-seconds`: a request must be received whole (its body ended)
+    /// this long after its head arrived, unless the response started first (408).
+    /// Envoy's `request_timeout`, as its edge guide sets it: 5 min. `None`: unbounded.
+    pub request_timeout: Option<Duration>,
     /// `--tunnel-idle-timeout-seconds`: an upgraded connection (WebSocket), CONNECT
     /// tunnel or TCP route that moves no byte either way this long is closed. Envoy's
     /// TCP proxy `idle_timeout`, 1 h.
@@ -46,6 +50,7 @@ impl Default for Settings {
             max_connections: connections_for(open_files_limit()),
             max_connections_per_listener: usize::MAX,
             stream_idle: Duration::from_secs(300),
+            request_timeout: Some(Duration::from_secs(300)),
             tunnel_idle: Duration::from_secs(3600),
             max_mirrors: 1024,
             max_delay: Duration::from_secs(300),

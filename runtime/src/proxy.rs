@@ -448,12 +448,14 @@ async fn serve(
         .filter_map(|c| c.wants.request_body)
         .max()
     {
-        let idle = shared.limits.settings.stream_idle;
-        let mut quiet = body::Idle::new(req.body_mut(), idle, None);
+        let bounds = body::Bounds::of(&shared.limits.settings, access.started);
+        let mut quiet = body::Idle::new(req.body_mut(), bounds, None);
         let got = body::read_up_to(&mut quiet, limit).await.map_err(|e| {
             tracing::debug!("reading the request body for plugins: {e}");
             if e.is::<body::StreamIdle>() {
                 ProxyError::StreamIdle(e.to_string())
+            } else if e.is::<body::RequestTimeout>() {
+                ProxyError::RequestTimeout(e.to_string())
             } else {
                 ProxyError::BadRequest("the request body could not be read")
             }
@@ -631,7 +633,9 @@ fn request_view(
 
 /// A failure after the decision, as the response the client gets (with its flag logged).
 fn failure_response(e: ProxyError, access: &mut Access) -> Response<Body> {
-    access.flags.push(e.flag());
+    if !e.flag().is_empty() {
+        access.flags.push(e.flag());
+    }
     match e.culprit() {
         Culprit::Client | Culprit::Gateway => {
             tracing::debug!(request_id = %access.request_id, "{e}")
@@ -795,14 +799,14 @@ async fn forward_upstream(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
     // A body still streaming from the client goes quiet at most the stream idle time,
-    // until the response starts.
-    let idle = shared.limits.settings.stream_idle;
+    // and ends within the request timeout, until the response starts.
+    let bounds = body::Bounds::of(&shared.limits.settings, access.started);
     let streaming = match &read {
         Some(read) => read.over,
         None => !body.is_end_stream(),
     };
     let answered = streaming.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-    let quiet = |body| body::Idle::new(body, idle, answered.clone());
+    let quiet = |body| body::Idle::new(body, bounds, answered.clone());
     let body = match read {
         Some(read) if read.over => Some(body::resend(read, quiet(body))),
         Some(read) if !read.data.is_empty() || read.trailers.is_some() => {

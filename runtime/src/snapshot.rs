@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
+use wasmgate_config::model::export;
 use wasmgate_config::{
     Config, ConfigError, FailStrategy, Gateway, Meta, Phase, PluginMatch, PluginSource,
     VirtualService, WasmPlugin,
@@ -342,8 +343,19 @@ impl Snapshot {
         metrics: &Arc<Metrics>,
         tracing: Option<&TraceBase>,
     ) -> Result<Snapshot, Vec<ConfigError>> {
-        let mesh_on = listening.mesh.is_some();
         let mut errors = Vec::new();
+        // `exportTo`: the Gateway listeners see what is exported to this gateway's
+        // namespace, the mesh listener what is exported to its clients' namespace.
+        let seen_by = |vs: &VirtualService, namespace: &str| {
+            export::exported_to(&vs.spec.export_to, &vs.meta.id.namespace, namespace)
+        };
+        let on_mesh = |vs: &VirtualService| {
+            vs.binds_mesh
+                && listening
+                    .mesh
+                    .as_ref()
+                    .is_some_and(|m| seen_by(vs, &m.namespace))
+        };
 
         // Which Gateways each VirtualService is served through.
         let gateways: HashMap<(String, String), &Gateway> = config
@@ -358,6 +370,7 @@ impl Snapshot {
                 let gws = vs
                     .gateways
                     .iter()
+                    .filter(|_| seen_by(vs, &listening.seat.namespace))
                     .filter_map(|r| {
                         gateways
                             .get(&(r.namespace.clone(), r.name.clone()))
@@ -366,9 +379,7 @@ impl Snapshot {
                     .collect();
                 (vs, gws)
             })
-            .filter(|(vs, gws): &(&VirtualService, Vec<&Gateway>)| {
-                !gws.is_empty() || (mesh_on && vs.binds_mesh)
-            })
+            .filter(|(vs, gws): &(&VirtualService, Vec<&Gateway>)| !gws.is_empty() || on_mesh(vs))
             .collect();
 
         // Compile the first-party components (or their replacements) once.
@@ -503,7 +514,7 @@ impl Snapshot {
                 }
             }
             let mut vias: Vec<Via<'_>> = gws.iter().map(|g| Via::Gateway(g)).collect();
-            if mesh_on && vs.binds_mesh {
+            if on_mesh(vs) {
                 vias.push(Via::Mesh);
             }
             let mut user_links: Vec<(&WasmPlugin, PreparedPolicy)> = Vec::new();
@@ -650,11 +661,11 @@ impl Snapshot {
             let mesh_bound: Vec<&VirtualService> = bound
                 .iter()
                 .map(|(vs, _)| *vs)
-                .filter(|vs| vs.binds_mesh)
+                .filter(|vs| on_mesh(vs))
                 .collect();
             let mut defaults = Vec::new();
             if let Some((router, pool)) = firsts.first() {
-                for (fqdn, se) in mesh::uncovered(config, &mesh_bound) {
+                for (fqdn, se) in mesh::uncovered(config, &mesh_bound, &listening.seat.namespace) {
                     let spec = mesh::default_route(se, &fqdn);
                     let json = serde_json::to_string(&spec).unwrap_or_default();
                     let name = format!("{}/{fqdn}", mesh::MESH);
@@ -731,7 +742,7 @@ impl Snapshot {
         ];
         Ok(Snapshot {
             listeners,
-            registry: Registry::new(config, metrics.clone(), listening.registry),
+            registry: Registry::new(config, metrics.clone(), listening.registry, &listening.seat),
             resources,
             tracer: tracing.and_then(|base| overrides::tracer(base, &config.telemetry)),
             telemetry: config.telemetry.clone(),
@@ -755,6 +766,9 @@ pub struct Listening {
     /// `--max-upstream-connections` and `--max-clusters`: what the registry's clusters
     /// default to and how many it keeps.
     pub registry: registry::Bounds,
+    /// `--workload-namespace` (the namespace `exportTo` is read against for the Gateway
+    /// listeners and the registry) and `--locality`.
+    pub seat: registry::Seat,
 }
 
 /// Seconds since the Unix epoch: when certificates must be valid.

@@ -5,6 +5,8 @@
 //! VirtualService's `delegate` routes, replaced by the merged routes). TLS settings
 //! are resolved: certificates and keys are read from their Secrets and files ([`tls`]).
 
+pub mod export;
+pub mod locality;
 mod tls;
 pub mod traffic;
 
@@ -246,6 +248,8 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// Load-balancing weight; 1 when absent or zero.
     pub weight: u32,
+    /// `region/zone/subzone` (any part may be missing): see [`locality`].
+    pub locality: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -737,7 +741,7 @@ mod tests {
             "      http: {maxRequestsPerConnection: 5, http2MaxRequests: 3}",
             "    loadBalancer:",
             "      consistentHash: {httpHeaderName: x-user}",
-            "      localityLbSetting: {enabled: true}",
+            "      localityLbSetting: {enabled: true, failoverPriority: [x-label]}",
             "    outlierDetection: {consecutive5xxErrors: 2}",
         ]);
         let fields: Vec<String> = c
@@ -750,7 +754,7 @@ mod tests {
         for field in [
             "maxConnectionDuration",
             "maxRequestsPerConnection",
-            "localityLbSetting",
+            "localityLbSetting.failoverPriority",
         ] {
             assert!(
                 fields.iter().any(|w| w.contains(field)),
@@ -762,6 +766,10 @@ mod tests {
                 .iter()
                 .any(|w| w.to_string().contains("consistentHash")),
             "consistent hashing is carried out"
+        );
+        assert!(
+            !fields.iter().any(|w| w.contains("localityLbSetting:")),
+            "locality balancing is carried out: {fields:#?}"
         );
     }
 

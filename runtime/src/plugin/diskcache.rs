@@ -6,8 +6,10 @@
 //! An entry is named by the SHA-256 of the component's bytes and wasmtime's compatibility
 //! hash of the engine configuration, so a changed plugin, wasmtime version or engine
 //! setting misses and recompiles. Loading compiled code trusts the file, so the folder
-//! is created private (0700) and an entry is used only while neither it nor its folder
-//! is writable by group or others; anything odd falls back to compiling.
+//! is created private (0700) and an entry is used only when the folder and every folder
+//! above it pass the owner and mode checks, the entry is a private file of this user
+//! opened without following links, and its tag (a keyed digest written beside it)
+//! matches; anything odd falls back to compiling ([`trust`]).
 //!
 //! A miss is compiled by a child process when the gateway runs (`wasmgate
 //! compile-entry`, the same binary, building the same engine): it stores the entry and
@@ -26,14 +28,16 @@
 //! compiles again only if a reload needs the entry.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+mod trust;
 
 /// Where compiled components live unless `--compile-cache` says otherwise:
 /// `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`.
@@ -57,12 +61,6 @@ fn entry_path(dir: &Path, engine: &Engine, bytes: &[u8]) -> PathBuf {
     let digest = sha.finalize();
     let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     dir.join(format!("{name}.cwasm"))
-}
-
-fn private(path: &Path) -> bool {
-    std::fs::symlink_metadata(path)
-        .map(|m| !m.file_type().is_symlink() && m.permissions().mode() & 0o022 == 0)
-        .unwrap_or(false)
 }
 
 /// How large and how old the compile cache may grow.
@@ -212,7 +210,7 @@ impl DiskCache {
     /// Remove what is too old, then the least recently used past the size limit.
     /// Best effort: failures are logged at debug and skipped.
     pub fn prune(&self) {
-        if !private(&self.dir) {
+        if !trust::trusted_dir(&self.dir) {
             return;
         }
         let removed = prune(&self.dir, &self.limits, self.started, SystemTime::now());
@@ -233,7 +231,7 @@ impl DiskCache {
             return Ok(found);
         }
         // A folder that exists but is not private is not used at all (nor written).
-        let usable = private(&self.dir) || !self.dir.exists();
+        let usable = trust::trusted_dir(&self.dir) || !self.dir.exists();
         if let Some(child) = self.child.as_ref().filter(|_| usable)
             && child.run(bytes, &path)
         {
@@ -274,7 +272,12 @@ fn entries(dir: &Path) -> Vec<Entry> {
             let path = item.path();
             let name = item.file_name();
             let name = name.to_string_lossy();
-            let ours = folder != dir || name.ends_with(".cwasm") || name.ends_with(".tmp");
+            // An entry's tag goes with it (below); a tag without its entry is a leftover.
+            let orphan_tag = name
+                .strip_suffix(trust::TAG)
+                .is_some_and(|entry| !folder.join(entry).exists());
+            let ours =
+                folder != dir || name.ends_with(".cwasm") || name.ends_with(".tmp") || orphan_tag;
             if ours {
                 found.push(Entry {
                     path,
@@ -307,6 +310,7 @@ fn prune(dir: &Path, limits: &Limits, started: SystemTime, now: SystemTime) -> V
         }
         match std::fs::remove_file(&entry.path) {
             Ok(()) => {
+                let _ = std::fs::remove_file(tag_path(&entry.path));
                 total = total.saturating_sub(entry.bytes);
                 removed.push(entry.path);
             }
@@ -321,6 +325,7 @@ fn prune(dir: &Path, limits: &Limits, started: SystemTime, now: SystemTime) -> V
 pub fn touch(path: &Path) {
     let marked = std::fs::OpenOptions::new()
         .write(true)
+        .custom_flags(trust::no_follow())
         .open(path)
         .and_then(|f| f.set_modified(SystemTime::now()));
     if let Err(e) = marked {
@@ -351,13 +356,35 @@ fn compile_and_store(
     Ok((deserialize_bytes(engine, &compiled)?, stored))
 }
 
-/// The entry at `path`, when it is private and wasmtime accepts it; marked as used.
-/// `how` ends the debug line that says so.
+/// Where the tag of the entry at `path` is kept.
+fn tag_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(trust::TAG);
+    PathBuf::from(name)
+}
+
+/// The entry at `path`, when the folder is trusted, the entry is private, its tag
+/// matches and wasmtime accepts it; marked as used. `how` ends the debug line that
+/// says so.
 fn lookup(dir: &Path, engine: &Engine, path: &Path, how: &str) -> Option<Component> {
-    if !(private(dir) && private(path)) {
+    if !trust::trusted_dir(dir) {
         return None;
     }
-    match deserialize(engine, path) {
+    let key = trust::key(dir, false)?;
+    let mut file = trust::open_private(path)?;
+    let name = path.file_name()?.to_str()?;
+    let mut bytes = Vec::new();
+    let mut stored = String::new();
+    let tag_read = trust::open_private(&tag_path(path))
+        .is_some_and(|mut t| t.read_to_string(&mut stored).is_ok());
+    if file.read_to_end(&mut bytes).is_err()
+        || !tag_read
+        || !trust::verify(&key, name, &bytes, &stored)
+    {
+        tracing::debug!(path = %path.display(), "compile cache entry not authenticated; compiling");
+        return None;
+    }
+    match deserialize(engine, &file, &bytes) {
         Ok(c) => {
             tracing::debug!(path = %path.display(), "compiled component {how}");
             touch(path);
@@ -375,36 +402,58 @@ fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    if !private(dir) {
+    if !trust::trusted_dir(dir) {
         return Err(std::io::Error::other(
-            "folder is writable by others; not used",
+            "folder (or one above it) is not this user's alone; not used",
         ));
     }
-    // Write beside, then rename: a concurrent reader sees the old entry or the whole new one.
+    let key = trust::key(dir, true)
+        .ok_or_else(|| std::io::Error::other("its key cannot be read or made; not used"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("entry name is not UTF-8"))?;
+    // The tag first, then the entry; each written beside and renamed into place, so a
+    // concurrent reader sees a whole old or whole new file (a mismatch only recompiles).
+    let tag = trust::tag(&key, name, compiled);
+    write_beside(dir, &tag_path(path), tag.as_bytes())?;
+    write_beside(dir, path, compiled)
+}
+
+/// Write `bytes` to a fresh private file beside `path`, then rename it to `path`.
+fn write_beside(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
         std::process::id()
     ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(compiled)?;
+    // A leftover of an interrupted write by a process of the same id (or a link
+    // planted there): removed, never written through.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = trust::create_private(&tmp)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
+/// The entry open as `file`, whose `bytes` were just authenticated. wasmtime maps the
+/// same file (through `/proc/self/fd`, so no path can be swapped in between); without
+/// `/proc` it copies the bytes.
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+fn deserialize(engine: &Engine, file: &std::fs::File, bytes: &[u8]) -> wasmtime::Result<Component> {
+    use std::os::fd::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     // SAFETY: wasmtime requires that the file holds code it produced and that nobody
-    // changes it while mapped. Entries are written only by `store` above (0600 in a 0700
-    // folder, renamed into place, never rewritten in place) and are used only while
-    // neither file nor folder is writable by group or others; wasmtime itself checks the
-    // header's version and engine settings and refuses a mismatch.
-    unsafe { Component::deserialize_file(engine, path) }
+    // changes it while mapped. `file` is a regular file of this user that nobody else
+    // may read or write, in a folder chain only this user (or root) can change, and its
+    // bytes carry the tag only `store` above writes (entries are renamed into place,
+    // never rewritten in place); wasmtime itself checks the header's version and engine
+    // settings and refuses a mismatch.
+    if by_fd.exists() {
+        unsafe { Component::deserialize_file(engine, &by_fd) }
+    } else {
+        unsafe { Component::deserialize(engine, bytes) }
+    }
 }
 
 #[allow(unsafe_code)]
@@ -417,18 +466,6 @@ fn deserialize_bytes(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Compo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entries_in_a_folder_others_can_write_are_not_trusted() {
-        let dir = std::env::temp_dir().join(format!("wasmgate-cache-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert!(!private(&dir));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        assert!(private(&dir));
-        assert!(!private(&dir.join("missing")));
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-    }
 
     #[test]
     fn pruning_removes_the_old_then_the_least_recently_used_but_never_its_own() {

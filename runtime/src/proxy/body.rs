@@ -162,16 +162,58 @@ impl std::error::Error for StreamIdle {}
 /// The words [`StreamIdle`] starts with, to tell it in an error's chain.
 pub const STREAM_IDLE: &str = "request body idle timeout";
 
+/// What a request that is not received whole in time fails with
+/// (`--request-timeout-seconds`).
+#[derive(Debug)]
+pub struct RequestTimeout(pub std::time::Duration);
+
+impl std::fmt::Display for RequestTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{REQUEST_TIMEOUT}: the request was not received within {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RequestTimeout {}
+
+/// The words [`RequestTimeout`] starts with, to tell it in an error's chain.
+pub const REQUEST_TIMEOUT: &str = "request timeout";
+
+/// How long a request body may go quiet, and when it must have ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub idle: std::time::Duration,
+    /// The request's arrival plus `--request-timeout-seconds` (`None`: unbounded).
+    pub deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+}
+
+impl Bounds {
+    /// The bounds of a request whose head arrived at `started`.
+    pub fn of(settings: &crate::limits::Settings, started: std::time::Instant) -> Bounds {
+        Bounds {
+            idle: settings.stream_idle,
+            deadline: settings
+                .request_timeout
+                .map(|t| (tokio::time::Instant::from_std(started) + t, t)),
+        }
+    }
+}
+
 /// A downstream request body that fails with [`StreamIdle`] when no frame arrives for
-/// `limit`: a client that stops sending halfway holds neither its request nor an
-/// upstream connection for longer. The clock starts when the body is first polled (time
-/// spent waiting for a connection is not the client's), its timer is reset lazily (when
-/// it fires early), not per frame, and it stops once `answered` is set: when the
-/// response has started, a stream whose client sends rarely (gRPC streaming) is the
-/// route's to time out, not this.
+/// `bounds.idle`, and with [`RequestTimeout`] when it has not ended by
+/// `bounds.deadline` (Envoy's `stream_idle_timeout` and `request_timeout`): a client
+/// that stops sending halfway, or trickles a byte now and then, holds neither its
+/// request nor an upstream connection for longer. The idle clock starts when the body
+/// is first polled (time spent waiting for a connection is not the client's), its timer
+/// is reset lazily (when it fires early), not per frame, and both stop once `answered`
+/// is set: when the response has started, a stream whose client sends rarely (gRPC
+/// streaming) is the route's to time out, not this.
 pub struct Idle<B> {
     inner: B,
-    limit: std::time::Duration,
+    bounds: Bounds,
     last: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     answered: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -180,15 +222,25 @@ pub struct Idle<B> {
 impl<B> Idle<B> {
     pub fn new(
         inner: B,
-        limit: std::time::Duration,
+        bounds: Bounds,
         answered: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     ) -> Self {
         Idle {
             inner,
-            limit,
+            bounds,
             last: tokio::time::Instant::now(),
             timer: None,
             answered,
+        }
+    }
+
+    /// When the timer must next look: the idle limit from the last frame, or the
+    /// deadline if that is sooner.
+    fn due(&self) -> tokio::time::Instant {
+        let idle = self.last + self.bounds.idle;
+        match self.bounds.deadline {
+            Some((deadline, _)) => idle.min(deadline),
+            None => idle,
         }
     }
 }
@@ -218,19 +270,27 @@ where
             this.timer = None;
             return Poll::Pending;
         }
-        let limit = this.limit;
-        let timer = this.timer.get_or_insert_with(|| {
-            // The first wait: the clock starts now.
+        if this.timer.is_none() {
+            // The first wait: the idle clock starts now.
             this.last = tokio::time::Instant::now();
-            Box::pin(tokio::time::sleep_until(this.last + limit))
-        });
+            this.timer = Some(Box::pin(tokio::time::sleep_until(this.due())));
+        }
         loop {
+            let due = this.due();
+            let Some(timer) = this.timer.as_mut() else {
+                return Poll::Pending;
+            };
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = this.last + limit;
-            if due <= tokio::time::Instant::now() {
-                return Poll::Ready(Some(Err(StreamIdle(limit).into())));
+            let now = tokio::time::Instant::now();
+            if let Some((deadline, total)) = this.bounds.deadline
+                && deadline <= now
+            {
+                return Poll::Ready(Some(Err(RequestTimeout(total).into())));
+            }
+            if this.last + this.bounds.idle <= now {
+                return Poll::Ready(Some(Err(StreamIdle(this.bounds.idle).into())));
             }
             // A frame came since the timer was set: wait from that one.
             timer.as_mut().reset(due);

@@ -57,6 +57,9 @@ pub enum ProxyError {
     /// The request body sent nothing for `--stream-idle-timeout-seconds`.
     #[error("{0}")]
     StreamIdle(String),
+    /// The request was not received whole within `--request-timeout-seconds`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request body failed while it was sent upstream (the client went away).
     #[error("request body failed: {0}")]
     DownstreamBody(String),
@@ -87,7 +90,9 @@ impl ProxyError {
             | ProxyError::Overflow(_)
             | ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::StreamIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::StreamIdle(_) | ProxyError::RequestTimeout(_) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::DownstreamBody(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -110,6 +115,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "UH",
             ProxyError::PayloadTooLarge { .. } => "DPE",
             ProxyError::StreamIdle(_) => "SI",
+            // Envoy sets no flag when its `request_timeout` fires.
+            ProxyError::RequestTimeout(_) => "",
             // Envoy's flag for a downstream connection that ended mid-request.
             ProxyError::DownstreamBody(_) => "DC",
         }
@@ -120,6 +127,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::StreamIdle(_)
+            | ProxyError::RequestTimeout(_)
             | ProxyError::DownstreamBody(_) => Culprit::Client,
             ProxyError::NoRoute | ProxyError::NoCluster(_) => Culprit::Gateway,
             ProxyError::Plugin { .. }
@@ -176,6 +184,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "Payload Too Large",
             // Envoy's words for its stream idle timeout.
             ProxyError::StreamIdle(_) => "stream timeout",
+            ProxyError::RequestTimeout(_) => "request timeout",
             ProxyError::DownstreamBody(_) => "bad request",
         };
         let overflow = matches!(self, ProxyError::Overflow(_));

@@ -558,6 +558,8 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     } else if text.contains(super::body::STREAM_IDLE) {
         // The client's body went quiet, not the upstream.
         ProxyError::StreamIdle(text)
+    } else if text.contains(super::body::REQUEST_TIMEOUT) {
+        ProxyError::RequestTimeout(text)
     } else if from_request_body(e) {
         // The client's body failed (it went away mid-upload): not the upstream's doing.
         ProxyError::DownstreamBody(text)

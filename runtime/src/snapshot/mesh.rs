@@ -99,9 +99,14 @@ pub fn default_route(se: &ServiceEntry, host: &str) -> VirtualServiceSpec {
 pub fn uncovered<'a>(
     config: &'a Config,
     mesh_bound: &[&VirtualService],
+    namespace: &str,
 ) -> Vec<(String, &'a ServiceEntry)> {
     let mut out: Vec<(String, &ServiceEntry)> = Vec::new();
-    for se in &config.service_entries {
+    for se in config
+        .service_entries
+        .iter()
+        .filter(|se| super::registry::visible(se, namespace))
+    {
         for host in se.hosts.iter().filter(|h| !h.starts_with('*')) {
             let covered = mesh_bound
                 .iter()

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use wasmgate_config::model::export;
+use wasmgate_config::model::locality::{self, Locality};
 use wasmgate_config::model::traffic::{ClusterPolicy, cluster_policy};
 use wasmgate_config::{Config, DestinationRule, Resolution, ServiceEntry};
 
@@ -102,10 +104,16 @@ impl Eq for ClusterKey {}
 pub struct Registry {
     services: HashMap<String, Arc<ServiceEntry>>,
     wildcard_services: Vec<(String, Arc<ServiceEntry>)>,
-    rules: HashMap<String, Arc<DestinationRule>>,
+    /// Every rule for an exact host, in load order (which applies depends on the
+    /// namespaces: [`Registry::rule`]).
+    rules: HashMap<String, Vec<Arc<DestinationRule>>>,
     /// (suffix after '*', rule), longest suffix first.
     wildcard_rules: Vec<(String, Arc<DestinationRule>)>,
     cache: DashMap<ClusterKey, Arc<Cluster>>,
+    /// The namespace this registry is seen from (`--workload-namespace`).
+    namespace: String,
+    /// Where this gateway is (`--locality`), for locality-aware balancing.
+    locality: Locality,
     /// Of those, clusters of hosts only a wildcard ServiceEntry declares.
     wildcard_cached: AtomicUsize,
     metrics: Arc<Metrics>,
@@ -133,9 +141,54 @@ impl Default for Bounds {
     }
 }
 
+/// Where this gateway sits: the namespace `exportTo` is read against and its locality.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seat {
+    /// `--workload-namespace`.
+    pub namespace: String,
+    /// `--locality`: `region/zone/subzone`, empty when not given.
+    pub locality: String,
+}
+
+/// `distribute`: each endpoint's weight scaled so that its locality's endpoints share
+/// the locality's percentage (in proportion to their own weights); endpoints of
+/// localities without a share are dropped.
+fn distribute(
+    targets: Vec<(Target, u32)>,
+    localities: &[&str],
+    shares: &[u32],
+) -> Vec<(Target, u32)> {
+    let mut totals: HashMap<&str, u64> = HashMap::new();
+    for (((_, weight), at), share) in targets.iter().zip(localities).zip(shares) {
+        if *share > 0 {
+            *totals.entry(*at).or_default() += u64::from(*weight);
+        }
+    }
+    targets
+        .into_iter()
+        .zip(localities.iter().zip(shares))
+        .filter(|(_, (_, share))| **share > 0)
+        .map(|((target, weight), (at, share))| {
+            let total = totals.get(at).copied().unwrap_or(1).max(1);
+            let scaled = u64::from(*share) * u64::from(weight) * 1000 / total;
+            (target, u32::try_from(scaled).unwrap_or(u32::MAX).max(1))
+        })
+        .collect()
+}
+
+/// Does `se`'s `exportTo` let a proxy in `namespace` see it?
+pub fn visible(se: &ServiceEntry, namespace: &str) -> bool {
+    export::exported_to(&se.spec.export_to, &se.meta.id.namespace, namespace)
+}
+
 impl Registry {
-    pub fn new(config: &Config, metrics: Arc<Metrics>, bounds: Bounds) -> Self {
+    /// The registry a proxy in `namespace` sees: ServiceEntries exported to it, and the
+    /// DestinationRules Istio would apply there (`wasmgate_config::model::export`).
+    pub fn new(config: &Config, metrics: Arc<Metrics>, bounds: Bounds, seen_from: &Seat) -> Self {
+        let namespace = seen_from.namespace.as_str();
         let mut registry = Registry {
+            namespace: namespace.to_string(),
+            locality: Locality::parse(&seen_from.locality),
             services: HashMap::new(),
             wildcard_services: Vec::new(),
             rules: HashMap::new(),
@@ -145,7 +198,11 @@ impl Registry {
             metrics,
             bounds,
         };
-        for se in &config.service_entries {
+        for se in config
+            .service_entries
+            .iter()
+            .filter(|se| visible(se, namespace))
+        {
             let se = Arc::new(se.clone());
             for host in &se.hosts {
                 if let Some(suffix) = host.strip_prefix('*') {
@@ -168,9 +225,11 @@ impl Registry {
             let rule = Arc::new(dr.clone());
             match dr.host.strip_prefix('*') {
                 Some(suffix) => registry.wildcard_rules.push((suffix.to_string(), rule)),
-                None => {
-                    registry.rules.entry(dr.host.clone()).or_insert(rule);
-                }
+                None => registry
+                    .rules
+                    .entry(dr.host.clone())
+                    .or_default()
+                    .push(rule),
             }
         }
         registry
@@ -179,14 +238,30 @@ impl Registry {
         registry
     }
 
-    /// The DestinationRule for `host`: exact, else the most specific wildcard (Istio).
-    fn rule(&self, host: &str) -> Option<&Arc<DestinationRule>> {
-        self.rules.get(host).or_else(|| {
-            self.wildcard_rules
-                .iter()
-                .find(|(suffix, _)| suffix.is_empty() || host.ends_with(suffix.as_str()))
-                .map(|(_, r)| r)
-        })
+    /// The DestinationRule for `host`, a service of namespace `service_ns`, as Istio
+    /// picks it: by namespace first (this proxy's, then the service's, then the root
+    /// namespace's, each only if exported here), then the exact host before the most
+    /// specific wildcard, then the first loaded.
+    fn rule(&self, host: &str, service_ns: &str) -> Option<&Arc<DestinationRule>> {
+        let exact = self.rules.get(host).into_iter().flatten();
+        let wildcards = self
+            .wildcard_rules
+            .iter()
+            .filter(|(suffix, _)| suffix.is_empty() || host.ends_with(suffix.as_str()))
+            .map(|(_, r)| r);
+        exact
+            .chain(wildcards)
+            .filter_map(|r| {
+                export::rule_rank(
+                    &r.meta.id.namespace,
+                    &r.spec.export_to,
+                    &self.namespace,
+                    service_ns,
+                )
+                .map(|rank| (rank, r))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, r)| r)
     }
 
     /// The ServiceEntry declaring `host`, and the wildcard suffix it matched (`None`
@@ -262,7 +337,7 @@ impl Registry {
             }
             (None, None) => 80,
         };
-        let rule = self.rule(host);
+        let rule = self.rule(host, &se.meta.id.namespace);
         let labels = match subset {
             None => BTreeMap::new(),
             Some(name) => {
@@ -283,6 +358,7 @@ impl Registry {
             policy.pool.max_connections = self.bounds.max_connections;
         }
         let mut targets = Vec::new();
+        let mut localities = Vec::new();
         for ep in &se.endpoints {
             if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
                 continue;
@@ -291,7 +367,22 @@ impl Registry {
                 .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
                 .unwrap_or(port_number);
             targets.push((Target::new(ep.address.clone(), target_port), ep.weight));
+            localities.push(ep.locality.as_str());
         }
+        let plan = locality::plan(
+            policy.locality.as_ref(),
+            policy.outlier.is_some(),
+            &self.locality,
+            &localities,
+        );
+        let levels = match plan {
+            Some(locality::Plan::Distribute(shares)) => {
+                targets = distribute(targets, &localities, &shares);
+                None
+            }
+            Some(locality::Plan::Priorities(levels)) => Some(levels),
+            None => None,
+        };
         let dns_self = matches!(
             se.resolution,
             Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns
@@ -340,6 +431,7 @@ impl Registry {
             Parts {
                 name,
                 targets,
+                levels,
                 http2,
                 tls,
                 stats,

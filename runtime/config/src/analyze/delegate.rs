@@ -43,11 +43,11 @@ pub(super) fn merge(cfg: &mut Config, f: &mut Findings<'_>) {
 
 /// Does `delegate`'s `exportTo` let VirtualServices in `namespace` use it?
 fn exported_to(delegate: &VirtualService, namespace: &str) -> bool {
-    let export = &delegate.spec.export_to;
-    export.is_empty()
-        || export.iter().any(|e| {
-            e == "*" || e == namespace || (e == "." && delegate.meta.id.namespace == namespace)
-        })
+    crate::model::export::exported_to(
+        &delegate.spec.export_to,
+        &delegate.meta.id.namespace,
+        namespace,
+    )
 }
 
 /// The routes of `root` with its delegate routes merged.

@@ -5,8 +5,9 @@
 //! endpoint (IST0173) and ServiceEntries that disagree on a port's protocol (IST0177).
 //!
 //! Hosts are looked up as the runtime looks them up (`snapshot/registry.rs`): wasmgate
-//! has no Kubernetes registry, so a ServiceEntry is the only way a host exists, and
-//! `exportTo` does not hide one (wasmgate is one proxy; every resource is visible to it).
+//! has no Kubernetes registry, so a ServiceEntry is the only way a host exists. The
+//! analyzers do not read `exportTo` (the runtime does, `model::export`): a finding
+//! considers every resource.
 
 use super::{Code, Findings, destination_rule, go_list, ns_name, service};
 use crate::host::{expand_host, hosts_overlap};

@@ -252,8 +252,8 @@ pub(super) fn unreachable_rules(cfg: &Config, f: &mut Findings<'_>) {
 
 /// IST0109: VirtualServices bound to the mesh that declare the same host. Istio's
 /// sidecars pick one (undefined which); wasmgate's mesh listener tries their routes in
-/// load order, so the first one's catch-all hides the rest. wasmgate ignores `exportTo`
-/// (the mesh listener is one client), so every pair counts.
+/// load order, so the first one's catch-all hides the rest. The analyzers do not read
+/// `exportTo`, so every pair counts.
 pub(super) fn mesh_host_conflicts(cfg: &Config, f: &mut Findings<'_>) {
     let mut by_host: Vec<(&str, Vec<&VirtualService>)> = Vec::new();
     for vs in cfg.virtual_services.iter().filter(|v| v.binds_mesh) {

@@ -27,6 +27,9 @@ pub struct ClusterPolicy {
     pub pool: PoolLimits,
     /// `None`: outlier detection is off.
     pub outlier: Option<Outlier>,
+    /// `loadBalancer.localityLbSetting` of the merged policy (applied with the
+    /// endpoints' localities: [`super::locality::plan`]).
+    pub locality: Option<raw::LocalityLoadBalancerSetting>,
 }
 
 /// How an endpoint is chosen.
@@ -217,6 +220,9 @@ pub fn cluster_policy(
         balancer: groups.load_balancer.map(balancer).unwrap_or_default(),
         pool: groups.connection_pool.map(pool).unwrap_or_default(),
         outlier: groups.outlier_detection.map(outlier),
+        locality: groups
+            .load_balancer
+            .and_then(|lb| lb.locality_lb_setting.clone()),
     }
 }
 

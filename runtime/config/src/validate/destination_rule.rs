@@ -512,13 +512,19 @@ fn validate_load_balancer(
     }
     if let Some(l) = &lb.locality_lb_setting {
         validate_locality(l, has_outlier, &p.key("localityLbSetting"), r);
-        r.warn(
-            &p.key("localityLbSetting"),
-            format!("{NOT_APPLIED}: endpoints are balanced without regard to locality"),
-        );
+        if !l.failover_priority.is_empty() {
+            r.warn(
+                &p.key("localityLbSetting").key("failoverPriority"),
+                format!("{NOT_APPLIED}: priorities follow locality (--locality) only, not labels"),
+            );
+        }
     }
     if let Some(z) = &lb.zone_aware_lb_setting {
         let zp = p.key("zoneAwareLbSetting");
+        r.warn(
+            &zp,
+            format!("{NOT_APPLIED}: use localityLbSetting (with --locality) for locality-aware balancing"),
+        );
         for (i, label) in z.failover_priority.iter().enumerate() {
             if TOPOLOGY_LABELS.contains(&label.as_str()) {
                 r.err(

@@ -257,6 +257,7 @@ pub(crate) fn validate(
                     .collect::<BTreeMap<_, _>>(),
                 labels: e.labels.clone(),
                 weight: e.weight.max(1),
+                locality: e.locality.clone(),
             })
             .collect(),
         resolution: match resolution {

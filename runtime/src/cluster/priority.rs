@@ -1,0 +1,194 @@
+//! Priority levels: locality failover (`wasmgate_config::model::locality`). As Envoy
+//! does with the priorities Istio gives it, a level takes traffic in proportion to its
+//! health times the overprovisioning factor 1.4, and what it cannot take spills to the
+//! next: level 0 keeps everything while at least 5 of its 7 endpoints are healthy.
+
+use wasmgate_config::model::traffic;
+
+use super::Target;
+use super::balance::Balancer;
+use crate::plugin::Random;
+
+/// Envoy's default overprovisioning factor (1.4), in percent.
+const OVERPROVISIONING: usize = 140;
+
+/// A cluster's endpoints by priority level, each level with a balancer of its own.
+#[derive(Debug)]
+pub struct Levels {
+    levels: Vec<Level>,
+}
+
+#[derive(Debug)]
+struct Level {
+    /// The cluster's endpoint indexes on this level.
+    members: Vec<usize>,
+    balancer: Balancer,
+}
+
+impl Levels {
+    /// `of[i]`: endpoint `i`'s level (0 the best, without gaps).
+    pub fn new(
+        of: &[u8],
+        policy: &traffic::Balancer,
+        targets: &[Target],
+        weights: &[u32],
+    ) -> Levels {
+        let count = of.iter().copied().max().map_or(0, |m| usize::from(m) + 1);
+        let levels = (0..count)
+            .map(|level| {
+                let members: Vec<usize> = (0..targets.len())
+                    .filter(|i| of.get(*i).is_some_and(|l| usize::from(*l) == level))
+                    .collect();
+                let own_targets: Vec<Target> = members
+                    .iter()
+                    .filter_map(|i| targets.get(*i).cloned())
+                    .collect();
+                let own_weights: Vec<u32> = members
+                    .iter()
+                    .map(|i| weights.get(*i).copied().unwrap_or(1))
+                    .collect();
+                Level {
+                    balancer: Balancer::new(policy, &own_targets, &own_weights),
+                    members,
+                }
+            })
+            .filter(|l| !l.members.is_empty())
+            .collect();
+        Levels { levels }
+    }
+
+    /// Each level's share of requests in percent, given which endpoints are healthy.
+    pub fn shares(&self, healthy: &dyn Fn(usize) -> bool) -> Vec<usize> {
+        let health: Vec<usize> = self
+            .levels
+            .iter()
+            .map(|l| {
+                let up = l.members.iter().filter(|i| healthy(**i)).count();
+                (up * OVERPROVISIONING / l.members.len().max(1)).min(100)
+            })
+            .collect();
+        let total: usize = health.iter().sum();
+        if total == 0 {
+            // Nothing healthy anywhere: Envoy's panic, the best level takes it all.
+            return self
+                .levels
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i == 0 { 100 } else { 0 })
+                .collect();
+        }
+        if total < 100 {
+            // Too little health overall: scaled up so that the shares make 100.
+            let mut shares: Vec<usize> = health.iter().map(|h| h * 100 / total).collect();
+            let short = 100 - shares.iter().sum::<usize>();
+            if let Some(first) = shares.iter_mut().find(|s| **s > 0) {
+                *first += short;
+            }
+            return shares;
+        }
+        let mut left = 100;
+        health
+            .iter()
+            .map(|h| {
+                let take = (*h).min(left);
+                left -= take;
+                take
+            })
+            .collect()
+    }
+
+    /// An endpoint: a level by the shares, then one of its endpoints by its balancer,
+    /// passing over unhealthy ones while it has healthy ones.
+    pub fn pick(
+        &self,
+        random: &Random,
+        hash: Option<u64>,
+        load: &dyn Fn(usize) -> usize,
+        healthy: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let shares = self.shares(healthy);
+        let mut ticket = (random.next_u64() % 100) as usize;
+        let mut chosen = 0;
+        for (i, share) in shares.iter().enumerate() {
+            if ticket < *share {
+                chosen = i;
+                break;
+            }
+            ticket -= share;
+        }
+        let level = self.levels.get(chosen)?;
+        let member = |m: usize| level.members.get(m).copied().unwrap_or(0);
+        let own_load = |m: usize| load(member(m));
+        let own_healthy = |m: usize| healthy(member(m));
+        let mut last = 0;
+        for _ in 0..level.members.len() {
+            last = level.balancer.pick(random, hash, &own_load, own_healthy);
+            if own_healthy(last) {
+                return Some(member(last));
+            }
+        }
+        // The balancer kept landing on unhealthy ones: the first healthy, else any.
+        level
+            .members
+            .iter()
+            .copied()
+            .find(|i| healthy(*i))
+            .or(Some(member(last)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels(of: &[u8]) -> Levels {
+        let targets: Vec<Target> = (0..of.len())
+            .map(|i| Target::new("127.0.0.1".into(), 1000 + i as u16))
+            .collect();
+        Levels::new(
+            of,
+            &traffic::Balancer::default(),
+            &targets,
+            &vec![1; of.len()],
+        )
+    }
+
+    #[test]
+    fn a_level_keeps_all_while_healthy_enough_then_spills() {
+        // Level 0: endpoints 0-4 (five), level 1: 5-6.
+        let l = levels(&[0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(l.shares(&|_| true), [100, 0]);
+        // 4 of 5 healthy: 80% x 1.4 = 112%, still all of it.
+        assert_eq!(l.shares(&|i| i != 0), [100, 0]);
+        // 2 of 5: 56% stays, 44% spills.
+        assert_eq!(l.shares(&|i| i >= 3), [56, 44]);
+        // Level 0 gone: level 1 takes it all.
+        assert_eq!(l.shares(&|i| i >= 5), [0, 100]);
+        // Little health anywhere: scaled to make 100.
+        assert_eq!(l.shares(&|i| i == 0 || i == 6), [29, 71]);
+        // Nothing healthy: panic on the best level.
+        assert_eq!(l.shares(&|_| false), [100, 0]);
+    }
+
+    #[test]
+    fn picks_stay_on_the_best_level_and_on_healthy_endpoints() {
+        let l = levels(&[1, 0, 0, 1]);
+        let random = Random::new(Some(7));
+        let none = |_: usize| 0;
+        for _ in 0..100 {
+            let i = l
+                .pick(&random, None, &none, &|_| true)
+                .expect("an endpoint");
+            assert!(i == 1 || i == 2, "{i}");
+            // Half of level 0 is down: 70 % stays there (on the healthy one), 30 % spills.
+            let i = l
+                .pick(&random, None, &none, &|i| i != 1)
+                .expect("an endpoint");
+            assert_ne!(i, 1);
+            let i = l
+                .pick(&random, None, &none, &|i| i == 0 || i == 3)
+                .expect("an endpoint");
+            assert!(i == 0 || i == 3, "{i}");
+        }
+    }
+}
