@@ -964,11 +964,20 @@ async fn compiled_plugins_are_cached_between_runs() {
     assert_eq!(count(&log, "stored in the compile cache"), 1, "{log}");
     assert_eq!(std::fs::read(&first[2]).expect("entry"), before);
 
-    // An entry that is a link (to a valid entry) is not followed.
+    // An entry that is a link is not followed, even to the very bytes its tag is for.
+    let elsewhere = TempDir::new("compilecache-elsewhere");
+    let moved = elsewhere.path().join(first[1].file_name().expect("name"));
+    std::fs::copy(&first[1], &moved).expect("copy out");
     std::fs::remove_file(&first[1]).expect("remove");
-    std::os::unix::fs::symlink(&first[0], &first[1]).expect("symlink");
+    std::os::unix::fs::symlink(&moved, &first[1]).expect("symlink");
     let log = run_once().await;
     assert_eq!(count(&log, "loaded from the compile cache"), 3, "{log}");
+    assert_eq!(count(&log, "stored in the compile cache"), 1, "{log}");
+    assert!(
+        !std::fs::symlink_metadata(&first[1])
+            .expect("entry")
+            .is_symlink()
+    );
 
     // A folder others can write is never trusted (nor written).
     std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -1085,15 +1094,27 @@ async fn destination_rules_apply_in_istios_namespace_order() {
             .unwrap_or_default()
     };
 
-    // In istio-system, the gateway's own namespace's rule wins.
+    // A service's own rule beats the root namespace's public one (a mesh-wide
+    // default), for a gateway in the root namespace as for one elsewhere.
     let gw = Gateway::start(dir.path(), &[]).await;
-    assert_eq!(upstream().await, "a");
+    assert_eq!(upstream().await, "b");
     drop(gw);
-    // In namespace `edge`: the service's namespace's rule before the root's.
     let gw = Gateway::start(dir.path(), &["--workload-namespace", "edge"]).await;
     assert_eq!(upstream().await, "b");
     drop(gw);
-    // The service's rule kept to its namespace: the root namespace's applies.
+    // A rule the gateway's namespace keeps to itself comes first.
+    dir.write(
+        "dr.yaml",
+        &[
+            pick_rule("istio-system", "v1", "[\".\"]"),
+            pick_rule("app", "v2", "[]"),
+        ]
+        .join("---\n"),
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    assert_eq!(upstream().await, "a");
+    drop(gw);
+    // The service's rule kept to its namespace: the root namespace's public one applies.
     dir.write(
         "dr.yaml",
         &[

@@ -483,3 +483,43 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
     }
     assert_eq!(gw.exited(Duration::from_secs(15)).await, Some(0));
 }
+
+#[test]
+fn bound_flags_out_of_range_are_refused_by_name() {
+    for (flag, bad) in [
+        ("--max-connections", "0"),
+        ("--max-connections-per-listener", "0"),
+        ("--stream-idle-timeout-seconds", "0"),
+        ("--tunnel-idle-timeout-seconds", "0"),
+        ("--max-upstream-connections", "0"),
+        ("--request-timeout-seconds", "-1"),
+        ("--max-clusters", "many"),
+        ("--max-mirrors", "-3"),
+        ("--max-delay-ms", "1s"),
+    ] {
+        let out = std::process::Command::new(support::binary())
+            .args(["run", "--config", "/nonexistent", &format!("{flag}={bad}")])
+            .output()
+            .expect("run wasmgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}={bad}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}={bad}: {stderr}");
+        assert!(stderr.contains(bad), "{flag}={bad}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_past_max_upstream_connections_wait_for_one() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config("upstream-bound", app.port(), VS);
+    let _gw = Gateway::start(dir.path(), &["--max-upstream-connections", "1"]).await;
+    let slow = [("x-echo-delay-ms", "400")];
+    let started = Instant::now();
+    let (a, b) = tokio::join!(get(port, "a", "/1", &slow), get(port, "a", "/2", &slow));
+    // Both are served (they wait, they are not refused), one after the other.
+    assert_eq!(a.expect("first").status, 200);
+    assert_eq!(b.expect("second").status, 200);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(780), "{waited:?}");
+    assert_eq!(app.hits(), 2);
+}

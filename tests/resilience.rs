@@ -427,3 +427,45 @@ async fn locality_distribute_shares_traffic_by_locality() {
     // 80 % to this zone, 20 % to the other zone, nothing to a locality not named.
     assert_eq!((near.hits(), region.hits(), far.hits()), (80, 20, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_retire_after_max_requests_and_max_duration() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config(
+        "conn-lifetime",
+        &[(app.port(), 1)],
+        "",
+        "    connectionPool: {http: {maxRequestsPerConnection: 3}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for _ in 0..9 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    // Three requests per connection: nine sequential requests open three.
+    let opened = || async { metric(&gw.scrape().await, "wasmgate_upstream_connections_total") };
+    assert_eq!(opened().await, 3.0);
+    drop(gw);
+
+    // A connection older than maxConnectionDuration takes no further request.
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnectionDuration: 300ms}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for _ in 0..4 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(
+        metric(&gw.scrape().await, "wasmgate_upstream_connections_total"),
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The next response finds its connection too old: the one after gets a new one.
+    for _ in 0..2 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(
+        metric(&gw.scrape().await, "wasmgate_upstream_connections_total"),
+        2.0
+    );
+}

@@ -156,9 +156,11 @@ impl Cluster {
                 .map_or(0, |c| c.load(Ordering::Relaxed))
         };
         if let Some(levels) = &self.levels {
-            let outlier = self.usable_outlier();
+            // Health and panic are per level here, as Envoy has them per priority.
+            let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
             let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
-            return levels.pick(random, hash, &load, &healthy);
+            let min_health = outlier.map_or(0, |o| o.min_health_percent());
+            return levels.pick(random, hash, &load, &healthy, min_health);
         }
         let Some(outlier) = self.usable_outlier() else {
             return Some(self.balancer.pick(random, hash, &load, |_| true));
@@ -183,6 +185,11 @@ impl Cluster {
         let n = self.targets.len();
         if n == 0 {
             return None;
+        }
+        if let Some(levels) = &self.levels {
+            let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
+            let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
+            return levels.next_after(previous, &healthy);
         }
         let Some(outlier) = self.usable_outlier() else {
             return Some((previous + 1) % n);

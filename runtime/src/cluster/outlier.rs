@@ -76,6 +76,11 @@ impl Detector {
         self.ejected.load(Ordering::Acquire) > 0
     }
 
+    /// `minHealthPercent`: below it, a set of endpoints is in panic (all are used).
+    pub fn min_health_percent(&self) -> usize {
+        self.config.min_health_percent as usize
+    }
+
     /// Fewer endpoints are healthy than `minHealthPercent` asks: use them all.
     pub fn panicking(&self) -> bool {
         let n = self.health.len();

@@ -57,8 +57,9 @@ impl Levels {
         Levels { levels }
     }
 
-    /// Each level's share of requests in percent, given which endpoints are healthy.
-    pub fn shares(&self, healthy: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    /// Each level's share of requests in percent, given which endpoints are healthy;
+    /// `None` when nothing is healthy anywhere.
+    pub fn shares(&self, healthy: &dyn Fn(usize) -> bool) -> Option<Vec<usize>> {
         let health: Vec<usize> = self
             .levels
             .iter()
@@ -69,13 +70,7 @@ impl Levels {
             .collect();
         let total: usize = health.iter().sum();
         if total == 0 {
-            // Nothing healthy anywhere: Envoy's panic, the best level takes it all.
-            return self
-                .levels
-                .iter()
-                .enumerate()
-                .map(|(i, _)| if i == 0 { 100 } else { 0 })
-                .collect();
+            return None;
         }
         if total < 100 {
             // Too little health overall: scaled up so that the shares make 100.
@@ -84,42 +79,56 @@ impl Levels {
             if let Some(first) = shares.iter_mut().find(|s| **s > 0) {
                 *first += short;
             }
-            return shares;
+            return Some(shares);
         }
         let mut left = 100;
-        health
-            .iter()
-            .map(|h| {
-                let take = (*h).min(left);
-                left -= take;
-                take
-            })
-            .collect()
+        Some(
+            health
+                .iter()
+                .map(|h| {
+                    let take = (*h).min(left);
+                    left -= take;
+                    take
+                })
+                .collect(),
+        )
     }
 
     /// An endpoint: a level by the shares, then one of its endpoints by its balancer,
-    /// passing over unhealthy ones while it has healthy ones.
+    /// passing over unhealthy ones. A level with fewer healthy endpoints than
+    /// `min_health` percent is in panic (Envoy's, per priority): all of its endpoints
+    /// are used. `None`: nothing is healthy and no level is in panic (503 `UH`).
     pub fn pick(
         &self,
         random: &Random,
         hash: Option<u64>,
         load: &dyn Fn(usize) -> usize,
         healthy: &dyn Fn(usize) -> bool,
+        min_health: usize,
     ) -> Option<usize> {
-        let shares = self.shares(healthy);
-        let mut ticket = (random.next_u64() % 100) as usize;
-        let mut chosen = 0;
-        for (i, share) in shares.iter().enumerate() {
-            if ticket < *share {
-                chosen = i;
-                break;
+        let chosen = match self.shares(healthy) {
+            Some(shares) => {
+                let mut ticket = (random.next_u64() % 100) as usize;
+                let mut chosen = 0;
+                for (i, share) in shares.iter().enumerate() {
+                    if ticket < *share {
+                        chosen = i;
+                        break;
+                    }
+                    ticket -= share;
+                }
+                chosen
             }
-            ticket -= share;
-        }
+            // Nothing healthy: only a level in panic still takes traffic.
+            None if min_health > 0 => 0,
+            None => return None,
+        };
         let level = self.levels.get(chosen)?;
+        let up = level.members.iter().filter(|i| healthy(**i)).count();
+        let panic = up * 100 < min_health * level.members.len();
         let member = |m: usize| level.members.get(m).copied().unwrap_or(0);
         let own_load = |m: usize| load(member(m));
-        let own_healthy = |m: usize| healthy(member(m));
+        let own_healthy = |m: usize| panic || healthy(member(m));
         let mut last = 0;
         for _ in 0..level.members.len() {
             last = level.balancer.pick(random, hash, &own_load, own_healthy);
@@ -127,13 +136,38 @@ impl Levels {
                 return Some(member(last));
             }
         }
-        // The balancer kept landing on unhealthy ones: the first healthy, else any.
-        level
-            .members
+        // The balancer kept landing on unhealthy ones: the first healthy.
+        level.members.iter().copied().find(|i| healthy(*i))
+    }
+
+    /// Where a retry after endpoint `previous` goes: the next healthy endpoint of its
+    /// level, then of the levels after it, then of those before; `previous` itself
+    /// only when nothing else is healthy.
+    pub fn next_after(&self, previous: usize, healthy: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let at = self
+            .levels
             .iter()
-            .copied()
-            .find(|i| healthy(*i))
-            .or(Some(member(last)))
+            .position(|l| l.members.contains(&previous))
+            .unwrap_or(0);
+        let order = (at..self.levels.len()).chain(0..at);
+        for (n, level) in order.filter_map(|i| self.levels.get(i)).enumerate() {
+            let members = &level.members;
+            let start = if n == 0 {
+                members
+                    .iter()
+                    .position(|m| *m == previous)
+                    .map_or(0, |p| p + 1)
+            } else {
+                0
+            };
+            let found = (0..members.len())
+                .map(|k| members[(start + k) % members.len()])
+                .find(|m| *m != previous && healthy(*m));
+            if found.is_some() {
+                return found;
+            }
+        }
+        healthy(previous).then_some(previous)
     }
 }
 
@@ -157,17 +191,17 @@ mod tests {
     fn a_level_keeps_all_while_healthy_enough_then_spills() {
         // Level 0: endpoints 0-4 (five), level 1: 5-6.
         let l = levels(&[0, 0, 0, 0, 0, 1, 1]);
-        assert_eq!(l.shares(&|_| true), [100, 0]);
+        assert_eq!(l.shares(&|_| true), Some(vec![100, 0]));
         // 4 of 5 healthy: 80% x 1.4 = 112%, still all of it.
-        assert_eq!(l.shares(&|i| i != 0), [100, 0]);
+        assert_eq!(l.shares(&|i| i != 0), Some(vec![100, 0]));
         // 2 of 5: 56% stays, 44% spills.
-        assert_eq!(l.shares(&|i| i >= 3), [56, 44]);
+        assert_eq!(l.shares(&|i| i >= 3), Some(vec![56, 44]));
         // Level 0 gone: level 1 takes it all.
-        assert_eq!(l.shares(&|i| i >= 5), [0, 100]);
+        assert_eq!(l.shares(&|i| i >= 5), Some(vec![0, 100]));
         // Little health anywhere: scaled to make 100.
-        assert_eq!(l.shares(&|i| i == 0 || i == 6), [29, 71]);
-        // Nothing healthy: panic on the best level.
-        assert_eq!(l.shares(&|_| false), [100, 0]);
+        assert_eq!(l.shares(&|i| i == 0 || i == 6), Some(vec![29, 71]));
+        // Nothing healthy: no shares.
+        assert_eq!(l.shares(&|_| false), None);
     }
 
     #[test]
@@ -175,20 +209,33 @@ mod tests {
         let l = levels(&[1, 0, 0, 1]);
         let random = Random::new(Some(7));
         let none = |_: usize| 0;
+        let pick = |healthy: &dyn Fn(usize) -> bool, min: usize| {
+            l.pick(&random, None, &none, healthy, min)
+        };
         for _ in 0..100 {
-            let i = l
-                .pick(&random, None, &none, &|_| true)
-                .expect("an endpoint");
+            let i = pick(&|_| true, 0).expect("an endpoint");
             assert!(i == 1 || i == 2, "{i}");
             // Half of level 0 is down: 70 % stays there (on the healthy one), 30 % spills.
-            let i = l
-                .pick(&random, None, &none, &|i| i != 1)
-                .expect("an endpoint");
+            let i = pick(&|i| i != 1, 0).expect("an endpoint");
             assert_ne!(i, 1);
-            let i = l
-                .pick(&random, None, &none, &|i| i == 0 || i == 3)
-                .expect("an endpoint");
+            let i = pick(&|i| i == 0 || i == 3, 0).expect("an endpoint");
             assert!(i == 0 || i == 3, "{i}");
+            // Nothing healthy: no endpoint, unless panic is allowed (then level 0).
+            assert_eq!(pick(&|_| false, 0), None);
+            let i = pick(&|_| false, 50).expect("panic");
+            assert!(i == 1 || i == 2, "{i}");
         }
+    }
+
+    #[test]
+    fn retries_stay_on_the_level_then_move_down() {
+        let l = levels(&[1, 0, 0, 1]);
+        assert_eq!(l.next_after(1, &|_| true), Some(2));
+        assert_eq!(l.next_after(2, &|_| true), Some(1));
+        assert_eq!(l.next_after(1, &|i| i != 2), Some(0));
+        assert_eq!(l.next_after(0, &|_| true), Some(3));
+        assert_eq!(l.next_after(3, &|i| i == 3 || i == 2), Some(2));
+        assert_eq!(l.next_after(3, &|i| i == 3), Some(3));
+        assert_eq!(l.next_after(3, &|_| false), None);
     }
 }

@@ -210,10 +210,10 @@ impl DiskCache {
     /// Remove what is too old, then the least recently used past the size limit.
     /// Best effort: failures are logged at debug and skipped.
     pub fn prune(&self) {
-        if !trust::trusted_dir(&self.dir) {
+        let Some(dir) = trust::trusted_dir(&self.dir) else {
             return;
-        }
-        let removed = prune(&self.dir, &self.limits, self.started, SystemTime::now());
+        };
+        let removed = prune(&dir, &self.limits, self.started, SystemTime::now());
         if !removed.is_empty() {
             tracing::info!(
                 dir = %self.dir.display(),
@@ -231,7 +231,7 @@ impl DiskCache {
             return Ok(found);
         }
         // A folder that exists but is not private is not used at all (nor written).
-        let usable = trust::trusted_dir(&self.dir) || !self.dir.exists();
+        let usable = trust::trusted_dir(&self.dir).is_some() || !self.dir.exists();
         if let Some(child) = self.child.as_ref().filter(|_| usable)
             && child.run(bytes, &path)
         {
@@ -367,10 +367,10 @@ fn tag_path(path: &Path) -> PathBuf {
 /// matches and wasmtime accepts it; marked as used. `how` ends the debug line that
 /// says so.
 fn lookup(dir: &Path, engine: &Engine, path: &Path, how: &str) -> Option<Component> {
-    if !trust::trusted_dir(dir) {
-        return None;
-    }
-    let key = trust::key(dir, false)?;
+    // Everything below goes through the folder's real path, checked link-free.
+    let dir = trust::trusted_dir(dir)?;
+    let path = &dir.join(path.file_name()?);
+    let key = trust::key(&dir, false)?;
     let mut file = trust::open_private(path)?;
     let name = path.file_name()?.to_str()?;
     let mut bytes = Vec::new();
@@ -402,11 +402,16 @@ fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    if !trust::trusted_dir(dir) {
+    let Some(dir) = trust::trusted_dir(dir) else {
         return Err(std::io::Error::other(
             "folder (or one above it) is not this user's alone; not used",
         ));
-    }
+    };
+    let dir = dir.as_path();
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("entry without a name"))?;
+    let path = &dir.join(name);
     let key = trust::key(dir, true)
         .ok_or_else(|| std::io::Error::other("its key cannot be read or made; not used"))?;
     let name = path

@@ -180,7 +180,13 @@ impl std::fmt::Display for RequestTimeout {
 impl std::error::Error for RequestTimeout {}
 
 /// The words [`RequestTimeout`] starts with, to tell it in an error's chain.
-pub const REQUEST_TIMEOUT: &str = "request timeout";
+pub const REQUEST_TIMEOUT: &str = "downstream request timeout";
+
+/// `at + wait`, or a century on when a flag's seconds do not fit an instant.
+fn later(at: tokio::time::Instant, wait: std::time::Duration) -> tokio::time::Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+}
 
 /// How long a request body may go quiet, and when it must have ended.
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +203,7 @@ impl Bounds {
             idle: settings.stream_idle,
             deadline: settings
                 .request_timeout
-                .map(|t| (tokio::time::Instant::from_std(started) + t, t)),
+                .map(|t| (later(tokio::time::Instant::from_std(started), t), t)),
         }
     }
 }
@@ -237,7 +243,7 @@ impl<B> Idle<B> {
     /// When the timer must next look: the idle limit from the last frame, or the
     /// deadline if that is sooner.
     fn due(&self) -> tokio::time::Instant {
-        let idle = self.last + self.bounds.idle;
+        let idle = later(self.last, self.bounds.idle);
         match self.bounds.deadline {
             Some((deadline, _)) => idle.min(deadline),
             None => idle,
@@ -289,7 +295,7 @@ where
             {
                 return Poll::Ready(Some(Err(RequestTimeout(total).into())));
             }
-            if this.last + this.bounds.idle <= now {
+            if later(this.last, this.bounds.idle) <= now {
                 return Poll::Ready(Some(Err(StreamIdle(this.bounds.idle).into())));
             }
             // A frame came since the timer was set: wait from that one.

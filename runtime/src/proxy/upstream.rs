@@ -137,6 +137,10 @@ impl Upstream {
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // `maxRequestsPerConnection` (> 1) and `maxConnectionDuration`: the connection
+        // this request goes on is looked at when its response arrives.
+        let captured = connect::bounds_lifetime(cluster)
+            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         // A connection the pooled client opens for this request counts for the cluster.
         let idle = pool_idle(cluster);
         let sent = match &cluster.tls {
@@ -167,7 +171,11 @@ impl Upstream {
                     .await
             }
         };
-        sent.map_err(|e| classify(&e))
+        let response = sent.map_err(|e| classify(&e))?;
+        if let Some(captured) = &captured {
+            connect::Lifetime::retire_if_spent(captured);
+        }
+        Ok(response)
     }
 }
 

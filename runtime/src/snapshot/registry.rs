@@ -150,28 +150,25 @@ pub struct Seat {
     pub locality: String,
 }
 
-/// `distribute`: each endpoint's weight scaled so that its locality's endpoints share
-/// the locality's percentage (in proportion to their own weights); endpoints of
-/// localities without a share are dropped.
-fn distribute(
-    targets: Vec<(Target, u32)>,
-    localities: &[&str],
-    shares: &[u32],
-) -> Vec<(Target, u32)> {
-    let mut totals: HashMap<&str, u64> = HashMap::new();
-    for (((_, weight), at), share) in targets.iter().zip(localities).zip(shares) {
-        if *share > 0 {
-            *totals.entry(*at).or_default() += u64::from(*weight);
+/// `distribute`: each endpoint's weight scaled so that the endpoints one `to` entry
+/// matches share that entry's percentage (in proportion to their own weights, whatever
+/// locality each is in, as Istio splits an entry over the localities it matches);
+/// endpoints no entry matches are dropped.
+fn distribute(targets: Vec<(Target, u32)>, shares: &[Option<(usize, u32)>]) -> Vec<(Target, u32)> {
+    let mut totals: HashMap<usize, u64> = HashMap::new();
+    for ((_, weight), share) in targets.iter().zip(shares) {
+        if let Some((entry, _)) = share {
+            *totals.entry(*entry).or_default() += u64::from(*weight);
         }
     }
     targets
         .into_iter()
-        .zip(localities.iter().zip(shares))
-        .filter(|(_, (_, share))| **share > 0)
-        .map(|((target, weight), (at, share))| {
-            let total = totals.get(at).copied().unwrap_or(1).max(1);
-            let scaled = u64::from(*share) * u64::from(weight) * 1000 / total;
-            (target, u32::try_from(scaled).unwrap_or(u32::MAX).max(1))
+        .zip(shares)
+        .filter_map(|((target, weight), share)| {
+            let (entry, percent) = (*share)?;
+            let total = totals.get(&entry).copied().unwrap_or(1).max(1);
+            let scaled = u64::from(percent) * u64::from(weight) * 1000 / total;
+            Some((target, u32::try_from(scaled).unwrap_or(u32::MAX).max(1)))
         })
         .collect()
 }
@@ -377,7 +374,7 @@ impl Registry {
         );
         let levels = match plan {
             Some(locality::Plan::Distribute(shares)) => {
-                targets = distribute(targets, &localities, &shares);
+                targets = distribute(targets, &shares);
                 None
             }
             Some(locality::Plan::Priorities(levels)) => Some(levels),
@@ -439,5 +436,85 @@ impl Registry {
             },
             policy,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(yaml: &str, bounds: Bounds, seat: &Seat) -> Registry {
+        let config = wasmgate_config::load_sources(&[("r.yaml".into(), yaml.to_string())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::new(false, "", ""));
+        Registry::new(&config, metrics, bounds, seat)
+    }
+
+    const WILD: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec:\n  hosts: [\"*.wild.test\"]\n  location: MESH_EXTERNAL\n  resolution: DYNAMIC_DNS\n  ports: [{number: 80, name: http, protocol: HTTP}]\n";
+
+    #[test]
+    fn hosts_of_a_wildcard_entry_are_kept_up_to_max_clusters() {
+        let bounds = Bounds {
+            max_clusters: 2,
+            ..Bounds::default()
+        };
+        let r = registry(WILD, bounds, &Seat::default());
+        for i in 0..5 {
+            let host = format!("h{i}.wild.test");
+            let c = r.resolve(&host, Some(80), None).expect("resolved");
+            assert_eq!(c.name, "outbound|80||*.wild.test");
+        }
+        // Past the bound they are resolved for each request, not kept.
+        assert_eq!(r.cache.len(), 2);
+        assert!(r.resolve("h0.wild.test", Some(80), None).is_ok());
+        assert_eq!(r.cache.len(), 2);
+    }
+
+    #[test]
+    fn clusters_default_to_max_upstream_connections() {
+        let bounds = Bounds {
+            max_connections: 7,
+            ..Bounds::default()
+        };
+        let r = registry(WILD, bounds, &Seat::default());
+        let c = r.resolve("a.wild.test", Some(80), None).expect("resolved");
+        assert_eq!(c.pool.max_connections, 7);
+    }
+
+    #[test]
+    fn hidden_entries_declare_nothing() {
+        let yaml = WILD.replace("spec:\n", "spec:\n  exportTo: [\".\"]\n");
+        let here = Seat {
+            namespace: "default".into(),
+            locality: String::new(),
+        };
+        assert!(
+            registry(&yaml, Bounds::default(), &here)
+                .resolve("a.wild.test", Some(80), None)
+                .is_ok()
+        );
+        let gateway = Seat {
+            namespace: "istio-system".into(),
+            locality: String::new(),
+        };
+        let r = registry(&yaml, Bounds::default(), &gateway);
+        assert!(matches!(
+            r.resolve("a.wild.test", Some(80), None),
+            Err(ResolveError::UnknownHost(_))
+        ));
+    }
+
+    #[test]
+    fn distribute_splits_an_entry_over_every_endpoint_it_matches() {
+        let t = |p: u16| (Target::new("127.0.0.1".into(), p), 1);
+        let targets = vec![t(1), t(2), (Target::new("127.0.0.1".into(), 3), 3), t(4)];
+        // Entry 0 (80 %) matches endpoints 1 and 2 (two localities), entry 1 (20 %)
+        // endpoint 3 (weight 3); endpoint 4 no entry.
+        let shares = [Some((0, 80)), Some((0, 80)), Some((1, 20)), None];
+        let weights: Vec<u32> = distribute(targets, &shares)
+            .iter()
+            .map(|(_, w)| *w)
+            .collect();
+        assert_eq!(weights, [40_000, 40_000, 20_000]);
     }
 }

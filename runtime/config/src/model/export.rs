@@ -21,23 +21,26 @@ pub fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
 }
 
 /// Istio's order for the DestinationRule a proxy in `viewer` applies to a service of
-/// namespace `service_ns`: a rule of the proxy's own namespace first, then one the
-/// service's namespace exports to it, then one the root namespace exports to it. Rules
-/// of any other namespace never apply. Lower ranks win; `None`: the rule does not apply.
+/// namespace `service_ns` (its `PushContext.destinationRule`): a rule of the proxy's
+/// own namespace that the namespace sees first; then one the service's namespace
+/// exports to it; then one the root namespace exports to it. Rules of any other
+/// namespace never apply. In the root namespace itself, as Istio's index keeps it,
+/// only rules exported to that namespace alone (`.` or its name) are its own: its
+/// public rules are mesh-wide defaults, so a service's own rule beats them even for a
+/// gateway there. Lower ranks win; `None`: the rule does not apply.
 pub fn rule_rank(
     rule_ns: &str,
     export_to: &[String],
     viewer: &str,
     service_ns: &str,
 ) -> Option<u8> {
-    if rule_ns == viewer {
-        // A namespace always sees its own rules (`exportTo` cannot hide them from it).
-        return Some(0);
-    }
     if !exported_to(export_to, rule_ns, viewer) {
         return None;
     }
-    if rule_ns == service_ns {
+    let private = !export_to.is_empty() && export_to.iter().all(|e| e == "." || e == rule_ns);
+    if rule_ns == viewer && (viewer != ROOT_NAMESPACE || private) {
+        Some(0)
+    } else if rule_ns == service_ns && rule_ns != ROOT_NAMESPACE {
         Some(1)
     } else if rule_ns == ROOT_NAMESPACE {
         Some(2)
@@ -67,12 +70,22 @@ mod tests {
 
     #[test]
     fn rules_rank_own_namespace_then_service_then_root() {
-        let gw = "istio-system";
-        assert_eq!(rule_rank("istio-system", &v(&["."]), gw, "app"), Some(0));
-        assert_eq!(rule_rank("app", &[], gw, "app"), Some(1));
-        assert_eq!(rule_rank("app", &v(&["."]), gw, "app"), None);
-        assert_eq!(rule_rank("other", &[], gw, "app"), None);
-        assert_eq!(rule_rank("istio-system", &[], "edge", "app"), Some(2));
-        assert_eq!(rule_rank("istio-system", &v(&["."]), "edge", "app"), None);
+        let root = "istio-system";
+        // A gateway in its own namespace `edge`.
+        assert_eq!(rule_rank("edge", &[], "edge", "app"), Some(0));
+        assert_eq!(rule_rank("edge", &v(&["."]), "edge", "app"), Some(0));
+        assert_eq!(rule_rank("edge", &v(&["other"]), "edge", "app"), None);
+        assert_eq!(rule_rank("app", &[], "edge", "app"), Some(1));
+        assert_eq!(rule_rank("app", &v(&["."]), "edge", "app"), None);
+        assert_eq!(rule_rank("other", &[], "edge", "app"), None);
+        assert_eq!(rule_rank(root, &[], "edge", "app"), Some(2));
+        assert_eq!(rule_rank(root, &v(&["."]), "edge", "app"), None);
+        // A gateway in the root namespace: its private rules first, its public ones
+        // are defaults after the service's.
+        assert_eq!(rule_rank(root, &v(&["."]), root, "app"), Some(0));
+        assert_eq!(rule_rank(root, &v(&[root]), root, "app"), Some(0));
+        assert_eq!(rule_rank(root, &[], root, "app"), Some(2));
+        assert_eq!(rule_rank(root, &v(&["*"]), root, "app"), Some(2));
+        assert_eq!(rule_rank("app", &[], root, "app"), Some(1));
     }
 }

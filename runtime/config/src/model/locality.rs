@@ -63,8 +63,10 @@ impl Locality {
 pub enum Plan {
     /// Each endpoint's priority level, 0 the best, without gaps.
     Priorities(Vec<u8>),
-    /// Each endpoint's locality share in percent (0: the endpoint gets no traffic).
-    Distribute(Vec<u32>),
+    /// Each endpoint's `to` entry (an index) and that entry's share in percent; `None`:
+    /// the endpoint gets no traffic. An entry's share is split over every endpoint it
+    /// matches, by endpoint weight, as Istio splits it over the localities it matches.
+    Distribute(Vec<Option<(usize, u32)>>),
 }
 
 /// The plan for endpoints at `endpoints` (their `locality` strings) seen from `proxy`.
@@ -78,19 +80,24 @@ pub fn plan(
         return None;
     }
     let at: Vec<Locality> = endpoints.iter().map(|e| Locality::parse(e)).collect();
-    if let Some(rule) = setting
-        .into_iter()
-        .flat_map(|s| s.distribute.iter())
-        .find(|d| proxy.matched_by(&d.from).is_some())
-    {
+    let distribute = setting.map_or(&[][..], |s| s.distribute.as_slice());
+    if !distribute.is_empty() {
+        // `distribute` and failover never both apply (Istio): no entry for this
+        // gateway's locality means no locality balancing at all.
+        let rule = distribute
+            .iter()
+            .find(|d| proxy.matched_by(&d.from).is_some())?;
         let shares = at
             .iter()
             .map(|l| {
                 rule.to
                     .iter()
-                    .filter_map(|(pattern, weight)| l.matched_by(pattern).map(|n| (n, *weight)))
-                    .max_by_key(|(n, _)| *n)
-                    .map_or(0, |(_, w)| w)
+                    .enumerate()
+                    .filter_map(|(i, (pattern, weight))| {
+                        l.matched_by(pattern).map(|n| (n, i, *weight))
+                    })
+                    .max_by_key(|(n, i, _)| (*n, std::cmp::Reverse(*i)))
+                    .map(|(_, i, w)| (i, w))
             })
             .collect();
         return Some(Plan::Distribute(shares));
@@ -98,11 +105,13 @@ pub fn plan(
     if !has_outlier {
         return None;
     }
+    // The first `failover` entry for this gateway's region, as Istio takes it.
     let failover_to: Vec<&str> = setting
         .into_iter()
         .flat_map(|s| s.failover.iter())
-        .filter(|f| f.from == proxy.region)
+        .find(|f| f.from == proxy.region)
         .map(|f| f.to.as_str())
+        .into_iter()
         .collect();
     let raw: Vec<u8> = at
         .iter()
@@ -196,12 +205,21 @@ mod tests {
             ],
             ..Default::default()
         };
+        // `to` entries in key order: 0 us-west/zone1/*, 1 us-west/zone2/*. Both zone1
+        // endpoints split entry 0's 80 %.
         assert_eq!(
             plan(Some(&setting), false, &me, &EPS),
-            Some(Plan::Distribute(vec![80, 80, 20, 0, 0]))
+            Some(Plan::Distribute(vec![
+                Some((0, 80)),
+                Some((0, 80)),
+                Some((1, 20)),
+                None,
+                None
+            ]))
         );
-        // No rule for this gateway's locality: plain balancing (no outlier detection).
+        // No rule for this gateway's locality: no locality balancing, not even failover.
         let other = Locality::parse("ap-south/zone1");
         assert_eq!(plan(Some(&setting), false, &other, &EPS), None);
+        assert_eq!(plan(Some(&setting), true, &other, &EPS), None);
     }
 }

@@ -331,12 +331,6 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
             }
         }
         opt_istio_duration(r, &hp.key("idleTimeout"), &h.idle_timeout);
-        if h.max_requests_per_connection > 1 {
-            r.warn(
-                &hp.key("maxRequestsPerConnection"),
-                format!("{NOT_APPLIED}: HTTP/1.1 connections are reused without a count (1, one request per connection, is applied)"),
-            );
-        }
         if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) || h.use_client_protocol {
             r.warn(
                 &hp,
@@ -374,18 +368,11 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
             );
         }
         opt_istio_duration(r, &tp.key("connectTimeout"), &t.connect_timeout);
-        if opt_istio_duration(
+        opt_istio_duration(
             r,
             &tp.key("maxConnectionDuration"),
             &t.max_connection_duration,
-        )
-        .is_some()
-        {
-            r.warn(
-                &tp.key("maxConnectionDuration"),
-                format!("{NOT_APPLIED}: upstream connections are not aged out"),
-            );
-        }
+        );
         if let Some(idle) = &t.idle_timeout {
             // 0s turns the idle timeout off.
             if let Some(d) = duration(r, &tp.key("idleTimeout"), idle)

@@ -1,9 +1,10 @@
 //! Whether the compile cache may be trusted: its entries are machine code the gateway
 //! runs outside the Wasm sandbox, so an entry is used only when
 //!
-//! - the folder is owned by this user, not a link, and writable by nobody else; every
-//!   folder above it is owned by this user or root and writable by nobody else, unless
-//!   it is root's and sticky (`/tmp`), where others cannot rename what is ours;
+//! - the folder's real path (links resolved once, then used for every open) is owned by
+//!   this user and writable by nobody else; every folder above it on that real path is
+//!   owned by this user or root and writable by nobody else, unless it is root's and
+//!   sticky (`/tmp`), where others cannot rename what is ours;
 //! - the entry (and its tag) is opened without following links, is a regular file
 //!   owned by this user, and readable or writable by nobody else;
 //! - its tag, an HMAC-SHA-256 over the entry's name and bytes with the folder's key
@@ -39,28 +40,26 @@ fn me() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-/// Is `dir` a folder this user may trust with code (see the module's rules)?
-pub fn trusted_dir(dir: &Path) -> bool {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return false;
-    };
+/// `dir`'s real path (links resolved) when it is a folder this user may trust with
+/// code (see the module's rules), checked up to `/` along that real path: callers use
+/// it, not `dir`, so no link in `dir` is followed again after the check.
+pub fn trusted_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    let real = std::fs::canonicalize(dir).ok()?;
+    let meta = std::fs::symlink_metadata(&real).ok()?;
     let mode = meta.permissions().mode();
     if !meta.is_dir() || meta.uid() != me() || mode & 0o022 != 0 {
-        return false;
+        return None;
     }
-    // Relative paths are checked from the working folder up.
-    let Ok(absolute) = std::path::absolute(dir) else {
-        return false;
-    };
-    absolute.ancestors().skip(1).all(|parent| {
-        let Ok(meta) = std::fs::metadata(parent) else {
+    let parents_safe = real.ancestors().skip(1).all(|parent| {
+        let Ok(meta) = std::fs::symlink_metadata(parent) else {
             return false;
         };
         let mode = meta.permissions().mode();
         let owner_ok = meta.uid() == me() || meta.uid() == 0;
         let sticky_root = meta.uid() == 0 && mode & 0o1000 != 0;
         owner_ok && (mode & 0o022 == 0 || sticky_root)
-    })
+    });
+    parents_safe.then_some(real)
 }
 
 /// Open `path` for reading when it is a regular file of this user that nobody else may
@@ -174,30 +173,49 @@ mod tests {
     #[test]
     fn folders_are_trusted_by_owner_and_mode_up_to_the_root() {
         let dir = folder("dir");
-        assert!(
+        let real = std::fs::canonicalize(&dir).expect("real path");
+        assert_eq!(
             trusted_dir(&dir),
+            Some(real),
             "a private folder under /tmp (root's, sticky)"
         );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).expect("chmod");
-        assert!(!trusted_dir(&dir), "group-writable");
+        assert!(trusted_dir(&dir).is_none(), "group-writable");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         // A parent others may write (and not sticky): whoever can write it can swap ours.
         let inner = dir.join("inner");
         std::fs::create_dir(&inner).expect("mkdir");
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        assert!(trusted_dir(&inner));
+        assert!(trusted_dir(&inner).is_some());
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert!(!trusted_dir(&inner), "a parent writable by others");
+        assert!(trusted_dir(&inner).is_none(), "a parent writable by others");
+        // A link to the folder from a private place resolves to it; a link into it
+        // from an open folder still has the open folder above the real path checked.
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let cache = shared.join("cache");
+        std::fs::create_dir(&cache).expect("mkdir");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let home = folder("home");
+        let link = home.join("cache");
+        std::os::unix::fs::symlink(&cache, &link).expect("symlink");
+        assert!(
+            trusted_dir(&link).is_none(),
+            "the real path runs through an open folder"
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        // A link to a private folder is not the folder.
-        let link = dir.join("link");
-        std::os::unix::fs::symlink(&inner, &link).expect("symlink");
-        assert!(!trusted_dir(&link));
-        assert!(!trusted_dir(&dir.join("missing")));
+        assert_eq!(
+            trusted_dir(&link),
+            std::fs::canonicalize(&cache).ok(),
+            "the real path is used"
+        );
+        assert!(trusted_dir(&dir.join("missing")).is_none());
+        std::fs::remove_dir_all(&home).expect("cleanup");
         if me() == 0 {
             // Owned by someone else (nobody), even with private bits.
             std::os::unix::fs::chown(&inner, Some(65534), None).expect("chown");
-            assert!(!trusted_dir(&inner), "a folder of another user");
+            assert!(trusted_dir(&inner).is_none(), "a folder of another user");
         } else {
             eprintln!("not root: the other-owner case needs chown");
         }

@@ -78,6 +78,7 @@ where
             }
             Ok(Counted {
                 io,
+                lifetime: cluster.as_ref().and_then(|c| Lifetime::of(c)),
                 _open: cluster.map(|c| c.upstream_stats.opened()),
             })
         })
@@ -106,16 +107,79 @@ impl Socket for TlsIo {
 /// A connection counted as open until it is dropped.
 pub struct Counted<T> {
     io: T,
+    /// How long it may serve, when its cluster bounds that.
+    lifetime: Option<Arc<Lifetime>>,
     _open: Option<OpenConnection>,
+}
+
+/// `maxRequestsPerConnection` and `maxConnectionDuration` of an HTTP/1.1 connection: how
+/// much it has served, against what it may. Carried as the connection's extra, so that
+/// after each response [`Lifetime::retire_if_spent`] can take it out of the pool.
+#[derive(Debug)]
+pub struct Lifetime {
+    opened: std::time::Instant,
+    served: std::sync::atomic::AtomicU32,
+    /// 0: no count.
+    max_requests: u32,
+    max_age: Option<Duration>,
+}
+
+impl Lifetime {
+    /// For a connection of `cluster`, when its policy bounds connections' lives.
+    fn of(cluster: &Cluster) -> Option<Arc<Lifetime>> {
+        let pool = &cluster.pool;
+        bounds_lifetime(cluster).then(|| {
+            Arc::new(Lifetime {
+                opened: std::time::Instant::now(),
+                served: std::sync::atomic::AtomicU32::new(0),
+                max_requests: pool.max_requests_per_connection,
+                max_age: pool.max_connection_duration,
+            })
+        })
+    }
+
+    /// Count a response on the connection `captured` saw; once the connection has
+    /// served its count or lived its time, it goes back to no pool (hyper-util closes
+    /// it when the response ends), so no further request is sent on it.
+    pub fn retire_if_spent(captured: &hyper_util::client::legacy::connect::CaptureConnection) {
+        let metadata = captured.connection_metadata();
+        let Some(connected) = metadata.as_ref() else {
+            return;
+        };
+        let mut extras = http::Extensions::new();
+        connected.get_extras(&mut extras);
+        let Some(life) = extras.get::<Arc<Lifetime>>() else {
+            return;
+        };
+        let served = life
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1);
+        let counted_out = life.max_requests > 0 && served >= life.max_requests;
+        let aged_out = life.max_age.is_some_and(|age| life.opened.elapsed() >= age);
+        if counted_out || aged_out {
+            connected.poison();
+        }
+    }
+}
+
+/// Does `cluster`'s policy bound how long its HTTP/1.1 connections serve (more than
+/// one request each, or for a time)? Only then is a request's connection captured.
+pub fn bounds_lifetime(cluster: &Cluster) -> bool {
+    cluster.pool.max_requests_per_connection > 1 || cluster.pool.max_connection_duration.is_some()
 }
 
 impl<T: Connection> Connection for Counted<T> {
     /// What the connection is, without the connector's `HttpInfo` extra: hyper-util
     /// copies an extra into every response's extensions (three allocations per
-    /// request), and nothing here reads it.
+    /// request), and nothing here reads it. A [`Lifetime`] is the one extra, and only
+    /// for clusters that bound connections' lives.
     fn connected(&self) -> Connected {
         let inner = self.io.connected();
-        let plain = Connected::new().proxy(inner.is_proxied());
+        let mut plain = Connected::new().proxy(inner.is_proxied());
+        if let Some(life) = &self.lifetime {
+            plain = plain.extra(life.clone());
+        }
         if inner.is_negotiated_h2() {
             plain.negotiated_h2()
         } else {
