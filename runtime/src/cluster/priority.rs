@@ -129,11 +129,10 @@ impl Levels {
         let member = |m: usize| level.members.get(m).copied().unwrap_or(0);
         let own_load = |m: usize| load(member(m));
         let own_healthy = |m: usize| panic || healthy(member(m));
-        let mut last = 0;
         for _ in 0..level.members.len() {
-            last = level.balancer.pick(random, hash, &own_load, own_healthy);
-            if own_healthy(last) {
-                return Some(member(last));
+            let m = level.balancer.pick(random, hash, &own_load, own_healthy);
+            if own_healthy(m) {
+                return Some(member(m));
             }
         }
         // The balancer kept landing on unhealthy ones: the first healthy.
