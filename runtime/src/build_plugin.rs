@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::toolchain::{Toolchain, UNKNOWN, WASIP1, componentize};
 
+/// Where `build.rs` left the components of `plugins/testing` and the examples when this
+/// crate was built: the fuzz targets (`fuzz/`) load the misbehave plugin from here.
+pub const TEST_PLUGINS: &str = env!("WASMGATE_BUILT_PLUGINS");
+
 /// A plugin crate as cargo sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginCrate {

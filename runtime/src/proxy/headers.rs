@@ -232,14 +232,34 @@ pub fn single_content_type(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers that frame the message or belong to one connection: the gateway sets them
+/// itself, so route and plugin edits of them are skipped. A plugin that set
+/// `content-length: x` would otherwise make the response unsendable (the client got
+/// nothing: found by the decision fuzz target).
+const FRAMING: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// Apply Istio header operations (if any): remove, then set (replace), then add
-/// (append). Invalid names or values are skipped with a debug log.
+/// (append). Invalid names or values, and framing headers ([`FRAMING`]), are skipped
+/// with a debug log.
 pub fn apply_mutation(headers: &mut HeaderMap, m: Option<&HeaderMutation>) {
     let Some(m) = m else {
         return;
     };
     for name in &m.remove {
-        headers.remove(name.as_str());
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+            && !FRAMING.contains(&name)
+        {
+            headers.remove(name);
+        }
     }
     for h in &m.set {
         if let Some((name, value)) = parse(h) {
@@ -259,10 +279,12 @@ pub fn append_all(headers: &mut HeaderMap, list: &[Header]) {
 }
 
 fn parse(h: &Header) -> Option<(HeaderName, HeaderValue)> {
-    let name = HeaderName::from_bytes(h.name.as_bytes()).ok();
+    let name = HeaderName::from_bytes(h.name.as_bytes())
+        .ok()
+        .filter(|n| !FRAMING.contains(n));
     let value = HeaderValue::from_str(&h.value).ok();
     if name.is_none() || value.is_none() {
-        tracing::debug!(name = %h.name, "policy produced an invalid header; skipped");
+        tracing::debug!(name = %h.name, "policy produced an invalid or framing header; skipped");
     }
     Some((name?, value?))
 }
@@ -336,6 +358,25 @@ mod tests {
         assert_eq!(a, ["2", "3"]);
         assert!(headers.get("b").is_none());
         assert_eq!(headers["c"], "1");
+    }
+
+    #[test]
+    fn edits_of_framing_headers_are_skipped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let m = HeaderMutation {
+            set: vec![h("content-length", "transfer-encoding"), h("x-a", "1")],
+            add: vec![h("Transfer-Encoding", "chunked"), h("connection", "close")],
+            remove: vec!["content-length".into(), "x-gone".into()],
+        };
+        apply_mutation(&mut headers, Some(&m));
+        assert_eq!(
+            headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(!headers.contains_key(header::CONNECTION));
+        assert_eq!(headers.get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
     }
 
     #[test]

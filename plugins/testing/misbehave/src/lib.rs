@@ -2,20 +2,30 @@
 //! spins until the host's deadline, `/alloc` grows memory until the host's limit,
 //! `/error` returns a plugin error; any other path passes. `{"failPrepare": true}` makes
 //! its config invalid. Tests use it to prove one bad request never harms the next.
+//!
+//! With `{"arbitrary": true}` it answers with edits made from the bytes (hex) in request
+//! header `x-misbehave-edit`, and, in the response phase, `x-misbehave-response-edit`:
+//! the decision fuzz target (`fuzz/`) drives the host with any edit the WIT types allow.
+
+mod arbitrary;
 
 use serde::Deserialize;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy, parse_config,
+    Binding, ConfigError, Edit, Interest, PluginError, Policy, Request, Response, ResponseEdit,
+    export_policy, parse_config,
 };
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 struct Config {
     fail_prepare: bool,
+    arbitrary: bool,
 }
 
 #[derive(Debug)]
-pub struct Misbehave;
+pub struct Misbehave {
+    arbitrary: bool,
+}
 
 impl Policy for Misbehave {
     fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
@@ -26,10 +36,25 @@ impl Policy for Misbehave {
                 message: "asked to fail".into(),
             });
         }
-        Ok(Misbehave)
+        Ok(Misbehave {
+            arbitrary: config.arbitrary,
+        })
+    }
+
+    fn interest(&self) -> Interest {
+        if self.arbitrary {
+            Interest::default().with_response()
+        } else {
+            Interest::default()
+        }
     }
 
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
+        if self.arbitrary
+            && let Some(hex) = request.header("x-misbehave-edit")
+        {
+            return Ok(arbitrary::Bytes::new(&arbitrary::unhex(&hex)).edit());
+        }
         match request.path() {
             "/panic" => panic!("misbehave: asked to panic"),
             "/loop" => {
@@ -51,6 +76,17 @@ impl Policy for Misbehave {
             _ => Ok(Edit::keep()),
         }
     }
+
+    fn on_response(
+        &self,
+        request: &Request,
+        _response: &Response,
+    ) -> Result<ResponseEdit, PluginError> {
+        Ok(match request.header("x-misbehave-response-edit") {
+            Some(hex) => arbitrary::Bytes::new(&arbitrary::unhex(&hex)).response_edit(),
+            None => ResponseEdit::default(),
+        })
+    }
 }
 
 export_policy!(Misbehave);
@@ -68,6 +104,30 @@ mod tests {
         assert!(decide(&p, &request("GET", "/fine").build()).is_empty());
         let e = Misbehave::prepare(&binding(), r#"{"failPrepare": true}"#).expect_err("prepared");
         assert_eq!(e.field, "failPrepare");
+    }
+
+    #[test]
+    fn arbitrary_bytes_make_edits_and_plain_requests_pass() {
+        let p: Misbehave = prepare(r#"{"arbitrary": true}"#);
+        assert!(decide(&p, &request("GET", "/fine").build()).is_empty());
+        // 0x03 0x01: an action (option set), Respond; status 0x01f4 = 500 little endian.
+        let edit = decide(
+            &p,
+            &request("GET", "/")
+                .header("x-misbehave-edit", "00 01 03 f4 01")
+                .build(),
+        );
+        match edit.action {
+            Some(wasmgate_plugin_sdk::Action::Respond(r)) => assert_eq!(r.status, 500),
+            other => panic!("{other:?}"),
+        }
+        // Any bytes decode, the empty string too.
+        for hex in ["", "ff", "zz", &"ab".repeat(600)] {
+            decide(
+                &p,
+                &request("GET", "/").header("x-misbehave-edit", hex).build(),
+            );
+        }
     }
 
     #[test]
