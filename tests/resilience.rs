@@ -469,3 +469,57 @@ async fn connections_retire_after_max_requests_and_max_duration() {
         2.0
     );
 }
+
+/// An h2c (prior knowledge) GET to the gateway on `port`; the status.
+async fn h2c_get(port: u16) -> u16 {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/h2"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    client.request(req).await.map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn h2_upgrade_policy_and_use_client_protocol_pick_http2_upstream() {
+    // An upstream that speaks only HTTP/2, behind an HTTP (1.1) service port.
+    let h2 = Echo::start_h2("h2").await;
+    let (dir, port) = config(
+        "h2-upgrade",
+        &[(h2.port(), 1)],
+        "    retries: {attempts: 0}\n",
+        "    loadBalancer: {simple: ROUND_ROBIN}\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "a", "/", &[]).await.expect("answer");
+    assert_ne!(
+        r.status, 200,
+        "HTTP/1.1 to an HTTP/2-only upstream cannot work"
+    );
+    drop(gw);
+
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "a", "/", &[]).await.expect("answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo()["version"], "HTTP/2.0");
+    drop(gw);
+
+    // useClientProtocol: an HTTP/1.1 client's request goes as HTTP/1.1 (and fails
+    // here), an h2c client's as HTTP/2.
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {useClientProtocol: true}}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    assert_ne!(get(port, "a", "/", &[]).await.expect("answer").status, 200);
+    assert_eq!(h2c_get(port).await, 200);
+}

@@ -834,6 +834,7 @@ async fn forward_upstream(
         .unwrap_or_default();
     let out = Outbound {
         method: parts.method,
+        version: parts.version,
         path_and_query,
         headers,
         body,
@@ -963,6 +964,7 @@ fn mirror(shared: &Shared, snapshot: &Snapshot, chain: &Chain, forward: &Forward
         }
         let copy = Outbound {
             method: out.method.clone(),
+            version: out.version,
             path_and_query: out.path_and_query.clone(),
             headers,
             body: None,

@@ -108,6 +108,7 @@ async fn send_call(shared: Arc<Shared>, call: OutboundCall) -> Result<OutboundAn
         .map_err(|_| format!("path {:?} is not a valid path", call.path))?;
     let out = Outbound {
         method,
+        version: http::Version::HTTP_11,
         path_and_query,
         headers,
         body: (!call.body.is_empty()).then(|| full(Bytes::from(call.body))),

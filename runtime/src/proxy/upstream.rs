@@ -107,7 +107,7 @@ impl Upstream {
         } else {
             "http"
         };
-        if cluster.http2 {
+        if speaks_h2(cluster, out) {
             let host = host.to_string();
             let key = H2Key {
                 target: endpoint.to_string(),
@@ -191,9 +191,22 @@ fn http1_client(
         .build(Counting(connector.clone()))
 }
 
+/// Whether `out` goes to `cluster` in HTTP/2: the port's protocol (or
+/// `h2UpgradePolicy: UPGRADE`) says so, or `useClientProtocol` and the client spoke it
+/// (clear text only: over TLS the handshake's ALPN, set for the port, decides).
+fn speaks_h2(cluster: &Cluster, out: &Outbound) -> bool {
+    cluster.http2
+        || (cluster.pool.use_client_protocol
+            && cluster.tls.is_none()
+            && out.version == Version::HTTP_2)
+}
+
 /// Everything needed to (re)build the upstream request.
 pub struct Outbound {
     pub method: Method,
+    /// The client's HTTP version (`useClientProtocol` sends HTTP/2 clients' requests
+    /// upstream in HTTP/2).
+    pub version: Version,
     /// Shared with the downstream request's URI when not rewritten: cloned, not copied.
     pub path_and_query: http::uri::PathAndQuery,
     pub headers: HeaderMap,
@@ -421,7 +434,7 @@ async fn attempt_all(
         let target = &cluster.targets[index];
         attempted.upstream = Some(target.authority().clone());
         // HTTP/1.1: one connection per request in flight, within `maxConnections`.
-        let connection = if cluster.http2 {
+        let connection = if speaks_h2(cluster, &out) {
             None
         } else {
             cluster.connection().await.map_err(ProxyError::Overflow)?

@@ -394,12 +394,13 @@ impl Registry {
         if targets.is_empty() {
             return Err(ResolveError::NoEndpoints(host.to_string()));
         }
-        let http2 = service_port.is_some_and(|sp| {
-            matches!(
-                sp.protocol.to_ascii_uppercase().as_str(),
-                "HTTP2" | "GRPC" | "GRPC-WEB"
-            )
-        });
+        let protocol = service_port.map(|sp| sp.protocol.to_ascii_uppercase());
+        // `h2UpgradePolicy: UPGRADE` speaks HTTP/2 to an HTTP/1.1 port too (Istio).
+        let http2 = match protocol.as_deref() {
+            Some("HTTP2" | "GRPC" | "GRPC-WEB") => true,
+            Some("HTTP") => policy.pool.h2_upgrade,
+            _ => false,
+        };
         let tls = match rule.and_then(|r| r.client_tls(port_number, subset).map(|t| (r, t))) {
             None => None,
             Some((r, t)) => client_config(t, http2)

@@ -103,6 +103,11 @@ pub struct PoolLimits {
     pub max_connection_duration: Option<Duration>,
     /// `tcp.tcpKeepalive`.
     pub tcp_keepalive: Option<Keepalive>,
+    /// `http.h2UpgradePolicy: UPGRADE`: an HTTP/1.1 service port is spoken to with
+    /// HTTP/2.
+    pub h2_upgrade: bool,
+    /// `http.useClientProtocol`: each request goes upstream in the client's protocol.
+    pub use_client_protocol: bool,
 }
 
 impl Default for PoolLimits {
@@ -117,6 +122,8 @@ impl Default for PoolLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
             tcp_keepalive: None,
+            h2_upgrade: false,
+            use_client_protocol: false,
         }
     }
 }
@@ -316,6 +323,8 @@ fn pool(cp: &raw::ConnectionPoolSettings) -> PoolLimits {
         if let Some(d) = parsed(http.idle_timeout.as_deref()) {
             out.idle_timeout = d;
         }
+        out.h2_upgrade = http.h2_upgrade_policy == Some(raw::H2UpgradePolicy::Upgrade);
+        out.use_client_protocol = http.use_client_protocol;
     }
     out
 }

@@ -331,12 +331,6 @@ fn validate_connection_pool(c: &raw::ConnectionPoolSettings, p: &FieldPath, r: &
             }
         }
         opt_istio_duration(r, &hp.key("idleTimeout"), &h.idle_timeout);
-        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) || h.use_client_protocol {
-            r.warn(
-                &hp,
-                format!("{NOT_APPLIED}: h2UpgradePolicy UPGRADE and useClientProtocol; the ServiceEntry port's protocol decides (HTTP2/GRPC: HTTP/2, else HTTP/1.1)"),
-            );
-        }
         if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol {
             r.err(
                 &hp.key("useClientProtocol"),
