@@ -519,7 +519,20 @@ async fn h2_upgrade_policy_and_use_client_protocol_pick_http2_upstream() {
         "dr.yaml",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {useClientProtocol: true}}\n",
     );
-    let _gw = Gateway::start(dir.path(), &[]).await;
+    let gw = Gateway::start(dir.path(), &[]).await;
     assert_ne!(get(port, "a", "/", &[]).await.expect("answer").status, 200);
     assert_eq!(h2c_get(port).await, 200);
+    drop(gw);
+
+    // useClientProtocol on an HTTP2 port: an HTTP/1.1 client's request stays HTTP/1.1
+    // (to an HTTP/1.1-only upstream here), where the port alone would say HTTP/2.
+    let h1 = Echo::start("h1").await;
+    dir.write(
+        "se.yaml",
+        &weighted_service(&[(h1.port(), 1)]).replace("protocol: HTTP}", "protocol: HTTP2}"),
+    );
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    let r = get(port, "a", "/", &[]).await.expect("answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo()["version"], "HTTP/1.1");
 }

@@ -161,7 +161,7 @@ pub fn harness() -> &'static Harness {
 impl Harness {
     /// Write `bytes` on a new connection, close the sending side when `half_close` (so
     /// that an incomplete request ends), and read what comes back until the gateway
-    /// closes (at most 5 s). The gateway drops the answer to a request whose client
+    /// closes (at most 2 s). The gateway drops the answer to a request whose client
     /// half-closed (HTTP/1 half-close is not served), so complete requests keep the
     /// sending side open and ask `Connection: close`. The connection is reset at the end
     /// so that a long run leaves no TIME_WAIT behind.

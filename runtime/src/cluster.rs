@@ -176,12 +176,14 @@ impl Cluster {
                 return Some(last);
             }
         }
-        self.next_after(last)
+        self.next_after(last, false)
     }
 
     /// The endpoint a retry after `previous` goes to: the next one outlier detection
-    /// has not ejected (Istio's retries avoid the hosts already tried).
-    pub fn next_after(&self, previous: usize) -> Option<usize> {
+    /// has not ejected (Istio's retries avoid the hosts already tried). With locality
+    /// levels a retry stays on its level unless `remote` (the route's
+    /// `retryRemoteLocalities`).
+    pub fn next_after(&self, previous: usize, remote: bool) -> Option<usize> {
         let n = self.targets.len();
         if n == 0 {
             return None;
@@ -189,7 +191,7 @@ impl Cluster {
         if let Some(levels) = &self.levels {
             let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
             let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
-            return levels.next_after(previous, &healthy);
+            return levels.next_after(previous, &healthy, remote);
         }
         let Some(outlier) = self.usable_outlier() else {
             return Some((previous + 1) % n);

@@ -139,34 +139,47 @@ impl Levels {
         level.members.iter().copied().find(|i| healthy(*i))
     }
 
-    /// Where a retry after endpoint `previous` goes: the next healthy endpoint of its
-    /// level, then of the levels after it, then of those before; `previous` itself
-    /// only when nothing else is healthy.
-    pub fn next_after(&self, previous: usize, healthy: &dyn Fn(usize) -> bool) -> Option<usize> {
+    /// Where a retry after endpoint `previous` goes. By default (Istio's, with Envoy's
+    /// `previous_hosts` predicate) it stays on the priority load: the next healthy
+    /// endpoint of `previous`'s level, else `previous` itself, and another level only
+    /// when that whole level is unhealthy. With `remote` (a route's
+    /// `retryRemoteLocalities`, Envoy's `previous_priorities`) the levels after it are
+    /// tried first.
+    pub fn next_after(
+        &self,
+        previous: usize,
+        healthy: &dyn Fn(usize) -> bool,
+        remote: bool,
+    ) -> Option<usize> {
         let at = self
             .levels
             .iter()
             .position(|l| l.members.contains(&previous))
             .unwrap_or(0);
-        let order = (at..self.levels.len()).chain(0..at);
-        for (n, level) in order.filter_map(|i| self.levels.get(i)).enumerate() {
-            let members = &level.members;
-            let start = if n == 0 {
-                members
-                    .iter()
-                    .position(|m| *m == previous)
-                    .map_or(0, |p| p + 1)
-            } else {
-                0
-            };
-            let found = (0..members.len())
-                .map(|k| members[(start + k) % members.len()])
-                .find(|m| *m != previous && healthy(*m));
-            if found.is_some() {
-                return found;
+        let others = |l: &Level| {
+            let start = l
+                .members
+                .iter()
+                .position(|m| *m == previous)
+                .map_or(0, |p| p + 1);
+            (0..l.members.len())
+                .map(|k| l.members[(start + k) % l.members.len()])
+                .find(|m| *m != previous && healthy(*m))
+        };
+        let own = self.levels.get(at);
+        if !remote && let Some(level) = own {
+            if let Some(found) = others(level) {
+                return Some(found);
+            }
+            if healthy(previous) {
+                return Some(previous);
             }
         }
-        healthy(previous).then_some(previous)
+        let order = (at + 1..self.levels.len()).chain(0..=at);
+        order
+            .filter_map(|i| self.levels.get(i))
+            .find_map(others)
+            .or_else(|| healthy(previous).then_some(previous))
     }
 }
 
@@ -227,14 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn retries_stay_on_the_level_then_move_down() {
+    fn retries_stay_on_the_level_unless_remote_localities() {
         let l = levels(&[1, 0, 0, 1]);
-        assert_eq!(l.next_after(1, &|_| true), Some(2));
-        assert_eq!(l.next_after(2, &|_| true), Some(1));
-        assert_eq!(l.next_after(1, &|i| i != 2), Some(0));
-        assert_eq!(l.next_after(0, &|_| true), Some(3));
-        assert_eq!(l.next_after(3, &|i| i == 3 || i == 2), Some(2));
-        assert_eq!(l.next_after(3, &|i| i == 3), Some(3));
-        assert_eq!(l.next_after(3, &|_| false), None);
+        let all = |_: usize| true;
+        assert_eq!(l.next_after(1, &all, false), Some(2));
+        assert_eq!(l.next_after(2, &all, false), Some(1));
+        // The only healthy one of its level: retried itself, as Envoy's priority load.
+        assert_eq!(l.next_after(1, &|i| i != 2, false), Some(1));
+        // Its whole level unhealthy: the next level.
+        assert_eq!(l.next_after(1, &|i| i == 0 || i == 3, false), Some(0));
+        assert_eq!(l.next_after(0, &all, false), Some(3));
+        // retryRemoteLocalities: another level first.
+        assert_eq!(l.next_after(1, &all, true), Some(0));
+        assert_eq!(l.next_after(0, &all, true), Some(1));
+        assert_eq!(l.next_after(3, &|i| i == 3, true), Some(3));
+        assert_eq!(l.next_after(3, &|_| false, true), None);
+        assert_eq!(l.next_after(3, &|_| false, false), None);
     }
 }

@@ -35,7 +35,8 @@ pub struct Upstream {
     connector: HttpConnector,
     http1: Client<Counting<HttpConnector>, Body>,
     /// Clear-text HTTP/1.1 pools of clusters with their own `idleTimeout`, by it.
-    http1_idle: Arc<dashmap::DashMap<Duration, Client<Counting<HttpConnector>, Body>>>,
+    /// Clients for clusters whose connections are pooled apart ([`connect::PoolKey`]).
+    http1_idle: Arc<dashmap::DashMap<connect::PoolKey, Client<Counting<HttpConnector>, Body>>>,
     tls1: Arc<TlsClients>,
     http2: Arc<H2Pool>,
 }
@@ -46,6 +47,18 @@ fn pool_idle(cluster: &Cluster) -> Duration {
         POOL_IDLE
     } else {
         cluster.pool.idle_timeout
+    }
+}
+
+/// Which pooled HTTP/1.1 connections `cluster` may share ([`connect::PoolKey`]).
+fn pool_key(cluster: &Cluster) -> connect::PoolKey {
+    connect::PoolKey {
+        idle: pool_idle(cluster),
+        max_requests: match cluster.pool.max_requests_per_connection {
+            n if n > 1 => n,
+            _ => 0,
+        },
+        max_age: cluster.pool.max_connection_duration,
     }
 }
 
@@ -142,9 +155,14 @@ impl Upstream {
         let captured = connect::bounds_lifetime(cluster)
             .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         // A connection the pooled client opens for this request counts for the cluster.
-        let idle = pool_idle(cluster);
+        let pool = pool_key(cluster);
+        let shared_pool = connect::PoolKey {
+            idle: POOL_IDLE,
+            max_requests: 0,
+            max_age: None,
+        };
         let sent = match &cluster.tls {
-            None if idle == POOL_IDLE => {
+            None if pool == shared_pool => {
                 OPENING_FOR
                     .scope(cluster.clone(), self.http1.request(req))
                     .await
@@ -152,8 +170,8 @@ impl Upstream {
             None => {
                 let client = self
                     .http1_idle
-                    .entry(idle)
-                    .or_insert_with(|| http1_client(&self.connector, idle))
+                    .entry(pool)
+                    .or_insert_with(|| http1_client(&self.connector, pool.idle))
                     .clone();
                 OPENING_FOR
                     .scope(cluster.clone(), client.request(req))
@@ -164,7 +182,7 @@ impl Upstream {
                     &self.connector,
                     tls,
                     sni.as_deref().unwrap_or_default(),
-                    idle,
+                    pool,
                 );
                 OPENING_FOR
                     .scope(cluster.clone(), client.request(req))
@@ -191,14 +209,20 @@ fn http1_client(
         .build(Counting(connector.clone()))
 }
 
-/// Whether `out` goes to `cluster` in HTTP/2: the port's protocol (or
-/// `h2UpgradePolicy: UPGRADE`) says so, or `useClientProtocol` and the client spoke it
-/// (clear text only: over TLS the handshake's ALPN, set for the port, decides).
+/// Whether `out` goes to `cluster` in HTTP/2: with `useClientProtocol` (in clear text;
+/// over TLS the handshake's ALPN, set for the port, decides) when the client spoke it,
+/// else when the port's protocol (or `h2UpgradePolicy: UPGRADE`) says so; never for
+/// an upgrade.
 fn speaks_h2(cluster: &Cluster, out: &Outbound) -> bool {
+    if out.headers.contains_key(header::UPGRADE) {
+        // An HTTP/1.1 upgrade (WebSocket) has no meaning in HTTP/2 (hyper's client
+        // strips the headers): it goes as HTTP/1.1 whatever the port.
+        return false;
+    }
+    if cluster.pool.use_client_protocol && cluster.tls.is_none() {
+        return out.version == Version::HTTP_2;
+    }
     cluster.http2
-        || (cluster.pool.use_client_protocol
-            && cluster.tls.is_none()
-            && out.version == Version::HTTP_2)
 }
 
 /// Everything needed to (re)build the upstream request.
@@ -428,7 +452,7 @@ async fn attempt_all(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             // Later attempts move to the next endpoint that is not ejected.
             index = cluster
-                .next_after(index)
+                .next_after(index, retries.retry_remote_localities)
                 .ok_or(ProxyError::NoHealthyUpstream)?;
         }
         let target = &cluster.targets[index];

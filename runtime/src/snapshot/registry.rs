@@ -401,6 +401,15 @@ impl Registry {
             Some("HTTP") => policy.pool.h2_upgrade,
             _ => false,
         };
+        if http2
+            && (policy.pool.max_requests_per_connection > 1
+                || policy.pool.max_connection_duration.is_some())
+        {
+            tracing::warn!(
+                host,
+                "maxRequestsPerConnection and maxConnectionDuration are not applied to HTTP/2 upstream connections"
+            );
+        }
         let tls = match rule.and_then(|r| r.client_tls(port_number, subset).map(|t| (r, t))) {
             None => None,
             Some((r, t)) => client_config(t, http2)

@@ -231,8 +231,21 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
 /// TLS settings and the SNI to present: what a pooled connection is reusable for.
 pub type TlsKey = ([u8; 32], String);
 
-/// A TLS client pool: its settings and SNI, and its idle timeout.
-type TlsPoolKey = (TlsKey, Duration);
+/// What a pooled HTTP/1.1 connection is shared by: clusters that close it alike (idle
+/// timeout) and retire it alike (`maxRequestsPerConnection` > 1,
+/// `maxConnectionDuration`, which the connection carries from the cluster that opened
+/// it). So a subset with limits never shares with its parent without, and a reload
+/// that changes them starts new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub idle: Duration,
+    /// 0: no count.
+    pub max_requests: u32,
+    pub max_age: Option<Duration>,
+}
+
+/// A TLS client pool: its settings and SNI, and its pool key.
+type TlsPoolKey = (TlsKey, PoolKey);
 
 /// The name to present and verify: an IP when the SNI text is one (no SNI is sent).
 pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
@@ -366,21 +379,21 @@ impl std::fmt::Debug for TlsConnector {
 }
 
 impl TlsClients {
-    /// The client for `tls` and `sni` whose idle connections close after `idle`, made
-    /// on first use.
+    /// The client for `tls` and `sni` whose connections are pooled by `pool`, made on
+    /// first use.
     pub fn get(
         &self,
         tcp: &HttpConnector,
         tls: &Arc<UpstreamTls>,
         sni: &str,
-        idle: Duration,
+        pool: PoolKey,
     ) -> Client<Counting<TlsConnector>, Body> {
-        let key = ((tls.key, sni.to_string()), idle);
+        let key = ((tls.key, sni.to_string()), pool);
         if let Some(c) = self.clients.get(&key) {
             return c.clone();
         }
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle)
+            .pool_idle_timeout(pool.idle)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(Counting(TlsConnector::new(
