@@ -157,10 +157,8 @@ impl Cluster {
         };
         if let Some(levels) = &self.levels {
             // Health and panic are per level here, as Envoy has them per priority.
-            let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
-            let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
-            let min_health = outlier.map_or(0, |o| o.min_health_percent());
-            return levels.pick(random, hash, &load, &healthy, min_health);
+            let min_health = self.outlier.as_ref().map_or(0, |o| o.min_health_percent());
+            return levels.pick(random, hash, &load, &self.not_ejected(), min_health);
         }
         let Some(outlier) = self.usable_outlier() else {
             return Some(self.balancer.pick(random, hash, &load, |_| true));
@@ -189,9 +187,7 @@ impl Cluster {
             return None;
         }
         if let Some(levels) = &self.levels {
-            let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
-            let healthy = |i: usize| outlier.is_none_or(|o| !o.is_ejected(i));
-            return levels.next_after(previous, &healthy, remote);
+            return levels.next_after(previous, &self.not_ejected(), remote);
         }
         let Some(outlier) = self.usable_outlier() else {
             return Some((previous + 1) % n);
@@ -199,6 +195,14 @@ impl Cluster {
         (1..=n)
             .map(|step| (previous + step) % n)
             .find(|i| !outlier.is_ejected(*i))
+    }
+
+    /// Which endpoints outlier detection has not ejected (ejections over are brought
+    /// back first), without the cluster-wide panic of [`Cluster::usable_outlier`]:
+    /// priority levels judge panic per level.
+    fn not_ejected(&self) -> impl Fn(usize) -> bool + '_ {
+        let outlier = self.outlier.as_ref().inspect(|o| o.refresh());
+        move |i| outlier.is_none_or(|o| !o.is_ejected(i))
     }
 
     /// The outlier detector, unless it is off, has ejected nothing, or too few

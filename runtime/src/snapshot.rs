@@ -367,10 +367,12 @@ impl Snapshot {
             .virtual_services
             .iter()
             .map(|vs| {
+                // Not exported to this gateway's namespace: bound to none of its Gateways.
+                let seen = seen_by(vs, &listening.seat.namespace);
                 let gws = vs
                     .gateways
                     .iter()
-                    .filter(|_| seen_by(vs, &listening.seat.namespace))
+                    .filter(|_| seen)
                     .filter_map(|r| {
                         gateways
                             .get(&(r.namespace.clone(), r.name.clone()))

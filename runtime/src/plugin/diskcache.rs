@@ -410,14 +410,11 @@ fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     let dir = dir.as_path();
     let name = path
         .file_name()
-        .ok_or_else(|| std::io::Error::other("entry without a name"))?;
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("entry name is not UTF-8"))?;
     let path = &dir.join(name);
     let key = trust::key(dir, true)
         .ok_or_else(|| std::io::Error::other("its key cannot be read or made; not used"))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| std::io::Error::other("entry name is not UTF-8"))?;
     // The tag first, then the entry; each written beside and renamed into place, so a
     // concurrent reader sees a whole old or whole new file (a mismatch only recompiles).
     let tag = trust::tag(&key, name, compiled);

@@ -23,7 +23,7 @@ use super::{Body, BoxError, empty};
 use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, RetrySlot, Target};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
-use connect::{Counting, H2Key, H2Pool, OPENING_FOR, TlsClients};
+use connect::{Counting, H2Key, H2Pool, OPENING_FOR, PoolKey, TlsClients};
 
 /// How long a pooled HTTP/1.1 connection may stay idle when the DestinationRule sets
 /// no `idleTimeout` (Envoy's default is an hour; upstream servers close theirs sooner).
@@ -34,9 +34,9 @@ pub const POOL_IDLE: Duration = Duration::from_secs(60);
 pub struct Upstream {
     connector: HttpConnector,
     http1: Client<Counting<HttpConnector>, Body>,
-    /// Clear-text HTTP/1.1 pools of clusters with their own `idleTimeout`, by it.
-    /// Clients for clusters whose connections are pooled apart ([`connect::PoolKey`]).
-    http1_idle: Arc<dashmap::DashMap<connect::PoolKey, Client<Counting<HttpConnector>, Body>>>,
+    /// Clear-text HTTP/1.1 clients of clusters whose connections are pooled apart
+    /// (their own `idleTimeout` or connection lifetime: [`PoolKey`]).
+    http1_idle: Arc<dashmap::DashMap<PoolKey, Client<Counting<HttpConnector>, Body>>>,
     tls1: Arc<TlsClients>,
     http2: Arc<H2Pool>,
 }
@@ -47,18 +47,6 @@ fn pool_idle(cluster: &Cluster) -> Duration {
         POOL_IDLE
     } else {
         cluster.pool.idle_timeout
-    }
-}
-
-/// Which pooled HTTP/1.1 connections `cluster` may share ([`connect::PoolKey`]).
-fn pool_key(cluster: &Cluster) -> connect::PoolKey {
-    connect::PoolKey {
-        idle: pool_idle(cluster),
-        max_requests: match cluster.pool.max_requests_per_connection {
-            n if n > 1 => n,
-            _ => 0,
-        },
-        max_age: cluster.pool.max_connection_duration,
     }
 }
 
@@ -152,17 +140,13 @@ impl Upstream {
         }
         // `maxRequestsPerConnection` (> 1) and `maxConnectionDuration`: the connection
         // this request goes on is looked at when its response arrives.
-        let captured = connect::bounds_lifetime(cluster)
+        let pool = PoolKey::of(cluster);
+        let captured = pool
+            .bounds_lifetime()
             .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
         // A connection the pooled client opens for this request counts for the cluster.
-        let pool = pool_key(cluster);
-        let shared_pool = connect::PoolKey {
-            idle: POOL_IDLE,
-            max_requests: 0,
-            max_age: None,
-        };
         let sent = match &cluster.tls {
-            None if pool == shared_pool => {
+            None if pool == PoolKey::SHARED => {
                 OPENING_FOR
                     .scope(cluster.clone(), self.http1.request(req))
                     .await

@@ -88,12 +88,10 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
 /// is not private.
 pub fn key(dir: &Path, create: bool) -> Option<[u8; KEY_LEN]> {
     let path = dir.join(KEY);
-    if let Some(mut file) = open_private(&path) {
-        let mut key = [0u8; KEY_LEN];
-        let mut extra = [0u8; 1];
-        let whole = file.read_exact(&mut key).is_ok() && matches!(file.read(&mut extra), Ok(0));
-        return whole.then_some(key);
+    if let Some(key) = read_key(&path) {
+        return Some(key);
     }
+    // None there (or none usable: making one then fails, as the name is taken).
     if !create {
         return None;
     }
@@ -112,15 +110,17 @@ pub fn key(dir: &Path, create: bool) -> Option<[u8; KEY_LEN]> {
     match linked {
         Ok(()) => Some(key),
         // Someone else's key landed first: use it.
-        Err(_) => key_if_private(&path),
+        Err(_) => read_key(&path),
     }
 }
 
-fn key_if_private(path: &Path) -> Option<[u8; KEY_LEN]> {
+/// The key at `path`: a private file of exactly [`KEY_LEN`] bytes.
+fn read_key(path: &Path) -> Option<[u8; KEY_LEN]> {
     let mut file = open_private(path)?;
     let mut key = [0u8; KEY_LEN];
-    file.read_exact(&mut key).ok()?;
-    Some(key)
+    let mut extra = [0u8; 1];
+    let whole = file.read_exact(&mut key).is_ok() && matches!(file.read(&mut extra), Ok(0));
+    whole.then_some(key)
 }
 
 fn tagger(key: &[u8; KEY_LEN], name: &str, bytes: &[u8]) -> Tagger {

@@ -127,13 +127,13 @@ pub struct Lifetime {
 impl Lifetime {
     /// For a connection of `cluster`, when its policy bounds connections' lives.
     fn of(cluster: &Cluster) -> Option<Arc<Lifetime>> {
-        let pool = &cluster.pool;
-        bounds_lifetime(cluster).then(|| {
+        let pool = PoolKey::of(cluster);
+        pool.bounds_lifetime().then(|| {
             Arc::new(Lifetime {
                 opened: std::time::Instant::now(),
                 served: std::sync::atomic::AtomicU32::new(0),
-                max_requests: pool.max_requests_per_connection,
-                max_age: pool.max_connection_duration,
+                max_requests: pool.max_requests,
+                max_age: pool.max_age,
             })
         })
     }
@@ -161,12 +161,6 @@ impl Lifetime {
             connected.poison();
         }
     }
-}
-
-/// Does `cluster`'s policy bound how long its HTTP/1.1 connections serve (more than
-/// one request each, or for a time)? Only then is a request's connection captured.
-pub fn bounds_lifetime(cluster: &Cluster) -> bool {
-    cluster.pool.max_requests_per_connection > 1 || cluster.pool.max_connection_duration.is_some()
 }
 
 impl<T: Connection> Connection for Counted<T> {
@@ -239,9 +233,36 @@ pub type TlsKey = ([u8; 32], String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub idle: Duration,
-    /// 0: no count.
+    /// `maxRequestsPerConnection` when above 1 (1 is `Connection: close`); 0: no count.
     pub max_requests: u32,
     pub max_age: Option<Duration>,
+}
+
+impl PoolKey {
+    /// The pool of clusters with no policy of their own: the gateway's default client.
+    pub const SHARED: PoolKey = PoolKey {
+        idle: super::POOL_IDLE,
+        max_requests: 0,
+        max_age: None,
+    };
+
+    /// The pool `cluster`'s HTTP/1.1 connections belong to.
+    pub fn of(cluster: &Cluster) -> PoolKey {
+        PoolKey {
+            idle: super::pool_idle(cluster),
+            max_requests: match cluster.pool.max_requests_per_connection {
+                n if n > 1 => n,
+                _ => 0,
+            },
+            max_age: cluster.pool.max_connection_duration,
+        }
+    }
+
+    /// Do these connections serve a bounded number of requests, or for a bounded time?
+    /// Only then is a request's connection captured to be looked at.
+    pub fn bounds_lifetime(&self) -> bool {
+        self.max_requests > 0 || self.max_age.is_some()
+    }
 }
 
 /// A TLS client pool: its settings and SNI, and its pool key.
