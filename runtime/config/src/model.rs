@@ -728,6 +728,27 @@ mod tests {
     }
 
     #[test]
+    fn zone_aware_balancing_warns_naming_its_field() {
+        let c = load(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: DestinationRule",
+            "metadata: {name: z, namespace: ns}",
+            "spec:",
+            "  host: a",
+            "  trafficPolicy:",
+            "    loadBalancer: {zoneAwareLbSetting: {enabled: true}}",
+        ]);
+        let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            lines.iter().any(|w| w.contains("t.yaml")
+                && w.contains("DestinationRule ns/z")
+                && w.contains("spec.trafficPolicy.loadBalancer.zoneAwareLbSetting")
+                && w.contains("not applied")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
     fn traffic_policy_fields_not_carried_out_warn() {
         let c = load(&[
             "apiVersion: networking.istio.io/v1",
