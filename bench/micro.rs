@@ -81,8 +81,9 @@ async fn snapshot(host: &PluginHost, docs: &[String], metrics: &Arc<Metrics>) ->
         registry: Default::default(),
         seat: wasmgate::snapshot::registry::Seat {
             namespace: "istio-system".into(),
-            locality: String::new(),
+            ..Default::default()
         },
+        arrivals: Default::default(),
     };
     Snapshot::build(
         &config,

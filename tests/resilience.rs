@@ -536,3 +536,142 @@ async fn h2_upgrade_policy_and_use_client_protocol_pick_http2_upstream() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo()["version"], "HTTP/1.1");
 }
+
+/// A ServiceEntry `app` over `endpoints` (port, `tier` label; empty: no labels).
+fn labelled_service(endpoints: &[(u16, &str)]) -> String {
+    let mut eps = String::new();
+    for (port, tier) in endpoints {
+        eps.push_str(&format!(
+            "  - address: 127.0.0.1\n    ports: {{http: {port}}}\n"
+        ));
+        if !tier.is_empty() {
+            eps.push_str(&format!("    labels: {{tier: {tier}}}\n"));
+        }
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_priority_prefers_endpoints_labelled_like_the_gateway() {
+    let gold = Echo::start("gold").await;
+    let silver = Echo::start("silver").await;
+    let plain = Echo::start("plain").await;
+    let (dir, port) = config(
+        "failover-priority",
+        &[],
+        "    retries: {attempts: 0}\n",
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting: {failoverPriority: [tier]}\n    outlierDetection: {consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n",
+    );
+    dir.write(
+        "se.yaml",
+        &labelled_service(&[
+            (silver.port(), "silver"),
+            (gold.port(), "gold"),
+            (plain.port(), ""),
+        ]),
+    );
+    let hits = || (gold.hits(), silver.hits(), plain.hits());
+    let gw = Gateway::start(dir.path(), &["--workload-labels", "tier=gold"]).await;
+    for _ in 0..20 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(hits(), (20, 0, 0));
+    // The gold endpoint fails once and is ejected: the next priority (both endpoints
+    // whose tier is not gold) takes over.
+    gold.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(port, "a", "/", &[]).await.expect("answer").status, 503);
+    for _ in 0..10 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(hits(), (21, 5, 5));
+    drop(gw);
+    // A gateway without labels has nothing to compare: no priorities (as in Istio),
+    // not a preference for the endpoint that has no tier either.
+    gold.status.store(0, std::sync::atomic::Ordering::SeqCst);
+    let _gw = Gateway::start(dir.path(), &[]).await;
+    for _ in 0..30 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(hits(), (31, 15, 15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warmup_gives_an_added_endpoint_a_growing_share() {
+    let old = Echo::start("old").await;
+    let new = Echo::start("new").await;
+    // Aggression 0.2: a share of (age / 8 s)^5, so an endpoint under 1.5 s old gets
+    // well under 1 % of what one over 4.5 s old gets.
+    let policy = "    loadBalancer:\n      simple: ROUND_ROBIN\n      warmup: {duration: 8s, minimumPercent: 0, aggression: 0.2}\n";
+    let (dir, port) = config("warmup", &[(old.port(), 1)], "", policy);
+    let gw = Gateway::start(dir.path(), &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    dir.write(
+        "se.yaml",
+        &weighted_service(&[(old.port(), 1), (new.port(), 1)]),
+    );
+    assert_eq!(gw.reload().await.status, 200);
+    let added = Instant::now();
+    // As many requests as fit in the new endpoint's first 1.5 s.
+    let mut sent = 0;
+    while sent < 100 && added.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+        sent += 1;
+    }
+    assert!(sent >= 10, "only {sent} requests in 1.5 s");
+    // Without warmup, round robin would give it half.
+    assert!(
+        new.hits() <= 2,
+        "a cold endpoint got {} of {sent}",
+        new.hits()
+    );
+    // Once the window has passed, both are warm: round robin alternates.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(added.elapsed())).await;
+    let before = new.hits();
+    for _ in 0..100 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    let share = new.hits() - before;
+    assert!(
+        (45..=55).contains(&share),
+        "a warm endpoint got {share} of 100"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_connections_retire_by_count_and_age() {
+    let h2 = Echo::start_h2("h2").await;
+    let (dir, port) = config(
+        "h2-lifetime",
+        &[(h2.port(), 1)],
+        "",
+        "    connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxRequestsPerConnection: 3}}\n",
+    );
+    let opened = |text: String| metric(&text, "wasmgate_upstream_connections_total");
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for _ in 0..10 {
+        let r = get(port, "a", "/", &[]).await.expect("ok");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.echo()["version"], "HTTP/2.0");
+    }
+    // Three streams per connection: ten requests open four connections.
+    assert_eq!(opened(gw.scrape().await), 4.0);
+    drop(gw);
+
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}, tcp: {maxConnectionDuration: 300ms}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for _ in 0..4 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    assert_eq!(opened(gw.scrape().await), 1.0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..3 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    // Too old for the next stream: one new connection carries the rest.
+    assert_eq!(opened(gw.scrape().await), 2.0);
+}

@@ -151,6 +151,16 @@ pub struct RunArgs {
     /// detection fail over by locality, and `localityLbSetting.distribute` applies.
     #[arg(long, default_value = "", value_name = "REGION/ZONE/SUBZONE")]
     pub locality: String,
+    /// This gateway's network (Istio's `topology.istio.io/network`): a
+    /// `localityLbSetting.failoverPriority` on that label prefers endpoints on it.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    pub network: String,
+    /// This gateway's own labels, as its pod's would be (repeat, or separate with
+    /// commas): `localityLbSetting.failoverPriority` prefers endpoints whose labels match
+    /// them.
+    #[arg(long = "workload-labels", value_name = "KEY=VALUE", value_delimiter = ',',
+          value_parser = parse_label)]
+    pub workload_labels: Vec<(String, String)>,
     /// Seed the random numbers plugins get (fault percentages, traffic splits).
     #[arg(long, value_name = "N")]
     pub random_seed: Option<u64>,
@@ -393,6 +403,8 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             workers: 1,
             limits: crate::limits::Settings::default(),
             locality: String::new(),
+            network: String::new(),
+            workload_labels: Default::default(),
         };
         let host = match crate::plugin::PluginHost::new(&options.host) {
             Ok(h) => h,
@@ -403,7 +415,9 @@ async fn validate(args: ValidateArgs) -> ExitCode {
         };
         let cache = crate::snapshot::CompileCache::default();
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
-        if let Err(errors) = crate::gateway::load(&options, &host, &cache, &metrics, None).await {
+        if let Err(errors) =
+            crate::gateway::load(&options, &host, &cache, &metrics, None, &Default::default()).await
+        {
             for e in errors {
                 println!("{e}");
             }
@@ -435,6 +449,16 @@ fn compile_entry(args: &CompileEntryArgs) -> ExitCode {
             eprintln!("wasmgate compile-entry: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `KEY=VALUE` of `--workload-labels`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
     }
 }
 
@@ -508,6 +532,8 @@ pub fn run_options(args: &RunArgs) -> Options {
             .map_or_else(crate::workers::default_count, usize::from),
         limits: args.limits(),
         locality: args.locality.clone(),
+        network: args.network.clone(),
+        workload_labels: args.workload_labels.iter().cloned().collect(),
         jwks_refresh: match args.jwks_refresh_seconds {
             0 => crate::snapshot::security::JWKS_REFRESH,
             s => Duration::from_secs(s),

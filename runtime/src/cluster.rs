@@ -10,6 +10,7 @@ mod breakers;
 pub mod hash;
 mod outlier;
 mod priority;
+pub mod warmup;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +76,8 @@ pub struct Parts {
     pub targets: Vec<(Target, u32)>,
     /// Each endpoint's priority level (locality failover); `None`: one level.
     pub levels: Option<Vec<u8>>,
+    /// When each endpoint joined (slow start); empty: long enough ago to be warm.
+    pub joined: Vec<std::time::Instant>,
     pub http2: bool,
     pub tls: Option<Arc<UpstreamTls>>,
     pub stats: Arc<RequestStats>,
@@ -114,11 +117,15 @@ impl Cluster {
             Balancer::Hash(h) => Some(h.key.clone()),
             Balancer::Simple(_) => None,
         };
-        let balancer = balance::Balancer::new(&policy.balancer, &targets, &weights);
+        let all: Vec<usize> = (0..targets.len()).collect();
+        let warming = |members: &[usize]| {
+            warmup::Warming::of(policy.warmup, &parts.joined, &weights, members)
+        };
+        let balancer = balance::Balancer::new(&policy.balancer, &targets, &weights, warming(&all));
         let levels = parts
             .levels
             .as_deref()
-            .map(|of| priority::Levels::new(of, &policy.balancer, &targets, &weights));
+            .map(|of| priority::Levels::new(of, &policy.balancer, &targets, &weights, &warming));
         let limit_connections = !parts.http2;
         Cluster {
             name: parts.name,

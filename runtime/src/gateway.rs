@@ -15,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
+use crate::cluster::warmup::Arrivals;
 use crate::listener::Running;
 use crate::plugin::{HostSettings, PluginHost};
 use crate::proxy::{Shared, Upstream};
@@ -64,6 +65,10 @@ pub struct Options {
     /// `--locality`: where this gateway is (`region/zone/subzone`), for
     /// locality-aware load balancing; empty when not given.
     pub locality: String,
+    /// `--network` and `--workload-labels`: what `failoverPriority` compares
+    /// endpoints with.
+    pub network: String,
+    pub workload_labels: BTreeMap<String, String>,
 }
 
 /// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
@@ -74,6 +79,7 @@ pub async fn load(
     cache: &CompileCache,
     metrics: &Arc<Metrics>,
     tracing: Option<&TraceBase>,
+    arrivals: &Arc<Arrivals>,
 ) -> Result<Snapshot, Vec<String>> {
     let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
@@ -99,7 +105,10 @@ pub async fn load(
         seat: crate::snapshot::registry::Seat {
             namespace: options.workload.1.clone(),
             locality: options.locality.clone(),
+            network: options.network.clone(),
+            labels: options.workload_labels.clone(),
         },
+        arrivals: arrivals.clone(),
     };
     Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)
         .await
@@ -280,6 +289,8 @@ pub struct Gateway {
     cache: CompileCache,
     /// What each snapshot's tracer is built from (`--otlp-endpoint`, `--trace-sampling`).
     tracing: TraceBase,
+    /// When endpoints joined the config, across reloads (slow start).
+    arrivals: Arc<Arrivals>,
     /// The threads that accept and serve connections (`--workers`).
     workers: Workers,
     /// One per socket address of the current snapshot.
@@ -342,7 +353,8 @@ impl Gateway {
                 service: service.clone(),
             },
         };
-        let snapshot = load(&options, &host, &cache, &metrics, Some(&tracing)).await?;
+        let arrivals = Arc::new(Arrivals::default());
+        let snapshot = load(&options, &host, &cache, &metrics, Some(&tracing), &arrivals).await?;
         let access_log = Arc::new(
             AccessLog::open(options.access_log.0, &options.access_log.1).map_err(|e| vec![e])?,
         );
@@ -362,6 +374,7 @@ impl Gateway {
             options,
             cache,
             tracing,
+            arrivals,
             workers,
             listeners: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
@@ -370,6 +383,7 @@ impl Gateway {
         outbound.attach(&gateway.shared);
         let snapshot = gateway.shared.snapshot.load_full();
         gateway.open_listeners(&snapshot).await?;
+        snapshot.registry.settle_arrivals();
         overrides::apply(&gateway.shared.metrics, &snapshot.telemetry);
         gateway
             .shared
@@ -418,6 +432,7 @@ impl Gateway {
             &self.cache,
             &self.shared.metrics,
             Some(&self.tracing),
+            &self.arrivals,
         )
         .await;
         let snapshot = match loaded {
@@ -435,6 +450,7 @@ impl Gateway {
         reloads.serving(snapshot.resources.clone());
         overrides::apply(&self.shared.metrics, &snapshot.telemetry);
         let previous = self.shared.snapshot.swap(snapshot.clone());
+        snapshot.registry.settle_arrivals();
         // Builds of replaced plugins (and of failed reloads) are not kept.
         self.cache.keep_used();
         let mut listeners = self.listeners.lock().await;

@@ -744,7 +744,13 @@ impl Snapshot {
         ];
         Ok(Snapshot {
             listeners,
-            registry: Registry::new(config, metrics.clone(), listening.registry, &listening.seat),
+            registry: Registry::new(
+                config,
+                metrics.clone(),
+                listening.registry,
+                &listening.seat,
+                listening.arrivals.clone(),
+            ),
             resources,
             tracer: tracing.and_then(|base| overrides::tracer(base, &config.telemetry)),
             telemetry: config.telemetry.clone(),
@@ -771,6 +777,8 @@ pub struct Listening {
     /// `--workload-namespace` (the namespace `exportTo` is read against for the Gateway
     /// listeners and the registry) and `--locality`.
     pub seat: registry::Seat,
+    /// When endpoints joined, kept across reloads (slow start).
+    pub arrivals: Arc<crate::cluster::warmup::Arrivals>,
 }
 
 /// Seconds since the Unix epoch: when certificates must be valid.

@@ -250,6 +250,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// `region/zone/subzone` (any part may be missing): see [`locality`].
     pub locality: String,
+    /// The endpoint's network (`topology.istio.io/network` to `failoverPriority`).
+    pub network: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -763,6 +765,7 @@ mod tests {
             "    loadBalancer:",
             "      consistentHash: {httpHeaderName: x-user}",
             "      localityLbSetting: {enabled: true, failoverPriority: [x-label]}",
+            "      warmupDurationSecs: 30s",
             "    outlierDetection: {consecutive5xxErrors: 2}",
         ]);
         let fields: Vec<String> = c
@@ -775,8 +778,8 @@ mod tests {
         assert!(
             fields
                 .iter()
-                .any(|w| w.contains("localityLbSetting.failoverPriority")),
-            "{fields:#?}"
+                .any(|w| w.contains("loadBalancer") && w.contains("warmup applies to ROUND_ROBIN")),
+            "slow start does not apply to a consistent hash: {fields:#?}"
         );
         assert!(
             !c.warnings
@@ -786,6 +789,7 @@ mod tests {
         );
         for applied in [
             "localityLbSetting:",
+            "failoverPriority",
             "maxConnectionDuration",
             "maxRequestsPerConnection",
         ] {

@@ -8,6 +8,7 @@ use wasmgate_config::model::traffic::{self, HashTable};
 
 use super::Target;
 use super::hash::{Maglev, Ring};
+use super::warmup::Warming;
 use crate::plugin::Random;
 
 /// The longest weighted round-robin schedule; larger weight sums are scaled down.
@@ -18,6 +19,8 @@ const MAX_SCHEDULE: u64 = 4096;
 pub struct Balancer {
     n: usize,
     kind: Kind,
+    /// Slow start while some endpoints warm up (round robin and least request only).
+    warming: Option<Warming>,
 }
 
 #[derive(Debug)]
@@ -40,7 +43,12 @@ enum Kind {
 }
 
 impl Balancer {
-    pub fn new(policy: &traffic::Balancer, targets: &[Target], weights: &[u32]) -> Balancer {
+    pub fn new(
+        policy: &traffic::Balancer,
+        targets: &[Target],
+        weights: &[u32],
+        warming: Option<Warming>,
+    ) -> Balancer {
         let uneven = weights.windows(2).any(|w| w[0] != w[1]);
         let cumulative = || {
             uneven.then(|| {
@@ -75,9 +83,12 @@ impl Balancer {
                 }
             },
         };
+        let warming =
+            warming.filter(|_| matches!(kind, Kind::RoundRobin { .. } | Kind::LeastRequest { .. }));
         Balancer {
             n: targets.len().max(1),
             kind,
+            warming,
         }
     }
 
@@ -91,6 +102,19 @@ impl Balancer {
         load: &dyn Fn(usize) -> usize,
         healthy: impl Fn(usize) -> bool,
     ) -> usize {
+        if let Some(w) = &self.warming
+            && let Some(a) = w.draw(random, &healthy)
+        {
+            // Warming up: a draw by scaled weights (least request: the less loaded of
+            // two such draws), instead of the schedule.
+            if matches!(self.kind, Kind::LeastRequest { .. })
+                && let Some(b) = w.draw(random, &healthy)
+                && load(b) < load(a)
+            {
+                return b;
+            }
+            return a;
+        }
         match &self.kind {
             Kind::RoundRobin { schedule, next } => {
                 let tick = next.fetch_add(1, Ordering::Relaxed);

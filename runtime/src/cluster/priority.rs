@@ -32,6 +32,7 @@ impl Levels {
         policy: &traffic::Balancer,
         targets: &[Target],
         weights: &[u32],
+        warming: &dyn Fn(&[usize]) -> Option<super::warmup::Warming>,
     ) -> Levels {
         let count = of.iter().copied().max().map_or(0, |m| usize::from(m) + 1);
         let levels = (0..count)
@@ -48,7 +49,7 @@ impl Levels {
                     .map(|i| weights.get(*i).copied().unwrap_or(1))
                     .collect();
                 Level {
-                    balancer: Balancer::new(policy, &own_targets, &own_weights),
+                    balancer: Balancer::new(policy, &own_targets, &own_weights, warming(&members)),
                     members,
                 }
             })
@@ -196,6 +197,7 @@ mod tests {
             &traffic::Balancer::default(),
             &targets,
             &vec![1; of.len()],
+            &|_| None,
         )
     }
 

@@ -116,6 +116,7 @@ impl Upstream {
                     .tls
                     .as_ref()
                     .map(|t| (t.key, sni.unwrap_or_default())),
+                retire: H2Key::retire(cluster),
             };
             let mut req = build(scheme, None, &host, out, headers, body, Version::HTTP_2)?;
             req.headers_mut().remove(header::HOST);

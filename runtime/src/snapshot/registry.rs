@@ -3,16 +3,17 @@
 //! A destination (host, port, subset) resolves to a [`Cluster`] once and is cached for
 //! the snapshot's lifetime, so the hot path pays one map lookup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use wasmgate_config::model::export;
-use wasmgate_config::model::locality::{self, Locality};
+use wasmgate_config::model::locality::{self, Locality, Place};
 use wasmgate_config::model::traffic::{ClusterPolicy, cluster_policy};
 use wasmgate_config::{Config, DestinationRule, Resolution, ServiceEntry};
 
+use crate::cluster::warmup::Arrivals;
 use crate::cluster::{Cluster, Parts, Target};
 use crate::telemetry::metrics::{Destination, Metrics};
 use crate::tls::client::client_config;
@@ -114,10 +115,17 @@ pub struct Registry {
     namespace: String,
     /// Where this gateway is (`--locality`), for locality-aware balancing.
     locality: Locality,
+    /// `--network` and `--workload-labels`, for `failoverPriority`.
+    network: String,
+    labels: BTreeMap<String, String>,
     /// Of those, clusters of hosts only a wildcard ServiceEntry declares.
     wildcard_cached: AtomicUsize,
     metrics: Arc<Metrics>,
     bounds: Bounds,
+    /// When endpoints joined (kept by the gateway across reloads), for slow start.
+    arrivals: Arc<Arrivals>,
+    /// The `Arrivals` keys of this registry's endpoints.
+    endpoints: HashSet<u64>,
 }
 
 /// What the registry's clusters default to, and how many it keeps (`limits.rs`).
@@ -141,13 +149,18 @@ impl Default for Bounds {
     }
 }
 
-/// Where this gateway sits: the namespace `exportTo` is read against and its locality.
+/// Where this gateway sits: the namespace `exportTo` is read against, its locality,
+/// network and labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seat {
     /// `--workload-namespace`.
     pub namespace: String,
     /// `--locality`: `region/zone/subzone`, empty when not given.
     pub locality: String,
+    /// `--network`: empty when not given.
+    pub network: String,
+    /// `--workload-labels`: this gateway's own labels, as a pod's.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `distribute`: each endpoint's weight scaled so that the endpoints one `to` entry
@@ -179,13 +192,28 @@ pub fn visible(se: &ServiceEntry, namespace: &str) -> bool {
 }
 
 impl Registry {
+    /// Stamp this registry's new endpoints as joined now and forget the ones it does
+    /// not have: called once it serves, so a config that fails to load leaves nothing
+    /// behind, and an endpoint removed and added again warms up again.
+    pub fn settle_arrivals(&self) {
+        self.arrivals.settle(&self.endpoints);
+    }
+
     /// The registry a proxy in `namespace` sees: ServiceEntries exported to it, and the
     /// DestinationRules Istio would apply there (`wasmgate_config::model::export`).
-    pub fn new(config: &Config, metrics: Arc<Metrics>, bounds: Bounds, seen_from: &Seat) -> Self {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        bounds: Bounds,
+        seen_from: &Seat,
+        arrivals: Arc<Arrivals>,
+    ) -> Self {
         let namespace = seen_from.namespace.as_str();
         let mut registry = Registry {
             namespace: namespace.to_string(),
             locality: Locality::parse(&seen_from.locality),
+            network: seen_from.network.clone(),
+            labels: seen_from.labels.clone(),
             services: HashMap::new(),
             wildcard_services: Vec::new(),
             rules: HashMap::new(),
@@ -194,6 +222,8 @@ impl Registry {
             wildcard_cached: AtomicUsize::new(0),
             metrics,
             bounds,
+            arrivals,
+            endpoints: HashSet::new(),
         };
         for se in config
             .service_entries
@@ -202,6 +232,10 @@ impl Registry {
         {
             let se = Arc::new(se.clone());
             for host in &se.hosts {
+                // Stamped when this registry serves ([`Registry::settle_arrivals`]).
+                for ep in &se.endpoints {
+                    registry.endpoints.insert(Arrivals::key(host, ep));
+                }
                 if let Some(suffix) = host.strip_prefix('*') {
                     registry
                         .wildcard_services
@@ -354,26 +388,82 @@ impl Registry {
         if policy.pool.max_connections == u32::MAX {
             policy.pool.max_connections = self.bounds.max_connections;
         }
-        let mut targets = Vec::new();
-        let mut localities = Vec::new();
-        for ep in &se.endpoints {
-            if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
-                continue;
-            }
-            let target_port = service_port
-                .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
-                .unwrap_or(port_number);
-            targets.push((Target::new(ep.address.clone(), target_port), ep.weight));
-            localities.push(ep.locality.as_str());
-        }
-        let plan = locality::plan(
-            policy.locality.as_ref(),
-            policy.outlier.is_some(),
-            &self.locality,
-            &localities,
-        );
+        let members: Vec<&wasmgate_config::model::Endpoint> = se
+            .endpoints
+            .iter()
+            .filter(|ep| labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+            .collect();
+        let mut targets: Vec<(Target, u32)> = members
+            .iter()
+            .map(|ep| {
+                let target_port = service_port
+                    .and_then(|sp| ep.ports.get(&sp.name).copied().or(sp.target_port))
+                    .unwrap_or(port_number);
+                (Target::new(ep.address.clone(), target_port), ep.weight)
+            })
+            .collect();
+        // Locality and label priorities need outlier detection, `distribute` does not:
+        // without either there is no plan, and nothing to parse.
+        let may_plan = policy.outlier.is_some()
+            || policy
+                .locality
+                .as_ref()
+                .is_some_and(|l| !l.distribute.is_empty());
+        let localities: Vec<Locality> = if may_plan {
+            members
+                .iter()
+                .map(|ep| Locality::parse(&ep.locality))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let places: Vec<Place<'_>> = members
+            .iter()
+            .zip(&localities)
+            .map(|(ep, locality)| Place {
+                locality,
+                network: &ep.network,
+                labels: &ep.labels,
+            })
+            .collect();
+        let here = Place {
+            locality: &self.locality,
+            network: &self.network,
+            labels: &self.labels,
+        };
+        let plan = may_plan
+            .then(|| {
+                locality::plan(
+                    policy.locality.as_ref(),
+                    policy.outlier.is_some(),
+                    &here,
+                    &places,
+                )
+            })
+            .flatten();
+        // A wildcard ServiceEntry is one cluster, named for its wildcard as Istio names
+        // it, so its hosts share one set of series however many clients invent.
+        let named: std::borrow::Cow<'_, str> = match wildcard {
+            Some(suffix) => format!("*{suffix}").into(),
+            None => host.into(),
+        };
+        let mut joined: Vec<std::time::Instant> = match policy.warmup {
+            Some(_) => members
+                .iter()
+                .map(|ep| self.arrivals.joined(Arrivals::key(&named, ep)))
+                .collect(),
+            None => Vec::new(),
+        };
         let levels = match plan {
             Some(locality::Plan::Distribute(shares)) => {
+                if !joined.is_empty() {
+                    joined = joined
+                        .into_iter()
+                        .zip(&shares)
+                        .filter(|(_, share)| share.is_some())
+                        .map(|(at, _)| at)
+                        .collect();
+                }
                 targets = distribute(targets, &shares);
                 None
             }
@@ -401,15 +491,6 @@ impl Registry {
             Some("HTTP") => policy.pool.h2_upgrade,
             _ => false,
         };
-        if http2
-            && (policy.pool.max_requests_per_connection > 1
-                || policy.pool.max_connection_duration.is_some())
-        {
-            tracing::warn!(
-                host,
-                "maxRequestsPerConnection and maxConnectionDuration are not applied to HTTP/2 upstream connections"
-            );
-        }
         let tls = match rule.and_then(|r| r.client_tls(port_number, subset).map(|t| (r, t))) {
             None => None,
             Some((r, t)) => client_config(t, http2)
@@ -419,12 +500,6 @@ impl Registry {
                     message: e.to_string(),
                 })?
                 .map(Arc::new),
-        };
-        // A wildcard ServiceEntry is one cluster, named for its wildcard as Istio names
-        // it, so its hosts share one set of series however many clients invent.
-        let named: std::borrow::Cow<'_, str> = match wildcard {
-            Some(suffix) => format!("*{suffix}").into(),
-            None => host.into(),
         };
         let name = format!(
             "outbound|{port_number}|{}|{named}",
@@ -439,6 +514,7 @@ impl Registry {
                 name,
                 targets,
                 levels,
+                joined,
                 http2,
                 tls,
                 stats,
@@ -457,7 +533,7 @@ mod tests {
         let config = wasmgate_config::load_sources(&[("r.yaml".into(), yaml.to_string())])
             .unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::new(false, "", ""));
-        Registry::new(&config, metrics, bounds, seat)
+        Registry::new(&config, metrics, bounds, seat, Arc::default())
     }
 
     const WILD: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec:\n  hosts: [\"*.wild.test\"]\n  location: MESH_EXTERNAL\n  resolution: DYNAMIC_DNS\n  ports: [{number: 80, name: http, protocol: HTTP}]\n";
@@ -496,7 +572,7 @@ mod tests {
         let yaml = WILD.replace("spec:\n", "spec:\n  exportTo: [\".\"]\n");
         let here = Seat {
             namespace: "default".into(),
-            locality: String::new(),
+            ..Seat::default()
         };
         assert!(
             registry(&yaml, Bounds::default(), &here)
@@ -505,7 +581,7 @@ mod tests {
         );
         let gateway = Seat {
             namespace: "istio-system".into(),
-            locality: String::new(),
+            ..Seat::default()
         };
         let r = registry(&yaml, Bounds::default(), &gateway);
         assert!(matches!(

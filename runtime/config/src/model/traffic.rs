@@ -30,6 +30,35 @@ pub struct ClusterPolicy {
     /// `loadBalancer.localityLbSetting` of the merged policy (applied with the
     /// endpoints' localities: [`super::locality::plan`]).
     pub locality: Option<raw::LocalityLoadBalancerSetting>,
+    /// `loadBalancer.warmup` (or `warmupDurationSecs`), for round robin and least
+    /// request only, as Envoy's slow start.
+    pub warmup: Option<Warmup>,
+}
+
+/// Envoy's slow start: an endpoint that joined the cluster less than `window` ago
+/// gets its weight times `max(min_fraction, (max(age, 1 s) / window) ^ (1 /
+/// aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub window: Duration,
+    /// `minimumPercent` / 100 (Envoy's default 10 %).
+    pub min_fraction: f64,
+    /// `aggression` (default 1: a linear ramp).
+    pub aggression: f64,
+}
+
+impl Warmup {
+    /// The share of its weight an endpoint `age` after it joined gets (1 once warm).
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.window || self.window.is_zero() {
+            return 1.0;
+        }
+        let time = age.max(Duration::from_secs(1)).as_secs_f64() / self.window.as_secs_f64();
+        time.min(1.0)
+            .powf(1.0 / self.aggression)
+            .max(self.min_fraction)
+            .min(1.0)
+    }
 }
 
 /// How an endpoint is chosen.
@@ -230,7 +259,44 @@ pub fn cluster_policy(
         locality: groups
             .load_balancer
             .and_then(|lb| lb.locality_lb_setting.clone()),
+        warmup: groups.load_balancer.and_then(warmup),
     }
+}
+
+/// The slow start of `lb`, when it sets one and balances by round robin or least
+/// request (Envoy has it for those alone).
+fn warmup(lb: &raw::LoadBalancerSettings) -> Option<Warmup> {
+    if !warms_up(lb) {
+        return None;
+    }
+    let (window, percent, aggression) = match &lb.warmup {
+        Some(w) => (
+            parsed(w.duration.as_deref()),
+            w.minimum_percent.unwrap_or(10.0),
+            w.aggression.unwrap_or(1.0),
+        ),
+        None => (parsed(lb.warmup_duration_secs.as_deref()), 10.0, 1.0),
+    };
+    let window = window.filter(|w| !w.is_zero())?;
+    let aggression = if aggression.is_finite() && aggression > 0.0 {
+        aggression
+    } else {
+        1.0
+    };
+    Some(Warmup {
+        window,
+        min_fraction: (percent / 100.0).clamp(0.0, 1.0),
+        aggression,
+    })
+}
+
+/// Does `lb` balance in a way slow start applies to (round robin, least request)?
+pub fn warms_up(lb: &raw::LoadBalancerSettings) -> bool {
+    lb.consistent_hash.is_none()
+        && !matches!(
+            lb.simple,
+            Some(raw::SimpleLB::Random) | Some(raw::SimpleLB::Passthrough)
+        )
 }
 
 /// A duration the validator already accepted; `None` when absent.
@@ -368,6 +434,46 @@ mod tests {
 
     fn spec(yaml: &str) -> raw::DestinationRuleSpec {
         serde_yaml::from_str(yaml).expect("spec")
+    }
+
+    #[test]
+    fn warmup_ramps_as_envoys_slow_start() {
+        let w = cluster_policy(
+            &spec("host: a\ntrafficPolicy:\n  loadBalancer: {warmupDurationSecs: 10s}\n"),
+            80,
+            None,
+        )
+        .warmup
+        .expect("warmup");
+        assert_eq!(
+            (w.window, w.min_fraction, w.aggression),
+            (Duration::from_secs(10), 0.1, 1.0)
+        );
+        // Under a second counts as one; the floor is minimumPercent; warm at the window.
+        assert_eq!(w.factor(Duration::ZERO), 0.1);
+        assert!((w.factor(Duration::from_secs(5)) - 0.5).abs() < 1e-9);
+        assert_eq!(w.factor(Duration::from_secs(10)), 1.0);
+        let w = cluster_policy(
+            &spec("host: a\ntrafficPolicy:\n  loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 4s, minimumPercent: 0, aggression: 0.5}}\n"),
+            80,
+            None,
+        )
+        .warmup
+        .expect("warmup");
+        // Aggression 0.5 squares the time factor: (2/4)^2.
+        assert!((w.factor(Duration::from_secs(2)) - 0.25).abs() < 1e-9);
+        // Not for a consistent hash or random choice (Envoy's slow start is not).
+        for lb in [
+            "{simple: RANDOM, warmupDurationSecs: 10s}",
+            "{consistentHash: {useSourceIp: true}, warmupDurationSecs: 10s}",
+        ] {
+            let p = cluster_policy(
+                &spec(&format!("host: a\ntrafficPolicy:\n  loadBalancer: {lb}\n")),
+                80,
+                None,
+            );
+            assert_eq!(p.warmup, None, "{lb}");
+        }
     }
 
     #[test]

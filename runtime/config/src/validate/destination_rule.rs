@@ -493,12 +493,6 @@ fn validate_load_balancer(
     }
     if let Some(l) = &lb.locality_lb_setting {
         validate_locality(l, has_outlier, &p.key("localityLbSetting"), r);
-        if !l.failover_priority.is_empty() {
-            r.warn(
-                &p.key("localityLbSetting").key("failoverPriority"),
-                format!("{NOT_APPLIED}: priorities follow locality (--locality) only, not labels"),
-            );
-        }
     }
     if let Some(z) = &lb.zone_aware_lb_setting {
         let zp = p.key("zoneAwareLbSetting");
@@ -530,10 +524,12 @@ fn validate_load_balancer(
             );
         }
     }
-    if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
+    if (lb.warmup.is_some() || lb.warmup_duration_secs.is_some())
+        && !crate::model::traffic::warms_up(lb)
+    {
         r.warn(
             p,
-            format!("{NOT_APPLIED}: warmup; new endpoints get their full share at once"),
+            format!("{NOT_APPLIED}: warmup applies to ROUND_ROBIN and LEAST_REQUEST only (Envoy's slow start); new endpoints get their full share at once"),
         );
     }
     if lb.warmup.is_some() && lb.warmup_duration_secs.is_some() {

@@ -258,6 +258,7 @@ pub(crate) fn validate(
                 labels: e.labels.clone(),
                 weight: e.weight.max(1),
                 locality: e.locality.clone(),
+                network: e.network.clone(),
             })
             .collect(),
         resolution: match resolution {

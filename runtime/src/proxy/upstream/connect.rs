@@ -432,12 +432,80 @@ pub struct H2Key {
     /// The endpoint, `host:port`.
     pub target: String,
     pub tls: Option<TlsKey>,
+    /// `maxRequestsPerConnection` (0: no count) and `maxConnectionDuration`: clusters
+    /// share a connection only when they retire it alike.
+    pub retire: (u32, Option<Duration>),
 }
 
-/// One multiplexed HTTP/2 connection per key, reconnected when it closes.
+impl H2Key {
+    /// What `cluster` retires its HTTP/2 connections by.
+    pub fn retire(cluster: &Cluster) -> (u32, Option<Duration>) {
+        (
+            cluster.pool.max_requests_per_connection,
+            cluster.pool.max_connection_duration,
+        )
+    }
+}
+
+/// One multiplexed HTTP/2 connection per key, reconnected when it closes, and
+/// replaced once it has carried `maxRequestsPerConnection` streams or lived
+/// `maxConnectionDuration` (the old one finishes its streams, then closes: hyper closes
+/// a connection whose senders are all gone). One connect per key at a time: requests
+/// that find no usable connection while one is being opened wait for it.
 #[derive(Debug, Default)]
 pub struct H2Pool {
-    conns: DashMap<H2Key, SendRequest<Body>>,
+    conns: DashMap<H2Key, H2Conn>,
+    /// Held while a key's connection is opened; inside, when the last attempt failed.
+    connecting: DashMap<H2Key, Arc<tokio::sync::Mutex<Option<std::time::Instant>>>>,
+}
+
+/// Numbers connections, so a failed one is removed only if it is still the one kept.
+static H2_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Debug)]
+struct H2Conn {
+    id: u64,
+    sender: SendRequest<Body>,
+    opened: std::time::Instant,
+    /// Streams given out.
+    streams: std::sync::atomic::AtomicU32,
+    /// Milliseconds after `opened` of the last stream given out.
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl H2Conn {
+    /// The sender for one more stream, unless the connection is closed or retired by
+    /// `retire` (the stream is counted when given).
+    fn take(&self, retire: (u32, Option<Duration>)) -> Option<SendRequest<Body>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (max_requests, max_age) = retire;
+        let age = self.opened.elapsed();
+        if self.sender.is_closed() || max_age.is_some_and(|max| age >= max) {
+            return None;
+        }
+        if max_requests > 0
+            && (self.streams.load(Relaxed) >= max_requests
+                || self.streams.fetch_add(1, Relaxed) >= max_requests)
+        {
+            return None;
+        }
+        self.used
+            .store(u64::try_from(age.as_millis()).unwrap_or(u64::MAX), Relaxed);
+        Some(self.sender.clone())
+    }
+
+    /// Closed, retired, or unused for the pool's idle time: dropped from the pool
+    /// (hyper closes it once its streams are done).
+    fn stale(&self, retire: (u32, Option<Duration>)) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (max_requests, max_age) = retire;
+        let age = self.opened.elapsed();
+        let idle = age.saturating_sub(Duration::from_millis(self.used.load(Relaxed)));
+        self.sender.is_closed()
+            || max_age.is_some_and(|max| age >= max)
+            || (max_requests > 0 && self.streams.load(Relaxed) >= max_requests)
+            || idle >= super::POOL_IDLE
+    }
 }
 
 impl H2Pool {
@@ -449,21 +517,59 @@ impl H2Pool {
         req: Request<Body>,
         cluster: &Cluster,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let existing = self
-            .conns
-            .get(&key)
-            .map(|s| s.clone())
-            .filter(|s| !s.is_closed());
-        let mut sender = match existing {
-            Some(s) => s,
+        let usable = |pool: &Self| {
+            pool.conns
+                .get(&key)
+                .and_then(|c| c.take(key.retire).map(|s| (s, c.id)))
+        };
+        let (mut sender, id) = match usable(self) {
+            Some(found) => found,
             None => {
-                let s = self.connect(&key, cluster).await?;
-                self.conns.insert(key.clone(), s.clone());
-                s
+                let asked = std::time::Instant::now();
+                let lock = self.connecting.entry(key.clone()).or_default().clone();
+                let mut failed = lock.lock().await;
+                // Another request may have opened one while this one waited; if its
+                // attempt failed, this one fails with it (as requests pending on an
+                // Envoy connection do), rather than dialling again in turn.
+                match usable(self) {
+                    Some(found) => found,
+                    None if failed.is_some_and(|at| at >= asked) => {
+                        return Err(ProxyError::UpstreamConnect(format!(
+                            "HTTP/2 connection to {} failed",
+                            key.target
+                        )));
+                    }
+                    None => {
+                        let sender = match self.connect(&key, cluster).await {
+                            Ok(s) => {
+                                *failed = None;
+                                s
+                            }
+                            Err(e) => {
+                                *failed = Some(std::time::Instant::now());
+                                return Err(e);
+                            }
+                        };
+                        let id = H2_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // Retired, closed and idle connections go as a new one comes.
+                        self.conns.retain(|k, c| !c.stale(k.retire));
+                        self.conns.insert(
+                            key.clone(),
+                            H2Conn {
+                                id,
+                                sender: sender.clone(),
+                                opened: std::time::Instant::now(),
+                                streams: std::sync::atomic::AtomicU32::new(1),
+                                used: std::sync::atomic::AtomicU64::new(0),
+                            },
+                        );
+                        (sender, id)
+                    }
+                }
             }
         };
         if sender.ready().await.is_err() {
-            self.conns.remove(&key);
+            self.conns.remove_if(&key, |_, c| c.id == id);
             return Err(ProxyError::UpstreamReset(format!(
                 "HTTP/2 connection to {} closed",
                 key.target
