@@ -659,6 +659,23 @@ async fn http2_connections_retire_by_count_and_age() {
     assert_eq!(opened(gw.scrape().await), 4.0);
     drop(gw);
 
+    // One stream per connection: each request its own connection, concurrent ones too.
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxRequestsPerConnection: 1}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    let slow = [("x-echo-delay-ms", "300")];
+    let together: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(port, "a", "/", &slow).await }))
+        .collect();
+    for t in together {
+        assert_eq!(t.await.expect("task").expect("ok").status, 200);
+    }
+    assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    assert_eq!(opened(gw.scrape().await), 5.0);
+    drop(gw);
+
     dir.write(
         "dr.yaml",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: app\nspec:\n  host: app\n  trafficPolicy:\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}, tcp: {maxConnectionDuration: 300ms}}\n",

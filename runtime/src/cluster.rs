@@ -117,11 +117,15 @@ impl Cluster {
             Balancer::Hash(h) => Some(h.key.clone()),
             Balancer::Simple(_) => None,
         };
-        let all: Vec<usize> = (0..targets.len()).collect();
         let warming = |members: &[usize]| {
             warmup::Warming::of(policy.warmup, &parts.joined, &weights, members)
         };
-        let balancer = balance::Balancer::new(&policy.balancer, &targets, &weights, warming(&all));
+        // With priority levels each level warms its own endpoints; this one is unused.
+        let whole = match parts.levels {
+            None => warming(&(0..targets.len()).collect::<Vec<_>>()),
+            Some(_) => None,
+        };
+        let balancer = balance::Balancer::new(&policy.balancer, &targets, &weights, whole);
         let levels = parts
             .levels
             .as_deref()

@@ -217,8 +217,7 @@ fn locality_rank(
     // The first `failover` entry for this gateway's region, as Istio takes it.
     match failover.iter().find(|f| f.from == proxy.region) {
         Some(f) if f.to != at.region => 4,
-        Some(_) => 3,
-        None => 3,
+        _ => 3,
     }
 }
 

@@ -517,6 +517,21 @@ impl H2Pool {
         req: Request<Body>,
         cluster: &Cluster,
     ) -> Result<Response<Incoming>, ProxyError> {
+        if key.retire.0 == 1 {
+            // One stream per connection: a connection of its own, dialled in parallel
+            // with the others (it closes when its stream is done).
+            let mut sender = self.connect(&key, cluster).await?;
+            if sender.ready().await.is_err() {
+                return Err(ProxyError::UpstreamReset(format!(
+                    "HTTP/2 connection to {} closed",
+                    key.target
+                )));
+            }
+            return sender
+                .send_request(req)
+                .await
+                .map_err(|e| super::classify_hyper(&e));
+        }
         let usable = |pool: &Self| {
             pool.conns
                 .get(&key)
@@ -551,8 +566,13 @@ impl H2Pool {
                             }
                         };
                         let id = H2_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // Retired, closed and idle connections go as a new one comes.
+                        // Retired, closed and idle connections go as a new one comes,
+                        // and the dial locks of keys with neither a connection nor a
+                        // dial in progress.
                         self.conns.retain(|k, c| !c.stale(k.retire));
+                        self.connecting.retain(|k, lock| {
+                            Arc::strong_count(lock) > 1 || self.conns.contains_key(k)
+                        });
                         self.conns.insert(
                             key.clone(),
                             H2Conn {
