@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 
 use support::{Echo, Gateway, Reply, TempDir, free_port, gateway, get, metric};
 
+/// A ServiceEntry `app` (one HTTP port 80) over the endpoint list `eps` (YAML).
+fn app_service(eps: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
+    )
+}
+
 /// A ServiceEntry `app` over `endpoints` (port, weight).
 fn weighted_service(endpoints: &[(u16, u32)]) -> String {
     let mut eps = String::new();
@@ -16,9 +23,7 @@ fn weighted_service(endpoints: &[(u16, u32)]) -> String {
             "  - address: 127.0.0.1\n    ports: {{http: {port}}}\n    weight: {weight}\n"
         ));
     }
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
-    )
+    app_service(&eps)
 }
 
 /// A config folder: a Gateway on a free port, `app` over `endpoints`, a route to it
@@ -361,9 +366,7 @@ fn located_service(endpoints: &[(u16, &str)]) -> String {
             "  - address: 127.0.0.1\n    ports: {{http: {port}}}\n    locality: {locality}\n"
         ));
     }
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
-    )
+    app_service(&eps)
 }
 
 /// Endpoints near (this gateway's zone), in the region, and in another region.
@@ -548,9 +551,7 @@ fn labelled_service(endpoints: &[(u16, &str)]) -> String {
             eps.push_str(&format!("    labels: {{tier: {tier}}}\n"));
         }
     }
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: app\nspec:\n  hosts: [app]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
-    )
+    app_service(&eps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
