@@ -74,7 +74,8 @@ impl Upstream {
         }
     }
 
-    /// One attempt: `out` to `target` of `cluster`, over the cluster's protocol and TLS.
+    /// One attempt: `out` to `target` of `cluster`, in HTTP/2 when `h2` ([`speaks_h2`],
+    /// worked out once per request), with the cluster's TLS.
     /// The socket always goes to the endpoint; the virtual host travels in `Host`
     /// (HTTP/1.1) or `:authority` (HTTP/2), and is the SNI unless the DestinationRule
     /// names one (Istio's auto SNI).
@@ -85,6 +86,7 @@ impl Upstream {
         out: &Outbound,
         headers: HeaderMap,
         body: Body,
+        h2: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         if !out.path_and_query.as_str().starts_with('/') {
             return Err(ProxyError::InvalidRewrite(
@@ -108,7 +110,7 @@ impl Upstream {
         } else {
             "http"
         };
-        if speaks_h2(cluster, out) {
+        if h2 {
             let host = host.to_string();
             let key = H2Key {
                 target: endpoint.to_string(),
@@ -424,6 +426,8 @@ async fn attempt_all(
         .pick(random, hash)
         .ok_or(ProxyError::NoHealthyUpstream)?;
     let mut retry: Option<RetrySlot> = None;
+    // The protocol is the cluster's and the request's: the same for every attempt.
+    let h2 = speaks_h2(cluster, &out);
     loop {
         attempted.attempts += 1;
         if attempted.attempts > 1 {
@@ -443,7 +447,7 @@ async fn attempt_all(
         let target = &cluster.targets[index];
         attempted.upstream = Some(target.authority().clone());
         // HTTP/1.1: one connection per request in flight, within `maxConnections`.
-        let connection = if speaks_h2(cluster, &out) {
+        let connection = if h2 {
             None
         } else {
             cluster.connection().await.map_err(ProxyError::Overflow)?
@@ -456,7 +460,7 @@ async fn attempt_all(
         } else {
             out.headers.clone()
         };
-        let call = upstream.call(cluster, target, &out, headers, body);
+        let call = upstream.call(cluster, target, &out, headers, body, h2);
         attempted.in_flight = Some(index);
         let result = match per_try {
             // A try that overruns is dropped (its connection with it) and may be retried.

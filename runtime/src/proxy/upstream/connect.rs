@@ -478,14 +478,10 @@ impl H2Conn {
     /// `retire` (the stream is counted when given).
     fn take(&self, retire: (u32, Option<Duration>)) -> Option<SendRequest<Body>> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (max_requests, max_age) = retire;
         let age = self.opened.elapsed();
-        if self.sender.is_closed() || max_age.is_some_and(|max| age >= max) {
-            return None;
-        }
-        if max_requests > 0
-            && (self.streams.load(Relaxed) >= max_requests
-                || self.streams.fetch_add(1, Relaxed) >= max_requests)
+        let max_requests = retire.0;
+        if self.spent(retire, age)
+            || (max_requests > 0 && self.streams.fetch_add(1, Relaxed) >= max_requests)
         {
             return None;
         }
@@ -494,17 +490,21 @@ impl H2Conn {
         Some(self.sender.clone())
     }
 
-    /// Closed, retired, or unused for the pool's idle time: dropped from the pool
-    /// (hyper closes it once its streams are done).
-    fn stale(&self, retire: (u32, Option<Duration>)) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// Closed, or retired by `retire` at `age`: it takes no further stream.
+    fn spent(&self, retire: (u32, Option<Duration>), age: Duration) -> bool {
         let (max_requests, max_age) = retire;
-        let age = self.opened.elapsed();
-        let idle = age.saturating_sub(Duration::from_millis(self.used.load(Relaxed)));
         self.sender.is_closed()
             || max_age.is_some_and(|max| age >= max)
-            || (max_requests > 0 && self.streams.load(Relaxed) >= max_requests)
-            || idle >= super::POOL_IDLE
+            || (max_requests > 0
+                && self.streams.load(std::sync::atomic::Ordering::Relaxed) >= max_requests)
+    }
+
+    /// Spent, or unused for the pool's idle time: dropped from the pool (hyper closes
+    /// it once its streams are done).
+    fn stale(&self, retire: (u32, Option<Duration>)) -> bool {
+        let age = self.opened.elapsed();
+        let used = Duration::from_millis(self.used.load(std::sync::atomic::Ordering::Relaxed));
+        self.spent(retire, age) || age.saturating_sub(used) >= super::POOL_IDLE
     }
 }
 
@@ -517,79 +517,18 @@ impl H2Pool {
         req: Request<Body>,
         cluster: &Cluster,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if key.retire.0 == 1 {
+        let (mut sender, id) = if key.retire.0 == 1 {
             // One stream per connection: a connection of its own, dialled in parallel
             // with the others (it closes when its stream is done).
-            let mut sender = self.connect(&key, cluster).await?;
-            if sender.ready().await.is_err() {
-                return Err(ProxyError::UpstreamReset(format!(
-                    "HTTP/2 connection to {} closed",
-                    key.target
-                )));
-            }
-            return sender
-                .send_request(req)
-                .await
-                .map_err(|e| super::classify_hyper(&e));
-        }
-        let usable = |pool: &Self| {
-            pool.conns
-                .get(&key)
-                .and_then(|c| c.take(key.retire).map(|s| (s, c.id)))
-        };
-        let (mut sender, id) = match usable(self) {
-            Some(found) => found,
-            None => {
-                let asked = std::time::Instant::now();
-                let lock = self.connecting.entry(key.clone()).or_default().clone();
-                let mut failed = lock.lock().await;
-                // Another request may have opened one while this one waited; if its
-                // attempt failed, this one fails with it (as requests pending on an
-                // Envoy connection do), rather than dialling again in turn.
-                match usable(self) {
-                    Some(found) => found,
-                    None if failed.is_some_and(|at| at >= asked) => {
-                        return Err(ProxyError::UpstreamConnect(format!(
-                            "HTTP/2 connection to {} failed",
-                            key.target
-                        )));
-                    }
-                    None => {
-                        let sender = match self.connect(&key, cluster).await {
-                            Ok(s) => {
-                                *failed = None;
-                                s
-                            }
-                            Err(e) => {
-                                *failed = Some(std::time::Instant::now());
-                                return Err(e);
-                            }
-                        };
-                        let id = H2_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // Retired, closed and idle connections go as a new one comes,
-                        // and the dial locks of keys with neither a connection nor a
-                        // dial in progress.
-                        self.conns.retain(|k, c| !c.stale(k.retire));
-                        self.connecting.retain(|k, lock| {
-                            Arc::strong_count(lock) > 1 || self.conns.contains_key(k)
-                        });
-                        self.conns.insert(
-                            key.clone(),
-                            H2Conn {
-                                id,
-                                sender: sender.clone(),
-                                opened: std::time::Instant::now(),
-                                streams: std::sync::atomic::AtomicU32::new(1),
-                                used: std::sync::atomic::AtomicU64::new(0),
-                            },
-                        );
-                        (sender, id)
-                    }
-                }
-            }
+            (self.connect(&key, cluster).await?, None)
+        } else {
+            let (sender, id) = self.pooled(&key, cluster).await?;
+            (sender, Some(id))
         };
         if sender.ready().await.is_err() {
-            self.conns.remove_if(&key, |_, c| c.id == id);
+            if let Some(id) = id {
+                self.conns.remove_if(&key, |_, c| c.id == id);
+            }
             return Err(ProxyError::UpstreamReset(format!(
                 "HTTP/2 connection to {} closed",
                 key.target
@@ -599,6 +538,65 @@ impl H2Pool {
             .send_request(req)
             .await
             .map_err(|e| super::classify_hyper(&e))
+    }
+
+    /// A stream on the pool's connection for `key` (and that connection's id), opening
+    /// one when there is none usable: one dial per key at a time.
+    async fn pooled(
+        &self,
+        key: &H2Key,
+        cluster: &Cluster,
+    ) -> Result<(SendRequest<Body>, u64), ProxyError> {
+        let usable = || {
+            self.conns
+                .get(key)
+                .and_then(|c| c.take(key.retire).map(|s| (s, c.id)))
+        };
+        if let Some(found) = usable() {
+            return Ok(found);
+        }
+        let asked = std::time::Instant::now();
+        let lock = self.connecting.entry(key.clone()).or_default().clone();
+        let mut failed = lock.lock().await;
+        // Another request may have opened one while this one waited; if its attempt
+        // failed, this one fails with it (as requests pending on an Envoy connection
+        // do), rather than dialling again in turn.
+        if let Some(found) = usable() {
+            return Ok(found);
+        }
+        if failed.is_some_and(|at| at >= asked) {
+            return Err(ProxyError::UpstreamConnect(format!(
+                "HTTP/2 connection to {} failed",
+                key.target
+            )));
+        }
+        let sender = match self.connect(key, cluster).await {
+            Ok(s) => {
+                *failed = None;
+                s
+            }
+            Err(e) => {
+                *failed = Some(std::time::Instant::now());
+                return Err(e);
+            }
+        };
+        let id = H2_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Retired, closed and idle connections go as a new one comes, and the dial
+        // locks of keys with neither a connection nor a dial in progress.
+        self.conns.retain(|k, c| !c.stale(k.retire));
+        self.connecting
+            .retain(|k, lock| Arc::strong_count(lock) > 1 || self.conns.contains_key(k));
+        self.conns.insert(
+            key.clone(),
+            H2Conn {
+                id,
+                sender: sender.clone(),
+                opened: std::time::Instant::now(),
+                streams: std::sync::atomic::AtomicU32::new(1),
+                used: std::sync::atomic::AtomicU64::new(0),
+            },
+        );
+        Ok((sender, id))
     }
 
     async fn connect(
