@@ -693,3 +693,17 @@ async fn http2_connections_retire_by_count_and_age() {
     // Too old for the next stream: one new connection carries the rest.
     assert_eq!(opened(gw.scrape().await), 2.0);
 }
+
+#[test]
+fn workload_labels_that_are_not_key_value_are_refused_by_name() {
+    for bad in ["tier", "=gold", "tier=gold,rack"] {
+        let out = std::process::Command::new(support::binary())
+            .args(["run", "--config", "/nonexistent", "--workload-labels", bad])
+            .output()
+            .expect("run wasmgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--workload-labels"), "{bad}: {stderr}");
+        assert!(stderr.contains("is not KEY=VALUE"), "{bad}: {stderr}");
+    }
+}
