@@ -1,7 +1,8 @@
-//! The command line: `wasmgate run`, `wasmgate validate` and `wasmgate build-plugin`. The contract other tools rely
-//! on: `run --config <PATH>... [--plugins DIR] [--admin ADDR]`, admin default
-//! 127.0.0.1:15000 with `GET /healthz/ready`; `validate --config <PATH>...` exits 0 when
-//! valid and 1 with one line per error otherwise.
+//! The command line: `wasmgate run`, `validate`, `build-plugin`, and for fleets `push` and
+//! `status`. The contract other tools rely on: `run --config <PATH|etcd://...>...
+//! [--plugins DIR] [--admin ADDR]`, admin default 127.0.0.1:15000 with
+//! `GET /healthz/ready`; `validate --config <PATH>...` (and `push`, before it writes)
+//! exits 0 when valid and 1 with one line per error otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,6 +34,11 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Build a plugin crate into a component ready for the plugins directory.
     BuildPlugin(BuildPluginArgs),
+    /// Validate config files as `validate` does, then write them to etcd in one
+    /// transaction (one key per file); invalid input writes nothing.
+    Push(PushArgs),
+    /// Print the replicas following an etcd prefix: what each serves, and errors.
+    Status(StatusArgs),
     /// Internal: compile the component on stdin into a compile cache folder (`run`
     /// starts this as a child process on a cache miss).
     #[command(hide = true)]
@@ -55,6 +61,33 @@ pub struct CompileEntryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The prefix to write: `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
+    #[arg(long, value_name = "URL")]
+    pub to: crate::fleet::StoreUrl,
+    /// YAML files, or directories of *.yaml/*.yml files: each becomes the key
+    /// `/PREFIX/<file name>`.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Also delete the config keys under the prefix whose files are not given.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    #[command(flatten)]
+    pub access: crate::fleet::Access,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The prefix the replicas follow: `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
+    #[arg(long, value_name = "URL")]
+    pub config: crate::fleet::StoreUrl,
+    #[command(flatten)]
+    pub access: crate::fleet::Access,
+}
+
+#[derive(Debug, Args)]
 pub struct BuildPluginArgs {
     /// The plugin crate (a folder with Cargo.toml).
     #[arg(default_value = ".", value_name = "CRATE_DIR")]
@@ -69,9 +102,21 @@ pub struct BuildPluginArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A YAML file or a directory of *.yaml/*.yml files; repeatable.
-    #[arg(long = "config", required = true, value_name = "PATH")]
+    /// A YAML file or a directory of *.yaml/*.yml files; repeatable. At most one may be
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`: every key under the prefix holds YAML
+    /// documents, loaded after the files and followed as it changes (docs/fleet.md).
+    #[arg(long = "config", required = true, value_name = "PATH|etcd://...")]
     pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub etcd: crate::fleet::Access,
+    /// With an etcd config: keep the last config applied here, and serve it when etcd
+    /// cannot be reached at start.
+    #[arg(long, value_name = "DIR")]
+    pub etcd_cache: Option<PathBuf>,
+    /// With an etcd config: this replica's name in `/PREFIX/status/` (default: the host
+    /// name and process id).
+    #[arg(long, value_name = "ID")]
+    pub replica_id: Option<String>,
     /// Directory of plugin .wasm files (WasmPlugin `url: name.wasm`).
     #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
@@ -308,6 +353,13 @@ pub struct ValidateArgs {
     /// A YAML file or a directory of *.yaml/*.yml files; repeatable.
     #[arg(long = "config", required = true, value_name = "PATH")]
     pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+/// How `validate` and `push` check config.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
     /// Also load and prepare the plugins, from this directory and the embedded ones,
     /// so `pluginConfig` is checked too.
     #[arg(long, value_name = "DIR")]
@@ -330,7 +382,28 @@ pub struct ValidateArgs {
 /// Run a parsed command line to completion.
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate(args) => validate(args).await,
+        Command::Validate(args) => match check(&args.config, args.check).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(errors) => {
+                for e in errors {
+                    println!("{e}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Command::Push(args) => push(args).await,
+        Command::Status(args) => {
+            match crate::fleet::status::print(&args.config, &args.access).await {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wasmgate status: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run(args) => run(*args).await,
         Command::CompileEntry(args) => compile_entry(&args),
         Command::BuildPlugin(args) => {
@@ -348,34 +421,60 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn validate(args: ValidateArgs) -> ExitCode {
-    let load_options = wasmgate_config::LoadOptions {
-        host_env: args.plugin_host_env.iter().cloned().collect(),
-        workload_namespace: wasmgate_config::WorkloadNamespace(args.workload_namespace.clone()),
-        ..wasmgate_config::LoadOptions::default()
-    };
-    let config = match wasmgate_config::load_with(&args.config, &load_options) {
-        Ok(c) => c,
+/// `wasmgate push`: check as `validate` does, then write.
+async fn push(args: PushArgs) -> ExitCode {
+    let keys = match crate::fleet::push::keys_of(&args.to, &args.paths) {
+        Ok(keys) => keys,
         Err(errors) => {
-            for e in &errors.0 {
+            for e in errors {
                 println!("{e}");
             }
             return ExitCode::from(1);
         }
     };
+    if let Err(errors) = check(&args.paths, args.check).await {
+        for e in errors {
+            println!("{e}");
+        }
+        println!("nothing was written to {}", args.to);
+        return ExitCode::from(1);
+    }
+    match crate::fleet::push::push(&args.to, &args.access, &keys, args.prune).await {
+        Ok(p) => {
+            println!(
+                "pushed {} key(s), removed {}, revision {}",
+                p.written, p.removed, p.revision
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wasmgate push: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What `validate` checks: the config, its TLS material, and with `--plugins` the
+/// plugins and their `pluginConfig`. Errors are whole lines; warnings go to stderr.
+async fn check(paths: &[PathBuf], args: CheckArgs) -> Result<(), Vec<String>> {
+    let load_options = wasmgate_config::LoadOptions {
+        host_env: args.plugin_host_env.iter().cloned().collect(),
+        workload_namespace: wasmgate_config::WorkloadNamespace(args.workload_namespace.clone()),
+        ..wasmgate_config::LoadOptions::default()
+    };
+    let config = wasmgate_config::load_with(paths, &load_options)
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
     let tls_errors = crate::snapshot::check_tls(&config);
     if !tls_errors.is_empty() {
-        for e in &tls_errors {
-            println!("{e}");
-        }
-        return ExitCode::from(1);
+        return Err(tls_errors.iter().map(ToString::to_string).collect());
     }
     if let Some(dir) = args.plugins {
         let options = Options {
-            config: args.config,
+            config: paths.to_vec(),
+            documents: Default::default(),
             plugins: Some(dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_address: IpAddr::from([127, 0, 0, 1]),
@@ -406,25 +505,21 @@ async fn validate(args: ValidateArgs) -> ExitCode {
             network: String::new(),
             workload_labels: Default::default(),
         };
-        let host = match crate::plugin::PluginHost::new(&options.host) {
-            Ok(h) => h,
-            Err(e) => {
-                println!("{e}");
-                return ExitCode::from(1);
-            }
-        };
+        let host = crate::plugin::PluginHost::new(&options.host).map_err(|e| vec![e])?;
         let cache = crate::snapshot::CompileCache::default();
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
-        if let Err(errors) =
-            crate::gateway::load(&options, &host, &cache, &metrics, None, &Default::default()).await
-        {
-            for e in errors {
-                println!("{e}");
-            }
-            return ExitCode::from(1);
-        }
+        crate::gateway::load(
+            &options,
+            &[],
+            &host,
+            &cache,
+            &metrics,
+            None,
+            &Default::default(),
+        )
+        .await?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// `wasmgate compile-entry`: what a gateway's compile cache runs on a miss.
@@ -452,6 +547,22 @@ fn compile_entry(args: &CompileEntryArgs) -> ExitCode {
     }
 }
 
+/// The `--config etcd://...` of `run`, if any (at most one).
+fn store_url(args: &RunArgs) -> Result<Option<crate::fleet::StoreUrl>, String> {
+    let mut stores = args
+        .config
+        .iter()
+        .filter_map(|p| crate::fleet::StoreUrl::recognise(&p.to_string_lossy()));
+    let first = stores
+        .next()
+        .transpose()
+        .map_err(|e| format!("--config {e}"))?;
+    if stores.next().is_some() {
+        return Err("--config: only one etcd:// source may be given".into());
+    }
+    Ok(first)
+}
+
 /// `KEY=VALUE` of `--workload-labels`.
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -465,7 +576,14 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// What `wasmgate run` with `args` runs (also how tests start a gateway in-process).
 pub fn run_options(args: &RunArgs) -> Options {
     Options {
-        config: args.config.clone(),
+        // The etcd source is followed by `run`, not read as a path.
+        config: args
+            .config
+            .iter()
+            .filter(|p| crate::fleet::StoreUrl::recognise(&p.to_string_lossy()).is_none())
+            .cloned()
+            .collect(),
+        documents: Default::default(),
         plugins: args.plugins.clone(),
         admin: args.admin,
         listen_address: args.listen_address,
@@ -551,7 +669,48 @@ async fn run(args: RunArgs) -> ExitCode {
         )),
         _ => None,
     };
-    let options = run_options(&args);
+    let mut options = run_options(&args);
+    let store = match store_url(&args) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    // With an etcd config: its first read (or the cached snapshot) is served from the
+    // start, and followed once the gateway runs.
+    let fleet = match store {
+        None => None,
+        Some(url) => {
+            let replica = args
+                .replica_id
+                .clone()
+                .unwrap_or_else(crate::fleet::status::default_replica_id);
+            let (reporter, keeper) =
+                crate::fleet::status::Reporter::new(replica, url.clone(), args.etcd.clone());
+            // Reporting from the start: a replica waiting for a good config shows why.
+            let status = tokio::spawn(keeper);
+            let follower = crate::fleet::follow::Follower {
+                url,
+                access: args.etcd.clone(),
+                cache: args.etcd_cache.clone().map(crate::fleet::cache::Cache::new),
+                reporter,
+            };
+            let loading = crate::gateway::load_options(&options);
+            let check = |listing: &crate::fleet::Listing| {
+                wasmgate_config::load_with_documents(
+                    &options.config,
+                    &listing.documents(),
+                    &loading,
+                )
+                .map(drop)
+                .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+            };
+            let first = follower.first(check).await;
+            options.documents = std::sync::Arc::new(first.listing.documents());
+            Some((follower, first, status))
+        }
+    };
     let admin = options.admin;
     let drain = options.drain;
     let gateway = match Gateway::start(options).await {
@@ -580,9 +739,18 @@ async fn run(args: RunArgs) -> ExitCode {
             Duration::from_secs(args.jwks_refresh_seconds),
         ));
     }
+    let fleet = fleet.map(|(follower, first, status)| {
+        (tokio::spawn(follower.run(gateway.clone(), first)), status)
+    });
     tracing::info!("ready");
     wait_for_signals(&gateway).await;
     tracing::info!("shutting down");
+    if let Some((follower, status)) = fleet {
+        // The follower holds the status reporter: with it gone, the status task revokes
+        // the lease, so this replica leaves `/PREFIX/status/` at once.
+        follower.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
+    }
     gateway.shutdown(drain).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS

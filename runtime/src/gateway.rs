@@ -32,6 +32,9 @@ use crate::workers::Workers;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config: Vec<PathBuf>,
+    /// YAML texts from a config store (`--config etcd://...`), loaded after the files:
+    /// the ones the gateway starts with ([`Gateway::apply_documents`] replaces them).
+    pub documents: Arc<Documents>,
     pub plugins: Option<PathBuf>,
     pub admin: SocketAddr,
     /// Address listeners bind to unless a Gateway server sets `bind`.
@@ -71,23 +74,23 @@ pub struct Options {
     pub workload_labels: BTreeMap<String, String>,
 }
 
-/// Load config and build a snapshot (with a tracer when `tracing` is given). Errors are
-/// complete lines (file, resource, field).
+/// YAML texts not read from files, each with the name its errors give (`etcd:/prefix/key`).
+pub type Documents = Vec<(PathBuf, String)>;
+
+/// Load config (the files of `options`, then `documents`) and build a snapshot (with a
+/// tracer when `tracing` is given). Errors are complete lines (file, resource, field).
 pub async fn load(
     options: &Options,
+    documents: &[(PathBuf, String)],
     host: &PluginHost,
     cache: &CompileCache,
     metrics: &Arc<Metrics>,
     tracing: Option<&TraceBase>,
     arrivals: &Arc<Arrivals>,
 ) -> Result<Snapshot, Vec<String>> {
-    let load_options = wasmgate_config::LoadOptions {
-        ingress: options.ingress,
-        host_env: options.plugin_host_env.iter().cloned().collect(),
-        workload_namespace: wasmgate_config::WorkloadNamespace(options.workload.1.clone()),
-    };
-    let config = wasmgate_config::load_with(&options.config, &load_options)
-        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let config =
+        wasmgate_config::load_with_documents(&options.config, documents, &load_options(options))
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -113,6 +116,15 @@ pub async fn load(
     Snapshot::build(&config, host, &sources, cache, &listening, metrics, tracing)
         .await
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+/// How `options` has the config loaded.
+pub fn load_options(options: &Options) -> wasmgate_config::LoadOptions {
+    wasmgate_config::LoadOptions {
+        ingress: options.ingress,
+        host_env: options.plugin_host_env.iter().cloned().collect(),
+        workload_namespace: wasmgate_config::WorkloadNamespace(options.workload.1.clone()),
+    }
 }
 
 /// The span exporter, one per process: spans go to `endpoint` from a background task,
@@ -295,8 +307,9 @@ pub struct Gateway {
     workers: Workers,
     /// One per socket address of the current snapshot.
     listeners: Mutex<BTreeMap<SocketAddr, Running>>,
-    /// One reload at a time: a later request waits, then reads the files again.
-    reloading: Mutex<()>,
+    /// One reload at a time: a later request waits, then reads the files again. Holds
+    /// the config store's documents of the snapshot being served.
+    reloading: Mutex<Arc<Documents>>,
     ready: AtomicBool,
 }
 
@@ -354,7 +367,17 @@ impl Gateway {
             },
         };
         let arrivals = Arc::new(Arrivals::default());
-        let snapshot = load(&options, &host, &cache, &metrics, Some(&tracing), &arrivals).await?;
+        let documents = options.documents.clone();
+        let snapshot = load(
+            &options,
+            &documents,
+            &host,
+            &cache,
+            &metrics,
+            Some(&tracing),
+            &arrivals,
+        )
+        .await?;
         let access_log = Arc::new(
             AccessLog::open(options.access_log.0, &options.access_log.1).map_err(|e| vec![e])?,
         );
@@ -377,7 +400,7 @@ impl Gateway {
             arrivals,
             workers,
             listeners: Mutex::new(BTreeMap::new()),
-            reloading: Mutex::new(()),
+            reloading: Mutex::new(documents),
             ready: AtomicBool::new(false),
         });
         outbound.attach(&gateway.shared);
@@ -416,7 +439,19 @@ impl Gateway {
     /// whose protocol or certificates changed keeps its socket and serves new
     /// connections with the new settings.
     pub async fn reload(&self) -> Result<(), Vec<String>> {
-        let _one_at_a_time = self.reloading.lock().await;
+        self.reload_with(None).await
+    }
+
+    /// Serve the files with these config store documents in place of the ones served
+    /// now: as [`Gateway::reload`], all or nothing; on failure the documents served
+    /// before stay (a later file reload uses them, not these).
+    pub async fn apply_documents(&self, documents: Documents) -> Result<(), Vec<String>> {
+        self.reload_with(Some(Arc::new(documents))).await
+    }
+
+    async fn reload_with(&self, documents: Option<Arc<Documents>>) -> Result<(), Vec<String>> {
+        let mut served = self.reloading.lock().await;
+        let documents = documents.unwrap_or_else(|| served.clone());
         let rejected = |errors: Vec<String>| {
             for e in &errors {
                 tracing::error!("reload rejected: {e}");
@@ -428,6 +463,7 @@ impl Gateway {
         self.cache.begin();
         let loaded = load(
             &self.options,
+            &documents,
             &self.shared.host,
             &self.cache,
             &self.shared.metrics,
@@ -448,6 +484,7 @@ impl Gateway {
             return Err(rejected(errors));
         }
         reloads.serving(snapshot.resources.clone());
+        *served = documents;
         overrides::apply(&self.shared.metrics, &snapshot.telemetry);
         let previous = self.shared.snapshot.swap(snapshot.clone());
         snapshot.registry.settle_arrivals();

@@ -10,6 +10,7 @@ pub mod build_plugin;
 pub mod cli;
 pub mod cluster;
 pub mod entropy;
+pub mod fleet;
 pub mod gateway;
 pub mod limits;
 pub mod listener;

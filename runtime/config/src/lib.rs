@@ -23,7 +23,10 @@ pub use credentials::WorkloadNamespace;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigWarning, Errors, Kind, ResourceId};
 pub use host::expand_host;
-pub use load::{LoadOptions, load, load_sources, load_sources_with, load_with, validate_document};
+pub use load::{
+    LoadOptions, load, load_sources, load_sources_with, load_with, load_with_documents,
+    validate_document,
+};
 pub use model::{
     AuthorizationAction, AuthorizationPolicy, ClientTls, ClientTlsMode, Config, CustomTag,
     DestinationRule, Endpoint, FailStrategy, Gateway, GatewayHost, GatewayRef, IstioMetric,

@@ -575,6 +575,16 @@ pub fn load(paths: &[PathBuf]) -> Result<Config, Errors> {
 
 /// [`load`] with options.
 pub fn load_with(paths: &[PathBuf], options: &LoadOptions) -> Result<Config, Errors> {
+    load_with_documents(paths, &[], options)
+}
+
+/// [`load_with`], then `documents` after the files: YAML texts that come from a config
+/// store (etcd), each named as its errors should name it (`etcd:/prefix/key`).
+pub fn load_with_documents(
+    paths: &[PathBuf],
+    documents: &[(PathBuf, String)],
+    options: &LoadOptions,
+) -> Result<Config, Errors> {
     let mut io_errors = Vec::new();
     let mut sources = Vec::new();
     let mut notes = Vec::new();
@@ -623,6 +633,7 @@ pub fn load_with(paths: &[PathBuf], options: &LoadOptions) -> Result<Config, Err
             }
         }
     }
+    sources.extend(documents.iter().cloned());
     let result = load_sources_with(&sources, options);
     match (result, io_errors.is_empty()) {
         (Ok(mut cfg), true) => {

@@ -1,0 +1,282 @@
+//! A replica following the store: the first read (or, with `--etcd-cache`, the cached
+//! snapshot while etcd is unreachable), then a watch from the next revision.
+//!
+//! Events are gathered until the stream is quiet for [`QUIET`] (at most [`GATHER`] after
+//! the first), then the whole prefix as it stands is applied as one snapshot, so a
+//! multi-key transaction (one revision) and a burst of writes never show half-applied.
+//! A batch the gateway refuses changes nothing it serves; the error goes to the log and
+//! the replica's status. When the watch breaks (etcd away, watch compacted), the replica
+//! keeps serving, reconnects with back-off and reads the prefix again, applying it if it
+//! differs from what it serves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions};
+use tokio::time::Instant;
+
+use super::cache::Cache;
+use super::status::Reporter;
+use super::{Access, Backoff, Listing, StoreUrl};
+use crate::gateway::Gateway;
+
+/// A batch ends when no event arrives for this long...
+pub const QUIET: Duration = Duration::from_millis(20);
+/// ...or this long after its first event.
+pub const GATHER: Duration = Duration::from_millis(200);
+
+/// What a replica follows and where it reports.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    pub url: StoreUrl,
+    pub access: Access,
+    pub cache: Option<Cache>,
+    pub reporter: Reporter,
+}
+
+/// Where the first config comes from.
+pub struct First {
+    pub listing: Listing,
+    /// The connection it was read on; `None` when it came from the cache.
+    pub client: Option<Client>,
+}
+
+impl std::fmt::Debug for First {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("First")
+            .field("listing", &self.listing)
+            .field("connected", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl Follower {
+    /// The config to start with: the prefix read from etcd, once `check` (the config
+    /// loader) accepts it. While etcd is unreachable or its config is refused, the
+    /// snapshot `--etcd-cache` kept is served at once if there is one; else nothing is
+    /// served and the read is retried with back-off.
+    pub async fn first(&self, check: impl Fn(&Listing) -> Result<(), Vec<String>>) -> First {
+        let mut backoff = Backoff::default();
+        loop {
+            let why = match self.read().await {
+                Ok((client, listing)) => match check(&listing) {
+                    Ok(()) => {
+                        return First {
+                            listing,
+                            client: Some(client),
+                        };
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            tracing::error!("{e}");
+                        }
+                        let why = format!(
+                            "{}: revision {} refused ({} error(s))",
+                            self.url,
+                            listing.revision,
+                            errors.len()
+                        );
+                        self.reporter.refused(format!(
+                            "revision {}: {}",
+                            listing.revision,
+                            errors.first().map_or("", String::as_str)
+                        ));
+                        why
+                    }
+                },
+                Err(e) => e,
+            };
+            match self.cache.as_ref().map(|c| c.read(&self.url)) {
+                Some(Ok(listing)) => {
+                    tracing::warn!(
+                        revision = listing.revision,
+                        "{why}; serving the snapshot --etcd-cache kept"
+                    );
+                    return First {
+                        listing,
+                        client: None,
+                    };
+                }
+                Some(Err(none)) => {
+                    tracing::warn!("{why}; --etcd-cache has no snapshot ({none}); retrying");
+                }
+                None => tracing::warn!("{why}; retrying (nothing is served meanwhile)"),
+            }
+            backoff.wait().await;
+        }
+    }
+
+    async fn read(&self) -> Result<(Client, Listing), String> {
+        let mut client = super::connect(&self.url, &self.access).await?;
+        let listing = super::list(&mut client, &self.url).await?;
+        Ok((client, listing))
+    }
+
+    /// Follow the store for as long as the process runs; `first` is what the gateway
+    /// started with (and serves).
+    pub async fn run(self, gateway: Arc<Gateway>, first: First) {
+        let mut served = first.listing;
+        let mut fresh = first.client.map(|c| (c, served.clone()));
+        self.served(&served);
+        let mut backoff = Backoff::default();
+        loop {
+            let (client, listing) = match fresh.take() {
+                Some(read) => read,
+                None => match self.read().await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!("{e}; still serving revision {}", served.revision);
+                        backoff.wait().await;
+                        continue;
+                    }
+                },
+            };
+            backoff.reset();
+            let mut current = listing;
+            if current.keys != served.keys {
+                self.apply(&gateway, &current, &mut served).await;
+            } else if current.revision != served.revision {
+                // The same config, read at a newer revision (after a reconnect).
+                served.revision = current.revision;
+                self.served(&served);
+            }
+            if let Err(e) = self
+                .watch(&gateway, client, &mut current, &mut served)
+                .await
+            {
+                tracing::warn!("{e}; reading the prefix again");
+                backoff.wait().await;
+            }
+        }
+    }
+
+    /// Watch from `current.revision + 1`, keeping `current` as the store's view and
+    /// applying each batch. Returns when the watch breaks.
+    async fn watch(
+        &self,
+        gateway: &Gateway,
+        mut client: Client,
+        current: &mut Listing,
+        served: &mut Listing,
+    ) -> Result<(), String> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(current.revision + 1);
+        let mut stream = super::timed(
+            &self.url,
+            "starting the watch",
+            client.watch(self.url.prefix.as_str(), Some(options)),
+        )
+        .await?;
+        loop {
+            let first = stream.message().await;
+            let mut changed = self.take(first, current)?;
+            let deadline = Instant::now() + GATHER;
+            loop {
+                let wait = QUIET.min(deadline.saturating_duration_since(Instant::now()));
+                if wait.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(wait, stream.message()).await {
+                    Ok(message) => changed |= self.take(message, current)?,
+                    Err(_) => break,
+                }
+            }
+            // Only a batch that touched config is applied: a refused config is not tried
+            // again for other keys' events (the replicas' own status writes above all).
+            if changed && current.keys != served.keys {
+                self.apply(gateway, current, served).await;
+            }
+        }
+    }
+
+    /// Fold one watch message into `current`; true if it changed a config key.
+    fn take(
+        &self,
+        message: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+        current: &mut Listing,
+    ) -> Result<bool, String> {
+        let url = &self.url;
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(format!("{url}: the watch ended")),
+            Err(e) => return Err(format!("{url}: the watch: {e}")),
+        };
+        if response.canceled() {
+            let compacted = response.compact_revision();
+            return Err(if compacted > 0 {
+                format!("{url}: the watch was compacted (revision {compacted})")
+            } else {
+                format!(
+                    "{url}: the watch was cancelled: {}",
+                    response.cancel_reason()
+                )
+            });
+        }
+        let mut changed = false;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if !url.is_config_key(&key) {
+                continue;
+            }
+            changed = true;
+            match event.event_type() {
+                EventType::Put => {
+                    // A value that is not text is kept as such; loading it names the key.
+                    let text = String::from_utf8_lossy(kv.value()).into_owned();
+                    current.keys.insert(key, text);
+                }
+                EventType::Delete => {
+                    current.keys.remove(&key);
+                }
+            }
+        }
+        if let Some(h) = response.header() {
+            current.revision = current.revision.max(h.revision());
+        }
+        Ok(changed)
+    }
+
+    /// Serve `current`; on success it becomes `served`.
+    async fn apply(&self, gateway: &Gateway, current: &Listing, served: &mut Listing) {
+        tracing::info!(
+            revision = current.revision,
+            keys = current.keys.len(),
+            "{}: applying the store's config",
+            self.url
+        );
+        match gateway.apply_documents(current.documents()).await {
+            Ok(()) => {
+                *served = current.clone();
+                self.served(served);
+            }
+            Err(errors) => {
+                let first = errors.first().cloned().unwrap_or_default();
+                let more = match errors.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                tracing::error!(
+                    revision = current.revision,
+                    "{}: revision {} refused; still serving revision {}",
+                    self.url,
+                    current.revision,
+                    served.revision
+                );
+                self.reporter
+                    .refused(format!("revision {}: {first}{more}", current.revision));
+            }
+        }
+    }
+
+    /// `served` is what the gateway serves now: report it and keep it in the cache.
+    fn served(&self, served: &Listing) {
+        self.reporter.applied(served.revision, served.digest());
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.write(&self.url, served)
+        {
+            tracing::warn!("{e}");
+        }
+    }
+}
