@@ -147,7 +147,10 @@ impl Access {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            options = options.with_user(user.clone(), password);
+            // etcd's tokens expire (5 minutes by default); a long-running replica renews.
+            options = options
+                .with_user(user.clone(), password)
+                .with_auto_token_refresh(true);
         }
         Ok(options)
     }
