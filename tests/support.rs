@@ -290,6 +290,13 @@ impl Gateway {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Gateway, String> {
+        let mut gw = Self::spawn(config, extra, env);
+        gw.wait_ready(Duration::from_secs(60)).await?;
+        Ok(gw)
+    }
+
+    /// Start `wasmgate run --config <config> [extra...]` without waiting for it.
+    pub fn spawn(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = TempDir::new("log");
         let log = dir.path().join("wasmgate.log");
         let admin = free_port();
@@ -319,27 +326,43 @@ impl Gateway {
             .stderr(file)
             .spawn()
             .expect("spawn wasmgate");
-        let mut gw = Gateway {
+        Gateway {
             child,
             admin,
             log,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        }
+    }
+
+    /// Wait up to `limit` until `/healthz/ready` answers 200; the log if the process
+    /// exits first or the time is up.
+    pub async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(_)) = gw.child.try_wait() {
-                return Err(gw.log_text());
+            if self.has_exited() {
+                return Err(self.log_text());
             }
-            if let Ok(r) = get(admin, "admin", "/healthz/ready", &[]).await
-                && r.status == StatusCode::OK
-            {
-                return Ok(gw);
+            if self.is_ready().await {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(gw.log_text());
+                return Err(self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// True when `/healthz/ready` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        matches!(
+            get(self.admin, "admin", "/healthz/ready", &[]).await,
+            Ok(r) if r.status == StatusCode::OK
+        )
+    }
+
+    /// True once the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn log_text(&self) -> String {
@@ -633,6 +656,299 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real one-member etcd (Debian's `etcd` 3.4, with `etcdctl` speaking API v3) on free
+/// loopback ports, its data in a temporary folder; killed on drop.
+pub struct EtcdServer {
+    child: Option<Child>,
+    pub client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    /// With [`EtcdServer::start_tls`]: HTTPS with client certificates.
+    pub tls: Option<EtcdTls>,
+    /// `NAME:PASSWORD` etcdctl authenticates with, once [`EtcdServer::enable_auth`] ran.
+    user: Option<String>,
+}
+
+/// PEM files of an etcd served over TLS that asks for client certificates: its CA, and a
+/// client certificate and key it accepts.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdServer {
+    /// `None` (and a line saying why) when etcd is not installed.
+    pub async fn start() -> Option<EtcdServer> {
+        Self::start_with(|_| None).await
+    }
+
+    /// Like [`EtcdServer::start`], served over TLS (a certificate for 127.0.0.1 from
+    /// `ca`) and refusing clients without a certificate from `ca`.
+    pub async fn start_tls(ca: &tls::Ca) -> Option<EtcdServer> {
+        Self::start_with(|dir| {
+            let write = |name: &str, pem: &str| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, pem).expect("write pem");
+                path
+            };
+            let server = ca.server(&["127.0.0.1"]);
+            let client = ca.client("wasmgate", &[], None);
+            Some(EtcdTls {
+                ca: write("ca.pem", &ca.pem),
+                cert: write("client.pem", &client.cert),
+                key: write("client-key.pem", &client.key),
+                server_cert: write("server.pem", &server.cert),
+                server_key: write("server-key.pem", &server.key),
+            })
+        })
+        .await
+    }
+
+    async fn start_with(tls: impl FnOnce(&TempDir) -> Option<EtcdTls>) -> Option<EtcdServer> {
+        let dir = TempDir::new("etcd");
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: tls(&dir),
+            dir,
+            user: None,
+        };
+        let installed = Command::new("etcdctl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed || !server.run() {
+            // CI installs it: there a missing server is a failure, not a skip.
+            assert!(
+                std::env::var_os("WASMGATE_REQUIRE_SERVERS").is_none(),
+                "etcd is not installed and WASMGATE_REQUIRE_SERVERS is set"
+            );
+            eprintln!(
+                "skipped: Debian's etcd is not installed (apt-get install etcd-server etcd-client; .ci/run does)"
+            );
+            return None;
+        }
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    fn run(&mut self) -> bool {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let secure: Vec<&std::ffi::OsStr> = match &self.tls {
+            None => Vec::new(),
+            Some(t) => vec![
+                "--cert-file".as_ref(),
+                t.server_cert.as_os_str(),
+                "--key-file".as_ref(),
+                t.server_key.as_os_str(),
+                "--trusted-ca-file".as_ref(),
+                t.ca.as_os_str(),
+                "--client-cert-auth".as_ref(),
+            ],
+        };
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("etcd log file");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(secure)
+            .stdout(log.try_clone().expect("etcd log file"))
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(c) => {
+                self.child = Some(c);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("etcd exited ({status}):\n{}", self.log_text());
+            }
+            if self.ctl(&["endpoint", "health"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `127.0.0.1:PORT`, its client endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `etcd://127.0.0.1:PORT/<prefix>`, a `--config` value.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.endpoint())
+    }
+
+    /// `etcdctl --endpoints <endpoint> <args>` (API v3), run to its end.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        self.ctl_with_input(args, "")
+    }
+
+    fn ctl_with_input(&self, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut access: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(t) = &self.tls {
+            access.extend([
+                "--cacert".as_ref(),
+                t.ca.as_os_str(),
+                "--cert".as_ref(),
+                t.cert.as_os_str(),
+                "--key".as_ref(),
+                t.key.as_os_str(),
+            ]);
+        }
+        if let Some(user) = &self.user {
+            access.extend(["--user".as_ref(), std::ffi::OsStr::new(user)]);
+        }
+        let mut child = Command::new("etcdctl")
+            .args(["--endpoints", &self.endpoint(), "--dial-timeout", "2s"])
+            .args(access)
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        let mut stdin = child.stdin.take().expect("etcdctl stdin");
+        stdin.write_all(input.as_bytes()).expect("etcdctl stdin");
+        drop(stdin);
+        child.wait_with_output().expect("etcdctl")
+    }
+
+    /// [`EtcdServer::ctl`], which must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `etcdctl put <key> <value>`; the revision it made.
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        header_revision(&self.ctl_ok(&["put", "-w", "json", "--", key, value]))
+    }
+
+    /// Put every (key, value) in one transaction (`etcdctl txn`): one revision, which
+    /// it returns (others may write after it: replicas write their status).
+    pub fn txn(&self, puts: &[(&str, &str)]) -> i64 {
+        // No comparisons, the puts, no failure requests; values are Go-quoted strings
+        // (Rust's debug quoting agrees for printable ASCII).
+        let mut input = String::from("\n");
+        for (key, value) in puts {
+            assert!(value.is_ascii(), "txn values are quoted as ASCII");
+            input.push_str(&format!("put {key} {value:?}\n"));
+        }
+        input.push_str("\n\n");
+        let out = self.ctl_with_input(&["txn", "-w", "json"], &input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+        assert!(
+            out.status.success() && v["succeeded"] == true,
+            "etcdctl txn: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        header_revision(&stdout)
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        header_revision(&self.ctl_ok(&["get", "/", "--keys-only", "-w", "json"]))
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let out = self.ctl_ok(&["get", "--print-value-only", key]);
+        // etcdctl ends the value with a newline of its own.
+        out.strip_suffix('\n').map(str::to_string)
+    }
+
+    /// The keys under `prefix`, in order.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctl_ok(&["get", "--prefix", "--keys-only", prefix])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Turn on etcd's authentication with user `root` and `password` (root may do
+    /// anything); etcdctl logs in as root from now on.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.ctl_ok(&["user", "add", &format!("root:{password}")]);
+        self.ctl_ok(&["auth", "enable"]);
+        self.user = Some(format!("root:{password}"));
+    }
+
+    /// Stop it (SIGKILL), keeping its data and ports for [`EtcdServer::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same data and ports.
+    pub async fn start_again(&mut self) {
+        self.stop();
+        assert!(self.run(), "etcd");
+        self.wait_ready().await;
+    }
+}
+
+/// The revision in the header of an `etcdctl -w json` answer.
+fn header_revision(json: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("etcdctl JSON");
+    v["header"]["revision"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no revision in {json}"))
+}
+
+impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.stop();
     }
