@@ -482,6 +482,20 @@ async fn an_invalid_batch_is_refused_and_the_last_good_config_keeps_serving() {
             log.contains("reload rejected") && log.contains(&error),
             "{error}\nnot in the log:\n{log}"
         );
+        let scraped = replica.gateway.scrape().await;
+        for (name, at_least) in [
+            (
+                "wasmgate_config_store_applies_total{result=\"refused\"}",
+                1.0,
+            ),
+            ("wasmgate_config_store_watching", 1.0),
+            ("wasmgate_config_store_revision", 1.0),
+        ] {
+            assert!(
+                support::metric(&scraped, name) >= at_least,
+                "{name} < {at_least}:\n{scraped}"
+            );
+        }
     }
 
     // Fixed: the next batch applies, and the status is clean again.
@@ -578,6 +592,11 @@ async fn replicas_ride_out_etcd_going_away_and_converge_after() {
     let since = Instant::now();
     forwarder.set_blocked(false);
     converge_to("v2", &[&a, &b], since, RECONNECT).await;
+    for replica in [&a, &b] {
+        let scraped = replica.gateway.scrape().await;
+        let relists = support::metric(&scraped, "wasmgate_config_store_relists_total");
+        assert!(relists >= 1.0, "the broken watch is counted:\n{scraped}");
+    }
 }
 
 /// `push` validates as `validate` does: an invalid folder exits 1 naming the file and

@@ -695,6 +695,7 @@ async fn run(args: RunArgs) -> ExitCode {
                 access: args.etcd.clone(),
                 cache: args.etcd_cache.clone().map(crate::fleet::cache::Cache::new),
                 reporter,
+                health: Default::default(),
             };
             let loading = crate::gateway::load_options(&options);
             let check = |listing: &crate::fleet::Listing| {
@@ -740,6 +741,7 @@ async fn run(args: RunArgs) -> ExitCode {
         ));
     }
     let fleet = fleet.map(|(follower, first, status)| {
+        follower.health.report_to(gateway.metrics());
         (tokio::spawn(follower.run(gateway.clone(), first)), status)
     });
     tracing::info!("ready");

@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod follow;
+pub mod health;
 pub mod push;
 pub mod status;
 

@@ -10,12 +10,14 @@
 //! differs from what it serves.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::time::Instant;
 
 use super::cache::Cache;
+use super::health::Health;
 use super::status::Reporter;
 use super::{Access, Backoff, Listing, StoreUrl};
 use crate::gateway::Gateway;
@@ -32,6 +34,7 @@ pub struct Follower {
     pub access: Access,
     pub cache: Option<Cache>,
     pub reporter: Reporter,
+    pub health: Arc<Health>,
 }
 
 /// Where the first config comes from.
@@ -140,11 +143,13 @@ impl Follower {
                 served.revision = current.revision;
                 self.served(&served);
             }
-            if let Err(e) = self
+            let broken = self
                 .watch(&gateway, client, &mut current, &mut served)
-                .await
-            {
+                .await;
+            self.health.watching.store(false, Ordering::Relaxed);
+            if let Err(e) = broken {
                 tracing::warn!("{e}; reading the prefix again");
+                self.health.relists.fetch_add(1, Ordering::Relaxed);
                 backoff.wait().await;
             }
         }
@@ -168,6 +173,7 @@ impl Follower {
             client.watch(self.url.prefix.as_str(), Some(options)),
         )
         .await?;
+        self.health.watching.store(true, Ordering::Relaxed);
         loop {
             let first = stream.message().await;
             let mut changed = self.take(first, current)?;
@@ -249,9 +255,11 @@ impl Follower {
         match gateway.apply_documents(current.documents()).await {
             Ok(()) => {
                 *served = current.clone();
+                self.health.applied.fetch_add(1, Ordering::Relaxed);
                 self.served(served);
             }
             Err(errors) => {
+                self.health.refused.fetch_add(1, Ordering::Relaxed);
                 let first = errors.first().cloned().unwrap_or_default();
                 let more = match errors.len() {
                     0 | 1 => String::new(),
@@ -272,6 +280,9 @@ impl Follower {
 
     /// `served` is what the gateway serves now: report it and keep it in the cache.
     fn served(&self, served: &Listing) {
+        self.health
+            .revision
+            .store(served.revision, Ordering::Relaxed);
         self.reporter.applied(served.revision, served.digest());
         if let Some(cache) = &self.cache
             && let Err(e) = cache.write(&self.url, served)
