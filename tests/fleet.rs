@@ -484,10 +484,6 @@ async fn an_invalid_batch_is_refused_and_the_last_good_config_keeps_serving() {
         );
         let scraped = replica.gateway.scrape().await;
         for (name, at_least) in [
-            (
-                "wasmgate_config_store_applies_total{result=\"refused\"}",
-                1.0,
-            ),
             ("wasmgate_config_store_watching", 1.0),
             ("wasmgate_config_store_revision", 1.0),
         ] {
@@ -496,6 +492,10 @@ async fn an_invalid_batch_is_refused_and_the_last_good_config_keeps_serving() {
                 "{name} < {at_least}:\n{scraped}"
             );
         }
+        // Built and refused once: both replicas' status writes since (under the same
+        // prefix) did not make either try again.
+        let refused = "wasmgate_config_store_applies_total{result=\"refused\"}";
+        assert_eq!(support::metric(&scraped, refused), 1.0, "{scraped}");
     }
 
     // Fixed: the next batch applies, and the status is clean again.
@@ -648,16 +648,23 @@ async fn push_validates_writes_in_one_transaction_and_prunes() {
         );
         revision
     };
-    let first = pushed(&[valid.arg()], "pushed 2 key(s), removed 0");
+    // Valid files, but the store would hold VirtualService `app` twice (old.yaml is
+    // kept without --prune): refused as the replicas would refuse it, nothing written.
+    let (code, stdout, stderr) = wasmgate(&["push", "--to", &url, valid.arg()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("would be refused by the replicas")
+            && stdout.contains("etcd:/fleet/")
+            && stdout.contains("duplicate"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!((listing(), etcd.revision()), before, "nothing written");
+
+    let first = pushed(&[valid.arg(), "--prune"], "pushed 2 key(s), removed 1");
     assert_eq!(first, before.1 + 1, "one transaction");
     assert_eq!(
         etcd.keys(&key("")),
-        [
-            key("old.yaml"),
-            key("se.yml"),
-            key("status/someone"),
-            key("vs.yaml")
-        ]
+        [key("se.yml"), key("status/someone"), key("vs.yaml")]
     );
     assert_eq!(
         etcd.value(&key("vs.yaml")).as_deref(),
@@ -668,10 +675,10 @@ async fn push_validates_writes_in_one_transaction_and_prunes() {
     let again = pushed(&[valid.arg()], "pushed 0 key(s), removed 0");
     assert_eq!(again, first, "nothing written");
 
-    // One changed file given with --prune: written, and the others' keys removed.
+    // One changed file given with --prune: written, and the other's key removed.
     std::fs::write(&routes, app_routes("v2", "")).expect("change vs.yaml");
     let routes = routes.to_str().expect("UTF-8 path");
-    let pruned = pushed(&[routes, "--prune"], "pushed 1 key(s), removed 2");
+    let pruned = pushed(&[routes, "--prune"], "pushed 1 key(s), removed 1");
     assert_eq!(pruned, first + 1, "one transaction");
     assert_eq!(etcd.keys(&key("")), [key("status/someone"), key("vs.yaml")]);
     assert_eq!(
@@ -890,4 +897,129 @@ async fn tls_client_certificates_and_a_user_reach_a_secured_etcd() {
         "{stderr}"
     );
     drop(replica);
+}
+
+/// WasmPlugin `broken` names a plugin file no replica has: the loader accepts it, only a
+/// whole build refuses it.
+const BROKEN_PLUGIN: &str = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: broken\nspec:\n  url: missing.wasm\n";
+
+/// A store config that only a whole build refuses (a plugin nobody has) does not take
+/// down a replica that restarts with `--etcd-cache`: it serves its cached snapshot,
+/// reports the error, and follows the store once it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_on_a_store_only_a_build_refuses_serves_the_cache() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let (v1, v2) = upstreams().await;
+    set_routes(&etcd, "v1", &v1);
+    let url = etcd.url(PREFIX);
+    let cache = TempDir::new("fleet-cache");
+    let first = Replica::start(&url, Some("first"), &["--etcd-cache", cache.arg()]).await;
+    converge_to("v1", &[&first], Instant::now(), CONVERGE).await;
+    drop(first);
+
+    etcd.put(&key("plugin.yaml"), BROKEN_PLUGIN);
+    let second = Replica::start(&url, Some("second"), &["--etcd-cache", cache.arg()]).await;
+    keeps_serving("v1", &[&second], Duration::from_millis(300)).await;
+    let s = wait_status(&url, "the refusal is reported", |s| {
+        s.of("second")
+            .is_some_and(|r| r.state.starts_with("error:"))
+    })
+    .await;
+    assert!(s.text.contains("missing.wasm"), "{}", s.text);
+    assert!(
+        second
+            .gateway
+            .log_text()
+            .contains("serving the snapshot --etcd-cache kept"),
+        "{}",
+        second.gateway.log_text()
+    );
+
+    etcd.ctl_ok(&["del", &key("plugin.yaml")]);
+    let since = Instant::now();
+    set_routes(&etcd, "v2", &v2);
+    converge_to("v2", &[&second], since, CONVERGE).await;
+}
+
+/// A replica without a cache whose store config is refused at start waits, serving
+/// nothing, says why in its status, and starts once a good config is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_cache_a_refused_store_config_is_waited_out() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let v1 = Echo::start("v1").await;
+    let port = free_port();
+    etcd.put(&key("gw.yaml"), &gateway("gw", port, &["*"]));
+    let (bad, _) = bad_routes("v1");
+    etcd.txn(&[(&key("vs.yaml"), &bad), (&key("se.yaml"), &backend(&v1))]);
+    let url = etcd.url(PREFIX);
+    let mut replica = Replica::spawn_from_store(&url, port, &["--replica-id", "patient"]);
+    let deadline = Instant::now() + CONVERGE;
+    let text = loop {
+        let (code, text, stderr) = wasmgate(&["status", "--config", &url]);
+        assert_eq!(code, 0, "{text}{stderr}");
+        if text.contains("patient  not serving yet  error: revision") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("etcd:/fleet/vs.yaml"), "{text}");
+    assert!(
+        !replica.gateway.has_exited(),
+        "{}",
+        replica.gateway.log_text()
+    );
+    assert!(
+        !replica.gateway.is_ready().await,
+        "ready on a refused config"
+    );
+
+    let since = Instant::now();
+    set_routes(&etcd, "v1", &v1);
+    if let Err(log) = replica.gateway.wait_ready(RECONNECT).await {
+        panic!("not ready after the fix:\n{log}");
+    }
+    converge_to("v1", &[&replica], since, RECONNECT).await;
+}
+
+/// A value that is not UTF-8 text is refused naming its key, and the replica keeps
+/// following: the next good write applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_value_that_is_not_text_is_refused_by_its_key() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let (v1, v2) = upstreams().await;
+    set_routes(&etcd, "v1", &v1);
+    let url = etcd.url(PREFIX);
+    let replica = Replica::start(&url, Some("alpha"), &[]).await;
+    converge_to("v1", &[&replica], Instant::now(), CONVERGE).await;
+
+    etcd.put_bytes(&key("junk.yaml"), b"kind: \xff\xfe\n");
+    let s = wait_status(&url, "the refusal is reported", |s| {
+        s.of("alpha").is_some_and(|r| r.state.starts_with("error:"))
+    })
+    .await;
+    assert!(
+        s.text
+            .contains("etcd:/fleet/junk.yaml: the value is not UTF-8 text"),
+        "{}",
+        s.text
+    );
+    keeps_serving("v1", &[&replica], Duration::from_millis(200)).await;
+
+    etcd.ctl_ok(&["del", &key("junk.yaml")]);
+    let since = Instant::now();
+    set_routes(&etcd, "v2", &v2);
+    converge_to("v2", &[&replica], since, CONVERGE).await;
+    let scraped = replica.gateway.scrape().await;
+    assert_eq!(
+        support::metric(&scraped, "wasmgate_config_store_relists_total"),
+        0.0,
+        "the watch never broke:\n{scraped}"
+    );
 }

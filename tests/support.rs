@@ -873,6 +873,24 @@ impl EtcdServer {
         header_revision(&self.ctl_ok(&["put", "-w", "json", "--", key, value]))
     }
 
+    /// `etcdctl put <key>` with `value` as it is (any bytes, given on stdin).
+    pub fn put_bytes(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("etcdctl")
+            .args(["--endpoints", &self.endpoint(), "put", key])
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        let mut stdin = child.stdin.take().expect("etcdctl stdin");
+        stdin.write_all(value).expect("etcdctl stdin");
+        drop(stdin);
+        let out = child.wait_with_output().expect("etcdctl");
+        assert!(out.status.success(), "etcdctl put: {out:?}");
+    }
+
     /// Put every (key, value) in one transaction (`etcdctl txn`): one revision, which
     /// it returns (others may write after it: replicas write their status).
     pub fn txn(&self, puts: &[(&str, &str)]) -> i64 {

@@ -382,7 +382,7 @@ pub struct CheckArgs {
 /// Run a parsed command line to completion.
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate(args) => match check(&args.config, args.check).await {
+        Command::Validate(args) => match check(&args.config, &[], &args.check).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(errors) => {
                 for e in errors {
@@ -421,25 +421,41 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// `wasmgate push`: check as `validate` does, then write.
+/// `wasmgate push`: check the files as `validate` does, then the store as the replicas
+/// will load it after the push, then write. Any error writes nothing.
 async fn push(args: PushArgs) -> ExitCode {
-    let keys = match crate::fleet::push::keys_of(&args.to, &args.paths) {
-        Ok(keys) => keys,
-        Err(errors) => {
-            for e in errors {
-                println!("{e}");
-            }
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(errors) = check(&args.paths, args.check).await {
+    let refuse = |errors: Vec<String>| {
         for e in errors {
             println!("{e}");
         }
         println!("nothing was written to {}", args.to);
-        return ExitCode::from(1);
+        ExitCode::from(1)
+    };
+    let keys = match crate::fleet::push::keys_of(&args.to, &args.paths) {
+        Ok(keys) => keys,
+        Err(errors) => return refuse(errors),
+    };
+    // Validated from the text that is pushed, named by its file.
+    let files: Vec<(PathBuf, String)> = keys.values().cloned().collect();
+    if let Err(errors) = check(&[], &files, &args.check).await {
+        return refuse(errors);
     }
-    match crate::fleet::push::push(&args.to, &args.access, &keys, args.prune).await {
+    let plan = match crate::fleet::push::plan(&args.to, &args.access, &keys, args.prune).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("wasmgate push: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let after = plan.result();
+    if let Err(mut errors) = check(&[], &after, &args.check).await {
+        errors.insert(
+            0,
+            "the store after this push would be refused by the replicas:".to_string(),
+        );
+        return refuse(errors);
+    }
+    match plan.commit().await {
         Ok(p) => {
             println!(
                 "pushed {} key(s), removed {}, revision {}",
@@ -456,13 +472,18 @@ async fn push(args: PushArgs) -> ExitCode {
 
 /// What `validate` checks: the config, its TLS material, and with `--plugins` the
 /// plugins and their `pluginConfig`. Errors are whole lines; warnings go to stderr.
-async fn check(paths: &[PathBuf], args: CheckArgs) -> Result<(), Vec<String>> {
+/// `documents` (texts named as their errors should name them) load after `paths`.
+async fn check(
+    paths: &[PathBuf],
+    documents: &[(PathBuf, String)],
+    args: &CheckArgs,
+) -> Result<(), Vec<String>> {
     let load_options = wasmgate_config::LoadOptions {
         host_env: args.plugin_host_env.iter().cloned().collect(),
         workload_namespace: wasmgate_config::WorkloadNamespace(args.workload_namespace.clone()),
         ..wasmgate_config::LoadOptions::default()
     };
-    let config = wasmgate_config::load_with(paths, &load_options)
+    let config = wasmgate_config::load_with_documents(paths, documents, &load_options)
         .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
@@ -471,10 +492,11 @@ async fn check(paths: &[PathBuf], args: CheckArgs) -> Result<(), Vec<String>> {
     if !tls_errors.is_empty() {
         return Err(tls_errors.iter().map(ToString::to_string).collect());
     }
-    if let Some(dir) = args.plugins {
+    if let Some(dir) = args.plugins.clone() {
         let options = Options {
             config: paths.to_vec(),
-            documents: Default::default(),
+            documents: std::sync::Arc::new(documents.to_vec()),
+            fallback_documents: None,
             plugins: Some(dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_address: IpAddr::from([127, 0, 0, 1]),
@@ -488,7 +510,7 @@ async fn check(paths: &[PathBuf], args: CheckArgs) -> Result<(), Vec<String>> {
                     .map(|url| (url, Duration::from_millis(1))),
                 ..HostSettings::default()
             },
-            plugin_host_env: args.plugin_host_env,
+            plugin_host_env: args.plugin_host_env.clone(),
             drain: Duration::ZERO,
             edge: crate::proxy::edge::EdgeSettings::default(),
             metrics: false,
@@ -510,7 +532,7 @@ async fn check(paths: &[PathBuf], args: CheckArgs) -> Result<(), Vec<String>> {
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
         crate::gateway::load(
             &options,
-            &[],
+            documents,
             &host,
             &cache,
             &metrics,
@@ -584,6 +606,7 @@ pub fn run_options(args: &RunArgs) -> Options {
             .cloned()
             .collect(),
         documents: Default::default(),
+        fallback_documents: None,
         plugins: args.plugins.clone(),
         admin: args.admin,
         listen_address: args.listen_address,
@@ -699,21 +722,31 @@ async fn run(args: RunArgs) -> ExitCode {
             };
             let loading = crate::gateway::load_options(&options);
             let check = |listing: &crate::fleet::Listing| {
-                wasmgate_config::load_with_documents(
-                    &options.config,
-                    &listing.documents(),
-                    &loading,
-                )
-                .map(drop)
-                .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+                let documents = listing.documents()?;
+                wasmgate_config::load_with_documents(&options.config, &documents, &loading)
+                    .map(drop)
+                    .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
             };
             let first = follower.first(check).await;
-            options.documents = std::sync::Arc::new(first.listing.documents());
-            Some((follower, first, status))
+            options.documents = std::sync::Arc::new(first.listing.documents().unwrap_or_default());
+            // What only a whole build finds (plugins, certificates) fails the start
+            // with the store's config: the cached snapshot, if any, is served instead.
+            let cached = first
+                .client
+                .as_ref()
+                .and(follower.cache.as_ref())
+                .and_then(|c| c.read(&follower.url).ok())
+                .filter(|c| c.keys != first.listing.keys);
+            options.fallback_documents = cached
+                .as_ref()
+                .and_then(|c| c.documents().ok())
+                .map(std::sync::Arc::new);
+            Some((follower, first, cached, status))
         }
     };
     let admin = options.admin;
     let drain = options.drain;
+    let fallback = options.fallback_documents.clone();
     let gateway = match Gateway::start(options).await {
         Ok(g) => g,
         Err(errors) => {
@@ -721,8 +754,30 @@ async fn run(args: RunArgs) -> ExitCode {
                 tracing::error!("{e}");
             }
             tracing::error!("not started");
+            if let Some((follower, _, _, status)) = fleet {
+                // Its status leaves with it (the status task revokes the lease).
+                drop(follower);
+                let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
+            }
             return ExitCode::from(1);
         }
+    };
+    let fleet = match fleet {
+        Some((follower, _, Some(cached), status))
+            if fallback.is_some() && Some(gateway.documents().await) == fallback =>
+        {
+            tracing::warn!(
+                revision = cached.revision,
+                "the store's config was refused at start; serving the snapshot --etcd-cache kept"
+            );
+            let first = crate::fleet::follow::First {
+                listing: cached,
+                client: None,
+            };
+            Some((follower, first, status))
+        }
+        Some((follower, first, _, status)) => Some((follower, first, status)),
+        None => None,
     };
     match crate::admin::serve(admin, gateway.clone()).await {
         Ok(addr) => tracing::info!("admin on {addr}"),

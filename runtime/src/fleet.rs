@@ -99,12 +99,13 @@ impl std::fmt::Display for StoreUrl {
 /// How to reach etcd: TLS and user (the same flags on `run`, `status` and `push`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct Access {
-    /// CA certificate (PEM) that etcd's serving certificate must chain to; with it (or
-    /// with --etcd-cert) etcd is reached over TLS.
+    /// CA certificate (PEM) that etcd's serving certificate must chain to; with it, etcd
+    /// is reached over TLS (and only with it: no system roots are trusted for etcd).
     #[arg(long, value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd's `--client-cert-auth`; needs --etcd-key.
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`; needs --etcd-key and
+    /// --etcd-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
     pub etcd_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
@@ -128,7 +129,7 @@ impl Access {
             // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+        if self.etcd_ca.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &self.etcd_ca {
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("etcd-ca", ca)?));
@@ -148,6 +149,12 @@ impl Access {
                 .next()
                 .unwrap_or_default()
                 .to_string();
+            if password.is_empty() {
+                return Err(format!(
+                    "--etcd-password-file {}: the first line is empty",
+                    file.display()
+                ));
+            }
             // etcd's tokens expire (5 minutes by default); a long-running replica renews.
             options = options
                 .with_user(user.clone(), password)
@@ -168,11 +175,11 @@ pub async fn connect(url: &StoreUrl, access: &Access) -> Result<Client, String> 
     }
 }
 
-/// The config keys of the prefix at one revision.
+/// The config keys of the prefix at one revision, with their values as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     pub revision: i64,
-    pub keys: BTreeMap<String, String>,
+    pub keys: BTreeMap<String, Vec<u8>>,
 }
 
 impl Listing {
@@ -185,7 +192,7 @@ impl Listing {
             hash.update((key.len() as u64).to_be_bytes());
             hash.update(key.as_bytes());
             hash.update((text.len() as u64).to_be_bytes());
-            hash.update(text.as_bytes());
+            hash.update(text);
         }
         hash.finalize()
             .iter()
@@ -194,12 +201,22 @@ impl Listing {
             .collect()
     }
 
-    /// The keys as documents for [`crate::gateway::Gateway::apply_documents`], in key order.
-    pub fn documents(&self) -> Documents {
-        self.keys
-            .iter()
-            .map(|(key, text)| (StoreUrl::document_name(key), text.clone()))
-            .collect()
+    /// The keys as documents for [`crate::gateway::Gateway::apply_documents`], in key
+    /// order; a value that is not UTF-8 text is an error naming its key.
+    pub fn documents(&self) -> Result<Documents, Vec<String>> {
+        let mut documents = Vec::with_capacity(self.keys.len());
+        let mut errors = Vec::new();
+        for (key, value) in &self.keys {
+            match std::str::from_utf8(value) {
+                Ok(text) => documents.push((StoreUrl::document_name(key), text.to_string())),
+                Err(e) => errors.push(format!("etcd:{key}: the value is not UTF-8 text ({e})")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(documents)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -225,16 +242,17 @@ pub async fn list(client: &mut Client, url: &StoreUrl) -> Result<Listing, String
     )
     .await?;
     let revision = got.header().map_or(0, |h| h.revision());
-    let mut keys = BTreeMap::new();
-    for kv in got.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        if !url.is_config_key(&key) {
-            continue;
-        }
-        let text = std::str::from_utf8(kv.value())
-            .map_err(|_| format!("etcd:{key}: the value is not UTF-8 text"))?;
-        keys.insert(key, text.to_string());
-    }
+    let keys = got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .filter(|(key, _)| url.is_config_key(key))
+        .collect();
     Ok(Listing { revision, keys })
 }
 

@@ -35,6 +35,9 @@ pub struct Options {
     /// YAML texts from a config store (`--config etcd://...`), loaded after the files:
     /// the ones the gateway starts with ([`Gateway::apply_documents`] replaces them).
     pub documents: Arc<Documents>,
+    /// Started with instead of `documents` when those fail the build (`--etcd-cache`'s
+    /// last good snapshot).
+    pub fallback_documents: Option<Arc<Documents>>,
     pub plugins: Option<PathBuf>,
     pub admin: SocketAddr,
     /// Address listeners bind to unless a Gateway server sets `bind`.
@@ -367,8 +370,8 @@ impl Gateway {
             },
         };
         let arrivals = Arc::new(Arrivals::default());
-        let documents = options.documents.clone();
-        let snapshot = load(
+        let mut documents = options.documents.clone();
+        let loaded = load(
             &options,
             &documents,
             &host,
@@ -377,7 +380,27 @@ impl Gateway {
             Some(&tracing),
             &arrivals,
         )
-        .await?;
+        .await;
+        let snapshot = match (loaded, &options.fallback_documents) {
+            (Ok(snapshot), _) => snapshot,
+            (Err(errors), Some(fallback)) => {
+                for e in &errors {
+                    tracing::error!("refused at start: {e}");
+                }
+                documents = fallback.clone();
+                load(
+                    &options,
+                    &documents,
+                    &host,
+                    &cache,
+                    &metrics,
+                    Some(&tracing),
+                    &arrivals,
+                )
+                .await?
+            }
+            (Err(errors), None) => return Err(errors),
+        };
         let access_log = Arc::new(
             AccessLog::open(options.access_log.0, &options.access_log.1).map_err(|e| vec![e])?,
         );
@@ -417,6 +440,11 @@ impl Gateway {
         gateway.shared.host.prune_compile_cache();
         crate::memory::give_back();
         Ok(gateway)
+    }
+
+    /// The config store's documents of the snapshot being served.
+    pub async fn documents(&self) -> Arc<Documents> {
+        self.reloading.lock().await.clone()
     }
 
     /// True once every listener of the current snapshot is accepting.

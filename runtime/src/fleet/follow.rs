@@ -26,6 +26,8 @@ use crate::gateway::Gateway;
 pub const QUIET: Duration = Duration::from_millis(20);
 /// ...or this long after its first event.
 pub const GATHER: Duration = Duration::from_millis(200);
+/// A watch that lasted this long resets the back-off between reconnections.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// What a replica follows and where it reports.
 #[derive(Debug, Clone)]
@@ -79,11 +81,7 @@ impl Follower {
                             listing.revision,
                             errors.len()
                         );
-                        self.reporter.refused(format!(
-                            "revision {}: {}",
-                            listing.revision,
-                            errors.first().map_or("", String::as_str)
-                        ));
+                        self.reporter.refused(refusal(listing.revision, &errors));
                         why
                     }
                 },
@@ -118,9 +116,12 @@ impl Follower {
     /// Follow the store for as long as the process runs; `first` is what the gateway
     /// started with (and serves).
     pub async fn run(self, gateway: Arc<Gateway>, first: First) {
-        let mut served = first.listing;
-        let mut fresh = first.client.map(|c| (c, served.clone()));
-        self.served(&served);
+        let mut state = State {
+            served: first.listing,
+            refused: None,
+        };
+        let mut fresh = first.client.map(|c| (c, state.served.clone()));
+        self.served(&state.served).await;
         let mut backoff = Backoff::default();
         loop {
             let (client, listing) = match fresh.take() {
@@ -128,25 +129,32 @@ impl Follower {
                 None => match self.read().await {
                     Ok(read) => read,
                     Err(e) => {
-                        tracing::warn!("{e}; still serving revision {}", served.revision);
+                        let revision = state.served.revision;
+                        tracing::warn!("{e}; still serving revision {revision}");
                         backoff.wait().await;
                         continue;
                     }
                 },
             };
-            backoff.reset();
             let mut current = listing;
-            if current.keys != served.keys {
-                self.apply(&gateway, &current, &mut served).await;
-            } else if current.revision != served.revision {
-                // The same config, read at a newer revision (after a reconnect).
-                served.revision = current.revision;
-                self.served(&served);
+            if current.keys == state.served.keys {
+                if current.revision != state.served.revision {
+                    // The same config, read at a newer revision (after a reconnect).
+                    state.served.revision = current.revision;
+                    self.served(&state.served).await;
+                }
+            } else if state.refused.as_ref() != Some(&current.digest()) {
+                // (A config refused before is not built again for a mere reconnect.)
+                self.apply(&gateway, &current, &mut state).await;
             }
-            let broken = self
-                .watch(&gateway, client, &mut current, &mut served)
-                .await;
+            let watched = tokio::time::Instant::now();
+            let broken = self.watch(&gateway, client, &mut current, &mut state).await;
             self.health.watching.store(false, Ordering::Relaxed);
+            // A watch that broke at once (refused, cancelled, a proxy closing streams)
+            // backs off further; one that lasted starts over from the shortest wait.
+            if watched.elapsed() > STEADY {
+                backoff.reset();
+            }
             if let Err(e) = broken {
                 tracing::warn!("{e}; reading the prefix again");
                 self.health.relists.fetch_add(1, Ordering::Relaxed);
@@ -156,13 +164,13 @@ impl Follower {
     }
 
     /// Watch from `current.revision + 1`, keeping `current` as the store's view and
-    /// applying each batch. Returns when the watch breaks.
+    /// applying each batch that changed config. Returns when the watch breaks.
     async fn watch(
         &self,
         gateway: &Gateway,
         mut client: Client,
         current: &mut Listing,
-        served: &mut Listing,
+        state: &mut State,
     ) -> Result<(), String> {
         let options = WatchOptions::new()
             .with_prefix()
@@ -188,10 +196,19 @@ impl Follower {
                     Err(_) => break,
                 }
             }
-            // Only a batch that touched config is applied: a refused config is not tried
-            // again for other keys' events (the replicas' own status writes above all).
-            if changed && current.keys != served.keys {
-                self.apply(gateway, current, served).await;
+            // Only batches that touched config count: the replicas' own status writes
+            // (under the same prefix) never rebuild anything nor write status again.
+            if !changed {
+                continue;
+            }
+            if current.keys != state.served.keys {
+                self.apply(gateway, current, state).await;
+            } else {
+                // Written back to what is served (a refused change undone): nothing to
+                // build, and the refusal is over.
+                state.refused = None;
+                state.served.revision = current.revision;
+                self.served(&state.served).await;
             }
         }
     }
@@ -227,67 +244,90 @@ impl Follower {
                 continue;
             }
             changed = true;
+            // The revision of the newest config change (not of others' status writes).
+            current.revision = current.revision.max(kv.mod_revision());
             match event.event_type() {
                 EventType::Put => {
-                    // A value that is not text is kept as such; loading it names the key.
-                    let text = String::from_utf8_lossy(kv.value()).into_owned();
-                    current.keys.insert(key, text);
+                    current.keys.insert(key, kv.value().to_vec());
                 }
                 EventType::Delete => {
                     current.keys.remove(&key);
                 }
             }
         }
-        if let Some(h) = response.header() {
-            current.revision = current.revision.max(h.revision());
-        }
         Ok(changed)
     }
 
-    /// Serve `current`; on success it becomes `served`.
-    async fn apply(&self, gateway: &Gateway, current: &Listing, served: &mut Listing) {
+    /// Serve `current`; on success it becomes what `state` serves.
+    async fn apply(&self, gateway: &Gateway, current: &Listing, state: &mut State) {
         tracing::info!(
             revision = current.revision,
             keys = current.keys.len(),
             "{}: applying the store's config",
             self.url
         );
-        match gateway.apply_documents(current.documents()).await {
+        let applied = match current.documents() {
+            Ok(documents) => gateway.apply_documents(documents).await,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("reload rejected: {e}");
+                }
+                Err(errors)
+            }
+        };
+        match applied {
             Ok(()) => {
-                *served = current.clone();
+                state.served = current.clone();
+                state.refused = None;
                 self.health.applied.fetch_add(1, Ordering::Relaxed);
-                self.served(served);
+                self.served(&state.served).await;
             }
             Err(errors) => {
                 self.health.refused.fetch_add(1, Ordering::Relaxed);
-                let first = errors.first().cloned().unwrap_or_default();
-                let more = match errors.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" (and {} more)", n - 1),
-                };
+                state.refused = Some(current.digest());
                 tracing::error!(
-                    revision = current.revision,
                     "{}: revision {} refused; still serving revision {}",
                     self.url,
                     current.revision,
-                    served.revision
+                    state.served.revision
                 );
-                self.reporter
-                    .refused(format!("revision {}: {first}{more}", current.revision));
+                self.reporter.refused(refusal(current.revision, &errors));
             }
         }
     }
 
     /// `served` is what the gateway serves now: report it and keep it in the cache.
-    fn served(&self, served: &Listing) {
+    async fn served(&self, served: &Listing) {
         self.health
             .revision
             .store(served.revision, Ordering::Relaxed);
         self.reporter.applied(served.revision, served.digest());
-        if let Some(cache) = &self.cache
-            && let Err(e) = cache.write(&self.url, served)
-        {
-            tracing::warn!("{e}");
+        if let Some(cache) = self.cache.clone() {
+            let (url, listing) = (self.url.clone(), served.clone());
+            // Written (and synced) off the control thread's runtime; awaited, so
+            // snapshots are written in order.
+            let written = tokio::task::spawn_blocking(move || cache.write(&url, &listing)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("--etcd-cache: {e}"),
+            }
         }
+    }
+}
+
+/// What a follower serves, and the config it last refused (as its digest).
+#[derive(Debug)]
+struct State {
+    served: Listing,
+    refused: Option<String>,
+}
+
+/// The status line of a refused config: its revision, the first error, how many more.
+pub fn refusal(revision: i64, errors: &[String]) -> String {
+    let first = errors.first().map_or("", String::as_str);
+    match errors.len() {
+        0 | 1 => format!("revision {revision}: {first}"),
+        n => format!("revision {revision}: {first} (and {} more)", n - 1),
     }
 }

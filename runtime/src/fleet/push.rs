@@ -1,22 +1,25 @@
 //! `wasmgate push --to etcd://.../PREFIX PATH... [--prune]`: validate files as
 //! `wasmgate validate` does, then write them in one transaction, one key per file
-//! (`/PREFIX/<file name>`). Invalid input writes nothing. Unchanged keys are not
-//! rewritten (replicas see no change for them); `--prune` deletes config keys whose
-//! files were not given. etcd bounds one transaction's operations (`--max-txn-ops`,
+//! (`/PREFIX/<file name>`). Invalid input writes nothing, and neither does a push
+//! after which the store as a whole would be refused (a resource defined by a key the
+//! push keeps and by a pushed file, say). Unchanged keys are not rewritten (replicas
+//! see no change for them); `--prune` deletes config keys whose files were not given. etcd bounds one transaction's operations (`--max-txn-ops`,
 //! 128 by default): a push of more files needs that raised.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 
 use super::{Access, StoreUrl, timed};
 
-/// The keys `paths` become: file name under the prefix -> text. Directories give
+/// The keys `paths` become: key -> (the file it came from, its text). Directories give
 /// their `*.yaml` / `*.yml` files directly inside, as `--config` reads them.
-pub fn keys_of(url: &StoreUrl, paths: &[PathBuf]) -> Result<BTreeMap<String, String>, Vec<String>> {
-    let mut keys = BTreeMap::new();
-    let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+pub fn keys_of(
+    url: &StoreUrl,
+    paths: &[PathBuf],
+) -> Result<BTreeMap<String, (PathBuf, String)>, Vec<String>> {
+    let mut keys: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
     let mut errors = Vec::new();
     for path in paths {
         let files: Vec<PathBuf> = if path.is_dir() {
@@ -41,10 +44,13 @@ pub fn keys_of(url: &StoreUrl, paths: &[PathBuf]) -> Result<BTreeMap<String, Str
             vec![path.clone()]
         };
         for file in files {
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                errors.push(format!(
+                    "{}: the file name is not UTF-8 text",
+                    file.display()
+                ));
+                continue;
+            };
             let key = format!("{}{name}", url.prefix);
             if !url.is_config_key(&key) {
                 errors.push(format!(
@@ -54,7 +60,7 @@ pub fn keys_of(url: &StoreUrl, paths: &[PathBuf]) -> Result<BTreeMap<String, Str
                 ));
                 continue;
             }
-            if let Some(first) = origin.get(&key) {
+            if let Some((first, _)) = keys.get(&key) {
                 errors.push(format!(
                     "{}: the same key {key} as {}",
                     file.display(),
@@ -64,8 +70,7 @@ pub fn keys_of(url: &StoreUrl, paths: &[PathBuf]) -> Result<BTreeMap<String, Str
             }
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
-                    origin.insert(key.clone(), file.clone());
-                    keys.insert(key, text);
+                    keys.insert(key, (file, text));
                 }
                 Err(e) => errors.push(format!("{}: {e}", file.display())),
             }
@@ -86,23 +91,41 @@ pub struct Pushed {
     pub revision: i64,
 }
 
-/// Write `keys` (and with `prune`, delete the other config keys) in one transaction that
-/// applies only if no key it read has changed since; a concurrent change makes it fail
-/// and write nothing.
-pub async fn push(
+/// A push read against the store at one revision, not yet written.
+pub struct Plan {
+    client: Client,
+    url: StoreUrl,
+    revision: i64,
+    /// The config keys stored: value and modification revision.
+    stored: BTreeMap<String, (Vec<u8>, i64)>,
+    /// The keys to write (changed or new), and the ones to delete (`--prune`).
+    put: BTreeMap<String, String>,
+    delete: Vec<String>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("revision", &self.revision)
+            .field("put", &self.put.keys())
+            .field("delete", &self.delete)
+            .finish()
+    }
+}
+
+/// Read the prefix and work out what writing `keys` (and with `prune`, deleting the
+/// config keys not among them) changes.
+pub async fn plan(
     url: &StoreUrl,
     access: &Access,
-    keys: &BTreeMap<String, String>,
+    keys: &BTreeMap<String, (PathBuf, String)>,
     prune: bool,
-) -> Result<Pushed, String> {
+) -> Result<Plan, String> {
     let mut client = super::connect(url, access).await?;
     let got = timed(
         url,
         "reading the prefix",
-        client.get(
-            url.prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        ),
+        client.get(url.prefix.as_str(), Some(GetOptions::new().with_prefix())),
     )
     .await?;
     let revision = got.header().map_or(0, |h| h.revision());
@@ -117,54 +140,115 @@ pub async fn push(
         })
         .filter(|(key, _)| url.is_config_key(key))
         .collect();
-    let mut guards = Vec::new();
-    let mut ops = Vec::new();
-    for (key, text) in keys {
-        match stored.get(key) {
-            Some((value, _)) if value == text.as_bytes() => {}
-            Some((_, modified)) => {
-                guards.push(Compare::mod_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    *modified,
-                ));
-                ops.push(TxnOp::put(key.as_str(), text.as_str(), None));
-            }
-            None => {
-                guards.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
-                ops.push(TxnOp::put(key.as_str(), text.as_str(), None));
-            }
-        }
-    }
-    let written = ops.len();
-    if prune {
-        for (key, (_, modified)) in stored.iter().filter(|(k, _)| !keys.contains_key(*k)) {
-            guards.push(Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                *modified,
-            ));
-            ops.push(TxnOp::delete(key.as_str(), None::<DeleteOptions>));
-        }
-    }
-    let removed = ops.len() - written;
-    if ops.is_empty() {
-        return Ok(Pushed {
-            written: 0,
-            removed: 0,
-            revision,
-        });
-    }
-    let txn = Txn::new().when(guards).and_then(ops);
-    let done = timed(url, "writing the transaction", client.txn(txn)).await?;
-    if !done.succeeded() {
-        return Err(format!(
-            "{url}: keys changed while pushing (another writer); nothing was written, push again"
-        ));
-    }
-    Ok(Pushed {
-        written,
-        removed,
-        revision: done.header().map_or(revision, |h| h.revision()),
+    let put = keys
+        .iter()
+        .filter(|(key, (_, text))| stored.get(*key).is_none_or(|(v, _)| v != text.as_bytes()))
+        .map(|(key, (_, text))| (key.clone(), text.clone()))
+        .collect();
+    let delete = if prune {
+        stored
+            .keys()
+            .filter(|k| !keys.contains_key(*k))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Plan {
+        client,
+        url: url.clone(),
+        revision,
+        stored,
+        put,
+        delete,
     })
+}
+
+impl Plan {
+    /// The store's config after the push, as the replicas will load it.
+    pub fn result(&self) -> Vec<(PathBuf, String)> {
+        let mut after: BTreeMap<&str, String> = self
+            .stored
+            .iter()
+            .filter(|(key, _)| !self.delete.contains(key))
+            .map(|(key, (value, _))| (key.as_str(), String::from_utf8_lossy(value).into_owned()))
+            .collect();
+        for (key, text) in &self.put {
+            after.insert(key, text.clone());
+        }
+        after
+            .into_iter()
+            .map(|(key, text)| (StoreUrl::document_name(key), text))
+            .collect()
+    }
+
+    /// Write in one transaction that applies only if no config key under the prefix was
+    /// written, created or deleted since the plan read it; else nothing is written.
+    pub async fn commit(mut self) -> Result<Pushed, String> {
+        let url = &self.url;
+        let (written, removed) = (self.put.len(), self.delete.len());
+        if written + removed == 0 {
+            return Ok(Pushed {
+                written,
+                removed,
+                revision: self.revision,
+            });
+        }
+        let after = self.revision + 1;
+        // Every config key, in the two ranges around `status/`, last changed before the
+        // read; and each key read still exists (a deleted one would compare as 0).
+        let status = url.status_key("");
+        let mut guards = vec![
+            Compare::mod_revision(url.prefix.as_str(), CompareOp::Less, after)
+                .with_range(status.as_str()),
+            Compare::mod_revision(range_end(&status), CompareOp::Less, after)
+                .with_range(range_end(&url.prefix)),
+        ];
+        guards.extend(self.stored.iter().map(|(key, (_, modified))| {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, *modified)
+        }));
+        let mut ops: Vec<TxnOp> = self
+            .put
+            .iter()
+            .map(|(key, text)| TxnOp::put(key.as_str(), text.as_str(), None))
+            .collect();
+        ops.extend(
+            self.delete
+                .iter()
+                .map(|key| TxnOp::delete(key.as_str(), None::<DeleteOptions>)),
+        );
+        let txn = Txn::new().when(guards).and_then(ops);
+        let done = timed(url, "writing the transaction", self.client.txn(txn)).await?;
+        if !done.succeeded() {
+            return Err(format!(
+                "{url}: config keys changed while pushing (another writer); nothing was written, push again"
+            ));
+        }
+        Ok(Pushed {
+            written,
+            removed,
+            revision: done.header().map_or(after, |h| h.revision()),
+        })
+    }
+}
+
+/// The first key after every key starting with `prefix` (etcd's range end).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn range_ends() {
+        assert_eq!(super::range_end("/fleet/"), b"/fleet0");
+        assert_eq!(super::range_end("/fleet/status/"), b"/fleet/status0");
+    }
 }

@@ -157,6 +157,12 @@ pub async fn print(url: &StoreUrl, access: &Access) -> Result<String, String> {
     );
     for kv in got.kvs() {
         let line = match serde_json::from_slice::<Report>(kv.value()) {
+            Ok(r) if r.applied_at.is_empty() => format!(
+                "{}  not serving yet  {}",
+                r.replica,
+                r.error
+                    .map_or_else(|| "connecting".to_string(), |e| format!("error: {e}"))
+            ),
             Ok(r) => format!(
                 "{}  revision {}  config {} ({})  applied {}  {}",
                 r.replica,
