@@ -56,6 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+# The rig's process helpers (bench/run.py runs nothing when imported).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import family, wait_http  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
 REPLICA_ADDRS = ("127.0.0.1", "127.0.0.2")
@@ -126,46 +130,11 @@ def free_port() -> int:
             continue
 
 
-def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float,
-              ok_only: bool = True) -> None:
-    """Poll `url` until it answers 2xx (any status without `ok_only`), or fail with the
-    process's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[:3]} exited early:\n{tail(log_path)}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            if not ok_only:
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"{url} did not answer within {timeout:g} s:\n{tail(log_path)}")
-
-
 def tail(path: Path, chars: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return "(no log)"
-
-
-def family(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    out, i = [pid], 0
-    while i < len(out):
-        p = out[i]
-        i += 1
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                kids = Path(f"/proc/{p}/task/{task}/children").read_text().split()
-                out.extend(int(k) for k in kids)
-        except OSError:
-            pass
-    return out
 
 
 def status_mib(pid: int, key: str) -> float:
@@ -522,7 +491,7 @@ class Fleet:
         if max_request:
             argv += ["--max-request-bytes", str(max_request)]
         proc = self.procs.start(argv, log_path)
-        wait_http(f"http://127.0.0.1:{c}/health", proc, log_path, timeout=30)
+        wait_http(f"http://127.0.0.1:{c}/health", proc, log_path, timeout=30, ok_only=True)
 
     def etcdctl(self, *args: str) -> list[str]:
         return [self.a.etcdctl, "--endpoints", self.etcd_endpoint, *args]
@@ -565,7 +534,7 @@ class Fleet:
             log_path = self.work / "origin.log"
             p = self.procs.start(["nginx", "-e", "stderr", "-p", str(self.work), "-c",
                                   str(conf)], log_path)
-            wait_http(f"http://127.0.0.1:{self.origin_port}/", p, log_path, timeout=30)
+            wait_http(f"http://127.0.0.1:{self.origin_port}/", p, log_path, timeout=30, ok_only=True)
             self.origin_kind = "nginx (1 worker, return 200)"
         else:
             self.origin = PyOrigin()
@@ -588,7 +557,7 @@ class Fleet:
             # One at a time: the first start after a build compiles the Wasm components
             # into the compile cache; the second then loads them from it.
             wait_http(f"http://127.0.0.1:{admin}/healthz/ready", p, log_path,
-                      timeout=self.a.ready_timeout)
+                      timeout=self.a.ready_timeout, ok_only=True)
             log(f"  replica r{n} on {addr}:{self.port} ready after "
                 f"{time.perf_counter() - started:.2f} s")
 

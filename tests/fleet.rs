@@ -114,6 +114,14 @@ impl Replica {
     }
 }
 
+/// Replicas `alpha` and `beta` on `url`, once both serve route version v1.
+async fn alpha_and_beta(url: &str) -> (Replica, Replica) {
+    let a = Replica::start(url, Some("alpha"), &[]).await;
+    let b = Replica::start(url, Some("beta"), &[]).await;
+    converge_to("v1", &[&a, &b], Instant::now(), CONVERGE).await;
+    (a, b)
+}
+
 /// The version a reply's route set and the upstream that answered; `None` for anything
 /// but a 200 from an upstream.
 fn version_of(reply: &Result<Reply, String>) -> Option<(String, String)> {
@@ -340,9 +348,7 @@ async fn replicas_serve_the_same_routes_and_follow_a_change() {
     let v1 = Echo::start("v1").await;
     set_routes(&etcd, "v1", &v1);
     let url = etcd.url(PREFIX);
-    let a = Replica::start(&url, Some("alpha"), &[]).await;
-    let b = Replica::start(&url, Some("beta"), &[]).await;
-    converge_to("v1", &[&a, &b], Instant::now(), CONVERGE).await;
+    let (a, b) = alpha_and_beta(&url).await;
     for replica in [&a, &b] {
         let r = get(replica.port, "new.fleet", "/", &[])
             .await
@@ -383,9 +389,7 @@ async fn a_multi_key_transaction_applies_atomically() {
     let (v1, v2) = upstreams().await;
     set_routes(&etcd, "v1", &v1);
     let url = etcd.url(PREFIX);
-    let a = Replica::start(&url, Some("alpha"), &[]).await;
-    let b = Replica::start(&url, Some("beta"), &[]).await;
-    converge_to("v1", &[&a, &b], Instant::now(), CONVERGE).await;
+    let (a, b) = alpha_and_beta(&url).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let pollers: Vec<JoinHandle<Vec<Result<Reply, String>>>> = [a.port, b.port]
@@ -450,9 +454,7 @@ async fn an_invalid_batch_is_refused_and_the_last_good_config_keeps_serving() {
     let (v1, v2) = upstreams().await;
     set_routes(&etcd, "v1", &v1);
     let url = etcd.url(PREFIX);
-    let a = Replica::start(&url, Some("alpha"), &[]).await;
-    let b = Replica::start(&url, Some("beta"), &[]).await;
-    converge_to("v1", &[&a, &b], Instant::now(), CONVERGE).await;
+    let (a, b) = alpha_and_beta(&url).await;
 
     // One transaction: a good change to the upstream, and routes with a bad timeout.
     let (bad, line) = bad_routes("v2");
@@ -576,9 +578,7 @@ async fn replicas_ride_out_etcd_going_away_and_converge_after() {
     set_routes(&etcd, "v1", &v1);
     let forwarder = Forwarder::start(etcd.client_port).await;
     let url = format!("etcd://127.0.0.1:{}/{PREFIX}", forwarder.port);
-    let a = Replica::start(&url, Some("alpha"), &[]).await;
-    let b = Replica::start(&url, Some("beta"), &[]).await;
-    converge_to("v1", &[&a, &b], Instant::now(), CONVERGE).await;
+    let (a, b) = alpha_and_beta(&url).await;
 
     etcd.stop();
     keeps_serving("v1", &[&a, &b], Duration::from_secs(1)).await;

@@ -235,6 +235,17 @@ pub async fn timed<T>(
 
 /// Read every config key of the prefix at one revision (one linearizable range read).
 pub async fn list(client: &mut Client, url: &StoreUrl) -> Result<Listing, String> {
+    let (revision, stored) = read_config(client, url).await?;
+    let keys = stored.into_iter().map(|(k, (v, _))| (k, v)).collect();
+    Ok(Listing { revision, keys })
+}
+
+/// The store's revision and its config keys, each with its value and the revision
+/// that last modified it.
+pub async fn read_config(
+    client: &mut Client,
+    url: &StoreUrl,
+) -> Result<(i64, BTreeMap<String, (Vec<u8>, i64)>), String> {
     let got = timed(
         url,
         "reading the prefix",
@@ -242,18 +253,16 @@ pub async fn list(client: &mut Client, url: &StoreUrl) -> Result<Listing, String
     )
     .await?;
     let revision = got.header().map_or(0, |h| h.revision());
-    let keys = got
+    let stored = got
         .kvs()
         .iter()
         .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-            )
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            (key, (kv.value().to_vec(), kv.mod_revision()))
         })
         .filter(|(key, _)| url.is_config_key(key))
         .collect();
-    Ok(Listing { revision, keys })
+    Ok((revision, stored))
 }
 
 /// Sleeps that double from 100 ms to 5 s between attempts to reach etcd.

@@ -370,34 +370,33 @@ impl Gateway {
             },
         };
         let arrivals = Arc::new(Arrivals::default());
-        let mut documents = options.documents.clone();
-        let loaded = load(
-            &options,
-            &documents,
-            &host,
-            &cache,
-            &metrics,
-            Some(&tracing),
-            &arrivals,
-        )
-        .await;
-        let snapshot = match (loaded, &options.fallback_documents) {
-            (Ok(snapshot), _) => snapshot,
+        let build = |documents: Arc<Documents>| {
+            let (options, host, cache, metrics, tracing, arrivals) =
+                (&options, &host, &cache, &metrics, &tracing, &arrivals);
+            async move {
+                let built = load(
+                    options,
+                    &documents,
+                    host,
+                    cache,
+                    metrics,
+                    Some(tracing),
+                    arrivals,
+                )
+                .await;
+                built.map(|snapshot| (documents, snapshot))
+            }
+        };
+        let (documents, snapshot) = match (
+            build(options.documents.clone()).await,
+            &options.fallback_documents,
+        ) {
+            (Ok(built), _) => built,
             (Err(errors), Some(fallback)) => {
                 for e in &errors {
                     tracing::error!("refused at start: {e}");
                 }
-                documents = fallback.clone();
-                load(
-                    &options,
-                    &documents,
-                    &host,
-                    &cache,
-                    &metrics,
-                    Some(&tracing),
-                    &arrivals,
-                )
-                .await?
+                build(fallback.clone()).await?
             }
             (Err(errors), None) => return Err(errors),
         };

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 
 use super::{Access, StoreUrl, timed};
 
@@ -122,24 +122,7 @@ pub async fn plan(
     prune: bool,
 ) -> Result<Plan, String> {
     let mut client = super::connect(url, access).await?;
-    let got = timed(
-        url,
-        "reading the prefix",
-        client.get(url.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let revision = got.header().map_or(0, |h| h.revision());
-    let stored: BTreeMap<String, (Vec<u8>, i64)> = got
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                (kv.value().to_vec(), kv.mod_revision()),
-            )
-        })
-        .filter(|(key, _)| url.is_config_key(key))
-        .collect();
+    let (revision, stored) = super::read_config(&mut client, url).await?;
     let put = keys
         .iter()
         .filter(|(key, (_, text))| stored.get(*key).is_none_or(|(v, _)| v != text.as_bytes()))
