@@ -500,6 +500,28 @@ async fn an_invalid_batch_is_refused_and_the_last_good_config_keeps_serving() {
         assert_eq!(support::metric(&scraped, refused), 1.0, "{scraped}");
     }
 
+    // Written back to what they serve: the refusal is over without a rebuild.
+    let applied = "wasmgate_config_store_applies_total{result=\"applied\"}";
+    let mut before = Vec::new();
+    for replica in [&a, &b] {
+        before.push(support::metric(&replica.gateway.scrape().await, applied));
+    }
+    set_routes(&etcd, "v1", &v1);
+    wait_status(
+        &url,
+        "a write back to the served config clears the error",
+        |s| {
+            ["alpha", "beta"]
+                .iter()
+                .all(|id| s.of(id).is_some_and(|r| r.state == "ok"))
+        },
+    )
+    .await;
+    for (replica, before) in [&a, &b].into_iter().zip(before) {
+        let scraped = replica.gateway.scrape().await;
+        assert_eq!(support::metric(&scraped, applied), before, "{scraped}");
+    }
+
     // Fixed: the next batch applies, and the status is clean again.
     let since = Instant::now();
     set_routes(&etcd, "v2", &v2);
@@ -917,6 +939,13 @@ async fn a_restart_on_a_store_only_a_build_refuses_serves_the_cache() {
     let cache = TempDir::new("fleet-cache");
     let first = Replica::start(&url, Some("first"), &["--etcd-cache", cache.arg()]).await;
     converge_to("v1", &[&first], Instant::now(), CONVERGE).await;
+    // The snapshot is written just after the apply: wait for it before stopping.
+    let snapshot = cache.path().join("snapshot.json");
+    let deadline = Instant::now() + CONVERGE;
+    while !snapshot.exists() {
+        assert!(Instant::now() < deadline, "no {}", snapshot.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(first);
 
     etcd.put(&key("plugin.yaml"), BROKEN_PLUGIN);
@@ -1022,4 +1051,59 @@ async fn a_value_that_is_not_text_is_refused_by_its_key() {
         0.0,
         "the watch never broke:\n{scraped}"
     );
+}
+
+/// A push's transaction holds only if no config key it read changed meanwhile: the
+/// replicas' status writes under `/PREFIX/status/` do not stop it; a kept key changed
+/// or deleted, or a config key created, by another writer does, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_fails_whole_when_another_writer_changed_config_meanwhile() {
+    use wasmgate::fleet::{Access, StoreUrl, push};
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let v1 = Echo::start("v1").await;
+    etcd.put(&key("kept.yaml"), &backend(&v1));
+    let url: StoreUrl = etcd.url(PREFIX).parse().expect("url");
+    let files = TempDir::new("push-race");
+    files.write("vs.yaml", &app_routes("v1", ""));
+    let keys = push::keys_of(&url, &[files.path().to_path_buf()]).expect("files");
+    let access = Access::default();
+    let plan = || push::plan(&url, &access, &keys, false);
+
+    // Status writes meanwhile: the push applies.
+    let p = plan().await.expect("plan");
+    etcd.put(&key("status/other"), "{}");
+    let pushed = p
+        .commit()
+        .await
+        .expect("a status write does not stop a push");
+    assert_eq!(pushed.written, 1);
+    etcd.ctl_ok(&["del", &key("vs.yaml")]);
+
+    for (what, meddle) in [
+        ("a kept key changed", "put"),
+        ("a kept key deleted", "del"),
+        ("a config key created", "new"),
+    ] {
+        let p = plan().await.expect("plan");
+        match meddle {
+            "put" => {
+                etcd.put(&key("kept.yaml"), &backend(&v1));
+            }
+            "del" => {
+                etcd.ctl_ok(&["del", &key("kept.yaml")]);
+            }
+            _ => {
+                etcd.put(&key("other.yaml"), &backend(&v1));
+            }
+        }
+        let before = etcd.keys(&key(""));
+        let err = p.commit().await.expect_err(what);
+        assert!(err.contains("changed while pushing"), "{what}: {err}");
+        assert_eq!(etcd.keys(&key("")), before, "{what}: nothing written");
+        assert_eq!(etcd.value(&key("vs.yaml")), None, "{what}");
+        etcd.put(&key("kept.yaml"), &backend(&v1));
+        etcd.ctl_ok(&["del", &key("other.yaml")]);
+    }
 }

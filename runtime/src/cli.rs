@@ -447,7 +447,10 @@ async fn push(args: PushArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let after = plan.result();
+    let after = match plan.result() {
+        Ok(after) => after,
+        Err(errors) => return refuse(errors),
+    };
     if let Err(mut errors) = check(&[], &after, &args.check).await {
         errors.insert(
             0,

@@ -62,6 +62,9 @@ impl Follower {
     /// served and the read is retried with back-off.
     pub async fn first(&self, check: impl Fn(&Listing) -> Result<(), Vec<String>>) -> First {
         let mut backoff = Backoff::default();
+        // The config last refused, so that re-reading it while it is unchanged does not
+        // log every error again.
+        let mut refused: Option<String> = None;
         loop {
             let why = match self.read().await {
                 Ok((client, listing)) => match check(&listing) {
@@ -72,8 +75,12 @@ impl Follower {
                         };
                     }
                     Err(errors) => {
-                        for e in &errors {
-                            tracing::error!("{e}");
+                        let digest = Some(listing.digest());
+                        if refused != digest {
+                            for e in &errors {
+                                tracing::error!("{e}");
+                            }
+                            refused = digest;
                         }
                         let why = format!(
                             "{}: revision {} refused ({} error(s))",
@@ -138,9 +145,9 @@ impl Follower {
             };
             let mut current = listing;
             if current.keys == state.served.keys {
-                if current.revision != state.served.revision {
-                    // The same config, read at a newer revision (after a reconnect).
-                    state.served.revision = current.revision;
+                // The store is back at what is served: a refusal pending is over (the
+                // revision stays the one the served config was read at or changed by).
+                if state.refused.take().is_some() {
                     self.served(&state.served).await;
                 }
             } else if state.refused.as_ref() != Some(&current.digest()) {

@@ -3,8 +3,11 @@
 //! (`/PREFIX/<file name>`). Invalid input writes nothing, and neither does a push
 //! after which the store as a whole would be refused (a resource defined by a key the
 //! push keeps and by a pushed file, say). Unchanged keys are not rewritten (replicas
-//! see no change for them); `--prune` deletes config keys whose files were not given. etcd bounds one transaction's operations (`--max-txn-ops`,
-//! 128 by default): a push of more files needs that raised.
+//! see no change for them); `--prune` deletes config keys whose files were not given.
+//! etcd bounds one transaction's operations and comparisons (`--max-txn-ops`, 128 by
+//! default): a push has one operation per changed or deleted key and compares every
+//! config key it keeps plus two ranges, so a store of more than about 125 keys needs
+//! that raised.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -149,20 +152,27 @@ pub async fn plan(
 
 impl Plan {
     /// The store's config after the push, as the replicas will load it.
-    pub fn result(&self) -> Vec<(PathBuf, String)> {
-        let mut after: BTreeMap<&str, String> = self
+    /// A kept value that is not UTF-8 text is an error naming its key, as the replicas
+    /// refuse it.
+    pub fn result(&self) -> Result<Vec<(PathBuf, String)>, Vec<String>> {
+        let kept = self
             .stored
             .iter()
-            .filter(|(key, _)| !self.delete.contains(key))
-            .map(|(key, (value, _))| (key.as_str(), String::from_utf8_lossy(value).into_owned()))
+            .filter(|(key, _)| !self.delete.contains(key) && !self.put.contains_key(*key))
+            .map(|(key, (value, _))| (key.clone(), value.clone()))
             .collect();
-        for (key, text) in &self.put {
-            after.insert(key, text.clone());
+        let mut after = super::Listing {
+            revision: self.revision,
+            keys: kept,
         }
-        after
-            .into_iter()
-            .map(|(key, text)| (StoreUrl::document_name(key), text))
-            .collect()
+        .documents()?;
+        after.extend(
+            self.put
+                .iter()
+                .map(|(key, text)| (StoreUrl::document_name(key), text.clone())),
+        );
+        after.sort();
+        Ok(after)
     }
 
     /// Write in one transaction that applies only if no config key under the prefix was
@@ -187,9 +197,16 @@ impl Plan {
             Compare::mod_revision(range_end(&status), CompareOp::Less, after)
                 .with_range(range_end(&url.prefix)),
         ];
-        guards.extend(self.stored.iter().map(|(key, (_, modified))| {
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, *modified)
-        }));
+        // Keys it writes or deletes end as planned whatever happened to them; the ones
+        // it keeps must still be there as read.
+        guards.extend(
+            self.stored
+                .iter()
+                .filter(|(key, _)| !self.put.contains_key(*key) && !self.delete.contains(key))
+                .map(|(key, (_, modified))| {
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, *modified)
+                }),
+        );
         let mut ops: Vec<TxnOp> = self
             .put
             .iter()
@@ -201,7 +218,17 @@ impl Plan {
                 .map(|key| TxnOp::delete(key.as_str(), None::<DeleteOptions>)),
         );
         let txn = Txn::new().when(guards).and_then(ops);
-        let done = timed(url, "writing the transaction", self.client.txn(txn)).await?;
+        let done = timed(url, "writing the transaction", self.client.txn(txn))
+            .await
+            .map_err(|e| {
+                if e.contains("too many operations") {
+                    format!(
+                        "{e} (a push compares every config key it keeps, plus two ranges: raise etcd's --max-txn-ops)"
+                    )
+                } else {
+                    e
+                }
+            })?;
         if !done.succeeded() {
             return Err(format!(
                 "{url}: config keys changed while pushing (another writer); nothing was written, push again"
