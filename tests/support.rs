@@ -581,21 +581,26 @@ pub struct RedisServer {
     pub port: u16,
 }
 
+/// A real server the test needs is not installed: `None` (the test skips, saying so),
+/// except where CI installs it (`WASMGATE_REQUIRE_SERVERS`): there it is a failure.
+fn missing<T>(server: &str, packages: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("WASMGATE_REQUIRE_SERVERS").is_none(),
+        "{server} is not installed and WASMGATE_REQUIRE_SERVERS is set"
+    );
+    eprintln!(
+        "skipped: Debian's {server} is not installed (apt-get install {packages}; .ci/run does)"
+    );
+    None
+}
+
 impl RedisServer {
     /// `None` (and a line saying why) when redis-server is not installed.
     pub async fn start() -> Option<RedisServer> {
         let port = free_port();
         let mut server = RedisServer { child: None, port };
         if !server.run() {
-            // CI installs it: there a missing server is a failure, not a skip.
-            assert!(
-                std::env::var_os("WASMGATE_REQUIRE_SERVERS").is_none(),
-                "redis-server is not installed and WASMGATE_REQUIRE_SERVERS is set"
-            );
-            eprintln!(
-                "skipped: Debian's redis-server is not installed (apt-get install redis-server; .ci/run does)"
-            );
-            return None;
+            return missing("redis-server", "redis-server");
         }
         server.wait_ready().await;
         Some(server)
@@ -727,15 +732,7 @@ impl EtcdServer {
             .output()
             .is_ok_and(|o| o.status.success());
         if !installed || !server.run() {
-            // CI installs it: there a missing server is a failure, not a skip.
-            assert!(
-                std::env::var_os("WASMGATE_REQUIRE_SERVERS").is_none(),
-                "etcd is not installed and WASMGATE_REQUIRE_SERVERS is set"
-            );
-            eprintln!(
-                "skipped: Debian's etcd is not installed (apt-get install etcd-server etcd-client; .ci/run does)"
-            );
-            return None;
+            return missing("etcd", "etcd-server etcd-client");
         }
         server.wait_ready().await;
         Some(server)

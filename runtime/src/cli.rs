@@ -723,12 +723,8 @@ async fn run(args: RunArgs) -> ExitCode {
                 reporter,
                 health: Default::default(),
             };
-            let loading = crate::gateway::load_options(&options);
             let check = |listing: &crate::fleet::Listing| {
-                let documents = listing.documents()?;
-                wasmgate_config::load_with_documents(&options.config, &documents, &loading)
-                    .map(drop)
-                    .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+                crate::gateway::load_config(&options, &listing.documents()?).map(drop)
             };
             let first = follower.first(check).await;
             options.documents = std::sync::Arc::new(first.listing.documents().unwrap_or_default());

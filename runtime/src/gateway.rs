@@ -91,9 +91,7 @@ pub async fn load(
     tracing: Option<&TraceBase>,
     arrivals: &Arc<Arrivals>,
 ) -> Result<Snapshot, Vec<String>> {
-    let config =
-        wasmgate_config::load_with_documents(&options.config, documents, &load_options(options))
-            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let config = load_config(options, documents)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -121,13 +119,19 @@ pub async fn load(
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-/// How `options` has the config loaded.
-pub fn load_options(options: &Options) -> wasmgate_config::LoadOptions {
-    wasmgate_config::LoadOptions {
+/// The first step of [`load`]: read and validate the config (the files of `options`,
+/// then `documents`), without building anything. Errors are complete lines.
+pub fn load_config(
+    options: &Options,
+    documents: &[(PathBuf, String)],
+) -> Result<wasmgate_config::Config, Vec<String>> {
+    let load_options = wasmgate_config::LoadOptions {
         ingress: options.ingress,
         host_env: options.plugin_host_env.iter().cloned().collect(),
         workload_namespace: wasmgate_config::WorkloadNamespace(options.workload.1.clone()),
-    }
+    };
+    wasmgate_config::load_with_documents(&options.config, documents, &load_options)
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
 }
 
 /// The span exporter, one per process: spans go to `endpoint` from a background task,
