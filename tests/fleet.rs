@@ -1107,3 +1107,67 @@ async fn a_push_fails_whole_when_another_writer_changed_config_meanwhile() {
         etcd.ctl_ok(&["del", &key("other.yaml")]);
     }
 }
+
+/// Bad etcd flags are refused before anything runs, each naming the flag and what is
+/// wrong: a URL without a port or prefix, two etcd sources, an empty password file, a
+/// client certificate without the CA to check etcd with.
+#[test]
+fn bad_etcd_flags_are_refused_by_name() {
+    let files = TempDir::new("fleet-flags");
+    let empty = files.write("empty", "\n");
+    let pem = files.write("x.pem", "");
+    let empty = empty.to_string_lossy();
+    let pem = pem.to_string_lossy();
+    let runs = [
+        (
+            vec!["run", "--config", "etcd://127.0.0.1/fleet"],
+            "endpoint '127.0.0.1' is not HOST:PORT",
+        ),
+        (
+            vec!["run", "--config", "etcd://127.0.0.1:1"],
+            "no /PREFIX after the endpoints",
+        ),
+        (
+            vec![
+                "run",
+                "--config",
+                "etcd://127.0.0.1:1/a",
+                "--config",
+                "etcd://127.0.0.1:1/b",
+            ],
+            "only one etcd:// source",
+        ),
+        (
+            vec![
+                "status",
+                "--config",
+                "etcd://127.0.0.1:1/a",
+                "--etcd-user",
+                "root",
+                "--etcd-password-file",
+                &empty,
+            ],
+            "the first line is empty",
+        ),
+        (
+            vec![
+                "status",
+                "--config",
+                "etcd://127.0.0.1:1/a",
+                "--etcd-cert",
+                &pem,
+                "--etcd-key",
+                &pem,
+            ],
+            "--etcd-ca",
+        ),
+    ];
+    for (args, expected) in runs {
+        let (code, stdout, stderr) = wasmgate(&args);
+        assert_ne!(code, 0, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
