@@ -16,6 +16,7 @@ mod bindings;
 pub mod breaker;
 pub mod budget;
 pub mod builtin;
+pub mod coarse;
 pub mod context;
 pub mod diskcache;
 mod host;
@@ -32,7 +33,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use wasmtime::component::{Component, Linker, Resource, ResourceAny};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Linker, Resource, ResourceAny, TypedFunc,
+};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -256,6 +259,11 @@ pub fn engine(settings: &HostSettings) -> Result<Engine, String> {
         .epoch_interruption(true)
         .wasm_component_model(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    // `WASMGATE_PERF_MAP=1`: name the plugins' compiled functions for `perf`
+    // (/tmp/perf-PID.map), for profiling the Wasm side of a call.
+    if std::env::var_os("WASMGATE_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config).map_err(|e| format!("starting wasmtime: {e:#}"))
 }
 
@@ -272,10 +280,12 @@ impl PluginHost {
             .name("wasmgate-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
+                    coarse::tick();
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(TICK);
                 }
+                coarse::stop();
             })
             .map_err(|e| format!("starting the epoch thread: {e}"))?;
 
@@ -440,6 +450,7 @@ impl PluginHost {
             .component_type()
             .imports(&self.inner.engine)
             .any(|(name, _)| name.starts_with(&format!("{WIT_PACKAGE}/outbound")));
+        let direct = direct_on_request(&self.inner.engine, &component, bytes);
         Ok(CompiledPlugin {
             inner: Arc::new(CompiledInner {
                 name: name.to_string(),
@@ -450,6 +461,7 @@ impl PluginHost {
                 pre,
                 may_block,
                 calls_out,
+                direct,
             }),
         })
     }
@@ -599,6 +611,9 @@ struct CompiledInner {
     may_block: bool,
     /// Imports `outbound`: a call may wait up to [`OUTBOUND_MAX`] on the host.
     calls_out: bool,
+    /// `on-request`'s export, for a component whose `on-request` is called directly
+    /// ([`direct_on_request`]); `None`: through wasmtime's async calls and the slow lane.
+    direct: Option<ComponentExportIndex>,
 }
 
 impl CompiledPlugin {
@@ -645,7 +660,7 @@ struct PoolInner {
     plugin: CompiledPlugin,
     /// Idle instances per worker slot (`workers::slot`): a worker takes its own and
     /// gives them back to its own, so an instance stays on one thread while it is warm.
-    idle: Box<[Mutex<Vec<Slot>>]>,
+    idle: Box<[Mutex<Vec<Box<Slot>>>]>,
     next_binding: AtomicU32,
     /// The WASI environment of every instance (`vmConfig.env`).
     env: Vec<(String, String)>,
@@ -687,14 +702,29 @@ struct PreparedInner {
     slow: AtomicBool,
 }
 
+impl PreparedInner {
+    fn quarantined(&self) -> CallError {
+        CallError::Quarantined(format!(
+            "{} for {}",
+            self.name, self.binding.virtual_service
+        ))
+    }
+}
+
 /// One live instance and the bindings it has prepared.
 struct Slot {
     store: Store<StoreState>,
     plugin: Plugin,
+    /// `on-request` as a synchronous function, for a plugin called directly.
+    direct: Option<OnRequest>,
     prepared: HashMap<u32, ResourceAny>,
     /// Counts it in `wasmgate_plugin_instances` while it lives.
     counted: metrics::Instance,
 }
+
+/// `on-request`'s signature: (prepared, borrow<request>) -> result<edit, plugin-error>.
+type OnRequest =
+    TypedFunc<(ResourceAny, Resource<RequestCtx>), (Result<types::Edit, types::PluginError>,)>;
 
 enum SlotError {
     Config(types::ConfigError),
@@ -719,10 +749,23 @@ impl PreparedPolicy {
 
     /// Decide for one request: the edit to apply to the decision in `view`.
     pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<types::Edit, CallError> {
+        if let Some(now) = self.on_request_now(view) {
+            return now;
+        }
         match self.call(view.clone(), Phase::Request).await? {
             Answer::Request(edit) => Ok(edit),
             _ => Err(CallError::Lost("a call answered for another phase".into())),
         }
+    }
+
+    /// [`PreparedPolicy::on_request`] without awaiting, for a policy called directly
+    /// (the first-party components) that has a ready instance: `None` otherwise, and
+    /// then `on_request` is the way. Saves the chain building a call's future.
+    pub fn on_request_now(
+        &self,
+        view: &Arc<RequestView>,
+    ) -> Option<Result<types::Edit, CallError>> {
+        call_now(&self.inner, view)
     }
 
     /// The response phase (only for a policy whose interest asks for it).
@@ -755,11 +798,13 @@ impl PreparedPolicy {
     async fn call(&self, view: Arc<RequestView>, phase: Phase) -> Result<Answer, CallError> {
         let admit = self.inner.breaker.admit();
         if admit == Admit::Skip {
-            let why = format!(
-                "{} for {}",
-                self.inner.name, self.inner.binding.virtual_service
-            );
-            return Err(CallError::Quarantined(why));
+            return Err(self.inner.quarantined());
+        }
+        if self.inner.pool.inner.plugin.inner.direct.is_some() && matches!(phase, Phase::Request) {
+            // Called directly: a synchronous call on the request's task, no fiber, no
+            // hand-off to the slow lane (see `direct_on_request`).
+            let (result, _) = call_once(&self.inner, view, phase, None).await;
+            return settle(&self.inner, admit, result);
         }
         let inner = self.inner.clone();
         // Set while the call waits on an outbound call: it stays on its request's task.
@@ -775,22 +820,7 @@ impl PreparedPolicy {
             if inner.slow.load(Ordering::Relaxed) != ran_long {
                 inner.slow.store(ran_long, Ordering::Relaxed);
             }
-            let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
-            if inner.breaker.record(admit, trapped) {
-                tracing::warn!(
-                    plugin = &*inner.name,
-                    virtual_service = &*inner.binding.virtual_service,
-                    "breaker open: calls trapped repeatedly; not called for {:?}",
-                    inner.pool.inner.host.inner.breaker_cooldown
-                );
-            } else if admit == Admit::Probe && !trapped {
-                tracing::info!(
-                    plugin = &*inner.name,
-                    virtual_service = &*inner.binding.virtual_service,
-                    "breaker closed: the probe call succeeded"
-                );
-            }
-            result
+            settle(&inner, admit, result)
         });
         let inline = !self.inner.slow.load(Ordering::Relaxed);
         let breaker = self.inner.breaker.clone();
@@ -807,6 +837,30 @@ impl PreparedPolicy {
             .run(call, inline, waiting.as_deref(), lost)
             .await
     }
+}
+
+/// A call's outcome, counted by its binding's breaker.
+fn settle<A>(
+    inner: &PreparedInner,
+    admit: Admit,
+    result: Result<A, CallError>,
+) -> Result<A, CallError> {
+    let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
+    if inner.breaker.record(admit, trapped) {
+        tracing::warn!(
+            plugin = &*inner.name,
+            virtual_service = &*inner.binding.virtual_service,
+            "breaker open: calls trapped repeatedly; not called for {:?}",
+            inner.pool.inner.host.inner.breaker_cooldown
+        );
+    } else if admit == Admit::Probe && !trapped {
+        tracing::info!(
+            plugin = &*inner.name,
+            virtual_service = &*inner.binding.virtual_service,
+            "breaker closed: the probe call succeeded"
+        );
+    }
+    result
 }
 
 /// Which export a call is for, and what it carries beyond the request.
@@ -920,8 +974,18 @@ async fn call_once(
     let result = match phase {
         Phase::Request => {
             let borrowed = Resource::new_borrow(request.rep());
-            invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
-                .map(|r| r.map(Answer::Request))
+            match slot.direct {
+                Some(on_request) => {
+                    slot.store.data_mut().direct = true;
+                    let called = on_request.call(&mut slot.store, (resource, borrowed));
+                    slot.store.data_mut().direct = false;
+                    called
+                        .map(|(r,)| r.map(Answer::Request))
+                        .map_err(|e| load::describe_trap(&e))
+                }
+                None => invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
+                    .map(|r| r.map(Answer::Request)),
+            }
         }
         Phase::Response(r) => {
             let body = fits(binding.interest.response_body, r.body.as_ref());
@@ -951,27 +1015,90 @@ async fn call_once(
         slot.store.data_mut().drop_response(r);
     }
     let ran_long = slot.store.data().ran_long();
-    let result = match result {
-        Ok(Ok(answer)) => {
-            pool.put_back(slot);
-            Ok(answer)
-        }
-        Ok(Err(e)) => {
-            pool.put_back(slot);
-            Err(CallError::Returned(e.message))
-        }
-        // The instance's state is unknown after a trap: it is dropped here.
-        // Not the plugin's fault (its budget was spent by all its calls together): not
-        // counted by its breaker; the instance is dropped all the same.
-        Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Unavailable(
-            "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)".into(),
-        )),
-        Err(trap) => Err(CallError::Trap(trap)),
+    (pool.finish(slot, result), ran_long)
+}
+
+/// The request phase of a policy called directly (`direct_on_request`), made at once on
+/// the caller's thread: `None` when it cannot be (the policy is not called directly, or
+/// no idle instance has its binding prepared: the async way makes or prepares one).
+fn call_now(
+    binding: &PreparedInner,
+    view: &Arc<RequestView>,
+) -> Option<Result<types::Edit, CallError>> {
+    let pool = &binding.pool.inner;
+    pool.plugin.inner.direct.as_ref()?;
+    let mut slot = pool.take()?;
+    let Some(&resource) = slot.prepared.get(&binding.id) else {
+        pool.put_back(slot);
+        return None;
     };
-    (result, ran_long)
+    let on_request = slot.direct?;
+    let admit = binding.breaker.admit();
+    if admit == Admit::Skip {
+        pool.put_back(slot);
+        return Some(Err(binding.quarantined()));
+    }
+    let ready = pool.budget.may_run().and_then(|()| pool.budget.occupy());
+    let _occupied = match ready {
+        Ok(o) => o,
+        Err(why) => {
+            pool.put_back(slot);
+            return Some(settle(binding, admit, Err(CallError::Unavailable(why))));
+        }
+    };
+    slot.begin(pool.host.inner.call_budget);
+    let state = slot.store.data_mut();
+    state.enter(&binding.metrics, false);
+    state.waiting = None;
+    let body = fits(binding.interest.request_body, view.body.as_ref());
+    let request = match state.push_request(RequestCtx {
+        view: view.clone(),
+        body,
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let trap = Err(CallError::Trap(format!("{e:#}")));
+            return Some(settle(binding, admit, trap));
+        }
+    };
+    let borrowed = Resource::new_borrow(request.rep());
+    slot.store.data_mut().direct = true;
+    let called = on_request.call(&mut slot.store, (resource, borrowed));
+    let state = slot.store.data_mut();
+    state.direct = false;
+    state.drop_request(request);
+    let result = called.map(|(r,)| r).map_err(|e| load::describe_trap(&e));
+    let result = pool.finish(slot, result);
+    Some(settle(binding, admit, result))
 }
 
 impl PoolInner {
+    /// A call ended: the instance goes back to the pool unless it trapped (its state is
+    /// unknown then: it is dropped).
+    fn finish<A>(
+        &self,
+        slot: Box<Slot>,
+        result: Result<Result<A, types::PluginError>, String>,
+    ) -> Result<A, CallError> {
+        match result {
+            Ok(Ok(answer)) => {
+                self.put_back(slot);
+                Ok(answer)
+            }
+            Ok(Err(e)) => {
+                self.put_back(slot);
+                Err(CallError::Returned(e.message))
+            }
+            // Not the plugin's fault (its budget was spent by all its calls together):
+            // not counted by its breaker; the instance is dropped all the same.
+            Err(_) if slot.store.data().out_of_cpu() => Err(CallError::Unavailable(
+                "stopped: the plugin used its CPU for this second (--plugin-cpu-ms-per-second)"
+                    .into(),
+            )),
+            Err(trap) => Err(CallError::Trap(trap)),
+        }
+    }
+
     /// This thread's share of the idle instances.
     fn own_idle(&self) -> usize {
         crate::workers::slot() % self.idle.len().max(1)
@@ -979,7 +1106,7 @@ impl PoolInner {
 
     /// An idle instance: this worker's own, else one another worker (or the snapshot
     /// build, which prepared every binding in one) left idle.
-    fn take(&self) -> Option<Slot> {
+    fn take(&self) -> Option<Box<Slot>> {
         let own = self.own_idle();
         let pop = |i: usize| self.idle[i].lock().ok().and_then(|mut idle| idle.pop());
         let mut slot = pop(own).or_else(|| {
@@ -989,7 +1116,7 @@ impl PoolInner {
         Some(slot)
     }
 
-    fn put_back(&self, mut slot: Slot) {
+    fn put_back(&self, mut slot: Box<Slot>) {
         // MAX_IDLE for the pool in all, shared out over the slots (at least two each).
         let per_slot = (MAX_IDLE / self.idle.len().max(1)).max(2);
         if let Ok(mut idle) = self.idle[self.own_idle()].lock()
@@ -1001,7 +1128,7 @@ impl PoolInner {
     }
 
     /// A new instance, counted in the pool metrics of `metrics`' plugin.
-    async fn new_slot(&self, metrics: &Arc<metrics::PluginMetrics>) -> Result<Slot, String> {
+    async fn new_slot(&self, metrics: &Arc<metrics::PluginMetrics>) -> Result<Box<Slot>, String> {
         let host = &self.host.inner;
         let limits = self.budget.admit(host.memory_limit)?;
         let state = StoreState::new(
@@ -1024,20 +1151,65 @@ impl PoolInner {
         });
         store.set_epoch_deadline(1);
         store.data_mut().start_call(host.prepare_budget);
-        let plugin = self
+        let instance = self
             .plugin
             .inner
             .pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("instantiating: {}", load::describe_trap(&e)))?;
-        Ok(Slot {
+        let plugin = Plugin::new(&mut store, &instance)
+            .map_err(|e| format!("instantiating: {}", load::describe_trap(&e)))?;
+        let direct = match &self.plugin.inner.direct {
+            Some(index) => Some(
+                instance
+                    .get_typed_func::<_, _>(&mut store, index)
+                    .map_err(|e| format!("instantiating: on-request: {e:#}"))?,
+            ),
+            None => None,
+        };
+        Ok(Box::new(Slot {
             store,
             plugin,
+            direct,
             prepared: HashMap::new(),
             counted: metrics::Instance::new(metrics),
-        })
+        }))
     }
+}
+
+/// `on-request`'s export, when the component's `on-request` calls are made directly: a
+/// synchronous call on the request's own task, without wasmtime's fiber and without the
+/// slow lane. Only for the embedded first-party components (the bytes this binary
+/// carries, whoever names them), and only when nothing they import can wait on the host
+/// (no WASI, no outbound calls, no shared state). Their work is bounded by their config
+/// (matching a VirtualService's routes, a percentage draw, a weighted pick), and the
+/// epoch deadline and the plugin's CPU budget still stop them; what they give up is the
+/// slow lane's fairness, which is there for plugins the gateway did not write.
+fn direct_on_request(
+    engine: &Engine,
+    component: &Component,
+    bytes: &[u8],
+) -> Option<ComponentExportIndex> {
+    if !builtin::is_embedded(bytes) {
+        return None;
+    }
+    let ty = component.component_type();
+    let waits = ty.imports(engine).any(|(name, _)| {
+        name.starts_with("wasi:")
+            || name.starts_with(&format!("{WIT_PACKAGE}/outbound"))
+            || name.starts_with(&format!("{WIT_PACKAGE}/state"))
+    });
+    if waits {
+        return None;
+    }
+    let interface = ty
+        .exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| name.starts_with(&format!("{WIT_PACKAGE}/policy")))?;
+    let instance = component.get_export_index(None, interface)?;
+    component.get_export_index(Some(&instance), "[method]prepared.on-request")
 }
 
 /// Await one call into an instance for at most `budget`. The epoch callback stops Wasm

@@ -101,7 +101,9 @@ impl Budget {
     }
 
     fn now_second(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
+        super::coarse::now()
+            .saturating_duration_since(self.epoch)
+            .as_secs()
     }
 
     /// Bring the tick count to this second.

@@ -43,3 +43,11 @@ pub fn get(name: &str) -> Option<Builtin> {
         .copied()
         .find(|b| b.name == name)
 }
+
+/// Are `bytes` exactly one of the embedded components?
+pub fn is_embedded(bytes: &[u8]) -> bool {
+    CHAIN
+        .iter()
+        .chain([&JWT_AUTHN, &AUTHZ, &RATELIMIT])
+        .any(|b| b.bytes == bytes)
+}

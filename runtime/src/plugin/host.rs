@@ -79,6 +79,8 @@ pub struct StoreState {
     deadline: Instant,
     /// Epoch ticks the current call has seen (see [`StoreState::on_tick`]).
     ticks: u32,
+    /// The current call is synchronous (`direct_on_request`): it cannot yield.
+    pub direct: bool,
     /// The current call was stopped because its plugin spent its CPU for this second.
     out_of_cpu: bool,
     /// How long the current call has waited on outbound calls.
@@ -122,6 +124,7 @@ impl StoreState {
             random,
             deadline: Instant::now(),
             ticks: 0,
+            direct: false,
             out_of_cpu: false,
             outbound_waited: std::time::Duration::ZERO,
             waiting: None,
@@ -197,7 +200,7 @@ impl StoreState {
 
     /// A call starts now and may run for `budget`.
     pub fn start_call(&mut self, budget: std::time::Duration) {
-        self.deadline = Instant::now() + budget;
+        self.deadline = super::coarse::now() + budget;
         self.ticks = 0;
         self.out_of_cpu = false;
         self.outbound_waited = std::time::Duration::ZERO;
@@ -217,9 +220,9 @@ impl StoreState {
         if !self.defining && !self.limits.budget().tick() {
             self.out_of_cpu = true;
             Tick::Stop
-        } else if Instant::now() >= self.deadline {
+        } else if super::coarse::now() >= self.deadline {
             Tick::Stop
-        } else if self.ticks == 1 {
+        } else if self.ticks == 1 || self.direct {
             Tick::Continue
         } else {
             Tick::Yield
