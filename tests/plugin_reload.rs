@@ -185,21 +185,14 @@ struct Swapped {
     during: Duration,
 }
 
-/// The issue's test, in two: under constant load, a plugin replaced 20 times (each a
-/// real compile) fails no request, each swap is seen once, and only the serving builds
-/// stay compiled.
+/// The issue's test: under constant load, a plugin replaced 20 times (each a real
+/// compile) fails no request, each swap is seen once, only the serving builds stay
+/// compiled, and the p99 of the requests sent while swaps are under way is within 2x of
+/// the p99 without. Reloads compile under `SCHED_IDLE` once the gateway serves (at nice
+/// 10, measured here: p99 1.4 ms quiet, 4.8 ms during the swaps); the reload leaves the
+/// allocator untrimmed for a small config (`memory.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_swaps_under_load_fail_nothing() {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    twenty_swaps().await;
-}
-
-/// The issue's other half: p99 during the swaps within 2x of p99 without. Not met yet
-/// (issue 10): measured alone, a reload, with or without a compile, takes the p99 of
-/// the requests beside it from about 2 to about 4.6 ms here. Run it with `--ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 10: a reload still takes p99 to about 2.3x; run with --ignored"]
-async fn twenty_swaps_under_load_keep_p99_within_2x() {
+async fn twenty_swaps_under_load_fail_nothing_and_keep_p99_within_2x() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let Swapped { quiet, during } = twenty_swaps().await;
     assert!(

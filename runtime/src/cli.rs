@@ -798,6 +798,7 @@ async fn run(args: RunArgs) -> ExitCode {
         follower.health.report_to(gateway.metrics());
         (tokio::spawn(follower.run(gateway.clone(), first)), status)
     });
+    crate::workers::control_below_requests();
     tracing::info!("ready");
     wait_for_signals(&gateway).await;
     tracing::info!("shutting down");

@@ -440,6 +440,8 @@ impl Gateway {
             .reloads
             .serving(snapshot.resources.clone());
         gateway.ready.store(true, Ordering::SeqCst);
+        // From now on a compile (a reload's) takes only idle CPU.
+        gateway.cache.serving();
         gateway.shared.host.prune_compile_cache();
         crate::memory::give_back();
         Ok(gateway)

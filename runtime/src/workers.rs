@@ -78,6 +78,18 @@ fn runtime_thread(name: String, index: Option<usize>) -> Result<Handle, String> 
     }
 }
 
+/// The calling thread (the control plane's, once every other thread is started) runs at
+/// nice 10 from now on: a reload's work (parsing, preparing bindings, swapping) takes the
+/// CPU the workers leave instead of an equal share of it, so traffic does not notice a
+/// reload. Threads it starts later inherit it (they are control work: watchers' reads,
+/// compiles). Not nice 19, so that a saturated gateway still reloads.
+pub fn control_below_requests() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!("the control thread keeps its priority: {e}");
+    }
+}
+
 /// The I/O thread: Redis commands and plugins' outbound calls run here, so they never
 /// wait behind a reload's work on the control thread (parsing, preparing bindings).
 pub fn io_thread() -> Result<Handle, String> {
