@@ -16,6 +16,7 @@ pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod plugin;
+pub mod priority;
 pub mod proxy;
 pub mod snapshot;
 pub mod tcp;

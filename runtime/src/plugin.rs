@@ -65,6 +65,8 @@ pub const DEFAULT_CPU_PER_SECOND: Duration = Duration::from_secs(1);
 /// Epoch tick: the deadline's resolution, and the slice a call may run on its request's
 /// thread (between one and two ticks) before it moves to the slow lane.
 const TICK: Duration = Duration::from_millis(1);
+/// How long a binding's calls start on the slow lane after one ran past its first slice.
+const SLOW_FOR_MS: u64 = 1000;
 /// Idle instances kept per plugin and snapshot; more are dropped when returned.
 const MAX_IDLE: usize = 16;
 
@@ -552,7 +554,7 @@ impl PluginHost {
                 },
                 metrics: self.inner.metrics.load().plugin(name),
                 breaker,
-                slow: AtomicBool::new(false),
+                slow_until: AtomicU64::new(0),
             }),
         };
         let load_err = |message: String| PluginError::Load {
@@ -701,8 +703,12 @@ struct PreparedInner {
     /// The metrics of the plugin `name`, shared with its other bindings.
     metrics: Arc<metrics::PluginMetrics>,
     breaker: Arc<Breaker>,
-    /// The last call ran past its first slice: start the next one on the slow lane.
-    slow: AtomicBool,
+    /// Until when (`coarse::millis`) calls start on the slow lane: a call that ran past
+    /// its first slice sends the binding's calls there for [`SLOW_FOR`]. Not just the
+    /// next call: a client that alternates a spinning path with a quick one (a trap, a
+    /// plain request) would otherwise have every spin start on a request thread and hold
+    /// it for a slice.
+    slow_until: AtomicU64,
 }
 
 impl PreparedInner {
@@ -820,12 +826,13 @@ impl PreparedPolicy {
         let flag = waiting.clone();
         let call: lane::Call<_> = Box::pin(async move {
             let (result, ran_long) = call_once(&inner, view, phase, flag).await;
-            if inner.slow.load(Ordering::Relaxed) != ran_long {
-                inner.slow.store(ran_long, Ordering::Relaxed);
+            if ran_long {
+                let until = coarse::millis().saturating_add(SLOW_FOR_MS);
+                inner.slow_until.store(until, Ordering::Relaxed);
             }
             settle(&inner, admit, result)
         });
-        let inline = !self.inner.slow.load(Ordering::Relaxed);
+        let inline = coarse::millis() >= self.inner.slow_until.load(Ordering::Relaxed);
         let breaker = self.inner.breaker.clone();
         let lost = move |why: String| {
             breaker.abandon(admit);

@@ -319,42 +319,18 @@ impl CompileCache {
     }
 }
 
-/// Lower the calling thread (a compile) below the request threads. Once the gateway
-/// serves (`idle`), under `SCHED_IDLE`, so that compiling a plugin during a reload takes
-/// only the CPU the request threads leave: the kernel preempts an idle-policy thread as
-/// soon as a normal one wakes, which nice 10 did not do (measured under load in
-/// `tests/plugin_reload.rs`: 20 compiles at nice 10 took the requests' p99 beside them
-/// from 1.4 to 4.8 ms; under `SCHED_IDLE`, 2.1 to 2.1–2.7 ms). The compile cache's child
-/// process inherits the policy. On a saturated gateway a reload's compile waits for idle
-/// CPU (the idle policy still gets a sliver): traffic first. Before that (the start's
-/// compiles), and where the policy cannot be set, nice 10.
+/// Lower the calling thread (a compile) below the request threads: once the gateway
+/// serves (`idle`), `SCHED_IDLE` ([`crate::priority`]): measured under load in
+/// `tests/plugin_reload.rs`, 20 compiles at nice 10 took the requests' p99 beside them
+/// from 1.4 to 4.8 ms; under `SCHED_IDLE`, 1.8–2.2 to 1.9–2.7 ms. The compile cache's
+/// child process inherits it. Before that (the start's compiles: nothing is served
+/// yet, and a start should not wait for idle CPU), nice 10.
 fn below_requests(idle: bool) {
-    #[cfg(target_os = "linux")]
-    {
-        #[repr(C)]
-        struct SchedParam {
-            sched_priority: i32,
-        }
-        const SCHED_IDLE: i32 = 5;
-        let set = idle && {
-            #[allow(unsafe_code)]
-            // SAFETY: `sched_setscheduler` on the calling thread (0) with a valid
-            // parameter block; lowering one's own policy needs no privilege and reads
-            // nothing of ours beyond `param`.
-            unsafe {
-                unsafe extern "C" {
-                    fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
-                }
-                let param = SchedParam { sched_priority: 0 };
-                sched_setscheduler(0, SCHED_IDLE, &param) == 0
-            }
-        };
-        if !set && let Err(e) = rustix::process::setpriority_process(None, 10) {
-            tracing::debug!("the compiler thread keeps its priority: {e}");
-        }
+    if idle {
+        crate::priority::idle("the compiler thread");
+    } else {
+        crate::priority::below_normal("the compiler thread");
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = idle;
 }
 
 fn error(meta: &Meta, field: &str, message: impl Into<String>) -> ConfigError {

@@ -84,10 +84,7 @@ fn runtime_thread(name: String, index: Option<usize>) -> Result<Handle, String> 
 /// reload. Threads it starts later inherit it (they are control work: watchers' reads,
 /// compiles). Not nice 19, so that a saturated gateway still reloads.
 pub fn control_below_requests() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
-        tracing::debug!("the control thread keeps its priority: {e}");
-    }
+    crate::priority::below_normal("the control thread");
 }
 
 /// The I/O thread: Redis commands and plugins' outbound calls run here, so they never

@@ -36,6 +36,14 @@ pub fn now() -> Instant {
     }
 }
 
+/// Milliseconds since the process's first reading, to the last tick.
+pub fn millis() -> u64 {
+    match MS.load(Ordering::Relaxed) {
+        u64::MAX => u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX - 1),
+        ms => ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,8 @@
 //! the CPU, the kernel gives the threads that serve connections about nine tenths of it
 //! (nice 10 weighs 110 against nice 0's 1024); a plugin that spins gets the rest, until
 //! its deadline stops it. Not nice 19: a legitimately slow call on a machine busy with
-//! other processes would then get almost nothing before its wall-clock deadline. A binding whose last call moved starts its next
-//! call here directly (see [`super::PreparedPolicy`]).
+//! other processes would then get almost nothing before its wall-clock deadline. After a call of a binding moved, its calls
+//! start here directly for a second (see `SLOW_FOR_MS` in [`super`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +47,7 @@ impl SlowLane {
         std::thread::Builder::new()
             .name("wasmgate-slow".into())
             .spawn(move || {
-                low_priority();
+                crate::priority::below_normal("the slow lane");
                 // Returns when the host (and with it `stop`) is dropped.
                 let _ = runtime.block_on(stopped);
             })
@@ -101,14 +101,5 @@ impl SlowLane {
             Ok(v) => v,
             Err(e) => lost(format!("slow lane: {e}")),
         }
-    }
-}
-
-/// Nice 10 for the calling thread (Linux: nice is per thread). Failing to lower one's
-/// own priority is unusual and harmless: the lane then shares the CPU evenly.
-fn low_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
-        tracing::debug!("slow lane keeps its priority: {e}");
     }
 }
