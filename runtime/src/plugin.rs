@@ -16,7 +16,7 @@ mod bindings;
 pub mod breaker;
 pub mod budget;
 pub mod builtin;
-pub mod coarse;
+mod coarse;
 pub mod context;
 pub mod diskcache;
 mod host;
@@ -281,13 +281,13 @@ impl PluginHost {
         std::thread::Builder::new()
             .name("wasmgate-epoch".into())
             .spawn(move || {
+                let clock = coarse::Ticker::start();
                 while let Some(engine) = weak.upgrade() {
-                    coarse::tick();
+                    clock.tick();
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(TICK);
                 }
-                coarse::stop();
             })
             .map_err(|e| format!("starting the epoch thread: {e}"))?;
 
@@ -704,7 +704,7 @@ struct PreparedInner {
     metrics: Arc<metrics::PluginMetrics>,
     breaker: Arc<Breaker>,
     /// Until when (`coarse::millis`) calls start on the slow lane: a call that ran past
-    /// its first slice sends the binding's calls there for [`SLOW_FOR`]. Not just the
+    /// its first slice sends the binding's calls there for [`SLOW_FOR_MS`]. Not just the
     /// next call: a client that alternates a spinning path with a quick one (a trap, a
     /// plain request) would otherwise have every spin start on a request thread and hold
     /// it for a slice.
@@ -808,12 +808,6 @@ impl PreparedPolicy {
         let admit = self.inner.breaker.admit();
         if admit == Admit::Skip {
             return Err(self.inner.quarantined());
-        }
-        if self.inner.pool.inner.plugin.inner.direct.is_some() && matches!(phase, Phase::Request) {
-            // Called directly: a synchronous call on the request's task, no fiber, no
-            // hand-off to the slow lane (see `direct_on_request`).
-            let (result, _) = call_once(&self.inner, view, phase, None).await;
-            return settle(&self.inner, admit, result);
         }
         let inner = self.inner.clone();
         // Set while the call waits on an outbound call: it stays on its request's task.
@@ -1042,7 +1036,10 @@ fn call_now(
         pool.put_back(slot);
         return None;
     };
-    let on_request = slot.direct?;
+    let Some(on_request) = slot.direct else {
+        pool.put_back(slot);
+        return None;
+    };
     let admit = binding.breaker.admit();
     if admit == Admit::Skip {
         pool.put_back(slot);

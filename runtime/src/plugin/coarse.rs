@@ -1,47 +1,62 @@
 //! A clock for the plugin calls' own bookkeeping (a call's deadline, a plugin's CPU
-//! second) that costs one atomic load: the epoch thread stores the time at each tick
+//! second) that costs one atomic load: each epoch thread stores the time at each tick
 //! (1 ms), so it is at most a tick behind. Reading the system clock twice per plugin
-//! call was about a twentieth of a first-party call. Until an epoch thread runs (or
-//! after the last one stopped) it reads the system clock.
+//! call was about a twentieth of a first-party call. While no epoch thread runs it reads
+//! the system clock.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Milliseconds since [`start`] at the last tick; `u64::MAX`: no epoch thread runs.
-static MS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Milliseconds since [`start`] at the latest tick of any epoch thread.
+static MS: AtomicU64 = AtomicU64::new(0);
+/// Epoch threads running.
+static TICKERS: AtomicUsize = AtomicUsize::new(0);
 
 fn start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(Instant::now)
 }
 
-/// The epoch thread's tick.
-pub fn tick() {
-    let ms = u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-    MS.store(ms, Ordering::Relaxed);
+/// One epoch thread's share of the clock: it calls [`Ticker::tick`] at its ticks, and
+/// once the last one is dropped the clock reads the system clock again.
+pub struct Ticker(());
+
+impl Ticker {
+    pub fn start() -> Ticker {
+        let ticker = Ticker(());
+        ticker.tick();
+        TICKERS.fetch_add(1, Ordering::Relaxed);
+        ticker
+    }
+
+    /// A tick. Several threads may tick: the clock never goes back.
+    pub fn tick(&self) {
+        let ms = u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX);
+        MS.fetch_max(ms, Ordering::Relaxed);
+    }
 }
 
-/// The epoch thread stops (its host is gone); another one still running sets it again
-/// at its next tick.
-pub fn stop() {
-    MS.store(u64::MAX, Ordering::Relaxed);
-}
-
-/// Now, to the last tick.
-pub fn now() -> Instant {
-    match MS.load(Ordering::Relaxed) {
-        u64::MAX => Instant::now(),
-        ms => start() + Duration::from_millis(ms),
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        TICKERS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Milliseconds since the process's first reading, to the last tick.
 pub fn millis() -> u64 {
-    match MS.load(Ordering::Relaxed) {
-        u64::MAX => u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX - 1),
-        ms => ms,
+    if TICKERS.load(Ordering::Relaxed) == 0 {
+        return u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX);
     }
+    MS.load(Ordering::Relaxed)
+}
+
+/// Now, to the last tick.
+pub fn now() -> Instant {
+    if TICKERS.load(Ordering::Relaxed) == 0 {
+        return Instant::now();
+    }
+    start() + Duration::from_millis(MS.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -49,16 +64,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn follows_the_ticks_and_the_system_clock_without_them() {
-        tick();
-        let ticked = now();
+    fn a_tick_brings_it_to_now_and_it_never_goes_back() {
+        let ticker = Ticker::start();
         std::thread::sleep(Duration::from_millis(5));
-        // No tick since: the same time.
-        assert_eq!(now(), ticked);
-        tick();
-        assert!(now() >= ticked + Duration::from_millis(5));
-        stop();
         let before = Instant::now();
-        assert!(now() >= before);
+        ticker.tick();
+        // Truncated to the millisecond.
+        assert!(now() + Duration::from_millis(1) >= before);
+        let seen = millis();
+        ticker.tick();
+        assert!(millis() >= seen);
+        assert!(now() <= Instant::now());
     }
 }
