@@ -704,7 +704,8 @@ struct PreparedInner {
     metrics: Arc<metrics::PluginMetrics>,
     breaker: Arc<Breaker>,
     /// Until when (`coarse::millis`) calls start on the slow lane: a call that ran past
-    /// its first slice sends the binding's calls there for [`SLOW_FOR_MS`]. Not just the
+    /// its first slice, or trapped (the next call then makes a fresh instance), sends
+    /// the binding's calls there for [`SLOW_FOR_MS`]. Not just the
     /// next call: a client that alternates a spinning path with a quick one (a trap, a
     /// plain request) would otherwise have every spin start on a request thread and hold
     /// it for a slice.
@@ -820,7 +821,9 @@ impl PreparedPolicy {
         let flag = waiting.clone();
         let call: lane::Call<_> = Box::pin(async move {
             let (result, ran_long) = call_once(&inner, view, phase, flag).await;
-            if ran_long {
+            // A trap costs the next call a fresh instance: made on the lane too.
+            let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
+            if ran_long || trapped {
                 let until = coarse::millis().saturating_add(SLOW_FOR_MS);
                 inner.slow_until.store(until, Ordering::Relaxed);
             }

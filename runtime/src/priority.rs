@@ -18,9 +18,9 @@
 //!   host's slow lane. The lane stays at nice 10 on purpose: a plugin call that
 //!   legitimately needs a few milliseconds of CPU must still finish before its
 //!   wall-clock deadline on a saturated gateway, which the idle policy's sliver would
-//!   not allow. (Tried: under `SCHED_IDLE` the isolation test's spinning client cost the
-//!   other VirtualService's p99 1.1x instead of about 2x, but trapping clients, which
-//!   run on the request threads, still cost 2x.)
+//!   not allow. (Tried: under `SCHED_IDLE` the isolation test's spinning clients alone
+//!   cost the other VirtualService's p99 1.1x instead of about 2x, but the test's whole
+//!   mix still 1.6–3.2x.)
 
 /// `SCHED_IDLE` for the calling thread; nice 10 where that cannot be set.
 pub fn idle(what: &str) {
