@@ -105,11 +105,12 @@ fn misbehave(port: u16, paths: &[&'static str], stop: &Arc<AtomicBool>) -> Arc<A
 
 /// The issue's measurement: two clients looping `/loop` (each call spins to the 100 ms
 /// deadline), one `/alloc`, one `/panic`, against a VirtualService that serves 8
-/// clients. It keeps at least half its throughput and at most twice its p99 (plus 5 ms
-/// of slack, see below), compared
+/// clients. It keeps at least half its throughput and at most twice its p99, compared
 /// with a baseline measured just before in the same test. Before the slow lane it fell
-/// to a few percent of its throughput with a p99 of 100 ms and more. The breaker is
-/// off here: the scheduling alone must isolate. A loaded machine gets three tries.
+/// to a few percent of its throughput with a p99 of 100 ms and more; with the lane at
+/// nice 10 alone, 2.6-3.2x the p99; with a faulting binding's calls on the idle-policy
+/// lane, about 1x. The breaker is off here: the scheduling alone must isolate. A loaded
+/// machine gets three tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_latency() {
     let (gw, port, _dir, _plugins) = misbehaving(
@@ -125,6 +126,10 @@ async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_l
         ],
     )
     .await;
+    // Measured as bench/run.py does: the gateway alone on one core, the clients on the
+    // others. Sharing cores with the clients, the p99 measures the clients' own
+    // scheduling as much as the gateway's (2.2-2.6x in some runs, idle lane or not).
+    let pinned = gw.pin_apart();
     // Warm up: connections, instances, the spinning path.
     load(&gw, port, 8, Duration::from_millis(500)).await;
     let r = get(port, "bad.example", "/loop", &[]).await.expect("loop");
@@ -132,27 +137,32 @@ async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_l
 
     let mut tries = Vec::new();
     for _ in 0..3 {
+        // Eight clients keep the gateway's core busy (the issue's measurement); one
+        // leaves it mostly idle, where a plugin thread that kept its CPU when a worker
+        // woke would show at once (nice 10 did: 2.8x the p99).
         let (base_rps, base_p99) = load(&gw, port, 8, Duration::from_secs(2)).await;
+        let (_, base_one) = load(&gw, port, 1, Duration::from_millis(1500)).await;
         let stop = Arc::new(AtomicBool::new(false));
         let answered = misbehave(port, &["/loop", "/loop", "/alloc", "/panic"], &stop);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (rps, p99) = load(&gw, port, 8, Duration::from_secs(2)).await;
+        let (_, one) = load(&gw, port, 1, Duration::from_millis(1500)).await;
         stop.store(true, Ordering::Relaxed);
         let bad = answered.load(Ordering::Relaxed);
         // Let the misbehaving clients' last calls end before the next baseline.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let line = format!(
-            "baseline {base_rps:.0} req/s p99 {base_p99:?}; misbehaving ({bad} bad requests \
-             answered) {rps:.0} req/s p99 {p99:?}"
+            "8 clients: baseline {base_rps:.0} req/s p99 {base_p99:?}, misbehaving {rps:.0} \
+             req/s p99 {p99:?}; 1 client: p99 {base_one:?}, misbehaving {one:?}; {bad} bad \
+             requests answered"
         );
         eprintln!("{line}");
         // The bad requests were served meanwhile (they were not simply starved out).
         assert!(bad >= 8, "{line}");
-        // The issue asks for at most 2x the p99. On the debug build of two cores this
-        // gives 2.6-3.2x (1.3-1.6 ms to 4.4-4.6 ms), with every call of the bad binding
-        // on the slow lane: the lane's CPU beside the workers. Until that is solved,
-        // 5 ms of slack above 2x; without the lane p99 is 100 ms and more.
-        if rps >= base_rps / 2.0 && p99 <= base_p99 * 2 + Duration::from_millis(5) {
+        // At most 2x the p99 with the gateway on a core of its own; on one CPU, where
+        // the clients take the gateway's CPU too, only the throughput is asserted.
+        let latency = pinned.is_none() || (p99 <= base_p99 * 2 && one <= base_one * 2);
+        if rps >= base_rps / 2.0 && latency {
             let log = gw.log_text();
             assert!(log.contains("ran past its time budget"), "{log}");
             return;

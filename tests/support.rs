@@ -258,6 +258,21 @@ pub struct Gateway {
     _dir: TempDir,
 }
 
+/// While alive, this process runs on the CPUs [`Gateway::pin_apart`] left it.
+#[allow(dead_code)]
+pub struct Pinned {
+    all: String,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = Command::new("taskset")
+            .args(["--all-tasks", "--pid", "--cpu-list", &self.all])
+            .arg(std::process::id().to_string())
+            .output();
+    }
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wasmgate")
 }
@@ -394,6 +409,32 @@ impl Gateway {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Run the gateway alone on CPU 0 and this test process on the others, as
+    /// `bench/run.py` lays out a measurement, until the guard drops (which gives this
+    /// process every CPU back). `None` on a machine with fewer than two CPUs, or where
+    /// `taskset` is missing.
+    pub fn pin_apart(&self) -> Option<Pinned> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            return None;
+        }
+        let me = std::process::id().to_string();
+        let set = |list: &str, pid: &str| {
+            Command::new("taskset")
+                .args(["--all-tasks", "--pid", "--cpu-list", list, pid])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let rest = format!("1-{}", cpus - 1);
+        if !set("0", &self.pid().to_string()) || !set(&rest, &me) {
+            set(&format!("0-{}", cpus - 1), &me);
+            return None;
+        }
+        Some(Pinned {
+            all: format!("0-{}", cpus - 1),
+        })
     }
 
     /// Send SIGTERM.

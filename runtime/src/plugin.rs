@@ -48,7 +48,7 @@ use context::{RequestCtx, ResponseCtx};
 pub use context::{RequestView, ResponseView};
 pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random};
 use host::{StoreState, Tick};
-use lane::SlowLane;
+use lane::{Priority, SlowLane};
 pub use load::{WIT_PACKAGE, is_component};
 
 /// How long one call into a plugin may run before it is stopped.
@@ -167,6 +167,8 @@ struct HostInner {
     compile_cache: Option<diskcache::DiskCache>,
     /// Where calls that outlast their first slice finish.
     lane: SlowLane,
+    /// Where the calls of a binding that faulted within [`SLOW_FOR_MS`] run.
+    faulty_lane: SlowLane,
     breaker_failures: u32,
     breaker_cooldown: Duration,
     /// One breaker per binding (plugin, VirtualService), kept across reloads.
@@ -312,7 +314,8 @@ impl PluginHost {
                     });
                     diskcache::DiskCache::open(dir, settings.compile_cache_limits, child.flatten())
                 }),
-                lane: SlowLane::start()?,
+                lane: SlowLane::start("wasmgate-slow", Priority::BelowNormal)?,
+                faulty_lane: SlowLane::start("wasmgate-faulty", Priority::Idle)?,
                 breaker_failures: settings.breaker_failures,
                 breaker_cooldown: settings.breaker_cooldown,
                 breakers: DashMap::new(),
@@ -555,6 +558,7 @@ impl PluginHost {
                 metrics: self.inner.metrics.load().plugin(name),
                 breaker,
                 slow_until: AtomicU64::new(0),
+                faulted_until: AtomicU64::new(0),
             }),
         };
         let load_err = |message: String| PluginError::Load {
@@ -710,6 +714,11 @@ struct PreparedInner {
     /// plain request) would otherwise have every spin start on a request thread and hold
     /// it for a slice.
     slow_until: AtomicU64,
+    /// Until when calls start on the faulty lane (under `SCHED_IDLE`): a call that
+    /// faulted (trapped, ran out of time or memory) sends the binding's calls there for
+    /// [`SLOW_FOR_MS`], renewed by each fault, so a plugin that keeps misbehaving takes
+    /// only the CPU that requests leave.
+    faulted_until: AtomicU64,
 }
 
 impl PreparedInner {
@@ -826,23 +835,26 @@ impl PreparedPolicy {
             if ran_long || trapped {
                 let until = coarse::millis().saturating_add(SLOW_FOR_MS);
                 inner.slow_until.store(until, Ordering::Relaxed);
+                if trapped {
+                    inner.faulted_until.store(until, Ordering::Relaxed);
+                }
             }
             settle(&inner, admit, result)
         });
-        let inline = coarse::millis() >= self.inner.slow_until.load(Ordering::Relaxed);
+        let now = coarse::millis();
+        let host = &self.inner.pool.inner.host.inner;
+        let (lane, inline) = if now < self.inner.faulted_until.load(Ordering::Relaxed) {
+            (&host.faulty_lane, false)
+        } else {
+            let inline = now >= self.inner.slow_until.load(Ordering::Relaxed);
+            (&host.lane, inline)
+        };
         let breaker = self.inner.breaker.clone();
         let lost = move |why: String| {
             breaker.abandon(admit);
             Err(CallError::Lost(why))
         };
-        self.inner
-            .pool
-            .inner
-            .host
-            .inner
-            .lane
-            .run(call, inline, waiting.as_deref(), lost)
-            .await
+        lane.run(call, inline, waiting.as_deref(), lost).await
     }
 }
 

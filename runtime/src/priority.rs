@@ -3,7 +3,8 @@
 //! inherits its setting.
 //!
 //! - [`idle`]: `SCHED_IDLE`, for work that should take only the CPU the request threads
-//!   leave: a reload's compiles. The kernel
+//!   leave: a reload's compiles, and the plugin host's faulty lane (the calls of a
+//!   binding that trapped or hit its deadline within the last second). The kernel
 //!   preempts an idle-policy thread as soon as a normal one wakes. Nice 10 did not do
 //!   that with the kernel's EEVDF scheduler (6.x): a niced thread kept the CPU it ran on
 //!   when a worker woke, and the requests' p99 beside it doubled or tripled (measured in
@@ -15,12 +16,10 @@
 //!   can be long. Measured: no failed request and p99 within 2x in the reload test.
 //! - [`below_normal`]: nice 10, for work that must keep going on a busy machine: the
 //!   control thread (reloads' parsing and preparing, the admin endpoint) and the plugin
-//!   host's slow lane. The lane stays at nice 10 on purpose: a plugin call that
+//!   host's slow lane. The slow lane stays at nice 10 on purpose: a plugin call that
 //!   legitimately needs a few milliseconds of CPU must still finish before its
 //!   wall-clock deadline on a saturated gateway, which the idle policy's sliver would
-//!   not allow. (Tried: under `SCHED_IDLE` the isolation test's spinning clients alone
-//!   cost the other VirtualService's p99 1.1x instead of about 2x, but the test's whole
-//!   mix still 1.6–3.2x.)
+//!   not allow. Only a binding that faulted goes to the idle policy.
 
 /// `SCHED_IDLE` for the calling thread; nice 10 where that cannot be set.
 pub fn idle(what: &str) {

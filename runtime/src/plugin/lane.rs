@@ -18,8 +18,19 @@
 //! the CPU, the kernel gives the threads that serve connections about nine tenths of it
 //! (nice 10 weighs 110 against nice 0's 1024); a plugin that spins gets the rest, until
 //! its deadline stops it. Not nice 19: a legitimately slow call on a machine busy with
-//! other processes would then get almost nothing before its wall-clock deadline. After a call of a binding moved, its calls
-//! start here directly for a second (see `SLOW_FOR_MS` in [`super`]).
+//! other processes would then get almost nothing before its wall-clock deadline. After a
+//! call of a binding moved, its calls start here directly for a second (see
+//! `SLOW_FOR_MS` in [`super`]).
+//!
+//! A second lane, [`Priority::Idle`], is for the calls of a binding whose call faulted
+//! (trapped, hit its deadline or its memory limit) less than a second ago: they start
+//! there, under `SCHED_IDLE`, so a plugin that keeps misbehaving runs only on the CPU
+//! the request threads leave. Nice 10 was not enough for that: with the kernel's EEVDF
+//! scheduler a niced thread that is running keeps its CPU for its slice when a worker
+//! wakes, and a spinning plugin there cost the other VirtualServices' p99 1.6–1.7x at
+//! `bench/run.py --scenarios isolation`; on the idle lane 1.02–1.14x (docs/benchmarks.md).
+//! A call that is merely slow never lands there, so it is never starved to its deadline
+//! on a busy gateway; one that faulted already got its answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +38,15 @@ use std::task::Poll;
 
 /// A boxed call, movable between threads between polls.
 pub type Call<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How a lane's thread is scheduled (see [`crate::priority`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Nice 10: calls that ran past their first slice.
+    BelowNormal,
+    /// `SCHED_IDLE`: calls of a binding that faulted within the last second.
+    Idle,
+}
 
 /// The lane's runtime. Its thread ends when the last handle is dropped.
 #[derive(Debug)]
@@ -36,8 +56,8 @@ pub struct SlowLane {
 }
 
 impl SlowLane {
-    /// Start the lane's thread.
-    pub fn start() -> Result<Self, String> {
+    /// Start the lane's thread, named `name` (at most 15 bytes show).
+    pub fn start(name: &str, priority: Priority) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -45,9 +65,12 @@ impl SlowLane {
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name("wasmgate-slow".into())
+            .name(name.into())
             .spawn(move || {
-                crate::priority::below_normal("the slow lane");
+                match priority {
+                    Priority::BelowNormal => crate::priority::below_normal("the slow lane"),
+                    Priority::Idle => crate::priority::idle("the faulty plugins' lane"),
+                }
                 // Returns when the host (and with it `stop`) is dropped.
                 let _ = runtime.block_on(stopped);
             })
