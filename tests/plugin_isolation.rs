@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use support::{Echo, Gateway, TempDir, free_port, gateway, get, plugins_dir, service_entry};
 
+/// The tests here run one at a time: the isolation test pins the gateway alone on a
+/// core, which a gateway started by another test meanwhile would share.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const MISBEHAVE: &str = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n  targetRefs:\n  - {group: networking.istio.io, kind: VirtualService, name: bad}\n";
 
 /// Two VirtualServices on one port: `bad.example` runs misbehave, `good.example` only
@@ -113,6 +117,7 @@ fn misbehave(port: u16, paths: &[&'static str], stop: &Arc<AtomicBool>) -> Arc<A
 /// machine gets three tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_latency() {
+    let _serial = SERIAL.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "isolation",
         "FAIL_CLOSE",
@@ -189,6 +194,7 @@ const LABELS: &str = "{plugin=\"default/misbehave\",virtual_service=\"default/ba
 /// a trap opens it again at once, a clean call closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
+    let _serial = SERIAL.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "breaker-close",
         "FAIL_CLOSE",
@@ -283,6 +289,7 @@ async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
 /// opens it is skipped without being called; deadline kills count as traps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() {
+    let _serial = SERIAL.lock().await;
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("breaker-open");
@@ -353,6 +360,7 @@ async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() 
 /// VirtualService is untouched either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_at_its_instance_limit_is_never_skipped_when_it_fails_closed() {
+    let _serial = SERIAL.lock().await;
     for (strategy, expected) in [
         ("FAIL_CLOSE", StatusCode::SERVICE_UNAVAILABLE),
         ("FAIL_OPEN", StatusCode::OK),
@@ -401,6 +409,7 @@ async fn a_plugin_at_its_instance_limit_is_never_skipped_when_it_fails_closed() 
 /// take it past `--plugin-memory-total-mib` traps, even below the per-instance limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_instances_share_one_memory_limit() {
+    let _serial = SERIAL.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "memory-total",
         "FAIL_CLOSE",
@@ -433,6 +442,7 @@ async fn a_plugins_instances_share_one_memory_limit() {
 /// stopped once the plugin has used it, well before its own deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_cpu_per_second_is_bounded() {
+    let _serial = SERIAL.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "cpu-budget",
         "FAIL_CLOSE",

@@ -258,16 +258,17 @@ pub struct Gateway {
     _dir: TempDir,
 }
 
-/// While alive, this process runs on the CPUs [`Gateway::pin_apart`] left it.
+/// While alive, this process runs on the CPUs [`Gateway::pin_apart`] left it; dropped,
+/// on the ones it had before.
 #[allow(dead_code)]
 pub struct Pinned {
-    all: String,
+    allowed: String,
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
         let _ = Command::new("taskset")
-            .args(["--all-tasks", "--pid", "--cpu-list", &self.all])
+            .args(["--all-tasks", "--pid", "--cpu-list", &self.allowed])
             .arg(std::process::id().to_string())
             .output();
     }
@@ -411,30 +412,46 @@ impl Gateway {
         self.child.id()
     }
 
-    /// Run the gateway alone on CPU 0 and this test process on the others, as
-    /// `bench/run.py` lays out a measurement, until the guard drops (which gives this
-    /// process every CPU back). `None` on a machine with fewer than two CPUs, or where
-    /// `taskset` is missing.
+    /// Run the gateway alone on the first CPU this process may use and this test process
+    /// on the others, as `bench/run.py` lays out a measurement, until the guard drops
+    /// (which gives this process back the CPUs it had). `None`, saying why, with fewer
+    /// than two CPUs or without `taskset`. Other tests of the binary that start gateways
+    /// meanwhile would share the CPUs: the caller keeps them from running at once.
     pub fn pin_apart(&self) -> Option<Pinned> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cpus < 2 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default();
+        let cpus: Vec<u32> = allowed
+            .split(',')
+            .flat_map(|part| match part.split_once('-') {
+                Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                    (Ok(a), Ok(b)) => (a..=b).collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                },
+                None => part.parse().map(|c| vec![c]).unwrap_or_default(),
+            })
+            .collect();
+        if cpus.len() < 2 {
+            eprintln!("not pinned: this process may use CPUs {allowed:?}");
             return None;
         }
-        let me = std::process::id().to_string();
-        let set = |list: &str, pid: &str| {
+        let set = |list: &str, pid: u32| {
             Command::new("taskset")
-                .args(["--all-tasks", "--pid", "--cpu-list", list, pid])
+                .args(["--all-tasks", "--pid", "--cpu-list", list])
+                .arg(pid.to_string())
                 .output()
                 .is_ok_and(|o| o.status.success())
         };
-        let rest = format!("1-{}", cpus - 1);
-        if !set("0", &self.pid().to_string()) || !set(&rest, &me) {
-            set(&format!("0-{}", cpus - 1), &me);
+        let rest: Vec<String> = cpus[1..].iter().map(u32::to_string).collect();
+        let pinned = Pinned { allowed };
+        if !set(&cpus[0].to_string(), self.pid()) || !set(&rest.join(","), std::process::id()) {
+            eprintln!("not pinned: taskset failed or is missing");
             return None;
         }
-        Some(Pinned {
-            all: format!("0-{}", cpus - 1),
-        })
+        Some(pinned)
     }
 
     /// Send SIGTERM.

@@ -65,8 +65,13 @@ pub const DEFAULT_CPU_PER_SECOND: Duration = Duration::from_secs(1);
 /// Epoch tick: the deadline's resolution, and the slice a call may run on its request's
 /// thread (between one and two ticks) before it moves to the slow lane.
 const TICK: Duration = Duration::from_millis(1);
-/// How long a binding's calls start on the slow lane after one ran past its first slice.
+/// How long a binding's calls start on the slow lane after one ran past its first slice
+/// or trapped, and on the faulty lane after one spun and faulted ([`SPUN_TICKS`]).
 const SLOW_FOR_MS: u64 = 1000;
+/// Ticks (about milliseconds of CPU) a call that faulted must have run for its binding to
+/// go to the faulty lane: spinning to a deadline or allocating to a memory limit takes
+/// tens of them, a panic none.
+const SPUN_TICKS: u32 = 5;
 /// Idle instances kept per plugin and snapshot; more are dropped when returned.
 const MAX_IDLE: usize = 16;
 
@@ -714,10 +719,10 @@ struct PreparedInner {
     /// plain request) would otherwise have every spin start on a request thread and hold
     /// it for a slice.
     slow_until: AtomicU64,
-    /// Until when calls start on the faulty lane (under `SCHED_IDLE`): a call that
-    /// faulted (trapped, ran out of time or memory) sends the binding's calls there for
-    /// [`SLOW_FOR_MS`], renewed by each fault, so a plugin that keeps misbehaving takes
-    /// only the CPU that requests leave.
+    /// Until when calls start on the faulty lane (under `SCHED_IDLE`): a call that spun
+    /// and then faulted (ran out of time or memory after [`SPUN_TICKS`] of CPU) sends
+    /// the binding's calls there for [`SLOW_FOR_MS`], renewed by each such fault, so a
+    /// plugin that keeps spinning takes only the CPU that requests leave.
     faulted_until: AtomicU64,
 }
 
@@ -812,8 +817,10 @@ impl PreparedPolicy {
     }
 
     /// One call. It starts on the caller's task and, if it runs past its first slice,
-    /// finishes on the slow lane (so it owns what it reads). An open breaker answers
-    /// [`CallError::Quarantined`] without calling.
+    /// finishes on the slow lane (so it owns what it reads); for a second after one of
+    /// the binding's calls ran long or trapped it starts on the slow lane, and after one
+    /// spun and faulted, on the faulty lane ([`SLOW_FOR_MS`], [`SPUN_TICKS`]). An open
+    /// breaker answers [`CallError::Quarantined`] without calling.
     async fn call(&self, view: Arc<RequestView>, phase: Phase) -> Result<Answer, CallError> {
         let admit = self.inner.breaker.admit();
         if admit == Admit::Skip {
@@ -829,14 +836,18 @@ impl PreparedPolicy {
             .then(|| Arc::new(AtomicBool::new(false)));
         let flag = waiting.clone();
         let call: lane::Call<_> = Box::pin(async move {
-            let (result, ran_long) = call_once(&inner, view, phase, flag).await;
+            let (result, ticks) = call_once(&inner, view, phase, flag).await;
             // A trap costs the next call a fresh instance: made on the lane too.
             let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
-            if ran_long || trapped {
+            if ticks > 1 || trapped {
                 let until = coarse::millis().saturating_add(SLOW_FOR_MS);
-                inner.slow_until.store(until, Ordering::Relaxed);
-                if trapped {
-                    inner.faulted_until.store(until, Ordering::Relaxed);
+                inner.slow_until.fetch_max(until, Ordering::Relaxed);
+                // Spun and then faulted (its deadline, its memory): the faulty lane. Not
+                // a quick trap, and not a call that the kernel starved to its deadline
+                // there (it saw few ticks): those would keep a plugin that merely
+                // panicked once, or a busy machine, on idle CPU.
+                if trapped && ticks >= SPUN_TICKS {
+                    inner.faulted_until.fetch_max(until, Ordering::Relaxed);
                 }
             }
             settle(&inner, admit, result)
@@ -905,22 +916,22 @@ pub fn fits(limit: Option<u32>, body: Option<&bytes::Bytes>) -> bool {
     }
 }
 
-/// One call into an instance of `binding`'s plugin (prepared on demand); whether it ran
-/// past its first slice.
+/// One call into an instance of `binding`'s plugin (prepared on demand); the epoch ticks
+/// it saw running ([`host::StoreState::ticks`]).
 async fn call_once(
     binding: &PreparedInner,
     view: Arc<RequestView>,
     phase: Phase,
     waiting: Option<Arc<AtomicBool>>,
-) -> (Result<Answer, CallError>, bool) {
+) -> (Result<Answer, CallError>, u32) {
     let pool = &binding.pool.inner;
     if let Err(why) = pool.budget.may_run() {
-        return (Err(CallError::Unavailable(why)), false);
+        return (Err(CallError::Unavailable(why)), 0);
     }
     // Held until the call ends, whatever way it ends.
     let _occupied = match pool.budget.occupy() {
         Ok(o) => o,
-        Err(why) => return (Err(CallError::Unavailable(why)), false),
+        Err(why) => return (Err(CallError::Unavailable(why)), 0),
     };
     let mut slot = match pool.take() {
         Some(slot) => slot,
@@ -932,7 +943,7 @@ async fn call_once(
             binding.metrics.waited(waiting.elapsed());
             match made {
                 Ok(slot) => slot,
-                Err(e) => return (Err(CallError::Unavailable(e)), false),
+                Err(e) => return (Err(CallError::Unavailable(e)), 0),
             }
         }
     };
@@ -942,12 +953,16 @@ async fn call_once(
         None => match Box::pin(slot.prepare(binding)).await {
             Ok(r) => r,
             Err(SlotError::Config(c)) => {
+                let ticks = slot.store.data().ticks();
                 return (
                     Err(CallError::Trap(format!("prepare: {}", c.message))),
-                    false,
+                    ticks,
                 );
             }
-            Err(SlotError::Other(m)) => return (Err(CallError::Trap(m)), false),
+            Err(SlotError::Other(m)) => {
+                let ticks = slot.store.data().ticks();
+                return (Err(CallError::Trap(m)), ticks);
+            }
         },
     };
     let budget = pool.host.inner.call_budget;
@@ -964,7 +979,7 @@ async fn call_once(
         .push_request(RequestCtx { view, body })
     {
         Ok(r) => r,
-        Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), false),
+        Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), 0),
     };
     let guest = slot.plugin.wasmgate_policy_policy().prepared();
     // Outbound calls and Redis wait on the host; the wall-clock guard allows for them.
@@ -1033,8 +1048,8 @@ async fn call_once(
     if let Some(r) = response {
         slot.store.data_mut().drop_response(r);
     }
-    let ran_long = slot.store.data().ran_long();
-    (pool.finish(slot, result), ran_long)
+    let ticks = slot.store.data().ticks();
+    (pool.finish(slot, result), ticks)
 }
 
 /// The request phase of a policy called directly (`direct_on_request`), made at once on

@@ -4,7 +4,8 @@
 //!
 //! - [`idle`]: `SCHED_IDLE`, for work that should take only the CPU the request threads
 //!   leave: a reload's compiles, and the plugin host's faulty lane (the calls of a
-//!   binding that trapped or hit its deadline within the last second). The kernel
+//!   binding whose call spun to its deadline or memory limit within the last second).
+//!   The kernel
 //!   preempts an idle-policy thread as soon as a normal one wakes. Nice 10 did not do
 //!   that with the kernel's EEVDF scheduler (6.x): a niced thread kept the CPU it ran on
 //!   when a worker woke, and the requests' p99 beside it doubled or tripled (measured in

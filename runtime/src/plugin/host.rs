@@ -229,9 +229,11 @@ impl StoreState {
         }
     }
 
-    /// Did the current (or last) call run past its first slice?
-    pub fn ran_long(&self) -> bool {
-        self.ticks > 1
+    /// Epoch ticks the current (or last) call saw while it ran: about the milliseconds of
+    /// CPU it used (a call the kernel kept waiting sees one tick when it resumes, not
+    /// one per tick it missed). More than one: it ran past its first slice.
+    pub fn ticks(&self) -> u32 {
+        self.ticks
     }
 }
 

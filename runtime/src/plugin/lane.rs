@@ -22,15 +22,16 @@
 //! call of a binding moved, its calls start here directly for a second (see
 //! `SLOW_FOR_MS` in [`super`]).
 //!
-//! A second lane, [`Priority::Idle`], is for the calls of a binding whose call faulted
-//! (trapped, hit its deadline or its memory limit) less than a second ago: they start
-//! there, under `SCHED_IDLE`, so a plugin that keeps misbehaving runs only on the CPU
-//! the request threads leave. Nice 10 was not enough for that: with the kernel's EEVDF
-//! scheduler a niced thread that is running keeps its CPU for its slice when a worker
-//! wakes, and a spinning plugin there cost the other VirtualServices' p99 1.6–1.7x at
-//! `bench/run.py --scenarios isolation`; on the idle lane 1.02–1.14x (docs/benchmarks.md).
-//! A call that is merely slow never lands there, so it is never starved to its deadline
-//! on a busy gateway; one that faulted already got its answer.
+//! A second lane, [`Priority::Idle`], is for a binding whose call spun and then faulted
+//! (ran to its deadline or its memory limit, using several milliseconds of CPU) less
+//! than a second ago: all its calls start there for that second, under `SCHED_IDLE`, so
+//! a plugin that keeps spinning runs only on the CPU the request threads leave. Nice 10
+//! was not enough for that: with the kernel's EEVDF scheduler a niced thread that is
+//! running keeps its CPU for its slice when a worker wakes, and a spinning plugin there
+//! cost the other VirtualServices' p99 1.6–1.7x at `bench/run.py --scenarios isolation`;
+//! on the idle lane 1.02–1.32x (docs/benchmarks.md). A call that is slow without
+//! faulting, or that traps at once (a panic), does not send its binding there; a call
+//! starved there to its deadline (few ticks seen) does not keep it there.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,7 +62,7 @@ impl SlowLane {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("starting the slow lane: {e}"))?;
+            .map_err(|e| format!("starting {name}: {e}"))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -74,7 +75,7 @@ impl SlowLane {
                 // Returns when the host (and with it `stop`) is dropped.
                 let _ = runtime.block_on(stopped);
             })
-            .map_err(|e| format!("starting the slow lane: {e}"))?;
+            .map_err(|e| format!("starting {name}: {e}"))?;
         Ok(SlowLane {
             handle,
             _stop: stop,
