@@ -11,11 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{Echo, Gateway, TempDir, free_port, gateway, get, plugins_dir, service_entry};
-
-/// The tests here run one at a time: the isolation test pins the gateway alone on a
-/// core, which a gateway started by another test meanwhile would share.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use support::{
+    Echo, Gateway, ONE_AT_A_TIME, TempDir, free_port, gateway, get, plugins_dir, service_entry,
+};
 
 const MISBEHAVE: &str = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: misbehave\nspec:\n  url: misbehave.wasm\n  targetRefs:\n  - {group: networking.istio.io, kind: VirtualService, name: bad}\n";
 
@@ -117,7 +115,8 @@ fn misbehave(port: u16, paths: &[&'static str], stop: &Arc<AtomicBool>) -> Arc<A
 /// machine gets three tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_leaves_other_virtual_services_their_throughput_and_latency() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "isolation",
         "FAIL_CLOSE",
@@ -194,7 +193,8 @@ const LABELS: &str = "{plugin=\"default/misbehave\",virtual_service=\"default/ba
 /// a trap opens it again at once, a clean call closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "breaker-close",
         "FAIL_CLOSE",
@@ -289,7 +289,8 @@ async fn fail_close_plugin_that_keeps_trapping_is_quarantined_then_probed() {
 /// opens it is skipped without being called; deadline kills count as traps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let app = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("breaker-open");
@@ -360,7 +361,8 @@ async fn fail_open_plugin_that_keeps_trapping_is_skipped_without_being_called() 
 /// VirtualService is untouched either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_at_its_instance_limit_is_never_skipped_when_it_fails_closed() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     for (strategy, expected) in [
         ("FAIL_CLOSE", StatusCode::SERVICE_UNAVAILABLE),
         ("FAIL_OPEN", StatusCode::OK),
@@ -409,7 +411,8 @@ async fn a_plugin_at_its_instance_limit_is_never_skipped_when_it_fails_closed() 
 /// take it past `--plugin-memory-total-mib` traps, even below the per-instance limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_instances_share_one_memory_limit() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "memory-total",
         "FAIL_CLOSE",
@@ -442,7 +445,8 @@ async fn a_plugins_instances_share_one_memory_limit() {
 /// stopped once the plugin has used it, well before its own deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_cpu_per_second_is_bounded() {
-    let _serial = SERIAL.lock().await;
+    // One at a time: the isolation test pins its gateway alone on a core.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (gw, port, _dir, _plugins) = misbehaving(
         "cpu-budget",
         "FAIL_CLOSE",

@@ -193,6 +193,8 @@ struct Swapped {
 /// allocator untrimmed for a small config (`memory.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_swaps_under_load_fail_nothing_and_keep_p99_within_2x() {
+    // One at a time: the p99 must not measure a sibling test's gateway starting and
+    // compiling on the same two cores.
     let _alone = ONE_AT_A_TIME.lock().await;
     // A busy machine gets a second try at the p99 (every try must fail nothing).
     let mut tries = Vec::new();
@@ -205,10 +207,6 @@ async fn twenty_swaps_under_load_fail_nothing_and_keep_p99_within_2x() {
     }
     panic!("p99 during the swaps above 2 x p99 without: {tries:?}");
 }
-
-/// The tests of this file run one at a time: a p99 must not measure a sibling test's
-/// gateway starting and compiling on the same two cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Quiet seconds and swaps alternate, five rounds of each, so that whatever else the
 /// machine does weighs on both sides alike.

@@ -258,20 +258,29 @@ pub struct Gateway {
     _dir: TempDir,
 }
 
+/// Held by the tests of a binary that must not run beside each other (one measures a
+/// p99, or pins a gateway to a core that another test's gateway would share).
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// While alive, this process runs on the CPUs [`Gateway::pin_apart`] left it; dropped,
 /// on the ones it had before.
-#[allow(dead_code)]
 pub struct Pinned {
     allowed: String,
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        let _ = Command::new("taskset")
-            .args(["--all-tasks", "--pid", "--cpu-list", &self.allowed])
-            .arg(std::process::id().to_string())
-            .output();
+        taskset(&self.allowed, std::process::id());
     }
+}
+
+/// Put every thread of process `pid` on the CPUs in `list` (`taskset`'s syntax).
+fn taskset(list: &str, pid: u32) -> bool {
+    Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", list])
+        .arg(pid.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn binary() -> &'static str {
@@ -438,16 +447,11 @@ impl Gateway {
             eprintln!("not pinned: this process may use CPUs {allowed:?}");
             return None;
         }
-        let set = |list: &str, pid: u32| {
-            Command::new("taskset")
-                .args(["--all-tasks", "--pid", "--cpu-list", list])
-                .arg(pid.to_string())
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
         let rest: Vec<String> = cpus[1..].iter().map(u32::to_string).collect();
         let pinned = Pinned { allowed };
-        if !set(&cpus[0].to_string(), self.pid()) || !set(&rest.join(","), std::process::id()) {
+        if !taskset(&cpus[0].to_string(), self.pid())
+            || !taskset(&rest.join(","), std::process::id())
+        {
             eprintln!("not pinned: taskset failed or is missing");
             return None;
         }

@@ -48,7 +48,7 @@ use context::{RequestCtx, ResponseCtx};
 pub use context::{RequestView, ResponseView};
 pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random};
 use host::{StoreState, Tick};
-use lane::{Priority, SlowLane};
+use lane::{Lane, Priority};
 pub use load::{WIT_PACKAGE, is_component};
 
 /// How long one call into a plugin may run before it is stopped.
@@ -171,9 +171,9 @@ struct HostInner {
     memory_limit: usize,
     compile_cache: Option<diskcache::DiskCache>,
     /// Where calls that outlast their first slice finish.
-    lane: SlowLane,
+    lane: Lane,
     /// Where the calls of a binding that faulted within [`SLOW_FOR_MS`] run.
-    faulty_lane: SlowLane,
+    faulty_lane: Lane,
     breaker_failures: u32,
     breaker_cooldown: Duration,
     /// One breaker per binding (plugin, VirtualService), kept across reloads.
@@ -319,8 +319,8 @@ impl PluginHost {
                     });
                     diskcache::DiskCache::open(dir, settings.compile_cache_limits, child.flatten())
                 }),
-                lane: SlowLane::start("wasmgate-slow", Priority::BelowNormal)?,
-                faulty_lane: SlowLane::start("wasmgate-faulty", Priority::Idle)?,
+                lane: Lane::start("wasmgate-slow", Priority::BelowNormal)?,
+                faulty_lane: Lane::start("wasmgate-faulty", Priority::Idle)?,
                 breaker_failures: settings.breaker_failures,
                 breaker_cooldown: settings.breaker_cooldown,
                 breakers: DashMap::new(),
@@ -746,6 +746,22 @@ struct Slot {
     counted: metrics::Instance,
 }
 
+impl Slot {
+    /// `on-request` called synchronously (`direct_on_request`): the epoch callback lets
+    /// it run on past its first tick (it cannot yield), its deadline still stops it.
+    fn call_direct(
+        &mut self,
+        on_request: OnRequest,
+        prepared: ResourceAny,
+        request: Resource<RequestCtx>,
+    ) -> Result<Result<types::Edit, types::PluginError>, String> {
+        self.store.data_mut().direct = true;
+        let called = on_request.call(&mut self.store, (prepared, request));
+        self.store.data_mut().direct = false;
+        called.map(|(r,)| r).map_err(|e| load::describe_trap(&e))
+    }
+}
+
 /// `on-request`'s signature: (prepared, borrow<request>) -> result<edit, plugin-error>.
 type OnRequest =
     TypedFunc<(ResourceAny, Resource<RequestCtx>), (Result<types::Edit, types::PluginError>,)>;
@@ -773,9 +789,19 @@ impl PreparedPolicy {
 
     /// Decide for one request: the edit to apply to the decision in `view`.
     pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<types::Edit, CallError> {
-        if let Some(now) = self.on_request_now(view) {
-            return now;
+        match self.on_request_now(view) {
+            Some(now) => now,
+            None => self.on_request_called(view).await,
         }
+    }
+
+    /// [`PreparedPolicy::on_request`] the way that awaits: after
+    /// [`PreparedPolicy::on_request_now`] answered `None` (the chain tries that first,
+    /// so it builds no future when it need not).
+    pub async fn on_request_called(
+        &self,
+        view: &Arc<RequestView>,
+    ) -> Result<types::Edit, CallError> {
         match self.call(view.clone(), Phase::Request).await? {
             Answer::Request(edit) => Ok(edit),
             _ => Err(CallError::Lost("a call answered for another phase".into())),
@@ -784,7 +810,7 @@ impl PreparedPolicy {
 
     /// [`PreparedPolicy::on_request`] without awaiting, for a policy called directly
     /// (the first-party components) that has a ready instance: `None` otherwise, and
-    /// then `on_request` is the way. Saves the chain building a call's future.
+    /// then [`PreparedPolicy::on_request_called`] is the way.
     pub fn on_request_now(
         &self,
         view: &Arc<RequestView>,
@@ -1009,14 +1035,9 @@ async fn call_once(
         Phase::Request => {
             let borrowed = Resource::new_borrow(request.rep());
             match slot.direct {
-                Some(on_request) => {
-                    slot.store.data_mut().direct = true;
-                    let called = on_request.call(&mut slot.store, (resource, borrowed));
-                    slot.store.data_mut().direct = false;
-                    called
-                        .map(|(r,)| r.map(Answer::Request))
-                        .map_err(|e| load::describe_trap(&e))
-                }
+                Some(on_request) => slot
+                    .call_direct(on_request, resource, borrowed)
+                    .map(|r| r.map(Answer::Request)),
                 None => invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
                     .map(|r| r.map(Answer::Request)),
             }
@@ -1099,12 +1120,8 @@ fn call_now(
         }
     };
     let borrowed = Resource::new_borrow(request.rep());
-    slot.store.data_mut().direct = true;
-    let called = on_request.call(&mut slot.store, (resource, borrowed));
-    let state = slot.store.data_mut();
-    state.direct = false;
-    state.drop_request(request);
-    let result = called.map(|(r,)| r).map_err(|e| load::describe_trap(&e));
+    let result = slot.call_direct(on_request, resource, borrowed);
+    slot.store.data_mut().drop_request(request);
     let result = pool.finish(slot, result);
     Some(settle(binding, admit, result))
 }

@@ -49,14 +49,15 @@ pub enum Priority {
     Idle,
 }
 
-/// The lane's runtime. Its thread ends when the last handle is dropped.
+/// A lane's runtime (the slow lane's or the faulty lane's). Its thread ends when the
+/// last handle is dropped.
 #[derive(Debug)]
-pub struct SlowLane {
+pub struct Lane {
     handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-impl SlowLane {
+impl Lane {
     /// Start the lane's thread, named `name` (at most 15 bytes show).
     pub fn start(name: &str, priority: Priority) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -65,18 +66,19 @@ impl SlowLane {
             .map_err(|e| format!("starting {name}: {e}"))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let what = name.to_string();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 match priority {
-                    Priority::BelowNormal => crate::priority::below_normal("the slow lane"),
-                    Priority::Idle => crate::priority::idle("the faulty plugins' lane"),
+                    Priority::BelowNormal => crate::priority::below_normal(&what),
+                    Priority::Idle => crate::priority::idle(&what),
                 }
                 // Returns when the host (and with it `stop`) is dropped.
                 let _ = runtime.block_on(stopped);
             })
             .map_err(|e| format!("starting {name}: {e}"))?;
-        Ok(SlowLane {
+        Ok(Lane {
             handle,
             _stop: stop,
         })

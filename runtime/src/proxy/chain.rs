@@ -66,7 +66,7 @@ pub async fn run_chain(
         // First-party components answer at once, without a call's future.
         let called = match link.policy.on_request_now(view) {
             Some(now) => now,
-            None => link.policy.on_request(view).await,
+            None => link.policy.on_request_called(view).await,
         };
         if let Some(t0) = timed {
             let took = t0.elapsed();
