@@ -164,3 +164,55 @@ async fn label_sets_beyond_the_cap_fold_into_one_series() {
         assert!(!text.contains(&format!("tenant=\"t{i}\"")), "t{i} kept");
     }
 }
+
+/// A user's plugin without waiting imports is called directly on the request's thread
+/// for its first slice; a call still running then is stopped and made again on the slow
+/// lane. What the first try did is done once: its log line, its counter update and the
+/// property it set (read back and incremented by the second try) are not doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_again_on_the_slow_lane_has_its_effects_once() {
+    let (gw, port, _dir, _plugins) = start("plugin-metrics-restart").await;
+    for _ in 0..3 {
+        assert_eq!(send(port, "GET", "/", Some("quick")).await, StatusCode::OK);
+    }
+    let probe = "plugin=\"default/probe\"";
+    let restarted = format!("wasmgate_plugin_calls_restarted_total{{{probe}}}");
+    let text = gw.scrape().await;
+    assert_lines(&text, &[&format!("{restarted} 0")]);
+
+    let spin = |tenant: &'static str| async move {
+        let headers = [("x-tenant", tenant), ("x-spin-ms", "30")];
+        get(port, "app.example.com", "/spin", &headers)
+            .await
+            .expect("request")
+    };
+    let r = spin("spin").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+    assert_eq!(
+        r.headers.get("x-probe-spins").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "the property the stopped try set was put back"
+    );
+    // Within the next second the binding's calls start on the slow lane: not stopped.
+    let r = spin("again").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get("x-probe-spins").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+
+    let text = gw.scrape().await;
+    assert_lines(
+        &text,
+        &[
+            &format!("{restarted} 1"),
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"spin\"}} 1"),
+            &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"again\"}} 1"),
+            &format!("wasmgate_plugin_calls_total{{{probe},virtual_service=\"default/app\"}} 5"),
+            &format!("wasmgate_plugin_traps_total{{{probe},virtual_service=\"default/app\"}} 0"),
+        ],
+    );
+    let log = gw.log_text();
+    assert_eq!(log.matches("probe spun (1)").count(), 2, "{log}");
+    assert!(!log.contains("probe spun (2)"), "{log}");
+}

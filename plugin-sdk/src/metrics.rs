@@ -185,7 +185,7 @@ use native as imp;
 /// Names of wasmgate's own `wasmgate_plugin_*` families, which a plugin cannot define
 /// (the gateway refuses them at `prepare`; so do native tests). The gateway's own test
 /// keeps this list equal to the host's.
-pub const RESERVED: [&str; 14] = [
+pub const RESERVED: [&str; 15] = [
     "calls_total",
     "errors_total",
     "traps_total",
@@ -197,6 +197,7 @@ pub const RESERVED: [&str; 14] = [
     "instances",
     "instance_waits_total",
     "instance_wait_seconds_total",
+    "calls_restarted_total",
     "breaker_open",
     "breaker_opened_total",
     "quarantined_total",

@@ -46,8 +46,8 @@ pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
 use context::{RequestCtx, ResponseCtx};
 pub use context::{RequestView, ResponseView};
+use host::{Direct, StoreState, Tick};
 pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random};
-use host::{StoreState, Tick};
 use lane::{Lane, Priority};
 pub use load::{WIT_PACKAGE, is_component};
 
@@ -460,7 +460,12 @@ impl PluginHost {
             .component_type()
             .imports(&self.inner.engine)
             .any(|(name, _)| name.starts_with(&format!("{WIT_PACKAGE}/outbound")));
-        let direct = direct_on_request(&self.inner.engine, &component, bytes);
+        let direct = direct_on_request(&self.inner.engine, &component);
+        let direct_mode = match direct {
+            None => Direct::No,
+            Some(_) if builtin::is_embedded(bytes) => Direct::Trusted,
+            Some(_) => Direct::Restartable,
+        };
         Ok(CompiledPlugin {
             inner: Arc::new(CompiledInner {
                 name: name.to_string(),
@@ -472,6 +477,7 @@ impl PluginHost {
                 may_block,
                 calls_out,
                 direct,
+                direct_mode,
             }),
         })
     }
@@ -625,6 +631,9 @@ struct CompiledInner {
     /// `on-request`'s export, for a component whose `on-request` is called directly
     /// ([`direct_on_request`]); `None`: through wasmtime's async calls and the slow lane.
     direct: Option<ComponentExportIndex>,
+    /// How: run to its end (the embedded first-party components), or for its first
+    /// slice only (a user's plugin); [`Direct::No`] when `direct` is `None`.
+    direct_mode: Direct,
 }
 
 impl CompiledPlugin {
@@ -747,17 +756,20 @@ struct Slot {
 }
 
 impl Slot {
-    /// `on-request` called synchronously (`direct_on_request`): the epoch callback lets
-    /// it run on past its first tick (it cannot yield), its deadline still stops it.
+    /// `on-request` called synchronously (`direct_on_request`). It cannot yield: the
+    /// epoch callback lets a [`Direct::Trusted`] call run on past its first tick (its
+    /// deadline still stops it) and stops a [`Direct::Restartable`] one there
+    /// ([`host::StoreState::sliced`]).
     fn call_direct(
         &mut self,
+        mode: Direct,
         on_request: OnRequest,
         prepared: ResourceAny,
         request: Resource<RequestCtx>,
     ) -> Result<Result<types::Edit, types::PluginError>, String> {
-        self.store.data_mut().direct = true;
+        self.store.data_mut().direct = mode;
         let called = on_request.call(&mut self.store, (prepared, request));
-        self.store.data_mut().direct = false;
+        self.store.data_mut().direct = Direct::No;
         called.map(|(r,)| r).map_err(|e| load::describe_trap(&e))
     }
 }
@@ -1034,9 +1046,12 @@ async fn call_once(
     let result = match phase {
         Phase::Request => {
             let borrowed = Resource::new_borrow(request.rep());
-            match slot.direct {
+            // A user's plugin that is called directly runs here (on the slow lane, or
+            // after its direct call was stopped) the async way, which can yield.
+            let trusted = pool.plugin.inner.direct_mode == Direct::Trusted;
+            match slot.direct.filter(|_| trusted) {
                 Some(on_request) => slot
-                    .call_direct(on_request, resource, borrowed)
+                    .call_direct(Direct::Trusted, on_request, resource, borrowed)
                     .map(|r| r.map(Answer::Request)),
                 None => invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
                     .map(|r| r.map(Answer::Request)),
@@ -1082,6 +1097,17 @@ fn call_now(
 ) -> Option<Result<types::Edit, CallError>> {
     let pool = &binding.pool.inner;
     pool.plugin.inner.direct.as_ref()?;
+    let mode = pool.plugin.inner.direct_mode;
+    // A user's plugin whose call ran long or faulted within the last second starts its
+    // calls on a lane, as the async way decides.
+    if mode == Direct::Restartable {
+        let now = coarse::millis();
+        if now < binding.slow_until.load(Ordering::Relaxed)
+            || now < binding.faulted_until.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+    }
     let mut slot = pool.take()?;
     let Some(&resource) = slot.prepared.get(&binding.id) else {
         pool.put_back(slot);
@@ -1120,10 +1146,45 @@ fn call_now(
         }
     };
     let borrowed = Resource::new_borrow(request.rep());
-    let result = slot.call_direct(on_request, resource, borrowed);
-    slot.store.data_mut().drop_request(request);
+    let result = slot.call_direct(mode, on_request, resource, borrowed);
+    let state = slot.store.data_mut();
+    state.drop_request(request);
+    if mode == Direct::Restartable {
+        if state.sliced() {
+            return restart(binding, admit, view, slot);
+        }
+        state.commit();
+        // A trap costs the next call a fresh instance: made on the slow lane.
+        if result.is_err() {
+            let until = coarse::millis().saturating_add(SLOW_FOR_MS);
+            binding.slow_until.fetch_max(until, Ordering::Relaxed);
+        }
+    }
     let result = pool.finish(slot, result);
     Some(settle(binding, admit, result))
+}
+
+/// A user's plugin's direct call ran out of its first slice and was stopped: as if it
+/// had never been made (its instance is dropped, the properties it set are put back, its
+/// log lines and metric updates are dropped, its breaker does not count it), it is made
+/// again the async way, which starts it on the slow lane, as it does the binding's
+/// calls for the next second. `None`, so the caller makes that call.
+fn restart(
+    binding: &PreparedInner,
+    admit: Admit,
+    view: &Arc<RequestView>,
+    mut slot: Box<Slot>,
+) -> Option<Result<types::Edit, CallError>> {
+    for (name, before) in slot.store.data_mut().roll_back() {
+        // It was set before with this name, so it can be again.
+        let _ = view.set_property(name, before);
+    }
+    drop(slot);
+    binding.breaker.abandon(admit);
+    binding.metrics.restarted();
+    let until = coarse::millis().saturating_add(SLOW_FOR_MS);
+    binding.slow_until.fetch_max(until, Ordering::Relaxed);
+    None
 }
 
 impl PoolInner {
@@ -1234,21 +1295,17 @@ impl PoolInner {
 }
 
 /// `on-request`'s export, when the component's `on-request` calls are made directly: a
-/// synchronous call on the request's own task, without wasmtime's fiber and without the
-/// slow lane. Only for the embedded first-party components (the bytes this binary
-/// carries, whoever names them), and only when nothing they import can wait on the host
-/// (no WASI, no outbound calls, no shared state). Their work is bounded by their config
-/// (matching a VirtualService's routes, a percentage draw, a weighted pick), and the
-/// epoch deadline and the plugin's CPU budget still stop them; what they give up is the
-/// slow lane's fairness, which is there for plugins the gateway did not write.
-fn direct_on_request(
-    engine: &Engine,
-    component: &Component,
-    bytes: &[u8],
-) -> Option<ComponentExportIndex> {
-    if !builtin::is_embedded(bytes) {
-        return None;
-    }
+/// synchronous call on the request's own task, without wasmtime's fiber, a boxed future
+/// or the slow lane. Only when nothing the component imports can wait on the host (no
+/// WASI, no outbound calls, no shared state). The embedded first-party components (the
+/// bytes this binary carries, whoever names them) run to their end that way
+/// ([`Direct::Trusted`]): their work is bounded by their config (matching a
+/// VirtualService's routes, a percentage draw, a weighted pick), and the epoch deadline
+/// and the plugin's CPU budget still stop them. Any other plugin gets its first slice
+/// that way ([`Direct::Restartable`]): a call still running then is stopped and made
+/// again on the slow lane (`restart`), so a plugin the gateway did not write keeps the
+/// slow lane's fairness.
+fn direct_on_request(engine: &Engine, component: &Component) -> Option<ComponentExportIndex> {
     let ty = component.component_type();
     let waits = ty.imports(engine).any(|(name, _)| {
         name.starts_with("wasi:")

@@ -79,8 +79,17 @@ pub struct StoreState {
     deadline: Instant,
     /// Epoch ticks the current call has seen (see [`StoreState::on_tick`]).
     ticks: u32,
-    /// The current call is synchronous (`direct_on_request`): it cannot yield.
-    pub direct: bool,
+    /// How the current call is made (synchronously or not; see [`Direct`]).
+    pub direct: Direct,
+    /// The current call (a [`Direct::Restartable`] one) ran out of its first slice and
+    /// was stopped, to be made again on the slow lane.
+    sliced: bool,
+    /// What a [`Direct::Restartable`] call did that others see (log lines, metric
+    /// updates), held until it ends: dropped if it is made again.
+    effects: Vec<Effect>,
+    /// The properties a [`Direct::Restartable`] call set, with the values they had
+    /// before: put back if it is made again.
+    undo: Vec<(String, Option<String>)>,
     /// The current call was stopped because its plugin spent its CPU for this second.
     out_of_cpu: bool,
     /// How long the current call has waited on outbound calls.
@@ -124,7 +133,10 @@ impl StoreState {
             random,
             deadline: Instant::now(),
             ticks: 0,
-            direct: false,
+            direct: Direct::No,
+            sliced: false,
+            effects: Vec::new(),
+            undo: Vec::new(),
             out_of_cpu: false,
             outbound_waited: std::time::Duration::ZERO,
             waiting: None,
@@ -202,6 +214,9 @@ impl StoreState {
     pub fn start_call(&mut self, budget: std::time::Duration) {
         self.deadline = super::coarse::now() + budget;
         self.ticks = 0;
+        self.sliced = false;
+        self.effects.clear();
+        self.undo.clear();
         self.out_of_cpu = false;
         self.outbound_waited = std::time::Duration::ZERO;
     }
@@ -222,10 +237,80 @@ impl StoreState {
             Tick::Stop
         } else if super::coarse::now() >= self.deadline {
             Tick::Stop
-        } else if self.ticks == 1 || self.direct {
+        } else if self.ticks == 1 || self.direct == Direct::Trusted {
             Tick::Continue
+        } else if self.direct == Direct::Restartable {
+            // It cannot yield, and must not hold its request's thread past a slice: stop
+            // it, to be made again where a slow call belongs.
+            self.sliced = true;
+            Tick::Stop
         } else {
             Tick::Yield
+        }
+    }
+
+    /// Was the current (or last) call stopped at the end of its first slice, to be made
+    /// again on the slow lane ([`Direct::Restartable`])?
+    pub fn sliced(&self) -> bool {
+        self.sliced
+    }
+
+    /// A restartable direct call ended for good: what it did takes effect now.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Log(level, message) => self.log_now(level, &message),
+                Effect::Counter(metric, labels, value) => {
+                    if let Some(m) = &self.metrics {
+                        m.counter_add(metric, labels, value);
+                    }
+                }
+                Effect::Histogram(metric, labels, value) => {
+                    if let Some(m) = &self.metrics {
+                        m.histogram_observe(metric, labels, value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A restartable direct call is made again: its log lines and metric updates are
+    /// dropped; the properties it set, to put back as they were (latest first).
+    pub fn roll_back(&mut self) -> Vec<(String, Option<String>)> {
+        self.effects.clear();
+        let mut undo = std::mem::take(&mut self.undo);
+        undo.reverse();
+        undo
+    }
+
+    /// Is what the current call does held until it ends ([`StoreState::commit`])?
+    fn held(&self) -> bool {
+        self.direct == Direct::Restartable
+    }
+
+    fn log_now(&self, level: host::LogLevel, message: &str) {
+        let plugin = &*self.plugin;
+        if !self.log_budget.admit(plugin, Instant::now()) {
+            return;
+        }
+        let message = cut(message);
+        match level {
+            host::LogLevel::Trace => {
+                tracing::trace!(target: "wasmgate::plugin", plugin, "{message}")
+            }
+            host::LogLevel::Debug => {
+                tracing::debug!(target: "wasmgate::plugin", plugin, "{message}")
+            }
+            host::LogLevel::Info => {
+                tracing::info!(target: "wasmgate::plugin", plugin, "{message}")
+            }
+            host::LogLevel::Warn => {
+                tracing::warn!(target: "wasmgate::plugin", plugin, "{message}")
+            }
+            host::LogLevel::Error => {
+                tracing::error!(target: "wasmgate::plugin", plugin, "{message}")
+            }
         }
     }
 
@@ -235,6 +320,27 @@ impl StoreState {
     pub fn ticks(&self) -> u32 {
         self.ticks
     }
+}
+
+/// How a call of `on-request` is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// Through wasmtime's async calls: it yields at each tick past its first, and may
+    /// move to the slow lane.
+    No,
+    /// Synchronously, and run to its end or deadline: a first-party component.
+    Trusted,
+    /// Synchronously for its first slice only: a user's plugin. Past it, the call is
+    /// stopped and made again on the slow lane, so what others could see of the first
+    /// try (log lines, metric updates, properties) is held until the call ends.
+    Restartable,
+}
+
+/// What a [`Direct::Restartable`] call did, held until it ends.
+enum Effect {
+    Log(host::LogLevel, String),
+    Counter(metrics::MetricId, Vec<String>, u64),
+    Histogram(metrics::MetricId, Vec<String>, f64),
 }
 
 /// What the epoch callback does at a tick.
@@ -258,27 +364,10 @@ impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
-        let plugin = &*self.plugin;
-        if !self.log_budget.admit(plugin, Instant::now()) {
-            return;
-        }
-        let message = cut(&message);
-        match level {
-            host::LogLevel::Trace => {
-                tracing::trace!(target: "wasmgate::plugin", plugin, "{message}")
-            }
-            host::LogLevel::Debug => {
-                tracing::debug!(target: "wasmgate::plugin", plugin, "{message}")
-            }
-            host::LogLevel::Info => {
-                tracing::info!(target: "wasmgate::plugin", plugin, "{message}")
-            }
-            host::LogLevel::Warn => {
-                tracing::warn!(target: "wasmgate::plugin", plugin, "{message}")
-            }
-            host::LogLevel::Error => {
-                tracing::error!(target: "wasmgate::plugin", plugin, "{message}")
-            }
+        if self.held() {
+            self.effects.push(Effect::Log(level, message));
+        } else {
+            self.log_now(level, &message);
         }
     }
 
@@ -324,7 +413,10 @@ impl metrics::Host for StoreState {
     }
 
     fn counter_add(&mut self, metric: metrics::MetricId, label_values: Vec<String>, value: u64) {
-        if let Some(m) = &self.metrics {
+        if self.held() {
+            self.effects
+                .push(Effect::Counter(metric, label_values, value));
+        } else if let Some(m) = &self.metrics {
             m.counter_add(metric, label_values, value);
         }
     }
@@ -335,7 +427,10 @@ impl metrics::Host for StoreState {
         label_values: Vec<String>,
         value: f64,
     ) {
-        if let Some(m) = &self.metrics {
+        if self.held() {
+            self.effects
+                .push(Effect::Histogram(metric, label_values, value));
+        } else if let Some(m) = &self.metrics {
             m.histogram_observe(metric, label_values, value);
         }
     }
@@ -479,7 +574,17 @@ impl types::HostRequest for StoreState {
                 "property {name:?} is the gateway's: only its RequestAuthentication sets it"
             )));
         }
-        Ok(self.request(&r)?.view.set_property(name, value))
+        let held = self.held();
+        let view = &self.request(&r)?.view;
+        if !held {
+            return Ok(view.set_property(name, value));
+        }
+        let before = view.property(&name);
+        let set = view.set_property(name.clone(), value);
+        if set.is_ok() {
+            self.undo.push((name, before));
+        }
+        Ok(set)
     }
 
     fn drop(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<()> {

@@ -40,7 +40,7 @@ pub const MAX_VALUE: usize = 128;
 pub const OVERFLOW: &str = "__overflow__";
 
 /// wasmgate's own `wasmgate_plugin_*` families, whose names plugins cannot take.
-const OWN: [(&str, Kind); 14] = [
+const OWN: [(&str, Kind); 15] = [
     ("calls_total", Kind::Counter),
     ("errors_total", Kind::Counter),
     ("traps_total", Kind::Counter),
@@ -53,6 +53,7 @@ const OWN: [(&str, Kind); 14] = [
     ("instances", Kind::Counter),
     ("instance_waits_total", Kind::Counter),
     ("instance_wait_seconds_total", Kind::Counter),
+    ("calls_restarted_total", Kind::Counter),
     // A gauge, refused to plugins as a counter name too.
     ("breaker_open", Kind::Counter),
     ("breaker_opened_total", Kind::Counter),
@@ -257,6 +258,8 @@ struct PoolStats {
     waits: AtomicU64,
     /// The time those waits took, in microseconds.
     wait_micros: AtomicU64,
+    /// Direct calls stopped after their first slice and made again on the slow lane.
+    restarts: AtomicU64,
 }
 
 /// Counts one plugin instance in its plugin's pool gauges while it lives (held by the
@@ -319,6 +322,13 @@ impl PluginMetrics {
         pool.waits.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         pool.wait_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A direct call ran out of its first slice and is made again on the slow lane.
+    pub fn restarted(&self) {
+        if self.enabled {
+            self.pool.restarts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The plugin's name (`ns/name`).
@@ -776,6 +786,9 @@ fn float(v: f64) -> String {
     }
 }
 
+/// A per-plugin counter of the instance pools: name, help, value.
+type PoolCounter = (&'static str, &'static str, fn(&PoolStats) -> f64);
+
 /// The instance pools of every plugin that has prepared a binding.
 fn render_pools(out: &mut String, plugins: &[Arc<PluginMetrics>]) {
     let name = "wasmgate_plugin_instances";
@@ -796,27 +809,29 @@ fn render_pools(out: &mut String, plugins: &[Arc<PluginMetrics>]) {
             live - idle
         );
     }
-    let name = "wasmgate_plugin_instance_waits_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Plugin calls that found no idle instance and waited while one was instantiated.",
-    );
-    for p in plugins {
-        let n = p.pool.waits.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {n}", escape(&p.plugin));
-    }
-    let name = "wasmgate_plugin_instance_wait_seconds_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Time plugin calls waited for a new instance.",
-    );
-    for p in plugins {
-        let s = p.pool.wait_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {s}", escape(&p.plugin));
+    let counters: [PoolCounter; 3] = [
+        (
+            "wasmgate_plugin_instance_waits_total",
+            "Plugin calls that found no idle instance and waited while one was instantiated.",
+            |pool| pool.waits.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmgate_plugin_instance_wait_seconds_total",
+            "Time plugin calls waited for a new instance.",
+            |pool| pool.wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "wasmgate_plugin_calls_restarted_total",
+            "Direct plugin calls stopped after their first slice and made again on the slow lane.",
+            |pool| pool.restarts.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, "counter", help);
+        for p in plugins {
+            let v = value(&p.pool);
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", escape(&p.plugin));
+        }
     }
 }
 

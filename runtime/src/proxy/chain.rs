@@ -63,7 +63,7 @@ pub async fn run_chain(
             });
         }
         let timed = (link.stats.is_some() || span.is_some()).then(Instant::now);
-        // First-party components answer at once, without a call's future.
+        // Plugins called directly answer at once, without a call's future.
         let called = match link.policy.on_request_now(view) {
             Some(now) => now,
             None => link.policy.on_request_called(view).await,

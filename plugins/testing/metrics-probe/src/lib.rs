@@ -4,11 +4,15 @@
 //! `path_bytes{method}` of path lengths. Per request it adds to both, and on a few paths
 //! it misbehaves on purpose: `/define` tries to define a metric at request time and
 //! answers with the error it got, `/arity` adds with the wrong number of label values,
-//! `/quiet` emits nothing.
+//! `/quiet` emits nothing. `/spin` also logs, adds one to the request property
+//! `probe.spins` (answered in the response header `x-probe-spins`) and then runs for
+//! `x-spin-ms` milliseconds (default 10): longer than a first slice, so a test sees that
+//! what a call did before the gateway stopped it and made it again is done once.
 //! Config: `counterName` and `counterLabels` replace the counter's, so a test can make
 //! an invalid definition fail `prepare`.
 
 use serde::Deserialize;
+use wasmgate_plugin_sdk::host::{Level, log, monotonic_now};
 use wasmgate_plugin_sdk::metrics::{Counter, Histogram};
 use wasmgate_plugin_sdk::{
     Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy, parse_config,
@@ -78,8 +82,36 @@ impl Policy for Probe {
             _ => self.requests.add(&[method, tenant], 1),
         }
         self.path_bytes.observe(&[method], path.len() as f64);
+        if path == "/spin" {
+            return Ok(spin(request));
+        }
         Ok(Edit::keep())
     }
+}
+
+/// `/spin`: every effect a call can have, then a wait past a first slice.
+fn spin(request: &Request) -> Edit {
+    let spins = request
+        .property("probe.spins")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let spins = spins.to_string();
+    let mut edit = Edit::keep();
+    if let Err(e) = request.set_property("probe.spins", Some(&spins)) {
+        return Edit::respond(500, e);
+    }
+    log(Level::Info, &format!("probe spun ({spins})"));
+    let ms = request
+        .header("x-spin-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(10);
+    let start = monotonic_now();
+    while monotonic_now().saturating_sub(start) < ms * 1_000_000 {
+        std::hint::spin_loop();
+    }
+    edit.set_response_header("x-probe-spins", &spins);
+    edit
 }
 
 export_policy!(Probe);
@@ -87,6 +119,7 @@ export_policy!(Probe);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmgate_plugin_sdk::Header;
     use wasmgate_plugin_sdk::testing::{decide, prepare, recorded_metrics, request, run};
 
     #[test]
@@ -105,6 +138,22 @@ mod tests {
         let def = m.get("path_bytes").expect("defined");
         assert_eq!(def.labels, vec!["method".to_string()]);
         assert_eq!(def.help, "Length of the request path, in bytes.");
+    }
+
+    #[test]
+    fn spin_counts_in_a_property_and_answers_it() {
+        let probe: Probe = prepare("null");
+        let req = request("GET", "/spin").header("x-spin-ms", "1").build();
+        run(&probe, &req);
+        assert_eq!(
+            req.properties
+                .borrow()
+                .get("probe.spins")
+                .map(String::as_str),
+            Some("1")
+        );
+        let kept = req.reply_headers.borrow();
+        assert_eq!(kept[0].set, vec![Header::new("x-probe-spins", "1")]);
     }
 
     #[test]
