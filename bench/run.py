@@ -1853,6 +1853,8 @@ USER_PLUGIN_TARGET_US = 2.0
 # The scenario's rows.
 ENVOY_ROUTER, ENVOY_PLUGIN = "Envoy (router only)", "Envoy + proxy-wasm filter (V8)"
 WASMGATE_ROUTER, WASMGATE_PLUGIN = "wasmgate (router only)", "wasmgate + add-headers plugin"
+# With --wasmgate-before: the same two on the earlier build.
+BEFORE_ROUTER, BEFORE_PLUGIN = "before (router only)", "before + add-headers plugin"
 
 
 def router_only_vs() -> str:
@@ -2024,6 +2026,14 @@ def plugin_peers(b: Bench, wasm: Path, plugins: Path) -> list[Peer]:
         peers[-1].name = WASMGATE_PLUGIN
         peers.append(b.start_wasmgate("wasmgate-chain", realistic_vs()))
         peers[-1].name = WASMGATE_CHAIN
+        if b.a.wasmgate_before is not None:
+            before = Path(b.a.wasmgate_before)
+            peers.append(b.start_wasmgate("before-router-only", router_only_vs(), plugins,
+                                          binary=before))
+            peers[-1].name = BEFORE_ROUTER
+            peers.append(b.start_wasmgate("before-add-headers", router_only_vs(), plugins,
+                                          add_headers_binding(), binary=before))
+            peers[-1].name = BEFORE_PLUGIN
     except BaseException:
         for p in peers:
             b.stop(p)
@@ -2046,7 +2056,7 @@ def check_plugin_peers(b: Bench, wasm: Path, plugins: Path) -> list[str]:
                 body = r.read().decode()
                 upstream = r.headers.get(EchoOrigin.SAW, "(none)")
                 downstream = r.headers.get(PLUGIN_RESPONSE_HEADER[0], "(none)")
-            plugged = peer.name in (ENVOY_PLUGIN, WASMGATE_PLUGIN)
+            plugged = peer.name in (ENVOY_PLUGIN, WASMGATE_PLUGIN, BEFORE_PLUGIN)
             want_up = PLUGIN_REQUEST_HEADER[1] if plugged else "-"
             want_down = PLUGIN_RESPONSE_HEADER[1] if plugged else "(none)"
             if (r.status, body, upstream, downstream) != (200, ORIGIN_BODY, want_up, want_down):
@@ -2139,6 +2149,14 @@ def scenario_plugin_vs_envoy(b: Bench) -> str:
              f"{spread(w0):.1f} µs (wasmgate) of CPU per request over their runs",
              f"- issue 10's target, one user plugin that adds a header at no more than "
              f"{USER_PLUGIN_TARGET_US:g} µs: {wg_cost:+.1f} µs: {target}"]
+    if BEFORE_PLUGIN in rows:
+        b0, b1 = rows[BEFORE_ROUTER], rows[BEFORE_PLUGIN]
+        before_cost, before_text = cost(b1, b0)
+        lines += [f"- the earlier build (`--wasmgate-before`), add-headers: {before_text}",
+                  f"- the plugin's cost, this build − the earlier one: "
+                  f"{wg_cost - before_cost:+.1f} µs; the router-only rows, this build / "
+                  f"the earlier one: {w0.med('rps') / b0.med('rps'):.2f}x requests, "
+                  f"{w0.med('cpu_us_per_req') / b0.med('cpu_us_per_req'):.2f}x CPU"]
     return "\n".join(lines)
 
 
@@ -2321,7 +2339,8 @@ def main() -> int:
     ap.add_argument("--wasmgate", type=Path, default=ROOT / "target/release/wasmgate")
     ap.add_argument("--wasmgate-before", type=Path, default=None,
                     help="an earlier wasmgate build: scenarios 1 and 4 add its row "
-                         "('before') and a wasmgate/before ratio")
+                         "('before') and a wasmgate/before ratio; the plugin scenario "
+                         "its router-only and add-headers rows")
     ap.add_argument("--duration", type=float, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per run")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per configuration")

@@ -287,8 +287,13 @@ spec:
 /// The budgets: what each case allocates today. Lower them when a change saves
 /// allocations; raising one needs a reason. The measured average may exceed a budget by
 /// a quarter (a rare allocation of another thread: a timer wheel growing, the harness).
-const ROUTER_ONLY_BUDGET: u32 = 24;
-const WHOLE_CHAIN_BUDGET: u32 = 31;
+///
+/// 24 and 31 until the host lifted a call's edit with its action boxed
+/// (`plugin::Edit`): the router's forward now has a box of its own, which saves copying
+/// the 528-byte edit on each of its moves out of wasmtime, in every call (the chain
+/// 0.2 µs faster in `cargo bench`).
+const ROUTER_ONLY_BUDGET: u32 = 25;
+const WHOLE_CHAIN_BUDGET: u32 = 32;
 const SLACK: f64 = 0.25;
 
 #[test]

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use wasmgate::plugin::context::ChainNames;
-use wasmgate::plugin::types::{Action, Binding, DirectResponse, Edit, Interest};
-use wasmgate::plugin::{CallError, HostSettings, PluginError, PluginHost, RequestView};
+use wasmgate::plugin::types::{Action, Binding, DirectResponse, Interest};
+use wasmgate::plugin::{
+    Boxed, CallError, Edit, HostSettings, PluginError, PluginHost, RequestView,
+};
 
 fn built(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("WASMGATE_BUILT_PLUGINS")).join(format!("{name}.wasm"));
@@ -72,7 +74,7 @@ fn keeps(edit: &Edit) -> bool {
 
 /// The direct response an edit answers with.
 fn answer(edit: Edit) -> DirectResponse {
-    match edit.action {
+    match edit.action.map(Boxed::into_inner) {
         Some(Action::Respond(r)) => r,
         other => panic!("expected a direct response, got {other:?}"),
     }

@@ -41,6 +41,7 @@ use wasmtime::{
 };
 
 pub use bindings::wasmgate::policy::types;
+pub use bindings::{Boxed, Edit};
 use bindings::{Plugin, PluginPre};
 pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};
@@ -766,7 +767,7 @@ impl Slot {
         on_request: OnRequest,
         prepared: ResourceAny,
         request: Resource<RequestCtx>,
-    ) -> Result<Result<types::Edit, types::PluginError>, String> {
+    ) -> Result<Result<Edit, types::PluginError>, String> {
         self.store.data_mut().direct = mode;
         let called = on_request.call(&mut self.store, (prepared, request));
         self.store.data_mut().direct = Direct::No;
@@ -776,7 +777,7 @@ impl Slot {
 
 /// `on-request`'s signature: (prepared, borrow<request>) -> result<edit, plugin-error>.
 type OnRequest =
-    TypedFunc<(ResourceAny, Resource<RequestCtx>), (Result<types::Edit, types::PluginError>,)>;
+    TypedFunc<(ResourceAny, Resource<RequestCtx>), (Result<Edit, types::PluginError>,)>;
 
 enum SlotError {
     Config(types::ConfigError),
@@ -800,7 +801,7 @@ impl PreparedPolicy {
     }
 
     /// Decide for one request: the edit to apply to the decision in `view`.
-    pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<types::Edit, CallError> {
+    pub async fn on_request(&self, view: &Arc<RequestView>) -> Result<Edit, CallError> {
         match self.on_request_now(view) {
             Some(now) => now,
             None => self.on_request_called(view).await,
@@ -810,10 +811,7 @@ impl PreparedPolicy {
     /// [`PreparedPolicy::on_request`] the way that awaits: after
     /// [`PreparedPolicy::on_request_now`] answered `None` (the chain tries that first,
     /// so it builds no future when it need not).
-    pub async fn on_request_called(
-        &self,
-        view: &Arc<RequestView>,
-    ) -> Result<types::Edit, CallError> {
+    pub async fn on_request_called(&self, view: &Arc<RequestView>) -> Result<Edit, CallError> {
         match self.call(view.clone(), Phase::Request).await? {
             Answer::Request(edit) => Ok(edit),
             _ => Err(CallError::Lost("a call answered for another phase".into())),
@@ -823,10 +821,7 @@ impl PreparedPolicy {
     /// [`PreparedPolicy::on_request`] without awaiting, for a policy called directly
     /// (the first-party components) that has a ready instance: `None` otherwise, and
     /// then [`PreparedPolicy::on_request_called`] is the way.
-    pub fn on_request_now(
-        &self,
-        view: &Arc<RequestView>,
-    ) -> Option<Result<types::Edit, CallError>> {
+    pub fn on_request_now(&self, view: &Arc<RequestView>) -> Option<Result<Edit, CallError>> {
         call_now(&self.inner, view)
     }
 
@@ -941,7 +936,7 @@ enum Phase {
 /// What a call answered. Lives for one call on the stack: not worth a box per call.
 #[allow(clippy::large_enum_variant)]
 enum Answer {
-    Request(types::Edit),
+    Request(Edit),
     Response(types::ResponseEdit),
     Log,
 }
@@ -1054,7 +1049,7 @@ async fn call_once(
                     .call_direct(Direct::Trusted, on_request, resource, borrowed)
                     .map(|r| r.map(Answer::Request)),
                 None => invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
-                    .map(|r| r.map(Answer::Request)),
+                    .map(|r| r.map(|edit| Answer::Request(edit.into()))),
             }
         }
         Phase::Response(r) => {
@@ -1091,10 +1086,7 @@ async fn call_once(
 /// The request phase of a policy called directly (`direct_on_request`), made at once on
 /// the caller's thread: `None` when it cannot be (the policy is not called directly, or
 /// no idle instance has its binding prepared: the async way makes or prepares one).
-fn call_now(
-    binding: &PreparedInner,
-    view: &Arc<RequestView>,
-) -> Option<Result<types::Edit, CallError>> {
+fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<Edit, CallError>> {
     let pool = &binding.pool.inner;
     pool.plugin.inner.direct.as_ref()?;
     let mode = pool.plugin.inner.direct_mode;
@@ -1174,7 +1166,7 @@ fn restart(
     admit: Admit,
     view: &Arc<RequestView>,
     mut slot: Box<Slot>,
-) -> Option<Result<types::Edit, CallError>> {
+) -> Option<Result<Edit, CallError>> {
     for (name, before) in slot.store.data_mut().roll_back() {
         // It was set before with this name, so it can be again.
         let _ = view.set_property(name, before);

@@ -19,3 +19,100 @@ wasmtime::component::bindgen!({
         "wasmgate:policy/types.response": super::context::ResponseCtx,
     },
 });
+
+use wasmgate::policy::types::{Action, Header, HeaderMutation, RouteRef};
+use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
+use wasmtime::component::{ComponentType, Lift};
+
+/// The WIT `edit` as the host keeps it: the same record, with the action and the header
+/// mutations lifted into boxes. The generated `types::Edit` holds them inline (528
+/// bytes), and a call's result is moved several times on its way out of wasmtime, each
+/// move a copy of the whole record (12 % of a quick call's time, measured); this one is
+/// about a fifth of that.
+#[derive(ComponentType, Lift, Clone, Debug, Default)]
+#[component(record)]
+pub struct Edit {
+    pub route: Option<RouteRef>,
+    pub action: Option<Boxed<Action>>,
+    pub pick: Option<u32>,
+    #[component(name = "delay-ms")]
+    pub delay_ms: Option<u64>,
+    #[component(name = "request-headers")]
+    pub request_headers: Option<Boxed<HeaderMutation>>,
+    #[component(name = "response-headers")]
+    pub response_headers: Option<Boxed<HeaderMutation>>,
+    #[component(name = "log-fields")]
+    pub log_fields: Vec<Header>,
+}
+
+impl From<wasmgate::policy::types::Edit> for Edit {
+    fn from(e: wasmgate::policy::types::Edit) -> Self {
+        Edit {
+            route: e.route,
+            action: e.action.map(Boxed::new),
+            pick: e.pick,
+            delay_ms: e.delay_ms,
+            request_headers: e.request_headers.map(Boxed::new),
+            response_headers: e.response_headers.map(Boxed::new),
+            log_fields: e.log_fields,
+        }
+    }
+}
+
+/// A `T` lifted into a box: the same component type as `T`, one pointer wide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Boxed<T>(pub Box<T>);
+
+impl<T> Boxed<T> {
+    pub fn new(t: T) -> Self {
+        Boxed(Box::new(t))
+    }
+
+    pub fn into_inner(self) -> T {
+        *self.0
+    }
+}
+
+impl<T> std::ops::Deref for Boxed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Boxed<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+// SAFETY: every item forwards to `T`'s: the same type in the component model, with the
+// same flat and memory representation; only where the lifted Rust value lives differs.
+unsafe impl<T: ComponentType> ComponentType for Boxed<T> {
+    type Lower = T::Lower;
+    const ABI: CanonicalAbiInfo = T::ABI;
+    const MAY_REQUIRE_REALLOC: bool = T::MAY_REQUIRE_REALLOC;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        T::typecheck(ty, types)
+    }
+}
+
+// SAFETY: lifts exactly as `T` does, then boxes the value.
+unsafe impl<T: Lift> Lift for Boxed<T> {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        T::linear_lift_from_flat(cx, ty, src).map(Boxed::new)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        T::linear_lift_from_memory(cx, ty, bytes).map(Boxed::new)
+    }
+}

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
-use super::types::{Action, ActionKind, Decision, Edit, Header, HeaderMutation};
+use super::types::{Action, ActionKind, Decision, Header, HeaderMutation};
+use super::{Boxed, Edit};
 
 /// Most properties one request may carry, their longest name and value.
 pub const MAX_PROPERTIES: usize = 64;
@@ -241,7 +242,7 @@ impl ChainState {
             d.route = Some(route);
         }
         if let Some(action) = edit.action {
-            d.action = action;
+            d.action = action.into_inner();
         }
         if let (Some(i), Action::Forward(f)) = (edit.pick, &mut d.action)
             && let Some(i) = usize::try_from(i)
@@ -261,13 +262,17 @@ impl ChainState {
                 join(&mut f.request_headers, edit.request_headers);
                 join(&mut f.response_headers, edit.response_headers);
             }
-            _ => self.reply_ops.extend(edit.response_headers),
+            _ => self
+                .reply_ops
+                .extend(edit.response_headers.map(Boxed::into_inner)),
         }
     }
 }
 
-fn join(into: &mut Option<HeaderMutation>, more: Option<HeaderMutation>) {
-    let Some(more) = more else { return };
+fn join(into: &mut Option<HeaderMutation>, more: Option<Boxed<HeaderMutation>>) {
+    let Some(more) = more.map(Boxed::into_inner) else {
+        return;
+    };
     match into {
         Some(m) => {
             m.set.extend(more.set);
