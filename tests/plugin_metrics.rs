@@ -177,11 +177,13 @@ async fn a_call_made_again_on_the_slow_lane_has_its_effects_once() {
     }
     let probe = "plugin=\"default/probe\"";
     let restarted = format!("wasmgate_plugin_calls_restarted_total{{{probe}}}");
-    let text = gw.scrape().await;
-    assert_lines(&text, &[&format!("{restarted} 0")]);
+    // Quick calls finish within their first slice (on a busy machine one preempted
+    // twice in a call could start over too, so this is not asserted exactly).
+    let quick = support::metric(&gw.scrape().await, &restarted);
 
+    // 5 ms: past a slice of one to two ticks of 1 ms, well within the deadline.
     let spin = |tenant: &'static str| async move {
-        let headers = [("x-tenant", tenant), ("x-spin-ms", "30")];
+        let headers = [("x-tenant", tenant), ("x-spin-ms", "5")];
         get(port, "app.example.com", "/spin", &headers)
             .await
             .expect("request")
@@ -193,7 +195,8 @@ async fn a_call_made_again_on_the_slow_lane_has_its_effects_once() {
         Some(&b"1"[..]),
         "the property the stopped try set was put back"
     );
-    // Within the next second the binding's calls start on the slow lane: not stopped.
+    // Within the next second the binding's calls start on the slow lane (or, on a slow
+    // machine past it, start over again): either way once.
     let r = spin("again").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -202,10 +205,14 @@ async fn a_call_made_again_on_the_slow_lane_has_its_effects_once() {
     );
 
     let text = gw.scrape().await;
+    let restarts = support::metric(&text, &restarted) - quick;
+    assert!(
+        (1.0..=2.0).contains(&restarts),
+        "{restarts} restarts:\n{text}"
+    );
     assert_lines(
         &text,
         &[
-            &format!("{restarted} 1"),
             &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"spin\"}} 1"),
             &format!("wasmgate_plugin_requests_total{{{probe},method=\"GET\",tenant=\"again\"}} 1"),
             &format!("wasmgate_plugin_calls_total{{{probe},virtual_service=\"default/app\"}} 5"),

@@ -819,8 +819,9 @@ impl PreparedPolicy {
     }
 
     /// [`PreparedPolicy::on_request`] without awaiting, for a policy called directly
-    /// (the first-party components) that has a ready instance: `None` otherwise, and
-    /// then [`PreparedPolicy::on_request_called`] is the way.
+    /// (`direct_on_request`) that has a ready instance: `None` otherwise, or when a
+    /// user's plugin is to start over on the slow lane, and then
+    /// [`PreparedPolicy::on_request_called`] is the way.
     pub fn on_request_now(&self, view: &Arc<RequestView>) -> Option<Result<Edit, CallError>> {
         call_now(&self.inner, view)
     }
@@ -1041,8 +1042,9 @@ async fn call_once(
     let result = match phase {
         Phase::Request => {
             let borrowed = Resource::new_borrow(request.rep());
-            // A user's plugin that is called directly runs here (on the slow lane, or
-            // after its direct call was stopped) the async way, which can yield.
+            // A user's plugin that is called directly runs here (when no idle instance
+            // was ready, on the slow lane, or after its direct call was stopped) the
+            // async way, which can yield.
             let trusted = pool.plugin.inner.direct_mode == Direct::Trusted;
             match slot.direct.filter(|_| trusted) {
                 Some(on_request) => slot
@@ -1084,8 +1086,10 @@ async fn call_once(
 }
 
 /// The request phase of a policy called directly (`direct_on_request`), made at once on
-/// the caller's thread: `None` when it cannot be (the policy is not called directly, or
-/// no idle instance has its binding prepared: the async way makes or prepares one).
+/// the caller's thread: `None` when it cannot be (the policy is not called directly, no
+/// idle instance has its binding prepared: the async way makes or prepares one; a
+/// user's plugin within a second of a slow or faulted call) or was stopped to start
+/// over (`restart`).
 fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<Edit, CallError>> {
     let pool = &binding.pool.inner;
     pool.plugin.inner.direct.as_ref()?;
@@ -1167,9 +1171,8 @@ fn restart(
     view: &Arc<RequestView>,
     mut slot: Box<Slot>,
 ) -> Option<Result<Edit, CallError>> {
-    for (name, before) in slot.store.data_mut().roll_back() {
-        // It was set before with this name, so it can be again.
-        let _ = view.set_property(name, before);
+    if let Some(before) = slot.store.data_mut().roll_back() {
+        view.restore_properties(before);
     }
     drop(slot);
     binding.breaker.abandon(admit);
@@ -1247,8 +1250,9 @@ impl PoolInner {
         );
         let mut store = Store::new(&host.engine, state);
         store.limiter(|s| &mut s.limits);
-        // Past its first tick a call yields at every tick (on the slow lane, where it
-        // then finishes, to the other slow calls); once its budget is spent, it stops.
+        // Past its first tick an async call yields at every tick (on the slow lane,
+        // where it then finishes, to the other slow calls), a trusted direct call runs
+        // on, a restartable one stops to start over; once its budget is spent, any stops.
         store.epoch_deadline_callback(|mut ctx| {
             Ok(match ctx.data_mut().on_tick() {
                 Tick::Stop => UpdateDeadline::Interrupt,
@@ -1299,12 +1303,14 @@ impl PoolInner {
 /// slow lane's fairness.
 fn direct_on_request(engine: &Engine, component: &Component) -> Option<ComponentExportIndex> {
     let ty = component.component_type();
-    let waits = ty.imports(engine).any(|(name, _)| {
-        name.starts_with("wasi:")
-            || name.starts_with(&format!("{WIT_PACKAGE}/outbound"))
-            || name.starts_with(&format!("{WIT_PACKAGE}/state"))
+    // An allow-list: an interface added later is called the async way until someone
+    // decides whether its effects can wait, or be undone, when a call starts over.
+    let answers_at_once = ty.imports(engine).all(|(name, _)| {
+        ["types", "host", "metrics", "clock"]
+            .iter()
+            .any(|i| name.starts_with(&format!("{WIT_PACKAGE}/{i}@")))
     });
-    if waits {
+    if !answers_at_once {
         return None;
     }
     let interface = ty

@@ -21,6 +21,8 @@ wasmtime::component::bindgen!({
 });
 
 use wasmgate::policy::types::{Action, Header, HeaderMutation, RouteRef};
+// wasmtime's hidden API for hand-written component types (its derive macros use it):
+// no semver promise, so a wasmtime upgrade may need this file touched; Cargo.lock pins it.
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
 use wasmtime::component::{ComponentType, Lift};
 

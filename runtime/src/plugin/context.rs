@@ -177,6 +177,17 @@ impl RequestView {
             .map(|(_, v)| v.clone())
     }
 
+    /// Every property set so far, in order (not `source.principal`, which is the
+    /// connection's).
+    pub fn properties(&self) -> Vec<(String, String)> {
+        self.state().properties.clone()
+    }
+
+    /// Put the properties back as [`RequestView::properties`] gave them.
+    pub fn restore_properties(&self, properties: Vec<(String, String)>) {
+        self.state().properties = properties;
+    }
+
     /// Set or (with `None`) remove a property, within the limits.
     pub fn set_property(&self, name: String, value: Option<String>) -> Result<(), String> {
         let mut s = self.state();

@@ -87,9 +87,9 @@ pub struct StoreState {
     /// What a [`Direct::Restartable`] call did that others see (log lines, metric
     /// updates), held until it ends: dropped if it is made again.
     effects: Vec<Effect>,
-    /// The properties a [`Direct::Restartable`] call set, with the values they had
-    /// before: put back if it is made again.
-    undo: Vec<(String, Option<String>)>,
+    /// The request's properties as they were before a [`Direct::Restartable`] call
+    /// first set one: put back if it is made again.
+    undo: Option<Vec<(String, String)>>,
     /// The current call was stopped because its plugin spent its CPU for this second.
     out_of_cpu: bool,
     /// How long the current call has waited on outbound calls.
@@ -136,7 +136,7 @@ impl StoreState {
             direct: Direct::No,
             sliced: false,
             effects: Vec::new(),
-            undo: Vec::new(),
+            undo: None,
             out_of_cpu: false,
             outbound_waited: std::time::Duration::ZERO,
             waiting: None,
@@ -216,7 +216,7 @@ impl StoreState {
         self.ticks = 0;
         self.sliced = false;
         self.effects.clear();
-        self.undo.clear();
+        self.undo = None;
         self.out_of_cpu = false;
         self.outbound_waited = std::time::Duration::ZERO;
     }
@@ -257,7 +257,7 @@ impl StoreState {
 
     /// A restartable direct call ended for good: what it did takes effect now.
     pub fn commit(&mut self) {
-        self.undo.clear();
+        self.undo = None;
         for effect in std::mem::take(&mut self.effects) {
             match effect {
                 Effect::Log(level, message) => self.log_now(level, &message),
@@ -276,17 +276,24 @@ impl StoreState {
     }
 
     /// A restartable direct call is made again: its log lines and metric updates are
-    /// dropped; the properties it set, to put back as they were (latest first).
-    pub fn roll_back(&mut self) -> Vec<(String, Option<String>)> {
+    /// dropped; the request's properties as they were before it set one, to put back
+    /// (`None`: it set none).
+    pub fn roll_back(&mut self) -> Option<Vec<(String, String)>> {
         self.effects.clear();
-        let mut undo = std::mem::take(&mut self.undo);
-        undo.reverse();
-        undo
+        self.undo.take()
     }
 
     /// Is what the current call does held until it ends ([`StoreState::commit`])?
     fn held(&self) -> bool {
         self.direct == Direct::Restartable
+    }
+
+    /// Hold one effect of a restartable call; past [`MAX_HELD`] they are dropped (a
+    /// first slice that logs or counts more than that is a plugin flooding the host).
+    fn hold(&mut self, effect: Effect) {
+        if self.effects.len() < MAX_HELD {
+            self.effects.push(effect);
+        }
     }
 
     fn log_now(&self, level: host::LogLevel, message: &str) {
@@ -336,6 +343,9 @@ pub enum Direct {
     Restartable,
 }
 
+/// The most log lines and metric updates one restartable call's effects hold.
+const MAX_HELD: usize = 256;
+
 /// What a [`Direct::Restartable`] call did, held until it ends.
 enum Effect {
     Log(host::LogLevel, String),
@@ -365,7 +375,8 @@ impl types::Host for StoreState {}
 impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
         if self.held() {
-            self.effects.push(Effect::Log(level, message));
+            let message = cut(&message).to_string();
+            self.hold(Effect::Log(level, message));
         } else {
             self.log_now(level, &message);
         }
@@ -414,8 +425,7 @@ impl metrics::Host for StoreState {
 
     fn counter_add(&mut self, metric: metrics::MetricId, label_values: Vec<String>, value: u64) {
         if self.held() {
-            self.effects
-                .push(Effect::Counter(metric, label_values, value));
+            self.hold(Effect::Counter(metric, label_values, value));
         } else if let Some(m) = &self.metrics {
             m.counter_add(metric, label_values, value);
         }
@@ -428,8 +438,7 @@ impl metrics::Host for StoreState {
         value: f64,
     ) {
         if self.held() {
-            self.effects
-                .push(Effect::Histogram(metric, label_values, value));
+            self.hold(Effect::Histogram(metric, label_values, value));
         } else if let Some(m) = &self.metrics {
             m.histogram_observe(metric, label_values, value);
         }
@@ -579,10 +588,10 @@ impl types::HostRequest for StoreState {
         if !held {
             return Ok(view.set_property(name, value));
         }
-        let before = view.property(&name);
-        let set = view.set_property(name.clone(), value);
-        if set.is_ok() {
-            self.undo.push((name, before));
+        let before = self.undo.is_none().then(|| view.properties());
+        let set = view.set_property(name, value);
+        if self.undo.is_none() {
+            self.undo = before;
         }
         Ok(set)
     }
