@@ -91,6 +91,11 @@ pub trait Policy: Sized + 'static {
     /// Decide for one request. Read what you need from `request` (its head, the decision
     /// so far, properties earlier policies set) and answer with an [`Edit`]; an empty
     /// edit (`Edit::default()`) changes nothing.
+    ///
+    /// A call that runs past its first slice (a millisecond or two) may be stopped and
+    /// made again from the start in a fresh instance (docs/plugins.md, "Quick calls are
+    /// direct calls"): what the stopped try did through the host is undone, but its
+    /// instance's globals are gone with it, so keep state that must last in [`state`].
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError>;
 
     /// Change a response before it goes to the client. Called only when
