@@ -20,7 +20,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-use wasmgate::policy::types::{Action, Header, HeaderMutation, RouteRef};
+use self::wasmgate::policy::types::{Action, Header, HeaderMutation, RouteRef};
 // wasmtime's hidden API for hand-written component types (its derive macros use it):
 // no semver promise, so a wasmtime upgrade may need this file touched; Cargo.lock pins it.
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
@@ -47,8 +47,8 @@ pub struct Edit {
     pub log_fields: Vec<Header>,
 }
 
-impl From<wasmgate::policy::types::Edit> for Edit {
-    fn from(e: wasmgate::policy::types::Edit) -> Self {
+impl From<self::wasmgate::policy::types::Edit> for Edit {
+    fn from(e: self::wasmgate::policy::types::Edit) -> Self {
         Edit {
             route: e.route,
             action: e.action.map(Boxed::new),
