@@ -737,6 +737,14 @@ struct PreparedInner {
 }
 
 impl PreparedInner {
+    /// The binding's calls start on the slow lane for the next [`SLOW_FOR_MS`]: when
+    /// that ends (`coarse::millis`).
+    fn slow_for_a_while(&self) -> u64 {
+        let until = coarse::millis().saturating_add(SLOW_FOR_MS);
+        self.slow_until.fetch_max(until, Ordering::Relaxed);
+        until
+    }
+
     fn quarantined(&self) -> CallError {
         CallError::Quarantined(format!(
             "{} for {}",
@@ -874,8 +882,7 @@ impl PreparedPolicy {
             // A trap costs the next call a fresh instance: made on the lane too.
             let trapped = result.as_ref().err().is_some_and(CallError::is_fault);
             if ticks > 1 || trapped {
-                let until = coarse::millis().saturating_add(SLOW_FOR_MS);
-                inner.slow_until.fetch_max(until, Ordering::Relaxed);
+                let until = inner.slow_for_a_while();
                 // Spun and then faulted (its deadline, its memory): the faulty lane. Not
                 // a quick trap, and not a call that the kernel starved to its deadline
                 // there (it saw few ticks): those would keep a plugin that merely
@@ -1152,8 +1159,7 @@ fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<E
         state.commit();
         // A trap costs the next call a fresh instance: made on the slow lane.
         if result.is_err() {
-            let until = coarse::millis().saturating_add(SLOW_FOR_MS);
-            binding.slow_until.fetch_max(until, Ordering::Relaxed);
+            binding.slow_for_a_while();
         }
     }
     let result = pool.finish(slot, result);
@@ -1177,8 +1183,7 @@ fn restart(
     drop(slot);
     binding.breaker.abandon(admit);
     binding.metrics.restarted();
-    let until = coarse::millis().saturating_add(SLOW_FOR_MS);
-    binding.slow_until.fetch_max(until, Ordering::Relaxed);
+    binding.slow_for_a_while();
     None
 }
 

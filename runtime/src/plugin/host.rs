@@ -259,19 +259,7 @@ impl StoreState {
     pub fn commit(&mut self) {
         self.undo = None;
         for effect in std::mem::take(&mut self.effects) {
-            match effect {
-                Effect::Log(level, message) => self.log_now(level, &message),
-                Effect::Counter(metric, labels, value) => {
-                    if let Some(m) = &self.metrics {
-                        m.counter_add(metric, labels, value);
-                    }
-                }
-                Effect::Histogram(metric, labels, value) => {
-                    if let Some(m) = &self.metrics {
-                        m.histogram_observe(metric, labels, value);
-                    }
-                }
-            }
+            self.apply(effect);
         }
     }
 
@@ -288,11 +276,35 @@ impl StoreState {
         self.direct == Direct::Restartable
     }
 
-    /// Hold one effect of a restartable call; past [`MAX_HELD`] they are dropped (a
+    /// A log line or metric update: done now, or held while a restartable call runs
+    /// (its line cut as it would be logged); past [`MAX_HELD`] held ones are dropped (a
     /// first slice that logs or counts more than that is a plugin flooding the host).
-    fn hold(&mut self, effect: Effect) {
+    fn emit(&mut self, mut effect: Effect) {
+        if !self.held() {
+            self.apply(effect);
+            return;
+        }
+        if let Effect::Log(_, message) = &mut effect {
+            message.truncate(cut(message).len());
+        }
         if self.effects.len() < MAX_HELD {
             self.effects.push(effect);
+        }
+    }
+
+    fn apply(&self, effect: Effect) {
+        match effect {
+            Effect::Log(level, message) => self.log_now(level, &message),
+            Effect::Counter(metric, labels, value) => {
+                if let Some(m) = &self.metrics {
+                    m.counter_add(metric, labels, value);
+                }
+            }
+            Effect::Histogram(metric, labels, value) => {
+                if let Some(m) = &self.metrics {
+                    m.histogram_observe(metric, labels, value);
+                }
+            }
         }
     }
 
@@ -374,12 +386,7 @@ impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
-        if self.held() {
-            let message = cut(&message).to_string();
-            self.hold(Effect::Log(level, message));
-        } else {
-            self.log_now(level, &message);
-        }
+        self.emit(Effect::Log(level, message));
     }
 
     fn random_u64(&mut self) -> u64 {
@@ -424,11 +431,7 @@ impl metrics::Host for StoreState {
     }
 
     fn counter_add(&mut self, metric: metrics::MetricId, label_values: Vec<String>, value: u64) {
-        if self.held() {
-            self.hold(Effect::Counter(metric, label_values, value));
-        } else if let Some(m) = &self.metrics {
-            m.counter_add(metric, label_values, value);
-        }
+        self.emit(Effect::Counter(metric, label_values, value));
     }
 
     fn histogram_observe(
@@ -437,11 +440,7 @@ impl metrics::Host for StoreState {
         label_values: Vec<String>,
         value: f64,
     ) {
-        if self.held() {
-            self.hold(Effect::Histogram(metric, label_values, value));
-        } else if let Some(m) = &self.metrics {
-            m.histogram_observe(metric, label_values, value);
-        }
+        self.emit(Effect::Histogram(metric, label_values, value));
     }
 }
 
@@ -583,17 +582,10 @@ impl types::HostRequest for StoreState {
                 "property {name:?} is the gateway's: only its RequestAuthentication sets it"
             )));
         }
-        let held = self.held();
-        let view = &self.request(&r)?.view;
-        if !held {
-            return Ok(view.set_property(name, value));
+        if self.held() && self.undo.is_none() {
+            self.undo = Some(self.request(&r)?.view.properties());
         }
-        let before = self.undo.is_none().then(|| view.properties());
-        let set = view.set_property(name, value);
-        if self.undo.is_none() {
-            self.undo = before;
-        }
-        Ok(set)
+        Ok(self.request(&r)?.view.set_property(name, value))
     }
 
     fn drop(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<()> {
