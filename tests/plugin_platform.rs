@@ -2,7 +2,7 @@
 //! plugins built from `plugins/testing/`: the response phase (reverse order, header
 //! changes, a replaced response, a rewritten body), request bodies within and over a
 //! plugin's limit (413 when it fails closed, streamed on when it fails open), per-request
-//! properties, phase and priority order, the log phase, the capabilities a WasmPlugin
+//! properties, phase and priority order, prepared edits, the log phase, the capabilities a WasmPlugin
 //! grants (state shared by instances and kept across a trap, the wall clock, outbound
 //! calls to a loopback service and the refusal of a host not granted), isolation between
 //! namespaces, and a 0.2 plugin refused naming both versions.
@@ -94,6 +94,19 @@ async fn phases_properties_and_order() {
         .await
         .expect("reply");
     assert_eq!(reply.echo()["headers"]["x-phases-b"], "seen");
+
+    // b answers with the edit it prepared, kept by the host and named per request
+    // (`host.prepare-edit`, `request.use-edit`), with a header laid over it; one made on
+    // the request is refused by the host and kept by the plugin, with the same answer.
+    for (who, kept) in [("b", "true"), ("b", "true"), ("late-b", "false")] {
+        let reply = get(port, "x", "/", &[("x-prepared", who)])
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, StatusCode::OK, "{}", gw.log_text());
+        assert_eq!(reply.text(), "prepared by b");
+        assert_eq!(header(&reply, "x-prepared"), "b");
+        assert_eq!(header(&reply, "x-host-kept"), kept, "{who}");
+    }
 
     // The response phase runs in reverse: b sees the upstream's 200, then c's view.
     for name in ["a", "b", "c"] {

@@ -192,6 +192,53 @@ impl Edit {
     }
 }
 
+/// An edit a policy makes once, in [`crate::Policy::prepare`], and answers many requests
+/// with: a route's forward, say. Inside Wasm the host keeps it (`host.prepare-edit`), and
+/// [`PreparedEdit::answer`] names it in one small call instead of building, lowering and
+/// lifting every string in it per request. Where the host does not keep it (past its
+/// limits of 10000 edits and 4 MiB per binding, made outside `prepare`, or in a native
+/// test) the policy keeps it itself; the answers are the same either way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedEdit {
+    held: Held,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Held {
+    /// The host's number for it.
+    Host(u32),
+    Policy(Box<Edit>),
+}
+
+impl PreparedEdit {
+    /// Hand `edit` to the host to keep (from [`crate::Policy::prepare`]).
+    pub fn new(edit: Edit) -> Self {
+        let held = match crate::host::prepare_edit(&edit) {
+            Some(id) => Held::Host(id),
+            None => Held::Policy(Box::new(edit)),
+        };
+        PreparedEdit { held }
+    }
+
+    /// Did the host keep it? (Never in a native test.)
+    pub fn kept_by_host(&self) -> bool {
+        matches!(self.held, Held::Host(_))
+    }
+
+    /// The answer for `request`: this edit. Add to it with [`Edit`]'s methods, which add
+    /// header operations and log fields to the prepared ones; a field set outright
+    /// (`route`, `action`, `pick`, `delay_ms`) replaces the prepared one's.
+    pub fn answer(&self, request: &crate::Request) -> Edit {
+        match &self.held {
+            Held::Host(id) => {
+                request.use_edit(*id);
+                Edit::keep()
+            }
+            Held::Policy(edit) => (**edit).clone(),
+        }
+    }
+}
+
 /// What [`Edit::apply`] could not put into the decision itself: response header
 /// operations for a local reply.
 #[derive(Debug, Default, Clone, PartialEq)]

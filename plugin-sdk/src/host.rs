@@ -55,10 +55,20 @@ pub fn monotonic_now() -> u64 {
     imp::monotonic_now()
 }
 
+/// `host.prepare-edit`: the host's number for `edit`, or `None` where it does not keep
+/// it (see [`crate::PreparedEdit`]).
+pub(crate) fn prepare_edit(edit: &crate::Edit) -> Option<u32> {
+    imp::prepare_edit(edit)
+}
+
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::Level;
     use crate::__bindings::wasmgate::policy::host as wit;
+
+    pub fn prepare_edit(edit: &crate::Edit) -> Option<u32> {
+        wit::prepare_edit(edit).ok()
+    }
 
     pub fn log(level: Level, message: &str) {
         let level = match level {
@@ -93,6 +103,11 @@ mod imp {
 
     pub fn seed(seed: u64) {
         STATE.with(|s| s.set(seed));
+    }
+
+    /// No host to keep it: the policy does.
+    pub fn prepare_edit(_: &crate::Edit) -> Option<u32> {
+        None
     }
 
     pub fn log(level: Level, message: &str) {

@@ -68,6 +68,7 @@ pub use __bindings::wasmgate::policy::types::{
     Header, HeaderMutation, Interest, LogEntry, Mirror, PluginError, Redirect, ResponseEdit,
     RetryPolicy, RouteRef,
 };
+pub use edit::PreparedEdit;
 pub use request::{Request, Response};
 pub use serde;
 pub use serde_json;

@@ -84,6 +84,15 @@ impl<'a> Request<'a> {
         self.kept(&self.authority, |r| r.authority(), |t| &t.authority)
     }
 
+    /// Name the host's prepared edit `id` as this call's answer (see
+    /// [`crate::PreparedEdit::answer`]). Only a host-kept edit has an `id`, and only a
+    /// host's request comes with one.
+    pub(crate) fn use_edit(&self, id: u32) {
+        if let RequestSource::Host(r) = self.source {
+            r.use_edit(id);
+        }
+    }
+
     /// The `x-request-id`.
     pub fn id(&self) -> String {
         match self.source {

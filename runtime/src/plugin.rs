@@ -19,6 +19,7 @@ pub mod builtin;
 mod coarse;
 pub mod context;
 pub mod diskcache;
+mod edits;
 mod host;
 mod lane;
 mod load;
@@ -779,7 +780,19 @@ impl Slot {
         self.store.data_mut().direct = mode;
         let called = on_request.call(&mut self.store, (prepared, request));
         self.store.data_mut().direct = Direct::No;
-        called.map(|(r,)| r).map_err(|e| load::describe_trap(&e))
+        self.answered(called.map(|(r,)| r).map_err(|e| load::describe_trap(&e)))
+    }
+
+    /// `on-request` answered: the prepared edit it named (`request.use-edit`), if any,
+    /// goes under the edit it returned.
+    fn answered(
+        &mut self,
+        result: Result<Result<Edit, types::PluginError>, String>,
+    ) -> Result<Result<Edit, types::PluginError>, String> {
+        let edits = &mut self.store.data_mut().edits;
+        let answer = result.map(|r| r.map(|edit| edits.answer(edit)));
+        edits.calling(None);
+        answer
     }
 }
 
@@ -1010,6 +1023,8 @@ async fn call_once(
     slot.begin(budget);
     slot.store.data_mut().enter(&binding.metrics, false);
     slot.store.data_mut().waiting = waiting;
+    let naming = matches!(phase, Phase::Request).then_some(binding.id);
+    slot.store.data_mut().edits.calling(naming);
     let body = match &phase {
         Phase::Response(_) => false,
         _ => fits(binding.interest.request_body, view.body.as_ref()),
@@ -1057,8 +1072,12 @@ async fn call_once(
                 Some(on_request) => slot
                     .call_direct(Direct::Trusted, on_request, resource, borrowed)
                     .map(|r| r.map(Answer::Request)),
-                None => invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
-                    .map(|r| r.map(|edit| Answer::Request(edit.into()))),
+                None => {
+                    let called =
+                        invoke!(guest.call_on_request(&mut slot.store, resource, borrowed))
+                            .map(|r| r.map(Edit::from));
+                    slot.answered(called).map(|r| r.map(Answer::Request))
+                }
             }
         }
         Phase::Response(r) => {
@@ -1137,6 +1156,7 @@ fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<E
     let state = slot.store.data_mut();
     state.enter(&binding.metrics, false);
     state.waiting = None;
+    state.edits.calling(Some(binding.id));
     let body = fits(binding.interest.request_body, view.body.as_ref());
     let request = match state.push_request(RequestCtx {
         view: view.clone(),
@@ -1352,10 +1372,12 @@ impl Slot {
         let budget = binding.pool.inner.host.inner.prepare_budget;
         self.begin(budget);
         self.store.data_mut().enter(&binding.metrics, true);
+        self.store.data_mut().edits.preparing(binding.id);
         let guest = self.plugin.wasmgate_policy_policy().prepared();
         let call = guest.call_prepare(&mut self.store, &binding.binding, &binding.config);
         let resource = bounded(budget, call).await;
         self.store.data_mut().leave_prepare();
+        self.store.data_mut().edits.calling(None);
         let resource = resource
             .map_err(|e| SlotError::Other(format!("prepare trapped: {e}")))?
             .map_err(SlotError::Config)?;

@@ -8,7 +8,7 @@ use wasmgate_config::raw::{
 };
 use wasmgate_plugin_sdk::{
     Action, ConfigError, Destination, DirectResponse, Edit, Forward, Header, HeaderMutation,
-    Mirror, Redirect, RetryPolicy, RouteRef,
+    Mirror, PreparedEdit, Redirect, RetryPolicy, RouteRef,
 };
 
 use crate::matching::{CompiledMatch, Matched, Matcher, RequestView, UriKey};
@@ -25,6 +25,10 @@ pub struct CompiledRoute {
     matches: Vec<CompiledMatch>,
     action: RouteAction,
     cors: Option<Cors>,
+    /// The edit of a route whose answer does not depend on the request (a forward
+    /// without a URI rewrite, a direct response), kept by the host: without a CORS
+    /// origin to answer, a match answers with it.
+    prepared: Option<PreparedEdit>,
 }
 
 #[derive(Debug)]
@@ -184,12 +188,33 @@ impl CompiledRoute {
             .as_ref()
             .map(|c| Cors::compile(c, &format!("{field}.corsPolicy")))
             .transpose()?;
-        Ok(CompiledRoute {
+        let route = RouteRef {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             name: http.name.clone(),
+        };
+        let fixed = match &action {
+            RouteAction::Forward {
+                template,
+                rewrite_uri: None,
+                regex_rewrite: None,
+            } => Some(Action::Forward((**template).clone())),
+            RouteAction::Respond { status, body } => Some(respond(*status, body)),
+            _ => None,
+        };
+        let prepared = fixed.map(|action| {
+            PreparedEdit::new(Edit {
+                route: Some(route.clone()),
+                action: Some(action),
+                ..Edit::keep()
+            })
+        });
+        Ok(CompiledRoute {
+            index: route.index,
+            name: route.name,
             matches,
             action,
             cors,
+            prepared,
         })
     }
 
@@ -299,17 +324,6 @@ impl CompiledRoute {
     /// The edit for a request this route matched: this route, and its action in place of
     /// the decision's (delay and log fields are kept).
     pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
-        Edit {
-            route: Some(RouteRef {
-                index: self.index,
-                name: self.name.clone(),
-            }),
-            action: Some(self.action(req, matched)),
-            ..Edit::keep()
-        }
-    }
-
-    fn action(&self, req: &RequestView<'_>, matched: Matched) -> Action {
         let request = req.request();
         let origin = self.cors.as_ref().and_then(|c| {
             request
@@ -317,6 +331,26 @@ impl CompiledRoute {
                 .filter(|o| c.allows(o))
                 .map(|o| (c, o))
         });
+        if let (Some(prepared), None) = (&self.prepared, &origin) {
+            return prepared.answer(request);
+        }
+        Edit {
+            route: Some(RouteRef {
+                index: self.index,
+                name: self.name.clone(),
+            }),
+            action: Some(self.action(req, matched, origin)),
+            ..Edit::keep()
+        }
+    }
+
+    fn action(
+        &self,
+        req: &RequestView<'_>,
+        matched: Matched,
+        origin: Option<(&Cors, String)>,
+    ) -> Action {
+        let request = req.request();
         if let Some((cors, origin)) = &origin
             && req.method() == "OPTIONS"
             && request.header("access-control-request-method").is_some()
@@ -390,14 +424,18 @@ impl CompiledRoute {
                     location: with_query(format!("{scheme}://{authority}{path}"), req.query()),
                 })
             }
-            RouteAction::Respond { status, body } => Action::Respond(DirectResponse {
-                status: *status,
-                headers: Vec::new(),
-                body: body.clone(),
-            }),
+            RouteAction::Respond { status, body } => respond(*status, body),
             RouteAction::Unsupported => Action::NoRoute,
         }
     }
+}
+
+fn respond(status: u16, body: &[u8]) -> Action {
+    Action::Respond(DirectResponse {
+        status,
+        headers: Vec::new(),
+        body: body.to_vec(),
+    })
 }
 
 fn with_query(path: String, query: &str) -> String {

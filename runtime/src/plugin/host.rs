@@ -23,6 +23,7 @@ use wasmtime::component::Resource;
 use super::bindings::wasmgate::policy::{clock, host, metrics, outbound, state, types};
 use super::budget::Limiter;
 use super::context::{self, RequestCtx, ResponseCtx};
+use super::edits::PreparedEdits;
 use super::metrics::{Definition, PluginMetrics};
 use super::state::StateStore;
 use super::{OutboundAnswer, OutboundCall, OutboundClient};
@@ -104,6 +105,9 @@ pub struct StoreState {
     /// The plugin's log lines, shared by all its instances.
     log_budget: Arc<LogBudget>,
     grants: Grants,
+    /// The edits the plugin prepared (`host.prepare-edit`) and the one the current call
+    /// named.
+    pub edits: PreparedEdits,
 }
 
 impl StoreState {
@@ -144,6 +148,7 @@ impl StoreState {
             defining: false,
             log_budget,
             grants,
+            edits: PreparedEdits::default(),
         }
     }
 
@@ -396,6 +401,10 @@ impl host::Host for StoreState {
     fn monotonic_now(&mut self) -> u64 {
         monotonic_nanos()
     }
+
+    fn prepare_edit(&mut self, edit: types::Edit) -> Result<u32, String> {
+        self.edits.add(edit)
+    }
 }
 
 impl metrics::Host for StoreState {
@@ -586,6 +595,11 @@ impl types::HostRequest for StoreState {
             self.undo = Some(self.request(&r)?.view.properties());
         }
         Ok(self.request(&r)?.view.set_property(name, value))
+    }
+
+    fn use_edit(&mut self, r: Resource<RequestCtx>, id: u32) -> wasmtime::Result<()> {
+        self.request(&r)?;
+        self.edits.choose(id)
     }
 
     fn drop(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<()> {

@@ -19,6 +19,12 @@
 //! k=v` it sets property `k` to `v` and answers 200 `set`, or 403 with the host's
 //! refusal.
 //!
+//! With request header `x-prepared` set to its name it answers with the edit it prepared
+//! (a 200 `prepared by <name>` with response header `x-prepared: <name>`), adding
+//! response header `x-host-kept: true|false` (did the host keep it?); with
+//! `x-prepared: late-<name>` it does the same with an edit prepared on the request,
+//! which the host refuses to keep (`x-host-kept: false`).
+//!
 //! On a response it sets `x-phases-<name>-status: <status>`; when request header
 //! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
 //! otherwise, with a response-body interest and request header `x-upper`, it replaces the
@@ -28,8 +34,8 @@
 use serde::Deserialize;
 use wasmgate_plugin_sdk::metrics::Counter;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, Request, Response,
-    ResponseEdit, export_policy, parse_config,
+    Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, PreparedEdit, Request,
+    Response, ResponseEdit, export_policy, parse_config,
 };
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +63,21 @@ pub struct Phases {
     name: String,
     interest: Interest,
     logged: Counter,
+    prepared: PreparedEdit,
+}
+
+/// What `x-prepared` answers with.
+fn prepared_answer(name: &str) -> Edit {
+    let mut edit = Edit::respond(200, format!("prepared by {name}"));
+    edit.set_response_header("x-prepared", name);
+    edit
+}
+
+/// A prepared edit's answer, with what the request adds laid over it.
+fn answer_with(prepared: &PreparedEdit, request: &Request) -> Edit {
+    let mut edit = prepared.answer(request);
+    edit.set_response_header("x-host-kept", &prepared.kept_by_host().to_string());
+    edit
 }
 
 /// The property every binding appends its name to.
@@ -80,6 +101,7 @@ impl Policy for Phases {
         interest.response_body = config.response_body;
         interest.log = config.log;
         Ok(Phases {
+            prepared: PreparedEdit::new(prepared_answer(&config.name)),
             name: config.name,
             interest,
             logged: Counter::define(
@@ -109,6 +131,15 @@ impl Policy for Phases {
                 Some(body) => Edit::respond(200, body),
                 None => Edit::respond(200, "no body"),
             });
+        }
+        if let Some(who) = request.header("x-prepared") {
+            if who == *name {
+                return Ok(answer_with(&self.prepared, request));
+            }
+            if who.strip_prefix("late-") == Some(name.as_str()) {
+                let late = PreparedEdit::new(prepared_answer(name));
+                return Ok(answer_with(&late, request));
+            }
         }
         if request.header("x-order").is_some() {
             return Ok(Edit::respond(200, order));
@@ -219,6 +250,24 @@ mod tests {
         assert_eq!(props.get("phases.a").map(String::as_str), Some("seen"));
         assert_eq!(props.get("phases.b").map(String::as_str), Some("seen"));
         assert_eq!(props.get(ORDER).map(String::as_str), Some("a,b"));
+    }
+
+    #[test]
+    fn answers_with_its_prepared_edit_and_adds_to_it() {
+        let a: Phases = prepare(r#"{"name": "a"}"#);
+        for who in ["a", "late-a"] {
+            let req = request("GET", "/").header("x-prepared", who).build();
+            let edit = decide(&a, &req);
+            assert_eq!(answer(&edit), (200, "prepared by a".to_string()));
+            assert_eq!(
+                edit.response_headers.map(|m| m.set),
+                Some(vec![
+                    Header::new("x-prepared", "a"),
+                    // No host in a native test: the policy keeps its edits.
+                    Header::new("x-host-kept", "false"),
+                ])
+            );
+        }
     }
 
     #[test]
