@@ -196,8 +196,9 @@ impl Edit {
 /// with: a route's forward, say. Inside Wasm the host keeps it (`host.prepare-edit`), and
 /// [`PreparedEdit::answer`] names it in one small call instead of building, lowering and
 /// lifting every string in it per request. Where the host does not keep it (past its
-/// limits of 10000 edits and 4 MiB per binding, made outside `prepare`, or in a native
-/// test) the policy keeps it itself; the answers are the same either way.
+/// limits — 64 KiB an edit, 100000 edits and 16 MiB per instance, the plugin's memory —
+/// made outside `prepare`, or in a native test) the policy keeps it itself; the
+/// decisions are the same either way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedEdit {
     held: Held,
@@ -225,9 +226,13 @@ impl PreparedEdit {
         matches!(self.held, Held::Host(_))
     }
 
-    /// The answer for `request`: this edit. Add to it with [`Edit`]'s methods, which add
-    /// header operations and log fields to the prepared ones; a field set outright
-    /// (`route`, `action`, `pick`, `delay_ms`) replaces the prepared one's.
+    /// The answer for `request`: this edit, to return from
+    /// [`crate::Policy::on_request`] (and only there). When the host keeps the edit, the
+    /// host puts it under the returned one and this `Edit` starts empty: do not read it,
+    /// only add to it with [`Edit`]'s methods, which add header operations and log fields
+    /// to the prepared ones; a field set outright (`route`, `action`, `pick`,
+    /// `delay_ms`) replaces the prepared one's. Call it on the path that returns it: a
+    /// call names the prepared edit for the host even if another edit is returned.
     pub fn answer(&self, request: &crate::Request) -> Edit {
         match &self.held {
             Held::Host(id) => {

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use wasmgate_plugin_sdk::host::{Level, log};
 use wasmgate_plugin_sdk::{
-    Action, ActionKind, Binding, ConfigError, Edit, Header, PluginError, Policy, Request,
-    export_policy, parse_config,
+    Action, ActionKind, Binding, ConfigError, Edit, Header, PluginError, Policy, PreparedEdit,
+    Request, export_policy, parse_config,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +43,8 @@ fn ok() -> u16 {
 #[derive(Debug)]
 pub struct AddHeaders {
     config: Config,
+    /// The header operations every forwarded request gets, kept by the host.
+    forwarded: PreparedEdit,
 }
 
 impl Policy for AddHeaders {
@@ -60,7 +62,17 @@ impl Policy for AddHeaders {
             Level::Info,
             &format!("add-headers prepared for {}", binding.virtual_service),
         );
-        Ok(AddHeaders { config })
+        let mut edit = Edit::keep();
+        for (name, value) in &config.response_headers {
+            edit.set_response_header(name, value);
+        }
+        for (name, value) in &config.request_headers {
+            edit.set_request_header(name, value);
+        }
+        Ok(AddHeaders {
+            config,
+            forwarded: PreparedEdit::new(edit),
+        })
     }
 
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
@@ -78,14 +90,7 @@ impl Policy for AddHeaders {
             return Ok(Edit::keep());
         }
         // Only set when there is something to add: `None` is free to pass on.
-        let mut edit = Edit::keep();
-        for (name, value) in &self.config.response_headers {
-            edit.set_response_header(name, value);
-        }
-        for (name, value) in &self.config.request_headers {
-            edit.set_request_header(name, value);
-        }
-        Ok(edit)
+        Ok(self.forwarded.answer(request))
     }
 }
 

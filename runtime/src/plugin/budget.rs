@@ -172,6 +172,26 @@ impl Limiter {
     pub fn budget(&self) -> &Budget {
         &self.budget
     }
+
+    /// Count `bytes` the host holds for this instance (its prepared edits) in its
+    /// plugin's memory, as its linear memory is; given back with the instance.
+    pub fn charge(&mut self, bytes: usize) -> Result<(), String> {
+        let max = self.budget.max_memory;
+        self.budget
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .map_err(|_| {
+                format!(
+                    "the plugin's instances together would hold more than {} MiB \
+                     (--plugin-memory-total-mib)",
+                    max >> 20
+                )
+            })?;
+        self.held += bytes;
+        Ok(())
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -273,10 +293,15 @@ mod tests {
         );
         assert!(b.memory_growing(0, 4 << 20, None).expect("fits"));
         assert_eq!(budget.usage(), (2, 10 << 20));
+        assert!(a.charge(1).is_err(), "the host's bytes count in the total");
         assert!(
             budget.admit(1).is_err(),
             "no new instance while the memory is held"
         );
+        drop(b);
+        a.charge(1 << 20).expect("room again");
+        assert_eq!(budget.usage(), (1, 7 << 20));
+        let b = budget.admit(1).expect("room for one");
         drop(a);
         drop(b);
         assert_eq!(budget.usage(), (0, 0));

@@ -285,13 +285,16 @@ fn join(into: &mut Option<HeaderMutation>, more: Option<Boxed<HeaderMutation>>) 
         return;
     };
     match into {
-        Some(m) => {
-            m.set.extend(more.set);
-            m.add.extend(more.add);
-            m.remove.extend(more.remove);
-        }
+        Some(m) => extend_mutation(m, more),
         None => *into = Some(more),
     }
+}
+
+/// `more`'s operations after `m`'s.
+pub(super) fn extend_mutation(m: &mut HeaderMutation, more: HeaderMutation) {
+    m.set.extend(more.set);
+    m.add.extend(more.add);
+    m.remove.extend(more.remove);
 }
 
 /// A header value as a plugin reads it: text, with bytes that are not UTF-8 replaced.

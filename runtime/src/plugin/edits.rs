@@ -5,43 +5,43 @@
 //! into the answer) needs no reading of guest memory. The router prepares each route's
 //! forward this way.
 //!
-//! Kept per instance and binding (an instance recycled after a trap prepares again), at
-//! most [`MAX_EDITS`] and [`MAX_BYTES`] per binding: a plugin cannot make the host hold
-//! more for it than that.
+//! Kept per instance (an instance recycled after a trap prepares again), numbered per
+//! instance, each number naming its binding's edit only. Bounded: at most
+//! [`MAX_EDIT_BYTES`] each (a bigger one is the plugin's to keep: the host copies a
+//! prepared edit into every answer), [`MAX_EDITS`] and [`MAX_BYTES`] per instance, and
+//! counted in the plugin's memory with its linear memory (`--plugin-memory-total-mib`,
+//! [`super::budget::Limiter::charge`]).
 
-use std::collections::HashMap;
+use std::mem::size_of;
 
 use super::bindings::wasmgate::policy::types::{self, Action, Destination, Header, HeaderMutation};
 use super::bindings::{Boxed, Edit};
+use super::context::extend_mutation;
 
-/// Prepared edits per binding, at most.
-pub const MAX_EDITS: usize = 10_000;
-/// Bytes of prepared edits per binding (their strings and bodies, plus a little for
-/// each record), at most.
-pub const MAX_BYTES: usize = 4 << 20;
+/// Prepared edits per instance, at most.
+pub const MAX_EDITS: usize = 100_000;
+/// Bytes of prepared edits per instance (as [`weigh`] counts them), at most.
+pub const MAX_BYTES: usize = 16 << 20;
+/// Bytes of one prepared edit, at most.
+pub const MAX_EDIT_BYTES: usize = 64 << 10;
 
 /// One instance's prepared edits, and the current call's use of them.
 #[derive(Debug, Default)]
 pub struct PreparedEdits {
-    by_binding: HashMap<u32, Kept>,
+    /// By number: the binding it was prepared for, and the edit.
+    edits: Vec<(u32, Edit)>,
+    bytes: usize,
     /// The binding being prepared (`prepare-edit` adds to its edits) or called in
     /// `on-request` (`use-edit` names one of its edits); `None` in any other call.
     current: Option<u32>,
     preparing: bool,
     /// The edit the current `on-request` named.
-    used: Option<u32>,
-}
-
-#[derive(Debug, Default)]
-struct Kept {
-    edits: Vec<Edit>,
-    bytes: usize,
+    used: Option<usize>,
 }
 
 impl PreparedEdits {
-    /// `binding` is being prepared (again, after an instance is recycled: from scratch).
+    /// `binding` is being prepared.
     pub fn preparing(&mut self, binding: u32) {
-        self.by_binding.remove(&binding);
         self.current = Some(binding);
         self.preparing = true;
         self.used = None;
@@ -54,59 +54,65 @@ impl PreparedEdits {
         self.used = None;
     }
 
-    /// `host.prepare-edit`.
-    pub fn add(&mut self, edit: types::Edit) -> Result<u32, String> {
-        let (Some(binding), true) = (self.current, self.preparing) else {
+    /// `host.prepare-edit`, first step: may `edit` be kept, and what does it weigh?
+    pub fn admit(&self, edit: &types::Edit) -> Result<usize, String> {
+        if !(self.current.is_some() && self.preparing) {
             return Err("prepare-edit is allowed in prepare only".into());
-        };
-        let kept = self.by_binding.entry(binding).or_default();
-        if kept.edits.len() >= MAX_EDITS {
-            return Err(format!("at most {MAX_EDITS} prepared edits per binding"));
         }
-        let bytes = weigh_edit(&edit);
-        if kept.bytes + bytes > MAX_BYTES {
+        if self.edits.len() >= MAX_EDITS {
+            return Err(format!("at most {MAX_EDITS} prepared edits per instance"));
+        }
+        let bytes = weigh(edit);
+        if bytes > MAX_EDIT_BYTES {
             return Err(format!(
-                "prepared edits of this binding would take {} bytes, over {MAX_BYTES}",
-                kept.bytes + bytes
+                "a prepared edit of {bytes} bytes, over {MAX_EDIT_BYTES}: return it instead"
             ));
         }
-        let id = u32::try_from(kept.edits.len()).map_err(|e| e.to_string())?;
-        kept.bytes += bytes;
-        kept.edits.push(edit.into());
+        if self.bytes + bytes > MAX_BYTES {
+            return Err(format!(
+                "prepared edits of this instance would take {} bytes, over {MAX_BYTES}",
+                self.bytes + bytes
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// `host.prepare-edit`, once admitted (and its bytes charged): its number.
+    pub fn add(&mut self, edit: types::Edit, bytes: usize) -> Result<u32, String> {
+        let binding = self
+            .current
+            .ok_or("prepare-edit is allowed in prepare only")?;
+        let id = u32::try_from(self.edits.len()).map_err(|e| e.to_string())?;
+        self.bytes += bytes;
+        self.edits.push((binding, edit.into()));
         Ok(id)
     }
 
     /// `request.use-edit`: an error (the call traps) outside `on-request` or for a
-    /// number this binding was not given.
+    /// number not given for this binding.
     pub fn choose(&mut self, id: u32) -> wasmtime::Result<()> {
-        let known = match (self.current, self.preparing) {
-            (Some(binding), false) => self
-                .by_binding
-                .get(&binding)
-                .is_some_and(|k| usize::try_from(id).is_ok_and(|i| i < k.edits.len())),
-            _ => false,
-        };
-        if !known {
-            return Err(wasmtime::format_err!(
+        let at = usize::try_from(id).ok().filter(|&i| {
+            matches!(
+                (self.current, self.preparing, self.edits.get(i)),
+                (Some(binding), false, Some((of, _))) if *of == binding
+            )
+        });
+        match at {
+            Some(i) => {
+                self.used = Some(i);
+                Ok(())
+            }
+            None => Err(wasmtime::format_err!(
                 "use-edit({id}): not an edit prepared for this binding, or not in on-request"
-            ));
+            )),
         }
-        self.used = Some(id);
-        Ok(())
     }
 
     /// The current `on-request` returned `returned`: its answer, with the prepared edit
     /// it named (if any) under it.
     pub fn answer(&mut self, returned: Edit) -> Edit {
-        let (Some(id), Some(binding)) = (self.used.take(), self.current) else {
-            return returned;
-        };
-        match self
-            .by_binding
-            .get(&binding)
-            .and_then(|k| k.edits.get(usize::try_from(id).ok()?))
-        {
-            Some(prepared) => laid_over(prepared, returned),
+        match self.used.take().and_then(|i| self.edits.get(i)) {
+            Some((_, prepared)) => laid_over(prepared, returned),
             None => returned,
         }
     }
@@ -146,22 +152,15 @@ fn laid_over(prepared: &Edit, returned: Edit) -> Edit {
 fn join(into: &mut Option<Boxed<HeaderMutation>>, more: Option<Boxed<HeaderMutation>>) {
     match (into.as_mut(), more) {
         (_, None) => {}
-        (Some(m), Some(more)) => {
-            let more = more.into_inner();
-            m.set.extend(more.set);
-            m.add.extend(more.add);
-            m.remove.extend(more.remove);
-        }
+        (Some(m), Some(more)) => extend_mutation(m, more.into_inner()),
         (None, more) => *into = more,
     }
 }
 
-/// Roughly what an edit takes in the host: its strings and bodies, and a little for
-/// each record and list.
-fn weigh_edit(e: &types::Edit) -> usize {
-    const RECORD: usize = 32;
-    RECORD
-        + e.route.as_ref().map_or(0, |r| RECORD + r.name.len())
+/// What an edit takes in the host: its records, and its strings and bodies.
+fn weigh(e: &types::Edit) -> usize {
+    size_of::<Edit>()
+        + e.route.as_ref().map_or(0, |r| r.name.len())
         + e.action.as_ref().map_or(0, weigh_action)
         + weigh_mutation(e.request_headers.as_ref())
         + weigh_mutation(e.response_headers.as_ref())
@@ -169,8 +168,7 @@ fn weigh_edit(e: &types::Edit) -> usize {
 }
 
 fn weigh_action(a: &Action) -> usize {
-    const RECORD: usize = 32;
-    RECORD
+    size_of::<Action>()
         + match a {
             Action::NoRoute => 0,
             Action::Forward(f) => {
@@ -179,10 +177,10 @@ fn weigh_action(a: &Action) -> usize {
                     + weigh_mutation(f.response_headers.as_ref())
                     + f.rewrite_path.as_ref().map_or(0, String::len)
                     + f.rewrite_authority.as_ref().map_or(0, String::len)
-                    + f.retries.as_ref().map_or(0, |r| RECORD + r.retry_on.len())
+                    + f.retries.as_ref().map_or(0, |r| r.retry_on.len())
                     + f.mirrors
                         .iter()
-                        .map(|m| RECORD + weigh_destination(&m.destination))
+                        .map(|m| weigh_destination(&m.destination) + size_of::<f64>())
                         .sum::<usize>()
             }
             Action::Redirect(r) => r.location.len(),
@@ -192,7 +190,8 @@ fn weigh_action(a: &Action) -> usize {
 }
 
 fn weigh_destination(d: &Destination) -> usize {
-    64 + d.host.len()
+    size_of::<Destination>()
+        + d.host.len()
         + d.subset.as_ref().map_or(0, String::len)
         + weigh_mutation(d.request_headers.as_ref())
         + weigh_mutation(d.response_headers.as_ref())
@@ -200,16 +199,20 @@ fn weigh_destination(d: &Destination) -> usize {
 
 fn weigh_mutation(m: Option<&HeaderMutation>) -> usize {
     m.map_or(0, |m| {
-        32 + weigh_headers(&m.set)
+        size_of::<HeaderMutation>()
+            + weigh_headers(&m.set)
             + weigh_headers(&m.add)
-            + m.remove.iter().map(|r| 24 + r.len()).sum::<usize>()
+            + m.remove
+                .iter()
+                .map(|r| size_of::<String>() + r.len())
+                .sum::<usize>()
     })
 }
 
 fn weigh_headers(headers: &[Header]) -> usize {
     headers
         .iter()
-        .map(|h| 48 + h.name.len() + h.value.len())
+        .map(|h| size_of::<Header>() + h.name.len() + h.value.len())
         .sum()
 }
 
@@ -256,19 +259,33 @@ mod tests {
         }
     }
 
+    /// `prepare-edit` as the host does it, without the plugin's memory budget.
+    fn add(edits: &mut PreparedEdits, edit: types::Edit) -> Result<u32, String> {
+        let bytes = edits.admit(&edit)?;
+        edits.add(edit, bytes)
+    }
+
     #[test]
     fn edits_are_prepared_in_prepare_and_named_in_on_request_only() {
         let mut edits = PreparedEdits::default();
-        assert!(edits.add(forward("a")).is_err(), "outside prepare");
+        assert!(add(&mut edits, forward("a")).is_err(), "outside prepare");
         edits.preparing(7);
-        assert_eq!(edits.add(forward("a")), Ok(0));
-        assert_eq!(edits.add(forward("b")), Ok(1));
+        assert_eq!(add(&mut edits, forward("a")), Ok(0));
+        assert_eq!(add(&mut edits, forward("b")), Ok(1));
+        edits.preparing(8);
+        assert_eq!(
+            add(&mut edits, forward("c")),
+            Ok(2),
+            "numbered per instance"
+        );
         edits.calling(None);
         assert!(edits.choose(0).is_err(), "not in on-request");
         edits.calling(Some(8));
         assert!(edits.choose(0).is_err(), "another binding's");
+        edits.choose(2).expect("its own");
         edits.calling(Some(7));
-        assert!(edits.choose(2).is_err(), "not given");
+        assert!(edits.choose(2).is_err(), "another binding's");
+        assert!(edits.choose(3).is_err(), "not given");
         edits.choose(0).expect("given");
         edits.choose(1).expect("a second replaces the first");
         let mut returned = Edit {
@@ -298,26 +315,31 @@ mod tests {
         // Named once: the next call answers only what it returns.
         edits.calling(Some(7));
         assert!(edits.answer(Edit::default()).action.is_none());
-        // Preparing again starts over.
-        edits.preparing(7);
-        edits.calling(Some(7));
-        assert!(edits.choose(0).is_err());
     }
 
     #[test]
-    fn a_binding_holds_a_bounded_number_and_size_of_edits() {
+    fn an_instance_holds_a_bounded_number_and_size_of_edits() {
         let mut edits = PreparedEdits::default();
         edits.preparing(1);
-        let big = "x".repeat(MAX_BYTES / 4);
-        for _ in 0..3 {
-            edits.add(forward(&big)).expect("within the bytes");
+        let refused = add(&mut edits, forward(&"x".repeat(MAX_EDIT_BYTES))).expect_err("too big");
+        assert!(refused.contains("return it instead"), "{refused}");
+        let big = "x".repeat(MAX_EDIT_BYTES - 1024);
+        let fit = MAX_BYTES / weigh(&forward(&big));
+        for _ in 0..fit {
+            add(&mut edits, forward(&big)).expect("within the bytes");
         }
-        let refused = edits.add(forward(&big)).expect_err("over the bytes");
-        assert!(refused.contains("over 4194304"), "{refused}");
+        let refused = add(&mut edits, forward(&big)).expect_err("over the bytes");
+        assert!(refused.contains("over 16777216"), "{refused}");
+        let mut edits = PreparedEdits::default();
         edits.preparing(2);
+        let small = || types::Edit {
+            action: None,
+            request_headers: None,
+            ..forward("h")
+        };
         for _ in 0..MAX_EDITS {
-            edits.add(forward("h")).expect("within the count");
+            add(&mut edits, small()).expect("within the count");
         }
-        assert!(edits.add(forward("h")).is_err(), "over the count");
+        assert!(add(&mut edits, small()).is_err(), "over the count");
     }
 }

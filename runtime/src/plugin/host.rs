@@ -403,7 +403,9 @@ impl host::Host for StoreState {
     }
 
     fn prepare_edit(&mut self, edit: types::Edit) -> Result<u32, String> {
-        self.edits.add(edit)
+        let bytes = self.edits.admit(&edit)?;
+        self.limits.charge(bytes)?;
+        self.edits.add(edit, bytes)
     }
 }
 
