@@ -2028,11 +2028,15 @@ def plugin_peers(b: Bench, wasm: Path, plugins: Path) -> list[Peer]:
         peers[-1].name = WASMGATE_CHAIN
         if b.a.wasmgate_before is not None:
             before = Path(b.a.wasmgate_before)
-            peers.append(b.start_wasmgate("before-router-only", router_only_vs(), plugins,
-                                          binary=before))
+            # A plugin built by the earlier tree: one that uses later imports (prepared
+            # edits) does not link on an earlier build.
+            plugins_before = b.a.plugins_before or plugins
+            peers.append(b.start_wasmgate("before-router-only", router_only_vs(),
+                                          plugins_before, binary=before))
             peers[-1].name = BEFORE_ROUTER
-            peers.append(b.start_wasmgate("before-add-headers", router_only_vs(), plugins,
-                                          add_headers_binding(), binary=before))
+            peers.append(b.start_wasmgate("before-add-headers", router_only_vs(),
+                                          plugins_before, add_headers_binding(),
+                                          binary=before))
             peers[-1].name = BEFORE_PLUGIN
     except BaseException:
         for p in peers:
@@ -2341,6 +2345,9 @@ def main() -> int:
                     help="an earlier wasmgate build: scenarios 1 and 4 add its row "
                          "('before') and a wasmgate/before ratio; the plugin scenario "
                          "its router-only and add-headers rows")
+    ap.add_argument("--plugins-before", type=Path, default=None,
+                    help="the folder with add-headers.wasm for --wasmgate-before's rows, "
+                         "built from the earlier tree (default: the same as this build's)")
     ap.add_argument("--duration", type=float, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per run")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per configuration")
