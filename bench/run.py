@@ -2381,6 +2381,9 @@ def main() -> int:
     ap.add_argument("--serve", action="store_true",
                     help="start the origin and wasmgate with scenario 1's config, print the "
                          "URL and wait (for profiling with perf or valgrind); Ctrl-C stops")
+    ap.add_argument("--serve-plugin", action="store_true",
+                    help="the same with the plugin scenario's router-only VirtualService and "
+                         "add-headers bound to it (--plugins, else built)")
     ap.add_argument("--serve-tls", action="store_true",
                     help="the same with the TLS scenario's wasmgate (P-256): prints the https "
                          "URL, the pid and the wrk preload that forces full handshakes")
@@ -2406,6 +2409,12 @@ def main() -> int:
             b.start_origin()
             if a.serve:
                 peer = b.start_wasmgate("wasmgate", realistic_vs())
+                print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
+                wait_until_stopped(peer.proc)
+                return 0
+            if a.serve_plugin:
+                peer = b.start_wasmgate("wasmgate", router_only_vs(), add_headers_component(b),
+                                        add_headers_binding())
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
                 wait_until_stopped(peer.proc)
                 return 0
