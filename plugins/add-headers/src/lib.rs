@@ -62,6 +62,8 @@ impl Policy for AddHeaders {
             Level::Info,
             &format!("add-headers prepared for {}", binding.virtual_service),
         );
+        // Header operations only where there is something to add: `None` is free to
+        // pass on.
         let mut edit = Edit::keep();
         for (name, value) in &config.response_headers {
             edit.set_response_header(name, value);
@@ -89,7 +91,6 @@ impl Policy for AddHeaders {
         if request.action_kind() != ActionKind::Forward {
             return Ok(Edit::keep());
         }
-        // Only set when there is something to add: `None` is free to pass on.
         Ok(self.forwarded.answer(request))
     }
 }
