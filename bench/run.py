@@ -2384,6 +2384,9 @@ def main() -> int:
     ap.add_argument("--serve-plugin", action="store_true",
                     help="the same with the plugin scenario's router-only VirtualService and "
                          "add-headers bound to it (--plugins, else built)")
+    ap.add_argument("--serve-router", action="store_true",
+                    help="the same router-only VirtualService without the plugin (the "
+                         "baseline to profile --serve-plugin against)")
     ap.add_argument("--serve-tls", action="store_true",
                     help="the same with the TLS scenario's wasmgate (P-256): prints the https "
                          "URL, the pid and the wrk preload that forces full handshakes")
@@ -2412,9 +2415,10 @@ def main() -> int:
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
                 wait_until_stopped(peer.proc)
                 return 0
-            if a.serve_plugin:
-                peer = b.start_wasmgate("wasmgate", router_only_vs(), add_headers_component(b),
-                                        add_headers_binding())
+            if a.serve_plugin or a.serve_router:
+                peer = (b.start_wasmgate("wasmgate", router_only_vs(), add_headers_component(b),
+                                         add_headers_binding())
+                        if a.serve_plugin else b.start_wasmgate("wasmgate", router_only_vs()))
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
                 wait_until_stopped(peer.proc)
                 return 0
