@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
-use wasmgate::plugin::context::no_route;
 use wasmgate::plugin::types::{Action, Decision};
 use wasmgate::plugin::{CallError, HostSettings, PluginHost, RequestView};
 use wasmgate::proxy::run_chain;
@@ -166,7 +165,7 @@ impl Request {
     /// The chain is done with `view`: its decision is taken and its headers go back into
     /// the request, as `proxy::serve` does when no later phase keeps the view.
     fn done(&self, view: Arc<RequestView>) -> Decision {
-        let decision = std::mem::replace(&mut view.state().decision, no_route());
+        let decision = view.state().decided(false).decision;
         *self.headers.borrow_mut() = match Arc::try_unwrap(view) {
             Ok(v) => v.headers,
             Err(shared) => shared.headers.clone(),

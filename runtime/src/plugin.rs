@@ -24,6 +24,7 @@ mod host;
 mod lane;
 mod load;
 pub mod metrics;
+pub mod ops;
 pub mod redis;
 pub mod state;
 

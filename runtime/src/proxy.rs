@@ -42,10 +42,12 @@ use hyper::body::{Body as _, Incoming};
 pub use chain::run_chain;
 pub use error::{Culprit, ProxyError};
 use error::{direct_response, local_response};
-use headers::{apply_mutation, edge_headers, single_content_type, strip_hop_by_hop};
+use headers::{edge_headers, single_content_type, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
+use crate::plugin::context::{Decided, Joined};
+use crate::plugin::ops::{self, apply_mutation};
 use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation};
 use crate::plugin::{PluginHost, RequestView};
 use crate::snapshot::{Chain, Snapshot, vhosts::normalized_host};
@@ -501,17 +503,11 @@ async fn serve(
     // The request goes on with its headers; the view keeps a copy only for the phases
     // that read it later.
     let later = chain.wants.later();
-    let (decision, reply_ops) = {
-        let mut state = view.state();
-        if later {
-            (state.decision.clone(), state.reply_ops.clone())
-        } else {
-            (
-                std::mem::replace(&mut state.decision, crate::plugin::context::no_route()),
-                std::mem::take(&mut state.reply_ops),
-            )
-        }
-    };
+    let Decided {
+        decision,
+        reply_ops,
+        joined,
+    } = view.state().decided(later);
     let view = if later {
         *req.headers_mut() = view.headers.clone();
         Some(view)
@@ -568,7 +564,8 @@ async fn serve(
         Some(e) => Err(e),
         None => {
             act(
-                shared, snapshot, conn, chain, req, upgrade, decision, &reply_ops, read, access,
+                shared, snapshot, conn, chain, req, upgrade, decision, &reply_ops, joined, read,
+                access,
             )
             .await
         }
@@ -658,6 +655,7 @@ async fn act(
     upgrade: Option<HeaderValue>,
     decision: Decision,
     reply_ops: &[HeaderMutation],
+    joined: Joined,
     read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
@@ -719,7 +717,7 @@ async fn act(
         }
         Action::Forward(forward) => {
             forward_upstream(
-                shared, snapshot, conn, chain, req, upgrade, forward, read, access,
+                shared, snapshot, conn, chain, req, upgrade, forward, joined, read, access,
             )
             .await
         }
@@ -752,6 +750,7 @@ async fn forward_upstream(
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
     mut forward: Forward,
+    joined: Joined,
     read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
@@ -784,7 +783,11 @@ async fn forward_upstream(
     {
         headers.insert(header::HOST, v);
     }
-    apply_mutation(&mut headers, forward.request_headers.as_ref());
+    ops::apply(
+        &mut headers,
+        forward.request_headers.as_ref(),
+        &joined.request,
+    );
     apply_mutation(&mut headers, destination.request_headers.as_ref());
     let path_and_query = match &forward.rewrite_path {
         Some(p) if p.starts_with('/') => {
@@ -883,7 +886,11 @@ async fn forward_upstream(
     let (mut parts, mut body) = resp.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    apply_mutation(&mut parts.headers, forward.response_headers.as_ref());
+    ops::apply(
+        &mut parts.headers,
+        forward.response_headers.as_ref(),
+        &joined.response,
+    );
     apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
     single_content_type(&mut parts.headers);
     if let Some(cookie) = hashed.set_cookie {

@@ -20,14 +20,15 @@ wasmtime::component::bindgen!({
     },
 });
 
-use self::wasmgate::policy::types::{Action, Header, HeaderMutation, RouteRef};
+use self::wasmgate::policy::types::{self, Action, Header, RouteRef};
+use super::ops::Ops;
 // wasmtime's hidden API for hand-written component types (its derive macros use it):
 // no semver promise, so a wasmtime upgrade may need this file touched; Cargo.lock pins it.
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
 use wasmtime::component::{ComponentType, Lift};
 
 /// The WIT `edit` as the host keeps it: the same record, with the action and the header
-/// mutations lifted into boxes. The generated `types::Edit` holds them inline (528
+/// mutations lifted into boxes (the header mutations as [`Ops`]). The generated `types::Edit` holds them inline (528
 /// bytes), and a call's result is moved several times on its way out of wasmtime, each
 /// move a copy of the whole record (12 % of a quick call's time, measured); this one is
 /// about a fifth of that.
@@ -40,9 +41,9 @@ pub struct Edit {
     #[component(name = "delay-ms")]
     pub delay_ms: Option<u64>,
     #[component(name = "request-headers")]
-    pub request_headers: Option<Boxed<HeaderMutation>>,
+    pub request_headers: Option<Ops>,
     #[component(name = "response-headers")]
-    pub response_headers: Option<Boxed<HeaderMutation>>,
+    pub response_headers: Option<Ops>,
     #[component(name = "log-fields")]
     pub log_fields: Vec<Header>,
 }
@@ -54,8 +55,8 @@ impl From<self::wasmgate::policy::types::Edit> for Edit {
             action: e.action.map(Boxed::new),
             pick: e.pick,
             delay_ms: e.delay_ms,
-            request_headers: e.request_headers.map(Boxed::new),
-            response_headers: e.response_headers.map(Boxed::new),
+            request_headers: e.request_headers.map(Ops::new),
+            response_headers: e.response_headers.map(Ops::new),
             log_fields: e.log_fields,
         }
     }
@@ -116,5 +117,36 @@ unsafe impl<T: Lift> Lift for Boxed<T> {
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
         T::linear_lift_from_memory(cx, ty, bytes).map(Boxed::new)
+    }
+}
+
+// SAFETY: every item forwards to `HeaderMutation`'s (as `Boxed` does): the same type in
+// the component model, with the same flat and memory representation.
+unsafe impl ComponentType for Ops {
+    type Lower = <types::HeaderMutation as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = types::HeaderMutation::ABI;
+    const MAY_REQUIRE_REALLOC: bool = types::HeaderMutation::MAY_REQUIRE_REALLOC;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        types::HeaderMutation::typecheck(ty, types)
+    }
+}
+
+// SAFETY: lifts exactly as `HeaderMutation` does, then boxes the value.
+unsafe impl Lift for Ops {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        types::HeaderMutation::linear_lift_from_flat(cx, ty, src).map(Ops::new)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        types::HeaderMutation::linear_lift_from_memory(cx, ty, bytes).map(Ops::new)
     }
 }

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
+use super::Edit;
+use super::ops::Ops;
 use super::types::{Action, ActionKind, Decision, Header, HeaderMutation};
-use super::{Boxed, Edit};
 
 /// Most properties one request may carry, their longest name and value.
 pub const MAX_PROPERTIES: usize = 64;
@@ -68,10 +69,38 @@ pub struct ChainState {
     /// Response header operations for a local reply (edits made while the decision was
     /// not a forward; a forward keeps its own).
     pub reply_ops: Vec<HeaderMutation>,
+    /// Header operations edits joined to the decision's forward, after its own.
+    pub joined: Joined,
     pub properties: Vec<(String, String)>,
     /// Which links of the chain (by index) ran `on-request` and answered: only they get
     /// the response and log phases.
     ran: u128,
+}
+
+/// Header operations a chain's edits joined to a forward, in order: applied after the
+/// forward's own as one mutation ([`super::ops::apply`]). Kept apart from the forward so
+/// that a prepared edit's operations are shared, not copied into every decision.
+#[derive(Debug, Default, Clone)]
+pub struct Joined {
+    pub request: Vec<Ops>,
+    pub response: Vec<Ops>,
+}
+
+impl Joined {
+    fn clear(&mut self) {
+        self.request.clear();
+        self.response.clear();
+    }
+}
+
+/// What a chain decided, taken out of its state to be carried out.
+#[derive(Debug)]
+pub struct Decided {
+    pub decision: Decision,
+    /// Response header operations for a local reply ([`ChainState::reply_ops`]).
+    pub reply_ops: Vec<HeaderMutation>,
+    /// Header operations joined to a forward ([`Joined`]).
+    pub joined: Joined,
 }
 
 /// The names before any chain runs: one shared value, not an allocation per request.
@@ -121,6 +150,7 @@ impl RequestView {
                 names: no_names(),
                 decision: no_route(),
                 reply_ops: Vec::new(),
+                joined: Joined::default(),
                 properties: Vec::new(),
                 ran: 0,
             }),
@@ -138,6 +168,7 @@ impl RequestView {
         s.names = names.clone();
         s.decision = no_route();
         s.reply_ops.clear();
+        s.joined.clear();
         // What another VirtualService's policies set is not this chain's business.
         s.properties.clear();
         s.ran = 0;
@@ -254,6 +285,8 @@ impl ChainState {
         }
         if let Some(action) = edit.action {
             d.action = action.into_inner();
+            // What was joined to the forward this replaces goes with it.
+            self.joined.clear();
         }
         if let (Some(i), Action::Forward(f)) = (edit.pick, &mut d.action)
             && let Some(i) = usize::try_from(i)
@@ -268,25 +301,54 @@ impl ChainState {
             d.delay_ms = (ms > 0).then_some(ms);
         }
         d.log_fields.extend(edit.log_fields);
-        match &mut d.action {
-            Action::Forward(f) => {
-                join(&mut f.request_headers, edit.request_headers);
-                join(&mut f.response_headers, edit.response_headers);
+        match &d.action {
+            Action::Forward(_) => {
+                self.joined.request.extend(edit.request_headers);
+                self.joined.response.extend(edit.response_headers);
             }
             _ => self
                 .reply_ops
-                .extend(edit.response_headers.map(Boxed::into_inner)),
+                .extend(edit.response_headers.map(Ops::into_inner)),
+        }
+    }
+
+    /// The decision as a plugin reads it (`request.decision`): the operations joined to
+    /// a forward in its own.
+    pub fn decision(&self) -> Decision {
+        let mut d = self.decision.clone();
+        if let Action::Forward(f) = &mut d.action {
+            join(&mut f.request_headers, &self.joined.request);
+            join(&mut f.response_headers, &self.joined.response);
+        }
+        d
+    }
+
+    /// What the chain decided, to carry out: taken (the state goes back to "no route"),
+    /// or copied where later phases read the state again (`keep`).
+    pub fn decided(&mut self, keep: bool) -> Decided {
+        if keep {
+            Decided {
+                decision: self.decision.clone(),
+                reply_ops: self.reply_ops.clone(),
+                joined: self.joined.clone(),
+            }
+        } else {
+            Decided {
+                decision: std::mem::replace(&mut self.decision, no_route()),
+                reply_ops: std::mem::take(&mut self.reply_ops),
+                joined: std::mem::take(&mut self.joined),
+            }
         }
     }
 }
 
-fn join(into: &mut Option<HeaderMutation>, more: Option<Boxed<HeaderMutation>>) {
-    let Some(more) = more.map(Boxed::into_inner) else {
-        return;
-    };
-    match into {
-        Some(m) => extend_mutation(m, more),
-        None => *into = Some(more),
+fn join(into: &mut Option<HeaderMutation>, joined: &[Ops]) {
+    for more in joined {
+        let more = (**more).clone();
+        match into {
+            Some(m) => extend_mutation(m, more),
+            None => *into = Some(more),
+        }
     }
 }
 
@@ -438,5 +500,86 @@ mod tests {
         );
         v.set_property("a".into(), None).expect("remove");
         assert_eq!(v.property("a"), None);
+    }
+
+    fn ops(set: &str) -> HeaderMutation {
+        HeaderMutation {
+            set: vec![Header {
+                name: set.into(),
+                value: "1".into(),
+            }],
+            add: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+
+    fn forward(own: &str) -> Edit {
+        Edit {
+            action: Some(super::super::Boxed::new(Action::Forward(
+                super::super::types::Forward {
+                    destinations: Vec::new(),
+                    request_headers: Some(ops(own)),
+                    response_headers: None,
+                    rewrite_path: None,
+                    rewrite_authority: None,
+                    timeout_ms: None,
+                    retries: None,
+                    mirrors: Vec::new(),
+                },
+            ))),
+            ..Edit::default()
+        }
+    }
+
+    fn headers(edit_request: Ops, edit_response: Ops) -> Edit {
+        Edit {
+            request_headers: Some(edit_request),
+            response_headers: Some(edit_response),
+            ..Edit::default()
+        }
+    }
+
+    fn set_names(m: Option<&HeaderMutation>) -> Vec<&str> {
+        m.map(|m| m.set.iter().map(|h| h.name.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn operations_join_a_forward_in_order_and_go_with_it() {
+        let v = view();
+        let mut s = v.state();
+        s.apply(forward("own"));
+        s.apply(headers(Ops::prepared(ops("p")), Ops::prepared(ops("pr"))));
+        s.apply(headers(Ops::new(ops("l")), Ops::new(ops("lr"))));
+        // A plugin reading the decision sees them joined to the forward, in order.
+        let seen = s.decision();
+        let Action::Forward(f) = &seen.action else {
+            panic!("a forward: {seen:?}");
+        };
+        assert_eq!(set_names(f.request_headers.as_ref()), ["own", "p", "l"]);
+        assert_eq!(set_names(f.response_headers.as_ref()), ["pr", "lr"]);
+        // Kept apart in the state: the forward holds its own only.
+        let Action::Forward(f) = &s.decision.action else {
+            panic!("a forward");
+        };
+        assert_eq!(set_names(f.request_headers.as_ref()), ["own"]);
+        assert_eq!(s.joined.request.len(), 2);
+        let kept = s.decided(true);
+        assert_eq!(kept.joined.response.len(), 2);
+        assert_eq!(s.joined.request.len(), 2, "kept for the later phases");
+
+        // A new action replaces the forward and what was joined to it.
+        s.apply(forward("other"));
+        assert!(s.joined.request.is_empty() && s.joined.response.is_empty());
+        s.apply(headers(Ops::new(ops("x")), Ops::new(ops("xr"))));
+        let taken = s.decided(false);
+        assert_eq!(taken.joined.request.len(), 1);
+        assert!(matches!(s.decision.action, Action::NoRoute), "taken");
+        assert!(s.joined.request.is_empty());
+
+        // No forward: response operations are kept for the local reply, as text.
+        s.apply(headers(Ops::prepared(ops("q")), Ops::prepared(ops("qr"))));
+        assert!(s.joined.request.is_empty());
+        assert_eq!(set_names(s.reply_ops.first()), ["qr"]);
     }
 }

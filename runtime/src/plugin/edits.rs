@@ -2,7 +2,8 @@
 //! host once, while a binding is prepared, and then names per request. Returning an
 //! edit costs the plugin building and lowering every string in it and the host lifting
 //! them again; naming a prepared one costs one small call, and the host's copy (cloned
-//! into the answer) needs no reading of guest memory. The router prepares each route's
+//! into the answer) needs no reading of guest memory. Its header operations are parsed
+//! once, here, and shared by every answer ([`Ops::prepared`]). The router prepares each route's
 //! forward this way.
 //!
 //! Kept per instance (an instance recycled after a trap prepares again), numbered per
@@ -17,6 +18,7 @@ use std::mem::size_of;
 use super::bindings::wasmgate::policy::types::{self, Action, Destination, Header, HeaderMutation};
 use super::bindings::{Boxed, Edit};
 use super::context::extend_mutation;
+use super::ops::Ops;
 
 /// Prepared edits per instance, at most.
 pub const MAX_EDITS: usize = 100_000;
@@ -84,7 +86,17 @@ impl PreparedEdits {
             .ok_or("prepare-edit is allowed in prepare only")?;
         let id = u32::try_from(self.edits.len()).map_err(|e| e.to_string())?;
         self.bytes += bytes;
-        self.edits.push((binding, edit.into()));
+        // Header operations parsed now, once, and shared by every answer naming it.
+        let edit = Edit {
+            route: edit.route,
+            action: edit.action.map(Boxed::new),
+            pick: edit.pick,
+            delay_ms: edit.delay_ms,
+            request_headers: edit.request_headers.map(Ops::prepared),
+            response_headers: edit.response_headers.map(Ops::prepared),
+            log_fields: edit.log_fields,
+        };
+        self.edits.push((binding, edit));
         Ok(id)
     }
 
@@ -149,10 +161,16 @@ fn laid_over(prepared: &Edit, returned: Edit) -> Edit {
     edit
 }
 
-fn join(into: &mut Option<Boxed<HeaderMutation>>, more: Option<Boxed<HeaderMutation>>) {
-    match (into.as_mut(), more) {
-        (_, None) => {}
-        (Some(m), Some(more)) => extend_mutation(m, more.into_inner()),
+fn join(into: &mut Option<Ops>, more: Option<Ops>) {
+    match (into.take(), more) {
+        (kept, None) => *into = kept,
+        // Both: one mutation of the two, as text (rare: a plugin that names a prepared
+        // edit usually returns no operations of its own).
+        (Some(m), Some(more)) => {
+            let mut m = m.into_inner();
+            extend_mutation(&mut m, more.into_inner());
+            *into = Some(Ops::new(m));
+        }
         (None, more) => *into = more,
     }
 }
@@ -292,7 +310,7 @@ mod tests {
             pick: Some(0),
             ..Edit::default()
         };
-        returned.request_headers = Some(Boxed::new(HeaderMutation {
+        returned.request_headers = Some(Ops::new(HeaderMutation {
             set: Vec::new(),
             add: vec![Header {
                 name: "b".into(),

@@ -571,7 +571,7 @@ impl types::HostRequest for StoreState {
     }
 
     fn decision(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<types::Decision> {
-        Ok(self.request(&r)?.view.state().decision.clone())
+        Ok(self.request(&r)?.view.state().decision())
     }
 
     fn property(

@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::headers::{append_all, single_content_type};
+use super::headers::single_content_type;
 use super::{Body, full};
+use crate::plugin::ops::append_all;
 use crate::plugin::types::Header;
 use crate::snapshot::ResolveError;
 

@@ -1,15 +1,14 @@
 //! Header work on the data path, as Envoy does it at an edge (Istio's gateways run with
 //! `use_remote_address`): `x-forwarded-for` gets the client address appended,
 //! `x-forwarded-proto` is set to the downstream scheme, `x-request-id` is kept from
-//! internal clients and generated (UUID v4) otherwise; hop-by-hop headers never cross;
-//! Istio's header operations (remove, then set, then add).
+//! internal clients and generated (UUID v4) otherwise; hop-by-hop headers never cross.
+//! Istio's header operations (routes' and plugins') are [`crate::plugin::ops`].
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::entropy::OsRandom;
-use crate::plugin::types::{Header, HeaderMutation};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -232,73 +231,9 @@ pub fn single_content_type(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers that frame the message or belong to one connection: the gateway sets them
-/// itself, so route and plugin edits of them are skipped. A plugin that set
-/// `content-length: x` would otherwise make the response unsendable (the client got
-/// nothing: found by the decision fuzz target).
-const FRAMING: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Apply Istio header operations (if any): remove, then set (replace), then add
-/// (append). Invalid names or values, and framing headers ([`FRAMING`]), are skipped
-/// with a debug log.
-pub fn apply_mutation(headers: &mut HeaderMap, m: Option<&HeaderMutation>) {
-    let Some(m) = m else {
-        return;
-    };
-    for name in &m.remove {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
-            && !FRAMING.contains(&name)
-        {
-            headers.remove(name);
-        }
-    }
-    for h in &m.set {
-        if let Some((name, value)) = parse(h) {
-            headers.insert(name, value);
-        }
-    }
-    append_all(headers, &m.add);
-}
-
-/// Append each of `list` (a policy's headers; invalid ones are skipped with a debug log).
-pub fn append_all(headers: &mut HeaderMap, list: &[Header]) {
-    for h in list {
-        if let Some((name, value)) = parse(h) {
-            headers.append(name, value);
-        }
-    }
-}
-
-fn parse(h: &Header) -> Option<(HeaderName, HeaderValue)> {
-    let name = HeaderName::from_bytes(h.name.as_bytes())
-        .ok()
-        .filter(|n| !FRAMING.contains(n));
-    let value = HeaderValue::from_str(&h.value).ok();
-    if name.is_none() || value.is_none() {
-        tracing::debug!(name = %h.name, "policy produced an invalid or framing header; skipped");
-    }
-    Some((name?, value?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
 
     #[test]
     fn xff_appends_and_request_id_kept_only_from_internal_clients() {
@@ -339,44 +274,6 @@ mod tests {
         let v6: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 4]));
         edge_headers(&mut headers, v6, "http", &random);
         assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1,2001:db8::1");
-    }
-
-    #[test]
-    fn mutation_order_is_remove_set_add() {
-        let mut headers = HeaderMap::new();
-        headers.insert("a", HeaderValue::from_static("1"));
-        headers.insert("b", HeaderValue::from_static("1"));
-        apply_mutation(
-            &mut headers,
-            Some(&HeaderMutation {
-                set: vec![h("a", "2"), h("bad name", "x")],
-                add: vec![h("a", "3"), h("c", "1")],
-                remove: vec!["b".into(), "c".into()],
-            }),
-        );
-        let a: Vec<_> = headers.get_all("a").iter().collect();
-        assert_eq!(a, ["2", "3"]);
-        assert!(headers.get("b").is_none());
-        assert_eq!(headers["c"], "1");
-    }
-
-    #[test]
-    fn edits_of_framing_headers_are_skipped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        let m = HeaderMutation {
-            set: vec![h("content-length", "transfer-encoding"), h("x-a", "1")],
-            add: vec![h("Transfer-Encoding", "chunked"), h("connection", "close")],
-            remove: vec!["content-length".into(), "x-gone".into()],
-        };
-        apply_mutation(&mut headers, Some(&m));
-        assert_eq!(
-            headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
-            Some(&b"5"[..])
-        );
-        assert!(!headers.contains_key(header::TRANSFER_ENCODING));
-        assert!(!headers.contains_key(header::CONNECTION));
-        assert_eq!(headers.get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
     }
 
     #[test]

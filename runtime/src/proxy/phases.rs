@@ -15,8 +15,8 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::{Replay, read_up_to, resend};
 use super::error::direct_response;
-use super::headers::apply_mutation;
 use super::{Body, BoxError, ProxyError, chain::failed};
+use crate::plugin::ops::apply_mutation;
 use crate::plugin::types::{HeaderMutation, LogEntry};
 use crate::plugin::{RequestView, ResponseView, fits};
 use crate::snapshot::Chain;
