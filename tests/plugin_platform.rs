@@ -94,6 +94,12 @@ async fn phases_properties_and_order() {
         .await
         .expect("reply");
     assert_eq!(reply.echo()["headers"]["x-phases-b"], "seen");
+    // A later plugin reading the decision sees the header operations the earlier ones
+    // joined to the forward, in chain order.
+    let reply = get(port, "x", "/", &[("x-read-decision", "b")])
+        .await
+        .expect("reply");
+    assert_eq!(reply.text(), "x-phases-c,x-phases-a", "{}", gw.log_text());
 
     // b answers with the edit it prepared, kept by the host and named per request
     // (`host.prepare-edit`, `request.use-edit`), with a header laid over it; one made on

@@ -666,7 +666,7 @@ async fn act(
         .as_ref()
         .and_then(|r| chain.reply_headers.get(usize::try_from(r.index).ok()?))
         .and_then(Option::as_ref);
-    let ops = |h: &mut http::HeaderMap| {
+    let reply = |h: &mut http::HeaderMap| {
         apply_mutation(h, route_ops);
         phases::reply_ops(h, reply_ops);
     };
@@ -688,7 +688,7 @@ async fn act(
                         "grpc-message",
                         HeaderValue::from_static("fault filter abort"),
                     );
-                    ops(h);
+                    reply(h);
                 }));
             }
             let status =
@@ -696,14 +696,14 @@ async fn act(
             Ok(local_response(
                 status,
                 Bytes::from_static(b"fault filter abort"),
-                ops,
+                reply,
             ))
         }
         Action::Respond(direct) => Ok(direct_response(
             direct.status,
             &direct.headers,
             Bytes::from(direct.body),
-            ops,
+            reply,
         )),
         Action::Redirect(redirect) => {
             let status =
@@ -712,7 +712,7 @@ async fn act(
                 if let Ok(v) = HeaderValue::from_str(&redirect.location) {
                     h.insert(header::LOCATION, v);
                 }
-                ops(h);
+                reply(h);
             }))
         }
         Action::Forward(forward) => {

@@ -28,10 +28,10 @@ use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceT
 use wasmtime::component::{ComponentType, Lift};
 
 /// The WIT `edit` as the host keeps it: the same record, with the action and the header
-/// mutations lifted into boxes (the header mutations as [`Ops`]). The generated `types::Edit` holds them inline (528
-/// bytes), and a call's result is moved several times on its way out of wasmtime, each
-/// move a copy of the whole record (12 % of a quick call's time, measured); this one is
-/// about a fifth of that.
+/// mutations lifted into boxes (the header mutations as [`Ops`]). The generated
+/// `types::Edit` holds them inline (528 bytes), and a call's result is moved several
+/// times on its way out of wasmtime, each move a copy of the whole record (12 % of a
+/// quick call's time, measured); this one is about a fifth of that.
 #[derive(ComponentType, Lift, Clone, Debug, Default)]
 #[component(record)]
 pub struct Edit {

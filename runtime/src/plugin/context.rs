@@ -65,6 +65,9 @@ pub struct ChainNames {
 #[derive(Debug)]
 pub struct ChainState {
     pub names: Arc<ChainNames>,
+    /// The decision so far. A forward here holds its own header operations only: those
+    /// edits joined to it are in `joined`, and [`ChainState::decision`] gives them
+    /// together, as a plugin reads them.
     pub decision: Decision,
     /// Response header operations for a local reply (edits made while the decision was
     /// not a forward; a forward keeps its own).
@@ -276,8 +279,9 @@ impl ChainState {
     }
 
     /// Apply a policy's edit, as the WIT says (and the SDK's `Edit::apply` does): route,
-    /// action, pick, delay, then header operations (joined to a forward's own; for any
-    /// other action the response ones are kept for its local reply), then log fields.
+    /// action, pick, delay, then header operations (joined to a forward: kept in
+    /// [`ChainState::joined`], after its own; for any other action the response ones are
+    /// kept for its local reply), then log fields.
     pub fn apply(&mut self, edit: Edit) {
         let d = &mut self.decision;
         if let Some(route) = edit.route {

@@ -3,8 +3,9 @@
 //! edit costs the plugin building and lowering every string in it and the host lifting
 //! them again; naming a prepared one costs one small call, and the host's copy (cloned
 //! into the answer) needs no reading of guest memory. Its header operations are parsed
-//! once, here, and shared by every answer ([`Ops::prepared`]). The router prepares each route's
-//! forward this way.
+//! once, here, and shared by every answer ([`Ops::prepared`]). The router prepares each
+//! route's forward this way (the route's own `headers`, inside the forward, are still
+//! copied and parsed per request).
 //!
 //! Kept per instance (an instance recycled after a trap prepares again), numbered per
 //! instance, each number naming its binding's edit only. Bounded: at most
@@ -175,13 +176,14 @@ fn join(into: &mut Option<Ops>, more: Option<Ops>) {
     }
 }
 
-/// What an edit takes in the host: its records, and its strings and bodies.
+/// What an edit takes in the host: its records, and its strings and bodies; its header
+/// operations twice, as text and parsed ([`Ops::prepared`]).
 fn weigh(e: &types::Edit) -> usize {
     size_of::<Edit>()
         + e.route.as_ref().map_or(0, |r| r.name.len())
         + e.action.as_ref().map_or(0, weigh_action)
-        + weigh_mutation(e.request_headers.as_ref())
-        + weigh_mutation(e.response_headers.as_ref())
+        + 2 * weigh_mutation(e.request_headers.as_ref())
+        + 2 * weigh_mutation(e.response_headers.as_ref())
         + weigh_headers(&e.log_fields)
 }
 

@@ -3,10 +3,10 @@
 //!
 //! An edit's operations are held as [`Ops`]: lifted from a plugin's answer (strings,
 //! parsed when the request goes out), or parsed once when the plugin prepared the edit
-//! (`host.prepare-edit`) and then shared by every answer that names it. A chain's
-//! decision keeps the operations its edits joined to a forward as a list
-//! ([`apply`]), so naming a prepared edit costs a reference count, not a copy of its
-//! strings and a parse of its headers per request.
+//! (`host.prepare-edit`) and then shared by every answer that names it. A chain's state
+//! keeps the operations its edits join to a forward as a list beside the decision
+//! (`context::Joined`, applied by [`apply`]), so naming a prepared edit costs a
+//! reference count, not a copy of its strings and a parse of its headers per request.
 
 use std::ops::Deref;
 use std::sync::Arc;

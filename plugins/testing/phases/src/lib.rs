@@ -17,7 +17,9 @@
 //! body` when none);
 //! otherwise with `x-order` it answers 200 with `phases.order`; with `x-set-property:
 //! k=v` it sets property `k` to `v` and answers 200 `set`, or 403 with the host's
-//! refusal.
+//! refusal. When request header `x-read-decision` is its name it answers 200 with the
+//! names of the request headers the decision so far sets (`request.decision`: the
+//! route's and the plugins' before it), comma separated.
 //!
 //! With request header `x-prepared` set to its name it answers with the edit it prepared
 //! (a 200 `prepared by <name>` with response header `x-prepared: <name>`), adding
@@ -34,8 +36,8 @@
 use serde::Deserialize;
 use wasmgate_plugin_sdk::metrics::Counter;
 use wasmgate_plugin_sdk::{
-    Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, PreparedEdit, Request,
-    Response, ResponseEdit, export_policy, parse_config,
+    Action, Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, PreparedEdit,
+    Request, Response, ResponseEdit, export_policy, parse_config,
 };
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +145,17 @@ impl Policy for Phases {
         }
         if request.header("x-order").is_some() {
             return Ok(Edit::respond(200, order));
+        }
+        if request.header("x-read-decision").as_deref() == Some(name.as_str()) {
+            let set = match request.decision().action {
+                Action::Forward(f) => f
+                    .request_headers
+                    .map(|m| m.set.into_iter().map(|h| h.name).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .join(","),
+                _ => "not a forward".into(),
+            };
+            return Ok(Edit::respond(200, set));
         }
         if let Some(spec) = request.header("x-set-property") {
             let (key, value) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
