@@ -218,14 +218,18 @@ async fn accept_loop(
             place: Some(place.clone()),
         };
         let active = Active::new(&stats, shared.metrics.enabled);
-        let served = connection(
+        // Boxed: the connection's future holds hyper's connection, the request in flight
+        // and every listener kind's path (7.5 KiB in a debug build), and unboxed it was
+        // copied whole on its way into the task and at each change of the task's stage:
+        // a tenth of a new connection's CPU went to memmove (docs/benchmarks.md).
+        let served = Box::pin(connection(
             stream,
             conn,
             shared.clone(),
             builder.clone(),
             watcher,
             stats.clone(),
-        );
+        ));
         tokio::spawn(async move {
             served.await;
             drop(active);
