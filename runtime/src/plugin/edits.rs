@@ -16,8 +16,8 @@
 
 use std::mem::size_of;
 
+use super::bindings::Edit;
 use super::bindings::wasmgate::policy::types::{self, Action, Destination, Header, HeaderMutation};
-use super::bindings::{Boxed, Edit};
 use super::context::extend_mutation;
 use super::ops::Ops;
 
@@ -87,16 +87,10 @@ impl PreparedEdits {
             .ok_or("prepare-edit is allowed in prepare only")?;
         let id = u32::try_from(self.edits.len()).map_err(|e| e.to_string())?;
         self.bytes += bytes;
+        let mut edit = Edit::from(edit);
         // Header operations parsed now, once, and shared by every answer naming it.
-        let edit = Edit {
-            route: edit.route,
-            action: edit.action.map(Boxed::new),
-            pick: edit.pick,
-            delay_ms: edit.delay_ms,
-            request_headers: edit.request_headers.map(Ops::prepared),
-            response_headers: edit.response_headers.map(Ops::prepared),
-            log_fields: edit.log_fields,
-        };
+        edit.request_headers = edit.request_headers.map(|o| Ops::prepared(o.into_inner()));
+        edit.response_headers = edit.response_headers.map(|o| Ops::prepared(o.into_inner()));
         self.edits.push((binding, edit));
         Ok(id)
     }
