@@ -473,6 +473,100 @@ async fn connections_retire_after_max_requests_and_max_duration() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_connections_are_reused_and_closed_once_idle_past_their_timeout() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config(
+        "conn-idle",
+        &[(app.port(), 1)],
+        "",
+        "    connectionPool: {http: {idleTimeout: 300ms}}\n",
+    );
+    let gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for _ in 0..5 {
+        assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    }
+    // Sequential requests share one pooled connection.
+    let text = gw.scrape().await;
+    assert_eq!(metric(&text, "wasmgate_upstream_connections_total"), 1.0);
+    assert_eq!(metric(&text, "wasmgate_upstream_connections_active"), 1.0);
+    // Idle past its timeout, it is closed with no request coming to take it.
+    let closed = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = gw.scrape().await;
+        if metric(&text, "wasmgate_upstream_connections_active") == 0.0 {
+            break;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(5),
+            "the idle connection was not closed: {text}"
+        );
+    }
+    assert!(
+        closed.elapsed() >= Duration::from_millis(200),
+        "closed before its idle timeout"
+    );
+    assert_eq!(get(port, "a", "/", &[]).await.expect("ok").status, 200);
+    assert_eq!(
+        metric(&gw.scrape().await, "wasmgate_upstream_connections_total"),
+        2.0
+    );
+}
+
+/// An upstream that answers one request per connection, then closes it a moment later
+/// without saying so (no `Connection: close`); counts the connections it accepted.
+async fn one_shot_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
+    let (app, accepted) = one_shot_upstream().await;
+    let (dir, port) = config(
+        "conn-closed",
+        &[(app, 1)],
+        "",
+        "    loadBalancer: {simple: ROUND_ROBIN}\n",
+    );
+    let _gw = Gateway::start(dir.path(), &["--workers", "1"]).await;
+    for i in 0..3 {
+        let reply = get(port, "a", "/", &[]).await.expect("ok");
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert_eq!(reply.text(), "ok");
+        // The upstream closes the connection while it is idle in the pool.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 /// An h2c (prior knowledge) GET to the gateway on `port`; the status.
 async fn h2c_get(port: u16) -> u16 {
     use http_body_util::Full;

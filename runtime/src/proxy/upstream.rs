@@ -5,6 +5,7 @@
 //! retries on connect failure, refused stream and 503).
 
 mod connect;
+mod http1;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,30 +15,24 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::error::ProxyError;
 use super::{Body, BoxError, empty};
 use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, RetrySlot, Target};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
-use connect::{Counting, H2Key, H2Pool, OPENING_FOR, PoolKey, TlsClients};
+use connect::{H2Key, H2Pool, PoolKey};
+use http1::{Http1Pool, Lease};
 
 /// How long a pooled HTTP/1.1 connection may stay idle when the DestinationRule sets
 /// no `idleTimeout` (Envoy's default is an hour; upstream servers close theirs sooner).
 pub const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// The upstream HTTP clients, shared by all requests.
-#[derive(Clone, Debug)]
+/// One worker's upstream connections: its HTTP/1.1 pool ([`http1`]) and its HTTP/2
+/// connections ([`connect::H2Pool`]).
+#[derive(Clone, Debug, Default)]
 pub struct Upstream {
-    connector: HttpConnector,
-    http1: Client<Counting<HttpConnector>, Body>,
-    /// Clear-text HTTP/1.1 clients of clusters whose connections are pooled apart
-    /// (their own `idleTimeout` or connection lifetime: [`PoolKey`]).
-    http1_idle: Arc<dashmap::DashMap<PoolKey, Client<Counting<HttpConnector>, Body>>>,
-    tls1: Arc<TlsClients>,
+    http1: Http1Pool,
     http2: Arc<H2Pool>,
 }
 
@@ -50,32 +45,14 @@ fn pool_idle(cluster: &Cluster) -> Duration {
     }
 }
 
-impl Default for Upstream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Upstream {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Each cluster's `connectTimeout` applies in `Counting`.
-        connector.set_connect_timeout(None);
-        // The TLS connector dials `https://endpoint` URIs with it too.
-        connector.enforce_http(false);
-        let http1 = http1_client(&connector, POOL_IDLE);
-        Upstream {
-            connector,
-            http1,
-            http1_idle: Arc::default(),
-            tls1: Arc::new(TlsClients::default()),
-            http2: Arc::new(H2Pool::default()),
-        }
+        Self::default()
     }
 
     /// One attempt: `out` to `target` of `cluster`, in HTTP/2 when `h2` ([`speaks_h2`],
-    /// worked out once per request), with the cluster's TLS.
+    /// worked out once per request), with the cluster's TLS. Over HTTP/1.1, the lease
+    /// of the connection it went on, when that may be pooled again.
     /// The socket always goes to the endpoint; the virtual host travels in `Host`
     /// (HTTP/1.1) or `:authority` (HTTP/2), and is the SNI unless the DestinationRule
     /// names one (Istio's auto SNI).
@@ -84,116 +61,74 @@ impl Upstream {
         cluster: &Arc<Cluster>,
         target: &Target,
         out: &Outbound,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
         h2: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         if !out.path_and_query.as_str().starts_with('/') {
             return Err(ProxyError::InvalidRewrite(
                 out.path_and_query.as_str().to_string(),
             ));
         }
-        let endpoint: &str = target.authority();
+        let endpoint: &Arc<str> = target.authority();
         // The virtual host: `:authority` over HTTP/2, and the SNI unless the
-        // DestinationRule names one (Istio's auto SNI). Owned only where needed.
+        // DestinationRule names one (Istio's auto SNI).
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or(endpoint);
-        let sni = cluster.tls.as_ref().map(|t| {
-            t.sni
+        let tls = cluster.tls.as_ref().map(|t| {
+            let sni = t
+                .sni
                 .clone()
-                .unwrap_or_else(|| crate::snapshot::vhosts::normalize_host(host))
+                .unwrap_or_else(|| crate::snapshot::vhosts::normalize_host(host));
+            (t.key, sni)
         });
-        let scheme = if cluster.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         if h2 {
-            let host = host.to_string();
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let uri = Uri::builder()
+                .scheme(scheme)
+                .authority(host)
+                .path_and_query(out.path_and_query.clone())
+                .build()
+                .map_err(|_| ProxyError::InvalidRewrite(out.path_and_query.as_str().to_string()))?;
             let key = H2Key {
                 target: endpoint.to_string(),
-                tls: cluster
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.key, sni.unwrap_or_default())),
+                tls,
                 retire: H2Key::retire(cluster),
             };
-            let mut req = build(scheme, None, &host, out, headers, body, Version::HTTP_2)?;
-            req.headers_mut().remove(header::HOST);
-            return self.http2.send(key, req, cluster).await;
+            headers.remove(header::HOST);
+            let req = request(out, uri, Version::HTTP_2, headers, body);
+            let sent = self.http2.send(key, req, cluster).await?;
+            return Ok((sent, None));
         }
-        let authority = target.uri_authority().cloned();
-        let mut req = build(
-            scheme,
-            authority,
-            endpoint,
+        // HTTP/1.1: origin-form, the virtual host (or else the endpoint) in `Host`.
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(endpoint)
+        {
+            headers.insert(header::HOST, v);
+        }
+        // `maxRequestsPerConnection: 1`: one request per connection (hyper closes it
+        // after the response); an upgrade keeps its own `Connection` header.
+        let once =
+            cluster.pool.max_requests_per_connection == 1 && !headers.contains_key(header::UPGRADE);
+        if once {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let req = request(
             out,
+            Uri::from(out.path_and_query.clone()),
+            Version::HTTP_11,
             headers,
             body,
-            Version::HTTP_11,
-        )?;
-        if cluster.pool.max_requests_per_connection == 1
-            && !req.headers().contains_key(header::UPGRADE)
-        {
-            // One request per connection: hyper closes it after the response.
-            req.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        // `maxRequestsPerConnection` (> 1) and `maxConnectionDuration`: the connection
-        // this request goes on is looked at when its response arrives.
-        let pool = PoolKey::of(cluster);
-        let captured = pool
-            .bounds_lifetime()
-            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
-        // A connection the pooled client opens for this request counts for the cluster.
-        let sent = match &cluster.tls {
-            None if pool == PoolKey::SHARED => {
-                OPENING_FOR
-                    .scope(cluster.clone(), self.http1.request(req))
-                    .await
-            }
-            None => {
-                let client = self
-                    .http1_idle
-                    .entry(pool)
-                    .or_insert_with(|| http1_client(&self.connector, pool.idle))
-                    .clone();
-                OPENING_FOR
-                    .scope(cluster.clone(), client.request(req))
-                    .await
-            }
-            Some(tls) => {
-                let client = self.tls1.get(
-                    &self.connector,
-                    tls,
-                    sni.as_deref().unwrap_or_default(),
-                    pool,
-                );
-                OPENING_FOR
-                    .scope(cluster.clone(), client.request(req))
-                    .await
-            }
+        );
+        let key = http1::Key {
+            target: endpoint.clone(),
+            tls,
+            pool: PoolKey::of(cluster),
         };
-        let response = sent.map_err(|e| classify(&e))?;
-        if let Some(captured) = &captured {
-            connect::Lifetime::retire_if_spent(captured);
-        }
-        Ok(response)
+        self.http1.send(key, req, cluster, !once).await
     }
-}
-
-/// A pooled clear-text HTTP/1.1 client whose idle connections close after `idle`.
-fn http1_client(
-    connector: &HttpConnector,
-    idle: Duration,
-) -> Client<Counting<HttpConnector>, Body> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_max_idle_per_host(1024)
-        .build(Counting(connector.clone()))
 }
 
 /// Whether `out` goes to `cluster` in HTTP/2: with `useClientProtocol` (in clear text;
@@ -376,7 +311,7 @@ pub async fn send(
         // or a back-off): that endpoint timed out.
         cluster.report(i, Outcome::Timeout);
     }
-    let (resp, held) = done.inspect_err(|e| match e {
+    let (resp, lease, held) = done.inspect_err(|e| match e {
         ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => {
             stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
@@ -389,6 +324,7 @@ pub async fn send(
         UpstreamBody {
             inner: body,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            lease,
             _held: held,
         }
         .boxed()
@@ -413,7 +349,7 @@ async fn attempt_all(
     mut out: Outbound,
     retries: &RetryPolicy,
     attempted: &mut Attempted,
-) -> Result<(Response<Incoming>, Held), ProxyError> {
+) -> Result<(Response<Incoming>, Option<Lease>, Held), ProxyError> {
     let admitted = cluster.admit().map_err(ProxyError::Overflow)?;
     let replayable = out.body.is_none();
     let max_attempts = if replayable { 1 + retries.attempts } else { 1 };
@@ -470,7 +406,7 @@ async fn attempt_all(
             None => call.await,
         };
         let outcome = match &result {
-            Ok(resp) => Some(Outcome::Response(resp.status().as_u16())),
+            Ok((resp, _)) => Some(Outcome::Response(resp.status().as_u16())),
             Err(ProxyError::UpstreamConnect(_)) => Some(Outcome::ConnectFailure),
             Err(ProxyError::UpstreamReset(_) | ProxyError::UpstreamRefused(_)) => {
                 Some(Outcome::Reset)
@@ -485,11 +421,12 @@ async fn attempt_all(
         let last = attempted.attempts >= max_attempts;
         let wanted = !last
             && match &result {
-                Ok(resp) => retry_on.on_response(resp.status().as_u16(), resp.headers()),
+                Ok((resp, _)) => retry_on.on_response(resp.status().as_u16(), resp.headers()),
                 Err(err) => retry_on.on_error(err),
             };
         if wanted {
-            // A retried response is dropped, not read: its connection closes. This
+            // A retried response is dropped, not read, with its lease: its
+            // connection closes. This
             // request's previous retry is over: its slot goes back first.
             retry = None;
             match cluster.retry() {
@@ -501,9 +438,10 @@ async fn attempt_all(
                 None => attempted.retry_overflow = true,
             }
         }
-        return result.map(|resp| {
+        return result.map(|(resp, lease)| {
             (
                 resp,
+                lease,
                 Held {
                     _in_flight: in_flight,
                     _admitted: admitted,
@@ -515,12 +453,23 @@ async fn attempt_all(
     }
 }
 
-/// An upstream response body: fails once the route's deadline passes, and counts as
-/// in flight (for LEAST_REQUEST and the circuit breakers) until it is done or dropped.
+/// An upstream response body: fails once the route's deadline passes, counts as in
+/// flight (for LEAST_REQUEST and the circuit breakers) until it is done or dropped, and
+/// gives its HTTP/1.1 connection back to the pool once read to its end.
 struct UpstreamBody {
     inner: Incoming,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    lease: Option<Lease>,
     _held: Held,
+}
+
+impl UpstreamBody {
+    /// The body is read to its end: the connection can take another request.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for UpstreamBody {
@@ -535,11 +484,19 @@ impl hyper::body::Body for UpstreamBody {
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
+            // The connection is dropped mid-response: hyper closes it.
+            self.lease = None;
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }
-        std::pin::Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            // A reader may stop at the frame that ends the body, without asking again.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -551,67 +508,48 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// The upstream request to `scheme://authority/path`: for HTTP/1.1 the authority is
-/// the endpoint (the headers carry the virtual host), for HTTP/2 the virtual host.
-/// `parsed` is `authority` already parsed, when the caller keeps one (an endpoint's).
-fn build(
-    scheme: &str,
-    parsed: Option<http::uri::Authority>,
-    authority: &str,
+impl Drop for UpstreamBody {
+    /// A body with nothing left to read (empty, or dropped at its end) still gives its
+    /// connection back; one dropped midway does not (hyper closes the connection).
+    fn drop(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.release();
+        }
+    }
+}
+
+/// The upstream request: `uri` is origin-form for HTTP/1.1, with the virtual host as
+/// authority for HTTP/2.
+fn request(
     out: &Outbound,
+    uri: Uri,
+    version: Version,
     headers: HeaderMap,
     body: Body,
-    version: Version,
-) -> Result<Request<Body>, ProxyError> {
-    let uri = Uri::builder().scheme(scheme);
-    let uri = match parsed {
-        Some(parsed) => uri.authority(parsed),
-        None => uri.authority(authority),
-    };
-    let uri = uri
-        .path_and_query(out.path_and_query.clone())
-        .build()
-        .map_err(|_| ProxyError::InvalidRewrite(out.path_and_query.as_str().to_string()))?;
+) -> Request<Body> {
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     *req.headers_mut() = headers;
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(authority)
-    {
-        req.headers_mut().insert(header::HOST, v);
-    }
-    Ok(req)
+    req
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+/// An HTTP/1.1 request's failure once its connection was open: the client's body
+/// failing or going quiet (not the upstream's doing), else a reset.
+fn classify_send(e: &hyper::Error) -> ProxyError {
     let text = chain(e);
-    if e.is_connect() {
-        ProxyError::UpstreamConnect(text)
-    } else if text.contains(super::body::STREAM_IDLE) {
+    if text.contains(super::body::STREAM_IDLE) {
         // The client's body went quiet, not the upstream.
         ProxyError::StreamIdle(text)
     } else if text.contains(super::body::REQUEST_TIMEOUT) {
         ProxyError::RequestTimeout(text)
-    } else if from_request_body(e) {
-        // The client's body failed (it went away mid-upload): not the upstream's doing.
+    } else if e.is_user() {
+        // The client's body failed (it went away mid-upload).
         ProxyError::DownstreamBody(text)
     } else {
         ProxyError::UpstreamReset(text)
     }
-}
-
-/// Whether hyper failed because the request body it was sending failed.
-fn from_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_user();
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// An HTTP/2 request's failure. REFUSED_STREAM is told by the h2 error's text ("refused

@@ -1,184 +1,41 @@
-//! Upstream connections that hyper-util's pooled client cannot make alone. HTTP/1.1 over
-//! TLS: a connector that dials the endpoint and runs the TLS handshake with the
-//! cluster's settings and SNI (one pooled client per settings and SNI). HTTP/2, in
-//! clear text or over TLS: one multiplexed connection per endpoint, settings and SNI,
-//! kept here, so the request's `:authority` can be the virtual host while the socket
-//! goes to the endpoint (hyper-util's client takes both from the URI). Every connection
-//! is counted, while it is open, in the pool metrics of the cluster that opened it.
+//! Upstream connections: dialling an endpoint and the TLS handshake, shared by both
+//! pools; the connection counter; and the HTTP/2 pool: one multiplexed connection per
+//! endpoint, settings and SNI, so the request's `:authority` can be the virtual host
+//! while the socket goes to the endpoint. HTTP/1.1's pool is [`super::http1`]. Every
+//! connection is counted, while it is open, in the pool metrics of the cluster that
+//! opened it.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::super::Body;
 use super::super::error::ProxyError;
-use super::super::{Body, BoxError};
-use wasmgate_config::model::traffic::DEFAULT_CONNECT_TIMEOUT;
 
 use crate::cluster::Cluster;
 use crate::telemetry::metrics::OpenConnection;
 use crate::tls::client::UpstreamTls;
 
-tokio::task_local! {
-    /// The cluster a request through a pooled client is for. hyper-util's client calls
-    /// its connector (with only a URI) from the request's own future, so a connection it
-    /// opens is counted for this cluster, within its `connectTimeout` and with its TCP
-    /// keepalive; one taken from the pool costs nothing.
-    pub static OPENING_FOR: Arc<Cluster>;
-}
-
-/// A connector that makes connections as [`OPENING_FOR`]'s cluster asks (connect
-/// timeout, TCP keepalive) and counts them in its metrics for as long as they stay
-/// open. Outside such a scope: Istio's default 10 s connect timeout, nothing counted.
-#[derive(Clone, Debug)]
-pub struct Counting<C>(pub C);
-
-impl<C> tower_service::Service<Uri> for Counting<C>
-where
-    C: tower_service::Service<Uri> + Send,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
-    C::Response: Socket,
-{
-    type Response = Counted<C::Response>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let cluster = OPENING_FOR.try_with(Arc::clone).ok();
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let limit = cluster
-                .as_ref()
-                .map_or(DEFAULT_CONNECT_TIMEOUT, |c| c.pool.connect_timeout);
-            let io = tokio::time::timeout(limit, connecting)
-                .await
-                .map_err(|_| BoxError::from("connect timeout"))?
-                .map_err(Into::into)?;
-            if let Some(ka) = cluster.as_ref().and_then(|c| c.pool.tcp_keepalive)
-                && let Some(fd) = io.socket()
-            {
-                crate::cluster::set_keepalive(fd, &ka);
-            }
-            Ok(Counted {
-                io,
-                lifetime: cluster.as_ref().and_then(|c| Lifetime::of(c)),
-                _open: cluster.map(|c| c.upstream_stats.opened()),
-            })
-        })
-    }
-}
-
-/// A connection whose socket the connector can reach (for TCP keepalive).
-pub trait Socket {
-    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
-}
-
-impl Socket for TokioIo<TcpStream> {
-    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        Some(self.inner().as_fd())
-    }
-}
-
-impl Socket for TlsIo {
-    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        Some(self.0.inner().get_ref().0.as_fd())
-    }
-}
-
-/// A connection counted as open until it is dropped.
+/// A connection counted as open (in its cluster's pool metrics) until it is dropped:
+/// after its last response, or when an upgraded connection ends.
 pub struct Counted<T> {
     io: T,
-    /// How long it may serve, when its cluster bounds that.
-    lifetime: Option<Arc<Lifetime>>,
-    _open: Option<OpenConnection>,
+    _open: OpenConnection,
 }
 
-/// `maxRequestsPerConnection` and `maxConnectionDuration` of an HTTP/1.1 connection: how
-/// much it has served, against what it may. Carried as the connection's extra, so that
-/// after each response [`Lifetime::retire_if_spent`] can take it out of the pool.
-#[derive(Debug)]
-pub struct Lifetime {
-    opened: std::time::Instant,
-    served: std::sync::atomic::AtomicU32,
-    /// 0: no count.
-    max_requests: u32,
-    max_age: Option<Duration>,
-}
-
-impl Lifetime {
-    /// For a connection of `cluster`, when its policy bounds connections' lives.
-    fn of(cluster: &Cluster) -> Option<Arc<Lifetime>> {
-        let pool = PoolKey::of(cluster);
-        pool.bounds_lifetime().then(|| {
-            Arc::new(Lifetime {
-                opened: std::time::Instant::now(),
-                served: std::sync::atomic::AtomicU32::new(0),
-                max_requests: pool.max_requests,
-                max_age: pool.max_age,
-            })
-        })
-    }
-
-    /// Count a response on the connection `captured` saw; once the connection has
-    /// served its count or lived its time, it goes back to no pool (hyper-util closes
-    /// it when the response ends), so no further request is sent on it.
-    pub fn retire_if_spent(captured: &hyper_util::client::legacy::connect::CaptureConnection) {
-        let metadata = captured.connection_metadata();
-        let Some(connected) = metadata.as_ref() else {
-            return;
-        };
-        let mut extras = http::Extensions::new();
-        connected.get_extras(&mut extras);
-        let Some(life) = extras.get::<Arc<Lifetime>>() else {
-            return;
-        };
-        let served = life
-            .served
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .saturating_add(1);
-        let counted_out = life.max_requests > 0 && served >= life.max_requests;
-        let aged_out = life.max_age.is_some_and(|age| life.opened.elapsed() >= age);
-        if counted_out || aged_out {
-            connected.poison();
-        }
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    /// What the connection is, without the connector's `HttpInfo` extra: hyper-util
-    /// copies an extra into every response's extensions (three allocations per
-    /// request), and nothing here reads it. A [`Lifetime`] is the one extra, and only
-    /// for clusters that bound connections' lives.
-    fn connected(&self) -> Connected {
-        let inner = self.io.connected();
-        let mut plain = Connected::new().proxy(inner.is_proxied());
-        if let Some(life) = &self.lifetime {
-            plain = plain.extra(life.clone());
-        }
-        if inner.is_negotiated_h2() {
-            plain.negotiated_h2()
-        } else {
-            plain
-        }
+impl<T> Counted<T> {
+    pub fn new(io: T, open: OpenConnection) -> Self {
+        Counted { io, _open: open }
     }
 }
 
@@ -225,11 +82,11 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
 /// TLS settings and the SNI to present: what a pooled connection is reusable for.
 pub type TlsKey = ([u8; 32], String);
 
-/// What a pooled HTTP/1.1 connection is shared by: clusters that close it alike (idle
-/// timeout) and retire it alike (`maxRequestsPerConnection` > 1,
-/// `maxConnectionDuration`, which the connection carries from the cluster that opened
-/// it). So a subset with limits never shares with its parent without, and a reload
-/// that changes them starts new connections.
+/// What a pooled HTTP/1.1 connection is shared by, besides its endpoint and TLS:
+/// clusters that close it alike (idle timeout) and retire it alike
+/// (`maxRequestsPerConnection` > 1, `maxConnectionDuration`). So a subset with limits
+/// never shares with its parent without, and a reload that changes them starts new
+/// connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub idle: Duration,
@@ -239,13 +96,6 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    /// The pool of clusters with no policy of their own: the gateway's default client.
-    pub const SHARED: PoolKey = PoolKey {
-        idle: super::POOL_IDLE,
-        max_requests: 0,
-        max_age: None,
-    };
-
     /// The pool `cluster`'s HTTP/1.1 connections belong to.
     pub fn of(cluster: &Cluster) -> PoolKey {
         PoolKey {
@@ -257,16 +107,7 @@ impl PoolKey {
             max_age: cluster.pool.max_connection_duration,
         }
     }
-
-    /// Do these connections serve a bounded number of requests, or for a bounded time?
-    /// Only then is a request's connection captured to be looked at.
-    pub fn bounds_lifetime(&self) -> bool {
-        self.max_requests > 0 || self.max_age.is_some()
-    }
 }
-
-/// A TLS client pool: its settings and SNI, and its pool key.
-type TlsPoolKey = (TlsKey, PoolKey);
 
 /// The name to present and verify: an IP when the SNI text is one (no SNI is sent).
 pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
@@ -297,133 +138,6 @@ pub async fn handshake(
         .await
         .map_err(|_| ProxyError::UpstreamConnect(format!("{sni}: TLS handshake timeout")))?
         .map_err(|e| ProxyError::UpstreamConnect(format!("TLS handshake with {sni}: {e}")))
-}
-
-/// hyper-util connector for HTTP/1.1 over TLS: the URI names the endpoint.
-#[derive(Clone)]
-pub struct TlsConnector {
-    tcp: HttpConnector,
-    tls: Arc<UpstreamTls>,
-    sni: String,
-}
-
-impl TlsConnector {
-    pub fn new(tcp: HttpConnector, tls: Arc<UpstreamTls>, sni: String) -> Self {
-        TlsConnector { tcp, tls, sni }
-    }
-}
-
-impl tower_service::Service<Uri> for TlsConnector {
-    type Response = TlsIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.tcp.poll_ready(cx).map_err(BoxError::from)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.tcp.call(uri);
-        let tls = self.tls.clone();
-        let sni = self.sni.clone();
-        Box::pin(async move {
-            let tcp = connecting.await.map_err(BoxError::from)?.into_inner();
-            let stream = handshake(tcp, &tls, &sni, DEFAULT_CONNECT_TIMEOUT)
-                .await
-                .map_err(|e| BoxError::from(e.to_string()))?;
-            Ok(TlsIo(TokioIo::new(stream)))
-        })
-    }
-}
-
-/// A TLS connection as hyper's client reads and writes it.
-pub struct TlsIo(TokioIo<TlsStream<TcpStream>>);
-
-impl Connection for TlsIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for TlsIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for TlsIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-}
-
-/// Pooled HTTP/1.1-over-TLS clients, one per settings and SNI.
-#[derive(Debug, Default)]
-pub struct TlsClients {
-    clients: DashMap<TlsPoolKey, Client<Counting<TlsConnector>, Body>>,
-}
-
-impl std::fmt::Debug for TlsConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConnector")
-            .field("sni", &self.sni)
-            .finish()
-    }
-}
-
-impl TlsClients {
-    /// The client for `tls` and `sni` whose connections are pooled by `pool`, made on
-    /// first use.
-    pub fn get(
-        &self,
-        tcp: &HttpConnector,
-        tls: &Arc<UpstreamTls>,
-        sni: &str,
-        pool: PoolKey,
-    ) -> Client<Counting<TlsConnector>, Body> {
-        let key = ((tls.key, sni.to_string()), pool);
-        if let Some(c) = self.clients.get(&key) {
-            return c.clone();
-        }
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool.idle)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(Counting(TlsConnector::new(
-                tcp.clone(),
-                tls.clone(),
-                sni.to_string(),
-            )));
-        self.clients.entry(key).or_insert(client).clone()
-    }
 }
 
 /// Where an HTTP/2 connection goes and how.
