@@ -593,7 +593,7 @@ async fn plugin_failures_and_instance_pool_are_counted() {
 
 /// An upstream that answers each request `ok` and closes its connection.
 async fn closing_upstream() -> (u16, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -601,13 +601,8 @@ async fn closing_upstream() -> (u16, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if support::read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(

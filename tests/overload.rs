@@ -229,14 +229,10 @@ async fn upgrade_echo() -> (u16, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if support::read_head(&mut s).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 1024];
                 let _ = s
                     .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
                     .await;
@@ -338,14 +334,9 @@ async fn misbehaving() -> (u16, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = support::read_head(&mut s).await else {
+                    return;
+                };
                 let text = String::from_utf8_lossy(&head).to_string();
                 if text.starts_with("GET /reset") {
                     let _ = s.set_zero_linger();

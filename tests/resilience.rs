@@ -518,7 +518,7 @@ async fn http1_connections_are_reused_and_closed_once_idle_past_their_timeout() 
 /// without saying so (no `Connection: close`); counts the connections it accepted.
 async fn one_shot_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -529,13 +529,8 @@ async fn one_shot_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUs
         while let Ok((mut sock, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if support::read_head(&mut sock).await.is_none() {
+                    return;
                 }
                 let _ = sock
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

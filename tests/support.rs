@@ -620,6 +620,21 @@ pub fn service_entry(
     )
 }
 
+/// Read from `s` up to the end of a request head (what came with it included); `None`
+/// when the peer closes or fails first.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// The sum of a Prometheus text's lines for metric `name` (0 when it has none).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
