@@ -33,8 +33,6 @@ pub struct Target {
     pub port: u16,
     /// `address:port` (IPv6 bracketed), made once: requests share it.
     authority: Arc<str>,
-    /// The same as a URI authority, when it is one.
-    uri_authority: Option<http::uri::Authority>,
 }
 
 impl Target {
@@ -44,26 +42,16 @@ impl Target {
         } else {
             format!("{address}:{port}").into()
         };
-        let uri_authority = http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
-            authority.as_bytes(),
-        ))
-        .ok();
         Target {
             address,
             port,
             authority,
-            uri_authority,
         }
     }
 
     /// `address:port`, bracketing IPv6 addresses.
     pub fn authority(&self) -> &Arc<str> {
         &self.authority
-    }
-
-    /// [`Target::authority`] as a URI authority (cloned without copying).
-    pub fn uri_authority(&self) -> Option<&http::uri::Authority> {
-        self.uri_authority.as_ref()
     }
 }
 

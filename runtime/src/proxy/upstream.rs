@@ -108,11 +108,11 @@ impl Upstream {
         {
             headers.insert(header::HOST, v);
         }
-        // `maxRequestsPerConnection: 1`: one request per connection (hyper closes it
-        // after the response); an upgrade keeps its own `Connection` header.
-        let once =
-            cluster.pool.max_requests_per_connection == 1 && !headers.contains_key(header::UPGRADE);
-        if once {
+        // `maxRequestsPerConnection: 1`: one request per connection, never pooled again
+        // (hyper closes it after the response); an upgrade keeps its own `Connection`
+        // header.
+        let once = cluster.pool.max_requests_per_connection == 1;
+        if once && !headers.contains_key(header::UPGRADE) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let req = request(
@@ -425,13 +425,17 @@ async fn attempt_all(
                 Err(err) => retry_on.on_error(err),
             };
         if wanted {
-            // A retried response is dropped, not read, with its lease: its
-            // connection closes. This
-            // request's previous retry is over: its slot goes back first.
+            // This request's previous retry is over: its slot goes back first.
             retry = None;
             match cluster.retry() {
                 Some(slot) => {
                     retry = Some(slot);
+                    // The retried response is dropped unread: its connection goes back
+                    // once hyper has drained it (or closes).
+                    if let Ok((resp, Some(lease))) = result {
+                        drop(resp);
+                        lease.release();
+                    }
                     continue;
                 }
                 // Past `maxRetries`, Envoy passes on what it has and flags `UO`.
@@ -455,7 +459,8 @@ async fn attempt_all(
 
 /// An upstream response body: fails once the route's deadline passes, counts as in
 /// flight (for LEAST_REQUEST and the circuit breakers) until it is done or dropped, and
-/// gives its HTTP/1.1 connection back to the pool once read to its end.
+/// gives its HTTP/1.1 connection back to the pool when read to its end or dropped
+/// (kept only when it failed or ran out of time).
 struct UpstreamBody {
     inner: Incoming,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -484,7 +489,7 @@ impl hyper::body::Body for UpstreamBody {
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            // The connection is dropped mid-response: hyper closes it.
+            // The connection is dropped mid-response, not drained: hyper closes it.
             self.lease = None;
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }
@@ -509,12 +514,11 @@ impl hyper::body::Body for UpstreamBody {
 }
 
 impl Drop for UpstreamBody {
-    /// A body with nothing left to read (empty, or dropped at its end) still gives its
-    /// connection back; one dropped midway does not (hyper closes the connection).
+    /// A body dropped with nothing left to read, or unread (a mirror's answer, a client
+    /// gone): its connection goes back too, once hyper has drained what it can (a
+    /// response too long to drain closes it).
     fn drop(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.inner) {
-            self.release();
-        }
+        self.release();
     }
 }
 

@@ -1,24 +1,29 @@
-//! HTTP/1.1 upstream connections, in clear text or over TLS, pooled per worker (each
-//! worker has its own [`super::Upstream`], so this pool's lock is never contended and
-//! no request or connection crosses threads).
+//! HTTP/1.1 upstream connections, in clear text or over TLS, pooled per worker: each
+//! worker has its own [`super::Upstream`], so a request and its connections stay on
+//! the worker and its pool's lock is not contended (the threads that are not workers,
+//! the I/O thread and the slow lanes, share one more).
 //!
 //! A connection carries one request at a time. It goes back to its pool when the
-//! response body has been read to its end, not when the head arrives, and is taken
-//! again last in, first out, so a few warm connections carry the load. Nothing is
-//! spawned per request: hyper-util's pooled client, used before, spawned a task per
-//! request to wait for the connection to be ready again, and cloned the URI and a
-//! pool key per request.
+//! response body is over (read to its end, or dropped) and hyper is ready to send on it
+//! again, and is taken again last in, first out, so a few warm connections carry the
+//! load. In the usual case, a response read to its end, hyper is ready at once and
+//! nothing is spawned; hyper-util's pooled client, used before, spawned a task per
+//! request to wait for that, and cloned the URI and a pool key per request. A
+//! connection not ready yet (still sending the request body after an early answer, or
+//! draining a response dropped unread) is pooled by a task when it is, so no request
+//! ever waits on another's connection.
 //!
 //! What is checked where:
-//! - taking: a connection that is closed, idle past its pool's idle timeout or older
-//!   than `maxConnectionDuration` is dropped (hyper closes it);
+//! - taking: a connection that is closed, not ready, idle past its pool's idle timeout
+//!   or older than `maxConnectionDuration` is dropped (hyper closes it);
 //! - sending: a request a pooled connection gave back unwritten (the upstream closed it
 //!   while idle) goes on the next connection, or a new one;
 //! - after the response head: a connection that has served `maxRequestsPerConnection`,
 //!   that was asked to close (`maxRequestsPerConnection: 1`) or that switched protocols
 //!   is not pooled again;
-//! - a sweeper task, armed while the pool holds idle connections, closes those whose
-//!   time runs out while no request comes to take them.
+//! - a sweeper task, running while the pool holds idle connections and woken early by a
+//!   connection that expires before its next wake, closes those whose time runs out
+//!   while no request comes to take them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -67,9 +72,15 @@ impl std::fmt::Debug for Http1Pool {
 #[derive(Default)]
 struct Idle {
     conns: HashMap<Key, Vec<Conn>>,
-    /// Whether a sweeper task is running for this pool.
-    sweeping: bool,
+    /// When the running sweeper wakes next; `None`: no sweeper runs.
+    sweeper: Option<Instant>,
+    /// Wakes the sweeper before then.
+    wake: Arc<tokio::sync::Notify>,
 }
+
+/// A sweeper does not wake more often than this: a connection may stay open up to this
+/// long past its time (hyper-util's pool timer had a 90 ms floor).
+const SWEEP_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
     // Nothing panics while holding it; if something did, the lists are still whole.
@@ -98,10 +109,15 @@ impl Conn {
     fn usable(&self, pool: &PoolKey, now: Instant) -> bool {
         !self.sender.is_closed() && now < self.expires(pool)
     }
+
+    /// Usable, and ready to send a request now.
+    fn takeable(&self, pool: &PoolKey, now: Instant) -> bool {
+        self.usable(pool, now) && self.sender.is_ready()
+    }
 }
 
 /// A connection lent to one exchange: given back to its pool with [`Lease::release`]
-/// once the response body has been read to its end; dropped otherwise (hyper closes the
+/// once the response body is over; dropped when the exchange failed (hyper closes the
 /// connection).
 pub struct Lease {
     conn: Conn,
@@ -119,9 +135,22 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// The response is done: the connection goes back to its pool, unless it closed or
-    /// its time ran out meanwhile, or the pool is full.
-    pub fn release(self) {
+    /// The response is over (read to its end, or dropped): the connection goes back to
+    /// its pool once hyper is ready to send on it, at once in the usual case, else from
+    /// a task; unless it closes or its time runs out meanwhile, or the pool is full.
+    pub fn release(mut self) {
+        if self.conn.sender.is_ready() {
+            self.pool();
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if self.conn.sender.ready().await.is_ok() {
+                    self.pool();
+                }
+            });
+        }
+    }
+
+    fn pool(self) {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
@@ -131,33 +160,59 @@ impl Lease {
             return;
         }
         conn.idle_since = now;
-        let arm = {
-            let mut idle = lock(&pool);
-            let list = idle.conns.entry(self.key).or_default();
-            if list.len() >= MAX_IDLE_PER_KEY {
-                return;
+        let expires = conn.expires(&self.key.pool);
+        let mut idle = lock(&pool);
+        let list = idle.conns.entry(self.key).or_default();
+        if list.len() >= MAX_IDLE_PER_KEY {
+            return;
+        }
+        list.push(conn);
+        match idle.sweeper {
+            Some(at) if at <= expires => {}
+            // The sweeper sleeps past this connection's time: wake it (a permit is kept
+            // if it is not waiting yet).
+            Some(_) => {
+                idle.sweeper = Some(expires);
+                idle.wake.notify_one();
             }
-            list.push(conn);
-            !std::mem::replace(&mut idle.sweeping, true)
-        };
-        if arm {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(sweep(Arc::downgrade(&pool)));
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    idle.sweeper = Some(expires);
+                    runtime.spawn(sweep(Sweeper {
+                        pool: Arc::downgrade(&pool),
+                        running: true,
+                    }));
                 }
-                // No runtime to run a sweeper on: connections expire when next taken.
-                Err(_) => lock(&pool).sweeping = false,
+                // Else no runtime to run a sweeper on: connections expire when next
+                // taken, and the next one given back on a runtime starts it.
             }
+        }
+    }
+}
+
+/// The sweeper task's hold on its pool. Dropped while still running (its runtime shut
+/// down), it says so, so the next connection given back starts another.
+struct Sweeper {
+    pool: Weak<Mutex<Idle>>,
+    running: bool,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        if self.running
+            && let Some(pool) = self.pool.upgrade()
+        {
+            lock(&pool).sweeper = None;
         }
     }
 }
 
 /// Close idle connections as their time runs out; ends when the pool holds none (the
 /// next connection given back starts another) or is gone.
-async fn sweep(pool: Weak<Mutex<Idle>>) {
+async fn sweep(mut sweeper: Sweeper) {
     loop {
-        let next = {
-            let Some(pool) = pool.upgrade() else {
+        let (at, wake) = {
+            let Some(pool) = sweeper.pool.upgrade() else {
                 return;
             };
             let mut idle = lock(&pool);
@@ -171,27 +226,29 @@ async fn sweep(pool: Weak<Mutex<Idle>>) {
                 .iter()
                 .flat_map(|(key, list)| list.iter().map(|c| c.expires(&key.pool)))
                 .min();
-            if next.is_none() {
-                idle.sweeping = false;
-            }
-            next
+            let Some(next) = next else {
+                idle.sweeper = None;
+                sweeper.running = false;
+                return;
+            };
+            let at = next.max(now + SWEEP_FLOOR);
+            idle.sweeper = Some(at);
+            (at, idle.wake.clone())
         };
-        match next {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => return,
-        }
+        // Woken early or not, the next round looks again.
+        let _ = tokio::time::timeout_at(at.into(), wake.notified()).await;
     }
 }
 
 impl Http1Pool {
-    /// The most recently pooled usable connection for `key`; unusable ones met on the
-    /// way are dropped.
+    /// The most recently pooled connection for `key` that is ready to send; the others
+    /// met on the way are dropped.
     fn take(&self, key: &Key) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         let list = idle.conns.get_mut(key)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
-            if conn.usable(&key.pool, now) {
+            if conn.takeable(&key.pool, now) {
                 return Some(conn);
             }
         }
@@ -210,9 +267,6 @@ impl Http1Pool {
         reuse: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         while let Some(mut conn) = self.take(&key) {
-            if conn.sender.ready().await.is_err() {
-                continue;
-            }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = self.lease(conn, key, &resp, reuse);
@@ -220,7 +274,8 @@ impl Http1Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written (the upstream closed the connection while it was
-                    // idle): the next connection, or a new one, takes it.
+                    // idle, or it was not ready after all): the next connection, or a
+                    // new one, takes it.
                     Some(unsent) => req = unsent,
                     None => return Err(super::classify_send(&e.into_error())),
                 },
@@ -253,11 +308,12 @@ impl Http1Pool {
         })
     }
 
-    /// A new connection to `key`'s endpoint, within `cluster`'s connect timeout (the
-    /// TLS handshake gets its own), with its TCP keepalive, counted in its metrics for
+    /// A new connection to `key`'s endpoint, dialled and (over TLS) handshaken within
+    /// `cluster`'s connect timeout, with its TCP keepalive, counted in its metrics for
     /// as long as it is open (an upgraded connection too).
     async fn connect(&self, key: &Key, cluster: &Cluster) -> Result<Conn, ProxyError> {
         let timeout = cluster.pool.connect_timeout;
+        let deadline = Instant::now() + timeout;
         let tcp = dial(&key.target, timeout).await?;
         if let Some(ka) = &cluster.pool.tcp_keepalive {
             use std::os::fd::AsFd;
@@ -265,7 +321,8 @@ impl Http1Pool {
         }
         let sender = match (cluster.tls.as_deref(), &key.tls) {
             (Some(tls), Some((_, sni))) => {
-                let stream = handshake(tcp, tls, sni, timeout).await?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let stream = handshake(tcp, tls, sni, left).await?;
                 let open = cluster.upstream_stats.opened();
                 start(Counted::new(TokioIo::new(stream), open)).await?
             }
