@@ -431,7 +431,7 @@ async fn attempt_all(
                 Some(slot) => {
                     retry = Some(slot);
                     // The retried response is dropped unread: its connection goes back
-                    // once hyper has drained it (or closes).
+                    // if hyper can drain it from what it has read (else it closes).
                     if let Ok((resp, Some(lease))) = result {
                         drop(resp);
                         lease.release();
@@ -515,8 +515,8 @@ impl hyper::body::Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     /// A body dropped with nothing left to read, or unread (a mirror's answer, a client
-    /// gone): its connection goes back too, once hyper has drained what it can (a
-    /// response too long to drain closes it).
+    /// gone): its connection goes back too, when hyper can drain the rest from what it
+    /// has read (else hyper closes it).
     fn drop(&mut self) {
         self.release();
     }

@@ -11,7 +11,8 @@
 //! request to wait for that, and cloned the URI and a pool key per request. A
 //! connection not ready yet (still sending the request body after an early answer, or
 //! draining a response dropped unread) is pooled by a task when it is, so no request
-//! ever waits on another's connection.
+//! ever waits on another's connection. (hyper drains a dropped response only as far as
+//! it has read it; a longer one closes its connection.)
 //!
 //! What is checked where:
 //! - taking: a connection that is closed, not ready, idle past its pool's idle timeout
@@ -160,7 +161,8 @@ impl Lease {
             return;
         }
         conn.idle_since = now;
-        let expires = conn.expires(&self.key.pool);
+        // When the sweeper should look at it: never sooner than the sweeper's floor.
+        let expires = conn.expires(&self.key.pool).max(now + SWEEP_FLOOR);
         let mut idle = lock(&pool);
         let list = idle.conns.entry(self.key).or_default();
         if list.len() >= MAX_IDLE_PER_KEY {
@@ -176,15 +178,19 @@ impl Lease {
                 idle.wake.notify_one();
             }
             None => {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    idle.sweeper = Some(expires);
-                    runtime.spawn(sweep(Sweeper {
-                        pool: Arc::downgrade(&pool),
-                        running: true,
-                    }));
-                }
-                // Else no runtime to run a sweeper on: connections expire when next
-                // taken, and the next one given back on a runtime starts it.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // No runtime to run a sweeper on: connections expire when next
+                    // taken, and the next one given back on a runtime starts it.
+                    return;
+                };
+                idle.sweeper = Some(expires);
+                // Unlocked first: a runtime shutting down drops the task inside
+                // `spawn`, and the sweeper's drop takes the lock.
+                drop(idle);
+                runtime.spawn(sweep(Sweeper {
+                    pool: Arc::downgrade(&pool),
+                    running: true,
+                }));
             }
         }
     }
