@@ -460,7 +460,7 @@ async fn attempt_all(
 /// An upstream response body: fails once the route's deadline passes, counts as in
 /// flight (for LEAST_REQUEST and the circuit breakers) until it is done or dropped, and
 /// gives its HTTP/1.1 connection back to the pool when read to its end or dropped
-/// (kept only when it failed or ran out of time).
+/// (not when it failed or ran out of time: hyper closes the connection then).
 struct UpstreamBody {
     inner: Incoming,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -469,7 +469,7 @@ struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// The body is read to its end: the connection can take another request.
+    /// The body is over (read to its end, or dropped): the connection goes back.
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.release();

@@ -115,13 +115,18 @@ pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
         .map_err(|_| ProxyError::UpstreamConnect(format!("{sni:?} is not a valid TLS server name")))
 }
 
-/// Dial `authority` (`host:port`) within `timeout`.
-pub async fn dial(authority: &str, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+/// Dial `authority` (`host:port`) for `cluster`: within its connect timeout, with its
+/// TCP keepalive.
+pub async fn dial(authority: &str, cluster: &Cluster) -> Result<TcpStream, ProxyError> {
+    let stream = tokio::time::timeout(cluster.pool.connect_timeout, TcpStream::connect(authority))
         .await
         .map_err(|_| ProxyError::UpstreamConnect(format!("{authority}: connect timeout")))?
         .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
     let _ = stream.set_nodelay(true);
+    if let Some(ka) = &cluster.pool.tcp_keepalive {
+        use std::os::fd::AsFd;
+        crate::cluster::set_keepalive(stream.as_fd(), ka);
+    }
     Ok(stream)
 }
 
@@ -320,11 +325,7 @@ impl H2Pool {
     ) -> Result<SendRequest<Body>, ProxyError> {
         let timeout = cluster.pool.connect_timeout;
         let tls = cluster.tls.as_deref();
-        let tcp = dial(&key.target, timeout).await?;
-        if let Some(ka) = &cluster.pool.tcp_keepalive {
-            use std::os::fd::AsFd;
-            crate::cluster::set_keepalive(tcp.as_fd(), ka);
-        }
+        let tcp = dial(&key.target, cluster).await?;
         // Open while the connection's task runs.
         let open = cluster.upstream_stats.opened();
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());

@@ -320,11 +320,7 @@ impl Http1Pool {
     async fn connect(&self, key: &Key, cluster: &Cluster) -> Result<Conn, ProxyError> {
         let timeout = cluster.pool.connect_timeout;
         let deadline = Instant::now() + timeout;
-        let tcp = dial(&key.target, timeout).await?;
-        if let Some(ka) = &cluster.pool.tcp_keepalive {
-            use std::os::fd::AsFd;
-            crate::cluster::set_keepalive(tcp.as_fd(), ka);
-        }
+        let tcp = dial(&key.target, cluster).await?;
         let sender = match (cluster.tls.as_deref(), &key.tls) {
             (Some(tls), Some((_, sni))) => {
                 let left = deadline.saturating_duration_since(Instant::now());
