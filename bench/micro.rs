@@ -12,6 +12,13 @@
 //! headers back out of it, as the proxy does. A single policy call is timed over a view
 //! built once, as the chain before it left it.
 //!
+//! `cargo bench -p wasmgate -- upstream` times one request to a loopback origin through
+//! the gateway's upstream path (`proxy::upstream::send`: endpoint pick, admission, the
+//! HTTP/1.1 pool), beside the same request on one bare hyper connection (the floor) and
+//! through hyper-util's pooled client (what the gateway used before its own pool). The
+//! origin runs on the same thread, so each case includes its work; the differences
+//! between the cases are what the pools cost.
+//!
 //! `cargo bench -p wasmgate -- metrics` times what recording one request's metrics costs
 //! (`--metrics on` against `off`, the same steps the proxy takes); `bench/run.py
 //! --scenarios metrics` shows the same on the whole gateway.
@@ -388,6 +395,7 @@ async fn benches(b: Bencher) {
     .await;
 
     metrics_cases(&b, &host, &req).await;
+    upstream_cases(&b, &host, &off).await;
 }
 
 /// What `--metrics on` adds to one request of scenario 1 (router, fault, split), step
@@ -549,4 +557,142 @@ fn security_policies(jwks: &str) -> String {
     format!(
         "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\nspec:\n  jwtRules:\n  - issuer: bench\n    jwks: '{jwks}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: require-jwt\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{requestPrincipals: [bench/user]}}\n"
     )
+}
+
+/// One request to a loopback origin through the upstream path, against a bare hyper
+/// connection and hyper-util's pooled client (module docs).
+async fn upstream_cases(b: &Bencher, host: &PluginHost, off: &Arc<Metrics>) {
+    const FLOOR: &str = "upstream: one hyper connection, no pool";
+    const POOL: &str = "upstream: proxy::upstream::send, HTTP/1.1 pool";
+    const LEGACY: &str = "upstream: hyper-util pooled client (before)";
+    if ![FLOOR, POOL, LEGACY].iter().any(|n| b.selected(n)) {
+        return;
+    }
+    let (origin, accepted) = loopback_origin().await;
+    let port = origin.port();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: loopback\nspec:\n  hosts: [loopback.bench.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {port}}}\n"
+    );
+    let snap = snapshot(host, &[gateway(), entry], off).await;
+    let cluster = snap
+        .registry
+        .resolve("loopback.bench.local", Some(80), None)
+        .expect("the loopback origin's cluster");
+    // The head scenario 1's requests carry upstream, rebuilt per request in each case.
+    let head = || {
+        let mut h = wrk_headers();
+        h.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("loopback.bench.local"),
+        );
+        h
+    };
+
+    // The floor: one connection, hyper's client, nothing pooled or picked.
+    let tcp = tokio::net::TcpStream::connect(origin)
+        .await
+        .expect("connect to the origin");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let sender = RefCell::new(sender);
+    b.run(FLOOR, || async {
+        let mut req = http::Request::new(wasmgate::proxy::empty());
+        *req.uri_mut() = Uri::from_static("/bench");
+        *req.headers_mut() = head();
+        // One request at a time: the guard is never held by another iteration.
+        let mut sender = sender.borrow_mut();
+        sender.ready().await.expect("connection ready");
+        let resp = sender.send_request(req).await.expect("response");
+        drop(sender);
+        read_ok(resp).await;
+    })
+    .await;
+
+    // The gateway's path: the cluster picks the endpoint, admits the request, and the
+    // worker's pool lends a connection that the body's end gives back.
+    let upstream = wasmgate::proxy::Upstream::new();
+    let random = wasmgate::plugin::Random::new(Some(1));
+    b.run(POOL, || async {
+        let out = wasmgate::proxy::upstream::Outbound {
+            method: Method::GET,
+            version: http::Version::HTTP_11,
+            path_and_query: http::uri::PathAndQuery::from_static("/bench"),
+            headers: head(),
+            body: None,
+        };
+        let mut attempted = wasmgate::proxy::upstream::Attempted::default();
+        let resp = wasmgate::proxy::upstream::send(
+            &upstream,
+            &cluster,
+            &random,
+            None,
+            out,
+            None,
+            &wasmgate::proxy::upstream::DEFAULT_RETRIES,
+            &mut attempted,
+        )
+        .await
+        .expect("upstream response");
+        read_ok(resp).await;
+    })
+    .await;
+    if b.selected(POOL) {
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1 + usize::from(b.selected(FLOOR)),
+            "one pooled connection carried every request"
+        );
+    }
+
+    // What the gateway used before its own pool (still its OTLP exporter's client).
+    let legacy = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<wasmgate::proxy::Body>();
+    let uri: Uri = format!("http://{origin}/bench")
+        .parse()
+        .expect("origin URI");
+    b.run(LEGACY, || async {
+        let mut req = http::Request::new(wasmgate::proxy::empty());
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = head();
+        let resp = legacy.request(req).await.expect("response");
+        read_ok(resp).await;
+    })
+    .await;
+}
+
+/// A `200` read to its end.
+async fn read_ok<B>(resp: http::Response<B>)
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    assert_eq!(resp.status(), http::StatusCode::OK, "the origin answers");
+    black_box(resp.into_body().collect().await.expect("body").to_bytes());
+}
+
+/// An HTTP/1.1 origin on a free loopback port, on this thread's runtime: `200 ok` to
+/// every request; and how many connections it accepted.
+async fn loopback_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the origin");
+    let addr = listener.local_addr().expect("origin address");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(tcp),
+                hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                }),
+            ));
+        }
+    });
+    (addr, accepted)
 }

@@ -25,7 +25,7 @@ pub mod headers;
 pub mod normalize;
 pub mod outbound;
 mod phases;
-mod upstream;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
