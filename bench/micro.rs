@@ -16,8 +16,10 @@
 //! the gateway's upstream path (`proxy::upstream::send`: endpoint pick, admission, the
 //! HTTP/1.1 pool), beside the same request on one bare hyper connection (the floor) and
 //! through hyper-util's pooled client (what the gateway used before its own pool). The
-//! origin runs on the same thread, so each case includes its work; the differences
-//! between the cases are what the pools cost.
+//! origin runs on the same thread, so each case includes its work; the difference from
+//! the floor is what the gateway's upstream path (endpoint pick, admission, the pool, the
+//! body's wrapper) or hyper-util's client adds. `-- edge` times the request edge's
+//! header work.
 //!
 //! `cargo bench -p wasmgate -- metrics` times what recording one request's metrics costs
 //! (`--metrics on` against `off`, the same steps the proxy takes); `bench/run.py
@@ -396,6 +398,40 @@ async fn benches(b: Bencher) {
 
     metrics_cases(&b, &host, &req).await;
     upstream_cases(&b, &host, &off).await;
+    edge_case(&b).await;
+}
+
+/// The request edge's header work on scenario 1's request head, as `proxy::serve` does
+/// it: the head checks (one `Host`, agreeing with the target), path normalization
+/// (Istio's default, `BASE`), the upgrade check, hop-by-hop headers stripped, `x-request-id`,
+/// `x-forwarded-for` and `x-forwarded-proto` set. Each iteration starts from a copy of
+/// the head as hyper parsed it (the copy is included).
+async fn edge_case(b: &Bencher) {
+    use wasmgate::proxy::{edge, headers};
+    let mut head = wrk_headers();
+    head.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("bench.local:8080"),
+    );
+    let parsed = http::Request::get("/bench/item")
+        .body(())
+        .expect("request head");
+    let client = std::net::IpAddr::from([127, 0, 0, 1]);
+    let ids = wasmgate::entropy::OsRandom;
+    b.run("edge: head checks, path, hop-by-hop, forwarded", || async {
+        let mut req = http::Request::new(());
+        *req.uri_mut() = parsed.uri().clone();
+        *req.headers_mut() = head.clone();
+        edge::check_head(&req, None).expect("a sound head");
+        let changed = edge::normalize_path(&mut req, Default::default()).expect("a sound path");
+        assert!(changed.is_none(), "the path is already normal");
+        assert!(headers::upgrade_request(req.headers()).is_none());
+        headers::strip_hop_by_hop(req.headers_mut());
+        let id = headers::edge_headers(req.headers_mut(), client, "http", &ids);
+        assert!(req.headers().contains_key("x-forwarded-for"));
+        black_box((id, req));
+    })
+    .await;
 }
 
 /// What `--metrics on` adds to one request of scenario 1 (router, fault, split), step
@@ -578,7 +614,8 @@ async fn upstream_cases(b: &Bencher, host: &PluginHost, off: &Arc<Metrics>) {
         .registry
         .resolve("loopback.bench.local", Some(80), None)
         .expect("the loopback origin's cluster");
-    // The head scenario 1's requests carry upstream, rebuilt per request in each case.
+    // wrk's request head and `Host`, rebuilt per request in each case (the gateway adds
+    // `x-request-id` and `x-forwarded-*` too; the edge case below times those).
     let head = || {
         let mut h = wrk_headers();
         h.insert(
@@ -588,32 +625,38 @@ async fn upstream_cases(b: &Bencher, host: &PluginHost, off: &Arc<Metrics>) {
         h
     };
 
-    // The floor: one connection, hyper's client, nothing pooled or picked.
-    let tcp = tokio::net::TcpStream::connect(origin)
-        .await
-        .expect("connect to the origin");
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
-    let sender = RefCell::new(sender);
-    b.run(FLOOR, || async {
-        let mut req = http::Request::new(wasmgate::proxy::empty());
-        *req.uri_mut() = Uri::from_static("/bench");
-        *req.headers_mut() = head();
-        // One request at a time: the guard is never held by another iteration.
-        let mut sender = sender.borrow_mut();
-        sender.ready().await.expect("connection ready");
-        let resp = sender.send_request(req).await.expect("response");
-        drop(sender);
-        read_ok(resp).await;
-    })
-    .await;
+    // The floor: one connection (TCP_NODELAY, as the pool's), hyper's client, nothing
+    // pooled or picked.
+    if b.selected(FLOOR) {
+        let tcp = tokio::net::TcpStream::connect(origin)
+            .await
+            .expect("connect to the origin");
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        // One request at a time: each iteration takes the sender and puts it back.
+        let sender = std::cell::Cell::new(Some(sender));
+        b.run(FLOOR, || async {
+            let mut req = http::Request::new(wasmgate::proxy::empty());
+            *req.uri_mut() = Uri::from_static("/bench");
+            *req.headers_mut() = head();
+            let mut s = sender.take().expect("the sender is back");
+            s.ready().await.expect("connection ready");
+            let resp = s.send_request(req).await.expect("response");
+            sender.set(Some(s));
+            read_ok(resp).await;
+        })
+        .await;
+    }
 
     // The gateway's path: the cluster picks the endpoint, admits the request, and the
     // worker's pool lends a connection that the body's end gives back.
     let upstream = wasmgate::proxy::Upstream::new();
     let random = wasmgate::plugin::Random::new(Some(1));
+    let before = accepted.load(Ordering::Relaxed);
     b.run(POOL, || async {
         let out = wasmgate::proxy::upstream::Outbound {
             method: Method::GET,
@@ -640,8 +683,8 @@ async fn upstream_cases(b: &Bencher, host: &PluginHost, off: &Arc<Metrics>) {
     .await;
     if b.selected(POOL) {
         assert_eq!(
-            accepted.load(Ordering::Relaxed),
-            1 + usize::from(b.selected(FLOOR)),
+            accepted.load(Ordering::Relaxed) - before,
+            1,
             "one pooled connection carried every request"
         );
     }
