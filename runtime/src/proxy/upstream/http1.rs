@@ -22,9 +22,10 @@
 //! - after the response head: a connection that has served `maxRequestsPerConnection`,
 //!   that was asked to close (`maxRequestsPerConnection: 1`) or that switched protocols
 //!   is not pooled again;
-//! - a sweeper task, running while the pool holds idle connections and woken early by a
-//!   connection that expires before its next wake, closes those whose time runs out
-//!   while no request comes to take them.
+//! - a sweeper task, running while the pool holds idle connections (and lingering
+//!   [`SWEEP_LINGER`] after, so one connection taken and given back in turn does not
+//!   start one per request) and woken early by a connection that expires before its
+//!   next wake, closes those whose time runs out while no request comes to take them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -82,6 +83,12 @@ struct Idle {
 /// A sweeper does not wake more often than this: a connection may stay open up to this
 /// long past its time (hyper-util's pool timer had a 90 ms floor).
 const SWEEP_FLOOR: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a sweeper that finds no idle connection waits before it looks again, and
+/// ends if there is still none. Without it, one connection taken and given back in
+/// turn (one client at a time) would start a sweeper per request, which would find the
+/// connection taken again and end.
+const SWEEP_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
     // Nothing panics while holding it; if something did, the lists are still whole.
@@ -213,9 +220,13 @@ impl Drop for Sweeper {
     }
 }
 
-/// Close idle connections as their time runs out; ends when the pool holds none (the
-/// next connection given back starts another) or is gone.
+/// Close idle connections as their time runs out; ends once it has found the pool
+/// holding none for [`SWEEP_LINGER`] (the next connection given back starts another),
+/// or when the pool is gone.
 async fn sweep(mut sweeper: Sweeper) {
+    // Since when it has found no idle connection, looking again until SWEEP_LINGER has
+    // passed.
+    let mut none_since: Option<Instant> = None;
     loop {
         let (at, wake) = {
             let Some(pool) = sweeper.pool.upgrade() else {
@@ -232,12 +243,22 @@ async fn sweep(mut sweeper: Sweeper) {
                 .iter()
                 .flat_map(|(key, list)| list.iter().map(|c| c.expires(&key.pool)))
                 .min();
-            let Some(next) = next else {
-                idle.sweeper = None;
-                sweeper.running = false;
-                return;
+            let at = match next {
+                Some(next) => {
+                    none_since = None;
+                    next.max(now + SWEEP_FLOOR)
+                }
+                None => {
+                    let since = *none_since.get_or_insert(now);
+                    if now >= since + SWEEP_LINGER {
+                        idle.sweeper = None;
+                        sweeper.running = false;
+                        return;
+                    }
+                    // A connection given back meanwhile that expires sooner wakes it.
+                    since + SWEEP_LINGER
+                }
             };
-            let at = next.max(now + SWEEP_FLOOR);
             idle.sweeper = Some(at);
             (at, idle.wake.clone())
         };
@@ -358,4 +379,71 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A connection to a loopback listener that accepts it and stays silent.
+    async fn conn() -> Conn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let _accepted = listener.accept().await;
+            std::future::pending::<()>().await;
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut sender = start(TokioIo::new(tcp)).await.expect("handshake");
+        sender.ready().await.expect("ready to send");
+        let now = Instant::now();
+        Conn {
+            sender,
+            opened: now,
+            served: 0,
+            idle_since: now,
+        }
+    }
+
+    /// One client at a time: its connection is given back, taken again by the next
+    /// request before the sweeper started for it first looks, and given back again. The
+    /// sweeper must not end on finding the pool empty (it would be started again for
+    /// every request); it stays, and the next give-back finds it running.
+    #[tokio::test]
+    async fn a_connection_taken_and_given_back_in_turn_does_not_start_a_sweeper_each_time() {
+        let pool = Http1Pool::default();
+        let key = Key {
+            target: "127.0.0.1:1".into(),
+            tls: None,
+            pool: PoolKey {
+                idle: Duration::from_secs(60),
+                max_requests: 0,
+                max_age: None,
+            },
+        };
+        let lease = |conn| Lease {
+            conn,
+            key: key.clone(),
+            pool: Arc::downgrade(&pool.idle),
+        };
+        lease(conn().await).release();
+        assert!(lock(&pool.idle).sweeper.is_some(), "a sweeper starts");
+        let taken = pool.take(&key).expect("the connection is pooled");
+        // The sweeper runs: it finds nothing idle.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let lingering = lock(&pool.idle).sweeper;
+        assert!(lingering.is_some(), "the sweeper lingers with nothing idle");
+        lease(taken).release();
+        assert_eq!(
+            lock(&pool.idle).sweeper,
+            lingering,
+            "the connection given back (60 s idle timeout) leaves the running sweeper be"
+        );
+        assert!(pool.take(&key).is_some(), "pooled again");
+    }
 }
