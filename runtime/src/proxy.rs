@@ -25,6 +25,8 @@ pub mod headers;
 pub mod normalize;
 pub mod outbound;
 mod phases;
+/// Public for `cargo bench` (bench/micro.rs); not an interface for embedders.
+#[doc(hidden)]
 pub mod upstream;
 
 use std::convert::Infallible;

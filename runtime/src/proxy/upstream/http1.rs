@@ -430,7 +430,8 @@ mod tests {
             pool: Arc::downgrade(&pool.idle),
         };
         lease(conn().await).release();
-        assert!(lock(&pool.idle).sweeper.is_some(), "a sweeper starts");
+        let first = lock(&pool.idle).sweeper;
+        assert!(first.is_some(), "a sweeper starts");
         let taken = pool.take(&key).expect("the connection is pooled");
         // The sweeper runs: it finds nothing idle.
         for _ in 0..3 {
@@ -438,6 +439,10 @@ mod tests {
         }
         let lingering = lock(&pool.idle).sweeper;
         assert!(lingering.is_some(), "the sweeper lingers with nothing idle");
+        assert_ne!(
+            lingering, first,
+            "the sweeper has looked (its wake moved from the connection's expiry)"
+        );
         lease(taken).release();
         assert_eq!(
             lock(&pool.idle).sweeper,
