@@ -517,16 +517,33 @@ async fn http1_connections_are_reused_and_closed_once_idle_past_their_timeout() 
     );
 }
 
-/// An upstream that answers every request at once with `ok`, before reading its body,
-/// and then reads (and drops) whatever the client goes on sending.
-async fn early_answer_upstream() -> u16 {
+/// What a hand-written upstream does once it has answered a request head with `ok`.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Read (and drop) whatever the client goes on sending: it answered before reading
+    /// the body.
+    Drain,
+    /// Close the connection a moment later without saying so (no `Connection: close`,
+    /// as a server whose keep-alive timeout is short).
+    Close,
+}
+
+/// An upstream that answers the first request head on each connection with `ok`, at
+/// once, then does `after`; counts the connections it accepted.
+async fn answering_upstream(
+    after: AfterAnswer,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 if support::read_head(&mut sock).await.is_none() {
                     return;
@@ -534,18 +551,23 @@ async fn early_answer_upstream() -> u16 {
                 let _ = sock
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                let mut sink = [0u8; 4096];
-                while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
+                match after {
+                    AfterAnswer::Drain => {
+                        let mut sink = [0u8; 4096];
+                        while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                    AfterAnswer::Close => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
             });
         }
     });
-    port
+    (port, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_still_sending_a_request_body_is_not_lent_to_the_next_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = early_answer_upstream().await;
+    let (app, _) = answering_upstream(AfterAnswer::Drain).await;
     let (dir, port) = config(
         "conn-early",
         &[(app, 1)],
@@ -585,38 +607,9 @@ async fn a_connection_still_sending_a_request_body_is_not_lent_to_the_next_reque
     drop(upload);
 }
 
-/// An upstream that answers one request per connection, then closes it a moment later
-/// without saying so (no `Connection: close`, as a server whose keep-alive timeout is
-/// short); counts the connections it accepted.
-async fn one_shot_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if support::read_head(&mut sock).await.is_none() {
-                    return;
-                }
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
-        }
-    });
-    (port, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
-    let (app, accepted) = one_shot_upstream().await;
+    let (app, accepted) = answering_upstream(AfterAnswer::Close).await;
     let (dir, port) = config(
         "conn-closed",
         &[(app, 1)],
