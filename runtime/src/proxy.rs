@@ -50,7 +50,7 @@ use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
 use crate::plugin::context::{Decided, Joined};
 use crate::plugin::ops::{self, apply_mutation};
-use crate::plugin::types::{Action, Decision, Destination, Forward, HeaderMutation};
+use crate::plugin::types::{Action, Destination, Forward, HeaderMutation, RouteRef};
 use crate::plugin::{PluginHost, RequestView};
 use crate::snapshot::{Chain, Snapshot, vhosts::normalized_host};
 use crate::telemetry::access::{AccessLog, Entry};
@@ -466,7 +466,7 @@ async fn serve(
         })?;
         read = Some(got);
     }
-    let view = Arc::new(request_view(
+    let view = request_view(
         &mut req,
         access
             .request_id
@@ -478,7 +478,7 @@ async fn serve(
         conn,
         port,
         read.as_ref().filter(|r| !r.over).map(|r| r.data.clone()),
-    ));
+    );
     let mut routed: Option<&Arc<Chain>> = None;
     // A chain that failed (a plugin that fails closed) whose policies still want the
     // response or log phase: they see the failure's response.
@@ -514,9 +514,11 @@ async fn serve(
         *req.headers_mut() = view.headers.clone();
         Some(view)
     } else {
-        match Arc::try_unwrap(view) {
-            Ok(v) => *req.headers_mut() = v.headers,
-            Err(shared) => *req.headers_mut() = shared.headers.clone(),
+        // Taken in place: moving the whole view out of its `Arc` copies it.
+        let mut view = view;
+        match Arc::get_mut(&mut view) {
+            Some(v) => *req.headers_mut() = std::mem::take(&mut v.headers),
+            None => *req.headers_mut() = view.headers.clone(),
         }
         None
     };
@@ -564,13 +566,15 @@ async fn serve(
     let local = !matches!(decision.action, Action::Forward(_));
     let made = match failure {
         Some(e) => Err(e),
-        None => {
-            act(
-                shared, snapshot, conn, chain, req, upgrade, decision, &reply_ops, joined, read,
-                access,
-            )
-            .await
-        }
+        None => match decision.action {
+            Action::Forward(forward) => {
+                forward_upstream(
+                    shared, snapshot, conn, chain, req, upgrade, forward, joined, read, access,
+                )
+                .await
+            }
+            action => reply_locally(chain, action, decision.route.as_ref(), &reply_ops, access),
+        },
     };
     let Some(view) = view else {
         return made;
@@ -604,7 +608,8 @@ async fn serve(
 }
 
 /// The request as the chain's policies see it; its headers move into the view for the
-/// time of the chain.
+/// time of the chain. Made in its `Arc` and set there: the view is large, and each move
+/// of it is a copy.
 fn request_view(
     req: &mut Request<Incoming>,
     id: HeaderValue,
@@ -613,8 +618,8 @@ fn request_view(
     conn: &ConnInfo,
     port: u16,
     body: Option<Bytes>,
-) -> RequestView {
-    let mut view = RequestView::new(
+) -> Arc<RequestView> {
+    let mut view = Arc::new(RequestView::new(
         id,
         req.method().clone(),
         scheme,
@@ -625,8 +630,12 @@ fn request_view(
         port,
         conn.tls.as_ref().and_then(|t| t.sni.clone()),
         body,
-    );
-    view.principal = conn.tls.as_ref().and_then(|t| t.principal.clone());
+    ));
+    if let Some(principal) = conn.tls.as_ref().and_then(|t| t.principal.clone())
+        && let Some(v) = Arc::get_mut(&mut view)
+    {
+        v.principal = Some(principal);
+    }
     view
 }
 
@@ -646,34 +655,28 @@ fn failure_response(e: ProxyError, access: &mut Access) -> Response<Body> {
     e.into_response()
 }
 
-/// Carry out the decision: a local reply, or the request upstream.
-#[allow(clippy::too_many_arguments)]
-async fn act(
-    shared: &Arc<Shared>,
-    snapshot: &Snapshot,
-    conn: &ConnInfo,
+/// Carry out a decision that is not a forward: the gateway's own reply. Not async (the
+/// forward is awaited where the decision is made), so the request's future does not
+/// carry a level of its own for it.
+fn reply_locally(
     chain: &Chain,
-    req: Request<Incoming>,
-    upgrade: Option<HeaderValue>,
-    decision: Decision,
+    action: Action,
+    route: Option<&RouteRef>,
     reply_ops: &[HeaderMutation],
-    joined: Joined,
-    read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     // The route's `headers.response` apply to the replies it makes itself too, as
     // Envoy's `response_headers_to_add` do (a forward carries them in the decision).
-    let route_ops: Option<&HeaderMutation> = decision
-        .route
-        .as_ref()
+    let route_ops: Option<&HeaderMutation> = route
         .and_then(|r| chain.reply_headers.get(usize::try_from(r.index).ok()?))
         .and_then(Option::as_ref);
     let reply = |h: &mut http::HeaderMap| {
         apply_mutation(h, route_ops);
         phases::reply_ops(h, reply_ops);
     };
-    match decision.action {
-        Action::NoRoute => Err(ProxyError::NoRoute),
+    match action {
+        // A forward is the caller's to send; it never comes here.
+        Action::NoRoute | Action::Forward(_) => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
             access.flags.push("FI");
             if let Some(grpc) = abort.grpc_status {
@@ -716,12 +719,6 @@ async fn act(
                 }
                 reply(h);
             }))
-        }
-        Action::Forward(forward) => {
-            forward_upstream(
-                shared, snapshot, conn, chain, req, upgrade, forward, joined, read, access,
-            )
-            .await
         }
     }
 }

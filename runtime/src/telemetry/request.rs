@@ -102,10 +102,12 @@ impl Observation {
             started: self.started,
             request_bytes: self.request_bytes,
         });
-        let log = log.map(|(log, entry)| Logged {
-            log,
-            entry,
-            started: self.started,
+        let log = log.map(|(log, entry)| {
+            Box::new(Logged {
+                log,
+                entry,
+                started: self.started,
+            })
         });
         Response::from_parts(
             parts,
@@ -170,7 +172,9 @@ pub struct Observed<B> {
     /// Bytes sent so far, head included.
     sent: u64,
     record: Option<Record>,
-    log: Option<Logged>,
+    /// Boxed: the entry is large, and hyper moves the response (this body in it) several
+    /// times per request; without the access log it would move for nothing.
+    log: Option<Box<Logged>>,
 }
 
 impl<B> Observed<B> {
@@ -238,5 +242,23 @@ where
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
         self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every response's body is an `Observed`, and hyper moves the response several
+    /// times per request: the access line's entry is boxed so those moves do not copy it
+    /// (with the access log off, it is never there).
+    #[test]
+    fn an_observed_body_does_not_carry_the_access_line_inline() {
+        let observed = size_of::<Observed<http_body_util::Empty<Bytes>>>();
+        let entry = size_of::<Entry>();
+        assert!(
+            observed < entry,
+            "Observed is {observed} bytes, the access line's entry {entry}"
+        );
     }
 }

@@ -308,7 +308,9 @@ impl Http1Pool {
                 },
             }
         }
-        let mut conn = self.connect(&key, cluster).await?;
+        // Boxed: dialling and a TLS handshake make a large future, and every request's
+        // future would carry (and move) its size although most find a pooled connection.
+        let mut conn = Box::pin(self.connect(&key, cluster)).await?;
         let resp = conn
             .sender
             .send_request(req)
