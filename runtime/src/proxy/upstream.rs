@@ -191,7 +191,12 @@ pub static DEFAULT_RETRIES: std::sync::LazyLock<RetryPolicy> =
         retry_remote_localities: false,
     });
 
-/// Envoy's `retry_on` conditions (Istio's `retryOn`), parsed once per request.
+/// [`DEFAULT_RETRIES`]' conditions, parsed once: most routes set no `retries`.
+static DEFAULT_RETRY_ON: std::sync::LazyLock<RetryOn> =
+    std::sync::LazyLock::new(|| RetryOn::parse(&DEFAULT_RETRIES.retry_on));
+
+/// Envoy's `retry_on` conditions (Istio's `retryOn`), parsed per request from a route's
+/// own `retries` (once, for the default policy).
 #[derive(Debug, Default, PartialEq)]
 struct RetryOn {
     connect_failure: bool,
@@ -354,7 +359,13 @@ async fn attempt_all(
     let admitted = cluster.admit().map_err(ProxyError::Overflow)?;
     let replayable = out.body.is_none();
     let max_attempts = if replayable { 1 + retries.attempts } else { 1 };
-    let retry_on = RetryOn::parse(&retries.retry_on);
+    let parsed;
+    let retry_on: &RetryOn = if std::ptr::eq(retries, &*DEFAULT_RETRIES) {
+        &DEFAULT_RETRY_ON
+    } else {
+        parsed = RetryOn::parse(&retries.retry_on);
+        &parsed
+    };
     let per_try = retries
         .per_try_timeout_ms
         .filter(|ms| *ms > 0)
