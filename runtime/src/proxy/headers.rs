@@ -169,47 +169,67 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// The hop-by-hop headers always removed (RFC 9110 7.6.1, and what Envoy removes).
+/// `connection` and `te` come first: [`strip_hop_by_hop`] reads them before removing.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
+    // h2c's upgrade settings (RFC 7540 3.2.1) mean nothing past this hop.
+    "http2-settings",
+];
+
 /// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`
 /// (but never Host or the edge headers). `te: trailers` survives, as in Envoy: gRPC
-/// needs it.
+/// needs it. One pass over the names finds which are there, so a head without them
+/// (most requests) costs no lookup, and a response with `Connection` one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let protected = [
-        header::HOST,
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_REQUEST_ID,
-    ];
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !protected.contains(name))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name.as_str()) {
+            present |= 1 << i;
+        }
     }
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    // h2c's upgrade settings (RFC 7540 3.2.1) mean nothing past this hop.
-    headers.remove("http2-settings");
+    if present & 1 != 0 {
+        let protected = [
+            header::HOST,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_REQUEST_ID,
+        ];
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !protected.contains(name))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    // After the names `Connection` listed are gone (a listed `te` takes trailers too).
+    let trailers = present & 2 != 0
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -289,5 +309,40 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_dropped_alone_and_te_trailers_survives() {
+        for name in HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static("x"));
+            headers.insert(header::HOST, HeaderValue::from_static("h"));
+            strip_hop_by_hop(&mut headers);
+            assert!(!headers.contains_key(name), "{name}");
+            assert_eq!(headers.len(), 1, "{name}: only Host is left");
+        }
+        let te = |value: &'static str, connection: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TE, HeaderValue::from_static(value));
+            if let Some(c) = connection {
+                headers.insert(header::CONNECTION, HeaderValue::from_static(c));
+            }
+            strip_hop_by_hop(&mut headers);
+            headers.get(header::TE).cloned()
+        };
+        assert_eq!(
+            te("gzip, trailers", None).as_ref().map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert_eq!(te("gzip", None), None);
+        // `Connection: te` names it hop-by-hop: it goes, trailers and all.
+        assert_eq!(te("trailers", Some("te")), None);
+        // Nothing to strip: the head is left as it was.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("h"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }
