@@ -170,7 +170,8 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// The hop-by-hop headers always removed (RFC 9110 7.6.1, and what Envoy removes).
-/// `connection` and `te` come first: [`strip_hop_by_hop`] reads them before removing.
+/// `connection` and `te` come first (bits 0 and 1 in [`strip_hop_by_hop`]): it reads
+/// them before removing.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "te",
@@ -187,8 +188,11 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Remove hop-by-hop headers (RFC 9110 7.6.1), including those named in `Connection`
 /// (but never Host or the edge headers). `te: trailers` survives, as in Envoy: gRPC
 /// needs it. One pass over the names finds which are there, so a head without them
-/// (most requests) costs no lookup, and a response with `Connection` one removal.
+/// (most requests) costs no lookup, and one with only `Connection: keep-alive` (most
+/// responses) three instead of eleven.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const CONNECTION: u16 = 1 << 0;
+    const TE: u16 = 1 << 1;
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name.as_str()) {
@@ -198,7 +202,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if present & CONNECTION != 0 {
         let protected = [
             header::HOST,
             X_FORWARDED_FOR,
@@ -218,7 +222,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     // After the names `Connection` listed are gone (a listed `te` takes trailers too).
-    let trailers = present & 2 != 0
+    let trailers = present & TE != 0
         && headers
             .get_all(header::TE)
             .iter()

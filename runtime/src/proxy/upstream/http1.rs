@@ -388,6 +388,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A request on a pooled connection does not carry the future that opens one (dial,
+    /// TLS handshake, hyper's handshake): it is boxed where it is awaited, so the
+    /// request's future, at every level above this one, is smaller by its size. Sizes as
+    /// the test build lays them out.
+    #[test]
+    fn sending_does_not_carry_the_connect_future() {
+        let send = future_size!(Http1Pool::send, A, B, C, D, E);
+        let connect = future_size!(Http1Pool::connect, A, B, C);
+        assert!(
+            send < connect,
+            "Http1Pool::send's future is {send} bytes, connect's {connect}"
+        );
+    }
+
     /// A connection to a loopback listener that accepts it and stays silent.
     async fn conn() -> Conn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
