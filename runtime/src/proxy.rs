@@ -48,9 +48,9 @@ use headers::{edge_headers, single_content_type, strip_hop_by_hop};
 pub use upstream::Upstream;
 use upstream::{Attempted, DEFAULT_RETRIES, Outbound, send};
 
-use crate::plugin::context::{Decided, Joined};
+use crate::plugin::context::{Current, Decided, Joined};
 use crate::plugin::ops::{self, apply_mutation};
-use crate::plugin::types::{Action, Destination, Forward, HeaderMutation, RouteRef};
+use crate::plugin::types::{Action, Destination, Forward, HeaderMutation};
 use crate::plugin::{PluginHost, RequestView};
 use crate::snapshot::{Chain, Snapshot, vhosts::normalized_host};
 use crate::telemetry::access::{AccessLog, Entry};
@@ -494,7 +494,7 @@ async fn serve(
             }
             Err(e) => return Err(e),
         }
-        if !matches!(view.state().decision.action, Action::NoRoute) {
+        if !matches!(*view.state().decision.action, Action::NoRoute) {
             routed = Some(chain);
             break;
         }
@@ -563,17 +563,32 @@ async fn serve(
         access.flags.push("DI");
         tokio::time::sleep(shared.limits.delay(Duration::from_millis(ms))).await;
     }
-    let local = !matches!(decision.action, Action::Forward(_));
+    let local = decision.forward().is_none();
     let made = match failure {
         Some(e) => Err(e),
-        None => match decision.action {
-            Action::Forward(forward) => {
+        None => match decision.forward() {
+            Some(forward) => {
+                let destinations = decision.destinations();
                 forward_upstream(
-                    shared, snapshot, conn, chain, req, upgrade, forward, joined, read, access,
+                    shared,
+                    snapshot,
+                    conn,
+                    chain,
+                    req,
+                    upgrade,
+                    forward,
+                    destinations,
+                    joined,
+                    read,
+                    access,
                 )
                 .await
             }
-            action => reply_locally(chain, action, decision.route.as_ref(), &reply_ops, access),
+            None => {
+                // What a forward would have taken goes now, as it did before.
+                drop((req, upgrade, joined, read));
+                reply_locally(chain, &decision, &reply_ops, access)
+            }
         },
     };
     let Some(view) = view else {
@@ -608,8 +623,8 @@ async fn serve(
 }
 
 /// The request as the chain's policies see it; its headers move into the view for the
-/// time of the chain. Made in its `Arc` and set there: the view is large, and each move
-/// of it is a copy.
+/// time of the chain. Returned in its `Arc`: the view is large, and each move of it is a
+/// copy.
 fn request_view(
     req: &mut Request<Incoming>,
     id: HeaderValue,
@@ -619,7 +634,7 @@ fn request_view(
     port: u16,
     body: Option<Bytes>,
 ) -> Arc<RequestView> {
-    let mut view = Arc::new(RequestView::new(
+    let mut view = RequestView::new(
         id,
         req.method().clone(),
         scheme,
@@ -630,13 +645,9 @@ fn request_view(
         port,
         conn.tls.as_ref().and_then(|t| t.sni.clone()),
         body,
-    ));
-    if let Some(principal) = conn.tls.as_ref().and_then(|t| t.principal.clone())
-        && let Some(v) = Arc::get_mut(&mut view)
-    {
-        v.principal = Some(principal);
-    }
-    view
+    );
+    view.principal = conn.tls.as_ref().and_then(|t| t.principal.clone());
+    Arc::new(view)
 }
 
 /// A failure after the decision, as the response the client gets (with its flag logged).
@@ -660,33 +671,34 @@ fn failure_response(e: ProxyError, access: &mut Access) -> Response<Body> {
 /// carry a level of its own for it.
 fn reply_locally(
     chain: &Chain,
-    action: Action,
-    route: Option<&RouteRef>,
+    decision: &Current,
     reply_ops: &[HeaderMutation],
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     // The route's `headers.response` apply to the replies it makes itself too, as
     // Envoy's `response_headers_to_add` do (a forward carries them in the decision).
-    let route_ops: Option<&HeaderMutation> = route
+    let route_ops: Option<&HeaderMutation> = decision
+        .route
+        .as_ref()
         .and_then(|r| chain.reply_headers.get(usize::try_from(r.index).ok()?))
         .and_then(Option::as_ref);
     let reply = |h: &mut http::HeaderMap| {
         apply_mutation(h, route_ops);
         phases::reply_ops(h, reply_ops);
     };
-    match action {
+    match &*decision.action {
         // A forward is the caller's to send; it never comes here.
         Action::NoRoute | Action::Forward(_) => Err(ProxyError::NoRoute),
         Action::Abort(abort) => {
             access.flags.push("FI");
-            if let Some(grpc) = abort.grpc_status {
+            if let Some(grpc) = &abort.grpc_status {
                 // gRPC "trailers-only": 200, application/grpc, the status in headers.
                 return Ok(local_response(StatusCode::OK, Bytes::new(), |h| {
                     h.insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/grpc"),
                     );
-                    if let Ok(v) = HeaderValue::from_str(&grpc_code(&grpc)) {
+                    if let Ok(v) = HeaderValue::from_str(&grpc_code(grpc)) {
                         h.insert("grpc-status", v);
                     }
                     h.insert(
@@ -707,7 +719,7 @@ fn reply_locally(
         Action::Respond(direct) => Ok(direct_response(
             direct.status,
             &direct.headers,
-            Bytes::from(direct.body),
+            Bytes::copy_from_slice(&direct.body),
             reply,
         )),
         Action::Redirect(redirect) => {
@@ -724,22 +736,23 @@ fn reply_locally(
 }
 
 /// Pick one destination by weight when several remain.
-fn choose(forward: &mut Forward, shared: &Shared) -> Option<Destination> {
-    match forward.destinations.len() {
-        0 => None,
-        1 => forward.destinations.pop(),
+fn choose<'a>(destinations: &'a [Destination], shared: &Shared) -> Option<&'a Destination> {
+    match destinations {
+        [] => None,
+        [one] => Some(one),
         _ => {
             let index = shared
                 .host
                 .balancing()
-                .pick_weighted(forward.destinations.iter().map(|d| d.weight));
-            Some(forward.destinations.swap_remove(index))
+                .pick_weighted(destinations.iter().map(|d| d.weight));
+            destinations.get(index)
         }
     }
 }
 
-/// Send the request upstream. `read`: the body's first bytes, already read for the
-/// policies, and whether more follows in `req`.
+/// Send the request upstream to one of `destinations` (the forward's, or the one a policy
+/// picked). `read`: the body's first bytes, already read for the policies, and whether
+/// more follows in `req`.
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
     shared: &Shared,
@@ -748,12 +761,13 @@ async fn forward_upstream(
     chain: &Chain,
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
-    mut forward: Forward,
+    forward: &Forward,
+    destinations: &[Destination],
     joined: Joined,
     read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
-    let destination = choose(&mut forward, shared).ok_or(ProxyError::NoRoute)?;
+    let destination = choose(destinations, shared).ok_or(ProxyError::NoRoute)?;
     // Taken before the request is torn apart: resolves once we answer 101.
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let host = wasmgate_config::host::expanded(&destination.host, &chain.namespace);
@@ -842,7 +856,7 @@ async fn forward_upstream(
         body,
     };
     if out.body.is_none() {
-        mirror(shared, snapshot, chain, &forward, &out);
+        mirror(shared, snapshot, chain, forward, &out);
     }
     let retries = forward.retries.as_ref().unwrap_or(&DEFAULT_RETRIES);
     let timeout = forward.timeout_ms.map(Duration::from_millis);

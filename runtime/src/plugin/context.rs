@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
-use super::Edit;
 use super::ops::Ops;
-use super::types::{Action, ActionKind, Decision, Header, HeaderMutation};
+use super::types::{
+    Action, ActionKind, Decision, Destination, Forward, Header, HeaderMutation, RouteRef,
+};
+use super::{Edit, Shared};
 
 /// Most properties one request may carry, their longest name and value.
 pub const MAX_PROPERTIES: usize = 64;
@@ -68,7 +70,7 @@ pub struct ChainState {
     /// The decision so far. A forward here holds its own header operations only: those
     /// edits joined to it are in `joined`, and [`ChainState::decision`] gives them
     /// together, as a plugin reads them.
-    pub decision: Decision,
+    pub decision: Current,
     /// Response header operations for a local reply (edits made while the decision was
     /// not a forward; a forward keeps its own).
     pub reply_ops: Vec<HeaderMutation>,
@@ -96,10 +98,63 @@ impl Joined {
     }
 }
 
+/// The decision as the host keeps it while the chain runs: the WIT `decision`, with its
+/// action shared with the edit that set it (a prepared edit's forward is the router's
+/// answer to most requests: shared, its destinations and strings are not copied into
+/// each request) and a `pick` kept as the index of the destination it kept.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub route: Option<RouteRef>,
+    pub delay_ms: Option<u64>,
+    pub action: Shared<Action>,
+    /// The forward's destination a `pick` kept, by its index in the forward's own list:
+    /// the decision then has that one destination only.
+    pub picked: Option<usize>,
+    pub log_fields: Vec<Header>,
+}
+
+impl Current {
+    /// The forward's destinations as they stand: the one picked, or all of them (none for
+    /// another action).
+    pub fn destinations(&self) -> &[Destination] {
+        match (&*self.action, self.picked) {
+            (Action::Forward(f), Some(i)) => f.destinations.get(i..=i).unwrap_or_default(),
+            (Action::Forward(f), None) => &f.destinations,
+            _ => &[],
+        }
+    }
+
+    /// The forward, when the action is one.
+    pub fn forward(&self) -> Option<&Forward> {
+        match &*self.action {
+            Action::Forward(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The WIT record: the action copied, with the pick applied.
+    pub fn to_wit(&self) -> Decision {
+        let mut action = (*self.action).clone();
+        if let (Action::Forward(f), Some(i)) = (&mut action, self.picked) {
+            f.destinations = f
+                .destinations
+                .get(i..=i)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+        }
+        Decision {
+            route: self.route.clone(),
+            delay_ms: self.delay_ms,
+            action,
+            log_fields: self.log_fields.clone(),
+        }
+    }
+}
+
 /// What a chain decided, taken out of its state to be carried out.
 #[derive(Debug)]
 pub struct Decided {
-    pub decision: Decision,
+    pub decision: Current,
     /// Response header operations for a local reply ([`ChainState::reply_ops`]).
     pub reply_ops: Vec<HeaderMutation>,
     /// Header operations joined to a forward ([`Joined`]).
@@ -113,12 +168,16 @@ fn no_names() -> Arc<ChainNames> {
     NONE.clone()
 }
 
-/// The decision a chain starts from.
-pub fn no_route() -> Decision {
-    Decision {
+/// The decision a chain starts from (its action one shared value, not an allocation per
+/// request).
+pub fn no_route() -> Current {
+    static NO_ROUTE: std::sync::LazyLock<Shared<Action>> =
+        std::sync::LazyLock::new(|| Shared::new(Action::NoRoute));
+    Current {
         route: None,
         delay_ms: None,
-        action: Action::NoRoute,
+        action: NO_ROUTE.clone(),
+        picked: None,
         log_fields: Vec::new(),
     }
 }
@@ -288,24 +347,24 @@ impl ChainState {
             d.route = Some(route);
         }
         if let Some(action) = edit.action {
-            d.action = action.into_inner();
+            d.action = action;
+            d.picked = None;
             // What was joined to the forward this replaces goes with it.
             self.joined.clear();
         }
-        if let (Some(i), Action::Forward(f)) = (edit.pick, &mut d.action)
-            && let Some(i) = usize::try_from(i)
-                .ok()
-                .filter(|i| *i < f.destinations.len())
+        // A pick keeps one of the destinations as they stand (after an earlier pick, the
+        // one left is index 0).
+        if let Some(i) = edit.pick.and_then(|i| usize::try_from(i).ok())
+            && i < d.destinations().len()
+            && d.picked.is_none()
         {
-            let kept = f.destinations.swap_remove(i);
-            f.destinations.clear();
-            f.destinations.push(kept);
+            d.picked = Some(i);
         }
         if let Some(ms) = edit.delay_ms {
             d.delay_ms = (ms > 0).then_some(ms);
         }
         d.log_fields.extend(edit.log_fields);
-        match &d.action {
+        match &*d.action {
             Action::Forward(_) => {
                 self.joined.request.extend(edit.request_headers);
                 self.joined.response.extend(edit.response_headers);
@@ -319,7 +378,7 @@ impl ChainState {
     /// The decision as a plugin reads it (`request.decision`): the operations joined to
     /// a forward in its own.
     pub fn decision(&self) -> Decision {
-        let mut d = self.decision.clone();
+        let mut d = self.decision.to_wit();
         if let Action::Forward(f) = &mut d.action {
             join(&mut f.request_headers, &self.joined.request);
             join(&mut f.response_headers, &self.joined.response);
@@ -384,8 +443,8 @@ pub fn all_headers(map: &HeaderMap) -> Vec<Header> {
 }
 
 /// The decision in brief.
-pub fn kind(d: &Decision) -> ActionKind {
-    match d.action {
+pub fn kind(d: &Current) -> ActionKind {
+    match *d.action {
         Action::NoRoute => ActionKind::NoRoute,
         Action::Forward(_) => ActionKind::Forward,
         Action::Redirect(_) => ActionKind::Redirect,
@@ -519,18 +578,16 @@ mod tests {
 
     fn forward(own: &str) -> Edit {
         Edit {
-            action: Some(super::super::Boxed::new(Action::Forward(
-                super::super::types::Forward {
-                    destinations: Vec::new(),
-                    request_headers: Some(ops(own)),
-                    response_headers: None,
-                    rewrite_path: None,
-                    rewrite_authority: None,
-                    timeout_ms: None,
-                    retries: None,
-                    mirrors: Vec::new(),
-                },
-            ))),
+            action: Some(Shared::new(Action::Forward(super::super::types::Forward {
+                destinations: Vec::new(),
+                request_headers: Some(ops(own)),
+                response_headers: None,
+                rewrite_path: None,
+                rewrite_authority: None,
+                timeout_ms: None,
+                retries: None,
+                mirrors: Vec::new(),
+            }))),
             ..Edit::default()
         }
     }
@@ -563,7 +620,7 @@ mod tests {
         assert_eq!(set_names(f.request_headers.as_ref()), ["own", "p", "l"]);
         assert_eq!(set_names(f.response_headers.as_ref()), ["pr", "lr"]);
         // Kept apart in the state: the forward holds its own only.
-        let Action::Forward(f) = &s.decision.action else {
+        let Some(f) = s.decision.forward() else {
             panic!("a forward");
         };
         assert_eq!(set_names(f.request_headers.as_ref()), ["own"]);
@@ -578,12 +635,87 @@ mod tests {
         s.apply(headers(Ops::new(ops("x")), Ops::new(ops("xr"))));
         let taken = s.decided(false);
         assert_eq!(taken.joined.request.len(), 1);
-        assert!(matches!(s.decision.action, Action::NoRoute), "taken");
+        assert!(matches!(*s.decision.action, Action::NoRoute), "taken");
         assert!(s.joined.request.is_empty());
 
         // No forward: response operations are kept for the local reply, as text.
         s.apply(headers(Ops::prepared(ops("q")), Ops::prepared(ops("qr"))));
         assert!(s.joined.request.is_empty());
         assert_eq!(set_names(s.reply_ops.first()), ["qr"]);
+    }
+
+    fn split(hosts: &[&str]) -> Edit {
+        let destination = |host: &str| Destination {
+            host: host.into(),
+            subset: None,
+            port: None,
+            weight: 50,
+            request_headers: None,
+            response_headers: None,
+        };
+        Edit {
+            action: Some(Shared::new(Action::Forward(Forward {
+                destinations: hosts.iter().map(|h| destination(h)).collect(),
+                request_headers: None,
+                response_headers: None,
+                rewrite_path: None,
+                rewrite_authority: None,
+                timeout_ms: None,
+                retries: None,
+                mirrors: Vec::new(),
+            }))),
+            ..Edit::default()
+        }
+    }
+
+    fn pick(i: u32) -> Edit {
+        Edit {
+            pick: Some(i),
+            ..Edit::default()
+        }
+    }
+
+    fn hosts(d: &[Destination]) -> Vec<&str> {
+        d.iter().map(|d| d.host.as_str()).collect()
+    }
+
+    #[test]
+    fn a_prepared_forward_is_shared_and_a_pick_keeps_one_of_its_destinations() {
+        let v = view();
+        let mut s = v.state();
+        let prepared = split(&["a", "b", "c"]);
+        s.apply(prepared.clone());
+        // The decision holds the prepared edit's action itself, not a copy.
+        let Some(action) = &prepared.action else {
+            panic!("a forward");
+        };
+        assert!(Arc::ptr_eq(&s.decision.action.0, &action.0));
+        s.apply(pick(9));
+        assert_eq!(
+            hosts(s.decision.destinations()),
+            ["a", "b", "c"],
+            "out of range"
+        );
+        s.apply(pick(1));
+        assert_eq!(hosts(s.decision.destinations()), ["b"]);
+        // Of the one left, index 0 keeps it and any other is out of range.
+        s.apply(pick(1));
+        s.apply(pick(0));
+        assert_eq!(hosts(s.decision.destinations()), ["b"]);
+        // A plugin reading the decision sees the one destination.
+        let seen = s.decision();
+        let Action::Forward(f) = &seen.action else {
+            panic!("a forward: {seen:?}");
+        };
+        assert_eq!(hosts(&f.destinations), ["b"]);
+        // The prepared edit is as it was, and a new action drops the pick.
+        assert!(matches!(&**action, Action::Forward(f) if f.destinations.len() == 3));
+        s.apply(split(&["x", "y"]));
+        assert_eq!(hosts(s.decision.destinations()), ["x", "y"]);
+        // What the chain decided carries the pick out with it.
+        s.apply(pick(0));
+        let taken = s.decided(false);
+        assert_eq!(hosts(taken.decision.destinations()), ["x"]);
+        assert!(s.decision.destinations().is_empty(), "back to no route");
     }
 }

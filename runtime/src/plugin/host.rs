@@ -564,10 +564,15 @@ impl types::HostRequest for StoreState {
     }
 
     fn destination_weights(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<u32>> {
-        Ok(match &self.request(&r)?.view.state().decision.action {
-            types::Action::Forward(f) => f.destinations.iter().map(|d| d.weight).collect(),
-            _ => Vec::new(),
-        })
+        Ok(self
+            .request(&r)?
+            .view
+            .state()
+            .decision
+            .destinations()
+            .iter()
+            .map(|d| d.weight)
+            .collect())
     }
 
     fn decision(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<types::Decision> {

@@ -28,7 +28,7 @@ pub async fn run_chain(
         }
         if i > 0 {
             let state = view.state();
-            match state.decision.action {
+            match *state.decision.action {
                 Action::NoRoute => break,
                 Action::Forward(_) => {}
                 _ if link.builtin => continue,
