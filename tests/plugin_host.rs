@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use wasmgate::plugin::context::ChainNames;
 use wasmgate::plugin::types::{Action, Binding, DirectResponse, Interest};
 use wasmgate::plugin::{
-    CallError, Edit, HostSettings, PluginError, PluginHost, RequestView, Shared,
+    CallError, Edit, HostSettings, PluginError, PluginHost, RequestView, SharedBox,
 };
 
 fn built(name: &str) -> Vec<u8> {
@@ -74,7 +74,7 @@ fn keeps(edit: &Edit) -> bool {
 
 /// The direct response an edit answers with.
 fn answer(edit: Edit) -> DirectResponse {
-    match edit.action.map(Shared::into_inner) {
+    match edit.action.map(SharedBox::into_inner) {
         Some(Action::Respond(r)) => r,
         other => panic!("expected a direct response, got {other:?}"),
     }

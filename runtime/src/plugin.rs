@@ -43,7 +43,7 @@ use wasmtime::{
 };
 
 pub use bindings::wasmgate::policy::types;
-pub use bindings::{Edit, Shared};
+pub use bindings::{Edit, SharedBox};
 use bindings::{Plugin, PluginPre};
 pub use breaker::Breaker;
 use breaker::{Admit, DEFAULT_COOLDOWN, DEFAULT_FAILURES};

@@ -585,7 +585,7 @@ async fn serve(
                 .await
             }
             None => {
-                // What a forward would have taken goes now, as it did before.
+                // What a forward would have taken goes now, not after the later phases.
                 drop((req, upgrade, joined, read));
                 reply_locally(chain, &decision, &reply_ops, access)
             }
@@ -745,14 +745,16 @@ fn choose<'a>(destinations: &'a [Destination], shared: &Shared) -> Option<&'a De
                 .host
                 .balancing()
                 .pick_weighted(destinations.iter().map(|d| d.weight));
+            debug_assert!(index < destinations.len(), "a weighted pick in range");
             destinations.get(index)
         }
     }
 }
 
-/// Send the request upstream to one of `destinations` (the forward's, or the one a policy
-/// picked). `read`: the body's first bytes, already read for the policies, and whether
-/// more follows in `req`.
+/// Send the request upstream to one of `destinations`: the decision's as they stand (the
+/// one a policy picked, or the forward's own), so `forward.destinations` is not read
+/// here. `read`: the body's first bytes, already read for the policies, and whether more
+/// follows in `req`.
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
     shared: &Shared,

@@ -28,7 +28,7 @@ use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceT
 use wasmtime::component::{ComponentType, Lift};
 
 /// The WIT `edit` as the host keeps it: the same record, with the action and the header
-/// mutations lifted into shared boxes ([`Shared`], and [`Ops`]). The generated
+/// mutations lifted into shared boxes ([`SharedBox`], and [`Ops`]). The generated
 /// `types::Edit` holds them inline (528 bytes), and a call's result is moved several
 /// times on its way out of wasmtime, each move a copy of the whole record (12 % of a
 /// quick call's time, measured); this one is about a fifth of that.
@@ -36,7 +36,7 @@ use wasmtime::component::{ComponentType, Lift};
 #[component(record)]
 pub struct Edit {
     pub route: Option<RouteRef>,
-    pub action: Option<Shared<Action>>,
+    pub action: Option<SharedBox<Action>>,
     pub pick: Option<u32>,
     #[component(name = "delay-ms")]
     pub delay_ms: Option<u64>,
@@ -52,7 +52,7 @@ impl From<self::wasmgate::policy::types::Edit> for Edit {
     fn from(e: self::wasmgate::policy::types::Edit) -> Self {
         Edit {
             route: e.route,
-            action: e.action.map(Shared::new),
+            action: e.action.map(SharedBox::new),
             pick: e.pick,
             delay_ms: e.delay_ms,
             request_headers: e.request_headers.map(Ops::new),
@@ -66,28 +66,28 @@ impl From<self::wasmgate::policy::types::Edit> for Edit {
 /// Shared, so a prepared edit's action goes into each request's decision as a reference
 /// count, not a copy of its destinations and strings.
 #[derive(Debug, PartialEq)]
-pub struct Shared<T>(pub std::sync::Arc<T>);
+pub struct SharedBox<T>(pub std::sync::Arc<T>);
 
-impl<T> Clone for Shared<T> {
+impl<T> Clone for SharedBox<T> {
     fn clone(&self) -> Self {
-        Shared(self.0.clone())
+        SharedBox(self.0.clone())
     }
 }
 
-impl<T> Shared<T> {
+impl<T> SharedBox<T> {
     pub fn new(t: T) -> Self {
-        Shared(std::sync::Arc::new(t))
+        SharedBox(std::sync::Arc::new(t))
     }
 }
 
-impl<T: Clone> Shared<T> {
+impl<T: Clone> SharedBox<T> {
     /// The value, copied only when it is shared.
     pub fn into_inner(self) -> T {
         std::sync::Arc::unwrap_or_clone(self.0)
     }
 }
 
-impl<T> std::ops::Deref for Shared<T> {
+impl<T> std::ops::Deref for SharedBox<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.0
@@ -96,7 +96,7 @@ impl<T> std::ops::Deref for Shared<T> {
 
 // SAFETY: every item forwards to `T`'s: the same type in the component model, with the
 // same flat and memory representation; only where the lifted Rust value lives differs.
-unsafe impl<T: ComponentType> ComponentType for Shared<T> {
+unsafe impl<T: ComponentType> ComponentType for SharedBox<T> {
     type Lower = T::Lower;
     const ABI: CanonicalAbiInfo = T::ABI;
     const MAY_REQUIRE_REALLOC: bool = T::MAY_REQUIRE_REALLOC;
@@ -107,13 +107,13 @@ unsafe impl<T: ComponentType> ComponentType for Shared<T> {
 }
 
 // SAFETY: lifts exactly as `T` does, then puts the value in its shared box.
-unsafe impl<T: Lift> Lift for Shared<T> {
+unsafe impl<T: Lift> Lift for SharedBox<T> {
     fn linear_lift_from_flat(
         cx: &mut LiftContext<'_>,
         ty: InterfaceType,
         src: &Self::Lower,
     ) -> wasmtime::Result<Self> {
-        T::linear_lift_from_flat(cx, ty, src).map(Shared::new)
+        T::linear_lift_from_flat(cx, ty, src).map(SharedBox::new)
     }
 
     fn linear_lift_from_memory(
@@ -121,11 +121,11 @@ unsafe impl<T: Lift> Lift for Shared<T> {
         ty: InterfaceType,
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        T::linear_lift_from_memory(cx, ty, bytes).map(Shared::new)
+        T::linear_lift_from_memory(cx, ty, bytes).map(SharedBox::new)
     }
 }
 
-// SAFETY: every item forwards to `HeaderMutation`'s (as `Shared` does): the same type in
+// SAFETY: every item forwards to `HeaderMutation`'s (as `SharedBox` does): the same type in
 // the component model, with the same flat and memory representation.
 unsafe impl ComponentType for Ops {
     type Lower = <types::HeaderMutation as ComponentType>::Lower;

@@ -14,7 +14,7 @@ use super::ops::Ops;
 use super::types::{
     Action, ActionKind, Decision, Destination, Forward, Header, HeaderMutation, RouteRef,
 };
-use super::{Edit, Shared};
+use super::{Edit, SharedBox};
 
 /// Most properties one request may carry, their longest name and value.
 pub const MAX_PROPERTIES: usize = 64;
@@ -106,9 +106,10 @@ impl Joined {
 pub struct Current {
     pub route: Option<RouteRef>,
     pub delay_ms: Option<u64>,
-    pub action: Shared<Action>,
-    /// The forward's destination a `pick` kept, by its index in the forward's own list:
-    /// the decision then has that one destination only.
+    /// Written by [`ChainState::apply`] only, which sets `picked` with it.
+    pub action: SharedBox<Action>,
+    /// The forward's destination a `pick` kept, by its index in this action's own list:
+    /// the decision then has that one destination only ([`Current::destinations`]).
     pub picked: Option<usize>,
     pub log_fields: Vec<Header>,
 }
@@ -134,14 +135,19 @@ impl Current {
 
     /// The WIT record: the action copied, with the pick applied.
     pub fn to_wit(&self) -> Decision {
-        let mut action = (*self.action).clone();
-        if let (Action::Forward(f), Some(i)) = (&mut action, self.picked) {
-            f.destinations = f
-                .destinations
-                .get(i..=i)
-                .map(<[_]>::to_vec)
-                .unwrap_or_default();
-        }
+        let action = match (&*self.action, self.picked) {
+            (Action::Forward(f), Some(_)) => Action::Forward(Forward {
+                destinations: self.destinations().to_vec(),
+                request_headers: f.request_headers.clone(),
+                response_headers: f.response_headers.clone(),
+                rewrite_path: f.rewrite_path.clone(),
+                rewrite_authority: f.rewrite_authority.clone(),
+                timeout_ms: f.timeout_ms,
+                retries: f.retries.clone(),
+                mirrors: f.mirrors.clone(),
+            }),
+            (action, _) => action.clone(),
+        };
         Decision {
             route: self.route.clone(),
             delay_ms: self.delay_ms,
@@ -168,15 +174,16 @@ fn no_names() -> Arc<ChainNames> {
     NONE.clone()
 }
 
-/// The decision a chain starts from (its action one shared value, not an allocation per
-/// request).
+/// The decision a chain starts from (its action one value per thread: not an allocation
+/// per request, and no reference count shared between workers' cores).
 pub fn no_route() -> Current {
-    static NO_ROUTE: std::sync::LazyLock<Shared<Action>> =
-        std::sync::LazyLock::new(|| Shared::new(Action::NoRoute));
+    thread_local! {
+        static NO_ROUTE: SharedBox<Action> = SharedBox::new(Action::NoRoute);
+    }
     Current {
         route: None,
         delay_ms: None,
-        action: NO_ROUTE.clone(),
+        action: NO_ROUTE.with(SharedBox::clone),
         picked: None,
         log_fields: Vec::new(),
     }
@@ -578,16 +585,18 @@ mod tests {
 
     fn forward(own: &str) -> Edit {
         Edit {
-            action: Some(Shared::new(Action::Forward(super::super::types::Forward {
-                destinations: Vec::new(),
-                request_headers: Some(ops(own)),
-                response_headers: None,
-                rewrite_path: None,
-                rewrite_authority: None,
-                timeout_ms: None,
-                retries: None,
-                mirrors: Vec::new(),
-            }))),
+            action: Some(SharedBox::new(Action::Forward(
+                super::super::types::Forward {
+                    destinations: Vec::new(),
+                    request_headers: Some(ops(own)),
+                    response_headers: None,
+                    rewrite_path: None,
+                    rewrite_authority: None,
+                    timeout_ms: None,
+                    retries: None,
+                    mirrors: Vec::new(),
+                },
+            ))),
             ..Edit::default()
         }
     }
@@ -654,7 +663,7 @@ mod tests {
             response_headers: None,
         };
         Edit {
-            action: Some(Shared::new(Action::Forward(Forward {
+            action: Some(SharedBox::new(Action::Forward(Forward {
                 destinations: hosts.iter().map(|h| destination(h)).collect(),
                 request_headers: None,
                 response_headers: None,
@@ -685,11 +694,6 @@ mod tests {
         let mut s = v.state();
         let prepared = split(&["a", "b", "c"]);
         s.apply(prepared.clone());
-        // The decision holds the prepared edit's action itself, not a copy.
-        let Some(action) = &prepared.action else {
-            panic!("a forward");
-        };
-        assert!(Arc::ptr_eq(&s.decision.action.0, &action.0));
         s.apply(pick(9));
         assert_eq!(
             hosts(s.decision.destinations()),
@@ -699,9 +703,17 @@ mod tests {
         s.apply(pick(1));
         assert_eq!(hosts(s.decision.destinations()), ["b"]);
         // Of the one left, index 0 keeps it and any other is out of range.
-        s.apply(pick(1));
+        s.apply(pick(2));
         s.apply(pick(0));
         assert_eq!(hosts(s.decision.destinations()), ["b"]);
+        // Picked and all, the decision holds the prepared edit's action itself, not a
+        // copy.
+        let Some(action) = &prepared.action else {
+            panic!("a forward");
+        };
+        assert!(Arc::ptr_eq(&s.decision.action.0, &action.0));
+        // Kept for the later phases with the pick.
+        assert_eq!(hosts(s.decided(true).decision.destinations()), ["b"]);
         // A plugin reading the decision sees the one destination.
         let seen = s.decision();
         let Action::Forward(f) = &seen.action else {
@@ -712,7 +724,23 @@ mod tests {
         assert!(matches!(&**action, Action::Forward(f) if f.destinations.len() == 3));
         s.apply(split(&["x", "y"]));
         assert_eq!(hosts(s.decision.destinations()), ["x", "y"]);
+        // A new action and a pick in one edit, after an earlier pick: the pick is of the
+        // new action's destinations.
+        s.apply(pick(1));
+        s.apply(Edit {
+            pick: Some(2),
+            ..split(&["p", "q", "r"])
+        });
+        assert_eq!(hosts(s.decision.destinations()), ["r"]);
+        // No forward, no destinations: a pick does nothing.
+        s.apply(Edit {
+            action: Some(SharedBox::new(Action::NoRoute)),
+            pick: Some(0),
+            ..Edit::default()
+        });
+        assert!(s.decision.destinations().is_empty() && s.decision.picked.is_none());
         // What the chain decided carries the pick out with it.
+        s.apply(split(&["x", "y"]));
         s.apply(pick(0));
         let taken = s.decided(false);
         assert_eq!(hosts(taken.decision.destinations()), ["x"]);

@@ -1,16 +1,18 @@
 //! Prepared edits (`host.prepare-edit`, `request.use-edit`): answers a plugin hands the
 //! host once, while a binding is prepared, and then names per request. Returning an
 //! edit costs the plugin building and lowering every string in it and the host lifting
-//! them again; naming a prepared one costs one small call, and the host's copy (cloned
-//! into the answer) needs no reading of guest memory. Its header operations are parsed
-//! once, here, and shared by every answer ([`Ops::prepared`]). The router prepares each
-//! route's forward this way (the route's own `headers`, inside the forward, are still
-//! copied and parsed per request).
+//! them again; naming a prepared one costs one small call, and the host's copy needs no
+//! reading of guest memory. Its action and header operations are shared by every answer
+//! (the action in a [`super::SharedBox`], the operations parsed once here,
+//! [`Ops::prepared`]): an answer copies the route's name and nothing large. The router
+//! prepares each route's forward this way (the route's own `headers`, inside the
+//! forward, are parsed per request where they apply).
 //!
 //! Kept per instance (an instance recycled after a trap prepares again), numbered per
 //! instance, each number naming its binding's edit only. Bounded: at most
-//! [`MAX_EDIT_BYTES`] each (a bigger one is the plugin's to keep: the host copies a
-//! prepared edit into every answer), [`MAX_EDITS`] and [`MAX_BYTES`] per instance, and
+//! [`MAX_EDIT_BYTES`] each (a bigger one is the plugin's to keep: a plugin that reads
+//! the whole `decision()` gets a copy of it), [`MAX_EDITS`] and [`MAX_BYTES`] per
+//! instance, and
 //! counted in the plugin's memory with its linear memory (`--plugin-memory-total-mib`,
 //! [`super::budget::Limiter::charge`]).
 
@@ -182,7 +184,9 @@ fn weigh(e: &types::Edit) -> usize {
 }
 
 fn weigh_action(a: &Action) -> usize {
-    size_of::<Action>()
+    // The action's shared box: its two reference counts and the action.
+    2 * size_of::<usize>()
+        + size_of::<Action>()
         + match a {
             Action::NoRoute => 0,
             Action::Forward(f) => {
