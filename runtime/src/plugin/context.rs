@@ -583,22 +583,33 @@ mod tests {
         }
     }
 
-    fn forward(own: &str) -> Edit {
+    /// An edit forwarding to `hosts`, with its own request header operation `own`.
+    fn forward_to(hosts: &[&str], own: Option<&str>) -> Edit {
+        let destination = |host: &str| Destination {
+            host: host.into(),
+            subset: None,
+            port: None,
+            weight: 50,
+            request_headers: None,
+            response_headers: None,
+        };
         Edit {
-            action: Some(SharedBox::new(Action::Forward(
-                super::super::types::Forward {
-                    destinations: Vec::new(),
-                    request_headers: Some(ops(own)),
-                    response_headers: None,
-                    rewrite_path: None,
-                    rewrite_authority: None,
-                    timeout_ms: None,
-                    retries: None,
-                    mirrors: Vec::new(),
-                },
-            ))),
+            action: Some(SharedBox::new(Action::Forward(Forward {
+                destinations: hosts.iter().map(|h| destination(h)).collect(),
+                request_headers: own.map(ops),
+                response_headers: None,
+                rewrite_path: None,
+                rewrite_authority: None,
+                timeout_ms: None,
+                retries: None,
+                mirrors: Vec::new(),
+            }))),
             ..Edit::default()
         }
+    }
+
+    fn forward(own: &str) -> Edit {
+        forward_to(&[], Some(own))
     }
 
     fn headers(edit_request: Ops, edit_response: Ops) -> Edit {
@@ -654,27 +665,7 @@ mod tests {
     }
 
     fn split(hosts: &[&str]) -> Edit {
-        let destination = |host: &str| Destination {
-            host: host.into(),
-            subset: None,
-            port: None,
-            weight: 50,
-            request_headers: None,
-            response_headers: None,
-        };
-        Edit {
-            action: Some(SharedBox::new(Action::Forward(Forward {
-                destinations: hosts.iter().map(|h| destination(h)).collect(),
-                request_headers: None,
-                response_headers: None,
-                rewrite_path: None,
-                rewrite_authority: None,
-                timeout_ms: None,
-                retries: None,
-                mirrors: Vec::new(),
-            }))),
-            ..Edit::default()
-        }
+        forward_to(hosts, None)
     }
 
     fn pick(i: u32) -> Edit {
