@@ -135,19 +135,10 @@ impl Current {
 
     /// The WIT record: the action copied, with the pick applied.
     pub fn to_wit(&self) -> Decision {
-        let action = match (&*self.action, self.picked) {
-            (Action::Forward(f), Some(_)) => Action::Forward(Forward {
-                destinations: self.destinations().to_vec(),
-                request_headers: f.request_headers.clone(),
-                response_headers: f.response_headers.clone(),
-                rewrite_path: f.rewrite_path.clone(),
-                rewrite_authority: f.rewrite_authority.clone(),
-                timeout_ms: f.timeout_ms,
-                retries: f.retries.clone(),
-                mirrors: f.mirrors.clone(),
-            }),
-            (action, _) => action.clone(),
-        };
+        let mut action = (*self.action).clone();
+        if let (Action::Forward(f), Some(_)) = (&mut action, self.picked) {
+            f.destinations = self.destinations().to_vec();
+        }
         Decision {
             route: self.route.clone(),
             delay_ms: self.delay_ms,

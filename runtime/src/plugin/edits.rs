@@ -12,9 +12,8 @@
 //! instance, each number naming its binding's edit only. Bounded: at most
 //! [`MAX_EDIT_BYTES`] each (a bigger one is the plugin's to keep: a plugin that reads
 //! the whole `decision()` gets a copy of it), [`MAX_EDITS`] and [`MAX_BYTES`] per
-//! instance, and
-//! counted in the plugin's memory with its linear memory (`--plugin-memory-total-mib`,
-//! [`super::budget::Limiter::charge`]).
+//! instance, and counted in the plugin's memory with its linear memory
+//! (`--plugin-memory-total-mib`, [`super::budget::Limiter::charge`]).
 
 use std::mem::size_of;
 
