@@ -2,10 +2,11 @@
 //! plugins built from `plugins/testing/`: the response phase (reverse order, header
 //! changes, a replaced response, a rewritten body), request bodies within and over a
 //! plugin's limit (413 when it fails closed, streamed on when it fails open), per-request
-//! properties, phase and priority order, prepared edits, the log phase, the capabilities a WasmPlugin
-//! grants (state shared by instances and kept across a trap, the wall clock, outbound
-//! calls to a loopback service and the refusal of a host not granted), isolation between
-//! namespaces, and a 0.2 plugin refused naming both versions.
+//! properties, phase and priority order, prepared edits, a plugin's pick over the
+//! weights, the log phase, the capabilities a WasmPlugin grants (state shared by
+//! instances and kept across a trap, the wall clock, outbound calls to a loopback service
+//! and the refusal of a host not granted), isolation between namespaces, and a 0.2
+//! plugin refused naming both versions.
 
 mod support;
 
@@ -69,6 +70,62 @@ fn header(reply: &support::Reply, name: &str) -> String {
         .get(name)
         .map(|v| v.to_str().unwrap_or_default().to_string())
         .unwrap_or_default()
+}
+
+/// A plugin's `pick` routes the request to the destination it picked, whatever the
+/// weights: `a` (AUTHN, before the traffic split) picks the 10 % destination of a 90/10
+/// split by index, and every request so picked reaches it; requests it leaves alone go
+/// by weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_pick_wins_over_the_weights() {
+    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
+    let port = free_port();
+    let dir = TempDir::new("pick");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "se.yaml",
+        &[
+            service_entry("heavy", "heavy.internal", 80, &[(heavy.port(), &[])]),
+            service_entry("light", "light.internal", 80, &[(light.port(), &[])]),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: heavy.internal}\n      weight: 90\n    - destination: {host: light.internal}\n      weight: 10\n",
+    );
+    dir.write(
+        "plugins.yaml",
+        &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
+    );
+    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
+    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let upstream = |r: &support::Reply| header(r, "x-upstream");
+    for _ in 0..20 {
+        let r = get(port, "a.test", "/", &[("x-pick", "a=1")])
+            .await
+            .expect("picked request");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(upstream(&r), "light", "picked by the plugin");
+    }
+    // Another binding's name, or an index past the list: no pick, the weights decide.
+    let mut by_weight = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        let pick = if i % 2 == 0 { "b=1" } else { "a=7" };
+        let r = get(port, "a.test", "/", &[("x-pick", pick)])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::OK);
+        *by_weight.entry(upstream(&r)).or_insert(0) += 1;
+    }
+    assert!(
+        by_weight.get("heavy").copied().unwrap_or(0) > 20,
+        "{by_weight:?}"
+    );
+    assert_eq!(
+        light.hits.load(std::sync::atomic::Ordering::SeqCst) - 20,
+        by_weight.get("light").copied().unwrap_or(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

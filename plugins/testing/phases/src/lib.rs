@@ -27,6 +27,9 @@
 //! `x-prepared: late-<name>` it does the same with an edit prepared on the request,
 //! which the host refuses to keep (`x-host-kept: false`).
 //!
+//! With request header `x-pick: <name>=<i>` it keeps only destination `i` of the
+//! forward (`edit.pick`), whatever the weights.
+//!
 //! On a response it sets `x-phases-<name>-status: <status>`; when request header
 //! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
 //! otherwise, with a response-body interest and request header `x-upper`, it replaces the
@@ -172,6 +175,10 @@ impl Policy for Phases {
             &format!("x-phases-{name}"),
             read.as_deref().unwrap_or("none"),
         );
+        edit.pick = request.header("x-pick").and_then(|spec| {
+            let (who, index) = spec.split_once('=')?;
+            (who == name).then(|| index.parse().ok())?
+        });
         Ok(edit)
     }
 
