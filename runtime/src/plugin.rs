@@ -52,7 +52,7 @@ pub use context::{RequestView, ResponseView};
 use host::{Direct, StoreState, Tick};
 pub use host::{Grants, OUTBOUND_MAX, OUTBOUND_MAX_BODY, Random};
 use lane::{Lane, Priority};
-pub use load::{WIT_PACKAGE, is_component};
+pub use load::{PluginBytes, WIT_PACKAGE, is_component};
 
 /// How long one call into a plugin may run before it is stopped.
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(100);
@@ -434,14 +434,24 @@ impl PluginHost {
     /// wit-bindgen's component-type section (made into a component here, with the
     /// WASI preview1 adapter when it imports WASI). `name` is used in errors and logs.
     pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<CompiledPlugin, PluginError> {
+        self.compile_bytes(name, &PluginBytes::new(bytes.to_vec()))
+    }
+
+    /// [`PluginHost::compile`] with the digest already known: found in the compile
+    /// cache, an embedded component's bytes are not read at all.
+    pub fn compile_bytes(
+        &self,
+        name: &str,
+        plugin: &PluginBytes,
+    ) -> Result<CompiledPlugin, PluginError> {
         let load_err = |message: String| PluginError::Load {
             plugin: name.to_string(),
             message,
         };
-        let component_bytes = load::to_component(bytes).map_err(load_err)?;
+        let (component_bytes, sha256) = plugin.component().map_err(load_err)?;
         let engine = &self.inner.engine;
         let component = match &self.inner.compile_cache {
-            Some(cache) => cache.load_or_compile(engine, &component_bytes),
+            Some(cache) => cache.load_or_compile(engine, &sha256, &component_bytes),
             None => Component::new(engine, &component_bytes),
         }
         .map_err(|e| load_err(format!("not a valid Wasm component: {e:#}")))?;
@@ -466,7 +476,7 @@ impl PluginHost {
         let direct = direct_on_request(&self.inner.engine, &component);
         let direct_mode = match direct {
             None => Direct::No,
-            Some(_) if builtin::is_embedded(bytes) => Direct::Trusted,
+            Some(_) if builtin::is_embedded(&plugin.sha256) => Direct::Trusted,
             Some(_) => Direct::Restartable,
         };
         Ok(CompiledPlugin {

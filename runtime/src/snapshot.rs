@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use sha2::{Digest, Sha256};
 use wasmgate_config::model::export;
 use wasmgate_config::{
     Config, ConfigError, FailStrategy, Gateway, Meta, Phase, PluginMatch, PluginSource,
@@ -30,7 +29,9 @@ use crate::plugin::Grants;
 use crate::plugin::builtin;
 use crate::plugin::context::ChainNames;
 use crate::plugin::types::{Binding, Header, HeaderMutation};
-use crate::plugin::{CompiledPlugin, PluginError, PluginHost, PolicyPool, PreparedPolicy};
+use crate::plugin::{
+    CompiledPlugin, PluginBytes, PluginError, PluginHost, PolicyPool, PreparedPolicy,
+};
 use crate::telemetry::metrics::{Metrics, PluginStats, RouteStats};
 use crate::telemetry::overrides::{self, TraceBase};
 use crate::telemetry::trace::Tracer;
@@ -292,9 +293,9 @@ impl CompileCache {
         &self,
         host: &PluginHost,
         name: &str,
-        bytes: Vec<u8>,
+        plugin: PluginBytes,
     ) -> Result<CompiledPlugin, PluginError> {
-        let key: [u8; 32] = Sha256::digest(&bytes).into();
+        let key = plugin.sha256;
         self.mark(key);
         if let Some(hit) = self.compiled.get(&key) {
             return Ok(hit.clone());
@@ -310,7 +311,7 @@ impl CompileCache {
             .name("wasmgate-compile".into())
             .spawn(move || {
                 below_requests(serving);
-                let _ = tx.send(worker.compile(&owned, &bytes));
+                let _ = tx.send(worker.compile_bytes(&owned, &plugin));
             })
             .map_err(|e| lost(e.to_string()))?;
         let compiled = rx.await.map_err(|e| lost(e.to_string()))??;
@@ -950,19 +951,22 @@ async fn compile_builtin(
         field: None,
         message,
     };
-    let bytes = match &replaced {
-        Some(path) => {
-            std::fs::read(path).map_err(|e| at(path.clone(), format!("cannot read: {e}")))?
-        }
-        None => b.bytes.to_vec(),
+    let plugin = match &replaced {
+        Some(path) => PluginBytes::new(
+            std::fs::read(path).map_err(|e| at(path.clone(), format!("cannot read: {e}")))?,
+        ),
+        None => PluginBytes::embedded(b),
     };
     let name = format!("wasmgate/{}", b.name);
-    cache.get_or_compile(host, &name, bytes).await.map_err(|e| {
-        at(
-            replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
-            e.to_string(),
-        )
-    })
+    cache
+        .get_or_compile(host, &name, plugin)
+        .await
+        .map_err(|e| {
+            at(
+                replaced.unwrap_or_else(|| PathBuf::from("<embedded>")),
+                e.to_string(),
+            )
+        })
 }
 
 async fn load_user_plugin(
@@ -1008,15 +1012,15 @@ async fn load_user_plugin(
             });
         }
     };
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let plugin = PluginBytes::new(std::fs::read(&path).map_err(|e| {
         Box::new(error(
             &wp.meta,
             "spec.url",
             format!("cannot read {}: {e}", path.display()),
         ))
-    })?;
+    })?);
     if let Some(want) = &wp.sha256 {
-        let got = crate::tls::cert::hex(&Sha256::digest(&bytes));
+        let got = crate::tls::cert::hex(&plugin.sha256);
         if !got.eq_ignore_ascii_case(want) {
             return Err(Box::new(error(
                 &wp.meta,
@@ -1026,7 +1030,7 @@ async fn load_user_plugin(
         }
     }
     cache
-        .get_or_compile(host, &ns_name(&wp.meta), bytes)
+        .get_or_compile(host, &ns_name(&wp.meta), plugin)
         .await
         .map_err(|e| {
             Box::new(match e {
@@ -1063,7 +1067,7 @@ async fn remote_plugin(
         .await
         .map_err(|e| Box::new(error(&wp.meta, "spec.url", e)))?;
     cache
-        .get_or_compile(host, &ns_name(&wp.meta), bytes)
+        .get_or_compile(host, &ns_name(&wp.meta), PluginBytes::new(bytes))
         .await
         .map_err(|e| {
             Box::new(match e {

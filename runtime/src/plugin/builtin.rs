@@ -8,6 +8,10 @@ pub struct Builtin {
     /// The name config and logs use: `router`, `fault`, `traffic-split`.
     pub name: &'static str,
     pub bytes: &'static [u8],
+    /// The SHA-256 of `bytes`, computed when the binary was built: a start that finds
+    /// the compiled component in the compile cache never reads `bytes` (nor keeps their
+    /// pages resident: 2.8 MB of the binary for the six).
+    pub sha256: &'static [u8; 32],
 }
 
 macro_rules! builtin {
@@ -15,6 +19,7 @@ macro_rules! builtin {
         Builtin {
             name: $name,
             bytes: include_bytes!(concat!(env!("OUT_DIR"), "/plugins/", $name, ".wasm")),
+            sha256: include_bytes!(concat!(env!("OUT_DIR"), "/plugins/", $name, ".sha256")),
         }
     };
 }
@@ -44,10 +49,26 @@ pub fn get(name: &str) -> Option<Builtin> {
         .find(|b| b.name == name)
 }
 
-/// Are `bytes` exactly one of the embedded components?
-pub fn is_embedded(bytes: &[u8]) -> bool {
+/// Are the bytes whose SHA-256 is `sha256` exactly one of the embedded components?
+pub fn is_embedded(sha256: &[u8; 32]) -> bool {
     CHAIN
         .iter()
         .chain([&JWT_AUTHN, &AUTHZ, &RATELIMIT])
-        .any(|b| b.bytes == bytes)
+        .any(|b| b.sha256 == sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn each_embedded_digest_is_its_components() {
+        for b in CHAIN.iter().chain([&JWT_AUTHN, &AUTHZ, &RATELIMIT]) {
+            let digest: [u8; 32] = Sha256::digest(b.bytes).into();
+            assert_eq!(&digest, b.sha256, "{}", b.name);
+            assert!(is_embedded(b.sha256), "{}", b.name);
+        }
+        assert!(!is_embedded(&Sha256::digest(b"not embedded").into()));
+    }
 }

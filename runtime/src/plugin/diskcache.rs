@@ -3,9 +3,11 @@
 //! milliseconds per component, and the compiler's working memory (tens of MiB that the
 //! allocator keeps afterwards) is never touched.
 //!
-//! An entry is named by the SHA-256 of the component's bytes and wasmtime's compatibility
-//! hash of the engine configuration, so a changed plugin, wasmtime version or engine
-//! setting misses and recompiles. Loading compiled code trusts the file, so the folder
+//! An entry is named by a SHA-256 over wasmtime's compatibility hash of the engine
+//! configuration, the gateway's version and the component's own SHA-256 (for an
+//! embedded component computed when the binary was built, so a restart that finds the
+//! entry never reads the component), so a changed plugin, gateway, wasmtime version or
+//! engine setting misses and recompiles. Loading compiled code trusts the file, so the folder
 //! is created private (0700) and an entry is used only when the folder and every folder
 //! above it pass the owner and mode checks, the entry is a private file of this user
 //! opened without following links, and its tag (a keyed digest written beside it)
@@ -49,7 +51,8 @@ pub fn default_dir() -> Option<PathBuf> {
         .map(|d| d.join("wasmgate"))
 }
 
-fn entry_path(dir: &Path, engine: &Engine, bytes: &[u8]) -> PathBuf {
+/// The entry of the component whose SHA-256 is `sha256`.
+fn entry_path(dir: &Path, engine: &Engine, sha256: &[u8; 32]) -> PathBuf {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
@@ -57,7 +60,7 @@ fn entry_path(dir: &Path, engine: &Engine, bytes: &[u8]) -> PathBuf {
     let mut sha = Sha256::new();
     sha.update(engine_hash.finish().to_le_bytes());
     sha.update(env!("CARGO_PKG_VERSION").as_bytes());
-    sha.update(bytes);
+    sha.update(sha256);
     let digest = sha.finalize();
     let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     dir.join(format!("{name}.cwasm"))
@@ -164,7 +167,7 @@ pub fn compile_into(
     bytes: &[u8],
     expect: Option<&str>,
 ) -> Result<(), String> {
-    let path = entry_path(dir, engine, bytes);
+    let path = entry_path(dir, engine, &Sha256::digest(bytes).into());
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -223,10 +226,16 @@ impl DiskCache {
         }
     }
 
-    /// The compiled component for `bytes`: from the folder when a usable entry exists,
-    /// else compiled (by the child process when there is one) and stored there.
-    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let path = entry_path(&self.dir, engine, bytes);
+    /// The compiled component for `bytes` (whose SHA-256 is `sha256`): from the folder
+    /// when a usable entry exists (`bytes` are not read), else compiled (by the child
+    /// process when there is one) and stored there.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        sha256: &[u8; 32],
+        bytes: &[u8],
+    ) -> wasmtime::Result<Component> {
+        let path = entry_path(&self.dir, engine, sha256);
         if let Some(found) = lookup(&self.dir, engine, &path, "loaded from the compile cache") {
             return Ok(found);
         }

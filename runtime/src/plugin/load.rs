@@ -4,8 +4,57 @@
 //! head and whole decisions with the `request` resource and edits), and wasmtime's errors
 //! are put in words a plugin author can act on.
 
+use std::borrow::Cow;
+
+use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Trap};
+
+use super::builtin::Builtin;
+
+/// A plugin's bytes and their SHA-256, computed once: the compile caches (in memory and on
+/// disk) are keyed by it and a WasmPlugin's `sha256` is checked against it. An embedded
+/// component's digest was computed when the binary was built, so a start that finds it
+/// compiled never reads its bytes.
+#[derive(Debug, Clone)]
+pub struct PluginBytes {
+    pub bytes: Cow<'static, [u8]>,
+    pub sha256: [u8; 32],
+    /// Known to be a component without reading its header: an embedded one (`build.rs`
+    /// made it one).
+    embedded: bool,
+}
+
+impl PluginBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = Sha256::digest(&bytes).into();
+        PluginBytes {
+            bytes: Cow::Owned(bytes),
+            sha256,
+            embedded: false,
+        }
+    }
+
+    pub fn embedded(b: Builtin) -> Self {
+        PluginBytes {
+            bytes: Cow::Borrowed(b.bytes),
+            sha256: *b.sha256,
+            embedded: true,
+        }
+    }
+
+    /// The component these bytes are (as they are), or make (a core module), and the
+    /// component's SHA-256: the compile cache's entry is named by it. Reads only the
+    /// header of a component, and nothing of an embedded one.
+    pub fn component(&self) -> Result<(Cow<'_, [u8]>, [u8; 32]), String> {
+        if self.embedded || is_component(&self.bytes) {
+            return Ok((Cow::Borrowed(&self.bytes), self.sha256));
+        }
+        let made = to_component(&self.bytes)?;
+        let sha256 = Sha256::digest(&made).into();
+        Ok((Cow::Owned(made), sha256))
+    }
+}
 
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "wasmgate:policy";
@@ -26,7 +75,7 @@ fn is_core_module(bytes: &[u8]) -> bool {
 }
 
 /// A component as is; a core module made into one.
-pub fn to_component(bytes: &[u8]) -> Result<Vec<u8>, String> {
+fn to_component(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if is_component(bytes) {
         return Ok(bytes.to_vec());
     }
@@ -200,7 +249,25 @@ mod tests {
     #[test]
     fn garbage_is_not_wasm() {
         assert!(to_component(b"hello world").is_err());
+        assert!(
+            PluginBytes::new(b"hello world".to_vec())
+                .component()
+                .is_err()
+        );
         assert!(!is_component(b"\0asm\x01\0\0\0"));
         assert!(is_component(b"\0asm\x0d\0\x01\0"));
+    }
+
+    #[test]
+    fn a_component_is_its_own_bytes_and_digest() {
+        let router = super::super::builtin::CHAIN[0];
+        let plugin = PluginBytes::embedded(router);
+        let (component, sha256) = plugin.component().expect("a component");
+        assert!(matches!(component, Cow::Borrowed(b) if std::ptr::eq(b, router.bytes)));
+        assert_eq!(&sha256, router.sha256);
+        assert_eq!(
+            PluginBytes::new(router.bytes.to_vec()).sha256,
+            *router.sha256
+        );
     }
 }
