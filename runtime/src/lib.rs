@@ -5,6 +5,18 @@
 //! way: config model (`wasmgate-config`) <- [`plugin`] <- [`snapshot`] <- [`proxy`] <-
 //! [`gateway`] / [`admin`] <- [`cli`].
 
+/// The size of the future `f` returns when called with arguments of types `A`... (for
+/// the tests that keep the request's future small).
+#[cfg(test)]
+macro_rules! future_size {
+    ($f:expr, $($a:ident),*) => {{
+        fn size<$($a),*, Fut>(_: &impl Fn($($a),*) -> Fut) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        size(&$f)
+    }};
+}
+
 pub mod admin;
 pub mod build_plugin;
 pub mod cli;

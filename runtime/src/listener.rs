@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use crate::proxy::framing::Watched;
 use crate::proxy::{ConnInfo, Shared, TlsConn, handle, log_refused_by_hyper};
 use crate::snapshot::Serve;
-use crate::snapshot::listeners::{Terminated, TlsAction};
+use crate::snapshot::listeners::{Terminated, TlsAction, TlsServer};
+use crate::snapshot::vhosts::HostTable;
 use crate::tcp;
 use crate::telemetry::metrics::ListenerStats;
 use crate::tls::client_hello::{self, Parse};
@@ -218,10 +219,10 @@ async fn accept_loop(
             place: Some(place.clone()),
         };
         let active = Active::new(&stats, shared.metrics.enabled);
-        // Boxed: the connection's future holds hyper's connection, the request in flight
-        // and every listener kind's path (7.5 KiB in a debug build), and unboxed it was
-        // copied whole on its way into the task and at each change of the task's stage:
-        // a tenth of a new connection's CPU went to memmove (docs/benchmarks.md).
+        // Boxed: the connection's future holds hyper's connection (3.2 KiB in a debug
+        // build; the TLS and TCP paths are boxed inside it), and unboxed it was copied
+        // whole on its way into the task and at each change of the task's stage: a
+        // tenth of a new connection's CPU went to memmove (docs/benchmarks.md).
         let served = Box::pin(connection(
             stream,
             conn,
@@ -240,8 +241,8 @@ async fn accept_loop(
 
 /// Serve one accepted connection per its listener in the current snapshot.
 async fn connection(
-    mut stream: TcpStream,
-    mut conn: ConnInfo,
+    stream: TcpStream,
+    conn: ConnInfo,
     shared: Arc<Shared>,
     builder: Builder<TokioExecutor>,
     watcher: Watcher,
@@ -254,95 +255,116 @@ async fn connection(
     drop(snapshot);
     match &listener.serve {
         Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, builder, watcher).await,
+        // The TCP and TLS paths boxed: the connection's future is as large as its
+        // largest path, and plain HTTP, the common one, is less than half of TLS's (the
+        // handshake, then hyper over the TLS stream). This future is copied once into
+        // its task and allocated per connection, so it is kept at plain HTTP's size
+        // (`tests::connection_future_sizes`); a TLS connection pays one allocation.
         Serve::Tcp(routes) => {
-            tcp::proxy(
+            Box::pin(tcp::proxy(
                 stream,
                 &conn,
                 &shared,
                 routes,
                 (conn.port, None),
                 Vec::new(),
-            )
+            ))
             .await
         }
         Serve::Tls(servers) => {
-            let mut hello_bytes = Vec::new();
-            let read = tokio::time::timeout(
-                TLS_HANDSHAKE_TIMEOUT,
-                client_hello::read(&mut stream, &mut hello_bytes),
+            Box::pin(serve_tls(
+                stream, conn, shared, builder, watcher, servers, stats,
+            ))
+            .await
+        }
+    }
+}
+
+/// A TLS listener's connection: its ClientHello read, the server its SNI names found,
+/// then passed through or terminated, and served.
+async fn serve_tls(
+    mut stream: TcpStream,
+    mut conn: ConnInfo,
+    shared: Arc<Shared>,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+    servers: &HostTable<TlsServer>,
+    stats: Arc<ListenerStats>,
+) {
+    let mut hello_bytes = Vec::new();
+    let read = tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        client_hello::read(&mut stream, &mut hello_bytes),
+    )
+    .await;
+    let hello = match read {
+        Ok(Ok(Parse::Complete(hello))) => hello,
+        Ok(Ok(other)) => {
+            tracing::debug!(client = %conn.client, "not a TLS ClientHello: {other:?}");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, "reading the ClientHello: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "no ClientHello in time");
+            return;
+        }
+    };
+    let sni = hello.server_name;
+    let Some(server) = servers.find(sni.as_deref().unwrap_or_default()) else {
+        // Envoy closes a connection no filter chain matches.
+        tracing::debug!(client = %conn.client, sni = ?sni, "no server for this SNI");
+        return;
+    };
+    match &server.action {
+        TlsAction::Passthrough(routes) => {
+            tcp::proxy(
+                stream,
+                &conn,
+                &shared,
+                routes,
+                (conn.port, sni.as_deref()),
+                hello_bytes,
             )
             .await;
-            let hello = match read {
-                Ok(Ok(Parse::Complete(hello))) => hello,
-                Ok(Ok(other)) => {
-                    tracing::debug!(client = %conn.client, "not a TLS ClientHello: {other:?}");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %conn.client, "reading the ClientHello: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(client = %conn.client, "no ClientHello in time");
-                    return;
-                }
-            };
-            let sni = hello.server_name;
-            let Some(server) = servers.find(sni.as_deref().unwrap_or_default()) else {
-                // Envoy closes a connection no filter chain matches.
-                tracing::debug!(client = %conn.client, sni = ?sni, "no server for this SNI");
+        }
+        TlsAction::Terminate { tls, then } => {
+            let Some(tls_stream) =
+                terminate(Rewind::new(hello_bytes, stream), tls, &conn, &stats).await
+            else {
                 return;
             };
-            match &server.action {
-                TlsAction::Passthrough(routes) => {
+            let peer = {
+                let (_, session) = tls_stream.get_ref();
+                session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| cert::inspect(leaf).ok())
+            };
+            conn.tls = Some(Arc::new(TlsConn {
+                sni,
+                xfcc: peer
+                    .as_ref()
+                    .map(|info| cert::xfcc(&tls.local_uri_sans, info)),
+                principal: peer.as_ref().and_then(cert::principal),
+            }));
+            match then {
+                Terminated::Http(_) => {
+                    serve_http(TokioIo::new(tls_stream), conn, shared, builder, watcher).await
+                }
+                Terminated::Tcp(routes) => {
+                    let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
                     tcp::proxy(
-                        stream,
+                        tls_stream,
                         &conn,
                         &shared,
                         routes,
                         (conn.port, sni.as_deref()),
-                        hello_bytes,
+                        Vec::new(),
                     )
-                    .await;
-                }
-                TlsAction::Terminate { tls, then } => {
-                    let Some(tls_stream) =
-                        terminate(Rewind::new(hello_bytes, stream), tls, &conn, &stats).await
-                    else {
-                        return;
-                    };
-                    let peer = {
-                        let (_, session) = tls_stream.get_ref();
-                        session
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| cert::inspect(leaf).ok())
-                    };
-                    conn.tls = Some(Arc::new(TlsConn {
-                        sni,
-                        xfcc: peer
-                            .as_ref()
-                            .map(|info| cert::xfcc(&tls.local_uri_sans, info)),
-                        principal: peer.as_ref().and_then(cert::principal),
-                    }));
-                    match then {
-                        Terminated::Http(_) => {
-                            serve_http(TokioIo::new(tls_stream), conn, shared, builder, watcher)
-                                .await
-                        }
-                        Terminated::Tcp(routes) => {
-                            let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
-                            tcp::proxy(
-                                tls_stream,
-                                &conn,
-                                &shared,
-                                routes,
-                                (conn.port, sni.as_deref()),
-                                Vec::new(),
-                            )
-                            .await
-                        }
-                    }
+                    .await
                 }
             }
         }
@@ -402,6 +424,34 @@ impl Drop for Active {
     }
 }
 
+/// The connection preface of HTTP/2: an h2c client with prior knowledge starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How much of a connection [`first_bytes`] reads at once: most request heads fit.
+const FIRST_READ: usize = 1024;
+
+/// A connection's first bytes, in one read (another only while they are a part of HTTP/2's
+/// preface). hyper-util's protocol detection reads 24 bytes in a read of its own, then
+/// hyper reads the rest of the head in another; given these bytes first, both take them
+/// from memory, and a new connection costs one read less (`tests::first_bytes`). Empty:
+/// the client closed before sending anything.
+async fn first_bytes<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut first = Vec::with_capacity(FIRST_READ);
+    loop {
+        if io.read_buf(&mut first).await? == 0 {
+            return Ok(first);
+        }
+        let seen = first.len().min(H2_PREFACE.len());
+        if first[..seen] != H2_PREFACE[..seen]
+            || seen == H2_PREFACE.len()
+            || first.len() == first.capacity()
+        {
+            return Ok(first);
+        }
+    }
+}
+
 async fn serve_http<I>(
     io: TokioIo<I>,
     mut conn: ConnInfo,
@@ -415,15 +465,91 @@ async fn serve_http<I>(
     let access_log = shared.access_log.clone();
     let logging = shared.clone();
     // hyper reads through a watcher that sees the request framing hyper hides.
-    let (io, framing) = Watched::new(io.into_inner());
+    let (mut io, framing) = Watched::new(io.into_inner());
     conn.framing = Some(framing);
+    let first = match tokio::time::timeout(HEADER_READ_TIMEOUT, first_bytes(&mut io)).await {
+        Ok(Ok(first)) if !first.is_empty() => first,
+        // Closed before sending anything.
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%client, "connection ended: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, "nothing sent in {HEADER_READ_TIMEOUT:?}: closed");
+            return;
+        }
+    };
     let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let served =
+        builder.serve_connection_with_upgrades(TokioIo::new(Rewind::new(first, io)), service);
     if let Err(e) = watcher.watch(served).await {
         // Requests hyper refuses itself (400/414/431) never reach `handle`.
         if crate::telemetry::access_log_enabled(&logging) {
             log_refused_by_hyper(&access_log, client, e.as_ref());
         }
         tracing::debug!(%client, "connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's future is allocated and copied whole once per connection, and is
+    /// as large as its largest path: the TLS and TCP ones are boxed so that it stays at
+    /// plain HTTP's and its own arguments' (in a debug build: 7,520 bytes before,
+    /// 3,200 after; plain HTTP's 2,656, TLS's 5,088).
+    /// One read of the first bytes; more while they could be HTTP/2's preface, until it is
+    /// complete or the bytes leave it; what was read is all kept.
+    #[tokio::test]
+    async fn first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(head).await.expect("write");
+        assert_eq!(super::first_bytes(&mut server).await.expect("read"), head);
+
+        // The preface in pieces: read until it is whole, then no further.
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let reading = tokio::spawn(async move { super::first_bytes(&mut server).await });
+        for piece in [&H2_PREFACE[..3], &H2_PREFACE[3..20], &H2_PREFACE[20..]] {
+            client.write_all(piece).await.expect("write");
+            tokio::task::yield_now().await;
+        }
+        let got = reading.await.expect("task").expect("read");
+        assert_eq!(got, H2_PREFACE);
+
+        // "PR" then a byte that is not the preface's: decided at once.
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(b"PRX").await.expect("write");
+        assert_eq!(super::first_bytes(&mut server).await.expect("read"), b"PRX");
+
+        // Closed before anything.
+        let (client, mut server) = tokio::io::duplex(4096);
+        drop(client);
+        assert!(
+            super::first_bytes(&mut server)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn connection_future_sizes() {
+        type TlsIo = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;
+        let connection = future_size!(connection, A, B, C, D, E, F);
+        let plain = future_size!(serve_http::<TcpStream>, A, B, C, D, E);
+        let tls = future_size!(serve_http::<TlsIo>, A, B, C, D, E);
+        assert!(
+            tls > plain,
+            "the TLS path is the larger: {tls} against {plain}"
+        );
+        assert!(
+            connection <= plain + 1024 && connection < tls,
+            "a connection's future ({connection} bytes) carries more than plain HTTP's \
+             ({plain}): a larger path is inline again"
+        );
     }
 }

@@ -4,18 +4,6 @@
 //! timeout, and retries when the request has no body to replay (Istio's default: 2
 //! retries on connect failure, refused stream and 503).
 
-/// The size of the future `f` returns when called with arguments of types `A`... (for
-/// the tests that keep the request's future small).
-#[cfg(test)]
-macro_rules! future_size {
-    ($f:expr, $($a:ident),*) => {{
-        fn size<$($a),*, Fut>(_: &impl Fn($($a),*) -> Fut) -> usize {
-            std::mem::size_of::<Fut>()
-        }
-        size(&$f)
-    }};
-}
-
 mod connect;
 mod http1;
 
