@@ -57,12 +57,14 @@ fn build() -> Result<(), String> {
     );
     println!("cargo:rerun-if-env-changed=WASMGATE_WASM_TOOLCHAIN");
 
-    // Relative relocations packed (DT_RELR, glibc 2.36 and GNU ld 2.38 or later): the
-    // loader reads a few KiB at start instead of the binary's `.rela.dyn` (0.9 MiB of a
-    // release build, all of it resident after start). The binary stays position
-    // independent.
+    // Relative relocations packed (DT_RELR): the loader reads a few KiB at start instead
+    // of the binary's `.rela.dyn` (0.9 MiB of a release build, all of it resident after
+    // start); the binary stays position independent. It then needs glibc 2.36 or later
+    // where it runs, so only a native build on such a glibc gets it.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
+        && env::var("HOST").ok() == env::var("TARGET").ok()
+        && glibc_at_least(2, 36)
     {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
@@ -120,6 +122,26 @@ fn build() -> Result<(), String> {
         target_dir.display()
     );
     Ok(())
+}
+
+/// Is this machine's glibc (`getconf GNU_LIBC_VERSION`: `glibc 2.36`) at least
+/// `major.minor`? No: anything unexpected.
+fn glibc_at_least(major: u32, minor: u32) -> bool {
+    let Ok(out) = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text.trim().strip_prefix("glibc ") else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// Every `plugins/*/Cargo.toml` and `plugins/*/*/Cargo.toml` package.

@@ -857,6 +857,42 @@ async fn sigterm_drains_requests_in_flight() {
     );
 }
 
+/// SIGTERM with a client connected that has sent nothing: the drain closes that
+/// connection at once (the listener's first read is hyper-util's, which a drain
+/// cancels), so the gateway exits long before its drain time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_a_silent_connection() {
+    let port = free_port();
+    let dir = TempDir::new("drain-silent");
+    dir.write("gw.yaml", &gateway("gw", port, &["*"]));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - directResponse: {status: 200}\n",
+    );
+    // One worker: one accept queue, so the request below is accepted after `silent`.
+    let args = ["--drain-seconds", "30", "--workers", "1"];
+    let mut gw = Gateway::start(dir.path(), &args).await;
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let r = get(port, "a", "/", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    gw.terminate();
+    assert_eq!(
+        gw.exited(std::time::Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        gw.log_text()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?} for a connection that sent nothing",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
 /// A restart loads compiled components from the compile cache instead of compiling;
 /// a damaged entry is compiled again and replaced, and a folder others may write is
 /// not used at all.

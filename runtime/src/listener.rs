@@ -424,34 +424,6 @@ impl Drop for Active {
     }
 }
 
-/// The connection preface of HTTP/2: an h2c client with prior knowledge starts with it.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// How much of a connection [`first_bytes`] reads at once: most request heads fit.
-const FIRST_READ: usize = 1024;
-
-/// A connection's first bytes, in one read (another only while they are a part of HTTP/2's
-/// preface). hyper-util's protocol detection reads 24 bytes in a read of its own, then
-/// hyper reads the rest of the head in another; given these bytes first, both take them
-/// from memory, and a new connection costs one read less (`tests::first_bytes`). Empty:
-/// the client closed before sending anything.
-async fn first_bytes<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut first = Vec::with_capacity(FIRST_READ);
-    loop {
-        if io.read_buf(&mut first).await? == 0 {
-            return Ok(first);
-        }
-        let seen = first.len().min(H2_PREFACE.len());
-        if first[..seen] != H2_PREFACE[..seen]
-            || seen == H2_PREFACE.len()
-            || first.len() == first.capacity()
-        {
-            return Ok(first);
-        }
-    }
-}
-
 async fn serve_http<I>(
     io: TokioIo<I>,
     mut conn: ConnInfo,
@@ -465,24 +437,15 @@ async fn serve_http<I>(
     let access_log = shared.access_log.clone();
     let logging = shared.clone();
     // hyper reads through a watcher that sees the request framing hyper hides.
-    let (mut io, framing) = Watched::new(io.into_inner());
+    let (io, framing) = Watched::new(io.into_inner());
     conn.framing = Some(framing);
-    let first = match tokio::time::timeout(HEADER_READ_TIMEOUT, first_bytes(&mut io)).await {
-        Ok(Ok(first)) if !first.is_empty() => first,
-        // Closed before sending anything.
-        Ok(Ok(_)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%client, "connection ended: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%client, "nothing sent in {HEADER_READ_TIMEOUT:?}: closed");
-            return;
-        }
-    };
     let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
+    // The connection's first read takes up to 1 KiB although hyper-util's protocol
+    // detection asks for 24 bytes; hyper gets the rest from memory, not from a second
+    // read of the socket (`Rewind::read_ahead`). The detection still drives that read, so
+    // a drain still closes a connection that has sent nothing.
     let served =
-        builder.serve_connection_with_upgrades(TokioIo::new(Rewind::new(first, io)), service);
+        builder.serve_connection_with_upgrades(TokioIo::new(Rewind::read_ahead(io)), service);
     if let Err(e) = watcher.watch(served).await {
         // Requests hyper refuses itself (400/414/431) never reach `handle`.
         if crate::telemetry::access_log_enabled(&logging) {
@@ -500,42 +463,6 @@ mod tests {
     /// as large as its largest path: the TLS and TCP ones are boxed so that it stays at
     /// plain HTTP's and its own arguments' (in a debug build: 7,520 bytes before,
     /// 3,200 after; plain HTTP's 2,656, TLS's 5,088).
-    /// One read of the first bytes; more while they could be HTTP/2's preface, until it is
-    /// complete or the bytes leave it; what was read is all kept.
-    #[tokio::test]
-    async fn first_bytes() {
-        use tokio::io::AsyncWriteExt;
-        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let (mut client, mut server) = tokio::io::duplex(4096);
-        client.write_all(head).await.expect("write");
-        assert_eq!(super::first_bytes(&mut server).await.expect("read"), head);
-
-        // The preface in pieces: read until it is whole, then no further.
-        let (mut client, mut server) = tokio::io::duplex(4096);
-        let reading = tokio::spawn(async move { super::first_bytes(&mut server).await });
-        for piece in [&H2_PREFACE[..3], &H2_PREFACE[3..20], &H2_PREFACE[20..]] {
-            client.write_all(piece).await.expect("write");
-            tokio::task::yield_now().await;
-        }
-        let got = reading.await.expect("task").expect("read");
-        assert_eq!(got, H2_PREFACE);
-
-        // "PR" then a byte that is not the preface's: decided at once.
-        let (mut client, mut server) = tokio::io::duplex(4096);
-        client.write_all(b"PRX").await.expect("write");
-        assert_eq!(super::first_bytes(&mut server).await.expect("read"), b"PRX");
-
-        // Closed before anything.
-        let (client, mut server) = tokio::io::duplex(4096);
-        drop(client);
-        assert!(
-            super::first_bytes(&mut server)
-                .await
-                .expect("read")
-                .is_empty()
-        );
-    }
-
     #[test]
     fn connection_future_sizes() {
         type TlsIo = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;

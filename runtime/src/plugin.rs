@@ -433,6 +433,8 @@ impl PluginHost {
     /// Compile a plugin from bytes: a component, or a core module carrying
     /// wit-bindgen's component-type section (made into a component here, with the
     /// WASI preview1 adapter when it imports WASI). `name` is used in errors and logs.
+    /// Copies and hashes `bytes` (tests and tools; the gateway's own loads go through
+    /// [`PluginHost::compile_bytes`] with the digest computed once).
     pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<CompiledPlugin, PluginError> {
         self.compile_bytes(name, &PluginBytes::new(bytes.to_vec()))
     }
@@ -476,7 +478,7 @@ impl PluginHost {
         let direct = direct_on_request(&self.inner.engine, &component);
         let direct_mode = match direct {
             None => Direct::No,
-            Some(_) if builtin::is_embedded(&plugin.sha256) => Direct::Trusted,
+            Some(_) if builtin::is_embedded(plugin.sha256()) => Direct::Trusted,
             Some(_) => Direct::Restartable,
         };
         Ok(CompiledPlugin {

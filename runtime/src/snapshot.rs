@@ -295,7 +295,7 @@ impl CompileCache {
         name: &str,
         plugin: PluginBytes,
     ) -> Result<CompiledPlugin, PluginError> {
-        let key = plugin.sha256;
+        let key = *plugin.sha256();
         self.mark(key);
         if let Some(hit) = self.compiled.get(&key) {
             return Ok(hit.clone());
@@ -1020,7 +1020,7 @@ async fn load_user_plugin(
         ))
     })?);
     if let Some(want) = &wp.sha256 {
-        let got = crate::tls::cert::hex(&plugin.sha256);
+        let got = crate::tls::cert::hex(plugin.sha256());
         if !got.eq_ignore_ascii_case(want) {
             return Err(Box::new(error(
                 &wp.meta,

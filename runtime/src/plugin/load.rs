@@ -18,8 +18,8 @@ use super::builtin::Builtin;
 /// compiled never reads its bytes.
 #[derive(Debug, Clone)]
 pub struct PluginBytes {
-    pub bytes: Cow<'static, [u8]>,
-    pub sha256: [u8; 32],
+    bytes: Cow<'static, [u8]>,
+    sha256: [u8; 32],
     /// Known to be a component without reading its header: an embedded one (`build.rs`
     /// made it one).
     embedded: bool,
@@ -41,6 +41,11 @@ impl PluginBytes {
             sha256: *b.sha256,
             embedded: true,
         }
+    }
+
+    /// The SHA-256 of the bytes as given (a WasmPlugin's `sha256` names this one).
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
     }
 
     /// The component these bytes are (as they are), or make (a core module), and the

@@ -3,6 +3,10 @@
 //! before anything else touches the connection; then either rustls terminates TLS over a
 //! `Rewind` of the connection, seeing the ClientHello as if it were never read, or, for an
 //! Istio `PASSTHROUGH` server, the bytes are spliced to a backend, the replayed ones first.
+//!
+//! [`Rewind::read_ahead`] makes the replayed bytes itself: an HTTP connection's first read
+//! asks for more than its reader wants (hyper-util's HTTP/1-or-h2c detection asks for 24
+//! bytes), and the rest is replayed to hyper, which would otherwise read the socket again.
 
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -21,7 +25,13 @@ pub struct Rewind<S> {
     /// How much of `prefix` reads have served.
     served: usize,
     inner: S,
+    /// The first read is still to come, and reads [`READ_AHEAD`] bytes if its reader
+    /// asks for fewer.
+    ahead: bool,
 }
+
+/// How much [`Rewind::read_ahead`]'s first read asks for: most request heads fit.
+pub const READ_AHEAD: usize = 1024;
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
@@ -29,6 +39,16 @@ impl<S> Rewind<S> {
             prefix,
             served: 0,
             inner,
+            ahead: false,
+        }
+    }
+
+    /// Nothing to replay yet: the first read takes up to [`READ_AHEAD`] bytes from
+    /// `inner` however few its reader asks for, and replays what the reader left.
+    pub fn read_ahead(inner: S) -> Self {
+        Self {
+            ahead: true,
+            ..Self::new(Vec::new(), inner)
         }
     }
 
@@ -55,6 +75,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.ahead {
+            if buf.remaining() < READ_AHEAD {
+                let mut ahead = [0u8; READ_AHEAD];
+                let mut into = ReadBuf::new(&mut ahead);
+                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut into))?;
+                this.prefix = into.filled().to_vec();
+                this.served = 0;
+            }
+            this.ahead = false;
+        }
         let unread = this.prefix.get(this.served..).unwrap_or_default();
         if unread.is_empty() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -122,6 +152,67 @@ mod tests {
     fn unpin_when_inner_is() {
         assert_unpin::<Rewind<tokio::io::DuplexStream>>();
         assert_unpin::<Rewind<tokio::net::TcpStream>>();
+    }
+
+    /// Reads as a socket gives them: whatever is there, each read counted.
+    struct Counted {
+        data: Vec<u8>,
+        reads: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.reads += 1;
+            let n = this.data.len().min(buf.remaining());
+            buf.put_slice(&this.data[..n]);
+            this.data.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn read_ahead_makes_a_small_first_read_large() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(10);
+        let mut stream = Rewind::read_ahead(Counted {
+            data: head.clone(),
+            reads: 0,
+        });
+        let mut first = [0u8; 24];
+        stream.read_exact(&mut first).await.expect("read");
+        assert_eq!(stream.get_ref().reads, 1);
+        let mut rest = vec![0u8; 8192];
+        let n = stream.read(&mut rest).await.expect("read");
+        assert_eq!([&first[..], &rest[..n]].concat(), head);
+        assert_eq!(stream.get_ref().reads, 1, "the rest came from memory");
+        assert_eq!(stream.read(&mut rest).await.expect("read"), 0);
+        assert_eq!(stream.get_ref().reads, 2, "then the socket again");
+
+        // More than READ_AHEAD: the first read takes that much, the next goes on.
+        let long = vec![b'x'; READ_AHEAD + 100];
+        let mut stream = Rewind::read_ahead(Counted {
+            data: long.clone(),
+            reads: 0,
+        });
+        let mut got = vec![0u8; 10];
+        stream.read_exact(&mut got).await.expect("read");
+        let mut all = got;
+        stream.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, long);
+
+        // A reader with room for it all reads straight through: one read.
+        let mut stream = Rewind::read_ahead(Counted {
+            data: head.clone(),
+            reads: 0,
+        });
+        let mut big = vec![0u8; 8192];
+        let n = stream.read(&mut big).await.expect("read");
+        assert_eq!(&big[..n], &head[..]);
+        assert_eq!(stream.get_ref().reads, 1);
     }
 
     #[tokio::test]
