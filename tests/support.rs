@@ -322,11 +322,30 @@ impl Gateway {
 
     /// Start `wasmgate run --config <config> [extra...]` without waiting for it.
     pub fn spawn(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Self::spawn_under(&[], config, extra, env)
+    }
+
+    /// Like [`Gateway::spawn`], run by `wrapper` (a command that ends by executing its
+    /// arguments, such as `prlimit --as=N --`); none when empty.
+    pub fn spawn_under(
+        wrapper: &[&str],
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = TempDir::new("log");
         let log = dir.path().join("wasmgate.log");
         let admin = free_port();
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(config)

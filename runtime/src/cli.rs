@@ -244,6 +244,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = (crate::plugin::DEFAULT_MEMORY_TOTAL >> 20) as u64,
           value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub plugin_memory_total_mib: u64,
+    /// Instances the engine's pool holds for all plugins together. Each slot reserves
+    /// address space (about 4 GiB for its memory) but no memory until used; fewer suit
+    /// a tight address-space limit (`ulimit -v`, valgrind).
+    #[arg(long, default_value_t = crate::plugin::DEFAULT_POOL_INSTANCES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub plugin_pool_instances: u32,
     /// Most instances one plugin may have alive at once.
     #[arg(long, default_value_t = crate::plugin::DEFAULT_MAX_INSTANCES_PER_PLUGIN,
           value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -638,6 +644,7 @@ pub fn run_options(args: &RunArgs) -> Options {
                 .checked_mul(1 << 20)
                 .and_then(|b| usize::try_from(b).ok())
                 .unwrap_or(usize::MAX),
+            max_instances: args.plugin_pool_instances,
             max_instances_per_plugin: args.plugin_max_instances,
             cpu_per_second: Duration::from_millis(args.plugin_cpu_ms_per_second),
             compile_cache: match args.compile_cache.clone() {

@@ -58,6 +58,8 @@ pub use load::{PluginBytes, WIT_PACKAGE, is_component};
 pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(100);
 /// The largest linear memory one plugin instance may grow to.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+/// Instances the engine's pool holds for all plugins together, by default.
+pub const DEFAULT_POOL_INSTANCES: u32 = 1000;
 /// Instances one plugin may have alive at once, by default: far more than calls run at
 /// once on a gateway's few threads, even with outbound calls waiting.
 pub const DEFAULT_MAX_INSTANCES_PER_PLUGIN: u32 = 256;
@@ -240,7 +242,7 @@ impl Default for HostSettings {
             random_seed: None,
             call_budget: DEFAULT_CALL_BUDGET,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            max_instances: 1000,
+            max_instances: DEFAULT_POOL_INSTANCES,
             max_instances_per_plugin: DEFAULT_MAX_INSTANCES_PER_PLUGIN,
             memory_total: DEFAULT_MEMORY_TOTAL,
             cpu_per_second: DEFAULT_CPU_PER_SECOND,
