@@ -68,6 +68,7 @@ fn build() -> Result<(), String> {
     {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    startup_order(&manifest);
 
     let plugins = discover(&root.join("plugins"))?;
     let forced = env::var("WASMGATE_WASM_TOOLCHAIN").ok();
@@ -124,6 +125,58 @@ fn build() -> Result<(), String> {
     Ok(())
 }
 
+/// A release build for x86-64 Linux linked by rust-lld (Rust's default linker there
+/// since 1.90) lays the functions a start runs side by side, in the order
+/// `runtime/startup.order` lists them (`bench/startup-order.sh` makes it). Each page of
+/// code a start touches maps the 64 KiB around it, so the 2.6 MiB of functions a start
+/// runs, scattered over 22 MiB of code, kept 10.6 MiB of the binary resident at rest.
+/// Names the build no longer has are skipped; any other linker is left alone (GNU ld
+/// has no such option).
+fn startup_order(manifest: &Path) {
+    let order = manifest.join("startup.order");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
+    let linker_set = env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
+        || env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("linker"));
+    if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
+        || env::var("HOST").ok() != env::var("TARGET").ok()
+        || env::var("PROFILE").as_deref() != Ok("release")
+        || linker_set
+        || !rustc_at_least(1, 90)
+        || !order.is_file()
+    {
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// Is the compiler building this (`$RUSTC -V`: `rustc 1.95.0 (...)`) at least
+/// `major.minor`? No: anything unexpected.
+fn rustc_at_least(major: u32, minor: u32) -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = std::process::Command::new(rustc).arg("-V").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text.split_whitespace().nth(1) else {
+        return false;
+    };
+    version_at_least(version, major, minor)
+}
+
+/// Is `version` (`2.36`, `1.95.0`) at least `major.minor`?
+fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Is this machine's glibc (`getconf GNU_LIBC_VERSION`: `glibc 2.36`) at least
 /// `major.minor`? No: anything unexpected.
 fn glibc_at_least(major: u32, minor: u32) -> bool {
@@ -137,11 +190,7 @@ fn glibc_at_least(major: u32, minor: u32) -> bool {
     let Some(version) = text.trim().strip_prefix("glibc ") else {
         return false;
     };
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => false,
-    }
+    version_at_least(version, major, minor)
 }
 
 /// Every `plugins/*/Cargo.toml` and `plugins/*/*/Cargo.toml` package.
