@@ -68,7 +68,7 @@ fn build() -> Result<(), String> {
     {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    startup_order(&manifest);
+    startup_order(&manifest, &out_dir);
 
     let plugins = discover(&root.join("plugins"))?;
     let forced = env::var("WASMGATE_WASM_TOOLCHAIN").ok();
@@ -130,42 +130,66 @@ fn build() -> Result<(), String> {
 /// `runtime/startup.order` lists them (`bench/startup-order.sh` makes it). Each page of
 /// code a start touches maps the 64 KiB around it, so the 2.6 MiB of functions a start
 /// runs, scattered over 22 MiB of code, kept 10.6 MiB of the binary resident at rest.
-/// Names the build no longer has are skipped; any other linker is left alone (GNU ld
-/// has no such option).
-fn startup_order(manifest: &Path) {
+/// Names the build no longer has are skipped. Whether the linker takes the option is
+/// not guessed from the toolchain (a distribution's rustc, a linker set in
+/// `.cargo/config.toml` or `-fuse-ld=` in the flags each link with another one): an
+/// empty program is linked with it first, the way this build links, and the option is
+/// only passed on if that works.
+fn startup_order(manifest: &Path, out_dir: &Path) {
     let order = manifest.join("startup.order");
-    println!("cargo:rerun-if-changed={}", order.display());
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
-    let linker_set = env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
-        || env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("linker"));
     if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
         || env::var("HOST").ok() != env::var("TARGET").ok()
         || env::var("PROFILE").as_deref() != Ok("release")
-        || linker_set
-        || !rustc_at_least(1, 90)
-        || !order.is_file()
     {
         return;
     }
-    println!(
-        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-        order.display()
-    );
-    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    println!("cargo:rerun-if-changed={}", order.display());
+    let args = [
+        format!("-Wl,--symbol-ordering-file={}", order.display()),
+        "-Wl,--no-warn-symbol-ordering".to_string(),
+    ];
+    if order.is_file() && links_with(out_dir, &args) {
+        for arg in args {
+            println!("cargo:rustc-link-arg-bins={arg}");
+        }
+    }
 }
 
-/// Is the compiler building this (`$RUSTC -V`: `rustc 1.95.0 (...)`) at least
-/// `major.minor`? No: anything unexpected.
-fn rustc_at_least(major: u32, minor: u32) -> bool {
+/// Does an empty program link with `link_args` added, with this build's compiler,
+/// flags and linker?
+fn links_with(out_dir: &Path, link_args: &[String]) -> bool {
+    let source = out_dir.join("link-probe.rs");
+    if fs::write(&source, "fn main() {}\n").is_err() {
+        return false;
+    }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Ok(out) = std::process::Command::new(rustc).arg("-V").output() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(version) = text.split_whitespace().nth(1) else {
-        return false;
-    };
-    version_at_least(version, major, minor)
+    let mut probe = std::process::Command::new(rustc);
+    probe
+        .arg(&source)
+        .arg("-o")
+        .arg(out_dir.join("link-probe"))
+        .args(["--edition", "2021", "--crate-type", "bin"]);
+    if let Ok(target) = env::var("TARGET") {
+        probe.args(["--target", &target]);
+    }
+    if let Ok(flags) = env::var("CARGO_ENCODED_RUSTFLAGS") {
+        probe.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        probe.arg("-C").arg({
+            let mut a = std::ffi::OsString::from("linker=");
+            a.push(linker);
+            a
+        });
+    }
+    for arg in link_args {
+        probe.arg("-C").arg(format!("link-arg={arg}"));
+    }
+    probe
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Is `version` (`2.36`, `1.95.0`) at least `major.minor`?

@@ -131,7 +131,7 @@ async fn quickstart_answers_as_its_readme_says() {
 /// `--plugin-pool-instances` shrinks the address space the engine reserves: under a
 /// 64 GiB limit (`prlimit --as`) the default pool (1,000 slots of about 4 GiB each)
 /// cannot be reserved and the gateway says so and exits, while a pool of 8 serves the
-/// quickstart (how `bench/startup-order.sh` runs it under valgrind).
+/// quickstart (`bench/startup-order.sh` starts it with a pool of 4 under valgrind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_instance_pool_starts_under_an_address_space_limit() {
     let dir = TempDir::new("quickstart-pool");
@@ -142,14 +142,13 @@ async fn a_small_instance_pool_starts_under_an_address_space_limit() {
     let code = default.exited(Duration::from_secs(60)).await;
     let log = default.log_text();
     assert!(matches!(code, Some(c) if c != 0), "{code:?}\n{log}");
-    assert!(log.contains("failed to create memory pool mapping"), "{log}");
-
-    let mut small = Gateway::spawn_under(
-        &limit,
-        dir.path(),
-        &["--plugin-pool-instances", "8"],
-        &[],
+    assert!(
+        log.contains("failed to create memory pool mapping"),
+        "{log}"
     );
+
+    let mut small =
+        Gateway::spawn_under(&limit, dir.path(), &["--plugin-pool-instances", "8"], &[]);
     if let Err(log) = small.wait_ready(Duration::from_secs(60)).await {
         panic!("a pool of 8 did not start under the limit:\n{log}");
     }

@@ -246,7 +246,8 @@ pub struct RunArgs {
     pub plugin_memory_total_mib: u64,
     /// Instances the engine's pool holds for all plugins together. Each slot reserves
     /// address space (about 4 GiB for its memory) but no memory until used; fewer suit
-    /// a tight address-space limit (`ulimit -v`, valgrind).
+    /// a tight address-space limit (`ulimit -v`, valgrind). Idle instances keep their
+    /// slots and a reload needs about twice a start's (docs/plugins.md).
     #[arg(long, default_value_t = crate::plugin::DEFAULT_POOL_INSTANCES, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub plugin_pool_instances: u32,
@@ -663,7 +664,6 @@ pub fn run_options(args: &RunArgs) -> Options {
                 .redis
                 .clone()
                 .map(|url| (url, Duration::from_millis(args.redis_timeout_ms.max(1)))),
-            ..HostSettings::default()
         },
         plugin_host_env: args.plugin_host_env.clone(),
         drain: Duration::from_secs(args.drain_seconds),
