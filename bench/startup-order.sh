@@ -20,7 +20,7 @@ for tool in valgrind callgrind_control curl nm python3; do
 done
 
 cargo build --release -p wasmgate
-bin=target/release/wasmgate
+bin="${CARGO_TARGET_DIR:-target}/release/wasmgate"
 work=$(mktemp -d)
 pid=
 cleanup() {
@@ -33,7 +33,7 @@ free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',
 
 # The quickstart with its ports (8080, 8081, 8082) moved to free ones.
 mkdir "$work/config"
-moved="s/8080/$(free_port)/g; s/8081/$(free_port)/g; s/8082/$(free_port)/g"
+moved="s/\b8080\b/$(free_port)/g; s/\b8081\b/$(free_port)/g; s/\b8082\b/$(free_port)/g"
 for file in examples/quickstart/*.yaml; do
     sed -e "$moved" "$file" >"$work/config/$(basename "$file")"
 done
@@ -45,7 +45,8 @@ start() {
     local admin ready=
     admin=$(free_port)
     rm -f "$1" "$1".*
-    WASMGATE_LOG=warn valgrind --tool=callgrind --demangle=no --callgrind-out-file="$1" \
+    WASMGATE_LOG=warn valgrind --tool=callgrind --demangle=no --separate-threads=no \
+        --combine-dumps=no --callgrind-out-file="$1" \
         "$bin" run --config "$work/config" --admin "127.0.0.1:$admin" \
         --listen-address 127.0.0.1 --compile-cache "$work/cache" --plugin-pool-instances 4 \
         >"$work/valgrind.log" 2>&1 &
@@ -63,7 +64,7 @@ start() {
     sleep 2
     callgrind_control -d "$pid" >/dev/null
     for _ in $(seq 1 60); do [ -s "$1.1" ] && break; sleep 0.5; done
-    kill -INT "$pid"
+    kill -INT "$pid" 2>/dev/null || true
     for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" || true

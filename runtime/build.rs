@@ -128,13 +128,14 @@ fn build() -> Result<(), String> {
 /// A release build for x86-64 Linux linked by rust-lld (Rust's default linker there
 /// since 1.90) lays the functions a start runs side by side, in the order
 /// `runtime/startup.order` lists them (`bench/startup-order.sh` makes it). Each page of
-/// code a start touches maps the 64 KiB around it, so the 2.6 MiB of functions a start
+/// code a start touches maps the 64 KiB around it, so the 2.4 MiB of functions a start
 /// runs, scattered over 22 MiB of code, kept 10.6 MiB of the binary resident at rest.
 /// Names the build no longer has are skipped. Whether the linker takes the option is
 /// not guessed from the toolchain (a distribution's rustc, a linker set in
 /// `.cargo/config.toml` or `-fuse-ld=` in the flags each link with another one): an
 /// empty program is linked with it first, the way this build links, and the option is
-/// only passed on if that works.
+/// only passed on if that works. (Cargo does not rerun this script when only a
+/// config file's linker changes: `cargo clean -p wasmgate --release` then.)
 fn startup_order(manifest: &Path, out_dir: &Path) {
     let order = manifest.join("startup.order");
     if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
@@ -144,11 +145,13 @@ fn startup_order(manifest: &Path, out_dir: &Path) {
         return;
     }
     println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let args = [
         format!("-Wl,--symbol-ordering-file={}", order.display()),
         "-Wl,--no-warn-symbol-ordering".to_string(),
     ];
-    if order.is_file() && links_with(out_dir, &args) {
+    let workspace = manifest.parent().unwrap_or(manifest);
+    if order.is_file() && links_with(workspace, out_dir, &args) {
         for arg in args {
             println!("cargo:rustc-link-arg-bins={arg}");
         }
@@ -156,8 +159,9 @@ fn startup_order(manifest: &Path, out_dir: &Path) {
 }
 
 /// Does an empty program link with `link_args` added, with this build's compiler,
-/// flags and linker?
-fn links_with(out_dir: &Path, link_args: &[String]) -> bool {
+/// flags and linker, run from `workspace` as cargo runs rustc (relative paths in the
+/// flags resolve the same)?
+fn links_with(workspace: &Path, out_dir: &Path, link_args: &[String]) -> bool {
     let source = out_dir.join("link-probe.rs");
     if fs::write(&source, "fn main() {}\n").is_err() {
         return false;
@@ -165,22 +169,31 @@ fn links_with(out_dir: &Path, link_args: &[String]) -> bool {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let mut probe = std::process::Command::new(rustc);
     probe
+        .current_dir(workspace)
         .arg(&source)
         .arg("-o")
         .arg(out_dir.join("link-probe"))
-        .args(["--edition", "2021", "--crate-type", "bin"]);
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--cap-lints",
+            "allow",
+        ]);
     if let Ok(target) = env::var("TARGET") {
         probe.args(["--target", &target]);
     }
-    if let Ok(flags) = env::var("CARGO_ENCODED_RUSTFLAGS") {
-        probe.args(flags.split('\x1f').filter(|f| !f.is_empty()));
-    }
+    // Where cargo puts them: the configured linker before the flags, which may override it.
     if let Some(linker) = env::var_os("RUSTC_LINKER") {
         probe.arg("-C").arg({
             let mut a = std::ffi::OsString::from("linker=");
             a.push(linker);
             a
         });
+    }
+    if let Ok(flags) = env::var("CARGO_ENCODED_RUSTFLAGS") {
+        probe.args(flags.split('\x1f').filter(|f| !f.is_empty()));
     }
     for arg in link_args {
         probe.arg("-C").arg(format!("link-arg={arg}"));

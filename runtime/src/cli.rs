@@ -247,7 +247,8 @@ pub struct RunArgs {
     /// Instances the engine's pool holds for all plugins together. Each slot reserves
     /// address space (about 4 GiB for its memory) but no memory until used; fewer suit
     /// a tight address-space limit (`ulimit -v`, valgrind). Idle instances keep their
-    /// slots and a reload needs about twice a start's (docs/plugins.md).
+    /// slots, and a reload needs what the running configuration holds plus a start's
+    /// (docs/plugins.md).
     #[arg(long, default_value_t = crate::plugin::DEFAULT_POOL_INSTANCES, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub plugin_pool_instances: u32,
