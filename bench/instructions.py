@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Instructions per keep-alive request, counted by valgrind's callgrind: scenario 1's
+wasmgate (router + fault + split, bench/run.py's config) and nginx proxying to the same
+origin. A count, not a time: exact and the same from run to run, so it shows what a
+change to the request path saves where CPU per request on a noisy machine cannot. It
+counts user-space instructions only (the kernel's half of a request is not in it).
+
+Usage: python3 bench/instructions.py [--wasmgate target/release/wasmgate] [--requests 2000]
+Needs valgrind (apt-get install valgrind) and nginx (nginx-light).
+"""
+import argparse
+import glob
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as R  # noqa: E402  (bench/run.py: the configs and free_port)
+
+
+def requests(port: int, n: int) -> None:
+    """`n` sequential GET /bench on one keep-alive connection, each answered 200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(n):
+        c.request("GET", "/bench", headers={"Host": "bench.local"})
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise SystemExit(f"GET /bench on :{port} answered {r.status}: {body[:200]!r}")
+    c.close()
+
+
+def count(work: Path, name: str, argv: list[str], port: int, n: int) -> float:
+    """Start `argv` under callgrind, warm it, count `n` requests; instructions per request."""
+    out = work / f"{name}.callgrind"
+    log = work / f"{name}.valgrind.log"
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=no",
+                          "--combine-dumps=no", f"--callgrind-out-file={out}"] + argv,
+                         stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                         env=dict(os.environ, WASMGATE_LOG="warn"))
+    try:
+        for _ in range(600):
+            if p.poll() is not None:
+                raise SystemExit(f"{name} exited under valgrind:\n{log.read_text()}")
+            try:
+                requests(port, 1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        requests(port, 300)
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        requests(port, n)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        dump = Path(f"{out}.1")
+        for _ in range(60):
+            if dump.exists() and dump.stat().st_size > 0:
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        p.terminate()
+        p.wait()
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1]) / n
+    raise SystemExit(f"no totals in {dump}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--wasmgate", default="target/release/wasmgate")
+    ap.add_argument("--requests", type=int, default=2000)
+    a = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "nginx"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            raise SystemExit(f"{tool} is not installed (apt-get install valgrind nginx-light)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        origin_port = R.free_port()
+        (work / "origin.conf").write_text(R.nginx_origin(work, origin_port))
+        origin = subprocess.Popen(["nginx", "-e", "stderr", "-p", str(work), "-c",
+                                   str(work / "origin.conf")], stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            port, admin = R.free_port(), R.free_port()
+            (work / "wasmgate.yaml").write_text(R.wasmgate_base(port, origin_port) + R.realistic_vs())
+            # valgrind cannot reserve the default instance pool's address space.
+            wg = count(work, "wasmgate", [a.wasmgate, "run", "--config", str(work / "wasmgate.yaml"),
+                                          "--admin", f"127.0.0.1:{admin}", "--listen-address",
+                                          "127.0.0.1", "--plugin-pool-instances", "8",
+                                          "--compile-cache", str(work / "cache")], port, a.requests)
+            nport = R.free_port()
+            conf = R.nginx_proxy(work, nport, origin_port).replace(
+                "worker_processes 1;", "worker_processes 1;\nmaster_process off;")
+            (work / "nginx-proxy.conf").write_text(conf)
+            ng = count(work, "nginx", ["nginx", "-e", "stderr", "-p", str(work), "-c",
+                                       str(work / "nginx-proxy.conf")], nport, a.requests)
+        finally:
+            origin.terminate()
+            origin.wait()
+    print(f"instructions per keep-alive request ({a.requests} counted, user space):")
+    print(f"  wasmgate (router + fault + split): {wg:,.0f}")
+    print(f"  nginx (proxy_pass):                {ng:,.0f}")
+    print(f"  wasmgate/nginx:                    {wg / ng:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
