@@ -107,12 +107,7 @@ pub fn edge_headers(
 
     // Every x-forwarded-for line, in order, then the client.
     let mut client_text = [0u8; 64];
-    let client_len = {
-        use std::io::Write as _;
-        let mut cursor = std::io::Cursor::new(&mut client_text[..]);
-        let _ = write!(cursor, "{}", client.to_canonical());
-        usize::try_from(cursor.position()).unwrap_or(0)
-    };
+    let client_len = write_ip(&mut client_text, client.to_canonical());
     let client_text = &client_text[..client_len];
     let earlier = headers
         .get_all(&X_FORWARDED_FOR)
@@ -142,6 +137,40 @@ pub fn edge_headers(
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
     id
+}
+
+/// `ip` as text into `out`, its length returned. An IPv4 address is written digit by
+/// digit: through `Display` it took about 1,000 instructions, a per-request cost
+/// (callgrind, scenario 1); IPv6 still goes through `Display`.
+fn write_ip(out: &mut [u8; 64], ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut at = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[at] = b'.';
+                    at += 1;
+                }
+                if octet >= 100 {
+                    out[at] = b'0' + octet / 100;
+                    at += 1;
+                }
+                if octet >= 10 {
+                    out[at] = b'0' + octet / 10 % 10;
+                    at += 1;
+                }
+                out[at] = b'0' + octet % 10;
+                at += 1;
+            }
+            at
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cursor, "{ip}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    }
 }
 
 /// `x-forwarded-client-cert` as Istio's gateways set it (Envoy's `SANITIZE_SET`):
@@ -258,6 +287,31 @@ pub fn single_content_type(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_displays() {
+        let cases: [IpAddr; 8] = [
+            [0, 0, 0, 0].into(),
+            [255, 255, 255, 255].into(),
+            [127, 0, 0, 1].into(),
+            [10, 9, 99, 100].into(),
+            [1, 20, 199, 250].into(),
+            "::1".parse().expect("v6"),
+            "2001:db8::8a2e:370:7334".parse().expect("v6"),
+            "::ffff:ffff:ffff".parse().expect("v6"),
+        ];
+        for ip in cases {
+            let mut out = [0u8; 64];
+            let n = super::write_ip(&mut out, ip);
+            assert_eq!(std::str::from_utf8(&out[..n]), Ok(ip.to_string().as_str()));
+        }
+        for a in 0..=255u8 {
+            let ip = IpAddr::from([a, 255 - a, a / 3, a.wrapping_mul(7)]);
+            let mut out = [0u8; 64];
+            let n = super::write_ip(&mut out, ip);
+            assert_eq!(std::str::from_utf8(&out[..n]), Ok(ip.to_string().as_str()));
+        }
+    }
 
     #[test]
     fn xff_appends_and_request_id_kept_only_from_internal_clients() {
