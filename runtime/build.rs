@@ -68,7 +68,7 @@ fn build() -> Result<(), String> {
     {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    startup_order(&manifest, &out_dir);
+    startup_order(&manifest, &root, &out_dir);
 
     let plugins = discover(&root.join("plugins"))?;
     let forced = env::var("WASMGATE_WASM_TOOLCHAIN").ok();
@@ -136,7 +136,7 @@ fn build() -> Result<(), String> {
 /// empty program is linked with it first, the way this build links, and the option is
 /// only passed on if that works. (Cargo does not rerun this script when only a
 /// config file's linker changes: `cargo clean -p wasmgate --release` then.)
-fn startup_order(manifest: &Path, out_dir: &Path) {
+fn startup_order(manifest: &Path, workspace: &Path, out_dir: &Path) {
     let order = manifest.join("startup.order");
     if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
         || env::var("HOST").ok() != env::var("TARGET").ok()
@@ -150,7 +150,6 @@ fn startup_order(manifest: &Path, out_dir: &Path) {
         format!("-Wl,--symbol-ordering-file={}", order.display()),
         "-Wl,--no-warn-symbol-ordering".to_string(),
     ];
-    let workspace = manifest.parent().unwrap_or(manifest);
     if order.is_file() && links_with(workspace, out_dir, &args) {
         for arg in args {
             println!("cargo:rustc-link-arg-bins={arg}");
