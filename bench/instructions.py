@@ -6,6 +6,7 @@ change to the request path saves where CPU per request on a noisy machine cannot
 counts user-space instructions only (the kernel's half of a request is not in it).
 
 Usage: python3 bench/instructions.py [--wasmgate target/release/wasmgate] [--requests 2000]
+                                    [--keep DIR]
 Needs valgrind (apt-get install valgrind) and nginx (nginx-light).
 """
 import argparse
@@ -76,12 +77,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wasmgate", default="target/release/wasmgate")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             raise SystemExit(f"{tool} is not installed (apt-get install valgrind nginx-light)")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(a.keep) if a.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         origin_port = R.free_port()
         (work / "origin.conf").write_text(R.nginx_origin(work, origin_port))
         origin = subprocess.Popen(["nginx", "-e", "stderr", "-p", str(work), "-c",
