@@ -45,7 +45,8 @@ pub struct RouteIndex {
     prefix: Map,
     /// The lengths of the prefixes in `prefix`, so a lookup tries only those.
     prefix_lens: Vec<usize>,
-    /// Routes to test whatever the path: no `uri`, a regex, `ignoreUriCase`, no match.
+    /// Routes to test whatever the path: no `uri`, a regex without a literal prefix
+    /// (one with, `/static/.*`, is in `prefix` under it), `ignoreUriCase`, no match.
     always: Vec<u32>,
 }
 

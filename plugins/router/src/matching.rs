@@ -53,6 +53,19 @@ impl Matcher {
     }
 }
 
+/// The literal text every string `regex` matches starts with, read from the pattern it
+/// was compiled from (anchored) by regex's own parser and prefix extractor; `None` when
+/// there is none (a leading class, group with alternatives, `(?i)`, ...). A regex route
+/// is then indexed under it, so a path without it never runs the regex.
+pub fn regex_prefix(regex: &Regex) -> Option<String> {
+    use regex_syntax::hir::literal::Extractor;
+    let hir = regex_syntax::Parser::new().parse(regex.as_str()).ok()?;
+    let literals = Extractor::new().extract(&hir);
+    let prefix = literals.longest_common_prefix()?;
+    let prefix = std::str::from_utf8(prefix).ok()?;
+    (!prefix.is_empty()).then(|| prefix.to_string())
+}
+
 /// How the URI matched: a prefix match reports its length, so `rewrite.uri` can replace
 /// just the prefix (Istio's rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +84,9 @@ pub enum UriKey<'a> {
 #[derive(Debug)]
 pub struct CompiledMatch {
     uri: Option<Matcher>,
+    /// The literal text every path a `uri` regex matches starts with, when it has one
+    /// (`/static/` of `/static/.*[.]css`): the route index looks it up as a prefix.
+    uri_regex_prefix: Option<String>,
     ignore_uri_case: bool,
     scheme: Option<Matcher>,
     method: Option<Matcher>,
@@ -127,8 +143,14 @@ impl CompiledMatch {
         field: &str,
         namespace: &str,
     ) -> Result<Self, ConfigError> {
+        let uri = opt(&m.uri, &format!("{field}.uri"), m.ignore_uri_case)?;
+        let uri_regex_prefix = match &uri {
+            Some(Matcher::Regex(r)) => regex_prefix(r),
+            _ => None,
+        };
         Ok(CompiledMatch {
-            uri: opt(&m.uri, &format!("{field}.uri"), m.ignore_uri_case)?,
+            uri,
+            uri_regex_prefix,
             ignore_uri_case: m.ignore_uri_case,
             scheme: opt(&m.scheme, &format!("{field}.scheme"), false)?,
             method: opt(&m.method, &format!("{field}.method"), false)?,
@@ -146,7 +168,8 @@ impl CompiledMatch {
     }
 
     /// What the path must look like for this match to fit, for the route index: `None`
-    /// when any path may (no `uri`, a regex, or `ignoreUriCase`).
+    /// when any path may (no `uri`, a regex without a literal prefix, or
+    /// `ignoreUriCase`).
     pub fn uri_key(&self) -> Option<UriKey<'_>> {
         if self.ignore_uri_case {
             return None;
@@ -154,6 +177,7 @@ impl CompiledMatch {
         match &self.uri {
             Some(Matcher::Exact(e)) => Some(UriKey::Exact(e)),
             Some(Matcher::Prefix(p)) => Some(UriKey::Prefix(p)),
+            Some(Matcher::Regex(_)) => self.uri_regex_prefix.as_deref().map(UriKey::Prefix),
             _ => None,
         }
     }

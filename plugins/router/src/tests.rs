@@ -476,3 +476,47 @@ fn repeated_headers_match_joined_and_every_route_sees_them() {
         Some(0)
     );
 }
+
+/// A regex route is indexed under the literal text its matches start with, and only a
+/// literal every match starts with: optional, repeated, alternative and case-folded
+/// text is left out.
+#[test]
+fn a_uri_regex_is_indexed_by_its_literal_prefix_only() {
+    let prefix = |r: &str| {
+        let re = regex::Regex::new(&format!("^(?:{r})$")).expect("regex");
+        matching::regex_prefix(&re)
+    };
+    assert_eq!(prefix("/static/.*[.](css|js|png)").as_deref(), Some("/static/"));
+    assert_eq!(prefix("/api/v[0-9]+").as_deref(), Some("/api/v"));
+    assert_eq!(prefix("/apis?/x").as_deref(), Some("/api"));
+    assert_eq!(prefix("/a+/x").as_deref(), Some("/a"));
+    assert_eq!(prefix("/(foo|far)/x").as_deref(), Some("/f"));
+    assert_eq!(prefix("/exact").as_deref(), Some("/exact"));
+    assert_eq!(prefix("/foo|/bar").as_deref(), Some("/"));
+    assert_eq!(prefix("(?i)/api").as_deref(), Some("/"));
+    for none in ["foo|/bar", ".*", "[/a]x", "(?i)api/x", "x?/y", "(/a)*"] {
+        assert_eq!(prefix(none), None, "{none}");
+    }
+    // First-match order still holds with regex routes indexed: an earlier regex route
+    // wins over a later prefix one, and a path without the regex's prefix skips it.
+    let r = router(
+        r#"{"hosts":["*"],"http":[
+      {"match":[{"uri":{"regex":"/static/.*[.](css|js)"}}],"route":[{"destination":{"host":"r0"}}]},
+      {"match":[{"uri":{"regex":"/(foo|far)/[0-9]+"}}],"route":[{"destination":{"host":"r1"}}]},
+      {"match":[{"uri":{"regex":".*[.]png"}}],"route":[{"destination":{"host":"r2"}}]},
+      {"match":[{"uri":{"prefix":"/"}}],"route":[{"destination":{"host":"r3"}}]}
+    ]}"#,
+    );
+    for (path, want) in [
+        ("/static/a.css", Some(0)),
+        ("/static/a.png", Some(2)),
+        ("/static/a.txt", Some(3)),
+        ("/far/12", Some(1)),
+        ("/foo/1", Some(1)),
+        ("/fox/1", Some(3)),
+        ("/x.png", Some(2)),
+        ("/bench", Some(3)),
+    ] {
+        assert_eq!(route_of(&r, &request("GET", path).build()), want, "{path}");
+    }
+}
