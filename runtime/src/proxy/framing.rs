@@ -193,6 +193,15 @@ impl Tracker {
                             return;
                         }
                     }
+                    // A whole head within this read (nearly always): read in place, no
+                    // copy. The head check costs a memchr per line.
+                    if self.head.is_empty()
+                        && let Some(end) = head_end(bytes, 0).filter(|end| *end <= MAX_HEAD)
+                    {
+                        self.state = self.on_head(&bytes[..end], log);
+                        bytes = &bytes[end..];
+                        continue;
+                    }
                     let already = self.head.len();
                     let room = (MAX_HEAD + 4).saturating_sub(already);
                     self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
@@ -346,18 +355,15 @@ impl Tracker {
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     // Restart a little before the new bytes: the blank line may straddle reads.
     let start = from.saturating_sub(3);
-    let mut i = start;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
+    let rest = buf.get(start..)?;
+    memchr::memchr_iter(b'\n', rest).find_map(|at| {
+        let i = start + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
         }
-        i += 1;
-    }
-    None
+    })
 }
 
 /// What the watcher needs from a request head.
