@@ -486,7 +486,10 @@ fn a_uri_regex_is_indexed_by_its_literal_prefix_only() {
         let re = regex::Regex::new(&format!("^(?:{r})$")).expect("regex");
         matching::regex_prefix(&re)
     };
-    assert_eq!(prefix("/static/.*[.](css|js|png)").as_deref(), Some("/static/"));
+    assert_eq!(
+        prefix("/static/.*[.](css|js|png)").as_deref(),
+        Some("/static/")
+    );
     assert_eq!(prefix("/api/v[0-9]+").as_deref(), Some("/api/v"));
     assert_eq!(prefix("/apis?/x").as_deref(), Some("/api"));
     assert_eq!(prefix("/a+/x").as_deref(), Some("/a"));

@@ -275,8 +275,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 continue;
             }
             for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
-                {
+                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes())

@@ -693,7 +693,13 @@ mod tests {
 
     #[test]
     fn a_cached_retry_on_follows_the_spec_it_is_asked_for() {
-        for spec in ["5xx", "5xx", "connect-failure,503", "5xx", "connect-failure,503"] {
+        for spec in [
+            "5xx",
+            "5xx",
+            "connect-failure,503",
+            "5xx",
+            "connect-failure,503",
+        ] {
             assert_eq!(RetryOn::cached(spec), RetryOn::parse(spec), "{spec}");
         }
     }
