@@ -354,16 +354,37 @@ impl Tracker {
 /// The offset just past the blank line ending a head, searching from `from`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     // Restart a little before the new bytes: the blank line may straddle reads.
-    let start = from.saturating_sub(3);
-    let rest = buf.get(start..)?;
-    memchr::memchr_iter(b'\n', rest).find_map(|at| {
-        let i = start + at;
-        match buf.get(i + 1) {
-            Some(b'\n') => Some(i + 2),
-            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
-            _ => None,
+    let mut i = from.saturating_sub(3);
+    while let Some(lf) = find_lf(buf, i) {
+        match buf.get(lf + 1) {
+            Some(b'\n') => return Some(lf + 2),
+            Some(b'\r') if buf.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
+            _ => i = lf + 1,
         }
-    })
+    }
+    None
+}
+
+/// The first `\n` in `buf` at or after `from`, looked for eight bytes at a time (a word
+/// with a zero byte after XOR with `\n`s holds one), so a head is searched line by line
+/// instead of byte by byte.
+fn find_lf(buf: &[u8], from: usize) -> Option<usize> {
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut i = from;
+    while let Some(word) = buf.get(i..i + 8) {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let x = u64::from_ne_bytes(word) ^ LFS;
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    let rest = buf.get(i..)?;
+    rest.iter().position(|b| *b == b'\n').map(|at| i + at)
 }
 
 /// What the watcher needs from a request head.
@@ -444,6 +465,30 @@ fn trim(mut v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blank line is found wherever it falls against the eight-byte words, after
+    /// any `from`, and bytes that only look like `\n` in a word (0x8a, 0x0b) are not.
+    #[test]
+    fn head_end_finds_the_blank_line_at_every_offset() {
+        for len in 0..40 {
+            for end in ["\r\n\r\n", "\n\n", "\n\r\n"] {
+                let mut buf = vec![b'a'; len];
+                buf[..len.min(3)].fill(0x8a);
+                if len > 5 {
+                    buf[5] = 0x0b;
+                    buf[4] = b'\n';
+                }
+                buf.extend_from_slice(end.as_bytes());
+                buf.extend_from_slice(b"body");
+                let want = len + end.len();
+                assert_eq!(head_end(&buf, 0), Some(want), "{len} {end:?}");
+                assert_eq!(head_end(&buf, len), Some(want), "{len} {end:?} from the end");
+                assert_eq!(head_end(&buf[..want - 1], 0), None, "{len} {end:?} cut");
+            }
+        }
+        assert_eq!(find_lf(b"0123456789abcdef\n", 0), Some(16));
+        assert_eq!(find_lf(b"\n123456789", 1), None);
+    }
 
     /// Feed `stream` in pieces of `step` bytes; the requests the log flags, by
     /// (method, target) in order of service.
