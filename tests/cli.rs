@@ -145,6 +145,25 @@ fn no_arguments_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
+/// Sizes out of range are usage errors naming the flag, before anything starts.
+#[test]
+fn pool_sizes_out_of_range_are_usage_errors() {
+    for (flag, value) in [
+        ("--plugin-pool-instances", "0"),
+        ("--plugin-pool-instances", "10001"),
+        ("--plugin-max-instances", "0"),
+    ] {
+        let out = Command::new(binary())
+            .current_dir(repo())
+            .args(["run", "--config", "examples/quickstart", flag, value])
+            .output()
+            .expect("run wasmgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(value), "{flag} {value}: {stderr}");
+    }
+}
+
 /// `validate` loads certificates as `run` does: an expired certificate and a key that
 /// belongs to another certificate are errors naming the Gateway field and the Secret or
 /// file, and never print key material.
