@@ -160,7 +160,10 @@ fn pool_sizes_out_of_range_are_usage_errors() {
             .expect("run wasmgate");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
-        assert!(stderr.contains(flag) && stderr.contains(value), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{flag} {value}: {stderr}"
+        );
     }
 }
 

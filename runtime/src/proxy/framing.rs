@@ -482,7 +482,11 @@ mod tests {
                 buf.extend_from_slice(b"body");
                 let want = len + end.len();
                 assert_eq!(head_end(&buf, 0), Some(want), "{len} {end:?}");
-                assert_eq!(head_end(&buf, len), Some(want), "{len} {end:?} from the end");
+                assert_eq!(
+                    head_end(&buf, len),
+                    Some(want),
+                    "{len} {end:?} from the end"
+                );
                 assert_eq!(head_end(&buf[..want - 1], 0), None, "{len} {end:?} cut");
             }
         }
