@@ -249,6 +249,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     const CONNECTION: u16 = 1 << 0;
     const TE: u16 = 1 << 1;
     let mut present = 0u16;
+    // A field named `close` (RFC 9110 reserves the name): `Connection: close` names it.
+    let mut close_field = false;
     for name in headers.keys() {
         let name = name.as_str();
         if name.len() < 32
@@ -257,6 +259,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         {
             present |= 1 << i;
         }
+        close_field |= name == "close";
     }
     if present == 0 {
         return;
@@ -267,15 +270,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         present &= !CONNECTION;
         let (_, values) = connection.remove_entry_mult();
         let mut listed: Vec<HeaderName> = Vec::new();
+        // `keep-alive` and `close`, nearly every `Connection` value, are not parsed into
+        // names: `keep-alive` is removed by the pass below when it is there, and a
+        // `close` field, which the first pass looked for, here.
+        let named = |token: &str| {
+            if token.eq_ignore_ascii_case("keep-alive") {
+                Some(false)
+            } else if token.eq_ignore_ascii_case("close") {
+                Some(close_field)
+            } else {
+                None
+            }
+        };
         for value in values {
             let Ok(value) = value.to_str() else { continue };
-            // `keep-alive` and `close`, nearly every `Connection` value, name no header
-            // but `keep-alive`, which the pass below removes when it is there.
-            if value.eq_ignore_ascii_case("keep-alive") || value.eq_ignore_ascii_case("close") {
+            if let Some(remove) = named(value) {
+                if remove {
+                    listed.push(HeaderName::from_static("close"));
+                }
                 continue;
             }
             for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                if let Some(remove) = named(token) {
+                    if remove {
+                        listed.push(HeaderName::from_static("close"));
+                    }
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
@@ -434,6 +453,23 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-kept-ten", "x-seven"]);
+        // `close` names a field called `close` too (whole value or one of several), and
+        // only when `Connection` says so.
+        for connection in ["close", "Close, x-hop"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            headers.insert("close", HeaderValue::from_static("1"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut headers);
+            let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["x-kept"], "{connection}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.insert("close", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["close"]);
     }
 
     #[test]
