@@ -53,16 +53,25 @@ impl Matcher {
     }
 }
 
-/// The literal text every string `regex` matches starts with, read from the pattern it
-/// was compiled from (anchored) by regex's own parser and prefix extractor; `None` when
-/// there is none (a leading class, group with alternatives, `(?i)`, ...). A regex route
-/// is then indexed under it, so a path without it never runs the regex.
-pub fn regex_prefix(regex: &Regex) -> Option<String> {
+/// The literal text every path the URI regex `pattern` fully matches starts with, read by
+/// regex's own parser and prefix extractor from the anchored form the matcher compiles
+/// (`^(?:pattern)$`); `None` when there is none (a leading class, alternatives that
+/// start differently, `(?i)`, ...) or when `pattern` does not parse on its own (then
+/// the anchored form could be other than one anchored pattern: `a)|(b`). A regex route
+/// is indexed under it, so a path without it never runs the regex.
+pub fn regex_prefix(pattern: &str) -> Option<String> {
     use regex_syntax::hir::literal::Extractor;
-    let hir = regex_syntax::Parser::new().parse(regex.as_str()).ok()?;
+    regex_syntax::Parser::new().parse(pattern).ok()?;
+    let hir = regex_syntax::Parser::new()
+        .parse(&format!("^(?:{pattern})$"))
+        .ok()?;
     let literals = Extractor::new().extract(&hir);
     let prefix = literals.longest_common_prefix()?;
-    let prefix = std::str::from_utf8(prefix).ok()?;
+    // A common prefix may end inside a character (`/café|/cafê`): keep whole ones.
+    let prefix = match std::str::from_utf8(prefix) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(prefix.get(..e.valid_up_to())?).ok()?,
+    };
     (!prefix.is_empty()).then(|| prefix.to_string())
 }
 
@@ -144,8 +153,8 @@ impl CompiledMatch {
         namespace: &str,
     ) -> Result<Self, ConfigError> {
         let uri = opt(&m.uri, &format!("{field}.uri"), m.ignore_uri_case)?;
-        let uri_regex_prefix = match &uri {
-            Some(Matcher::Regex(r)) => regex_prefix(r),
+        let uri_regex_prefix = match (&uri, m.uri.as_ref().and_then(|u| u.regex.as_deref())) {
+            (Some(Matcher::Regex(_)), Some(pattern)) => regex_prefix(pattern),
             _ => None,
         };
         Ok(CompiledMatch {
