@@ -194,9 +194,10 @@ impl Tracker {
                         }
                     }
                     // A whole head within this read (nearly always): read in place, no
-                    // copy. The head check costs a memchr per line.
+                    // copy. Only its first MAX_HEAD bytes are searched: a longer head is
+                    // the buffered path's to judge.
                     if self.head.is_empty()
-                        && let Some(end) = head_end(bytes, 0).filter(|end| *end <= MAX_HEAD)
+                        && let Some(end) = head_end(&bytes[..bytes.len().min(MAX_HEAD)], 0)
                     {
                         self.state = self.on_head(&bytes[..end], log);
                         bytes = &bytes[end..];
