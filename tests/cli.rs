@@ -161,7 +161,7 @@ fn pool_sizes_out_of_range_are_usage_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(
-            stderr.contains(flag) && stderr.contains(value),
+            stderr.contains(flag) && stderr.contains(&format!("'{value}'")),
             "{flag} {value}: {stderr}"
         );
     }
