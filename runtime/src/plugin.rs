@@ -1044,14 +1044,10 @@ async fn call_once(
         Phase::Response(_) => false,
         _ => fits(binding.interest.request_body, view.body.as_ref()),
     };
-    let request = match slot
+    let request = slot
         .store
         .data_mut()
-        .push_request(RequestCtx { view, body })
-    {
-        Ok(r) => r,
-        Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), 0),
-    };
+        .push_request(RequestCtx { view, body });
     let guest = slot.plugin.wasmgate_policy_policy().prepared();
     // Outbound calls and Redis wait on the host; the wall-clock guard allows for them.
     let wall = budget
@@ -1097,20 +1093,15 @@ async fn call_once(
         }
         Phase::Response(r) => {
             let body = fits(binding.interest.response_body, r.body.as_ref());
-            match slot
+            let handle = slot
                 .store
                 .data_mut()
-                .push_response(ResponseCtx { view: r, body })
-            {
-                Ok(handle) => {
-                    let borrowed = Resource::new_borrow(handle.rep());
-                    response = Some(handle);
-                    let req = Resource::new_borrow(request.rep());
-                    invoke!(guest.call_on_response(&mut slot.store, resource, req, borrowed))
-                        .map(|r| r.map(Answer::Response))
-                }
-                Err(e) => Err(format!("{e:#}")),
-            }
+                .push_response(ResponseCtx { view: r, body });
+            let borrowed = Resource::new_borrow(handle.rep());
+            response = Some(handle);
+            let req = Resource::new_borrow(request.rep());
+            invoke!(guest.call_on_response(&mut slot.store, resource, req, borrowed))
+                .map(|r| r.map(Answer::Response))
         }
         Phase::Log(entry) => {
             let borrowed = Resource::new_borrow(request.rep());
@@ -1173,16 +1164,10 @@ fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<E
     state.waiting = None;
     state.edits.calling(Some(binding.id));
     let body = fits(binding.interest.request_body, view.body.as_ref());
-    let request = match state.push_request(RequestCtx {
+    let request = state.push_request(RequestCtx {
         view: view.clone(),
         body,
-    }) {
-        Ok(r) => r,
-        Err(e) => {
-            let trap = Err(CallError::Trap(format!("{e:#}")));
-            return Some(settle(binding, admit, trap));
-        }
-    };
+    });
     let borrowed = Resource::new_borrow(request.rep());
     let result = slot.call_direct(mode, on_request, resource, borrowed);
     let state = slot.store.data_mut();

@@ -165,14 +165,14 @@ impl StoreState {
     }
 
     /// This call's request (and response): the handle to pass (as a borrow).
-    pub fn push_request(&mut self, ctx: RequestCtx) -> wasmtime::Result<Resource<RequestCtx>> {
+    pub fn push_request(&mut self, ctx: RequestCtx) -> Resource<RequestCtx> {
         self.call_request = Some(ctx);
-        Ok(Resource::new_own(CALL_REP))
+        Resource::new_own(CALL_REP)
     }
 
-    pub fn push_response(&mut self, ctx: ResponseCtx) -> wasmtime::Result<Resource<ResponseCtx>> {
+    pub fn push_response(&mut self, ctx: ResponseCtx) -> Resource<ResponseCtx> {
         self.call_response = Some(ctx);
-        Ok(Resource::new_own(CALL_REP))
+        Resource::new_own(CALL_REP)
     }
 
     /// Let them go once the call returned.
