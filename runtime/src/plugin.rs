@@ -1057,7 +1057,6 @@ async fn call_once(
             Duration::ZERO
         };
     let bounded_call = pool.plugin.inner.may_block || pool.waits;
-    let mut response = None;
     // Each call is awaited where it is made (not passed to a helper): a future moved into
     // another is copied, and this one is the size of a wasmtime call.
     macro_rules! invoke {
@@ -1098,7 +1097,6 @@ async fn call_once(
                 .data_mut()
                 .push_response(ResponseCtx { view: r, body });
             let borrowed = Resource::new_borrow(handle.rep());
-            response = Some(handle);
             let req = Resource::new_borrow(request.rep());
             invoke!(guest.call_on_response(&mut slot.store, resource, req, borrowed))
                 .map(|r| r.map(Answer::Response))
@@ -1109,10 +1107,7 @@ async fn call_once(
                 .map(|()| Ok(Answer::Log))
         }
     };
-    slot.store.data_mut().drop_request(request);
-    if let Some(r) = response {
-        slot.store.data_mut().drop_response(r);
-    }
+    slot.store.data_mut().drop_call_context();
     let ticks = slot.store.data().ticks();
     (pool.finish(slot, result), ticks)
 }
@@ -1171,7 +1166,7 @@ fn call_now(binding: &PreparedInner, view: &Arc<RequestView>) -> Option<Result<E
     let borrowed = Resource::new_borrow(request.rep());
     let result = slot.call_direct(mode, on_request, resource, borrowed);
     let state = slot.store.data_mut();
-    state.drop_request(request);
+    state.drop_call_context();
     if mode == Direct::Restartable {
         if state.sliced() {
             return restart(binding, admit, view, slot);

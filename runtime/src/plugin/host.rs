@@ -175,14 +175,9 @@ impl StoreState {
         Resource::new_own(CALL_REP)
     }
 
-    /// Let them go once the call returned.
-    pub fn drop_request(&mut self, r: Resource<RequestCtx>) {
-        let _ = r;
+    /// Let the call's request and response (if it had one) go once the call returned.
+    pub fn drop_call_context(&mut self) {
         self.call_request = None;
-    }
-
-    pub fn drop_response(&mut self, r: Resource<ResponseCtx>) {
-        let _ = r;
         self.call_response = None;
     }
 
