@@ -284,12 +284,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         };
         for value in values {
             let Ok(value) = value.to_str() else { continue };
-            if let Some(remove) = named(value) {
-                if remove {
-                    listed.push(HeaderName::from_static("close"));
-                }
-                continue;
-            }
             for token in value.split(',').map(str::trim) {
                 if let Some(remove) = named(token) {
                     if remove {
