@@ -92,6 +92,15 @@ fn compile(i: usize, f: &HTTPFaultInjection) -> Result<RouteFault, ConfigError> 
     Ok(RouteFault { delay, abort })
 }
 
+impl RouteFault {
+    /// Whether any part of it can fire: a `percentage` of 0 never does, so such a fault
+    /// is dropped at prepare and its requests ask the host nothing more.
+    fn can_fire(&self) -> bool {
+        self.delay.as_ref().is_some_and(|d| d.percent > 0.0)
+            || self.abort.as_ref().is_some_and(|a| a.percent > 0.0)
+    }
+}
+
 impl Policy for Fault {
     fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
         let spec: VirtualServiceSpec = serde_json::from_str(config).map_err(|e| ConfigError {
@@ -102,21 +111,25 @@ impl Policy for Fault {
             .http
             .iter()
             .enumerate()
-            .map(|(i, r)| r.fault.as_ref().map(|f| compile(i, f)).transpose())
+            .map(|(i, r)| {
+                let fault = r.fault.as_ref().map(|f| compile(i, f)).transpose()?;
+                Ok::<_, ConfigError>(fault.filter(RouteFault::can_fire))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Fault { routes })
     }
 
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
-        if request.action_kind() != ActionKind::Forward {
-            return Ok(Edit::keep());
-        }
+        // Each question is a host call: the route first, as most routes have no fault.
         let Some(index) = request.route_index() else {
             return Ok(Edit::keep());
         };
         let Some(Some(fault)) = self.routes.get(index as usize) else {
             return Ok(Edit::keep());
         };
+        if request.action_kind() != ActionKind::Forward {
+            return Ok(Edit::keep());
+        }
         let mut edit = Edit::keep();
         if let Some(d) = &fault.delay
             && chance(d.percent)
@@ -188,6 +201,25 @@ mod tests {
         assert!(decide(&f, &req(Decision::no_route())).is_empty());
         let answered = routed(0).with_action(Decision::respond(200, "done"));
         assert!(decide(&f, &req(answered)).is_empty());
+    }
+
+    #[test]
+    fn a_fault_that_cannot_fire_is_dropped_at_prepare() {
+        let spec = r#"{"hosts":["r"],"http":[
+          {"fault":{"delay":{"fixedDelay":"1s","percentage":{"value":0}},
+                    "abort":{"httpStatus":500,"percentage":{"value":0}}},
+           "route":[{"destination":{"host":"r"}}]},
+          {"fault":{"delay":{"fixedDelay":"1s","percentage":{"value":0}},
+                    "abort":{"httpStatus":500,"percentage":{"value":0.001}}},
+           "route":[{"destination":{"host":"r"}}]},
+          {"fault":{"delay":{"fixedDelay":"1s","percent":0}},
+           "route":[{"destination":{"host":"r"}}]}]}"#;
+        let f: Fault = prepare(spec);
+        assert_eq!(f.routes[0], None, "0 % delay and 0 % abort");
+        let kept = f.routes[1].as_ref().expect("a 0.001 % abort can fire");
+        assert!(kept.abort.is_some() && kept.delay.is_some());
+        assert_eq!(f.routes[2], None, "percent 0 is no percentage");
+        assert!(decide(&f, &req(routed(0))).is_empty());
     }
 
     #[test]
