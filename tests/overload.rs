@@ -1,5 +1,5 @@
-//! The gateway under load and faults, on loopback: its bounds (connections, quiet
-//! bodies and tunnels, mirrors, delays) refuse early and cheaply, misbehaving upstreams
+//! The gateway under load and faults, on loopback: its bounds (connections, slow heads,
+//! quiet bodies and tunnels, mirrors, delays) refuse early and cheaply, misbehaving upstreams
 //! leave nothing behind, and reloads and SIGTERM under load lose no request.
 
 mod support;
@@ -140,6 +140,69 @@ async fn slowloris_does_not_keep_normal_clients_waiting() {
     for a in attackers {
         let _ = a.await;
     }
+}
+
+/// Read from `s` until the gateway closes it (or 10 s pass): what was read, and when.
+async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after 10 s: {got:?}");
+    (got, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_not_sent_in_time_and_an_idle_connection_are_closed() {
+    let app = Echo::start("app").await;
+    let (dir, port) = config("head-timeout", app.port(), VS);
+    let _gw = Gateway::start(dir.path(), &["--request-headers-timeout-seconds", "2"]).await;
+    // A head that never ends: closed between the timeout and one tick later.
+    let mut slow = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: a")
+        .await
+        .expect("write");
+    // A keep-alive connection that answers one request, then says nothing.
+    let mut idle = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = exchange(&mut idle, "GET /once HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let answered = Instant::now();
+    let slow = tokio::spawn(async move { read_to_close(&mut slow).await });
+    let idle = tokio::spawn(async move { read_to_close(&mut idle).await });
+    // A client that keeps sending whole requests is not cut off meanwhile.
+    let mut busy = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    while started.elapsed() < Duration::from_secs(4) {
+        let head = exchange(&mut busy, "GET /busy HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (got, at) = slow.await.expect("slow reader");
+    let waited = at - started;
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "slow head closed after {waited:?}"
+    );
+    assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
+    let (_, at) = idle.await.expect("idle reader");
+    let waited = at - answered;
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "idle connection closed after {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -481,6 +544,7 @@ fn bound_flags_out_of_range_are_refused_by_name() {
         ("--max-connections", "0"),
         ("--max-connections-per-listener", "0"),
         ("--stream-idle-timeout-seconds", "0"),
+        ("--request-headers-timeout-seconds", "0"),
         ("--tunnel-idle-timeout-seconds", "0"),
         ("--max-upstream-connections", "0"),
         ("--request-timeout-seconds", "-1"),

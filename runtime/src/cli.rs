@@ -297,6 +297,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_idle_timeout_seconds: u64,
+    /// A request's headers must arrive whole this long after the gateway starts waiting
+    /// for them; else the connection is closed (the slow-loris guard). A keep-alive
+    /// connection waits for its next request from the previous response on, so one idle
+    /// this long is closed too. Timed to the second.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_headers_timeout_seconds: u64,
     /// A request must be received whole (headers and body) this long after its head
     /// arrived, unless the response started first: else 408 (Envoy's `request_timeout`,
     /// as its edge guide sets it). 0: no bound (long uploads over slow links).
@@ -338,6 +345,7 @@ impl RunArgs {
                 .max_connections_per_listener
                 .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             stream_idle: Duration::from_secs(self.stream_idle_timeout_seconds),
+            request_headers_timeout: Duration::from_secs(self.request_headers_timeout_seconds),
             request_timeout: (self.request_timeout_seconds > 0)
                 .then(|| Duration::from_secs(self.request_timeout_seconds)),
             tunnel_idle: Duration::from_secs(self.tunnel_idle_timeout_seconds),

@@ -24,6 +24,11 @@ pub struct Settings {
     /// `--stream-idle-timeout-seconds`: a request body that sends nothing this long is
     /// ended (408 before the response started). Envoy's `stream_idle_timeout`, 5 min.
     pub stream_idle: Duration,
+    /// `--request-headers-timeout-seconds`: a request's head must arrive whole this long
+    /// after the gateway starts waiting for it (after the previous response on a
+    /// keep-alive connection, which is so closed when idle that long). The slow-loris
+    /// guard; Envoy's `request_headers_timeout`, which Envoy leaves unset.
+    pub request_headers_timeout: Duration,
     /// `--request-timeout-seconds`: a request must be received whole (its body ended)
     /// this long after its head arrived, unless the response started first (408).
     /// Envoy's `request_timeout`, as its edge guide sets it: 5 min. `None`: unbounded.
@@ -50,6 +55,7 @@ impl Default for Settings {
             max_connections: connections_for(open_files_limit()),
             max_connections_per_listener: usize::MAX,
             stream_idle: Duration::from_secs(300),
+            request_headers_timeout: Duration::from_secs(30),
             request_timeout: Some(Duration::from_secs(300)),
             tunnel_idle: Duration::from_secs(3600),
             max_mirrors: 1024,

@@ -31,8 +31,9 @@ use crate::tls::rewind::Rewind;
 use crate::tls::{cert, server::ServerTlsConfig};
 use crate::workers::Workers;
 
-/// Longest a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+mod head_timer;
+
+use head_timer::HeadTimer;
 
 /// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
 const MAX_HEADERS_BYTES: usize = 60 << 10;
@@ -156,14 +157,15 @@ async fn drain_out(graceful: Option<GracefulShutdown>, drain: Duration) {
     }
 }
 
-fn http_builder() -> Builder<TokioExecutor> {
+/// The HTTP server of one listener on one worker. A client gets `head_timeout` to send
+/// a request's headers (slow-loris guard), timed by the worker's coarse [`HeadTimer`].
+/// Envoy's default limit on request headers is 60 KiB: larger ones get 431.
+fn http_builder(head_timeout: Duration, timer: HeadTimer) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    // A client gets this long to send a request's headers (slow-loris guard).
-    // Envoy's default limit on request headers is 60 KiB: larger ones get 431.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .timer(timer)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEADERS_BYTES);
     builder
         .http2()
@@ -181,7 +183,10 @@ async fn accept_loop(
     accepted: Arc<[std::sync::atomic::AtomicU64]>,
     open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let builder = http_builder();
+    let builder = http_builder(
+        shared.limits.settings.request_headers_timeout,
+        HeadTimer::default(),
+    );
     let stats = shared.metrics.listener(&addr.to_string());
     loop {
         let (stream, client) = match socket.accept().await {
