@@ -455,9 +455,61 @@ async fn a_policy_reads_the_headers_it_needs_on_demand() {
     }
 }
 
+/// The router, in Wasm, reads the path and the query in one call (`path-and-query`) and
+/// splits them at the first `?`: an exact path matches with or without a query, and the
+/// query's parameters are the request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mark() {
+    let host = host(HostSettings::default());
+    let router = wasmgate::plugin::builtin::get("router").expect("the embedded router");
+    let plugin = host
+        .compile("wasmgate/router", router.bytes)
+        .expect("compile");
+    let spec = serde_json::json!({
+        "hosts": ["*"],
+        "http": [
+            {"match": [{"uri": {"exact": "/a"}, "queryParams": {"flag": {"exact": "on?"}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "flag"}}]},
+            {"match": [{"uri": {"exact": "/a"}}],
+             "route": [{"destination": {"host": "reviews", "subset": "a"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "rest"}}]},
+        ],
+    });
+    let policy = host
+        .prepare(
+            &host.pool(&plugin),
+            "wasmgate/router",
+            binding(),
+            spec.to_string(),
+        )
+        .await
+        .expect("prepare");
+    let cases: [(&str, u32); 7] = [
+        ("/a?flag=on?", 0),
+        ("/a?x=1&flag=on%3F", 0),
+        ("/a?flag=on", 1),
+        ("/a", 1),
+        ("/a?", 1),
+        ("/a/?flag=on?", 2),
+        ("/b?flag=on?", 2),
+    ];
+    for (target, route) in cases {
+        let view = view_with(target, &[]);
+        assert_eq!(view.path_and_query(), target);
+        let edit = policy.on_request(&view).await.expect("call");
+        view.state().apply(edit);
+        let decision = view.state().decision.clone();
+        assert_eq!(
+            decision.route.as_ref().map(|r| r.index),
+            Some(route),
+            "{target}: {decision:?}"
+        );
+    }
+}
+
 /// The SDK's native runner (`testing::decide`) answers a policy's header reads as the
-/// host's `request` resource does: the first value, every value in order, names in any
-/// case, nothing for a name that is missing or not a header name, and every header with
+/// host's `request` resource does: the first value, every value in order, every value
+/// joined with `,`, names in any case, nothing for a name that is missing or not a header name, and every header with
 /// its name lowercase (in an order neither promises).
 #[test]
 fn the_sdks_testing_reads_headers_as_the_host_does() {
@@ -466,7 +518,10 @@ fn the_sdks_testing_reads_headers_as_the_host_does() {
     use wasmgate_plugin_sdk as sdk;
 
     const NAMES: [&str; 7] = ["X-B", "x-b", "end-user", "X-A", "missing", "not a name", ""];
-    type Reads = (Vec<(Option<String>, Vec<String>)>, Vec<(String, String)>);
+    type Reads = (
+        Vec<(Option<String>, Vec<String>, Option<String>)>,
+        Vec<(String, String)>,
+    );
 
     /// Reads every name of [`NAMES`], then all headers.
     struct Reader(RefCell<Option<Reads>>);
@@ -477,7 +532,13 @@ fn the_sdks_testing_reads_headers_as_the_host_does() {
         fn on_request(&self, request: &sdk::Request) -> Result<sdk::Edit, sdk::PluginError> {
             let named = NAMES
                 .iter()
-                .map(|n| (request.header(n), request.header_values(n)))
+                .map(|n| {
+                    (
+                        request.header(n),
+                        request.header_values(n),
+                        request.header_joined(n),
+                    )
+                })
                 .collect();
             let mut all: Vec<_> = request
                 .headers()
@@ -507,7 +568,7 @@ fn the_sdks_testing_reads_headers_as_the_host_does() {
     let host = view_with("/", &sent);
     let named = NAMES
         .iter()
-        .map(|n| (host.header(n), host.header_values(n)))
+        .map(|n| (host.header(n), host.header_values(n), host.header_joined(n)))
         .collect();
     let mut all: Vec<_> = all_headers(&host.headers)
         .into_iter()

@@ -13,8 +13,8 @@ use crate::{ActionKind, Decision, Header};
 pub struct Request<'a> {
     source: RequestSource<'a>,
     method: OnceCell<String>,
-    path: OnceCell<String>,
-    query: OnceCell<String>,
+    /// The host's `path-and-query` and where its path ends: one call gives both.
+    target: OnceCell<(String, usize)>,
     authority: OnceCell<String>,
 }
 
@@ -45,8 +45,7 @@ impl<'a> Request<'a> {
         Request {
             source,
             method: OnceCell::new(),
-            path: OnceCell::new(),
-            query: OnceCell::new(),
+            target: OnceCell::new(),
             authority: OnceCell::new(),
         }
     }
@@ -71,12 +70,34 @@ impl<'a> Request<'a> {
     /// The path without the query, normalized as the gateway's `--path-normalization`
     /// says (Istio's BASE by default).
     pub fn path(&self) -> &str {
-        self.kept(&self.path, |r| r.path(), |t| &t.path)
+        match self.source {
+            RequestSource::Host(r) => {
+                let (target, end) = self.target(r);
+                target.get(..end).unwrap_or_default()
+            }
+            RequestSource::Test(t) => &t.path,
+        }
     }
 
     /// The raw query string without `?`; empty when there is none.
     pub fn query(&self) -> &str {
-        self.kept(&self.query, |r| r.query(), |t| &t.query)
+        match self.source {
+            RequestSource::Host(r) => {
+                let (target, end) = self.target(r);
+                target.get(end + 1..).unwrap_or_default()
+            }
+            RequestSource::Test(t) => &t.query,
+        }
+    }
+
+    /// The path and query, fetched once in one host call (the first `?` splits them).
+    fn target(&self, r: &wit::Request) -> (&str, usize) {
+        let (target, end) = self.target.get_or_init(|| {
+            let target = r.path_and_query();
+            let end = target.find('?').unwrap_or(target.len());
+            (target, end)
+        });
+        (target, *end)
     }
 
     /// The `Host` / `:authority` as received.
@@ -126,6 +147,28 @@ impl<'a> Request<'a> {
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value.clone()),
+        }
+    }
+
+    /// Every value of header `name` (any case) joined with `,`, as Envoy matches a
+    /// repeated header; `None` when the request has none. Cheaper than
+    /// [`Self::header_values`] when the header is missing: nothing crosses.
+    pub fn header_joined(&self, name: &str) -> Option<String> {
+        match self.source {
+            RequestSource::Host(r) => r.header_joined(name),
+            RequestSource::Test(t) => {
+                let mut values = t
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| h.value.as_str());
+                let mut joined = values.next()?.to_string();
+                for v in values {
+                    joined.push(',');
+                    joined.push_str(v);
+                }
+                Some(joined)
+            }
         }
     }
 

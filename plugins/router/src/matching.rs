@@ -342,23 +342,12 @@ impl<'r> RequestView<'r> {
         let i = match headers.iter().position(|(n, _)| n == name) {
             Some(i) => i,
             None => {
-                headers.push((name.to_string(), joined(self.request.header_values(name))));
+                headers.push((name.to_string(), self.request.header_joined(name)));
                 headers.len() - 1
             }
         };
         f(headers[i].1.as_deref())
     }
-}
-
-/// All values of a header, joined with `,` as Envoy does for matching.
-fn joined(values: Vec<String>) -> Option<String> {
-    let mut values = values.into_iter();
-    let mut joined = values.next()?;
-    for v in values {
-        joined.push(',');
-        joined.push_str(&v);
-    }
-    Some(joined)
 }
 
 /// Split a raw query string into percent-decoded (name, value) pairs.

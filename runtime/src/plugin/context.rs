@@ -243,6 +243,18 @@ impl RequestView {
         self.headers.get_all(name).iter().map(text).collect()
     }
 
+    /// Every value of header `name` joined with `,` (as Envoy matches a repeated
+    /// header); `None` when there is none.
+    pub fn header_joined(&self, name: &str) -> Option<String> {
+        let mut values = self.headers.get_all(name).iter();
+        let mut joined = text(values.next()?);
+        for v in values {
+            joined.push(',');
+            joined.push_str(&text(v));
+        }
+        Some(joined)
+    }
+
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.uri.path()
@@ -251,6 +263,14 @@ impl RequestView {
     /// The query without `?`; empty when there is none.
     pub fn query(&self) -> &str {
         self.uri.query().unwrap_or_default()
+    }
+
+    /// [`Self::path`], then `?` and [`Self::query`] when there is a query.
+    pub fn path_and_query(&self) -> String {
+        match self.uri.query() {
+            Some(query) => format!("{}?{query}", self.path()),
+            None => self.path().to_string(),
+        }
     }
 
     pub fn query_param(&self, name: &str) -> Option<String> {

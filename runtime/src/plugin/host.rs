@@ -502,6 +502,10 @@ impl types::HostRequest for StoreState {
         Ok(self.request(&r)?.view.query().to_string())
     }
 
+    fn path_and_query(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.view.path_and_query())
+    }
+
     fn query_param(
         &mut self,
         r: Resource<RequestCtx>,
@@ -524,6 +528,14 @@ impl types::HostRequest for StoreState {
         name: String,
     ) -> wasmtime::Result<Vec<String>> {
         Ok(self.request(&r)?.view.header_values(&name))
+    }
+
+    fn header_joined(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.view.header_joined(&name))
     }
 
     fn headers(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<types::Header>> {
