@@ -738,7 +738,10 @@ impl<'a, 'r> Facts<'a, 'r> {
             if self.trusted_hops == 0 {
                 return self.peer();
             }
-            let xff = self.request.header_values("x-forwarded-for").join(",");
+            let xff = self
+                .request
+                .header_joined("x-forwarded-for")
+                .unwrap_or_default();
             let mut rest = xff.as_str();
             for _ in 0..self.trusted_hops {
                 match rest.rfind(',') {
@@ -811,9 +814,7 @@ impl<'a, 'r> Facts<'a, 'r> {
         let index = match cache.iter().position(|(n, _)| n == name) {
             Some(i) => i,
             None => {
-                let values = self.request.header_values(name);
-                let value = (!values.is_empty()).then(|| values.join(","));
-                cache.push((name.to_string(), value));
+                cache.push((name.to_string(), self.request.header_joined(name)));
                 cache.len() - 1
             }
         };
