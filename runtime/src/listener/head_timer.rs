@@ -190,11 +190,12 @@ async fn fire(sleepers: Weak<Mutex<Sleepers>>) {
             }
             let now = now();
             for slot in &mut s.slots {
-                if !slot.fired && slot.deadline <= now {
-                    if let Some(waker) = slot.waker.take() {
-                        slot.fired = true;
-                        due.push(waker);
-                    }
+                if !slot.fired
+                    && slot.deadline <= now
+                    && let Some(waker) = slot.waker.take()
+                {
+                    slot.fired = true;
+                    due.push(waker);
                 }
             }
         }
