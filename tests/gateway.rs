@@ -163,6 +163,9 @@ spec:
     route: [{destination: {host: nowhere.example.com}}]
   - match: [{uri: {prefix: /retry}}]
     route: [{destination: {host: half-dead-svc}}]
+  - match: [{uri: {prefix: /safe-retry}}]
+    route: [{destination: {host: half-dead-svc}}]
+    retries: {attempts: 2, retryOn: connect-failure}
   - match: [{uri: {prefix: /relative}}]
     rewrite: {uri: "rel"}
     route: [{destination: {host: live-svc}}]
@@ -217,6 +220,30 @@ async fn upstream_failures_map_to_502_and_503() {
         let r = get(port, "a", "/retry", &[]).await.expect("request");
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
+    // `connect-failure` alone keeps no copy of the request for a retry: the attempt
+    // that could not connect gives it back whole, and the live endpoint gets every
+    // header, the client's `Host` among them (not the dead endpoint's address).
+    let mut retried = false;
+    for i in 0..10 {
+        let path = format!("/safe-retry/{i}");
+        let r = get(port, "a", &path, &[("x-keep", "kept")])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo["headers"]["x-keep"], "kept", "{echo}");
+        assert_eq!(echo["headers"]["host"], "a", "{echo}");
+        let lines = gw
+            .wait_for_access(|l| l.iter().any(|l| l.contains(&path)))
+            .await;
+        retried |= lines
+            .iter()
+            .any(|l| l.contains(&format!("{path} 200")) && l.contains("attempts=2"));
+        if retried {
+            break;
+        }
+    }
+    assert!(retried, "no request met the dead endpoint first");
     // A rewrite that leaves no absolute path is the gateway's failure, before any
     // upstream attempt: 500, flag PF.
     let hits = live.hits();

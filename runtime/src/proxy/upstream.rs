@@ -22,7 +22,7 @@ use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, Retry
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
 use connect::{H2Key, H2Pool, PoolKey};
-use http1::{Http1Pool, Lease};
+use http1::{Failed, Http1Pool, Lease};
 
 /// How long a pooled HTTP/1.1 connection may stay idle when the DestinationRule sets
 /// no `idleTimeout` (Envoy's default is an hour; upstream servers close theirs sooner).
@@ -64,11 +64,9 @@ impl Upstream {
         mut headers: HeaderMap,
         body: Body,
         h2: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), Attempt> {
         if !out.path_and_query.as_str().starts_with('/') {
-            return Err(ProxyError::InvalidRewrite(
-                out.path_and_query.as_str().to_string(),
-            ));
+            return Err(ProxyError::InvalidRewrite(out.path_and_query.as_str().to_string()).into());
         }
         let endpoint: &Arc<str> = target.authority();
         // The virtual host: `:authority` over HTTP/2, and the SNI unless the
@@ -104,16 +102,19 @@ impl Upstream {
             return Ok((sent, None));
         }
         // HTTP/1.1: origin-form, the virtual host (or else the endpoint) in `Host`.
+        let mut set_host = false;
         if !headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(endpoint)
         {
             headers.insert(header::HOST, v);
+            set_host = true;
         }
         // `maxRequestsPerConnection: 1`: one request per connection, never pooled again
         // (hyper closes it after the response); an upgrade keeps its own `Connection`
         // header.
         let once = cluster.pool.max_requests_per_connection == 1;
-        if once && !headers.contains_key(header::UPGRADE) {
+        let set_close = once && !headers.contains_key(header::UPGRADE);
+        if set_close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let req = request(
@@ -128,7 +129,39 @@ impl Upstream {
             tls,
             pool: PoolKey::of(cluster),
         };
-        self.http1.send(key, req, cluster, !once).await
+        self.http1
+            .send(key, req, cluster, !once)
+            .await
+            .map_err(|Failed { error, unsent }| Attempt {
+                error,
+                // Unsent: its headers as they came, for the next attempt.
+                headers: unsent.map(|req| {
+                    let mut headers = req.into_parts().0.headers;
+                    if set_host {
+                        headers.remove(header::HOST);
+                    }
+                    if set_close {
+                        headers.remove(header::CONNECTION);
+                    }
+                    headers
+                }),
+            })
+    }
+}
+
+/// An attempt that failed: why, and the request's headers when nothing was sent (no
+/// connection to the endpoint could be made), so the next attempt can send them.
+struct Attempt {
+    error: ProxyError,
+    headers: Option<HeaderMap>,
+}
+
+impl From<ProxyError> for Attempt {
+    fn from(error: ProxyError) -> Self {
+        Attempt {
+            error,
+            headers: None,
+        }
     }
 }
 
@@ -281,6 +314,19 @@ impl RetryOn {
         r
     }
 
+    /// Whether a failed attempt may be retried after the request went to the upstream
+    /// (a reset, a timeout, a status): then each attempt but the last sends a copy of
+    /// the headers. Otherwise (`connect-failure` alone, and over HTTP/1.1
+    /// `refused-stream`, which only HTTP/2 has) a retry only follows a connection that
+    /// could not be made, and the request comes back unsent: no copy is made.
+    fn after_sending(&self, h2: bool) -> bool {
+        h2 || self.reset
+            || self.five_xx
+            || self.gateway_error
+            || self.grpc != 0
+            || self.codes.0.iter().any(|w| *w != 0)
+    }
+
     /// As Envoy: `5xx` and `gateway-error` count every failure to get a response (it
     /// becomes a 502/504) as one; `reset` covers resets and per-try timeouts;
     /// `refused-stream` an HTTP/2 REFUSED_STREAM; `connect-failure` a failed connect.
@@ -424,11 +470,13 @@ async fn attempt_all(
         };
         let body = out.body.take().unwrap_or_else(empty);
         let in_flight = cluster.start(index);
-        // The last attempt takes the headers; earlier ones send a copy.
-        let headers = if attempted.attempts >= max_attempts {
-            std::mem::take(&mut out.headers)
-        } else {
+        // The last attempt takes the headers; earlier ones send a copy, unless a retry
+        // can only follow an attempt that gives them back unsent.
+        let copied = attempted.attempts < max_attempts && retry_on.after_sending(h2);
+        let headers = if copied {
             out.headers.clone()
+        } else {
+            std::mem::take(&mut out.headers)
         };
         let call = upstream.call(cluster, target, &out, headers, body, h2);
         attempted.in_flight = Some(index);
@@ -436,9 +484,18 @@ async fn attempt_all(
             // A try that overruns is dropped (its connection with it) and may be retried.
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
-                .unwrap_or(Err(ProxyError::UpstreamPerTryTimeout)),
+                .unwrap_or(Err(ProxyError::UpstreamPerTryTimeout.into())),
             None => call.await,
         };
+        // Without a copy, a retry needs the headers back.
+        let mut whole = copied;
+        let result = result.map_err(|failed| {
+            if let Some(headers) = failed.headers {
+                out.headers = headers;
+                whole = true;
+            }
+            failed.error
+        });
         let outcome = match &result {
             Ok((resp, _)) => Some(Outcome::Response(resp.status().as_u16())),
             Err(ProxyError::UpstreamConnect(_)) => Some(Outcome::ConnectFailure),
@@ -452,7 +509,7 @@ async fn attempt_all(
         if let Some(outcome) = outcome {
             cluster.report(index, outcome);
         }
-        let last = attempted.attempts >= max_attempts;
+        let last = attempted.attempts >= max_attempts || !whole;
         let wanted = !last
             && match &result {
                 Ok((resp, _)) => retry_on.on_response(resp.status().as_u16(), resp.headers()),

@@ -126,6 +126,23 @@ fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
     idle.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A request that failed: why, and the request itself when no byte of it was sent (no
+/// connection could be made), so a retry can send it without having kept a copy.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    pub unsent: Option<Request<Body>>,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// One connection: hyper's handle to it and what its pool's limits look at.
 struct Conn {
     sender: SendRequest<Body>,
@@ -323,7 +340,7 @@ impl Http1Pool {
         mut req: Request<Body>,
         cluster: &Cluster,
         reuse: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
         while let Some(mut conn) = self.take(&key) {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -335,13 +352,22 @@ impl Http1Pool {
                     // idle, or it was not ready after all): the next connection, or a
                     // new one, takes it.
                     Some(unsent) => req = unsent,
-                    None => return Err(super::classify_send(&e.into_error())),
+                    None => return Err(super::classify_send(&e.into_error()).into()),
                 },
             }
         }
         // Boxed: dialling and a TLS handshake make a large future, and every request's
         // future would carry (and move) its size although most find a pooled connection.
-        let mut conn = Box::pin(self.connect(&key, cluster)).await?;
+        let mut conn = match Box::pin(self.connect(&key, cluster)).await {
+            Ok(conn) => conn,
+            // Nothing was sent: the request goes back, for a retry to send.
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
         let resp = conn
             .sender
             .send_request(req)
