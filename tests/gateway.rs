@@ -222,7 +222,7 @@ async fn upstream_failures_map_to_502_and_503() {
     }
     // `connect-failure` alone keeps no copy of the request for a retry: the attempt
     // that could not connect gives it back whole, and the live endpoint gets every
-    // header, the client's `Host` among them (not the dead endpoint's address).
+    // header, the client's `Host` among them.
     let mut retried = false;
     for i in 0..10 {
         let path = format!("/safe-retry/{i}");

@@ -509,8 +509,9 @@ async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mar
 
 /// The SDK's native runner (`testing::decide`) answers a policy's header reads as the
 /// host's `request` resource does: the first value, every value in order, every value
-/// joined with `,`, names in any case, nothing for a name that is missing or not a header name, and every header with
-/// its name lowercase (in an order neither promises).
+/// joined with `,`, names in any case, nothing for a name that is missing or not a
+/// header name, and every header with its name lowercase (in an order neither
+/// promises).
 #[test]
 fn the_sdks_testing_reads_headers_as_the_host_does() {
     use std::cell::RefCell;

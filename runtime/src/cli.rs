@@ -297,12 +297,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_idle_timeout_seconds: u64,
-    /// A request's headers must arrive whole this long after the gateway starts waiting
-    /// for them; else the connection is closed (the slow-loris guard). A keep-alive
-    /// connection waits for its next request from the previous response on, so one idle
-    /// this long is closed too. Timed to the second.
+    /// An HTTP/1.x request's headers must arrive whole this long after its first bytes
+    /// (on a keep-alive connection: after the previous response); else the connection is
+    /// closed (the slow-loris guard), so a keep-alive connection idle this long is closed
+    /// too. Checked once a second. At most a day.
     #[arg(long, default_value_t = 30, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub request_headers_timeout_seconds: u64,
     /// A request must be received whole (headers and body) this long after its head
     /// arrived, unless the response started first: else 408 (Envoy's `request_timeout`,

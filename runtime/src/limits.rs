@@ -24,10 +24,10 @@ pub struct Settings {
     /// `--stream-idle-timeout-seconds`: a request body that sends nothing this long is
     /// ended (408 before the response started). Envoy's `stream_idle_timeout`, 5 min.
     pub stream_idle: Duration,
-    /// `--request-headers-timeout-seconds`: a request's head must arrive whole this long
-    /// after the gateway starts waiting for it (after the previous response on a
-    /// keep-alive connection, which is so closed when idle that long). The slow-loris
-    /// guard; Envoy's `request_headers_timeout`, which Envoy leaves unset.
+    /// `--request-headers-timeout-seconds`: an HTTP/1.x request's head must arrive whole
+    /// this long after its first bytes (on a keep-alive connection: after the previous
+    /// response, so one idle that long is closed). The slow-loris guard; Envoy's
+    /// `request_headers_timeout`, which Envoy leaves unset.
     pub request_headers_timeout: Duration,
     /// `--request-timeout-seconds`: a request must be received whole (its body ended)
     /// this long after its head arrived, unless the response started first (408).

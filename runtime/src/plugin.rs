@@ -787,6 +787,7 @@ impl Hasher for IdHasher {
         }
     }
 
+    /// The whole key: a binding id is one `u32`, so this sets the hash, not mixes.
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }

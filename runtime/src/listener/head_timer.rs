@@ -5,10 +5,11 @@
 //! hyper makes one sleep per request, polls it while the head is incomplete and drops it
 //! once the head is in. With tokio's timer that is a timer-wheel entry made, registered
 //! and removed for every request, about 1,500 instructions (callgrind, scenario 1),
-//! although the timeout almost never fires. Here a sleep is a slot in a list its worker
-//! shares, and one task looks at the list once per [`TICK`] while it holds any: making
-//! and dropping a sleep is a lock and a slot. A head timeout fires up to one tick late,
-//! which is nothing against its 30 s default.
+//! although the timeout almost never fires. Here a sleep is a slot in a list shared by
+//! one listener's connections on one worker, and one task looks at the list once per
+//! [`TICK`] while it holds any: making and dropping a sleep is a lock and a slot. A head
+//! timeout fires up to one tick late: little against the 30 s default, and the reason
+//! the flag counts whole seconds.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -20,7 +21,7 @@ use hyper::rt::{Sleep, Timer};
 /// How often expired sleeps are looked for.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// A worker's head timer; clones share its sleepers.
+/// The head timer of one listener on one worker; clones share its sleepers.
 #[derive(Clone, Default)]
 pub struct HeadTimer {
     sleepers: Arc<Mutex<Sleepers>>,
@@ -232,9 +233,30 @@ mod tests {
         );
         drop(sleep);
         assert_eq!(timer.live(), 0);
-        // The firing task stops at its next tick once no sleep is left.
+        // The firing task stops at its next tick once no sleep is left...
         tokio::time::sleep(TICK * 2).await;
         assert!(!timer.ticking());
+        // ...and the next sleep starts it again.
+        let start = now();
+        let mut again = timer.sleep(Duration::from_secs(2));
+        assert!(poll_once(&mut again).await.is_pending());
+        assert!(timer.ticking());
+        again.as_mut().await;
+        let took = now() - start;
+        assert!(took >= Duration::from_secs(2) && took <= Duration::from_secs(2) + TICK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_sleeps_that_are_due_fire() {
+        let timer = HeadTimer::default();
+        let mut soon = timer.sleep(Duration::from_secs(1));
+        let mut later = timer.sleep(Duration::from_secs(30));
+        assert!(poll_once(&mut soon).await.is_pending());
+        assert!(poll_once(&mut later).await.is_pending());
+        soon.as_mut().await;
+        tokio::time::sleep(TICK * 3).await;
+        assert!(poll_once(&mut later).await.is_pending(), "30 s are not up");
+        assert_eq!(timer.live(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -246,6 +268,15 @@ mod tests {
         }
         assert_eq!(timer.live(), 0, "each sleep gave its slot back");
         assert_eq!(timer.lock().slots.len(), 1, "and the next one took it");
+        // Past the dropped sleeps' deadline nothing was marked fired.
+        tokio::time::sleep(TICK * 3).await;
+        assert!(
+            timer
+                .lock()
+                .slots
+                .iter()
+                .all(|s| !s.fired && s.waker.is_none())
+        );
         // A sleep never polled takes no slot.
         let unpolled = timer.sleep(Duration::from_secs(1));
         assert_eq!(timer.live(), 0);

@@ -267,9 +267,11 @@ impl RequestView {
 
     /// [`Self::path`], then `?` and [`Self::query`] when there is a query.
     pub fn path_and_query(&self) -> String {
-        match self.uri.query() {
-            Some(query) => format!("{}?{query}", self.path()),
-            None => self.path().to_string(),
+        match (self.uri.query(), self.uri.path_and_query()) {
+            (Some(_), Some(pq)) => pq.as_str().to_string(),
+            // No query, or none to take it from: the path alone (`Uri::path` is empty
+            // for an authority-form target, where the path-and-query would say `/`).
+            _ => self.path().to_string(),
         }
     }
 
