@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use wasmgate::plugin::context::ChainNames;
+use wasmgate::plugin::context::{ChainNames, Current};
 use wasmgate::plugin::types::{Action, Binding, DirectResponse, Interest};
 use wasmgate::plugin::{
-    CallError, Edit, HostSettings, PluginError, PluginHost, RequestView, SharedBox,
+    CallError, Edit, HostSettings, PluginError, PluginHost, PreparedPolicy, RequestView, SharedBox,
 };
 
 fn built(name: &str) -> Vec<u8> {
@@ -401,10 +401,6 @@ async fn an_invalid_metric_definition_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_reads_the_headers_it_needs_on_demand() {
     let host = host(HostSettings::default());
-    let router = wasmgate::plugin::builtin::get("router").expect("the embedded router");
-    let plugin = host
-        .compile("wasmgate/router", router.bytes)
-        .expect("compile");
     let spec = serde_json::json!({
         "hosts": ["*"],
         "http": [
@@ -417,15 +413,7 @@ async fn a_policy_reads_the_headers_it_needs_on_demand() {
             {"route": [{"destination": {"host": "reviews", "subset": "rest"}}]},
         ],
     });
-    let policy = host
-        .prepare(
-            &host.pool(&plugin),
-            "wasmgate/router",
-            binding(),
-            spec.to_string(),
-        )
-        .await
-        .expect("prepare");
+    let policy = embedded_router(&host, &spec).await;
     assert!(
         asks_nothing_more(policy.interest()),
         "{:?}",
@@ -442,10 +430,7 @@ async fn a_policy_reads_the_headers_it_needs_on_demand() {
         (&[], 3),
     ];
     for (headers, route) in cases {
-        let view = view_with("/", headers);
-        let edit = policy.on_request(&view).await.expect("call");
-        view.state().apply(edit);
-        let decision = view.state().decision.clone();
+        let decision = decided(&policy, &view_with("/", headers)).await;
         assert_eq!(
             decision.route.as_ref().map(|r| r.index),
             Some(route),
@@ -455,16 +440,35 @@ async fn a_policy_reads_the_headers_it_needs_on_demand() {
     }
 }
 
+/// The embedded router, prepared for the VirtualService `spec`.
+async fn embedded_router(host: &PluginHost, spec: &serde_json::Value) -> PreparedPolicy {
+    let router = wasmgate::plugin::builtin::get("router").expect("the embedded router");
+    let plugin = host
+        .compile("wasmgate/router", router.bytes)
+        .expect("compile");
+    host.prepare(
+        &host.pool(&plugin),
+        "wasmgate/router",
+        binding(),
+        spec.to_string(),
+    )
+    .await
+    .expect("prepare")
+}
+
+/// The decision after `policy`'s edit for `view`.
+async fn decided(policy: &PreparedPolicy, view: &Arc<RequestView>) -> Current {
+    let edit = policy.on_request(view).await.expect("call");
+    view.state().apply(edit);
+    view.state().decision.clone()
+}
+
 /// The router, in Wasm, reads the path and the query in one call (`path-and-query`) and
 /// splits them at the first `?`: an exact path matches with or without a query, and the
 /// query's parameters are the request's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mark() {
     let host = host(HostSettings::default());
-    let router = wasmgate::plugin::builtin::get("router").expect("the embedded router");
-    let plugin = host
-        .compile("wasmgate/router", router.bytes)
-        .expect("compile");
     let spec = serde_json::json!({
         "hosts": ["*"],
         "http": [
@@ -475,15 +479,7 @@ async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mar
             {"route": [{"destination": {"host": "reviews", "subset": "rest"}}]},
         ],
     });
-    let policy = host
-        .prepare(
-            &host.pool(&plugin),
-            "wasmgate/router",
-            binding(),
-            spec.to_string(),
-        )
-        .await
-        .expect("prepare");
+    let policy = embedded_router(&host, &spec).await;
     let cases: [(&str, u32); 7] = [
         ("/a?flag=on?", 0),
         ("/a?x=1&flag=on%3F", 0),
@@ -496,9 +492,7 @@ async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mar
     for (target, route) in cases {
         let view = view_with(target, &[]);
         assert_eq!(view.path_and_query(), target);
-        let edit = policy.on_request(&view).await.expect("call");
-        view.state().apply(edit);
-        let decision = view.state().decision.clone();
+        let decision = decided(&policy, &view).await;
         assert_eq!(
             decision.route.as_ref().map(|r| r.index),
             Some(route),
