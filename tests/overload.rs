@@ -160,15 +160,20 @@ async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Instant) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_head_not_sent_in_time_and_an_idle_connection_are_closed() {
+async fn silent_slow_and_idle_connections_are_closed_at_the_head_timeout() {
     let app = Echo::start("app").await;
     let (dir, port) = config("head-timeout", app.port(), VS);
     let _gw = Gateway::start(dir.path(), &["--request-headers-timeout-seconds", "2"]).await;
-    // A head that never ends: closed between the timeout and one tick later.
-    let mut slow = TcpStream::connect(("127.0.0.1", port))
+    // A connection that never sends a byte, and a head that never ends: each closed
+    // between the timeout and one tick later.
+    let mut silent = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     let started = Instant::now();
+    let silent = tokio::spawn(async move { read_to_close(&mut silent).await });
+    let mut slow = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: a")
         .await
         .expect("write");
@@ -191,6 +196,13 @@ async fn a_head_not_sent_in_time_and_an_idle_connection_are_closed() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let (got, at) = silent.await.expect("silent reader");
+    let waited = at - started;
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "silent connection closed after {waited:?}"
+    );
+    assert!(got.is_empty(), "{got:?}");
     let (got, at) = slow.await.expect("slow reader");
     let waited = at - started;
     assert!(

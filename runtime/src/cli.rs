@@ -300,7 +300,8 @@ pub struct RunArgs {
     /// An HTTP/1.x request's headers must arrive whole this long after its first bytes
     /// (on a keep-alive connection: after the previous response); else the connection is
     /// closed (the slow-loris guard), so a keep-alive connection idle this long is closed
-    /// too. Checked once a second. At most a day.
+    /// too, and so is one that sends no byte at all that long. Checked once a second. At
+    /// most a day.
     #[arg(long, default_value_t = 30, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub request_headers_timeout_seconds: u64,

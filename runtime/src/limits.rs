@@ -26,8 +26,9 @@ pub struct Settings {
     pub stream_idle: Duration,
     /// `--request-headers-timeout-seconds`: an HTTP/1.x request's head must arrive whole
     /// this long after its first bytes (on a keep-alive connection: after the previous
-    /// response, so one idle that long is closed). The slow-loris guard; Envoy's
-    /// `request_headers_timeout`, which Envoy leaves unset.
+    /// response, so one idle that long is closed); a connection that sends no byte that
+    /// long is closed too. The slow-loris guard; Envoy's `request_headers_timeout`,
+    /// which Envoy leaves unset.
     pub request_headers_timeout: Duration,
     /// `--request-timeout-seconds`: a request must be received whole (its body ended)
     /// this long after its head arrived, unless the response started first (408).

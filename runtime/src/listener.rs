@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hyper::rt::Timer;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -33,7 +34,7 @@ use crate::workers::Workers;
 
 mod head_timer;
 
-use head_timer::HeadTimer;
+use head_timer::{FirstBytes, HeadTimer};
 
 /// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
 const MAX_HEADERS_BYTES: usize = 60 << 10;
@@ -157,6 +158,16 @@ async fn drain_out(graceful: Option<GracefulShutdown>, drain: Duration) {
     }
 }
 
+/// What serves HTTP on one listener's connections on one worker: hyper's builder, and
+/// the head timer whose sleeps hyper's head timeout and each connection's first-bytes
+/// deadline ([`FirstBytes`]) are.
+#[derive(Clone)]
+struct HttpServer {
+    builder: Builder<TokioExecutor>,
+    timer: HeadTimer,
+    head_timeout: Duration,
+}
+
 /// The HTTP server of one listener on one worker. A client gets `head_timeout` to send
 /// a request's headers (slow-loris guard), timed by the worker's coarse [`HeadTimer`].
 /// Envoy's default limit on request headers is 60 KiB: larger ones get 431.
@@ -183,10 +194,13 @@ async fn accept_loop(
     accepted: Arc<[std::sync::atomic::AtomicU64]>,
     open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let builder = http_builder(
-        shared.limits.settings.request_headers_timeout,
-        HeadTimer::default(),
-    );
+    let head_timeout = shared.limits.settings.request_headers_timeout;
+    let timer = HeadTimer::default();
+    let http = HttpServer {
+        builder: http_builder(head_timeout, timer.clone()),
+        timer,
+        head_timeout,
+    };
     let stats = shared.metrics.listener(&addr.to_string());
     loop {
         let (stream, client) = match socket.accept().await {
@@ -232,7 +246,7 @@ async fn accept_loop(
             stream,
             conn,
             shared.clone(),
-            builder.clone(),
+            http.clone(),
             watcher,
             stats.clone(),
         ));
@@ -249,7 +263,7 @@ async fn connection(
     stream: TcpStream,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    builder: Builder<TokioExecutor>,
+    http: HttpServer,
     watcher: Watcher,
     stats: Arc<ListenerStats>,
 ) {
@@ -259,7 +273,7 @@ async fn connection(
     };
     drop(snapshot);
     match &listener.serve {
-        Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, builder, watcher).await,
+        Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, http, watcher).await,
         // The TCP and TLS paths boxed: the connection's future is as large as its
         // largest path, and plain HTTP, the common one, is less than half of TLS's (the
         // handshake, then hyper over the TLS stream). This future is copied once into
@@ -278,7 +292,7 @@ async fn connection(
         }
         Serve::Tls(servers) => {
             Box::pin(serve_tls(
-                stream, conn, shared, builder, watcher, servers, stats,
+                stream, conn, shared, http, watcher, servers, stats,
             ))
             .await
         }
@@ -291,7 +305,7 @@ async fn serve_tls(
     mut stream: TcpStream,
     mut conn: ConnInfo,
     shared: Arc<Shared>,
-    builder: Builder<TokioExecutor>,
+    http: HttpServer,
     watcher: Watcher,
     servers: &HostTable<TlsServer>,
     stats: Arc<ListenerStats>,
@@ -357,7 +371,7 @@ async fn serve_tls(
             }));
             match then {
                 Terminated::Http(_) => {
-                    serve_http(TokioIo::new(tls_stream), conn, shared, builder, watcher).await
+                    serve_http(TokioIo::new(tls_stream), conn, shared, http, watcher).await
                 }
                 Terminated::Tcp(routes) => {
                     let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
@@ -433,7 +447,7 @@ async fn serve_http<I>(
     io: TokioIo<I>,
     mut conn: ConnInfo,
     shared: Arc<Shared>,
-    builder: Builder<TokioExecutor>,
+    http: HttpServer,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -441,16 +455,19 @@ async fn serve_http<I>(
     let client = conn.client;
     let access_log = shared.access_log.clone();
     let logging = shared.clone();
-    // hyper reads through a watcher that sees the request framing hyper hides.
-    let (io, framing) = Watched::new(io.into_inner());
+    // hyper reads through a watcher that sees the request framing hyper hides, over a
+    // deadline for the connection's first bytes (hyper's head timeout starts with them).
+    let first_bytes = FirstBytes::new(io.into_inner(), http.timer.sleep(http.head_timeout));
+    let (io, framing) = Watched::new(first_bytes);
     conn.framing = Some(framing);
     let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
     // The connection's first read takes up to 1 KiB although hyper-util's protocol
     // detection asks for 24 bytes; hyper gets the rest from memory, not from a second
     // read of the socket (`Rewind::read_ahead`). The detection still drives that read, so
     // a drain still closes a connection that has sent nothing.
-    let served =
-        builder.serve_connection_with_upgrades(TokioIo::new(Rewind::read_ahead(io)), service);
+    let served = http
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(Rewind::read_ahead(io)), service);
     if let Err(e) = watcher.watch(served).await {
         // Requests hyper refuses itself (400/414/431) never reach `handle`.
         if crate::telemetry::access_log_enabled(&logging) {

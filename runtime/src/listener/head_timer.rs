@@ -17,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How often expired sleeps are looked for.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -172,6 +173,83 @@ impl Drop for HeadSleep {
                 s.live -= 1;
             }
         }
+    }
+}
+
+/// A connection's reads, failing with `TimedOut` when its first bytes do not come
+/// before `deadline` (`--request-headers-timeout-seconds` from when hyper takes the
+/// connection): hyper's own head timeout starts only with a request's first bytes, so a
+/// connection that never sends one would otherwise be held until the client leaves.
+/// After the first bytes it only passes reads and writes through.
+pub struct FirstBytes<S> {
+    inner: S,
+    deadline: Option<Pin<Box<dyn Sleep>>>,
+}
+
+impl<S> FirstBytes<S> {
+    pub fn new(inner: S, deadline: Pin<Box<dyn Sleep>>) -> Self {
+        FirstBytes {
+            inner,
+            deadline: Some(deadline),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(deadline) = this.deadline.as_mut() {
+            match polled {
+                // The end of the stream: hyper closes the connection.
+                Poll::Ready(Ok(())) if buf.filled().len() == before => {}
+                Poll::Ready(_) => this.deadline = None,
+                Poll::Pending => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within --request-headers-timeout-seconds",
+                        )));
+                    }
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
