@@ -171,6 +171,12 @@ async fn silent_slow_and_idle_connections_are_closed_at_the_head_timeout() {
         .expect("connect");
     let started = Instant::now();
     let silent = tokio::spawn(async move { read_to_close(&mut silent).await });
+    // A byte of HTTP/2's preface, then nothing: the protocol is never known.
+    let mut undecided = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    undecided.write_all(b"P").await.expect("write");
+    let undecided = tokio::spawn(async move { read_to_close(&mut undecided).await });
     let mut slow = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -203,6 +209,12 @@ async fn silent_slow_and_idle_connections_are_closed_at_the_head_timeout() {
         "silent connection closed after {waited:?}"
     );
     assert!(got.is_empty(), "{got:?}");
+    let (_, at) = undecided.await.expect("undecided reader");
+    let waited = at - started;
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "a connection that sent one byte of HTTP/2's preface closed after {waited:?}"
+    );
     let (got, at) = slow.await.expect("slow reader");
     let waited = at - started;
     assert!(

@@ -168,8 +168,8 @@ struct HttpServer {
     head_timeout: Duration,
 }
 
-/// The HTTP server of one listener on one worker. A client gets `head_timeout` to send
-/// a request's headers (slow-loris guard), timed by the worker's coarse [`HeadTimer`].
+/// hyper's server for one listener on one worker. A client gets `head_timeout` to send
+/// a request's headers (slow-loris guard), timed by the listener's coarse [`HeadTimer`].
 /// Envoy's default limit on request headers is 60 KiB: larger ones get 431.
 fn http_builder(head_timeout: Duration, timer: HeadTimer) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -456,7 +456,8 @@ async fn serve_http<I>(
     let access_log = shared.access_log.clone();
     let logging = shared.clone();
     // hyper reads through a watcher that sees the request framing hyper hides, over a
-    // deadline for the connection's first bytes (hyper's head timeout starts with them).
+    // deadline for the bytes that tell HTTP/1 from HTTP/2 (hyper's head timeout starts
+    // only after them).
     let first_bytes = FirstBytes::new(io.into_inner(), http.timer.sleep(http.head_timeout));
     let (io, framing) = Watched::new(first_bytes);
     conn.framing = Some(framing);

@@ -1,6 +1,7 @@
 //! The timer hyper's HTTP/1 server uses for its request head timeout
 //! (`--request-headers-timeout-seconds`, the slow-loris guard; hyper starts it when it
-//! waits for a head, so it also ends a keep-alive connection idle that long).
+//! waits for a head, so it also ends a keep-alive connection idle that long), and
+//! [`FirstBytes`], the same timeout for a connection whose protocol is not known yet.
 //!
 //! hyper makes one sleep per request, polls it while the head is incomplete and drops it
 //! once the head is in. With tokio's timer that is a timer-wheel entry made, registered
@@ -176,14 +177,21 @@ impl Drop for HeadSleep {
     }
 }
 
-/// A connection's reads, failing with `TimedOut` when its first bytes do not come
-/// before `deadline` (`--request-headers-timeout-seconds` from when hyper takes the
-/// connection): hyper's own head timeout starts only with a request's first bytes, so a
-/// connection that never sends one would otherwise be held until the client leaves.
-/// After the first bytes it only passes reads and writes through.
+/// HTTP/2's connection preface: hyper-util tells HTTP/1 from HTTP/2 once a byte differs
+/// from it, or all of it came.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's reads, failing with `TimedOut` when the protocol is not known before
+/// `deadline` (`--request-headers-timeout-seconds` from when hyper takes the
+/// connection). hyper's own head timeout starts only once hyper-util has told HTTP/1
+/// from HTTP/2, which has no timeout of its own: a connection that sends nothing, or a
+/// few bytes of HTTP/2's preface, would be held until the client leaves. Once the
+/// protocol is known it only passes reads and writes through.
 pub struct FirstBytes<S> {
     inner: S,
     deadline: Option<Pin<Box<dyn Sleep>>>,
+    /// Bytes read so far that match HTTP/2's preface.
+    preface: usize,
 }
 
 impl<S> FirstBytes<S> {
@@ -191,7 +199,19 @@ impl<S> FirstBytes<S> {
         FirstBytes {
             inner,
             deadline: Some(deadline),
+            preface: 0,
         }
+    }
+
+    /// `read` arrived: is the protocol known now?
+    fn known_after(&mut self, read: &[u8]) -> bool {
+        let rest = H2_PREFACE.get(self.preface..).unwrap_or_default();
+        let n = read.len().min(rest.len());
+        if read.get(..n) != rest.get(..n) || n == rest.len() {
+            return true;
+        }
+        self.preface += n;
+        false
     }
 }
 
@@ -208,7 +228,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
             match polled {
                 // The end of the stream: hyper closes the connection.
                 Poll::Ready(Ok(())) if buf.filled().len() == before => {}
-                Poll::Ready(_) => this.deadline = None,
+                Poll::Ready(Ok(())) => {
+                    if this.known_after(&buf.filled()[before..]) {
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(Err(_)) => this.deadline = None,
                 Poll::Pending => {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(std::io::Error::new(
@@ -359,6 +384,70 @@ mod tests {
         let unpolled = timer.sleep(Duration::from_secs(1));
         assert_eq!(timer.live(), 0);
         drop(unpolled);
+    }
+
+    /// Read from `io` until it fails or ends: the error, if any.
+    async fn read_all(io: &mut FirstBytes<tokio::io::DuplexStream>) -> Option<std::io::Error> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(e),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_bytes_time_out_until_the_protocol_is_known() {
+        use tokio::io::AsyncWriteExt;
+        let timer = HeadTimer::default();
+        for (sent, closed) in [
+            (&b""[..], true),
+            (b"P", true),
+            (b"PRI * HTTP/2.0\r\n", true),
+            (b"G", false),
+            (b"PRX", false),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false),
+        ] {
+            let (client, server) = tokio::io::duplex(64);
+            let mut io = FirstBytes::new(server, timer.sleep(Duration::from_secs(2)));
+            let mut client = client;
+            client.write_all(sent).await.expect("write");
+            let start = now();
+            // The client stays, silent after `sent`: only the deadline can end the read.
+            let read = tokio::time::timeout(Duration::from_secs(10), read_all(&mut io)).await;
+            match read {
+                Ok(Some(e)) => {
+                    assert!(closed, "{sent:?}: {e}");
+                    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+                    assert!(now() - start <= Duration::from_secs(2) + TICK);
+                }
+                Ok(None) => panic!("{sent:?}: ended"),
+                Err(_) => assert!(!closed, "{sent:?}: still open after 10 s"),
+            }
+            drop(client);
+        }
+        assert_eq!(timer.live(), 0, "every deadline gave its slot back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_bytes_after_a_pause_and_an_end_are_not_timed_out() {
+        use tokio::io::AsyncWriteExt;
+        let timer = HeadTimer::default();
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = FirstBytes::new(server, timer.sleep(Duration::from_secs(2)));
+        let reader = tokio::spawn(async move { read_all(&mut io).await });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(client);
+        let error = reader.await.expect("reader");
+        assert!(error.is_none(), "{error:?}");
     }
 
     #[tokio::test(start_paused = true)]
