@@ -34,7 +34,7 @@ use crate::workers::Workers;
 
 mod head_timer;
 
-use head_timer::{FirstBytes, HeadTimer};
+use head_timer::HeadTimer;
 
 /// Largest request head accepted (Envoy's `max_request_headers_kb` default, 60 KiB).
 const MAX_HEADERS_BYTES: usize = 60 << 10;
@@ -160,7 +160,7 @@ async fn drain_out(graceful: Option<GracefulShutdown>, drain: Duration) {
 
 /// What serves HTTP on one listener's connections on one worker: hyper's builder, and
 /// the head timer whose sleeps hyper's head timeout and each connection's first-bytes
-/// deadline ([`FirstBytes`]) are.
+/// deadline (held by its [`Watched`]) are.
 #[derive(Clone)]
 struct HttpServer {
     builder: Builder<TokioExecutor>,
@@ -455,11 +455,10 @@ async fn serve_http<I>(
     let client = conn.client;
     let access_log = shared.access_log.clone();
     let logging = shared.clone();
-    // hyper reads through a watcher that sees the request framing hyper hides, over a
-    // deadline for the bytes that tell HTTP/1 from HTTP/2 (hyper's head timeout starts
-    // only after them).
-    let first_bytes = FirstBytes::new(io.into_inner(), http.timer.sleep(http.head_timeout));
-    let (io, framing) = Watched::new(first_bytes);
+    // hyper reads through a watcher that sees the request framing hyper hides, and
+    // holds the deadline for the bytes that tell HTTP/1 from HTTP/2 (hyper's head
+    // timeout starts only after them).
+    let (io, framing) = Watched::new(io.into_inner(), http.timer.sleep(http.head_timeout));
     conn.framing = Some(framing);
     let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
     // The connection's first read takes up to 1 KiB although hyper-util's protocol

@@ -1,7 +1,8 @@
 //! The timer hyper's HTTP/1 server uses for its request head timeout
 //! (`--request-headers-timeout-seconds`, the slow-loris guard; hyper starts it when it
-//! waits for a head, so it also ends a keep-alive connection idle that long), and
-//! [`FirstBytes`], the same timeout for a connection whose protocol is not known yet.
+//! waits for a head, so it also ends a keep-alive connection idle that long), and for
+//! the same timeout on a connection whose protocol is not known yet (the deadline
+//! `proxy::framing::Watched` holds).
 //!
 //! hyper makes one sleep per request, polls it while the head is incomplete and drops it
 //! once the head is in. With tokio's timer that is a timer-wheel entry made, registered
@@ -18,7 +19,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How often expired sleeps are looked for.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -177,107 +177,6 @@ impl Drop for HeadSleep {
     }
 }
 
-/// HTTP/2's connection preface: hyper-util tells HTTP/1 from HTTP/2 once a byte differs
-/// from it, or all of it came.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// A connection's reads, failing with `TimedOut` when the protocol is not known before
-/// `deadline` (`--request-headers-timeout-seconds` from when hyper takes the
-/// connection). hyper's own head timeout starts only once hyper-util has told HTTP/1
-/// from HTTP/2, which has no timeout of its own: a connection that sends nothing, or a
-/// few bytes of HTTP/2's preface, would be held until the client leaves. Once the
-/// protocol is known it only passes reads and writes through.
-pub struct FirstBytes<S> {
-    inner: S,
-    deadline: Option<Pin<Box<dyn Sleep>>>,
-    /// Bytes read so far that match HTTP/2's preface.
-    preface: usize,
-}
-
-impl<S> FirstBytes<S> {
-    pub fn new(inner: S, deadline: Pin<Box<dyn Sleep>>) -> Self {
-        FirstBytes {
-            inner,
-            deadline: Some(deadline),
-            preface: 0,
-        }
-    }
-
-    /// `read` arrived: is the protocol known now?
-    fn known_after(&mut self, read: &[u8]) -> bool {
-        let rest = H2_PREFACE.get(self.preface..).unwrap_or_default();
-        let n = read.len().min(rest.len());
-        if read.get(..n) != rest.get(..n) || n == rest.len() {
-            return true;
-        }
-        self.preface += n;
-        false
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Some(deadline) = this.deadline.as_mut() {
-            match polled {
-                // The end of the stream: hyper closes the connection.
-                Poll::Ready(Ok(())) if buf.filled().len() == before => {}
-                Poll::Ready(Ok(())) => {
-                    if this.known_after(&buf.filled()[before..]) {
-                        this.deadline = None;
-                    }
-                }
-                Poll::Ready(Err(_)) => this.deadline = None,
-                Poll::Pending => {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no request within --request-headers-timeout-seconds",
-                        )));
-                    }
-                }
-            }
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// Wake the sleeps whose deadline passed, once a tick, until none is left.
 async fn fire(sleepers: Weak<Mutex<Sleepers>>) {
     let mut due = Vec::new();
@@ -313,6 +212,7 @@ async fn fire(sleepers: Weak<Mutex<Sleepers>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::framing::Watched;
     use std::future::poll_fn;
 
     /// Poll `sleep` once, Pending or Ready.
@@ -387,7 +287,7 @@ mod tests {
     }
 
     /// Read from `io` until it fails or ends: the error, if any.
-    async fn read_all(io: &mut FirstBytes<tokio::io::DuplexStream>) -> Option<std::io::Error> {
+    async fn read_all(io: &mut Watched<tokio::io::DuplexStream>) -> Option<std::io::Error> {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 64];
         loop {
@@ -412,7 +312,7 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false),
         ] {
             let (client, server) = tokio::io::duplex(64);
-            let mut io = FirstBytes::new(server, timer.sleep(Duration::from_secs(2)));
+            let (mut io, _) = Watched::new(server, timer.sleep(Duration::from_secs(2)));
             let mut client = client;
             client.write_all(sent).await.expect("write");
             let start = now();
@@ -437,7 +337,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let timer = HeadTimer::default();
         let (mut client, server) = tokio::io::duplex(64);
-        let mut io = FirstBytes::new(server, timer.sleep(Duration::from_secs(2)));
+        let (mut io, _) = Watched::new(server, timer.sleep(Duration::from_secs(2)));
         let reader = tokio::spawn(async move { read_all(&mut io).await });
         tokio::time::sleep(Duration::from_millis(1500)).await;
         client

@@ -11,6 +11,9 @@
 //! message boundary (HTTP/2, an upgrade or CONNECT, anything hyper itself would reject)
 //! it stops watching that connection, and a flagged request must also match the
 //! method and target the service got, so it can never blame the wrong request.
+//!
+//! Being the layer every read passes through, it also holds the connection's
+//! first-bytes deadline ([`FirstBytes`]): the one thing it may end a connection for.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Method, Uri};
+use hyper::rt::Sleep;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest request head followed (hyper answers 431 beyond 60 KiB anyway).
@@ -76,17 +80,54 @@ pub struct Watched<S> {
     inner: S,
     tracker: Tracker,
     log: std::sync::Arc<FramingLog>,
+    /// Until the connection has shown which protocol it speaks.
+    first_bytes: Option<FirstBytes>,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S) -> (Self, std::sync::Arc<FramingLog>) {
+    /// `deadline`: by when the connection must show whether it speaks HTTP/1 or HTTP/2
+    /// (`--request-headers-timeout-seconds` from now; see [`FirstBytes`]).
+    pub fn new(inner: S, deadline: Pin<Box<dyn Sleep>>) -> (Self, std::sync::Arc<FramingLog>) {
         let log = std::sync::Arc::new(FramingLog::default());
         let watched = Watched {
             inner,
             tracker: Tracker::default(),
             log: log.clone(),
+            first_bytes: Some(FirstBytes {
+                deadline,
+                preface: 0,
+            }),
         };
         (watched, log)
+    }
+}
+
+/// HTTP/2's connection preface: hyper-util tells HTTP/1 from HTTP/2 once a byte differs
+/// from it, or all of it came.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's deadline for showing its protocol. hyper's own head timeout starts
+/// only once hyper-util has told HTTP/1 from HTTP/2, which has no timeout of its own: a
+/// connection that sends nothing, or a few bytes of HTTP/2's preface, would be held
+/// until the client leaves. Its reads fail with `TimedOut` when the deadline passes
+/// first.
+struct FirstBytes {
+    deadline: Pin<Box<dyn Sleep>>,
+    /// Bytes read so far that match HTTP/2's preface.
+    preface: usize,
+}
+
+impl FirstBytes {
+    /// `read` arrived: is the protocol known now? (An empty read, the end of the
+    /// stream, tells nothing; hyper closes the connection.)
+    fn known_after(&mut self, read: &[u8]) -> bool {
+        let rest = H2_PREFACE.get(self.preface..).unwrap_or_default();
+        let n = read.len().min(rest.len());
+        if read.get(..n) != rest.get(..n) || n == rest.len() {
+            return true;
+        }
+        self.preface += n;
+        false
     }
 }
 
@@ -103,6 +144,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             && !this.tracker.is_passive()
         {
             this.tracker.feed(&buf.filled()[before..], &this.log);
+        }
+        if let Some(first) = this.first_bytes.as_mut() {
+            let known = match &polled {
+                Poll::Ready(Ok(())) => first.known_after(&buf.filled()[before..]),
+                Poll::Ready(Err(_)) => true,
+                Poll::Pending => {
+                    if first.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within --request-headers-timeout-seconds",
+                        )));
+                    }
+                    false
+                }
+            };
+            if known {
+                this.first_bytes = None;
+            }
         }
         polled
     }
