@@ -413,8 +413,10 @@ async fn serve(
     // headers and the request is proxied as a plain one.
     // Hop-by-hop headers go first, so a client's `Connection: x-forwarded-for` cannot
     // remove what the gateway adds next.
-    let upgrade = headers::upgrade_request(req.headers()).filter(|p| shared.edge.allows_upgrade(p));
-    strip_hop_by_hop(req.headers_mut());
+    let seen = headers::Seen::scan(req.headers());
+    let upgrade =
+        headers::upgrade_request(req.headers(), seen).filter(|p| shared.edge.allows_upgrade(p));
+    headers::strip_seen_hop_by_hop(req.headers_mut(), seen);
     if let Some(a) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
@@ -422,9 +424,16 @@ async fn serve(
         // upstream sees the host that was routed.
         req.headers_mut().insert(header::HOST, v);
     }
-    access.request_id = edge_headers(req.headers_mut(), conn.client.ip(), scheme, &shared.ids);
+    access.request_id = edge_headers(
+        req.headers_mut(),
+        seen,
+        conn.client.ip(),
+        scheme,
+        &shared.ids,
+    );
     headers::client_cert_header(
         req.headers_mut(),
+        seen,
         conn.tls.as_ref().and_then(|t| t.xfcc.as_deref()),
     );
     if let Some(span) = access.observe.as_mut().and_then(Observation::recording) {
