@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod entropy;
 pub mod fleet;
 pub mod gateway;
+pub mod int_hash;
 pub mod limits;
 pub mod listener;
 pub mod memory;

@@ -29,7 +29,6 @@ pub mod redis;
 pub mod state;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -539,6 +538,7 @@ impl PluginHost {
                 idle: (0..crate::workers::slots())
                     .map(|_| Mutex::new(Vec::new()))
                     .collect(),
+                idle_per_slot: (MAX_IDLE / crate::workers::slots().max(1)).max(2),
                 next_binding: AtomicU32::new(0),
                 env,
                 waits: plugin.inner.calls_out
@@ -702,6 +702,9 @@ struct PoolInner {
     /// the instance's handles (measured in the chain's memcpy share).
     #[allow(clippy::vec_box)]
     idle: Box<[Mutex<Vec<Box<Slot>>>]>,
+    /// Idle instances a slot keeps at most: [`MAX_IDLE`] for the pool in all, shared
+    /// out over the slots (at least two each), worked out once.
+    idle_per_slot: usize,
     next_binding: AtomicU32,
     /// The WASI environment of every instance (`vmConfig.env`).
     env: Vec<(String, String)>,
@@ -770,36 +773,14 @@ impl PreparedInner {
     }
 }
 
-/// Hashes a binding id, which a pool numbers itself (no client chooses one, so no
-/// SipHash): one multiplication. Looked up per call, where SipHash of the id was about
-/// 120 instructions (callgrind, scenario 1).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    /// The whole key: a binding id is one `u32`, so this sets the hash, not mixes.
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// One live instance and the bindings it has prepared.
 struct Slot {
     store: Store<StoreState>,
     plugin: Plugin,
     /// `on-request` as a synchronous function, for a plugin called directly.
     direct: Option<OnRequest>,
-    prepared: HashMap<u32, ResourceAny, BuildHasherDefault<IdHasher>>,
+    /// By binding id, which the pool numbers itself ([`crate::int_hash`]).
+    prepared: HashMap<u32, ResourceAny, crate::int_hash::BuildIntHasher>,
     /// Counts it in `wasmgate_plugin_instances` while it lives.
     counted: metrics::Instance,
 }
@@ -1255,7 +1236,10 @@ impl PoolInner {
 
     /// This thread's share of the idle instances.
     fn own_idle(&self) -> usize {
-        crate::workers::slot() % self.idle.len().max(1)
+        let (slot, slots) = (crate::workers::slot(), self.idle.len().max(1));
+        // A worker's slot is below the count in the usual case: no division then (one
+        // is tens of cycles, and every call takes and gives back an instance).
+        if slot < slots { slot } else { slot % slots }
     }
 
     /// An idle instance: this worker's own, else one another worker (or the snapshot
@@ -1271,10 +1255,8 @@ impl PoolInner {
     }
 
     fn put_back(&self, mut slot: Box<Slot>) {
-        // MAX_IDLE for the pool in all, shared out over the slots (at least two each).
-        let per_slot = (MAX_IDLE / self.idle.len().max(1)).max(2);
         if let Ok(mut idle) = self.idle[self.own_idle()].lock()
-            && idle.len() < per_slot
+            && idle.len() < self.idle_per_slot
         {
             slot.counted.set_idle(true);
             idle.push(slot);

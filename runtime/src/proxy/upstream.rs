@@ -71,8 +71,9 @@ impl Upstream {
         let endpoint: &Arc<str> = target.authority();
         // The virtual host: `:authority` over HTTP/2, and the SNI unless the
         // DestinationRule names one (Istio's auto SNI).
-        let host = headers
-            .get(header::HOST)
+        let host_header = headers.get(header::HOST);
+        let has_host = host_header.is_some();
+        let host = host_header
             .and_then(|h| h.to_str().ok())
             .unwrap_or(endpoint);
         let tls = cluster.tls.as_ref().map(|t| {
@@ -103,9 +104,7 @@ impl Upstream {
         }
         // HTTP/1.1: origin-form, the virtual host (or else the endpoint) in `Host`.
         let mut set_host = false;
-        if !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(endpoint)
-        {
+        if !has_host && let Ok(v) = HeaderValue::from_str(endpoint) {
             headers.insert(header::HOST, v);
             set_host = true;
         }
@@ -124,11 +123,7 @@ impl Upstream {
             headers,
             body,
         );
-        let key = http1::Key {
-            target: endpoint.clone(),
-            tls,
-            pool: PoolKey::of(cluster),
-        };
+        let key = http1::Key::new(endpoint.clone(), tls, PoolKey::of(cluster));
         self.http1
             .send(key, req, cluster, !once)
             .await
@@ -170,15 +165,32 @@ impl From<ProxyError> for Attempt {
 /// else when the port's protocol (or `h2UpgradePolicy: UPGRADE`) says so; never for
 /// an upgrade.
 fn speaks_h2(cluster: &Cluster, out: &Outbound) -> bool {
-    if out.headers.contains_key(header::UPGRADE) {
-        // An HTTP/1.1 upgrade (WebSocket) has no meaning in HTTP/2 (hyper's client
-        // strips the headers): it goes as HTTP/1.1 whatever the port.
-        return false;
-    }
-    if cluster.pool.use_client_protocol && cluster.tls.is_none() {
-        return out.version == Version::HTTP_2;
-    }
-    cluster.http2
+    h2_for(
+        cluster.pool.use_client_protocol,
+        cluster.tls.is_some(),
+        cluster.http2,
+        out.version,
+        || out.headers.contains_key(header::UPGRADE),
+    )
+}
+
+/// [`speaks_h2`] on its inputs. An HTTP/1.1 upgrade (WebSocket) has no meaning in
+/// HTTP/2 (hyper's client strips the headers): it goes as HTTP/1.1 whatever the port.
+/// `upgrade` is asked only when the answer would otherwise be HTTP/2: a header lookup
+/// hashes the name.
+fn h2_for(
+    use_client_protocol: bool,
+    tls: bool,
+    http2: bool,
+    version: Version,
+    upgrade: impl FnOnce() -> bool,
+) -> bool {
+    let h2 = if use_client_protocol && !tls {
+        version == Version::HTTP_2
+    } else {
+        http2
+    };
+    h2 && !upgrade()
 }
 
 /// Everything needed to (re)build the upstream request.
@@ -687,6 +699,45 @@ mod tests {
             call < h2,
             "Upstream::call's future is {call} bytes, HTTP/2's send {h2}"
         );
+    }
+
+    /// Every combination: the client's protocol in clear text with
+    /// `useClientProtocol`, else the port's; never HTTP/2 for an upgrade; the Upgrade
+    /// header looked up only where it decides.
+    #[test]
+    fn http2_upstream_as_configured_and_never_for_an_upgrade() {
+        for client_protocol in [false, true] {
+            for tls in [false, true] {
+                for http2 in [false, true] {
+                    for version in [Version::HTTP_11, Version::HTTP_2] {
+                        let expected = if client_protocol && !tls {
+                            version == Version::HTTP_2
+                        } else {
+                            http2
+                        };
+                        let asked = std::cell::Cell::new(0);
+                        let asked = &asked;
+                        let ask = |answer: bool| {
+                            move || {
+                                asked.set(asked.get() + 1);
+                                answer
+                            }
+                        };
+                        let case = (client_protocol, tls, http2, version);
+                        assert_eq!(
+                            h2_for(client_protocol, tls, http2, version, ask(false)),
+                            expected,
+                            "{case:?}"
+                        );
+                        assert!(
+                            !h2_for(client_protocol, tls, http2, version, ask(true)),
+                            "{case:?} with an upgrade"
+                        );
+                        assert_eq!(asked.get(), if expected { 2 } else { 0 }, "{case:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //!   next wake, closes those whose time runs out while no request comes to take them.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,42 +48,77 @@ use crate::cluster::Cluster;
 const MAX_IDLE_PER_KEY: usize = 1024;
 
 /// What a pooled HTTP/1.1 connection can be reused for: its endpoint, its TLS settings
-/// and SNI, and how its pool closes and retires connections ([`PoolKey`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// and SNI, and how its pool closes and retires connections ([`PoolKey`]). Made with
+/// [`Key::new`], which hashes it once.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key {
     /// The endpoint, `host:port`.
-    pub target: Arc<str>,
-    pub tls: Option<TlsKey>,
-    pub pool: PoolKey,
+    target: Arc<str>,
+    tls: Option<TlsKey>,
+    pool: PoolKey,
+    /// Every field above, through SipHash with this process's random keys
+    /// ([`KEY_HASHER`]): the endpoint can be a host a client named (a wildcard
+    /// ServiceEntry), so the pool's map keeps a keyed hash against flooding.
+    hash: u64,
 }
 
-/// The pool's keys are hashed twice per request (taken, given back). The derived hash
-/// fed SipHash field by field, about nine writes of a few bytes (560 instructions a
-/// key, callgrind, scenario 1); this feeds the same fields in two writes, four with
-/// TLS. Equal keys still hash alike: every field goes in, in a fixed layout.
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let p = &self.pool;
-        let (age_set, age) = match p.max_age {
+/// The random SipHash keys every [`Key`] is hashed with, drawn once per process (every
+/// worker's pool shares them; each pool had keys of its own before, which a flood
+/// would not notice either way: the keys never leave the process).
+static KEY_HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+
+impl Key {
+    /// The key, hashed once here. A request's key is looked up twice (taken, given
+    /// back); each lookup hashed it again, about 730 instructions a time (callgrind,
+    /// scenario 1), and now reads this hash.
+    pub fn new(target: Arc<str>, tls: Option<TlsKey>, pool: PoolKey) -> Key {
+        let (age_set, age) = match pool.max_age {
             Some(d) => (1u8, d),
             None => (0, Duration::ZERO),
         };
+        // Every field, in a fixed layout, in two writes (four with TLS): equal keys
+        // hash alike; a field-by-field derived hash took about nine writes.
         let mut fixed = [0u8; 38];
-        fixed[..8].copy_from_slice(&p.idle.as_secs().to_le_bytes());
-        fixed[8..12].copy_from_slice(&p.idle.subsec_nanos().to_le_bytes());
-        fixed[12..16].copy_from_slice(&p.max_requests.to_le_bytes());
+        fixed[..8].copy_from_slice(&pool.idle.as_secs().to_le_bytes());
+        fixed[8..12].copy_from_slice(&pool.idle.subsec_nanos().to_le_bytes());
+        fixed[12..16].copy_from_slice(&pool.max_requests.to_le_bytes());
         fixed[16] = age_set;
         fixed[17..25].copy_from_slice(&age.as_secs().to_le_bytes());
         fixed[25..29].copy_from_slice(&age.subsec_nanos().to_le_bytes());
-        fixed[29] = u8::from(self.tls.is_some());
+        fixed[29] = u8::from(tls.is_some());
         // The endpoint's length, so that no two keys run together alike.
-        fixed[30..38].copy_from_slice(&(self.target.len() as u64).to_le_bytes());
+        fixed[30..38].copy_from_slice(&(target.len() as u64).to_le_bytes());
+        let mut state = KEY_HASHER.get_or_init(RandomState::new).build_hasher();
         state.write(&fixed);
-        state.write(self.target.as_bytes());
-        if let Some((config, sni)) = &self.tls {
+        state.write(target.as_bytes());
+        if let Some((config, sni)) = &tls {
             state.write(config);
             state.write(sni.as_bytes());
         }
+        Key {
+            hash: state.finish(),
+            target,
+            tls,
+            pool,
+        }
+    }
+}
+
+impl std::fmt::Debug for Key {
+    /// Without the hash, which means nothing outside the process (and is better kept
+    /// out of logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("target", &self.target)
+            .field("tls", &self.tls.as_ref().map(|(_, sni)| sni))
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -104,7 +140,8 @@ impl std::fmt::Debug for Http1Pool {
 
 #[derive(Default)]
 struct Idle {
-    conns: HashMap<Key, Vec<Conn>>,
+    /// Hashed by the hash each key brings ([`crate::int_hash`]).
+    conns: HashMap<Key, Vec<Conn>, crate::int_hash::BuildIntHasher>,
     /// When the running sweeper wakes next; `None`: no sweeper runs.
     sweeper: Option<Instant>,
     /// Wakes the sweeper before then.
@@ -443,43 +480,54 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::BuildHasher;
 
     /// Every field of a key goes into its hash: keys that differ in any one hash apart,
-    /// and a key and its copy alike.
+    /// a key and one made again from the same fields alike, and the pool's map uses
+    /// that hash.
     #[test]
     fn a_pool_key_hashes_every_field() {
-        let base = Key {
-            target: "10.0.0.1:80".into(),
-            tls: None,
-            pool: PoolKey {
-                idle: Duration::from_secs(60),
-                max_requests: 0,
-                max_age: None,
-            },
+        let base = || {
+            (
+                Arc::<str>::from("10.0.0.1:80"),
+                None::<TlsKey>,
+                PoolKey {
+                    idle: Duration::from_secs(60),
+                    max_requests: 0,
+                    max_age: None,
+                },
+            )
         };
-        let mut keys = vec![base.clone()];
-        let vary: [fn(&mut Key); 8] = [
-            |k| k.target = "10.0.0.1:8".into(),
-            |k| k.tls = Some(([0; 32], String::new())),
-            |k| k.tls = Some(([1; 32], String::new())),
-            |k| k.tls = Some(([0; 32], "a.example".into())),
-            |k| k.pool.idle = Duration::from_millis(60_001),
-            |k| k.pool.max_requests = 5,
-            |k| k.pool.max_age = Some(Duration::ZERO),
-            |k| k.pool.max_age = Some(Duration::from_nanos(7)),
+        let (t, tls, pool) = base();
+        let mut keys = vec![Key::new(t, tls, pool)];
+        type Parts = (Arc<str>, Option<TlsKey>, PoolKey);
+        let vary: [fn(&mut Parts); 8] = [
+            |k| k.0 = "10.0.0.1:8".into(),
+            |k| k.1 = Some(([0; 32], String::new())),
+            |k| k.1 = Some(([1; 32], String::new())),
+            |k| k.1 = Some(([0; 32], "a.example".into())),
+            |k| k.2.idle = Duration::from_millis(60_001),
+            |k| k.2.max_requests = 5,
+            |k| k.2.max_age = Some(Duration::ZERO),
+            |k| k.2.max_age = Some(Duration::from_nanos(7)),
         ];
         for change in vary {
-            let mut k = base.clone();
-            change(&mut k);
-            keys.push(k);
+            let mut parts = base();
+            change(&mut parts);
+            keys.push(Key::new(parts.0, parts.1, parts.2));
         }
-        let state = std::collections::hash_map::RandomState::new();
-        let hashes: Vec<u64> = keys.iter().map(|k| state.hash_one(k)).collect();
-        assert_eq!(state.hash_one(base.clone()), hashes[0]);
-        for (i, a) in hashes.iter().enumerate() {
-            for (j, b) in hashes.iter().enumerate().skip(i + 1) {
-                assert_ne!(a, b, "{:?} and {:?}", keys[i], keys[j]);
+        let (t, tls, pool) = base();
+        let again = Key::new(t, tls, pool);
+        assert_eq!(again, keys[0]);
+        let state = crate::int_hash::BuildIntHasher::default();
+        assert_eq!(state.hash_one(&again), state.hash_one(&keys[0]));
+        assert_eq!(
+            state.hash_one(&again),
+            state.hash_one(again.hash),
+            "the map uses the key's hash"
+        );
+        for (i, a) in keys.iter().enumerate() {
+            for b in keys.iter().skip(i + 1) {
+                assert_ne!(a.hash, b.hash, "{a:?} and {b:?}");
             }
         }
     }
@@ -527,15 +575,15 @@ mod tests {
     #[tokio::test]
     async fn a_connection_taken_and_given_back_in_turn_does_not_start_a_sweeper_each_time() {
         let pool = Http1Pool::default();
-        let key = Key {
-            target: "127.0.0.1:1".into(),
-            tls: None,
-            pool: PoolKey {
+        let key = Key::new(
+            "127.0.0.1:1".into(),
+            None,
+            PoolKey {
                 idle: Duration::from_secs(60),
                 max_requests: 0,
                 max_age: None,
             },
-        };
+        );
         let lease = |conn| Lease {
             conn,
             key: key.clone(),
