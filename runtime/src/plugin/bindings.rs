@@ -35,7 +35,9 @@ use wasmtime::component::{ComponentType, Lift};
 #[derive(ComponentType, Lift, Clone, Debug, Default)]
 #[component(record)]
 pub struct Edit {
-    pub route: Option<RouteRef>,
+    /// Shared as the action is: a prepared edit's route goes into each request's
+    /// decision as a reference count, not a copy of its name.
+    pub route: Option<SharedBox<RouteRef>>,
     pub action: Option<SharedBox<Action>>,
     pub pick: Option<u32>,
     #[component(name = "delay-ms")]
@@ -51,7 +53,7 @@ pub struct Edit {
 impl From<self::wasmgate::policy::types::Edit> for Edit {
     fn from(e: self::wasmgate::policy::types::Edit) -> Self {
         Edit {
-            route: e.route,
+            route: e.route.map(SharedBox::new),
             action: e.action.map(SharedBox::new),
             pick: e.pick,
             delay_ms: e.delay_ms,

@@ -104,7 +104,7 @@ impl Joined {
 /// each request) and a `pick` kept as the index of the destination it kept.
 #[derive(Debug, Clone)]
 pub struct Current {
-    pub route: Option<RouteRef>,
+    pub route: Option<SharedBox<RouteRef>>,
     pub delay_ms: Option<u64>,
     /// Written by [`ChainState::apply`] only, which sets `picked` with it.
     pub action: SharedBox<Action>,
@@ -140,7 +140,7 @@ impl Current {
             f.destinations = self.destinations().to_vec();
         }
         Decision {
-            route: self.route.clone(),
+            route: self.route.as_deref().cloned(),
             delay_ms: self.delay_ms,
             action,
             log_fields: self.log_fields.clone(),
@@ -749,5 +749,41 @@ mod tests {
         let taken = s.decided(false);
         assert_eq!(hosts(taken.decision.destinations()), ["x"]);
         assert!(s.decision.destinations().is_empty(), "back to no route");
+    }
+
+    /// A route an edit sets goes into the decision shared (the edit's own box), stays
+    /// through edits that set none, and plugins read it as the WIT record.
+    #[test]
+    fn a_route_is_shared_and_kept_until_replaced() {
+        let v = view();
+        let mut s = v.state();
+        let route = SharedBox::new(RouteRef {
+            index: 3,
+            name: "r".into(),
+        });
+        s.apply(Edit {
+            route: Some(route.clone()),
+            ..Edit::default()
+        });
+        s.apply(pick(0));
+        let kept = s
+            .decision
+            .route
+            .as_ref()
+            .map(|r| Arc::ptr_eq(&r.0, &route.0));
+        assert_eq!(kept, Some(true), "the edit's box, not a copy");
+        let seen = s.decision().route;
+        assert_eq!(
+            seen.as_ref().map(|r| (r.index, r.name.as_str())),
+            Some((3, "r"))
+        );
+        s.apply(Edit {
+            route: Some(SharedBox::new(RouteRef {
+                index: 4,
+                name: "s".into(),
+            })),
+            ..Edit::default()
+        });
+        assert_eq!(s.decision().route.map(|r| r.index), Some(4));
     }
 }

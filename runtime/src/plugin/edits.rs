@@ -4,7 +4,7 @@
 //! them again; naming a prepared one costs one small call, and the host's copy needs no
 //! reading of guest memory. Its action and header operations are shared by every answer
 //! (the action in a [`super::SharedBox`], the operations parsed once here,
-//! [`Ops::prepared`]): an answer copies the route's name and nothing large. The router
+//! [`Ops::prepared`], the route in one too): an answer copies nothing large. The router
 //! prepares each route's forward this way (the route's own `headers`, inside the
 //! forward, are parsed per request where they apply).
 //!
@@ -175,7 +175,10 @@ fn join(into: &mut Option<Ops>, more: Option<Ops>) {
 /// operations twice, as text and parsed ([`Ops::prepared`]).
 fn weigh(e: &types::Edit) -> usize {
     size_of::<Edit>()
-        + e.route.as_ref().map_or(0, |r| r.name.len())
+        // The route's shared box: its two reference counts, the record and its name.
+        + e.route.as_ref().map_or(0, |r| {
+            2 * size_of::<usize>() + size_of::<types::RouteRef>() + r.name.len()
+        })
         + e.action.as_ref().map_or(0, weigh_action)
         + 2 * weigh_mutation(e.request_headers.as_ref())
         + 2 * weigh_mutation(e.response_headers.as_ref())
@@ -235,6 +238,7 @@ fn weigh_headers(headers: &[Header]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SharedBox;
     use super::*;
     use types::{Forward, RouteRef};
 
@@ -328,6 +332,26 @@ mod tests {
             (ops.set.len(), ops.add.len()),
             (1, 1),
             "operations are added"
+        );
+        assert_eq!(
+            answer.route.as_deref().map(|r| (r.index, r.name.as_str())),
+            Some((3, "r")),
+            "the prepared route, where the returned edit sets none"
+        );
+        // A route the returned edit sets replaces the prepared one.
+        edits.calling(Some(7));
+        edits.choose(0).expect("given");
+        let own = Edit {
+            route: Some(SharedBox::new(RouteRef {
+                index: 9,
+                name: "own".into(),
+            })),
+            ..Edit::default()
+        };
+        let answer = edits.answer(own);
+        assert_eq!(
+            answer.route.as_deref().map(|r| (r.index, r.name.as_str())),
+            Some((9, "own"))
         );
         // Named once: the next call answers only what it returns.
         edits.calling(Some(7));
