@@ -79,9 +79,12 @@ impl RouteIndex {
         index
     }
 
-    /// Indexes of the routes that may match `path`, ascending, without duplicates.
-    pub fn candidates(&self, path: &str) -> Vec<u32> {
-        let mut out: Vec<u32> = self.always.clone();
+    /// Indexes of the routes that may match `path`, ascending, without duplicates, into
+    /// `out` (cleared first): the router passes the same vector for every request, so
+    /// that finding them allocates nothing once it has grown.
+    pub fn candidates(&self, path: &str, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend_from_slice(&self.always);
         if let Some(list) = self.exact.get(path) {
             out.extend_from_slice(list);
         }
@@ -99,6 +102,36 @@ impl RouteIndex {
         }
         out.sort_unstable();
         out.dedup();
-        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router passes one vector for every request: each call leaves in it that
+    /// path's candidates only.
+    #[test]
+    fn candidates_replace_the_last_requests() {
+        let routes: Vec<CompiledRoute> = [
+            r#"{"match":[{"uri":{"prefix":"/a"}}],"route":[{"destination":{"host":"h"}}]}"#,
+            r#"{"match":[{"uri":{"exact":"/b"}}],"route":[{"destination":{"host":"h"}}]}"#,
+            r#"{"route":[{"destination":{"host":"h"}}]}"#,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, json)| {
+            let http = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            CompiledRoute::compile(i, &http, "default").unwrap_or_else(|e| panic!("{e:?}"))
+        })
+        .collect();
+        let index = RouteIndex::new(&routes);
+        let mut out = Vec::new();
+        index.candidates("/a/x", &mut out);
+        assert_eq!(out, [0, 2]);
+        index.candidates("/b", &mut out);
+        assert_eq!(out, [1, 2]);
+        index.candidates("/c", &mut out);
+        assert_eq!(out, [2]);
     }
 }

@@ -14,6 +14,9 @@
 mod index;
 mod matching;
 mod route;
+mod text;
+
+use std::cell::RefCell;
 
 use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::{
@@ -28,6 +31,10 @@ pub use route::CompiledRoute;
 pub struct Router {
     routes: Vec<CompiledRoute>,
     index: index::RouteIndex,
+    /// The candidates of the request being decided ([`index::RouteIndex::candidates`]),
+    /// kept between requests so that they allocate nothing. An instance decides one
+    /// request at a time.
+    candidates: RefCell<Vec<u32>>,
 }
 
 impl Policy for Router {
@@ -43,13 +50,18 @@ impl Policy for Router {
             .map(|(i, http)| CompiledRoute::compile(i, http, &binding.namespace))
             .collect::<Result<Vec<_>, _>>()?;
         let index = index::RouteIndex::new(&routes);
-        Ok(Router { routes, index })
+        Ok(Router {
+            routes,
+            index,
+            candidates: RefCell::new(Vec::new()),
+        })
     }
 
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
         // What the routes read is asked of the host once, when a route first reads it.
         let view = RequestView::new(request);
-        let candidates = self.index.candidates(view.path());
+        let mut candidates = self.candidates.borrow_mut();
+        self.index.candidates(view.path(), &mut candidates);
         for route in candidates
             .iter()
             .filter_map(|&i| self.routes.get(i as usize))

@@ -45,8 +45,8 @@ impl Matcher {
 
     pub fn matches(&self, value: &str) -> bool {
         match self {
-            Matcher::Exact(e) => value == e,
-            Matcher::Prefix(p) => value.starts_with(p.as_str()),
+            Matcher::Exact(e) => crate::text::eq(value, e),
+            Matcher::Prefix(p) => crate::text::starts_with(value, p),
             Matcher::Regex(r) => r.is_match(value),
             Matcher::Present => true,
         }
@@ -192,7 +192,7 @@ impl CompiledMatch {
     }
 
     /// Does the request satisfy every field?
-    pub fn matches(&self, req: &RequestView<'_>) -> Option<Matched> {
+    pub fn matches<'r>(&'r self, req: &RequestView<'r>) -> Option<Matched> {
         let mut matched = Matched {
             uri_prefix_len: None,
         };
@@ -273,9 +273,22 @@ pub struct RequestView<'r> {
     port: OnceCell<u16>,
     gateway: OnceCell<String>,
     query: OnceCell<Vec<(String, String)>>,
-    /// Header name (lowercase, as compiled) -> its values joined, `None` when absent.
-    headers: RefCell<Vec<(String, Option<String>)>>,
+    /// Header name (lowercase, as compiled; the route's own text, not a copy) -> its
+    /// values joined, `None` when absent.
+    headers: RefCell<ReadHeaders<'r>>,
 }
+
+/// The headers the routes of one request have read: the first [`HEADERS_IN_PLACE`] in
+/// place, so that most requests allocate nothing for them, the others in a list made
+/// when one is needed.
+#[derive(Default)]
+struct ReadHeaders<'r> {
+    in_place: [(&'r str, Option<String>); HEADERS_IN_PLACE],
+    len: usize,
+    more: Vec<(&'r str, Option<String>)>,
+}
+
+const HEADERS_IN_PLACE: usize = 4;
 
 impl std::fmt::Debug for RequestView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,7 +306,7 @@ impl<'r> RequestView<'r> {
             port: OnceCell::new(),
             gateway: OnceCell::new(),
             query: OnceCell::new(),
-            headers: RefCell::new(Vec::new()),
+            headers: RefCell::new(ReadHeaders::default()),
         }
     }
 
@@ -337,16 +350,33 @@ impl<'r> RequestView<'r> {
 
     /// Call `f` with every value of header `name` (lowercase) joined with `,`, as Envoy
     /// matches them; `None` when the request has none.
-    pub fn with_header<R>(&self, name: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
-        let mut headers = self.headers.borrow_mut();
-        let i = match headers.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
+    pub fn with_header<R>(&self, name: &'r str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let mut read = self.headers.borrow_mut();
+        let ReadHeaders {
+            in_place,
+            len,
+            more,
+        } = &mut *read;
+        let known = in_place[..*len]
+            .iter()
+            .chain(more.iter())
+            .find(|(n, _)| crate::text::eq(n, name));
+        if let Some((_, value)) = known {
+            return f(value.as_deref());
+        }
+        let entry = (name, self.request.header_joined(name));
+        let value = match in_place.get_mut(*len) {
+            Some(slot) => {
+                *len += 1;
+                *slot = entry;
+                slot.1.as_deref()
+            }
             None => {
-                headers.push((name.to_string(), self.request.header_joined(name)));
-                headers.len() - 1
+                more.push(entry);
+                more.last().and_then(|(_, v)| v.as_deref())
             }
         };
-        f(headers[i].1.as_deref())
+        f(value)
     }
 }
 

@@ -309,7 +309,7 @@ impl CompiledRoute {
     }
 
     /// `Some` when one of the route's matches (or its absence of matches) fits.
-    pub fn matches(&self, req: &RequestView<'_>) -> Option<Matched> {
+    pub fn matches<'r>(&'r self, req: &RequestView<'r>) -> Option<Matched> {
         if matches!(self.action, RouteAction::Unsupported) {
             return None;
         }

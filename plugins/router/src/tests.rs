@@ -115,6 +115,36 @@ fn ignore_uri_case_leaves_regex_case_sensitive() {
     assert_eq!(route_of(&r, &request("GET", "/Api/USERS").build()), None);
 }
 
+/// The request view keeps the first few headers the routes read in place and the
+/// others in a list: routes reading more distinct headers than it keeps in place, and
+/// reading them again in later routes, match as ever.
+#[test]
+fn routes_reading_many_headers_match_as_ever() {
+    let r = router(
+        r#"{"hosts":["a"],"http":[
+        {"match":[{"headers":{"h1":{"exact":"1"},"h2":{"exact":"2"},"h3":{"exact":"3"},
+                              "h4":{"exact":"4"},"h5":{"exact":"5"},"h6":{"exact":"6"}}}],
+         "route":[{"destination":{"host":"a","subset":"all"}}]},
+        {"match":[{"headers":{"h6":{"exact":"6"},"h5":{"exact":"5"}}}],
+         "route":[{"destination":{"host":"a","subset":"five-six"}}]},
+        {"match":[{"headers":{"h1":{"exact":"1"}}}],"route":[{"destination":{"host":"a","subset":"one"}}]},
+        {"route":[{"destination":{"host":"a","subset":"rest"}}]}]}"#,
+    );
+    let with = |values: &[&str]| {
+        let mut b = request("GET", "/");
+        for (i, v) in values.iter().enumerate() {
+            b = b.header(&format!("h{}", i + 1), v);
+        }
+        route_of(&r, &b.build())
+    };
+    assert_eq!(with(&["1", "2", "3", "4", "5", "6"]), Some(0));
+    assert_eq!(with(&["1", "2", "3", "4", "5", "x"]), Some(2));
+    assert_eq!(with(&["x", "2", "3", "4", "5", "6"]), Some(1));
+    assert_eq!(with(&["1", "2", "3", "4", "x", "6"]), Some(2));
+    assert_eq!(with(&["x", "2", "3", "4", "x", "6"]), Some(3));
+    assert_eq!(with(&[]), Some(3));
+}
+
 #[test]
 fn without_headers_treats_missing_as_empty() {
     // Route 0 applies unless x-canary is "true"; a missing header is "" and so passes.
