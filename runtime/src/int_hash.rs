@@ -28,14 +28,15 @@ impl Hasher for IntHasher {
         }
     }
 
-    /// The whole key: this sets the hash, not mixes.
+    /// Mixed into what came before: a key of one integer hashes as that integer times
+    /// [`SPREAD`] (the state starts at 0), and a key of several still hashes by all.
     fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(SPREAD);
+        self.write_u64(u64::from(n));
     }
 
-    /// The whole key: this sets the hash, not mixes.
+    /// As [`IntHasher::write_u32`].
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(SPREAD);
+        self.0 = (self.0 ^ n).wrapping_mul(SPREAD);
     }
 }
 
@@ -56,5 +57,18 @@ mod tests {
         assert_eq!(state.hash_one(7u32), ids[7]);
         assert_ne!(state.hash_one(1u64), state.hash_one(2u64));
         assert_eq!(state.hash_one(u64::MAX), state.hash_one(u64::MAX));
+        assert_eq!(
+            state.hash_one(5u64),
+            5u64.wrapping_mul(SPREAD),
+            "one multiplication"
+        );
+    }
+
+    /// A key of two integers hashes by both, not by its last alone.
+    #[test]
+    fn a_key_of_several_integers_hashes_by_all() {
+        let state = BuildIntHasher::default();
+        assert_ne!(state.hash_one((1u64, 9u64)), state.hash_one((2u64, 9u64)));
+        assert_ne!(state.hash_one((1u32, 9u32)), state.hash_one((1u32, 8u32)));
     }
 }

@@ -348,6 +348,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// [`strip_hop_by_hop`] with the names already scanned.
 pub fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: Seen) {
+    debug_assert_eq!(
+        seen.hop_by_hop(),
+        Seen::scan(headers).hop_by_hop(),
+        "a stale scan"
+    );
     let mut present = seen.hop_by_hop();
     let close_field = seen.close_field;
     if present == 0 {
