@@ -624,8 +624,9 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
         // The upstream closes the connection while it is idle in the pool.
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The gateway closes its side then, not at the pool's idle timeout (60 s): the
-        // task driving a pooled connection reads the close (a connection left in
-        // CLOSE_WAIT until its idle timeout would hold a descriptor meanwhile).
+        // task driving a pooled connection reads the close and ends, dropping the
+        // socket and its count (a connection left in CLOSE_WAIT until its idle
+        // timeout would hold a descriptor meanwhile).
         let closed = Instant::now();
         while metric(&gw.scrape().await, "wasmgate_upstream_connections_active") != 0.0 {
             assert!(
@@ -634,6 +635,12 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // One connection opened (and counted) per request: the wait above was for a
+        // connection the gauge had counted, not for a gauge that never moved.
+        assert_eq!(
+            metric(&gw.scrape().await, "wasmgate_upstream_connections_total"),
+            (i + 1) as f64
+        );
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
