@@ -266,10 +266,11 @@ const HOP_BY_HOP_NAMES: [HeaderName; 9] = [
 /// ([`HOP_BY_HOP`], bit `i` for the `i`th), a field named `close`, and the edge headers
 /// ([`Seen::X_REQUEST_ID`], ...). Found in one pass over the names, where a name whose
 /// length and first letter none of them has is not compared ([`seen_index`]), so that
-/// a head without them (most requests) costs no lookup of each: a lookup hashes the name, about 130 instructions
-/// (callgrind, scenario 1). A name not seen is absent; one seen may since have been
-/// removed (a `Connection` option), which is only a lookup more. A scan holds until one
-/// of its names is added: it is taken again after that (debug builds check).
+/// a head without them (most requests) costs no lookup of each: a lookup hashes the
+/// name, about 130 instructions (callgrind, scenario 1). A name not seen is absent; one
+/// seen may since have been removed (a `Connection` option), which is only a lookup
+/// more. A scan holds until one of its names is added: it is taken again after that
+/// (debug builds check).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seen {
     names: u16,
