@@ -5,12 +5,19 @@ origin. A count, not a time: exact and the same from run to run, so it shows wha
 change to the request path saves where CPU per request on a noisy machine cannot. It
 counts user-space instructions only (the kernel's half of a request is not in it).
 
+With --atomics it also counts the locked instructions per request (atomic
+read-modify-writes: `lock`-prefixed, and `xchg` with memory, which locks without the
+prefix), by function. A count cannot weigh them: each is one instruction here but, as a
+full barrier, costs far more CPU than one (docs/benchmarks.md, "Locked instructions").
+
 Usage: python3 bench/instructions.py [--wasmgate target/release/wasmgate] [--requests 2000]
-                                    [--keep DIR]
+                                    [--keep DIR] [--atomics]
 Needs valgrind (apt-get install valgrind) and nginx (nginx-light).
 """
 import argparse
+import collections
 import glob
+import re
 import http.client
 import os
 import subprocess
@@ -35,12 +42,15 @@ def requests(port: int, n: int) -> None:
     c.close()
 
 
-def count(work: Path, name: str, argv: list[str], port: int, n: int) -> float:
-    """Start `argv` under callgrind, warm it, count `n` requests; instructions per request."""
+def count(work: Path, name: str, argv: list[str], port: int, n: int,
+          atomics: bool = False) -> tuple[float, Path]:
+    """Start `argv` under callgrind, warm it, count `n` requests; instructions per request
+    and the dump (per instruction with `atomics`)."""
     out = work / f"{name}.callgrind"
     log = work / f"{name}.valgrind.log"
+    per_instr = ["--dump-instr=yes"] if atomics else []
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=no",
-                          "--combine-dumps=no", f"--callgrind-out-file={out}"] + argv,
+                          "--combine-dumps=no", f"--callgrind-out-file={out}"] + per_instr + argv,
                          stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                          env=dict(os.environ, WASMGATE_LOG="warn"))
     try:
@@ -69,8 +79,64 @@ def count(work: Path, name: str, argv: list[str], port: int, n: int) -> float:
         p.wait()
     for line in dump.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]) / n
+            return int(line.split()[1]) / n, dump
     raise SystemExit(f"no totals in {dump}")
+
+
+def locked_addresses(obj: str) -> dict[int, str]:
+    """The locked instructions of an object file: address -> function."""
+    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", obj],
+                         capture_output=True, text=True).stdout
+    found, fn = {}, "?"
+    for line in out.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            fn = m.group(1)
+            continue
+        m = re.match(r"^\s*([0-9a-f]+):\t(lock |xchg .*\()", line)
+        if m:
+            found[int(m.group(1), 16)] = fn
+    return found
+
+
+def locked(dump: Path, n: int) -> tuple[float, list[tuple[float, str]]]:
+    """Locked instructions per request in a `--dump-instr=yes` callgrind dump, and the
+    functions that run them (callgrind names an object's code by its own addresses)."""
+    names: dict[str, str] = {}
+    tables: dict[str, dict[int, str]] = {}
+    by_fn: collections.Counter = collections.Counter()
+    obj, addr, after_call = "", 0, False
+    for line in dump.read_text(errors="replace").splitlines():
+        m = re.match(r"(c?)ob=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            if m.group(3):
+                names[m.group(2)] = m.group(3)
+            if not m.group(1):
+                obj = names.get(m.group(2), "")
+                if obj not in tables:
+                    tables[obj] = locked_addresses(obj) if os.path.isfile(obj) else {}
+            continue
+        if line.startswith("calls="):
+            after_call = True
+            continue
+        if not line or line[0] not in "+-*0123456789":
+            continue
+        parts = line.split()
+        pos = parts[0]
+        if pos.startswith("0x"):
+            addr = int(pos, 16)
+        elif pos[0] in "+-":
+            addr += int(pos)
+        elif pos != "*":
+            continue
+        if after_call:  # a call's inclusive cost, not the instruction's own
+            after_call = False
+            continue
+        fn = tables.get(obj, {}).get(addr)
+        if fn is not None and len(parts) >= 3:
+            by_fn[fn] += int(parts[2])
+    total = sum(by_fn.values()) / n
+    return total, [(c / n, f) for f, c in by_fn.most_common(15)]
 
 
 def main() -> None:
@@ -79,6 +145,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--keep", metavar="DIR",
                     help="keep the callgrind dumps in DIR (for callgrind_annotate)")
+    ap.add_argument("--atomics", action="store_true",
+                    help="also count locked instructions (atomic read-modify-writes) per request")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
@@ -95,16 +163,21 @@ def main() -> None:
             port, admin = R.free_port(), R.free_port()
             (work / "wasmgate.yaml").write_text(R.wasmgate_base(port, origin_port) + R.realistic_vs())
             # valgrind cannot reserve the default instance pool's address space.
-            wg = count(work, "wasmgate", [a.wasmgate, "run", "--config", str(work / "wasmgate.yaml"),
+            wg, wg_dump = count(work, "wasmgate", [a.wasmgate, "run", "--config", str(work / "wasmgate.yaml"),
                                           "--admin", f"127.0.0.1:{admin}", "--listen-address",
                                           "127.0.0.1", "--plugin-pool-instances", "8",
-                                          "--compile-cache", str(work / "cache")], port, a.requests)
+                                          "--compile-cache", str(work / "cache")], port, a.requests,
+                                    a.atomics)
             nport = R.free_port()
             conf = R.nginx_proxy(work, nport, origin_port).replace(
                 "worker_processes 1;", "worker_processes 1;\nmaster_process off;")
             (work / "nginx-proxy.conf").write_text(conf)
-            ng = count(work, "nginx", ["nginx", "-e", "stderr", "-p", str(work), "-c",
-                                       str(work / "nginx-proxy.conf")], nport, a.requests)
+            ng, ng_dump = count(work, "nginx", ["nginx", "-e", "stderr", "-p", str(work), "-c",
+                                                str(work / "nginx-proxy.conf")], nport, a.requests,
+                                a.atomics)
+            if a.atomics:
+                wg_locked, wg_top = locked(wg_dump, a.requests)
+                ng_locked, _ = locked(ng_dump, a.requests)
         finally:
             origin.terminate()
             origin.wait()
@@ -112,6 +185,13 @@ def main() -> None:
     print(f"  wasmgate (router + fault + split): {wg:,.0f}")
     print(f"  nginx (proxy_pass):                {ng:,.0f}")
     print(f"  wasmgate/nginx:                    {wg / ng:.2f}x")
+    if a.atomics:
+        print("locked instructions per request (atomic read-modify-writes):")
+        print(f"  wasmgate: {wg_locked:.1f}")
+        print(f"  nginx:    {ng_locked:.1f}")
+        print("  wasmgate's, by function:")
+        for c, f in wg_top:
+            print(f"    {c:6.1f}  {f[:110]}")
 
 
 if __name__ == "__main__":
