@@ -153,12 +153,20 @@ struct Access {
     logged: bool,
 }
 
+/// What every request on one connection shares: one reference count per request to
+/// raise and drop, not one per part (each is a locked instruction).
+#[derive(Debug)]
+pub struct Connection {
+    pub shared: Arc<Shared>,
+    pub info: ConnInfo,
+}
+
 /// Serve one request. Never fails: errors become responses.
 pub async fn handle(
-    shared: Arc<Shared>,
-    conn: ConnInfo,
+    connection: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<Observed<Body>>, Infallible> {
+    let (shared, conn) = (&connection.shared, &connection.info);
     let started = Instant::now();
     // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
     // is several allocations per request.
@@ -488,7 +496,10 @@ async fn serve(
         port,
         read.as_ref().filter(|r| !r.over).map(|r| r.data.clone()),
     );
-    let mut routed: Option<&Arc<Chain>> = None;
+    // The chain that routed and what it decided (taken in the lock that saw it route:
+    // each lock is two locked instructions). The view keeps a copy only for the phases
+    // that read it later.
+    let mut routed: Option<(&Arc<Chain>, Decided)> = None;
     // A chain that failed (a plugin that fails closed) whose policies still want the
     // response or log phase: they see the failure's response.
     let mut failure = None;
@@ -497,28 +508,35 @@ async fn serve(
         match run_chain(chain, &view, span).await {
             Ok(()) => {}
             Err(e) if chain.wants.later() => {
-                routed = Some(chain);
+                routed = Some((chain, view.state().decided(true)));
                 failure = Some(e);
                 break;
             }
             Err(e) => return Err(e),
         }
-        if !matches!(*view.state().decision.action, Action::NoRoute) {
-            routed = Some(chain);
+        let decided = {
+            let mut state = view.state();
+            (!matches!(*state.decision.action, Action::NoRoute))
+                .then(|| state.decided(chain.wants.later()))
+        };
+        if let Some(decided) = decided {
+            routed = Some((chain, decided));
             break;
         }
     }
-    let Some(chain) = routed else {
+    let Some((
+        chain,
+        Decided {
+            decision,
+            reply_ops,
+            joined,
+        },
+    )) = routed
+    else {
         return Err(ProxyError::NoRoute);
     };
-    // The request goes on with its headers; the view keeps a copy only for the phases
-    // that read it later.
+    // The request goes on with its headers.
     let later = chain.wants.later();
-    let Decided {
-        decision,
-        reply_ops,
-        joined,
-    } = view.state().decided(later);
     let view = if later {
         *req.headers_mut() = view.headers.clone();
         Some(view)

@@ -22,25 +22,25 @@ pub async fn run_chain(
     mut span: Option<&mut Span>,
 ) -> Result<(), ProxyError> {
     view.start_chain(&chain.names);
+    // What the decision so far means to the next link, read when an edit is applied
+    // (the state is locked then anyway): a lock is two locked instructions.
+    let mut gate = Gate::default();
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
             continue;
         }
         if i > 0 {
-            let state = view.state();
-            match *state.decision.action {
-                Action::NoRoute => break,
-                Action::Forward(_) => {}
-                _ if link.builtin => continue,
-                _ => {}
+            match gate.action {
+                Kind::NoRoute => break,
+                Kind::Forward => {}
+                Kind::Other if link.builtin => continue,
+                Kind::Other => {}
             }
             // Fault and split only where the matched route has something for them.
             if let Some(routes) = &link.routes
-                && !state
-                    .decision
+                && !gate
                     .route
-                    .as_ref()
-                    .and_then(|r| routes.get(usize::try_from(r.index).ok()?))
+                    .and_then(|r| routes.get(r))
                     .copied()
                     .unwrap_or(false)
             {
@@ -85,6 +85,7 @@ pub async fn run_chain(
                 let mut state = view.state();
                 state.apply(edit);
                 state.mark_ran(i);
+                gate = Gate::of(&state.decision);
                 if ends {
                     break;
                 }
@@ -93,6 +94,39 @@ pub async fn run_chain(
         }
     }
     Ok(())
+}
+
+/// What a chain's next link needs of the decision so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gate {
+    action: Kind,
+    /// The matched route's index.
+    route: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Kind {
+    #[default]
+    NoRoute,
+    Forward,
+    /// A redirect, a direct response, a fault's abort, a security policy's answer.
+    Other,
+}
+
+impl Gate {
+    fn of(decision: &crate::plugin::context::Current) -> Self {
+        Gate {
+            action: match *decision.action {
+                Action::NoRoute => Kind::NoRoute,
+                Action::Forward(_) => Kind::Forward,
+                _ => Kind::Other,
+            },
+            route: decision
+                .route
+                .as_ref()
+                .and_then(|r| usize::try_from(r.index).ok()),
+        }
+    }
 }
 
 /// A failed call: skipped for a FAIL_OPEN plugin, the request's error otherwise.
