@@ -170,7 +170,7 @@ pub async fn handle(
     let started = Instant::now();
     // The access line's bookkeeping is skipped when nobody reads it: on a hot path that
     // is several allocations per request.
-    let logged = shared.access_log.enabled() && crate::telemetry::access_log_enabled(&shared);
+    let logged = shared.access_log.enabled() && crate::telemetry::access_log_enabled(shared);
     let authority = authority_of(&req);
     // The snapshot's tracer: Telemetry may change sampling and tags at a reload.
     let snapshot = shared.snapshot.load_full();
@@ -201,9 +201,9 @@ pub async fn handle(
         logged,
     };
     let served = serve(
-        &shared,
+        shared,
         &snapshot,
-        &conn,
+        conn,
         req,
         authority.as_ref(),
         &mut access,
@@ -226,7 +226,7 @@ pub async fn handle(
         let request_bytes = observe.request_bytes();
         access.entry(
             head,
-            &conn,
+            conn,
             authority
                 .as_ref()
                 .and_then(|a| a.to_str().ok())

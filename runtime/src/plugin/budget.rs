@@ -83,15 +83,16 @@ impl Budget {
     }
 
     /// A call takes an instance: refused past the plugin's instances in use. The guard
-    /// gives it back.
-    pub fn occupy(self: &Arc<Self>) -> Result<Occupied, String> {
+    /// gives it back (it borrows the budget: no reference count to raise and drop per
+    /// call, two locked instructions).
+    pub fn occupy(&self) -> Result<Occupied<'_>, String> {
         let taken = self
             .busy
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max_instances).then_some(n + 1)
             });
         match taken {
-            Ok(_) => Ok(Occupied(self.clone())),
+            Ok(_) => Ok(Occupied(self)),
             Err(_) => Err(format!(
                 "{} instances in use, its limit (--plugin-max-instances)",
                 self.max_instances
@@ -145,9 +146,9 @@ impl Budget {
 
 /// An instance in use by one call (see [`Budget::occupy`]).
 #[derive(Debug)]
-pub struct Occupied(Arc<Budget>);
+pub struct Occupied<'a>(&'a Budget);
 
-impl Drop for Occupied {
+impl Drop for Occupied<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
