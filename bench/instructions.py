@@ -8,7 +8,9 @@ counts user-space instructions only (the kernel's half of a request is not in it
 With --atomics it also counts the locked instructions per request (atomic
 read-modify-writes: `lock`-prefixed, and `xchg` with memory, which locks without the
 prefix), by function. A count cannot weigh them: each is one instruction here but, as a
-full barrier, costs far more CPU than one (docs/benchmarks.md, "Locked instructions").
+full barrier, may cost more CPU than one (docs/benchmarks.md, "2026-12-05, 12:40–13:40
+UTC: locked instructions per request"). Code with no object file (the plugins' code,
+compiled by wasmtime) is not counted: it has no locked instructions.
 
 Usage: python3 bench/instructions.py [--wasmgate target/release/wasmgate] [--requests 2000]
                                     [--keep DIR] [--atomics]
@@ -17,9 +19,9 @@ Needs valgrind (apt-get install valgrind) and nginx (nginx-light).
 import argparse
 import collections
 import glob
-import re
 import http.client
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -84,18 +86,25 @@ def count(work: Path, name: str, argv: list[str], port: int, n: int,
 
 
 def locked_addresses(obj: str) -> dict[int, str]:
-    """The locked instructions of an object file: address -> function."""
-    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", obj],
-                         capture_output=True, text=True).stdout
+    """The locked instructions of an object file: address -> function. objdump's text is
+    read as it comes (a release binary's is gigabytes)."""
     found, fn = {}, "?"
-    for line in out.splitlines():
-        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+    p = subprocess.Popen(["objdump", "-d", "-C", "--no-show-raw-insn", obj],
+                         stdout=subprocess.PIPE, text=True, errors="replace")
+    assert p.stdout is not None
+    for line in p.stdout:
+        if line[:1] not in " 0123456789abcdef":
+            continue
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line.rstrip("\n"))
         if m:
             fn = m.group(1)
             continue
-        m = re.match(r"^\s*([0-9a-f]+):\t(lock |xchg .*\()", line)
+        # `lock` starts the mnemonic; `xchg` with memory (in parentheses, or a segment
+        # operand like `%fs:0x1c`) locks without it.
+        m = re.match(r"^\s*([0-9a-f]+):\t(?:lock |xchg\s+\S*(?:\(|%[a-z]s:))", line)
         if m:
             found[int(m.group(1), 16)] = fn
+    p.wait()
     return found
 
 
@@ -106,7 +115,15 @@ def locked(dump: Path, n: int) -> tuple[float, list[tuple[float, str]]]:
     tables: dict[str, dict[int, str]] = {}
     by_fn: collections.Counter = collections.Counter()
     obj, addr, after_call = "", 0, False
+    instr_col, positions, ir_col = 0, 1, 1  # from `positions:` and `events:` below
     for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("positions:"):
+            instr_col = line.split()[1:].index("instr")
+            positions = len(line.split()) - 1
+            continue
+        if line.startswith("events:"):
+            ir_col = positions + line.split()[1:].index("Ir")
+            continue
         m = re.match(r"(c?)ob=\((\d+)\)(?: (.*))?$", line)
         if m:
             if m.group(3):
@@ -122,19 +139,24 @@ def locked(dump: Path, n: int) -> tuple[float, list[tuple[float, str]]]:
         if not line or line[0] not in "+-*0123456789":
             continue
         parts = line.split()
-        pos = parts[0]
+        pos = parts[instr_col]
         if pos.startswith("0x"):
-            addr = int(pos, 16)
+            at = int(pos, 16)
         elif pos[0] in "+-":
-            addr += int(pos)
-        elif pos != "*":
+            at = addr + int(pos)
+        elif pos == "*":
+            at = addr
+        else:
             continue
-        if after_call:  # a call's inclusive cost, not the instruction's own
+        if after_call:
+            # A call's inclusive cost, not the instruction's own; callgrind writes its
+            # position without making it the next line's base.
             after_call = False
             continue
+        addr = at
         fn = tables.get(obj, {}).get(addr)
-        if fn is not None and len(parts) >= 3:
-            by_fn[fn] += int(parts[2])
+        if fn is not None and len(parts) > ir_col:
+            by_fn[fn] += int(parts[ir_col])
     total = sum(by_fn.values()) / n
     return total, [(c / n, f) for f, c in by_fn.most_common(15)]
 
