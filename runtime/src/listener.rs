@@ -460,7 +460,7 @@ async fn serve_http<I>(
     // timeout starts only after them).
     let (io, framing) = Watched::new(io.into_inner(), http.timer.sleep(http.head_timeout));
     conn.framing = Some(framing);
-    let connection = Arc::new(crate::proxy::Connection { shared, info: conn });
+    let connection = Arc::new(crate::proxy::ConnShared { shared, info: conn });
     let service = service_fn(move |req| handle(connection.clone(), req));
     // The connection's first read takes up to 1 KiB although hyper-util's protocol
     // detection asks for 24 bytes; hyper gets the rest from memory, not from a second

@@ -156,14 +156,14 @@ struct Access {
 /// What every request on one connection shares: one reference count per request to
 /// raise and drop, not one per part (each is a locked instruction).
 #[derive(Debug)]
-pub struct Connection {
+pub struct ConnShared {
     pub shared: Arc<Shared>,
     pub info: ConnInfo,
 }
 
 /// Serve one request. Never fails: errors become responses.
 pub async fn handle(
-    connection: Arc<Connection>,
+    connection: Arc<ConnShared>,
     req: Request<Incoming>,
 ) -> Result<Response<Observed<Body>>, Infallible> {
     let (shared, conn) = (&connection.shared, &connection.info);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::ProxyError;
-use crate::plugin::types::Action;
+use crate::plugin::types::ActionKind;
 use crate::plugin::{CallError, RequestView, fits};
 use crate::snapshot::Chain;
 use crate::telemetry::trace::Span;
@@ -23,7 +23,9 @@ pub async fn run_chain(
 ) -> Result<(), ProxyError> {
     view.start_chain(&chain.names);
     // What the decision so far means to the next link, read when an edit is applied
-    // (the state is locked then anyway): a lock is two locked instructions.
+    // (the state is locked then anyway): a lock is two locked instructions. While a
+    // chain runs only `apply` changes the decision (host calls read it), so this is
+    // the decision as it stands; before any edit, `start_chain`'s "no route".
     let mut gate = Gate::default();
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
@@ -31,10 +33,10 @@ pub async fn run_chain(
         }
         if i > 0 {
             match gate.action {
-                Kind::NoRoute => break,
-                Kind::Forward => {}
-                Kind::Other if link.builtin => continue,
-                Kind::Other => {}
+                ActionKind::NoRoute => break,
+                ActionKind::Forward => {}
+                _ if link.builtin => continue,
+                _ => {}
             }
             // Fault and split only where the matched route has something for them.
             if let Some(routes) = &link.routes
@@ -97,30 +99,27 @@ pub async fn run_chain(
 }
 
 /// What a chain's next link needs of the decision so far.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Gate {
-    action: Kind,
+    action: ActionKind,
     /// The matched route's index.
     route: Option<usize>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-enum Kind {
-    #[default]
-    NoRoute,
-    Forward,
-    /// A redirect, a direct response, a fault's abort, a security policy's answer.
-    Other,
+impl Default for Gate {
+    /// The decision a chain starts from.
+    fn default() -> Self {
+        Gate {
+            action: ActionKind::NoRoute,
+            route: None,
+        }
+    }
 }
 
 impl Gate {
     fn of(decision: &crate::plugin::context::Current) -> Self {
         Gate {
-            action: match *decision.action {
-                Action::NoRoute => Kind::NoRoute,
-                Action::Forward(_) => Kind::Forward,
-                _ => Kind::Other,
-            },
+            action: crate::plugin::context::kind(decision),
             route: decision
                 .route
                 .as_ref()
