@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::access::{AccessLog, Entry};
@@ -129,9 +129,13 @@ fn head_size(headers: &HeaderMap) -> u64 {
         .sum()
 }
 
+/// Looked up by a name made once: by `&str`, every response's lookup parsed and checked
+/// the name first (about 340 instructions of callgrind's count, scenario 1).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 fn grpc_status(headers: &HeaderMap) -> Option<u8> {
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
