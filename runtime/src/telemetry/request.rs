@@ -253,6 +253,31 @@ impl<B> Drop for Observed<B> {
 mod tests {
     use super::*;
 
+    /// A trailers-only gRPC answer carries its status in the response head: Istio's
+    /// `grpc_response_status` is read from there.
+    #[test]
+    fn a_grpc_status_in_the_head_labels_the_request() {
+        let metrics = Metrics::new(true, "wasmgate", "istio-system");
+        let req = Request::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        let response = Response::builder()
+            .header("grpc-status", "14")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("response");
+        let observed =
+            Observation::start(Instant::now(), &req, None).finish(&metrics, &[], response, None);
+        drop(observed);
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("grpc_response_status=\"14\"")
+                && l.ends_with(" 1")),
+            "{text}"
+        );
+    }
+
     /// Every response's body is an `Observed`, and hyper moves the response several
     /// times per request: the access line's entry is boxed so those moves do not copy it
     /// (with the access log off, it is never there).
