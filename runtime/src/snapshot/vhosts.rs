@@ -21,9 +21,19 @@ pub fn normalized_host(authority: &str) -> std::borrow::Cow<'_, str> {
             None => rest,
         }
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
+        // A port: the digits at the end, after a colon. Walked byte by byte, as a host
+        // is short: `rsplit_once(':')` and a pass over the port took about 300
+        // instructions a request with the trim and the case check below (callgrind,
+        // scenario 1).
+        let b = authority.as_bytes();
+        let mut i = b.len();
+        while i > 0 && b[i - 1].is_ascii_digit() {
+            i -= 1;
+        }
+        if i > 0 && b[i - 1] == b':' {
+            &authority[..i - 1]
+        } else {
+            authority
         }
     };
     let host = host.trim_end_matches('.');
@@ -145,6 +155,10 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("bookinfo"), "bookinfo");
+        assert_eq!(normalize_host("bookinfo:"), "bookinfo");
+        assert_eq!(normalize_host("host:8a"), "host:8a");
+        assert_eq!(normalize_host("a:b:80"), "a:b");
+        assert_eq!(normalize_host("8080"), "8080");
         assert!(matches!(
             normalized_host("shop.example.com:80"),
             std::borrow::Cow::Borrowed("shop.example.com")
