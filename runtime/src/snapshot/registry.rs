@@ -110,10 +110,7 @@ pub struct Registry {
     rules: HashMap<String, Vec<Arc<DestinationRule>>>,
     /// (suffix after '*', rule), longest suffix first.
     wildcard_rules: Vec<(String, Arc<DestinationRule>)>,
-    /// Hashed with foldhash, keyed per process like SipHash (a wildcard ServiceEntry's
-    /// hosts are named by clients), at a fifth of its cost: SipHash was about 340
-    /// instructions of each request's lookup (callgrind, scenario 1).
-    cache: DashMap<ClusterKey, Arc<Cluster>, foldhash::fast::RandomState>,
+    cache: DashMap<ClusterKey, Arc<Cluster>>,
     /// The namespace this registry is seen from (`--workload-namespace`).
     namespace: String,
     /// Where this gateway is (`--locality`), for locality-aware balancing.
@@ -221,7 +218,7 @@ impl Registry {
             wildcard_services: Vec::new(),
             rules: HashMap::new(),
             wildcard_rules: Vec::new(),
-            cache: DashMap::default(),
+            cache: DashMap::new(),
             wildcard_cached: AtomicUsize::new(0),
             metrics,
             bounds,

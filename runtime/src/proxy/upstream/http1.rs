@@ -28,6 +28,7 @@
 //!   next wake, closes those whose time runs out while no request comes to take them.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -55,18 +56,16 @@ pub struct Key {
     target: Arc<str>,
     tls: Option<TlsKey>,
     pool: PoolKey,
-    /// Every field above, through foldhash with this process's random seed
+    /// Every field above, through SipHash with this process's random keys
     /// ([`KEY_HASHER`]): the endpoint can be a host a client named (a wildcard
-    /// ServiceEntry), so the pool's map keeps a keyed hash against flooding. SipHash,
-    /// with keys as random, cost about 230 instructions a request here (callgrind,
-    /// scenario 1); foldhash (hashbrown's default) about a fifth of that.
+    /// ServiceEntry), so the pool's map keeps a keyed hash against flooding.
     hash: u64,
 }
 
-/// The random seed every [`Key`] is hashed with, drawn once per process (every
+/// The random SipHash keys every [`Key`] is hashed with, drawn once per process (every
 /// worker's pool shares them; each pool had keys of its own before, which a flood
 /// would not notice either way: the keys never leave the process).
-static KEY_HASHER: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+static KEY_HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
 
 impl Key {
     /// The key, hashed once here. A request's key is looked up twice (taken, given
@@ -89,9 +88,7 @@ impl Key {
         fixed[29] = u8::from(tls.is_some());
         // The endpoint's length, so that no two keys run together alike.
         fixed[30..38].copy_from_slice(&(target.len() as u64).to_le_bytes());
-        let mut state = KEY_HASHER
-            .get_or_init(foldhash::fast::RandomState::default)
-            .build_hasher();
+        let mut state = KEY_HASHER.get_or_init(RandomState::new).build_hasher();
         state.write(&fixed);
         state.write(target.as_bytes());
         if let Some((config, sni)) = &tls {
