@@ -12,11 +12,19 @@ full barrier, may cost more CPU than one (docs/benchmarks.md, "2026-12-05, 12:40
 UTC: locked instructions per request"). Code with no object file (the plugins' code,
 compiled by wasmtime) is not counted: it has no locked instructions.
 
+With --wasm it also names the plugins' compiled code (which callgrind cannot: it has no
+object file) from the perf map wasmtime writes with WASMGATE_PERF_MAP=1, and prints the
+instructions per request by plugin function. The plugins built into a release gateway
+are stripped, so their functions read `wasm[0]::function[N]`; built with their names
+(`WASMGATE_PLUGIN_NAMES=1 cargo build --release -p wasmgate`: same code, same function
+indices) they read as Rust paths.
+
 Usage: python3 bench/instructions.py [--wasmgate target/release/wasmgate] [--requests 2000]
-                                    [--keep DIR] [--atomics]
+                                    [--keep DIR] [--atomics] [--wasm]
 Needs valgrind (apt-get install valgrind) and nginx (nginx-light).
 """
 import argparse
+import bisect
 import collections
 import glob
 import http.client
@@ -45,16 +53,17 @@ def requests(port: int, n: int) -> None:
 
 
 def count(work: Path, name: str, argv: list[str], port: int, n: int,
-          atomics: bool = False) -> tuple[float, Path]:
-    """Start `argv` under callgrind, warm it, count `n` requests; instructions per request
-    and the dump (per instruction with `atomics`)."""
+          atomics: bool = False, env: dict[str, str] | None = None) -> tuple[float, Path, int]:
+    """Start `argv` under callgrind, warm it, count `n` requests; instructions per request,
+    the dump (per instruction with `atomics`) and the process id (valgrind runs the
+    program in its own process)."""
     out = work / f"{name}.callgrind"
     log = work / f"{name}.valgrind.log"
     per_instr = ["--dump-instr=yes"] if atomics else []
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=no",
                           "--combine-dumps=no", f"--callgrind-out-file={out}"] + per_instr + argv,
                          stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-                         env=dict(os.environ, WASMGATE_LOG="warn"))
+                         env=dict(os.environ, WASMGATE_LOG="warn", **(env or {})))
     try:
         for _ in range(600):
             if p.poll() is not None:
@@ -81,8 +90,36 @@ def count(work: Path, name: str, argv: list[str], port: int, n: int,
         p.wait()
     for line in dump.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]) / n, dump
+            return int(line.split()[1]) / n, dump, p.pid
     raise SystemExit(f"no totals in {dump}")
+
+
+def jit_functions(dump: Path, perf_map: Path, n: int) -> tuple[float, list[tuple[float, str]]]:
+    """Instructions per request in code with no object file (the plugins' code compiled by
+    wasmtime), named by wasmtime's perf map: the total and the heaviest functions. The
+    same function of several instances (a plugin's allocator, wit-bindgen's glue) counts
+    under one name."""
+    syms = sorted((int(a, 16), int(size, 16), name)
+                  for a, size, name in (line.rstrip("\n").split(" ", 2)
+                                        for line in perf_map.read_text(errors="replace").splitlines()
+                                        if line.count(" ") >= 2))
+    starts = [s[0] for s in syms]
+
+    def named(addr: int) -> str:
+        i = bisect.bisect_right(starts, addr) - 1
+        if i >= 0 and addr < syms[i][0] + syms[i][1]:
+            return syms[i][2]
+        return f"?? {addr:#x}"
+
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", str(dump)],
+                         capture_output=True, text=True, check=True).stdout
+    by_fn: collections.Counter = collections.Counter()
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(.*?\)\s+\?\?\?:0x([0-9a-f]+)", line)
+        if m:
+            by_fn[named(int(m.group(2), 16))] += int(m.group(1).replace(",", ""))
+    total = sum(by_fn.values()) / n
+    return total, [(c / n, f) for f, c in by_fn.most_common(25)]
 
 
 def locked_addresses(obj: str) -> dict[int, str]:
@@ -169,6 +206,8 @@ def main() -> None:
                     help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     ap.add_argument("--atomics", action="store_true",
                     help="also count locked instructions (atomic read-modify-writes) per request")
+    ap.add_argument("--wasm", action="store_true",
+                    help="also count the plugins' compiled code by function (wasmtime's perf map)")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
@@ -185,18 +224,24 @@ def main() -> None:
             port, admin = R.free_port(), R.free_port()
             (work / "wasmgate.yaml").write_text(R.wasmgate_base(port, origin_port) + R.realistic_vs())
             # valgrind cannot reserve the default instance pool's address space.
-            wg, wg_dump = count(work, "wasmgate", [a.wasmgate, "run", "--config", str(work / "wasmgate.yaml"),
+            wg, wg_dump, wg_pid = count(work, "wasmgate", [a.wasmgate, "run", "--config", str(work / "wasmgate.yaml"),
                                           "--admin", f"127.0.0.1:{admin}", "--listen-address",
                                           "127.0.0.1", "--plugin-pool-instances", "8",
                                           "--compile-cache", str(work / "cache")], port, a.requests,
-                                    a.atomics)
+                                    a.atomics, {"WASMGATE_PERF_MAP": "1"} if a.wasm else None)
             nport = R.free_port()
             conf = R.nginx_proxy(work, nport, origin_port).replace(
                 "worker_processes 1;", "worker_processes 1;\nmaster_process off;")
             (work / "nginx-proxy.conf").write_text(conf)
-            ng, ng_dump = count(work, "nginx", ["nginx", "-e", "stderr", "-p", str(work), "-c",
+            ng, ng_dump, _ = count(work, "nginx", ["nginx", "-e", "stderr", "-p", str(work), "-c",
                                                 str(work / "nginx-proxy.conf")], nport, a.requests,
                                 a.atomics)
+            if a.wasm:
+                perf_map = Path(f"/tmp/perf-{wg_pid}.map")
+                if not perf_map.exists():
+                    raise SystemExit(f"{perf_map}: wasmtime wrote no perf map")
+                jit, jit_top = jit_functions(wg_dump, perf_map, a.requests)
+                perf_map.unlink()
             if a.atomics:
                 wg_locked, wg_top = locked(wg_dump, a.requests)
                 ng_locked, _ = locked(ng_dump, a.requests)
@@ -207,6 +252,10 @@ def main() -> None:
     print(f"  wasmgate (router + fault + split): {wg:,.0f}")
     print(f"  nginx (proxy_pass):                {ng:,.0f}")
     print(f"  wasmgate/nginx:                    {wg / ng:.2f}x")
+    if a.wasm:
+        print(f"  of wasmgate's, the plugins' compiled code: {jit:,.0f}, by function:")
+        for c, f in jit_top:
+            print(f"    {c:7,.0f}  {f[:110]}")
     if a.atomics:
         print("locked instructions per request (atomic read-modify-writes):")
         print(f"  wasmgate: {wg_locked:.1f}")

@@ -56,6 +56,7 @@ fn build() -> Result<(), String> {
         manifest.join("src/toolchain.rs").display()
     );
     println!("cargo:rerun-if-env-changed=WASMGATE_WASM_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=WASMGATE_PLUGIN_NAMES");
 
     // Relative relocations packed (DT_RELR): the loader reads a few KiB at start instead
     // of the binary's `.rela.dyn` (0.9 MiB of a release build, all of it resident after
@@ -91,6 +92,12 @@ fn build() -> Result<(), String> {
         let mut cmd = toolchain.cargo_build(&root, target);
         cmd.args(["--profile", "wasm-plugin", "--target-dir"])
             .arg(&target_dir);
+        // `WASMGATE_PLUGIN_NAMES=1`: plugins that keep their function names (the same
+        // code, with its name section), so that wasmtime's perf map names them for
+        // profiling (bench/README.md, `instructions.py --wasm`).
+        if env::var_os("WASMGATE_PLUGIN_NAMES").is_some() {
+            cmd.env("CARGO_PROFILE_WASM_PLUGIN_STRIP", "false");
+        }
         for p in &packages {
             cmd.args(["-p", &p.package]);
         }
