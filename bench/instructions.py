@@ -30,6 +30,7 @@ import glob
 import http.client
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,17 @@ def jit_functions(dump: Path, perf_map: Path, n: int) -> tuple[float, list[tuple
     wasmtime), named by wasmtime's perf map: the total and the heaviest functions. The
     same function of several instances (a plugin's allocator, wit-bindgen's glue) counts
     under one name."""
-    syms = sorted((int(a, 16), int(size, 16), name)
-                  for a, size, name in (line.rstrip("\n").split(" ", 2)
-                                        for line in perf_map.read_text(errors="replace").splitlines()
-                                        if line.count(" ") >= 2))
+    # wasmtime may list one function twice: by its symbol name, and as
+    # `wasm[0]::function[N]::` with the name cut short. The symbol's name is kept.
+    best: dict[int, tuple[int, str]] = {}
+    for line in perf_map.read_text(errors="replace").splitlines():
+        if line.count(" ") < 2:
+            continue
+        a, size, name = line.split(" ", 2)
+        at, kept = int(a, 16), best.get(int(a, 16))
+        if kept is None or (kept[1].startswith("wasm[") and not name.startswith("wasm[")):
+            best[at] = (int(size, 16), name)
+    syms = sorted((at, size, name) for at, (size, name) in best.items())
     starts = [s[0] for s in syms]
 
     def named(addr: int) -> str:
@@ -119,7 +127,15 @@ def jit_functions(dump: Path, perf_map: Path, n: int) -> tuple[float, list[tuple
         if m:
             by_fn[named(int(m.group(2), 16))] += int(m.group(1).replace(",", ""))
     total = sum(by_fn.values()) / n
-    return total, [(c / n, f) for f, c in by_fn.most_common(25)]
+    top = by_fn.most_common(25)
+    # Rust's symbol names as paths (binutils' c++filt reads them), without crate hashes.
+    try:
+        names = subprocess.run(["c++filt"], input="\n".join(f for f, _ in top),
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        names = [f for f, _ in top]
+    names = [re.sub(r"\[[0-9a-f]{16}\]", "", f) for f in names]
+    return total, [(c / n, f) for (_, c), f in zip(top, names)]
 
 
 def locked_addresses(obj: str) -> dict[int, str]:
@@ -241,6 +257,8 @@ def main() -> None:
                 if not perf_map.exists():
                     raise SystemExit(f"{perf_map}: wasmtime wrote no perf map")
                 jit, jit_top = jit_functions(wg_dump, perf_map, a.requests)
+                if a.keep:
+                    shutil.copy(perf_map, work / "perf.map")
                 perf_map.unlink()
             if a.atomics:
                 wg_locked, wg_top = locked(wg_dump, a.requests)
