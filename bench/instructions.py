@@ -107,7 +107,8 @@ def jit_functions(dump: Path, perf_map: Path, n: int) -> tuple[float, list[tuple
         if line.count(" ") < 2:
             continue
         a, size, name = line.split(" ", 2)
-        at, kept = int(a, 16), best.get(int(a, 16))
+        at = int(a, 16)
+        kept = best.get(at)
         if kept is None or (kept[1].startswith("wasm[") and not name.startswith("wasm[")):
             best[at] = (int(size, 16), name)
     syms = sorted((at, size, name) for at, (size, name) in best.items())
