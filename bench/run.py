@@ -1628,11 +1628,16 @@ def scenario_reload(b: Bench, conns: int) -> str:
                     tmp = plugins / ".add-headers.wasm.tmp"
                     tmp.write_bytes(wasm_variant(original, n))
                     tmp.rename(target)
+                    # Asked every 100 ms: each answer is rendered by the gateway's
+                    # control thread on the proxy's core, and this script runs beside
+                    # wrk; asking faster would weigh on what is measured.
+                    # A swap begun is waited for, even past the run's end, so that
+                    # none lands in the next quiet run.
                     while reloads_done(peer) <= done:
                         if time.monotonic() - started > 60:
                             stuck.append(f"swap {n} not reloaded after 60 s")
                             return
-                        time.sleep(0.01)
+                        time.sleep(0.1)
                     swap_seconds.append(time.monotonic() - started)
 
             swapper = threading.Thread(target=swap)
