@@ -15,7 +15,8 @@
 //!   arena, wasmtime's engine-wide registries) makes that thread wait; the waiter
 //!   sleeps, so the CPU frees and the holder runs, but on a saturated machine the wait
 //!   can be long. Measured: no failed request in the reload test; the p99 beside
-//!   the swaps in `bench/run.py --scenarios reload` (`docs/benchmarks.md`).
+//!   the swaps in `bench/run.py --scenarios reload` 2.47x the p99 without, above the
+//!   2x target (`docs/benchmarks.md`).
 //! - [`below_normal`]: nice 10, for work that must keep going on a busy machine: the
 //!   control thread (reloads' parsing and preparing, the admin endpoint) and the plugin
 //!   host's slow lane. The slow lane stays at nice 10 on purpose: a plugin call that
