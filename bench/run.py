@@ -1578,11 +1578,16 @@ def wasm_variant(data: bytes, n: int) -> bytes:
     return data + bytes([0, len(body)]) + body
 
 
-def reloads_done(peer: Peer) -> int:
-    """`wasmgate_config_reloads_total{result="success"}` from the peer's admin port."""
+def scrape(peer: Peer) -> str:
+    """The peer's metrics, as its admin port's `/stats/prometheus` answers them."""
     url = f"http://127.0.0.1:{peer.admin}/stats/prometheus"
     with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def reloads_done(peer: Peer) -> int:
+    """`wasmgate_config_reloads_total{result="success"}` from the peer's admin port."""
+    text = scrape(peer)
     m = re.search(r'^wasmgate_config_reloads_total\{result="success"\} (\S+)$', text, re.M)
     return int(float(m.group(1))) if m else 0
 
@@ -1762,10 +1767,8 @@ METRICS_TARGET_US = 1.0
 def requests_counted(peer: Peer) -> int:
     """The sum of istio_requests_total on the peer's admin port (0 when nothing is
     recorded), so the scenario knows each switch did what it says."""
-    url = f"http://127.0.0.1:{peer.admin}/stats/prometheus"
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
+        text = scrape(peer)
     except urllib.error.HTTPError:
         return 0
     return sum(int(float(m.group(1)))

@@ -182,11 +182,11 @@ fn p99(took: &[(bool, Duration)], during: bool) -> (Duration, usize) {
 
 /// The test: under constant load, a plugin replaced 20 times (each a real
 /// compile) fails no request, each swap is seen once, and only the serving builds stay
-/// compiled. The p99 during the swaps against the p99 without is printed (`-- --nocapture`
-/// shows it), not asserted:
-/// it is a timing, and CI machines are shared (it failed CI at 2.5x and 4.4x where this
-/// machine measures 1.1–1.2x). `bench/run.py --scenarios reload` measures it on a
-/// release build, side by side, against the 2x target (`docs/benchmarks.md`).
+/// compiled. The p99 during the swaps against the p99 without is printed (`--nocapture`
+/// shows it), not asserted: it is a timing, and CI machines are shared (it failed CI at
+/// 2.5x and 4.4x where this machine measures 1.1–1.2x). `bench/run.py --scenarios
+/// reload` measures it on a release build, side by side, against the 2x target
+/// (`docs/benchmarks.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_swaps_under_load_fail_nothing() {
     // One at a time: the sibling test's gateway should not start and compile on the same
