@@ -128,6 +128,71 @@ async fn a_plugins_pick_wins_over_the_weights() {
     );
 }
 
+/// The router picks among its own route's weighted destinations, in the traffic split's
+/// place: a plugin that replaces the forward (`a`, AUTHN) drops that pick, and the
+/// traffic split picks from the new destinations (1:1 here, where the route says 90/10);
+/// requests it leaves alone never call the split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_forward_is_split_by_the_traffic_split() {
+    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
+    let port = free_port();
+    let dir = TempDir::new("rewritten");
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "se.yaml",
+        &[
+            service_entry("heavy", "heavy.internal", 80, &[(heavy.port(), &[])]),
+            service_entry("light", "light.internal", 80, &[(light.port(), &[])]),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: heavy.internal}\n      weight: 90\n    - destination: {host: light.internal}\n      weight: 10\n",
+    );
+    dir.write(
+        "plugins.yaml",
+        &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
+    );
+    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let calls = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("wasmgate_plugin_calls_total{plugin=\"wasmgate/traffic-split\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for _ in 0..20 {
+        let r = get(port, "a.test", "/", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(calls(&gw.scrape().await), 0, "the router picked");
+    let mut light_hits = 0;
+    for _ in 0..60 {
+        let r = get(
+            port,
+            "a.test",
+            "/",
+            &[("x-forward", "a=heavy.internal,light.internal")],
+        )
+        .await
+        .expect("rewritten request");
+        assert_eq!(r.status, StatusCode::OK);
+        if header(&r, "x-upstream") == "light" {
+            light_hits += 1;
+        }
+    }
+    // 1:1 over 60 requests: 30 expected; the route's 90/10 pick, wrongly kept, gives 6.
+    assert!(
+        (15..=45).contains(&light_hits),
+        "light got {light_hits} of 60"
+    );
+    assert_eq!(calls(&gw.scrape().await), 60, "the split picked each");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phases_properties_and_order() {
     let (gw, port, _echo, _dir, _plugins) = phases_gateway("phases").await;

@@ -136,6 +136,11 @@ pub struct Link {
     /// injection for routes with a `fault`, traffic split for routes with several
     /// destinations. `None`: every request.
     pub routes: Option<Arc<[bool]>>,
+    /// Called only while the decision forwards to more than one destination (traffic
+    /// split): the first-party router picks among its own route's weighted destinations
+    /// when it matches, as Envoy picks a weighted cluster when it selects the route, so
+    /// this link runs only for a router of the user's own or a rewritten forward.
+    pub several: bool,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// A security component (RequestAuthentication, AuthorizationPolicy): it sees every
@@ -147,6 +152,10 @@ pub struct Link {
     /// Calls, failures and latency of this plugin for this VirtualService (metrics on).
     pub stats: Option<Arc<PluginStats>>,
 }
+
+/// A first-party link as prepared: its policy, its routes (see [`Link::routes`]) and
+/// [`Link::several`].
+type FirstLink = (PreparedPolicy, Option<Arc<[bool]>>, bool);
 
 /// Each route's `headers.response` (see [`Chain::reply_headers`]).
 fn reply_headers(vs: &VirtualService) -> Vec<Option<HeaderMutation>> {
@@ -184,6 +193,7 @@ impl Link {
             policy,
             builtin,
             routes: None,
+            several: false,
             fail_open,
             guard: false,
             ports,
@@ -527,7 +537,9 @@ impl Snapshot {
                     .prepare(pool, compiled.name(), binding(compiled.name()), config)
                     .await
                 {
-                    Ok(policy) => first_links.push((policy, routes)),
+                    Ok(policy) => {
+                        first_links.push((policy, routes, builtin.name == "traffic-split"))
+                    }
                     Err(e) => errors.push(error(
                         &vs.meta,
                         "spec",
@@ -577,8 +589,9 @@ impl Snapshot {
                         .enabled
                         .then(|| metrics.plugin(p.plugin_name(), &vs_name))
                 };
-                let first = |(p, routes): &(PreparedPolicy, Option<Arc<[bool]>>)| Link {
+                let first = |(p, routes, several): &FirstLink| Link {
                     routes: routes.clone(),
+                    several: *several,
                     ..Link::new(p.clone(), true, false, Vec::new(), stats(p))
                 };
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {

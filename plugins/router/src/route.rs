@@ -6,6 +6,7 @@ use wasmgate_config::raw::{
     CorsPolicy, Destination as RawDestination, HTTPRoute, HeaderOperations, Headers,
     RedirectPortSelection,
 };
+use wasmgate_plugin_sdk::host::pick_weighted;
 use wasmgate_plugin_sdk::{
     Action, ConfigError, Destination, DirectResponse, Edit, Forward, Header, HeaderMutation,
     Mirror, PreparedEdit, Redirect, RetryPolicy, RouteRef,
@@ -29,6 +30,10 @@ pub struct CompiledRoute {
     /// without a URI rewrite, a direct response), kept by the host: without a CORS
     /// origin to answer, a match answers with it.
     prepared: Option<PreparedEdit>,
+    /// A forward's weights when it has several destinations: the router picks one when
+    /// the route matches, as Envoy picks a weighted cluster when it selects the route,
+    /// and the host calls no traffic split for a decision left with one destination.
+    weights: Option<Box<[u32]>>,
 }
 
 #[derive(Debug)]
@@ -208,6 +213,12 @@ impl CompiledRoute {
                 ..Edit::keep()
             })
         });
+        let weights = match &action {
+            RouteAction::Forward { template, .. } if template.destinations.len() > 1 => {
+                Some(template.destinations.iter().map(|d| d.weight).collect())
+            }
+            _ => None,
+        };
         Ok(CompiledRoute {
             index: route.index,
             name: route.name,
@@ -215,6 +226,7 @@ impl CompiledRoute {
             action,
             cors,
             prepared,
+            weights,
         })
     }
 
@@ -324,6 +336,18 @@ impl CompiledRoute {
     /// The edit for a request this route matched: this route, and its action in place of
     /// the decision's (delay and log fields are kept).
     pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
+        let mut edit = self.edit(req, matched);
+        // All weights 0: no pick, and the traffic split answers the error it answers.
+        if let Some(weights) = &self.weights
+            && matches!(edit.action, Some(Action::Forward(_)) | None)
+        {
+            edit.pick = pick_weighted(weights).and_then(|i| u32::try_from(i).ok());
+        }
+        edit
+    }
+
+    /// [`CompiledRoute::decide`] before the pick.
+    fn edit(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
         let request = req.request();
         let origin = self.cors.as_ref().and_then(|c| {
             request

@@ -1,7 +1,7 @@
 //! Native tests of Istio's matching rules and route actions.
 
 use super::*;
-use wasmgate_plugin_sdk::testing::{TestRequest, decide, prepare, request, run};
+use wasmgate_plugin_sdk::testing::{TestRequest, decide, prepare, request, run, seed_random};
 use wasmgate_plugin_sdk::{Action, Decision, HeaderMutation, Interest};
 
 fn router(spec: &str) -> Router {
@@ -263,9 +263,11 @@ fn weighted_destinations_headers_timeout_retries() {
                    {"destination":{"host":"reviews","subset":"v2"},"weight":20,
                     "headers":{"response":{"add":{"x-v":"2"}}}}]}]}"#,
     );
-    let d = run(&r, &request("GET", "/").build());
-    assert_eq!(d.route.as_ref().map(|r| r.name.as_str()), Some("split"));
-    let Action::Forward(f) = d.action else {
+    let edit = decide(&r, &request("GET", "/").build());
+    assert_eq!(edit.route.as_ref().map(|r| r.name.as_str()), Some("split"));
+    // The router picks one of the weighted destinations (the decision keeps that one).
+    assert!(matches!(edit.pick, Some(0 | 1)), "pick {:?}", edit.pick);
+    let Some(Action::Forward(f)) = edit.action else {
         panic!("not forward")
     };
     let weights: Vec<u32> = f.destinations.iter().map(|d| d.weight).collect();
@@ -290,6 +292,44 @@ fn weighted_destinations_headers_timeout_retries() {
     assert_eq!(dest.add[0].value, "2");
     // A destination without header operations carries none (free to pass on).
     assert!(f.destinations[0].request_headers.is_none());
+}
+
+#[test]
+fn the_router_picks_a_weighted_destination_by_weight() {
+    seed_random(11);
+    let r = router(
+        r#"{"hosts":["reviews"],"http":[{"route":[
+          {"destination":{"host":"reviews","subset":"v1"},"weight":80},
+          {"destination":{"host":"reviews","subset":"v2"},"weight":20}]}]}"#,
+    );
+    let mut v1 = 0;
+    for _ in 0..10_000 {
+        let d = run(&r, &request("GET", "/").build());
+        let Action::Forward(f) = d.action else {
+            panic!("not forward")
+        };
+        assert_eq!(
+            f.destinations.len(),
+            1,
+            "one destination left to the upstream"
+        );
+        if f.destinations[0].subset.as_deref() == Some("v1") {
+            v1 += 1;
+        }
+    }
+    assert!((7_700..=8_300).contains(&v1), "v1 got {v1} of 10000");
+    // One destination, or a route that is not a forward: nothing to pick.
+    let one = router(r#"{"hosts":["a"],"http":[{"route":[{"destination":{"host":"a"}}]}]}"#);
+    assert_eq!(decide(&one, &request("GET", "/").build()).pick, None);
+    // Every weight 0: no pick; the traffic split answers its error.
+    let zero = router(
+        r#"{"hosts":["a"],"http":[{"route":[
+          {"destination":{"host":"a","subset":"v1"},"weight":0},
+          {"destination":{"host":"a","subset":"v2"},"weight":0}]}]}"#,
+    );
+    let edit = decide(&zero, &request("GET", "/").build());
+    assert_eq!(edit.pick, None);
+    assert!(matches!(edit.action, Some(Action::Forward(_))));
 }
 
 #[test]

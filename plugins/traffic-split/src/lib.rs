@@ -2,8 +2,13 @@
 //! destinations, pick one: weights are proportions of their sum (Istio >= 1.13), so
 //! 80/20, 4/1 and 8000/2000 split alike. A single destination needs no weight. The random
 //! number comes from the host, so a seeded gateway splits reproducibly.
+//!
+//! The first-party router picks among its own route's weighted destinations when it
+//! matches (as Envoy picks a weighted cluster when it selects the route), so the host
+//! calls this component only while a decision still forwards to several destinations: a
+//! router of the user's own that leaves the pick, or a plugin that rewrote the forward.
 
-use wasmgate_plugin_sdk::host::random_below;
+use wasmgate_plugin_sdk::host::pick_weighted;
 use wasmgate_plugin_sdk::{
     Binding, ConfigError, Edit, PluginError, Policy, Request, export_policy,
 };
@@ -23,7 +28,7 @@ impl Policy for TrafficSplit {
         if weights.len() <= 1 {
             return Ok(Edit::keep());
         }
-        let chosen = pick(&weights, random_below).ok_or_else(|| PluginError {
+        let chosen = pick_weighted(&weights).ok_or_else(|| PluginError {
             message: "every destination has weight 0".into(),
         })?;
         Ok(Edit {
@@ -31,24 +36,6 @@ impl Policy for TrafficSplit {
             ..Edit::keep()
         })
     }
-}
-
-/// Index of the destination (by its weight) that `draw(total)` lands on, weights as
-/// proportions. `None` when every weight is 0.
-pub fn pick(weights: &[u32], draw: impl FnOnce(u64) -> u64) -> Option<usize> {
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut ticket = draw(total);
-    for (i, &w) in weights.iter().enumerate() {
-        let w = u64::from(w);
-        if ticket < w {
-            return Some(i);
-        }
-        ticket -= w;
-    }
-    None
 }
 
 export_policy!(TrafficSplit);
@@ -75,16 +62,6 @@ mod tests {
     /// A request whose decision so far is `decision`.
     fn req(decision: Decision) -> TestRequest {
         request("GET", "/").decision(decision).build()
-    }
-
-    #[test]
-    fn weights_are_proportions_of_their_sum() {
-        let weights = [4, 1];
-        assert_eq!(pick(&weights, |_| 0), Some(0));
-        assert_eq!(pick(&weights, |_| 3), Some(0));
-        assert_eq!(pick(&weights, |_| 4), Some(1));
-        assert_eq!(pick(&weights, |t| t - 1), Some(1));
-        assert_eq!(pick(&[0, 0], |_| 0), None);
     }
 
     #[test]

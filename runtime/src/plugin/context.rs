@@ -357,6 +357,15 @@ impl ChainState {
         }
     }
 
+    /// A pick: keep destination `i` of the forward's destinations as they stand (after
+    /// an earlier pick, the one left is index 0, and a pick changes nothing).
+    pub fn pick(&mut self, i: usize) {
+        let d = &mut self.decision;
+        if i < d.destinations().len() && d.picked.is_none() {
+            d.picked = Some(i);
+        }
+    }
+
     /// Apply a policy's edit, as the WIT says (and the SDK's `Edit::apply` does): route,
     /// action, pick, delay, then header operations (joined to a forward: kept in
     /// [`ChainState::joined`], after its own; for any other action the response ones are
@@ -372,14 +381,10 @@ impl ChainState {
             // What was joined to the forward this replaces goes with it.
             self.joined.clear();
         }
-        // A pick keeps one of the destinations as they stand (after an earlier pick, the
-        // one left is index 0).
-        if let Some(i) = edit.pick.and_then(|i| usize::try_from(i).ok())
-            && i < d.destinations().len()
-            && d.picked.is_none()
-        {
-            d.picked = Some(i);
+        if let Some(i) = edit.pick.and_then(|i| usize::try_from(i).ok()) {
+            self.pick(i);
         }
+        let d = &mut self.decision;
         if let Some(ms) = edit.delay_ms {
             d.delay_ms = (ms > 0).then_some(ms);
         }

@@ -12,7 +12,8 @@ use crate::telemetry::trace::Span;
 
 /// Run a chain's policies in order over `view` (its decision starts at "no route"). The
 /// router goes first; when it finds no route the chain ends there (the host tries the
-/// next VirtualService). Fault and traffic split only act on forwards; user plugins see
+/// next VirtualService). Fault and traffic split only act on forwards, the split only on
+/// one to several destinations (the router picks for its own routes); user plugins see
 /// every routed request, whatever the decision. A plugin whose body interest the body
 /// outgrew is skipped when it fails open and answers 413 when it fails closed. Public
 /// for the benchmarks.
@@ -27,6 +28,12 @@ pub async fn run_chain(
     // chain runs only `apply` changes the decision (host calls read it), so this is
     // the decision as it stands; before any edit, `start_chain`'s "no route".
     let mut gate = Gate::default();
+    // The router's pick among its route's weighted destinations (the first-party router
+    // draws it when it matches, as Envoy picks a weighted cluster when it selects the
+    // route). It stands in for the traffic split's: applied where the split would run, so
+    // the plugins between see every destination and a pick of theirs wins, as before;
+    // dropped when a later edit replaces the action.
+    let mut deferred: Option<usize> = None;
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
             continue;
@@ -37,6 +44,19 @@ pub async fn run_chain(
                 ActionKind::Forward => {}
                 _ if link.builtin => continue,
                 _ => {}
+            }
+            // Traffic split only while there is a destination left to pick, and the
+            // router's pick in its place.
+            if link.several {
+                if let Some(pick) = deferred.take() {
+                    let mut state = view.state();
+                    state.pick(pick);
+                    gate = Gate::of(&state.decision);
+                    continue;
+                }
+                if !gate.several {
+                    continue;
+                }
             }
             // Fault and split only where the matched route has something for them.
             if let Some(routes) = &link.routes
@@ -80,10 +100,15 @@ pub async fn run_chain(
             }
         }
         match called {
-            Ok(edit) => {
+            Ok(mut edit) => {
                 // A security policy's own answer (401, 403) ends the chain, as Envoy's
                 // jwt_authn and rbac filters end theirs with a local reply.
                 let ends = link.guard && edit.action.is_some();
+                if i == 0 && link.builtin {
+                    deferred = edit.pick.take().and_then(|p| usize::try_from(p).ok());
+                } else if edit.action.is_some() {
+                    deferred = None;
+                }
                 let mut state = view.state();
                 state.apply(edit);
                 state.mark_ran(i);
@@ -95,6 +120,11 @@ pub async fn run_chain(
             Err(e) => failed(link, e)?,
         }
     }
+    // No traffic split on the way (a chain that ended early keeps its action: a new
+    // one dropped the pick).
+    if let Some(pick) = deferred {
+        view.state().pick(pick);
+    }
     Ok(())
 }
 
@@ -104,6 +134,8 @@ struct Gate {
     action: ActionKind,
     /// The matched route's index.
     route: Option<usize>,
+    /// The decision forwards to more than one destination.
+    several: bool,
 }
 
 impl Default for Gate {
@@ -112,6 +144,7 @@ impl Default for Gate {
         Gate {
             action: ActionKind::NoRoute,
             route: None,
+            several: false,
         }
     }
 }
@@ -124,6 +157,7 @@ impl Gate {
                 .route
                 .as_ref()
                 .and_then(|r| usize::try_from(r.index).ok()),
+            several: decision.destinations().len() > 1,
         }
     }
 }

@@ -28,7 +28,9 @@
 //! which the host refuses to keep (`x-host-kept: false`).
 //!
 //! With request header `x-pick: <name>=<i>` it keeps only destination `i` of the
-//! forward (`edit.pick`), whatever the weights.
+//! forward (`edit.pick`), whatever the weights. With request header `x-forward:
+//! <name>=<host>,<host>...` it replaces the action with a forward to those hosts, each
+//! of weight 1 (for the traffic split to pick from).
 //!
 //! On a response it sets `x-phases-<name>-status: <status>`; when request header
 //! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
@@ -39,8 +41,8 @@
 use serde::Deserialize;
 use wasmgate_plugin_sdk::metrics::Counter;
 use wasmgate_plugin_sdk::{
-    Action, Binding, ConfigError, Edit, Interest, LogEntry, PluginError, Policy, PreparedEdit,
-    Request, Response, ResponseEdit, export_policy, parse_config,
+    Action, Binding, ConfigError, Destination, Edit, Forward, Interest, LogEntry, PluginError,
+    Policy, PreparedEdit, Request, Response, ResponseEdit, export_policy, parse_config,
 };
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,20 @@ impl Policy for Phases {
             &format!("x-phases-{name}"),
             read.as_deref().unwrap_or("none"),
         );
+        if let Some(hosts) = request.header("x-forward").and_then(|spec| {
+            let (who, hosts) = spec.split_once('=')?;
+            (who == name).then(|| hosts.to_string())
+        }) {
+            let destinations = hosts
+                .split(',')
+                .map(|host| {
+                    let mut d = Destination::new(host);
+                    d.weight = 1;
+                    d
+                })
+                .collect();
+            edit.action = Some(Action::Forward(Forward::to(destinations)));
+        }
         edit.pick = request.header("x-pick").and_then(|spec| {
             let (who, index) = spec.split_once('=')?;
             (who == name).then(|| index.parse().ok())?
