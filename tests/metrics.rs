@@ -1087,7 +1087,7 @@ async fn access_log_off_writes_no_lines() {
 /// per-route filter config, and the traffic split not even for a route with several
 /// destinations (the router picks one when it matches): their call counts say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_and_split_are_called_only_for_routes_that_have_them() {
+async fn fault_is_called_only_for_routes_with_one_and_the_split_not_for_the_routers_pick() {
     let echo = Echo::start("app").await;
     let port = free_port();
     let dir = TempDir::new("per-route");

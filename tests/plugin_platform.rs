@@ -29,6 +29,35 @@ fn routed(dir: &TempDir, port: u16, echo: &Echo) {
     );
 }
 
+/// A Gateway on `port` and a VirtualService `app` splitting every host 90/10 between
+/// `heavy` (`heavy.internal`) and `light` (`light.internal`).
+fn weighted(dir: &TempDir, port: u16, heavy: &Echo, light: &Echo) {
+    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
+    dir.write(
+        "se.yaml",
+        &[
+            service_entry("heavy", "heavy.internal", 80, &[(heavy.port(), &[])]),
+            service_entry("light", "light.internal", 80, &[(light.port(), &[])]),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: heavy.internal}\n      weight: 90\n    - destination: {host: light.internal}\n      weight: 10\n",
+    );
+}
+
+/// The traffic split's calls so far, from the admin port's metrics (the series must be
+/// there: the split is bound to `app`).
+async fn split_calls(gw: &Gateway) -> u64 {
+    let text = gw.scrape().await;
+    text.lines()
+        .find(|l| l.starts_with("wasmgate_plugin_calls_total{plugin=\"wasmgate/traffic-split\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no traffic-split call count:\n{text}"))
+}
+
 /// A WasmPlugin `name` of `url` on VirtualService `app`.
 fn plugin(name: &str, url: &str, extra: &str, config: &str) -> String {
     format!(
@@ -81,19 +110,7 @@ async fn a_plugins_pick_wins_over_the_weights() {
     let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
     let port = free_port();
     let dir = TempDir::new("pick");
-    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
-    dir.write(
-        "se.yaml",
-        &[
-            service_entry("heavy", "heavy.internal", 80, &[(heavy.port(), &[])]),
-            service_entry("light", "light.internal", 80, &[(light.port(), &[])]),
-        ]
-        .join("---\n"),
-    );
-    dir.write(
-        "vs.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: heavy.internal}\n      weight: 90\n    - destination: {host: light.internal}\n      weight: 10\n",
-    );
+    weighted(&dir, port, &heavy, &light);
     dir.write(
         "plugins.yaml",
         &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
@@ -137,39 +154,22 @@ async fn a_rewritten_forward_is_split_by_the_traffic_split() {
     let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
     let port = free_port();
     let dir = TempDir::new("rewritten");
-    dir.write("gw.yaml", &support::gateway("gw", port, &["*"]));
-    dir.write(
-        "se.yaml",
-        &[
-            service_entry("heavy", "heavy.internal", 80, &[(heavy.port(), &[])]),
-            service_entry("light", "light.internal", 80, &[(light.port(), &[])]),
-        ]
-        .join("---\n"),
-    );
-    dir.write(
-        "vs.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: heavy.internal}\n      weight: 90\n    - destination: {host: light.internal}\n      weight: 10\n",
-    );
+    weighted(&dir, port, &heavy, &light);
     dir.write(
         "plugins.yaml",
         &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
     );
     let plugins = plugins_dir(&[("phases.wasm", "phases")]);
-    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
-    let calls = |text: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with("wasmgate_plugin_calls_total{plugin=\"wasmgate/traffic-split\"")
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let gw = Gateway::start(
+        dir.path(),
+        &["--plugins", plugins.arg(), "--random-seed", "5"],
+    )
+    .await;
     for _ in 0..20 {
         let r = get(port, "a.test", "/", &[]).await.expect("request");
         assert_eq!(r.status, StatusCode::OK);
     }
-    assert_eq!(calls(&gw.scrape().await), 0, "the router picked");
+    assert_eq!(split_calls(&gw).await, 0, "the router picked");
     let mut light_hits = 0;
     for _ in 0..60 {
         let r = get(
@@ -190,7 +190,28 @@ async fn a_rewritten_forward_is_split_by_the_traffic_split() {
         (15..=45).contains(&light_hits),
         "light got {light_hits} of 60"
     );
-    assert_eq!(calls(&gw.scrape().await), 60, "the split picked each");
+    assert_eq!(split_calls(&gw).await, 60, "the split picked each");
+}
+
+/// A user's `traffic-split.wasm` (here the `phases` probe) replaces the embedded split and
+/// is called for every split request: the router's pick is dropped for it, so its own
+/// pick (`x-pick: phases=1`, the 10 % destination) is the one that holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_traffic_split_is_called_and_its_pick_holds() {
+    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
+    let port = free_port();
+    let dir = TempDir::new("own-split");
+    weighted(&dir, port, &heavy, &light);
+    let plugins = plugins_dir(&[("traffic-split.wasm", "phases")]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    for _ in 0..20 {
+        let r = get(port, "a.test", "/", &[("x-pick", "phases=1")])
+            .await
+            .expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+        assert_eq!(header(&r, "x-upstream"), "light", "picked by the split");
+    }
+    assert_eq!(split_calls(&gw).await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

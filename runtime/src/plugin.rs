@@ -478,9 +478,10 @@ impl PluginHost {
             .imports(&self.inner.engine)
             .any(|(name, _)| name.starts_with(&format!("{WIT_PACKAGE}/outbound")));
         let direct = direct_on_request(&self.inner.engine, &component);
+        let embedded = builtin::is_embedded(plugin.sha256());
         let direct_mode = match direct {
             None => Direct::No,
-            Some(_) if builtin::is_embedded(plugin.sha256()) => Direct::Trusted,
+            Some(_) if embedded => Direct::Trusted,
             Some(_) => Direct::Restartable,
         };
         Ok(CompiledPlugin {
@@ -495,6 +496,7 @@ impl PluginHost {
                 calls_out,
                 direct,
                 direct_mode,
+                embedded,
             }),
         })
     }
@@ -652,11 +654,18 @@ struct CompiledInner {
     /// How: run to its end (the embedded first-party components), or for its first
     /// slice only (a user's plugin); [`Direct::No`] when `direct` is `None`.
     direct_mode: Direct,
+    /// Exactly one of the embedded components' bytes ([`builtin::is_embedded`]).
+    embedded: bool,
 }
 
 impl CompiledPlugin {
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Is it one of the embedded components, byte for byte (not a user's replacement)?
+    pub fn is_embedded(&self) -> bool {
+        self.inner.embedded
     }
 
     /// Does it import WASI? Only then can it read the environment `vmConfig.env` sets.

@@ -133,14 +133,14 @@ pub struct Link {
     /// Router, fault or traffic split: after the router they act only on forwards.
     pub builtin: bool,
     /// Called only for requests whose matched route is marked here (by index): fault
-    /// injection for routes with a `fault`, traffic split for routes with several
-    /// destinations. `None`: every request.
+    /// injection for routes with a `fault`. `None`: every request.
     pub routes: Option<Arc<[bool]>>,
-    /// Called only while the decision forwards to more than one destination (traffic
-    /// split): the first-party router picks among its own route's weighted destinations
-    /// when it matches, as Envoy picks a weighted cluster when it selects the route, so
-    /// this link runs only for a router of the user's own or a rewritten forward.
-    pub several: bool,
+    /// The traffic split's link, called only while the decision forwards to more than
+    /// one destination. The router draws the pick among its own route's weighted
+    /// destinations when it matches (as Envoy draws a weighted cluster when it resolves
+    /// the route); the chain holds it back to this link's place and, for the embedded
+    /// split, applies it in place of the call (`proxy::chain`).
+    pub split: Option<Split>,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// A security component (RequestAuthentication, AuthorizationPolicy): it sees every
@@ -153,9 +153,22 @@ pub struct Link {
     pub stats: Option<Arc<PluginStats>>,
 }
 
-/// A first-party link as prepared: its policy, its routes (see [`Link::routes`]) and
-/// [`Link::several`].
-type FirstLink = (PreparedPolicy, Option<Arc<[bool]>>, bool);
+/// Which traffic split a chain's split link calls ([`Link::split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The embedded component: the router's pick stands in for its call.
+    Embedded,
+    /// A user's `traffic-split.wasm`: called, and the router's pick dropped.
+    Replaced,
+}
+
+/// A first-party link as prepared, before it is put in a chain.
+struct FirstLink {
+    policy: PreparedPolicy,
+    /// See [`Link::routes`].
+    routes: Option<Arc<[bool]>>,
+    split: Option<Split>,
+}
 
 /// Each route's `headers.response` (see [`Chain::reply_headers`]).
 fn reply_headers(vs: &VirtualService) -> Vec<Option<HeaderMutation>> {
@@ -193,7 +206,7 @@ impl Link {
             policy,
             builtin,
             routes: None,
-            several: false,
+            split: None,
             fail_open,
             guard: false,
             ports,
@@ -520,15 +533,26 @@ impl Snapshot {
                 // filter config only where a route has one: each call not made is about
                 // 3 µs per request (docs/benchmarks.md).
                 // Per request, likewise, only for the routes that have one.
+                let split = (builtin.name == builtin::TRAFFIC_SPLIT).then(|| {
+                    if compiled.is_embedded() {
+                        Split::Embedded
+                    } else {
+                        Split::Replaced
+                    }
+                });
+                // The split, bound only where a route has several destinations, is then
+                // called by what the decision holds (`Link::split`), not by route: a
+                // forward a plugin rewrote to several destinations is split too.
                 let routes: Option<Arc<[bool]>> = match builtin.name {
                     "fault" => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
-                    "traffic-split" => Some(vs.http.iter().map(|r| r.route.len() > 1).collect()),
                     _ => None,
                 };
-                if routes.as_ref().is_some_and(|r| !r.contains(&true)) {
+                if routes.as_ref().is_some_and(|r| !r.contains(&true))
+                    || (split.is_some() && !vs.http.iter().any(|r| r.route.len() > 1))
+                {
                     continue;
                 }
-                let config = if builtin.name == "traffic-split" {
+                let config = if split.is_some() {
                     "null".to_string()
                 } else {
                     vs_json.clone()
@@ -537,9 +561,11 @@ impl Snapshot {
                     .prepare(pool, compiled.name(), binding(compiled.name()), config)
                     .await
                 {
-                    Ok(policy) => {
-                        first_links.push((policy, routes, builtin.name == "traffic-split"))
-                    }
+                    Ok(policy) => first_links.push(FirstLink {
+                        policy,
+                        routes,
+                        split,
+                    }),
                     Err(e) => errors.push(error(
                         &vs.meta,
                         "spec",
@@ -589,10 +615,10 @@ impl Snapshot {
                         .enabled
                         .then(|| metrics.plugin(p.plugin_name(), &vs_name))
                 };
-                let first = |(p, routes, several): &FirstLink| Link {
-                    routes: routes.clone(),
-                    several: *several,
-                    ..Link::new(p.clone(), true, false, Vec::new(), stats(p))
+                let first = |f: &FirstLink| Link {
+                    routes: f.routes.clone(),
+                    split: f.split,
+                    ..Link::new(f.policy.clone(), true, false, Vec::new(), stats(&f.policy))
                 };
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {
                     Link::new(

@@ -31,7 +31,7 @@ pub struct CompiledRoute {
     /// origin to answer, a match answers with it.
     prepared: Option<PreparedEdit>,
     /// A forward's weights when it has several destinations: the router picks one when
-    /// the route matches, as Envoy picks a weighted cluster when it selects the route,
+    /// the route matches, as Envoy draws a weighted cluster when it resolves the route,
     /// and the host calls no traffic split for a decision left with one destination.
     weights: Option<Box<[u32]>>,
 }
@@ -338,6 +338,7 @@ impl CompiledRoute {
     pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
         let mut edit = self.edit(req, matched);
         // All weights 0: no pick, and the traffic split answers the error it answers.
+        // `None`: the host keeps this route's prepared edit, the forward.
         if let Some(weights) = &self.weights
             && matches!(edit.action, Some(Action::Forward(_)) | None)
         {

@@ -4,9 +4,11 @@
 //! number comes from the host, so a seeded gateway splits reproducibly.
 //!
 //! The first-party router picks among its own route's weighted destinations when it
-//! matches (as Envoy picks a weighted cluster when it selects the route), so the host
+//! matches (as Envoy draws a weighted cluster when it resolves the route), so the host
 //! calls this component only while a decision still forwards to several destinations: a
 //! router of the user's own that leaves the pick, or a plugin that rewrote the forward.
+//! (A build of it in the plugins directory replaces it and is called for every such
+//! forward, the router's pick dropped.)
 
 use wasmgate_plugin_sdk::host::pick_weighted;
 use wasmgate_plugin_sdk::{

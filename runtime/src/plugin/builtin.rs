@@ -33,6 +33,9 @@ pub const CHAIN: [Builtin; 3] = [
     builtin!("traffic-split"),
 ];
 
+/// The traffic split's name (its link is called apart: `snapshot::Link::split`).
+pub const TRAFFIC_SPLIT: &str = CHAIN[2].name;
+
 /// The security components, bound only where a RequestAuthentication or an
 /// AuthorizationPolicy applies: JWT authentication (AUTHN), then authorization (AUTHZ).
 pub const JWT_AUTHN: Builtin = builtin!("jwt-authn");

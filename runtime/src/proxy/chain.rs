@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::ProxyError;
 use crate::plugin::types::ActionKind;
 use crate::plugin::{CallError, RequestView, fits};
-use crate::snapshot::Chain;
+use crate::snapshot::{Chain, Split};
 use crate::telemetry::trace::Span;
 
 /// Run a chain's policies in order over `view` (its decision starts at "no route"). The
@@ -29,7 +29,7 @@ pub async fn run_chain(
     // the decision as it stands; before any edit, `start_chain`'s "no route".
     let mut gate = Gate::default();
     // The router's pick among its route's weighted destinations (the first-party router
-    // draws it when it matches, as Envoy picks a weighted cluster when it selects the
+    // draws it when it matches, as Envoy draws a weighted cluster when it resolves the
     // route). It stands in for the traffic split's: applied where the split would run, so
     // the plugins between see every destination and a pick of theirs wins, as before;
     // dropped when a later edit replaces the action.
@@ -45,10 +45,11 @@ pub async fn run_chain(
                 _ if link.builtin => continue,
                 _ => {}
             }
-            // Traffic split only while there is a destination left to pick, and the
-            // router's pick in its place.
-            if link.several {
-                if let Some(pick) = deferred.take() {
+            // Traffic split: the router's pick in place of the embedded one's call (a
+            // user's split is called and draws its own), and a call only while there is
+            // a destination left to pick.
+            if let Some(split) = link.split {
+                if let Some(pick) = deferred.take().filter(|_| split == Split::Embedded) {
                     let mut state = view.state();
                     state.pick(pick);
                     gate = Gate::of(&state.decision);
@@ -104,6 +105,7 @@ pub async fn run_chain(
                 // A security policy's own answer (401, 403) ends the chain, as Envoy's
                 // jwt_authn and rbac filters end theirs with a local reply.
                 let ends = link.guard && edit.action.is_some();
+                // The chain's first first-party link is its router (`snapshot.rs`).
                 if i == 0 && link.builtin {
                     deferred = edit.pick.take().and_then(|p| usize::try_from(p).ok());
                 } else if edit.action.is_some() {
