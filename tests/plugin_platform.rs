@@ -47,6 +47,32 @@ fn weighted(dir: &TempDir, port: u16, heavy: &Echo, light: &Echo) {
     );
 }
 
+/// [`weighted`]'s gateway, started with `--plugins` holding `wasm` (file name, testing
+/// crate) and `args`; with `authn_phases`, the `phases` probe bound as `a` (AUTHN).
+async fn weighted_gateway(
+    tag: &str,
+    wasm: (&str, &str),
+    authn_phases: bool,
+    args: &[&str],
+) -> (Gateway, u16, Echo, Echo, TempDir, TempDir) {
+    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    weighted(&dir, port, &heavy, &light);
+    if authn_phases {
+        dir.write(
+            "plugins.yaml",
+            &plugin("a", "phases.wasm", "", "{name: a}")
+                .replace("spec:\n", "spec:\n  phase: AUTHN\n"),
+        );
+    }
+    let plugins = plugins_dir(&[wasm]);
+    let mut all = vec!["--plugins", plugins.arg()];
+    all.extend_from_slice(args);
+    let gw = Gateway::start(dir.path(), &all).await;
+    (gw, port, heavy, light, dir, plugins)
+}
+
 /// The traffic split's calls so far, from the admin port's metrics (the series must be
 /// there: the split is bound to `app`).
 async fn split_calls(gw: &Gateway) -> u64 {
@@ -107,16 +133,8 @@ fn header(reply: &support::Reply, name: &str) -> String {
 /// by weight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_pick_wins_over_the_weights() {
-    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
-    let port = free_port();
-    let dir = TempDir::new("pick");
-    weighted(&dir, port, &heavy, &light);
-    dir.write(
-        "plugins.yaml",
-        &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
-    );
-    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
-    let _gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let (_gw, port, _heavy, light, _dir, _plugins) =
+        weighted_gateway("pick", ("phases.wasm", "phases"), true, &[]).await;
     let upstream = |r: &support::Reply| header(r, "x-upstream");
     for _ in 0..20 {
         let r = get(port, "a.test", "/", &[("x-pick", "a=1")])
@@ -151,18 +169,11 @@ async fn a_plugins_pick_wins_over_the_weights() {
 /// requests it leaves alone never call the split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_forward_is_split_by_the_traffic_split() {
-    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
-    let port = free_port();
-    let dir = TempDir::new("rewritten");
-    weighted(&dir, port, &heavy, &light);
-    dir.write(
-        "plugins.yaml",
-        &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
-    );
-    let plugins = plugins_dir(&[("phases.wasm", "phases")]);
-    let gw = Gateway::start(
-        dir.path(),
-        &["--plugins", plugins.arg(), "--random-seed", "5"],
+    let (gw, port, _heavy, _light, _dir, _plugins) = weighted_gateway(
+        "rewritten",
+        ("phases.wasm", "phases"),
+        true,
+        &["--random-seed", "5"],
     )
     .await;
     for _ in 0..20 {
@@ -198,12 +209,8 @@ async fn a_rewritten_forward_is_split_by_the_traffic_split() {
 /// pick (`x-pick: phases=1`, the 10 % destination) is the one that holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_traffic_split_is_called_and_its_pick_holds() {
-    let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
-    let port = free_port();
-    let dir = TempDir::new("own-split");
-    weighted(&dir, port, &heavy, &light);
-    let plugins = plugins_dir(&[("traffic-split.wasm", "phases")]);
-    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    let (gw, port, _heavy, _light, _dir, _plugins) =
+        weighted_gateway("own-split", ("traffic-split.wasm", "phases"), false, &[]).await;
     for _ in 0..20 {
         let r = get(port, "a.test", "/", &[("x-pick", "phases=1")])
             .await
