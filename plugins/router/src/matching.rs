@@ -382,6 +382,10 @@ impl<'r> RequestView<'r> {
 
 /// Split a raw query string into percent-decoded (name, value) pairs.
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    // Most requests have none: no splitting for them.
+    if query.is_empty() {
+        return Vec::new();
+    }
     query
         .split('&')
         .filter(|p| !p.is_empty())

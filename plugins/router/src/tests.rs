@@ -593,3 +593,19 @@ fn a_uri_regex_is_indexed_by_its_literal_prefix_only() {
         assert_eq!(route_of(&r, &request("GET", path).build()), want, "{path}");
     }
 }
+
+#[test]
+fn query_strings_split_into_decoded_pairs() {
+    use crate::matching::parse_query;
+    assert!(parse_query("").is_empty());
+    assert!(parse_query("&&").is_empty());
+    let pairs = |q: &str| -> Vec<(String, String)> { parse_query(q) };
+    assert_eq!(
+        pairs("a=1&b&c=x%20y"),
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), String::new()),
+            ("c".to_string(), "x y".to_string())
+        ]
+    );
+}
