@@ -531,8 +531,14 @@ impl Snapshot {
                 // Fault injection and traffic splitting are bound only where the
                 // VirtualService has something for them to do, as Envoy adds its fault
                 // filter config only where a route has one: each call not made is about
-                // 3 µs per request (docs/benchmarks.md).
-                // Per request, likewise, only for the routes that have one.
+                // 3 µs per request (docs/benchmarks.md). Per request, likewise, the fault
+                // only for the routes that have one; the split by what the decision
+                // holds (`Link::split`), not by route: a forward a plugin rewrote to
+                // several destinations is split too.
+                let routes: Option<Arc<[bool]>> = match builtin.name {
+                    "fault" => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
+                    _ => None,
+                };
                 let split = (builtin.name == builtin::TRAFFIC_SPLIT).then(|| {
                     if compiled.is_embedded() {
                         Split::Embedded
@@ -540,13 +546,6 @@ impl Snapshot {
                         Split::Replaced
                     }
                 });
-                // The split, bound only where a route has several destinations, is then
-                // called by what the decision holds (`Link::split`), not by route: a
-                // forward a plugin rewrote to several destinations is split too.
-                let routes: Option<Arc<[bool]>> = match builtin.name {
-                    "fault" => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
-                    _ => None,
-                };
                 if routes.as_ref().is_some_and(|r| !r.contains(&true))
                     || (split.is_some() && !vs.http.iter().any(|r| r.route.len() > 1))
                 {

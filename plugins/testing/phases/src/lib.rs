@@ -177,10 +177,7 @@ impl Policy for Phases {
             &format!("x-phases-{name}"),
             read.as_deref().unwrap_or("none"),
         );
-        if let Some(hosts) = request.header("x-forward").and_then(|spec| {
-            let (who, hosts) = spec.split_once('=')?;
-            (who == name).then(|| hosts.to_string())
-        }) {
+        if let Some(hosts) = addressed(request, "x-forward", name) {
             let destinations = hosts
                 .split(',')
                 .map(|host| {
@@ -191,10 +188,7 @@ impl Policy for Phases {
                 .collect();
             edit.action = Some(Action::Forward(Forward::to(destinations)));
         }
-        edit.pick = request.header("x-pick").and_then(|spec| {
-            let (who, index) = spec.split_once('=')?;
-            (who == name).then(|| index.parse().ok())?
-        });
+        edit.pick = addressed(request, "x-pick", name).and_then(|index| index.parse().ok());
         Ok(edit)
     }
 
@@ -224,6 +218,13 @@ impl Policy for Phases {
         self.logged
             .inc(&[self.name.as_str(), &entry.status.to_string()]);
     }
+}
+
+/// What request header `header` (`<name>=<value>`) says to the binding `name`.
+fn addressed(request: &Request, header: &str, name: &str) -> Option<String> {
+    let spec = request.header(header)?;
+    let (who, value) = spec.split_once('=')?;
+    (who == name).then(|| value.to_string())
 }
 
 export_policy!(Phases);
