@@ -60,11 +60,7 @@ async fn weighted_gateway(
     let dir = TempDir::new(tag);
     weighted(&dir, port, &heavy, &light);
     if authn_phases {
-        dir.write(
-            "plugins.yaml",
-            &plugin("a", "phases.wasm", "", "{name: a}")
-                .replace("spec:\n", "spec:\n  phase: AUTHN\n"),
-        );
+        bind_authn_probe(&dir);
     }
     let plugins = plugins_dir(&[wasm]);
     let mut all = vec!["--plugins", plugins.arg()];
@@ -73,15 +69,24 @@ async fn weighted_gateway(
     (gw, port, heavy, light, dir, plugins)
 }
 
-/// The traffic split's calls so far, from the admin port's metrics (the series must be
-/// there: the split is bound to `app`).
-async fn split_calls(gw: &Gateway) -> u64 {
+/// The `phases` probe bound as `a` (AUTHN) on `app`.
+fn bind_authn_probe(dir: &TempDir) {
+    dir.write(
+        "plugins.yaml",
+        &plugin("a", "phases.wasm", "", "{name: a}").replace("spec:\n", "spec:\n  phase: AUTHN\n"),
+    );
+}
+
+/// The calls of first-party component `name` (`wasmgate/<name>`) so far, from the admin
+/// port's metrics (the series must be there: the component is bound to `app`).
+async fn component_calls(gw: &Gateway, name: &str) -> u64 {
     let text = gw.scrape().await;
+    let series = format!("wasmgate_plugin_calls_total{{plugin=\"wasmgate/{name}\"");
     text.lines()
-        .find(|l| l.starts_with("wasmgate_plugin_calls_total{plugin=\"wasmgate/traffic-split\""))
+        .find(|l| l.starts_with(&series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no traffic-split call count:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} call count:\n{text}"))
 }
 
 /// A WasmPlugin `name` of `url` on VirtualService `app`.
@@ -180,7 +185,11 @@ async fn a_rewritten_forward_is_split_by_the_traffic_split() {
         let r = get(port, "a.test", "/", &[]).await.expect("request");
         assert_eq!(r.status, StatusCode::OK);
     }
-    assert_eq!(split_calls(&gw).await, 0, "the router picked");
+    assert_eq!(
+        component_calls(&gw, "traffic-split").await,
+        0,
+        "the router picked"
+    );
     let mut light_hits = 0;
     for _ in 0..60 {
         let r = get(
@@ -201,7 +210,11 @@ async fn a_rewritten_forward_is_split_by_the_traffic_split() {
         (15..=45).contains(&light_hits),
         "light got {light_hits} of 60"
     );
-    assert_eq!(split_calls(&gw).await, 60, "the split picked each");
+    assert_eq!(
+        component_calls(&gw, "traffic-split").await,
+        60,
+        "the split picked each"
+    );
 }
 
 /// A user's `traffic-split.wasm` (here the `phases` probe) replaces the embedded split and
@@ -218,7 +231,96 @@ async fn a_replaced_traffic_split_is_called_and_its_pick_holds() {
         assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
         assert_eq!(header(&r, "x-upstream"), "light", "picked by the split");
     }
-    assert_eq!(split_calls(&gw).await, 20);
+    assert_eq!(component_calls(&gw, "traffic-split").await, 20);
+}
+
+/// A Gateway on `port` and a VirtualService `app` routing every host to `echo.internal`
+/// with a fault that aborts every request with 418, started with `--plugins` holding
+/// `wasm` (file name, testing crate); with `authn_phases`, the `phases` probe bound as
+/// `a` (AUTHN).
+async fn faulted_gateway(
+    tag: &str,
+    wasm: (&str, &str),
+    authn_phases: bool,
+) -> (Gateway, u16, Echo, TempDir, TempDir) {
+    let echo = Echo::start("echo").await;
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    routed(&dir, port, &echo);
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route:\n    - destination: {host: echo.internal}\n",
+    );
+    if authn_phases {
+        bind_authn_probe(&dir);
+    }
+    let plugins = plugins_dir(&[wasm]);
+    let gw = Gateway::start(dir.path(), &["--plugins", plugins.arg()]).await;
+    (gw, port, echo, dir, plugins)
+}
+
+/// The router draws its route's fault when it matches, and the chain holds it back to
+/// the fault's place: the AUTHN plugin `a` still sees the forward (`x-read-decision`
+/// answers with its header names, not "not a forward"), its own answer wins, and the
+/// fault component is not called. A plugin that replaces the forward drops the drawn
+/// fault, and the fault component, called for the new forward, aborts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drawn_fault_is_held_past_the_authn_plugins() {
+    let (gw, port, echo, _dir, _plugins) =
+        faulted_gateway("drawn-fault", ("phases.wasm", "phases"), true).await;
+    for _ in 0..5 {
+        let r = get(port, "a.test", "/", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::IM_A_TEAPOT, "{}", gw.log_text());
+    }
+    let r = get(port, "a.test", "/", &[("x-read-decision", "a")])
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::OK, "the plugin's answer wins");
+    assert_ne!(&r.body[..], b"not a forward", "the plugin saw the forward");
+    assert_eq!(
+        component_calls(&gw, "fault").await,
+        0,
+        "the router drew each"
+    );
+    for _ in 0..3 {
+        let r = get(port, "a.test", "/", &[("x-forward", "a=echo.internal")])
+            .await
+            .expect("rewritten request");
+        assert_eq!(
+            r.status,
+            StatusCode::IM_A_TEAPOT,
+            "aborted by the fault component"
+        );
+    }
+    assert_eq!(
+        component_calls(&gw, "fault").await,
+        3,
+        "called for each rewritten forward"
+    );
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let lines = gw
+        .wait_for_access(|l| l.iter().filter(|x| x.contains("fault=abort")).count() >= 8)
+        .await;
+    assert_eq!(
+        lines.iter().filter(|x| x.contains("fault=abort")).count(),
+        8,
+        "each aborted request's access line says so: {lines:?}"
+    );
+}
+
+/// A user's `fault.wasm` (here the `phases` probe, which injects nothing) replaces the
+/// embedded fault and is called for every request of a route with a fault: what the
+/// router drew (a 418 for every request) is dropped for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_fault_is_called_and_the_drawn_one_dropped() {
+    let (gw, port, echo, _dir, _plugins) =
+        faulted_gateway("own-fault", ("fault.wasm", "phases"), false).await;
+    for _ in 0..4 {
+        let r = get(port, "a.test", "/", &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+    }
+    assert_eq!(component_calls(&gw, "fault").await, 4);
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,9 @@ pub struct TestRequest {
     /// Response header operations edits made for a local reply (the decision is not a
     /// forward): the host applies them, in order, to the reply it makes.
     pub reply_headers: RefCell<Vec<crate::HeaderMutation>>,
+    /// What the policy last held with [`crate::Request::hold_fault`]: the delay and the
+    /// abort (the host applies them where fault injection runs; see the WIT).
+    pub held_fault: RefCell<Option<(Option<u64>, Option<crate::Abort>)>>,
     /// The body limit of the policy being called (its interest), set by the runners.
     body_limit: Cell<Option<u32>>,
 }
@@ -114,6 +117,7 @@ pub fn request(method: &str, path_and_query: &str) -> RequestBuilder {
         decision: RefCell::new(Decision::no_route()),
         properties: RefCell::new(BTreeMap::new()),
         reply_headers: RefCell::new(Vec::new()),
+        held_fault: RefCell::new(None),
         body_limit: Cell::new(None),
     })
 }

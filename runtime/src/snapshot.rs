@@ -141,6 +141,10 @@ pub struct Link {
     /// the route); the chain holds it back to this link's place and, for the embedded
     /// split, applies it in place of the call (`proxy::chain`).
     pub split: Option<Split>,
+    /// The fault injection's link. The embedded router draws the fault of the route it
+    /// matches in its own call (`request.hold-fault`); the chain holds it back to this
+    /// link's place and applies it in place of the embedded fault's call (`proxy::chain`).
+    pub fault: Option<Fault>,
     /// WasmPlugin `failStrategy: FAIL_OPEN`: a failing call is skipped, not a 500.
     pub fail_open: bool,
     /// A security component (RequestAuthentication, AuthorizationPolicy): it sees every
@@ -162,12 +166,23 @@ pub enum Split {
     Replaced,
 }
 
+/// What a chain's fault link calls ([`Link::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The embedded router and fault: the fault the router drew stands in for the call
+    /// (the fault component is called only when the route or action changed since).
+    Drawn,
+    /// A user's `router.wasm` or `fault.wasm`: the fault component is called.
+    Called,
+}
+
 /// A first-party link as prepared, before it is put in a chain.
 struct FirstLink {
     policy: PreparedPolicy,
     /// See [`Link::routes`].
     routes: Option<Arc<[bool]>>,
     split: Option<Split>,
+    fault: Option<Fault>,
 }
 
 /// Each route's `headers.response` (see [`Chain::reply_headers`]).
@@ -207,6 +222,7 @@ impl Link {
             builtin,
             routes: None,
             split: None,
+            fault: None,
             fail_open,
             guard: false,
             ports,
@@ -532,11 +548,12 @@ impl Snapshot {
                 // VirtualService has something for them to do, as Envoy adds its fault
                 // filter config only where a route has one: each call not made is about
                 // 3 µs per request (docs/benchmarks.md). Per request, likewise, the fault
-                // only for the routes that have one; the split by what the decision
-                // holds (`Link::split`), not by route: a forward a plugin rewrote to
-                // several destinations is split too.
+                // only for the routes that have one, and not when the router drew it
+                // (`Link::fault`); the split by what the decision holds (`Link::split`),
+                // not by route: a forward a plugin rewrote to several destinations is
+                // split too.
                 let routes: Option<Arc<[bool]>> = match builtin.name {
-                    "fault" => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
+                    builtin::FAULT => Some(vs.http.iter().map(|r| r.fault.is_some()).collect()),
                     _ => None,
                 };
                 let split = (builtin.name == builtin::TRAFFIC_SPLIT).then(|| {
@@ -544,6 +561,14 @@ impl Snapshot {
                         Split::Embedded
                     } else {
                         Split::Replaced
+                    }
+                });
+                let fault = (builtin.name == builtin::FAULT).then(|| {
+                    let router_embedded = firsts.first().is_some_and(|(r, _)| r.is_embedded());
+                    if router_embedded && compiled.is_embedded() {
+                        Fault::Drawn
+                    } else {
+                        Fault::Called
                     }
                 });
                 if routes.as_ref().is_some_and(|r| !r.contains(&true))
@@ -564,6 +589,7 @@ impl Snapshot {
                         policy,
                         routes,
                         split,
+                        fault,
                     }),
                     Err(e) => errors.push(error(
                         &vs.meta,
@@ -617,6 +643,7 @@ impl Snapshot {
                 let first = |f: &FirstLink| Link {
                     routes: f.routes.clone(),
                     split: f.split,
+                    fault: f.fault,
                     ..Link::new(f.policy.clone(), true, false, Vec::new(), stats(&f.policy))
                 };
                 let user = |(wp, p): &&(&WasmPlugin, PreparedPolicy)| {

@@ -4,101 +4,24 @@
 //! the host's random numbers. A fault without `percentage` never fires (Istio's rule; the
 //! deprecated integer `percent` of a delay still counts).
 //!
-//! Config: the VirtualService `spec` as JSON, the same as the router's.
+//! Config: the VirtualService `spec` as JSON, the same as the router's. The embedded
+//! router draws its matched route's fault itself, the same way
+//! (`wasmgate_config::fault`), and the host applies that in this component's place; so
+//! this is called only for a forward a plugin changed after the router, or when a
+//! `fault.wasm` or `router.wasm` replaces the embedded one.
 
-use wasmgate_config::parse_duration;
-use wasmgate_config::raw::{HTTPFaultInjection, VirtualServiceSpec};
+use wasmgate_config::fault::{RouteFault, compile};
+use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::host::chance;
 use wasmgate_plugin_sdk::{
     Abort, Action, ActionKind, Binding, ConfigError, Edit, PluginError, Policy, Request,
     export_policy,
 };
 
-#[derive(Debug, Clone, PartialEq)]
-struct DelayFault {
-    ms: u64,
-    percent: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct AbortFault {
-    status: u16,
-    grpc_status: Option<String>,
-    percent: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-struct RouteFault {
-    delay: Option<DelayFault>,
-    abort: Option<AbortFault>,
-}
-
 /// Faults by route index.
 #[derive(Debug)]
 pub struct Fault {
     routes: Vec<Option<RouteFault>>,
-}
-
-fn compile(i: usize, f: &HTTPFaultInjection) -> Result<RouteFault, ConfigError> {
-    let field = format!("http[{i}].fault");
-    let delay = match &f.delay {
-        Some(d) => {
-            let percent = d
-                .percentage
-                .as_ref()
-                .map(|p| p.value)
-                .or((d.percent > 0).then_some(f64::from(d.percent)));
-            match (percent, &d.fixed_delay) {
-                (Some(percent), Some(text)) => {
-                    let dur = parse_duration(text).map_err(|message| ConfigError {
-                        field: format!("{field}.delay.fixedDelay"),
-                        message,
-                    })?;
-                    Some(DelayFault {
-                        ms: u64::try_from(dur.as_millis()).unwrap_or(u64::MAX),
-                        percent,
-                    })
-                }
-                _ => None,
-            }
-        }
-        None => None,
-    };
-    let abort = match &f.abort {
-        Some(a) => match a.percentage.as_ref().map(|p| p.value) {
-            Some(percent) => {
-                let (status, grpc_status) = match (a.http_status, &a.grpc_status) {
-                    (Some(s), _) => (
-                        u16::try_from(s).map_err(|_| ConfigError {
-                            field: format!("{field}.abort.httpStatus"),
-                            message: format!("{s} is not an HTTP status"),
-                        })?,
-                        None,
-                    ),
-                    // gRPC aborts travel as HTTP 200 with a grpc-status.
-                    (None, Some(g)) => (200, Some(g.clone())),
-                    (None, None) => (503, None),
-                };
-                Some(AbortFault {
-                    status,
-                    grpc_status,
-                    percent,
-                })
-            }
-            None => None,
-        },
-        None => None,
-    };
-    Ok(RouteFault { delay, abort })
-}
-
-impl RouteFault {
-    /// Whether any part of it can fire: a `percentage` of 0 never does, so such a fault
-    /// is dropped at prepare and its requests ask the host nothing more.
-    fn can_fire(&self) -> bool {
-        self.delay.as_ref().is_some_and(|d| d.percent > 0.0)
-            || self.abort.as_ref().is_some_and(|a| a.percent > 0.0)
-    }
 }
 
 impl Policy for Fault {
@@ -112,7 +35,15 @@ impl Policy for Fault {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let fault = r.fault.as_ref().map(|f| compile(i, f)).transpose()?;
+                let fault = r
+                    .fault
+                    .as_ref()
+                    .map(|f| compile(i, f))
+                    .transpose()
+                    .map_err(|e| ConfigError {
+                        field: e.field,
+                        message: e.message,
+                    })?;
                 Ok::<_, ConfigError>(fault.filter(RouteFault::can_fire))
             })
             .collect::<Result<_, _>>()?;
@@ -130,16 +61,13 @@ impl Policy for Fault {
         if request.action_kind() != ActionKind::Forward {
             return Ok(Edit::keep());
         }
+        let drawn = fault.draw(chance);
         let mut edit = Edit::keep();
-        if let Some(d) = &fault.delay
-            && chance(d.percent)
-        {
-            edit.delay_ms = Some(d.ms);
+        if let Some(ms) = drawn.delay_ms {
+            edit.delay_ms = Some(ms);
             edit.log_field("fault", "delay");
         }
-        if let Some(a) = &fault.abort
-            && chance(a.percent)
-        {
+        if let Some(a) = drawn.abort {
             edit.action = Some(Action::Abort(Abort {
                 status: a.status,
                 grpc_status: a.grpc_status.clone(),

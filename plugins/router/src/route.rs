@@ -1,14 +1,15 @@
 //! One compiled HTTPRoute: its matches and the edit it makes when one matches.
 
 use regex::Regex;
+use wasmgate_config::fault::{self, RouteFault};
 use wasmgate_config::parse_duration;
 use wasmgate_config::raw::{
     CorsPolicy, Destination as RawDestination, HTTPRoute, HeaderOperations, Headers,
     RedirectPortSelection,
 };
-use wasmgate_plugin_sdk::host::pick_weighted;
+use wasmgate_plugin_sdk::host::{chance, pick_weighted};
 use wasmgate_plugin_sdk::{
-    Action, ConfigError, Destination, DirectResponse, Edit, Forward, Header, HeaderMutation,
+    Abort, Action, ConfigError, Destination, DirectResponse, Edit, Forward, Header, HeaderMutation,
     Mirror, PreparedEdit, Redirect, RetryPolicy, RouteRef,
 };
 
@@ -34,6 +35,11 @@ pub struct CompiledRoute {
     /// the route matches, as Envoy draws a weighted cluster when it resolves the route,
     /// and the host calls no traffic split for a decision left with one destination.
     weights: Option<Box<[u32]>>,
+    /// The route's fault when it can fire: drawn when the route forwards, in this call
+    /// (as Envoy's fault filter reads the route's config), and held for the host to apply
+    /// where fault injection runs (`request.hold-fault`). The fault component compiles
+    /// the same and reports what does not compile.
+    fault: Option<RouteFault>,
 }
 
 #[derive(Debug)]
@@ -219,6 +225,11 @@ impl CompiledRoute {
             }
             _ => None,
         };
+        let fault = http
+            .fault
+            .as_ref()
+            .and_then(|f| fault::compile(index, f).ok())
+            .filter(RouteFault::can_fire);
         Ok(CompiledRoute {
             index: route.index,
             name: route.name,
@@ -227,6 +238,7 @@ impl CompiledRoute {
             cors,
             prepared,
             weights,
+            fault,
         })
     }
 
@@ -337,12 +349,29 @@ impl CompiledRoute {
     /// the decision's (delay and log fields are kept).
     pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
         let mut edit = self.edit(req, matched);
+        // `None`: the host keeps this route's prepared edit (a CORS preflight answers).
+        let forwards = match &edit.action {
+            Some(action) => matches!(action, Action::Forward(_)),
+            None => matches!(self.action, RouteAction::Forward { .. }),
+        };
+        if !forwards {
+            return edit;
+        }
         // All weights 0: no pick, and the traffic split answers the error it answers.
-        // `None`: the host keeps this route's prepared edit, the forward.
-        if let Some(weights) = &self.weights
-            && matches!(edit.action, Some(Action::Forward(_)) | None)
-        {
+        if let Some(weights) = &self.weights {
             edit.pick = pick_weighted(weights).and_then(|i| u32::try_from(i).ok());
+        }
+        // Then the fault, drawn as the fault component draws it (after the pick, as the
+        // chain called them).
+        if let Some(fault) = &self.fault {
+            let drawn = fault.draw(chance);
+            if !drawn.is_none() {
+                let abort = drawn.abort.map(|a| Abort {
+                    status: a.status,
+                    grpc_status: a.grpc_status.clone(),
+                });
+                req.request().hold_fault(drawn.delay_ms, abort.as_ref());
+            }
         }
         edit
     }

@@ -295,6 +295,58 @@ fn weighted_destinations_headers_timeout_retries() {
 }
 
 #[test]
+fn the_router_draws_its_routes_fault_and_holds_it() {
+    seed_random(7);
+    let r = router(
+        r#"{"hosts":["a"],"http":[
+          {"match":[{"uri":{"prefix":"/abort"}}],
+           "fault":{"abort":{"grpcStatus":"UNAVAILABLE","percentage":{"value":100}}},
+           "route":[{"destination":{"host":"a"}}]},
+          {"match":[{"uri":{"prefix":"/delay"}}],
+           "fault":{"delay":{"fixedDelay":"250ms","percentage":{"value":100}},
+                    "abort":{"httpStatus":503,"percentage":{"value":0}}},
+           "route":[{"destination":{"host":"a"}}]},
+          {"match":[{"uri":{"prefix":"/some"}}],
+           "fault":{"abort":{"httpStatus":503,"percentage":{"value":25}}},
+           "route":[{"destination":{"host":"a"}}]},
+          {"match":[{"uri":{"prefix":"/never"}}],
+           "fault":{"abort":{"httpStatus":503}},
+           "route":[{"destination":{"host":"a"}}]},
+          {"match":[{"uri":{"prefix":"/moved"}}],
+           "fault":{"abort":{"httpStatus":503,"percentage":{"value":100}}},
+           "redirect":{"uri":"/elsewhere"}}]}"#,
+    );
+    let held = |path: &str| {
+        let req = request("GET", path).build();
+        let edit = decide(&r, &req);
+        // The router's own answer is untouched by the fault: the host applies it later.
+        assert!(
+            edit.delay_ms.is_none() && edit.log_fields.is_empty(),
+            "{path}"
+        );
+        req.held_fault.take()
+    };
+    let (delay, abort) = held("/abort").expect("an abort is held");
+    assert_eq!(delay, None);
+    let abort = abort.expect("the abort");
+    assert_eq!(
+        (abort.status, abort.grpc_status.as_deref()),
+        (200, Some("UNAVAILABLE"))
+    );
+    assert_eq!(
+        held("/delay"),
+        Some((Some(250), None)),
+        "a 0 % abort never fires"
+    );
+    // A fault without a percentage never fires; a redirect is not faulted (only
+    // forwards are, as the fault component does).
+    assert_eq!(held("/never"), None);
+    assert_eq!(held("/moved"), None);
+    let fired = (0..10_000).filter(|_| held("/some").is_some()).count();
+    assert!((2_200..=2_800).contains(&fired), "{fired} of 10000 at 25 %");
+}
+
+#[test]
 fn the_router_picks_a_weighted_destination_by_weight() {
     seed_random(11);
     let r = router(

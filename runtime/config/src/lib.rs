@@ -10,6 +10,7 @@ mod analyze;
 mod credentials;
 mod duration;
 mod error;
+pub mod fault;
 pub mod host;
 pub mod ingress;
 mod load;

@@ -33,7 +33,9 @@ pub const CHAIN: [Builtin; 3] = [
     builtin!("traffic-split"),
 ];
 
-/// The traffic split's name (its link is called apart: `snapshot::Link::split`).
+/// The fault's and the traffic split's names (their links are called apart:
+/// `snapshot::Link::fault`, `snapshot::Link::split`).
+pub const FAULT: &str = CHAIN[1].name;
 pub const TRAFFIC_SPLIT: &str = CHAIN[2].name;
 
 /// The security components, bound only where a RequestAuthentication or an

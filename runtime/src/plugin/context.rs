@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use super::ops::Ops;
 use super::types::{
-    Action, ActionKind, Decision, Destination, Forward, Header, HeaderMutation, RouteRef,
+    Abort, Action, ActionKind, Decision, Destination, Forward, Header, HeaderMutation, RouteRef,
 };
 use super::{Edit, SharedBox};
 
@@ -80,6 +80,9 @@ pub struct ChainState {
     /// Which links of the chain (by index) ran `on-request` and answered: only they get
     /// the response and log phases.
     ran: u128,
+    /// The fault the router drew (`request.hold-fault`), as the edit the fault policy
+    /// would answer with; the chain takes it after the router's call.
+    held_fault: Option<Edit>,
 }
 
 /// Header operations a chain's edits joined to a forward, in order: applied after the
@@ -213,6 +216,7 @@ impl RequestView {
                 joined: Joined::default(),
                 properties: Vec::new(),
                 ran: 0,
+                held_fault: None,
             }),
         }
     }
@@ -232,6 +236,7 @@ impl RequestView {
         // What another VirtualService's policies set is not this chain's business.
         s.properties.clear();
         s.ran = 0;
+        s.held_fault = None;
     }
 
     /// The first value of header `name`, as text.
@@ -359,6 +364,37 @@ impl ChainState {
 
     /// A pick: keep destination `i` of the forward's destinations as they stand (after
     /// an earlier pick, the one left is index 0, and a pick changes nothing).
+    /// Hold the fault a router drew: `delay_ms` and `abort` as the fault policy answers
+    /// them (log fields `fault=delay`, `fault=abort`); nothing held when neither fired.
+    pub fn hold_fault(&mut self, delay_ms: Option<u64>, abort: Option<Abort>) {
+        if delay_ms.is_none() && abort.is_none() {
+            self.held_fault = None;
+            return;
+        }
+        let field = |value: &str| Header {
+            name: "fault".to_string(),
+            value: value.to_string(),
+        };
+        let mut log_fields = Vec::new();
+        if delay_ms.is_some() {
+            log_fields.push(field("delay"));
+        }
+        if abort.is_some() {
+            log_fields.push(field("abort"));
+        }
+        self.held_fault = Some(Edit {
+            delay_ms,
+            action: abort.map(|a| SharedBox::new(Action::Abort(a))),
+            log_fields,
+            ..Edit::default()
+        });
+    }
+
+    /// The fault the router held, if any (taken: it is the router's alone).
+    pub fn take_held_fault(&mut self) -> Option<Edit> {
+        self.held_fault.take()
+    }
+
     pub fn pick(&mut self, i: usize) {
         let d = &mut self.decision;
         if i < d.destinations().len() && d.picked.is_none() {

@@ -638,6 +638,18 @@ impl types::HostRequest for StoreState {
         self.edits.choose(id)
     }
 
+    fn hold_fault(
+        &mut self,
+        r: Resource<RequestCtx>,
+        delay_ms: Option<u64>,
+        abort: Option<types::Abort>,
+    ) -> wasmtime::Result<()> {
+        // Kept for the chain to take after its router's call (`proxy::chain`); from any
+        // other link nobody takes it.
+        self.request(&r)?.view.state().hold_fault(delay_ms, abort);
+        Ok(())
+    }
+
     fn drop(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<()> {
         // The host owns every handle and deletes it after the call; a guest never owns
         // one, so there is nothing to drop here.

@@ -7,13 +7,14 @@ use std::time::Instant;
 use super::ProxyError;
 use crate::plugin::types::ActionKind;
 use crate::plugin::{CallError, RequestView, fits};
-use crate::snapshot::{Chain, Split};
+use crate::snapshot::{Chain, Fault, Split};
 use crate::telemetry::trace::Span;
 
 /// Run a chain's policies in order over `view` (its decision starts at "no route"). The
 /// router goes first; when it finds no route the chain ends there (the host tries the
 /// next VirtualService). Fault and traffic split only act on forwards, the split only on
-/// one to several destinations (the router picks for its own routes); user plugins see
+/// one to several destinations (the router draws the fault and the pick for its own
+/// routes); user plugins see
 /// every routed request, whatever the decision. A plugin whose body interest the body
 /// outgrew is skipped when it fails open and answers 413 when it fails closed. Public
 /// for the benchmarks.
@@ -34,6 +35,11 @@ pub async fn run_chain(
     // the plugins between see every destination and a pick of theirs wins, as before;
     // dropped when a later edit replaces the action.
     let mut deferred: Option<usize> = None;
+    // Likewise the fault the embedded router drew for its route (Istio's `fault`, drawn
+    // in the same call: `None` inside when nothing fired), held back to the fault's place
+    // and applied there in place of the embedded fault's call; dropped, and that call
+    // made as before, when a later edit changes the route or the action.
+    let mut drawn: Option<Option<crate::plugin::Edit>> = None;
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
             continue;
@@ -58,6 +64,21 @@ pub async fn run_chain(
                 if !gate.several {
                     continue;
                 }
+            }
+            // Fault: what the router drew in place of the embedded fault's call (a
+            // user's fault is called, and what the router drew dropped).
+            if let Some(fault) = link.fault
+                && let Some(held) = drawn.take().filter(|_| fault == Fault::Drawn)
+            {
+                if let Some(edit) = held {
+                    if edit.action.is_some() {
+                        deferred = None;
+                    }
+                    let mut state = view.state();
+                    state.apply(edit);
+                    gate = Gate::of(&state.decision);
+                }
+                continue;
             }
             // Fault and split only where the matched route has something for them.
             if let Some(routes) = &link.routes
@@ -106,12 +127,18 @@ pub async fn run_chain(
                 // jwt_authn and rbac filters end theirs with a local reply.
                 let ends = link.guard && edit.action.is_some();
                 // The chain's first first-party link is its router (`snapshot.rs`).
+                let mut state = view.state();
                 if i == 0 && link.builtin {
                     deferred = edit.pick.take().and_then(|p| usize::try_from(p).ok());
-                } else if edit.action.is_some() {
-                    deferred = None;
+                    drawn = Some(state.take_held_fault());
+                } else {
+                    if edit.action.is_some() {
+                        deferred = None;
+                    }
+                    if edit.action.is_some() || edit.route.is_some() {
+                        drawn = None;
+                    }
                 }
-                let mut state = view.state();
                 state.apply(edit);
                 state.mark_ran(i);
                 gate = Gate::of(&state.decision);

@@ -9,6 +9,8 @@
 //!
 //! `requestBody` / `responseBody` ask the host to buffer that many bytes; `log` asks for
 //! the log phase. The response phase is always asked for. `name` defaults to `phases`.
+//! Given a VirtualService spec (as a `fault.wasm` in place of the embedded fault is) it
+//! takes the defaults.
 //!
 //! On a request it sets property `phases.<name>` to `seen`, appends its name to property
 //! `phases.order` (comma separated), and sets request header `x-phases-<name>` to the
@@ -96,7 +98,15 @@ fn failed(message: String) -> PluginError {
 
 impl Policy for Phases {
     fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
-        let config: Config = parse_config(config)?;
+        // A VirtualService spec is what the host gives a `fault.wasm` or `router.wasm`
+        // standing in for the embedded one: the probe then runs as `phases`.
+        let stands_in = serde_json::from_str::<serde_json::Value>(config)
+            .is_ok_and(|v| v.get("http").is_some());
+        let config: Config = if stands_in {
+            Config::default()
+        } else {
+            parse_config(config)?
+        };
         if config.name.is_empty() {
             return Err(ConfigError {
                 field: "name".into(),
