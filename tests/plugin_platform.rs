@@ -234,6 +234,37 @@ async fn a_replaced_traffic_split_is_called_and_its_pick_holds() {
     assert_eq!(component_calls(&gw, "traffic-split").await, 20);
 }
 
+/// `--random-seed` makes a run repeatable: the router's weighted picks (each a draw
+/// from the host's one seeded stream, whichever worker and instance serve the request)
+/// come out the same in two gateways started with one seed, request by request, and
+/// differently with another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_run_repeats_its_picks() {
+    async fn picks(seed: &str) -> Vec<String> {
+        let (heavy, light) = (Echo::start("heavy").await, Echo::start("light").await);
+        let port = free_port();
+        let dir = TempDir::new("seeded");
+        weighted(&dir, port, &heavy, &light);
+        let vs = std::fs::read_to_string(dir.path().join("vs.yaml")).expect("vs.yaml");
+        dir.write("vs.yaml", &vs.replace("weight: 90", "weight: 10"));
+        let gw = Gateway::start(dir.path(), &["--random-seed", seed]).await;
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            let r = get(port, "a.test", "/", &[]).await.expect("request");
+            assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+            seen.push(header(&r, "x-upstream"));
+        }
+        seen
+    }
+    let first = picks("9").await;
+    assert!(
+        first.iter().any(|u| u == "heavy") && first.iter().any(|u| u == "light"),
+        "both picked at 50/50: {first:?}"
+    );
+    assert_eq!(picks("9").await, first, "the same seed, the same picks");
+    assert_ne!(picks("10").await, first, "another seed, other picks");
+}
+
 /// A Gateway on `port` and a VirtualService `app` routing every host to `echo.internal`
 /// with a fault that aborts every request with 418, started with `--plugins` holding
 /// `wasm` (file name, testing crate); with `authn_phases`, the `phases` probe bound as
