@@ -300,8 +300,12 @@ spec:
 /// 23 and 30 until a decision kept its action shared with the prepared edit that set it
 /// (`plugin::context::Current`) and a `pick` as an index: the router's forward was
 /// copied into every request, its destinations' strings and list with it.
-const ROUTER_ONLY_BUDGET: u32 = 19;
-const WHOLE_CHAIN_BUDGET: u32 = 24;
+///
+/// 19 and 24 until 2026-12-05: the router-only case had come down to 17 unrecorded, and
+/// the whole chain came down to it once the router drew its route's pick and fault
+/// itself (the router's one call, as for a route without them).
+const ROUTER_ONLY_BUDGET: u32 = 17;
+const WHOLE_CHAIN_BUDGET: u32 = 17;
 const SLACK: f64 = 0.25;
 
 #[test]
