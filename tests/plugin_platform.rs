@@ -234,10 +234,10 @@ async fn a_replaced_traffic_split_is_called_and_its_pick_holds() {
     assert_eq!(component_calls(&gw, "traffic-split").await, 20);
 }
 
-/// `--random-seed` makes a run repeatable: the router's weighted picks (each a draw
-/// from the host's one seeded stream, whichever worker and instance serve the request)
-/// come out the same in two gateways started with one seed, request by request, and
-/// differently with another.
+/// `--random-seed` makes a run repeatable: the router's weighted picks and its route's
+/// fault (each a draw from the host's one seeded stream, whichever worker and instance
+/// serve the request) come out the same in two gateways started with one seed, request
+/// by request, and differently with another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_run_repeats_its_picks() {
     async fn picks(seed: &str) -> Vec<String> {
@@ -246,29 +246,36 @@ async fn a_seeded_run_repeats_its_picks() {
         let dir = TempDir::new("seeded");
         weighted(&dir, port, &heavy, &light);
         let vs = std::fs::read_to_string(dir.path().join("vs.yaml")).expect("vs.yaml");
-        dir.write("vs.yaml", &vs.replace("weight: 90", "weight: 10"));
+        let vs = vs.replace("weight: 90", "weight: 10").replace(
+            "  http:\n  - route:",
+            "  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    route:",
+        );
+        dir.write("vs.yaml", &vs);
         let gw = Gateway::start(dir.path(), &["--random-seed", seed]).await;
         let mut seen = Vec::new();
         for _ in 0..40 {
             let r = get(port, "a.test", "/", &[]).await.expect("request");
-            assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
-            seen.push(header(&r, "x-upstream"));
+            seen.push(match r.status {
+                StatusCode::OK => header(&r, "x-upstream"),
+                StatusCode::SERVICE_UNAVAILABLE => "aborted".to_string(),
+                other => panic!("{other}: {}", gw.log_text()),
+            });
         }
         seen
     }
     let first = picks("9").await;
-    assert!(
-        first.iter().any(|u| u == "heavy") && first.iter().any(|u| u == "light"),
-        "both picked at 50/50: {first:?}"
-    );
+    for outcome in ["heavy", "light", "aborted"] {
+        assert!(first.iter().any(|u| u == outcome), "{outcome}: {first:?}");
+    }
     assert_eq!(picks("9").await, first, "the same seed, the same picks");
     assert_ne!(picks("10").await, first, "another seed, other picks");
 }
 
 /// A Gateway on `port` and a VirtualService `app` routing every host to `echo.internal`
-/// with a fault that aborts every request with 418, started with `--plugins` holding
-/// `wasm` (file name, testing crate); with `authn_phases`, the `phases` probe bound as
-/// `a` (AUTHN).
+/// by three routes: `plain` (`/plain`, no fault), `other` (`/other`, a fault aborting
+/// every request with 429) and the rest (a fault aborting every request with 418);
+/// started with `--plugins` holding `wasm` (file name, testing crate); with
+/// `authn_phases`, the `phases` probe bound as `a` (AUTHN).
 async fn faulted_gateway(
     tag: &str,
     wasm: (&str, &str),
@@ -280,7 +287,7 @@ async fn faulted_gateway(
     routed(&dir, port, &echo);
     dir.write(
         "vs.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route:\n    - destination: {host: echo.internal}\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: app\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - name: plain\n    match: [{uri: {prefix: /plain}}]\n    route: [{destination: {host: echo.internal}}]\n  - name: other\n    match: [{uri: {prefix: /other}}]\n    fault: {abort: {httpStatus: 429, percentage: {value: 100}}}\n    route: [{destination: {host: echo.internal}}]\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: echo.internal}}]\n",
     );
     if authn_phases {
         bind_authn_probe(&dir);
@@ -293,8 +300,10 @@ async fn faulted_gateway(
 /// The router draws its route's fault when it matches, and the chain holds it back to
 /// the fault's place: the AUTHN plugin `a` still sees the forward (`x-read-decision`
 /// answers with its header names, not "not a forward"), its own answer wins, and the
-/// fault component is not called. A plugin that replaces the forward drops the drawn
-/// fault, and the fault component, called for the new forward, aborts it.
+/// fault component is not called. A new forward on the same route keeps the drawn
+/// fault (its route's fault applies, as it did when the fault component was called
+/// for it); a plugin that routes elsewhere (`x-route`) drops it, and the fault
+/// component is called for the new route's fault (429).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drawn_fault_is_held_past_the_authn_plugins() {
     let (gw, port, echo, _dir, _plugins) =
@@ -308,50 +317,59 @@ async fn a_drawn_fault_is_held_past_the_authn_plugins() {
         .expect("request");
     assert_eq!(r.status, StatusCode::OK, "the plugin's answer wins");
     assert_ne!(&r.body[..], b"not a forward", "the plugin saw the forward");
+    for _ in 0..2 {
+        let r = get(port, "a.test", "/", &[("x-forward", "a=echo.internal")])
+            .await
+            .expect("rewritten request");
+        assert_eq!(r.status, StatusCode::IM_A_TEAPOT, "the route's fault");
+    }
+    let r = get(port, "a.test", "/plain", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK, "no fault on `plain`");
     assert_eq!(
         component_calls(&gw, "fault").await,
         0,
         "the router drew each"
     );
     for _ in 0..3 {
-        let r = get(port, "a.test", "/", &[("x-forward", "a=echo.internal")])
+        let r = get(port, "a.test", "/", &[("x-route", "a=1")])
             .await
-            .expect("rewritten request");
+            .expect("rerouted request");
         assert_eq!(
             r.status,
-            StatusCode::IM_A_TEAPOT,
-            "aborted by the fault component"
+            StatusCode::TOO_MANY_REQUESTS,
+            "aborted by the fault component, with the new route's fault"
         );
     }
     assert_eq!(
         component_calls(&gw, "fault").await,
         3,
-        "called for each rewritten forward"
+        "called for each rerouted request"
     );
-    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     let lines = gw
-        .wait_for_access(|l| l.iter().filter(|x| x.contains("fault=abort")).count() >= 8)
+        .wait_for_access(|l| l.iter().filter(|x| x.contains("fault=abort")).count() >= 10)
         .await;
     assert_eq!(
         lines.iter().filter(|x| x.contains("fault=abort")).count(),
-        8,
+        10,
         "each aborted request's access line says so: {lines:?}"
     );
 }
 
 /// A user's `fault.wasm` (here the `phases` probe, which injects nothing) replaces the
-/// embedded fault and is called for every request of a route with a fault: what the
-/// router drew (a 418 for every request) is dropped for it.
+/// embedded fault and is called for every request of a route with a fault, and only
+/// those; the route's own faults (a 418 or 429 for every request) are its to apply, so
+/// the probe's answer, none, holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_fault_is_called_and_the_drawn_one_dropped() {
+async fn a_replaced_fault_is_called_for_the_routes_with_one() {
     let (gw, port, echo, _dir, _plugins) =
         faulted_gateway("own-fault", ("fault.wasm", "phases"), false).await;
-    for _ in 0..4 {
-        let r = get(port, "a.test", "/", &[]).await.expect("request");
-        assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+    for path in ["/", "/other", "/", "/other", "/plain"] {
+        let r = get(port, "a.test", path, &[]).await.expect("request");
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", gw.log_text());
     }
-    assert_eq!(component_calls(&gw, "fault").await, 4);
-    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(component_calls(&gw, "fault").await, 4, "not for `plain`");
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,15 +114,19 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// For a router: hold the fault drawn for the route it matched (Istio's `fault`),
-    /// for the host to apply where fault injection runs in the chain, in place of the
-    /// fault policy's call (WIT `request.hold-fault`). The host takes it from the
-    /// first-party router alone; a test request keeps it in
-    /// [`TestRequest::held_fault`].
+    /// The first-party router's: hold the fault drawn for the route it matched
+    /// (Istio's `fault`), for the host to apply where fault injection runs in the chain,
+    /// in place of the fault policy's call (WIT `request.hold-fault`). The host takes it
+    /// from the embedded router alone; a test request keeps it in
+    /// [`TestRequest::held_fault`] (`None` when neither part fired, as the host does).
+    #[doc(hidden)]
     pub fn hold_fault(&self, delay_ms: Option<u64>, abort: Option<&crate::Abort>) {
         match self.source {
             RequestSource::Host(r) => r.hold_fault(delay_ms, abort),
-            RequestSource::Test(t) => *t.held_fault.borrow_mut() = Some((delay_ms, abort.cloned())),
+            RequestSource::Test(t) => {
+                *t.held_fault.borrow_mut() =
+                    (delay_ms.is_some() || abort.is_some()).then(|| (delay_ms, abort.cloned()));
+            }
         }
     }
 

@@ -170,7 +170,7 @@ pub enum Split {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The embedded router and fault: the fault the router drew stands in for the call
-    /// (the fault component is called only when the route or action changed since).
+    /// (the fault component is called only when a plugin set another route since).
     Drawn,
     /// A user's `router.wasm` or `fault.wasm`: the fault component is called.
     Called,
@@ -454,6 +454,11 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
+        // A `fault.wasm` in place of the embedded fault (`Fault::Called`).
+        let fault_replaced = firsts
+            .iter()
+            .zip(builtin::CHAIN)
+            .any(|((c, _), b)| b.name == builtin::FAULT && !c.is_embedded());
         // The security components, only when a policy needs them.
         let mut guards = security::Guards::default();
         if !config.request_authentications.is_empty() {
@@ -578,6 +583,18 @@ impl Snapshot {
                 }
                 let config = if split.is_some() {
                     "null".to_string()
+                } else if builtin.name == builtin::ROUTER && fault_replaced {
+                    // A `fault.wasm` draws the faults itself: the router is not given them
+                    // (it would draw for nothing, and shift a seeded run's draws).
+                    let mut spec = vs.spec.clone();
+                    spec.http.iter_mut().for_each(|r| r.fault = None);
+                    match serde_json::to_string(&spec) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            errors.push(error(&vs.meta, "spec", format!("cannot encode: {e}")));
+                            continue;
+                        }
+                    }
                 } else {
                     vs_json.clone()
                 };

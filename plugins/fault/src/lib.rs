@@ -7,10 +7,10 @@
 //! Config: the VirtualService `spec` as JSON, the same as the router's. The embedded
 //! router draws its matched route's fault itself, the same way
 //! (`wasmgate_config::fault`), and the host applies that in this component's place; so
-//! this is called only for a forward a plugin changed after the router, or when a
-//! `fault.wasm` or `router.wasm` replaces the embedded one.
+//! this is called only when a plugin changed the route after the router, or when a
+//! `router.wasm` replaces the embedded router.
 
-use wasmgate_config::fault::{RouteFault, compile};
+use wasmgate_config::fault::{self, RouteFault, compile};
 use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::host::chance;
 use wasmgate_plugin_sdk::{
@@ -55,24 +55,24 @@ impl Policy for Fault {
         let Some(index) = request.route_index() else {
             return Ok(Edit::keep());
         };
-        let Some(Some(fault)) = self.routes.get(index as usize) else {
+        let Some(Some(route_fault)) = self.routes.get(index as usize) else {
             return Ok(Edit::keep());
         };
         if request.action_kind() != ActionKind::Forward {
             return Ok(Edit::keep());
         }
-        let drawn = fault.draw(chance);
+        let drawn = route_fault.draw(chance);
         let mut edit = Edit::keep();
         if let Some(ms) = drawn.delay_ms {
             edit.delay_ms = Some(ms);
-            edit.log_field("fault", "delay");
+            edit.log_field(fault::LOG_FIELD, fault::LOG_DELAY);
         }
         if let Some(a) = drawn.abort {
             edit.action = Some(Action::Abort(Abort {
                 status: a.status,
                 grpc_status: a.grpc_status.clone(),
             }));
-            edit.log_field("fault", "abort");
+            edit.log_field(fault::LOG_FIELD, fault::LOG_ABORT);
         }
         Ok(edit)
     }

@@ -349,7 +349,8 @@ impl CompiledRoute {
     /// the decision's (delay and log fields are kept).
     pub fn decide(&self, req: &RequestView<'_>, matched: Matched) -> Edit {
         let mut edit = self.edit(req, matched);
-        // `None`: the host keeps this route's prepared edit (a CORS preflight answers).
+        // `None`: the answer is this route's prepared edit, kept by the host (a forward or
+        // a direct response: the route's own action says which).
         let forwards = match &edit.action {
             Some(action) => matches!(action, Action::Forward(_)),
             None => matches!(self.action, RouteAction::Forward { .. }),

@@ -314,7 +314,10 @@ fn the_router_draws_its_routes_fault_and_holds_it() {
            "route":[{"destination":{"host":"a"}}]},
           {"match":[{"uri":{"prefix":"/moved"}}],
            "fault":{"abort":{"httpStatus":503,"percentage":{"value":100}}},
-           "redirect":{"uri":"/elsewhere"}}]}"#,
+           "redirect":{"uri":"/elsewhere"}},
+          {"match":[{"uri":{"prefix":"/direct"}}],
+           "fault":{"abort":{"httpStatus":503,"percentage":{"value":100}}},
+           "directResponse":{"status":204}}]}"#,
     );
     let held = |path: &str| {
         let req = request("GET", path).build();
@@ -338,10 +341,11 @@ fn the_router_draws_its_routes_fault_and_holds_it() {
         Some((Some(250), None)),
         "a 0 % abort never fires"
     );
-    // A fault without a percentage never fires; a redirect is not faulted (only
-    // forwards are, as the fault component does).
+    // A fault without a percentage never fires; a redirect and a direct response are
+    // not faulted (only forwards are, as the fault component does).
     assert_eq!(held("/never"), None);
     assert_eq!(held("/moved"), None);
+    assert_eq!(held("/direct"), None);
     let fired = (0..10_000).filter(|_| held("/some").is_some()).count();
     assert!((2_200..=2_800).contains(&fired), "{fired} of 10000 at 25 %");
 }

@@ -7,6 +7,12 @@
 use crate::parse_duration;
 use crate::raw::HTTPFaultInjection;
 
+/// The access-log field a fault that fired adds (`fault=delay`, `fault=abort`), as the
+/// fault component and the host (for the router's draw) write it.
+pub const LOG_FIELD: &str = "fault";
+pub const LOG_DELAY: &str = "delay";
+pub const LOG_ABORT: &str = "abort";
+
 /// `fixedDelay` for `percent` of requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DelayFault {

@@ -33,8 +33,9 @@ pub const CHAIN: [Builtin; 3] = [
     builtin!("traffic-split"),
 ];
 
-/// The fault's and the traffic split's names (their links are called apart:
-/// `snapshot::Link::fault`, `snapshot::Link::split`).
+/// The router's, the fault's and the traffic split's names (the last two's links are
+/// called apart: `snapshot::Link::fault`, `snapshot::Link::split`).
+pub const ROUTER: &str = CHAIN[0].name;
 pub const FAULT: &str = CHAIN[1].name;
 pub const TRAFFIC_SPLIT: &str = CHAIN[2].name;
 

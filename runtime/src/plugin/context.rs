@@ -362,8 +362,6 @@ impl ChainState {
         }
     }
 
-    /// A pick: keep destination `i` of the forward's destinations as they stand (after
-    /// an earlier pick, the one left is index 0, and a pick changes nothing).
     /// Hold the fault a router drew: `delay_ms` and `abort` as the fault policy answers
     /// them (log fields `fault=delay`, `fault=abort`); nothing held when neither fired.
     pub fn hold_fault(&mut self, delay_ms: Option<u64>, abort: Option<Abort>) {
@@ -371,16 +369,17 @@ impl ChainState {
             self.held_fault = None;
             return;
         }
+        use wasmgate_config::fault::{LOG_ABORT, LOG_DELAY, LOG_FIELD};
         let field = |value: &str| Header {
-            name: "fault".to_string(),
+            name: LOG_FIELD.to_string(),
             value: value.to_string(),
         };
         let mut log_fields = Vec::new();
         if delay_ms.is_some() {
-            log_fields.push(field("delay"));
+            log_fields.push(field(LOG_DELAY));
         }
         if abort.is_some() {
-            log_fields.push(field("abort"));
+            log_fields.push(field(LOG_ABORT));
         }
         self.held_fault = Some(Edit {
             delay_ms,
@@ -395,6 +394,8 @@ impl ChainState {
         self.held_fault.take()
     }
 
+    /// A pick: keep destination `i` of the forward's destinations as they stand (after
+    /// an earlier pick, the one left is index 0, and a pick changes nothing).
     pub fn pick(&mut self, i: usize) {
         let d = &mut self.decision;
         if i < d.destinations().len() && d.picked.is_none() {

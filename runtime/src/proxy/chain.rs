@@ -35,11 +35,12 @@ pub async fn run_chain(
     // the plugins between see every destination and a pick of theirs wins, as before;
     // dropped when a later edit replaces the action.
     let mut deferred: Option<usize> = None;
-    // Likewise the fault the embedded router drew for its route (Istio's `fault`, drawn
-    // in the same call: `None` inside when nothing fired), held back to the fault's place
-    // and applied there in place of the embedded fault's call; dropped, and that call
-    // made as before, when a later edit changes the route or the action.
-    let mut drawn: Option<Option<crate::plugin::Edit>> = None;
+    // Likewise the fault the embedded router drew for its route (Istio's `fault`, as
+    // Envoy's fault filter reads the route's config), held back to the fault's place and
+    // applied there in place of the embedded fault's call, while the route is the one
+    // the router drew for (a plugin that routes elsewhere gets the fault component's
+    // call, for the new route, as before).
+    let mut drawn: Option<Drawn> = None;
     for (i, link) in chain.links.iter().enumerate() {
         if !link.ports.is_empty() && !link.ports.contains(&view.port) {
             continue;
@@ -68,9 +69,11 @@ pub async fn run_chain(
             // Fault: what the router drew in place of the embedded fault's call (a
             // user's fault is called, and what the router drew dropped).
             if let Some(fault) = link.fault
-                && let Some(held) = drawn.take().filter(|_| fault == Fault::Drawn)
+                && let Some(held) = drawn
+                    .take()
+                    .filter(|d| fault == Fault::Drawn && d.route == gate.route)
             {
-                if let Some(edit) = held {
+                if let Some(edit) = held.fault {
                     if edit.action.is_some() {
                         deferred = None;
                     }
@@ -127,21 +130,22 @@ pub async fn run_chain(
                 // jwt_authn and rbac filters end theirs with a local reply.
                 let ends = link.guard && edit.action.is_some();
                 // The chain's first first-party link is its router (`snapshot.rs`).
-                let mut state = view.state();
-                if i == 0 && link.builtin {
+                let router = i == 0 && link.builtin;
+                if router {
                     deferred = edit.pick.take().and_then(|p| usize::try_from(p).ok());
-                    drawn = Some(state.take_held_fault());
-                } else {
-                    if edit.action.is_some() {
-                        deferred = None;
-                    }
-                    if edit.action.is_some() || edit.route.is_some() {
-                        drawn = None;
-                    }
+                } else if edit.action.is_some() {
+                    deferred = None;
                 }
+                let mut state = view.state();
                 state.apply(edit);
                 state.mark_ran(i);
                 gate = Gate::of(&state.decision);
+                if router {
+                    drawn = Some(Drawn {
+                        route: gate.route,
+                        fault: state.take_held_fault(),
+                    });
+                }
                 if ends {
                     break;
                 }
@@ -155,6 +159,13 @@ pub async fn run_chain(
         view.state().pick(pick);
     }
     Ok(())
+}
+
+/// The fault the router drew: for which route, and the edit to apply (`None`: nothing
+/// fired).
+struct Drawn {
+    route: Option<usize>,
+    fault: Option<crate::plugin::Edit>,
 }
 
 /// What a chain's next link needs of the decision so far.

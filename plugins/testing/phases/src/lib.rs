@@ -9,8 +9,8 @@
 //!
 //! `requestBody` / `responseBody` ask the host to buffer that many bytes; `log` asks for
 //! the log phase. The response phase is always asked for. `name` defaults to `phases`.
-//! Given a VirtualService spec (as a `fault.wasm` in place of the embedded fault is) it
-//! takes the defaults.
+//! Bound as `fault` or `router` (a `fault.wasm` or `router.wasm` in place of the
+//! embedded one) and given their config, a VirtualService spec, it takes the defaults.
 //!
 //! On a request it sets property `phases.<name>` to `seen`, appends its name to property
 //! `phases.order` (comma separated), and sets request header `x-phases-<name>` to the
@@ -32,7 +32,9 @@
 //! With request header `x-pick: <name>=<i>` it keeps only destination `i` of the
 //! forward (`edit.pick`), whatever the weights. With request header `x-forward:
 //! <name>=<host>,<host>...` it replaces the action with a forward to those hosts, each
-//! of weight 1 (for the traffic split to pick from).
+//! of weight 1 (for the traffic split to pick from). With request header `x-route:
+//! <name>=<i>` it sets the decision's route to index `i` (as a plugin that routes
+//! elsewhere would).
 //!
 //! On a response it sets `x-phases-<name>-status: <status>`; when request header
 //! `x-replace` is its name it replaces the response with 418 `replaced by <name>`;
@@ -44,7 +46,7 @@ use serde::Deserialize;
 use wasmgate_plugin_sdk::metrics::Counter;
 use wasmgate_plugin_sdk::{
     Action, Binding, ConfigError, Destination, Edit, Forward, Interest, LogEntry, PluginError,
-    Policy, PreparedEdit, Request, Response, ResponseEdit, export_policy, parse_config,
+    Policy, PreparedEdit, Request, Response, ResponseEdit, RouteRef, export_policy, parse_config,
 };
 
 #[derive(Debug, Deserialize)]
@@ -97,10 +99,13 @@ fn failed(message: String) -> PluginError {
 }
 
 impl Policy for Phases {
-    fn prepare(_binding: &Binding, config: &str) -> Result<Self, ConfigError> {
+    fn prepare(binding: &Binding, config: &str) -> Result<Self, ConfigError> {
         // A VirtualService spec is what the host gives a `fault.wasm` or `router.wasm`
         // standing in for the embedded one: the probe then runs as `phases`.
-        let stands_in = serde_json::from_str::<serde_json::Value>(config)
+        let stands_in = matches!(
+            binding.plugin.as_str(),
+            "wasmgate/fault" | "wasmgate/router"
+        ) && serde_json::from_str::<serde_json::Value>(config)
             .is_ok_and(|v| v.get("http").is_some());
         let config: Config = if stands_in {
             Config::default()
@@ -199,6 +204,12 @@ impl Policy for Phases {
             edit.action = Some(Action::Forward(Forward::to(destinations)));
         }
         edit.pick = addressed(request, "x-pick", name).and_then(|index| index.parse().ok());
+        edit.route = addressed(request, "x-route", name)
+            .and_then(|index| index.parse().ok())
+            .map(|index| RouteRef {
+                index,
+                name: String::new(),
+            });
         Ok(edit)
     }
 
