@@ -454,11 +454,21 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        // A `fault.wasm` in place of the embedded fault (`Fault::Called`).
-        let fault_replaced = firsts
-            .iter()
-            .zip(builtin::CHAIN)
-            .any(|((c, _), b)| b.name == builtin::FAULT && !c.is_embedded());
+        // Which of them are the embedded ones, not a user's file: the fault's link is
+        // `Fault::Drawn` only with the embedded router and fault, and a `fault.wasm` gets
+        // the faults the router is then not given.
+        let embedded = |name: &str| {
+            firsts
+                .iter()
+                .zip(builtin::CHAIN)
+                .any(|((c, _), b)| b.name == name && c.is_embedded())
+        };
+        let fault_replaced = !embedded(builtin::FAULT);
+        let fault_link = if embedded(builtin::ROUTER) && !fault_replaced {
+            Fault::Drawn
+        } else {
+            Fault::Called
+        };
         // The security components, only when a policy needs them.
         let mut guards = security::Guards::default();
         if !config.request_authentications.is_empty() {
@@ -568,14 +578,7 @@ impl Snapshot {
                         Split::Replaced
                     }
                 });
-                let fault = (builtin.name == builtin::FAULT).then(|| {
-                    let router_embedded = firsts.first().is_some_and(|(r, _)| r.is_embedded());
-                    if router_embedded && compiled.is_embedded() {
-                        Fault::Drawn
-                    } else {
-                        Fault::Called
-                    }
-                });
+                let fault = (builtin.name == builtin::FAULT).then_some(fault_link);
                 if routes.as_ref().is_some_and(|r| !r.contains(&true))
                     || (split.is_some() && !vs.http.iter().any(|r| r.route.len() > 1))
                 {

@@ -9,8 +9,9 @@
 //!
 //! `requestBody` / `responseBody` ask the host to buffer that many bytes; `log` asks for
 //! the log phase. The response phase is always asked for. `name` defaults to `phases`.
-//! Bound as `fault` or `router` (a `fault.wasm` or `router.wasm` in place of the
-//! embedded one) and given their config, a VirtualService spec, it takes the defaults.
+//! Bound as `wasmgate/fault` or `wasmgate/router` (a `fault.wasm` or `router.wasm` in
+//! place of the embedded one) and given their config, a VirtualService spec, it takes
+//! the defaults.
 //!
 //! On a request it sets property `phases.<name>` to `seen`, appends its name to property
 //! `phases.order` (comma separated), and sets request header `x-phases-<name>` to the
