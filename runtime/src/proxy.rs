@@ -595,18 +595,8 @@ async fn serve(
         Some(e) => Err(e),
         None => match decision.forward() {
             Some(forward) => {
-                let destinations = decision.destinations();
                 forward_upstream(
-                    shared,
-                    snapshot,
-                    conn,
-                    chain,
-                    req,
-                    upgrade,
-                    forward,
-                    destinations,
-                    joined,
-                    read,
+                    shared, snapshot, conn, chain, req, upgrade, forward, &decision, joined, read,
                     access,
                 )
                 .await
@@ -762,23 +752,26 @@ fn reply_locally(
     }
 }
 
-/// Pick one destination by weight when several remain.
-fn choose<'a>(destinations: &'a [Destination], shared: &Shared) -> Option<&'a Destination> {
+/// Pick one destination by weight when several remain: its index, and it.
+fn choose<'a>(
+    destinations: &'a [Destination],
+    shared: &Shared,
+) -> Option<(usize, &'a Destination)> {
     match destinations {
         [] => None,
-        [one] => Some(one),
+        [one] => Some((0, one)),
         _ => {
             let index = shared
                 .host
                 .balancing()
                 .pick_weighted(destinations.iter().map(|d| d.weight));
             debug_assert!(index < destinations.len(), "a weighted pick in range");
-            destinations.get(index)
+            destinations.get(index).map(|d| (index, d))
         }
     }
 }
 
-/// Send the request upstream to one of `destinations`: the decision's as they stand (the
+/// Send the request upstream to one of the decision's destinations as they stand (the
 /// one a policy picked, or the forward's own), so `forward.destinations` is not read
 /// here. `read`: the body's first bytes, already read for the policies, and whether more
 /// follows in `req`.
@@ -791,18 +784,25 @@ async fn forward_upstream(
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
     forward: &Forward,
-    destinations: &[Destination],
+    decision: &Current,
     joined: Joined,
     read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
-    let destination = choose(destinations, shared).ok_or(ProxyError::NoRoute)?;
+    let (index, destination) =
+        choose(decision.destinations(), shared).ok_or(ProxyError::NoRoute)?;
     // Taken before the request is torn apart: resolves once we answer 101.
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let host = wasmgate_config::host::expanded(&destination.host, &chain.namespace);
-    let cluster = snapshot
-        .registry
-        .resolve(&host, destination.port, destination.subset.as_deref())
+    // By the destination's place in the route's own list (the pick's, when one was made).
+    let cluster = chain
+        .clusters
+        .resolve(
+            &snapshot.registry,
+            &chain.namespace,
+            decision.route.as_ref().map(|r| r.index),
+            decision.picked.unwrap_or(0) + index,
+            destination,
+        )
         .map_err(ProxyError::NoCluster)?;
     if access.logged || chain.wants.log {
         access.cluster = cluster.name.clone();

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod listeners;
 pub mod mesh;
 pub mod registry;
+pub mod route_clusters;
 pub mod security;
 pub mod vhosts;
 
@@ -38,6 +39,7 @@ use crate::telemetry::trace::Tracer;
 pub use listeners::{Listener, Serve};
 pub use mesh::MeshListener;
 pub use registry::{Registry, ResolveError};
+pub use route_clusters::RouteClusters;
 
 /// The namespace whose WasmPlugins without targets apply everywhere (Istio's root).
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -89,6 +91,8 @@ pub struct Chain {
     pub reply_headers: Vec<Option<HeaderMutation>>,
     /// Each `http` route's metrics, by index (`wasmgate_route_*`); empty with metrics off.
     pub route_stats: Vec<Arc<RouteStats>>,
+    /// The clusters the routes' destinations resolved to, kept from their first request.
+    pub clusters: RouteClusters,
     /// What the links' interests add up to (see [`Chain::wants`]).
     pub wants: Wants,
 }
@@ -746,6 +750,7 @@ impl Snapshot {
                             metrics.route(&vs_name, &route)
                         })
                         .collect(),
+                    clusters: RouteClusters::new(vs.http.iter().map(|r| r.route.len())),
                 };
                 chains.insert((vs_name.clone(), via.name()), Arc::new(chain));
             }
@@ -803,6 +808,7 @@ impl Snapshot {
                                 gateway: mesh::MESH.to_string(),
                                 reply_headers: Vec::new(),
                                 route_stats: Vec::new(),
+                                clusters: RouteClusters::default(),
                                 wants: Wants::default(),
                             }),
                         )),

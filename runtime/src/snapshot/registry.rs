@@ -313,9 +313,20 @@ impl Registry {
         port: Option<u16>,
         subset: Option<&str>,
     ) -> Result<Arc<Cluster>, ResolveError> {
+        self.resolve_kept(host, port, subset).map(|(c, _)| c)
+    }
+
+    /// [`Registry::resolve`], and whether the registry keeps the cluster (the one it
+    /// answers for this key from now on) or built it for this request only.
+    pub fn resolve_kept(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        subset: Option<&str>,
+    ) -> Result<(Arc<Cluster>, bool), ResolveError> {
         let parts = (host, port, subset);
         if let Some(hit) = self.cache.get(&parts as &dyn KeyParts) {
-            return Ok(hit.clone());
+            return Ok((hit.clone(), true));
         }
         let key = ClusterKey {
             host: host.to_string(),
@@ -329,15 +340,15 @@ impl Registry {
         let built = Arc::new(self.build(host, port, subset)?);
         let invented = !self.services.contains_key(host);
         if invented && self.wildcard_cached.load(Ordering::Relaxed) >= self.bounds.max_clusters {
-            return Ok(built);
+            return Ok((built, false));
         }
         match self.cache.entry(key) {
-            dashmap::Entry::Occupied(kept) => Ok(kept.get().clone()),
+            dashmap::Entry::Occupied(kept) => Ok((kept.get().clone(), true)),
             dashmap::Entry::Vacant(slot) => {
                 if invented {
                     self.wildcard_cached.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(slot.insert(built).clone())
+                Ok((slot.insert(built).clone(), true))
             }
         }
     }
