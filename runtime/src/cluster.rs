@@ -12,8 +12,8 @@ mod outlier;
 mod priority;
 pub mod warmup;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -95,6 +95,9 @@ pub struct Cluster {
     breakers: breakers::Breakers,
     outlier: Option<outlier::Detector>,
     in_flight: Vec<AtomicUsize>,
+    /// By target: the hash of its clear-text HTTP/1.1 pool key (endpoint and this
+    /// cluster's pool settings), made at its first request (`proxy::upstream`).
+    pub plain_key_hashes: Box<[OnceLock<u64>]>,
 }
 
 impl Cluster {
@@ -122,6 +125,7 @@ impl Cluster {
         Cluster {
             name: parts.name,
             in_flight: targets.iter().map(|_| AtomicUsize::new(0)).collect(),
+            plain_key_hashes: targets.iter().map(|_| OnceLock::new()).collect(),
             outlier: policy
                 .outlier
                 .map(|o| outlier::Detector::new(o, targets.len())),

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::{Body, BoxError, empty};
-use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, RetrySlot, Target};
+use crate::cluster::{Admitted, Cluster, ConnectionSlot, InFlight, Outcome, RetrySlot};
 use crate::plugin::Random;
 use crate::plugin::types::RetryPolicy;
 use connect::{H2Key, H2Pool, PoolKey};
@@ -50,7 +50,7 @@ impl Upstream {
         Self::default()
     }
 
-    /// One attempt: `out` to `target` of `cluster`, in HTTP/2 when `h2` ([`speaks_h2`],
+    /// One attempt: `out` to the target at `index` of `cluster`, in HTTP/2 when `h2` ([`speaks_h2`],
     /// worked out once per request), with the cluster's TLS. Over HTTP/1.1, the lease
     /// of the connection it went on, when that may be pooled again.
     /// The socket always goes to the endpoint; the virtual host travels in `Host`
@@ -59,12 +59,13 @@ impl Upstream {
     async fn call(
         &self,
         cluster: &Arc<Cluster>,
-        target: &Target,
+        index: usize,
         out: &Outbound,
         mut headers: HeaderMap,
         body: Body,
         h2: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), Attempt> {
+        let target = &cluster.targets[index];
         if !out.path_and_query.as_str().starts_with('/') {
             return Err(ProxyError::InvalidRewrite(out.path_and_query.as_str().to_string()).into());
         }
@@ -123,7 +124,11 @@ impl Upstream {
             headers,
             body,
         );
-        let key = http1::Key::new(endpoint.clone(), tls, PoolKey::of(cluster));
+        let pool = PoolKey::of(cluster);
+        let key = match (tls, cluster.plain_key_hashes.get(index)) {
+            (None, Some(kept)) => http1::Key::plain(endpoint.clone(), pool, kept),
+            (tls, _) => http1::Key::new(endpoint.clone(), tls, pool),
+        };
         self.http1
             .send(key, req, cluster, !once)
             .await
@@ -490,7 +495,7 @@ async fn attempt_all(
         } else {
             std::mem::take(&mut out.headers)
         };
-        let call = upstream.call(cluster, target, &out, headers, body, h2);
+        let call = upstream.call(cluster, index, &out, headers, body, h2);
         attempted.in_flight = Some(index);
         let result = match per_try {
             // A try that overruns is dropped (its connection with it) and may be retried.

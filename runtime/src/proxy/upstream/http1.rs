@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -72,6 +72,27 @@ impl Key {
     /// back); each lookup hashed it again, about 730 instructions a time (callgrind,
     /// scenario 1), and now reads this hash.
     pub fn new(target: Arc<str>, tls: Option<TlsKey>, pool: PoolKey) -> Key {
+        Key {
+            hash: Key::hash_of(&target, tls.as_ref(), &pool),
+            target,
+            tls,
+            pool,
+        }
+    }
+
+    /// A clear-text key whose hash `kept` keeps from the first request of the same
+    /// endpoint and pool (`Cluster::plain_key_hashes`): the per-request hashing (about
+    /// 270 instructions, scenario 1) is left to the first.
+    pub fn plain(target: Arc<str>, pool: PoolKey, kept: &OnceLock<u64>) -> Key {
+        Key {
+            hash: *kept.get_or_init(|| Key::hash_of(&target, None, &pool)),
+            target,
+            tls: None,
+            pool,
+        }
+    }
+
+    fn hash_of(target: &str, tls: Option<&TlsKey>, pool: &PoolKey) -> u64 {
         let (age_set, age) = match pool.max_age {
             Some(d) => (1u8, d),
             None => (0, Duration::ZERO),
@@ -91,16 +112,11 @@ impl Key {
         let mut state = KEY_HASHER.get_or_init(RandomState::new).build_hasher();
         state.write(&fixed);
         state.write(target.as_bytes());
-        if let Some((config, sni)) = &tls {
+        if let Some((config, sni)) = tls {
             state.write(config);
             state.write(sni.as_bytes());
         }
-        Key {
-            hash: state.finish(),
-            target,
-            tls,
-            pool,
-        }
+        state.finish()
     }
 }
 
@@ -530,6 +546,26 @@ mod tests {
                 assert_ne!(a.hash, b.hash, "{a:?} and {b:?}");
             }
         }
+    }
+
+    /// A clear-text key made with a kept hash is the key `Key::new` makes: equal, hashed
+    /// alike, whichever request made the hash first.
+    #[test]
+    fn a_plain_key_with_a_kept_hash_is_the_key_made_anew() {
+        let pool = || PoolKey {
+            idle: Duration::from_secs(60),
+            max_requests: 3,
+            max_age: Some(Duration::from_secs(9)),
+        };
+        let kept = OnceLock::new();
+        let first = Key::plain("10.0.0.1:80".into(), pool(), &kept);
+        let made = Key::new("10.0.0.1:80".into(), None, pool());
+        assert_eq!(first, made);
+        assert_eq!(first.hash, made.hash);
+        assert_eq!(kept.get(), Some(&made.hash));
+        let again = Key::plain("10.0.0.1:80".into(), pool(), &kept);
+        assert_eq!(again, made);
+        assert_eq!(again.hash, made.hash);
     }
 
     /// A request on a pooled connection does not carry the future that opens one (dial,
