@@ -508,6 +508,33 @@ async fn reload_keeps_the_last_good_config() {
     );
 }
 
+/// A reload that changes only a ServiceEntry (its endpoint moves) moves the traffic,
+/// though the VirtualService and its route are the same as before: the cluster a route
+/// resolved to (kept per route, `snapshot/route_clusters.rs`) is not carried from one
+/// configuration to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_only_an_endpoint_moves_the_traffic() {
+    let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+    let port = free_port();
+    let dir = TempDir::new("endpoint-moves");
+    plugin_config(&dir, port, &a, "");
+    let gw = Gateway::start(dir.path(), &[]).await;
+    for _ in 0..3 {
+        let r = get(port, "a", "/", &[]).await.expect("request");
+        assert_eq!(r.echo()["upstream"], "a");
+    }
+    dir.write(
+        "se.yaml",
+        &service_entry("app", "app", 80, &[(b.port(), &[])]),
+    );
+    let r = gw.reload().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for _ in 0..3 {
+        let r = get(port, "a", "/", &[]).await.expect("request");
+        assert_eq!(r.echo()["upstream"], "b");
+    }
+}
+
 /// `mirror` sends a copy (Host `-shadow`) and ignores its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_sends_a_shadow_copy() {

@@ -97,7 +97,7 @@ pub struct Cluster {
     in_flight: Vec<AtomicUsize>,
     /// By target: the hash of its clear-text HTTP/1.1 pool key (endpoint and this
     /// cluster's pool settings), made at its first request (`proxy::upstream`).
-    pub plain_key_hashes: Box<[OnceLock<u64>]>,
+    pub(crate) plain_key_hashes: Box<[OnceLock<u64>]>,
 }
 
 impl Cluster {

@@ -594,10 +594,9 @@ async fn serve(
     let made = match failure {
         Some(e) => Err(e),
         None => match decision.forward() {
-            Some(forward) => {
+            Some(_) => {
                 forward_upstream(
-                    shared, snapshot, conn, chain, req, upgrade, forward, &decision, joined, read,
-                    access,
+                    shared, snapshot, conn, chain, req, upgrade, &decision, joined, read, access,
                 )
                 .await
             }
@@ -783,12 +782,12 @@ async fn forward_upstream(
     chain: &Chain,
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
-    forward: &Forward,
     decision: &Current,
     joined: Joined,
     read: Option<body::Read>,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
+    let forward = decision.forward().ok_or(ProxyError::NoRoute)?;
     let (index, destination) =
         choose(decision.destinations(), shared).ok_or(ProxyError::NoRoute)?;
     // Taken before the request is torn apart: resolves once we answer 101.

@@ -91,8 +91,9 @@ pub struct Chain {
     pub reply_headers: Vec<Option<HeaderMutation>>,
     /// Each `http` route's metrics, by index (`wasmgate_route_*`); empty with metrics off.
     pub route_stats: Vec<Arc<RouteStats>>,
-    /// The clusters the routes' destinations resolved to, kept from their first request.
-    pub clusters: RouteClusters,
+    /// The clusters the routes' destinations resolved to, kept from their first request
+    /// (one per VirtualService, shared by its chains).
+    pub clusters: Arc<RouteClusters>,
     /// What the links' interests add up to (see [`Chain::wants`]).
     pub wants: Wants,
 }
@@ -658,6 +659,7 @@ impl Snapshot {
                     Err(e) => errors.push(error(&wp.meta, "spec.url", e.to_string())),
                 }
             }
+            let clusters = Arc::new(RouteClusters::new(&vs.http));
             for via in vias {
                 let stats = |p: &PreparedPolicy| {
                     metrics
@@ -750,7 +752,7 @@ impl Snapshot {
                             metrics.route(&vs_name, &route)
                         })
                         .collect(),
-                    clusters: RouteClusters::new(vs.http.iter().map(|r| r.route.len())),
+                    clusters: clusters.clone(),
                 };
                 chains.insert((vs_name.clone(), via.name()), Arc::new(chain));
             }
@@ -808,7 +810,7 @@ impl Snapshot {
                                 gateway: mesh::MESH.to_string(),
                                 reply_headers: Vec::new(),
                                 route_stats: Vec::new(),
-                                clusters: RouteClusters::default(),
+                                clusters: Arc::new(RouteClusters::new(&spec.http)),
                                 wants: Wants::default(),
                             }),
                         )),

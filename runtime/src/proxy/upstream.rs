@@ -50,9 +50,9 @@ impl Upstream {
         Self::default()
     }
 
-    /// One attempt: `out` to the target at `index` of `cluster`, in HTTP/2 when `h2` ([`speaks_h2`],
-    /// worked out once per request), with the cluster's TLS. Over HTTP/1.1, the lease
-    /// of the connection it went on, when that may be pooled again.
+    /// One attempt: `out` to the target at `index` of `cluster`, in HTTP/2 when `h2`
+    /// ([`speaks_h2`], worked out once per request), with the cluster's TLS. Over
+    /// HTTP/1.1, the lease of the connection it went on, when that may be pooled again.
     /// The socket always goes to the endpoint; the virtual host travels in `Host`
     /// (HTTP/1.1) or `:authority` (HTTP/2), and is the SNI unless the DestinationRule
     /// names one (Istio's auto SNI).
@@ -124,11 +124,11 @@ impl Upstream {
             headers,
             body,
         );
-        let pool = PoolKey::of(cluster);
-        let key = match (tls, cluster.plain_key_hashes.get(index)) {
-            (None, Some(kept)) => http1::Key::plain(endpoint.clone(), pool, kept),
-            (tls, _) => http1::Key::new(endpoint.clone(), tls, pool),
-        };
+        let key = match tls {
+            None => http1::Key::plain(cluster, index),
+            tls => Some(http1::Key::new(endpoint.clone(), tls, PoolKey::of(cluster))),
+        }
+        .ok_or(ProxyError::NoHealthyUpstream)?;
         self.http1
             .send(key, req, cluster, !once)
             .await

@@ -1,84 +1,122 @@
 //! The clusters a chain's routes forward to, kept per route and destination once
-//! resolved. [`Registry::resolve`] expands the destination's host, hashes it with the
-//! port and subset (SipHash: through a wildcard ServiceEntry the key can be a host a
-//! client names) and looks it up in a map shared by every worker: about 750
-//! instructions per request, for the answer it gave the request before. A route's
-//! destinations are the same each time, so the chain keeps what each resolved to and
-//! hands it out again for a destination equal to the one it was resolved for (compared
-//! by content: a plugin may forward anywhere, with any route index).
+//! resolved. Resolving one expands the destination's host (`host::expanded`), then
+//! [`Registry::resolve`] hashes it with the port and subset (SipHash: through a
+//! wildcard ServiceEntry the key can be a host a client names) and looks it up in a map
+//! shared by every worker: about 750 instructions per request, for the answer it gave
+//! the request before. So each destination the VirtualService writes has a slot, made
+//! with the routes, holding the destination as the router forwards to it; the cluster
+//! it resolves to is kept there at its first request and handed out again for an equal
+//! destination (compared by content: a plugin may forward anywhere, under any route
+//! index, and then the registry is asked as before).
 //!
 //! Sound because a chain and the registry are built together, for one snapshot, and a
 //! registry answers the same cluster for the same key for its whole life, once it keeps
 //! it. What it does not keep (a wildcard host past `--max-clusters`, built anew per
-//! request) is not kept here either. Bounded by the routes' destinations: one entry per
-//! destination written in the VirtualService, set once, never replaced.
+//! request) is not kept here either. One per VirtualService, shared by its chains (one
+//! per Gateway it binds): the namespace its short hosts expand in is the
+//! VirtualService's.
 
 use std::sync::{Arc, OnceLock};
+
+use wasmgate_config::raw;
 
 use super::{Cluster, Registry, ResolveError};
 use crate::plugin::types::Destination;
 
-/// Per route (by index in the VirtualService's `http`), per destination (by index in
-/// the route's `route`).
+/// Slots by route (by index in the VirtualService's `http`), then by destination (by
+/// index in the route's `route`), in one list.
 #[derive(Debug, Default)]
 pub struct RouteClusters {
-    routes: Vec<Box<[OnceLock<Box<Kept>>]>>,
+    slots: Box<[Slot]>,
+    /// Route `r`'s slots are `starts[r]..starts[r + 1]`.
+    starts: Box<[u32]>,
 }
 
-/// A destination as it was resolved, and its cluster.
+/// A destination as the VirtualService writes it (as the router forwards to it), and
+/// the cluster it resolved to.
 #[derive(Debug)]
-struct Kept {
+struct Slot {
     host: String,
     port: Option<u16>,
     subset: Option<String>,
-    cluster: Arc<Cluster>,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
-impl Kept {
+impl Slot {
+    /// The router's destination for `d` (`plugins/router`): the host as written, no
+    /// empty subset, the port's number when it fits.
+    fn of(d: Option<&raw::Destination>) -> Slot {
+        let (host, subset, port) = match d {
+            Some(d) => (
+                d.host.clone(),
+                (!d.subset.is_empty()).then(|| d.subset.clone()),
+                d.port
+                    .and_then(|p| p.number)
+                    .and_then(|n| u16::try_from(n).ok()),
+            ),
+            None => (String::new(), None, None),
+        };
+        Slot {
+            host,
+            port,
+            subset,
+            cluster: OnceLock::new(),
+        }
+    }
+
     fn is_for(&self, d: &Destination) -> bool {
         self.port == d.port && self.host == d.host && self.subset == d.subset
     }
 }
 
 impl RouteClusters {
-    /// Room for each route's destinations, by their count.
-    pub fn new(routes: impl Iterator<Item = usize>) -> Self {
+    /// A slot for each destination of each of `routes`.
+    pub fn new(routes: &[raw::HTTPRoute]) -> Self {
+        let mut starts = Vec::with_capacity(routes.len() + 1);
+        let mut slots = Vec::new();
+        for route in routes {
+            starts.push(u32::try_from(slots.len()).unwrap_or(u32::MAX));
+            slots.extend(route.route.iter().map(|d| Slot::of(d.destination.as_ref())));
+        }
+        starts.push(u32::try_from(slots.len()).unwrap_or(u32::MAX));
         RouteClusters {
-            routes: routes
-                .map(|n| (0..n).map(|_| OnceLock::new()).collect())
-                .collect(),
+            slots: slots.into(),
+            starts: starts.into(),
         }
     }
 
-    /// The cluster of `destination`, the `slot`th of route `route`'s, whose short host
-    /// expands in `namespace`: kept from an earlier request, else resolved (and kept if
-    /// the slot is free).
+    fn slot(&self, route: u32, index: usize) -> Option<&Slot> {
+        let r = usize::try_from(route).ok()?;
+        let (start, end) = (*self.starts.get(r)?, *self.starts.get(r.checked_add(1)?)?);
+        let at = usize::try_from(start).ok()?.checked_add(index)?;
+        (at < usize::try_from(end).ok()?)
+            .then(|| self.slots.get(at))
+            .flatten()
+    }
+
+    /// The cluster of `destination`, the `index`th of route `route`'s, whose short host
+    /// expands in `namespace`: kept from an earlier request when it is the destination
+    /// the VirtualService writes there, else resolved (and then kept, if it is).
     pub fn resolve(
         &self,
         registry: &Registry,
         namespace: &str,
         route: Option<u32>,
-        slot: usize,
+        index: usize,
         destination: &Destination,
     ) -> Result<Arc<Cluster>, ResolveError> {
-        let place = route
-            .and_then(|r| self.routes.get(usize::try_from(r).ok()?))
-            .and_then(|r| r.get(slot));
-        if let Some(kept) = place.and_then(OnceLock::get)
-            && kept.is_for(destination)
-        {
-            return Ok(kept.cluster.clone());
+        let slot = route
+            .and_then(|r| self.slot(r, index))
+            .filter(|s| s.is_for(destination));
+        if let Some(kept) = slot.and_then(|s| s.cluster.get()) {
+            return Ok(kept.clone());
         }
         let host = wasmgate_config::host::expanded(&destination.host, namespace);
         let (cluster, kept) =
             registry.resolve_kept(&host, destination.port, destination.subset.as_deref())?;
-        if let Some(place) = place.filter(|_| kept) {
-            let _ = place.set(Box::new(Kept {
-                host: destination.host.clone(),
-                port: destination.port,
-                subset: destination.subset.clone(),
-                cluster: cluster.clone(),
-            }));
+        if let Some(slot) = slot.filter(|_| kept) {
+            // Two requests may race to here: both got the registry's one cluster.
+            let _ = slot.cluster.set(cluster.clone());
         }
         Ok(cluster)
     }
@@ -143,9 +181,30 @@ spec:
         }
     }
 
+    /// Routes whose destinations are `(host, subset)` as a VirtualService writes them
+    /// ("" for no subset).
+    fn routes(each: &[&[(&str, &str)]]) -> Vec<raw::HTTPRoute> {
+        each.iter()
+            .map(|ds| raw::HTTPRoute {
+                route: ds
+                    .iter()
+                    .map(|(host, subset)| raw::HTTPRouteDestination {
+                        destination: Some(raw::Destination {
+                            host: host.to_string(),
+                            subset: subset.to_string(),
+                            ..raw::Destination::default()
+                        }),
+                        ..raw::HTTPRouteDestination::default()
+                    })
+                    .collect(),
+                ..raw::HTTPRoute::default()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_routes_destination_is_resolved_once_and_kept() {
-        let clusters = RouteClusters::new([1, 2].into_iter());
+        let clusters = RouteClusters::new(&routes(&[&[], &[("shop", "v1"), ("shop", "v2")]]));
         let (first, second) = (registry(10), registry(10));
         let v2 = to("shop", Some("v2"));
         let kept = clusters
@@ -157,23 +216,28 @@ spec:
             .resolve(&second, "web", Some(1), 1, &v2)
             .expect("resolved");
         assert!(Arc::ptr_eq(&kept, &again));
-        // Another slot is resolved on its own.
+        let v1 = to("shop", Some("v1"));
         let other = clusters
-            .resolve(&second, "web", Some(1), 0, &v2)
+            .resolve(&second, "web", Some(1), 0, &v1)
             .expect("resolved");
         assert!(!Arc::ptr_eq(&kept, &other));
+        assert!(Arc::ptr_eq(
+            &other,
+            &clusters
+                .resolve(&first, "web", Some(1), 0, &v1)
+                .expect("resolved")
+        ));
     }
 
     #[test]
-    fn another_destination_in_a_kept_slot_is_resolved_as_it_is() {
-        let clusters = RouteClusters::new([2].into_iter());
+    fn a_destination_other_than_the_routes_own_is_resolved_as_it_is_and_not_kept() {
+        let clusters = RouteClusters::new(&routes(&[&[("shop", "v1"), ("shop", "v2")]]));
         let r = registry(10);
-        let v1 = clusters
-            .resolve(&r, "web", Some(0), 0, &to("shop", Some("v1")))
-            .expect("resolved");
-        assert_eq!(v1.name, "outbound|80|v1|shop.web.svc.cluster.local");
-        // A plugin's forward with the same route index and slot, to another subset,
-        // host or port: not the kept cluster.
+        // A plugin's forward under the route's index, first, to another subset, host or
+        // port: resolved as it is, each time, and the slot stays the route's own.
+        let mut port = to("shop", Some("v1"));
+        port.port = Some(81);
+        assert!(clusters.resolve(&r, "web", Some(0), 0, &port).is_err());
         for (d, name) in [
             (
                 to("shop", Some("v2")),
@@ -182,19 +246,30 @@ spec:
             (to("shop", None), "outbound|80||shop.web.svc.cluster.local"),
             (to("a.wild.test", None), "outbound|80||*.wild.test"),
         ] {
-            let c = clusters
-                .resolve(&r, "web", Some(0), 0, &d)
-                .expect("resolved");
-            assert_eq!(c.name, name);
+            for _ in 0..2 {
+                let c = clusters
+                    .resolve(&r, "web", Some(0), 0, &d)
+                    .expect("resolved");
+                assert_eq!(c.name, name);
+            }
         }
-        let mut port = to("shop", Some("v1"));
-        port.port = Some(81);
-        assert!(clusters.resolve(&r, "web", Some(0), 0, &port).is_err());
-        // An unknown subset is the registry's error, each time.
-        let bad = to("shop", Some("v9"));
+        let v1 = to("shop", Some("v1"));
+        let own = clusters
+            .resolve(&r, "web", Some(0), 0, &v1)
+            .expect("resolved");
+        assert_eq!(own.name, "outbound|80|v1|shop.web.svc.cluster.local");
+        let again = clusters
+            .resolve(&registry(10), "web", Some(0), 0, &v1)
+            .expect("resolved");
+        assert!(
+            Arc::ptr_eq(&own, &again),
+            "the route's own destination is kept"
+        );
+        // An unknown subset the route writes is the registry's error, each time.
+        let clusters = RouteClusters::new(&routes(&[&[("shop", "v9")]]));
         for _ in 0..2 {
             assert!(matches!(
-                clusters.resolve(&r, "web", Some(0), 1, &bad),
+                clusters.resolve(&r, "web", Some(0), 0, &to("shop", Some("v9"))),
                 Err(ResolveError::UnknownSubset { .. })
             ));
         }
@@ -204,7 +279,8 @@ spec:
     fn what_the_registry_does_not_keep_is_not_kept() {
         // One wildcard host kept by the registry at most: the second is built per request.
         let r = registry(1);
-        let clusters = RouteClusters::new([1, 1].into_iter());
+        let clusters =
+            RouteClusters::new(&routes(&[&[("second.wild.test", "")], &[("shop", "v1")]]));
         let _ = r
             .resolve("first.wild.test", Some(80), None)
             .expect("resolved");
@@ -216,12 +292,15 @@ spec:
             .resolve(&r, "web", Some(0), 0, &d)
             .expect("resolved");
         assert!(!Arc::ptr_eq(&a, &b));
-        // No route, or one past the chain's: resolved each time, nothing kept.
+        // No route, a slot past the route's, or a route past the chain's: resolved each
+        // time, nothing kept.
         let e = to("shop", Some("v1"));
-        for route in [None, Some(2), Some(u32::MAX)] {
-            let x = clusters.resolve(&r, "web", route, 0, &e).expect("resolved");
+        for (route, index) in [(None, 0), (Some(1), 1), (Some(2), 0), (Some(u32::MAX), 0)] {
+            let x = clusters
+                .resolve(&r, "web", route, index, &e)
+                .expect("resolved");
             let y = clusters
-                .resolve(&registry(1), "web", route, 0, &e)
+                .resolve(&registry(1), "web", route, index, &e)
                 .expect("resolved");
             assert!(!Arc::ptr_eq(&x, &y));
         }

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -80,16 +80,20 @@ impl Key {
         }
     }
 
-    /// A clear-text key whose hash `kept` keeps from the first request of the same
-    /// endpoint and pool (`Cluster::plain_key_hashes`): the per-request hashing (about
-    /// 270 instructions, scenario 1) is left to the first.
-    pub fn plain(target: Arc<str>, pool: PoolKey, kept: &OnceLock<u64>) -> Key {
-        Key {
+    /// The clear-text key of `cluster`'s target at `index`, with the hash kept from the
+    /// first request there (`Cluster::plain_key_hashes`): the endpoint and the
+    /// cluster's pool settings it hashes are fixed for the cluster's life, and hashing
+    /// per request cost about 270 instructions (scenario 1). `None` past its targets.
+    pub fn plain(cluster: &Cluster, index: usize) -> Option<Key> {
+        let target = cluster.targets.get(index)?.authority().clone();
+        let kept = cluster.plain_key_hashes.get(index)?;
+        let pool = PoolKey::of(cluster);
+        Some(Key {
             hash: *kept.get_or_init(|| Key::hash_of(&target, None, &pool)),
             target,
             tls: None,
             pool,
-        }
+        })
     }
 
     fn hash_of(target: &str, tls: Option<&TlsKey>, pool: &PoolKey) -> u64 {
@@ -548,24 +552,44 @@ mod tests {
         }
     }
 
-    /// A clear-text key made with a kept hash is the key `Key::new` makes: equal, hashed
-    /// alike, whichever request made the hash first.
+    /// A cluster's clear-text keys are the keys `Key::new` makes for its targets, equal
+    /// and hashed alike; the hash is made at the first and read by the later ones.
     #[test]
-    fn a_plain_key_with_a_kept_hash_is_the_key_made_anew() {
-        let pool = || PoolKey {
-            idle: Duration::from_secs(60),
-            max_requests: 3,
-            max_age: Some(Duration::from_secs(9)),
+    fn a_clusters_clear_text_keys_are_hashed_once_per_target() {
+        use crate::snapshot::Registry;
+        use crate::snapshot::registry::{Bounds, Seat};
+        let registry = || {
+            let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                metadata: {name: shop}\nspec:\n  hosts: [shop.test]\n  resolution: STATIC\n  \
+                ports: [{number: 80, name: http, protocol: HTTP}]\n  \
+                endpoints: [{address: 10.0.0.1}, {address: 10.0.0.2}]\n";
+            let config = wasmgate_config::load_sources(&[("r.yaml".into(), yaml.to_string())])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(false, "", ""));
+            Registry::new(
+                &config,
+                metrics,
+                Bounds::default(),
+                &Seat::default(),
+                Arc::default(),
+            )
         };
-        let kept = OnceLock::new();
-        let first = Key::plain("10.0.0.1:80".into(), pool(), &kept);
-        let made = Key::new("10.0.0.1:80".into(), None, pool());
-        assert_eq!(first, made);
-        assert_eq!(first.hash, made.hash);
-        assert_eq!(kept.get(), Some(&made.hash));
-        let again = Key::plain("10.0.0.1:80".into(), pool(), &kept);
-        assert_eq!(again, made);
-        assert_eq!(again.hash, made.hash);
+        let r = registry();
+        let cluster = r.resolve("shop.test", Some(80), None).expect("resolved");
+        for index in 0..2 {
+            let target = cluster.targets[index].authority().clone();
+            let made = Key::new(target, None, PoolKey::of(&cluster));
+            assert_eq!(Key::plain(&cluster, index), Some(made.clone()));
+            assert_eq!(cluster.plain_key_hashes[index].get(), Some(&made.hash));
+            assert_eq!(Key::plain(&cluster, index), Some(made));
+        }
+        assert_ne!(Key::plain(&cluster, 0), Key::plain(&cluster, 1));
+        assert_eq!(Key::plain(&cluster, 2), None);
+        // Later keys read the kept hash, not hash again.
+        let r = registry();
+        let cluster = r.resolve("shop.test", Some(80), None).expect("resolved");
+        assert_eq!(cluster.plain_key_hashes[1].set(42), Ok(()));
+        assert_eq!(Key::plain(&cluster, 1).map(|k| k.hash), Some(42));
     }
 
     /// A request on a pooled connection does not carry the future that opens one (dial,
