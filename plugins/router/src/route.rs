@@ -106,11 +106,8 @@ fn response_ops(h: Option<&Headers>) -> Option<HeaderMutation> {
 fn destination(d: &RawDestination, weight: i32, headers: Option<&Headers>) -> Destination {
     Destination {
         host: d.host.clone(),
-        subset: (!d.subset.is_empty()).then(|| d.subset.clone()),
-        port: d
-            .port
-            .and_then(|p| p.number)
-            .and_then(|n| u16::try_from(n).ok()),
+        subset: d.subset_name().map(str::to_string),
+        port: d.port_number(),
         weight: u32::try_from(weight).unwrap_or(0),
         request_headers: request_ops(headers),
         response_headers: response_ops(headers),

@@ -579,13 +579,8 @@ pub(super) fn vs_l4_routes(
                     let dest = d.destination.as_ref()?;
                     Some(L4Destination {
                         host: wasmgate_config::expand_host(&dest.host, namespace),
-                        port: dest
-                            .port
-                            .as_ref()
-                            .and_then(|p| p.number)
-                            .and_then(|p| u16::try_from(p).ok())
-                            .filter(|p| *p > 0),
-                        subset: (!dest.subset.is_empty()).then(|| dest.subset.clone()),
+                        port: dest.port_number().filter(|p| *p > 0),
+                        subset: dest.subset_name().map(str::to_string),
                         weight: if dests.len() == 1 {
                             1
                         } else {

@@ -29,7 +29,7 @@ use crate::plugin::types::Destination;
 pub struct RouteClusters {
     slots: Box<[Slot]>,
     /// Route `r`'s slots are `starts[r]..starts[r + 1]`.
-    starts: Box<[u32]>,
+    starts: Box<[usize]>,
 }
 
 /// A destination as the VirtualService writes it (as the router forwards to it), and
@@ -43,23 +43,15 @@ struct Slot {
 }
 
 impl Slot {
-    /// The router's destination for `d` (`plugins/router`): the host as written, no
-    /// empty subset, the port's number when it fits.
+    /// The router's destination for `d` (`plugins/router`): the host as written, its
+    /// subset and port as `raw::Destination` reads them.
     fn of(d: Option<&raw::Destination>) -> Slot {
-        let (host, subset, port) = match d {
-            Some(d) => (
-                d.host.clone(),
-                (!d.subset.is_empty()).then(|| d.subset.clone()),
-                d.port
-                    .and_then(|p| p.number)
-                    .and_then(|n| u16::try_from(n).ok()),
-            ),
-            None => (String::new(), None, None),
-        };
         Slot {
-            host,
-            port,
-            subset,
+            host: d.map(|d| d.host.clone()).unwrap_or_default(),
+            port: d.and_then(raw::Destination::port_number),
+            subset: d
+                .and_then(raw::Destination::subset_name)
+                .map(str::to_string),
             cluster: OnceLock::new(),
         }
     }
@@ -75,10 +67,10 @@ impl RouteClusters {
         let mut starts = Vec::with_capacity(routes.len() + 1);
         let mut slots = Vec::new();
         for route in routes {
-            starts.push(u32::try_from(slots.len()).unwrap_or(u32::MAX));
+            starts.push(slots.len());
             slots.extend(route.route.iter().map(|d| Slot::of(d.destination.as_ref())));
         }
-        starts.push(u32::try_from(slots.len()).unwrap_or(u32::MAX));
+        starts.push(slots.len());
         RouteClusters {
             slots: slots.into(),
             starts: starts.into(),
@@ -88,10 +80,7 @@ impl RouteClusters {
     fn slot(&self, route: u32, index: usize) -> Option<&Slot> {
         let r = usize::try_from(route).ok()?;
         let (start, end) = (*self.starts.get(r)?, *self.starts.get(r.checked_add(1)?)?);
-        let at = usize::try_from(start).ok()?.checked_add(index)?;
-        (at < usize::try_from(end).ok()?)
-            .then(|| self.slots.get(at))
-            .flatten()
+        self.slots.get(start..end)?.get(index)
     }
 
     /// The cluster of `destination`, the `index`th of route `route`'s, whose short host

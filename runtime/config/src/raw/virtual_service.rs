@@ -37,6 +37,21 @@ pub struct Destination {
     pub port: Option<super::PortSelector>,
 }
 
+impl Destination {
+    /// The port's number, when one is written and fits a port (as the router forwards
+    /// to it, and the host keeps its cluster: `snapshot/route_clusters.rs`).
+    pub fn port_number(&self) -> Option<u16> {
+        self.port
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok())
+    }
+
+    /// The subset, when one is written (`""` is none).
+    pub fn subset_name(&self) -> Option<&str> {
+        (!self.subset.is_empty()).then_some(self.subset.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HTTPRoute {
