@@ -87,6 +87,34 @@ pub(crate) fn prepare_edit(edit: &crate::Edit) -> Option<u32> {
     imp::prepare_edit(edit)
 }
 
+/// How many numbers the SDK asks the host for at once.
+#[cfg(any(target_arch = "wasm32", test))]
+const KEPT_DRAWS: u32 = 32;
+
+/// Random numbers the host handed over in one call, used in the order given.
+#[cfg(any(target_arch = "wasm32", test))]
+#[derive(Debug, Default)]
+struct Kept {
+    /// What is left, last first.
+    left: Vec<u64>,
+}
+
+#[cfg(any(target_arch = "wasm32", test))]
+impl Kept {
+    /// The next number: a kept one, else the first of `more(KEPT_DRAWS)` (the rest
+    /// kept), else, should the host hand over none, `one()`.
+    fn next(&mut self, more: impl FnOnce(u32) -> Vec<u64>, one: impl FnOnce() -> u64) -> u64 {
+        if let Some(n) = self.left.pop() {
+            return n;
+        }
+        let mut fresh = more(KEPT_DRAWS);
+        fresh.reverse();
+        let first = fresh.pop();
+        self.left = fresh;
+        first.unwrap_or_else(one)
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::Level;
@@ -107,8 +135,18 @@ mod imp {
         wit::log(level, message)
     }
 
+    thread_local! {
+        static KEPT: std::cell::RefCell<super::Kept> =
+            std::cell::RefCell::new(super::Kept::default());
+    }
+
+    /// From the numbers the host handed over last (`host.random-u64s`), asking for more
+    /// when they run out: one call for many draws instead of one each.
     pub fn random_u64() -> u64 {
-        wit::random_u64()
+        KEPT.with(|kept| {
+            kept.borrow_mut()
+                .next(|max| wit::random_u64s(max), wit::random_u64)
+        })
     }
 
     pub fn monotonic_now() -> u64 {
@@ -164,7 +202,31 @@ pub(crate) use imp::seed;
 
 #[cfg(test)]
 mod tests {
-    use super::weighted_index;
+    use super::{KEPT_DRAWS, Kept, weighted_index};
+
+    /// Kept numbers come out in the host's order; a refill happens only when none are
+    /// left and asks for [`KEPT_DRAWS`]; an empty answer falls back to a single draw.
+    #[test]
+    fn kept_draws_come_in_the_hosts_order() {
+        let mut kept = Kept::default();
+        let mut asked = Vec::new();
+        let mut counter = 0u64;
+        let mut refill = |max: u32| {
+            asked.push(max);
+            let batch: Vec<u64> = (counter..counter + 3).collect();
+            counter += 3;
+            batch
+        };
+        let drawn: Vec<u64> = (0..7)
+            .map(|_| kept.next(&mut refill, || unreachable!("the host answered")))
+            .collect();
+        assert_eq!(drawn, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(asked, [KEPT_DRAWS; 3]);
+        assert_eq!(kept.next(|_| unreachable!("two are kept"), || 0), 7);
+        let mut empty = Kept::default();
+        assert_eq!(empty.next(|_| Vec::new(), || 99), 99);
+        assert_eq!(empty.next(|_| vec![5], || 99), 5);
+    }
 
     #[test]
     fn weights_are_proportions_of_their_sum() {

@@ -415,6 +415,10 @@ impl host::Host for StoreState {
         self.random.next_u64()
     }
 
+    fn random_u64s(&mut self, max: u32) -> Vec<u64> {
+        self.random.next_many(max)
+    }
+
     fn monotonic_now(&mut self) -> u64 {
         monotonic_nanos()
     }
@@ -901,11 +905,27 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
 #[derive(Clone, Debug)]
 pub struct Random {
     state: Arc<AtomicU64>,
+    /// `--random-seed` given: [`Random::next_many`] hands out one number at a time.
+    seeded: bool,
+}
+
+/// splitmix64's increment.
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The most numbers one `host.random-u64s` answer carries.
+pub const RANDOM_BATCH_MAX: u32 = 64;
+
+/// splitmix64's output for counter value `z`.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Random {
     /// Seeded when `seed` is given, otherwise from the process's hash randomness.
     pub fn new(seed: Option<u64>) -> Self {
+        let seeded = seed.is_some();
         let seed = seed.unwrap_or_else(|| {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -914,17 +934,33 @@ impl Random {
         });
         Random {
             state: Arc::new(AtomicU64::new(seed)),
+            seeded,
         }
     }
 
     pub fn next_u64(&self) -> u64 {
-        let mut z = self
+        mix(self
             .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+            .fetch_add(GAMMA, Ordering::Relaxed)
+            .wrapping_add(GAMMA))
+    }
+
+    /// `host.random-u64s`: the next numbers of the sequence, as many as `max` (1 to
+    /// [`RANDOM_BATCH_MAX`]) in one step of the counter, the same numbers in the same
+    /// order as that many [`Random::next_u64`]; one when seeded, so that a seeded run
+    /// hands each number to the request that uses it, whichever instance kept others.
+    pub fn next_many(&self, max: u32) -> Vec<u64> {
+        let n = if self.seeded {
+            1
+        } else {
+            u64::from(max.clamp(1, RANDOM_BATCH_MAX))
+        };
+        let before = self
+            .state
+            .fetch_add(GAMMA.wrapping_mul(n), Ordering::Relaxed);
+        (1..=n)
+            .map(|i| mix(before.wrapping_add(GAMMA.wrapping_mul(i))))
+            .collect()
     }
 
     /// An index drawn in proportion to `weights` (0 when they are all zero or empty).
@@ -1122,8 +1158,9 @@ impl Drop for LineLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::{LOG_LINES_PER_SECOND, LogBudget, MAX_LINE, Random, cut};
+    use super::{LOG_LINES_PER_SECOND, LogBudget, MAX_LINE, RANDOM_BATCH_MAX, Random, cut};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -1148,6 +1185,33 @@ mod tests {
         // Shared by every instance of one plugin, not across plugins.
         assert!(Arc::ptr_eq(&LogBudget::of("ns/a"), &LogBudget::of("ns/a")));
         assert!(!Arc::ptr_eq(&LogBudget::of("ns/a"), &LogBudget::of("ns/b")));
+    }
+
+    /// `random-u64s` hands out the sequence `random-u64` would, in its order: a batch
+    /// when unseeded (at least one, at most 64), one number at a time when seeded.
+    #[test]
+    fn random_batches_continue_the_sequence() {
+        let one_by_one = Random::new(None);
+        let batched = Random {
+            state: Arc::new(AtomicU64::new(one_by_one.state.load(Ordering::Relaxed))),
+            seeded: false,
+        };
+        let batch = batched.next_many(32);
+        assert_eq!(batch.len(), 32);
+        let singles: Vec<u64> = (0..33).map(|_| one_by_one.next_u64()).collect();
+        assert_eq!(batch[..], singles[..32]);
+        assert_eq!(
+            batched.next_u64(),
+            singles[32],
+            "the batch moved the sequence on"
+        );
+        assert_eq!(batched.next_many(0).len(), 1);
+        assert_eq!(batched.next_many(u32::MAX).len(), RANDOM_BATCH_MAX as usize);
+
+        let (seeded, reference) = (Random::new(Some(7)), Random::new(Some(7)));
+        for _ in 0..3 {
+            assert_eq!(seeded.next_many(32), [reference.next_u64()]);
+        }
     }
 
     #[test]
