@@ -2519,6 +2519,10 @@ def main() -> int:
     ap.add_argument("--serve", action="store_true",
                     help="start the origin and wasmgate with scenario 1's config, print the "
                          "URL and wait (for profiling with perf or valgrind); Ctrl-C stops")
+    ap.add_argument("--serve-nginx", action="store_true",
+                    help="the same origin with nginx proxying to it as in scenario 1 (the "
+                         "peer to profile wasmgate against, bench/wakeups.sh): prints the "
+                         "URL and the pid and waits")
     ap.add_argument("--serve-plugin", action="store_true",
                     help="the same with the plugin scenario's router-only VirtualService and "
                          "add-headers bound to it (--plugins, else built)")
@@ -2550,6 +2554,11 @@ def main() -> int:
             b.start_origin()
             if a.serve:
                 peer = b.start_wasmgate("wasmgate", realistic_vs())
+                print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
+                wait_until_stopped(peer.proc)
+                return 0
+            if a.serve_nginx:
+                peer = b.start_nginx()
                 print(f"http://127.0.0.1:{peer.port}/bench pid={peer.pids[0]}", flush=True)
                 wait_until_stopped(peer.proc)
                 return 0

@@ -91,23 +91,32 @@ pub(crate) fn prepare_edit(edit: &crate::Edit) -> Option<u32> {
 #[cfg(any(target_arch = "wasm32", test))]
 const KEPT_DRAWS: u32 = 32;
 
-/// Random numbers the host handed over in one call, used in the order given.
+/// Random numbers the host handed over in one call, used in the order given. Kept in the
+/// plugin's memory, which design.md leaves to the host otherwise: these are only a cache
+/// of the host's sequence, lost harmlessly with the instance.
 #[cfg(any(target_arch = "wasm32", test))]
 #[derive(Debug, Default)]
 struct Kept {
     /// What is left, last first.
     left: Vec<u64>,
+    /// The host hands over one number at a time (it is seeded): draw them singly, which
+    /// is one call without a list for the plugin to allocate.
+    singly: bool,
 }
 
 #[cfg(any(target_arch = "wasm32", test))]
 impl Kept {
     /// The next number: a kept one, else the first of `more(KEPT_DRAWS)` (the rest
-    /// kept), else, should the host hand over none, `one()`.
+    /// kept), else, when the host hands over one at a time or none, `one()`.
     fn next(&mut self, more: impl FnOnce(u32) -> Vec<u64>, one: impl FnOnce() -> u64) -> u64 {
         if let Some(n) = self.left.pop() {
             return n;
         }
+        if self.singly {
+            return one();
+        }
         let mut fresh = more(KEPT_DRAWS);
+        self.singly = fresh.len() <= 1;
         fresh.reverse();
         let first = fresh.pop();
         self.left = fresh;
@@ -143,10 +152,7 @@ mod imp {
     /// From the numbers the host handed over last (`host.random-u64s`), asking for more
     /// when they run out: one call for many draws instead of one each.
     pub fn random_u64() -> u64 {
-        KEPT.with(|kept| {
-            kept.borrow_mut()
-                .next(|max| wit::random_u64s(max), wit::random_u64)
-        })
+        KEPT.with(|kept| kept.borrow_mut().next(wit::random_u64s, wit::random_u64))
     }
 
     pub fn monotonic_now() -> u64 {
@@ -205,7 +211,8 @@ mod tests {
     use super::{KEPT_DRAWS, Kept, weighted_index};
 
     /// Kept numbers come out in the host's order; a refill happens only when none are
-    /// left and asks for [`KEPT_DRAWS`]; an empty answer falls back to a single draw.
+    /// left and asks for [`KEPT_DRAWS`]. A host that hands over one number (a seeded
+    /// gateway) or none is asked singly from then on.
     #[test]
     fn kept_draws_come_in_the_hosts_order() {
         let mut kept = Kept::default();
@@ -223,9 +230,14 @@ mod tests {
         assert_eq!(drawn, [0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(asked, [KEPT_DRAWS; 3]);
         assert_eq!(kept.next(|_| unreachable!("two are kept"), || 0), 7);
+
+        let mut seeded = Kept::default();
+        assert_eq!(seeded.next(|_| vec![5], || unreachable!("one came")), 5);
+        assert_eq!(seeded.next(|_| unreachable!("asked singly"), || 6), 6);
+        assert_eq!(seeded.next(|_| unreachable!("asked singly"), || 7), 7);
         let mut empty = Kept::default();
         assert_eq!(empty.next(|_| Vec::new(), || 99), 99);
-        assert_eq!(empty.next(|_| vec![5], || 99), 5);
+        assert_eq!(empty.next(|_| unreachable!("asked singly"), || 98), 98);
     }
 
     #[test]

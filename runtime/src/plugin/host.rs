@@ -1160,7 +1160,7 @@ impl Drop for LineLogger {
 mod tests {
     use super::{LOG_LINES_PER_SECOND, LogBudget, MAX_LINE, RANDOM_BATCH_MAX, Random, cut};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -1189,24 +1189,27 @@ mod tests {
 
     /// `random-u64s` hands out the sequence `random-u64` would, in its order: a batch
     /// when unseeded (at least one, at most 64), one number at a time when seeded.
+    /// Started where the counter wraps around.
     #[test]
     fn random_batches_continue_the_sequence() {
-        let one_by_one = Random::new(None);
-        let batched = Random {
-            state: Arc::new(AtomicU64::new(one_by_one.state.load(Ordering::Relaxed))),
+        let start = 0u64.wrapping_sub(3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let unseeded = |state: u64| Random {
+            state: Arc::new(AtomicU64::new(state)),
             seeded: false,
         };
+        let (one_by_one, batched) = (unseeded(start), unseeded(start));
+        let singles: Vec<u64> = (0..100).map(|_| one_by_one.next_u64()).collect();
         let batch = batched.next_many(32);
-        assert_eq!(batch.len(), 32);
-        let singles: Vec<u64> = (0..33).map(|_| one_by_one.next_u64()).collect();
         assert_eq!(batch[..], singles[..32]);
         assert_eq!(
             batched.next_u64(),
             singles[32],
             "the batch moved the sequence on"
         );
-        assert_eq!(batched.next_many(0).len(), 1);
-        assert_eq!(batched.next_many(u32::MAX).len(), RANDOM_BATCH_MAX as usize);
+        assert_eq!(batched.next_many(0), singles[33..34], "at least one");
+        let most = batched.next_many(u32::MAX);
+        assert_eq!(most.len(), RANDOM_BATCH_MAX as usize);
+        assert_eq!(most[..], singles[34..34 + RANDOM_BATCH_MAX as usize]);
 
         let (seeded, reference) = (Random::new(Some(7)), Random::new(Some(7)));
         for _ in 0..3 {
