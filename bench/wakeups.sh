@@ -67,10 +67,13 @@ for line in open(f"{work}/perf.csv"):
     if len(fields) > 3 and fields[0].isdigit():
         counts[fields[2]] = int(fields[0])
 n = rps * 5
-ipis = counts.get("irq_vectors:call_function_single_entry", 0) + counts.get("irq_vectors:reschedule_entry", 0)
-print(f"{label:9s} {rps:8.0f} req/s  wake-ups/request {counts.get('sched:sched_wakeup', 0) / n:.3f}  "
-      f"IPIs/request {ipis / n:.4f}  switches/request {counts.get('sched:sched_switch', 0) / n:.3f}  "
-      f"CPU 1 idle {100 * d[3] / sum(d):.1f} %")
+# Function-call IPIs carry a wake-up queued for a CPU (the kernel queues it when that
+# CPU is idle); reschedule IPIs tell a busy CPU to switch to what was woken.
+per = lambda event: counts.get(event, 0) / n
+print(f"{label:9s} {rps:8.0f} req/s  wake-ups/request {per('sched:sched_wakeup'):.3f}  "
+      f"IPIs/request: function-call {per('irq_vectors:call_function_single_entry'):.4f}, "
+      f"reschedule {per('irq_vectors:reschedule_entry'):.4f}  "
+      f"switches/request {per('sched:sched_switch'):.3f}  CPU 1 idle {100 * d[3] / sum(d):.1f} %")
 EOF
 }
 
