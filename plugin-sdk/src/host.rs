@@ -91,9 +91,9 @@ pub(crate) fn prepare_edit(edit: &crate::Edit) -> Option<u32> {
 #[cfg(any(target_arch = "wasm32", test))]
 const KEPT_DRAWS: u32 = 32;
 
-/// Random numbers the host handed over in one call, used in the order given. Kept in the
-/// plugin's memory, which design.md leaves to the host otherwise: these are only a cache
-/// of the host's sequence, lost harmlessly with the instance.
+/// Random numbers the host handed over in one call, used in the order given. State in
+/// the plugin's own memory, but only a cache of the host's sequence: lost harmlessly
+/// with the instance.
 #[cfg(any(target_arch = "wasm32", test))]
 #[derive(Debug, Default)]
 struct Kept {
