@@ -5,6 +5,7 @@
 //! retries on connect failure, refused stream and 503).
 
 mod connect;
+mod gate;
 mod http1;
 
 use std::sync::Arc;
@@ -601,13 +602,12 @@ impl hyper::body::Body for UpstreamBody {
             self.lease = None;
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            // A reader may stop at the frame that ends the body, without asking again.
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+        let this = &mut *self;
+        let (polled, over) = poll_body(&mut this.inner, this.lease.as_ref(), cx);
+        if over {
+            self.release();
+        } else if let Poll::Ready(Some(Err(_))) = polled {
+            self.lease = None;
         }
         polled.map_err(BoxError::from)
     }
@@ -618,6 +618,34 @@ impl hyper::body::Body for UpstreamBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Poll `body` for a frame, through its connection's gate when it has a `lease`
+/// ([`Lease::read_body`]): what it polled, and whether that was the body's end.
+fn poll_body(
+    body: &mut Incoming,
+    lease: Option<&Lease>,
+    cx: &mut std::task::Context<'_>,
+) -> (
+    std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>>,
+    bool,
+) {
+    use hyper::body::Body as _;
+    use std::task::Poll;
+    let mut read = move || {
+        let polled = std::pin::Pin::new(&mut *body).poll_frame(cx);
+        let over = match &polled {
+            Poll::Ready(None) => true,
+            // A reader may stop at the frame that ends the body, without asking again.
+            Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+            _ => false,
+        };
+        (polled, over)
+    };
+    match lease {
+        Some(lease) => lease.read_body(read),
+        None => read(),
     }
 }
 

@@ -12,7 +12,9 @@
 //! connection not ready yet (still sending the request body after an early answer, or
 //! draining a response dropped unread) is pooled by a task when it is, so no request
 //! ever waits on another's connection. (hyper drains a dropped response only as far as
-//! it has read it; a longer one closes its connection.)
+//! it has read it; a longer one closes its connection.) Each connection's task drives
+//! hyper through a [`Gate`], so a response body read to its end does not wake it for
+//! nothing ([`Lease::read_body`]).
 //!
 //! What is checked where:
 //! - taking: a connection that is closed, not ready, idle past its pool's idle timeout
@@ -41,6 +43,7 @@ use hyper_util::rt::TokioIo;
 use super::super::Body;
 use super::super::error::ProxyError;
 use super::connect::{Counted, PoolKey, TlsKey, dial, handshake};
+use super::gate::{Gate, Gated};
 use crate::cluster::Cluster;
 
 /// Idle connections kept per key at most (hyper-util's `pool_max_idle_per_host` was
@@ -203,6 +206,8 @@ impl From<ProxyError> for Failed {
 /// One connection: hyper's handle to it and what its pool's limits look at.
 struct Conn {
     sender: SendRequest<Body>,
+    /// Between hyper and the task that drives the connection.
+    gate: Arc<Gate>,
     opened: Instant,
     /// Responses it has carried.
     served: u32,
@@ -261,6 +266,14 @@ impl Lease {
                 }
             });
         }
+    }
+
+    /// Run `read`, a poll of the response body this connection carries, which says
+    /// what it polled and whether the body is over; hyper's wake-up of the
+    /// connection's task for the chunk it took is dropped when the body is over (it
+    /// would poll for nothing, [`super::gate`]).
+    pub fn read_body<R>(&self, read: impl FnOnce() -> (R, bool)) -> (R, bool) {
+        self.conn.gate.read(read)
     }
 
     fn pool(self) {
@@ -458,7 +471,7 @@ impl Http1Pool {
         let timeout = cluster.pool.connect_timeout;
         let deadline = Instant::now() + timeout;
         let tcp = dial(&key.target, cluster).await?;
-        let sender = match (cluster.tls.as_deref(), &key.tls) {
+        let (sender, gate) = match (cluster.tls.as_deref(), &key.tls) {
             (Some(tls), Some((_, sni))) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let stream = handshake(tcp, tls, sni, left).await?;
@@ -473,6 +486,7 @@ impl Http1Pool {
         let now = Instant::now();
         Ok(Conn {
             sender,
+            gate,
             opened: now,
             served: 0,
             idle_since: now,
@@ -480,21 +494,23 @@ impl Http1Pool {
     }
 }
 
-/// hyper's HTTP/1.1 client over `io`, its connection driven by a task of its own (with
-/// upgrades: a `101` hands the connection to the response's upgrade).
-async fn start<T>(io: T) -> Result<SendRequest<Body>, ProxyError>
+/// hyper's HTTP/1.1 client over `io`, its connection driven by a task of its own
+/// through a [`Gate`] (with upgrades: a `101` hands the connection to the response's
+/// upgrade).
+async fn start<T>(io: T) -> Result<(SendRequest<Body>, Arc<Gate>), ProxyError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| ProxyError::UpstreamConnect(format!("HTTP/1.1 handshake: {e}")))?;
+    let (conn, gate) = Gated::new(conn.with_upgrades());
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+        if let Err(e) = conn.await {
             tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
         }
     });
-    Ok(sender)
+    Ok((sender, gate))
 }
 
 #[cfg(test)]
@@ -617,15 +633,228 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let mut sender = start(TokioIo::new(tcp)).await.expect("handshake");
+        let (mut sender, gate) = start(TokioIo::new(tcp)).await.expect("handshake");
         sender.ready().await.expect("ready to send");
         let now = Instant::now();
         Conn {
             sender,
+            gate,
             opened: now,
             served: 0,
             idle_since: now,
         }
+    }
+
+    /// hyper's I/O that counts its reads: hyper reads each time its connection's task
+    /// is polled while the connection is idle.
+    struct CountedReads {
+        io: TokioIo<tokio::net::TcpStream>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl hyper::rt::Read for CountedReads {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl hyper::rt::Write for CountedReads {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// The size of `/big`'s body: many reads, and many chunks through hyper's channel.
+    const BIG: usize = 1 << 20;
+
+    /// A loopback origin, keep-alive, that counts the connections it accepted and
+    /// answers `/small` with `ok`, `/big` with [`BIG`] bytes and `/chunked` with
+    /// `hello world` in three chunks written apart.
+    async fn origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                        head.extend_from_slice(&buf[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let request: Vec<u8> = head.drain(..end + 4).collect();
+                            let parts: Vec<Vec<u8>> = if request.starts_with(b"GET /big ") {
+                                let mut answer =
+                                    format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n")
+                                        .into_bytes();
+                                answer.resize(answer.len() + BIG, b'x');
+                                vec![answer]
+                            } else if request.starts_with(b"GET /chunked ") {
+                                vec![
+                                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                      5\r\nhello\r\n"
+                                        .to_vec(),
+                                    b"6\r\n world\r\n".to_vec(),
+                                    b"0\r\n\r\n".to_vec(),
+                                ]
+                            } else {
+                                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()]
+                            };
+                            for part in parts {
+                                if tcp.write_all(&part).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Let every task that is woken run (one thread: the test's runtime).
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Read `body` to its end as `UpstreamBody` does (`poll_body`, through `lease`'s
+    /// gate when given): its bytes.
+    async fn read_to_end(body: &mut Incoming, lease: Option<&Lease>) -> Vec<u8> {
+        let mut read = Vec::new();
+        std::future::poll_fn(|cx| {
+            loop {
+                match super::super::poll_body(body, lease, cx) {
+                    (std::task::Poll::Ready(Some(Ok(frame))), over) => {
+                        if let Ok(data) = frame.into_data() {
+                            read.extend_from_slice(&data);
+                        }
+                        if over {
+                            return std::task::Poll::Ready(());
+                        }
+                    }
+                    (std::task::Poll::Ready(None), _) => return std::task::Poll::Ready(()),
+                    (std::task::Poll::Ready(Some(Err(e))), _) => panic!("the body failed: {e}"),
+                    (std::task::Poll::Pending, _) => return std::task::Poll::Pending,
+                }
+            }
+        })
+        .await;
+        read
+    }
+
+    /// A small response read to its end through its connection's gate does not wake
+    /// the connection's task; read without the gate, it does (the test sees that
+    /// wake-up, so it would see one through the gate). Longer bodies, in many chunks
+    /// and chunked, still arrive whole through the gate (hyper's wake-ups for more
+    /// are passed on), and one connection carries every response.
+    #[tokio::test]
+    async fn a_body_read_to_its_end_through_the_gate_does_not_wake_its_connection() {
+        let (addr, accepted) = origin().await;
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let io = CountedReads {
+            io: TokioIo::new(tcp),
+            reads: reads.clone(),
+        };
+        let (sender, gate) = start(io).await.expect("handshake");
+        let now = Instant::now();
+        let mut lease = Lease {
+            conn: Conn {
+                sender,
+                gate,
+                opened: now,
+                served: 0,
+                idle_since: now,
+            },
+            key: Key::new(
+                "127.0.0.1:1".into(),
+                None,
+                PoolKey {
+                    idle: Duration::from_secs(60),
+                    max_requests: 0,
+                    max_age: None,
+                },
+            ),
+            pool: Weak::new(),
+        };
+        let read = || reads.load(std::sync::atomic::Ordering::Relaxed);
+        let cases = [
+            ("/small", false, b"ok".to_vec()),
+            ("/small", true, b"ok".to_vec()),
+            ("/big", true, vec![b'x'; BIG]),
+            ("/chunked", true, b"hello world".to_vec()),
+            ("/small", true, b"ok".to_vec()),
+        ];
+        for (path, gated, expected) in cases {
+            lease.conn.sender.ready().await.expect("ready to send");
+            let request = Request::get(path)
+                .header(http::header::HOST, "origin.test")
+                .body(crate::proxy::empty())
+                .expect("a request");
+            let resp = tokio::time::timeout(
+                Duration::from_secs(10),
+                lease.conn.sender.send_request(request),
+            )
+            .await
+            .expect("answered in time")
+            .expect("answered");
+            let mut body = resp.into_body();
+            settle().await;
+            let before = read();
+            let body = tokio::time::timeout(
+                Duration::from_secs(10),
+                read_to_end(&mut body, gated.then_some(&lease)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the body stalled"));
+            assert!(body == expected, "{path}: {} bytes", body.len());
+            settle().await;
+            if path == "/small" {
+                if gated {
+                    assert_eq!(read(), before, "through the gate the task slept");
+                } else {
+                    assert!(read() > before, "without the gate the task woke");
+                }
+            }
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one connection carried every response"
+        );
     }
 
     /// One client at a time: its connection is given back, taken again by the next
