@@ -1,12 +1,15 @@
 //! A gate between an HTTP/1.1 upstream connection and the task that drives it, so that
-//! the wake-up hyper gives that task for nothing, once per response, can be dropped.
+//! the wake-up hyper gives that task for nothing, once per content-length response,
+//! can be dropped.
 //!
 //! hyper's response body channel (hyper 1.12, `body/chan.rs`) holds one chunk. Each
 //! time the body's reader takes a chunk it wakes the connection's task, to read the
-//! next. When that chunk ends the body, hyper's dispatcher has already read the whole
-//! response and dropped its end of the channel (in the poll that sent the chunk), so
-//! the task wakes and polls for nothing: 979 instructions of hyper's dispatcher and a
-//! round of tokio's scheduling per request for a small response (docs/benchmarks.md).
+//! next. When that chunk ends a content-length body, hyper's dispatcher has already
+//! read the whole response and dropped its end of the channel (in the poll that sent
+//! the chunk), so the task wakes and polls for nothing (the gate saves 931
+//! instructions per request, docs/benchmarks.md). (A chunked or close-delimited body's end shows only
+//! when the channel is found closed, which wakes nobody; the wake-up for its last
+//! chunk is needed and passes.)
 //!
 //! The connection's task polls hyper with a waker of its own ([`Gated`]). It passes
 //! every wake-up on, except those given on the reading thread while a body of this
@@ -35,6 +38,8 @@ thread_local! {
 #[derive(Debug, Default)]
 pub struct Gate {
     task: AtomicWaker,
+    /// Set and read by the reading thread only (a wake-up is held only on the thread
+    /// that holds): atomic because a waker must be `Sync`.
     held: AtomicBool,
 }
 
@@ -55,7 +60,7 @@ impl Gate {
         let holding = Holding(HOLDING.replace(std::ptr::from_ref(self)));
         let (polled, over) = read();
         drop(holding);
-        if self.held.swap(false, Ordering::AcqRel) && !over {
+        if self.held.swap(false, Ordering::Relaxed) && !over {
             self.task.wake();
         }
         (polled, over)
@@ -69,7 +74,7 @@ impl Wake for Gate {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if std::ptr::eq(HOLDING.get(), Arc::as_ptr(self)) {
-            self.held.store(true, Ordering::Release);
+            self.held.store(true, Ordering::Relaxed);
         } else {
             self.task.wake();
         }
@@ -80,8 +85,8 @@ impl Wake for Gate {
 pub struct Gated<F> {
     inner: F,
     gate: Arc<Gate>,
-    /// The gate as a waker: made once, so hyper and tokio, which keep the waker they
-    /// were last given, see the same one at every poll and do not clone it again.
+    /// The gate as a waker, made once: one made at each poll would cost a reference
+    /// count taken and given back per poll.
     waker: Waker,
 }
 

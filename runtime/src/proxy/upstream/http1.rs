@@ -819,7 +819,10 @@ mod tests {
             ("/small", true, b"ok".to_vec()),
         ];
         for (path, gated, expected) in cases {
-            lease.conn.sender.ready().await.expect("ready to send");
+            tokio::time::timeout(Duration::from_secs(10), lease.conn.sender.ready())
+                .await
+                .unwrap_or_else(|_| panic!("{path}: the connection stalled"))
+                .expect("ready to send");
             let request = Request::get(path)
                 .header(http::header::HOST, "origin.test")
                 .body(crate::proxy::empty())
@@ -841,11 +844,14 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("{path}: the body stalled"));
             assert!(body == expected, "{path}: {} bytes", body.len());
+            // Ready at once: the lease would pool it on the spot, no task spawned.
+            assert!(lease.conn.sender.is_ready(), "{path}: ready after its body");
             settle().await;
             if path == "/small" {
                 if gated {
                     assert_eq!(read(), before, "through the gate the task slept");
                 } else {
+                    // Should hyper stop giving this wake-up, the gate can go.
                     assert!(read() > before, "without the gate the task woke");
                 }
             }
