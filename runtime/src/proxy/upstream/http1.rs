@@ -622,6 +622,20 @@ mod tests {
         );
     }
 
+    /// A key for connections the tests open by hand: a 60 s idle timeout, no other
+    /// limit.
+    fn key() -> Key {
+        Key::new(
+            "127.0.0.1:1".into(),
+            None,
+            PoolKey {
+                idle: Duration::from_secs(60),
+                max_requests: 0,
+                max_age: None,
+            },
+        )
+    }
+
     /// A connection to a loopback listener that accepts it and stays silent.
     async fn conn() -> Conn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -799,15 +813,7 @@ mod tests {
                 served: 0,
                 idle_since: now,
             },
-            key: Key::new(
-                "127.0.0.1:1".into(),
-                None,
-                PoolKey {
-                    idle: Duration::from_secs(60),
-                    max_requests: 0,
-                    max_age: None,
-                },
-            ),
+            key: key(),
             pool: Weak::new(),
         };
         let read = || reads.load(std::sync::atomic::Ordering::Relaxed);
@@ -870,15 +876,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_taken_and_given_back_in_turn_does_not_start_a_sweeper_each_time() {
         let pool = Http1Pool::default();
-        let key = Key::new(
-            "127.0.0.1:1".into(),
-            None,
-            PoolKey {
-                idle: Duration::from_secs(60),
-                max_requests: 0,
-                max_age: None,
-            },
-        );
+        let key = key();
         let lease = |conn| Lease {
             conn,
             key: key.clone(),
