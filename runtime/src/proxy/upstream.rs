@@ -621,16 +621,16 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
+/// What a poll of hyper's response body gives.
+type BodyPoll = std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>>;
+
 /// Poll `body` for a frame, through its connection's gate when it has a `lease`
 /// ([`Lease::read_body`]): what it polled, and whether that was the body's end.
 fn poll_body(
     body: &mut Incoming,
     lease: Option<&Lease>,
     cx: &mut std::task::Context<'_>,
-) -> (
-    std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>>,
-    bool,
-) {
+) -> (BodyPoll, bool) {
     use hyper::body::Body as _;
     use std::task::Poll;
     let mut read = move || {
