@@ -7,9 +7,9 @@
 //! next. When that chunk ends a content-length body, hyper's dispatcher has already
 //! read the whole response and dropped its end of the channel (in the poll that sent
 //! the chunk), so the task wakes and polls for nothing (the gate saves 931
-//! instructions per request, docs/benchmarks.md). (A chunked or close-delimited body's end shows only
-//! when the channel is found closed, which wakes nobody; the wake-up for its last
-//! chunk is needed and passes.)
+//! instructions per request, docs/benchmarks.md). A chunked or close-delimited body's
+//! end shows only when the channel is found closed, which wakes nobody; the wake-up
+//! for its last chunk is needed and passes.
 //!
 //! The connection's task polls hyper with a waker of its own ([`Gated`]). It passes
 //! every wake-up on, except those given on the reading thread while a body of this
