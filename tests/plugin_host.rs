@@ -501,6 +501,47 @@ async fn the_path_and_query_come_in_one_call_and_split_at_the_first_question_mar
     }
 }
 
+/// The router, in Wasm, reads the one header its routes match with the path and the
+/// query in one call (`path-and-query-with-header`): the header's values arrive joined,
+/// the target whole (split at its first `?`), so each route sees what the separate calls
+/// would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_header_the_routes_match_comes_with_the_path_in_one_call() {
+    let host = host(HostSettings::default());
+    let spec = serde_json::json!({
+        "hosts": ["*"],
+        "http": [
+            {"match": [{"uri": {"exact": "/a"}, "headers": {"end-user": {"exact": "jason"}},
+                        "queryParams": {"v": {"exact": "2"}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "query"}}]},
+            {"match": [{"uri": {"prefix": "/a"}, "headers": {"End-User": {"exact": "jason,paul"}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "both"}}]},
+            {"match": [{"uri": {"prefix": "/a"}, "withoutHeaders": {"end-user": {}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "nobody"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "rest"}}]},
+        ],
+    });
+    let policy = embedded_router(&host, &spec).await;
+    let cases: [(&str, &[(&str, &str)], u32); 7] = [
+        ("/a?v=2", &[("end-user", "jason")], 0),
+        ("/a?v=2", &[("End-User", "jason"), ("end-user", "paul")], 1),
+        ("/a/x", &[("end-user", "jason"), ("end-user", "paul")], 1),
+        ("/a?v=1", &[("end-user", "jason")], 3),
+        ("/a?v=2", &[], 2),
+        ("/a", &[("x-user", "jason")], 2),
+        ("/b?v=2", &[("end-user", "jason")], 3),
+    ];
+    for (target, headers, route) in cases {
+        let view = view_with(target, headers);
+        let decision = decided(&policy, &view).await;
+        assert_eq!(
+            decision.route.as_ref().map(|r| r.index),
+            Some(route),
+            "{target} {headers:?}: {decision:?}"
+        );
+    }
+}
+
 /// The SDK's native runner (`testing::decide`) answers a policy's header reads as the
 /// host's `request` resource does: the first value, every value in order, every value
 /// joined with `,`, names in any case, nothing for a name that is missing or not a

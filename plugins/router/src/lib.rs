@@ -35,6 +35,11 @@ pub struct Router {
     /// kept between requests so that they allocate nothing. An instance decides one
     /// request at a time.
     candidates: RefCell<Vec<u32>>,
+    /// The one header name the routes match on, when they name exactly one (`end-user`
+    /// in Istio's samples): read with the path in one host call, before the route index
+    /// asks for the path. With none or several the routes read headers as they need
+    /// them.
+    read_with_path: Option<String>,
 }
 
 impl Policy for Router {
@@ -50,16 +55,21 @@ impl Policy for Router {
             .map(|(i, http)| CompiledRoute::compile(i, http, &binding.namespace))
             .collect::<Result<Vec<_>, _>>()?;
         let index = index::RouteIndex::new(&routes);
+        let read_with_path = the_one_header(&routes);
         Ok(Router {
             routes,
             index,
             candidates: RefCell::new(Vec::new()),
+            read_with_path,
         })
     }
 
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
         // What the routes read is asked of the host once, when a route first reads it.
         let view = RequestView::new(request);
+        if let Some(name) = &self.read_with_path {
+            view.read_header_with_path(name);
+        }
         let mut candidates = self.candidates.borrow_mut();
         self.index.candidates(view.path(), &mut candidates);
         for route in candidates
@@ -72,6 +82,15 @@ impl Policy for Router {
         }
         Ok(Edit::keep())
     }
+}
+
+/// The header name every header condition of `routes` names, when there is exactly one.
+fn the_one_header(routes: &[CompiledRoute]) -> Option<String> {
+    let mut names = routes.iter().flat_map(CompiledRoute::header_names);
+    let first = names.next()?;
+    names
+        .all(|name| text::eq(name, first))
+        .then(|| first.to_string())
 }
 
 export_policy!(Router);

@@ -176,6 +176,14 @@ impl CompiledMatch {
         })
     }
 
+    /// The header names this match reads (`headers`, `withoutHeaders`), lowercase.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .chain(&self.without_headers)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// What the path must look like for this match to fit, for the route index: `None`
     /// when any path may (no `uri`, a regex without a literal prefix, or
     /// `ignoreUriCase`).
@@ -352,31 +360,46 @@ impl<'r> RequestView<'r> {
     /// matches them; `None` when the request has none.
     pub fn with_header<R>(&self, name: &'r str, f: impl FnOnce(Option<&str>) -> R) -> R {
         let mut read = self.headers.borrow_mut();
-        let ReadHeaders {
-            in_place,
-            len,
-            more,
-        } = &mut *read;
-        let known = in_place[..*len]
-            .iter()
-            .chain(more.iter())
-            .find(|(n, _)| crate::text::eq(n, name));
-        if let Some((_, value)) = known {
-            return f(value.as_deref());
+        if let Some(value) = read.known(name) {
+            return f(value);
         }
-        let entry = (name, self.request.header_joined(name));
-        let value = match in_place.get_mut(*len) {
+        let value = read.remember(name, self.request.header_joined(name));
+        f(value)
+    }
+
+    /// Read header `name` (lowercase) before the path, with it in one host call
+    /// ([`Request::header_joined_with_path`]): for the header every route of a
+    /// VirtualService that matches headers reads. Call before anything else is read.
+    pub fn read_header_with_path(&self, name: &'r str) {
+        let value = self.request.header_joined_with_path(name);
+        self.headers.borrow_mut().remember(name, value);
+    }
+}
+
+impl<'r> ReadHeaders<'r> {
+    /// `Some` with the value of header `name` when it has been read.
+    fn known(&self, name: &str) -> Option<Option<&str>> {
+        self.in_place[..self.len]
+            .iter()
+            .chain(&self.more)
+            .find(|(n, _)| crate::text::eq(n, name))
+            .map(|(_, value)| value.as_deref())
+    }
+
+    /// Keep the value of header `name`, in place while there is room.
+    fn remember(&mut self, name: &'r str, value: Option<String>) -> Option<&str> {
+        let entry = (name, value);
+        match self.in_place.get_mut(self.len) {
             Some(slot) => {
-                *len += 1;
+                self.len += 1;
                 *slot = entry;
                 slot.1.as_deref()
             }
             None => {
-                more.push(entry);
-                more.last().and_then(|(_, v)| v.as_deref())
+                self.more.push(entry);
+                self.more.last().and_then(|(_, v)| v.as_deref())
             }
-        };
-        f(value)
+        }
     }
 }
 

@@ -329,6 +329,11 @@ impl CompiledRoute {
         self.matches.iter().map(CompiledMatch::uri_key).collect()
     }
 
+    /// The header names the route's matches read, lowercase (with repeats).
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.matches.iter().flat_map(CompiledMatch::header_names)
+    }
+
     /// `Some` when one of the route's matches (or its absence of matches) fits.
     pub fn matches<'r>(&'r self, req: &RequestView<'r>) -> Option<Matched> {
         if matches!(self.action, RouteAction::Unsupported) {

@@ -665,3 +665,62 @@ fn query_strings_split_into_decoded_pairs() {
         ]
     );
 }
+
+/// The header the router reads with the path in one host call: the one name every header
+/// condition of the VirtualService names (`headers` or `withoutHeaders`, any route, any
+/// case as written), none when the routes name none or several.
+#[test]
+fn the_one_header_the_routes_match_is_read_with_the_path() {
+    let route =
+        |m: &str| format!(r#"{{"match":[{m}],"route":[{{"destination":{{"host":"a"}}}}]}}"#);
+    let spec = |routes: &[String]| format!(r#"{{"hosts":["a"],"http":[{}]}}"#, routes.join(","));
+    let cases = [
+        (
+            spec(&[
+                route(r#"{"uri":{"prefix":"/a"},"headers":{"end-user":{"exact":"jason"}}}"#),
+                route(r#"{"uri":{"prefix":"/b"}}"#),
+                route(r#"{"headers":{"End-User":{"prefix":"j"}}},{"uri":{"exact":"/c"}}"#),
+                route(r#"{"withoutHeaders":{"end-user":{}}}"#),
+            ]),
+            Some("end-user"),
+        ),
+        (
+            spec(&[route(r#"{"withoutHeaders":{"x-canary":{"exact":"true"}}}"#)]),
+            Some("x-canary"),
+        ),
+        (spec(&[route(r#"{"uri":{"prefix":"/a"}}"#)]), None),
+        (
+            spec(&[
+                route(r#"{"headers":{"end-user":{"exact":"jason"}}}"#),
+                route(r#"{"headers":{"x-canary":{"exact":"true"}}}"#),
+            ]),
+            None,
+        ),
+        (
+            spec(&[route(
+                r#"{"headers":{"x-a":{"exact":"1"},"x-b":{"exact":"2"}}}"#,
+            )]),
+            None,
+        ),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(router(&spec).read_with_path.as_deref(), want, "{spec}");
+    }
+    // Read before the path, it is the value the routes match: nothing is read twice.
+    let r = router(&spec(&[
+        route(r#"{"uri":{"prefix":"/a"},"headers":{"end-user":{"exact":"jason"}}}"#),
+        route(r#"{"uri":{"prefix":"/a"},"withoutHeaders":{"end-user":{}}}"#),
+        route(r#"{"uri":{"prefix":"/"}}"#),
+    ]));
+    let with = |path: &str, user: Option<&str>| {
+        let mut b = request("GET", path);
+        if let Some(user) = user {
+            b = b.header("end-user", user);
+        }
+        route_of(&r, &b.build())
+    };
+    assert_eq!(with("/a?x=1", Some("jason")), Some(0));
+    assert_eq!(with("/a", Some("paul")), Some(2));
+    assert_eq!(with("/a", None), Some(1));
+    assert_eq!(with("/b", Some("jason")), Some(2));
+}

@@ -542,6 +542,15 @@ impl types::HostRequest for StoreState {
         Ok(self.request(&r)?.view.header_joined(&name))
     }
 
+    fn path_and_query_with_header(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<(String, Option<String>)> {
+        let view = &self.request(&r)?.view;
+        Ok((view.path_and_query(), view.header_joined(&name)))
+    }
+
     fn headers(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(context::all_headers(&self.request(&r)?.view.headers))
     }
