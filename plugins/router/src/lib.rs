@@ -16,7 +16,7 @@ mod matching;
 mod route;
 mod text;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use wasmgate_config::raw::VirtualServiceSpec;
 use wasmgate_plugin_sdk::{
@@ -35,11 +35,16 @@ pub struct Router {
     /// kept between requests so that they allocate nothing. An instance decides one
     /// request at a time.
     candidates: RefCell<Vec<u32>>,
-    /// The one header name the routes match on, when they name exactly one (`end-user`
-    /// in Istio's samples): read with the path in one host call, before the route index
-    /// asks for the path. With none or several the routes read headers as they need
-    /// them.
-    read_with_path: Option<String>,
+    /// The header names the routes match on (`headers`, `withoutHeaders`), lowercase,
+    /// each once, in route order.
+    header_names: Vec<String>,
+    /// Which of [`Router::header_names`] to read with the path, in one host call, before
+    /// the route index asks for the path: the one the last request that read a header
+    /// other than this one read first (at first the first in route order). Traffic
+    /// mostly repeats its kind of request (`end-user` for `/reviews`), so the guess is
+    /// mostly right; a wrong one costs a header looked up for nothing. What a request
+    /// decides does not depend on it.
+    read_with_path: Cell<Option<u32>>,
 }
 
 impl Policy for Router {
@@ -55,11 +60,13 @@ impl Policy for Router {
             .map(|(i, http)| CompiledRoute::compile(i, http, &binding.namespace))
             .collect::<Result<Vec<_>, _>>()?;
         let index = index::RouteIndex::new(&routes);
-        let read_with_path = the_one_header(&routes);
+        let header_names = header_names(&routes);
+        let read_with_path = Cell::new((!header_names.is_empty()).then_some(0));
         Ok(Router {
             routes,
             index,
             candidates: RefCell::new(Vec::new()),
+            header_names,
             read_with_path,
         })
     }
@@ -67,31 +74,58 @@ impl Policy for Router {
     fn on_request(&self, request: &Request) -> Result<Edit, PluginError> {
         // What the routes read is asked of the host once, when a route first reads it.
         let view = RequestView::new(request);
-        if let Some(name) = &self.read_with_path {
+        let guess = self
+            .read_with_path
+            .get()
+            .and_then(|i| self.header_names.get(i as usize));
+        if let Some(name) = guess {
             view.read_header_with_path(name);
         }
+        let edit = self.decide(&view);
+        if let Some(name) = view.better_read_with_path()
+            && let Some(i) = self.header_names.iter().position(|n| text::eq(n, name))
+        {
+            self.read_with_path.set(u32::try_from(i).ok());
+        }
+        Ok(edit)
+    }
+}
+
+impl Router {
+    /// The edit of the first route that matches, or none.
+    fn decide<'r>(&'r self, view: &RequestView<'r>) -> Edit {
         let mut candidates = self.candidates.borrow_mut();
         self.index.candidates(view.path(), &mut candidates);
         for route in candidates
             .iter()
             .filter_map(|&i| self.routes.get(i as usize))
         {
-            if let Some(matched) = route.matches(&view) {
-                return Ok(route.decide(&view, matched));
+            if let Some(matched) = route.matches(view) {
+                return route.decide(view, matched);
             }
         }
-        Ok(Edit::keep())
+        Edit::keep()
     }
 }
 
-/// The header name every header condition of `routes` names, when there is exactly one.
-fn the_one_header(routes: &[CompiledRoute]) -> Option<String> {
-    let mut names = routes.iter().flat_map(CompiledRoute::header_names);
-    let first = names.next()?;
+/// The header names `routes` match on (names are lowercase), each once, in route order:
+/// the first [`GUESSED_HEADERS`], which are all the router guesses among.
+fn header_names(routes: &[CompiledRoute]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in routes.iter().flat_map(CompiledRoute::header_names) {
+        if names.len() == GUESSED_HEADERS {
+            break;
+        }
+        if !names.iter().any(|n| text::eq(n, name)) {
+            names.push(name.to_string());
+        }
+    }
     names
-        .all(|name| text::eq(name, first))
-        .then(|| first.to_string())
 }
+
+/// At most this many header names to guess among (a VirtualService names one or two);
+/// the others are read when a route needs them, as ever.
+const GUESSED_HEADERS: usize = 16;
 
 export_policy!(Router);
 

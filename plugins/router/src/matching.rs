@@ -294,6 +294,10 @@ struct ReadHeaders<'r> {
     in_place: [(&'r str, Option<String>); HEADERS_IN_PLACE],
     len: usize,
     more: Vec<(&'r str, Option<String>)>,
+    /// Whether the first header was read with the path, before any route asked
+    /// ([`RequestView::read_header_with_path`]), and whether a route read it.
+    guessed: bool,
+    guess_read: bool,
 }
 
 const HEADERS_IN_PLACE: usize = 4;
@@ -368,22 +372,40 @@ impl<'r> RequestView<'r> {
     }
 
     /// Read header `name` (lowercase) before the path, with it in one host call
-    /// ([`Request::header_joined_with_path`]): for the header every route of a
-    /// VirtualService that matches headers reads. Call before anything else is read.
+    /// ([`Request::header_joined_with_path`]): the router's guess at the header the
+    /// routes will read. Call before anything else is read.
     pub fn read_header_with_path(&self, name: &'r str) {
         let value = self.request.header_joined_with_path(name);
-        self.headers.borrow_mut().remember(name, value);
+        let mut read = self.headers.borrow_mut();
+        read.remember(name, value);
+        read.guessed = true;
+    }
+
+    /// The header a better guess would have read with the path: the first one the routes
+    /// read separately, when they did not read the guessed one.
+    pub fn better_read_with_path(&self) -> Option<&'r str> {
+        let read = self.headers.borrow();
+        if read.guess_read {
+            return None;
+        }
+        let first_separate = usize::from(read.guessed);
+        read.in_place[..read.len]
+            .get(first_separate)
+            .map(|(name, _)| *name)
     }
 }
 
 impl<'r> ReadHeaders<'r> {
     /// `Some` with the value of header `name` when it has been read.
-    fn known(&self, name: &str) -> Option<Option<&str>> {
-        self.in_place[..self.len]
+    fn known(&mut self, name: &str) -> Option<Option<&str>> {
+        let (at, (_, value)) = self.in_place[..self.len]
             .iter()
             .chain(&self.more)
-            .find(|(n, _)| crate::text::eq(n, name))
-            .map(|(_, value)| value.as_deref())
+            .enumerate()
+            .find(|(_, (n, _))| crate::text::eq(n, name))?;
+        // The guess is the first header read.
+        self.guess_read |= self.guessed && at == 0;
+        Some(value.as_deref())
     }
 
     /// Keep the value of header `name`, in place while there is room.

@@ -666,61 +666,72 @@ fn query_strings_split_into_decoded_pairs() {
     );
 }
 
-/// The header the router reads with the path in one host call: the one name every header
-/// condition of the VirtualService names (`headers` or `withoutHeaders`, any route, any
-/// case as written), none when the routes name none or several.
+/// The header the router reads with the path in one host call is a guess among the
+/// names its routes match on (`headers`, `withoutHeaders`; each once, in route order):
+/// at first the first, then the one the last request read instead of the guess. The
+/// guess never changes what a request decides.
 #[test]
-fn the_one_header_the_routes_match_is_read_with_the_path() {
+fn the_router_guesses_the_header_it_reads_with_the_path() {
     let route =
         |m: &str| format!(r#"{{"match":[{m}],"route":[{{"destination":{{"host":"a"}}}}]}}"#);
     let spec = |routes: &[String]| format!(r#"{{"hosts":["a"],"http":[{}]}}"#, routes.join(","));
-    let cases = [
-        (
-            spec(&[
-                route(r#"{"uri":{"prefix":"/a"},"headers":{"end-user":{"exact":"jason"}}}"#),
-                route(r#"{"uri":{"prefix":"/b"}}"#),
-                route(r#"{"headers":{"End-User":{"prefix":"j"}}},{"uri":{"exact":"/c"}}"#),
-                route(r#"{"withoutHeaders":{"end-user":{}}}"#),
-            ]),
-            Some("end-user"),
-        ),
-        (
-            spec(&[route(r#"{"withoutHeaders":{"x-canary":{"exact":"true"}}}"#)]),
-            Some("x-canary"),
-        ),
-        (spec(&[route(r#"{"uri":{"prefix":"/a"}}"#)]), None),
-        (
-            spec(&[
-                route(r#"{"headers":{"end-user":{"exact":"jason"}}}"#),
-                route(r#"{"headers":{"x-canary":{"exact":"true"}}}"#),
-            ]),
-            None,
-        ),
-        (
-            spec(&[route(
-                r#"{"headers":{"x-a":{"exact":"1"},"x-b":{"exact":"2"}}}"#,
-            )]),
-            None,
-        ),
-    ];
-    for (spec, want) in cases {
-        assert_eq!(router(&spec).read_with_path.as_deref(), want, "{spec}");
-    }
-    // Read before the path, it is the value the routes match: nothing is read twice.
-    let r = router(&spec(&[
-        route(r#"{"uri":{"prefix":"/a"},"headers":{"end-user":{"exact":"jason"}}}"#),
-        route(r#"{"uri":{"prefix":"/a"},"withoutHeaders":{"end-user":{}}}"#),
+    let realistic = spec(&[
+        route(r#"{"uri":{"prefix":"/api"},"headers":{"X-Canary":{"exact":"true"}}}"#),
+        route(r#"{"uri":{"prefix":"/api"}}"#),
+        route(r#"{"uri":{"prefix":"/bench"},"headers":{"end-user":{"exact":"debug"}}}"#),
+        route(r#"{"uri":{"prefix":"/bench"},"withoutHeaders":{"end-user":{}}}"#),
         route(r#"{"uri":{"prefix":"/"}}"#),
-    ]));
-    let with = |path: &str, user: Option<&str>| {
+    ]);
+    let r = router(&realistic);
+    assert_eq!(r.header_names, ["x-canary", "end-user"]);
+    let guess = |r: &Router| r.read_with_path.get();
+    assert_eq!(guess(&r), Some(0));
+    let req = |path: &str, headers: &[(&str, &str)]| {
         let mut b = request("GET", path);
-        if let Some(user) = user {
-            b = b.header("end-user", user);
+        for (name, value) in headers {
+            b = b.header(name, value);
         }
-        route_of(&r, &b.build())
+        b.build()
     };
-    assert_eq!(with("/a?x=1", Some("jason")), Some(0));
-    assert_eq!(with("/a", Some("paul")), Some(2));
-    assert_eq!(with("/a", None), Some(1));
-    assert_eq!(with("/b", Some("jason")), Some(2));
+    // (request, the route it takes, the guess after it).
+    let steps = [
+        (req("/api/x", &[("x-canary", "true")]), Some(0), Some(0)),
+        // The routes read end-user, not the guess: end-user next.
+        (req("/bench", &[]), Some(3), Some(1)),
+        (
+            req("/bench?x=1", &[("end-user", "debug")]),
+            Some(2),
+            Some(1),
+        ),
+        // No header read at all: the guess stays.
+        (req("/other", &[]), Some(4), Some(1)),
+        (req("/api", &[("end-user", "debug")]), Some(1), Some(0)),
+        (req("/bench", &[("x-canary", "1")]), Some(3), Some(1)),
+        (req("/bench", &[("end-user", "x")]), Some(4), Some(1)),
+    ];
+    for (request, route, after) in &steps {
+        assert_eq!(route_of(&r, request), *route, "{request:?}");
+        assert_eq!(guess(&r), *after, "{request:?}");
+        // A router that has guessed nothing yet decides the same.
+        assert_eq!(
+            route_of(&router(&realistic), request),
+            *route,
+            "{request:?}"
+        );
+    }
+    // Nothing to guess among: no header is read with the path.
+    let r = router(&spec(&[route(r#"{"uri":{"prefix":"/a"}}"#)]));
+    assert!(r.header_names.is_empty());
+    assert_eq!(guess(&r), None);
+    assert_eq!(route_of(&r, &req("/a", &[("end-user", "x")])), Some(0));
+    // Many names: the router guesses among the first sixteen only; the others are read
+    // when a route needs them.
+    let many: Vec<String> = (0..20)
+        .map(|i| route(&format!(r#"{{"headers":{{"h{i}":{{"exact":"1"}}}}}}"#)))
+        .collect();
+    let r = router(&spec(&many));
+    assert_eq!(r.header_names.len(), 16);
+    assert_eq!(route_of(&r, &req("/", &[("h19", "1")])), Some(19));
+    assert_eq!(route_of(&r, &req("/", &[("h3", "1")])), Some(3));
+    assert_eq!(guess(&r), Some(0));
 }
