@@ -208,7 +208,11 @@ impl<'a> Request<'a> {
                 let _ = self.target.set(split_target(target));
                 value
             }
-            _ => self.header_joined(name),
+            RequestSource::Test(t) => {
+                t.read_with_path.borrow_mut().push(name.to_string());
+                self.header_joined(name)
+            }
+            RequestSource::Host(_) => self.header_joined(name),
         }
     }
 

@@ -81,6 +81,10 @@ pub struct TestRequest {
     /// What the policy last held with [`crate::Request::hold_fault`]: the delay and the
     /// abort (the host applies them where fault injection runs; see the WIT).
     pub held_fault: RefCell<Option<(Option<u64>, Option<crate::Abort>)>>,
+    /// The header names the policy asked for with the path, in order
+    /// ([`crate::Request::header_joined_with_path`]; in the gateway, one host call while
+    /// the path has not been read).
+    pub read_with_path: RefCell<Vec<String>>,
     /// The body limit of the policy being called (its interest), set by the runners.
     body_limit: Cell<Option<u32>>,
 }
@@ -118,6 +122,7 @@ pub fn request(method: &str, path_and_query: &str) -> RequestBuilder {
         properties: RefCell::new(BTreeMap::new()),
         reply_headers: RefCell::new(Vec::new()),
         held_fault: RefCell::new(None),
+        read_with_path: RefCell::new(Vec::new()),
         body_limit: Cell::new(None),
     })
 }

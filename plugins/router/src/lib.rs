@@ -44,7 +44,7 @@ pub struct Router {
     /// mostly repeats its kind of request (`end-user` for `/reviews`), so the guess is
     /// mostly right; a wrong one costs a header looked up for nothing. What a request
     /// decides does not depend on it.
-    read_with_path: Cell<Option<u32>>,
+    read_with_path: Cell<Option<usize>>,
 }
 
 impl Policy for Router {
@@ -77,7 +77,7 @@ impl Policy for Router {
         let guess = self
             .read_with_path
             .get()
-            .and_then(|i| self.header_names.get(i as usize));
+            .and_then(|i| self.header_names.get(i));
         if let Some(name) = guess {
             view.read_header_with_path(name);
         }
@@ -85,7 +85,7 @@ impl Policy for Router {
         if let Some(name) = view.better_read_with_path()
             && let Some(i) = self.header_names.iter().position(|n| text::eq(n, name))
         {
-            self.read_with_path.set(u32::try_from(i).ok());
+            self.read_with_path.set(Some(i));
         }
         Ok(edit)
     }

@@ -377,6 +377,9 @@ impl<'r> RequestView<'r> {
     pub fn read_header_with_path(&self, name: &'r str) {
         let value = self.request.header_joined_with_path(name);
         let mut read = self.headers.borrow_mut();
+        // The guess is the first header read: `known` and `better_read_with_path` look
+        // for it in the first slot.
+        debug_assert_eq!(read.len, 0, "a header was read before the guess");
         read.remember(name, value);
         read.guessed = true;
     }

@@ -329,9 +329,14 @@ impl CompiledRoute {
         self.matches.iter().map(CompiledMatch::uri_key).collect()
     }
 
-    /// The header names the route's matches read, lowercase (with repeats).
+    /// The header names the route's matches read, lowercase (with repeats); none for a
+    /// route that never matches.
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        self.matches.iter().flat_map(CompiledMatch::header_names)
+        let live = !matches!(self.action, RouteAction::Unsupported);
+        self.matches
+            .iter()
+            .filter(move |_| live)
+            .flat_map(CompiledMatch::header_names)
     }
 
     /// `Some` when one of the route's matches (or its absence of matches) fits.

@@ -667,9 +667,9 @@ fn query_strings_split_into_decoded_pairs() {
 }
 
 /// The header the router reads with the path in one host call is a guess among the
-/// names its routes match on (`headers`, `withoutHeaders`; each once, in route order):
-/// at first the first, then the one the last request read instead of the guess. The
-/// guess never changes what a request decides.
+/// names its routes match on (`headers`, `withoutHeaders`; each once, in route order,
+/// the first 16): at first the first, then the one the last request read instead of the
+/// guess. The guess never changes what a request decides.
 #[test]
 fn the_router_guesses_the_header_it_reads_with_the_path() {
     let route =
@@ -684,8 +684,6 @@ fn the_router_guesses_the_header_it_reads_with_the_path() {
     ]);
     let r = router(&realistic);
     assert_eq!(r.header_names, ["x-canary", "end-user"]);
-    let guess = |r: &Router| r.read_with_path.get();
-    assert_eq!(guess(&r), Some(0));
     let req = |path: &str, headers: &[(&str, &str)]| {
         let mut b = request("GET", path);
         for (name, value) in headers {
@@ -693,45 +691,100 @@ fn the_router_guesses_the_header_it_reads_with_the_path() {
         }
         b.build()
     };
-    // (request, the route it takes, the guess after it).
+    // What the router asked for with the path, and the route it took.
+    let routed = |r: &Router, request: &TestRequest| {
+        let route = route_of(r, request);
+        (request.read_with_path.take(), route)
+    };
+    // (request, the header read with it, the route it takes, the guess after it).
     let steps = [
-        (req("/api/x", &[("x-canary", "true")]), Some(0), Some(0)),
+        (
+            req("/api/x", &[("x-canary", "true")]),
+            "x-canary",
+            Some(0),
+            Some(0),
+        ),
         // The routes read end-user, not the guess: end-user next.
-        (req("/bench", &[]), Some(3), Some(1)),
+        (req("/bench", &[]), "x-canary", Some(3), Some(1)),
         (
             req("/bench?x=1", &[("end-user", "debug")]),
+            "end-user",
             Some(2),
             Some(1),
         ),
         // No header read at all: the guess stays.
-        (req("/other", &[]), Some(4), Some(1)),
-        (req("/api", &[("end-user", "debug")]), Some(1), Some(0)),
-        (req("/bench", &[("x-canary", "1")]), Some(3), Some(1)),
-        (req("/bench", &[("end-user", "x")]), Some(4), Some(1)),
+        (req("/other", &[]), "end-user", Some(4), Some(1)),
+        (
+            req("/api", &[("end-user", "debug")]),
+            "end-user",
+            Some(1),
+            Some(0),
+        ),
+        (
+            req("/bench", &[("x-canary", "1")]),
+            "x-canary",
+            Some(3),
+            Some(1),
+        ),
+        (
+            req("/bench", &[("end-user", "x")]),
+            "end-user",
+            Some(4),
+            Some(1),
+        ),
     ];
-    for (request, route, after) in &steps {
-        assert_eq!(route_of(&r, request), *route, "{request:?}");
-        assert_eq!(guess(&r), *after, "{request:?}");
-        // A router that has guessed nothing yet decides the same.
+    for (request, read, route, after) in &steps {
         assert_eq!(
-            route_of(&router(&realistic), request),
-            *route,
+            routed(&r, request),
+            (vec![read.to_string()], *route),
             "{request:?}"
         );
+        assert_eq!(r.read_with_path.get(), *after, "{request:?}");
+        // Whatever the guess (or none), the same route.
+        for guess in [None, Some(0), Some(1)] {
+            let other = router(&realistic);
+            other.read_with_path.set(guess);
+            assert_eq!(route_of(&other, request), *route, "{request:?} {guess:?}");
+        }
     }
     // Nothing to guess among: no header is read with the path.
-    let r = router(&spec(&[route(r#"{"uri":{"prefix":"/a"}}"#)]));
+    let r = router(&spec(&[
+        route(r#"{"uri":{"prefix":"/a"}}"#),
+        // A `delegate` route (not supported) never matches: its header is not a name to
+        // guess.
+        r#"{"match":[{"headers":{"x-never":{}}}],"delegate":{"name":"d"}}"#.to_string(),
+    ]));
     assert!(r.header_names.is_empty());
-    assert_eq!(guess(&r), None);
-    assert_eq!(route_of(&r, &req("/a", &[("end-user", "x")])), Some(0));
+    assert_eq!(r.read_with_path.get(), None);
+    assert_eq!(
+        routed(&r, &req("/a", &[("end-user", "x")])),
+        (vec![], Some(0))
+    );
     // Many names: the router guesses among the first sixteen only; the others are read
-    // when a route needs them.
+    // when a route needs them, and reading one of them leaves the guess as it was.
     let many: Vec<String> = (0..20)
-        .map(|i| route(&format!(r#"{{"headers":{{"h{i}":{{"exact":"1"}}}}}}"#)))
+        .map(|i| {
+            let path = if i < 16 { "/x" } else { "/y" };
+            route(&format!(
+                r#"{{"uri":{{"prefix":"{path}"}},"headers":{{"h{i}":{{"exact":"1"}}}}}}"#
+            ))
+        })
         .collect();
     let r = router(&spec(&many));
     assert_eq!(r.header_names.len(), 16);
-    assert_eq!(route_of(&r, &req("/", &[("h19", "1")])), Some(19));
-    assert_eq!(route_of(&r, &req("/", &[("h3", "1")])), Some(3));
-    assert_eq!(guess(&r), Some(0));
+    assert_eq!(
+        routed(&r, &req("/y", &[("h19", "1")])),
+        (vec!["h0".into()], Some(19))
+    );
+    assert_eq!(r.read_with_path.get(), Some(0));
+    assert_eq!(
+        routed(&r, &req("/x", &[("h3", "1")])),
+        (vec!["h0".into()], Some(3))
+    );
+    assert_eq!(r.read_with_path.get(), Some(0));
+    assert_eq!(
+        routed(&r, &req("/y", &[("h19", "1")])),
+        (vec!["h0".into()], Some(19))
+    );
+    assert_eq!(r.read_with_path.get(), Some(0));
 }
