@@ -36,7 +36,7 @@ pub struct Router {
     /// request at a time.
     candidates: RefCell<Vec<u32>>,
     /// The header names the routes match on (`headers`, `withoutHeaders`), lowercase,
-    /// each once, in route order.
+    /// each once, in route order: the first [`GUESSED_HEADERS`].
     header_names: Vec<String>,
     /// Which of [`Router::header_names`] to read with the path, in one host call, before
     /// the route index asks for the path: the one the last request that read a header

@@ -320,7 +320,7 @@ impl CompiledRoute {
     /// The URI conditions of which one must hold for this route to match; `None` when
     /// the route may match any path.
     pub fn uri_keys(&self) -> Option<Vec<UriKey<'_>>> {
-        if matches!(self.action, RouteAction::Unsupported) {
+        if self.never_matches() {
             return Some(Vec::new());
         }
         if self.matches.is_empty() {
@@ -332,16 +332,22 @@ impl CompiledRoute {
     /// The header names the route's matches read, lowercase (with repeats); none for a
     /// route that never matches.
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        let live = !matches!(self.action, RouteAction::Unsupported);
-        self.matches
-            .iter()
-            .filter(move |_| live)
-            .flat_map(CompiledMatch::header_names)
+        let matches: &[CompiledMatch] = if self.never_matches() {
+            &[]
+        } else {
+            &self.matches
+        };
+        matches.iter().flat_map(CompiledMatch::header_names)
+    }
+
+    /// A `delegate` route (not supported) never matches.
+    fn never_matches(&self) -> bool {
+        matches!(self.action, RouteAction::Unsupported)
     }
 
     /// `Some` when one of the route's matches (or its absence of matches) fits.
     pub fn matches<'r>(&'r self, req: &RequestView<'r>) -> Option<Matched> {
-        if matches!(self.action, RouteAction::Unsupported) {
+        if self.never_matches() {
             return None;
         }
         if self.matches.is_empty() {
