@@ -925,15 +925,27 @@ async fn forward_upstream(
         _ => None,
     };
     let (mut parts, mut body) = resp.into_parts();
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    // Read before the hop-by-hop headers go, and only for a switch (a lookup a
+    // response otherwise makes for nothing).
+    let protocol = upstream_upgrade
+        .is_some()
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(&mut parts.headers);
-    ops::apply(
-        &mut parts.headers,
-        forward.response_headers.as_ref(),
-        &joined.response,
-    );
-    apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
-    single_content_type(&mut parts.headers);
+    let edited = forward.response_headers.is_some()
+        || !joined.response.is_empty()
+        || destination.response_headers.is_some();
+    if edited {
+        ops::apply(
+            &mut parts.headers,
+            forward.response_headers.as_ref(),
+            &joined.response,
+        );
+        apply_mutation(&mut parts.headers, destination.response_headers.as_ref());
+        // Operations may have left a second type (an `add` on a set one); what the
+        // upstream sent goes on as it is, as through Envoy.
+        single_content_type(&mut parts.headers);
+    }
     if let Some(cookie) = hashed.set_cookie {
         // The consistent-hash cookie the client did not have yet.
         parts.headers.append(header::SET_COOKIE, cookie);

@@ -33,17 +33,14 @@ pub struct Observation {
 
 impl Observation {
     /// Begin observing `req` (received at `started`).
-    pub fn start<B>(started: Instant, req: &Request<B>, span: Option<Span>) -> Self {
+    pub fn start<B: Body>(started: Instant, req: &Request<B>, span: Option<Span>) -> Self {
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let body = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        // The declared length as hyper parsed it (`Content-Length`; none when chunked),
+        // not looked up and parsed again.
+        let body = req.body().size_hint().exact().unwrap_or(0);
         Observation {
             started,
             grpc,
@@ -97,7 +94,10 @@ impl Observation {
                 code: status,
                 flags: flag_bits(flags.iter().copied()),
                 grpc: self.grpc,
-                grpc_status: grpc_status(&parts.headers),
+                // As Istio's stats filter: a request that is not gRPC has no
+                // `grpc_response_status`, whatever its response carries (and its
+                // response is not searched for one).
+                grpc_status: self.grpc.then(|| grpc_status(&parts.headers)).flatten(),
             },
             started: self.started,
             request_bytes: self.request_bytes,
@@ -223,7 +223,9 @@ where
                     self.sent += data.len() as u64;
                 } else if let Some(trailers) = frame.trailers_ref() {
                     self.sent += head_size(trailers);
-                    if let (Some(s), Some(record)) = (grpc_status(trailers), self.record.as_mut()) {
+                    if let Some(record) = self.record.as_mut().filter(|r| r.outcome.grpc)
+                        && let Some(s) = grpc_status(trailers)
+                    {
                         record.outcome.grpc_status = Some(s);
                     }
                 }
@@ -260,7 +262,7 @@ mod tests {
         let metrics = Metrics::new(true, "wasmgate", "istio-system");
         let req = Request::builder()
             .header("content-type", "application/grpc")
-            .body(())
+            .body(http_body_util::Empty::<Bytes>::new())
             .expect("request");
         let response = Response::builder()
             .header("grpc-status", "14")
@@ -276,6 +278,57 @@ mod tests {
                 && l.ends_with(" 1")),
             "{text}"
         );
+    }
+
+    /// Istio's stats filter labels `grpc_response_status` for gRPC requests only: a
+    /// plain HTTP request gets the empty label even when its response carries a
+    /// `grpc-status`, in the head or in the trailers; a gRPC request's trailers do
+    /// label it.
+    #[tokio::test]
+    async fn only_a_grpc_request_has_a_grpc_response_status() {
+        use http_body_util::BodyExt;
+        let metrics = Metrics::new(true, "wasmgate", "istio-system");
+        for (content_type, in_head) in [
+            ("text/plain", true),
+            ("text/plain", false),
+            ("application/grpc", false),
+        ] {
+            let req = Request::builder()
+                .header("content-type", content_type)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request");
+            let mut trailers = HeaderMap::new();
+            trailers.insert(GRPC_STATUS.clone(), http::HeaderValue::from_static("7"));
+            let mut response = Response::builder();
+            if in_head {
+                response = response.header("grpc-status", "7");
+            }
+            let body = http_body_util::Full::new(Bytes::from_static(b"x"))
+                .with_trailers(std::future::ready(Some(Ok(trailers))));
+            let response = response.body(body).expect("response");
+            let observed = Observation::start(Instant::now(), &req, None).finish(
+                &metrics,
+                &[],
+                response,
+                None,
+            );
+            let collected = observed.into_body().collect().await.expect("body");
+            assert!(collected.trailers().is_some(), "the trailers went through");
+        }
+        let text = metrics.render();
+        let count = |protocol: &str, status: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("request_protocol=\"{protocol}\""))
+                        && l.contains(&format!("grpc_response_status=\"{status}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(count("http", ""), ["2"], "{text}");
+        assert_eq!(count("http", "7"), Vec::<String>::new(), "{text}");
+        assert_eq!(count("grpc", "7"), ["1"], "{text}");
     }
 
     /// Every response's body is an `Observed`, and hyper moves the response several
