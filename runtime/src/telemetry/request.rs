@@ -140,6 +140,19 @@ fn grpc_status(headers: &HeaderMap) -> Option<u8> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The gRPC status an HTTP status code stands for (gRPC's HTTP to gRPC status mapping,
+/// as Envoy's `httpToGrpcStatus`): 2 (`UNKNOWN`) for any code it does not name.
+fn grpc_from_http(code: u16) -> u8 {
+    match code {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
 #[derive(Debug)]
 struct Record {
     destination: Arc<RequestStats>,
@@ -150,7 +163,13 @@ struct Record {
 }
 
 impl Record {
-    fn done(self, response_bytes: u64) {
+    fn done(mut self, response_bytes: u64) {
+        // A gRPC request whose response named no status (no `grpc-status` in its
+        // trailers or head: an HTTP error, a local reply) is labelled with the status
+        // its HTTP code maps to, as Envoy infers it for Istio's stats filter.
+        if self.outcome.grpc && self.outcome.grpc_status.is_none() {
+            self.outcome.grpc_status = Some(grpc_from_http(self.outcome.code));
+        }
         let ms = self.started.elapsed().as_secs_f64() * 1000.0;
         self.destination
             .record(self.outcome, ms, self.request_bytes, response_bytes);
@@ -329,6 +348,55 @@ mod tests {
         assert_eq!(count("http", ""), ["2"], "{text}");
         assert_eq!(count("http", "7"), Vec::<String>::new(), "{text}");
         assert_eq!(count("grpc", "7"), ["1"], "{text}");
+    }
+
+    /// A gRPC request whose response carries no `grpc-status` (an HTTP error, a local
+    /// reply) is labelled with the status its HTTP code maps to, as Envoy infers it;
+    /// a plain HTTP request's label stays empty.
+    #[test]
+    fn a_grpc_request_without_a_status_is_labelled_from_its_http_code() {
+        let metrics = Metrics::new(true, "wasmgate", "istio-system");
+        for (content_type, code) in [
+            ("application/grpc", 503),
+            ("application/grpc", 404),
+            ("application/grpc", 200),
+            ("text/plain", 503),
+        ] {
+            let req = Request::builder()
+                .header("content-type", content_type)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request");
+            let response = Response::builder()
+                .status(code)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("response");
+            drop(Observation::start(Instant::now(), &req, None).finish(
+                &metrics,
+                &[],
+                response,
+                None,
+            ));
+        }
+        let text = metrics.render();
+        for (protocol, code, status) in [
+            ("grpc", "503", "14"),
+            ("grpc", "404", "12"),
+            ("grpc", "200", "2"),
+            ("http", "503", ""),
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("request_protocol=\"{protocol}\""))
+                    && l.contains(&format!("response_code=\"{code}\""))
+                    && l.contains(&format!("grpc_response_status=\"{status}\""))
+                    && l.ends_with(" 1")),
+                "{protocol} {code} {status}: {text}"
+            );
+        }
+        assert_eq!(
+            [400, 401, 403, 429, 502, 504, 500].map(grpc_from_http),
+            [13, 16, 7, 14, 14, 14, 2]
+        );
     }
 
     /// Every response's body is an `Observed`, and hyper moves the response several
