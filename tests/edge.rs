@@ -505,11 +505,33 @@ async fn websocket_upgrade_is_tunnelled() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
+/// A raw upstream whose every answer carries two `content-type` lines.
+async fn two_types_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while read_head(&mut s).await.is_some() {
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/one\r\n\
+                                  content-type: text/two\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// The route's `headers.response` reach direct responses, redirects and aborts, as in
-/// Envoy; no response has two content types.
+/// Envoy; no response a header operation touched has two content types, and one no
+/// operation touched goes on as the upstream sent it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_response_headers_apply_to_local_replies() {
     let app = Echo::start("app").await;
+    let two = two_types_upstream().await;
     let port = free_port();
     let dir = TempDir::new("replies");
     dir.write("gw.yaml", &gateway("gw", port, &["*"]));
@@ -538,6 +560,13 @@ async fn route_response_headers_apply_to_local_replies() {
     headers:
       response:
         set: {x-route: abort}
+  - match: [{uri: {exact: /two-as-sent}}]
+    route: [{destination: {host: two}}]
+  - match: [{uri: {exact: /two-edited}}]
+    route: [{destination: {host: two}}]
+    headers:
+      response:
+        set: {x-route: edited}
   - route:
     - destination: {host: app}
       headers:
@@ -552,6 +581,10 @@ async fn route_response_headers_apply_to_local_replies() {
     dir.write(
         "se.yaml",
         &service_entry("app", "app", 80, &[(app.port(), &[])]),
+    );
+    dir.write(
+        "se-two.yaml",
+        &service_entry("two", "two", 80, &[(two, &[])]),
     );
     let gw = Gateway::start(dir.path(), &[]).await;
 
@@ -589,6 +622,13 @@ async fn route_response_headers_apply_to_local_replies() {
     assert_eq!(r.headers["x-route"], "forward");
     assert_eq!(types(&r), ["application/x-second"], "one content type");
     assert_eq!(app.hits(), 1);
+
+    let r = get(port, "a", "/two-as-sent", &[]).await.expect("request");
+    assert_eq!(r.status, StatusCode::OK, "{}", gw.log_text());
+    assert_eq!(types(&r), ["text/one", "text/two"], "no operation: as sent");
+    let r = get(port, "a", "/two-edited", &[]).await.expect("request");
+    assert_eq!(r.headers["x-route"], "edited");
+    assert_eq!(types(&r), ["text/two"], "an operation ran: the last one");
 }
 
 /// A raw upstream whose first request for each path stalls (the connection held open,

@@ -229,7 +229,8 @@ pub struct Outcome {
     pub code: u16,
     pub flags: u16,
     pub grpc: bool,
-    /// `grpc-status`, when the response carried one.
+    /// `grpc-status`, when the response carried one or (gRPC proper) one was inferred
+    /// from the HTTP code.
     pub grpc_status: Option<u8>,
 }
 
@@ -244,7 +245,8 @@ impl Outcome {
     }
 
     fn from_key(key: u64) -> Self {
-        let grpc_status = (key >> 33) & 0xff;
+        // Nine bits: a status of 255 is kept as 256.
+        let grpc_status = (key >> 33) & 0x1ff;
         Outcome {
             code: (key & 0xffff) as u16,
             flags: ((key >> 16) & 0xffff) as u16,
@@ -1143,6 +1145,12 @@ mod tests {
                 flags: 0,
                 grpc: true,
                 grpc_status: Some(0),
+            },
+            Outcome {
+                code: 200,
+                flags: 0,
+                grpc: true,
+                grpc_status: Some(u8::MAX),
             },
         ] {
             assert_eq!(Outcome::from_key(o.key()), o);

@@ -22,6 +22,8 @@ use super::trace::Span;
 pub struct Observation {
     started: Instant,
     grpc: bool,
+    /// gRPC proper, not gRPC-Web ([`Observation::start`]): its status may be inferred.
+    grpc_proper: bool,
     request_bytes: u64,
     /// The destination's series, once a cluster is chosen.
     pub destination: Option<Arc<RequestStats>>,
@@ -34,16 +36,27 @@ pub struct Observation {
 impl Observation {
     /// Begin observing `req` (received at `started`).
     pub fn start<B: Body>(started: Instant, req: &Request<B>, span: Option<Span>) -> Self {
-        let grpc = req
+        // `request_protocol="grpc"` for any `application/grpc...` type: gRPC-Web too,
+        // which Istio's gateways count as gRPC after their grpc-web filter translated it.
+        // A status is inferred from the HTTP code only for gRPC proper (Envoy's rule:
+        // `application/grpc`, alone or with `+`): a gRPC-Web answer carries its status
+        // in its body, which is not read here.
+        let content_type = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            .map(http::HeaderValue::as_bytes);
+        let grpc = content_type.is_some_and(|v| v.starts_with(b"application/grpc"));
+        let grpc_proper = content_type.is_some_and(|v| {
+            v.strip_prefix(b"application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+"))
+        });
         // The declared length as hyper parsed it (`Content-Length`; none when chunked),
         // not looked up and parsed again.
         let body = req.body().size_hint().exact().unwrap_or(0);
         Observation {
             started,
             grpc,
+            grpc_proper,
             request_bytes: head_size(req.headers())
                 + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) as u64
                 + body,
@@ -101,6 +114,7 @@ impl Observation {
             },
             started: self.started,
             request_bytes: self.request_bytes,
+            infer_grpc_status: self.grpc_proper,
         });
         let log = log.map(|(log, entry)| {
             Box::new(Logged {
@@ -160,6 +174,8 @@ struct Record {
     outcome: Outcome,
     started: Instant,
     request_bytes: u64,
+    /// Label a response that names no status from its HTTP code (gRPC proper).
+    infer_grpc_status: bool,
 }
 
 impl Record {
@@ -167,7 +183,7 @@ impl Record {
         // A gRPC request whose response named no status (no `grpc-status` in its
         // trailers or head: an HTTP error, a local reply) is labelled with the status
         // its HTTP code maps to, as Envoy infers it for Istio's stats filter.
-        if self.outcome.grpc && self.outcome.grpc_status.is_none() {
+        if self.infer_grpc_status && self.outcome.grpc_status.is_none() {
             self.outcome.grpc_status = Some(grpc_from_http(self.outcome.code));
         }
         let ms = self.started.elapsed().as_secs_f64() * 1000.0;
@@ -352,14 +368,15 @@ mod tests {
 
     /// A gRPC request whose response carries no `grpc-status` (an HTTP error, a local
     /// reply) is labelled with the status its HTTP code maps to, as Envoy infers it;
-    /// a plain HTTP request's label stays empty.
+    /// a gRPC-Web one and a plain HTTP one keep an empty label.
     #[test]
     fn a_grpc_request_without_a_status_is_labelled_from_its_http_code() {
         let metrics = Metrics::new(true, "wasmgate", "istio-system");
         for (content_type, code) in [
             ("application/grpc", 503),
-            ("application/grpc", 404),
+            ("application/grpc+proto", 404),
             ("application/grpc", 200),
+            ("application/grpc-web+proto", 502),
             ("text/plain", 503),
         ] {
             let req = Request::builder()
@@ -382,6 +399,8 @@ mod tests {
             ("grpc", "503", "14"),
             ("grpc", "404", "12"),
             ("grpc", "200", "2"),
+            // gRPC-Web counts as gRPC, but its status is in its body: none inferred.
+            ("grpc", "502", ""),
             ("http", "503", ""),
         ] {
             assert!(
