@@ -290,6 +290,20 @@ impl<B> Drop for Observed<B> {
 mod tests {
     use super::*;
 
+    /// The counts of the `istio_requests_total` series in `text` whose labels include
+    /// every one of `labels`.
+    fn requests_total<'t>(text: &'t str, labels: &[(&str, &str)]) -> Vec<&'t str> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next())
+            .collect()
+    }
+
     /// A trailers-only gRPC answer carries its status in the response head: Istio's
     /// `grpc_response_status` is read from there.
     #[test]
@@ -307,10 +321,9 @@ mod tests {
             Observation::start(Instant::now(), &req, None).finish(&metrics, &[], response, None);
         drop(observed);
         let text = metrics.render();
-        assert!(
-            text.lines().any(|l| l.starts_with("istio_requests_total{")
-                && l.contains("grpc_response_status=\"14\"")
-                && l.ends_with(" 1")),
+        assert_eq!(
+            requests_total(&text, &[("grpc_response_status", "14")]),
+            ["1"],
             "{text}"
         );
     }
@@ -351,18 +364,17 @@ mod tests {
             assert!(collected.trailers().is_some(), "the trailers went through");
         }
         let text = metrics.render();
-        let count = |protocol: &str, status: &str| {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("istio_requests_total{")
-                        && l.contains(&format!("request_protocol=\"{protocol}\""))
-                        && l.contains(&format!("grpc_response_status=\"{status}\""))
-                })
-                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
+        let count = |protocol, status| {
+            requests_total(
+                &text,
+                &[
+                    ("request_protocol", protocol),
+                    ("grpc_response_status", status),
+                ],
+            )
         };
         assert_eq!(count("http", ""), ["2"], "{text}");
-        assert_eq!(count("http", "7"), Vec::<String>::new(), "{text}");
+        assert_eq!(count("http", "7"), Vec::<&str>::new(), "{text}");
         assert_eq!(count("grpc", "7"), ["1"], "{text}");
     }
 
@@ -403,12 +415,14 @@ mod tests {
             ("grpc", "502", ""),
             ("http", "503", ""),
         ] {
-            assert!(
-                text.lines().any(|l| l.starts_with("istio_requests_total{")
-                    && l.contains(&format!("request_protocol=\"{protocol}\""))
-                    && l.contains(&format!("response_code=\"{code}\""))
-                    && l.contains(&format!("grpc_response_status=\"{status}\""))
-                    && l.ends_with(" 1")),
+            let labels = [
+                ("request_protocol", protocol),
+                ("response_code", code),
+                ("grpc_response_status", status),
+            ];
+            assert_eq!(
+                requests_total(&text, &labels),
+                ["1"],
                 "{protocol} {code} {status}: {text}"
             );
         }
