@@ -145,35 +145,6 @@ fn no_arguments_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
-/// The binary allocates with mimalloc 2 (`main.rs`, chosen by measurement:
-/// docs/benchmarks.md), its arenas committed as used (`memory.rs`): asked to, mimalloc
-/// names itself and its options on stderr as it starts. Nothing else prints them.
-#[test]
-fn the_binary_allocates_with_mimalloc_its_arenas_committed_as_used() {
-    let out = Command::new(binary())
-        .current_dir(repo())
-        .env("MIMALLOC_VERBOSE", "1")
-        .args(["validate", "--config", "examples/quickstart"])
-        .output()
-        .expect("run wasmgate validate");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("mimalloc: v2."), "not mimalloc 2: {stderr}");
-    assert!(
-        stderr.contains("option 'arena_eager_commit': 0"),
-        "arenas committed eagerly: {stderr}"
-    );
-    let quiet = Command::new(binary())
-        .current_dir(repo())
-        .args(["validate", "--config", "examples/quickstart"])
-        .output()
-        .expect("run wasmgate validate");
-    assert!(
-        !String::from_utf8_lossy(&quiet.stderr).contains("mimalloc"),
-        "mimalloc speaks unasked"
-    );
-}
-
 /// Sizes out of range are usage errors naming the flag, before anything starts.
 #[test]
 fn pool_sizes_out_of_range_are_usage_errors() {

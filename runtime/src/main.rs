@@ -5,15 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc 2, not glibc's malloc: measured side by side on scenario 1 (docs/benchmarks.md,
-/// "mimalloc"), fewer instructions and less CPU per request, for a few MiB more under
-/// load. The library (and its unit tests) keep the system's allocator; tests that start
-/// the binary get this one. Its settings: `memory::at_start`, first thing in `main`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
-    wasmgate::memory::at_start();
     let cli = wasmgate::cli::Cli::parse();
     let filter = EnvFilter::try_from_env("WASMGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
