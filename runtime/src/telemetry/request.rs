@@ -41,15 +41,13 @@ impl Observation {
         // A status is inferred from the HTTP code only for gRPC proper (Envoy's rule:
         // `application/grpc`, alone or with `+`): a gRPC-Web answer carries its status
         // in its body, which is not read here.
-        let content_type = req
+        // What follows `application/grpc` in the content type, when it starts so.
+        let after_grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .map(http::HeaderValue::as_bytes);
-        let grpc = content_type.is_some_and(|v| v.starts_with(b"application/grpc"));
-        let grpc_proper = content_type.is_some_and(|v| {
-            v.strip_prefix(b"application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+"))
-        });
+            .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"));
+        let grpc = after_grpc.is_some();
+        let grpc_proper = after_grpc.is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+"));
         // The declared length as hyper parsed it (`Content-Length`; none when chunked),
         // not looked up and parsed again.
         let body = req.body().size_hint().exact().unwrap_or(0);
