@@ -16,7 +16,8 @@ mod bindings;
 pub mod breaker;
 pub mod budget;
 pub mod builtin;
-mod coarse;
+/// The epoch thread's millisecond clock, for timestamps a tick of error cannot hurt.
+pub(crate) mod coarse;
 pub mod context;
 pub mod diskcache;
 mod edits;

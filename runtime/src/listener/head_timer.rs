@@ -78,8 +78,11 @@ impl Timer for HeadTimer {
         self.sleep_until(now() + duration)
     }
 
+    /// What hyper adds the head timeout to, once per request: the epoch thread's
+    /// clock, a tick behind at most (the sleeps fire up to a [`TICK`] late anyway), where
+    /// the system clock is a read per request.
     fn now(&self) -> Instant {
-        now()
+        crate::plugin::coarse::now()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {

@@ -378,6 +378,10 @@ pub fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: Seen) {
             }
         };
         for value in values {
+            // Most `Connection` lines are one `keep-alive`, which lists nothing: no split.
+            if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',').map(str::trim) {
                 if let Some(remove) = named(token) {
@@ -663,6 +667,15 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["close"]);
+        // A whole `keep-alive` line is skipped unsplit; the lines after it still count.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

@@ -280,7 +280,9 @@ impl Lease {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        // Pool times are to the epoch thread's tick: a millisecond against idle times
+        // and ages of seconds, and one system clock read a request fewer.
+        let now = crate::plugin::coarse::now();
         let mut conn = self.conn;
         if !conn.usable(&self.key.pool, now) {
             return;
@@ -391,7 +393,7 @@ impl Http1Pool {
     fn take(&self, key: &Key) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         let list = idle.conns.get_mut(key)?;
-        let now = Instant::now();
+        let now = crate::plugin::coarse::now();
         while let Some(conn) = list.pop() {
             if conn.takeable(&key.pool, now) {
                 return Some(conn);
