@@ -68,7 +68,9 @@ fn lock(sleepers: &Mutex<Sleepers>) -> MutexGuard<'_, Sleepers> {
     sleepers.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Now on tokio's clock (which tests may pause), as hyper's own tokio timer tells it.
+/// Now on tokio's clock (which tests may pause): what the sleeps are made and fired by.
+/// hyper's own deadlines start from [`HeadTimer::now`], the real clock, so the two agree
+/// only while tokio's clock runs: hyper's server is not run under paused time.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -79,8 +81,9 @@ impl Timer for HeadTimer {
     }
 
     /// What hyper adds the head timeout to, once per request: the epoch thread's
-    /// clock, a tick behind at most (the sleeps fire up to a [`TICK`] late anyway), where
-    /// the system clock is a read per request.
+    /// clock, a millisecond or two behind (more only while that thread waits for a CPU),
+    /// where the system clock was a read per request. The sleeps fire up to a [`TICK`], a
+    /// second, late anyway.
     fn now(&self) -> Instant {
         crate::plugin::coarse::now()
     }

@@ -1,6 +1,7 @@
 //! A clock for the plugin calls' own bookkeeping (a call's deadline, a plugin's CPU
 //! second) that costs one atomic load: each epoch thread stores the time at each tick
-//! (1 ms), so it is at most a tick behind. Reading the system clock twice per plugin
+//! (1 ms, rounded down to the millisecond), so it is a millisecond or two behind (more
+//! only while the epoch thread waits for a CPU), never ahead. Reading the system clock twice per plugin
 //! call was about a twentieth of a first-party call. While no epoch thread runs it reads
 //! the system clock. The upstream HTTP/1.1 pool's idle times and hyper's request head
 //! deadline (`listener/head_timer.rs`) read it too: a millisecond is nothing to either,
@@ -28,7 +29,8 @@ impl Ticker {
     pub fn start() -> Ticker {
         let ticker = Ticker(());
         ticker.tick();
-        TICKERS.fetch_add(1, Ordering::Relaxed);
+        // Release: a reader that counts this ticker also sees the tick just stored.
+        TICKERS.fetch_add(1, Ordering::Release);
         ticker
     }
 
@@ -47,7 +49,7 @@ impl Drop for Ticker {
 
 /// Milliseconds since the process's first reading, to the last tick.
 pub fn millis() -> u64 {
-    if TICKERS.load(Ordering::Relaxed) == 0 {
+    if TICKERS.load(Ordering::Acquire) == 0 {
         return u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX);
     }
     MS.load(Ordering::Relaxed)
@@ -55,7 +57,7 @@ pub fn millis() -> u64 {
 
 /// Now, to the last tick.
 pub fn now() -> Instant {
-    if TICKERS.load(Ordering::Relaxed) == 0 {
+    if TICKERS.load(Ordering::Acquire) == 0 {
         return Instant::now();
     }
     start() + Duration::from_millis(MS.load(Ordering::Relaxed))

@@ -45,6 +45,7 @@ use super::super::error::ProxyError;
 use super::connect::{Counted, PoolKey, TlsKey, dial, handshake};
 use super::gate::{Gate, Gated};
 use crate::cluster::Cluster;
+use crate::plugin::coarse;
 
 /// Idle connections kept per key at most (hyper-util's `pool_max_idle_per_host` was
 /// set to the same); a connection given back to a full list closes.
@@ -280,9 +281,10 @@ impl Lease {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        // Pool times are to the epoch thread's tick: a millisecond against idle times
-        // and ages of seconds, and one system clock read a request fewer.
-        let now = crate::plugin::coarse::now();
+        // Pool times are on the epoch thread's clock, a millisecond or two behind: little
+        // against idle times and ages (seconds, a few hundred milliseconds at least), and
+        // one system clock read a request fewer. The sweeper reads the system clock.
+        let now = coarse::now();
         let mut conn = self.conn;
         if !conn.usable(&self.key.pool, now) {
             return;
@@ -393,7 +395,7 @@ impl Http1Pool {
     fn take(&self, key: &Key) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         let list = idle.conns.get_mut(key)?;
-        let now = crate::plugin::coarse::now();
+        let now = coarse::now();
         while let Some(conn) = list.pop() {
             if conn.takeable(&key.pool, now) {
                 return Some(conn);
