@@ -16,7 +16,7 @@ mod bindings;
 pub mod breaker;
 pub mod budget;
 pub mod builtin;
-/// The epoch thread's millisecond clock, for timestamps a tick of error cannot hurt.
+/// The epoch thread's millisecond clock, for times a millisecond or two of lag cannot hurt.
 pub(crate) mod coarse;
 pub mod context;
 pub mod diskcache;

@@ -1,11 +1,12 @@
 //! A clock for the plugin calls' own bookkeeping (a call's deadline, a plugin's CPU
 //! second) that costs one atomic load: each epoch thread stores the time at each tick
 //! (1 ms, rounded down to the millisecond), so it is a millisecond or two behind (more
-//! only while the epoch thread waits for a CPU), never ahead. Reading the system clock twice per plugin
-//! call was about a twentieth of a first-party call. While no epoch thread runs it reads
-//! the system clock. The upstream HTTP/1.1 pool's idle times and hyper's request head
-//! deadline (`listener/head_timer.rs`) read it too: a millisecond is nothing to either,
-//! and each was a system clock read per request (about 29 ns on the benchmark machine).
+//! only while the epoch thread waits for a CPU), never ahead. Reading the system clock
+//! twice per plugin call was about a twentieth of a first-party call. While no epoch
+//! thread runs it reads the system clock. The upstream HTTP/1.1 pool's idle times and
+//! hyper's request head deadline (`listener/head_timer.rs`) read it too: a millisecond
+//! or two is nothing to either, and each was a system clock read per request (about
+//! 29 ns on the benchmark machine).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
