@@ -169,6 +169,7 @@ impl Request {
             PORT,
             None,
             None,
+            None,
         ))
     }
 

@@ -53,6 +53,7 @@ fn view_with(path: &str, headers: &[(&str, &str)]) -> Arc<RequestView> {
         8080,
         None,
         None,
+        None,
     );
     view.start_chain(&Arc::new(ChainNames {
         gateway: "default/gw".into(),

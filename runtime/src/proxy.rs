@@ -650,7 +650,8 @@ fn request_view(
     port: u16,
     body: Option<Bytes>,
 ) -> Arc<RequestView> {
-    let mut view = RequestView::new(
+    // Made in the `Arc`'s argument, whole: a view set after it is made is one more copy.
+    Arc::new(RequestView::new(
         id,
         req.method().clone(),
         scheme,
@@ -660,10 +661,9 @@ fn request_view(
         conn.client.ip(),
         port,
         conn.tls.as_ref().and_then(|t| t.sni.clone()),
+        conn.tls.as_ref().and_then(|t| t.principal.clone()),
         body,
-    );
-    view.principal = conn.tls.as_ref().and_then(|t| t.principal.clone());
-    Arc::new(view)
+    ))
 }
 
 /// A failure after the decision, as the response the client gets (with its flag logged).

@@ -195,6 +195,7 @@ impl RequestView {
         client: IpAddr,
         port: u16,
         sni: Option<String>,
+        principal: Option<String>,
         body: Option<Bytes>,
     ) -> Self {
         RequestView {
@@ -208,7 +209,7 @@ impl RequestView {
             port,
             sni,
             body,
-            principal: None,
+            principal,
             state: Mutex::new(ChainState {
                 names: no_names(),
                 decision: no_route(),
@@ -589,6 +590,7 @@ mod tests {
             HeaderMap::new(),
             IpAddr::from([127, 0, 0, 1]),
             80,
+            None,
             None,
             None,
         )
