@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::proxy::framing::Watched;
+use crate::proxy::quiet::Quiet;
 use crate::proxy::{ConnInfo, Shared, TlsConn, handle, log_refused_by_hyper};
 use crate::snapshot::Serve;
 use crate::snapshot::listeners::{Terminated, TlsAction, TlsServer};
@@ -273,7 +274,16 @@ async fn connection(
     };
     drop(snapshot);
     match &listener.serve {
-        Serve::Http(_) => serve_http(TokioIo::new(stream), conn, shared, http, watcher).await,
+        Serve::Http(_) => {
+            serve_http(
+                TokioIo::new(Quiet::new(stream)),
+                conn,
+                shared,
+                http,
+                watcher,
+            )
+            .await
+        }
         // The TCP and TLS paths boxed: the connection's future is as large as its
         // largest path, and plain HTTP, the common one, is less than half of TLS's (the
         // handshake, then hyper over the TLS stream). This future is copied once into
@@ -350,8 +360,13 @@ async fn serve_tls(
             .await;
         }
         TlsAction::Terminate { tls, then } => {
-            let Some(tls_stream) =
-                terminate(Rewind::new(hello_bytes, stream), tls, &conn, &stats).await
+            let Some(tls_stream) = terminate(
+                Rewind::new(hello_bytes, Quiet::new(stream)),
+                tls,
+                &conn,
+                &stats,
+            )
+            .await
             else {
                 return;
             };
@@ -488,9 +503,9 @@ mod tests {
     /// 3,200 after; plain HTTP's 2,656, TLS's 5,088).
     #[test]
     fn connection_future_sizes() {
-        type TlsIo = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;
+        type TlsIo = tokio_rustls::server::TlsStream<Rewind<Quiet<TcpStream>>>;
         let connection = future_size!(connection, A, B, C, D, E, F);
-        let plain = future_size!(serve_http::<TcpStream>, A, B, C, D, E);
+        let plain = future_size!(serve_http::<Quiet<TcpStream>>, A, B, C, D, E);
         let tls = future_size!(serve_http::<TlsIo>, A, B, C, D, E);
         assert!(
             tls > plain,

@@ -25,6 +25,7 @@ pub mod headers;
 pub mod normalize;
 pub mod outbound;
 mod phases;
+pub mod quiet;
 /// Public for `cargo bench` (bench/micro.rs); not an interface for embedders.
 #[doc(hidden)]
 pub mod upstream;
