@@ -25,7 +25,7 @@ pub mod headers;
 pub mod normalize;
 pub mod outbound;
 mod phases;
-pub mod quiet;
+pub(crate) mod read_memo;
 /// Public for `cargo bench` (bench/micro.rs); not an interface for embedders.
 #[doc(hidden)]
 pub mod upstream;

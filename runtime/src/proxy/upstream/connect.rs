@@ -21,7 +21,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::super::Body;
 use super::super::error::ProxyError;
-use super::super::quiet::Quiet;
+use super::super::read_memo::ReadMemo;
 
 use crate::cluster::Cluster;
 use crate::telemetry::metrics::OpenConnection;
@@ -117,9 +117,9 @@ pub fn server_name(sni: &str) -> Result<ServerName<'static>, ProxyError> {
 }
 
 /// Dial `authority` (`host:port`) for `cluster`: within its connect timeout, with its
-/// TCP keepalive, read through [`Quiet`] (hyper's reads of it that would find nothing
+/// TCP keepalive, read through [`ReadMemo`] (hyper's reads of it that would find nothing
 /// again do not ask tokio).
-pub async fn dial(authority: &str, cluster: &Cluster) -> Result<Quiet<TcpStream>, ProxyError> {
+pub async fn dial(authority: &str, cluster: &Cluster) -> Result<ReadMemo<TcpStream>, ProxyError> {
     let stream = tokio::time::timeout(cluster.pool.connect_timeout, TcpStream::connect(authority))
         .await
         .map_err(|_| ProxyError::UpstreamConnect(format!("{authority}: connect timeout")))?
@@ -129,16 +129,16 @@ pub async fn dial(authority: &str, cluster: &Cluster) -> Result<Quiet<TcpStream>
         use std::os::fd::AsFd;
         crate::cluster::set_keepalive(stream.as_fd(), ka);
     }
-    Ok(Quiet::new(stream))
+    Ok(ReadMemo::new(stream))
 }
 
 /// TLS over a dialled stream; the handshake shares the connect timeout.
 pub async fn handshake(
-    tcp: Quiet<TcpStream>,
+    tcp: ReadMemo<TcpStream>,
     tls: &UpstreamTls,
     sni: &str,
     timeout: Duration,
-) -> Result<TlsStream<Quiet<TcpStream>>, ProxyError> {
+) -> Result<TlsStream<ReadMemo<TcpStream>>, ProxyError> {
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     let name = server_name(sni)?;
     tokio::time::timeout(timeout, connector.connect(name, tcp))
