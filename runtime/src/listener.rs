@@ -501,7 +501,7 @@ mod tests {
     /// as large as its largest path: the TLS and TCP ones are boxed so that it stays at
     /// plain HTTP's and its own arguments' (in a debug build: 7,520 bytes before,
     /// 3,200 after; plain HTTP's 2,656, TLS's 5,088. With the sockets' read memos:
-    /// 3,304, 2,736 and 5,184).
+    /// 3,304 after; plain HTTP's 2,736, TLS's 5,184).
     #[test]
     fn connection_future_sizes() {
         type TlsIo = tokio_rustls::server::TlsStream<Rewind<ReadMemo<TcpStream>>>;

@@ -24,7 +24,9 @@
 //! become readable without waking its reader, would break it.
 //!
 //! Every proxied HTTP connection is read through one: a client's (`listener.rs`,
-//! plain and under TLS) and an upstream's (`upstream::connect::dial`, both pools).
+//! plain and under TLS) and an upstream's (`upstream::connect::dial`, both pools). A
+//! TLS-terminated `tcp` route reads its client through one too, outside hyper
+//! (`tcp::pipe`, both directions in one task).
 //! hyper reads the client's through `Rewind::read_ahead`, `framing::Watched` and, for
 //! TLS, rustls and the ClientHello's `Rewind`, then this, then the socket.
 
@@ -75,7 +77,7 @@ impl ReadMemo {
 }
 
 impl<S> ReadMemo<S> {
-    /// Over any stream: for the tests' scripted ones, which keep the contract above.
+    /// Over any stream: for the tests' streams, which keep the contract above.
     fn over(inner: S) -> ReadMemo<S> {
         let reader = Arc::new(Reader::default());
         let waker = Waker::from(reader.clone());
@@ -114,8 +116,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadMemo<S> {
             Pin::new(&mut this.inner).poll_read(&mut Context::from_waker(&this.waker), buf);
         if polled.is_pending() && !this.idle {
             this.idle = true;
-            // A wake-up from another thread while `inner` was asked went to the waker
-            // registered before; this caller's is woken for it here.
+            // A wake-up given while `inner` was asked (tokio's task budget, or another
+            // thread) went to the waker registered before, if any; this caller's is
+            // woken for it here.
             this.reader.task.register(cx.waker());
             if this.reader.woken.load(Ordering::Acquire) {
                 cx.waker().wake_by_ref();
@@ -280,6 +283,20 @@ mod tests {
         assert_eq!(woken(&task), 1, "woken for the wake-up it did not see");
         assert!(read(&mut memo, &task).is_pending());
         assert_eq!(reads(&script), 2, "the stream is asked again");
+        assert!(read(&mut memo, &task).is_pending());
+        assert_eq!(reads(&script), 2, "and remembered again");
+    }
+
+    /// The first empty read registers the reader, so the stream's wake-up reaches it
+    /// with no read in between (the usual path: one empty read, then the wake-up).
+    #[test]
+    fn the_first_empty_read_registers_the_reader() {
+        let (mut memo, script) = scripted();
+        let task = Arc::new(Woken::default());
+        assert!(read(&mut memo, &task).is_pending());
+        socket_wakes(&script, true);
+        assert_eq!(woken(&task), 1);
+        assert!(read(&mut memo, &task).is_ready());
     }
 
     /// The stream's wake-up goes to whoever read last (an upgraded connection's new
